@@ -1,0 +1,5 @@
+import sys
+
+from imet.cli import main
+
+sys.exit(main())

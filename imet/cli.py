@@ -1,0 +1,47 @@
+"""`python -m imet <command>`: a registry of commands, each a module in imet/commands.
+
+Modules are imported only when their command runs, so `--help` stays fast and a command does
+not pay for torch when it does not need it."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from imet import __version__
+from imet.errors import UserError
+
+# name -> (module under imet.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imet", description="iMet Collection 2019 pipeline: data, training, validation, "
+        "inference, Kaggle packaging and orchestration.")
+    parser.add_argument("--version", action="version", version=f"imet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported: its options are needed, the others' not.
+        if name == chosen:
+            importlib.import_module(f"imet.commands.{module}").configure(cmd)
+            cmd.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(f"imet.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"imet {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"imet {args.command}: interrupted", file=sys.stderr)
+        return 130

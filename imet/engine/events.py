@@ -1,0 +1,59 @@
+"""Events the engine emits and the subscribers that listen (report, Telegram, registry).
+
+The engine knows nothing of its listeners: it calls `bus.emit(kind, **data)`. A subscriber is
+any callable taking an `Event`; it may also have `close()`. A subscriber that raises is
+logged once and never breaks training.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+KINDS = ("run_start", "progress", "evaluation", "checkpoint", "handover", "finish", "failure")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    data: dict[str, Any]
+    time: float = field(default_factory=time.time)
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self, subscribers: list[Subscriber] | None = None):
+        self._subscribers: list[Subscriber] = list(subscribers or [])
+        self._failed: set[int] = set()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown event kind {kind!r}; expected one of {KINDS}")
+        event = Event(kind, data)
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception as err:  # a listener must never stop training
+                if id(subscriber) not in self._failed:
+                    self._failed.add(id(subscriber))
+                    log.warning("event subscriber %r failed on %s: %s: %s",
+                                subscriber, kind, type(err).__name__, err)
+
+    def close(self) -> None:
+        for subscriber in self._subscribers:
+            close = getattr(subscriber, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as err:
+                log.warning("closing subscriber %r failed: %s: %s",
+                            subscriber, type(err).__name__, err)
