@@ -1,0 +1,54 @@
+"""Image decoding with errors a user can act on.
+
+A truncated or corrupt image must stop training with the image named, not with a PIL
+traceback from inside a DataLoader worker, so every decode goes through `load_rgb`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from imet.errors import DataError
+
+# Images beyond this many pixels are refused instead of decoded (PIL's own bomb check only
+# warns below ~179 Mpx; iMet's largest images are a few Mpx).
+MAX_PIXELS = 64_000_000
+_ADVICE = "re-download the image or remove its row from the CSV"
+
+
+def load_rgb(path) -> np.ndarray:
+    """The image as uint8 [H, W, 3]; DataError naming the file when missing/corrupt/truncated."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(f"{path}: image is {image.width}x{image.height}, larger than "
+                                f"{MAX_PIXELS} pixels; resize it or {_ADVICE}")
+            # load() decodes every byte: a truncated file fails here, not later.
+            image.load()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found; check --data or {_ADVICE}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (corrupt or not a PNG/JPEG); {_ADVICE}") \
+            from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # PIL reports truncation as OSError("image file is truncated ...") and bad chunks as
+        # SyntaxError / ValueError.
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{path}: cannot decode image ({detail}); {_ADVICE}") from None
+
+
+def image_problem(path) -> str | None:
+    """One-line problem for `check-data`, or None when the image decodes."""
+    try:
+        image = load_rgb(path)
+    except DataError as err:
+        return str(err)
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        return f"{path}: image has no pixels; {_ADVICE}"
+    return None

@@ -1,0 +1,33 @@
+"""Shared fixtures. `mini_data` is used by every test module: treat it as read-only (copy it
+with `mini_data_copy` before changing anything)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+MINI = {"n_train": 64, "n_test": 24, "size": 48, "seed": 0}
+MINI_FOLDS = 2
+
+
+@pytest.fixture(scope="session")
+def mini_data(tmp_path_factory):
+    """Path of a tiny mini-iMet (64 train / 24 test images, 48 px, seed 0) with folds.csv
+    (2 folds). Session-scoped: generated once per test run."""
+    from imet.data.folds import make_folds, write_folds
+    from imet.data.labels import read_labels, read_train
+    from imet.data.layout import CompetitionLayout
+    from imet.data.mini_imet import generate
+
+    root = tmp_path_factory.mktemp("mini") / "mini-imet"
+    generate(root, **MINI)
+    layout = CompetitionLayout(root)
+    ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))
+    write_folds(layout.folds_csv, ids, make_folds(targets, MINI_FOLDS, seed=0))
+    return root
+
+
+@pytest.fixture
+def mini_data_copy(mini_data, tmp_path):
+    """A private copy of `mini_data` that a test may corrupt."""
+    return shutil.copytree(mini_data, tmp_path / "data")
