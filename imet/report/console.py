@@ -1,0 +1,189 @@
+"""Progress on the console: a tqdm bar on a terminal; on Kaggle (stdout is a log file, not a
+TTY) one plain line every `every_s` seconds with everything a reader of the log needs:
+stage, epoch, step/total, loss, LR, img/s, ETA of the stage and of the run, session time left.
+Evaluations, checkpoints, handovers, the finish and failures are always printed."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+# Config keys that may hold the length of stage 1 (head only) in epochs: the stage ETA needs
+# where stage 1 ends; without it, stage 1 shows the run ETA only.
+_STAGE1_KEYS = ("stage1_epochs", "head_epochs", "freeze_epochs", "frozen_epochs")
+_EMA = 0.3  # weight of the newest step-rate sample: reacts to a stage switch within a few lines
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _num(value: Any, spec: str, missing: str = "?") -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return missing
+
+
+class ConsoleProgress:
+    """Event subscriber printing progress. `every_s`: seconds between plain progress lines;
+    `stream`: where to print (stdout); `tty`: force the bar on/off (default: stream.isatty())."""
+
+    def __init__(self, every_s: float = 60.0, stream: TextIO | None = None,
+                 tty: bool | None = None, clock=time.monotonic):
+        self.every_s = float(every_s)
+        self.stream = stream if stream is not None else sys.stdout
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty()) if tty is None else bool(tty)
+        self._clock = clock
+        self._bar = None
+        self._last_line: float | None = None
+        self._active = True
+        self._total_epochs = None
+        self._stage1_epochs = None
+        self._rate: dict[int, float] = {}  # steps per second, per stage
+        self._previous: tuple[float, int, int] | None = None  # (clock, step, stage)
+
+    def __call__(self, event) -> None:
+        if event.kind == "run_start":
+            self._active = int(event.data.get("rank") or 0) == 0
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None and self._active:
+            handler(event.data)
+
+    # --- output -------------------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    # --- events -------------------------------------------------------------------------------
+    def _on_run_start(self, data: dict[str, Any]) -> None:
+        config = data.get("config") or {}
+        self._total_epochs = config.get("epochs")
+        self._stage1_epochs = next((config[key] for key in _STAGE1_KEYS
+                                    if config.get(key) is not None), None)
+        resumed = data.get("resumed_from")
+        start = f"resuming from step {resumed}" if resumed is not None else "starting"
+        self._print(f"imet: run {data.get('run_name')} (fold {data.get('fold')}, "
+                    f"{data.get('arch')}, {data.get('image_size')} px) session "
+                    f"{data.get('session')} on {data.get('device')}: {start}, "
+                    f"{data.get('total_steps')} steps in all")
+        if self.tty:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=data.get("total_steps"), initial=int(resumed or 0),
+                             file=self.stream, unit="step", dynamic_ncols=True,
+                             desc=str(data.get("run_name") or "train"))
+
+    def _on_progress(self, data: dict[str, Any]) -> None:
+        self._update_rate(data)
+        if self._bar is not None:
+            step = int(data.get("step") or 0)
+            if step > self._bar.n:
+                self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(
+                f"stage {data.get('stage')} ep {data.get('epoch')} loss "
+                f"{_num(data.get('loss'), '.4f')} lr {_num(data.get('lr'), '.2e')} "
+                f"{_num(data.get('img_per_s'), '.0f')} img/s left "
+                f"{format_duration(data.get('session_left_s'))}", refresh=False)
+            return
+        now = self._clock()
+        if self._last_line is not None and now - self._last_line < self.every_s:
+            return
+        self._last_line = now
+        self._print(self.progress_line(data))
+
+    def progress_line(self, data: dict[str, Any]) -> str:
+        """The plain progress line for one progress event."""
+        step, total = data.get("step"), data.get("total_steps")
+        percent = f" ({100.0 * step / total:.0f}%)" if step is not None and total else ""
+        epochs = f"/{self._total_epochs}" if self._total_epochs else ""
+        session_left = data.get("session_left_s")
+        session = (f" | session left {format_duration(session_left)}"
+                   if session_left is not None else "")
+        return (f"[{time.strftime('%H:%M:%S')}] stage {data.get('stage')} | epoch "
+                f"{data.get('epoch')}{epochs} | step {step}/{total}{percent} | loss "
+                f"{_num(data.get('loss'), '.4f')} | lr {_num(data.get('lr'), '.2e')} | "
+                f"{_num(data.get('img_per_s'), '.1f')} img/s | ETA stage "
+                f"{format_duration(self.stage_eta(data))}, run "
+                f"{format_duration(data.get('eta_run_s'))}{session}")
+
+    def _update_rate(self, data: dict[str, Any]) -> None:
+        now, step, stage = self._clock(), data.get("step"), data.get("stage")
+        if step is None:
+            return
+        previous = self._previous
+        self._previous = (now, int(step), stage)
+        if previous is None or previous[2] != stage or now <= previous[0] or step <= previous[1]:
+            return
+        sample = (step - previous[1]) / (now - previous[0])
+        old = self._rate.get(stage)
+        self._rate[stage] = sample if old is None else _EMA * sample + (1 - _EMA) * old
+
+    def stage_eta(self, data: dict[str, Any]) -> float | None:
+        """Seconds to the end of the current stage at the stage's measured step rate; the run
+        ETA in the last stage; None when unknown."""
+        step, total, stage = data.get("step"), data.get("total_steps"), data.get("stage")
+        if step is None or total is None:
+            return None
+        end = total
+        if stage == 1:
+            if self._stage1_epochs is None or not data.get("steps_per_epoch"):
+                return None
+            end = min(total, int(self._stage1_epochs) * int(data["steps_per_epoch"]))
+        rate = self._rate.get(stage)
+        if rate:
+            return max(0.0, (end - step) / rate)
+        eta_run = data.get("eta_run_s")
+        if eta_run is not None and end == total:
+            return eta_run
+        if eta_run is not None and total > step:
+            return eta_run * (end - step) / (total - step)
+        return None
+
+    def _on_evaluation(self, data: dict[str, Any]) -> None:
+        best = " *new best*" if data.get("is_best") else ""
+        self._print(f"[{time.strftime('%H:%M:%S')}] eval step {data.get('step')} epoch "
+                    f"{data.get('epoch')}: F2 {_num(data.get('f2'), '.4f')} @ threshold "
+                    f"{_num(data.get('threshold'), '.3f')}, val loss "
+                    f"{_num(data.get('val_loss'), '.4f')} (best {_num(data.get('best_f2'), '.4f')}"
+                    f" at step {data.get('best_step')}){best}")
+
+    def _on_checkpoint(self, data: dict[str, Any]) -> None:
+        if not self.tty:
+            self._print(f"[{time.strftime('%H:%M:%S')}] checkpoint step {data.get('step')}: "
+                        f"{data.get('path')}")
+
+    def _on_handover(self, data: dict[str, Any]) -> None:
+        self._close_bar()
+        self._print(f"imet: stopping at step {data.get('step')} ({data.get('reason')}); "
+                    f"checkpoint {data.get('checkpoint')}; next: {data.get('next')} "
+                    f"(exit code {data.get('exit_code')})")
+
+    def _on_finish(self, data: dict[str, Any]) -> None:
+        self._close_bar()
+        self._print(f"imet: finished: best F2 {_num(data.get('best_f2'), '.4f')} at step "
+                    f"{data.get('best_step')}, {data.get('sessions')} session(s), "
+                    f"{format_duration(data.get('duration_s'))}")
+
+    def _on_failure(self, data: dict[str, Any]) -> None:
+        self._close_bar()
+        self._print(f"imet: training failed: {data.get('error')}")
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self._close_bar()

@@ -1,0 +1,132 @@
+"""Training curves as PNG: loss, F2 and learning rate against step.
+
+Built on matplotlib's object API with the Agg canvas (no pyplot): no global figure registry, no
+GUI backend, nothing shared between calls, so it is safe inside a training process and on a
+headless Kaggle kernel."""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from imet.report.fileio import atomic_write_bytes
+
+PLOTS_DIR = "plots"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) or math.isinf(number) else number
+
+
+def _series(rows: Iterable[dict[str, Any]], key: str,
+            keep: Callable[[dict[str, Any]], bool] = lambda row: True) -> tuple[list, list]:
+    points = {}
+    for row in rows:
+        step, value = _number(row.get("step")), _number(row.get(key))
+        if step is not None and value is not None and keep(row):
+            points[step] = value  # a step written twice (resume) plots once, last value wins
+    steps = sorted(points)
+    return steps, [points[step] for step in steps]
+
+
+def _is_eval(row: dict[str, Any]) -> bool:
+    kind = row.get("kind")
+    return kind == "evaluation" if kind else _number(row.get("f2")) is not None
+
+
+def _stage_starts(rows: list[dict[str, Any]]) -> list[float]:
+    starts, previous = [], None
+    for row in sorted(rows, key=lambda r: _number(r.get("step")) or 0.0):
+        stage = row.get("stage")
+        if stage in (None, ""):
+            continue
+        if previous is not None and stage != previous:
+            starts.append(_number(row.get("step")))
+        previous = stage
+    return [step for step in starts if step is not None]
+
+
+def _plot_loss(ax, rows) -> None:
+    steps, values = _series(rows, "loss", lambda row: not _is_eval(row))
+    if not steps:
+        steps, values = _series(rows, "train_loss")
+    if steps:
+        ax.plot(steps, values, lw=1, color="tab:blue", label="train loss")
+    steps, values = _series(rows, "val_loss")
+    if steps:
+        ax.plot(steps, values, "o-", ms=3, color="tab:orange", label="validation loss")
+    ax.set_ylabel("loss")
+
+
+def _plot_f2(ax, rows) -> None:
+    steps, values = _series(rows, "f2", _is_eval)
+    if steps:
+        ax.plot(steps, values, "o-", ms=3, color="tab:green", label="validation F2")
+        best = max(range(len(values)), key=values.__getitem__)
+        ax.scatter([steps[best]], [values[best]], s=80, marker="*", color="tab:red", zorder=3,
+                   label=f"best {values[best]:.4f} @ step {int(steps[best])}")
+    ax.set_ylabel("F2")
+
+
+def _plot_lr(ax, rows) -> None:
+    steps, values = _series(rows, "lr")
+    if steps:
+        ax.plot(steps, values, lw=1, color="tab:purple", label="learning rate")
+        positive = [value for value in values if value > 0]
+        # One-cycle and warmup schedules span decades: a log axis shows their shape.
+        if positive and len(positive) == len(values) and max(positive) > 10 * min(positive):
+            ax.set_yscale("log")
+    ax.set_ylabel("learning rate")
+
+
+PANELS: dict[str, Callable] = {"loss": _plot_loss, "f2": _plot_f2, "lr": _plot_lr}
+
+
+def _render(rows: list[dict[str, Any]], panels: list[str], title: str | None) -> bytes:
+    figure = Figure(figsize=(8, 2.8 * len(panels) + 0.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    stage_starts = _stage_starts(rows)
+    for ax, panel in zip(axes, panels):
+        PANELS[panel](ax, rows)
+        for step in stage_starts:
+            ax.axvline(step, color="grey", ls="--", lw=0.8)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
+    axes[-1].set_xlabel("step")
+    if title:
+        figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def render_history_png(history: list[dict[str, Any]], title: str | None = None) -> bytes:
+    """One PNG with loss, F2 and LR against step. `history`: rows as in metrics.csv (progress and
+    evaluation rows; values may be numbers or CSV strings; missing fields are skipped)."""
+    return _render(list(history or []), list(PANELS), title)
+
+
+def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
+                title: str | None = None) -> list[str]:
+    """<run_dir>/plots/history.png (all panels) and loss.png, f2.png, lr.png; written atomically.
+    Returns the paths written."""
+    folder = Path(run_dir) / PLOTS_DIR
+    rows = list(history or [])
+    written = [atomic_write_bytes(folder / "history.png", _render(rows, list(PANELS), title))]
+    for panel in PANELS:
+        written.append(atomic_write_bytes(folder / f"{panel}.png", _render(rows, [panel], title)))
+    return [str(path) for path in written]

@@ -1,0 +1,107 @@
+"""Where a run's code came from and which config decided it: recorded in run.json and the
+run registry so results from different kernels (each running its own copy of the code) stay
+comparable."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import imet
+
+MANIFEST_NAME = "MANIFEST.json"
+_MAX_DEPTH = 6
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def find_manifest(input_roots: Iterable[str | os.PathLike] = ()) -> Path | None:
+    """The packaging dataset's MANIFEST.json describing the imet code that runs: first beside the
+    imported package (the dataset imet was imported from), then under the input roots."""
+    package_dir = Path(imet.__file__).resolve().parent
+    for parent in list(package_dir.parents)[:3]:
+        candidate = parent / MANIFEST_NAME
+        if candidate.is_file():
+            return candidate
+    for root in input_roots:
+        found = _walk_for(Path(root), MANIFEST_NAME)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk_for(root: Path, name: str) -> Path | None:
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    base_depth = len(root.parts)
+    for dirpath, dirnames, filenames in os.walk(root):
+        if name in filenames:
+            return Path(dirpath) / name
+        if len(Path(dirpath).parts) - base_depth >= _MAX_DEPTH:
+            dirnames[:] = []
+        dirnames.sort()
+    return None
+
+
+def git_commit() -> str | None:
+    """The commit of the source checkout imet runs from, with '+dirty' for local changes."""
+    repo = Path(imet.__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
+
+
+def code_version(input_roots: Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
+    """{"imet": version, "manifest_sha256": … or None, "git_commit": … or None}; the git commit is
+    looked up only when no dataset manifest is found."""
+    manifest = find_manifest(input_roots)
+    version: dict[str, Any] = {"imet": imet.__version__, "manifest_sha256": None,
+                               "git_commit": None}
+    if manifest is not None:
+        try:
+            version["manifest_sha256"] = _sha256_file(manifest)
+        except OSError:
+            manifest = None
+    if manifest is None:
+        version["git_commit"] = git_commit()
+    return version
+
+
+def short_code_version(version: dict[str, Any] | None) -> str:
+    """'0.1.0@m:1a2b3c4d' / '0.1.0@g:1a2b3c4d' / '0.1.0' for tables."""
+    if not version:
+        return ""
+    text = str(version.get("imet") or "")
+    if version.get("manifest_sha256"):
+        text += "@m:" + str(version["manifest_sha256"])[:8]
+    elif version.get("git_commit"):
+        commit = str(version["git_commit"])
+        text += "@g:" + commit[:8] + ("+" if commit.endswith("+dirty") else "")
+    return text
+
+
+def config_hash(config: dict[str, Any] | None) -> str | None:
+    """The engine's fingerprint of the result-deciding fields when the config is a TrainConfig
+    dict; otherwise a hash of the whole canonical JSON."""
+    if not config:
+        return None
+    try:
+        from imet.engine.config import TrainConfig  # engine is a lower layer: allowed
+        return str(TrainConfig.from_dict(dict(config)).fingerprint())
+    except Exception:  # not a train config (validate/predict) or an older engine
+        canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
