@@ -13,6 +13,10 @@ from imet.errors import UserError
 
 # name -> (module under imet.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "mini-imet": ("mini_imet", "write the embedded mini-iMet data set (competition layout)"),
+    "check-data": ("check_data", "list every problem in a competition folder (CSVs, images, folds)"),
+    "folds": ("folds", "multilabel-stratified cross-validation folds -> folds.csv"),
+    "score": ("score", "F2 of a submission-format CSV against the true labels"),
 }
 
 

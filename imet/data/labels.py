@@ -206,7 +206,8 @@ def _id_problems(path: Path, ids: pd.Series) -> list[str]:
 
 def attribute_csv_problems(path: Path, labels: LabelSpace | None, *, allow_empty: bool
                            ) -> tuple[list[str] | None, np.ndarray | None, list[str]]:
-    """Parse an `id,attribute_ids` CSV into (ids, uint8 targets [N, C], problems).
+    """Parse an `id,attribute_ids` CSV into (ids, uint8 targets [N, C], problems). Ids are
+    None only when the file is unusable as a whole; targets are None when there is any problem.
 
     `labels=None` checks ids and integer syntax only (when labels.csv itself is broken).
     `allow_empty`: whether a row may have no attribute ids (a submission may predict nothing;
@@ -231,14 +232,14 @@ def attribute_csv_problems(path: Path, labels: LabelSpace | None, *, allow_empty
                         "integer attribute id; use space-separated ids from labels.csv")
     rows, values = rows[is_int], tokens[is_int].astype(np.int64).to_numpy()
     if labels is None:
-        return None, None, problems
+        return ids.tolist(), None, problems
     cols = labels.indices_of(values)
     for i, a in zip(rows[cols < 0], values[cols < 0]):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_ids': attribute id {a} is "
                         f"not in labels.csv (ids {min(labels.attribute_ids)}..."
                         f"{max(labels.attribute_ids)}); fix the id or the labels file")
     if problems:
-        return None, None, problems
+        return ids.tolist(), None, problems
     targets = np.zeros((len(frame), labels.num_classes), dtype=np.uint8)
     targets[rows, cols] = 1
     return ids.tolist(), targets, []
@@ -263,7 +264,7 @@ def sample_submission_problems(path: Path) -> tuple[list[str] | None, list[str]]
         return None, problems
     ids = frame["id"].str.strip()
     problems += _id_problems(path, ids)
-    return (None if problems else ids.tolist()), problems
+    return ids.tolist(), problems
 
 
 def read_sample_submission(path: Path) -> list[str]:
