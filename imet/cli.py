@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "list every problem in a competition folder (CSVs, images, folds)"),
     "folds": ("folds", "multilabel-stratified cross-validation folds -> folds.csv"),
     "score": ("score", "F2 of a submission-format CSV against the true labels"),
+    "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
 }
 
 

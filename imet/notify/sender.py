@@ -1,0 +1,368 @@
+"""Delivery of notifications on a background thread that can never slow or break training.
+
+python-telegram-bot 22 is asyncio-based and not thread-safe, so one daemon thread owns one
+event loop and one `telegram.Bot`; the training thread only appends to a deque under a lock
+(`submit`, microseconds). The worker does all waiting — pacing between messages, Telegram's
+`RetryAfter`, backoff after a failure, the circuit breaker's cooldown — in one place
+(`_take`), on a Condition, so `close()` can cut any wait short and the deadline it sets
+bounds everything, an in-flight request included (it is cancelled).
+
+No library does this part: PTB's own rate limiter and retry logic live in telegram.ext's
+Application, which wants to own the process's event loop and polling; we only send."""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import re
+import threading
+import time
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+from imet.notify.config import TelegramConfig, silence_url_loggers
+from imet.notify.messages import CRITICAL, LOW, Outgoing
+
+log = logging.getLogger(__name__)
+
+
+class _Pending:
+    __slots__ = ("item", "attempts")
+
+    def __init__(self, item: Outgoing):
+        self.item = item
+        self.attempts = 0
+
+
+class TelegramSender:
+    """Sends `Outgoing` items to one chat, in order, at most one per `min_interval_s`."""
+
+    def __init__(self, config: TelegramConfig, *, min_interval_s: float = 1.1,
+                 connect_timeout_s: float = 5.0, read_timeout_s: float = 10.0,
+                 max_queue: int = 64, max_attempts: int = 3, backoff_s: float = 2.0,
+                 breaker_threshold: int = 5, breaker_cooldown_s: float = 300.0,
+                 max_retry_after_s: float = 120.0, close_timeout_s: float = 10.0):
+        self._config = config
+        self._min_interval = float(min_interval_s)
+        self._connect_timeout = float(connect_timeout_s)
+        self._read_timeout = float(read_timeout_s)
+        self._max_queue = int(max_queue)
+        self._max_attempts = int(max_attempts)
+        self._backoff = float(backoff_s)
+        self._breaker_threshold = int(breaker_threshold)
+        self._breaker_cooldown = float(breaker_cooldown_s)
+        self._max_retry_after = float(max_retry_after_s)
+        self.close_timeout_s = min(float(close_timeout_s), 10.0)
+        self._chat_id: str | int = config.chat_id
+
+        self._wake = threading.Condition(threading.Lock())
+        self._queue: deque[_Pending] = deque()
+        self._closing = False
+        self._deadline = float("inf")
+        self._disabled = False
+        self._not_before = 0.0          # pacing, RetryAfter and backoff: no request before this
+        self._breaker_until = 0.0
+        self._failures = 0              # consecutive network failures
+        self._inflight: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bot: Any = None
+        self._warned: set[str] = set()
+        self.stats = {"sent": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
+                      "failed": 0, "retries": 0}
+
+        silence_url_loggers(config.token)
+        self._thread = threading.Thread(target=self._run, name="imet-telegram", daemon=True)
+        self._thread.start()
+        # A crash that skips close() still gets its last messages out, within the bound.
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"TelegramSender(chat_id={self._chat_id!r}, queued={len(self._queue)})"
+
+    @property
+    def enabled(self) -> bool:
+        return not self._disabled
+
+    # ---- training thread -------------------------------------------------------------
+    def submit(self, item: Outgoing) -> bool:
+        """Queue `item`; never blocks on the network. False when it was dropped."""
+        with self._wake:
+            if self._closing or self._disabled:
+                return False
+            if item.priority < CRITICAL and time.monotonic() < self._breaker_until:
+                self.stats["dropped_breaker"] += 1
+                return False
+            if len(self._queue) >= self._max_queue and not self._make_room(item):
+                self.stats["dropped_full"] += 1
+                return False
+            self._queue.append(_Pending(item))
+            self._wake.notify()
+        return True
+
+    def _make_room(self, item: Outgoing) -> bool:
+        """Drop the oldest queued item of the lowest priority (progress first); False when
+        `item` itself is the least important. CRITICAL items are never dropped: the queue
+        grows past its bound for them instead (there are only a few per run)."""
+        lowest = min(pending.item.priority for pending in self._queue)
+        if lowest >= CRITICAL:
+            return True
+        if item.priority < lowest:
+            return False
+        for index, pending in enumerate(self._queue):
+            if pending.item.priority == lowest:
+                del self._queue[index]
+                self.stats["dropped_full"] += 1
+                return True
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued (progress dropped) and stop, within `timeout` seconds
+        (default `close_timeout_s`, at most 10 s) whatever the network does."""
+        atexit.unregister(self.close)
+        budget = self.close_timeout_s if timeout is None else min(float(timeout), 10.0)
+        start = time.monotonic()
+        with self._wake:
+            if not self._closing:
+                self._closing = True
+                self._deadline = start + max(0.0, budget - 0.2)
+                stale = [p for p in self._queue if p.item.priority <= LOW]
+                for pending in stale:
+                    self._queue.remove(pending)
+                self.stats["dropped_close"] += len(stale)
+            self._wake.notify_all()
+        self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._cancel_inflight()
+            self._thread.join(max(0.0, start + budget - time.monotonic()))
+        if self._thread.is_alive():
+            log.debug("Telegram sender still busy after %.1f s; left behind", budget)
+
+    def _cancel_inflight(self) -> None:
+        loop, task = self._loop, self._inflight
+        if loop is None or task is None:
+            return
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop closed in between: nothing left to cancel
+            pass
+
+    # ---- worker thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            while True:
+                pending = self._take()
+                if pending is None:
+                    break
+                self._deliver(loop, pending)
+        except BaseException as err:  # the worker must end quietly, whatever happened
+            self._warn_once("worker", "Telegram notifications stopped: %s",
+                            self._describe(err))
+        finally:
+            self._shutdown(loop)
+
+    def _take(self) -> _Pending | None:
+        """The next item once pacing, RetryAfter, backoff and the breaker allow; None when
+        closed and drained, disabled, or past the close deadline."""
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                if self._disabled or now >= self._deadline:
+                    return None
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    self._wake.wait()
+                    continue
+                ready_at = self._not_before
+                if now < self._breaker_until and not self._closing:
+                    ready_at = max(ready_at, self._breaker_until)
+                if ready_at > now:
+                    if self._closing and ready_at >= self._deadline:
+                        return None
+                    self._wake.wait(min(ready_at, self._deadline) - now)
+                    continue
+                return self._queue.popleft()
+
+    def _requeue(self, pending: _Pending, delay: float) -> None:
+        with self._wake:
+            self._not_before = max(self._not_before, time.monotonic() + delay)
+            self._queue.appendleft(pending)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, pending: _Pending) -> None:
+        from telegram.error import (BadRequest, ChatMigrated, Forbidden, InvalidToken,
+                                    NetworkError, RetryAfter)
+        pending.attempts += 1
+        item = pending.item
+        try:
+            self._run_cancellable(loop, self._send(item))
+        except asyncio.CancelledError:
+            self.stats["dropped_close"] += 1
+        except RetryAfter as err:
+            wait = _seconds(err)
+            self._warn_once("retry_after", "Telegram flood control: waiting %.0f s as asked",
+                            wait)
+            if wait <= self._max_retry_after:
+                self.stats["retries"] += 1
+                self._requeue(pending, wait)
+            else:
+                self.stats["failed"] += 1
+        except (Forbidden, InvalidToken) as err:
+            self._disable(err)
+        except ChatMigrated as err:
+            self._chat_id = err.new_chat_id
+            self._warn_once("migrated", "Telegram group became a supergroup: set %s=%s",
+                            "IMET_TELEGRAM_CHAT_ID", err.new_chat_id)
+            self._requeue(pending, 0.0)
+        except BadRequest as err:
+            if "chat not found" in str(err).lower():
+                self._disable(err)
+            else:
+                self.stats["failed"] += 1
+                self._warn_once("bad_request", "Telegram refused a %s message: %s",
+                                item.kind, self._describe(err))
+        except NetworkError as err:  # TimedOut, connection refused, HTTP 5xx
+            self._on_network_failure(pending, err)
+        except Exception as err:
+            self.stats["failed"] += 1
+            self._warn_once("unexpected", "Telegram send failed: %s", self._describe(err))
+        else:
+            self._failures = 0
+            self.stats["sent"] += 1
+            with self._wake:
+                self._not_before = max(self._not_before, time.monotonic() + self._min_interval)
+
+    def _on_network_failure(self, pending: _Pending, err: BaseException) -> None:
+        self._failures += 1
+        log.debug("Telegram send failed (%d in a row): %s", self._failures, self._describe(err))
+        if self._failures >= self._breaker_threshold:
+            with self._wake:
+                self._breaker_until = time.monotonic() + self._breaker_cooldown
+                dropped = [p for p in self._queue if p.item.priority < CRITICAL]
+                for stale in dropped:
+                    self._queue.remove(stale)
+                self.stats["dropped_breaker"] += len(dropped) + (
+                    pending.item.priority < CRITICAL)
+                if pending.item.priority >= CRITICAL:
+                    self._queue.appendleft(pending)
+            self._failures = 0
+            log.warning("Telegram unreachable (%s); notifications paused for %.0f s, "
+                        "training goes on", self._describe(err), self._breaker_cooldown)
+        elif pending.attempts < self._max_attempts:
+            self.stats["retries"] += 1
+            self._requeue(pending, self._backoff * pending.attempts)
+        else:
+            self.stats["failed"] += 1
+
+    def _run_cancellable(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        task = loop.create_task(coro)
+        with self._wake:
+            self._inflight = task
+            closing_late = self._closing and time.monotonic() >= self._deadline
+        if closing_late:
+            task.cancel()
+        try:
+            loop.run_until_complete(task)
+        finally:
+            with self._wake:
+                self._inflight = None
+
+    async def _send(self, item: Outgoing) -> None:
+        from telegram import LinkPreviewOptions
+        from telegram.constants import ParseMode
+        bot = await self._ready_bot()
+        if item.photo is not None:
+            await bot.send_photo(self._chat_id, photo=item.photo, caption=item.text or None,
+                                 parse_mode=ParseMode.HTML)
+        else:
+            await bot.send_message(self._chat_id, item.text, parse_mode=ParseMode.HTML,
+                                   link_preview_options=LinkPreviewOptions(is_disabled=True))
+
+    async def _ready_bot(self) -> Any:
+        if self._bot is None:
+            self._bot = make_bot(self._config, self._connect_timeout, self._read_timeout)
+        # getMe once: a wrong token is found before the first real message.
+        await self._bot.initialize()
+        return self._bot
+
+    def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            left = self._deadline - time.monotonic()
+            if self._bot is not None and left > 0.05:
+                loop.run_until_complete(asyncio.wait_for(self._bot.shutdown(), min(left, 2.0)))
+        except BaseException as err:
+            log.debug("Telegram shutdown: %s", self._describe(err))
+        finally:
+            loop.close()
+
+    def _disable(self, err: BaseException) -> None:
+        with self._wake:
+            self._disabled = True
+            self._queue.clear()
+        log.warning("Telegram notifications disabled for this run: %s", explain(err))
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def _describe(self, err: BaseException) -> str:
+        return self._config.scrub(f"{type(err).__name__}: {err}")
+
+
+def _seconds(err: Any) -> float:
+    """RetryAfter's wait: PTB 22 stores a timedelta; its public attribute is an int or a
+    timedelta depending on PTB_TIMEDELTA (and warns when int), so read the stored value."""
+    value = getattr(err, "_retry_after", None)
+    if value is None:
+        value = err.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def explain(err: BaseException) -> str:
+    """What is wrong and what to do, for the errors a user can fix (never holds the token:
+    only the error's type and Telegram's short description are used)."""
+    from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TimedOut
+    name = type(err).__name__
+    text = _TOKEN_IN_TEXT.sub("<token>", str(err))
+    if isinstance(err, InvalidToken):
+        return ("the bot token was rejected (Unauthorized / Not Found); copy it again from "
+                "@BotFather into IMET_TELEGRAM_TOKEN")
+    if isinstance(err, Forbidden):
+        return (f"the bot may not write to this chat ({text}); open the chat with your bot, "
+                "press Start (or add it to the group), and check IMET_TELEGRAM_CHAT_ID")
+    if isinstance(err, BadRequest) and "chat not found" in text.lower():
+        return ("chat not found; send your bot a message first, then set "
+                "IMET_TELEGRAM_CHAT_ID to the chat id that getUpdates shows")
+    if isinstance(err, TimedOut):
+        return ("the Telegram API did not answer in time; check the network (on Kaggle: "
+                "Settings > Internet on) or IMET_TELEGRAM_API_URL")
+    if isinstance(err, NetworkError):
+        return (f"cannot reach the Telegram API ({text}); check the network (on Kaggle: "
+                "Settings > Internet on) or IMET_TELEGRAM_API_URL")
+    return f"{name}: {text}"
+
+
+# Any bot-token-shaped substring, for texts built before the token is known to us.
+_TOKEN_IN_TEXT = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
+
+
+def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: float) -> Any:
+    """A Bot for `config` with bounded timeouts (also used by `notify-test`)."""
+    from telegram import Bot
+    from telegram.request import HTTPXRequest
+    silence_url_loggers(config.token)
+    request = HTTPXRequest(connection_pool_size=2, connect_timeout=connect_timeout_s,
+                           read_timeout=read_timeout_s, write_timeout=read_timeout_s,
+                           pool_timeout=connect_timeout_s, media_write_timeout=read_timeout_s)
+    updates = HTTPXRequest(connection_pool_size=1, connect_timeout=connect_timeout_s,
+                           read_timeout=read_timeout_s)
+    api_url = config.api_url
+    file_url = (api_url[: -len("bot")] + "file/bot" if api_url.endswith("/bot")
+                else api_url)
+    return Bot(config.token, base_url=api_url, base_file_url=file_url, request=request,
+               get_updates_request=updates)

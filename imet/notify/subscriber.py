@@ -1,0 +1,129 @@
+"""The event subscriber: turns engine events into queued Telegram messages.
+
+Runs in the training thread, so it only formats short strings and enqueues; the one heavy
+step, rendering the loss/F2 plot, happens here too on purpose (matplotlib is not
+thread-safe and the worker thread must stay free of it), throttled to `plot_every_s`."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from imet.notify import messages
+from imet.notify.messages import CRITICAL, LOW, NORMAL, Outgoing
+
+log = logging.getLogger(__name__)
+
+# What a full queue may drop first. Checkpoints are silent by default: the handover and
+# finish messages say where the state is.
+PRIORITY = {"run_start": NORMAL, "progress": LOW, "evaluation": NORMAL, "checkpoint": LOW,
+            "handover": CRITICAL, "finish": CRITICAL, "failure": CRITICAL}
+
+
+def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
+    """imet.report.plots.render_history_png when the report layer provides it."""
+    try:
+        from imet.report.plots import render_history_png
+    except ImportError:
+        return None
+    return render_history_png
+
+
+class TelegramNotifier:
+    """EventBus subscriber. `sender` is anything with `submit(Outgoing)` and
+    `close(timeout)` (a TelegramSender in practice)."""
+
+    def __init__(self, sender: Any, *, kernel: str | None = None,
+                 progress_every_s: float = 900.0, plot_every_s: float = 3600.0,
+                 send_plots: bool = True, send_checkpoints: bool = False,
+                 plot_renderer: Callable[[list[dict]], bytes] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.sender = sender
+        self.kernel = kernel
+        self.progress_every_s = float(progress_every_s)
+        self.plot_every_s = float(plot_every_s)
+        self.send_plots = send_plots
+        self.send_checkpoints = send_checkpoints
+        self._renderer = plot_renderer
+        self._renderer_resolved = plot_renderer is not None
+        self._clock = clock
+        self._run_name: str | None = None
+        self._last_progress = clock()
+        self._last_plot = float("-inf")
+        self._failed_once = False
+
+    def __repr__(self) -> str:
+        return f"TelegramNotifier(run={self._run_name!r})"
+
+    def __call__(self, event: Any) -> None:
+        try:
+            self._handle(event.kind, dict(event.data))
+        except Exception as err:  # a notification must never stop training
+            if not self._failed_once:
+                self._failed_once = True
+                log.warning("Telegram notifier skipped a %s event: %s: %s", event.kind,
+                            type(err).__name__, err)
+
+    def _handle(self, kind: str, data: dict) -> None:
+        if kind == "run_start":
+            self._run_name = data.get("run_name") or self._run_name
+            if not data.get("kernel") and self.kernel:
+                data["kernel"] = self.kernel
+            self._last_progress = self._clock()
+        elif kind == "progress":
+            now = self._clock()
+            if now - self._last_progress < self.progress_every_s:
+                return
+            self._last_progress = now
+        elif kind == "checkpoint" and not self.send_checkpoints:
+            return
+        formatter = messages.FORMATTERS.get(kind)
+        if formatter is None:
+            return
+        priority = PRIORITY.get(kind, NORMAL)
+        for text in formatter(data, self._run_name):
+            self.sender.submit(Outgoing(kind, text, priority))
+        if kind == "evaluation" and self._clock() - self._last_plot >= self.plot_every_s:
+            self._send_plot(kind, data, LOW)
+        elif kind == "finish":
+            self._send_plot(kind, data, CRITICAL)
+
+    def _send_plot(self, kind: str, data: dict, priority: int) -> None:
+        history = data.get("history") or []
+        if not self.send_plots or len(history) < 1:
+            return
+        renderer = self._plot_renderer()
+        if renderer is None:
+            return
+        self._last_plot = self._clock()
+        try:
+            png = renderer(history)
+        except Exception as err:
+            log.warning("Telegram notifier could not render the plot: %s: %s",
+                        type(err).__name__, err)
+            return
+        if png:
+            caption = messages.plot_caption(kind, data, self._run_name)
+            self.sender.submit(Outgoing(f"{kind}_plot", caption, priority, photo=bytes(png)))
+
+    def _plot_renderer(self) -> Callable[[list[dict]], bytes] | None:
+        if not self._renderer_resolved:
+            self._renderer = default_plot_renderer()
+            self._renderer_resolved = True
+            if self._renderer is None:
+                log.debug("imet.report.plots is not available: Telegram messages go "
+                          "without plots")
+        return self._renderer
+
+    def send_text(self, html_text: str, priority: int = NORMAL, kind: str = "text") -> None:
+        """Queue a ready HTML text (split to Telegram's limit); for commands other than train."""
+        for text in messages.pack(html_text.split("\n")):
+            self.sender.submit(Outgoing(kind, text, priority))
+
+    def report_result(self, title: str, fields: dict[str, Any]) -> None:
+        """A validation or inference kernel's outcome (title + `name: value` lines)."""
+        for text in messages.result(title, fields, self._run_name or self.kernel):
+            self.sender.submit(Outgoing("result", text, CRITICAL))
+
+    def close(self, timeout: float | None = None) -> None:
+        self.sender.close(timeout)

@@ -1,0 +1,178 @@
+"""A stand-in Telegram Bot API server on 127.0.0.1 for tests: the real python-telegram-bot
+talks to it over HTTP and it records every request.
+
+Scenarios (`server.scenario`, applied to the next `server.count` requests, then "ok";
+count None = for good): "ok", "429" (flood control with `retry_after`), "500", "hang" (no
+answer until the server stops), "403" (bot blocked), "401" (bad token), "chat_not_found"."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+
+@dataclass
+class Recorded:
+    method: str
+    token: str
+    params: dict
+    files: dict = field(default_factory=dict)
+    status: int = 200
+    time: float = field(default_factory=time.monotonic)
+
+
+_FAILURES = {
+    "429": (429, {"ok": False, "error_code": 429,
+                  "description": "Too Many Requests: retry after {retry_after}",
+                  "parameters": {"retry_after": "{retry_after}"}}),
+    "500": (500, {"ok": False, "error_code": 500, "description": "Internal Server Error"}),
+    "403": (403, {"ok": False, "error_code": 403,
+                  "description": "Forbidden: bot was blocked by the user"}),
+    "401": (401, {"ok": False, "error_code": 401, "description": "Unauthorized"}),
+    "chat_not_found": (400, {"ok": False, "error_code": 400,
+                             "description": "Bad Request: chat not found"}),
+}
+
+
+class TelegramStandin:
+    def __init__(self, scenario: str = "ok", count: int | None = None, retry_after: int = 1):
+        self.scenario = scenario
+        self.count = count
+        self.retry_after = retry_after
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._message_id = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def api_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/bot"
+
+    def __enter__(self) -> "TelegramStandin":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def set(self, scenario: str, count: int | None = None) -> None:
+        with self._lock:
+            self.scenario, self.count = scenario, count
+
+    def methods(self, status: int | None = 200) -> list[str]:
+        return [r.method for r in self.requests if status is None or r.status == status]
+
+    def sent(self) -> list[Recorded]:
+        """Delivered sendMessage/sendPhoto requests, in order."""
+        return [r for r in self.requests if r.status == 200 and r.method != "getMe"]
+
+    def _current(self) -> str:
+        with self._lock:
+            scenario = self.scenario
+            if self.count is not None:
+                if self.count <= 0:
+                    scenario = "ok"
+                else:
+                    self.count -= 1
+            return scenario
+
+    def answer(self, method: str, params: dict) -> tuple[int, dict | None]:
+        scenario = self._current()
+        if scenario == "hang":
+            self._release.wait()
+            return 0, None
+        if scenario in _FAILURES:
+            status, body = _FAILURES[scenario]
+            text = json.dumps(body).replace('"{retry_after}"', str(self.retry_after))
+            return status, json.loads(text.replace("{retry_after}", str(self.retry_after)))
+        return 200, {"ok": True, "result": self._result(method, params)}
+
+    def _result(self, method: str, params: dict) -> dict:
+        if method == "getMe":
+            return {"id": 123456789, "is_bot": True, "first_name": "imet stand-in",
+                    "username": "imet_standin_bot"}
+        with self._lock:
+            self._message_id += 1
+            message_id = self._message_id
+        chat = {"id": int(params.get("chat_id", 1)) if str(params.get("chat_id", "1"))
+                .lstrip("-").isdigit() else 1, "type": "private"}
+        message = {"message_id": message_id, "date": int(time.time()), "chat": chat}
+        if method == "sendPhoto":
+            message["photo"] = [{"file_id": "p", "file_unique_id": "p", "width": 10,
+                                 "height": 10}]
+            if params.get("caption"):
+                message["caption"] = params["caption"]
+        else:
+            message["text"] = params.get("text", "")
+        return message
+
+
+def _parse(content_type: str, body: bytes) -> tuple[dict, dict]:
+    if content_type.startswith("multipart/form-data"):
+        head = f"Content-Type: {content_type}\r\n\r\n".encode()
+        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        params, files = {}, {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if part.get_filename() is not None:
+                files[name] = payload
+            else:
+                params[name] = payload.decode("utf-8")
+        return params, files
+    if content_type.startswith("application/json"):
+        return json.loads(body or b"{}"), {}
+    return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True)), {}
+
+
+def _handler_for(standin: TelegramStandin):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            _, _, rest = self.path.partition("/bot")
+            token, _, method = rest.partition("/")
+            params, files = _parse(self.headers.get("Content-Type", ""), body)
+            record = Recorded(method, token, params, files)
+            with standin._lock:
+                standin.requests.append(record)
+            status, payload = standin.answer(method, params)
+            record.status = status
+            if payload is None:
+                self.close_connection = True
+                return
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST  # noqa: N815
+
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+    return Handler
+
+
+def refused_url() -> str:
+    """A Bot API URL on a local port where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/bot"
