@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "list every problem in a competition folder (CSVs, images, folds)"),
     "folds": ("folds", "multilabel-stratified cross-validation folds -> folds.csv"),
     "score": ("score", "F2 of a submission-format CSV against the true labels"),
+    "validate": ("validate", "out-of-fold predictions with TTA, thresholds and an honest F2"),
+    "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
+    "kaggle": ("kaggle", "local Kaggle emulator, push-ready kernels and multi-session chains"),
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
 }
 

@@ -1,0 +1,72 @@
+"""`python -m imet kaggle run|render …`: the local Kaggle emulator and push-ready kernels."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imet.errors import UserError
+
+
+def _input(text: str) -> tuple[str, Path]:
+    slug, sep, path = text.partition("=")
+    if not sep or not slug or not path:
+        raise argparse.ArgumentTypeError(f"--input {text!r}: expected SLUG=PATH")
+    return slug, Path(path)
+
+
+def _seconds(text: str) -> float:
+    from imet.engine.budget import parse_duration
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION")
+    sub.required = True
+    run = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
+                         description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
+                         "read-only under input/<slug>, cwd in working/, no network when its "
+                         "metadata turns internet off, killed at the time limit. Each session's "
+                         "working/ is kept as OUT/v<N>/kaggle/working.")
+    run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
+    run.add_argument("--input", type=_input, action="append", default=[], metavar="SLUG=PATH",
+                     help="attach PATH as /kaggle/input/SLUG (repeatable)")
+    run.add_argument("--time-limit", type=_seconds, default=12 * 3600.0, metavar="DURATION",
+                     help="session limit: seconds or 12h/30m/90s (default 12h, today's GPU "
+                     "sessions; 9h on the old P100 ones)")
+    run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
+    run.add_argument("--chain", type=int, default=1, metavar="N",
+                     help="re-run with the previous output attached under the kernel's own slug "
+                     "while the run hands over, at most N sessions (default 1)")
+    render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
+                            description="Copy kernels/<name> to OUT/<name> with {owner} replaced "
+                            "in kernel-metadata.json, ready for `kaggle kernels push -p`.")
+    render.add_argument("--owner", required=True, help="your Kaggle user name")
+    render.add_argument("--kernels", type=Path, default=Path("kernels"),
+                        help="folder of kernel templates (default kernels)")
+    render.add_argument("--out", type=Path, default=Path("dist/kernels"),
+                        help="where to write them (default dist/kernels)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kaggle_command == "render":
+        from imet.kaggle.metadata import render
+        templates = sorted(p.parent for p in args.kernels.glob("*/kernel-metadata.json"))
+        if not templates:
+            raise UserError(f"{args.kernels}: no kernel folders (*/kernel-metadata.json) in it")
+        for folder in templates:
+            print(f"rendered {render(folder, args.owner, args.out / folder.name)}")
+        return 0
+    from imet.kaggle.emulator import run_chain
+    if args.chain < 1:
+        raise UserError(f"--chain {args.chain}: must be at least 1")
+    results = run_chain(args.kernel_dir, dict(args.input), args.out, args.time_limit, args.chain)
+    for r in results:
+        state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
+        more = ", handed over" if r.handover else ""
+        print(f"session v{r.version}: {state}{more} after {r.seconds:.1f}s; output {r.output}; "
+              f"log {r.log}")
+    last = results[-1]
+    return 0 if last.ok and last.handover is None else (last.exit_code or 1)

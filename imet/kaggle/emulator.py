@@ -1,0 +1,158 @@
+"""A local Kaggle: run a kernel folder the way Kaggle runs a script kernel.
+
+Each session (a kernel "version") gets its own root with input/<slug>/ mounted read-only and
+an empty working/; the script runs with its cwd in working/ and `IMET_KAGGLE_ROOT` pointing at
+the root, without any network when the metadata turns internet off, and is killed at the time
+limit as Kaggle kills it. working/ is kept as that version's output, which the next session of
+a chain gets attached under the kernel's own slug, as `kernel_sources` does on Kaggle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imet.errors import UserError
+from imet.kaggle.metadata import read_metadata, slug_of
+from imet.kaggle.paths import ROOT_ENV
+
+HANDOVER = "HANDOVER.json"
+TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
+
+
+@dataclass
+class SessionResult:
+    version: int
+    exit_code: int
+    timed_out: bool
+    seconds: float
+    output: Path
+    log: Path
+
+    @property
+    def handover(self) -> dict | None:
+        path = self.output / HANDOVER
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def _isolation_prefix(mounts: list[tuple[Path, Path]], internet: bool) -> list[str] | None:
+    """`unshare` mounts the inputs read-only and, with internet off, cuts every network.
+    It needs root; without it the inputs are symlinks and offline cannot be enforced."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return None
+    binds = " && ".join(f"mount --bind -o ro {shlex.quote(str(src))} {shlex.quote(str(dst))}"
+                        for src, dst in mounts)
+    flags = ["-m"] + ([] if internet else ["-n"])
+    return ["unshare", *flags, "--", "sh", "-c", (binds + " && " if binds else "") + 'exec "$@"',
+            "kernel"]
+
+
+def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
+    root = session_dir / "kaggle"
+    (root / "working").mkdir(parents=True)
+    (root / "input").mkdir()
+    mounts = []
+    for slug, src in inputs.items():
+        src = Path(src).resolve()
+        if not src.exists():
+            raise UserError(f"--input {slug}={src}: no such file or folder")
+        dst = root / "input" / slug
+        if isolate:
+            dst.mkdir(parents=True)
+            mounts.append((src, dst))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src, target_is_directory=src.is_dir())
+    return root, mounts
+
+
+def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: int,
+                time_limit: float, env: dict[str, str] | None = None) -> SessionResult:
+    meta = read_metadata(kernel_dir)
+    session_dir = Path(out) / f"v{version}"
+    if session_dir.exists():
+        shutil.rmtree(session_dir)
+    want_isolation = os.geteuid() == 0 and shutil.which("unshare") is not None
+    if not meta["enable_internet"] and not want_isolation:
+        raise UserError(f"{kernel_dir}: this kernel runs with internet off, which the emulator "
+                        "enforces with `unshare -n`: run it as root on Linux")
+    root, mounts = _prepare_root(session_dir, inputs, want_isolation)
+    script = root / "src" / meta["code_file"]
+    script.parent.mkdir()
+    shutil.copy2(Path(kernel_dir) / meta["code_file"], script)
+    prefix = _isolation_prefix(mounts, meta["enable_internet"]) or []
+    run_env = {**os.environ, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
+               "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit)}
+    log_path = session_dir / "log.txt"
+    start = time.monotonic()
+    timed_out = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(prefix + [sys.executable, str(script)], cwd=root / "working",
+                                env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = start + time_limit
+        for line in _lines_until(proc, deadline):
+            log.write(line)
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return SessionResult(version, proc.returncode, timed_out, time.monotonic() - start,
+                         root / "working", log_path)
+
+
+def _lines_until(proc: subprocess.Popen, deadline: float):
+    """Lines of the child's output until it ends or the deadline passes."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    pending = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not sel.select(timeout=min(left, 1.0)):
+            if proc.poll() is not None:
+                break
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+    sel.close()
+
+
+def run_chain(kernel_dir: Path, inputs: dict[str, Path], out: Path, time_limit: float,
+              max_sessions: int, env: dict[str, str] | None = None) -> list[SessionResult]:
+    """Run sessions, each with the previous one's output attached under the kernel's own
+    slug, while the run hands over and fewer than max_sessions ran."""
+    own_slug = slug_of(read_metadata(kernel_dir)["id"])
+    results: list[SessionResult] = []
+    attached = dict(inputs)
+    for version in range(1, max_sessions + 1):
+        result = run_session(kernel_dir, attached, out, version, time_limit, env)
+        results.append(result)
+        if result.handover is None or result.exit_code != 0:
+            break
+        attached = {**inputs, own_slug: result.output}
+    return results

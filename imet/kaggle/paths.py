@@ -1,0 +1,94 @@
+"""Where things are on Kaggle: the one module that knows Kaggle's directory layout.
+
+Inputs appear at /kaggle/input/<slug>/ or under /kaggle/input/{competitions,datasets,
+notebooks,models}/…/<slug>/, so everything here searches by what a folder holds, never by one
+hard-coded path. `IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from imet.errors import UserError
+
+ROOT_ENV = "IMET_KAGGLE_ROOT"
+DEFAULT_ROOT = "/kaggle"
+# Deep enough for /kaggle/input/datasets/<owner>/<slug>/<version>/file, shallow enough never to
+# walk into a competition's 109k training images.
+MAX_DEPTH = 5
+
+
+def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def input_root(env: Mapping[str, str] | None = None) -> Path:
+    return kaggle_root(env) / "input"
+
+
+def working_dir(env: Mapping[str, str] | None = None) -> Path:
+    return kaggle_root(env) / "working"
+
+
+def _walk(root: Path, max_depth: int) -> Iterator[tuple[Path, list[str]]]:
+    """Yield (folder, file names) breadth-first, following symlinks (Kaggle mounts and the
+    emulator's links), each real folder once, no deeper than max_depth."""
+    seen: set[str] = set()
+    level = [root]
+    for _ in range(max_depth + 1):
+        following: list[Path] = []
+        for folder in level:
+            try:
+                real = os.path.realpath(folder)
+                if real in seen:
+                    continue
+                seen.add(real)
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            files = [e.name for e in entries if e.is_file()]
+            yield folder, files
+            # A folder of images is a leaf: its thousands of files are never folders to search.
+            if len(files) > 1000:
+                continue
+            following.extend(Path(e.path) for e in entries if e.is_dir())
+        level = sorted(following)
+
+
+def find_folders_with(root: Path, *names: str, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Folders under root (root included) that hold every one of `names` as files."""
+    if not root.is_dir():
+        return []
+    return [folder for folder, files in _walk(root, max_depth)
+            if all(name in files for name in names)]
+
+
+def find_competition_data(root: Path | None = None) -> Path:
+    """The folder holding the competition's files (labels.csv, sample_submission.csv)."""
+    root = input_root() if root is None else root
+    found = find_folders_with(root, "labels.csv", "sample_submission.csv")
+    if not found:
+        raise UserError(f"no competition data under {root}: no folder holds labels.csv and "
+                        "sample_submission.csv; attach the imet-2019-fgvc6 competition "
+                        "(competition_sources in kernel-metadata.json)")
+    return found[0]
+
+
+def find_source_dataset(root: Path | None = None) -> Path:
+    """The imet source dataset (the folder holding MANIFEST.json and the bootstrap)."""
+    root = input_root() if root is None else root
+    found = find_folders_with(root, "MANIFEST.json", "imet_bootstrap.py")
+    if not found:
+        raise UserError(f"the imet source dataset is not attached: no MANIFEST.json with "
+                        f"imet_bootstrap.py under {root}; build it with "
+                        "`python packaging/build_dataset.py`, upload it and add it to "
+                        "dataset_sources")
+    return found[0]
+
+
+def find_run_dirs(root: Path | None = None) -> list[Path]:
+    """Folders holding a trained model (model.pt), e.g. attached trainer outputs."""
+    root = input_root() if root is None else root
+    return find_folders_with(root, "model.pt")

@@ -1,0 +1,148 @@
+"""The local Kaggle emulator: isolation, time limit, chained sessions, rendering."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from imet.errors import UserError
+from imet.kaggle.emulator import run_chain, run_session
+from imet.kaggle.metadata import read_metadata, render
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare needs root")
+
+
+def make_kernel(folder, code, internet=True, kernel_id="{owner}/imet-test"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "script.py").write_text(textwrap.dedent(code))
+    meta = {"id": kernel_id, "title": "imet test", "code_file": "script.py",
+            "language": "python", "kernel_type": "script", "is_private": True,
+            "enable_gpu": False, "enable_internet": internet,
+            "dataset_sources": ["{owner}/imet-src"], "competition_sources": ["imet-2019-fgvc6"],
+            "kernel_sources": [kernel_id]}
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+PROBE = """
+import os, socket, sys
+from pathlib import Path
+root = Path(os.environ["IMET_KAGGLE_ROOT"])
+print("cwd-is-working", Path.cwd() == root / "working")
+print("input", (root / "input" / "data" / "hello.txt").read_text().strip())
+try:
+    (root / "input" / "data" / "new.txt").write_text("x")
+    print("input-writable")
+except OSError:
+    print("input-read-only")
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1] if len(sys.argv) > 1 else PORT)), timeout=2).close()
+    print("network-up")
+except OSError:
+    print("network-down")
+Path("result.txt").write_text("done")
+"""
+
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.fixture
+def data_input(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_text("hello")
+    return data
+
+
+@needs_root
+@pytest.mark.parametrize("internet", [True, False])
+def test_session_isolation(tmp_path, listener, data_input, internet):
+    kernel = make_kernel(tmp_path / "k", PROBE.replace("PORT", str(listener)), internet)
+    result = run_session(kernel, {"data": data_input}, tmp_path / "out", 1, time_limit=60)
+    log = result.log.read_text()
+    assert result.exit_code == 0 and not result.timed_out, log
+    assert "cwd-is-working True" in log and "input hello" in log
+    assert "input-read-only" in log
+    assert ("network-up" if internet else "network-down") in log
+    assert (result.output / "result.txt").read_text() == "done"
+    assert not (data_input / "new.txt").exists()
+
+
+def test_time_limit_kills_and_keeps_output(tmp_path):
+    kernel = make_kernel(tmp_path / "k", """
+        import time
+        from pathlib import Path
+        Path("before.txt").write_text("saved")
+        print("sleeping", flush=True)
+        time.sleep(60)
+        Path("after.txt").write_text("never")
+        """)
+    result = run_session(kernel, {}, tmp_path / "out", 1, time_limit=3)
+    assert result.timed_out and result.seconds < 20
+    assert (result.output / "before.txt").read_text() == "saved"
+    assert not (result.output / "after.txt").exists()
+    assert "sleeping" in result.log.read_text()
+
+
+def test_chain_attaches_previous_output_until_no_handover(tmp_path):
+    kernel = make_kernel(tmp_path / "k", """
+        import json, os
+        from pathlib import Path
+        prev = Path(os.environ["IMET_KAGGLE_ROOT"]) / "input" / "imet-test" / "count.txt"
+        count = int(prev.read_text()) + 1 if prev.exists() else 1
+        Path("count.txt").write_text(str(count))
+        if count < 3:
+            Path("HANDOVER.json").write_text(json.dumps({"step": count}))
+        """)
+    results = run_chain(kernel, {}, tmp_path / "out", time_limit=60, max_sessions=5)
+    assert [r.version for r in results] == [1, 2, 3]
+    assert [(r.output / "count.txt").read_text() for r in results] == ["1", "2", "3"]
+    assert results[-1].handover is None and results[0].handover == {"step": 1}
+
+
+def test_chain_stops_at_max_sessions(tmp_path):
+    kernel = make_kernel(tmp_path / "k", """
+        from pathlib import Path
+        Path("HANDOVER.json").write_text("{}")
+        """)
+    assert len(run_chain(kernel, {}, tmp_path / "out", time_limit=60, max_sessions=2)) == 2
+
+
+def test_metadata_missing_field_is_one_line_error(tmp_path):
+    kernel = make_kernel(tmp_path / "k", "print(1)")
+    meta = json.loads((kernel / "kernel-metadata.json").read_text())
+    del meta["enable_internet"]
+    (kernel / "kernel-metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="enable_internet"):
+        read_metadata(kernel)
+
+
+def test_render_replaces_owner(tmp_path):
+    kernel = make_kernel(tmp_path / "k", "print(1)")
+    out = render(kernel, "alice", tmp_path / "dist" / "k")
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["id"] == "alice/imet-test" and meta["dataset_sources"] == ["alice/imet-src"]
+    assert meta["kernel_sources"] == ["alice/imet-test"]
+    assert (out / "script.py").read_text() == "print(1)"
+    with pytest.raises(UserError):
+        render(kernel, "a/b", tmp_path / "x")
+
+
+def test_cli_missing_input_path(tmp_path):
+    kernel = make_kernel(tmp_path / "k", "print(1)")
+    proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "run", str(kernel), "--input",
+                           f"data={tmp_path / 'nope'}", "--out", str(tmp_path / "o"),
+                           "--time-limit", "60"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
