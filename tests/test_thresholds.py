@@ -1,0 +1,124 @@
+"""Threshold search: the fast sweeps against brute force over `binarize` on the same grid."""
+import numpy as np
+import pytest
+
+from imet.metrics.decode import binarize
+from imet.metrics.f2 import f2_score
+from imet.metrics.thresholds import (best_global_threshold, cross_fitted_f2, default_grid,
+                                     global_f2_curve, search_thresholds)
+
+GRID = np.round(np.arange(0.02, 1.0, 0.02), 2)
+
+
+def _data(seed, n=240, c=24, n_culture=8):
+    """Labels with class-dependent calibration, so per-group/per-class thresholds matter."""
+    rng = np.random.default_rng(seed)
+    y = rng.random((n, c)) < rng.uniform(0.03, 0.25, c)
+    y[np.arange(n), rng.integers(0, c, n)] = True          # every image has a label, as in iMet
+    scale = rng.uniform(0.3, 1.0, c)                        # over/under-confident classes
+    logits = 2.5 * (y - 0.5) + rng.normal(0, 1.2, (n, c))
+    probs = (scale / (1 + np.exp(-logits))).astype(np.float32)
+    groups = np.array(["culture"] * n_culture + ["tag"] * (c - n_culture))
+    return y, probs, groups
+
+
+def _score(y, probs, thr, min_labels=1, max_labels=None):
+    return f2_score(y, binarize(probs, thr, min_labels, max_labels))
+
+
+@pytest.mark.parametrize("min_labels,max_labels", [(0, None), (1, None), (3, None), (1, 3),
+                                                   (2, 5)])
+def test_global_curve_equals_brute_force(min_labels, max_labels):
+    y, probs, _ = _data(1)
+    grid, curve = global_f2_curve(y, probs, GRID, min_labels, max_labels)
+    brute = [_score(y, probs, t, min_labels, max_labels) for t in grid]
+    np.testing.assert_allclose(curve, brute, atol=1e-12)
+    t, f2 = best_global_threshold(y, probs, GRID, min_labels, max_labels)
+    assert f2 == pytest.approx(max(brute), abs=1e-12)
+    assert _score(y, probs, t, min_labels, max_labels) == pytest.approx(f2, abs=1e-12)
+
+
+def test_global_curve_default_grid_and_many_chunks(monkeypatch):
+    import imet.metrics.thresholds as th
+    monkeypatch.setattr(th, "_CHUNK_ENTRIES", 200)  # many small row chunks
+    y, probs, _ = _data(2, n=150)
+    grid, curve = global_f2_curve(y, probs)
+    np.testing.assert_array_equal(grid, default_grid())
+    idx = np.arange(0, grid.size, 7)
+    np.testing.assert_allclose(curve[idx], [_score(y, probs, grid[i]) for i in idx], atol=1e-12)
+
+
+def _assert_coordinate_optimal(y, probs, thr, coords, min_labels, max_labels, tol):
+    """No single coordinate (a set of classes sharing a threshold) improves on the grid."""
+    base = _score(y, probs, thr, min_labels, max_labels)
+    for cols in coords:
+        for t in GRID:
+            trial = thr.copy()
+            trial[cols] = t
+            assert _score(y, probs, trial, min_labels, max_labels) <= base + tol, (cols, t)
+
+
+@pytest.mark.parametrize("min_labels", [0, 1])
+def test_group_thresholds_are_exact_coordinate_optima(min_labels):
+    y, probs, groups = _data(3)
+    thr = search_thresholds(y, probs, groups, "group", grid=GRID, min_labels=min_labels)
+    assert len(np.unique(thr[groups == "culture"])) == 1
+    assert len(np.unique(thr[groups == "tag"])) == 1
+    coords = [np.flatnonzero(groups == g) for g in ("culture", "tag")]
+    _assert_coordinate_optimal(y, probs, thr, coords, min_labels, None, tol=1e-12)
+    glob = search_thresholds(y, probs, groups, "global", grid=GRID, min_labels=min_labels)
+    assert _score(y, probs, thr, min_labels) >= _score(y, probs, glob, min_labels) - 1e-12
+
+
+@pytest.mark.parametrize("min_labels", [0, 1])
+def test_class_thresholds_are_exact_coordinate_optima_with_group_fallback(min_labels):
+    y, probs, groups = _data(4)
+    support = y.sum(axis=0)
+    min_support = int(np.median(support))
+    thr = search_thresholds(y, probs, groups, "class", min_support=min_support, grid=GRID,
+                            min_labels=min_labels)
+    by_group = search_thresholds(y, probs, groups, "group", grid=GRID, min_labels=min_labels)
+    rare = support < min_support
+    assert rare.any() and (~rare).any()
+    np.testing.assert_array_equal(thr[rare], by_group[rare])
+    _assert_coordinate_optimal(y, probs, thr, [[c] for c in np.flatnonzero(~rare)],
+                               min_labels, None, tol=1e-12)
+    assert _score(y, probs, thr, min_labels) > _score(y, probs, by_group, min_labels)
+
+
+def test_class_search_with_label_limits_stays_close_to_optimal():
+    # min_labels > 1 / max_labels are modelled (top-k stats): stated tolerance 0.01 F2 per
+    # coordinate; in practice the model is exact here or nearly so
+    y, probs, groups = _data(5)
+    thr = search_thresholds(y, probs, groups, "class", min_support=5, grid=GRID,
+                            min_labels=2, max_labels=4)
+    _assert_coordinate_optimal(y, probs, thr, [[c] for c in range(0, y.shape[1], 3)],
+                               2, 4, tol=0.01)
+    glob = search_thresholds(y, probs, groups, "global", grid=GRID, min_labels=2, max_labels=4)
+    assert _score(y, probs, thr, 2, 4) >= _score(y, probs, glob, 2, 4)
+
+
+def test_cross_fitted_f2_is_honest():
+    y, probs, groups = _data(6, n=400, c=30)
+    fit = cross_fitted_f2(y, probs, groups, "class", min_support=5, grid=GRID, seed=3)
+    np.testing.assert_array_equal(
+        fit.thresholds, search_thresholds(y, probs, groups, "class", 5, GRID))
+    assert fit.f2_in_sample == pytest.approx(_score(y, probs, fit.thresholds))
+    assert fit.f2 == pytest.approx(np.mean(fit.f2_halves), abs=1e-12)  # halves of equal size
+    assert fit.f2 < fit.f2_in_sample and fit.optimism > 0  # per-class thresholds overfit
+    again = cross_fitted_f2(y, probs, groups, "class", min_support=5, grid=GRID, seed=3)
+    assert again.f2 == fit.f2
+    glob = cross_fitted_f2(y, probs, groups, "global", grid=GRID, seed=3)
+    assert 0 < glob.f2 <= 1 and glob.optimism < fit.optimism
+
+
+def test_bad_arguments_are_refused():
+    y, probs, groups = _data(7, n=20, c=6, n_culture=2)
+    with pytest.raises(ValueError, match="mode"):
+        search_thresholds(y, probs, groups, "per-image")
+    with pytest.raises(ValueError, match="groups"):
+        search_thresholds(y, probs, groups[:3], "group")
+    with pytest.raises(ValueError, match="shape"):
+        search_thresholds(y[:, :5], probs, groups, "global")
+    with pytest.raises(ValueError, match="grid"):
+        best_global_threshold(y, probs, grid=[])
