@@ -1,0 +1,81 @@
+"""ImetDataset: images + multi-hot targets, augmented reproducibly.
+
+The augmentation of sample i in epoch e depends on (seed, e, i) only, never on a worker's RNG
+or on how many samples came before: batches are identical for any num_workers and after a
+resume in the middle of an epoch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from imet.data.images import load_rgb
+from imet.data.transforms import Normalization, seed_transform, to_tensor
+
+_UINT64 = (1 << 64) - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
+    """The entropy of one sample's augmentation: SeedSequence mixes the three numbers so that
+    neighbouring indices or epochs give unrelated streams."""
+    return np.random.SeedSequence([seed & _UINT64, epoch, index])
+
+
+class ImetDataset(Dataset):
+    """`dataset[i]` -> (image float32 CHW normalized, target float32[C], i).
+
+    `dataset[(epoch, i)]` reads sample i of `epoch` without `set_epoch`: a sampler yielding such
+    pairs keeps persistent DataLoader workers (which hold their own copy of the dataset, so
+    never see a later `set_epoch`) exact. `normalize=None` returns uint8 CHW images, to be
+    normalized per batch on the GPU with `imet.data.transforms.normalize_batch`."""
+
+    def __init__(self, image_paths, targets: np.ndarray | None, transform=None, seed: int = 0,
+                 *, num_classes: int | None = None,
+                 normalize: Normalization | None = Normalization()):
+        self.image_paths = [Path(p) for p in image_paths]
+        if targets is not None:
+            targets = np.asarray(targets)
+            if targets.ndim != 2 or len(targets) != len(self.image_paths):
+                raise ValueError(f"targets must be [N={len(self.image_paths)}, C], "
+                                 f"got shape {targets.shape}")
+            num_classes = targets.shape[1]
+        self.targets = targets
+        self.num_classes = int(num_classes or 0)
+        self.transform = transform
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = int(seed)
+        self.normalize = normalize
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def load(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """The augmented uint8 HWC image of sample `index` in `epoch` (default: current)."""
+        image = load_rgb(self.image_paths[index])
+        if self.transform is None:
+            return image
+        seed_transform(self.transform, sample_seed(self.seed, self.epoch if epoch is None
+                                                   else epoch, index))
+        return self.transform(image=image)["image"]
+
+    def target(self, index: int) -> torch.Tensor:
+        if self.targets is None:
+            return torch.zeros(self.num_classes, dtype=torch.float32)
+        return torch.from_numpy(self.targets[index].astype(np.float32))
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        index = int(index)
+        if not 0 <= index < len(self.image_paths):
+            raise IndexError(f"sample {index} out of range 0..{len(self.image_paths) - 1}")
+        image = to_tensor(self.load(index, epoch), self.normalize)
+        return image, self.target(index), index

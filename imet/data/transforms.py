@@ -1,0 +1,202 @@
+"""Augmentation presets (albumentations 2.x), eval transforms, TTA and normalization.
+
+Every transform maps a uint8 HWC image to a uint8 HWC image of the final size: resizing comes
+first so the augmentations work on few pixels, and float conversion + normalization happen once,
+last (`to_tensor`), or on the whole batch on the GPU (`normalize_batch`).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from imet.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The 1st place of iMet 2019 resized to a square and cropped only images more elongated than this.
+DEFAULT_MAX_ASPECT = 2.0
+
+
+class CropToAspect(A.ImageOnlyTransform):
+    """Crop the long side so that long/short <= max_aspect; images within the limit pass
+    untouched. Random position in training, centred at evaluation. albumentations has no
+    "crop only when the aspect ratio is extreme" transform, hence this one."""
+
+    def __init__(self, max_aspect: float = DEFAULT_MAX_ASPECT, random_position: bool = True,
+                 p: float = 1.0):
+        super().__init__(p=p)
+        if max_aspect < 1.0:
+            raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
+        self.max_aspect = float(max_aspect)
+        self.random_position = bool(random_position)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        height, width = params["shape"][:2]
+        if max(height, width) <= self.max_aspect * min(height, width):
+            return {"window": None}
+        keep = int(self.max_aspect * min(height, width))
+        excess = max(height, width) - keep
+        start = self.py_random.randint(0, excess) if self.random_position else excess // 2
+        return {"window": (start, keep, height > width)}
+
+    def apply(self, img: np.ndarray, window=None, **params) -> np.ndarray:
+        if window is None:
+            return img
+        start, keep, tall = window
+        return img[start:start + keep] if tall else img[:, start:start + keep]
+
+    def get_transform_init_args_names(self) -> tuple:
+        return ("max_aspect", "random_position")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A training augmentation pipeline and the eval pipeline with the same geometry."""
+
+    train: Callable[[int], A.Compose]
+    eval: Callable[[int], A.Compose]
+    help: str
+
+
+def _resize_train(size: int) -> A.Compose:
+    return A.Compose([
+        CropToAspect(DEFAULT_MAX_ASPECT, random_position=True),
+        A.Resize(size, size, interpolation=cv2.INTER_AREA),
+        A.HorizontalFlip(p=0.5),
+    ])
+
+
+def _resize_eval(size: int) -> A.Compose:
+    return A.Compose([
+        CropToAspect(DEFAULT_MAX_ASPECT, random_position=False),
+        A.Resize(size, size, interpolation=cv2.INTER_AREA),
+    ])
+
+
+def _seed_train(size: int) -> A.Compose:
+    # The iMet notes' aggressive pipeline. Scaling the short side to `size` first and cropping
+    # the square afterwards keeps every later step on size x size pixels.
+    return A.Compose([
+        A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+        A.RandomCrop(size, size),
+        A.HorizontalFlip(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-15, 15),
+                 border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+        A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+    ])
+
+
+def _seed_eval(size: int) -> A.Compose:
+    return A.Compose([
+        A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+        A.CenterCrop(size, size),
+    ])
+
+
+TRAIN_PRESETS: dict[str, Preset] = {
+    "resize": Preset(_resize_train, _resize_eval,
+                     "resize to a square (crop only beyond aspect 2:1), horizontal flip"),
+    "seed": Preset(_seed_train, _seed_eval,
+                   "random square crop, flip, brightness/contrast, shift-scale-rotate, noise"),
+}
+
+
+def _preset(name: str) -> Preset:
+    try:
+        return TRAIN_PRESETS[name]
+    except KeyError:
+        raise UserError(f"unknown augmentation preset {name!r}: choose one of "
+                        f"{', '.join(sorted(TRAIN_PRESETS))}")
+
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, (int, np.integer)) or size < 8:
+        raise UserError(f"--image-size {size!r}: must be an integer of at least 8 pixels")
+    return int(size)
+
+
+def build_train_transform(preset: str, size: int) -> A.Compose:
+    return _preset(preset).train(_check_size(size))
+
+
+def build_eval_transform(size: int, preset: str = "resize") -> A.Compose:
+    """Deterministic transform with the geometry of `preset`'s training pipeline."""
+    return _preset(preset).eval(_check_size(size))
+
+
+def seed_transform(transform: A.Compose, seed) -> None:
+    """Make `transform`'s next call depend on `seed` only (an int or np.random.SeedSequence).
+    One generator pair is shared by all the pipeline's steps: Compose.set_random_seed would
+    give every step an identically seeded generator, so e.g. the flip and the brightness
+    change would always fire together."""
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    py_seed = int(sequence.generate_state(2, np.uint64)[0])
+    transform.set_random_state(np.random.default_rng(sequence), random.Random(py_seed))
+
+
+# ---- tensors ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean/std in the [0, 1] scale of the pixel values; `max_value` is what 255
+    maps to (1 for most nets, 255 for the few pretrainedmodels nets trained on 0..255)."""
+
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    max_value: float = 1.0
+
+    @classmethod
+    def from_info(cls, info: dict) -> "Normalization":
+        """From a model's info (`ImetNet.info` or `load_model_file`'s info)."""
+        return cls(tuple(info.get("mean", IMAGENET_MEAN)), tuple(info.get("std", IMAGENET_STD)),
+                   float(info.get("input_range", (0, 1))[1]))
+
+    def _scale_shift(self, device, dtype) -> tuple:
+        mean = torch.tensor(self.mean, dtype=dtype, device=device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=device).view(-1, 1, 1)
+        # x = (pixel / 255 * max_value - mean) / std as one multiply-add per pixel.
+        return self.max_value / 255.0 / std, -mean / std
+
+
+def to_tensor(image: np.ndarray, norm: Normalization | None = Normalization()) -> torch.Tensor:
+    """uint8 HWC -> normalized float32 CHW, or uint8 CHW when `norm` is None (normalize later,
+    per batch, with `normalize_batch`)."""
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if norm is None:
+        return chw.contiguous()
+    scale, shift = norm._scale_shift("cpu", torch.float32)
+    return chw.to(torch.float32).mul_(scale).add_(shift)
+
+
+def normalize_batch(batch: torch.Tensor, norm: Normalization = Normalization()) -> torch.Tensor:
+    """A uint8 NCHW batch (on any device) -> normalized float32; float batches pass unchanged."""
+    if batch.is_floating_point():
+        return batch
+    scale, shift = norm._scale_shift(batch.device, torch.float32)
+    return torch.addcmul(shift, batch.to(torch.float32), scale)
+
+
+# ---- test-time augmentation -------------------------------------------------------------------
+
+TTA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda batch: batch,
+    "hflip": lambda batch: torch.flip(batch, dims=(3,)),
+}
+
+
+def apply_tta(name: str, batch: torch.Tensor) -> torch.Tensor:
+    """The view `name` of an NCHW batch: TTA reuses decoded images instead of decoding again."""
+    try:
+        view = TTA[name]
+    except KeyError:
+        raise UserError(f"unknown TTA {name!r}: choose from {', '.join(sorted(TTA))}")
+    if batch.dim() != 4:
+        raise ValueError(f"TTA works on NCHW batches, got shape {tuple(batch.shape)}")
+    return view(batch)

@@ -1,0 +1,120 @@
+"""model.pt: a trained model as plain data (no pickled modules), loadable with weights_only=True.
+
+{"format": "imet-model", "version": 1, "arch", "config", "labels": LabelSpace.to_dict(),
+ "state_dict", "extra"} -- the architecture is rebuilt by name, so a file attached from a
+dataset can be loaded without trusting arbitrary code in it."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imet.data.labels import LabelSpace
+from imet.errors import CheckpointError
+from imet.models.net import ImetNet, build_model
+from imet.models.registry import ARCHS
+
+FORMAT = "imet-model"
+VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The ImetNet inside DataParallel/DistributedDataParallel or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def atomic_torch_save(obj, path) -> None:
+    """Write to a temp file in the same folder, fsync, os.replace, fsync the folder: a reader
+    sees the old file or the new one, never half of one, even after a power cut."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: LabelSpace,
+                    extra: dict | None = None) -> Path:
+    net = unwrap(model)
+    num_classes = getattr(net, "num_classes", None)
+    if num_classes is not None and num_classes != labels.num_classes:
+        raise ValueError(f"model has {num_classes} outputs but the label space {labels.num_classes}")
+    # CPU + contiguous: loadable on a CPU-only machine, whatever memory format trained it.
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "arch": arch, "config": dict(config),
+               "labels": labels.to_dict(), "state_dict": state, "extra": dict(extra or {})}
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def read_model_file(path) -> dict:
+    """The payload of a model file, validated; CheckpointError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found; pass the model.pt of a finished run")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not an imet model file or corrupt ({detail[:200]}); "
+                              f"pass the model.pt written by `imet train`")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an imet model file (no format 'imet-model'); "
+                              f"pass the model.pt written by `imet train`")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: imet model file version {payload.get('version')!r}, this "
+                              f"imet reads version {VERSION}; use the imet that wrote it")
+    missing = [k for k in ("arch", "config", "labels", "state_dict") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: imet model file lacks {', '.join(missing)}; it is damaged")
+    return payload
+
+
+def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
+    """(model in eval mode on `device`, info) where info holds arch, config, labels (a
+    LabelSpace), extra, and the model's input settings (mean/std)."""
+    path = Path(path)
+    payload = read_model_file(path)
+    try:
+        labels = LabelSpace.from_dict(payload["labels"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: label space unreadable ({exc}); the file is damaged")
+    config = payload["config"]
+    if payload["arch"] not in ARCHS:
+        raise CheckpointError(f"{path}: architecture {payload['arch']!r} is unknown to this imet; "
+                              f"use the imet version that wrote the file")
+    model = build_model(payload["arch"], labels.num_classes, pretrained=False,
+                        dropout=float(config.get("dropout", 0.0) or 0.0))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: weights do not fit {payload['arch']} ({detail}); "
+                              f"the file is damaged or from another imet version")
+    model.to(device).eval()
+    info = {"path": str(path), "arch": payload["arch"], "config": config, "labels": labels,
+            "extra": payload.get("extra", {}), "version": payload["version"], **{
+                k: model.info[k] for k in ("mean", "std", "input_range", "input_space")}}
+    return model, info
