@@ -15,10 +15,10 @@ def _input(text: str) -> tuple[str, Path]:
 
 
 def _seconds(text: str) -> float:
-    from imet.engine.budget import parse_duration
+    from imet.engine.config import parse_duration
     try:
-        return parse_duration(text)
-    except ValueError as err:
+        return parse_duration(text, "--time-limit")
+    except UserError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
