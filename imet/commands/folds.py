@@ -29,7 +29,7 @@ def run(args) -> int:
     from imet.data.labels import read_labels, read_train
     from imet.data.layout import CompetitionLayout
 
-    layout = CompetitionLayout(args.data)
+    layout = CompetitionLayout(args.data).require(test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
     start = time.monotonic()

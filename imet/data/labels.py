@@ -10,6 +10,7 @@ a DataError on the first one. Parsing is vectorized with pandas so it stays fast
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -118,8 +119,16 @@ def _load_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
         problems.append(f"{path}: file is empty; expected a header '{header}' and one row per line")
         return None
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                            encoding="utf-8")
+        with warnings.catch_warnings():
+            # index_col=False: an extra field must not silently turn column 1 into an index;
+            # pandas then warns (first row too long) or raises (a later row too long).
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                                encoding="utf-8", index_col=False)
+    except pd.errors.ParserWarning:
+        problems.append(f"{path}: line 2: more fields than the header '{header}'; remove the "
+                        "extra commas")
+        return None
     except pd.errors.EmptyDataError:
         problems.append(f"{path}: file is empty; expected a header '{header}' and one row per line")
         return None
