@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
     "kaggle": ("kaggle", "local Kaggle emulator, push-ready kernels and multi-session chains"),
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
+    "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
 }
 
 

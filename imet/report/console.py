@@ -80,7 +80,7 @@ class ConsoleProgress:
                     f"{data.get('session')} on {data.get('device')}: {start}, "
                     f"{data.get('total_steps')} steps in all")
         if self.tty:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # a terminal: the plain bar (tqdm.auto would pick a notebook widget)
             self._bar = tqdm(total=data.get("total_steps"), initial=int(resumed or 0),
                              file=self.stream, unit="step", dynamic_ncols=True,
                              desc=str(data.get("run_name") or "train"))

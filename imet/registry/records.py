@@ -1,0 +1,145 @@
+"""Building run records: the train record (an event subscriber that keeps it up to date during
+the run) and records for validate/predict, which call `append_record` when they are done.
+
+Record fields: schema, run_id, kind (train|validate|predict), session, status, created, updated,
+code_version {imet, manifest_sha256, git_commit}, config (secrets redacted), config_hash, fold,
+arch, image_size, device, kernel, wall_s (this session), best_f2, best_step, threshold(s),
+f2_history [[step, f2], …], tta, ensemble (run ids used), lb_score, lb_set_at, error."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from imet.registry.store import merge_into, upsert
+from imet.report.provenance import code_version, config_hash
+from imet.report.redact import redact
+
+KINDS = ("train", "validate", "predict")
+SCHEMA = 1
+
+
+def now_iso(seconds: float | None = None) -> str:
+    seconds = time.time() if seconds is None else seconds
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def make_record(kind: str, run_id: str, session: int = 1, *, config: dict | None = None,
+                input_roots: Iterable[str | os.PathLike] = (), **fields: Any) -> dict[str, Any]:
+    """A registry record with code version, timestamps, config hash filled in and every value
+    passed through the secret filter. `fields`: any of the record fields listed above."""
+    if kind not in KINDS:
+        raise ValueError(f"record kind {kind!r}: expected one of {KINDS}")
+    if not run_id:
+        raise ValueError("a run record needs a run id")
+    stamp = now_iso()
+    record: dict[str, Any] = {
+        "schema": SCHEMA, "run_id": str(run_id), "kind": kind, "session": int(session),
+        "status": "finished", "created": stamp, "updated": stamp,
+        "code_version": code_version(input_roots), "config": config or {},
+        "config_hash": config_hash(config), "fold": None, "arch": None, "image_size": None,
+        "best_f2": None, "best_step": None, "threshold": None, "tta": None, "ensemble": None,
+        "lb_score": None,
+    }
+    record.update(fields)
+    return redact(record)
+
+
+def append_record(folder: str | os.PathLike, record: dict[str, Any],
+                  input_roots: Iterable[str | os.PathLike] = ()) -> Path:
+    """For validate/predict: merge the input roots' registries into <folder>'s, then add (or
+    replace) `record`. Returns the registry path."""
+    merge_into(folder, input_roots)
+    return upsert(folder, redact(dict(record)))
+
+
+class TrainRecorder:
+    """Event subscriber keeping the train record of the current session in <run_dir>'s registry:
+    written at run start (after merging the inputs' registries), at each new best evaluation, at a
+    handover, at the finish and after a failure."""
+
+    def __init__(self, run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = ()):
+        self.run_dir = Path(run_dir)
+        self.input_roots = [Path(root) for root in input_roots]
+        self.record: dict[str, Any] | None = None
+        self._started = None
+        self._active = True
+
+    def __call__(self, event) -> None:
+        if event.kind == "run_start":
+            self._active = int(event.data.get("rank") or 0) == 0
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None and self._active:
+            handler(event)
+
+    def _save(self, event, **fields: Any) -> None:
+        if self.record is None:
+            return
+        self.record.update(fields, updated=now_iso(event.time),
+                           wall_s=round(event.time - self._started, 3))
+        upsert(self.run_dir, redact(self.record))
+
+    def _on_run_start(self, event) -> None:
+        data = event.data
+        self._started = event.time
+        merged = merge_into(self.run_dir, self.input_roots)
+        run_id = str(data.get("run_name") or "")
+        # Best-so-far of a resumed run: its earlier sessions' records (the engine's evaluation
+        # events repeat it too, but a session may end before its first evaluation).
+        earlier = [r for r in merged if r.get("run_id") == run_id and r.get("kind") == "train"
+                   and int(r.get("session") or 0) < int(data.get("session") or 1)
+                   and r.get("best_f2") is not None] if data.get("resumed_from") is not None else []
+        best = max(earlier, key=lambda r: r["best_f2"], default={})
+        self.record = make_record(
+            "train", run_id, int(data.get("session") or 1), config=data.get("config"),
+            input_roots=self.input_roots, status="running", created=now_iso(event.time),
+            fold=data.get("fold"), arch=data.get("arch"), image_size=data.get("image_size"),
+            device=data.get("device"), kernel=data.get("kernel"),
+            resumed_from=data.get("resumed_from"), total_steps=data.get("total_steps"),
+            best_f2=best.get("best_f2"), best_step=best.get("best_step"),
+            threshold=best.get("threshold"), f2_history=best.get("f2_history") or [],
+            wall_s=0.0)
+        self._save(event)
+
+    def _on_evaluation(self, event) -> None:
+        if self.record is None:
+            return
+        data = event.data
+        history = [[row.get("step"), row.get("f2")] for row in data.get("history") or []
+                   if row.get("f2") is not None and row.get("step") is not None]
+        fields: dict[str, Any] = {"best_f2": data.get("best_f2"),
+                                  "best_step": data.get("best_step"), "last_step": data.get("step")}
+        if history:
+            fields["f2_history"] = history
+        elif data.get("f2") is not None:
+            fields["f2_history"] = [p for p in self.record.get("f2_history") or []
+                                    if p[0] != data.get("step")] + [[data["step"], data["f2"]]]
+        if data.get("is_best"):
+            fields["threshold"] = data.get("threshold")
+        self.record.update(fields)
+        if data.get("is_best"):
+            self._save(event)
+
+    def _on_handover(self, event) -> None:
+        self._save(event, status="handover", last_step=event.data.get("step"),
+                   handover_reason=event.data.get("reason"))
+
+    def _on_finish(self, event) -> None:
+        data = event.data
+        fields = {"status": "finished", "best_f2": data.get("best_f2"),
+                  "best_step": data.get("best_step"), "sessions_total": data.get("sessions")}
+        history = [[row.get("step"), row.get("f2")] for row in data.get("history") or []
+                   if row.get("f2") is not None and row.get("step") is not None]
+        if history:
+            fields["f2_history"] = history
+        self._save(event, **fields)
+
+    def _on_failure(self, event) -> None:
+        self._save(event, status="failed", error=str(event.data.get("error") or ""))
+
+
+def record_train_subscriber(run_dir: str | os.PathLike,
+                            input_roots: Iterable[str | os.PathLike] = ()) -> TrainRecorder:
+    """The subscriber the train command attaches to its EventBus."""
+    return TrainRecorder(run_dir, input_roots)

@@ -1,0 +1,83 @@
+"""Console progress: plain lines for Kaggle logs (throttled), a tqdm bar on a terminal."""
+from __future__ import annotations
+
+import io
+import re
+
+from imet.engine.events import EventBus
+from imet.report.console import ConsoleProgress, format_duration
+from report_sim import emit_session
+
+
+class FakeClock:
+    """Advances one second per reading: a deterministic stand-in for time.monotonic."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_plain_lines_are_throttled_and_complete():
+    stream = io.StringIO()
+    progress = ConsoleProgress(every_s=20, stream=stream, clock=FakeClock())
+    assert not progress.tty  # StringIO is not a terminal: Kaggle's log case
+    emit_session(EventBus([progress]), stop=60)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("imet: run r18-f0 (fold 0, resnet18, 64 px) session 1 on cpu")
+    step_lines = [line for line in lines if "| step " in line]
+    # two clock readings per progress event (rate + throttle): one line every ~10 events
+    assert 4 <= len(step_lines) <= 8
+    line = step_lines[-1]
+    for part in ("stage 2", "epoch ", "/6", "/60 (", "loss ", "lr ", "img/s", "ETA stage",
+                 ", run ", "session left 16m40s"):
+        assert part in line, (part, line)
+    assert re.search(r"ETA stage \d+s, run \d+s", line)
+    evals = [line for line in lines if " eval step " in line]
+    assert len(evals) == 6 and "*new best*" in evals[0] and "F2 0." in evals[0]
+    assert lines[-1].startswith("imet: finished: best F2 0.")
+
+
+def test_stage_eta_uses_stage_end_and_measured_rate():
+    progress = ConsoleProgress(every_s=1e9, stream=io.StringIO(), clock=FakeClock())
+    progress(_start())
+    data = {"stage": 1, "step": 4, "total_steps": 60, "steps_per_epoch": 10, "eta_run_s": 100.0}
+    # No rate measured yet: stage 1 ETA is the run ETA scaled to the stage's remaining steps.
+    assert progress.stage_eta(data) == 100.0 * 6 / 56
+    progress._update_rate({"stage": 1, "step": 4})
+    progress._update_rate({"stage": 1, "step": 6})  # 2 steps in 1 s of the fake clock
+    assert progress.stage_eta({**data, "step": 6}) == 2.0
+    assert progress.stage_eta({**data, "stage": 2, "step": 30, "eta_run_s": 77.0}) == 77.0
+
+
+def test_handover_and_failure_lines():
+    stream = io.StringIO()
+    emit_session(EventBus([ConsoleProgress(every_s=60, stream=stream)]), stop=20,
+                 end="handover")
+    assert "imet: stopping at step 20 (budget)" in stream.getvalue()
+    assert "next: push the trainer kernel again (exit code 75)" in stream.getvalue()
+    stream = io.StringIO()
+    emit_session(EventBus([ConsoleProgress(every_s=60, stream=stream)]), stop=3, end="failure")
+    assert stream.getvalue().splitlines()[-1] == "imet: training failed: RuntimeError: boom"
+
+
+def test_tty_uses_a_tqdm_bar():
+    stream = io.StringIO()
+    emit_session(EventBus([ConsoleProgress(every_s=60, stream=stream, tty=True)]), stop=60)
+    text = stream.getvalue()
+    assert "60/60" in text and ("step/s" in text or "s/step" in text)
+    assert "| step " not in text  # no plain lines when the bar is on
+    assert " eval step 10 " in text and "imet: finished" in text
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (5, 65, 3725, None, -1)] == \
+        ["5s", "1m05s", "1h02m", "?", "?"]
+
+
+def _start():
+    from imet.engine.events import Event
+    return Event("run_start", {"run_name": "r", "config": {"epochs": 6, "stage1_epochs": 1},
+                               "total_steps": 60, "rank": 0})
