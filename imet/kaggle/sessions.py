@@ -1,0 +1,108 @@
+"""What each kernel does in one Kaggle session, so that the kernel scripts stay short.
+
+Each function finds its inputs under the Kaggle input root (any mount layout), runs the
+imet commands as shell steps, and leaves its outputs in the working folder. A missing input is
+one line naming it and exit code 2."""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from imet.errors import UserError
+from imet.kaggle.paths import (find_competition_data, find_folders_with, find_run_dirs,
+                               input_root, working_dir)
+from imet.kaggle.shell import run_step
+
+HANDED_OVER = 75
+HANDOVER = "HANDOVER.json"
+# Never carried from a previous session's output: the engine copies the checkpoint it resumes
+# from itself, and the handover note belongs to the session that wrote it.
+NOT_CARRIED = ("checkpoints", HANDOVER)
+
+
+def _imet(*args: object) -> list[str]:
+    return [sys.executable, "-m", "imet", *map(str, args)]
+
+
+def _seconds_left(started: float, session_limit: str) -> float:
+    from imet.engine.config import parse_duration
+    return parse_duration(session_limit, "session limit") - (time.time() - started)
+
+
+def _carry_previous_output(previous: Path, work: Path) -> None:
+    """Bring the previous session's files (best model, metrics, plots, registry) forward, so
+    this session's output is the whole run, as the next session and the user expect."""
+    for item in previous.iterdir():
+        if item.name in NOT_CARRIED or (work / item.name).exists():
+            continue
+        copy = shutil.copytree if item.is_dir() else shutil.copy2
+        copy(item, work / item.name)
+
+
+def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5) -> int:
+    data = find_competition_data()
+    work = working_dir()
+    previous = (find_folders_with(input_root(), HANDOVER)
+                or find_folders_with(input_root(), "run.json"))
+    if previous:
+        print(f"resuming from the attached output {previous[0]}", flush=True)
+        _carry_previous_output(previous[0], work)
+    folds = work / "folds.csv"
+    if not folds.exists():
+        code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
+        if code:
+            return code
+    left = _seconds_left(started, session_limit)
+    code = run_step(_imet("train", "--data", data, "--folds", folds, "--out", work,
+                          "--time-budget", f"{left:.0f}", "--resume", "auto",
+                          "--input-root", input_root(), *train_args))
+    if code == HANDED_OVER:
+        print(f"session ended with a handover ({work / HANDOVER}): push this kernel again; "
+              "its own output is attached through kernel_sources", flush=True)
+        return 0
+    return code
+
+
+def validation(started: float, session_limit: str, validate_args: list[str]) -> int:
+    data = find_competition_data()
+    runs = _runs()
+    folds = find_folders_with(input_root(), "folds.csv")
+    if not folds:
+        raise UserError(f"no folds.csv under {input_root()}: attach the trainer kernel's output "
+                        "(kernel_sources)")
+    left = _seconds_left(started, session_limit)
+    return run_step(_imet("validate", "--data", data, "--folds", folds[0] / "folds.csv",
+                          "--run", *runs, "--out", working_dir(), "--time-limit", f"{left:.0f}",
+                          *validate_args))
+
+
+def inference(started: float, session_limit: str, predict_args: list[str]) -> int:
+    data = find_competition_data()
+    runs = _runs()
+    work = working_dir()
+    thresholds = find_folders_with(input_root(), "thresholds.json")
+    extra = ["--thresholds", thresholds[0] / "thresholds.json"] if thresholds else []
+    left = _seconds_left(started, session_limit)
+    return run_step(_imet("predict", "--data", data, "--runs", *runs,
+                          "--out", work / "submission.csv", "--probs-dir", work / "probs",
+                          "--time-limit", f"{left:.0f}", *extra, *predict_args))
+
+
+def _runs() -> list[Path]:
+    runs = find_run_dirs()
+    if not runs:
+        raise UserError(f"no trained model (model.pt) under {input_root()}: attach the trainer "
+                        "kernel's output (kernel_sources) or a dataset of runs")
+    return runs
+
+
+def main(kernel: str, session: Callable[..., int], *args) -> int:
+    """Run one kernel session; user errors are one line, not a traceback."""
+    try:
+        return session(*args)
+    except UserError as err:
+        print(f"imet {kernel} kernel: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code

@@ -1,0 +1,35 @@
+"""imet inference kernel: submission.csv from one or several trained runs, internet off.
+
+Attach the trainer outputs (the runs) and the validation output (thresholds.json), push with
+`kaggle kernels push -p dist/kernels/inference`, then submit its submission.csv. The settings
+below are the whole configuration of this kernel."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.time()
+# Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
+SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
+PREDICT_ARGS = ["--tta", "none,hflip", "--ensemble", "mean"]
+ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
+
+
+def bootstrap() -> None:
+    """Install imet and its pinned wheels from the attached imet-src dataset, offline."""
+    for depth in range(5):
+        found = sorted((ROOT / "input").glob("*/" * depth + "imet_bootstrap.py"))
+        if found:
+            code = subprocess.run([sys.executable, str(found[0])]).returncode
+            if code:
+                sys.exit(code)  # the bootstrap said why in one line
+            return
+    sys.exit(f"imet inference kernel: error: the imet-src dataset is not attached (no "
+             f"imet_bootstrap.py under {ROOT / 'input'}); add it to dataset_sources")
+
+
+bootstrap()
+from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
+
+sys.exit(sessions.main("inference", sessions.inference, STARTED, SESSION_LIMIT, PREDICT_ARGS))

@@ -1,0 +1,37 @@
+"""imet trainer kernel: trains one fold and hands over to the next session before the limit.
+
+Push with `kaggle kernels push -p dist/kernels/trainer`. When a session ends with a handover,
+push again: this kernel's own output is in kernel_sources, so the run resumes exactly where it
+stopped. The settings below are the whole configuration of the run."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.time()
+# Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
+SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
+TRAIN_ARGS = ["--fold", "0", "--arch", "se_resnext50_32x4d", "--image-size", "320",
+              "--batch-size", "32", "--epochs", "20", "--num-workers", "4"]
+N_FOLDS = 5
+ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
+
+
+def bootstrap() -> None:
+    """Install imet and its pinned wheels from the attached imet-src dataset, offline."""
+    for depth in range(5):
+        found = sorted((ROOT / "input").glob("*/" * depth + "imet_bootstrap.py"))
+        if found:
+            code = subprocess.run([sys.executable, str(found[0])]).returncode
+            if code:
+                sys.exit(code)  # the bootstrap said why in one line
+            return
+    sys.exit(f"imet trainer kernel: error: the imet-src dataset is not attached (no "
+             f"imet_bootstrap.py under {ROOT / 'input'}); add it to dataset_sources")
+
+
+bootstrap()
+from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
+
+sys.exit(sessions.main("trainer", sessions.trainer, STARTED, SESSION_LIMIT, TRAIN_ARGS, N_FOLDS))
