@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from imet.errors import UserError
@@ -40,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--chain", type=int, default=1, metavar="N",
                      help="re-run with the previous output attached under the kernel's own slug "
                      "while the run hands over, at most N sessions (default 1)")
+    run.add_argument("--python", default=sys.executable, metavar="EXE",
+                     help="interpreter that runs the kernel, standing in for Kaggle's image "
+                     "(default: this one; the kernel's bootstrap installs into it)")
     render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
                             description="Copy kernels/<name> to OUT/<name> with {owner} replaced "
                             "in kernel-metadata.json, ready for `kaggle kernels push -p`.")
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from imet.kaggle.emulator import run_chain
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
-    results = run_chain(args.kernel_dir, dict(args.input), args.out, args.time_limit, args.chain)
+    results = run_chain(args.kernel_dir, dict(args.input), args.out, args.time_limit, args.chain,
+                        python=args.python)
     for r in results:
         state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
         more = ", handed over" if r.handover else ""

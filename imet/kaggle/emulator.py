@@ -78,7 +78,8 @@ def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
 
 
 def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: int,
-                time_limit: float, env: dict[str, str] | None = None) -> SessionResult:
+                time_limit: float, env: dict[str, str] | None = None,
+                python: str = sys.executable) -> SessionResult:
     meta = read_metadata(kernel_dir)
     session_dir = Path(out) / f"v{version}"
     if session_dir.exists():
@@ -98,7 +99,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     start = time.monotonic()
     timed_out = False
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(prefix + [sys.executable, str(script)], cwd=root / "working",
+        proc = subprocess.Popen(prefix + [python, str(script)], cwd=root / "working",
                                 env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = start + time_limit
@@ -143,14 +144,15 @@ def _lines_until(proc: subprocess.Popen, deadline: float):
 
 
 def run_chain(kernel_dir: Path, inputs: dict[str, Path], out: Path, time_limit: float,
-              max_sessions: int, env: dict[str, str] | None = None) -> list[SessionResult]:
+              max_sessions: int, env: dict[str, str] | None = None,
+              python: str = sys.executable) -> list[SessionResult]:
     """Run sessions, each with the previous one's output attached under the kernel's own
     slug, while the run hands over and fewer than max_sessions ran."""
     own_slug = slug_of(read_metadata(kernel_dir)["id"])
     results: list[SessionResult] = []
     attached = dict(inputs)
     for version in range(1, max_sessions + 1):
-        result = run_session(kernel_dir, attached, out, version, time_limit, env)
+        result = run_session(kernel_dir, attached, out, version, time_limit, env, python)
         results.append(result)
         if result.handover is None or result.exit_code != 0:
             break
