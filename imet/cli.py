@@ -19,8 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "F2 of a submission-format CSV against the true labels"),
     "validate": ("validate", "out-of-fold predictions with TTA, thresholds and an honest F2"),
     "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
-    "kaggle": ("kaggle", "local Kaggle emulator, push-ready kernels and multi-session chains"),
+    "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on Kaggle (chain)"),
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
+    "train": ("train", "train or resume one fold; exit 75 = saved and handed over to the next session"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
 }
 

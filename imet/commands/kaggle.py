@@ -44,6 +44,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--python", default=sys.executable, metavar="EXE",
                      help="interpreter that runs the kernel, standing in for Kaggle's image "
                      "(default: this one; the kernel's bootstrap installs into it)")
+    chain = sub.add_parser("chain", help="train across Kaggle sessions: push, wait, push again",
+                           description="Push a rendered kernel folder with the kaggle client, "
+                           "wait for the session to end, fetch its small outputs (HANDOVER.json, "
+                           "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
+                           "the run hands over. Exit 0: finished; 75: still handing over after "
+                           "--max-sessions; 1: a session failed.")
+    chain.add_argument("kernel_dir", type=Path, help="a push-ready folder (dist/kernels/trainer)")
+    chain.add_argument("--max-sessions", type=int, default=5, metavar="N",
+                       help="push at most N sessions (default 5)")
+    chain.add_argument("--out", type=Path, default=Path("dist/chain"),
+                       help="where each session's small outputs go (default dist/chain)")
+    chain.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
+                       help="seconds between status polls (default 60)")
     render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
                             description="Copy kernels/<name> to OUT/<name> with {owner} replaced "
                             "in kernel-metadata.json, ready for `kaggle kernels push -p`.")
@@ -55,6 +68,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kaggle_command == "chain":
+        from imet.kaggle.remote import chain
+        if args.max_sessions < 1:
+            raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
+        return chain(args.kernel_dir, args.max_sessions, args.out, args.poll)
     if args.kaggle_command == "render":
         from imet.kaggle.metadata import render
         templates = sorted(p.parent for p in args.kernels.glob("*/kernel-metadata.json"))
