@@ -94,7 +94,7 @@ def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:
                         f"{ids[absent[0]]!r}); the file belongs to other data; {hint}")
     extra = np.setdiff1d(file_ids.to_numpy(dtype=str), np.asarray(ids, dtype=str))
     if len(extra):
-        problems.append(f"{path}: {len(extra)} ids are not in train.csv (first: {extra[0]!r}); "
+        problems.append(f"{path}: {len(extra)} ids are not in train.csv (first: {str(extra[0])!r}); "
                         f"the file belongs to other data; {hint}")
     if problems:
         return None, problems

@@ -18,6 +18,7 @@ PNGs are written with fixed settings and no metadata. The folder appears complet
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -128,16 +129,31 @@ def label_names() -> list[str]:
     return [f"culture::{s}" for s in sorted(STYLES)] + [f"tag::{d}" for d in range(10)]
 
 
-def _scan_pools(seed: int) -> dict[str, list[np.ndarray]]:
-    """Per split, per digit: the 8x8 scans (0..1 float) it may use; train and test disjoint."""
-    from sklearn.datasets import load_digits  # heavy import, only when generating
+def load_digit_scans() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digit scans: (images float [N, 8, 8] in 0..16, targets int [N]).
+
+    Read straight from the file that `sklearn.datasets.load_digits` reads: importing sklearn
+    costs 3-5 s on a busy machine, more than generating the whole default data set."""
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" \
+        if spec and spec.submodule_search_locations else None
+    if csv is not None and csv.is_file():
+        data = np.loadtxt(csv, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # a future layout: let sklearn find its file
 
     digits = load_digits()
-    order = np.random.default_rng([seed, 0]).permutation(len(digits.target))
+    return digits.images, digits.target
+
+
+def _scan_pools(seed: int) -> dict[str, list[np.ndarray]]:
+    """Per split, per digit: the 8x8 scans (0..1 float) it may use; train and test disjoint."""
+    images, targets = load_digit_scans()
+    order = np.random.default_rng([seed, 0]).permutation(len(targets))
     cut = int(len(order) * TRAIN_SCAN_FRACTION)
     pools = {}
     for split, idx in (("train", order[:cut]), ("test", order[cut:])):
-        pools[split] = [digits.images[idx[digits.target[idx] == d]] / 16.0 for d in range(10)]
+        pools[split] = [images[idx[targets[idx] == d]] / 16.0 for d in range(10)]
     return pools
 
 
