@@ -55,8 +55,10 @@ class SoftF2Loss(nn.Module):
         self.beta2, self.eps = float(beta) ** 2, float(eps)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        probs = torch.sigmoid(logits.float())
-        targets = targets.float()
+        # At least float32: under AMP the sums over 1,103 classes would lose precision in fp16.
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        probs = torch.sigmoid(logits.to(dtype))
+        targets = targets.to(dtype)
         tp = (probs * targets).sum(dim=1)
         denom = self.beta2 * targets.sum(dim=1) + probs.sum(dim=1)
         score = (1 + self.beta2) * tp / (denom + self.eps)

@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+
+from imet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TRAIN_PRESETS, TTA, CropToAspect,
+                                  Normalization, apply_tta, build_eval_transform,
+                                  build_train_transform, normalize_batch, seed_transform,
+                                  to_tensor)
+from imet.errors import UserError
+
+SHAPES = [(48, 48), (40, 100), (130, 30), (20, 25), (300, 200)]
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _ramp(h, w):
+    """Left-to-right ramp: a horizontal flip is visible as a reversed ramp."""
+    row = np.linspace(0, 255, w).astype(np.uint8)
+    return np.repeat(np.repeat(row[None, :, None], h, 0), 3, 2)
+
+
+def test_presets_registered():
+    assert {"seed", "resize"} <= set(TRAIN_PRESETS)
+    assert set(TTA) == {"none", "hflip"}
+
+
+@pytest.mark.parametrize("preset", sorted(TRAIN_PRESETS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_output_is_square_uint8_of_size(preset, shape):
+    image = _image(*shape)
+    for transform in (build_train_transform(preset, 32), build_eval_transform(32, preset)):
+        seed_transform(transform, 1)
+        out = transform(image=image)["image"]
+        assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("preset", sorted(TRAIN_PRESETS))
+def test_train_transform_depends_on_seed_only(preset):
+    image = _image(90, 60)
+    transform = build_train_transform(preset, 32)
+    outputs = []
+    for seed in [5, 6, 5, 7, 8]:
+        seed_transform(transform, seed)
+        outputs.append(transform(image=image)["image"])
+    assert np.array_equal(outputs[0], outputs[2])
+    assert not all(np.array_equal(outputs[0], o) for o in outputs[3:] + [outputs[1]])
+
+
+def test_seeded_steps_fire_independently():
+    # Compose.set_random_seed would seed each step identically (flip and brightness always
+    # together); seed_transform shares one stream, so all four combinations occur.
+    import albumentations as A
+
+    transform = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5)])
+    image = _ramp(8, 16)
+    combos = set()
+    for seed in range(64):
+        seed_transform(transform, seed)
+        out = transform(image=image)["image"]
+        flipped = out[0, 0, 0] > out[0, -1, 0]
+        brightness_changed = not (np.array_equal(out, image) or np.array_equal(out, image[:, ::-1]))
+        combos.add((bool(flipped), brightness_changed))
+    assert len(combos) == 4
+
+
+def test_resize_preset_flips_about_half_the_time():
+    transform = build_train_transform("resize", 16)
+    image = _ramp(16, 16)
+    flips = 0
+    for seed in range(200):
+        seed_transform(transform, seed)
+        out = transform(image=image)["image"]
+        flips += int(out[0, 0, 0] > out[0, -1, 0])
+    assert 70 < flips < 130
+
+
+def test_eval_transform_is_deterministic_and_never_flips():
+    image = _ramp(40, 70)
+    transform = build_eval_transform(32, "resize")
+    outs = [transform(image=image)["image"] for _ in range(5)]
+    assert all(np.array_equal(outs[0], o) for o in outs)
+    assert outs[0][0, 0, 0] < outs[0][0, -1, 0]
+
+
+def test_crop_to_aspect_crops_only_extreme_images():
+    transform = CropToAspect(2.0, random_position=True)
+    wide = _ramp(50, 400)
+    windows = set()
+    for seed in range(10):
+        seed_transform_single(transform, seed)
+        out = transform(image=wide)["image"]
+        assert out.shape == (50, 100, 3)
+        windows.add(int(out[0, 0, 0]))
+    assert len(windows) > 1
+    tall = _image(300, 60)
+    assert transform(image=tall)["image"].shape == (120, 60, 3)
+    mild = _image(50, 90)
+    assert transform(image=mild)["image"] is mild
+    centred = CropToAspect(2.0, random_position=False)(image=np.arange(12).reshape(1, 12, 1)
+                                                        .astype(np.uint8))["image"]
+    assert centred.ravel().tolist() == [5, 6]
+
+
+def seed_transform_single(transform, seed):
+    import random
+
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def test_to_tensor_normalizes_with_imagenet_stats():
+    mean_pixel = (np.array(IMAGENET_MEAN) * 255).round().astype(np.uint8)
+    image = np.broadcast_to(mean_pixel, (4, 5, 3)).copy()
+    tensor = to_tensor(image)
+    assert tensor.shape == (3, 4, 5) and tensor.dtype == torch.float32
+    assert tensor.abs().max().item() < 0.01
+    white = to_tensor(np.full((2, 2, 3), 255, np.uint8))
+    expected = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert np.allclose(white[:, 0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_uint8_path_then_batch_normalize_equals_to_tensor():
+    image = _image(6, 7)
+    raw = to_tensor(image, None)
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 6, 7)
+    norm = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert torch.allclose(normalize_batch(raw[None], norm)[0], to_tensor(image, norm), atol=1e-5)
+    floats = torch.zeros(1, 3, 2, 2)
+    assert normalize_batch(floats) is floats
+
+
+def test_normalization_from_model_info():
+    norm = Normalization.from_info({"mean": [0.5] * 3, "std": [1.0] * 3, "input_range": [0, 255]})
+    assert norm.max_value == 255.0
+    assert to_tensor(np.full((1, 1, 3), 255, np.uint8), norm)[0, 0, 0].item() == \
+        pytest.approx(254.5)
+
+
+def test_tta_views_on_nchw_batches():
+    batch = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
+    assert torch.equal(apply_tta("none", batch), batch)
+    flipped = apply_tta("hflip", batch)
+    assert torch.equal(flipped[..., 0], batch[..., -1])
+    assert torch.equal(apply_tta("hflip", flipped), batch)
+    with pytest.raises(UserError, match="unknown TTA 'vflip'"):
+        apply_tta("vflip", batch)
+    with pytest.raises(ValueError):
+        apply_tta("hflip", batch[0])
+
+
+def test_bad_preset_and_size_are_user_errors():
+    with pytest.raises(UserError, match="unknown augmentation preset 'heavy'.*resize.*seed"):
+        build_train_transform("heavy", 32)
+    with pytest.raises(UserError, match="--image-size"):
+        build_eval_transform(0)
