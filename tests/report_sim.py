@@ -27,7 +27,8 @@ def emit_session(bus: EventBus, run_name: str = "r18-f0", session: int = 1,
              session=session, resumed_from=resumed_from, device="cpu",
              total_steps=TOTAL_STEPS, config=dict(config or CONFIG), kernel=kernel, rank=0)
     best_f2, best_step, history = -1.0, None, []
-    for step in range(1, TOTAL_STEPS + 1):  # replay earlier evals to rebuild the best (engine state)
+    # The engine restores the best score and history of earlier sessions from its TrainState.
+    for step in range(1, TOTAL_STEPS + 1):
         if step % eval_every == 0 and (resumed_from is None or step <= resumed_from):
             if f2_at(step) > best_f2:
                 best_f2, best_step = f2_at(step), step

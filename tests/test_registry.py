@@ -165,3 +165,29 @@ def test_records_never_store_secrets(tmp_path, monkeypatch):
     assert "0123456789abcdef0123456789abcdef" not in text
     record = json.loads(text.splitlines()[0])
     assert record["config"]["notify"] == "telegram" and record["config"]["extra"]["chat"] == "42"
+
+
+def test_validate_and_predict_summaries_become_records(chain, tmp_path):
+    """The summaries `imet validate` / `imet predict` return (their shape, as they pass it)."""
+    s1, s2, s3, k2 = chain
+    validate = {"kind": "validate", "out": str(tmp_path), "images": 64, "folds": [0],
+                "tta": ["none", "hflip"], "ensemble": None, "mode": "group", "f2": 0.7012,
+                "f2_in_sample": 0.71, "threshold_global": 0.23, "seconds": 41.5,
+                "runs": [{"name": "r18-f0", "model": "x/r18-f0/model.pt", "arch": "resnet18",
+                          "image_size": 64, "fold": 0}]}
+    predict = {"kind": "predict", "submission": "submission.csv", "ensemble": "mean",
+               "tta": ["hflip"], "seconds": 12.0,
+               "runs": [{"name": "r18-f0", "arch": "resnet18", "image_size": 64, "fold": 0},
+                        {"name": "r18-f1", "arch": "resnet18", "image_size": 64, "fold": 1}]}
+    append_record(tmp_path / "v", validate, input_roots=[s3, k2])
+    append_record(tmp_path / "v", predict)
+    records = {(r["run_id"], r["kind"]): r for r in read_registry(tmp_path / "v" / REGISTRY_NAME)}
+    v = records[("r18-f0", "validate")]
+    assert (v["best_f2"], v["threshold"], v["tta"], v["wall_s"], v["fold"]) == \
+        (0.7012, 0.23, "none+hflip", 41.5, 0)
+    [p] = [r for (run, kind), r in records.items() if kind == "predict"]
+    assert p["run_id"].startswith("ens-") and p["ensemble"] == ["r18-f0", "r18-f1"]
+    assert p["fold"] is None and p["arch"] == "resnet18" and p["details"]["ensemble"] == "mean"
+    assert len(read_registry(tmp_path / "v" / REGISTRY_NAME)) == 6  # 3 + 1 train, 1 + 1 added
+    rows = summarize(read_registry(tmp_path / "v" / REGISTRY_NAME))
+    assert "r18-f0 r18-f1" in format_table(sort_rows(rows))

@@ -69,7 +69,7 @@ def test_tty_uses_a_tqdm_bar():
     text = stream.getvalue()
     assert "60/60" in text and ("step/s" in text or "s/step" in text)
     assert "| step " not in text  # no plain lines when the bar is on
-    assert " eval step 10 " in text and "imet: finished" in text
+    assert " eval step 10: F2 " in text and "imet: finished" in text
 
 
 def test_format_duration():

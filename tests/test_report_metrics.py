@@ -36,7 +36,8 @@ def test_resume_drops_rows_beyond_checkpoint_and_continues(tmp_path):
     # Session 1 got to step 37 (rows written) but its last checkpoint is at step 30.
     emit_session(EventBus([MetricsWriter(run)]), stop=37, end=None)
     emit_session(EventBus([MetricsWriter(run)]), session=2, resumed_from=30)
-    resumed, uninterrupted = read_metrics(run / "metrics.csv"), read_metrics(reference / "metrics.csv")
+    resumed = read_metrics(run / "metrics.csv")
+    uninterrupted = read_metrics(reference / "metrics.csv")
     assert _keys(resumed) == _keys(uninterrupted)
     assert [r["session"] for r in resumed if r["step"] in (30, 31)] == [1, 1, 2]
 

@@ -7,6 +7,7 @@ arch, image_size, device, kernel, wall_s (this session), best_f2, best_step, thr
 f2_history [[step, f2], …], tta, ensemble (run ids used), lb_score, lb_set_at, error."""
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -46,10 +47,64 @@ def make_record(kind: str, run_id: str, session: int = 1, *, config: dict | None
     return redact(record)
 
 
+def _member_names(runs: Any) -> list[str]:
+    names = []
+    for run in runs or []:
+        if isinstance(run, dict):
+            name = run.get("name") or run.get("run_name") or (
+                Path(str(run["model"])).parent.name if run.get("model") else None)
+        else:
+            name = run
+        if name:
+            names.append(str(name))
+    return names
+
+
+def _common(runs: Any, key: str) -> Any:
+    values = {run.get(key) for run in runs or [] if isinstance(run, dict)} - {None}
+    return values.pop() if len(values) == 1 else None
+
+
+def record_from_summary(summary: dict[str, Any],
+                        input_roots: Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
+    """A registry record from the summary `imet validate` / `imet predict` return (kind, f2,
+    tta, runs [{name, arch, fold, image_size…}], seconds…): the fields the table needs are lifted
+    to the top, the rest kept under "details". The run id is the member run's name, or for an
+    ensemble "ens-" + a hash of the member names (the names are in "ensemble")."""
+    kind = summary.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"run record: kind {kind!r} is not one of {KINDS}")
+    runs = summary.get("runs") or []
+    names = _member_names(runs)
+    run_id = summary.get("run_id")
+    if not run_id:
+        if len(names) == 1:
+            run_id = names[0]
+        else:
+            digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:8]
+            run_id = f"ens-{digest}" if names else f"{kind}-{now_iso()}"
+    tta = summary.get("tta")
+    threshold = summary.get("threshold", summary.get("threshold_global"))
+    details = {key: value for key, value in summary.items() if key not in ("runs", "kind")}
+    return make_record(
+        kind, run_id, int(summary.get("session") or 1), config=summary.get("config"),
+        input_roots=input_roots, best_f2=summary.get("best_f2", summary.get("f2")),
+        threshold=threshold, threshold_mode=summary.get("mode"),
+        tta="+".join(map(str, tta)) if isinstance(tta, (list, tuple)) else tta,
+        ensemble=names if len(names) > 1 else None, members=names,
+        fold=summary.get("fold", _common(runs, "fold")),
+        arch=summary.get("arch", _common(runs, "arch")),
+        image_size=summary.get("image_size", _common(runs, "image_size")),
+        wall_s=summary.get("wall_s", summary.get("seconds")), details=details)
+
+
 def append_record(folder: str | os.PathLike, record: dict[str, Any],
                   input_roots: Iterable[str | os.PathLike] = ()) -> Path:
     """For validate/predict: merge the input roots' registries into <folder>'s, then add (or
-    replace) `record`. Returns the registry path."""
+    replace) `record`: one built with `make_record`, or the summary validate/predict return
+    (see `record_from_summary`). Returns the registry path."""
+    if record.get("schema") != SCHEMA or not record.get("run_id"):
+        record = record_from_summary(record, input_roots)
     merge_into(folder, input_roots)
     return upsert(folder, redact(dict(record)))
 
@@ -136,7 +191,8 @@ class TrainRecorder:
         self._save(event, **fields)
 
     def _on_failure(self, event) -> None:
-        self._save(event, status="failed", error=str(event.data.get("error") or ""))
+        error = str(event.data.get("error") or "").strip()
+        self._save(event, status="failed", error=error.splitlines()[0][:300] if error else "")
 
 
 def record_train_subscriber(run_dir: str | os.PathLike,

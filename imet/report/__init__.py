@@ -1,1 +1,19 @@
-"""imet.report"""
+"""imet.report: event subscribers that turn a training run into console progress, metrics.csv,
+plots and run.json (the run registry, one layer up, lives in imet.registry)."""
+from __future__ import annotations
+
+import os
+from typing import Iterable, TextIO
+
+
+def report_subscribers(run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = (),
+                       every_s: float = 60.0, stream: TextIO | None = None) -> list:
+    """The standard set for a training run: ConsoleProgress, MetricsWriter, ArtifactWriter.
+    `input_roots`: where a resumed session finds the previous session's metrics.csv/run.json."""
+    from imet.report.artifacts import ArtifactWriter
+    from imet.report.console import ConsoleProgress
+    from imet.report.metrics_csv import MetricsWriter
+
+    roots = list(input_roots)
+    return [ConsoleProgress(every_s=every_s, stream=stream), MetricsWriter(run_dir, roots),
+            ArtifactWriter(run_dir, roots)]

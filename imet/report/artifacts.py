@@ -157,4 +157,5 @@ class ArtifactWriter:
         self._write_json()
 
     def _on_failure(self, event) -> None:
-        self._end_session(event, "failed", error=str(event.data.get("error") or ""))
+        error = str(event.data.get("error") or "").strip()
+        self._end_session(event, "failed", error=error.splitlines()[0][:500] if error else "")

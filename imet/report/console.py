@@ -80,7 +80,8 @@ class ConsoleProgress:
                     f"{data.get('session')} on {data.get('device')}: {start}, "
                     f"{data.get('total_steps')} steps in all")
         if self.tty:
-            from tqdm import tqdm  # a terminal: the plain bar (tqdm.auto would pick a notebook widget)
+            # A real terminal: the plain bar (tqdm.auto would pick a notebook widget).
+            from tqdm import tqdm
             self._bar = tqdm(total=data.get("total_steps"), initial=int(resumed or 0),
                              file=self.stream, unit="step", dynamic_ncols=True,
                              desc=str(data.get("run_name") or "train"))
@@ -91,8 +92,10 @@ class ConsoleProgress:
             step = int(data.get("step") or 0)
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
+            epoch = data.get("epoch")
+            epoch = epoch + 1 if isinstance(epoch, int) and data.get("epoch_step") else epoch
             self._bar.set_postfix_str(
-                f"stage {data.get('stage')} ep {data.get('epoch')} loss "
+                f"stage {data.get('stage')} ep {epoch} loss "
                 f"{_num(data.get('loss'), '.4f')} lr {_num(data.get('lr'), '.2e')} "
                 f"{_num(data.get('img_per_s'), '.0f')} img/s left "
                 f"{format_duration(data.get('session_left_s'))}", refresh=False)
@@ -108,11 +111,14 @@ class ConsoleProgress:
         step, total = data.get("step"), data.get("total_steps")
         percent = f" ({100.0 * step / total:.0f}%)" if step is not None and total else ""
         epochs = f"/{self._total_epochs}" if self._total_epochs else ""
+        # The engine counts completed epochs; a reader wants the one in progress.
+        epoch = data.get("epoch")
+        epoch = epoch + 1 if isinstance(epoch, int) and data.get("epoch_step") else epoch
         session_left = data.get("session_left_s")
         session = (f" | session left {format_duration(session_left)}"
                    if session_left is not None else "")
         return (f"[{time.strftime('%H:%M:%S')}] stage {data.get('stage')} | epoch "
-                f"{data.get('epoch')}{epochs} | step {step}/{total}{percent} | loss "
+                f"{epoch}{epochs} | step {step}/{total}{percent} | loss "
                 f"{_num(data.get('loss'), '.4f')} | lr {_num(data.get('lr'), '.2e')} | "
                 f"{_num(data.get('img_per_s'), '.1f')} img/s | ETA stage "
                 f"{format_duration(self.stage_eta(data))}, run "
@@ -153,8 +159,8 @@ class ConsoleProgress:
 
     def _on_evaluation(self, data: dict[str, Any]) -> None:
         best = " *new best*" if data.get("is_best") else ""
-        self._print(f"[{time.strftime('%H:%M:%S')}] eval step {data.get('step')} epoch "
-                    f"{data.get('epoch')}: F2 {_num(data.get('f2'), '.4f')} @ threshold "
+        self._print(f"[{time.strftime('%H:%M:%S')}] eval step {data.get('step')}: F2 "
+                    f"{_num(data.get('f2'), '.4f')} @ threshold "
                     f"{_num(data.get('threshold'), '.3f')}, val loss "
                     f"{_num(data.get('val_loss'), '.4f')} (best {_num(data.get('best_f2'), '.4f')}"
                     f" at step {data.get('best_step')}){best}")

@@ -113,6 +113,7 @@ class MetricsWriter:
         self._keys: set[tuple[str, int]] = set()
         self._run = None
         self._session = None
+        self._stage = None  # evaluation events carry no stage: the last progress event's
         self._active = True
 
     def __call__(self, event) -> None:
@@ -141,6 +142,7 @@ class MetricsWriter:
 
     def _on_progress(self, event) -> None:
         data = event.data
+        self._stage = data.get("stage")
         self._write({"kind": "progress", "stage": data.get("stage"), "epoch": data.get("epoch"),
                      "step": data.get("step"), "epoch_step": data.get("epoch_step"),
                      "loss": data.get("loss"), "lr": data.get("lr"),
@@ -148,7 +150,7 @@ class MetricsWriter:
 
     def _on_evaluation(self, event) -> None:
         data = event.data
-        self._write({"kind": "evaluation", "epoch": data.get("epoch"), "step": data.get("step"),
+        self._write({"kind": "evaluation", "stage": self._stage, "epoch": data.get("epoch"), "step": data.get("step"),
                      "f2": data.get("f2"), "threshold": data.get("threshold"),
                      "best_f2": data.get("best_f2"), "val_loss": data.get("val_loss"),
                      "is_best": data.get("is_best")}, event.time)
@@ -199,7 +201,8 @@ class MetricsWriter:
         """Every row of this run in the file (including those continued from a resume)."""
         if self._handle is not None:
             self._handle.flush()
-        return [row for row in read_metrics(self.path) if self._run is None or row["run"] == self._run]
+        return [row for row in read_metrics(self.path)
+                if self._run is None or row["run"] == self._run]
 
     def close(self) -> None:
         if self._handle is not None:
