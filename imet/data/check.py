@@ -32,7 +32,8 @@ class CheckReport:
         return not self.problems
 
 
-def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: Path) -> tuple[list[str], list[str]]:
+def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: Path
+                    ) -> tuple[list[str], list[str]]:
     """(problems, ids whose file exists): one listing of the folder, not one stat per id."""
     folder = layout.split_dir(split)
     if not folder.is_dir():
@@ -43,8 +44,9 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
     names = np.char.add(np.asarray(ids, dtype=str), IMAGE_SUFFIX)
     exists = np.isin(names, np.fromiter(present, dtype=names.dtype, count=len(present))) \
         if present else np.zeros(len(ids), bool)
-    problems = [f"{folder / n}: image not found (id {i!r} in {csv.name}); add the image or remove "
-                f"the row from {csv.name}" for n, i in zip(names[~exists], np.asarray(ids)[~exists])]
+    problems = [f"{folder / str(n)}: image not found (id {str(i)!r} in {csv.name}); add the "
+                f"image or remove the row from {csv.name}"
+                for n, i in zip(names[~exists], np.asarray(ids)[~exists])]
     return problems, [i for i, e in zip(ids, exists) if e]
 
 

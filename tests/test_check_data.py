@@ -1,0 +1,97 @@
+import shutil
+
+from imet.cli import main
+from imet.data.check import check_data
+from imet.data.layout import CompetitionLayout
+
+
+def ids_of(csv_path):
+    return [line.split(",")[0] for line in csv_path.read_text().splitlines()[1:]]
+
+
+def test_clean_data_set(mini_data, capsys):
+    report = check_data(mini_data, folds=mini_data / "folds.csv", progress=False)
+    assert report.ok, report.problems
+    assert report.counts == {"labels": 18, "train_rows": 64, "test_rows": 24,
+                             "images_decoded": 88}
+    assert report.groups == {"culture": 8, "tag": 10}
+    assert main(["check-data", "--data", str(mini_data)]) == 0
+    out = capsys.readouterr().out
+    assert f"{mini_data} is clean: 18 labels (8 culture, 10 tag), 64 train rows, 24 test rows, " \
+           "88 images decoded, folds.csv matches train.csv" in out
+
+
+def test_lists_every_problem_at_once(mini_data_copy, capsys):
+    layout = CompetitionLayout(mini_data_copy)
+    train_ids, test_ids = ids_of(layout.train_csv), ids_of(layout.sample_submission_csv)
+    truncated = layout.image_path("train", train_ids[3])
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    layout.image_path("test", test_ids[1]).unlink()
+    garbage = layout.image_path("test", test_ids[2])
+    garbage.write_bytes(b"hello")
+    lines = layout.train_csv.read_text().splitlines()
+    lines[5] = lines[5].split(",")[0] + ",3 99"
+    lines[7] = lines[7].split(",")[0] + ",3 x"
+    layout.train_csv.write_text("\n".join(lines) + "\n")
+    (layout.root / "folds.csv").write_text("id,fold\nabc,0\n")
+
+    report = check_data(mini_data_copy, folds=layout.root / "folds.csv", progress=False)
+    problems = report.problems
+    expected = [
+        f"{layout.train_csv}: line 6: field 'attribute_ids': attribute id 99 is not in labels.csv",
+        f"{layout.train_csv}: line 8: field 'attribute_ids': 'x' is not an integer attribute id",
+        f"{layout.image_path('test', test_ids[1])}: image not found (id '{test_ids[1]}' in "
+        "sample_submission.csv)",
+        f"{truncated}: cannot decode image",
+        f"{garbage}: not a readable image",
+    ]
+    for start in expected:
+        assert sum(p.startswith(start) for p in problems) == 1, (start, problems)
+    assert len(problems) == len(expected)  # folds are not matched against a broken train.csv
+    assert all("\n" not in p for p in problems)
+
+    assert main(["check-data", "--data", str(mini_data_copy)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == problems
+    assert captured.err.strip() == f"imet check-data: error: 5 problems in {mini_data_copy}; " \
+                                   "fix them and run check-data again"
+
+
+def test_image_modes_and_folds_mismatch(mini_data_copy):
+    layout = CompetitionLayout(mini_data_copy)
+    first = layout.image_path("train", ids_of(layout.train_csv)[0])
+    first.write_bytes(first.read_bytes()[:100])
+    assert check_data(mini_data_copy, images="exists", progress=False).ok
+    assert check_data(mini_data_copy, images="skip", progress=False).counts == {
+        "labels": 18, "train_rows": 64, "test_rows": 24}
+    first.unlink()
+    assert len(check_data(mini_data_copy, images="exists", progress=False).problems) == 1
+    assert check_data(mini_data_copy, images="skip", progress=False).ok
+    folds = layout.root / "folds.csv"
+    folds.write_text("\n".join(folds.read_text().splitlines()[:-1]) + "\n")
+    problems = check_data(mini_data_copy, images="skip", folds=folds, progress=False).problems
+    assert len(problems) == 1 and "1 training ids have no fold" in problems[0]
+
+
+def test_broken_labels_and_missing_files(mini_data_copy):
+    layout = CompetitionLayout(mini_data_copy)
+    layout.labels_csv.write_text("attribute_id,attribute_name\n0,culture::a\nzero,tag::b\n")
+    layout.sample_submission_csv.write_text("")
+    shutil.rmtree(layout.train_dir)
+    problems = check_data(mini_data_copy, progress=False).problems
+    assert problems[0].startswith(f"{layout.labels_csv}: line 3: field 'attribute_id'")
+    assert problems[1] == f"{layout.sample_submission_csv}: file is empty; expected a header " \
+                          "'id,attribute_ids' and one row per line"
+    assert problems[2].startswith(f"{layout.train_dir}: image folder not found")
+    assert len(problems) == 3
+    assert check_data(mini_data_copy / "nowhere").problems[0].endswith(
+        "data folder not found; pass --data pointing at the competition files")
+
+
+def test_test_labels_must_match_sample_submission(mini_data_copy):
+    layout = CompetitionLayout(mini_data_copy)
+    lines = layout.test_labels_csv.read_text().splitlines()
+    layout.test_labels_csv.write_text("\n".join(lines[:-2]) + "\n")
+    problems = check_data(mini_data_copy, images="skip", progress=False).problems
+    assert problems == [f"{layout.test_labels_csv}: its ids differ from sample_submission.csv "
+                        "(0 extra, 2 missing); regenerate the data set"]
