@@ -1,0 +1,143 @@
+"""`imet train`: train (or resume) one fold; exit 75 when the session hands over to the next."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import sys
+
+from imet.engine.config import TrainConfig, read_config_file
+
+DEFAULTS = TrainConfig()
+
+# flag name -> help. Every TrainConfig field is a flag; the help says what it decides.
+HELP = {
+    "data": "competition folder: labels.csv, train.csv, train/ (required)",
+    "folds": "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
+    "out": "run folder: checkpoints/, model.pt, metrics.csv, run.json, plots/, HANDOVER.json "
+           "(required)",
+    "weights": "ImageNet weights file of --arch (default: searched in $TORCH_HOME/hub/"
+               "checkpoints and the --input-root folders, downloaded only when online)",
+    "input_root": "folder searched recursively for checkpoints to resume and pretrained weights "
+                  "(repeatable; on Kaggle: /kaggle/input)",
+    "fold": "validation fold; the other folds train",
+    "arch": "backbone name (see imet.models.ARCHS; tiny_cnn for CPU smoke runs)",
+    "pretrained": "start the body from ImageNet weights (--no-pretrained: random init)",
+    "dropout": "dropout before the head's linear layer",
+    "image_size": "square training/eval image side in pixels",
+    "preset": "training augmentation preset (seed | resize)",
+    "loss": "loss (bce | focal | soft_f2)",
+    "focal_alpha": "focal loss alpha",
+    "focal_gamma": "focal loss gamma",
+    "mixup_alpha": "mixup Beta(alpha, alpha); 0 turns mixup off",
+    "epochs": "epochs in all, stage 1 included",
+    "head_epochs": "stage 1: epochs training the head only, body frozen (0: none)",
+    "batch_size": "training batch size",
+    "eval_batch_size": "evaluation batch size (0: twice --batch-size)",
+    "lr": "stage 2 peak LR of the head; the body groups get it times the multipliers",
+    "head_lr": "stage 1 peak LR of the head",
+    "lr_late_mult": "stage 2 LR multiplier of the late body group",
+    "lr_early_mult": "stage 2 LR multiplier of the early body group",
+    "weight_decay": "AdamW weight decay",
+    "schedule": "per-batch LR schedule of each stage (onecycle | cosine | cyclic | constant)",
+    "warmup": "warm-up fraction of each stage's steps (onecycle: the rising part)",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "eval_every": "also evaluate every N steps (0: at each epoch end only)",
+    "patience": "stop after N stage-2 evaluations without a better F2 (0: never)",
+    "seed": "seed of the sample order, augmentation, initialization and mixup",
+    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "channels_last": "channels_last memory format on CUDA (ignored on CPU)",
+    "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "num_workers": "data loader worker processes (results do not depend on it)",
+    "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
+                   "run saves and exits 75 before it would be exceeded",
+    "margin": "time kept free at the end of the budget (same format)",
+    "save_every": "also checkpoint every N steps (0: off)",
+    "save_every_min": "also checkpoint when this many minutes passed since the last save",
+    "resume": "auto: newest valid checkpoint of this run in --out and the --input-root "
+              "folders; off: start over; or a state-<step>.pt path",
+    "notify": "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
+              "IMET_TELEGRAM_CHAT_ID are set) or off",
+    "run_name": "name in reports and notifications (default: ARCH-foldN)",
+    "progress_every_s": "seconds between progress lines when the output is not a terminal",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Train one fold: stage 1 trains the head with the body frozen, stage 2 every group with "
+        "discriminative LRs. The full training state is checkpointed; when the time budget or a "
+        "SIGTERM/SIGINT ends the session it saves, writes OUT/HANDOVER.json and exits with code "
+        "75 (run again with --resume auto to continue exactly where it stopped). Flags override "
+        "--config; defaults are shown in brackets.")
+    parser.add_argument("--config", metavar="FILE",
+                        help="JSON object of flag names (dashes or underscores) to values; "
+                             "command-line flags override it")
+    for spec in dataclasses.fields(TrainConfig):
+        default = getattr(DEFAULTS, spec.name)
+        text = f"{HELP[spec.name]} [{default if default not in ('', None, []) else '-'}]"
+        if isinstance(default, bool) or spec.name == "deterministic":
+            parser.add_argument(_flag(spec.name), action=argparse.BooleanOptionalAction,
+                                default=None, help=text)
+        elif isinstance(default, list):
+            parser.add_argument(_flag(spec.name), action="append", default=None,
+                                metavar="DIR", help=text)
+        else:
+            kind = type(default) if isinstance(default, (int, float)) else str
+            parser.add_argument(_flag(spec.name), type=kind, default=None,
+                                metavar=spec.name.upper(), help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = dict(read_config_file(args.config)) if args.config else {}
+    source = args.config or "command line"
+    for spec in dataclasses.fields(TrainConfig):
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            values.pop(spec.name.replace("_", "-"), None)
+            values[spec.name] = given
+    config = TrainConfig.from_dict(values, source)
+    from imet.errors import UserError
+    for required in ("data", "out"):
+        if not getattr(config, required):
+            raise UserError(f"{_flag(required)} is required (on the command line or in --config)")
+    return config
+
+
+def build_bus(config: TrainConfig):
+    from imet.engine.events import EventBus
+    from imet.notify import build_notifier
+    from imet.report.artifacts import ArtifactWriter
+    from imet.report.console import ConsoleProgress
+    from imet.report.metrics_csv import MetricsWriter
+
+    subscribers = [ConsoleProgress(config.progress_every_s),
+                   MetricsWriter(config.out, config.input_root),
+                   ArtifactWriter(config.out, config.input_root)]
+    notifier = build_notifier(config.notify, rank=0)
+    if notifier is not None:
+        subscribers.append(notifier)
+    return EventBus(subscribers)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imet.engine.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    bus = build_bus(config)
+    try:
+        result = train(config, bus, next_command=shlex.join([sys.executable, "-m", "imet",
+                                                             *sys.argv[1:]]))
+    finally:
+        bus.close()
+    if result.status == "handover":
+        print(f"imet train: handed over at step {result.step} ({result.reason}); checkpoint "
+              f"{result.checkpoint}; see {config.out}/HANDOVER.json; exit 75", file=sys.stderr)
+    return result.exit_code

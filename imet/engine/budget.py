@@ -1,0 +1,110 @@
+"""The session's time budget and the stop signals.
+
+A Kaggle session is cut hard when its time is up, so the loop asks before every unit of work
+(a step, an evaluation) whether that unit plus a checkpoint save still fits; if not it saves and
+hands over. Durations are estimated from what this session measured: the max of the recent
+samples times a safety factor, since one slow step (a GC pause, a cold cache) is what would
+overrun the budget."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+
+class DurationEstimate:
+    """A pessimistic estimate of how long the next unit of some kind of work takes."""
+
+    def __init__(self, window: int = 20, safety: float = 1.25, prior_s: float = 0.0):
+        self._samples: deque[float] = deque(maxlen=window)
+        self.safety = safety
+        self.prior_s = prior_s
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(max(0.0, float(seconds)))
+
+    @property
+    def count(self) -> int:
+        return len(self._samples)
+
+    def mean(self) -> float:
+        return sum(self._samples) / len(self._samples) if self._samples else self.prior_s
+
+    def next(self) -> float:
+        if not self._samples:
+            return self.prior_s
+        return max(self._samples) * self.safety
+
+
+class SessionBudget:
+    """`total_s` seconds from `start` (the moment the session began); `margin_s` is kept free.
+
+    `clock` is injectable so a test can run a day-long budget in a second of real time."""
+
+    def __init__(self, total_s: float, margin_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic, start: float | None = None):
+        self.total_s = float(total_s)
+        self.margin_s = float(margin_s)
+        self.clock = clock
+        self.start = clock() if start is None else start
+        self.step = DurationEstimate(prior_s=0.0)
+        self.eval = DurationEstimate(window=5, prior_s=0.0)
+        self.save = DurationEstimate(window=5, prior_s=0.0)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        """Seconds of budget left before the margin."""
+        return self.total_s - self.margin_s - self.elapsed()
+
+    def fits(self, *work_s: float) -> bool:
+        """Whether the given work plus a final checkpoint save still fits in the budget."""
+        return sum(work_s) + self.save.next() <= self.left()
+
+    def fits_step(self) -> bool:
+        return self.fits(self.step.next())
+
+    def fits_eval(self) -> bool:
+        return self.fits(self.eval.next())
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop saves after the current step and exits.
+
+    A second SIGINT while the first is being honoured raises KeyboardInterrupt, so a user who
+    really wants out is never stuck behind a slow save. Handlers are installed only in the main
+    thread (Python allows no other) and restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def _handle(self, signum, frame) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.request("signal")
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

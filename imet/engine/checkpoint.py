@@ -1,0 +1,263 @@
+"""TrainState files on disk: atomic writes, two generations, verified loads, resume discovery.
+
+`<out>/checkpoints/state-<step>.pt` holds the state (only tensors and plain Python values, so
+`torch.load(weights_only=True)` reads it: a checkpoint attached from a Kaggle dataset is
+untrusted input). Next to it `state-<step>.json` holds what is needed to choose a checkpoint
+without loading hundreds of MB (step, fingerprints, finished) and the file's sha256, which
+catches a file truncated or damaged on its way through Kaggle's output/input round trip."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imet.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "imet-trainstate"
+VERSION = 1
+KEEP = 2
+_NAME = re.compile(r"^state-(\d+)\.pt$")
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
+                    keep: int = KEEP) -> Path:
+    """Write `payload` as state-<step>.pt, verify it, then drop generations beyond `keep`."""
+    directory = checkpoint_dir(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"state-{step}.pt"
+    tmp = directory / f".state-{step}.pt.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        sha = file_sha256(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"format": FORMAT, "version": VERSION, "step": int(step), "sha256": sha,
+            "size": final.stat().st_size, **payload.get("meta", {})}
+    _write_json_atomic(sidecar_of(final), meta)
+    fsync_dir(directory)
+    # The older generation is dropped only once the new one is known to read back.
+    verify_checkpoint(final)
+    prune(directory, keep)
+    return final
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Structure check without reading every tensor: the zip index and the pickle must load."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: the checkpoint just written does not read back "
+                              f"({type(err).__name__}: {detail}); check free disk space") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: the checkpoint just written is not an imet train state")
+
+
+def list_generations(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def prune(directory: Path, keep: int = KEEP) -> None:
+    for _, path in list_generations(directory)[keep:]:
+        path.unlink(missing_ok=True)
+        sidecar_of(path).unlink(missing_ok=True)
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(sidecar_of(path).read_text(encoding="utf-8"))
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
+                    labels_fingerprint: str | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a train state; CheckpointError (one line) for anything wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check --resume")
+    meta = read_meta(path)
+    if meta and meta.get("sha256") and file_sha256(path) != meta["sha256"]:
+        raise CheckpointError(f"{path}: the file does not match the sha256 recorded in "
+                              f"{sidecar_of(path).name} (truncated or damaged in transfer)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: not a readable train state ({type(err).__name__}: "
+                              f"{first_line[:200]}); use the previous generation or "
+                              "--resume off") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an imet train state (format "
+                              f"{payload.get('format') if isinstance(payload, dict) else None!r})")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: train state version {payload.get('version')} is not "
+                              f"supported by this imet (expects {VERSION})")
+    check_identity(path, payload.get("meta", {}), config_fingerprint, labels_fingerprint)
+    return payload
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A sound checkpoint of another run (other config or label space)."""
+
+
+def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
+                   labels_fingerprint: str | None) -> None:
+    if labels_fingerprint and meta.get("labels_fingerprint") != labels_fingerprint:
+        raise ForeignCheckpointError(f"{path}: the checkpoint was trained on another label space "
+                              "(labels.csv differs); resume with the same competition data")
+    if config_fingerprint and meta.get("config_fingerprint") != config_fingerprint:
+        raise ForeignCheckpointError(
+            f"{path}: the checkpoint belongs to another training config (fingerprint "
+            f"{meta.get('config_fingerprint')} != {config_fingerprint}: arch, fold, epochs, LR, "
+            "seed... differ); rerun with the same flags, another --out, or --resume off")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    step: int
+    meta: dict | None
+    local: bool  # already in this run's own checkpoint folder
+
+
+def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Candidate]:
+    """Every state-<step>.pt in the out folder's checkpoints and anywhere under input roots,
+    newest first (the out folder first on equal steps: no copy needed)."""
+    seen: set[Path] = set()
+    found: list[Candidate] = []
+    own = checkpoint_dir(out)
+    for step, path in list_generations(own):
+        seen.add(path.resolve())
+        found.append(Candidate(path, step, read_meta(path), True))
+    for root in input_roots:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            for name in filenames:
+                match = _NAME.match(name)
+                path = Path(dirpath) / name
+                if match and path.resolve() not in seen:
+                    seen.add(path.resolve())
+                    found.append(Candidate(path, int(match.group(1)), read_meta(path), False))
+    return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
+
+
+def copy_in(candidate: Candidate, out: str | Path) -> Path:
+    """Copy a checkpoint found in an input root into this run's folder (atomically)."""
+    directory = checkpoint_dir(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / candidate.path.name
+    tmp = directory / f".{candidate.path.name}.tmp-{os.getpid()}"
+    try:
+        shutil.copyfile(candidate.path, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if sidecar_of(candidate.path).is_file():
+        shutil.copyfile(sidecar_of(candidate.path), sidecar_of(target))
+    fsync_dir(directory)
+    return target
+
+
+def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerprint: str,
+                labels_fingerprint: str) -> tuple[dict[str, Any], Path, Path] | None:
+    """(payload, local path, where it was found): the newest valid checkpoint of this run,
+    copied into the out folder, loaded.
+
+    A checkpoint of another config in this run's own folder is refused (the user changed a flag
+    that decides the result); in input roots it is skipped, since Kaggle attaches other runs'
+    outputs (other folds, other archs) side by side. A damaged newest generation falls back to
+    the older one with a warning."""
+    failures: list[str] = []
+    for candidate in find_candidates(out, input_roots):
+        try:
+            if candidate.meta:  # without a sidecar, the identity is checked on load
+                check_identity(candidate.path, candidate.meta, config_fingerprint,
+                               labels_fingerprint)
+        except ForeignCheckpointError:
+            if candidate.local:
+                raise
+            log.info("skipping %s: another run's checkpoint", candidate.path)
+            continue
+        path = candidate.path if candidate.local else copy_in(candidate, out)
+        try:
+            payload = load_checkpoint(path, config_fingerprint, labels_fingerprint)
+        except ForeignCheckpointError:
+            if candidate.local:
+                raise
+            path.unlink(missing_ok=True)
+            sidecar_of(path).unlink(missing_ok=True)
+            continue
+        except CheckpointError as err:
+            log.warning("checkpoint %s is unusable (%s); trying the previous generation",
+                        candidate.path, err)
+            failures.append(str(err))
+            if not candidate.local:
+                path.unlink(missing_ok=True)
+                sidecar_of(path).unlink(missing_ok=True)
+            continue
+        return payload, path, candidate.path
+    if failures:
+        raise CheckpointError(f"every checkpoint found is damaged; first: {failures[0]}; "
+                              "rerun with --resume off to start over")
+    return None

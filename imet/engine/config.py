@@ -1,0 +1,197 @@
+"""One `TrainConfig` per run: every `train` flag, saved inside every checkpoint and artifact.
+
+`fingerprint()` hashes only the fields that decide the result, so a resumed session may point
+at other folders, another time budget or another worker count and still be "the same run"."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imet.errors import UserError
+
+DEFAULT_TIME_BUDGET = "9h"
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
+                       r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str | float | int, what: str = "--time-budget") -> float:
+    """'9h', '30m', '90s', '1h30m', '5400' or 5400 -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not str(text).strip() or match is None or not any(match.groups()):
+            raise UserError(f"{what}: cannot read {text!r} as a duration; "
+                            "write seconds (5400) or a duration such as 9h, 30m, 90s, 1h30m")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds < 0:
+        raise UserError(f"{what}: {text!r} is negative; give a duration >= 0")
+    return seconds
+
+
+@dataclass
+class TrainConfig:
+    # --- where things are (not part of the fingerprint) ---
+    data: str = ""
+    folds: str = ""
+    out: str = ""
+    weights: str | None = None
+    input_root: list[str] = field(default_factory=list)
+    # --- what is trained ---
+    fold: int = 0
+    arch: str = "se_resnext50_32x4d"
+    pretrained: bool = True
+    dropout: float = 0.0
+    image_size: int = 320
+    preset: str = "seed"
+    loss: str = "bce"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    mixup_alpha: float = 0.0
+    # --- how long and how fast ---
+    epochs: int = 20
+    head_epochs: int = 1
+    batch_size: int = 64
+    eval_batch_size: int = 0
+    lr: float = 4e-4
+    head_lr: float = 1e-3
+    lr_late_mult: float = 0.3
+    lr_early_mult: float = 0.1
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    warmup: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    patience: int = 4
+    seed: int = 42
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool | None = None
+    # --- session (not part of the fingerprint) ---
+    device: str = "auto"
+    num_workers: int = 2
+    time_budget: str = DEFAULT_TIME_BUDGET
+    margin: str = "10m"
+    save_every: int = 0
+    save_every_min: float = 30.0
+    resume: str = "auto"
+    notify: str = "auto"
+    run_name: str = ""
+    progress_every_s: float = 60.0
+
+    # Changing any of these does not change what the run computes.
+    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "device", "num_workers",
+                          "time_budget", "margin", "save_every", "save_every_min", "resume",
+                          "notify", "run_name", "progress_every_s", "eval_batch_size")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise UserError(f"{source}: unknown setting {key!r}; the settings are the "
+                                "`imet train` flag names (see `python -m imet train --help`)")
+            kwargs[name] = _coerce(known[name], value, source)
+        return cls(**kwargs).validated(source)
+
+    def fingerprint(self) -> str:
+        decisive = {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_FINGERPRINT}
+        return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+    def budget_seconds(self) -> float:
+        return parse_duration(self.time_budget, "--time-budget")
+
+    def margin_seconds(self) -> float:
+        return parse_duration(self.margin, "--margin")
+
+    def validated(self, source: str = "config") -> "TrainConfig":
+        positive = ("epochs", "batch_size", "image_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"{source}: --{name.replace('_', '-')} must be > 0, "
+                                f"got {getattr(self, name)}")
+        non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
+                        "grad_clip", "mixup_alpha", "dropout", "weight_decay", "fold",
+                        "eval_batch_size")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise UserError(f"{source}: --{name.replace('_', '-')} must be >= 0, "
+                                f"got {getattr(self, name)}")
+        if self.head_epochs > self.epochs:
+            raise UserError(f"{source}: --head-epochs ({self.head_epochs}) is more than --epochs "
+                            f"({self.epochs}); the head-only stage is part of the epochs")
+        if not 0 <= self.warmup < 1:
+            raise UserError(f"{source}: --warmup is a fraction of the stage's steps in [0, 1), "
+                            f"got {self.warmup}")
+        if self.resume not in ("auto", "off") and not self.resume.endswith(".pt"):
+            raise UserError(f"{source}: --resume must be 'auto', 'off' or a path to a state-*.pt "
+                            f"checkpoint, got {self.resume!r}")
+        if self.notify not in ("auto", "on", "off"):
+            raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
+        self.budget_seconds()
+        self.margin_seconds()
+        return self
+
+    def name(self) -> str:
+        return self.run_name or f"{self.arch}-fold{self.fold}"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON object whose keys are `train` flag names (dashes or underscores)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found; check --config") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable JSON config ({err}); "
+                        "write a JSON object of flag names to values") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: the config must be a JSON object of flag names to values")
+    return values
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
+    """Values from JSON: accept what JSON can hold for the field's type, refuse the rest."""
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    name = f"--{spec.name.replace('_', '-')}"
+    if isinstance(default, list):
+        items = value if isinstance(value, list) else [value]
+        return [str(v) for v in items]
+    if value is None:
+        return None
+    if isinstance(default, bool) or spec.name == "deterministic":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{source}: {name} must be true or false, got {value!r}")
+    try:
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {name} must be a {type(default).__name__}, "
+                        f"got {value!r}") from None
+    return str(value)

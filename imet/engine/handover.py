@@ -1,0 +1,43 @@
+"""HANDOVER.json: what a session that stopped early leaves for the next one (and its user)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+NAME = "HANDOVER.json"
+
+
+def next_step_text(command: str | None) -> str:
+    rerun = f"`{command}`" if command else "the same `imet train` command"
+    return (f"run {rerun} again with --resume auto (locally: in the same --out folder; on "
+            "Kaggle: push the trainer kernel again with this kernel's output attached as an "
+            "input, found through --input-root)")
+
+
+def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoint: str,
+          next_text: str, exit_code: int, signal: str | None, session: int,
+          total_steps: int) -> Path:
+    what = ("the session's time budget would not fit the next unit of work plus a save"
+            if reason == "budget" else f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
+    data = {"status": "handover", "reason": reason, "what_happened": f"stopped at step {step} "
+            f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "
+            "the full training state was saved", "step": step, "epoch": epoch,
+            "stage": stage, "session": session, "total_steps": total_steps,
+            "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = Path(out) / NAME
+    tmp = path.with_name(f".{NAME}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def remove(out: Path) -> None:
+    """A session that runs on makes an earlier handover note stale."""
+    (Path(out) / NAME).unlink(missing_ok=True)

@@ -1,0 +1,113 @@
+"""AdamW over the model's parameter groups, and the LR schedules by name.
+
+Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group with
+discriminative rates: head `lr`, late body `lr * lr_late_mult`, early body `lr * lr_early_mult`.
+Every schedule is a `torch.optim.lr_scheduler` stepped once per batch, over one stage's steps;
+the optimizer and scheduler are rebuilt at the stage switch from (config, stage) alone, so a
+resumed run rebuilds exactly what the uninterrupted one had. Schedule lambdas are callable
+objects, not closures, so their state is plain numbers that `weights_only=True` can load."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
+
+from imet.engine.config import TrainConfig
+from imet.errors import UserError
+
+GROUP_ORDER = ("early", "late", "head")
+
+
+def stage_group_lrs(config: TrainConfig, stage: int) -> dict[str, float]:
+    if stage == 1:
+        return {"head": config.head_lr}
+    return {"early": config.lr * config.lr_early_mult, "late": config.lr * config.lr_late_mult,
+            "head": config.lr}
+
+
+def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int) -> None:
+    """Stage 1 freezes the body (no gradients computed for it); stage 2 trains everything."""
+    for name, params in groups.items():
+        for param in params:
+            param.requires_grad_(stage == 2 or name == "head")
+
+
+def build_optimizer(groups: dict[str, list[torch.nn.Parameter]], config: TrainConfig,
+                    stage: int) -> torch.optim.AdamW:
+    lrs = stage_group_lrs(config, stage)
+    param_groups = [{"params": list(groups[name]), "lr": lrs[name], "name": name}
+                    for name in GROUP_ORDER if name in lrs and groups.get(name)]
+    if not param_groups:
+        raise UserError(f"--arch {config.arch}: the model exposes no trainable parameters "
+                        f"for stage {stage}")
+    return torch.optim.AdamW(param_groups, lr=lrs["head"], weight_decay=config.weight_decay)
+
+
+class WarmupCosine:
+    """Linear warm-up from ~0 to 1, then a cosine down to `floor` (a factor of the base LR)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float = 0.0):
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.floor = float(floor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Constant:
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+def _base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [group["lr"] for group in optimizer.param_groups]
+
+
+def one_cycle(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    if total_steps < 4:  # OneCycleLR's phases need a few steps; so short a stage runs flat
+        return LambdaLR(optimizer, Constant())
+    # Each phase must span at least one step, or OneCycleLR divides by zero.
+    pct_start = min(0.5, max(warmup or 0.3, 2.0 / total_steps))
+    return OneCycleLR(optimizer, max_lr=_base_lrs(optimizer), total_steps=total_steps,
+                      pct_start=pct_start, anneal_strategy="cos")
+
+
+def cosine(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    return LambdaLR(optimizer, WarmupCosine(round(warmup * total_steps), total_steps))
+
+
+def cyclic(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    """Triangular cycles between a tenth of each group's LR and the LR, one cycle per epoch."""
+    max_lrs = _base_lrs(optimizer)
+    return CyclicLR(optimizer, base_lr=[lr / 10 for lr in max_lrs], max_lr=max_lrs,
+                    step_size_up=max(1, steps_per_epoch // 2), mode="triangular",
+                    cycle_momentum=False)
+
+
+def constant(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    return LambdaLR(optimizer, Constant())
+
+
+SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
+    "onecycle": one_cycle,
+    "cosine": cosine,
+    "cyclic": cyclic,
+    "constant": constant,
+}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
+                    steps_per_epoch: int) -> LRScheduler:
+    try:
+        builder = SCHEDULES[config.schedule]
+    except KeyError:
+        raise UserError(f"--schedule {config.schedule!r} is unknown; choose one of "
+                        f"{', '.join(SCHEDULES)}") from None
+    return builder(optimizer, max(1, total_steps), max(1, steps_per_epoch), config.warmup)

@@ -1,0 +1,155 @@
+"""`TrainState`: everything that decides the future of a run, and its checkpoint payload.
+
+The payload holds only tensors and plain Python values (RNG states included, converted), so
+`torch.load(weights_only=True)` reads it back. Restoring a payload and continuing gives the
+same bits as never having stopped: model, optimizer, scheduler, scaler, the position in the
+sample order, the RNG streams and the running loss sums are all in it."""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from imet import __version__
+from imet.engine.config import TrainConfig
+from imet.engine.checkpoint import FORMAT, VERSION
+from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
+
+
+@dataclass
+class Counters:
+    """Plain numbers of a run; every field goes into the checkpoint as is."""
+    stage: int = 1
+    epoch: int = 0                # epochs completed
+    epoch_step: int = 0           # batches done inside the current epoch
+    step: int = 0                 # optimizer steps done in the whole run
+    sampler_seed: int = 0
+    best_f2: float = -1.0
+    best_step: int = -1
+    best_threshold: float = 0.0
+    bad_evals: int = 0            # evaluations since the best one (early stopping)
+    last_eval_step: int = -1
+    eval_pending: bool = False    # the step just done calls for an evaluation not yet run
+    loss_sum: float = 0.0         # training loss since the last evaluation
+    loss_count: int = 0
+    samples_seen: int = 0
+    session: int = 1
+    train_time_s: float = 0.0     # over all sessions: for the run's ETA
+    finished: bool = False
+    stop_reason: str = ""         # "epochs" | "early_stop" once finished
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def capture_rng() -> dict[str, Any]:
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=True)
+    rng = {
+        "python": [int(version), list(state), gauss],
+        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] and torch.cuda.is_available():
+        # A session may get another GPU count; restore what both have.
+        for index, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+    # str(): torch's version is a TorchVersion object, which weights_only loading refuses.
+    return {"imet": str(__version__), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}
+
+
+class TrainState:
+    def __init__(self, config: TrainConfig, model: torch.nn.Module,
+                 groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
+                 labels: dict[str, Any], labels_fingerprint: str, use_amp: bool):
+        self.config = config
+        self.model = model
+        self.groups = groups
+        self.steps_per_epoch = steps_per_epoch
+        self.labels = labels
+        self.labels_fingerprint = labels_fingerprint
+        self.counters = Counters(sampler_seed=config.seed)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        # Mixup draws from its own stream, saved with the state.
+        self.mix_generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.enter_stage(1 if config.head_epochs > 0 else 2)
+
+    # --- stages -------------------------------------------------------------------------
+    def stage_epochs(self, stage: int) -> range:
+        head = self.config.head_epochs
+        return range(0, head) if stage == 1 else range(head, self.config.epochs)
+
+    def stage_steps(self, stage: int) -> int:
+        return len(self.stage_epochs(stage)) * self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    def enter_stage(self, stage: int) -> None:
+        """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
+        self.counters.stage = stage
+        set_trainable(self.groups, stage)
+        self.optimizer = build_optimizer(self.groups, self.config, stage)
+        self.scheduler = build_scheduler(self.optimizer, self.config, self.stage_steps(stage),
+                                         self.steps_per_epoch)
+
+    def stage_due(self) -> int:
+        """The stage the next step belongs to."""
+        return 1 if self.counters.epoch < self.config.head_epochs else 2
+
+    # --- checkpoint payload -------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        c = self.counters
+        return {"config_fingerprint": self.config.fingerprint(),
+                "labels_fingerprint": self.labels_fingerprint, "run_name": self.config.name(),
+                "arch": self.config.arch, "fold": self.config.fold, "step": c.step,
+                "epoch": c.epoch, "stage": c.stage, "finished": c.finished,
+                "best_f2": c.best_f2, "session": c.session}
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "meta": self.meta(),
+            "config": self.config.to_dict(), "labels": self.labels,
+            "counters": dataclasses.asdict(self.counters),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {**capture_rng(), "mixup": self.mix_generator.get_state()},
+            "versions": library_versions(),
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        counters = Counters(**payload["counters"])
+        self.model.load_state_dict(payload["model"])
+        self.enter_stage(counters.stage)
+        self.counters = counters
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if payload["scaler"]:
+            self.scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        self.mix_generator.set_state(payload["rng"]["mixup"])

@@ -1,0 +1,85 @@
+"""One optimizer step, and the device-level choices behind it (AMP, channels_last, determinism).
+
+AMP and channels_last pay off only on CUDA; on CPU they would only slow down and change the
+numbers, so they are off there whatever the config says. On CPU deterministic algorithms are on
+unless `--deterministic false`: that is what makes an interrupted run end bit-identical."""
+from __future__ import annotations
+
+import torch
+
+from imet.data.transforms import Normalization, normalize_batch
+from imet.engine.config import TrainConfig
+from imet.engine.losses import build_loss, mixup
+from imet.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto")
+    return device
+
+
+def loss_kwargs(config: TrainConfig) -> dict:
+    if config.loss == "focal":
+        return {"alpha": config.focal_alpha, "gamma": config.focal_gamma}
+    return {}
+
+
+class StepRunner:
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        cuda = device.type == "cuda"
+        self.use_amp = bool(config.amp and cuda)
+        self.channels_last = bool(config.channels_last and cuda)
+        deterministic = config.deterministic if config.deterministic is not None else not cuda
+        torch.use_deterministic_algorithms(deterministic, warn_only=cuda)
+        if cuda:
+            torch.backends.cudnn.benchmark = not deterministic
+        self.loss_fn = build_loss(config.loss, **loss_kwargs(config)).to(device)
+
+    def bind(self, state, data) -> None:
+        self.state = state
+        self.norm = Normalization.from_info(getattr(state.model, "info", {}))
+        # Only what needs gradients is clipped: the frozen body has none in stage 1.
+        self.params = [p for group in state.groups.values() for p in group]
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda:{torch.cuda.get_device_name(self.device)}"
+        return "cpu"
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = normalize_batch(images.to(self.device, non_blocking=True), self.norm)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def train_step(self, batch) -> float:
+        state = self.state
+        images, targets, _ = batch
+        images = self.prepare(images)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.config.mixup_alpha > 0:
+            images, targets, _ = mixup(images, targets, self.config.mixup_alpha,
+                                       state.mix_generator)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            logits = state.model(images)
+        loss = self.loss_fn(logits.float(), targets)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None],
+                                           self.config.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        return float(loss.detach())
