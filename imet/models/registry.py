@@ -110,7 +110,7 @@ def _split_densenet(m: nn.Module) -> Split:
 
 
 _DENSE_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _fix_densenet_keys(state: dict) -> dict:
@@ -182,3 +182,9 @@ ARCHS: dict[str, ArchSpec] = {
         _tv("efficientnet_b0", _split_features(6)),
     ]
 }
+
+# A CPU-sized body for tests, demos and engine benchmarks (imet/models/tiny.py). Imported here,
+# after ArchSpec exists, so every lookup of ARCHS knows it.
+from imet.models.tiny import TINY_CNN  # noqa: E402
+
+ARCHS[TINY_CNN.name] = TINY_CNN
