@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections import deque
 from datetime import timedelta
 from typing import Any
@@ -72,6 +73,7 @@ class TelegramSender:
                       "failed": 0, "retries": 0}
 
         silence_url_loggers(config.token)
+        _quiet_retry_after_deprecation()
         self._thread = threading.Thread(target=self._run, name="imet-telegram", daemon=True)
         self._thread.start()
         # A crash that skips close() still gets its last messages out, within the bound.
@@ -230,6 +232,7 @@ class TelegramSender:
             self._warn_once("unexpected", "Telegram send failed: %s", self._describe(err))
         else:
             self._failures = 0
+            self._warned.discard("breaker")
             self.stats["sent"] += 1
             with self._wake:
                 self._not_before = max(self._not_before, time.monotonic() + self._min_interval)
@@ -237,24 +240,35 @@ class TelegramSender:
     def _on_network_failure(self, pending: _Pending, err: BaseException) -> None:
         self._failures += 1
         log.debug("Telegram send failed (%d in a row): %s", self._failures, self._describe(err))
-        if self._failures >= self._breaker_threshold:
-            with self._wake:
-                self._breaker_until = time.monotonic() + self._breaker_cooldown
-                dropped = [p for p in self._queue if p.item.priority < CRITICAL]
-                for stale in dropped:
-                    self._queue.remove(stale)
-                self.stats["dropped_breaker"] += len(dropped) + (
-                    pending.item.priority < CRITICAL)
-                if pending.item.priority >= CRITICAL:
-                    self._queue.appendleft(pending)
-            self._failures = 0
-            log.warning("Telegram unreachable (%s); notifications paused for %.0f s, "
-                        "training goes on", self._describe(err), self._breaker_cooldown)
+        now = time.monotonic()
+        if self._closing and now < self._breaker_until:
+            self.stats["failed"] += 1  # the one last try at close, while the breaker is open
+        elif self._failures >= self._breaker_threshold:
+            self._open_breaker(pending, err)
         elif pending.attempts < self._max_attempts:
             self.stats["retries"] += 1
             self._requeue(pending, self._backoff * pending.attempts)
         else:
             self.stats["failed"] += 1
+
+    def _open_breaker(self, pending: _Pending, err: BaseException) -> None:
+        """Stop trying for a cooldown: drop what is queued except the final and crash
+        messages, which wait for the cooldown's end (or get one try at close)."""
+        with self._wake:
+            self._breaker_until = time.monotonic() + self._breaker_cooldown
+            dropped = [p for p in self._queue if p.item.priority < CRITICAL]
+            for stale in dropped:
+                self._queue.remove(stale)
+            self.stats["dropped_breaker"] += len(dropped)
+            if pending.item.priority >= CRITICAL:
+                self._queue.appendleft(pending)
+            else:
+                self.stats["dropped_breaker"] += 1
+        self._failures = 0
+        # One warning per outage: a success in between makes the next outage worth a line.
+        self._warn_once("breaker", "Telegram unreachable (%s); notifications paused for "
+                        "%.0f s, training goes on", self._describe(err),
+                        self._breaker_cooldown)
 
     def _run_cancellable(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
         task = loop.create_task(coro)
@@ -321,6 +335,14 @@ def _seconds(err: Any) -> float:
     if value is None:
         value = err.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _quiet_retry_after_deprecation() -> None:
+    """PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
+    the user can do nothing about it, so it is kept out of the training log."""
+    from telegram.warnings import PTBDeprecationWarning
+    warnings.filterwarnings("ignore", message=r".*attribute `retry_after`",
+                            category=PTBDeprecationWarning)
 
 
 def explain(err: BaseException) -> str:

@@ -1,0 +1,238 @@
+"""The real python-telegram-bot against a stand-in Bot API server on 127.0.0.1: a normal run
+and every failure a Kaggle kernel meets (flood control, 5xx, a hanging server, no server, a
+blocked bot). In each the emitting side only enqueues, close() keeps its bound, and no
+captured output holds the token."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from imet.engine.events import EventBus
+from imet.notify import build_notifier
+from imet.notify.messages import CRITICAL, LOW, Outgoing
+from telegram_standin import TelegramStandin, refused_url
+
+TOKEN = "123456789:AAHfakeTokenForTests_abcdefghijklmnopq"
+SECRET = TOKEN.split(":")[1]
+FAST = dict(min_interval_s=0.02, connect_timeout_s=0.5, read_timeout_s=0.5, backoff_s=0.05,
+            breaker_threshold=4, breaker_cooldown_s=30.0, close_timeout_s=2.0,
+            progress_every_s=0.0, plot_every_s=0.0, send_plots=False)
+# Plots cost a matplotlib render each (seconds on a loaded 2-core box): only the normal run
+# draws them.
+SLACK_S = 1.0  # scheduling slack on a shared 2-core machine, on top of the close bound
+
+
+@pytest.fixture
+def no_token_leak(caplog, capfd):
+    """Every log record (all levels) and everything written to stdout/stderr, checked for
+    the token after the test."""
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+    out, err = capfd.readouterr()
+    for text in (caplog.text, out, err, "\n".join(r.getMessage() for r in caplog.records)):
+        assert TOKEN not in text and SECRET not in text
+
+
+def notifier_for(api_url: str, **overrides):
+    env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "4242",
+           "IMET_TELEGRAM_API_URL": api_url}
+    notifier = build_notifier("auto", rank=0, env=env, kernel="me/imet-train",
+                              **{**FAST, **overrides})
+    assert notifier is not None
+    return notifier
+
+
+def history(steps):
+    rows = []
+    for step in steps:
+        rows.append({"step": step, "kind": "progress", "stage": 1, "loss": 1.0 / step,
+                     "lr": 1e-4})
+        if step % 20 == 0:
+            rows.append({"step": step, "kind": "evaluation", "f2": 0.3 + step / 1000,
+                         "val_loss": 0.5})
+    return rows
+
+
+def emit_session(bus, session, wait=lambda n: None, end="finish"):
+    """One training session's events as the engine emits them; `wait(n)` stands for the
+    training time between events (the stand-in has received n messages by then)."""
+    resumed = None if session == 1 else 40
+    bus.emit("run_start", run_name="r18-f0", arch="resnet18", fold=0, image_size=64,
+             session=session, resumed_from=resumed, device="cpu", total_steps=80,
+             config={"lr": 3e-4, "batch_size": 8}, kernel=None, rank=0)
+    first = 1 if resumed is None else 41
+    bus.emit("progress", stage=1, epoch=first // 10, step=first + 9, total_steps=80,
+             epoch_step=10, steps_per_epoch=10, loss=0.5, lr=3e-4, img_per_s=150.0,
+             eta_run_s=60.0, session_left_s=3000.0)
+    wait(2)
+    step = first + 19
+    bus.emit("evaluation", step=step, epoch=step // 10, f2=0.3 + step / 1000, threshold=0.25,
+             best_f2=0.3 + step / 1000, best_step=step, val_loss=0.4, is_best=True,
+             history=history(range(1, step + 1)))
+    bus.emit("checkpoint", step=step, path=f"checkpoints/state-{step}.pt")
+    wait(4)
+    if end == "handover":
+        bus.emit("handover", step=40, checkpoint="checkpoints/state-40.pt", reason="budget",
+                 next="push the trainer kernel again", exit_code=75)
+    elif end == "finish":
+        bus.emit("finish", best_f2=0.38, best_step=80, duration_s=95.0, sessions=session,
+                 artifacts=["model.pt", "metrics.csv"], history=history(range(1, 81)))
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def timed_close(bus):
+    start = time.monotonic()
+    bus.close()
+    return time.monotonic() - start
+
+
+def test_normal_run_every_kind_arrives_in_order(no_token_leak):
+    with TelegramStandin() as server:
+        for session, end in ((1, "handover"), (2, "finish")):
+            bus = EventBus([notifier_for(server.api_url, send_plots=True, plot_every_s=3600)])
+            before = len(server.sent())
+            emit_session(bus, session, lambda n: wait_until(
+                lambda: len(server.sent()) >= before + n), end=end)
+            assert timed_close(bus) <= FAST["close_timeout_s"] + SLACK_S
+        sent = server.sent()
+    kinds = [(r.method, r.params.get("text", r.params.get("caption", "")).split(" ")[0])
+             for r in sent]
+    assert kinds == [("sendMessage", "🚀"), ("sendMessage", "⏳"), ("sendMessage", "📊"),
+                     ("sendPhoto", "📈"), ("sendMessage", "⏸"),
+                     ("sendMessage", "🚀"), ("sendMessage", "⏳"), ("sendMessage", "📊"),
+                     ("sendPhoto", "📈"), ("sendMessage", "✅"), ("sendPhoto", "📈")]
+    assert all(r.params["chat_id"] == "4242" and r.token == TOKEN for r in sent)
+    assert all(r.params.get("parse_mode") == "HTML" for r in sent)
+    assert "resumed from step 40" in sent[5].params["text"]
+    assert "kernel <code>me/imet-train</code>" in sent[0].params["text"]
+    photos = [r for r in sent if r.method == "sendPhoto"]
+    assert all(r.files["photo"].startswith(b"\x89PNG") for r in photos)
+    assert "best F2 0.3800" in photos[-1].params["caption"]
+
+
+def test_crash_message_carries_the_traceback_and_the_error_still_propagates(no_token_leak):
+    with TelegramStandin() as server:
+        bus = EventBus([notifier_for(server.api_url)])
+
+        def train():
+            try:
+                raise RuntimeError("CUDA error: device-side assert <triggered>")
+            except Exception as err:
+                import traceback
+                bus.emit("failure", error=f"{type(err).__name__}: {err}",
+                         traceback=traceback.format_exc())
+                raise
+            finally:
+                bus.close()
+
+        with pytest.raises(RuntimeError, match="device-side assert"):
+            train()
+        texts = [r.params["text"] for r in server.sent()]
+    assert len(texts) == 1 and texts[0].startswith("❌")
+    assert "RuntimeError: CUDA error: device-side assert &lt;triggered&gt;" in texts[0]
+    assert "<pre>Traceback (most recent call last)" in texts[0]
+    assert "in train" in texts[0]
+
+
+def test_flood_control_retry_after_is_honoured(no_token_leak):
+    with TelegramStandin(scenario="429", count=2, retry_after=1) as server:
+        bus = EventBus([notifier_for(server.api_url)])
+        emit_session(bus, 1)
+        wait_until(lambda: len(server.sent()) >= 4)
+        assert timed_close(bus) <= FAST["close_timeout_s"] + SLACK_S
+        requests = list(server.requests)
+    assert [r.status for r in requests[:2]] == [429, 429]
+    assert requests[1].time - requests[0].time >= 0.95  # waited retry_after, not hammering
+    assert requests[2].time - requests[1].time >= 0.95
+    assert "⏳" in server.sent()[1].params["text"]  # nothing was lost on the way
+    assert sum("flood control" in r.getMessage() for r in no_token_leak.records
+               if r.levelno >= logging.WARNING) == 1
+
+
+def test_transient_http_500s_are_retried(no_token_leak):
+    with TelegramStandin(scenario="500", count=2) as server:
+        notifier = notifier_for(server.api_url)
+        bus = EventBus([notifier])
+        emit_session(bus, 1)
+        wait_until(lambda: len(server.sent()) >= 4)
+        assert timed_close(bus) <= FAST["close_timeout_s"] + SLACK_S
+        assert [r.status for r in server.requests[:3]] == [500, 500, 200]
+        assert notifier.sender.stats["retries"] == 2 and notifier.sender.stats["sent"] == 4
+
+
+def test_persistent_500s_open_the_breaker_with_one_warning(no_token_leak):
+    with TelegramStandin(scenario="500") as server:
+        notifier = notifier_for(server.api_url, breaker_threshold=3, max_attempts=5)
+        bus = EventBus([notifier])
+        bus.emit("progress", stage=1, epoch=0, step=1, total_steps=9, epoch_step=1,
+                 steps_per_epoch=9, loss=1.0, lr=0.1, img_per_s=1.0, eta_run_s=9.0,
+                 session_left_s=None)
+        wait_until(lambda: notifier.sender.stats["dropped_breaker"] >= 1)
+        seen = len(server.requests)
+        for _ in range(50):  # while the breaker is open, messages are dropped at once
+            emit_session(bus, 1, end="none")
+        assert len(server.requests) == seen
+        bus.emit("finish", best_f2=0.4, best_step=9, duration_s=9.0, sessions=1,
+                 artifacts=[], history=[])
+        assert timed_close(bus) <= FAST["close_timeout_s"] + SLACK_S
+        assert server.requests[-1].method == "getMe"  # the finish was still tried once
+    warnings = [r for r in no_token_leak.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "notifications paused" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("where", ["hang", "refused"])
+def test_unreachable_server_never_holds_training(where, no_token_leak):
+    with TelegramStandin(scenario="hang") as server:
+        url = server.api_url if where == "hang" else refused_url()
+        notifier = notifier_for(url, breaker_threshold=2)
+        bus = EventBus([notifier])
+        start = time.monotonic()
+        for session in (1, 2):
+            emit_session(bus, session)
+        emitting = time.monotonic() - start
+        closing = timed_close(bus)
+    assert emitting < 1.0  # no network wait on the emitting side
+    assert closing <= FAST["close_timeout_s"] + SLACK_S
+    assert notifier.sender.stats["sent"] == 0
+
+
+def test_forbidden_disables_with_one_warning(no_token_leak):
+    with TelegramStandin(scenario="403") as server:
+        notifier = notifier_for(server.api_url)
+        bus = EventBus([notifier])
+        emit_session(bus, 1)
+        wait_until(lambda: not notifier.sender.enabled)
+        emit_session(bus, 2)
+        assert timed_close(bus) <= FAST["close_timeout_s"] + SLACK_S
+        assert [r.status for r in server.requests] == [403]
+    warnings = [r.getMessage() for r in no_token_leak.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "disabled" in warnings[0] and "Start" in warnings[0]
+
+
+def test_full_queue_drops_oldest_progress_never_critical(no_token_leak):
+    with TelegramStandin(scenario="hang", count=1) as server:
+        notifier = notifier_for(server.api_url, max_queue=3, read_timeout_s=1.0)
+        sender = notifier.sender
+        sender.submit(Outgoing("progress", "p0", LOW))
+        wait_until(lambda: len(server.requests) == 1)  # p0 in flight, the server hangs
+        for i in range(1, 10):
+            sender.submit(Outgoing("progress", f"p{i}", LOW))
+        sender.submit(Outgoing("finish", "done", CRITICAL))
+        wait_until(lambda: len(server.sent()) == 4)
+        notifier.close()
+        assert [r.params["text"] for r in server.sent()] == ["p0", "p8", "p9", "done"]
+        assert sender.stats["dropped_full"] == 7
+
+
+def test_rank_other_than_zero_and_off_send_nothing():
+    env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "1"}
+    assert build_notifier("auto", rank=1, env=env) is None
+    assert build_notifier("off", rank=0, env=env) is None
