@@ -25,10 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from imet.data.folds import make_folds, rare_labels, write_folds
+    from imet.data.folds import check_n_folds, make_folds, rare_labels, write_folds
     from imet.data.labels import read_labels, read_train
     from imet.data.layout import CompetitionLayout
 
+    check_n_folds(args.n_folds)
     layout = CompetitionLayout(args.data).require(test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)

@@ -16,14 +16,13 @@ HEADER = ("id", "fold")
 def make_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Fold index (0..n_folds-1) per row of the multi-hot `targets` [N, C]; deterministic per
     seed. Labels with fewer than n_folds images cannot be in every fold (see `rare_labels`)."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
     targets = np.asarray(targets)
-    if n_folds < 2:
-        raise UserError(f"--n-folds must be at least 2 (got {n_folds})")
+    check_n_folds(n_folds)
     if len(targets) < n_folds:
         raise UserError(f"cannot split {len(targets)} images into {n_folds} folds; use fewer "
                         "folds or more images")
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # imports sklearn: seconds
+
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(targets), -1, dtype=np.int64)
     # iterstrat only needs the row count of X; a zero-width view avoids copying anything.
@@ -31,6 +30,11 @@ def make_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     for fold, (_, valid) in enumerate(splitter.split(x, targets)):
         folds[valid] = fold
     return folds
+
+
+def check_n_folds(n_folds: int) -> None:
+    if n_folds < 2:
+        raise UserError(f"--n-folds must be at least 2 (got {n_folds})")
 
 
 def rare_labels(targets: np.ndarray, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +98,8 @@ def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:
                         f"{ids[absent[0]]!r}); the file belongs to other data; {hint}")
     extra = np.setdiff1d(file_ids.to_numpy(dtype=str), np.asarray(ids, dtype=str))
     if len(extra):
-        problems.append(f"{path}: {len(extra)} ids are not in train.csv (first: {str(extra[0])!r}); "
-                        f"the file belongs to other data; {hint}")
+        problems.append(f"{path}: {len(extra)} ids are not in train.csv (first: "
+                        f"{str(extra[0])!r}); the file belongs to other data; {hint}")
     if problems:
         return None, problems
     folds = fold_text[~dup].astype(np.int64).to_numpy()[pos]
