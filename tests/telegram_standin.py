@@ -2,7 +2,7 @@
 talks to it over HTTP and it records every request.
 
 Scenarios (`server.scenario`, applied to the next `server.count` requests, then "ok";
-count None = for good): "ok", "429" (flood control with `retry_after`), "500", "hang" (no
+count None = for good; `only` limits it to some Bot API methods): "ok", "429" (flood control with `retry_after`), "500", "hang" (no
 answer until the server stops), "403" (bot blocked), "401" (bad token), "chat_not_found"."""
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ _FAILURES = {
 
 
 class TelegramStandin:
-    def __init__(self, scenario: str = "ok", count: int | None = None, retry_after: int = 1):
+    def __init__(self, scenario: str = "ok", count: int | None = None, retry_after: int = 1,
+                 only: tuple[str, ...] | None = None):
         self.scenario = scenario
         self.count = count
+        self.only = only
         self.retry_after = retry_after
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -67,9 +69,10 @@ class TelegramStandin:
         self._server.shutdown()
         self._server.server_close()
 
-    def set(self, scenario: str, count: int | None = None) -> None:
+    def set(self, scenario: str, count: int | None = None,
+            only: tuple[str, ...] | None = None) -> None:
         with self._lock:
-            self.scenario, self.count = scenario, count
+            self.scenario, self.count, self.only = scenario, count, only
 
     def methods(self, status: int | None = 200) -> list[str]:
         return [r.method for r in self.requests if status is None or r.status == status]
@@ -78,8 +81,10 @@ class TelegramStandin:
         """Delivered sendMessage/sendPhoto requests, in order."""
         return [r for r in self.requests if r.status == 200 and r.method != "getMe"]
 
-    def _current(self) -> str:
+    def _current(self, method: str) -> str:
         with self._lock:
+            if self.only is not None and method not in self.only:
+                return "ok"
             scenario = self.scenario
             if self.count is not None:
                 if self.count <= 0:
@@ -89,7 +94,7 @@ class TelegramStandin:
             return scenario
 
     def answer(self, method: str, params: dict) -> tuple[int, dict | None]:
-        scenario = self._current()
+        scenario = self._current(method)
         if scenario == "hang":
             self._release.wait()
             return 0, None

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _send(config, text: str, timeout: float) -> str:
     from telegram.error import TelegramError
+    from imet.notify.config import DEFAULT_API_URL
     from imet.notify.sender import explain, make_bot
     bot = make_bot(config, timeout, timeout)
     step = "checking the token (getMe)"
@@ -53,7 +54,8 @@ async def _send(config, text: str, timeout: float) -> str:
         await bot.send_message(config.chat_id, text, parse_mode="HTML")
         return bot.username
     except TelegramError as err:
-        raise UserError(f"{step} failed: {explain(err)}") from None
+        raise UserError(f"{step} failed: "
+                        f"{explain(err, config.api_url != DEFAULT_API_URL)}") from None
     except Exception as err:  # anything else still gets one clean line, token scrubbed
         raise UserError(config.scrub(f"{step} failed: {type(err).__name__}: {err}")) from None
     finally:

@@ -125,7 +125,7 @@ def load_config(env: Mapping[str, str] | None = None,
 
 # Loggers that print request URLs (httpx, httpcore at INFO/DEBUG) or the Bot API URL
 # (python-telegram-bot at DEBUG): every one of them would print the token.
-_URL_LOGGERS = ("httpx", "httpcore", "telegram")
+_URL_LOGGERS = ("httpx", "httpcore")
 
 
 class _TokenFilter(logging.Filter):
@@ -142,11 +142,20 @@ class _TokenFilter(logging.Filter):
 
 def silence_url_loggers(token: str | None = None) -> None:
     """Raise the URL-printing loggers to WARNING and scrub the token from what they still say.
-    Idempotent; called before the first Bot is built."""
-    for name in _URL_LOGGERS:
-        logger = logging.getLogger(name)
+
+    python-telegram-bot's own logger goes to CRITICAL unless the user set a level: every
+    error it logs (with a traceback, e.g. for a proxy's non-JSON answer) reaches us as an
+    exception too, and we report that one line ourselves, scrubbed. Idempotent."""
+    loggers = [logging.getLogger(name) for name in _URL_LOGGERS]
+    for logger in loggers:
         if logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
+    ptb = logging.getLogger("telegram")
+    if ptb.level == logging.NOTSET:
+        ptb.setLevel(logging.CRITICAL)
+    elif ptb.level < logging.WARNING:
+        ptb.setLevel(logging.WARNING)
+    for logger in loggers + [ptb]:
         if token and not any(isinstance(f, _TokenFilter) and f.token == token
                              for f in logger.filters):
             logger.addFilter(_TokenFilter(token))

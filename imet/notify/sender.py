@@ -22,7 +22,7 @@ from collections import deque
 from datetime import timedelta
 from typing import Any
 
-from imet.notify.config import TelegramConfig, silence_url_loggers
+from imet.notify.config import DEFAULT_API_URL, TelegramConfig, silence_url_loggers
 from imet.notify.messages import CRITICAL, LOW, Outgoing
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,8 @@ class TelegramSender:
         with self._wake:
             self._disabled = True
             self._queue.clear()
-        log.warning("Telegram notifications disabled for this run: %s", explain(err))
+        custom = self._config.api_url != DEFAULT_API_URL
+        log.warning("Telegram notifications disabled for this run: %s", explain(err, custom))
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
@@ -345,15 +346,18 @@ def _quiet_retry_after_deprecation() -> None:
                             category=PTBDeprecationWarning)
 
 
-def explain(err: BaseException) -> str:
+def explain(err: BaseException, custom_api: bool = False) -> str:
     """What is wrong and what to do, for the errors a user can fix (never holds the token:
-    only the error's type and Telegram's short description are used)."""
+    only the error's type and Telegram's short description are used). `custom_api`: the
+    Bot API URL came from IMET_TELEGRAM_API_URL, itself a suspect."""
     from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TimedOut
     name = type(err).__name__
     text = _TOKEN_IN_TEXT.sub("<token>", str(err))
     if isinstance(err, InvalidToken):
+        where = (" (or IMET_TELEGRAM_API_URL is not a Bot API server: it should end in "
+                 "/bot, e.g. http://host:8081/bot)" if custom_api else "")
         return ("the bot token was rejected (Unauthorized / Not Found); copy it again from "
-                "@BotFather into IMET_TELEGRAM_TOKEN")
+                f"@BotFather into IMET_TELEGRAM_TOKEN{where}")
     if isinstance(err, Forbidden):
         return (f"the bot may not write to this chat ({text}); open the chat with your bot, "
                 "press Start (or add it to the group), and check IMET_TELEGRAM_CHAT_ID")

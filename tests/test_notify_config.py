@@ -1,0 +1,148 @@
+"""Where the Telegram settings come from, what happens when they are missing, and
+`python -m imet notify-test` against the stand-in Bot API server."""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import types
+
+import pytest
+
+from imet.cli import main
+from imet.errors import UserError
+from imet.notify import build_notifier, config
+from imet.notify.config import ConfigProblem, TelegramConfig, load_config
+from telegram_standin import TelegramStandin, refused_url
+
+TOKEN = "987654321:AAGsecretTokenForConfigTests_zyxwvutsrq"
+SECRET = TOKEN.split(":")[1]
+VARS = ("IMET_TELEGRAM_TOKEN", "IMET_TELEGRAM_CHAT_ID", "IMET_TELEGRAM_API_URL")
+
+
+@pytest.fixture
+def kaggle_secrets(monkeypatch):
+    """A stand-in for Kaggle's `kaggle_secrets` module (only exists inside Kaggle kernels):
+    `secrets` holds what it answers; a value that is an exception is raised; "hang" blocks."""
+    secrets: dict = {}
+    release = threading.Event()
+
+    class UserSecretsClient:
+        def get_secret(self, label):
+            value = secrets.get(label, KeyError(label))
+            if value == "hang":
+                release.wait()
+            if isinstance(value, BaseException):
+                raise value
+            return value
+
+    module = types.ModuleType("kaggle_secrets")
+    module.UserSecretsClient = UserSecretsClient
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", module)
+    yield secrets
+    release.set()
+
+
+def test_environment_config_and_repr_without_token():
+    cfg = load_config({"IMET_TELEGRAM_TOKEN": f" {TOKEN} ", "IMET_TELEGRAM_CHAT_ID": "-100"},
+                      use_kaggle_secrets=False)
+    assert cfg.token == TOKEN and cfg.chat_id == "-100"
+    assert cfg.api_url == "https://api.telegram.org/bot"
+    assert TOKEN not in repr(cfg) and SECRET not in repr(cfg) and "<set>" in repr(cfg)
+    assert cfg.scrub(f"POST https://x/bot{TOKEN}/sendMessage and {SECRET}") == \
+        "POST https://x/bot<token>/sendMessage and <token>"
+
+
+@pytest.mark.parametrize("env, problem", [
+    ({}, "IMET_TELEGRAM_TOKEN is not set"),
+    ({"IMET_TELEGRAM_TOKEN": TOKEN}, "IMET_TELEGRAM_CHAT_ID is not set"),
+    ({"IMET_TELEGRAM_TOKEN": f"'{TOKEN}'", "IMET_TELEGRAM_CHAT_ID": "1"},
+     "does not look like a bot token"),
+])
+def test_missing_or_malformed_settings_say_what_to_do(env, problem):
+    with pytest.raises(ConfigProblem, match=problem) as info:
+        load_config(env, use_kaggle_secrets=False)
+    assert SECRET not in str(info.value)
+
+
+def test_not_configured_means_one_log_line_and_no_notifier(caplog):
+    caplog.set_level(logging.DEBUG, logger="imet")
+    assert build_notifier("auto", env={}) is None
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert lines == ["Telegram notifications off: IMET_TELEGRAM_TOKEN is not set (environment "
+                     "or Kaggle Secrets); create a bot with @BotFather and set it"]
+
+
+def test_bad_mode_is_a_user_error():
+    with pytest.raises(UserError, match="use one of auto, on, off"):
+        build_notifier("telegram", env={})
+
+
+def test_kaggle_secrets_fill_in_what_the_environment_lacks(kaggle_secrets):
+    kaggle_secrets.update({"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "77"})
+    cfg = load_config({})
+    assert (cfg.token, cfg.chat_id, cfg.source) == (TOKEN, "77", "Kaggle Secrets")
+    cfg = load_config({"IMET_TELEGRAM_CHAT_ID": "5"})
+    assert cfg.chat_id == "5"
+
+
+def test_kaggle_secrets_failing_or_hanging_is_tolerated(kaggle_secrets, monkeypatch, caplog):
+    kaggle_secrets["IMET_TELEGRAM_TOKEN"] = ConnectionError("no internet")
+    assert build_notifier("auto", env={}) is None
+    monkeypatch.setattr(config, "KAGGLE_SECRETS_TIMEOUT_S", 0.2)
+    kaggle_secrets["IMET_TELEGRAM_TOKEN"] = "hang"
+    with pytest.raises(ConfigProblem, match="IMET_TELEGRAM_TOKEN is not set"):
+        load_config({})
+
+
+def test_config_is_not_picklable_into_logs_by_accident():
+    cfg = TelegramConfig(token=TOKEN, chat_id="1")
+    assert SECRET not in f"{cfg}" and SECRET not in str([cfg])
+
+
+# ---- notify-test -------------------------------------------------------------------------
+
+def run_notify_test(monkeypatch, capsys, env, *args):
+    for name in VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(["notify-test", "--timeout", "1", *args])
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err and "Traceback" not in out + err
+    return code, out, err
+
+
+def test_notify_test_sends_one_message(monkeypatch, capsys):
+    with TelegramStandin() as server:
+        code, out, err = run_notify_test(monkeypatch, capsys, {
+            "IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "31337",
+            "IMET_TELEGRAM_API_URL": server.api_url}, "--text", "hello <world>")
+        assert server.methods() == ["getMe", "sendMessage"]
+        assert server.requests[1].params["text"] == "hello &lt;world&gt;"
+        assert server.requests[1].params["chat_id"] == "31337"
+    assert code == 0 and "sent a message to chat 31337 as @imet_standin_bot" in out
+
+
+@pytest.mark.parametrize("scenario, message", [
+    ("401", "checking the token (getMe) failed: the bot token was rejected"),
+    ("chat_not_found", "sending to chat 31337 failed: chat not found; send your bot a message"),
+    ("403", "the bot may not write to this chat"),
+    ("hang", "did not answer in time"),
+    ("refused", "cannot reach the Telegram API"),
+])
+def test_notify_test_explains_failures(monkeypatch, capsys, scenario, message):
+    sends_only = ("sendMessage",) if scenario in ("chat_not_found", "403") else None
+    with TelegramStandin(scenario=scenario, only=sends_only) as server:
+        url = refused_url() if scenario == "refused" else server.api_url
+        code, out, err = run_notify_test(monkeypatch, capsys, {
+            "IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "31337",
+            "IMET_TELEGRAM_API_URL": url})
+    assert code == 2
+    assert err.startswith("imet notify-test: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_notify_test_without_token(monkeypatch, capsys):
+    code, out, err = run_notify_test(monkeypatch, capsys, {})
+    assert code == 2 and "IMET_TELEGRAM_TOKEN is not set" in err
