@@ -76,6 +76,11 @@ def fmt_float(value: Any, digits: int = 4) -> str:
 
 def pack(lines: Iterable[str], limit: int = TEXT_LIMIT) -> list[str]:
     """Join HTML lines with newlines into as few texts as fit in `limit` each."""
+    lines = list(lines)
+    # Fast path for the usual few short lines (this runs in the training thread): a character
+    # is at most 2 UTF-16 units, so twice the length bounds what Telegram counts.
+    if 2 * (sum(map(len, lines)) + len(lines)) <= limit:
+        return ["\n".join(lines)] if lines else []
     texts: list[str] = []
     current: list[str] = []
     size = 0

@@ -1,0 +1,76 @@
+"""What the Telegram notifier costs the training thread per event, next to a no-op subscriber
+on the same EventBus, measured side by side in one run.
+
+The sender's worker is held on a Bot API "server" that accepts connections and never answers
+(the worst case: the network hangs), so every submit takes the queueing path, and the bounded
+queue's eviction path once it is full. Progress events are sent unthrottled
+(progress_every_s=0): each one is formatted and enqueued, which never happens more than once
+per N minutes in a real run.
+
+    python benchmarks/bench_notify.py [--events 20000]
+Last line: `notify_enqueue_us: <microseconds per progress event, formatted and enqueued>`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import time
+
+from imet.engine.events import EventBus
+from imet.notify import build_notifier
+
+TOKEN = "123456789:AAHbenchmarkTokenNotReal_abcdefghijklmnop"
+
+
+def progress(bus: EventBus, step: int) -> None:
+    bus.emit("progress", stage=2, epoch=step // 1500, step=step, total_steps=30000,
+             epoch_step=step % 1500, steps_per_epoch=1500, loss=0.0123, lr=2.5e-5,
+             img_per_s=311.7, eta_run_s=18000.0, session_left_s=7200.0)
+
+
+def per_event_us(bus: EventBus, events: int) -> float:
+    """CPU time of this (the training) thread per event: on a shared machine, wall time
+    would mostly measure the other processes."""
+    start = time.thread_time()
+    for step in range(events):
+        progress(bus, step)
+    return (time.thread_time() - start) / events * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel accepts; nobody ever answers
+    env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "1",
+           "IMET_TELEGRAM_API_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/bot"}
+
+    noop = EventBus([lambda event: None])
+    every = build_notifier("auto", env=env, progress_every_s=0.0, read_timeout_s=60.0,
+                           max_queue=10 ** 7, close_timeout_s=0.5)
+    bounded = build_notifier("auto", env=env, progress_every_s=0.0, read_timeout_s=60.0,
+                             close_timeout_s=0.5)
+    throttled = build_notifier("auto", env=env, read_timeout_s=60.0, close_timeout_s=0.5)
+    buses = {"no-op subscriber": noop, "notifier, queue growing": EventBus([every]),
+             "notifier, full queue (evicting)": EventBus([bounded]),
+             "notifier, default 15-min throttle": EventBus([throttled])}
+    for bus in buses.values():  # warm-up: imports, first allocations
+        per_event_us(bus, 200)
+    results = {name: min(per_event_us(bus, args.events) for _ in range(3))
+               for name, bus in buses.items()}
+    for name, micros in results.items():
+        print(f"{name:36s} {micros:8.2f} us/event")
+    for notifier in (every, bounded, throttled):
+        notifier.close()
+    silent.close()
+    extra = results["notifier, queue growing"] - results["no-op subscriber"]
+    print(f"notifier minus no-op: {extra:.2f} us/event")
+    print(f"notify_enqueue_us: {results['notifier, queue growing']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
