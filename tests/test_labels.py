@@ -73,7 +73,8 @@ def test_read_train_encodes_rows(tmp_path, space):
     ("id,attribute_ids\nab,\n", "line 2: field 'attribute_ids' is empty"),
     ("id,attribute_ids\nab,0\n\ncd,1\n", "line 3: field 'id' is empty"),
     ("id,attribute_ids\nab,0,9\n", "line 2: more fields than the header"),
-    ("id,attribute_ids\nab,0\ncd,1,2\n", "cannot parse as CSV (Expected 2 fields in line 3, saw 3)"),
+    ("id,attribute_ids\nab,0\ncd,1,2\n",
+     "cannot parse as CSV (Expected 2 fields in line 3, saw 3)"),
 ])
 def test_train_csv_problems_name_file_line_and_field(tmp_path, space, text, expected):
     path = write(tmp_path, "train.csv", text)
@@ -112,8 +113,8 @@ def test_submission_rows_may_be_empty(tmp_path, space):
     ("attribute_id,name\n0,a\n", "missing column 'attribute_name'"),
     ("attribute_id,attribute_name\n0,culture::a\nx,tag::b\n", "line 3: field 'attribute_id': "
                                                               "'x' is not a non-negative integer"),
-    ("attribute_id,attribute_name\n0,culture::a\n0,tag::b\n", "line 3: field 'attribute_id': "
-                                                              "duplicate value '0' (first on line 2)"),
+    ("attribute_id,attribute_name\n0,culture::a\n0,tag::b\n",
+     "line 3: field 'attribute_id': duplicate value '0' (first on line 2)"),
     ("attribute_id,attribute_name\n0,culture::a\n1,culture::a\n", "line 3: field "
                                                                   "'attribute_name': duplicate"),
     ("attribute_id,attribute_name\n0,\n", "line 2: field 'attribute_name' is empty"),

@@ -177,7 +177,8 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
     for i in np.flatnonzero((names == "").to_numpy()):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_name' is empty; give the "
                         "label a name such as 'culture::x' or 'tag::y'")
-    for col, values in (("attribute_id", ids.where(~bad)), ("attribute_name", names.where(names != ""))):
+    checks = (("attribute_id", ids.where(~bad)), ("attribute_name", names.where(names != "")))
+    for col, values in checks:
         dup = values.duplicated(keep="first") & values.notna()
         first = values.drop_duplicates(keep="first")
         first_line = pd.Series(first.index, index=first.to_numpy())
@@ -209,7 +210,8 @@ def _id_problems(path: Path, ids: pd.Series) -> list[str]:
         first_line = pd.Series(first.index, index=first.to_numpy())
         for i in np.flatnonzero(dup.to_numpy()):
             problems.append(f"{path}: line {_line(i)}: field 'id': duplicate id {ids.iloc[i]!r} "
-                            f"(first on line {_line(first_line[ids.iloc[i]])}); keep one of the lines")
+                            f"(first on line {_line(first_line[ids.iloc[i]])}); keep one of the "
+                            "lines")
     return problems
 
 

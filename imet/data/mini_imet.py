@@ -194,7 +194,8 @@ def _overlap(a, b) -> float:
     return max(dy, 0) * max(dx, 0) / min(a[2], b[2]) ** 2
 
 
-def render(seed: int, split: str, index: int, size: int, pools) -> tuple[np.ndarray, str, list[int]]:
+def render(seed: int, split: str, index: int, size: int, pools
+           ) -> tuple[np.ndarray, str, list[int]]:
     """One image: (uint8 [H, W, 3], style, digits)."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     shape = _canvas_shape(rng, size)
