@@ -1,0 +1,316 @@
+"""Build the imet source dataset: imet + the locked wheels, uploadable as a Kaggle Dataset.
+
+    python packaging/build_dataset.py [--out dist/kaggle-dataset] [--owner USER]
+        [--python-version 3.12] [--platform manylinux_2_28_x86_64 ...] [--include-torch]
+    kaggle datasets create -p dist/kaggle-dataset      # the first time
+    kaggle datasets version -p dist/kaggle-dataset -m "what changed"
+
+The folder is flat (Kaggle uploads only top-level files): the wheels, imet_bootstrap.py (run it
+first in a kernel), MANIFEST.json (sha256 of every file, versions, target, source commit) and
+dataset-metadata.json. Downloads are verified against wheels/requirements.txt and cached in wheels/.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lock  # noqa: E402  (packaging/ is a folder of scripts, not a package)
+import secrets_scan  # noqa: E402
+import wheelbuild  # noqa: E402
+
+REPO = lock.REPO
+BOOTSTRAP_SRC = Path(__file__).resolve().parent / "bootstrap.py"
+BOOTSTRAP_NAME = "imet_bootstrap.py"
+SLUG = "imet-src"
+TITLE = "imet source and wheels"
+# Import names that differ from the distribution name (the rest are found inside the wheel).
+IMPORT_NAMES = {"python-telegram-bot": "telegram", "delegator-py": "delegator",
+                "iterative-stratification": "iterstrat", "pyyaml": "yaml", "imet": "imet"}
+
+
+class UserError(Exception):
+    """Printed as `build_dataset: error: <message>`; exit status 2."""
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_owner(explicit: str | None) -> str:
+    """--owner, else $KAGGLE_USERNAME, else the username in kaggle.json (the key is never read out)."""
+    owner = explicit or os.environ.get("KAGGLE_USERNAME")
+    if not owner:
+        dirs = [os.environ.get("KAGGLE_CONFIG_DIR"), Path.home() / ".kaggle",
+                Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"]
+        for d in filter(None, dirs):
+            try:
+                owner = json.loads((Path(d) / "kaggle.json").read_text()).get("username")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if owner:
+                break
+    if not owner:
+        raise UserError("no Kaggle owner: pass --owner USER, set KAGGLE_USERNAME, or put your "
+                        "kaggle.json in ~/.kaggle")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{1,49}", owner):
+        raise UserError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, - and _)")
+    return owner
+
+
+def wheel_tags(filename: str) -> set[tuple[str, str, str]]:
+    parts = filename[:-4].split("-")
+    py, abi, plat = parts[-3], parts[-2], parts[-1]
+    return {(p, a, pl) for p in py.split(".") for a in abi.split(".") for pl in plat.split(".")}
+
+
+def wheel_fits(filename: str, python_version: str, platforms: list[str]) -> bool:
+    """Could a CPython `python_version` on `platforms` install this wheel? (pip's tag rules)"""
+    if not filename.endswith(".whl"):
+        return False
+    cp = "cp" + python_version.replace(".", "")
+    minor = int(python_version.split(".")[1])
+    plats = set(lock.expand_platforms(platforms)) | {"any"}
+    for py, abi, plat in wheel_tags(filename):
+        if plat not in plats:
+            continue
+        if abi == cp and py == cp:
+            return True
+        if abi == "abi3" and re.fullmatch(r"cp3\d+", py) and int(py[3:]) <= minor:
+            return True
+        if abi == "none" and (py in ("py3", cp, f"py3{minor}") or py == "py2.py3"):
+            return True
+    return False
+
+
+def cached_file(cache: Path, entry: dict, fits) -> Path | None:
+    """A file in the cache with one of the entry's locked hashes that `fits` the target."""
+    stem = lock.canonical(entry["name"]).replace("-", "_")
+    for path in sorted(cache.iterdir()):
+        if lock.canonical(path.name.split("-")[0]).replace("-", "_") != stem or not fits(path.name):
+            continue
+        if sha256(path) in entry["hashes"]:
+            return path
+    return None
+
+
+def download(entries: dict, cache: Path, python_version: str, platforms: list[str]) -> dict:
+    """{name: cached wheel} for every locked wheel, downloading (hash-checked) what is missing."""
+    fits = lambda name: wheel_fits(name, python_version, platforms)  # noqa: E731
+    found = {n: cached_file(cache, e, fits) for n, e in entries.items()}
+    missing = sorted(n for n, f in found.items() if f is None)
+    if missing:
+        say(f"downloading {len(missing)} of {len(entries)} wheels for CPython {python_version} "
+            f"into {cache} (the rest are cached)")
+        with tempfile.TemporaryDirectory() as tmp:
+            req = Path(tmp) / "requirements.txt"
+            req.write_text("".join(f"{entries[n]['name']}=={entries[n]['version']} "
+                                   + " ".join(f"--hash=sha256:{h}" for h in entries[n]["hashes"])
+                                   + "\n" for n in missing))
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+                   "--progress-bar", "on" if sys.stderr.isatty() else "off",
+                   *lock.target_args(python_version, platforms), "-d", str(cache), "-r", str(req)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            done, tail = 0, []
+            for line in proc.stdout:
+                tail = (tail + [line.rstrip()])[-5:]
+                if line.startswith("Collecting "):
+                    done += 1
+                    say(f"  [{done}/{len(missing)}] {line.split()[1]}")
+                elif line.lstrip().startswith("Downloading "):
+                    say(f"        {line.strip()}")
+            if proc.wait() != 0:
+                raise UserError(f"pip download for CPython {python_version} failed: "
+                                f"{' / '.join(t for t in tail if t)[-400:]}")
+        found = {n: cached_file(cache, e, fits) for n, e in entries.items()}
+    for name, path in found.items():
+        if path is None:
+            raise UserError(f"{entries[name]['name']}=={entries[name]['version']}: no wheel for "
+                            f"CPython {python_version} on {', '.join(platforms)} matches the lock's "
+                            "hashes; re-run packaging/lock.py with this --python-version")
+    return found
+
+
+def import_name(dist: str, wheel: Path) -> str | None:
+    """The module to import to check `dist` (None when it has no importable top level)."""
+    key = lock.canonical(dist)
+    if key in IMPORT_NAMES:
+        return IMPORT_NAMES[key]
+    with zipfile.ZipFile(wheel) as zf:
+        tops = {n.split("/")[0].split(".")[0] for n in zf.namelist()
+                if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    guess = key.replace("-", "_")
+    return guess if guess in tops else None
+
+
+def scan_repo_sources() -> None:
+    for rel in wheelbuild.whitelisted_sources(REPO):
+        secrets_scan.scan_file(REPO / rel, label=str(rel))
+
+
+def prepare_out(out: Path) -> Path:
+    """A fresh sibling folder to fill; the old build is replaced only when the new one is complete."""
+    if out.exists() and any(out.iterdir()):
+        manifest = out / "MANIFEST.json"
+        if not (manifest.is_file() and '"imet-dataset"' in manifest.read_text(errors="replace")):
+            raise UserError(f"--out {out} exists and is not an imet dataset build; choose an empty "
+                            "or new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+
+
+def publish(staging: Path, out: Path) -> None:
+    for path in staging.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}-old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    os.chmod(out, 0o755)
+    if old:
+        shutil.rmtree(old)
+
+
+def build(args) -> Path:
+    started = time.time()
+    owner = resolve_owner(args.owner)
+    platforms = args.platforms or [lock.DEFAULT_PLATFORM]
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    entries = lock.read_lock(Path(args.lock))
+    if args.include_torch:
+        entries.update(lock.read_lock(lock.TORCH_LOCK))
+    sdists = {n: e for n, e in entries.items() if n in lock.SDIST_ONLY}
+    wheels_locked = {n: e for n, e in entries.items() if n not in sdists}
+    scan_repo_sources()
+    state = wheelbuild.source_state(REPO)
+    say(f"imet dataset for CPython {args.python_version} on {', '.join(platforms)}, owner {owner}")
+    files = download(wheels_locked, cache, args.python_version, platforms)
+    staging = prepare_out(Path(args.out))
+    try:
+        packages = []
+        for name, entry in sorted(wheels_locked.items()):
+            shutil.copyfile(files[name], staging / files[name].name)
+            packages.append({"name": entry["name"], "version": entry["version"],
+                             "file": files[name].name, "origin": "locked wheel"})
+        for name, entry in sorted(sdists.items()):
+            sdist = next((p for p in sorted(cache.glob("*.tar.gz"))
+                          if sha256(p) in entry["hashes"]), None)
+            if sdist is None:
+                lock.sdist_entry(name, f"{entry['name']}=={entry['version']}", cache)
+                sdist = next(p for p in sorted(cache.glob("*.tar.gz")) if sha256(p) in entry["hashes"])
+            say(f"building a wheel from {sdist.name}")
+            wheel = wheelbuild.build_sdist_wheel(sdist, staging)
+            packages.append({"name": entry["name"], "version": entry["version"], "file": wheel.name,
+                             "origin": f"built from locked sdist {sdist.name}"})
+        digest = hashlib.sha256(b"".join((REPO / rel).read_bytes() + str(rel).encode()
+                                         for rel in wheelbuild.whitelisted_sources(REPO))).hexdigest()
+        say("building the imet wheel")
+        wheel, version = wheelbuild.build_imet_wheel(REPO, staging, state, digest)
+        packages.append({"name": "imet", "version": version, "file": wheel.name,
+                         "origin": "built from this repository"})
+        for p in packages:
+            p["sha256"] = sha256(staging / p["file"])
+            p["import"] = import_name(p["name"], staging / p["file"])
+        shutil.copyfile(BOOTSTRAP_SRC, staging / BOOTSTRAP_NAME)
+        for path in sorted(staging.iterdir()):
+            secrets_scan.scan_file(path, look_inside_zip=path.name in {p["file"] for p in packages
+                                                                       if "built" in p["origin"]})
+        write_json(staging / "MANIFEST.json", manifest(packages, staging, state, version,
+                                                       args.python_version, platforms, owner))
+        write_json(staging / "dataset-metadata.json", {
+            "title": TITLE, "id": f"{owner}/{SLUG}", "licenses": [{"name": "other"}],
+            "subtitle": "imet package and its pinned wheels for offline kernels",
+            "description": description(packages, args.python_version, platforms)})
+        publish(staging, Path(args.out))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    total = sum(p.stat().st_size for p in Path(args.out).iterdir())
+    say(f"wrote {args.out}: {len(packages)} wheels, {total / 1e6:.1f} MB, in {time.time() - started:.0f}s")
+    return Path(args.out)
+
+
+def manifest(packages, staging, state, version, python_version, platforms, owner) -> dict:
+    tools = {}
+    for tool in ("pip", "setuptools", "wheel"):
+        try:
+            from importlib.metadata import version as v
+            tools[tool] = v(tool)
+        except Exception:  # a missing build tool is recorded as absent, not fatal
+            tools[tool] = None
+    return {
+        "format": "imet-dataset", "manifest_version": 1, "dataset": f"{owner}/{SLUG}",
+        "imet_version": version,
+        "target": {"python": python_version, "implementation": "cp",
+                   "abi": "cp" + python_version.replace(".", ""), "platforms": platforms},
+        "source": {k: state[k] for k in ("git_commit", "dirty", "source_date_epoch")},
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "built_with": {"python": sys.version.split()[0], **tools},
+        "bootstrap": BOOTSTRAP_NAME,
+        "packages": packages,
+        "files": {p.name: sha256(p) for p in sorted(staging.iterdir())},
+    }
+
+
+def description(packages, python_version, platforms) -> str:
+    rows = "\n".join(f"- {p['name']} {p['version']} ({p['origin']})" for p in packages)
+    return (f"The imet package and the wheels it needs beyond Kaggle's image, for CPython "
+            f"{python_version} on {', '.join(platforms)}. In a kernel, run first:\n\n"
+            f"    python /kaggle/input/{SLUG}/{BOOTSTRAP_NAME}\n\n"
+            f"It verifies every file against MANIFEST.json and installs offline.\n\n{rows}\n\n"
+            "Each bundled package keeps its own license.")
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="build_dataset.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--out", default=str(REPO / "dist" / "kaggle-dataset"),
+                   help="folder to write (replaced as a whole when the build succeeds)")
+    p.add_argument("--owner", help="Kaggle user that owns the dataset (default: $KAGGLE_USERNAME, "
+                   "then the username in kaggle.json)")
+    p.add_argument("--python-version", default="3.12",
+                   help="CPython version of the kernel (default 3.12, Kaggle's image)")
+    p.add_argument("--platform", action="append", dest="platforms",
+                   help=f"platform tag of the kernel, repeatable (default {lock.DEFAULT_PLATFORM})")
+    p.add_argument("--include-torch", action="store_true",
+                   help="also bundle torch, torchvision and their CUDA wheels "
+                   "(wheels/requirements-torch.txt; several GB)")
+    p.add_argument("--lock", default=str(lock.LOCK), help="the lock file (default wheels/requirements.txt)")
+    p.add_argument("--cache", default=str(REPO / "wheels"), help="download cache (default wheels/)")
+    args = p.parse_args(argv)
+    try:
+        build(args)
+    except (UserError, wheelbuild.BuildError, secrets_scan.SecretFound) as exc:
+        print(f"build_dataset: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

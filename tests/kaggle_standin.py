@@ -1,0 +1,218 @@
+"""A stand-in for Kaggle's API on 127.0.0.1, for the real `kaggle` client (2.x, kagglesdk).
+
+Why a stand-in: the tests cannot reach kaggle.com, and the point is to run the real client with
+all its own checks (metadata validation, blob uploads, request building). With
+`KAGGLE_API_ENVIRONMENT=LOCALHOST` the client sends every RPC as
+`POST http://localhost/api/v1/<service>/<Method>` with a JSON body; `http_proxy` pointing here
+brings those requests (and the blob PUTs to the `createUrl` we hand out) to this server.
+
+Everything received is recorded: `calls` (service, method, JSON body, the basic-auth user — never
+the key), `blobs` (token -> name, bytes), `datasets` and `kernels` (what a create/version/push made).
+`handlers` maps a method name to a function(server, body) -> (status, json); replace or add
+entries to script other answers (errors, statuses, outputs).
+
+    with KaggleStandin() as kaggle:
+        env = kaggle.client_env(tmp_path)   # proxy, LOCALHOST, a throwaway kaggle.json
+        subprocess.run(["kaggle", "datasets", "create", "-p", folder], env={**os.environ, **env})
+        kaggle.calls, kaggle.datasets["tester/imet-src"]
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+USER = "tester"
+FAKE_KEY = "standin-not-a-real-key"  # what the throwaway kaggle.json holds
+
+
+def _not_found(message):
+    return 404, {"code": 404, "message": message}
+
+
+def start_blob_upload(server, body):
+    token = uuid.uuid4().hex
+    server.blobs[token] = {"name": body.get("name"), "content_length": body.get("contentLength"),
+                           "type": body.get("type"), "data": None}
+    return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}
+
+
+def _dataset_files(server, files):
+    out = []
+    for f in files or []:
+        blob = server.blobs.get(f.get("token"))
+        if blob is None or blob["data"] is None:
+            raise LookupError(f"file token {f.get('token')!r} was never uploaded")
+        out.append({"name": blob["name"], "data": blob["data"]})
+    return out
+
+
+def get_dataset_status(server, body):
+    ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+    if ref not in server.datasets:
+        return _not_found(f"dataset {ref} not found")
+    return 200, {"status": "READY"}
+
+
+def create_dataset(server, body):
+    ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+    if ref in server.datasets:
+        return 200, {"status": "error", "error": f"{ref} already exists"}
+    try:
+        files = _dataset_files(server, body.get("files"))
+    except LookupError as exc:
+        return 400, {"code": 400, "message": str(exc)}
+    server.datasets[ref] = {"title": body.get("title"), "license": body.get("licenseName"),
+                            "private": body.get("isPrivate"), "versions": [
+                                {"notes": "Initial release", "files": files}]}
+    return 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "ok"}
+
+
+def create_dataset_version(server, body):
+    ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+    if ref not in server.datasets:
+        return _not_found(f"dataset {ref} not found")
+    request = body.get("body") or {}
+    try:
+        files = _dataset_files(server, request.get("files"))
+    except LookupError as exc:
+        return 400, {"code": 400, "message": str(exc)}
+    server.datasets[ref]["versions"].append({"notes": request.get("versionNotes"), "files": files})
+    return 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "ok"}
+
+
+def save_kernel(server, body):
+    slug = body.get("slug") or ""
+    versions = server.kernels.setdefault(slug, [])
+    versions.append(body)
+    return 200, {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}",
+                 "versionNumber": len(versions), "error": ""}
+
+
+DEFAULT_HANDLERS = {
+    "StartBlobUpload": start_blob_upload,
+    "GetDatasetStatus": get_dataset_status,
+    "CreateDataset": create_dataset,
+    "CreateDatasetVersion": create_dataset_version,
+    "SaveKernel": save_kernel,
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # the test output stays readable
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _reply(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _user(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            return base64.b64decode(auth[6:]).decode(errors="replace").split(":", 1)[0]
+        return "bearer" if auth.startswith("Bearer ") else None
+
+    def do_PUT(self):
+        path = urlsplit(self.path).path
+        data = self._body()
+        token = path.rsplit("/", 1)[-1]
+        standin = self.server.standin
+        with standin.lock:
+            standin.calls.append({"http": "PUT", "path": path, "bytes": len(data)})
+            blob = standin.blobs.get(token) if path.startswith("/upload/") else None
+            if blob is None:
+                return self._reply(404, {"code": 404, "message": "unknown upload"})
+            blob["data"] = data
+        self._reply(200, {})
+
+    def do_POST(self):
+        path = urlsplit(self.path).path
+        raw = self._body()
+        parts = path.strip("/").split("/")
+        standin = self.server.standin
+        if len(parts) != 4 or parts[:2] != ["api", "v1"]:
+            return self._reply(404, {"code": 404, "message": f"no such endpoint {path}"})
+        service, method = parts[2], parts[3]
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return self._reply(400, {"code": 400, "message": "body is not JSON"})
+        with standin.lock:
+            standin.calls.append({"http": "POST", "service": service, "method": method,
+                                  "body": body, "user": self._user()})
+            handler = standin.handlers.get(method)
+            if handler is None:
+                status, payload = 501, {"code": 501, "message": f"stand-in has no {method}"}
+            else:
+                status, payload = handler(standin, body)
+        self._reply(status, payload)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    standin: "KaggleStandin"
+
+
+class KaggleStandin:
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.blobs: dict[str, dict] = {}
+        self.datasets: dict[str, dict] = {}
+        self.kernels: dict[str, list] = {}
+        self.handlers = dict(DEFAULT_HANDLERS)
+        self.lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.standin = self
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "KaggleStandin":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def methods(self) -> list[str]:
+        return [c["method"] for c in self.calls if c["http"] == "POST"]
+
+    def client_env(self, home: Path, user: str = USER) -> dict:
+        """Environment for the real client: talk to this server, with a throwaway identity."""
+        config = Path(home) / "kaggle-config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "kaggle.json").write_text(json.dumps({"username": user, "key": FAKE_KEY}))
+        (config / "kaggle.json").chmod(0o600)
+        tmp = Path(home) / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "KAGGLE_CONFIG_DIR": str(config),
+                "http_proxy": self.url, "HTTP_PROXY": self.url, "no_proxy": "", "NO_PROXY": "",
+                "HOME": str(home), "TMPDIR": str(tmp), "KAGGLE_USERNAME": user, "KAGGLE_KEY": FAKE_KEY}
