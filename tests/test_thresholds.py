@@ -122,3 +122,13 @@ def test_bad_arguments_are_refused():
         search_thresholds(y[:, :5], probs, groups, "global")
     with pytest.raises(ValueError, match="grid"):
         best_global_threshold(y, probs, grid=[])
+
+
+def test_results_do_not_depend_on_row_chunking(monkeypatch):
+    import imet.metrics.thresholds as th
+    y, probs, groups = _data(8)
+    whole = [search_thresholds(y, probs, groups, mode, 5, GRID) for mode in ("group", "class")]
+    monkeypatch.setattr(th, "_CHUNK_ENTRIES", 300)
+    chunked = [search_thresholds(y, probs, groups, mode, 5, GRID) for mode in ("group", "class")]
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
