@@ -18,6 +18,7 @@ from imet.data.labels import attribute_csv_problems, labels_problems, sample_sub
 from imet.data.layout import IMAGE_SUFFIX, CompetitionLayout
 
 IMAGE_MODES = ("decode", "exists", "skip")
+DECODE_SLICE = 2048
 
 
 @dataclass
@@ -54,12 +55,15 @@ def _decode_all(paths: list[Path], workers: int, progress: bool) -> list[str]:
     from tqdm.auto import tqdm
 
     problems = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(image_problem, paths, chunksize=64)
-        for problem in tqdm(results, total=len(paths), desc="decoding images", unit="img",
-                            disable=None if progress else True, leave=False):
-            if problem:
-                problems.append(problem)
+    bar = tqdm(total=len(paths), desc="decoding images", unit="img",
+               disable=None if progress else True, leave=False)
+    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+        # In slices: Executor.map submits everything at once (109k futures for iMet).
+        for start in range(0, len(paths), DECODE_SLICE):
+            for problem in pool.map(image_problem, paths[start:start + DECODE_SLICE]):
+                bar.update()
+                if problem:
+                    problems.append(problem)
     return problems
 
 
