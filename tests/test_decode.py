@@ -39,7 +39,8 @@ def test_threshold_is_inclusive_and_default_never_predicts_nothing():
     probs = np.array([[0.5, 0.2, 0.1], [0.05, 0.07, 0.01]])
     np.testing.assert_array_equal(binarize(probs, 0.5, min_labels=0),
                                   [[True, False, False], [False, False, False]])
-    np.testing.assert_array_equal(binarize(probs, 0.5), [[True, False, False], [False, True, False]])
+    np.testing.assert_array_equal(binarize(probs, 0.5),
+                                  [[True, False, False], [False, True, False]])
 
 
 def test_min_labels_fills_with_most_probable_non_passing_classes():

@@ -29,7 +29,8 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
     truth_ids, truth_rows = read_submission(truth_csv)
     duplicated = [i for i, n in Counter(truth_ids).items() if n > 1]
     if duplicated:
-        shown = ", ".join(repr(i) for i in duplicated[:3]) + (", ..." if len(duplicated) > 3 else "")
+        shown = ", ".join(repr(i) for i in duplicated[:3])
+        shown += ", ..." if len(duplicated) > 3 else ""
         raise DataError(f"{truth_csv}: {len(duplicated)} ids listed more than once ({shown}); "
                         "the truth must list every image once")
     pred_ids, pred_rows = read_submission(pred_csv)

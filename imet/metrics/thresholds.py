@@ -182,7 +182,7 @@ def _group_search(model, y, probs, grid, groups, max_rounds=10):
     """Coordinate ascent over one threshold per group, from the best global threshold.
 
     One pass over the data stores every row's counts per group at every grid threshold
-    (uint16 [N, G, T]: 2 x 43 MB for iMet's 2 groups and 99 thresholds); each coordinate step
+    (uint16 [N, G, T]: 2 x 87 MB for 109k images, 2 groups, 199 thresholds); each coordinate step
     then only adds the other groups' counts at their current thresholds."""
     names = sorted(set(groups.tolist()))
     col_group = np.searchsorted(names, groups)
