@@ -153,7 +153,9 @@ def load_body_weights(body: nn.Module, spec: ArchSpec, path) -> None:
         state = spec.fix_keys(state)
     state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes)}
     target = {k: v for k, v in body.state_dict().items() if not k.startswith(spec.classifier_prefixes)}
-    missing = sorted(set(target) - set(state))
+    # Files saved before PyTorch 0.4.1 (most official ones) have no BatchNorm
+    # `num_batches_tracked`; BatchNorm loads without it.
+    missing = sorted(k for k in set(target) - set(state) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - set(target))
     wrong = sorted(k for k in set(target) & set(state) if target[k].shape != state[k].shape)
     if missing or unexpected or wrong:
