@@ -110,6 +110,7 @@ class MetricsWriter:
         self.path = Path(run_dir) / FILENAME
         self.input_roots = [Path(root) for root in input_roots]
         self._handle: io.TextIOBase | None = None
+        self._writer = None
         self._keys: set[tuple[str, int]] = set()
         self._run = None
         self._session = None
@@ -183,7 +184,7 @@ class MetricsWriter:
             self._rewrite(rows + [row])
             return
         self._keys.add(key)
-        self._handle.write(_rows_to_csv([row], header=False))
+        self._writer.writerow([_format(row.get(column)) for column in COLUMNS])
         self._handle.flush()
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
@@ -191,6 +192,7 @@ class MetricsWriter:
         self._keys = {(row["kind"], row["step"]) for row in rows}
         atomic_write_text(self.path, _rows_to_csv(rows))
         self._handle = open(self.path, "a", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._handle, lineterminator="\n")
 
     def _sync(self) -> None:
         if self._handle is not None:

@@ -17,6 +17,9 @@ from matplotlib.figure import Figure
 from imet.report.fileio import atomic_write_bytes
 
 PLOTS_DIR = "plots"
+# A plot 800 px wide shows no more than this many training points; a 20-epoch iMet run logs
+# ~68,000 steps. Evaluation rows are always all kept.
+MAX_PROGRESS_POINTS = 2000
 
 
 def _number(value: Any) -> float | None:
@@ -91,6 +94,16 @@ def _plot_lr(ax, rows) -> None:
 PANELS: dict[str, Callable] = {"loss": _plot_loss, "f2": _plot_f2, "lr": _plot_lr}
 
 
+def thin(rows: list[dict[str, Any]], limit: int = MAX_PROGRESS_POINTS) -> list[dict[str, Any]]:
+    """Every evaluation row and at most about `limit` evenly spaced other rows (the last kept)."""
+    others = [i for i, row in enumerate(rows) if not _is_eval(row)]
+    if len(others) <= limit:
+        return rows
+    stride = -(-len(others) // limit)
+    keep = set(others[::stride]) | {others[-1]}
+    return [row for i, row in enumerate(rows) if i in keep or _is_eval(row)]
+
+
 def _render(rows: list[dict[str, Any]], panels: list[str], title: str | None) -> bytes:
     figure = Figure(figsize=(8, 2.8 * len(panels) + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -117,7 +130,7 @@ def _render(rows: list[dict[str, Any]], panels: list[str], title: str | None) ->
 def render_history_png(history: list[dict[str, Any]], title: str | None = None) -> bytes:
     """One PNG with loss, F2 and LR against step. `history`: rows as in metrics.csv (progress and
     evaluation rows; values may be numbers or CSV strings; missing fields are skipped)."""
-    return _render(list(history or []), list(PANELS), title)
+    return _render(thin(list(history or [])), list(PANELS), title)
 
 
 def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
@@ -125,7 +138,7 @@ def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
     """<run_dir>/plots/history.png (all panels) and loss.png, f2.png, lr.png; written atomically.
     Returns the paths written."""
     folder = Path(run_dir) / PLOTS_DIR
-    rows = list(history or [])
+    rows = thin(list(history or []))
     written = [atomic_write_bytes(folder / "history.png", _render(rows, list(PANELS), title))]
     for panel in PANELS:
         written.append(atomic_write_bytes(folder / f"{panel}.png", _render(rows, [panel], title)))

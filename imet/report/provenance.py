@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,6 +50,7 @@ def _walk_for(root: Path, name: str) -> Path | None:
     return None
 
 
+@lru_cache(maxsize=1)  # the code does not change under a running process: ask git once
 def git_commit() -> str | None:
     """The commit of the source checkout imet runs from, with '+dirty' for local changes."""
     repo = Path(imet.__file__).resolve().parent.parent
@@ -68,6 +70,11 @@ def git_commit() -> str | None:
 def code_version(input_roots: Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
     """{"imet": version, "manifest_sha256": … or None, "git_commit": … or None}; the git commit is
     looked up only when no dataset manifest is found."""
+    return dict(_code_version(tuple(str(root) for root in input_roots)))
+
+
+@lru_cache(maxsize=16)  # one search of the (large, read-only) input roots per process
+def _code_version(input_roots: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
     manifest = find_manifest(input_roots)
     version: dict[str, Any] = {"imet": imet.__version__, "manifest_sha256": None,
                                "git_commit": None}
@@ -78,7 +85,7 @@ def code_version(input_roots: Iterable[str | os.PathLike] = ()) -> dict[str, Any
             manifest = None
     if manifest is None:
         version["git_commit"] = git_commit()
-    return version
+    return tuple(version.items())
 
 
 def short_code_version(version: dict[str, Any] | None) -> str:
