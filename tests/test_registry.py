@@ -191,3 +191,17 @@ def test_validate_and_predict_summaries_become_records(chain, tmp_path):
     assert len(read_registry(tmp_path / "v" / REGISTRY_NAME)) == 6  # 3 + 1 train, 1 + 1 added
     rows = summarize(read_registry(tmp_path / "v" / REGISTRY_NAME))
     assert "r18-f0 r18-f1" in format_table(sort_rows(rows))
+
+
+def test_code_version_prefers_the_dataset_manifest(tmp_path):
+    from imet.report.provenance import code_version, short_code_version
+    manifest = tmp_path / "input" / "imet-code" / "MANIFEST.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"files": {"imet/cli.py": "abc"}}')
+    import hashlib
+    version = code_version([tmp_path / "input"])
+    assert version["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert version["git_commit"] is None
+    assert short_code_version(version) == f"{version['imet']}@m:{version['manifest_sha256'][:8]}"
+    record = make_record("predict", "sub", input_roots=[tmp_path / "input"])
+    assert record["code_version"] == version

@@ -18,7 +18,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "first, and write a PNG comparing the runs (CV against LB; F2 against step). "
         "`runs set-lb RUN SCORE [DIR …]` stores a leaderboard score for RUN in every registry "
         "under DIR… that holds it.")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("dirs", nargs="*", metavar="DIR",
                         help="folders (or registry files) to read; default: the current folder. "
                         "With `set-lb RUN SCORE` first, the folders whose registries get the score")

@@ -33,6 +33,10 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
     points = cv_lb_points(rows)
     if points:
         cv_ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue")
+        # LB = CV: points far below it are where validation flatters the model.
+        low = min(min(p[1], p[2]) for p in points)
+        high = max(max(p[1], p[2]) for p in points)
+        cv_ax.plot([low, high], [low, high], ls="--", lw=0.8, color="grey", label="LB = CV")
         for run, cv, lb in points:
             cv_ax.annotate(run, (cv, lb), textcoords="offset points", xytext=(4, 4),
                            fontsize="small")
