@@ -3,7 +3,8 @@ talks to it over HTTP and it records every request.
 
 Scenarios (`server.scenario`, applied to the next `server.count` requests, then "ok";
 count None = for good; `only` limits it to some Bot API methods): "ok", "429" (flood control with `retry_after`), "500", "hang" (no
-answer until the server stops), "403" (bot blocked), "401" (bad token), "chat_not_found"."""
+answer until the server stops), "403" (bot blocked), "401" (bad token), "chat_not_found", "bad_html"
+(Telegram's HTML parser refuses the text)."""
 from __future__ import annotations
 
 import json
@@ -35,6 +36,9 @@ _FAILURES = {
     "403": (403, {"ok": False, "error_code": 403,
                   "description": "Forbidden: bot was blocked by the user"}),
     "401": (401, {"ok": False, "error_code": 401, "description": "Unauthorized"}),
+    "bad_html": (400, {"ok": False, "error_code": 400,
+                       "description": "Bad Request: can't parse entities: Unsupported start "
+                                      "tag \"x\" at byte offset 3"}),
     "chat_not_found": (400, {"ok": False, "error_code": 400,
                              "description": "Bad Request: chat not found"}),
 }

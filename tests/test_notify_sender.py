@@ -233,6 +233,16 @@ def test_full_queue_drops_oldest_progress_never_critical(no_token_leak):
         assert sender.stats["dropped_full"] == 7
 
 
+def test_text_refused_by_the_html_parser_goes_again_as_plain_text(no_token_leak):
+    with TelegramStandin(scenario="bad_html", count=1, only=("sendMessage",)) as server:
+        notifier = notifier_for(server.api_url)
+        notifier.sender.submit(Outgoing("evaluation", "<b>F2</b> 0.61 &lt; 0.62"))
+        wait_until(lambda: len(server.sent()) == 1)
+        notifier.close()
+        retried = server.sent()[0].params
+    assert retried["text"] == "F2 0.61 < 0.62" and "parse_mode" not in retried
+
+
 def test_rank_other_than_zero_and_off_send_nothing():
     env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "1"}
     assert build_notifier("auto", rank=1, env=env) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -28,6 +29,12 @@ class Outgoing:
     text: str
     priority: int = NORMAL
     photo: bytes | None = None
+    html: bool = True
+
+    def as_plain(self) -> "Outgoing":
+        """The same message without markup, for a text Telegram's HTML parser refused."""
+        plain = html.unescape(re.sub(r"<[^>]*>", "", self.text))
+        return Outgoing(self.kind, plain, self.priority, self.photo, html=False)
 
     def __repr__(self) -> str:
         photo = f", photo={len(self.photo)} bytes" if self.photo else ""

@@ -221,6 +221,10 @@ class TelegramSender:
         except BadRequest as err:
             if "chat not found" in str(err).lower():
                 self._disable(err)
+            elif "parse entities" in str(err).lower() and item.html:
+                # Our HTML is escaped, so this is a Telegram parser quirk: send it plain.
+                pending.item = item.as_plain()
+                self._requeue(pending, 0.0)
             else:
                 self.stats["failed"] += 1
                 self._warn_once("bad_request", "Telegram refused a %s message: %s",
@@ -287,11 +291,12 @@ class TelegramSender:
         from telegram import LinkPreviewOptions
         from telegram.constants import ParseMode
         bot = await self._ready_bot()
+        mode = ParseMode.HTML if item.html else None
         if item.photo is not None:
             await bot.send_photo(self._chat_id, photo=item.photo, caption=item.text or None,
-                                 parse_mode=ParseMode.HTML)
+                                 parse_mode=mode)
         else:
-            await bot.send_message(self._chat_id, item.text, parse_mode=ParseMode.HTML,
+            await bot.send_message(self._chat_id, item.text, parse_mode=mode,
                                    link_preview_options=LinkPreviewOptions(is_disabled=True))
 
     async def _ready_bot(self) -> Any:
