@@ -113,13 +113,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def build_bus(config: TrainConfig):
     from imet.engine.events import EventBus
     from imet.notify import build_notifier
+    from imet.registry import record_train_subscriber
     from imet.report.artifacts import ArtifactWriter
     from imet.report.console import ConsoleProgress
     from imet.report.metrics_csv import MetricsWriter
 
     subscribers = [ConsoleProgress(config.progress_every_s),
                    MetricsWriter(config.out, config.input_root),
-                   ArtifactWriter(config.out, config.input_root)]
+                   ArtifactWriter(config.out, config.input_root),
+                   record_train_subscriber(config.out, config.input_root)]
     notifier = build_notifier(config.notify, rank=0)
     if notifier is not None:
         subscribers.append(notifier)
