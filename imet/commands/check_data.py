@@ -29,7 +29,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from imet.data.check import check_data
+    from imet.errors import UserError
 
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
     start = time.monotonic()
     folds = args.folds
     if folds is None and (Path(args.data) / "folds.csv").is_file():
