@@ -16,6 +16,7 @@ from imet.data.labels import LabelSpace
 from imet.errors import CheckpointError
 from imet.models.net import ImetNet, build_model
 from imet.models.registry import ARCHS
+from imet.models.weights import load_problem
 
 FORMAT = "imet-model"
 VERSION = 1
@@ -55,6 +56,25 @@ def atomic_torch_save(obj, path) -> None:
         os.close(dir_fd)
 
 
+def plain(value, where: str = "config"):
+    """`value` as str/int/float/bool/None/list/dict only: anything else would save but then fail
+    to load with weights_only=True. Paths become str, tuples lists, numpy scalars Python ones."""
+    if value is None or isinstance(value, bool):
+        return value
+    for kind in (int, float, str):  # exact types: np.float64 subclasses float but is refused
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
+        return value.item()
+    raise TypeError(f"{where} holds a {type(value).__name__}; model files store plain data only")
+
+
 def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: LabelSpace,
                     extra: dict | None = None) -> Path:
     net = unwrap(model)
@@ -63,8 +83,9 @@ def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: Lab
         raise ValueError(f"model has {num_classes} outputs but the label space {labels.num_classes}")
     # CPU + contiguous: loadable on a CPU-only machine, whatever memory format trained it.
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "arch": arch, "config": dict(config),
-               "labels": labels.to_dict(), "state_dict": state, "extra": dict(extra or {})}
+    payload = {"format": FORMAT, "version": VERSION, "arch": arch, "config": plain(config),
+               "labels": labels.to_dict(), "state_dict": state,
+               "extra": plain(extra or {}, "extra")}
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -77,8 +98,7 @@ def read_model_file(path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not an imet model file or corrupt ({detail[:200]}); "
+        raise CheckpointError(f"{path}: not an imet model file or corrupt ({load_problem(exc)}); "
                               f"pass the model.pt written by `imet train`")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an imet model file (no format 'imet-model'); "

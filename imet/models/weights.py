@@ -125,14 +125,21 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
         f"the input root), pass --weights PATH, or train without --pretrained")
 
 
+def load_problem(exc: Exception) -> str:
+    """torch.load's failure in a few words (its own messages run over many lines)."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data, refused for safety"
+    return f"{type(exc).__name__}: {text[:160] or 'unreadable'}"
+
+
 def read_state_dict(path) -> dict:
     """Tensors of a weights file, loaded with weights_only=True (attached files are untrusted)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); "
+        raise CheckpointError(f"{path}: cannot read weights ({load_problem(exc)}); "
                               f"replace the file with an intact copy")
     # Training checkpoints of other tools nest the weights and prefix DataParallel's 'module.'.
     for key in ("state_dict", "model", "model_state_dict"):
