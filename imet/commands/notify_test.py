@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 async def _send(config, text: str, timeout: float) -> str:
     from telegram.error import TelegramError
     from imet.notify.config import DEFAULT_API_URL
-    from imet.notify.sender import explain, make_bot
+    from imet.notify.bot import explain, make_bot
     bot = make_bot(config, timeout, timeout)
     step = "checking the token (getMe)"
     try:
