@@ -53,6 +53,17 @@ def test_environment_config_and_repr_without_token():
         "POST https://x/bot<token>/sendMessage and <token>"
 
 
+@pytest.mark.parametrize("given, used", [
+    ("http://127.0.0.1:8081", "http://127.0.0.1:8081/bot"),
+    ("http://127.0.0.1:8081/bot/", "http://127.0.0.1:8081/bot"),
+    ("https://proxy.example/tg/bot{token}/", "https://proxy.example/tg/bot{token}/"),
+])
+def test_self_hosted_api_url_is_normalised(given, used):
+    cfg = load_config({"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "1",
+                       "IMET_TELEGRAM_API_URL": given}, use_kaggle_secrets=False)
+    assert cfg.api_url == used
+
+
 @pytest.mark.parametrize("env, problem", [
     ({}, "IMET_TELEGRAM_TOKEN is not set"),
     ({"IMET_TELEGRAM_TOKEN": TOKEN}, "IMET_TELEGRAM_CHAT_ID is not set"),

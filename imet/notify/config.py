@@ -119,8 +119,18 @@ def load_config(env: Mapping[str, str] | None = None,
         raise ConfigProblem(f"{CHAT_VAR} is not set (environment or Kaggle Secrets); send "
                             "your bot a message, then read the chat id from "
                             "https://api.telegram.org/bot<token>/getUpdates")
-    api_url = (env.get(API_URL_VAR) or "").strip() or DEFAULT_API_URL
+    api_url = normalize_api_url((env.get(API_URL_VAR) or "").strip() or DEFAULT_API_URL)
     return TelegramConfig(token=token, chat_id=chat_id, api_url=api_url, source=source)
+
+
+def normalize_api_url(url: str) -> str:
+    """The Bot API base that python-telegram-bot appends the token to: a self-hosted server
+    given as "http://host:8081" or ".../" becomes "http://host:8081/bot"; a URL holding a
+    "{token}" placeholder is used as it is."""
+    if "{token}" in url:
+        return url
+    url = url.rstrip("/")
+    return url if url.endswith("/bot") else url + "/bot"
 
 
 # Loggers that print request URLs (httpx, httpcore at INFO/DEBUG) or the Bot API URL

@@ -54,9 +54,13 @@ def esc(value: Any, limit: int = FIELD_CHARS) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(float(seconds)):
+    try:
+        value = float(seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return "?"
-    total = max(0, int(round(float(seconds))))
+    if not math.isfinite(value):
+        return "?"
+    total = max(0, int(round(value)))
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
