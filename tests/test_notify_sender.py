@@ -5,6 +5,9 @@ captured output holds the token."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -141,6 +144,28 @@ def test_crash_message_carries_the_traceback_and_the_error_still_propagates(no_t
     assert "RuntimeError: CUDA error: device-side assert &lt;triggered&gt;" in texts[0]
     assert "<pre>Traceback (most recent call last)" in texts[0]
     assert "in train" in texts[0]
+
+
+def test_crash_without_close_still_reports_at_exit():
+    """A process that dies of an uncaught exception without closing the bus: the atexit
+    hook still delivers the crash message, within the close bound."""
+    script = textwrap.dedent("""
+        import os, sys
+        from imet.engine.events import EventBus
+        from imet.notify import build_notifier
+        bus = EventBus([build_notifier("auto", min_interval_s=0.02, close_timeout_s=3.0)])
+        bus.emit("failure", error="ValueError: boom", traceback="Traceback (most recent...")
+        raise ValueError("boom")
+    """)
+    with TelegramStandin() as server:
+        env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "4242",
+               "IMET_TELEGRAM_API_URL": server.api_url, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=60)
+        texts = [r.params["text"] for r in server.sent()]
+    assert done.returncode == 1 and "ValueError: boom" in done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    assert len(texts) == 1 and texts[0].startswith("❌") and "ValueError: boom" in texts[0]
 
 
 def test_flood_control_retry_after_is_honoured(no_token_leak):
