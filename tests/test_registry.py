@@ -170,16 +170,18 @@ def test_records_never_store_secrets(tmp_path, monkeypatch):
 def test_validate_and_predict_summaries_become_records(chain, tmp_path):
     """The summaries `imet validate` / `imet predict` return (their shape, as they pass it)."""
     s1, s2, s3, k2 = chain
+    # validate names a run after its folder ("working" on Kaggle); the run.json there has its id
+    (s3 / "run.json").write_text(json.dumps({"format": "imet-run", "run_name": "r18-f0"}))
     validate = {"kind": "validate", "out": str(tmp_path), "images": 64, "folds": [0],
                 "tta": ["none", "hflip"], "ensemble": None, "mode": "group", "f2": 0.7012,
                 "f2_in_sample": 0.71, "threshold_global": 0.23, "seconds": 41.5,
-                "runs": [{"name": "r18-f0", "model": "x/r18-f0/model.pt", "arch": "resnet18",
+                "runs": [{"name": "working", "model": str(s3 / "model.pt"), "arch": "resnet18",
                           "image_size": 64, "fold": 0}]}
     predict = {"kind": "predict", "submission": "submission.csv", "ensemble": "mean",
                "tta": ["hflip"], "seconds": 12.0,
                "runs": [{"name": "r18-f0", "arch": "resnet18", "image_size": 64, "fold": 0},
                         {"name": "r18-f1", "arch": "resnet18", "image_size": 64, "fold": 1}]}
-    append_record(tmp_path / "v", validate, input_roots=[s3, k2])
+    append_record(tmp_path / "v", validate, input_roots=[k2])  # s3: found beside its model
     append_record(tmp_path / "v", predict)
     records = {(r["run_id"], r["kind"]): r for r in read_registry(tmp_path / "v" / REGISTRY_NAME)}
     v = records[("r18-f0", "validate")]

@@ -47,17 +47,39 @@ def make_record(kind: str, run_id: str, session: int = 1, *, config: dict | None
     return redact(record)
 
 
+def _trained_name(model: Any) -> str | None:
+    """The train run id of a model file: the run_name in the run.json beside it (predict and
+    validate name a run after its folder, which on Kaggle is an input slug, not the run id)."""
+    if not model:
+        return None
+    from imet.report.artifacts import RUN_JSON, read_run_json
+    summary = read_run_json(Path(str(model)).parent / RUN_JSON)
+    return str(summary["run_name"]) if summary and summary.get("run_name") else None
+
+
 def _member_names(runs: Any) -> list[str]:
     names = []
     for run in runs or []:
         if isinstance(run, dict):
-            name = run.get("name") or run.get("run_name") or (
+            name = _trained_name(run.get("model")) or run.get("name") or run.get("run_name") or (
                 Path(str(run["model"])).parent.name if run.get("model") else None)
         else:
             name = run
         if name:
             names.append(str(name))
     return names
+
+
+def _member_dirs(summary: dict[str, Any]) -> list[Path]:
+    """Run folders of the models a validate/predict summary used: their registries hold the
+    training history of those runs."""
+    dirs = []
+    for run in summary.get("runs") or []:
+        if isinstance(run, dict) and run.get("model"):
+            folder = Path(str(run["model"])).parent
+            if folder.is_dir():
+                dirs.append(folder)
+    return dirs
 
 
 def _common(runs: Any, key: str) -> Any:
@@ -102,10 +124,13 @@ def append_record(folder: str | os.PathLike, record: dict[str, Any],
                   input_roots: Iterable[str | os.PathLike] = ()) -> Path:
     """For validate/predict: merge the input roots' registries into <folder>'s, then add (or
     replace) `record`: one built with `make_record`, or the summary validate/predict return
-    (see `record_from_summary`). Returns the registry path."""
+    (see `record_from_summary`; then the registries beside the models it used are merged too).
+    Returns the registry path."""
+    roots = list(input_roots)
     if record.get("schema") != SCHEMA or not record.get("run_id"):
+        roots += _member_dirs(record)
         record = record_from_summary(record, input_roots)
-    merge_into(folder, input_roots)
+    merge_into(folder, roots)
     return upsert(folder, redact(dict(record)))
 
 
