@@ -38,7 +38,8 @@ def r18_state(base_state):
     """r18_state(k): a resnet18 state dict told apart from the others by k (building a fresh
     network per variant would cost seconds each)."""
     def make(k):
-        return {key: (v + k if v.is_floating_point() else v.clone()) for key, v in base_state.items()}
+        return {key: (v + k if v.is_floating_point() else v.clone())
+                for key, v in base_state.items()}
     return make
 
 
@@ -81,6 +82,11 @@ def test_nothing_found_lists_every_place_searched(tmp_path, empty_torch_home):
     assert "\n" not in message and R18 in message
     for place in [str(empty_torch_home / "hub" / "checkpoints"), str(roots[0]), str(roots[1])]:
         assert place in message
+
+
+def test_arch_without_pretrained_weights():
+    with pytest.raises(UserError, match="tiny_cnn has no pretrained weights"):
+        resolve_weights("tiny_cnn")
 
 
 def test_missing_explicit_file_is_named(tmp_path):

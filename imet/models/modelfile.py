@@ -80,7 +80,8 @@ def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: Lab
     net = unwrap(model)
     num_classes = getattr(net, "num_classes", None)
     if num_classes is not None and num_classes != labels.num_classes:
-        raise ValueError(f"model has {num_classes} outputs but the label space {labels.num_classes}")
+        raise ValueError(f"model has {num_classes} outputs but the label space "
+                         f"{labels.num_classes}")
     # CPU + contiguous: loadable on a CPU-only machine, whatever memory format trained it.
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "arch": arch, "config": plain(config),

@@ -110,7 +110,8 @@ def _split_densenet(m: nn.Module) -> Split:
 
 
 _DENSE_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _fix_densenet_keys(state: dict) -> dict:
@@ -151,7 +152,8 @@ def _split_features(late_from: int) -> Callable[[nn.Module], Split]:
 
 def _pm(name: str, split, extra_urls: tuple = (), fix_keys=None) -> ArchSpec:
     return ArchSpec(name, "pretrainedmodels", _pm_constructor(name), split,
-                    _pm_urls(name, extra_urls), fix_keys=fix_keys, settings=_pm_input_settings(name))
+                    _pm_urls(name, extra_urls), fix_keys=fix_keys,
+                    settings=_pm_input_settings(name))
 
 
 def _tv(name: str, split, extra_urls: tuple = ()) -> ArchSpec:

@@ -82,6 +82,8 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     Raises one UserError listing every place searched."""
     spec = get_spec(arch)
     names = spec.filenames()
+    if not names:
+        raise UserError(f"{arch} has no pretrained weights; train it without --pretrained")
     searched = []
     if explicit is not None:
         explicit = Path(explicit)
@@ -159,7 +161,8 @@ def load_body_weights(body: nn.Module, spec: ArchSpec, path) -> None:
     if spec.fix_keys:
         state = spec.fix_keys(state)
     state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes)}
-    target = {k: v for k, v in body.state_dict().items() if not k.startswith(spec.classifier_prefixes)}
+    target = {k: v for k, v in body.state_dict().items()
+              if not k.startswith(spec.classifier_prefixes)}
     # Files saved before PyTorch 0.4.1 (most official ones) have no BatchNorm
     # `num_batches_tracked`; BatchNorm loads without it.
     missing = sorted(k for k in set(target) - set(state) if not k.endswith(".num_batches_tracked"))
