@@ -161,9 +161,9 @@ def import_name(dist: str, wheel: Path) -> str | None:
     return guess if guess in tops else None
 
 
-def scan_repo_sources() -> None:
-    for rel in wheelbuild.whitelisted_sources(REPO):
-        secrets_scan.scan_file(REPO / rel, label=str(rel))
+def scan_sources(source: Path) -> None:
+    for rel in wheelbuild.whitelisted_sources(source):
+        secrets_scan.scan_file(source / rel, label=str(rel))
 
 
 def prepare_out(out: Path) -> Path:
@@ -202,8 +202,11 @@ def build(args) -> Path:
         entries.update(lock.read_lock(lock.TORCH_LOCK))
     sdists = {n: e for n, e in entries.items() if n in lock.SDIST_ONLY}
     wheels_locked = {n: e for n, e in entries.items() if n not in sdists}
-    scan_repo_sources()
-    state = wheelbuild.source_state(REPO)
+    source = Path(args.source).resolve()
+    if not (source / "setup.py").is_file() or not (source / "imet").is_dir():
+        raise UserError(f"--source {source}: not an imet checkout (needs setup.py and imet/)")
+    scan_sources(source)
+    state = wheelbuild.source_state(source)
     say(f"imet dataset for CPython {args.python_version} on {', '.join(platforms)}, owner {owner}")
     files = download(wheels_locked, cache, args.python_version, platforms)
     staging = prepare_out(Path(args.out))
@@ -223,10 +226,10 @@ def build(args) -> Path:
             wheel = wheelbuild.build_sdist_wheel(sdist, staging)
             packages.append({"name": entry["name"], "version": entry["version"], "file": wheel.name,
                              "origin": f"built from locked sdist {sdist.name}"})
-        digest = hashlib.sha256(b"".join((REPO / rel).read_bytes() + str(rel).encode()
-                                         for rel in wheelbuild.whitelisted_sources(REPO))).hexdigest()
+        digest = hashlib.sha256(b"".join((source / rel).read_bytes() + str(rel).encode()
+                                         for rel in wheelbuild.whitelisted_sources(source))).hexdigest()
         say("building the imet wheel")
-        wheel, version = wheelbuild.build_imet_wheel(REPO, staging, state, digest)
+        wheel, version = wheelbuild.build_imet_wheel(source, staging, state, digest)
         packages.append({"name": "imet", "version": version, "file": wheel.name,
                          "origin": "built from this repository"})
         for p in packages:
@@ -302,6 +305,8 @@ def main(argv=None) -> int:
                    help="also bundle torch, torchvision and their CUDA wheels "
                    "(wheels/requirements-torch.txt; several GB)")
     p.add_argument("--lock", default=str(lock.LOCK), help="the lock file (default wheels/requirements.txt)")
+    p.add_argument("--source", default=str(REPO),
+                   help="the imet checkout to package (default: this repository)")
     p.add_argument("--cache", default=str(REPO / "wheels"), help="download cache (default wheels/)")
     args = p.parse_args(argv)
     try:

@@ -36,7 +36,8 @@ def git(repo: Path, *args: str) -> str | None:
 def source_state(repo: Path) -> dict:
     """The commit the imet wheel comes from, and whether the package differs from it."""
     commit = git(repo, "rev-parse", "HEAD")
-    dirty = bool(git(repo, "status", "--porcelain", "--", "imet", *SOURCE_FILES))
+    # Outside git, the content digest is all that tells two builds apart.
+    dirty = commit is None or bool(git(repo, "status", "--porcelain", "--", "imet", *SOURCE_FILES))
     epoch = os.environ.get("SOURCE_DATE_EPOCH") or git(repo, "log", "-1", "--format=%ct") or "315532800"
     return {"git_commit": commit, "dirty": dirty, "source_date_epoch": int(epoch)}
 
