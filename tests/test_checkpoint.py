@@ -1,0 +1,129 @@
+"""Checkpoint files: atomic, two generations, verified, weights_only, identity-checked."""
+from __future__ import annotations
+
+import fractions
+import json
+import logging
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from imet.engine import checkpoint as ckpt
+from imet.engine.checkpoint import (FORMAT, VERSION, ForeignCheckpointError, checkpoint_dir,
+                                    find_resume, list_generations, load_checkpoint,
+                                    save_checkpoint)
+from imet.errors import CheckpointError
+
+CONFIG_FP, LABELS_FP = "c0nf1g", "1abe1s"
+
+
+def payload(step: int, config_fp=CONFIG_FP, labels_fp=LABELS_FP) -> dict:
+    return {"format": FORMAT, "version": VERSION,
+            "meta": {"config_fingerprint": config_fp, "labels_fingerprint": labels_fp,
+                     "step": step},
+            "model": OrderedDict(w=torch.full((64, 64), float(step))),
+            "rng": {"python": [3, list(range(625)), None], "torch": torch.get_rng_state()},
+            "counters": {"step": step, "history": [{"step": step, "f2": 0.5}]}}
+
+
+def steps_on_disk(out):
+    return [step for step, _ in list_generations(checkpoint_dir(out))]
+
+
+def test_two_generations_are_kept_with_sidecars(tmp_path):
+    for step in (10, 20, 30):
+        path = save_checkpoint(payload(step), tmp_path, step)
+    assert path == tmp_path / "checkpoints" / "state-30.pt"
+    assert steps_on_disk(tmp_path) == [30, 20]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["state-20.json", "state-20.pt", "state-30.json", "state-30.pt"]
+    meta = json.loads((tmp_path / "checkpoints" / "state-30.json").read_text())
+    assert meta["step"] == 30 and meta["config_fingerprint"] == CONFIG_FP
+    assert meta["sha256"] == ckpt.file_sha256(path)
+
+
+def test_load_round_trips_with_weights_only(tmp_path):
+    path = save_checkpoint(payload(5), tmp_path, 5)
+    loaded = load_checkpoint(path, CONFIG_FP, LABELS_FP)
+    assert torch.equal(loaded["model"]["w"], torch.full((64, 64), 5.0))
+    assert loaded["rng"]["python"][1] == list(range(625))
+    assert loaded["counters"]["history"] == [{"step": 5, "f2": 0.5}]
+
+
+def test_a_failed_write_leaves_the_previous_generations_untouched(tmp_path, monkeypatch):
+    save_checkpoint(payload(1), tmp_path, 1)
+    bad = payload(2)
+    bad["model"]["w"] = lambda: None  # torch.save cannot pickle a lambda
+    with pytest.raises(Exception):
+        save_checkpoint(bad, tmp_path, 2)
+    assert steps_on_disk(tmp_path) == [1]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    # A checkpoint attached from a dataset is untrusted: anything beyond tensors and plain
+    # values must not be unpickled.
+    directory = checkpoint_dir(tmp_path)
+    directory.mkdir(parents=True)
+    torch.save({"format": FORMAT, "version": VERSION, "evil": fractions.Fraction(1, 3)},
+               directory / "state-3.pt")
+    with pytest.raises(CheckpointError, match="state-3.pt: not a readable train state"):
+        load_checkpoint(directory / "state-3.pt")
+
+
+def test_truncated_file_is_caught_by_its_sha256(tmp_path):
+    path = save_checkpoint(payload(7), tmp_path, 7)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(path)
+    ckpt.sidecar_of(path).unlink()  # without a sidecar the zip reader still refuses it
+    with pytest.raises(CheckpointError, match="not a readable train state"):
+        load_checkpoint(path)
+
+
+def test_other_config_or_label_space_is_refused(tmp_path):
+    path = save_checkpoint(payload(4), tmp_path, 4)
+    with pytest.raises(ForeignCheckpointError, match="another training config"):
+        load_checkpoint(path, "other", LABELS_FP)
+    with pytest.raises(CheckpointError, match="another label space"):
+        load_checkpoint(path, CONFIG_FP, "other")
+
+
+def test_resume_falls_back_to_the_previous_generation(tmp_path, caplog):
+    save_checkpoint(payload(10), tmp_path, 10)
+    newest = save_checkpoint(payload(20), tmp_path, 20)
+    newest.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        loaded, path, found = find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
+    assert loaded["counters"]["step"] == 10 and path.name == "state-10.pt"
+    assert "state-20.pt is unusable" in caplog.text
+
+
+def test_resume_with_nothing_usable(tmp_path):
+    assert find_resume(tmp_path, [], CONFIG_FP, LABELS_FP) is None
+    save_checkpoint(payload(1), tmp_path, 1).write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="every checkpoint found is damaged"):
+        find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
+
+
+def test_resume_copies_the_newest_from_input_roots(tmp_path):
+    inputs = tmp_path / "input"
+    save_checkpoint(payload(30), inputs / "prev-session" / "run", 30)
+    save_checkpoint(payload(50, config_fp="other-fold"), inputs / "other-run", 50)
+    out = tmp_path / "working"
+    save_checkpoint(payload(20), out, 20)
+    os.chmod(inputs / "prev-session" / "run" / "checkpoints", 0o555)  # inputs are read-only
+    loaded, path, found = find_resume(out, [inputs], CONFIG_FP, LABELS_FP)
+    assert loaded["counters"]["step"] == 30
+    assert path == out / "checkpoints" / "state-30.pt"
+    assert found == inputs / "prev-session" / "run" / "checkpoints" / "state-30.pt"
+    assert steps_on_disk(out) == [30, 20]
+
+
+def test_a_foreign_checkpoint_in_the_own_folder_is_an_error(tmp_path):
+    save_checkpoint(payload(5, config_fp="changed-flags"), tmp_path, 5)
+    with pytest.raises(CheckpointError, match="another training config.*--resume off"):
+        find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
