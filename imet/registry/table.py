@@ -30,6 +30,15 @@ def _threshold_text(value: Any) -> str:
         return str(value)
 
 
+def _threshold_cell(row: dict[str, Any]) -> str:
+    """'0.465', or 'group (global 0.465)' when validation chose per-group/per-class thresholds."""
+    text = _threshold_text(row.get("threshold"))
+    mode = row.get("threshold_mode")
+    if mode and mode != "global":
+        return f"{mode} (global {text})" if text else str(mode)
+    return text
+
+
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fold the session records of each (run id, kind) into one summary row (typed values)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -52,7 +61,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "session_wall_s": [r.get("wall_s") for r in group],
             "wall_s": sum(float(r.get("wall_s") or 0.0) for r in group),
             "cv_f2": best.get("best_f2"), "best_step": best.get("best_step"),
-            "threshold": best.get("threshold"), "tta": latest.get("tta"),
+            "threshold": best.get("threshold"), "threshold_mode": best.get("threshold_mode"),
+            "tta": latest.get("tta"),
             "lb": lb.get("lb_score"), "ensemble": latest.get("ensemble") or [],
             "code": short_code_version(latest.get("code_version")),
             "config": latest.get("config_hash"), "f2_history": history,
@@ -82,7 +92,7 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
         else str(row["size"]),
         "sessions": f"{len(row['sessions'])} ({walls})" if row["sessions"] else "",
         "wall": format_duration(row["wall_s"]), "cv_f2": num(row.get("cv_f2"), ".4f"),
-        "threshold": _threshold_text(row.get("threshold")), "tta": str(row.get("tta") or ""),
+        "threshold": _threshold_cell(row), "tta": str(row.get("tta") or ""),
         "lb": num(row.get("lb"), ".5f"), "ensemble": " ".join(map(str, row["ensemble"])),
         "code": row.get("code") or "", "config": str(row.get("config") or "")[:12],
     }
@@ -117,8 +127,8 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
         values = []
         for column in columns:
             value = row.get(column)
-            if column == "threshold" and isinstance(value, (list, dict)):
-                value = _threshold_text(value)
+            if column == "threshold":
+                value = _threshold_cell(row)
             elif isinstance(value, (list, tuple)):
                 value = " ".join("" if v is None else str(v) for v in value)
             values.append("" if value is None else value)
