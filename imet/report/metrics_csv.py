@@ -132,14 +132,19 @@ class MetricsWriter:
         resumed_from = data.get("resumed_from")
         rows: list[dict[str, Any]] = []
         if resumed_from is not None:
-            source = self.path if self.path.is_file() else find_run_metrics(self._run,
-                                                                            self.input_roots)
-            if source is not None:
-                rows = [row for row in read_metrics(source)
-                        if row["run"] == self._run and row["step"] <= int(resumed_from)]
+            source = self.path
+            rows = self._rows_until(source, int(resumed_from))
+            if not rows:  # a fresh Kaggle output folder: the previous session's is an input
+                source = find_run_metrics(self._run, self.input_roots)
+                rows = self._rows_until(source, int(resumed_from)) if source else []
+            if rows:
                 log.info("metrics.csv: continuing %d rows from %s (up to step %s)",
                          len(rows), source, resumed_from)
         self._rewrite(rows)
+
+    def _rows_until(self, path: Path, step: int) -> list[dict[str, Any]]:
+        return [row for row in read_metrics(path)
+                if row["run"] == self._run and row["step"] <= step]
 
     def _on_progress(self, event) -> None:
         data = event.data
@@ -151,9 +156,10 @@ class MetricsWriter:
 
     def _on_evaluation(self, event) -> None:
         data = event.data
-        self._write({"kind": "evaluation", "stage": self._stage, "epoch": data.get("epoch"), "step": data.get("step"),
-                     "f2": data.get("f2"), "threshold": data.get("threshold"),
-                     "best_f2": data.get("best_f2"), "val_loss": data.get("val_loss"),
+        self._write({"kind": "evaluation", "stage": self._stage, "epoch": data.get("epoch"),
+                     "step": data.get("step"), "f2": data.get("f2"),
+                     "threshold": data.get("threshold"), "best_f2": data.get("best_f2"),
+                     "val_loss": data.get("val_loss"),
                      "is_best": data.get("is_best")}, event.time)
         self._sync()
 
