@@ -77,12 +77,14 @@ class ArtifactWriter:
     def _on_run_start(self, event) -> None:
         data = event.data
         run_name = str(data.get("run_name") or "")
-        previous = read_run_json(self.run_dir / RUN_JSON)
-        if not previous or previous.get("run_name") != run_name:
-            previous = find_run_json(run_name, self.input_roots) if data.get(
-                "resumed_from") is not None else None
+        previous = None  # a fresh start (no checkpoint) owes nothing to an older run.json
+        if data.get("resumed_from") is not None:
+            previous = read_run_json(self.run_dir / RUN_JSON)
+            if not previous or previous.get("run_name") != run_name:
+                previous = find_run_json(run_name, self.input_roots)
+        # Sessions before this one; a later one left by an abandoned attempt is not history.
         sessions = [s for s in (previous or {}).get("sessions", [])
-                    if s.get("session") != data.get("session")]
+                    if int(s.get("session") or 0) < int(data.get("session") or 1)]
         config = redact(data.get("config") or {})
         self._session = {"session": data.get("session"), "started": _iso(event.time),
                          "start_time": event.time, "device": data.get("device"),
