@@ -184,7 +184,8 @@ class ConsoleProgress:
 
     def _on_failure(self, data: dict[str, Any]) -> None:
         self._close_bar()
-        self._print(f"imet: training failed: {data.get('error')}")
+        from imet.report.redact import redact  # an error text may quote a URL with a token
+        self._print(f"imet: training failed: {redact(str(data.get('error')))}")
 
     def _close_bar(self) -> None:
         if self._bar is not None:
