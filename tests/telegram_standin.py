@@ -2,9 +2,10 @@
 talks to it over HTTP and it records every request.
 
 Scenarios (`server.scenario`, applied to the next `server.count` requests, then "ok";
-count None = for good; `only` limits it to some Bot API methods): "ok", "429" (flood control with `retry_after`), "500", "hang" (no
-answer until the server stops), "403" (bot blocked), "401" (bad token), "chat_not_found", "bad_html"
-(Telegram's HTML parser refuses the text)."""
+count None = for good; `only` limits it to some Bot API methods): "ok", "429" (flood
+control with `retry_after`), "500", "hang" (no answer until the server stops), "403" (bot
+blocked), "401" (bad token), "chat_not_found", "bad_html" (Telegram's HTML parser refuses
+the text). A connection refused needs no server: `refused_url()`."""
 from __future__ import annotations
 
 import json

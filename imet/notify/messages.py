@@ -245,7 +245,8 @@ def failure(data: dict, run_name: str | None = None) -> list[str]:
 
 def result(title: str, fields: dict[str, Any], run_name: str | None = None) -> list[str]:
     """A validation or inference kernel's outcome: a title and `name: value` lines."""
-    lines = [f"🏁 <b>{esc(run_name)}</b> · {esc(title)}" if run_name else f"🏁 <b>{esc(title)}</b>"]
+    head = f"<b>{esc(run_name)}</b> · {esc(title)}" if run_name else f"<b>{esc(title)}</b>"
+    lines = [f"🏁 {head}"]
     for name, value in fields.items():
         shown = fmt_float(value) if isinstance(value, float) else esc(value)
         lines.append(f"{esc(name, 60)}: {shown}")
