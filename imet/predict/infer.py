@@ -1,0 +1,200 @@
+"""Batched inference with test-time augmentation.
+
+Each image is decoded and resized once; the TTA views are made on the batch tensor on the
+device (`apply_tta`) and run through the model as one concatenated batch, so a 2x TTA costs one
+bigger forward pass instead of a second pass over the data loader. fp16 (autocast) and
+channels_last on CUDA; probabilities are averaged over the views in float32.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imet.data.dataset import ImetDataset
+from imet.data.transforms import (TTA, Normalization, apply_tta, build_eval_transform,
+                                  normalize_batch)
+from imet.errors import DataError, UserError
+
+Log = Callable[[str], None]
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_tta(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """"none,hflip" -> ("none", "hflip"); UserError naming an unknown transform."""
+    if spec is None or spec == "":
+        return ("none",)
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in TTA]
+    if unknown or not names:
+        raise UserError(f"--tta: unknown transform {unknown[0] if unknown else spec!r}; choose "
+                        f"a comma-separated list of {', '.join(sorted(TTA))}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--tta: {','.join(names)} repeats a transform; list each once")
+    return tuple(names)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def check_images_exist(paths: Sequence[Path], source: str) -> None:
+    """DataError naming the first missing image before any long work starts. One listing per
+    folder instead of one stat per image (38k stats on a network disk are slow)."""
+    present: dict[Path, set[str]] = {}
+    missing = []
+    for path in paths:
+        folder = path.parent
+        if folder not in present:
+            present[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
+        if path.name not in present[folder]:
+            missing.append(path)
+    if missing:
+        raise DataError(f"{missing[0]}: image not found (listed in {source}; {len(missing)} of "
+                        f"{len(paths)} missing); restore the image folder or fix {source}")
+
+
+class _ErrorsAsValues(Dataset):
+    """Returns a DataError's message instead of raising it: a worker's exception reaches the
+    main process wrapped in a multi-line traceback text; this keeps the one-line message."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, _, position = self.dataset[index]
+            return image, position
+        except UserError as err:
+            return str(err), index
+
+
+def _collate(items):
+    for image, _ in items:
+        if isinstance(image, str):
+            return image, None
+    images = torch.stack([image for image, _ in items])
+    positions = torch.as_tensor([int(p) for _, p in items], dtype=torch.long)
+    return images, positions
+
+
+def build_loader(image_paths: Sequence[Path], image_size: int, batch_size: int,
+                 num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
+    # The engine's evaluation geometry (resize to a square, centre-crop only extreme aspects),
+    # so validate's F2 without TTA is the F2 training reported. uint8 images: a quarter of the
+    # bytes to collate and copy; normalized on the device.
+    transform = build_eval_transform(image_size)
+    dataset = _ErrorsAsValues(ImetDataset(list(image_paths), None, transform, seed=0,
+                                          normalize=None))
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=_collate, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+class Throughput:
+    """img/s and ETA every `every_s` seconds; one warning when the ETA passes the time limit."""
+
+    def __init__(self, total: int, log: Log, every_s: float = 30.0,
+                 time_limit_s: float | None = None, label: str = "predict"):
+        self.total, self.log, self.every_s = total, log, every_s
+        self.time_limit_s, self.label = time_limit_s, label
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+        self.warned = False
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.done / max(elapsed, 1e-9)
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        self.log(f"{self.label}: {self.done}/{self.total} images, {rate:.1f} img/s, "
+                 f"ETA {eta / 60:.1f} min")
+        if (self.time_limit_s is not None and not self.warned and self.done < self.total
+                and elapsed + eta > self.time_limit_s):
+            self.warned = True
+            self.log(f"{self.label}: WARNING: at {rate:.1f} img/s this needs "
+                     f"{(elapsed + eta) / 3600:.2f} h, more than the {self.time_limit_s / 3600:.2f}"
+                     " h time limit; use fewer TTA views, fewer runs, a smaller image size or a "
+                     "faster accelerator")
+
+
+def predict_probs(model: torch.nn.Module, loader: DataLoader, tta: Sequence[str] = ("none",),
+                  device: torch.device | str = "cpu", amp: bool | None = None,
+                  progress: Throughput | None = None,
+                  norm: Normalization | None = None) -> np.ndarray:
+    """Sigmoid probabilities float32 [N, C], rows in dataset order, averaged over `tta` views.
+    uint8 batches are normalized on the device with `norm` (default: the model's `info`)."""
+    device = torch.device(device)
+    norm = norm or Normalization.from_info(getattr(model, "info", {}) or {})
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else amp
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    out: np.ndarray | None = None
+    views = len(tta)
+    with torch.inference_mode():
+        for images, positions in loader:
+            if positions is None:  # a worker could not read an image
+                raise DataError(images)
+            x = normalize_batch(images.to(device, non_blocking=True), norm)
+            x = x.contiguous(memory_format=memory_format)
+            batch = torch.cat([apply_tta(name, x) for name in tta]) if views > 1 \
+                else apply_tta(tta[0], x)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(batch)
+            probs = torch.sigmoid(logits.float()).view(views, x.shape[0], -1).mean(0)
+            if out is None:
+                out = np.empty((len(loader.dataset), probs.shape[1]), dtype=np.float32)
+            out[positions.numpy()] = probs.cpu().numpy()
+            if progress is not None:
+                progress.update(x.shape[0])
+    if out is None:
+        raise UserError("predict: no images to predict")
+    return out
+
+
+def auto_batch_size(model: torch.nn.Module, image_size: int, views: int,
+                    device: torch.device | str, start: int = 256, cpu_default: int = 32) -> int:
+    """The largest power-of-two batch (images, before TTA) whose forward pass fits in GPU
+    memory, halved once more for headroom; `cpu_default` on CPU, where memory is not the limit."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_default
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    batch = start
+    while batch >= 2:
+        try:
+            x = torch.zeros(batch * views, 3, image_size, image_size, device=device)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                model(x.contiguous(memory_format=torch.channels_last))
+            del x
+            torch.cuda.empty_cache()
+            return max(1, batch // 2) if batch < start else batch
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            batch //= 2
+    return 1

@@ -1,0 +1,227 @@
+"""Test-set prediction: runs (or saved probabilities) -> ensemble -> thresholds -> submission.csv.
+
+The functions kernels call directly: `predict_run` (one model over a list of images) and
+`predict_test` (the whole `imet predict`).
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from imet.data.labels import LabelSpace, read_labels, read_sample_submission
+from imet.data.layout import CompetitionLayout
+from imet.data.transforms import Normalization
+from imet.errors import UserError
+from imet.predict.ensemble import ensemble
+from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader, check_images_exist,
+                                log_stderr, parse_tta, predict_probs, resolve_device)
+from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
+from imet.predict.runs import THRESHOLDS_FILE, Run, load_run
+from imet.predict.submission import check_sample_ids, make_submission, write_submission
+from imet.predict.thresholdfile import read_thresholds
+
+
+@dataclass
+class InferenceOptions:
+    tta: tuple[str, ...] = ("none",)
+    device: str = "auto"
+    batch_size: int | None = None  # None: the largest that fits (CUDA) / 32 (CPU)
+    num_workers: int | None = None
+    image_size: int | None = None  # None: each run's training image size
+    time_limit_s: float | None = None
+    log_every_s: float = 30.0
+
+
+def predict_run(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
+                options: InferenceOptions, log: Log = log_stderr,
+                split: str = "test", progress_label: str | None = None) -> Probabilities:
+    """One run's TTA-averaged probabilities over `image_paths` (rows in `ids` order)."""
+    tta = parse_tta(options.tta)
+    device = resolve_device(options.device)
+    size = options.image_size or run.image_size
+    batch = options.batch_size or auto_batch_size(run.model, size, len(tta), device)
+    loader = build_loader(image_paths, size, batch, options.num_workers,
+                          pin_memory=device.type == "cuda")
+    label = progress_label or f"predict {run.name}"
+    log(f"{label}: {len(ids)} {split} images, {run.arch} at {size}px, TTA {','.join(tta)}, "
+        f"batch {batch}, {device}")
+    progress = Throughput(len(ids), log, options.log_every_s, options.time_limit_s, label)
+    start = time.perf_counter()
+    probs = predict_probs(run.model, loader, tta, device, progress=progress,
+                          norm=Normalization.from_info(run.info))
+    seconds = time.perf_counter() - start
+    meta = dict(run.describe(), tta=list(tta), image_size=size, split=split,
+                seconds=round(seconds, 3), img_per_s=round(len(ids) / max(seconds, 1e-9), 2))
+    return Probabilities(list(ids), probs, run.labels.attribute_ids, meta)
+
+
+def _free(run: Run) -> None:
+    run.model.to("cpu")
+    del run.model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def is_probabilities_file(source: Path) -> bool:
+    return Path(source).suffix == ".npz"
+
+
+@dataclass
+class MemberResult:
+    name: str
+    probabilities: Probabilities
+    run_dir: Path | None
+    train_threshold: float | None = None
+
+
+def predict_members(sources: Sequence[Path], ids: Sequence[str], image_paths: Sequence[Path],
+                    labels: LabelSpace, labels_csv: Path, options: InferenceOptions,
+                    probs_dir: Path | None, split: str, log: Log = log_stderr) -> list[MemberResult]:
+    """Each source (run folder, model file, or a saved .npz) as probabilities over `ids`;
+    each run's are saved to `probs_dir/<name>.npz` as they finish (a later crash keeps them)."""
+    names = unique_names([Path(s).stem if is_probabilities_file(s) else
+                          (Path(s).parent.name if Path(s).is_file() else Path(s).name)
+                          for s in sources])
+    # Every source is opened and checked before any inference: a foreign model given last
+    # must fail in seconds, not after hours of predicting the others.
+    loaded: list[Run | Probabilities] = []
+    for source, name in zip(sources, names):
+        source = Path(source)
+        if is_probabilities_file(source):
+            probs = load_probabilities(source)
+            if probs.attribute_ids != labels.attribute_ids or (
+                    probs.labels_fingerprint and probs.labels_fingerprint != labels.fingerprint()):
+                raise UserError(f"{source}: probabilities are for another label space than "
+                                f"{labels_csv}; predict again with models trained on it")
+            loaded.append(probs.reorder(list(ids), source=str(source)))
+        else:
+            run = load_run(source, device="cpu", expected=labels, expected_source=labels_csv)
+            run.name = name
+            loaded.append(run)
+    members = []
+    for item, name in zip(loaded, names):
+        if isinstance(item, Probabilities):
+            item.meta["name"] = name
+            members.append(MemberResult(name, item, None, None))
+            log(f"{name}: loaded {len(item.ids)} saved {item.meta.get('split', '')} predictions")
+            continue
+        probs = predict_run(item, image_paths, ids, options, log, split)
+        probs.meta["name"] = name
+        if probs_dir is not None:
+            save_probabilities(Path(probs_dir) / f"{name}.npz", probs)
+        members.append(MemberResult(name, probs, item.path.parent, item.train_threshold))
+        _free(item)
+    return members
+
+
+@dataclass
+class Decoding:
+    thresholds: np.ndarray | float
+    min_labels: int
+    max_labels: int | None
+    source: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_decoding(members: Sequence[MemberResult], labels: LabelSpace,
+                     thresholds_file: Path | None, threshold: float | None,
+                     min_labels: int | None, max_labels: int | None,
+                     log: Log = log_stderr) -> Decoding:
+    """--threshold, else --thresholds FILE, else each run's thresholds.json (averaged over the
+    members), else the thresholds training found on each fold (averaged, with a warning)."""
+    chosen: Decoding
+    if threshold is not None:
+        chosen = Decoding(float(threshold), 1, None, f"--threshold {threshold}")
+    elif thresholds_file is not None:
+        doc = read_thresholds(thresholds_file, labels.attribute_ids, labels.fingerprint())
+        chosen = Decoding(doc["thresholds"], doc.get("min_labels", 1), doc.get("max_labels"),
+                          str(thresholds_file), {"mode": doc.get("mode")})
+    else:
+        files = [m.run_dir / THRESHOLDS_FILE for m in members if m.run_dir is not None]
+        found = [f for f in files if f.is_file()]
+        if found and len(found) == len(members):
+            docs = [read_thresholds(f, labels.attribute_ids, labels.fingerprint()) for f in found]
+            mean = np.mean([d["thresholds"] for d in docs], axis=0)
+            chosen = Decoding(mean, docs[0].get("min_labels", 1), docs[0].get("max_labels"),
+                              ", ".join(map(str, found)))
+        elif all(m.train_threshold is not None for m in members):
+            value = float(np.mean([m.train_threshold for m in members]))
+            log(f"predict: WARNING: no thresholds.json for every run; using the threshold "
+                f"training chose on its fold ({value:.3f}); run `imet validate` for a better one")
+            chosen = Decoding(value, 1, None, "training's best threshold")
+        else:
+            missing = next((f for f in files if not f.is_file()), None)
+            raise UserError(f"{missing or 'predict'}: no thresholds for "
+                            f"{'this run' if missing else 'saved probabilities'}; run `imet "
+                            "validate` first, or pass --thresholds FILE or --threshold X")
+    if min_labels is not None:
+        chosen.min_labels = int(min_labels)
+    if max_labels is not None:
+        chosen.max_labels = int(max_labels) if max_labels > 0 else None
+    return chosen
+
+
+def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str = "mean",
+                 weights: Sequence[float] | None = None, options: InferenceOptions | None = None,
+                 thresholds_file: Path | None = None, threshold: float | None = None,
+                 min_labels: int | None = None, max_labels: int | None = None,
+                 probs_dir: Path | None = None, log: Log = log_stderr) -> dict[str, Any]:
+    """The whole `imet predict`: returns a summary (also the run-registry record's body)."""
+    options = options or InferenceOptions()
+    start = time.perf_counter()
+    if not sources:
+        raise UserError("predict: no runs given; pass --runs RUN_DIR [RUN_DIR ...]")
+    layout = CompetitionLayout(data)
+    for path in (layout.labels_csv, layout.sample_submission_csv):
+        if not path.is_file():
+            raise UserError(f"{path}: file not found; --data must point at the competition files")
+    labels = read_labels(layout.labels_csv)
+    ids = check_sample_ids(read_sample_submission(layout.sample_submission_csv),
+                           str(layout.sample_submission_csv))
+    paths = layout.image_paths("test", ids)
+    out = Path(out)
+    probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
+    if any(not is_probabilities_file(s) for s in sources):
+        check_images_exist(paths, str(layout.sample_submission_csv))
+    members = predict_members(sources, ids, paths, labels, layout.labels_csv, options,
+                              probs_dir, "test", log)
+    combined = ensemble([m.probabilities for m in members], method, weights,
+                        [m.name for m in members])
+    combined.meta["split"] = "test"
+    decoding = resolve_decoding(members, labels, thresholds_file, threshold, min_labels,
+                                max_labels, log)
+    rows_ids, rows = make_submission(ids, combined, decoding.thresholds, decoding.min_labels,
+                                     decoding.max_labels, str(layout.sample_submission_csv))
+    write_submission(out, rows_ids, rows)
+    if len(members) > 1:
+        save_probabilities(probs_dir / "ensemble.npz", combined)
+    labels_per_image = float(np.mean([len(r.split()) for r in rows]))
+    seconds = time.perf_counter() - start
+    log(f"predict: wrote {out} ({len(rows)} images, {labels_per_image:.2f} labels per image, "
+        f"{len(members)} member(s), {method if len(members) > 1 else 'single run'}, "
+        f"{seconds:.1f}s)")
+    return {
+        "kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
+        "images": len(rows), "labels_per_image": round(labels_per_image, 3),
+        "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
+        "runs": [m.probabilities.meta for m in members], "tta": list(parse_tta(options.tta)),
+        "thresholds": decoding.source, "min_labels": decoding.min_labels,
+        "max_labels": decoding.max_labels, "labels_fingerprint": labels.fingerprint(),
+        "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,194 @@
+"""imet predict on mini-iMet: short training -> validate -> predict -> score, ensembles, TTA,
+and one-line errors on bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imet.cli import main
+from imet.data.labels import LabelSpace, read_attribute_csv, read_labels
+from imet.data.layout import CompetitionLayout
+from imet.metrics.f2 import f2_score
+from imet.models import build_model
+from imet.models.modelfile import save_model_file
+from imet.predict.infer import build_loader, predict_probs
+from imet.predict.pipeline import InferenceOptions, predict_run
+from imet.predict.probfile import load_probabilities
+from imet.predict.runs import load_run
+
+TRAIN = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--head-epochs", "0",
+         "--batch-size", "8", "--lr", "0.02", "--lr-late-mult", "1", "--lr-early-mult", "1",
+         "--patience", "0", "--preset", "resize", "--device", "cpu", "--num-workers", "0",
+         "--progress-every-s", "600"]
+QUIET = ["--num-workers", "0", "--log-every", "600"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A mini-iMet large enough to learn from (160 train / 48 test, 32 px) and two short runs,
+    one per fold, trained by `imet train` itself."""
+    from imet.data.folds import make_folds, write_folds
+    from imet.data.labels import read_train
+    from imet.data.mini_imet import generate
+
+    root = tmp_path_factory.mktemp("predict")
+    data = root / "data"
+    generate(data, n_train=160, n_test=48, size=32, seed=1)
+    layout = CompetitionLayout(data)
+    ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))
+    write_folds(layout.folds_csv, ids, make_folds(targets, 2, seed=0))
+    runs = []
+    for fold, epochs in ((0, 5), (1, 2)):
+        out = root / f"run{fold}"
+        assert main(["train", "--data", str(data), "--out", str(out), "--fold", str(fold),
+                     "--epochs", str(epochs), *TRAIN]) == 0
+        runs.append(out)
+    return data, runs
+
+
+def best_constant_f2(data) -> float:
+    """The best F2 of one label set predicted for every image, chosen with the test truth."""
+    labels = read_labels(CompetitionLayout(data).labels_csv)
+    _, y = read_attribute_csv(CompetitionLayout(data).test_labels_csv, labels)
+    order = np.argsort(-y.sum(axis=0))
+    return max(f2_score(y, np.broadcast_to(np.isin(np.arange(y.shape[1]), order[:k]), y.shape))
+               for k in range(1, y.shape[1] + 1))
+
+
+def score(data, submission, capsys) -> float:
+    capsys.readouterr()
+    assert main(["score", "--truth", str(CompetitionLayout(data).test_labels_csv),
+                 "--pred", str(submission)]) == 0
+    return float(capsys.readouterr().out.split()[1])
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_train_validate_predict_score_beats_best_constant(trained, tmp_path, capsys):
+    data, (run0, _) = trained
+    assert main(["validate", "--data", str(data), "--run", str(run0), "--min-support", "5",
+                 *QUIET]) == 0
+    thresholds = json.loads((run0 / "thresholds.json").read_text())
+    assert thresholds["mode"] in ("global", "group", "class") and len(thresholds["thresholds"]) == 18
+    out = tmp_path / "sub" / "submission.csv"
+    assert main(["predict", "--data", str(data), "--runs", str(run0), "--out", str(out),
+                 *QUIET]) == 0
+    rows = read_rows(out)
+    sample = read_rows(CompetitionLayout(data).sample_submission_csv)
+    assert rows[0] == ["id", "attribute_ids"]
+    assert [r[0] for r in rows[1:]] == [r[0] for r in sample[1:]]  # order, each id once
+    assert all(r[1].split() for r in rows[1:])  # min 1 label
+    assert (tmp_path / "sub" / "test_probs" / "run0.npz").is_file()
+    f2, constant = score(data, out, capsys), best_constant_f2(data)
+    assert f2 > constant + 0.05, (f2, constant)
+    registry = (tmp_path / "sub" / "imet-runs.jsonl").read_text().splitlines()
+    assert json.loads(registry[-1])["kind"] == "predict"
+
+
+def test_ensemble_of_two_runs_from_different_folds(trained, tmp_path, capsys):
+    data, runs = trained
+    # Thresholds of the ensemble, chosen on the stacked OOF predictions of both folds.
+    assert main(["validate", "--data", str(data), "--run", *map(str, runs), "--out",
+                 str(tmp_path / "val"), "--modes", "global", *QUIET]) == 0
+    oof = load_probabilities(tmp_path / "val" / "oof_probs.npz")
+    assert len(oof.ids) == 160  # both folds: every training image once
+    for method in ("mean", "rank"):
+        out = tmp_path / method / "submission.csv"
+        assert main(["predict", "--data", str(data), "--runs", *map(str, runs), "--out", str(out),
+                     "--ensemble", method, "--thresholds", str(tmp_path / "val" / "thresholds.json"),
+                     *QUIET]) == 0
+        probs = out.parent / "test_probs"
+        members = [load_probabilities(probs / f"run{k}.npz") for k in (0, 1)]
+        combined = load_probabilities(probs / "ensemble.npz")
+        assert combined.meta["ensemble"] == method and len(combined.meta["members"]) == 2
+        if method == "mean":
+            np.testing.assert_allclose(combined.probs, (members[0].probs + members[1].probs) / 2,
+                                       atol=2e-3)
+        assert score(data, out, capsys) > best_constant_f2(data)
+    # Saved probabilities ensemble again without the models.
+    again = tmp_path / "again.csv"
+    assert main(["predict", "--data", str(data), "--runs", str(tmp_path / "mean" / "test_probs" /
+                 "run0.npz"), str(tmp_path / "mean" / "test_probs" / "run1.npz"), "--out",
+                 str(again), "--thresholds", str(tmp_path / "val" / "thresholds.json"),
+                 *QUIET]) == 0
+    assert read_rows(again) == read_rows(tmp_path / "mean" / "submission.csv")
+
+
+def test_tta_changes_predictions_deterministically(trained):
+    data, (run0, _) = trained
+    layout = CompetitionLayout(data)
+    labels = read_labels(layout.labels_csv)
+    ids = [r[0] for r in read_rows(layout.sample_submission_csv)[1:]]
+    paths = layout.image_paths("test", ids)
+    run = load_run(run0, expected=labels)
+    options = InferenceOptions(tta=("none",), num_workers=0, log_every_s=600)
+    plain = predict_run(run, paths, ids, options, log=lambda m: None).probs
+    options.tta = ("none", "hflip")
+    tta = predict_run(run, paths, ids, options, log=lambda m: None).probs
+    tta_again = predict_run(run, paths, ids, options, log=lambda m: None).probs
+    assert np.abs(tta - plain).max() > 1e-4  # the flip is seen by the model
+    np.testing.assert_array_equal(tta, tta_again)  # and is deterministic
+    # The hflip view is exactly the model on horizontally flipped images.
+    loader = build_loader(paths, run.image_size, batch_size=7, num_workers=0)
+    flipped = predict_probs(run.model, loader, ("hflip",))
+    images = torch.cat([batch for batch, _ in build_loader(paths, 32, 64, 0)])
+    from imet.data.transforms import Normalization, normalize_batch
+    x = normalize_batch(images, Normalization.from_info(run.info)).flip(3)
+    with torch.inference_mode():
+        direct = torch.sigmoid(run.model(x)).numpy()
+    np.testing.assert_allclose(flipped, direct, atol=1e-5)
+    np.testing.assert_allclose(tta, (plain + flipped) / 2, atol=1e-5)
+
+
+# ---- bad input: one line naming the culprit, exit 2 --------------------------------------------
+
+def save_tiny(path, labels: LabelSpace, fold: int = 0):
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", labels.num_classes)
+    return save_model_file(path, model, "tiny_cnn", {"fold": fold, "image_size": 32}, labels,
+                           {"threshold": 0.5})
+
+
+def run_error(args, capsys) -> str:
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith(f"imet {args[0]}: error: ")]
+    assert len(errors) == 1 and errors[0] == err[-1], err  # one line, no traceback after it
+    return errors[0]
+
+
+def test_bad_input_is_one_line_naming_it(mini_data_copy, tmp_path, capsys):
+    data = mini_data_copy
+    layout = CompetitionLayout(data)
+    labels = read_labels(layout.labels_csv)
+    good = save_tiny(tmp_path / "good" / "model.pt", labels)
+    base = ["predict", "--data", str(data), "--out", str(tmp_path / "s.csv"), *QUIET]
+
+    other = LabelSpace(labels.attribute_ids[:-1], labels.names[:-1])
+    foreign = save_tiny(tmp_path / "other" / "model.pt", other)
+    err = run_error([*base, "--runs", str(good.parent), str(foreign.parent)], capsys)
+    assert str(foreign) in err and "label" in err
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a torch file")
+    assert str(garbage) in run_error([*base, "--runs", str(garbage)], capsys)
+    alien = tmp_path / "alien.pt"
+    torch.save({"weights": torch.zeros(2)}, alien)
+    assert "not an imet model file" in run_error([*base, "--runs", str(alien)], capsys)
+
+    missing = layout.image_path("test", read_rows(layout.sample_submission_csv)[3][0])
+    missing.unlink()
+    err = run_error([*base, "--runs", str(good.parent)], capsys)
+    assert str(missing) in err and "not found" in err
+
+    layout.sample_submission_csv.write_text("id,attribute_ids\n")
+    assert "sample_submission.csv" in run_error([*base, "--runs", str(good.parent)], capsys)
+    assert not (tmp_path / "s.csv").exists()  # nothing half-written
