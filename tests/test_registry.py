@@ -207,3 +207,14 @@ def test_code_version_prefers_the_dataset_manifest(tmp_path):
     assert short_code_version(version) == f"{version['imet']}@m:{version['manifest_sha256'][:8]}"
     record = make_record("predict", "sub", input_roots=[tmp_path / "input"])
     assert record["code_version"] == version
+
+
+def test_unreadable_lines_are_skipped_not_fatal(tmp_path, caplog):
+    good = make_record("train", "a", best_f2=0.5)
+    (tmp_path / REGISTRY_NAME).write_text(json.dumps(good) + "\n{not json\n" +
+                                          json.dumps({"no": "run id"}) + "\n\n")
+    assert read_registry(tmp_path / REGISTRY_NAME) == [good]
+    assert "line 2: not a run record" in caplog.text and "line 3" in caplog.text
+    append_record(tmp_path, make_record("predict", "b"))
+    assert _keys(read_registry(tmp_path / REGISTRY_NAME)) == [("a", "train", 1),
+                                                              ("b", "predict", 1)]

@@ -81,3 +81,25 @@ def _start():
     from imet.engine.events import Event
     return Event("run_start", {"run_name": "r", "config": {"epochs": 6, "stage1_epochs": 1},
                                "total_steps": 60, "rank": 0})
+
+
+def test_a_real_terminal_gets_the_bar():
+    import fcntl
+    import os
+    import struct
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # 160 columns
+    output = b""
+    with os.fdopen(slave, "w") as terminal:
+        progress = ConsoleProgress(every_s=60, stream=terminal)
+        assert progress.tty
+        emit_session(EventBus([progress]), stop=20, end="handover")  # a few hundred bytes
+        os.set_blocking(master, False)
+        try:
+            while chunk := os.read(master, 65536):
+                output += chunk
+        except BlockingIOError:  # drained
+            pass
+    os.close(master)
+    assert b"20/60" in output and b"| step " not in output
