@@ -111,3 +111,20 @@ def test_rejects_mismatched_targets_and_bad_index(train_items):
         ImetDataset(paths, targets[:3], None, seed=0)
     with pytest.raises(IndexError):
         ImetDataset(paths, targets, None, seed=0)[len(paths)]
+
+
+def test_persistent_workers_with_epoch_keys(train_items):
+    """Persistent workers keep their own dataset copy (set_epoch never reaches them): a batch
+    sampler yielding (epoch, index) keys keeps every epoch exact."""
+    dataset = _dataset(train_items)
+    n = len(dataset)
+    epochs = [1, 2]
+    batches = [[(e, i) for i in _order(e, n)[k:k + 8]] for e in epochs for k in range(0, 32, 8)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=2, persistent_workers=True)
+    for _ in range(2):  # the second pass reuses the same workers
+        for keys, (images, _, indices) in zip(batches, loader):
+            epoch = keys[0][0]
+            dataset.set_epoch(epoch)
+            expected = torch.stack([dataset[i][0] for _, i in keys])
+            assert indices.tolist() == [i for _, i in keys]
+            assert torch.equal(images, expected)
