@@ -85,6 +85,14 @@ def fmt_float(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}f}"
 
 
+def fmt_lr(value: Any) -> str:
+    """Learning rates span decades within a run: always in scientific notation."""
+    try:
+        return f"{float(value):.2e}"
+    except (TypeError, ValueError):
+        return "?"
+
+
 def pack(lines: Iterable[str], limit: int = TEXT_LIMIT) -> list[str]:
     """Join HTML lines with newlines into as few texts as fit in `limit` each."""
     lines = list(lines)
@@ -180,7 +188,7 @@ def progress(data: dict, run_name: str | None = None) -> list[str]:
         percent = f" ({100.0 * step / total:.0f}%)"
     lines = [f"⏳ {_run_label(data, run_name)} · stage {esc(data.get('stage'))} · "
              f"epoch {esc(data.get('epoch'))} · step {esc(step)}/{esc(total)}{percent}",
-             f"loss {fmt_float(data.get('loss'))} · lr {fmt_float(data.get('lr'), 6)} · "
+             f"loss {fmt_float(data.get('loss'))} · lr {fmt_lr(data.get('lr'))} · "
              f"{fmt_float(data.get('img_per_s'), 1)} img/s",
              f"ETA run {fmt_duration(data.get('eta_run_s'))}"]
     if data.get("session_left_s") is not None:
