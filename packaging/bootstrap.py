@@ -151,6 +151,18 @@ def installed_version(dist):
         return None
 
 
+def editable_location(dist):
+    """Where an editable (development) install of `dist` points, else None."""
+    for found in importlib.metadata.distributions(name=dist):  # an egg-info in cwd may shadow
+        try:
+            info = json.loads(found.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        if info.get("dir_info", {}).get("editable"):
+            return info.get("url")
+    return None
+
+
 def _same_version(a, b):
     return a is not None and re.sub(r"[-_.]", ".", a) == re.sub(r"[-_.]", ".", b)
 
@@ -175,7 +187,9 @@ def check_imports(packages):
     for p in packages:
         got = installed_version(p["name"])
         status = "ok"
-        if not _same_version(got, p["version"]):
+        if editable_location(p["name"]):
+            status = f"ok (kept the editable install {got})"
+        elif not _same_version(got, p["version"]):
             status = f"installed {got or 'nothing'}, locked {p['version']}"
         elif p.get("import"):
             try:
@@ -202,18 +216,20 @@ def bootstrap(folder=None, quiet=False, check=True):
     packages = manifest["packages"]
     marker = marker_path(manifest_hash)
     if marker.is_file() and all(_same_version(installed_version(p["name"]), p["version"])
-                                for p in packages):
+                                or editable_location(p["name"]) for p in packages):
         if not quiet:
             print(f"imet-bootstrap: {len(packages)} packages from {folder} already installed "
                   f"(imet {manifest.get('imet_version')})")
         return {"folder": str(folder), "installed": False, "seconds": time.time() - started}
     check_interpreter(manifest)
     verify_files(folder, manifest)
-    pip_install(folder, packages)
+    # A developer's editable checkout (the local emulator runs kernels in the project venv) is
+    # what they want to run: replacing it with the dataset's copy would hide their changes.
+    pip_install(folder, [p for p in packages if not editable_location(p["name"])])
     rows = check_imports(packages) if check else []
     if not quiet and rows:
         print_table(rows)
-    bad = [r for r in rows if r[3] != "ok"]
+    bad = [r for r in rows if not r[3].startswith("ok")]
     if bad:
         raise BootstrapError(f"{bad[0][0]} {bad[0][1]}: {bad[0][3]}")
     marker.write_text(json.dumps({"manifest_sha256": manifest_hash, "folder": str(folder),
