@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
     "train": ("train", "train or resume one fold; exit 75 = saved and handed over to the next session"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
+    "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
 }
 
 

@@ -29,12 +29,15 @@ class ImetDataset(Dataset):
     `dataset[(epoch, i)]` reads sample i of `epoch` without `set_epoch`: a sampler yielding such
     pairs keeps persistent DataLoader workers (which hold their own copy of the dataset, so
     never see a later `set_epoch`) exact. `normalize=None` returns uint8 CHW images, to be
-    normalized per batch on the GPU with `imet.data.transforms.normalize_batch`."""
+    normalized per batch on the GPU with `imet.data.transforms.normalize_batch`. `cache` (an
+    `imet.data.cache.ImageCache`) reads each image's pre-resized copy instead of decoding the
+    source, where it holds a fresh one."""
 
     def __init__(self, image_paths, targets: np.ndarray | None, transform=None, seed: int = 0,
                  *, num_classes: int | None = None,
-                 normalize: Normalization | None = Normalization()):
+                 normalize: Normalization | None = Normalization(), cache=None):
         self.image_paths = [Path(p) for p in image_paths]
+        self.cached = cache.resolve(self.image_paths) if cache is not None else None
         if targets is not None:
             targets = np.asarray(targets)
             if targets.ndim != 2 or len(targets) != len(self.image_paths):
@@ -60,7 +63,8 @@ class ImetDataset(Dataset):
 
     def load(self, index: int, epoch: int | None = None) -> np.ndarray:
         """The augmented uint8 HWC image of sample `index` in `epoch` (default: current)."""
-        image = load_rgb(self.image_paths[index])
+        image = (self.cached.load(index) if self.cached is not None
+                 else load_rgb(self.image_paths[index]))
         if self.transform is None:
             return image
         seed_transform(self.transform, sample_seed(self.seed, self.epoch if epoch is None

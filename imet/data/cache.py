@@ -1,0 +1,374 @@
+"""Decode-once image cache: every source image decoded and resized once, stored pre-resized.
+
+A PNG at iMet's geometry costs ~3 ms to decode on one core, more than the whole augmentation
+at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or a raw uint8 array (.npy,
+~0.1 ms, but ~10x the disk). Images are stored with their SHORT side at the training size
+(albumentations' SmallestMaxSize, INTER_AREA: the first step of the eval pipeline and of the
+`seed` preset), so random crops still see the whole image and the `seed` preset's geometry is
+unchanged (exactly, for npy).
+
+Layout of a cache folder:
+    imet-cache.json           manifest (format, size, quality, one entry per source image)
+    train/<id>.jpg|.npy, test/<id>.jpg|.npy
+Entries are keyed by the source file's path relative to the data folder, its byte size and
+mtime: an entry whose source changed is stale and is rebuilt (by `imet cache`) or bypassed (by
+the dataset, which then decodes the source). Every file is written to a temporary name in the
+same folder and renamed; the manifest is saved every few seconds, so an interrupted build
+resumes where its manifest stops."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from imet.data.images import load_rgb
+from imet.errors import DataError, UserError
+
+MANIFEST = "imet-cache.json"
+MANIFEST_FORMAT, MANIFEST_VERSION = "imet-image-cache", 1
+SPLIT_DIRS = ("train", "test")
+SOURCE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SAVE_EVERY_S = 5.0
+_REBUILD = "rebuild it with `python -m imet cache`"
+# OpenCV >= 4.10 decodes straight to RGB; older ones need a channel swap.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+# ---- storage formats (registry) ---------------------------------------------------------------
+
+def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise OSError(f"{path}: JPEG encoding failed")
+    path.write_bytes(data.tobytes())
+
+
+def _read_jpeg(path: Path) -> np.ndarray:
+    if _IMREAD_RGB is not None:
+        image = cv2.imread(str(path), _IMREAD_RGB)
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image is None:
+        raise DataError(f"{path}: cached image missing or unreadable; {_REBUILD}")
+    return image
+
+
+def _write_npy(path: Path, image: np.ndarray, quality: int) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(image, dtype=np.uint8), allow_pickle=False)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        image = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: cached array missing or unreadable ({type(err).__name__}); "
+                        f"{_REBUILD}") from None
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"{path}: cached array is {image.dtype}{list(image.shape)}, not uint8 "
+                        f"HxWx3; {_REBUILD}")
+    return image
+
+
+@dataclass(frozen=True)
+class StorageFormat:
+    suffix: str
+    write: callable
+    read: callable
+    help: str
+
+
+FORMATS: dict[str, StorageFormat] = {
+    "jpeg": StorageFormat(".jpg", _write_jpeg, _read_jpeg,
+                          "JPEG at --quality: ~1/10 the bytes of raw, lossy, ~1 ms to decode"),
+    "npy": StorageFormat(".npy", _write_npy, _read_npy,
+                         "raw uint8 array: exact, fastest to read, ~10x the disk of jpeg"),
+}
+
+
+# ---- manifest ---------------------------------------------------------------------------------
+
+def source_key(path: Path) -> list:
+    """What identifies a source file's content cheaply: byte size and mtime (hashing 20 GB of
+    PNGs would cost as much as the decode the cache saves)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(cache_dir: Path) -> dict | None:
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable cache manifest ({type(err).__name__}); delete "
+                        f"the folder and {_REBUILD}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path}: not an imet image cache manifest; choose another --out")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{path}: cache version {manifest.get('version')} is not "
+                        f"{MANIFEST_VERSION}; delete the folder and {_REBUILD}")
+    return manifest
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+def cache_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Short side -> `size` exactly as the pipelines' first step (albumentations'
+    SmallestMaxSize, INTER_AREA) computes it, so an npy cache reproduces the direct path bit
+    for bit (a test checks it against albumentations). Written with cv2 because importing
+    albumentations pulls in torch: seconds per cache worker."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    target = max(1, round(height * scale)), max(1, round(width * scale))
+    if target == (height, width):
+        return image
+    return cv2.resize(image, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+
+
+def list_sources(data_root: Path, splits=SPLIT_DIRS) -> list[str]:
+    """Image paths relative to `data_root`, sorted, from the split folders that exist."""
+    names = []
+    for split in splits:
+        folder = data_root / split
+        if folder.is_dir():
+            names += sorted(f"{split}/{e.name}" for e in os.scandir(folder)
+                            if e.is_file() and e.name.lower().endswith(SOURCE_SUFFIXES))
+    return names
+
+
+def _cache_one(job: tuple) -> tuple:
+    """Worker: decode, resize, write atomically. Returns (name, key, error or None)."""
+    source, target, name, size, fmt, quality = job
+    try:
+        key = source_key(Path(source))
+        image = cache_resize(load_rgb(source), size)
+        target = Path(target)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        FORMATS[fmt].write(tmp, image, quality)
+        os.replace(tmp, target)
+        return name, key, None
+    except (DataError, OSError) as err:
+        return name, None, str(err)
+
+
+@dataclass
+class BuildResult:
+    cache_dir: Path
+    total: int
+    built: int
+    reused: int
+    removed: int
+    errors: list
+    bytes: int
+    seconds: float
+
+
+def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
+                workers: int = 1, splits=SPLIT_DIRS, progress: bool = True) -> BuildResult:
+    """Cache every image of `data_root`'s split folders into `out` (see the module doc).
+    Fresh entries are kept, stale or missing ones rebuilt, entries of vanished sources dropped."""
+    data_root, out = Path(data_root), Path(out)
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(sorted(FORMATS))}")
+    if not isinstance(size, int) or size < 8:
+        raise UserError(f"--size {size!r}: must be an integer of at least 8 pixels")
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality {quality}: must be in 1..100")
+    if not data_root.is_dir():
+        raise DataError(f"{data_root}: data folder not found; pass --data pointing at the "
+                        "competition files (train/ and test/)")
+    started = time.monotonic()
+    names = list_sources(data_root, splits)
+    if not names:
+        raise DataError(f"{data_root}: no images in {', '.join(f'{s}/' for s in splits)}; "
+                        "--data must be the competition folder")
+    out.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(out)
+    settings = {"size": size, "image_format": fmt, "quality": quality if fmt == "jpeg" else None,
+                "resize": "SmallestMaxSize INTER_AREA"}
+    entries = {}
+    if old is not None and all(old.get(k) == v for k, v in settings.items()):
+        entries = old.get("entries", {})
+    elif old is not None:
+        print(f"{out}: cached with other settings ({old.get('image_format')}, size "
+              f"{old.get('size')}); rebuilding every image")
+        for entry in old.get("entries", {}).values():
+            _unlink_quietly(out / entry[2])
+    wanted = set(names)
+    removed = [n for n in entries if n not in wanted]
+    for name in removed:
+        _unlink_quietly(out / entries.pop(name)[2])
+    suffix = FORMATS[fmt].suffix
+    jobs, reused = [], 0
+    for name in names:
+        target = str(Path(name).with_suffix(suffix))
+        entry = entries.get(name)
+        source = data_root / name
+        if entry is not None and entry[:2] == source_key(source) and (out / entry[2]).is_file():
+            reused += 1
+            continue
+        entries.pop(name, None)
+        (out / target).parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(source), str(out / target), name, size, fmt, quality))
+
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **settings,
+                "entries": entries}
+    errors, last_save = [], time.monotonic()
+
+    def save() -> None:
+        # Files are renamed into place before their entries are listed; os.sync makes them
+        # durable first, so a crash never leaves an entry that points at an empty file.
+        os.sync()
+        _atomic_write_text(out / MANIFEST, json.dumps(manifest, separators=(",", ":")))
+
+    for name, key, error in _run_jobs(jobs, workers, progress):
+        if error is not None:
+            errors.append(error)
+        else:
+            entries[name] = [*key, str(Path(name).with_suffix(suffix))]
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            save()
+            last_save = time.monotonic()
+    save()
+    total_bytes = sum((out / e[2]).stat().st_size for e in entries.values())
+    return BuildResult(out, len(names), len(jobs) - len(errors), reused, len(removed), errors,
+                       total_bytes, time.monotonic() - started)
+
+
+def _run_jobs(jobs: list, workers: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs,
+               mininterval=1.0, desc="caching")
+    try:
+        if workers <= 1:
+            for job in jobs:
+                yield _cache_one(job)
+                bar.update()
+            return
+        from multiprocessing import get_context
+
+        # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would copy half-way.
+        with get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap_unordered(_cache_one, jobs, chunksize=16):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+class ImageCache:
+    """An opened cache folder. `resolve(paths)` maps a dataset's source paths to cached files."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir = Path(cache_dir)
+        manifest = read_manifest(self.cache_dir)
+        if manifest is None:
+            raise DataError(f"{self.cache_dir / MANIFEST}: not found; {_REBUILD} "
+                            "(--out names the folder)")
+        self.size = int(manifest["size"])
+        self.image_format = manifest["image_format"]
+        self.quality = manifest.get("quality")
+        self.entries = manifest["entries"]
+
+    def __repr__(self) -> str:
+        return (f"ImageCache({str(self.cache_dir)!r}, {self.image_format}, size {self.size}, "
+                f"{len(self.entries)} images)")
+
+    def describe(self) -> dict:
+        """What decides the pixels the cache yields (for a run's config/fingerprint)."""
+        return {"size": self.size, "image_format": self.image_format, "quality": self.quality}
+
+    def resolve(self, image_paths, warn: bool = True) -> "CachedImages":
+        """Cached file per path, or None where the source is not cached or changed since."""
+        image_paths = [Path(p) for p in image_paths]
+        found, stale = [], 0
+        for path in image_paths:
+            name = f"{path.parent.name}/{path.name}"
+            entry = self.entries.get(name)
+            if entry is None:
+                found.append(None)
+                continue
+            try:
+                fresh = entry[:2] == source_key(path)
+            except FileNotFoundError:
+                fresh = True  # only the cached copy is attached (e.g. a later Kaggle session)
+            if not fresh:
+                stale += 1
+            found.append(str(self.cache_dir / entry[2]) if fresh else None)
+        missing = sum(f is None for f in found)
+        if warn and missing:
+            warnings.warn(f"{self.cache_dir}: {missing} of {len(found)} images are not cached "
+                          f"or changed since ({stale} changed); they are decoded from the "
+                          f"source, slower; {_REBUILD}", stacklevel=2)
+        return CachedImages(image_paths, found, self.image_format)
+
+
+class CachedImages:
+    """Per-index loader: the cached copy when there is one, else the source. Picklable, so
+    DataLoader workers get it with the dataset."""
+
+    def __init__(self, sources: list, cached: list, image_format: str):
+        self.sources, self.cached, self.image_format = sources, cached, image_format
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def hits(self) -> int:
+        return sum(c is not None for c in self.cached)
+
+    def load(self, index: int) -> np.ndarray:
+        cached = self.cached[index]
+        if cached is None:
+            return load_rgb(self.sources[index])
+        return FORMATS[self.image_format].read(Path(cached))
+
+
+def find_cache(size: int, roots=(), max_depth: int = 3) -> ImageCache | None:
+    """The first cache of short side `size` found in $IMET_CACHE_DIR or under `roots` (each
+    searched up to `max_depth` folders deep: on Kaggle a previous session's output is attached
+    a few levels under /kaggle/input). Caches of other sizes are skipped."""
+    candidates = [os.environ["IMET_CACHE_DIR"]] if os.environ.get("IMET_CACHE_DIR") else []
+    for root in roots:
+        root = Path(root)
+        candidates += [root] + [p.parent for depth in range(1, max_depth + 1)
+                                for p in root.glob("/".join(["*"] * depth) + "/" + MANIFEST)]
+    for folder in candidates:
+        manifest = read_manifest(Path(folder))
+        if manifest is not None and int(manifest.get("size", -1)) == int(size):
+            return ImageCache(folder)
+    return None
