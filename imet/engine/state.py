@@ -49,7 +49,8 @@ def capture_rng() -> dict[str, Any]:
     version, state, gauss = random.getstate()
     np_state = np.random.get_state(legacy=True)
     rng = {
-        "python": [int(version), list(state), gauss],
+        # A tensor, not a list of 625 ints: the weights_only unpickler reads lists item by item.
+        "python": [int(version), torch.tensor(state, dtype=torch.int64), gauss],
         "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
                   int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
@@ -60,7 +61,7 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(rng: dict[str, Any]) -> None:
     version, state, gauss = rng["python"]
-    random.setstate((version, tuple(state), gauss))
+    random.setstate((version, tuple(state.tolist()), gauss))
     name, keys, pos, has_gauss, cached = rng["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(rng["torch"].cpu())
