@@ -74,13 +74,13 @@ def test_search_order_explicit_then_hub_then_roots(tmp_path, empty_torch_home, r
 
 def test_nothing_found_lists_every_place_searched(tmp_path, empty_torch_home):
     roots = [tmp_path / "a", tmp_path / "b"]
-    for root in roots:
-        root.mkdir()
+    roots[0].mkdir()
     with pytest.raises(UserError) as err:
         resolve_weights("resnet18", search_roots=roots, allow_download=False)
     message = str(err.value)
     assert "\n" not in message and R18 in message
-    for place in [str(empty_torch_home / "hub" / "checkpoints"), str(roots[0]), str(roots[1])]:
+    for place in [str(empty_torch_home / "hub" / "checkpoints"), f"{roots[0]} (recursive)",
+                  f"{roots[1]} (does not exist)", "download disabled"]:
         assert place in message
 
 
@@ -100,20 +100,38 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_downloads_when_network_is_up(tmp_path, empty_torch_home, r18_state):
-    served = _save(r18_state(4), tmp_path / "mirror" / R18)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served.parent))
+@pytest.fixture
+def mirror(tmp_path):
+    """A stand-in download server on 127.0.0.1 serving tmp_path/"mirror"."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
-        path = resolve_weights("resnet18", mirror=f"http://127.0.0.1:{server.server_port}/")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert path == empty_torch_home / "hub" / "checkpoints" / R18
-    assert path.read_bytes() == served.read_bytes()
+    yield folder, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloads_when_network_is_up(mirror, empty_torch_home):
+    folder, url = mirror
+    name = "se_resnext50_32x4d-a260b3a4.pth"
+    (folder / name).write_bytes(b"weights" * 1000)
+    path = resolve_weights("se_resnext50_32x4d", mirror=url)
+    assert path == empty_torch_home / "hub" / "checkpoints" / name
+    assert path.read_bytes() == (folder / name).read_bytes()
+
+
+def test_download_with_wrong_hash_is_not_cached(mirror, empty_torch_home, r18_state):
+    # download.pytorch.org names carry the file's sha256 prefix: a file that does not match
+    # it is discarded instead of poisoning the cache.
+    folder, url = mirror
+    _save(r18_state(0), folder / R18)
+    with pytest.raises(UserError, match=r"download from .* failed.*hash"):
+        resolve_weights("resnet18", mirror=url)
+    assert not any((empty_torch_home / "hub" / "checkpoints").glob("*.pth"))
 
 
 def test_no_network_is_reported(tmp_path):

@@ -68,10 +68,20 @@ def network_up(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
         return False
 
 
-def _download(url: str, dest: Path) -> None:
+def sha256_prefix(official_url: str) -> str | None:
+    """The sha256 prefix that download.pytorch.org file names carry (resnet18-f37072fd.pth);
+    other hosts (pretrainedmodels' data.lip6.fr) follow no such convention."""
+    if urlsplit(official_url).hostname != "download.pytorch.org":
+        return None
+    match = torch.hub.HASH_REGEX.search(official_url.rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
+def _download(url: str, dest: Path, hash_prefix: str | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # torch.hub writes to a temp file and moves it into place, so a cut download leaves nothing.
-    torch.hub.download_url_to_file(url, str(dest), progress=False)
+    # torch.hub writes to a temp file and moves it into place only when complete and, with a
+    # hash prefix, verified: a cut or corrupted download is never cached.
+    torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix, progress=False)
 
 
 def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: bool = True,
@@ -102,12 +112,12 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     if hit:
         return hit
     searched.append(str(hub))
-    roots = [Path(r) for r in search_roots if Path(r).exists()]
-    hit = find_file(names, roots)
+    roots = [Path(r) for r in search_roots]
+    hit = find_file(names, [r for r in roots if r.exists()])
     if hit:
         return hit
-    searched.extend(f"{r} (recursive)" for r in roots)
-    url = spec.urls()[0]
+    searched.extend(f"{r} ({'recursive' if r.exists() else 'does not exist'})" for r in roots)
+    url = official = spec.urls()[0]
     if mirror:
         url = mirror.rstrip("/") + "/" + names[0]
     if not allow_download:
@@ -115,7 +125,7 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     elif network_up(url):
         dest = hub / names[0]
         try:
-            _download(url, dest)
+            _download(url, dest, sha256_prefix(official))
             return dest
         except Exception as exc:  # any transport failure: report it with the rest
             searched.append(f"download from {url} failed ({type(exc).__name__}: {exc})")
