@@ -63,6 +63,8 @@ def plot_class_f2_vs_support(scores: ValidationScores, groups: np.ndarray, path:
         axes.scatter(scores.support[mask], scores.class_f2[mask], s=8, alpha=0.6,
                      label=f"{name or 'no group'} ({int(mask.sum())} classes)", color=f"C{k}")
     axes.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+    axes.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, 1000 rather than 10^1 …
     axes.set_xlabel("support (positive OOF images, log scale)")
     axes.set_ylabel("class F2")
     axes.set_ylim(-0.02, 1.02)

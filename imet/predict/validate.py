@@ -24,13 +24,12 @@ from imet.predict.pipeline import (InferenceOptions, is_probabilities_file, pred
                                    unique_names)
 from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
 from imet.predict.report import write_validation_report
-from imet.predict.runs import THRESHOLDS_FILE, load_run
+from imet.predict.runs import THRESHOLDS_FILE, Run, load_run
 from imet.predict.thresholdfile import write_thresholds
 
 
-def _member(source: Path, name: str, ids: list[str], folds: np.ndarray, layout, labels,
-            options: InferenceOptions, out_dir: Path, log: Log) -> Probabilities:
-    """OOF probabilities of one source over its fold (saved to out_dir/oof/<name>.npz)."""
+def _open(source: Path, name: str, layout, labels) -> Run | Probabilities:
+    """A run loaded on CPU and checked, or saved OOF probabilities, before any inference."""
     if is_probabilities_file(source):
         probs = load_probabilities(source)
         if probs.attribute_ids != labels.attribute_ids:
@@ -44,17 +43,22 @@ def _member(source: Path, name: str, ids: list[str], folds: np.ndarray, layout, 
     run.name = name
     if run.fold is None:
         raise UserError(f"{run.path}: field config.fold missing; cannot tell its held-out images")
-    rows = np.flatnonzero(folds == run.fold)
-    if rows.size == 0:
-        raise UserError(f"{run.path}: fold {run.fold} has no images in the folds file; pass the "
-                        "folds.csv the run was trained with")
+    return run
+
+
+def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, folds_csv: Path,
+            layout, options: InferenceOptions, out_dir: Path, log: Log) -> Probabilities:
+    """OOF probabilities of one source over its fold (saved to out_dir/oof/<name>.npz)."""
+    if isinstance(item, Probabilities):
+        return item
+    rows = np.flatnonzero(folds == item.fold)
     fold_ids = [ids[r] for r in rows]
     paths = layout.image_paths("train", fold_ids)
     check_images_exist(paths, str(layout.train_csv))
-    probs = predict_run(run, paths, fold_ids, options, log, split="oof",
-                        progress_label=f"validate {name}")
-    probs.meta["name"] = name
-    save_probabilities(out_dir / "oof" / f"{name}.npz", probs)
+    probs = predict_run(item, paths, fold_ids, options, log, split="oof",
+                        progress_label=f"validate {item.name}")
+    probs.meta["name"] = item.name
+    save_probabilities(out_dir / "oof" / f"{item.name}.npz", probs)
     return probs
 
 
@@ -67,6 +71,10 @@ def validate(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir: Path
     start = time.perf_counter()
     if not sources:
         raise UserError("validate: no runs given; pass --run RUN_DIR")
+    for source in sources:
+        if not Path(source).exists():
+            raise UserError(f"{source}: run folder, model file or OOF probabilities not found; "
+                            "fix the path")
     if out_dir is None:
         if len(sources) != 1 or is_probabilities_file(sources[0]) or not Path(sources[0]).is_dir():
             raise UserError("validate: pass --out DIR (where thresholds.json goes) when validating "
@@ -80,8 +88,14 @@ def validate(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir: Path
     names = unique_names([Path(s).stem if is_probabilities_file(s) else
                           (Path(s).parent.name if Path(s).is_file() else Path(s).name)
                           for s in sources])
-    members = [_member(Path(s), n, ids, folds, layout, labels, options, out_dir, log)
-               for s, n in zip(sources, names)]
+    opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
+    for item, name in zip(opened, names):
+        fold = item.fold if isinstance(item, Run) else int(item.meta["fold"])
+        if not np.any(folds == fold):
+            raise UserError(f"{folds_csv}: fold {fold} (of run {name}) has no images; pass the "
+                            "folds.csv the run was trained with")
+    members = [_member(item, ids, folds, folds_csv, layout, options, out_dir, log)
+               for item in opened]
 
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     by_fold: dict[int, list[Probabilities]] = {}

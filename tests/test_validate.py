@@ -1,0 +1,109 @@
+"""imet validate: OOF predictions, honest threshold choice, outputs, fold stacking, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imet.cli import main
+from imet.data.folds import read_folds
+from imet.data.labels import LabelSpace, read_labels, read_train
+from imet.data.layout import CompetitionLayout
+from imet.errors import UserError
+from imet.models import build_model
+from imet.models.modelfile import save_model_file
+from imet.predict.oof import choose_decoding
+from imet.predict.probfile import load_probabilities
+from imet.predict.thresholdfile import read_thresholds
+
+QUIET = ["--num-workers", "0", "--log-every", "600", "--min-support", "4"]
+
+
+def save_tiny(path, labels: LabelSpace, fold: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("tiny_cnn", labels.num_classes)
+    return save_model_file(path, model, "tiny_cnn", {"fold": fold, "image_size": 32}, labels, {})
+
+
+@pytest.fixture
+def setup(mini_data, tmp_path):
+    layout = CompetitionLayout(mini_data)
+    labels = read_labels(layout.labels_csv)
+    ids, targets = read_train(layout.train_csv, labels)
+    folds = read_folds(layout.folds_csv, ids)
+    return mini_data, labels, ids, folds, tmp_path
+
+
+def test_choice_is_by_cross_fitted_f2_not_in_sample():
+    # Probabilities unrelated to the truth: per-class thresholds fit the noise in-sample
+    # and must not be chosen for it.
+    rng = np.random.default_rng(0)
+    y = rng.random((400, 30)) < 0.1
+    probs = rng.random((400, 30))
+    groups = np.array(["culture"] * 10 + ["tag"] * 20)
+    choice = choose_decoding(y, probs, groups, min_support=5)
+    fits = choice.fits
+    assert fits["class"].f2_in_sample > fits["class"].f2 + 0.01  # optimism is measured
+    assert choice.chosen.f2 == max(f.f2 for f in fits.values())
+    assert choice.mode != "class"
+
+
+def test_validate_writes_thresholds_oof_report_and_registry(setup, capsys):
+    data, labels, ids, folds, tmp = setup
+    run = save_tiny(tmp / "run" / "model.pt", labels, fold=1).parent
+    assert main(["validate", "--data", str(data), "--run", str(run), "--tta", "none", *QUIET]) == 0
+    assert "cross-fitted" in capsys.readouterr().out
+    doc = read_thresholds(run / "thresholds.json", labels.attribute_ids, labels.fingerprint())
+    assert doc["mode"] in ("global", "group", "class") and doc["tta"] == ["none"]
+    assert set(doc["scores"]["modes"]) == {"global", "group", "class"}
+    oof = load_probabilities(run / "oof_probs.npz")
+    assert sorted(oof.ids) == sorted(i for i, f in zip(ids, folds) if f == 1)
+    assert (run / "oof" / "run.npz").is_file()
+    table = (run / "validation.md").read_text()
+    assert "cross-fitted" in table and "| culture |" in table and "| tag |" in table
+    for png in ("f2_vs_threshold.png", "class_f2_vs_support.png"):
+        assert (run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((run / "imet-runs.jsonl").read_text().splitlines()[-1])
+    assert record["kind"] == "validate"
+
+
+def test_validate_stacks_folds_and_ensembles_a_fold(setup):
+    data, labels, ids, folds, tmp = setup
+    runs = [save_tiny(tmp / name / "model.pt", labels, fold, seed).parent
+            for name, fold, seed in (("a0", 0, 0), ("b0", 0, 1), ("c1", 1, 2))]
+    out = tmp / "val"
+    assert main(["validate", "--data", str(data), "--run", *map(str, runs), "--out", str(out),
+                 "--tta", "none", "--modes", "global,group", *QUIET]) == 0
+    oof = load_probabilities(out / "oof_probs.npz")
+    assert sorted(oof.ids) == sorted(ids)  # every training image once
+    a0, b0 = (load_probabilities(out / "oof" / f"{n}.npz") for n in ("a0", "b0"))
+    fold0 = oof.reorder(a0.ids)
+    np.testing.assert_allclose(fold0.probs, (a0.probs + b0.probs) / 2, atol=2e-3)
+    # Saved OOF probabilities re-threshold without the models, to the same decoding.
+    again = tmp / "again"
+    assert main(["validate", "--data", str(data), "--run", str(out / "oof" / "a0.npz"),
+                 str(out / "oof" / "b0.npz"), str(out / "oof" / "c1.npz"), "--out", str(again),
+                 "--modes", "global,group", *QUIET]) == 0
+    first = json.loads((out / "thresholds.json").read_text())
+    second = json.loads((again / "thresholds.json").read_text())
+    assert first["thresholds"] == second["thresholds"] and first["mode"] == second["mode"]
+
+
+def test_validate_refuses_bad_runs(setup, capsys):
+    data, labels, ids, folds, tmp = setup
+    other = LabelSpace(labels.attribute_ids[1:], labels.names[1:])
+    foreign = save_tiny(tmp / "foreign" / "model.pt", other, fold=0)
+    capsys.readouterr()
+    assert main(["validate", "--data", str(data), "--run", str(foreign.parent), *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imet validate: error: ") and str(foreign) in err and "\n" not in err
+    nofold = save_tiny(tmp / "nofold" / "model.pt", labels, fold=7)
+    assert main(["validate", "--data", str(data), "--run", str(nofold.parent), *QUIET]) == 2
+    assert "fold 7 (of run nofold) has no images" in capsys.readouterr().err
+    assert main(["validate", "--data", str(data), "--run", str(tmp / "nowhere"), *QUIET]) == 2
+    assert "nowhere: run folder, model file or OOF probabilities not found" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--modes"):
+        choose_decoding(np.zeros((8, 2), bool), np.zeros((8, 2)), np.array(["a", "b"]),
+                        modes=["best"])
