@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,15 +58,35 @@ def find_file(names: tuple, roots) -> Path | None:
     return None
 
 
+def _resolve(host: str, port: int, timeout: float) -> list:
+    """getaddrinfo bounded by `timeout`: it ignores socket timeouts, and a sandbox whose DNS
+    server drops packets would otherwise stall the check for tens of seconds."""
+    found: list = []
+
+    def lookup() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError:
+            pass
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return list(found)
+
+
 def network_up(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """A quick TCP connect to the download host: Kaggle's offline kernels fail it at once."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    for family, kind, proto, _, address in _resolve(parts.hostname, port, timeout):
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def sha256_prefix(official_url: str) -> str | None:
