@@ -1,0 +1,153 @@
+"""`imet train` end to end on mini-iMet, its config handling, stages and schedules."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from imet.cli import main
+from imet.engine.checkpoint import checkpoint_dir, list_generations
+from imet.engine.config import TrainConfig
+from imet.engine.optim import SCHEDULES, build_optimizer, build_scheduler, set_trainable
+from imet.errors import UserError
+from imet.models import build_model
+from imet.models.modelfile import load_model_file
+
+FAST = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--batch-size", "8",
+        "--num-workers", "0", "--notify", "off", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from threads; on a shared 2-core machine they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_args(mini_data, out, *extra):
+    return ["train", "--data", str(mini_data), "--folds", str(mini_data / "folds.csv"),
+            "--out", str(out), *FAST, *extra]
+
+
+def test_train_writes_every_artifact(mini_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(mini_data, out, "--epochs", "2", "--head-epochs", "1")) == 0
+    model, info = load_model_file(out / "model.pt")
+    assert info["arch"] == "tiny_cnn" and info["extra"]["f2"] > 0
+    assert (out / "metrics.csv").is_file() and (out / "run.json").is_file()
+    assert list((out / "plots").glob("*.png"))
+    assert not (out / "HANDOVER.json").exists()
+    state = torch.load(list_generations(checkpoint_dir(out))[0][1], weights_only=True)
+    counters = state["counters"]
+    assert counters["finished"] and counters["stop_reason"] == "epochs" and counters["step"] == 8
+    assert [row["stage"] for row in counters["history"]] == [1, 2]
+    assert state["versions"]["torch"] == str(torch.__version__)
+    # Running the finished run again resumes nothing and trains nothing.
+    assert main(train_args(mini_data, out, "--epochs", "2", "--head-epochs", "1")) == 0
+    assert list_generations(checkpoint_dir(out))[0][0] == 8
+
+
+def test_out_of_budget_hands_over_with_exit_75(mini_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(train_args(mini_data, out, "--epochs", "1", "--time-budget", "1s"))
+    assert code == 75
+    handover = json.loads((out / "HANDOVER.json").read_text())
+    assert handover["reason"] == "budget" and handover["exit_code"] == 75
+    assert handover["checkpoint"].endswith(".pt") and "--resume auto" in handover["next"]
+    assert "handed over" in capsys.readouterr().err
+
+
+def test_config_file_with_command_line_override(mini_data, tmp_path):
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"epochs": 7, "head-epochs": 2, "lr": 0.01,
+                                  "input_root": "/kaggle/input"}))
+    from imet.cli import build_parser
+    from imet.commands.train import config_from_args
+    argv = train_args(mini_data, tmp_path / "o", "--config", str(config), "--lr", "0.002")
+    parsed = config_from_args(build_parser(argv).parse_args(argv))
+    assert (parsed.epochs, parsed.head_epochs, parsed.lr) == (7, 2, 0.002)
+    assert parsed.input_root == ["/kaggle/input"] and parsed.pretrained is False
+
+
+def test_bad_config_is_a_one_line_error(mini_data, tmp_path, capsys):
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"epoch": 3}))
+    assert main(train_args(mini_data, tmp_path / "o", "--config", str(config))) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting 'epoch'" in err and str(config) in err and len(err.splitlines()) == 1
+    assert main(train_args(mini_data, tmp_path / "o", "--time-budget", "soon")) == 2
+    assert "--time-budget" in capsys.readouterr().err
+
+
+def test_changed_flags_refuse_the_old_checkpoint(mini_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(mini_data, out, "--epochs", "1", "--time-budget", "1s")) == 75
+    # The time budget is not part of the run's identity; the learning rate is.
+    assert main(train_args(mini_data, out, "--epochs", "1", "--lr", "0.1")) == 2
+    assert "another training config" in capsys.readouterr().err
+
+
+def test_fingerprint_ignores_paths_and_session_settings():
+    base = TrainConfig(data="/a", out="/b", time_budget="9h", num_workers=2)
+    moved = TrainConfig(data="/kaggle/input/x", out="/kaggle/working", time_budget="12h",
+                        num_workers=4, input_root=["/kaggle/input"], notify="off")
+    assert base.fingerprint() == moved.fingerprint()
+    assert base.fingerprint() != TrainConfig(fold=1).fingerprint()
+    with pytest.raises(UserError, match="--head-epochs"):
+        TrainConfig(epochs=2, head_epochs=3).validated()
+
+
+def test_stage_1_trains_the_head_only_and_stage_2_every_group():
+    model = build_model("tiny_cnn", 5)
+    groups = model.param_groups()
+    config = TrainConfig(lr=1e-3, head_lr=5e-3, lr_late_mult=0.5, lr_early_mult=0.1)
+    set_trainable(groups, 1)
+    stage1 = build_optimizer(groups, config, 1)
+    assert [g["name"] for g in stage1.param_groups] == ["head"]
+    assert not any(p.requires_grad for p in groups["early"] + groups["late"])
+    set_trainable(groups, 2)
+    stage2 = build_optimizer(groups, config, 2)
+    assert {g["name"]: g["lr"] for g in stage2.param_groups} == \
+        {"early": pytest.approx(1e-4), "late": pytest.approx(5e-4), "head": 1e-3}
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_schedule_steps_per_batch_and_saves_weights_only(name, tmp_path):
+    model = build_model("tiny_cnn", 5)
+    config = TrainConfig(schedule=name, lr=1e-3, warmup=0.2)
+    optimizer = build_optimizer(model.param_groups(), config, 2)
+    scheduler = build_scheduler(optimizer, config, total_steps=20, steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[-1]["lr"])
+    assert all(lr > 0 for lr in lrs[:-1])
+    if name != "constant":
+        assert len(set(round(lr, 12) for lr in lrs)) > 3
+    torch.save(scheduler.state_dict(), tmp_path / "s.pt")
+    restored = build_scheduler(build_optimizer(model.param_groups(), config, 2), config, 20, 10)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert restored.state_dict() == scheduler.state_dict()
+
+
+def test_unknown_schedule_names_the_choices():
+    model = build_model("tiny_cnn", 5)
+    config = TrainConfig(schedule="step")
+    optimizer = build_optimizer(model.param_groups(), config, 2)
+    with pytest.raises(UserError, match="onecycle, cosine, cyclic"):
+        build_scheduler(optimizer, config, 10, 5)
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    import dataclasses
+    for spec in dataclasses.fields(TrainConfig):
+        assert "--" + spec.name.replace("_", "-") in text
+    assert "75" in text and "--config" in text
