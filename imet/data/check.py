@@ -42,12 +42,10 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
                 f"{csv.name}"], []
     with os.scandir(folder) as entries:
         present = {e.name for e in entries}
-    names = np.char.add(np.asarray(ids, dtype=str), IMAGE_SUFFIX)
-    exists = np.isin(names, np.fromiter(present, dtype=names.dtype, count=len(present))) \
-        if present else np.zeros(len(ids), bool)
-    problems = [f"{folder / str(n)}: image not found (id {str(i)!r} in {csv.name}); add the "
-                f"image or remove the row from {csv.name}"
-                for n, i in zip(names[~exists], np.asarray(ids)[~exists])]
+    names = [f"{i}{IMAGE_SUFFIX}" for i in ids]
+    exists = [n in present for n in names]  # set lookups, not a stat() per id
+    problems = [f"{folder / n}: image not found (id {i!r} in {csv.name}); add the image or "
+                f"remove the row from {csv.name}" for n, i, e in zip(names, ids, exists) if not e]
     return problems, [i for i, e in zip(ids, exists) if e]
 
 
