@@ -3,8 +3,6 @@ dataset (exact for npy, JPEG-close for jpeg) and determinism of the cached path.
 import os
 import warnings
 
-import albumentations as A
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,7 @@ from imet.data.dataset import ImetDataset
 from imet.data.images import load_rgb
 from imet.data.labels import read_labels, read_train
 from imet.data.layout import CompetitionLayout
-from imet.data.transforms import build_train_transform
+from imet.data.transforms import build_eval_transform, build_train_transform
 
 SIZE = 32
 
@@ -56,13 +54,17 @@ def _equal(batches_a, batches_b):
 
 def test_npy_cache_equals_direct_decode_and_resize_exactly(train_items, npy_cache):
     paths = train_items[0]
+    first_step = build_eval_transform(SIZE, "seed").transforms[0]  # SmallestMaxSize
     cached = npy_cache.resolve(paths)
     assert cached.hits == len(paths)
     for i in (0, 7, 63):
-        expected = A.SmallestMaxSize(max_size=SIZE, interpolation=cv2.INTER_AREA)(
-            image=load_rgb(paths[i]))["image"]
+        expected = first_step(image=load_rgb(paths[i]))["image"]
         assert min(expected.shape[:2]) == SIZE
         np.testing.assert_array_equal(cached.load(i), expected)
+    # Enlarging too (iMet's 300 px short side under a 320 px training size).
+    enlarge = build_eval_transform(64, "seed").transforms[0]
+    image = np.random.default_rng(0).integers(0, 256, (48, 71, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(cache_resize(image, 64), enlarge(image=image)["image"])
 
 
 def test_jpeg_cache_is_close_to_direct_decode_and_resize(train_items, jpeg_cache):
@@ -157,3 +159,22 @@ def test_cli_builds_and_reports_errors_in_one_line(mini_data, mini_data_copy, tm
                      "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "1 images could not be cached" in err and broken.name in err
+
+
+def test_noise_bank_is_gaussian_noise_of_the_drawn_std_and_seeded():
+    import random
+
+    from imet.data.noise import GaussNoiseBank
+
+    flat = np.full((320, 320, 3), 128, np.uint8)
+    noise = GaussNoiseBank(std_range=(0.04, 0.04), p=1.0)
+    noise.set_random_state(np.random.default_rng(1), random.Random(1))
+    first = noise(image=flat)["image"]
+    diff = first.astype(np.float64) - 128
+    assert abs(diff.mean()) < 0.1 and abs(diff.std() - 0.04 * 255) < 0.1
+    assert abs(np.corrcoef(diff[:, :-1].ravel(), diff[:, 1:].ravel())[0, 1]) < 0.01  # per pixel
+    noise.set_random_state(np.random.default_rng(1), random.Random(1))
+    np.testing.assert_array_equal(noise(image=flat)["image"], first)
+    assert not np.array_equal(noise(image=flat)["image"], first)
+    bright = noise.apply(np.full((8, 8, 3), 250, np.uint8), offset=0, sigma=40.0)
+    assert bright.dtype == np.uint8 and bright.max() == 255  # saturates, no wrap-around

@@ -3,8 +3,8 @@
 A PNG at iMet's geometry costs ~3 ms to decode on one core, more than the whole augmentation
 at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or a raw uint8 array (.npy,
 ~0.1 ms, but ~10x the disk). Images are stored with their SHORT side at the training size
-(albumentations' SmallestMaxSize, INTER_AREA: the first step of the eval pipeline and of the
-`seed` preset), so random crops still see the whole image and the `seed` preset's geometry is
+(albumentations' SmallestMaxSize, as the first step of the eval pipeline and of the `seed`
+preset), so random crops still see the whole image and the `seed` preset's geometry is
 unchanged (exactly, for npy).
 
 Layout of a cache folder:
@@ -138,15 +138,17 @@ def read_manifest(cache_dir: Path) -> dict | None:
 
 def cache_resize(image: np.ndarray, size: int) -> np.ndarray:
     """Short side -> `size` exactly as the pipelines' first step (albumentations'
-    SmallestMaxSize, INTER_AREA) computes it, so an npy cache reproduces the direct path bit
-    for bit (a test checks it against albumentations). Written with cv2 because importing
-    albumentations pulls in torch: seconds per cache worker."""
+    SmallestMaxSize: area averaging when shrinking, bilinear when enlarging) computes it, so an
+    npy cache reproduces the direct path bit for bit (a test checks it against the eval
+    transform's first step). Written with cv2 because importing albumentations pulls in torch:
+    seconds per cache worker."""
     height, width = image.shape[:2]
     scale = size / min(height, width)
     target = max(1, round(height * scale)), max(1, round(width * scale))
     if target == (height, width):
         return image
-    return cv2.resize(image, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, (target[1], target[0]), interpolation=interpolation)
 
 
 def list_sources(data_root: Path, splits=SPLIT_DIRS) -> list[str]:
@@ -209,7 +211,7 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
     out.mkdir(parents=True, exist_ok=True)
     old = read_manifest(out)
     settings = {"size": size, "image_format": fmt, "quality": quality if fmt == "jpeg" else None,
-                "resize": "SmallestMaxSize INTER_AREA"}
+                "resize": "SmallestMaxSize area-down linear-up"}
     entries = {}
     if old is not None and all(old.get(k) == v for k, v in settings.items()):
         entries = old.get("entries", {})
