@@ -218,3 +218,12 @@ def test_unreadable_lines_are_skipped_not_fatal(tmp_path, caplog):
     append_record(tmp_path, make_record("predict", "b"))
     assert _keys(read_registry(tmp_path / REGISTRY_NAME)) == [("a", "train", 1),
                                                               ("b", "predict", 1)]
+
+
+def test_unwritable_plot_path_is_a_one_line_error(tmp_path, capsys):
+    append_record(tmp_path, make_record("train", "a", best_f2=0.5))
+    assert main(["runs", str(tmp_path), "--plot", str(tmp_path / "no" / "such" / "x.png")]) == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["runs", str(tmp_path), "--plot", str(blocker / "x.png")]) == 2
+    assert "cannot write" in capsys.readouterr().err

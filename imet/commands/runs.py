@@ -55,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"imet runs: no run registry found under {', '.join(map(str, roots))}",
               file=sys.stderr)
     if not args.no_plot and rows:
-        atomic_write_bytes(args.plot, render_comparison_png(rows))
+        try:
+            atomic_write_bytes(args.plot, render_comparison_png(rows))
+        except OSError as err:
+            raise UserError(f"runs --plot {args.plot}: cannot write ({err.strerror}); pass a "
+                            "writable path or --no-plot") from None
         print(f"imet runs: wrote {args.plot}", file=sys.stderr)
     return 0
 

@@ -171,6 +171,11 @@ def set_lb(roots: Iterable[str | os.PathLike], run: str, score: float, stamp: st
             continue
         records = [{**r, "lb_score": float(score), "lb_set_at": stamp}
                    if str(r["run_id"]) == run else r for r in records]
-        write_registry(path, records)
+        try:
+            write_registry(path, records)
+        except OSError as err:
+            raise UserError(f"runs set-lb: cannot write {path} ({err.strerror}); copy the "
+                            "folder somewhere writable (attached Kaggle inputs are read-only)"
+                            ) from None
         changed.append(path)
     return run, changed
