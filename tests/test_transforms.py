@@ -154,3 +154,14 @@ def test_bad_preset_and_size_are_user_errors():
         build_train_transform("heavy", 32)
     with pytest.raises(UserError, match="--image-size"):
         build_eval_transform(0)
+
+
+def test_scaling_is_bilinear_up_and_area_averaging_down():
+    halves = np.zeros((4, 4, 3), np.uint8)
+    halves[:2] = 255
+    column = build_eval_transform(8)(image=halves)["image"][:, 0, 0]
+    assert 0 < column[3] < 255 and 0 < column[4] < 255  # a ramp, not nearest-neighbour blocks
+    noise = _image(300, 300)
+    small = build_eval_transform(100)(image=noise)["image"]
+    # each output pixel averages a 3x3 block: the noise's std shrinks about 3-fold
+    assert small.std() == pytest.approx(noise.std() / 3, rel=0.1)
