@@ -171,6 +171,8 @@ def pip_install(folder, packages):
     """Install exactly the listed wheel files, offline, ignoring any pip configuration."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull  # no index, find-links or constraints from the machine
+    # pip byte-compiles at install, which also keeps old packages' SyntaxWarnings
+    # (pretrainedmodels) out of the kernel's log.
     cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links",
            str(folder), "--no-cache-dir", "--disable-pip-version-check", "--no-warn-script-location",
            "--quiet", *[str(Path(folder) / p["file"]) for p in packages]]
@@ -192,8 +194,10 @@ def check_imports(packages):
         elif not _same_version(got, p["version"]):
             status = f"installed {got or 'nothing'}, locked {p['version']}"
         elif p.get("import"):
+            t0 = time.time()
             try:
                 importlib.import_module(p["import"])
+                status = f"ok ({time.time() - t0:.1f}s)"
             except Exception as exc:  # any import failure is reported in the table, then raised
                 status = f"import failed: {type(exc).__name__}: {exc}".splitlines()[0]
         rows.append((p["name"], p["version"], p.get("import") or "-", status))
@@ -225,7 +229,9 @@ def bootstrap(folder=None, quiet=False, check=True):
     verify_files(folder, manifest)
     # A developer's editable checkout (the local emulator runs kernels in the project venv) is
     # what they want to run: replacing it with the dataset's copy would hide their changes.
+    pip_started = time.time()
     pip_install(folder, [p for p in packages if not editable_location(p["name"])])
+    pip_seconds = time.time() - pip_started
     rows = check_imports(packages) if check else []
     if not quiet and rows:
         print_table(rows)
@@ -236,7 +242,8 @@ def bootstrap(folder=None, quiet=False, check=True):
                                   "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
     if not quiet:
         print(f"imet-bootstrap: installed {len(packages)} packages from {folder} in "
-              f"{time.time() - started:.1f}s (source {manifest['source'].get('git_commit', '?')[:12]})")
+              f"{time.time() - started:.1f}s (pip {pip_seconds:.1f}s; "
+              f"source {manifest['source'].get('git_commit') or '?'})")
     return {"folder": str(folder), "installed": True, "seconds": time.time() - started}
 
 

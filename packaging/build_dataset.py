@@ -197,9 +197,15 @@ def build(args) -> Path:
     platforms = args.platforms or [lock.DEFAULT_PLATFORM]
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    entries = lock.read_lock(Path(args.lock))
-    if args.include_torch:
-        entries.update(lock.read_lock(lock.TORCH_LOCK))
+    locks = [Path(args.lock)] + ([lock.TORCH_LOCK] if args.include_torch else [])
+    entries = {}
+    for path in locks:
+        targets = lock.lock_targets(path)
+        if args.python_version not in targets:
+            raise UserError(f"{path.name} has hashes for CPython {', '.join(targets) or '?'}, not "
+                            f"{args.python_version}; run `python packaging/lock.py --python-version "
+                            f"{args.python_version}{' --include-torch' if args.include_torch else ''}`")
+        entries.update(lock.read_lock(path))
     sdists = {n: e for n, e in entries.items() if n in lock.SDIST_ONLY}
     wheels_locked = {n: e for n, e in entries.items() if n not in sdists}
     source = Path(args.source).resolve()

@@ -214,6 +214,15 @@ def read_lock(path: Path = LOCK) -> dict:
     return entries
 
 
+def lock_targets(path: Path = LOCK) -> list[str]:
+    """The CPython versions a lock has hashes for (its `# Target(s): CPython ...` line)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"# Targets?: CPython ([\d., ]+) on ", line)
+        if m:
+            return [v.strip() for v in m.group(1).split(",") if v.strip()]
+    return []
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Re-resolve wheels/requirements.txt (the lock).")
     p.add_argument("--python-version", action="append", dest="targets",

@@ -57,6 +57,17 @@ def test_lock_bundles_everything_the_platform_lacks():
         assert name in locked, name
     assert not set(locked) & set(lock.PLATFORM)
     assert all(e["hashes"] and all(len(h) == 64 for h in e["hashes"]) for e in locked.values())
+    assert lock.lock_targets() == ["3.11", "3.12"]
+    torch = lock.read_lock(lock.TORCH_LOCK)
+    assert {"torch", "torchvision"} <= set(torch) and not set(torch) & set(locked)
+    assert lock.lock_targets(lock.TORCH_LOCK) == ["3.12"]
+
+
+def test_a_target_the_lock_does_not_cover_is_refused_before_any_download(tmp_path):
+    proc = run_build("--owner", "tester", "--python-version", "3.11", "--include-torch",
+                     "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert "requirements-torch.txt has hashes for CPython 3.12, not 3.11" in proc.stderr
 
 
 def test_platform_tags_widen_like_pip_should():
