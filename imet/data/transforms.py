@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from imet.data.noise import GaussNoiseBank
 from imet.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,7 +93,8 @@ def _seed_train(size: int) -> A.Compose:
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-15, 15),
                  border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-        A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+        # Same noise as A.GaussNoise(std_range, p), without its per-pixel Gaussian draws (~3 ms).
+        GaussNoiseBank(std_range=(0.01, 0.05), p=0.3),
     ])
 
 
@@ -171,9 +173,10 @@ class Normalization:
 def to_tensor(image: np.ndarray, norm: Normalization | None = Normalization()) -> torch.Tensor:
     """uint8 HWC -> normalized float32 CHW, or uint8 CHW when `norm` is None (normalize later,
     per batch, with `normalize_batch`)."""
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if norm is None:
-        return chw.contiguous()
+        # numpy's transposing copy is ~4x faster than torch's permute().contiguous() on uint8.
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     scale, shift = norm._scale_shift("cpu", torch.float32)
     return chw.to(torch.float32).mul_(scale).add_(shift)
 
