@@ -7,6 +7,7 @@ epoch along with each index, so workers can stay alive across epochs. Images tra
 and are normalized on the device: a quarter of the bytes through pinned memory and PCIe."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from imet.data.cache import find_cache
 from imet.data.dataset import ImetDataset
 from imet.data.folds import read_folds
 from imet.data.labels import LabelSpace, read_labels, read_train
@@ -56,12 +58,26 @@ def load_run_data(config: TrainConfig) -> RunData:
         raise UserError(f"{folds_path}: fold {config.fold} leaves {len(train_rows)} training "
                         f"images, fewer than one batch (--batch-size {config.batch_size})")
     paths = layout.image_paths("train", ids)
+    cache = _image_cache(config, layout)
     train_set = ImetDataset([paths[i] for i in train_rows], targets[train_rows],
                             build_train_transform(config.preset, config.image_size), config.seed,
-                            normalize=None)
+                            normalize=None, cache=cache)
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
-                          build_eval_transform(config.image_size), config.seed, normalize=None)
+                          build_eval_transform(config.image_size), config.seed, normalize=None,
+                          cache=cache)
     return RunData(labels, train_set, val_set, targets[val_rows])
+
+
+def _image_cache(config: TrainConfig, layout: CompetitionLayout):
+    """A decode-once cache (`imet cache`) of the run's image size, when one is found in
+    $IMET_CACHE_DIR, the data folder, beside the run folder or in an --input-root."""
+    roots = [layout.root, *config.input_root]
+    if config.out:
+        roots.insert(1, Path(config.out).resolve().parent)
+    cache = find_cache(config.image_size, roots)
+    if cache is not None:
+        print(f"imet: reading images from {cache}", file=sys.stderr)
+    return cache
 
 
 def train_loader(data: RunData, sampler: EpochBatchSampler, config: TrainConfig,
