@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from imet.registry.compare_plot import render_comparison_png
     from imet.registry.store import find_registries, merge_records, read_registry
     from imet.registry.table import FORMATS, sort_rows, summarize
-    from imet.report.fileio import atomic_write_bytes
+    from imet.fileio import atomic_write_bytes
 
     roots = [Path(d) for d in (args.dirs or ["."])]
     missing = [str(r) for r in roots if not r.exists()]

@@ -8,8 +8,6 @@ the same code. Attribute ids inside a row are a set: order and repeats do not ma
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from imet.errors import DataError
+from imet.fileio import atomic_open
 
 HEADER = ("id", "attribute_ids")
 _EXAMPLES = 3
@@ -144,31 +143,9 @@ def write_submission(path, ids: Sequence[str], labels) -> Path:
     labels = list(labels)
     if len(labels) != len(ids):
         raise ValueError(f"{len(ids)} ids but {len(labels)} label rows")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(HEADER)
-            writer.writerows(zip(ids, labels))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(zip(ids, labels))
     return path
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on every platform/filesystem; the file itself is synced
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -6,7 +6,6 @@ dataset can be loaded without trusting arbitrary code in it."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 
 from imet.data.labels import LabelSpace
 from imet.errors import CheckpointError
+from imet.fileio import atomic_open
 from imet.models.net import ImetNet, build_model
 from imet.models.registry import ARCHS
 from imet.models.weights import load_problem
@@ -31,29 +31,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def atomic_torch_save(obj, path) -> None:
-    """Write to a temp file in the same folder, fsync, os.replace, fsync the folder: a reader
-    sees the old file or the new one, never half of one, even after a power cut."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def plain(value, where: str = "config"):
@@ -87,7 +64,8 @@ def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: Lab
     payload = {"format": FORMAT, "version": VERSION, "arch": arch, "config": plain(config),
                "labels": labels.to_dict(), "state_dict": state,
                "extra": plain(extra or {}, "extra")}
-    atomic_torch_save(payload, path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
     return Path(path)
 
 

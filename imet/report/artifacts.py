@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from imet.report.fileio import atomic_write_text
+from imet.fileio import atomic_write_text
 from imet.report.metrics_csv import FILENAME as METRICS_FILENAME, read_metrics
 from imet.report.plots import write_plots
 from imet.report.provenance import code_version, config_hash

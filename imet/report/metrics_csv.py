@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from imet.report.fileio import atomic_write_text
+from imet.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

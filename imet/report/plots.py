@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from imet.report.fileio import atomic_write_bytes
+from imet.fileio import atomic_write_bytes
 
 PLOTS_DIR = "plots"
 # A plot 800 px wide shows no more than this many training points; a 20-epoch iMet run logs
