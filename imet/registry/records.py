@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from imet.registry.store import merge_into, upsert
 from imet.report.provenance import code_version, config_hash
 from imet.report.redact import redact
+from imet.report.subscriber import RankZeroSubscriber
 
 KINDS = ("train", "validate", "predict")
 SCHEMA = 1
@@ -134,7 +135,7 @@ def append_record(folder: str | os.PathLike, record: dict[str, Any],
     return upsert(folder, redact(dict(record)))
 
 
-class TrainRecorder:
+class TrainRecorder(RankZeroSubscriber):
     """Event subscriber keeping the train record of the current session in <run_dir>'s registry:
     written at run start (after merging the inputs' registries), at each new best evaluation, at a
     handover, at the finish and after a failure."""
@@ -144,14 +145,6 @@ class TrainRecorder:
         self.input_roots = [Path(root) for root in input_roots]
         self.record: dict[str, Any] | None = None
         self._started = None
-        self._active = True
-
-    def __call__(self, event) -> None:
-        if event.kind == "run_start":
-            self._active = int(event.data.get("rank") or 0) == 0
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if handler is not None and self._active:
-            handler(event)
 
     def _save(self, event, **fields: Any) -> None:
         if self.record is None:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from imet.fileio import atomic_write_text
+from imet.report.find import files_named
 
 log = logging.getLogger(__name__)
 
 REGISTRY_NAME = "imet-runs.jsonl"
-_MAX_DEPTH = 6
 _STATUS_RANK = {"finished": 4, "failed": 3, "handover": 2, "running": 1}
 
 
@@ -50,20 +50,8 @@ def read_registry(path: str | os.PathLike) -> list[dict[str, Any]]:
 def find_registries(roots: Iterable[str | os.PathLike]) -> list[Path]:
     """Registry files under the roots (recursive, a file given directly counts too)."""
     found: list[Path] = []
-    for root in roots:
-        root = Path(root)
-        if root.is_file():
-            found.append(root)
-            continue
-        if not root.is_dir():
-            continue
-        base = len(root.parts)
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            if len(Path(dirpath).parts) - base >= _MAX_DEPTH:
-                dirnames[:] = []
-            if REGISTRY_NAME in filenames:
-                found.append(Path(dirpath) / REGISTRY_NAME)
+    for root in map(Path, roots):
+        found.extend([root] if root.is_file() else files_named([root], REGISTRY_NAME))
     unique, seen = [], set()
     for path in found:
         resolved = path.resolve()

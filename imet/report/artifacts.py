@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from imet.fileio import atomic_write_text
+from imet.report.find import files_named
 from imet.report.metrics_csv import FILENAME as METRICS_FILENAME, read_metrics
 from imet.report.plots import write_plots
 from imet.report.provenance import code_version, config_hash
 from imet.report.redact import redact
+from imet.report.subscriber import RankZeroSubscriber
 
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
-_MAX_DEPTH = 6
 
 
 def _iso(seconds: float) -> str:
@@ -40,23 +41,15 @@ def read_run_json(path: str | os.PathLike) -> dict[str, Any] | None:
 def find_run_json(run_name: str, roots: Iterable[str | os.PathLike]) -> dict[str, Any] | None:
     """The run.json of `run_name` with the most sessions among the roots (recursive)."""
     best = None
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        base = len(root.parts)
-        for dirpath, dirnames, filenames in os.walk(root):
-            if len(Path(dirpath).parts) - base >= _MAX_DEPTH:
-                dirnames[:] = []
-            if RUN_JSON in filenames:
-                data = read_run_json(Path(dirpath) / RUN_JSON)
-                if data and data.get("run_name") == run_name and (
-                        best is None or len(data.get("sessions", [])) > len(best["sessions"])):
-                    best = data
+    for path in files_named(roots, RUN_JSON):
+        data = read_run_json(path)
+        if data and data.get("run_name") == run_name and (
+                best is None or len(data.get("sessions", [])) > len(best["sessions"])):
+            best = data
     return best
 
 
-class ArtifactWriter:
+class ArtifactWriter(RankZeroSubscriber):
     """Event subscriber writing <run_dir>/run.json and <run_dir>/plots/*.png."""
 
     def __init__(self, run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = ()):
@@ -65,14 +58,6 @@ class ArtifactWriter:
         self.summary: dict[str, Any] = {}
         self._session: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
-        self._active = True
-
-    def __call__(self, event) -> None:
-        if event.kind == "run_start":
-            self._active = int(event.data.get("rank") or 0) == 0
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if handler is not None and self._active:
-            handler(event)
 
     def _on_run_start(self, event) -> None:
         data = event.data

@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from imet.report.redact import redact
+from imet.report.subscriber import RankZeroSubscriber
+
 # Config keys that may hold the length of stage 1 (head only) in epochs: the stage ETA needs
 # where stage 1 ends; without it, stage 1 shows the run ETA only.
 _STAGE1_KEYS = ("stage1_epochs", "head_epochs", "freeze_epochs", "frozen_epochs")
@@ -34,7 +37,7 @@ def _num(value: Any, spec: str, missing: str = "?") -> str:
         return missing
 
 
-class ConsoleProgress:
+class ConsoleProgress(RankZeroSubscriber):
     """Event subscriber printing progress. `every_s`: seconds between plain progress lines;
     `stream`: where to print (stdout); `tty`: force the bar on/off (default: stream.isatty())."""
 
@@ -47,18 +50,10 @@ class ConsoleProgress:
         self._clock = clock
         self._bar = None
         self._last_line: float | None = None
-        self._active = True
         self._total_epochs = None
         self._stage1_epochs = None
         self._rate: dict[int, float] = {}  # steps per second, per stage
         self._previous: tuple[float, int, int] | None = None  # (clock, step, stage)
-
-    def __call__(self, event) -> None:
-        if event.kind == "run_start":
-            self._active = int(event.data.get("rank") or 0) == 0
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if handler is not None and self._active:
-            handler(event.data)
 
     # --- output -------------------------------------------------------------------------------
     def _print(self, text: str) -> None:
@@ -68,7 +63,8 @@ class ConsoleProgress:
             print(text, file=self.stream, flush=True)
 
     # --- events -------------------------------------------------------------------------------
-    def _on_run_start(self, data: dict[str, Any]) -> None:
+    def _on_run_start(self, event) -> None:
+        data = event.data
         config = data.get("config") or {}
         self._total_epochs = config.get("epochs")
         self._stage1_epochs = next((config[key] for key in _STAGE1_KEYS
@@ -86,7 +82,8 @@ class ConsoleProgress:
                              file=self.stream, unit="step", dynamic_ncols=True,
                              desc=str(data.get("run_name") or "train"))
 
-    def _on_progress(self, data: dict[str, Any]) -> None:
+    def _on_progress(self, event) -> None:
+        data = event.data
         self._update_rate(data)
         if self._bar is not None:
             step = int(data.get("step") or 0)
@@ -157,7 +154,8 @@ class ConsoleProgress:
             return eta_run * (end - step) / (total - step)
         return None
 
-    def _on_evaluation(self, data: dict[str, Any]) -> None:
+    def _on_evaluation(self, event) -> None:
+        data = event.data
         best = " *new best*" if data.get("is_best") else ""
         self._print(f"[{time.strftime('%H:%M:%S')}] eval step {data.get('step')}: F2 "
                     f"{_num(data.get('f2'), '.4f')} @ threshold "
@@ -165,26 +163,30 @@ class ConsoleProgress:
                     f"{_num(data.get('val_loss'), '.4f')} (best {_num(data.get('best_f2'), '.4f')}"
                     f" at step {data.get('best_step')}){best}")
 
-    def _on_checkpoint(self, data: dict[str, Any]) -> None:
+    def _on_checkpoint(self, event) -> None:
+        data = event.data
         if not self.tty:
             self._print(f"[{time.strftime('%H:%M:%S')}] checkpoint step {data.get('step')}: "
                         f"{data.get('path')}")
 
-    def _on_handover(self, data: dict[str, Any]) -> None:
+    def _on_handover(self, event) -> None:
+        data = event.data
         self._close_bar()
         self._print(f"imet: stopping at step {data.get('step')} ({data.get('reason')}); "
                     f"checkpoint {data.get('checkpoint')}; next: {data.get('next')} "
                     f"(exit code {data.get('exit_code')})")
 
-    def _on_finish(self, data: dict[str, Any]) -> None:
+    def _on_finish(self, event) -> None:
+        data = event.data
         self._close_bar()
         self._print(f"imet: finished: best F2 {_num(data.get('best_f2'), '.4f')} at step "
                     f"{data.get('best_step')}, {data.get('sessions')} session(s), "
                     f"{format_duration(data.get('duration_s'))}")
 
-    def _on_failure(self, data: dict[str, Any]) -> None:
+    def _on_failure(self, event) -> None:
+        data = event.data
         self._close_bar()
-        from imet.report.redact import redact  # an error text may quote a URL with a token
+        # an error text may quote a URL with a token in it
         self._print(f"imet: training failed: {redact(str(data.get('error')))}")
 
     def _close_bar(self) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from imet.fileio import atomic_write_text
+from imet.report.find import files_named
+from imet.report.subscriber import RankZeroSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,6 @@ COLUMNS = ("run", "kind", "session", "time", "stage", "epoch", "step", "epoch_st
            "lr", "img_per_s", "f2", "threshold", "best_f2", "val_loss", "is_best")
 _INT_COLUMNS = {"session", "stage", "epoch", "step", "epoch_step"}
 _TEXT_COLUMNS = {"run", "kind"}
-_MAX_DEPTH = 6
 
 
 def _format(value: Any) -> str:
@@ -85,24 +86,14 @@ def find_run_metrics(run_name: str, roots: Iterable[str | os.PathLike]) -> Path 
     """The metrics.csv of `run_name` with the most rows among the roots (recursive): on Kaggle
     the previous session's output is an attached input."""
     best, best_count = None, 0
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        base = len(root.parts)
-        for dirpath, dirnames, filenames in os.walk(root):
-            if len(Path(dirpath).parts) - base >= _MAX_DEPTH:
-                dirnames[:] = []
-            if FILENAME not in filenames:
-                continue
-            candidate = Path(dirpath) / FILENAME
-            count = sum(1 for row in read_metrics(candidate) if row["run"] == run_name)
-            if count > best_count:
-                best, best_count = candidate, count
+    for candidate in files_named(roots, FILENAME):
+        count = sum(1 for row in read_metrics(candidate) if row["run"] == run_name)
+        if count > best_count:
+            best, best_count = candidate, count
     return best
 
 
-class MetricsWriter:
+class MetricsWriter(RankZeroSubscriber):
     """Event subscriber writing <run_dir>/metrics.csv. `input_roots`: where a resumed session
     looks for the previous session's file when the run dir has none (Kaggle's attached inputs)."""
 
@@ -115,14 +106,6 @@ class MetricsWriter:
         self._run = None
         self._session = None
         self._stage = None  # evaluation events carry no stage: the last progress event's
-        self._active = True
-
-    def __call__(self, event) -> None:
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if event.kind == "run_start":
-            self._active = int(event.data.get("rank") or 0) == 0
-        if handler is not None and self._active:
-            handler(event)
 
     # --- events -------------------------------------------------------------------------------
     def _on_run_start(self, event) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import imet
+from imet.report.find import files_named
 
 MANIFEST_NAME = "MANIFEST.json"
-_MAX_DEPTH = 6
 
 
 def _sha256_file(path: Path) -> str:
@@ -29,25 +29,7 @@ def find_manifest(input_roots: Iterable[str | os.PathLike] = ()) -> Path | None:
         candidate = parent / MANIFEST_NAME
         if candidate.is_file():
             return candidate
-    for root in input_roots:
-        found = _walk_for(Path(root), MANIFEST_NAME)
-        if found is not None:
-            return found
-    return None
-
-
-def _walk_for(root: Path, name: str) -> Path | None:
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    base_depth = len(root.parts)
-    for dirpath, dirnames, filenames in os.walk(root):
-        if name in filenames:
-            return Path(dirpath) / name
-        if len(Path(dirpath).parts) - base_depth >= _MAX_DEPTH:
-            dirnames[:] = []
-        dirnames.sort()
-    return None
+    return next(files_named(input_roots, MANIFEST_NAME), None)
 
 
 @lru_cache(maxsize=1)  # the code does not change under a running process: ask git once

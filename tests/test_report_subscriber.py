@@ -1,0 +1,47 @@
+"""What all report/registry subscribers share: only rank 0 writes, and earlier files are found
+under the input roots within a bounded depth, in a reproducible order."""
+from __future__ import annotations
+
+import io
+
+from imet.engine.events import EventBus
+from imet.registry import record_train_subscriber
+from imet.report import report_subscribers
+from imet.report.find import MAX_DEPTH, files_named
+
+
+def _emit_run(bus, rank):
+    bus.emit("run_start", run_name="r", arch="tiny_cnn", fold=0, image_size=32, session=1,
+             resumed_from=None, device="cpu", total_steps=4, config={}, kernel=None, rank=rank)
+    bus.emit("progress", stage=1, epoch=0, step=1, total_steps=4, epoch_step=1,
+             steps_per_epoch=4, loss=0.5, lr=1e-3, img_per_s=10.0, eta_run_s=3.0,
+             session_left_s=None)
+    bus.emit("evaluation", step=1, epoch=0, f2=0.4, threshold=0.2, best_f2=0.4, best_step=1,
+             val_loss=0.6, is_best=True, history=[])
+    bus.emit("finish", best_f2=0.4, best_step=1, duration_s=2.0, sessions=1, artifacts=[],
+             history=[])
+    bus.close()
+
+
+def test_only_rank_zero_writes(tmp_path):
+    outputs = {}
+    for rank in (1, 0):
+        out = tmp_path / f"rank{rank}"
+        out.mkdir()
+        console = io.StringIO()
+        bus = EventBus(report_subscribers(out, every_s=0, stream=console)
+                       + [record_train_subscriber(out)])
+        _emit_run(bus, rank)
+        outputs[rank] = (sorted(p.name for p in out.iterdir()), console.getvalue())
+    assert outputs[1] == ([], "")
+    assert {"metrics.csv", "run.json"} <= set(outputs[0][0])
+    assert "finished" in outputs[0][1]
+
+
+def test_files_named_is_bounded_and_sorted(tmp_path):
+    for folder in ("b", "a", "a/x", "c/" + "/".join(["d"] * MAX_DEPTH)):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "run.json").write_text("{}")
+    found = [p.relative_to(tmp_path).as_posix() for p in
+             files_named([tmp_path, tmp_path / "missing", tmp_path / "a" / "run.json"], "run.json")]
+    assert found == ["a/run.json", "a/x/run.json", "b/run.json"]
