@@ -167,6 +167,17 @@ def test_records_never_store_secrets(tmp_path, monkeypatch):
     assert record["config"]["notify"] == "telegram" and record["config"]["extra"]["chat"] == "42"
 
 
+def test_token_shapes_are_redacted_inside_urls_without_the_environment():
+    from imet.report.redact import redact
+    token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+    assert redact(f"POST https://api.telegram.org/bot{token}/sendMessage", environ={}) == \
+        "POST https://api.telegram.org/bot<redacted>/sendMessage"
+    assert redact("KAGGLE_KEY=0123456789abcdef0123456789abcdef", environ={}) == \
+        "KAGGLE_KEY=<redacted>"
+    sha256 = "ab" * 32  # a code hash is not a key
+    assert redact(sha256, environ={}) == sha256
+
+
 def test_validate_and_predict_summaries_become_records(chain, tmp_path):
     """The summaries `imet validate` / `imet predict` return (their shape, as they pass it)."""
     s1, s2, s3, k2 = chain

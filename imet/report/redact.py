@@ -15,8 +15,10 @@ REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|^key$|_key$)",
                          re.IGNORECASE)
 # Values that look like credentials wherever they appear: Telegram bot tokens
-# ("123456789:AA…") and 32-hex Kaggle API keys.
-_SECRET_VALUE = re.compile(r"\b\d{6,}:[A-Za-z0-9_-]{30,}\b|\b[0-9a-f]{32}\b")
+# ("123456789:AA…") and 32-hex Kaggle API keys. Lookarounds, not \b: in a Bot API URL the
+# token follows "bot" directly (".../bot123456789:AA…"), where \b finds no boundary.
+_SECRET_VALUE = re.compile(r"(?<!\d)\d{6,}:[A-Za-z0-9_-]{30,}(?![A-Za-z0-9_-])"
+                           r"|(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
 # Environment variables whose values must never be written anywhere.
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|KAGGLE_KEY)", re.IGNORECASE)
 
