@@ -146,6 +146,21 @@ def test_crash_message_carries_the_traceback_and_the_error_still_propagates(no_t
     assert "in train" in texts[0]
 
 
+def test_crash_message_never_carries_a_secret(no_token_leak):
+    kaggle_key = "0123456789abcdef0123456789abcdef"
+    other_bot = "987654321:AAHsomeOtherBotsTokenInATraceback_xyz"
+    with TelegramStandin() as server:
+        bus = EventBus([notifier_for(server.api_url)])
+        bus.emit("failure", error=f"ConnectError: https://api.telegram.org/bot{other_bot}/getMe",
+                 traceback=f"Traceback (most recent call last):\n  KAGGLE_KEY={kaggle_key}\n"
+                           f"ConnectError: https://api.telegram.org/bot{TOKEN}/sendMessage")
+        bus.close()
+        texts = [r.params["text"] for r in server.sent()]
+    assert len(texts) == 1 and "ConnectError" in texts[0] and "KAGGLE_KEY=" in texts[0]
+    for secret in (kaggle_key, other_bot, SECRET):
+        assert secret not in texts[0]
+
+
 def test_crash_without_close_still_reports_at_exit():
     """A process that dies of an uncaught exception without closing the bus: the atexit
     hook still delivers the crash message, within the close bound."""

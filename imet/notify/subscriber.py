@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from imet.notify import messages
 from imet.notify.messages import CRITICAL, LOW, NORMAL, Outgoing
+from imet.report.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class TelegramNotifier:
         formatter = messages.FORMATTERS.get(kind)
         if formatter is None:
             return
+        # A crash text can quote a request URL or an env dump (bot token, Kaggle key), and a
+        # config a pasted secret: a chat message is a log the user may forward or screenshot.
+        data = redact(data)
         priority = PRIORITY.get(kind, NORMAL)
         for text in formatter(data, self._run_name):
             self.sender.submit(Outgoing(kind, text, priority))
