@@ -4,6 +4,7 @@ Attach the trainer outputs (the runs) and the validation output (thresholds.json
 `kaggle kernels push -p dist/kernels/inference`, then submit its submission.csv. The settings
 below are the whole configuration of this kernel."""
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 STARTED = time.time()
 # Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
 SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
-PREDICT_ARGS = ["--tta", "none,hflip", "--ensemble", "mean"]
+# A local rehearsal (`make demo`, `imet kaggle run`) may replace these through IMET_KERNEL_ARGS.
+PREDICT_ARGS = (shlex.split(os.environ.get("IMET_KERNEL_ARGS", ""))
+                or ["--tta", "none,hflip", "--ensemble", "mean"])
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 
 

@@ -4,6 +4,7 @@ Push with `kaggle kernels push -p dist/kernels/trainer`. When a session ends wit
 push again: this kernel's own output is in kernel_sources, so the run resumes exactly where it
 stopped. The settings below are the whole configuration of the run."""
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -12,8 +13,10 @@ from pathlib import Path
 STARTED = time.time()
 # Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
 SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
-TRAIN_ARGS = ["--fold", "0", "--arch", "se_resnext50_32x4d", "--image-size", "320",
-              "--batch-size", "32", "--epochs", "20", "--num-workers", "4"]
+# A local rehearsal (`make demo`, `imet kaggle run`) may replace these through IMET_KERNEL_ARGS.
+TRAIN_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or [
+    "--fold", "0", "--arch", "se_resnext50_32x4d", "--image-size", "320", "--batch-size", "32",
+    "--epochs", "20", "--num-workers", "4"]
 N_FOLDS = 5
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 

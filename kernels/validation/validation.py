@@ -4,6 +4,7 @@ Attach the trainer kernel's output (kernel_sources) and push with
 `kaggle kernels push -p dist/kernels/validation`; its thresholds.json feeds the inference
 kernel. The settings below are the whole configuration of this kernel."""
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 STARTED = time.time()
 # Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
 SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
-VALIDATE_ARGS = ["--tta", "none,hflip"]
+# A local rehearsal (`make demo`, `imet kaggle run`) may replace these through IMET_KERNEL_ARGS.
+VALIDATE_ARGS = (shlex.split(os.environ.get("IMET_KERNEL_ARGS", ""))
+                 or ["--tta", "none,hflip"])
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 
 
