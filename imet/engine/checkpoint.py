@@ -247,8 +247,15 @@ def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Cand
     for step, path in list_generations(own):
         seen.add(path.resolve())
         found.append(Candidate(path, step, read_meta(path), True))
+    visited: set[str] = set()
     for root in input_roots:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            # Inputs may be linked in (the emulator, some mounts): follow links, never twice.
+            real = os.path.realpath(dirpath)
+            if real in visited:
+                dirnames[:] = []
+                continue
+            visited.add(real)
             dirnames.sort()
             for name in filenames:
                 match = _NAME.match(name)

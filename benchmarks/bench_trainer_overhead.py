@@ -1,0 +1,121 @@
+"""Trainer overhead: `imet.engine.loop.train` against the loop a Kaggler writes by hand, on the
+same model, data, optimizer, schedule and evaluation.
+
+Both train resnet18 (random init) at 64 px on a generated mini-iMet for the same number of
+epochs, evaluate F2 at the best global threshold after each epoch and save a checkpoint after
+each evaluation (the bare loop: one `torch.save` of model + optimizer, and of the model when F2
+improved; the trainer: the full TrainState, atomic and fsynced, and model.pt). The trainer adds events, budget timing, RNG capture and
+deterministic sample order. Runs alternate (bare, trainer, bare, ...) and the best of each is
+compared, so both see the same machine load. Goal: <= 1.03x. Last line: the ratio."""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imet.data.folds import make_folds, write_folds  # noqa: E402
+from imet.data.labels import read_labels, read_train  # noqa: E402
+from imet.data.layout import CompetitionLayout  # noqa: E402
+from imet.data.mini_imet import generate  # noqa: E402
+from imet.data.transforms import Normalization, normalize_batch  # noqa: E402
+from imet.engine.config import TrainConfig  # noqa: E402
+from imet.engine.events import EventBus  # noqa: E402
+from imet.engine.inputs import load_run_data  # noqa: E402
+from imet.engine.loop import train  # noqa: E402
+from imet.engine.optim import build_optimizer, build_scheduler  # noqa: E402
+from imet.engine.losses import build_loss  # noqa: E402
+from imet.metrics.thresholds import best_global_threshold  # noqa: E402
+from imet.models import build_model  # noqa: E402
+
+REPEATS = 3
+ARCH, SIZE, BATCH, EPOCHS = "resnet18", 64, 16, 2
+
+
+def make_data(root: Path) -> Path:
+    generate(root, n_train=192, n_test=8, size=SIZE, seed=0)
+    layout = CompetitionLayout(root)
+    ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))
+    write_folds(layout.folds_csv, ids, make_folds(targets, 3, seed=0))
+    return root
+
+
+def config_for(data: Path, out: Path) -> TrainConfig:
+    return TrainConfig(data=str(data), out=str(out), arch=ARCH, pretrained=False,
+                       image_size=SIZE, batch_size=BATCH, epochs=EPOCHS, head_epochs=0,
+                       num_workers=0, device="cpu", notify="off", patience=0,
+                       save_every_min=1e9, resume="off", deterministic=False)
+
+
+def bare_loop(config: TrainConfig) -> float:
+    """What one writes without a framework: same pieces, no bookkeeping."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    data = load_run_data(config)
+    model = build_model(config.arch, data.labels.num_classes)
+    norm = Normalization.from_info(model.info)
+    optimizer = build_optimizer(model.param_groups(), config, 2)
+    steps_per_epoch = len(data.train_set) // config.batch_size
+    scheduler = build_scheduler(optimizer, config, EPOCHS * steps_per_epoch, steps_per_epoch)
+    loss_fn = build_loss("bce")
+    train_loader = torch.utils.data.DataLoader(data.train_set, batch_size=config.batch_size,
+                                               shuffle=True, drop_last=True)
+    val_loader = torch.utils.data.DataLoader(data.val_set, batch_size=2 * config.batch_size)
+    best_f2 = -1.0
+    for epoch in range(EPOCHS):
+        data.train_set.set_epoch(epoch)
+        model.train()
+        for images, targets, _ in train_loader:
+            loss = loss_fn(model(normalize_batch(images, norm)), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        probs = []
+        with torch.inference_mode():
+            for images, targets, _ in val_loader:
+                probs.append(torch.sigmoid(model(normalize_batch(images, norm))).numpy())
+        _, f2 = best_global_threshold(data.val_targets.astype(bool), np.concatenate(probs))
+        if f2 > best_f2:
+            best_f2 = f2
+            torch.save(model.state_dict(), Path(config.out) / "best.pt")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                   Path(config.out) / f"epoch{epoch}.pt")
+    return time.perf_counter() - started
+
+
+def trainer(config: TrainConfig) -> float:
+    started = time.perf_counter()
+    result = train(config, EventBus())
+    assert result.status == "finished", result
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+        data = make_data(Path(tmp) / "mini")
+        times = {"bare": [], "trainer": []}
+        for repeat in range(REPEATS + 1):  # the first round warms caches and is dropped
+            for name, fn in (("bare", bare_loop), ("trainer", trainer)):
+                out = Path(tmp) / f"{name}-{repeat}"
+                out.mkdir()
+                seconds = fn(config_for(data, out))
+                if repeat:
+                    times[name].append(seconds)
+        bare, ours = min(times["bare"]), min(times["trainer"])
+    print(f"{ARCH} {SIZE}px batch {BATCH}, {EPOCHS} epochs, {torch.get_num_threads()} threads")
+    print(f"bare loop: best {bare:.2f} s of {[round(t, 2) for t in times['bare']]}")
+    print(f"trainer:   best {ours:.2f} s of {[round(t, 2) for t in times['trainer']]}")
+    print(f"trainer_overhead_vs_bare_loop: {ours / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()
