@@ -119,9 +119,12 @@ def test_rebuild_reuses_fresh_entries_and_redoes_stale_missing_and_interrupted(m
     lost = sorted((out / "test").iterdir())[:5]
     for path in lost:
         path.unlink()
+    half_written = out / "test" / f".{lost[0].name}.999.tmp"
+    half_written.write_bytes(b"\xff\xd8")
     second = build_cache(mini_data_copy, out, SIZE, "jpeg", workers=1, progress=False)
     assert (second.built, second.reused, second.removed) == (1 + 5, 87 - 6, 1)
     assert not (out / "train" / deleted.with_suffix(".jpg").name).exists()
+    assert not half_written.exists()
     os.utime(changed, ns=(2, 2))  # changed after the cache was built: the dataset notices
     cache = ImageCache(out)
     with pytest.warns(UserWarning, match="1 of 2 images are not cached or changed since"):

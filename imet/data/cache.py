@@ -173,8 +173,9 @@ def _cache_one(job: tuple) -> tuple:
         FORMATS[fmt].write(tmp, image, quality)
         os.replace(tmp, target)
         return name, key, None
-    except (DataError, OSError) as err:
-        return name, None, str(err)
+    except (DataError, OSError, cv2.error) as err:
+        return name, None, " ".join(f"{source}: {err}".split()) if not isinstance(
+            err, DataError) else str(err)
 
 
 @dataclass
@@ -209,6 +210,7 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
         raise DataError(f"{data_root}: no images in {', '.join(f'{s}/' for s in splits)}; "
                         "--data must be the competition folder")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out, splits)
     old = read_manifest(out)
     settings = {"size": size, "image_format": fmt, "quality": quality if fmt == "jpeg" else None,
                 "resize": "SmallestMaxSize area-down linear-up"}
@@ -247,15 +249,17 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
         os.sync()
         _atomic_write_text(out / MANIFEST, json.dumps(manifest, separators=(",", ":")))
 
-    for name, key, error in _run_jobs(jobs, workers, progress):
-        if error is not None:
-            errors.append(error)
-        else:
-            entries[name] = [*key, str(Path(name).with_suffix(suffix))]
-        if time.monotonic() - last_save > SAVE_EVERY_S:
-            save()
-            last_save = time.monotonic()
-    save()
+    try:
+        for name, key, error in _run_jobs(jobs, workers, progress):
+            if error is not None:
+                errors.append(error)
+            else:
+                entries[name] = [*key, str(Path(name).with_suffix(suffix))]
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                save()
+                last_save = time.monotonic()
+    finally:
+        save()  # also on Ctrl-C: the next run resumes after the last finished image
     total_bytes = sum((out / e[2]).stat().st_size for e in entries.values())
     return BuildResult(out, len(names), len(jobs) - len(errors), reused, len(removed), errors,
                        total_bytes, time.monotonic() - started)
@@ -281,6 +285,15 @@ def _run_jobs(jobs: list, workers: int, progress: bool):
                 bar.update()
     finally:
         bar.close()
+
+
+def _remove_temporaries(out: Path, splits) -> None:
+    """Half-written files of an interrupted build (workers killed between write and rename)."""
+    for split in splits:
+        if (out / split).is_dir():
+            for entry in os.scandir(out / split):
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    _unlink_quietly(Path(entry.path))
 
 
 def _unlink_quietly(path: Path) -> None:
