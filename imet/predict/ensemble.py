@@ -41,26 +41,25 @@ def mean_ensemble(arrays: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarr
     return total
 
 
-_CLASS_BLOCK = 128  # classes ranked at a time: bounds the int64 sort buffers to ~40 MB at 38k
+_CLASS_BLOCK = 128  # classes ranked at a time: bounds the temporary arrays to ~40 MB at 38k
+_F16_ONE = 0x3C00  # float16 bit pattern of 1.0: codes 0..0x3C00 are [0, 1] in value order
 
 
 def average_ranks(rows: np.ndarray) -> np.ndarray:
-    """0-based ranks along axis 1 of [K, N], ties sharing their average rank (as scipy's
-    rankdata(method="average"), which is several times slower here: it is not vectorized over
-    the ties of float16-rounded probabilities)."""
-    n = rows.shape[1]
-    order = np.argsort(rows, axis=1)
-    ordered = np.take_along_axis(rows, order, axis=1)
-    index = np.broadcast_to(np.arange(n), rows.shape)
-    first = np.ones(rows.shape, dtype=bool)
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    last = np.ones(rows.shape, dtype=bool)
-    last[:, :-1] = first[:, 1:]
-    start = np.maximum.accumulate(np.where(first, index, 0), axis=1)
-    end = np.minimum.accumulate(np.where(last, index, n - 1)[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty(rows.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, (start + end) / 2.0, axis=1)
-    return ranks
+    """0-based ranks along axis 1 of [K, N] probabilities in [0, 1], at float16 resolution (the
+    precision of saved probability files), ties sharing their average rank as in scipy's
+    rankdata(method="average"). Counting instead of sorting: a non-negative float16's bit
+    pattern orders like its value, so one bincount per row gives every rank, O(N) not
+    O(N log N) -- ~20x faster than argsort at 38k rows."""
+    if rows.size and (np.nanmin(rows) < 0 or np.nanmax(rows) > 1 or np.isnan(rows).any()):
+        raise ValueError("rank ensemble needs probabilities in [0, 1]")
+    k, n = rows.shape
+    bins = _F16_ONE + 1
+    codes = rows.astype(np.float16).view(np.uint16).astype(np.int64)
+    offsets = (np.arange(k, dtype=np.int64) * bins)[:, None]
+    counts = np.bincount((codes + offsets).ravel(), minlength=k * bins).reshape(k, bins)
+    table = (np.cumsum(counts, axis=1) - counts) + (counts - 1) / 2.0
+    return np.take_along_axis(table, codes, axis=1)
 
 
 def rank_ensemble(arrays: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:

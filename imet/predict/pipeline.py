@@ -122,6 +122,9 @@ def predict_members(sources: Sequence[Path], ids: Sequence[str], image_paths: Se
             log(f"{name}: loaded {len(item.ids)} saved {item.meta.get('split', '')} predictions")
             continue
         probs = predict_run(item, image_paths, ids, options, log, split)
+        # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files
+        # is then bit-identical to this one.
+        probs.probs = probs.probs.astype(np.float16).astype(np.float32)
         probs.meta["name"] = name
         if probs_dir is not None:
             save_probabilities(Path(probs_dir) / f"{name}.npz", probs)

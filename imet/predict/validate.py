@@ -57,6 +57,9 @@ def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, folds_
     check_images_exist(paths, str(layout.train_csv))
     probs = predict_run(item, paths, fold_ids, options, log, split="oof",
                         progress_label=f"validate {item.name}")
+    # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files is
+    # then bit-identical to this one.
+    probs.probs = probs.probs.astype(np.float16).astype(np.float32)
     probs.meta["name"] = item.name
     save_probabilities(out_dir / "oof" / f"{item.name}.npz", probs)
     return probs
