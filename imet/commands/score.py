@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +21,11 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
     DataError when the ids differ (missing, extra, duplicated) or a row is malformed. With
     `labels_csv`, attribute ids outside labels.csv are refused too; without it the classes are
     every attribute id seen in either file (an unknown id then simply counts as a wrong label)."""
-    from imet.errors import DataError
     from imet.metrics.f2 import f2_per_sample
     from imet.metrics.submission_io import (align_to_ids, check_known, read_submission,
-                                            rows_to_matrix)
+                                            refuse_duplicate_ids, rows_to_matrix)
     truth_ids, truth_rows = read_submission(truth_csv)
-    duplicated = [i for i, n in Counter(truth_ids).items() if n > 1]
-    if duplicated:
-        shown = ", ".join(repr(i) for i in duplicated[:3])
-        shown += ", ..." if len(duplicated) > 3 else ""
-        raise DataError(f"{truth_csv}: {len(duplicated)} ids listed more than once ({shown}); "
-                        "the truth must list every image once")
+    refuse_duplicate_ids(truth_csv, truth_ids)
     pred_ids, pred_rows = read_submission(pred_csv)
     pred_rows = align_to_ids(pred_csv, pred_ids, pred_rows, truth_ids,
                              expected_from=f"the truth {Path(truth_csv).name}")

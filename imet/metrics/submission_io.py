@@ -75,6 +75,14 @@ def read_submission(path) -> tuple[list[str], list[list[int]]]:
     return ids, rows
 
 
+def refuse_duplicate_ids(path, ids: Sequence[str], role: str = "the truth") -> None:
+    """DataError (count and a few examples) when an id appears more than once in `ids`."""
+    duplicated = [i for i, n in Counter(ids).items() if n > 1]
+    if duplicated:
+        raise DataError(f"{path}: {len(duplicated)} ids listed more than once "
+                        f"({_examples(duplicated)}); {role} must list every image once")
+
+
 def align_to_ids(path, ids: Sequence[str], rows: Sequence[list[int]],
                  expected_ids: Sequence[str], expected_from: str = "the truth") -> list[list[int]]:
     """`rows` reordered to `expected_ids`. DataError when the file read from `path` has ids
