@@ -87,6 +87,8 @@ def test_duplicated_truth_missing_file_and_unknown_label(tmp_path, mini_data, ca
     assert code == 2 and "1 ids listed more than once ('b')" in err
     code, _, err = _score(capsys, "--truth", tmp_path / "nope.csv", "--pred", truth)
     assert code == 2 and "nope.csv: file not found" in err
+    code, _, err = _score(capsys, "--truth", _write(tmp_path, "ok.csv", TRUTH), "--pred", tmp_path)
+    assert code == 2 and f"{tmp_path}: a folder, not a file" in err
     # with labels.csv, an attribute id it does not know is refused
     real = (mini_data / "test_labels.csv").read_text().splitlines()
     first_id = real[1].split(",")[0]

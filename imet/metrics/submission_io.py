@@ -33,7 +33,8 @@ def read_submission(path) -> tuple[list[str], list[list[int]]]:
     too few fields. Duplicate ids are reported by `align_to_ids`, with the other mismatches."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found; expected a CSV with header 'id,attribute_ids'")
+        problem = "a folder, not a file" if path.is_dir() else "file not found"
+        raise DataError(f"{path}: {problem}; expected a CSV with header 'id,attribute_ids'")
     ids: list[str] = []
     rows: list[list[int]] = []
     try:
