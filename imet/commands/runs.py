@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     roots = [Path(d) for d in (args.dirs or ["."])]
     missing = [str(r) for r in roots if not r.exists()]
     if missing:
-        raise UserError(f"runs: {', '.join(missing)} does not exist; pass folders holding "
-                        "kernel outputs")
+        raise UserError(f"{', '.join(missing)}: no such folder or file; pass folders holding "
+                        "kernel outputs (or imet-runs.jsonl files)")
     paths = find_registries(roots)
     records = merge_records(*(read_registry(p) for p in paths))
     if args.kind:
