@@ -76,7 +76,8 @@ def test_train_validate_predict_score_beats_best_constant(trained, tmp_path, cap
     assert main(["validate", "--data", str(data), "--run", str(run0), "--min-support", "5",
                  *QUIET]) == 0
     thresholds = json.loads((run0 / "thresholds.json").read_text())
-    assert thresholds["mode"] in ("global", "group", "class") and len(thresholds["thresholds"]) == 18
+    assert thresholds["mode"] in ("global", "group", "class")
+    assert len(thresholds["thresholds"]) == 18
     out = tmp_path / "sub" / "submission.csv"
     assert main(["predict", "--data", str(data), "--runs", str(run0), "--out", str(out),
                  *QUIET]) == 0
@@ -102,8 +103,8 @@ def test_ensemble_of_two_runs_from_different_folds(trained, tmp_path, capsys):
     for method in ("mean", "rank"):
         out = tmp_path / method / "submission.csv"
         assert main(["predict", "--data", str(data), "--runs", *map(str, runs), "--out", str(out),
-                     "--ensemble", method, "--thresholds", str(tmp_path / "val" / "thresholds.json"),
-                     *QUIET]) == 0
+                     "--ensemble", method, "--thresholds",
+                     str(tmp_path / "val" / "thresholds.json"), *QUIET]) == 0
         probs = out.parent / "test_probs"
         members = [load_probabilities(probs / f"run{k}.npz") for k in (0, 1)]
         combined = load_probabilities(probs / "ensemble.npz")

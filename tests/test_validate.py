@@ -103,7 +103,8 @@ def test_validate_refuses_bad_runs(setup, capsys):
     assert main(["validate", "--data", str(data), "--run", str(nofold.parent), *QUIET]) == 2
     assert "fold 7 (of run nofold) has no images" in capsys.readouterr().err
     assert main(["validate", "--data", str(data), "--run", str(tmp / "nowhere"), *QUIET]) == 2
-    assert "nowhere: run folder, model file or OOF probabilities not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nowhere: run folder, model file or OOF probabilities not found" in err
     with pytest.raises(UserError, match="--modes"):
         choose_decoding(np.zeros((8, 2), bool), np.zeros((8, 2)), np.array(["a", "b"]),
                         modes=["best"])

@@ -7,6 +7,15 @@ from pathlib import Path
 DEFAULT_TTA = "none,hflip"
 
 
+def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
+    parser.add_argument("--min-labels", type=int, default=None, metavar="K",
+                        help="at least K labels per image: the K most probable fill in "
+                        f"(default: {defaults.split('|')[0]})")
+    parser.add_argument("--max-labels", type=int, default=None, metavar="K",
+                        help="at most K labels per image, the most probable kept; 0 = no limit "
+                        f"(default: {defaults.split('|')[1]})")
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `predict` and `validate`."""
     parser.add_argument("--tta", default=DEFAULT_TTA, metavar="LIST",
@@ -16,7 +25,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", default="mean", choices=("mean", "rank"),
                         help="how several runs' probabilities combine: mean, or rank (per-class "
                         "rank average mapped back onto the mean's scale, for members calibrated "
-                        "differently) (default: %(default)s)")
+                        "differently); in validate it combines runs of the same fold (default: %(default)s)")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="auto (CUDA when available), cpu, cuda, cuda:1 … (default: "
                         "%(default)s). On CUDA: fp16 autocast and channels_last")
@@ -27,12 +36,6 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image-decoding worker processes (default: min(4, CPU count))")
     parser.add_argument("--image-size", type=int, default=None, metavar="PX",
                         help="input size (default: each run's training image size)")
-    parser.add_argument("--min-labels", type=int, default=None, metavar="K",
-                        help="at least K labels per image: the K most probable fill in "
-                        "(default: from thresholds.json, else 1)")
-    parser.add_argument("--max-labels", type=int, default=None, metavar="K",
-                        help="at most K labels per image, the most probable kept; 0 = no limit "
-                        "(default: from thresholds.json, else no limit)")
     parser.add_argument("--log-every", type=float, default=30.0, metavar="S",
                         help="seconds between progress lines (img/s, ETA) (default: "
                         "%(default)s)")
@@ -90,6 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the kernel's time limit (9h, 30m, 5400 …): a warning is logged "
                         "when the ETA exceeds it (default: %(default)s)")
     add_inference_arguments(parser)
+    add_label_limits(parser, "from thresholds.json, else 1|from thresholds.json, else no limit")
 
 
 def run(args) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imet.commands.predict import add_inference_arguments, append_registry, inference_options
+from imet.commands.predict import (add_inference_arguments, add_label_limits, append_registry,
+                                   inference_options)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,19 +43,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="warn when the ETA of a run's inference exceeds this (9h, 30m …) "
                         "(default: no warning)")
     add_inference_arguments(parser)
+    add_label_limits(parser, "1|no limit; both are saved in thresholds.json for predict")
 
 
 def run(args) -> int:
     from imet.data.layout import CompetitionLayout
-    from imet.predict.validate import validate
+    from imet.predict.validate import validate_runs
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     folds = args.folds or CompetitionLayout(args.data).folds_csv
     max_labels = args.max_labels if args.max_labels else None
-    summary = validate(args.data, folds, args.runs, args.out, options=inference_options(args),
-                       method=args.ensemble, modes=modes, min_support=args.min_support,
-                       min_labels=1 if args.min_labels is None else args.min_labels,
-                       max_labels=max_labels, seed=args.seed)
+    summary = validate_runs(args.data, folds, args.runs, args.out,
+                            options=inference_options(args), method=args.ensemble, modes=modes,
+                            min_support=args.min_support,
+                            min_labels=1 if args.min_labels is None else args.min_labels,
+                            max_labels=max_labels, seed=args.seed)
     append_registry(Path(summary["out"]), summary)
     print(f"F2 {summary['f2']:.4f} cross-fitted ({summary['mode']} thresholds; "
           f"{summary['f2_in_sample']:.4f} in-sample) on {summary['images']} out-of-fold images; "

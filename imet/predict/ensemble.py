@@ -27,8 +27,9 @@ def check_same_labels(members: Sequence[Probabilities], names: Sequence[str]) ->
             only_new = sorted(set(member.attribute_ids) - set(reference.attribute_ids))
             detail = (f"{len(only_ref)} attribute ids only in {names[0]}, {len(only_new)} only "
                       f"here" if only_ref or only_new else "same ids in another order/names")
-            raise UserError(f"{name}: label space differs from {names[0]} ({len(member.attribute_ids)}"
-                            f" vs {len(reference.attribute_ids)} classes, {detail}); ensemble only "
+            raise UserError(f"{name}: label space differs from {names[0]} "
+                            f"({len(member.attribute_ids)} vs {len(reference.attribute_ids)} "
+                            f"classes, {detail}); ensemble only "
                             "runs trained on the same labels.csv")
 
 

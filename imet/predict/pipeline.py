@@ -92,7 +92,8 @@ class MemberResult:
 
 def predict_members(sources: Sequence[Path], ids: Sequence[str], image_paths: Sequence[Path],
                     labels: LabelSpace, labels_csv: Path, options: InferenceOptions,
-                    probs_dir: Path | None, split: str, log: Log = log_stderr) -> list[MemberResult]:
+                    probs_dir: Path | None, split: str,
+                    log: Log = log_stderr) -> list[MemberResult]:
     """Each source (run folder, model file, or a saved .npz) as probabilities over `ids`;
     each run's are saved to `probs_dir/<name>.npz` as they finish (a later crash keeps them)."""
     names = unique_names([Path(s).stem if is_probabilities_file(s) else

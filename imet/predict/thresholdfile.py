@@ -30,7 +30,8 @@ def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence
         thresholds = np.full(len(attribute_ids), float(thresholds[0]))
     document = {
         "format": FORMAT, "version": VERSION, "mode": mode,
-        "min_labels": int(min_labels), "max_labels": None if max_labels is None else int(max_labels),
+        "min_labels": int(min_labels),
+        "max_labels": None if max_labels is None else int(max_labels),
         "labels_fingerprint": labels_fingerprint, **extra,
         "attribute_ids": [int(a) for a in attribute_ids],
         "thresholds": [round(float(t), 6) for t in thresholds],

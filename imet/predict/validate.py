@@ -65,7 +65,7 @@ def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, folds_
     return probs
 
 
-def validate(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir: Path | None = None,
+def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir: Path | None = None,
              *, options: InferenceOptions | None = None, method: str = "mean",
              modes: Sequence[str] = MODES, min_support: int = 20, min_labels: int = 1,
              max_labels: int | None = None, seed: int = 0, log: Log = log_stderr) -> dict[str, Any]:
