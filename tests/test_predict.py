@@ -193,3 +193,17 @@ def test_bad_input_is_one_line_naming_it(mini_data_copy, tmp_path, capsys):
     layout.sample_submission_csv.write_text("id,attribute_ids\n")
     assert "sample_submission.csv" in run_error([*base, "--runs", str(good.parent)], capsys)
     assert not (tmp_path / "s.csv").exists()  # nothing half-written
+
+
+def test_progress_logs_rate_and_warns_once_when_eta_exceeds_the_time_limit():
+    from imet.predict.infer import Throughput
+    lines: list[str] = []
+    progress = Throughput(1000, lines.append, every_s=0.0, time_limit_s=1e-6, label="predict r")
+    progress.update(10)
+    progress.update(10)
+    assert lines[0].startswith("predict r: 10/1000 images,") and "img/s, ETA" in lines[0]
+    warnings = [line for line in lines if "WARNING" in line]
+    assert len(warnings) == 1 and "time limit" in warnings[0]
+    lines.clear()
+    Throughput(1000, lines.append, every_s=0.0, time_limit_s=None).update(10)
+    assert not [line for line in lines if "WARNING" in line]

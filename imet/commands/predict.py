@@ -25,7 +25,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", default="mean", choices=("mean", "rank"),
                         help="how several runs' probabilities combine: mean, or rank (per-class "
                         "rank average mapped back onto the mean's scale, for members calibrated "
-                        "differently); in validate it combines runs of the same fold (default: %(default)s)")
+                        "differently); in validate it combines runs of the same fold "
+                        "(default: %(default)s)")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="auto (CUDA when available), cpu, cuda, cuda:1 … (default: "
                         "%(default)s). On CUDA: fp16 autocast and channels_last")
@@ -56,10 +57,12 @@ def inference_options(args):
                             time_limit_s=parse_duration(limit, "--time-limit") if limit else None)
 
 
-def append_registry(folder: Path, record: dict) -> None:
-    """One line in the run registry of `folder` (the experiment log of issue 10)."""
+def append_registry(folder: Path, record: dict, sources=()) -> None:
+    """One line in the run registry of `folder` (the experiment log of issue 10), after merging
+    the registries of the runs used (on Kaggle: attached inputs carrying their history)."""
     from imet.registry import append_record
-    append_record(folder, record)
+    roots = [Path(s) if Path(s).is_dir() else Path(s).parent for s in sources]
+    append_record(folder, record, input_roots=[r for r in roots if r.is_dir()])
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +115,7 @@ def run(args) -> int:
                            thresholds_file=args.thresholds, threshold=args.threshold,
                            min_labels=args.min_labels, max_labels=args.max_labels,
                            probs_dir=args.probs_dir)
-    append_registry(Path(args.out).resolve().parent, summary)
+    append_registry(Path(args.out).resolve().parent, summary, args.runs)
     print(f"wrote {summary['submission']} ({summary['images']} images, "
           f"{summary['labels_per_image']:.2f} labels per image)")
     return 0

@@ -58,7 +58,7 @@ def run(args) -> int:
                             min_support=args.min_support,
                             min_labels=1 if args.min_labels is None else args.min_labels,
                             max_labels=max_labels, seed=args.seed)
-    append_registry(Path(summary["out"]), summary)
+    append_registry(Path(summary["out"]), summary, args.runs)
     print(f"F2 {summary['f2']:.4f} cross-fitted ({summary['mode']} thresholds; "
           f"{summary['f2_in_sample']:.4f} in-sample) on {summary['images']} out-of-fold images; "
           f"wrote {summary['thresholds']}")

@@ -6,6 +6,7 @@ Sources may also be saved OOF probabilities (.npz), to re-choose thresholds with
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -83,6 +84,9 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
             raise UserError("validate: pass --out DIR (where thresholds.json goes) when validating "
                             "several runs or saved probabilities")
         out_dir = Path(sources[0])
+        if not os.access(out_dir, os.W_OK):
+            raise UserError(f"{out_dir}: run folder is read-only (an attached input?); pass "
+                            "--out DIR for thresholds.json and the report")
     out_dir = Path(out_dir)
     layout = CompetitionLayout(data)
     labels = read_labels(layout.labels_csv)
