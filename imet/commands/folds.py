@@ -33,6 +33,9 @@ def run(args) -> int:
     layout = CompetitionLayout(args.data).require(test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
+    # iterstrat reports no progress and takes ~2 CPU minutes at iMet scale: say so up front.
+    print(f"stratifying {len(ids)} images x {labels.num_classes} labels into {args.n_folds} "
+          "folds...", flush=True)
     start = time.monotonic()
     folds = make_folds(targets, args.n_folds, args.seed)
     took = time.monotonic() - start
@@ -51,8 +54,9 @@ def run(args) -> int:
         shown = ", ".join(f"{labels.names[i]} ({s})" for i, s in
                           zip(rare[:SHOW_RARE], support[:SHOW_RARE]))
         more = f", and {len(rare) - SHOW_RARE} more" if len(rare) > SHOW_RARE else ""
-        print(f"  {len(rare)} labels have fewer than {args.n_folds} images and cannot be in "
-              f"every fold: {shown}{more}")
+        what = "1 label has" if len(rare) == 1 else f"{len(rare)} labels have"
+        print(f"  {what} fewer than {args.n_folds} images and cannot be in every fold: "
+              f"{shown}{more}")
     else:
         print(f"  every label present has at least {args.n_folds} images")
     return 0
