@@ -90,19 +90,18 @@ class MemberResult:
     train_threshold: float | None = None
 
 
-def predict_members(sources: Sequence[Path], ids: Sequence[str], image_paths: Sequence[Path],
-                    labels: LabelSpace, labels_csv: Path, options: InferenceOptions,
-                    probs_dir: Path | None, split: str,
-                    log: Log = log_stderr) -> list[MemberResult]:
-    """Each source (run folder, model file, or a saved .npz) as probabilities over `ids`;
-    each run's are saved to `probs_dir/<name>.npz` as they finish (a later crash keeps them)."""
-    names = unique_names([Path(s).stem if is_probabilities_file(s) else
-                          (Path(s).parent.name if Path(s).is_file() else Path(s).name)
-                          for s in sources])
-    # Every source is opened and checked before any inference: a foreign model given last
-    # must fail in seconds, not after hours of predicting the others.
+def source_names(sources: Sequence[Path]) -> list[str]:
+    return unique_names([Path(s).stem if is_probabilities_file(s) else
+                         (Path(s).parent.name if Path(s).is_file() else Path(s).name)
+                         for s in sources])
+
+
+def open_members(sources: Sequence[Path], ids: Sequence[str], labels: LabelSpace,
+                 labels_csv: Path) -> list[Run | Probabilities]:
+    """Every source opened and checked before any inference: a foreign model given last must
+    fail in seconds, not after hours of predicting the others. Runs stay on the CPU."""
     loaded: list[Run | Probabilities] = []
-    for source, name in zip(sources, names):
+    for source, name in zip(sources, source_names(sources)):
         source = Path(source)
         if is_probabilities_file(source):
             probs = load_probabilities(source)
@@ -110,15 +109,26 @@ def predict_members(sources: Sequence[Path], ids: Sequence[str], image_paths: Se
                     probs.labels_fingerprint and probs.labels_fingerprint != labels.fingerprint()):
                 raise UserError(f"{source}: probabilities are for another label space than "
                                 f"{labels_csv}; predict again with models trained on it")
-            loaded.append(probs.reorder(list(ids), source=str(source)))
+            probs = probs.reorder(list(ids), source=str(source))
+            probs.meta["name"] = name
+            loaded.append(probs)
         else:
             run = load_run(source, device="cpu", expected=labels, expected_source=labels_csv)
             run.name = name
             loaded.append(run)
+    return loaded
+
+
+def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
+                  image_paths: Sequence[Path], options: InferenceOptions,
+                  probs_dir: Path | None, split: str,
+                  log: Log = log_stderr) -> list[MemberResult]:
+    """Probabilities of every member over `ids`; each run's are saved to
+    `probs_dir/<name>.npz` as soon as it finishes (a later crash keeps them)."""
     members = []
-    for item, name in zip(loaded, names):
+    for item in loaded:
         if isinstance(item, Probabilities):
-            item.meta["name"] = name
+            name = item.meta["name"]
             members.append(MemberResult(name, item, None, None))
             log(f"{name}: loaded {len(item.ids)} saved {item.meta.get('split', '')} predictions")
             continue
@@ -126,10 +136,10 @@ def predict_members(sources: Sequence[Path], ids: Sequence[str], image_paths: Se
         # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files
         # is then bit-identical to this one.
         probs.probs = probs.probs.astype(np.float16).astype(np.float32)
-        probs.meta["name"] = name
+        probs.meta["name"] = item.name
         if probs_dir is not None:
-            save_probabilities(Path(probs_dir) / f"{name}.npz", probs)
-        members.append(MemberResult(name, probs, item.path.parent, item.train_threshold))
+            save_probabilities(Path(probs_dir) / f"{item.name}.npz", probs)
+        members.append(MemberResult(item.name, probs, item.path.parent, item.train_threshold))
         _free(item)
     return members
 
@@ -143,12 +153,15 @@ class Decoding:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_decoding(members: Sequence[MemberResult], labels: LabelSpace,
+def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
                      thresholds_file: Path | None, threshold: float | None,
                      min_labels: int | None, max_labels: int | None,
                      log: Log = log_stderr) -> Decoding:
     """--threshold, else --thresholds FILE, else each run's thresholds.json (averaged over the
-    members), else the thresholds training found on each fold (averaged, with a warning)."""
+    members), else the thresholds training found on each fold (averaged, with a warning).
+    Resolved before inference, so a missing file fails before hours of work, not after."""
+    run_dirs = [m.path.parent if isinstance(m, Run) else None for m in members]
+    train_thresholds = [m.train_threshold if isinstance(m, Run) else None for m in members]
     chosen: Decoding
     if threshold is not None:
         chosen = Decoding(float(threshold), 1, None, f"--threshold {threshold}")
@@ -157,15 +170,15 @@ def resolve_decoding(members: Sequence[MemberResult], labels: LabelSpace,
         chosen = Decoding(doc["thresholds"], doc.get("min_labels", 1), doc.get("max_labels"),
                           str(thresholds_file), {"mode": doc.get("mode")})
     else:
-        files = [m.run_dir / THRESHOLDS_FILE for m in members if m.run_dir is not None]
+        files = [d / THRESHOLDS_FILE for d in run_dirs if d is not None]
         found = [f for f in files if f.is_file()]
         if found and len(found) == len(members):
             docs = [read_thresholds(f, labels.attribute_ids, labels.fingerprint()) for f in found]
             mean = np.mean([d["thresholds"] for d in docs], axis=0)
             chosen = Decoding(mean, docs[0].get("min_labels", 1), docs[0].get("max_labels"),
                               ", ".join(map(str, found)))
-        elif all(m.train_threshold is not None for m in members):
-            value = float(np.mean([m.train_threshold for m in members]))
+        elif all(t is not None for t in train_thresholds):
+            value = float(np.mean(train_thresholds))
             log(f"predict: WARNING: no thresholds.json for every run; using the threshold "
                 f"training chose on its fold ({value:.3f}); run `imet validate` for a better one")
             chosen = Decoding(value, 1, None, "training's best threshold")
@@ -203,13 +216,13 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
     if any(not is_probabilities_file(s) for s in sources):
         check_images_exist(paths, str(layout.sample_submission_csv))
-    members = predict_members(sources, ids, paths, labels, layout.labels_csv, options,
-                              probs_dir, "test", log)
+    loaded = open_members(sources, ids, labels, layout.labels_csv)
+    decoding = resolve_decoding(loaded, labels, thresholds_file, threshold, min_labels,
+                                max_labels, log)
+    members = infer_members(loaded, ids, paths, options, probs_dir, "test", log)
     combined = ensemble([m.probabilities for m in members], method, weights,
                         [m.name for m in members])
     combined.meta["split"] = "test"
-    decoding = resolve_decoding(members, labels, thresholds_file, threshold, min_labels,
-                                max_labels, log)
     rows_ids, rows = make_submission(ids, combined, decoding.thresholds, decoding.min_labels,
                                      decoding.max_labels, str(layout.sample_submission_csv))
     write_submission(out, rows_ids, rows)

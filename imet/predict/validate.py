@@ -22,7 +22,7 @@ from imet.predict.ensemble import ensemble
 from imet.predict.infer import Log, check_images_exist, log_stderr, parse_tta
 from imet.predict.oof import choose_decoding, concat_probabilities, score_decoding
 from imet.predict.pipeline import (InferenceOptions, is_probabilities_file, predict_run,
-                                   unique_names)
+                                   source_names)
 from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
 from imet.predict.report import write_validation_report
 from imet.predict.runs import THRESHOLDS_FILE, Run, load_run
@@ -92,9 +92,7 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
     folds = read_folds(folds_csv, ids)
-    names = unique_names([Path(s).stem if is_probabilities_file(s) else
-                          (Path(s).parent.name if Path(s).is_file() else Path(s).name)
-                          for s in sources])
+    names = source_names(sources)
     opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
     for item, name in zip(opened, names):
         fold = item.fold if isinstance(item, Run) else int(item.meta["fold"])
