@@ -179,8 +179,7 @@ class TrainRecorder(RankZeroSubscriber):
         if self.record is None:
             return
         data = event.data
-        history = [[row.get("step"), row.get("f2")] for row in data.get("history") or []
-                   if row.get("f2") is not None and row.get("step") is not None]
+        history = _f2_points(data.get("history"))
         fields: dict[str, Any] = {"best_f2": data.get("best_f2"),
                                   "best_step": data.get("best_step"), "last_step": data.get("step")}
         if history:
@@ -202,8 +201,7 @@ class TrainRecorder(RankZeroSubscriber):
         data = event.data
         fields = {"status": "finished", "best_f2": data.get("best_f2"),
                   "best_step": data.get("best_step"), "sessions_total": data.get("sessions")}
-        history = [[row.get("step"), row.get("f2")] for row in data.get("history") or []
-                   if row.get("f2") is not None and row.get("step") is not None]
+        history = _f2_points(data.get("history"))
         if history:
             fields["f2_history"] = history
         self._save(event, **fields)
@@ -211,6 +209,12 @@ class TrainRecorder(RankZeroSubscriber):
     def _on_failure(self, event) -> None:
         error = str(event.data.get("error") or "").strip()
         self._save(event, status="failed", error=error.splitlines()[0][:300] if error else "")
+
+
+def _f2_points(history) -> list[list]:
+    """[[step, f2], ...] of the evaluation rows of an event's history."""
+    return [[row.get("step"), row.get("f2")] for row in history or []
+            if row.get("f2") is not None and row.get("step") is not None]
 
 
 def record_train_subscriber(run_dir: str | os.PathLike,
