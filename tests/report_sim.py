@@ -12,6 +12,19 @@ CONFIG = {"arch": "resnet18", "epochs": 6, "stage1_epochs": 1, "lr": 3e-4, "imag
           "notify": "telegram", "batch_size": 8}
 
 
+
+class StepClock:
+    """One second per reading: a deterministic stand-in for time.monotonic (throttles and
+    session budgets then trip at the same step every run)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
 def f2_at(step: int) -> float:
     return round(0.3 + 0.4 * (1 - math.exp(-step / 20)), 6)
 

@@ -6,23 +6,12 @@ import re
 
 from imet.engine.events import EventBus
 from imet.report.console import ConsoleProgress, format_duration
-from report_sim import emit_session
-
-
-class FakeClock:
-    """Advances one second per reading: a deterministic stand-in for time.monotonic."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        self.now += 1.0
-        return self.now
+from report_sim import StepClock, emit_session
 
 
 def test_plain_lines_are_throttled_and_complete():
     stream = io.StringIO()
-    progress = ConsoleProgress(every_s=20, stream=stream, clock=FakeClock())
+    progress = ConsoleProgress(every_s=20, stream=stream, clock=StepClock())
     assert not progress.tty  # StringIO is not a terminal: Kaggle's log case
     emit_session(EventBus([progress]), stop=60)
     lines = stream.getvalue().splitlines()
@@ -41,7 +30,7 @@ def test_plain_lines_are_throttled_and_complete():
 
 
 def test_stage_eta_uses_stage_end_and_measured_rate():
-    progress = ConsoleProgress(every_s=1e9, stream=io.StringIO(), clock=FakeClock())
+    progress = ConsoleProgress(every_s=1e9, stream=io.StringIO(), clock=StepClock())
     progress(_start())
     data = {"stage": 1, "step": 4, "total_steps": 60, "steps_per_epoch": 10, "eta_run_s": 100.0}
     # No rate measured yet: stage 1 ETA is the run ETA scaled to the stage's remaining steps.

@@ -12,17 +12,7 @@ from imet.engine.loop import train
 from imet.registry import REGISTRY_NAME, read_registry, record_train_subscriber
 from imet.report import report_subscribers
 from imet.report.metrics_csv import read_metrics
-
-
-class StepClock:
-    """One second per reading: the session budget runs out at the same step every time."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        self.now += 1.0
-        return self.now
+from report_sim import StepClock
 
 
 def _session(mini_data, out, budget, input_roots=()):
