@@ -97,11 +97,12 @@ def _collate(items):
 
 
 def build_loader(image_paths: Sequence[Path], image_size: int, batch_size: int,
-                 num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
-    # The engine's evaluation geometry (resize to a square, centre-crop only extreme aspects),
-    # so validate's F2 without TTA is the F2 training reported. uint8 images: a quarter of the
-    # bytes to collate and copy; normalized on the device.
-    transform = build_eval_transform(image_size)
+                 num_workers: int | None = None, pin_memory: bool = False,
+                 preset: str = "resize") -> DataLoader:
+    # The geometry of the run's training preset, as the engine evaluates it, so validate's F2
+    # without TTA is the F2 training reported. uint8 images: a quarter of the bytes to collate
+    # and copy; normalized on the device.
+    transform = build_eval_transform(image_size, preset)
     dataset = _ErrorsAsValues(ImetDataset(list(image_paths), None, transform, seed=0,
                                           normalize=None))
     if num_workers is None:

@@ -47,7 +47,7 @@ def predict_run(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
     size = options.image_size or run.image_size
     batch = options.batch_size or auto_batch_size(run.model, size, len(tta), device)
     loader = build_loader(image_paths, size, batch, options.num_workers,
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", preset=run.preset)
     label = progress_label or f"predict {run.name}"
     log(f"{label}: {len(ids)} {split} images, {run.arch} at {size}px, TTA {','.join(tta)}, "
         f"batch {batch}, {device}")

@@ -40,6 +40,11 @@ class Run:
         return int(size)
 
     @property
+    def preset(self) -> str:
+        """The training augmentation preset: evaluation uses its geometry."""
+        return str(self.config.get("preset") or "resize")
+
+    @property
     def fold(self) -> int | None:
         fold = self.config.get("fold")
         return None if fold is None else int(fold)
