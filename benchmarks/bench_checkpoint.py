@@ -44,7 +44,7 @@ def main() -> None:
     state = build_state()
     params = sum(p.numel() for p in state.model.parameters())
     save_s, load_s, bare_save_s, bare_load_s = [], [], [], []
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for step in range(1, REPEATS + 1):
             started = time.perf_counter()

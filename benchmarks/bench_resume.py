@@ -52,7 +52,7 @@ def start_to_first_step(argv: list[str]) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "mini"
         generate(data, n_train=64, n_test=8, size=64, seed=0)
         layout = CompetitionLayout(data)

@@ -7,6 +7,7 @@ sample order, the RNG streams and the running loss sums are all in it."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import platform
 import random
 from dataclasses import dataclass, field
@@ -72,10 +73,14 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 def library_versions() -> dict[str, str]:
-    import torchvision
     # str(): torch's version is a TorchVersion object, which weights_only loading refuses.
+    # torchvision's from its metadata: importing it costs seconds (it pulls in torch._dynamo).
+    try:
+        torchvision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        torchvision = "absent"
     return {"imet": str(__version__), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
+            "torchvision": torchvision, "numpy": str(np.__version__),
             "python": platform.python_version()}
 
 
