@@ -308,9 +308,9 @@ def _unlink_quietly(path: Path) -> None:
 class ImageCache:
     """An opened cache folder. `resolve(paths)` maps a dataset's source paths to cached files."""
 
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir, manifest: dict | None = None):
         self.cache_dir = Path(cache_dir)
-        manifest = read_manifest(self.cache_dir)
+        manifest = manifest if manifest is not None else read_manifest(self.cache_dir)
         if manifest is None:
             raise DataError(f"{self.cache_dir / MANIFEST}: not found; {_REBUILD} "
                             "(--out names the folder)")
@@ -385,5 +385,5 @@ def find_cache(size: int, roots=(), max_depth: int = 3) -> ImageCache | None:
     for folder in candidates:
         manifest = read_manifest(Path(folder))
         if manifest is not None and int(manifest.get("size", -1)) == int(size):
-            return ImageCache(folder)
+            return ImageCache(folder, manifest)
     return None
