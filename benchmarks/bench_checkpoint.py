@@ -1,6 +1,7 @@
 """Save and load time of a full se_resnext50_32x4d TrainState (1,103 classes, AdamW moments
-filled), through imet's checkpoint path: atomic write + fsync + sha256 + verified read-back +
-pruning on save; sha256 check + weights_only load + restore into the live objects on load.
+filled), through imet's checkpoint path: atomic write + fsync + verified read-back +
+pruning on save; CRC32 check of every record + weights_only load + restore into the live
+objects on load.
 Side by side: a bare `torch.save` / `torch.load` of the same payload, for the cost of safety.
 
 Goal: < 2 s each. Last line: the slower of the two medians."""
@@ -67,8 +68,8 @@ def main() -> None:
             bare.unlink()
     save, load = statistics.median(save_s), statistics.median(load_s)
     print(f"se_resnext50_32x4d: {params / 1e6:.1f}M parameters, checkpoint {size_mb:.0f} MiB")
-    print(f"imet save (atomic, fsync, sha256, verify, prune): median {save:.2f} s  {save_s}")
-    print(f"imet load (sha256, weights_only, restore):        median {load:.2f} s  {load_s}")
+    print(f"imet save (atomic, fsync, verify, prune): median {save:.2f} s  {save_s}")
+    print(f"imet load (CRC32 check, weights_only, restore):  median {load:.2f} s  {load_s}")
     print(f"bare torch.save: median {statistics.median(bare_save_s):.2f} s; bare torch.load "
           f"(weights_only): median {statistics.median(bare_load_s):.2f} s")
     print(f"trainstate_save_load_slower_s: {max(save, load):.2f}")

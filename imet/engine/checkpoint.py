@@ -3,19 +3,17 @@
 `<out>/checkpoints/state-<step>.pt` holds the state (only tensors and plain Python values, so
 `torch.load(weights_only=True)` reads it: a checkpoint attached from a Kaggle dataset is
 untrusted input). Next to it `state-<step>.json` holds what is needed to choose a checkpoint
-without loading hundreds of MB (step, fingerprints, finished) and the file's sha256, which
-catches a file truncated or damaged on its way through Kaggle's output/input round trip."""
+without loading hundreds of MB (step, fingerprints, finished) and the size written; with the
+CRC32 that torch.save stores for every record, it catches a file truncated or damaged on its
+way through Kaggle's output/input round trip."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import mmap
 import os
-import queue
 import re
 import shutil
-import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,14 +54,6 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -71,37 +61,6 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-class _HashingWriter:
-    """A file wrapper that hashes what torch.save writes, in a second thread: the digest costs
-    neither a second pass over the file nor time on the writing thread (hashlib releases the
-    GIL). torch.save hands over a fresh bytes object per record, safe to pass along as is."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.size = 0
-        self._digest = hashlib.sha256()
-        self._chunks: queue.Queue = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._hash, name="checkpoint-sha256", daemon=True)
-        self._thread.start()
-
-    def _hash(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            self._digest.update(chunk)
-
-    def write(self, data) -> int:
-        self._chunks.put(bytes(data) if not isinstance(data, bytes) else data)
-        self.size += len(data)
-        return self.handle.write(data)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def hexdigest(self) -> str:
-        self._chunks.put(None)
-        self._thread.join()
-        return self._digest.hexdigest()
 
 
 def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
@@ -113,18 +72,17 @@ def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
     tmp = directory / f".state-{step}.pt.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
-            writer = _HashingWriter(handle)
-            torch.save(payload, writer)
+            torch.save(payload, handle)
             handle.flush()
+            size = handle.tell()
             os.fsync(handle.fileno())
-        sha = writer.hexdigest()
         # The older generation is dropped only once the new one reads back as written.
-        verify_checkpoint(tmp, writer.size, final)
+        verify_checkpoint(tmp, size, final)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"format": FORMAT, "version": VERSION, "step": int(step), "sha256": sha,
-            "size": final.stat().st_size, **payload.get("meta", {})}
+    meta = {"format": FORMAT, "version": VERSION, "step": int(step), "size": size,
+            **payload.get("meta", {})}
     _write_json_atomic(sidecar_of(final), meta)
     fsync_dir(directory)
     prune(directory, keep)
@@ -133,9 +91,9 @@ def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
 
 def verify_checkpoint(path: Path, size: int, name: Path) -> None:
     """The file has the size written and a complete zip archive (the central directory is
-    written last) holding the pickle. Re-hashing the file would read back the page cache, not
+    written last) holding the pickle. Re-reading the data would read back the page cache, not
     the disk, and a full unpickle would add ~0.7 s for se_resnext50 without proving more about
-    a file torch.save just wrote; a load checks the sha256 from the sidecar."""
+    a file torch.save just wrote; a load checks every record's CRC32."""
     problem = None
     try:
         if path.stat().st_size != size:
@@ -172,6 +130,16 @@ def read_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def damaged_record(path: Path) -> str | None:
+    """What fails the zip's integrity check (a record's CRC32, the index), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"not a complete zip archive ({type(err).__name__})"
+    return f"record {bad} fails its CRC32 check" if bad else None
+
+
 def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
                     labels_fingerprint: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -180,11 +148,15 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check --resume")
     meta = read_meta(path)
-    expected_sha = meta.get("sha256") if meta else None
-    # The hash runs in a thread while torch reads the file (hashlib and torch's loader both
-    # release the GIL), so the check costs little beyond the load itself.
+    recorded = meta.get("size") if meta else None
+    if recorded is not None and recorded != path.stat().st_size:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, but {recorded} were written "
+                              f"({sidecar_of(path).name}): truncated in transfer; use the "
+                              "previous generation or --resume off")
+    # torch.save stores a CRC32 of every record but torch.load never checks them; the check
+    # runs in a thread while torch reads the file (both release the GIL), so it costs ~nothing.
     with ThreadPoolExecutor(1) as pool:
-        sha = pool.submit(file_sha256, path) if expected_sha else None
+        damage = pool.submit(damaged_record, path)
         try:
             # mmap: the tensors are read once, straight into the objects they are restored
             # into; private mapping, so training never writes into the checkpoint file.
@@ -195,9 +167,9 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
             payload, load_error = None, err
         else:
             load_error = None
-        if sha is not None and sha.result() != expected_sha:
-            raise CheckpointError(f"{path}: the file does not match the sha256 recorded in "
-                                  f"{sidecar_of(path).name} (truncated or damaged in transfer)")
+        if damage.result():
+            raise CheckpointError(f"{path}: {damage.result()} (damaged on disk or in transfer); "
+                                  "use the previous generation or --resume off")
     if load_error is not None:
         err = load_error
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
