@@ -201,3 +201,11 @@ def test_resume_from_input_root_into_a_fresh_out_folder(mini_data, tmp_path, ref
     end = resume_to_end(mini_data, second, input_root=[str(tmp_path / "session1")])
     assert_same_end(end, reference)
     assert (second / "model.pt").is_file()
+
+
+def test_worker_processes_do_not_change_the_result(mini_data, tmp_path, reference):
+    # Persistent workers keep their own copy of the dataset across epochs; the sampler hands
+    # them the epoch with every index, so the augmentation stays that of the right epoch.
+    result = train(make_config(mini_data, tmp_path, num_workers=2), EventBus())
+    assert result.status == "finished"
+    assert_same_end(final_payload(tmp_path), reference)
