@@ -151,3 +151,50 @@ def test_help_documents_every_flag(capsys):
     for spec in dataclasses.fields(TrainConfig):
         assert "--" + spec.name.replace("_", "-") in text
     assert "75" in text and "--config" in text
+
+
+CONTRACT_FIELDS = {
+    "run_start": {"run_name", "arch", "fold", "image_size", "session", "resumed_from", "device",
+                  "total_steps", "config", "kernel", "rank"},
+    "progress": {"stage", "epoch", "step", "total_steps", "epoch_step", "steps_per_epoch", "loss",
+                 "lr", "img_per_s", "eta_run_s", "session_left_s"},
+    "evaluation": {"step", "epoch", "f2", "threshold", "best_f2", "best_step", "val_loss",
+                   "is_best", "history"},
+    "checkpoint": {"step", "path"},
+    "handover": {"step", "checkpoint", "reason", "next", "exit_code"},
+    "finish": {"best_f2", "best_step", "duration_s", "sessions", "artifacts", "history"},
+    "failure": {"error", "traceback"},
+}
+
+
+def test_events_carry_the_contract_fields(mini_data, tmp_path):
+    from imet.engine.events import EventBus
+    from imet.engine.loop import train
+
+    events = []
+    config = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), arch="tiny_cnn",
+                         pretrained=False, image_size=32, batch_size=8, epochs=2, head_epochs=1,
+                         num_workers=0, notify="off", device="cpu", save_every=3)
+
+    def stop_at_step_5(event):
+        events.append(event)
+        if event.kind == "progress" and event.data["step"] == 5:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train(config, EventBus([stop_at_step_5])).exit_code == 75
+    assert train(config, EventBus([events.append])).status == "finished"
+    bad = TrainConfig(**{**config.to_dict(), "data": str(tmp_path / "missing")})
+    with pytest.raises(UserError):
+        train(bad, EventBus([events.append]))
+    kinds = [e.kind for e in events]
+    assert set(kinds) == set(CONTRACT_FIELDS)
+    for event in events:
+        assert CONTRACT_FIELDS[event.kind] <= set(event.data), event.kind
+        json.dumps(event.data)  # JSON-able
+    starts = [e.data for e in events if e.kind == "run_start"]
+    assert [(s["session"], s["resumed_from"]) for s in starts] == [(1, None), (2, 5)]
+    saved = [e.data["step"] for e in events if e.kind == "checkpoint"]
+    assert saved[:3] == [3, 4, 5]  # every 3 steps, after the epoch-end evaluation, at the stop
+    assert "missing" in [e for e in events if e.kind == "failure"][0].data["error"]

@@ -236,7 +236,7 @@ class Trainer:
         step = self.state.counters.step
         if step == self.last_save_step:
             return False
-        by_steps = self.config.save_every and step % self.config.save_every == 0
+        by_steps = self.config.save_every and step > 0 and step % self.config.save_every == 0
         by_time = self.clock() - self.last_save_at >= self.config.save_every_min * 60
         return bool(by_steps or by_time)
 
