@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import shlex
 import sys
+import time
 
 from imet.engine.config import TrainConfig, read_config_file
 
@@ -129,14 +130,16 @@ def build_bus(config: TrainConfig):
 
 
 def run(args: argparse.Namespace) -> int:
+    # The budget counts from here: importing torch and reading the data take session time too.
+    session_start = time.monotonic()
     from imet.engine.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     bus = build_bus(config)
     try:
-        result = train(config, bus, next_command=shlex.join([sys.executable, "-m", "imet",
-                                                             *sys.argv[1:]]))
+        result = train(config, bus, session_start=session_start,
+                       next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
     finally:
         bus.close()
     if result.status == "handover":

@@ -51,7 +51,8 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, bus: EventBus, data: RunData,
-                 clock: Callable[[], float] = time.monotonic, next_command: str | None = None):
+                 clock: Callable[[], float] = time.monotonic, next_command: str | None = None,
+                 session_start: float | None = None):
         self.config = config
         self.bus = bus
         self.data = data
@@ -60,7 +61,8 @@ class Trainer:
         self.next_command = next_command
         self.device = resolve_device(config.device)
         self.stop = StopRequest()
-        self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock)
+        self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
+                                    start=session_start)
         self.session_start = clock()
         self.last_save_at = self.session_start
         self.last_save_step = -1
@@ -301,13 +303,17 @@ class Trainer:
 
 
 def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = time.monotonic,
-          next_command: str | None = None) -> TrainResult:
-    """Train (or resume) one fold; emits events on `bus`; returns how the session ended."""
+          next_command: str | None = None, session_start: float | None = None) -> TrainResult:
+    """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
+
+    `session_start`: when the session began on `clock` (default: now); the time budget counts
+    from there, so start-up work done before this call is not forgotten."""
     config.validated()
     try:
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
-        return Trainer(config, bus, data, clock=clock, next_command=next_command).run()
+        return Trainer(config, bus, data, clock=clock, next_command=next_command,
+                       session_start=session_start).run()
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
                  traceback=traceback.format_exc())
