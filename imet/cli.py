@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from imet import __version__
 from imet.errors import UserError
 
 # name -> (module under imet.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "the whole Kaggle flow on mini-iMet in the local emulator (make demo)"),
     "mini-imet": ("mini_imet", "write the embedded mini-iMet data set (competition layout)"),
     "check-data": ("check_data", "list every problem in a competition folder (CSVs, images, folds)"),
     "folds": ("folds", "multilabel-stratified cross-validation folds -> folds.csv"),
@@ -45,8 +47,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Session budgets count from here: importing torch and reading the data are part of the
+    # session's time too.
+    started = time.monotonic()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    args.started_monotonic = started
     module = importlib.import_module(f"imet.commands.{args._module}")
     try:
         return int(module.run(args) or 0)
