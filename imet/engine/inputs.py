@@ -63,7 +63,7 @@ def load_run_data(config: TrainConfig) -> RunData:
                             build_train_transform(config.preset, config.image_size), config.seed,
                             normalize=None, cache=cache)
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
-                          build_eval_transform(config.image_size), config.seed, normalize=None,
+                          build_eval_transform(config.image_size, config.preset), config.seed, normalize=None,
                           cache=cache)
     return RunData(labels, train_set, val_set, targets[val_rows])
 

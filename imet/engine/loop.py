@@ -152,10 +152,14 @@ class Trainer:
                 if c.eval_pending:
                     if self.stop:
                         return self.hand_over(self.stop.reason)
+                    if self.budget.eval.count == 0:
+                        # Before the first evaluation of a session there is no measurement:
+                        # assume a validation batch costs about what a training step did.
+                        self.budget.eval.prior_s = len(self.val_batches) * self.budget.step.mean()
                     if not self.budget.fits_eval():
                         return self.hand_over("budget")
                     if not self.run_evaluation():
-                        return self.hand_over(self.stop.reason or "signal")
+                        return self.hand_over(self.stop.reason or "budget")
                     if c.epoch >= self.config.epochs and not c.finished:
                         c.finished, c.stop_reason = True, "epochs"
                     self.save()
@@ -199,12 +203,18 @@ class Trainer:
         self.session_train_s += elapsed
         self.emit_progress()
 
+    def evaluation_must_stop(self) -> bool:
+        """A signal, or a budget about to run out: the evaluation is dropped and redone in the
+        next session, since a session killed mid-evaluation would lose everything since the
+        last checkpoint."""
+        return bool(self.stop) or self.budget.left() < self.budget.save.next()
+
     def run_evaluation(self) -> bool:
         state, c = self.state, self.state.counters
         started = self.clock()
         result = evaluate(state.model, self.val_batches,
                           self.data.val_targets, self.device, self.steps.use_amp,
-                          self.steps.prepare, self.steps.loss_fn, lambda: bool(self.stop))
+                          self.steps.prepare, self.steps.loss_fn, self.evaluation_must_stop)
         if result is None:
             return False
         self.budget.eval.add(self.clock() - started)

@@ -10,7 +10,6 @@ from typing import Callable
 import scipy.special
 import torch
 import torch.nn.functional as F
-import torchvision.ops
 from torch import nn
 
 from imet.errors import UserError
@@ -41,8 +40,11 @@ class FocalLoss(nn.Module):
         self.alpha, self.gamma = float(alpha), float(gamma)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torchvision.ops.sigmoid_focal_loss(logits, targets, alpha=self.alpha,
-                                                  gamma=self.gamma, reduction="mean")
+        # Imported here: torchvision.ops pulls in torch._dynamo, seconds of start-up that
+        # every `imet train` would pay for a loss it seldom uses.
+        from torchvision.ops import sigmoid_focal_loss
+        return sigmoid_focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma,
+                                  reduction="mean")
 
 
 class SoftF2Loss(nn.Module):
