@@ -98,7 +98,13 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     log_path = session_dir / "log.txt"
     start = time.monotonic()
     timed_out = False
+    header = (f"emulator: {meta['id']} v{version}: internet "
+              f"{'on' if meta['enable_internet'] else 'off (unshare -n)'}, inputs "
+              f"{'read-only' if prefix else 'linked'} ({', '.join(inputs) or 'none'}), "
+              f"limit {time_limit:.0f}s\n").encode()
     with open(log_path, "wb") as log:
+        log.write(header)
+        sys.stdout.buffer.write(header)
         proc = subprocess.Popen(prefix + [python, str(script)], cwd=root / "working",
                                 env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
