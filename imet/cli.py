@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     # Session budgets count from here: importing torch and reading the data are part of the
     # session's time too.
     started = time.monotonic()
+    # albumentations asks PyPI for its latest version at import: a stall or a warning in
+    # offline kernels, a request per process in online ones.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     args.started_monotonic = started

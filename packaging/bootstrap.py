@@ -184,6 +184,8 @@ def pip_install(folder, packages):
 
 def check_imports(packages):
     """[(name, version, import name, status)]; status 'ok' or what went wrong."""
+    # albumentations would ask PyPI for its latest version while being imported here.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     importlib.invalidate_caches()
     rows = []
     for p in packages:

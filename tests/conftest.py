@@ -3,6 +3,9 @@ with `mini_data_copy` before changing anything)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +34,17 @@ def mini_data(tmp_path_factory):
 def mini_data_copy(mini_data, tmp_path):
     """A private copy of `mini_data` that a test may corrupt."""
     return shutil.copytree(mini_data, tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def local_dataset(tmp_path_factory):
+    """The imet source dataset built for this interpreter (as `packaging/build_dataset.py`
+    builds Kaggle's): shared by the packaging and the emulated-Kaggle tests."""
+    out = tmp_path_factory.mktemp("ds") / "kaggle-dataset"
+    repo = Path(__file__).resolve().parents[1]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    proc = subprocess.run([sys.executable, str(repo / "packaging" / "build_dataset.py"),
+                           "--owner", "tester", "--python-version", version, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -41,11 +41,8 @@ def run_build(*args, env=None):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds") / "kaggle-dataset"
-    proc = run_build("--owner", "tester", "--python-version", PY, "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+def dataset(local_dataset):
+    return local_dataset
 
 
 def test_lock_bundles_everything_the_platform_lacks():

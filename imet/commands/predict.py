@@ -115,7 +115,9 @@ def run(args) -> int:
                            thresholds_file=args.thresholds, threshold=args.threshold,
                            min_labels=args.min_labels, max_labels=args.max_labels,
                            probs_dir=args.probs_dir)
-    append_registry(Path(args.out).resolve().parent, summary, args.runs)
+    # The thresholds' folder (the validation kernel's output) carries its registry too.
+    sources = [*args.runs, *([args.thresholds] if args.thresholds else [])]
+    append_registry(Path(args.out).resolve().parent, summary, sources)
     print(f"wrote {summary['submission']} ({summary['images']} images, "
           f"{summary['labels_per_image']:.2f} labels per image)")
     return 0

@@ -1,0 +1,109 @@
+"""The Kaggle flow end to end in the local emulator: the real kernel scripts, the real
+bootstrap from a built source dataset, the real commands.
+
+A trainer session cut short by its time limit hands over; the next session, with the first
+one's output attached as Kaggle's kernel_sources would, resumes and ends with a model equal,
+tensor for tensor, to an uninterrupted run. The inference kernel runs with no network."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imet.kaggle.emulator import run_session
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")]
+
+REPO = Path(__file__).resolve().parents[1]
+KERNELS = REPO / "kernels"
+TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 32 --batch-size 4 --epochs 10 "
+              "--head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 --margin 2s "
+              "--progress-every-s 5 --notify off")
+EVAL_ARGS = "--tta none,hflip --batch-size 16 --num-workers 0"
+
+
+def env(args):
+    return {"IMET_KERNEL_ARGS": args, "IMET_TELEGRAM_TOKEN": ""}
+
+
+def state_dict(run_dir: Path) -> dict:
+    return torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def trained(mini_data, local_dataset, tmp_path_factory):
+    """Trainer sessions: the first cut by a short limit, the second with time to finish."""
+    out = tmp_path_factory.mktemp("kaggle") / "trainer"
+    inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset}
+    # Warm the bootstrap (its first call checks every import) so the short session is spent
+    # on training, as on Kaggle where the limit is hours and the bootstrap seconds.
+    warm = run_session(KERNELS / "trainer", {"imet-src": local_dataset}, out, 99, 600,
+                       env(TRAIN_ARGS))
+    assert "imet-2019-fgvc6" in warm.log.read_text()
+    first = run_session(KERNELS / "trainer", inputs, out, 1, 16, env(TRAIN_ARGS))
+    second = run_session(KERNELS / "trainer", {**inputs, "imet-trainer": first.output}, out, 2,
+                         600, env(TRAIN_ARGS))
+    return first, second
+
+
+def test_trainer_hands_over_then_resumes_to_the_uninterrupted_model(trained, tmp_path):
+    first, second = trained
+    assert first.exit_code == 0 and not first.timed_out, first.log.read_text()[-3000:]
+    assert first.handover is not None, "the short session should have handed over"
+    assert second.ok and second.handover is None, second.log.read_text()[-3000:]
+    reference = tmp_path / "reference"
+    proc = subprocess.run([sys.executable, "-m", "imet", "train", "--data",
+                           str(first.output.parent / "input" / "imet-2019-fgvc6"),
+                           "--folds", str(first.output / "folds.csv"), "--out", str(reference),
+                           *TRAIN_ARGS.split()], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed, single = state_dict(second.output), state_dict(reference)
+    assert resumed.keys() == single.keys()
+    assert all(torch.equal(resumed[k], single[k]) for k in single)
+    ours = json.loads((second.output / "run.json").read_text())
+    theirs = json.loads((reference / "run.json").read_text())
+    assert ours["best_f2"] == theirs["best_f2"]
+    assert len(ours["sessions"]) == 2
+
+
+def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):
+    trainer_out = trained[1].output
+    base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
+            "imet-trainer": trainer_out}
+    validation = run_session(KERNELS / "validation", base, tmp_path / "v", 1, 600,
+                             env(EVAL_ARGS))
+    assert validation.ok, validation.log.read_text()[-3000:]
+    assert (validation.output / "thresholds.json").is_file()
+    inference = run_session(KERNELS / "inference",
+                            {**base, "imet-validation": validation.output}, tmp_path / "i", 1,
+                            600, env(EVAL_ARGS))
+    log = inference.log.read_text()
+    assert inference.ok, log[-3000:]
+    assert "internet off (unshare -n)" in log.splitlines()[0]
+    with open(inference.output / "submission.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(mini_data / "sample_submission.csv") as f:
+        expected = [r["id"] for r in csv.DictReader(f)]
+    assert [r["id"] for r in rows] == expected
+    assert all(r["attribute_ids"].strip() for r in rows)
+
+
+def test_missing_inputs_are_named(mini_data, local_dataset, tmp_path):
+    no_data = run_session(KERNELS / "trainer", {"imet-src": local_dataset}, tmp_path / "t", 1,
+                          600, env(TRAIN_ARGS))
+    text = no_data.log.read_text()
+    assert no_data.exit_code == 2 and "imet-2019-fgvc6" in text and "Traceback" not in text
+    no_runs = run_session(KERNELS / "inference", {"imet-2019-fgvc6": mini_data,
+                                                  "imet-src": local_dataset},
+                          tmp_path / "i", 1, 600, env(EVAL_ARGS))
+    text = no_runs.log.read_text()
+    assert no_runs.exit_code == 2 and "model.pt" in text and "Traceback" not in text
+    no_source = run_session(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data}, tmp_path / "n",
+                            1, 600, env(TRAIN_ARGS))
+    assert no_source.exit_code != 0 and "imet-src" in no_source.log.read_text()
