@@ -50,7 +50,9 @@ HELP = {
     "amp": "mixed precision on CUDA (ignored on CPU)",
     "channels_last": "channels_last memory format on CUDA (ignored on CPU)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
-    "device": "auto | cpu | cuda | cuda:N",
+    "sync_bn": "under torchrun: BatchNorm statistics over the global batch "
+               "(SyncBatchNorm) instead of each process's share",
+    "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
                    "run saves and exits 75 before it would be exceeded",
@@ -112,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def build_bus(config: TrainConfig):
+    from imet.engine.distributed import env_rank
     from imet.engine.events import EventBus
     from imet.notify import build_notifier
     from imet.registry import record_train_subscriber
@@ -123,7 +126,7 @@ def build_bus(config: TrainConfig):
                    MetricsWriter(config.out, config.input_root),
                    ArtifactWriter(config.out, config.input_root),
                    record_train_subscriber(config.out, config.input_root)]
-    notifier = build_notifier(config.notify, rank=0)
+    notifier = build_notifier(config.notify, rank=env_rank())
     if notifier is not None:
         subscribers.append(notifier)
     return EventBus(subscribers)

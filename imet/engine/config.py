@@ -74,6 +74,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     deterministic: bool | None = None
+    sync_bn: bool = False
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -89,7 +90,9 @@ class TrainConfig:
     # Changing any of these does not change what the run computes.
     NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "device", "num_workers",
                           "time_budget", "margin", "save_every", "save_every_min", "resume",
-                          "notify", "run_name", "progress_every_s", "eval_batch_size")
+                          "notify", "run_name", "progress_every_s", "eval_batch_size",
+                          # how many processes share a batch is a session choice, like --device
+                          "sync_bn")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -21,14 +21,16 @@ import torch
 
 from imet.engine import handover as handover_file
 from imet.engine.budget import SessionBudget, StopRequest
-from imet.engine.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from imet.engine.checkpoint import (checkpoint_dir, find_resume, load_checkpoint,
+                                    save_checkpoint)
+from imet.engine import distributed
 from imet.engine.config import TrainConfig
-from imet.engine.evaluate import evaluate
+from imet.engine.distributed import Distributed
 from imet.engine.events import EventBus
 from imet.engine.inputs import RunData, load_run_data, train_loader, val_loader
 from imet.engine.sampler import EpochBatchSampler
 from imet.engine.state import TrainState
-from imet.engine.steps import StepRunner, resolve_device
+from imet.engine.steps import StepRunner
 from imet.models import build_model
 from imet.models.modelfile import save_model_file
 
@@ -52,14 +54,15 @@ class TrainResult:
 class Trainer:
     def __init__(self, config: TrainConfig, bus: EventBus, data: RunData,
                  clock: Callable[[], float] = time.monotonic, next_command: str | None = None,
-                 session_start: float | None = None):
+                 session_start: float | None = None, dist: Distributed | None = None):
         self.config = config
+        self.dist = dist or Distributed(distributed.resolve_device(config.device))
         self.bus = bus
         self.data = data
         self.out = Path(config.out)
         self.clock = clock
         self.next_command = next_command
-        self.device = resolve_device(config.device)
+        self.device = self.dist.device
         self.stop = StopRequest()
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
@@ -84,6 +87,7 @@ class Trainer:
                             pretrained=cfg.pretrained and resume is None, weights=
                             cfg.weights if resume is None else None,
                             search_roots=tuple(cfg.input_root), dropout=cfg.dropout)
+        model = self.dist.prepare_model(model)
         model.to(self.device)
         if self.steps.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -94,7 +98,8 @@ class Trainer:
         if resume is not None:
             payload, path, found_at = resume
             state.restore(payload)
-            self.bring_best_model(found_at, state.counters.best_step)
+            if self.dist.is_main:
+                self.bring_best_model(found_at, state.counters.best_step)
             state.counters.session += 1
             self.resumed_from = state.counters.step
             self.last_save_step = state.counters.step
@@ -109,7 +114,11 @@ class Trainer:
         if cfg.resume == "off":
             return None
         if cfg.resume == "auto":
-            return find_resume(cfg.out, cfg.input_root, config_fp, labels_fp)
+            # Rank 0 chooses (and may copy in) the checkpoint; the others load its choice.
+            return self.dist.share_resume(
+                lambda: find_resume(cfg.out, cfg.input_root, config_fp, labels_fp),
+                lambda path: (load_checkpoint(path, config_fp, labels_fp), Path(path),
+                              Path(path)))
         payload = load_checkpoint(cfg.resume, config_fp, labels_fp)
         return payload, Path(cfg.resume), Path(cfg.resume)
 
@@ -134,32 +143,34 @@ class Trainer:
     def run(self) -> TrainResult:
         self.steps = StepRunner(self.config, self.device)
         self.state = state = self.build_state()
-        self.steps.bind(state, self.data)
+        self.steps.bind(state, self.data, wrap=self.dist.wrap)
         c = state.counters
         if c.finished:
             log.info("run %s already finished at step %d (best F2 %.4f at step %d)",
                      self.config.name(), c.step, c.best_f2, c.best_step)
             return self.result("finished", 0, c.stop_reason)
-        handover_file.remove(self.out)
+        if self.dist.is_main:
+            handover_file.remove(self.out)
         self.emit_start()
         self.sampler = EpochBatchSampler(len(self.data.train_set), self.config.batch_size,
-                                         c.sampler_seed, c.epoch, c.epoch_step, with_epoch=True)
+                                         c.sampler_seed, c.epoch, c.epoch_step, with_epoch=True,
+                                         rank=self.dist.rank, world_size=self.dist.world_size)
         loader = train_loader(self.data, self.sampler, self.config, self.device.type == "cuda")
-        self.val_batches = val_loader(self.data, self.config, self.device.type == "cuda")
+        self.val_batches = val_loader(self.dist.val_data(self.data), self.config,
+                                      self.device.type == "cuda")
         batches = None
         with self.stop:
             while True:
                 if c.eval_pending:
-                    if self.stop:
-                        return self.hand_over(self.stop.reason)
                     if self.budget.eval.count == 0:
                         # Before the first evaluation of a session there is no measurement:
                         # assume a validation batch costs about what a training step did.
                         self.budget.eval.prior_s = len(self.val_batches) * self.budget.step.mean()
-                    if not self.budget.fits_eval():
-                        return self.hand_over("budget")
+                    reason = self.agreed_stop(self.budget.fits_eval)
+                    if reason:
+                        return self.hand_over(reason)
                     if not self.run_evaluation():
-                        return self.hand_over(self.stop.reason or "budget")
+                        return self.hand_over(self.agreed_stop(lambda: True) or "budget")
                     if c.epoch >= self.config.epochs and not c.finished:
                         c.finished, c.stop_reason = True, "epochs"
                     self.save()
@@ -167,10 +178,9 @@ class Trainer:
                     return self.finish(c.stop_reason or "epochs")
                 if state.stage_due() != c.stage:
                     state.enter_stage(state.stage_due())
-                if self.stop:
-                    return self.hand_over(self.stop.reason)
-                if not self.budget.fits_step():
-                    return self.hand_over("budget")
+                reason = self.agreed_stop(self.budget.fits_step)
+                if reason:
+                    return self.hand_over(reason)
                 if self.periodic_save_due():
                     self.save()
                 if batches is None:
@@ -189,10 +199,10 @@ class Trainer:
         c = self.state.counters
         self.step_lr = self.state.optimizer.param_groups[-1]["lr"]
         started = self.clock()
-        loss = self.steps.train_step(batch)
+        loss = self.dist.mean(self.steps.train_step(batch))
         elapsed = self.clock() - started
         self.budget.step.add(elapsed)
-        batch_size = len(batch[0])
+        batch_size = len(batch[0]) * self.dist.world_size
         c.step += 1
         c.epoch_step += 1
         c.loss_sum += loss
@@ -212,7 +222,7 @@ class Trainer:
     def run_evaluation(self) -> bool:
         state, c = self.state, self.state.counters
         started = self.clock()
-        result = evaluate(state.model, self.val_batches,
+        result = self.dist.evaluate(state.model, self.val_batches,
                           self.data.val_targets, self.device, self.steps.use_amp,
                           self.steps.prepare, self.steps.loss_fn, self.evaluation_must_stop)
         if result is None:
@@ -230,6 +240,7 @@ class Trainer:
         if is_best:
             c.best_f2, c.best_step, c.best_threshold, c.bad_evals = \
                 result.f2, c.step, result.threshold, 0
+        if is_best and self.dist.is_main:
             save_model_file(self.out / "model.pt", state.model, self.config.arch,
                             self.config.to_dict(), self.data.labels,
                             extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
@@ -244,6 +255,15 @@ class Trainer:
         return True
 
     # --- saving and stopping --------------------------------------------------------------
+    def agreed_stop(self, fits: Callable[[], bool]) -> str | None:
+        """"signal", "budget" or None, decided by all ranks together: one rank stopping alone
+        would leave the others waiting in a collective."""
+        signalled, no_room = self.dist.any_of(bool(self.stop), not fits())
+        if signalled:
+            self.stop.request("signal")
+            return self.stop.reason
+        return "budget" if no_room else None
+
     def periodic_save_due(self) -> bool:
         step = self.state.counters.step
         if step == self.last_save_step:
@@ -255,7 +275,10 @@ class Trainer:
     def save(self) -> Path:
         started = self.clock()
         step = self.state.counters.step
-        path = save_checkpoint(self.state.to_payload(), self.out, step)
+        if self.dist.is_main:
+            path = save_checkpoint(self.state.to_payload(), self.out, step)
+        else:  # rank 0 writes; the state is the same on every rank
+            path = checkpoint_dir(self.out) / f"state-{step}.pt"
         self.budget.save.add(self.clock() - started)
         self.last_save_at, self.last_save_step, self.last_checkpoint = self.clock(), step, path
         self.bus.emit("checkpoint", step=step, path=str(path))
@@ -265,10 +288,11 @@ class Trainer:
         c = self.state.counters
         path = self.last_checkpoint if self.last_save_step == c.step else self.save()
         next_text = handover_file.next_step_text(self.next_command)
-        handover_file.write(self.out, reason=reason, step=c.step, epoch=c.epoch, stage=c.stage,
-                            checkpoint=str(path), next_text=next_text,
-                            exit_code=EXIT_HANDOVER, signal=self.stop.signal_name,
-                            session=c.session, total_steps=self.state.total_steps)
+        if self.dist.is_main:
+            handover_file.write(self.out, reason=reason, step=c.step, epoch=c.epoch,
+                                stage=c.stage, checkpoint=str(path), next_text=next_text,
+                                exit_code=EXIT_HANDOVER, signal=self.stop.signal_name,
+                                session=c.session, total_steps=self.state.total_steps)
         self.bus.emit("handover", step=c.step, checkpoint=str(path), reason=reason,
                       next=next_text, exit_code=EXIT_HANDOVER)
         return self.result("handover", EXIT_HANDOVER, reason)
@@ -297,7 +321,7 @@ class Trainer:
                       fold=self.config.fold, image_size=self.config.image_size,
                       session=c.session, resumed_from=self.resumed_from,
                       device=self.steps.device_name(), total_steps=self.state.total_steps,
-                      config=self.config.to_dict(), kernel=None, rank=0)
+                      config=self.config.to_dict(), kernel=None, rank=self.dist.rank)
 
     def emit_progress(self) -> None:
         state, c = self.state, self.state.counters
@@ -319,12 +343,17 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
     `session_start`: when the session began on `clock` (default: now); the time budget counts
     from there, so start-up work done before this call is not forgotten."""
     config.validated()
+    dist = None
     try:
+        dist = distributed.start(config)  # under torchrun: joins the process group
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
         return Trainer(config, bus, data, clock=clock, next_command=next_command,
-                       session_start=session_start).run()
+                       session_start=session_start, dist=dist).run()
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
                  traceback=traceback.format_exc())
         raise
+    finally:
+        if dist is not None:
+            dist.close()

@@ -45,11 +45,21 @@ class StepRunner:
             torch.backends.cudnn.benchmark = not deterministic
         self.loss_fn = build_loss(config.loss, **loss_kwargs(config)).to(device)
 
-    def bind(self, state, data) -> None:
+    def bind(self, state, data, wrap=None) -> None:
+        """`wrap`: the model as it trains (DistributedDataParallel under torchrun), rebuilt
+        whenever the stage changes which parameters train."""
         self.state = state
+        self.wrap = wrap or (lambda model: model)
+        self._wrapped, self._wrapped_for = None, None
         self.norm = Normalization.from_info(getattr(state.model, "info", {}))
         # Only what needs gradients is clipped: the frozen body has none in stage 1.
         self.params = [p for group in state.groups.values() for p in group]
+
+    def training_model(self) -> torch.nn.Module:
+        key = (id(self.state.model), self.state.counters.stage)
+        if key != self._wrapped_for:
+            self._wrapped, self._wrapped_for = self.wrap(self.state.model), key
+        return self._wrapped
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
@@ -71,7 +81,7 @@ class StepRunner:
             images, targets, _ = mixup(images, targets, self.config.mixup_alpha,
                                        state.mix_generator)
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            logits = state.model(images)
+            logits = self.training_model()(images)
         loss = self.loss_fn(logits.float(), targets)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
