@@ -51,7 +51,7 @@ HELP = {
     "channels_last": "channels_last memory format on CUDA (ignored on CPU)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch "
-               "(SyncBatchNorm) instead of each process's share",
+               "(SyncBatchNorm; on CPU a gloo equivalent) instead of each process's share",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "

@@ -197,11 +197,29 @@ class ProcessGroup(Distributed):
             tdist.destroy_process_group()
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: every rank's output depends on every rank's input, so
+    the gradient of an input is the sum of the output gradients of all ranks. (torch's
+    torch.distributed.nn.functional.all_reduce does this but is deprecated since 2.x.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        tdist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        tdist.all_reduce(total)
+        return total
+
+
 class GlooSyncBatchNorm(_BatchNorm):
     """SyncBatchNorm for CPU processes (gloo). torch's SyncBatchNorm runs on GPUs only (its
     kernels batch_norm_stats & co. are CUDA-only), so on CPU the batch statistics are computed
     here: one differentiable all_reduce of the per-channel sums, sums of squares and counts
-    (its backward all-reduces the gradients, as torch's own does). Used by CPU clusters and by
+    (its backward sums the gradients over the ranks, as torch's own does). Used by CPU clusters and by
     the tests that compare a 2-process run with a 1-process one. Not a SyncBatchNorm subclass:
     DDP refuses those on CPU."""
 
@@ -212,10 +230,9 @@ class GlooSyncBatchNorm(_BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and input.device.type == "cpu" and tdist.is_initialized()):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
         dims = [d for d in range(input.dim()) if d != 1]
         count = torch.full((1,), input.numel() / input.shape[1], dtype=input.dtype)
-        totals = all_reduce(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
+        totals = _SumOverRanks.apply(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
         channels = input.shape[1]
         n = totals[-1]
         mean = totals[:channels] / n

@@ -27,6 +27,21 @@ def _imet(*args: object) -> list[str]:
     return [sys.executable, "-m", "imet", *map(str, args)]
 
 
+def _gpu_count() -> int:
+    import torch  # here, not at import: the validation/inference sessions never need it
+    return torch.cuda.device_count()
+
+
+def _train_launcher() -> list[str]:
+    """`python -m imet` on one GPU or none; torchrun with one process per GPU when the session
+    has several (Kaggle's T4 x2), so both train."""
+    gpus = _gpu_count()
+    if gpus <= 1:
+        return _imet()
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(gpus), "-m", "imet"]
+
+
 def _seconds_left(started: float, session_limit: str) -> float:
     from imet.engine.config import parse_duration
     return parse_duration(session_limit, "session limit") - (time.time() - started)
@@ -56,9 +71,15 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         if code:
             return code
     left = _seconds_left(started, session_limit)
-    code = run_step(_imet("train", "--data", data, "--folds", folds, "--out", work,
-                          "--time-budget", f"{left:.0f}", "--resume", "auto",
-                          "--input-root", input_root(), *train_args))
+    launcher = _train_launcher()
+    code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
+                                           "--out", work, "--time-budget", f"{left:.0f}",
+                                           "--resume", "auto", "--input-root", input_root(),
+                                           *train_args))])
+    # torchrun reports any worker's non-zero exit (75 included) as its own failure (1): the
+    # handover note, removed at the start of every training session, tells a handover apart.
+    if code and launcher != _imet() and (work / HANDOVER).is_file():
+        code = HANDED_OVER
     if code == HANDED_OVER:
         print(f"session ended with a handover ({work / HANDOVER}): push this kernel again; "
               "its own output is attached through kernel_sources", flush=True)
