@@ -28,7 +28,11 @@ def _imet(*args: object) -> list[str]:
 
 
 def _gpu_count() -> int:
-    import torch  # here, not at import: the validation/inference sessions never need it
+    # Importing torch costs seconds of the session: skipped where no NVIDIA device node exists
+    # (CPU sessions, the emulator).
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return 0
+    import torch
     return torch.cuda.device_count()
 
 
@@ -70,8 +74,8 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
         if code:
             return code
+    launcher = _train_launcher()  # before the budget: it may import torch (seconds)
     left = _seconds_left(started, session_limit)
-    launcher = _train_launcher()
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
                                            "--out", work, "--time-budget", f"{left:.0f}",
                                            "--resume", "auto", "--input-root", input_root(),
