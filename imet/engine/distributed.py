@@ -133,9 +133,10 @@ class ProcessGroup(Distributed):
         tdist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
-    def rows(self, n: int) -> range:
-        chunk = math.ceil(n / self.world_size)
-        return range(min(n, self.rank * chunk), min(n, (self.rank + 1) * chunk))
+    def rows(self, n: int, rank: int | None = None) -> range:
+        """A rank's contiguous share of n rows; shares differ by one row at most."""
+        rank = self.rank if rank is None else rank
+        return range(rank * n // self.world_size, (rank + 1) * n // self.world_size)
 
     def val_data(self, data):
         """RunData whose validation set is this rank's contiguous chunk of rows."""
@@ -179,8 +180,9 @@ class ProcessGroup(Distributed):
                              device=self.comm_device)
         padded[:len(local)] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        tdist.all_gather(parts, padded)
-        return torch.cat(parts)[:total].cpu().numpy()
+        tdist.all_gather(parts, padded)  # all_gather wants one shape: shares padded to `chunk`
+        return torch.cat([part[:len(self.rows(total, rank))]
+                          for rank, part in enumerate(parts)]).cpu().numpy()
 
     def share_resume(self, find: Callable[[], Any], load: Callable[[Any], Any]):
         """Rank 0 looks for the checkpoint (it may copy one in from an input folder); the
