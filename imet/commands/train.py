@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                        next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
     finally:
         bus.close()
-    if result.status == "handover":
+    from imet.engine.distributed import env_rank
+    if result.status == "handover" and env_rank() == 0:  # one line, not one per process
         print(f"imet train: handed over at step {result.step} ({result.reason}); checkpoint "
               f"{result.checkpoint}; see {config.out}/HANDOVER.json; exit 75", file=sys.stderr)
     return result.exit_code
