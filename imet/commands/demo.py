@@ -19,7 +19,7 @@ from imet.errors import UserError
 REPO = Path(__file__).resolve().parents[2]
 # Small enough for 2 CPU cores in minutes, long enough that the trainer needs several sessions.
 TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 64 --batch-size 32 --epochs 12 "
-              "--head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 --margin 10s "
+              "--head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 --margin 20s "
               "--progress-every-s 15")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
 
@@ -28,8 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0]
     parser.add_argument("--out", type=Path, default=Path("demo"),
                         help="folder for everything the demo writes (default demo/; replaced)")
-    parser.add_argument("--session-limit", default="60s", metavar="DURATION",
-                        help="the emulated Kaggle session limit of the trainer (default 60s)")
+    parser.add_argument("--session-limit", default="75s", metavar="DURATION",
+                        help="the emulated Kaggle session limit of the trainer (default 75s)")
     parser.add_argument("--max-sessions", type=int, default=20, metavar="N",
                         help="most trainer sessions to chain (default 20)")
 

@@ -59,6 +59,8 @@ HELP = {
     "margin": "time kept free at the end of the budget (same format)",
     "save_every": "also checkpoint every N steps (0: off)",
     "save_every_min": "also checkpoint when this many minutes passed since the last save",
+    "session_steps": "hand over after N training steps in this session, as the budget would "
+                     "(rehearse a multi-session run; 0: off)",
     "resume": "auto: newest valid checkpoint of this run in --out and the --input-root "
               "folders; off: start over; or a state-<step>.pt path",
     "notify": "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "

@@ -82,6 +82,7 @@ class TrainConfig:
     margin: str = "10m"
     save_every: int = 0
     save_every_min: float = 30.0
+    session_steps: int = 0
     resume: str = "auto"
     notify: str = "auto"
     run_name: str = ""
@@ -89,7 +90,7 @@ class TrainConfig:
 
     # Changing any of these does not change what the run computes.
     NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "device", "num_workers",
-                          "time_budget", "margin", "save_every", "save_every_min", "resume",
+                          "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device
                           "sync_bn")
@@ -126,6 +127,7 @@ class TrainConfig:
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be > 0, "
                                 f"got {getattr(self, name)}")
         non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
+                        "session_steps",
                         "grad_clip", "mixup_alpha", "dropout", "weight_decay", "fold",
                         "eval_batch_size")
         for name in non_negative:

@@ -19,8 +19,10 @@ def next_step_text(command: str | None) -> str:
 def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoint: str,
           next_text: str, exit_code: int, signal: str | None, session: int,
           total_steps: int) -> Path:
-    what = ("the session's time budget would not fit the next unit of work plus a save"
-            if reason == "budget" else f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
+    what = {"budget": "the session's time budget would not fit the next unit of work plus a "
+                      "save",
+            "session-steps": "the session ran its --session-steps"}.get(
+        reason, f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
     data = {"status": "handover", "reason": reason, "what_happened": f"stopped at step {step} "
             f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "
             "the full training state was saved", "step": step, "epoch": epoch,

@@ -71,6 +71,7 @@ class Trainer:
         self.last_save_step = -1
         self.last_checkpoint: Path | None = None
         self.session_samples = 0
+        self.session_steps = 0
         self.session_train_s = 0.0
         self.resumed_from: int | None = None
 
@@ -178,6 +179,8 @@ class Trainer:
                     return self.finish(c.stop_reason or "epochs")
                 if state.stage_due() != c.stage:
                     state.enter_stage(state.stage_due())
+                if self.config.session_steps and self.session_steps >= self.config.session_steps:
+                    return self.hand_over("session-steps")
                 reason = self.agreed_stop(self.budget.fits_step)
                 if reason:
                     return self.hand_over(reason)
@@ -210,6 +213,7 @@ class Trainer:
         c.samples_seen += batch_size
         c.train_time_s += elapsed
         self.session_samples += batch_size
+        self.session_steps += 1
         self.session_train_s += elapsed
         self.emit_progress()
 

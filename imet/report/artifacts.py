@@ -101,6 +101,9 @@ class ArtifactWriter(RankZeroSubscriber):
         self.summary.update(status=status, updated=_iso(event.time), **extra)
         self.summary["total_wall_s"] = round(sum(s.get("wall_s") or 0.0
                                                  for s in self.summary.get("sessions", [])), 3)
+        # run.json first: drawing the plots takes seconds, and a session cut by its limit
+        # while drawing must still leave its summary.
+        self._write_json()
         plots = self._write_plots()
         self.summary["plots"] = [os.path.relpath(p, self.run_dir) for p in plots]
         self._write_json()
