@@ -220,6 +220,10 @@ def bootstrap(folder=None, quiet=False, check=True):
     manifest = read_manifest(folder)
     manifest_hash = file_sha256(folder / MANIFEST_NAME)
     packages = manifest["packages"]
+    # Checked on every call, the fast one too (10 MB of hashing): an altered or foreign
+    # dataset is refused even where an earlier, intact copy was installed.
+    check_interpreter(manifest)
+    verify_files(folder, manifest)
     marker = marker_path(manifest_hash)
     if marker.is_file() and all(_same_version(installed_version(p["name"]), p["version"])
                                 or editable_location(p["name"]) for p in packages):
@@ -227,8 +231,6 @@ def bootstrap(folder=None, quiet=False, check=True):
             print(f"imet-bootstrap: {len(packages)} packages from {folder} already installed "
                   f"(imet {manifest.get('imet_version')})")
         return {"folder": str(folder), "installed": False, "seconds": time.time() - started}
-    check_interpreter(manifest)
-    verify_files(folder, manifest)
     # A developer's editable checkout (the local emulator runs kernels in the project venv) is
     # what they want to run: replacing it with the dataset's copy would hide their changes.
     pip_started = time.time()
