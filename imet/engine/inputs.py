@@ -70,11 +70,10 @@ def load_run_data(config: TrainConfig) -> RunData:
 
 def _image_cache(config: TrainConfig, layout: CompetitionLayout):
     """A decode-once cache (`imet cache`) of the run's image size, when one is found in
-    $IMET_CACHE_DIR, the data folder, beside the run folder or in an --input-root."""
-    roots = [layout.root, *config.input_root]
-    if config.out:
-        roots.insert(1, Path(config.out).resolve().parent)
-    cache = find_cache(config.image_size, roots)
+    $IMET_CACHE_DIR, the data folder or an --input-root (on Kaggle: a cache kernel's output).
+    Only places the user chose: a JPEG cache changes the pixels, so one picked up from an
+    unrelated folder would silently change the run."""
+    cache = find_cache(config.image_size, [layout.root, *config.input_root])
     if cache is not None:
         print(f"imet: reading images from {cache}", file=sys.stderr)
     return cache
