@@ -8,6 +8,8 @@ brings those requests (and the blob PUTs to the `createUrl` we hand out) to this
 
 Everything received is recorded: `calls` (service, method, JSON body, the basic-auth user — never
 the key), `blobs` (token -> name, bytes), `datasets` and `kernels` (what a create/version/push made).
+A pushed kernel version "runs" as `sessions[slug][version - 1]` scripts it: status polls answer
+queued, running, then its status; its output lists and serves its files.
 `handlers` maps a method name to a function(server, body) -> (status, json); replace or add
 entries to script other answers (errors, statuses, outputs).
 
@@ -93,7 +95,46 @@ def save_kernel(server, body):
                  "versionNumber": len(versions), "error": ""}
 
 
+def _session_script(server, slug):
+    """What the latest pushed version of kernel `slug` ("owner/name", as pushed) does, as the
+    test scripted it in `sessions[slug]` (one dict per push: status, failure, files {name:
+    bytes}, log)."""
+    versions = server.kernels.get(slug) or []
+    script = server.sessions.get(slug) or []
+    return len(versions), (script[len(versions) - 1] if len(versions) <= len(script) else {})
+
+
+def _kernel_ref(body):
+    return f"{body.get('userName')}/{body.get('kernelSlug')}"
+
+
+def get_kernel_session_status(server, body):
+    slug = _kernel_ref(body)
+    version, script = _session_script(server, slug)
+    if not version:
+        return _not_found(f"kernel {slug} was never pushed")
+    polls = server.polls[(slug, version)] = server.polls.get((slug, version), 0) + 1
+    # Like Kaggle: queued, then running, then the end the script says.
+    status = ("QUEUED", "RUNNING")[polls - 1] if polls <= 2 else script.get("status", "COMPLETE")
+    return 200, {"status": status, "failureMessage": script.get("failure", "")}
+
+
+def list_kernel_session_output(server, body):
+    slug = _kernel_ref(body)
+    version, script = _session_script(server, slug)
+    if not version:
+        return _not_found(f"kernel {slug} was never pushed")
+    files = []
+    for name, data in (script.get("files") or {}).items():
+        path = f"/output/{slug}/{version}/{name}"
+        server.files[path] = data
+        files.append({"url": f"http://localhost{path}", "fileName": name})
+    return 200, {"files": files, "log": script.get("log", "")}
+
+
 DEFAULT_HANDLERS = {
+    "GetKernelSessionStatus": get_kernel_session_status,
+    "ListKernelSessionOutput": list_kernel_session_output,
     "StartBlobUpload": start_blob_upload,
     "GetDatasetStatus": get_dataset_status,
     "CreateDataset": create_dataset,
@@ -134,6 +175,20 @@ class _Handler(BaseHTTPRequestHandler):
         if auth.startswith("Basic "):
             return base64.b64decode(auth[6:]).decode(errors="replace").split(":", 1)[0]
         return "bearer" if auth.startswith("Bearer ") else None
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        standin = self.server.standin
+        with standin.lock:
+            standin.calls.append({"http": "GET", "path": path})
+            data = standin.files.get(path)
+        if data is None:
+            return self._reply(404, {"code": 404, "message": f"no file {path}"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_PUT(self):
         path = urlsplit(self.path).path
@@ -182,6 +237,9 @@ class KaggleStandin:
         self.blobs: dict[str, dict] = {}
         self.datasets: dict[str, dict] = {}
         self.kernels: dict[str, list] = {}
+        self.sessions: dict[str, list[dict]] = {}  # what each pushed version does (scripted)
+        self.polls: dict[tuple, int] = {}
+        self.files: dict[str, bytes] = {}  # output files served by GET
         self.handlers = dict(DEFAULT_HANDLERS)
         self.lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)

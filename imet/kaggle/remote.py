@@ -54,6 +54,15 @@ def wait_for_session(api, ref: str, poll_s: float, settle_polls: int = 3,
 
 def chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float = 60.0,
           api=None, log=print) -> int:
+    try:
+        return _chain(kernel_dir, max_sessions, out, poll_s, api, log)
+    except (OSError, ValueError) as err:
+        # The client's HTTP errors (requests' are OSErrors) and refusals, as one line: the
+        # request and the server's message, never credentials (the client sends them as headers).
+        raise UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0]) from None
+
+
+def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, log) -> int:
     """Returns 0 when the run finished, 75 when it still hands over after max_sessions,
     1 when a session failed."""
     meta = read_metadata(kernel_dir)

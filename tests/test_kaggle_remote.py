@@ -1,0 +1,99 @@
+"""Kernels on real Kaggle, through the real kaggle client, against the stand-in API server:
+`kaggle kernels push` of the rendered kernels, and `imet kaggle chain` (push, wait, fetch the
+small outputs, push again while the run hands over)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kaggle_standin import USER, KaggleStandin
+
+REPO = Path(__file__).resolve().parents[1]
+KAGGLE = str(Path(sys.executable).parent / "kaggle")
+TRAINER = f"{USER}/imet-trainer"
+
+
+@pytest.fixture
+def rendered(tmp_path):
+    out = tmp_path / "dist" / "kernels"
+    proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "render", "--owner", USER,
+                           "--kernels", str(REPO / "kernels"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def standin():
+    with KaggleStandin() as server:
+        yield server
+
+
+def client(standin, tmp_path, *args):
+    env = {**os.environ, **standin.client_env(tmp_path / "home")}
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("kernel", ["trainer", "validation", "inference"])
+def test_real_client_pushes_the_rendered_kernels(standin, rendered, tmp_path, kernel):
+    proc = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p", str(rendered / kernel))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (body,) = standin.kernels[f"{USER}/imet-{kernel}"]
+    assert body["language"] == "python" and body["kernelType"] == "script"
+    assert body["isPrivate"] is True and body["enableGpu"] is True
+    assert body["enableInternet"] is (kernel != "inference")
+    assert body["datasetDataSources"] == [f"{USER}/imet-src", f"{USER}/imet-weights"]
+    assert body["competitionDataSources"] == ["imet-2019-fgvc6"]
+    assert f"{USER}/imet-trainer" in body["kernelDataSources"]
+    assert body["text"] == (REPO / "kernels" / kernel / f"{kernel}.py").read_text()
+
+
+def chain(standin, tmp_path, rendered, *extra):
+    return client(standin, tmp_path, sys.executable, "-m", "imet", "kaggle", "chain",
+                  str(rendered / "trainer"), "--poll", "0.05", "--out", str(tmp_path / "chain"),
+                  *extra)
+
+
+HANDOVER = json.dumps({"status": "handover", "step": 100}).encode()
+CHECKPOINT = b"\0" * 4096
+
+
+def test_chain_pushes_again_while_the_run_hands_over(standin, rendered, tmp_path):
+    standin.sessions[TRAINER] = [
+        {"files": {"HANDOVER.json": HANDOVER, "run.json": b'{"status": "handover"}',
+                   "checkpoints/state-100.pt": CHECKPOINT}},
+        {"files": {"HANDOVER.json": HANDOVER, "run.json": b'{"status": "handover"}'}},
+        {"files": {"run.json": b'{"status": "finished"}', "metrics.csv": b"step,f2\n"}},
+    ]
+    proc = chain(standin, tmp_path, rendered, "--max-sessions", "5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(standin.kernels[TRAINER]) == 3
+    out = tmp_path / "chain"
+    assert (out / "v1" / "HANDOVER.json").is_file() and not (out / "v3" / "HANDOVER.json").exists()
+    assert json.loads((out / "v3" / "run.json").read_text())["status"] == "finished"
+    assert not (out / "v1" / "checkpoints").exists(), "checkpoints stay on Kaggle"
+    assert "the run finished" in proc.stdout
+
+
+def test_chain_stops_on_a_failed_session(standin, rendered, tmp_path):
+    standin.sessions[TRAINER] = [{"status": "ERROR", "failure": "CUDA out of memory"}]
+    proc = chain(standin, tmp_path, rendered)
+    assert proc.returncode == 1
+    assert "error: CUDA out of memory" in proc.stdout
+    assert len(standin.kernels[TRAINER]) == 1
+
+
+def test_chain_gives_up_after_max_sessions(standin, rendered, tmp_path):
+    standin.sessions[TRAINER] = [{"files": {"HANDOVER.json": HANDOVER}}] * 2
+    proc = chain(standin, tmp_path, rendered, "--max-sessions", "2")
+    assert proc.returncode == 75 and "still hands over after 2 sessions" in proc.stdout
+
+
+def test_chain_refuses_an_unrendered_template(standin, tmp_path):
+    proc = client(standin, tmp_path, sys.executable, "-m", "imet", "kaggle", "chain",
+                  str(REPO / "kernels" / "trainer"))
+    assert proc.returncode == 2 and "render" in proc.stderr and "Traceback" not in proc.stderr
+    assert standin.kernels == {}
