@@ -209,13 +209,10 @@ def test_single_process_is_not_distributed(mini_data, tmp_path, monkeypatch):
     assert group.any_of(True, False) == (True, False)
 
 
-def test_trainer_kernel_launches_torchrun_on_several_gpus(monkeypatch):
-    from imet.kaggle import sessions
+def test_trainer_kernel_launches_torchrun_on_several_gpus():
+    from imet.kaggle.sessions import train_launcher
 
-    # Stand-ins for the hardware (two GPUs, then one), not for our code.
-    monkeypatch.setattr(sessions, "_gpu_count", lambda: 2)
-    launcher = sessions._train_launcher()
-    assert launcher[1:] == ["-m", "torch.distributed.run", "--standalone",
-                            "--nproc_per_node", "2", "-m", "imet"]
-    monkeypatch.setattr(sessions, "_gpu_count", lambda: 1)
-    assert sessions._train_launcher()[1:] == ["-m", "imet"]
+    assert train_launcher(2)[1:] == ["-m", "torch.distributed.run", "--standalone",
+                                     "--nproc_per_node", "2", "-m", "imet"]
+    assert train_launcher(1)[1:] == ["-m", "imet"]
+    assert train_launcher(0)[1:] == ["-m", "imet"]

@@ -27,7 +27,7 @@ def _imet(*args: object) -> list[str]:
     return [sys.executable, "-m", "imet", *map(str, args)]
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
     # Importing torch costs seconds of the session: skipped where no NVIDIA device node exists
     # (CPU sessions, the emulator).
     if not any(Path("/dev").glob("nvidia[0-9]*")):
@@ -36,10 +36,9 @@ def _gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def _train_launcher() -> list[str]:
+def train_launcher(gpus: int) -> list[str]:
     """`python -m imet` on one GPU or none; torchrun with one process per GPU when the session
     has several (Kaggle's T4 x2), so both train."""
-    gpus = _gpu_count()
     if gpus <= 1:
         return _imet()
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -74,7 +73,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
         if code:
             return code
-    launcher = _train_launcher()  # before the budget: it may import torch (seconds)
+    launcher = train_launcher(gpu_count())  # before the budget: it may import torch (seconds)
     left = _seconds_left(started, session_limit)
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
                                            "--out", work, "--time-budget", f"{left:.0f}",
