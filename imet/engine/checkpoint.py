@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from imet.errors import CheckpointError
+from imet.fileio import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +39,6 @@ def checkpoint_dir(out: str | Path) -> Path:
 
 def sidecar_of(path: Path) -> Path:
     return path.with_suffix(".json")
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
@@ -83,7 +61,7 @@ def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
         tmp.unlink(missing_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "step": int(step), "size": size,
             **payload.get("meta", {})}
-    _write_json_atomic(sidecar_of(final), meta)
+    atomic_write_text(sidecar_of(final), json.dumps(meta, indent=1, sort_keys=True))
     fsync_dir(directory)
     prune(directory, keep)
     return final
