@@ -48,3 +48,27 @@ def local_dataset(tmp_path_factory):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def train_items(mini_data):
+    """(image paths, multi-hot targets) of mini_data's training images."""
+    from imet.data.labels import read_labels, read_train
+    from imet.data.layout import CompetitionLayout
+
+    layout = CompetitionLayout(mini_data)
+    ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))
+    return layout.image_paths("train", ids), targets
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Runs compared bit for bit must use one thread count; tiny convolutions also gain nothing
+    from threads on a machine whose few cores are shared. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

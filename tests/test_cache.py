@@ -12,18 +12,9 @@ from imet.cli import main
 from imet.data.cache import MANIFEST, ImageCache, build_cache, cache_resize, find_cache
 from imet.data.dataset import ImetDataset
 from imet.data.images import load_rgb
-from imet.data.labels import read_labels, read_train
-from imet.data.layout import CompetitionLayout
 from imet.data.transforms import build_eval_transform, build_train_transform
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def train_items(mini_data):
-    layout = CompetitionLayout(mini_data)
-    ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))
-    return layout.image_paths("train", ids), targets
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,6 @@ from imet.errors import DataError
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def train_items(mini_data):
-    layout = CompetitionLayout(mini_data)
-    ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))
-    return layout.image_paths("train", ids), targets
-
-
 def _dataset(train_items, seed=3, preset="seed", **kwargs):
     paths, targets = train_items
     return ImetDataset(paths, targets, build_train_transform(preset, SIZE), seed=seed, **kwargs)

@@ -42,6 +42,8 @@ from imet.engine.loop import EXIT_HANDOVER, train
 from imet.errors import UserError
 from imet.report.metrics_csv import MetricsWriter
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATOL = 1e-5
 
 # 32 training images / 8 = 4 global steps per epoch; stage 1 is steps 1-4, stage 2 steps 5-12;
@@ -132,14 +134,6 @@ def _rank_main(rank, world_size, port, values, signal_rank, signal_step, report_
     with open(os.path.join(report_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"status": result.status, "step": result.step, "reason": result.reason,
                    "exit_code": result.exit_code}, handle)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from imet.engine.config import TrainConfig
 from imet.engine.events import EventBus
 from imet.engine.loop import EXIT_HANDOVER, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # 32 training images / 8 = 4 steps per epoch; stage 1 is epoch 0 (steps 1-4), stage 2 steps 5-12.
 # eval_every=3 adds mid-epoch evaluations at steps 3, 6, 9 besides the epoch ends 4, 8, 12.
 BASE = dict(fold=0, arch="tiny_cnn", pretrained=False, image_size=32, batch_size=8,
@@ -79,16 +81,6 @@ class TickClock:
     def __call__(self):
         self.now += 1.0
         return self.now
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Runs compared bit for bit must use one thread count; one thread is also the fastest on
-    a machine whose few cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,10 @@ from imet.errors import UserError
 from imet.models import build_model
 from imet.models.modelfile import load_model_file
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--batch-size", "8",
         "--num-workers", "0", "--notify", "off", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads; on a shared 2-core machine they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train_args(mini_data, out, *extra):
