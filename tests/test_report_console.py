@@ -92,3 +92,12 @@ def test_a_real_terminal_gets_the_bar():
             pass
     os.close(master)
     assert b"20/60" in output and b"| step " not in output
+
+
+def test_user_errors_are_left_to_the_command_s_one_line():
+    stream = io.StringIO()
+    bus = EventBus([ConsoleProgress(every_s=60, stream=stream)])
+    bus.emit("failure", error="DataError: labels.csv: not found", traceback="", user_error=True)
+    assert stream.getvalue() == ""
+    bus.emit("failure", error="RuntimeError: boom", traceback="", user_error=False)
+    assert stream.getvalue() == "imet: training failed: RuntimeError: boom\n"

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from imet.errors import UserError
 from imet.engine import handover as handover_file
 from imet.engine.budget import SessionBudget, StopRequest
 from imet.engine.checkpoint import (checkpoint_dir, find_resume, load_checkpoint,
@@ -356,7 +357,7 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
                        session_start=session_start, dist=dist).run()
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
-                 traceback=traceback.format_exc())
+                 traceback=traceback.format_exc(), user_error=isinstance(err, UserError))
         raise
     finally:
         if dist is not None:

@@ -186,6 +186,8 @@ class ConsoleProgress(RankZeroSubscriber):
     def _on_failure(self, event) -> None:
         data = event.data
         self._close_bar()
+        if data.get("user_error"):
+            return  # the command prints it as its one-line error
         # an error text may quote a URL with a token in it
         self._print(f"imet: training failed: {redact(str(data.get('error')))}")
 
