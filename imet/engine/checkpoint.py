@@ -24,6 +24,7 @@ import torch
 
 from imet.errors import CheckpointError
 from imet.fileio import atomic_write_text, fsync_dir
+from imet.walk import walk_folders
 
 log = logging.getLogger(__name__)
 
@@ -197,22 +198,13 @@ def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Cand
     for step, path in list_generations(own):
         seen.add(path.resolve())
         found.append(Candidate(path, step, read_meta(path), True))
-    visited: set[str] = set()
-    for root in input_roots:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            # Inputs may be linked in (the emulator, some mounts): follow links, never twice.
-            real = os.path.realpath(dirpath)
-            if real in visited:
-                dirnames[:] = []
-                continue
-            visited.add(real)
-            dirnames.sort()
-            for name in filenames:
-                match = _NAME.match(name)
-                path = Path(dirpath) / name
-                if match and path.resolve() not in seen:
-                    seen.add(path.resolve())
-                    found.append(Candidate(path, int(match.group(1)), read_meta(path), False))
+    for folder, _, filenames in walk_folders(input_roots):
+        for name in filenames:
+            match = _NAME.match(name)
+            path = folder / name
+            if match and path.resolve() not in seen:
+                seen.add(path.resolve())
+                found.append(Candidate(path, int(match.group(1)), read_meta(path), False))
     return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from imet.errors import UserError
+from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"
 DEFAULT_ROOT = "/kaggle"
@@ -32,37 +33,19 @@ def working_dir(env: Mapping[str, str] | None = None) -> Path:
     return kaggle_root(env) / "working"
 
 
-def _walk(root: Path, max_depth: int) -> Iterator[tuple[Path, list[str]]]:
-    """Yield (folder, file names) breadth-first, following symlinks (Kaggle mounts and the
-    emulator's links), each real folder once, no deeper than max_depth."""
-    seen: set[str] = set()
-    level = [root]
-    for _ in range(max_depth + 1):
-        following: list[Path] = []
-        for folder in level:
-            try:
-                real = os.path.realpath(folder)
-                if real in seen:
-                    continue
-                seen.add(real)
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            files = [e.name for e in entries if e.is_file()]
-            yield folder, files
-            # A folder of images is a leaf: its thousands of files are never folders to search.
-            if len(files) > 1000:
-                continue
-            following.extend(Path(e.path) for e in entries if e.is_dir())
-        level = sorted(following)
-
-
 def find_folders_with(root: Path, *names: str, max_depth: int = MAX_DEPTH) -> list[Path]:
-    """Folders under root (root included) that hold every one of `names` as files."""
+    """Folders under root (root included) that hold every one of `names` as files, shallowest
+    first (then in name order), so the attached input itself wins over copies inside it."""
     if not root.is_dir():
         return []
-    return [folder for folder, files in _walk(root, max_depth)
-            if all(name in files for name in names)]
+    found = []
+    for folder, subfolders, files in walk_folders([root], max_depth):
+        if all(name in files for name in names):
+            found.append(folder)
+        # A folder of images is a leaf: its thousands of files are never folders to search.
+        if len(files) > 1000:
+            subfolders[:] = []
+    return sorted(found, key=lambda folder: (len(folder.parts), folder))
 
 
 def find_competition_data(root: Path | None = None) -> Path:

@@ -6,7 +6,6 @@ dataset somewhere under /kaggle/input, so the resolver searches for it by its of
 """
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 
 from imet.errors import CheckpointError, UserError
 from imet.models.registry import ARCHS, ArchSpec
+from imet.walk import walk_folders
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -43,18 +43,11 @@ def find_file(names: tuple, roots) -> Path | None:
             if root.name in wanted:
                 return root
             continue
-        seen: set = set()
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs.sort()
+        for folder, _, files in walk_folders([root]):
             hits = wanted.intersection(files)
             if hits:
                 # Preference order of `names` decides between several hits in one folder.
-                return Path(folder) / next(n for n in names if n in hits)
+                return folder / next(n for n in names if n in hits)
     return None
 
 

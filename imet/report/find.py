@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from imet.walk import walk_folders
+
 # Deep enough for /kaggle/input/notebooks/<user>/<kernel>/<run>/..., shallow enough that a
 # large attached data set (109k images in a few folders) is not listed file by file forever.
 MAX_DEPTH = 6
@@ -15,14 +17,7 @@ def files_named(roots: Iterable[str | os.PathLike], name: str,
                 max_depth: int = MAX_DEPTH) -> Iterator[Path]:
     """Every file called `name` under the roots, at most `max_depth` folders down, each root in
     sorted (reproducible) order. Roots that are not folders are skipped."""
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        base = len(root.parts)
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            if len(Path(dirpath).parts) - base >= max_depth:
-                dirnames[:] = []
-            if name in filenames:
-                yield Path(dirpath) / name
+    folders = [Path(root) for root in roots if Path(root).is_dir()]
+    for folder, _, filenames in walk_folders(folders, max_depth):
+        if name in filenames:
+            yield folder / name

@@ -1,0 +1,31 @@
+"""Walking the input roots: where Kaggle mounts attached datasets and outputs at depths that vary
+by kind, and the local emulator links them in. Sits beside imet/errors.py, below every layer
+that searches them (checkpoints, weights, earlier run files, Kaggle inputs)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+def walk_folders(roots: Iterable[str | os.PathLike], max_depth: int | None = None
+                 ) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """(folder, subfolder names, file names) under each root, top-down and sorted, so a search
+    finds the same file on every run. Links are followed (mounts, the emulator's links) but each
+    real folder is visited once, across all roots, so a link loop cannot hang a search. No
+    folder deeper than `max_depth` below its root is listed. As with os.walk, clearing the
+    yielded subfolder list skips what is below."""
+    seen: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        base = len(root.parts)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames.sort()
+            if max_depth is not None and len(Path(dirpath).parts) - base >= max_depth:
+                dirnames[:] = []
+            yield Path(dirpath), dirnames, filenames
