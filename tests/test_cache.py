@@ -9,10 +9,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from imet.cli import main
-from imet.data.cache import MANIFEST, ImageCache, build_cache, cache_resize, find_cache
+from imet.data.cache import MANIFEST, ImageCache, build_cache, find_cache
 from imet.data.dataset import ImetDataset
-from imet.data.images import load_rgb
-from imet.data.transforms import build_eval_transform, build_train_transform
+from imet.data.images import load_rgb, scale_short_side
+from imet.data.transforms import (build_batch_augment, build_eval_transform,
+                                  build_train_transform)
 
 SIZE = 32
 
@@ -55,13 +56,13 @@ def test_npy_cache_equals_direct_decode_and_resize_exactly(train_items, npy_cach
     # Enlarging too (iMet's 300 px short side under a 320 px training size).
     enlarge = build_eval_transform(64, "seed").transforms[0]
     image = np.random.default_rng(0).integers(0, 256, (48, 71, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(cache_resize(image, 64), enlarge(image=image)["image"])
+    np.testing.assert_array_equal(scale_short_side(image, 64), enlarge(image=image)["image"])
 
 
 def test_jpeg_cache_is_close_to_direct_decode_and_resize(train_items, jpeg_cache):
     cached = jpeg_cache.resolve(train_items[0])
     for i in range(0, 64, 9):
-        expected = cache_resize(load_rgb(train_items[0][i]), SIZE).astype(np.int16)
+        expected = scale_short_side(load_rgb(train_items[0][i]), SIZE).astype(np.int16)
         got = cached.load(i).astype(np.int16)
         assert got.shape == expected.shape
         # q95 on tiny synthetic images: a few grey levels on average.
@@ -71,12 +72,12 @@ def test_jpeg_cache_is_close_to_direct_decode_and_resize(train_items, jpeg_cache
 def test_seed_preset_through_npy_cache_is_bit_identical_to_the_source_path(train_items,
                                                                           npy_cache):
     """Resizing first (in the cache) changes nothing: SmallestMaxSize becomes a no-op and the
-    random crop, flip, affine and noise draw the same numbers from the same (seed, epoch, i)."""
+    random crop and flip, and the per-batch parameters, come from the same (seed, epoch, i)."""
     paths, targets = train_items
     direct = ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=5,
-                         normalize=None)
+                         normalize=None, batch_augment=build_batch_augment("seed"))
     cached = ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=5,
-                         normalize=None, cache=npy_cache)
+                         normalize=None, cache=npy_cache, batch_augment=build_batch_augment("seed"))
     order = list(range(16))
     assert _equal(_batches(direct, order, 0, 2), _batches(cached, order, 0, 2))
 
@@ -87,7 +88,8 @@ def test_cached_batches_identical_across_workers_and_restart(train_items, jpeg_c
 
     def fresh():
         return ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=9,
-                           cache=jpeg_cache)
+                           normalize=None, cache=jpeg_cache,
+                           batch_augment=build_batch_augment("seed"))
 
     single = _batches(fresh(), order, 0, epoch=1)
     assert _equal(single, _batches(fresh(), order, 2, epoch=1))
@@ -153,22 +155,3 @@ def test_cli_builds_and_reports_errors_in_one_line(mini_data, mini_data_copy, tm
                      "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "1 images could not be cached" in err and broken.name in err
-
-
-def test_noise_bank_is_gaussian_noise_of_the_drawn_std_and_seeded():
-    import random
-
-    from imet.data.noise import GaussNoiseBank
-
-    flat = np.full((320, 320, 3), 128, np.uint8)
-    noise = GaussNoiseBank(std_range=(0.04, 0.04), p=1.0)
-    noise.set_random_state(np.random.default_rng(1), random.Random(1))
-    first = noise(image=flat)["image"]
-    diff = first.astype(np.float64) - 128
-    assert abs(diff.mean()) < 0.1 and abs(diff.std() - 0.04 * 255) < 0.1
-    assert abs(np.corrcoef(diff[:, :-1].ravel(), diff[:, 1:].ravel())[0, 1]) < 0.01  # per pixel
-    noise.set_random_state(np.random.default_rng(1), random.Random(1))
-    np.testing.assert_array_equal(noise(image=flat)["image"], first)
-    assert not np.array_equal(noise(image=flat)["image"], first)
-    bright = noise.apply(np.full((8, 8, 3), 250, np.uint8), offset=0, sigma=40.0)
-    assert bright.dtype == np.uint8 and bright.max() == 255  # saturates, no wrap-around

@@ -65,14 +65,27 @@ def test_restarted_epoch_continues_the_same_stream(train_items):
 
 
 def test_augmentation_changes_with_epoch_and_seed(train_items):
-    dataset = _dataset(train_items)
-    first = dataset[0][0]
+    from imet.data.transforms import build_batch_augment
+
+    def augmented(dataset, key):
+        """The sample as the device sees it: per-image step, then per-batch part."""
+        from imet.data.batch_augment import augment_batch
+
+        image, _, _, params = dataset[key]
+        return augment_batch(image[None], params[None])[0]
+
+    def fresh(seed=3):
+        return _dataset(train_items, seed, normalize=None,
+                        batch_augment=build_batch_augment("seed"))
+
+    dataset = fresh()
+    firsts = [augmented(dataset, i) for i in range(8)]
     dataset.set_epoch(1)
-    assert not torch.equal(first, dataset[0][0])
-    assert torch.equal(dataset[0][0], dataset[(1, 0)][0])
-    assert torch.equal(first, dataset[(0, 0)][0])
-    other_seed = _dataset(train_items, seed=4)
-    assert not torch.equal(first, other_seed[0][0])
+    assert not any(torch.equal(f, augmented(dataset, i)) for i, f in enumerate(firsts))
+    assert torch.equal(augmented(dataset, 0), augmented(dataset, (1, 0)))
+    assert torch.equal(firsts[0], augmented(dataset, (0, 0)))
+    other_seed = fresh(seed=4)
+    assert not any(torch.equal(f, augmented(other_seed, i)) for i, f in enumerate(firsts))
 
 
 def test_without_targets_gives_zero_targets(train_items):
@@ -121,3 +134,35 @@ def test_persistent_workers_with_epoch_keys(train_items):
             expected = torch.stack([dataset[i][0] for _, i in keys])
             assert indices.tolist() == [i for _, i in keys]
             assert torch.equal(images, expected)
+
+
+def test_batch_augment_parameters_travel_with_each_sample(train_items):
+    """The fourth item is the sample's parameter row: a function of (seed, epoch, index) only,
+    the same through any number of workers, from a stream independent of the image's."""
+    from imet.data.batch_augment import FLIP, IDENTITY, PARAMS, augment_batch
+    from imet.data.transforms import build_batch_augment
+
+    spec = build_batch_augment("seed")
+    dataset = _dataset(train_items, normalize=None, batch_augment=spec)
+    image, target, index, params = dataset[(2, 5)]
+    assert image.dtype == torch.uint8 and index == 5
+    assert params.dtype == torch.float64 and params.shape == (PARAMS,)
+    assert torch.equal(params, dataset[(2, 5)][3])
+    rows = torch.stack([dataset[(2, i)][3] for i in range(len(dataset))])
+    # Rows with a continuous parameter drawn (not only a flip) are all different.
+    drawn = [tuple(r.tolist()) for r in rows
+             if not np.array_equal(np.delete(r.numpy(), FLIP), np.delete(IDENTITY, FLIP))]
+    assert len(drawn) > len(dataset) // 2 and len(set(drawn)) == len(drawn)
+    assert not torch.equal(rows, torch.stack([dataset[(3, i)][3] for i in range(len(dataset))]))
+    # The per-image stream is the same with or without the per-batch part.
+    plain = _dataset(train_items, normalize=None)
+    assert torch.equal(plain[(2, 5)][0], image)
+    dataset.set_epoch(2)
+    order = _order(2, len(dataset))
+    single, multi = _batches(dataset, order, 0), _batches(dataset, order, 2)
+    for a, b in zip(single, multi):
+        assert len(a) == 4 and all(torch.equal(x, y) for x, y in zip(a, b))
+    augmented = augment_batch(single[0][0], single[0][3])
+    assert augmented.shape == single[0][0].shape and augmented.dtype == torch.float32
+    with pytest.raises(ValueError, match="normalize=None"):
+        _dataset(train_items, batch_augment=spec)

@@ -191,3 +191,40 @@ def test_events_carry_the_contract_fields(mini_data, tmp_path):
     saved = [e.data["step"] for e in events if e.kind == "checkpoint"]
     assert saved[:3] == [3, 4, 5]  # every 3 steps, after the epoch-end evaluation, at the stop
     assert "missing" in [e for e in events if e.kind == "failure"][0].data["error"]
+
+
+@pytest.mark.parametrize("preset", ["seed", "resize"])
+def test_the_seed_preset_augments_each_training_batch_on_the_device(mini_data, preset):
+    """The training set hands each sample's parameters along; the step applies them before
+    normalizing (and the loss sees it); `resize` has no per-batch part."""
+    from torch.utils.data import default_collate
+
+    from imet.data.batch_augment import augment_batch
+    from imet.data.transforms import normalize_batch
+    from imet.engine.inputs import load_run_data
+    from imet.engine.state import TrainState
+    from imet.engine.steps import StepRunner
+
+    config = TrainConfig(data=str(mini_data), folds=str(mini_data / "folds.csv"),
+                         arch="tiny_cnn", pretrained=False, image_size=32, batch_size=8,
+                         preset=preset, head_epochs=0, device="cpu").validated()
+    data = load_run_data(config)
+    batch = default_collate([data.train_set[(0, i)] for i in range(8)])
+    assert len(batch) == (4 if preset == "seed" else 3)
+
+    def runner():
+        torch.manual_seed(0)
+        model = build_model("tiny_cnn", data.train_set.num_classes)
+        steps = StepRunner(config, torch.device("cpu"))
+        steps.bind(TrainState(config, model, model.param_groups(), 4, {}, "", False), data)
+        return steps
+
+    steps = runner()
+    plain = normalize_batch(batch[0], steps.norm)
+    if preset == "resize":
+        assert torch.equal(steps.prepare(batch[0]), plain)
+        return
+    prepared = steps.prepare(batch[0], batch[3])
+    assert torch.equal(prepared, steps.norm.apply_(augment_batch(batch[0], batch[3])))
+    assert not torch.equal(prepared, plain)
+    assert steps.train_step(batch) != runner().train_step(batch[:3])

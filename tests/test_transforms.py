@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from imet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TRAIN_PRESETS, TTA, CropToAspect,
-                                  Normalization, apply_tta, build_eval_transform,
-                                  build_train_transform, normalize_batch, seed_transform,
-                                  to_tensor)
+from imet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TRAIN_PRESETS, TTA,
+                                  AlbumentationsStep, CropToAspect, Normalization,
+                                  RandomSquareCrop, apply_tta, build_eval_transform,
+                                  build_train_transform, normalize_batch, to_tensor)
 from imet.errors import UserError
 
 SHAPES = [(48, 48), (40, 100), (130, 30), (20, 25), (300, 200)]
@@ -13,6 +13,10 @@ SHAPES = [(48, 48), (40, 100), (130, 30), (20, 25), (300, 200)]
 
 def _image(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _rng(seed):
+    return np.random.default_rng(seed)
 
 
 def _ramp(h, w):
@@ -30,9 +34,8 @@ def test_presets_registered():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_output_is_square_uint8_of_size(preset, shape):
     image = _image(*shape)
-    for transform in (build_train_transform(preset, 32), build_eval_transform(32, preset)):
-        seed_transform(transform, 1)
-        out = transform(image=image)["image"]
+    for out in (build_train_transform(preset, 32)(image, _rng(1)),
+                build_eval_transform(32, preset)(image=image)["image"]):
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
 
 
@@ -40,25 +43,22 @@ def test_output_is_square_uint8_of_size(preset, shape):
 def test_train_transform_depends_on_seed_only(preset):
     image = _image(90, 60)
     transform = build_train_transform(preset, 32)
-    outputs = []
-    for seed in [5, 6, 5, 7, 8]:
-        seed_transform(transform, seed)
-        outputs.append(transform(image=image)["image"])
+    outputs = [transform(image, _rng(seed)) for seed in [5, 6, 5, 7, 8]]
     assert np.array_equal(outputs[0], outputs[2])
     assert not all(np.array_equal(outputs[0], o) for o in outputs[3:] + [outputs[1]])
 
 
 def test_seeded_steps_fire_independently():
     # Compose.set_random_seed would seed each step identically (flip and brightness always
-    # together); seed_transform shares one stream, so all four combinations occur.
+    # together); AlbumentationsStep shares one stream, so all four combinations occur.
     import albumentations as A
 
-    transform = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5)])
+    transform = AlbumentationsStep(A.Compose([A.HorizontalFlip(p=0.5),
+                                              A.RandomBrightnessContrast(p=0.5)]))
     image = _ramp(8, 16)
     combos = set()
     for seed in range(64):
-        seed_transform(transform, seed)
-        out = transform(image=image)["image"]
+        out = transform(image, _rng(seed))
         flipped = out[0, 0, 0] > out[0, -1, 0]
         brightness_changed = not (np.array_equal(out, image) or np.array_equal(out, image[:, ::-1]))
         combos.add((bool(flipped), brightness_changed))
@@ -70,8 +70,7 @@ def test_resize_preset_flips_about_half_the_time():
     image = _ramp(16, 16)
     flips = 0
     for seed in range(200):
-        seed_transform(transform, seed)
-        out = transform(image=image)["image"]
+        out = transform(image, _rng(seed))
         flips += int(out[0, 0, 0] > out[0, -1, 0])
     assert 70 < flips < 130
 
@@ -128,6 +127,10 @@ def test_uint8_path_then_batch_normalize_equals_to_tensor():
     assert torch.allclose(normalize_batch(raw[None], norm)[0], to_tensor(image, norm), atol=1e-5)
     floats = torch.zeros(1, 3, 2, 2)
     assert normalize_batch(floats) is floats
+    pixels = raw[None].float()
+    assert torch.allclose(norm.apply(pixels), norm.apply(raw[None]))
+    in_place = norm.apply_(pixels)
+    assert in_place is pixels and torch.allclose(in_place, to_tensor(image, norm)[None], atol=1e-5)
 
 
 def test_normalization_from_model_info():
@@ -165,3 +168,18 @@ def test_scaling_is_bilinear_up_and_area_averaging_down():
     small = build_eval_transform(100)(image=noise)["image"]
     # each output pixel averages a 3x3 block: the noise's std shrinks about 3-fold
     assert small.std() == pytest.approx(noise.std() / 3, rel=0.1)
+
+
+def test_random_square_crop_scales_the_short_side_then_crops_anywhere():
+    crop = RandomSquareCrop(32)
+    wide = _ramp(40, 100)  # short side 40 -> 32, long side 80
+    lefts = set()
+    for seed in range(40):
+        out = crop(wide, _rng(seed))
+        assert out.shape == (32, 32, 3)
+        lefts.add(int(out[0, 0, 0]))
+    assert len(lefts) > 10  # many window positions along the long side
+    cached = _image(32, 70)  # already at size: a view of the input, no copy
+    out = crop(cached, _rng(0))
+    assert np.shares_memory(out, cached)
+    assert np.array_equal(crop(cached, _rng(3)), crop(cached, _rng(3)))

@@ -27,7 +27,9 @@ HELP = {
     "pretrained": "start the body from ImageNet weights (--no-pretrained: random init)",
     "dropout": "dropout before the head's linear layer",
     "image_size": "square training/eval image side in pixels",
-    "preset": "training augmentation preset (seed | resize)",
+    "preset": "training augmentation preset: seed (random square crop in the loader; flip, "
+              "brightness/contrast, shift-scale-rotate and noise per batch on the device) | "
+              "resize (resize to a square, flip)",
     "loss": "loss (bce | focal | soft_f2)",
     "focal_alpha": "focal loss alpha",
     "focal_gamma": "focal loss gamma",

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imet.data.images import load_rgb
+from imet.data.images import load_rgb, scale_short_side
 from imet.errors import DataError, UserError
 
 MANIFEST = "imet-cache.json"
@@ -136,21 +136,6 @@ def read_manifest(cache_dir: Path) -> dict | None:
 
 # ---- building ---------------------------------------------------------------------------------
 
-def cache_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Short side -> `size` exactly as the pipelines' first step (albumentations'
-    SmallestMaxSize: area averaging when shrinking, bilinear when enlarging) computes it, so an
-    npy cache reproduces the direct path bit for bit (a test checks it against the eval
-    transform's first step). Written with cv2 because importing albumentations pulls in torch:
-    seconds per cache worker."""
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    target = max(1, round(height * scale)), max(1, round(width * scale))
-    if target == (height, width):
-        return image
-    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    return cv2.resize(image, (target[1], target[0]), interpolation=interpolation)
-
-
 def list_sources(data_root: Path, splits=SPLIT_DIRS) -> list[str]:
     """Image paths relative to `data_root`, sorted, from the split folders that exist."""
     names = []
@@ -167,7 +152,7 @@ def _cache_one(job: tuple) -> tuple:
     source, target, name, size, fmt, quality = job
     try:
         key = source_key(Path(source))
-        image = cache_resize(load_rgb(source), size)
+        image = scale_short_side(load_rgb(source), size)
         target = Path(target)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         FORMATS[fmt].write(tmp, image, quality)

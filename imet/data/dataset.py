@@ -12,19 +12,22 @@ import torch
 from torch.utils.data import Dataset
 
 from imet.data.images import load_rgb
-from imet.data.transforms import Normalization, seed_transform, to_tensor
+from imet.data.transforms import Normalization, as_image_step, to_tensor
 
 _UINT64 = (1 << 64) - 1
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
-    """The entropy of one sample's augmentation: SeedSequence mixes the three numbers so that
-    neighbouring indices or epochs give unrelated streams."""
-    return np.random.SeedSequence([seed & _UINT64, epoch, index])
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's augmentation (per-image step, then per-batch parameters):
+    SeedSequence mixes the three numbers so that neighbouring indices or epochs give unrelated
+    streams."""
+    return np.random.default_rng(np.random.SeedSequence([seed & _UINT64, epoch, index]))
 
 
 class ImetDataset(Dataset):
-    """`dataset[i]` -> (image float32 CHW normalized, target float32[C], i).
+    """`dataset[i]` -> (image float32 CHW normalized, target float32[C], i), and with a
+    `batch_augment` (`imet.data.batch_augment.BatchAugment`) a fourth item: the sample's
+    parameter row (float64), for `augment_batch` to apply on the device.
 
     `dataset[(epoch, i)]` reads sample i of `epoch` without `set_epoch`: a sampler yielding such
     pairs keeps persistent DataLoader workers (which hold their own copy of the dataset, so
@@ -35,7 +38,12 @@ class ImetDataset(Dataset):
 
     def __init__(self, image_paths, targets: np.ndarray | None, transform=None, seed: int = 0,
                  *, num_classes: int | None = None,
-                 normalize: Normalization | None = Normalization(), cache=None):
+                 normalize: Normalization | None = Normalization(), cache=None,
+                 batch_augment=None):
+        if batch_augment is not None and normalize is not None:
+            raise ValueError("a batch_augment works on 0..255 pixels: use normalize=None and "
+                             "normalize after augment_batch")
+        self.batch_augment = batch_augment
         self.image_paths = [Path(p) for p in image_paths]
         self.cached = cache.resolve(self.image_paths) if cache is not None else None
         if targets is not None:
@@ -46,7 +54,7 @@ class ImetDataset(Dataset):
             num_classes = targets.shape[1]
         self.targets = targets
         self.num_classes = int(num_classes or 0)
-        self.transform = transform
+        self.transform = as_image_step(transform)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.seed = int(seed)
@@ -61,15 +69,17 @@ class ImetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def load(self, index: int, epoch: int | None = None) -> np.ndarray:
-        """The augmented uint8 HWC image of sample `index` in `epoch` (default: current)."""
+    def load(self, index: int, epoch: int | None = None,
+             rng: np.random.Generator | None = None) -> np.ndarray:
+        """The uint8 HWC image of sample `index` after the per-image step, drawn from `rng`
+        or else from the sample's generator in `epoch` (default: current)."""
         image = (self.cached.load(index) if self.cached is not None
                  else load_rgb(self.image_paths[index]))
         if self.transform is None:
             return image
-        seed_transform(self.transform, sample_seed(self.seed, self.epoch if epoch is None
-                                                   else epoch, index))
-        return self.transform(image=image)["image"]
+        if rng is None:
+            rng = sample_rng(self.seed, self.epoch if epoch is None else epoch, index)
+        return self.transform(image, rng)
 
     def target(self, index: int) -> torch.Tensor:
         if self.targets is None:
@@ -81,5 +91,10 @@ class ImetDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self.image_paths):
             raise IndexError(f"sample {index} out of range 0..{len(self.image_paths) - 1}")
-        image = to_tensor(self.load(index, epoch), self.normalize)
-        return image, self.target(index), index
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = sample_rng(self.seed, epoch, index)
+        image = to_tensor(self.load(index, rng=rng), self.normalize)
+        if self.batch_augment is None:
+            return image, self.target(index), index
+        params = torch.from_numpy(self.batch_augment.draw(rng, image.shape))
+        return image, self.target(index), index, params

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -52,3 +53,19 @@ def image_problem(path) -> str | None:
     if image.shape[0] == 0 or image.shape[1] == 0:
         return f"{path}: image has no pixels; {_ADVICE}"
     return None
+
+
+def scale_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Short side -> `size` exactly as albumentations' SmallestMaxSize with the pipelines'
+    scaling computes it (area averaging when shrinking, bilinear when enlarging), so the cache,
+    the `seed` preset's crop and the eval transforms agree bit for bit (a test checks it
+    against the eval transform's first step). Written with cv2 because importing
+    albumentations pulls in torch: seconds per cache worker. The image itself when it already
+    has that size."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    target = max(1, round(height * scale)), max(1, round(width * scale))
+    if target == (height, width):
+        return image
+    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, (target[1], target[0]), interpolation=interpolation)

@@ -4,7 +4,8 @@ The training loader's order comes from `EpochBatchSampler` (a function of seed, 
 position) and its augmentation from the dataset's (seed, epoch, index) streams, so the batches
 are the same whatever `num_workers` is and wherever a session stopped. The sampler hands the
 epoch along with each index, so workers can stay alive across epochs. Images travel as uint8
-and are normalized on the device: a quarter of the bytes through pinned memory and PCIe."""
+(a quarter of the bytes through pinned memory and PCIe) with each sample's per-batch
+augmentation parameters, and are augmented and normalized on the device."""
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,8 @@ from imet.data.dataset import ImetDataset
 from imet.data.folds import read_folds
 from imet.data.labels import LabelSpace, read_labels, read_train
 from imet.data.layout import CompetitionLayout
-from imet.data.transforms import build_eval_transform, build_train_transform
+from imet.data.transforms import (build_batch_augment, build_eval_transform,
+                                  build_train_transform)
 from imet.engine.config import TrainConfig
 from imet.engine.sampler import EpochBatchSampler
 from imet.errors import DataError, UserError
@@ -61,10 +63,11 @@ def load_run_data(config: TrainConfig) -> RunData:
     cache = _image_cache(config, layout)
     train_set = ImetDataset([paths[i] for i in train_rows], targets[train_rows],
                             build_train_transform(config.preset, config.image_size), config.seed,
-                            normalize=None, cache=cache)
+                            normalize=None, cache=cache,
+                            batch_augment=build_batch_augment(config.preset))
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
-                          build_eval_transform(config.image_size, config.preset), config.seed, normalize=None,
-                          cache=cache)
+                          build_eval_transform(config.image_size, config.preset), config.seed,
+                          normalize=None, cache=cache)
     return RunData(labels, train_set, val_set, targets[val_rows])
 
 

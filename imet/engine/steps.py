@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from imet.data.batch_augment import augment_batch
 from imet.data.transforms import Normalization, normalize_batch
 from imet.engine.config import TrainConfig
 from imet.engine.losses import build_loss, mixup
@@ -66,16 +67,22 @@ class StepRunner:
             return f"cuda:{torch.cuda.get_device_name(self.device)}"
         return "cpu"
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        images = normalize_batch(images.to(self.device, non_blocking=True), self.norm)
+    def prepare(self, images: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
+        """A loader's uint8 batch -> the model's input on the device: augmented per batch when
+        the batch carries `params` (see `imet.data.batch_augment`), then normalized."""
+        images = images.to(self.device, non_blocking=True)
+        if params is not None:
+            images = self.norm.apply_(augment_batch(images, params))
+        else:
+            images = normalize_batch(images, self.norm)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
     def train_step(self, batch) -> float:
         state = self.state
-        images, targets, _ = batch
-        images = self.prepare(images)
+        images, targets = batch[0], batch[1]
+        images = self.prepare(images, batch[3] if len(batch) > 3 else None)
         targets = targets.to(self.device, non_blocking=True)
         if self.config.mixup_alpha > 0:
             images, targets, _ = mixup(images, targets, self.config.mixup_alpha,
