@@ -8,10 +8,11 @@ saved as PNGs in the competition layout.
   rotate) / Gaussian noise on the full image -> Resize(320, 320) -> Normalize -> ToTensorV2.
 - imet: `ImetDataset` with the default `seed` preset (same augmentations in kind: random square
   crop, flip, brightness-contrast, affine, noise) reading a JPEG q95 cache made by
-  `imet cache --size 320`; uint8 out, normalized per batch on the GPU (`normalize_batch`).
-  Also shown: the same from the PNGs (no cache), from an npy cache, with albumentations'
-  GaussNoise instead of imet's GaussNoiseBank, and with the batch normalization on the CPU
-  (a machine without a GPU).
+  `imet cache --size 320`. The workers crop and draw each sample's flip, brightness/contrast,
+  affine and noise parameters; uint8 out; `augment_batch` + normalization run per batch on the
+  GPU. Also shown: the same from the PNGs (no cache), from an npy cache, with every
+  augmentation per image in the workers (albumentations, as before the per-batch part), and
+  with the per-batch part run on this CPU (what a machine without a GPU pays).
 
 Per core: one process, cv2 and torch on one thread, CPU time (robust on a shared machine),
 batches of 32 through a DataLoader with num_workers=0. With N workers: wall clock.
@@ -37,8 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from imet.data.cache import ImageCache, build_cache
 from imet.data.dataset import ImetDataset
-from imet.data.noise import GaussNoiseBank
-from imet.data.transforms import build_train_transform, normalize_batch
+from imet.data.batch_augment import augment_batch
+from imet.data.transforms import (Normalization, build_batch_augment, build_train_transform,
+                                  normalize_batch)
 
 SIZE, SHORT_SIDE, MAX_ASPECT, CLASSES = 320, 300, 2.5, 1103
 IMET_TRAIN_IMAGES = 109_237
@@ -110,28 +112,39 @@ def one_thread(_worker_id=None) -> None:
     torch.set_num_threads(1)
 
 
-def per_core(dataset, normalize: bool = False) -> float:
+def on_this_cpu(batch) -> None:
+    """What the device does with a batch, done here: augment (when the batch carries
+    parameters) and normalize."""
+    if len(batch) > 3:
+        Normalization().apply_(augment_batch(batch[0], batch[3]))
+    else:
+        normalize_batch(batch[0])
+
+
+def per_core(dataset, device_part_here: bool = False) -> float:
     """Images per CPU-second, one process, one thread."""
     loader = DataLoader(dataset, batch_size=32, num_workers=0)
     start = time.process_time()
     count = 0
-    for images, _, _ in loader:
-        if normalize:
-            normalize_batch(images)
-        count += len(images)
+    for batch in loader:
+        if device_part_here:
+            on_this_cpu(batch)
+        count += len(batch[0])
     return count / (time.process_time() - start)
 
 
-def with_workers(dataset, workers: int) -> float:
-    """Images per wall-second with `workers` DataLoader processes (workers started first)."""
-    loader = DataLoader(dataset, batch_size=32, num_workers=workers, worker_init_fn=one_thread,
-                        persistent_workers=True, prefetch_factor=4)
-    for _ in loader:  # the first epoch starts the workers: start-up is not throughput
-        pass
-    start, count = time.perf_counter(), 0
-    for _ in range(2):
-        for images, _, _ in loader:
-            count += len(images)
+def with_workers(dataset, workers: int, passes: int = 8) -> float:
+    """Images per wall-second with `workers` DataLoader processes: one long epoch of `passes`
+    passes over the images, timed from the batch after the workers' first round (start-up and
+    the pipeline filling are not throughput)."""
+    loader = DataLoader(dataset, batch_size=32, sampler=list(range(len(dataset))) * passes,
+                        num_workers=workers, worker_init_fn=one_thread, prefetch_factor=4)
+    start, count = None, 0
+    for k, batch in enumerate(loader):
+        if k == workers:
+            start = time.perf_counter()
+        elif k > workers:
+            count += len(batch[0])
     return count / (time.perf_counter() - start)
 
 
@@ -168,28 +181,42 @@ def main() -> None:
                   f"{per_image * IMET_TRAIN_IMAGES / 1e9:.1f} GB "
                   f"(Kaggle working disk: {KAGGLE_WORKING_GB} GB)")
 
-        def imet(cache=None, albumentations_noise=False):
-            transform = build_train_transform("seed", SIZE)
-            if albumentations_noise:  # what the noise bank saves
-                transform = A.Compose([A.GaussNoise(t.std_range, p=t.p)
-                                       if isinstance(t, GaussNoiseBank) else t
-                                       for t in transform.transforms])
+        def imet(cache=None):
+            return ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=0,
+                               normalize=None, cache=cache,
+                               batch_augment=build_batch_augment("seed"))
+
+        def imet_per_image(cache):
+            """Every augmentation per image in the workers, with albumentations."""
+            spec = build_batch_augment("seed")
+            transform = A.Compose([
+                A.SmallestMaxSize(max_size=SIZE, interpolation=cv2.INTER_LINEAR,
+                                  area_for_downscale="image"),
+                A.RandomCrop(SIZE, SIZE),
+                A.HorizontalFlip(p=spec.p_flip),
+                A.RandomBrightnessContrast(spec.brightness, spec.contrast,
+                                           p=spec.p_brightness_contrast),
+                A.Affine(scale=spec.scale, translate_percent=(-spec.shift, spec.shift),
+                         rotate=(-spec.rotate, spec.rotate), border_mode=cv2.BORDER_REFLECT,
+                         p=spec.p_affine),
+                A.GaussNoise(std_range=spec.noise_std, p=spec.p_noise),
+            ])
             return ImetDataset(paths, targets, transform, seed=0, normalize=None, cache=cache)
 
         pipelines = {
             "seed": lambda: SeedDataset(paths, targets),
             "imet (png, no cache)": lambda: imet(),
-            "imet (jpeg cache, A.GaussNoise)": lambda: imet(caches["jpeg"], True),
             "imet (jpeg cache)": lambda: imet(caches["jpeg"]),
             "imet (npy cache)": lambda: imet(caches["npy"]),
+            "imet (jpeg cache), all per image": lambda: imet_per_image(caches["jpeg"]),
         }
         best = {name: 0.0 for name in pipelines}
-        normalized = "imet (jpeg cache) + normalize on the CPU"
-        best[normalized] = 0.0
+        here = "imet (jpeg cache) + per-batch part on the CPU"
+        best[here] = 0.0
         for _ in range(args.rounds):  # interleaved, so load changes hit every pipeline alike
             for name, make in pipelines.items():
                 best[name] = max(best[name], per_core(make()))
-            best[normalized] = max(best[normalized], per_core(imet(caches["jpeg"]), True))
+            best[here] = max(best[here], per_core(imet(caches["jpeg"]), device_part_here=True))
         for name, rate in best.items():
             print(f"per core  {name:42s} {rate:7.0f} img/s  ({rate / best['seed']:.2f}x seed)")
         walls = {}
