@@ -17,7 +17,7 @@ saved as PNGs in the competition layout.
 Per core: one process, cv2 and torch on one thread, CPU time (robust on a shared machine),
 batches of 32 through a DataLoader with num_workers=0. With N workers: wall clock.
 
-    python benchmarks/bench_loader.py [--images 96] [--rounds 3] [--workers N]
+    python benchmarks/bench_loader.py [--images 96] [--rounds 5] [--workers N]
 
 Last line: `loader_speedup_per_core_vs_seed: <imet img/s per core / seed img/s per core>x`.
 """
@@ -156,7 +156,7 @@ def cache_bytes(folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     one_thread()

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from imet.data.batch_augment import augment_batch  # noqa: E402
 from imet.data.folds import make_folds, write_folds  # noqa: E402
 from imet.data.labels import read_labels, read_train  # noqa: E402
 from imet.data.layout import CompetitionLayout  # noqa: E402
@@ -71,8 +72,8 @@ def bare_loop(config: TrainConfig) -> None:
     for epoch in range(EPOCHS):
         data.train_set.set_epoch(epoch)
         model.train()
-        for images, targets, _ in train_loader:
-            loss = loss_fn(model(normalize_batch(images, norm)), targets)
+        for images, targets, _, params in train_loader:  # the seed preset's batches
+            loss = loss_fn(model(norm.apply_(augment_batch(images, params))), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
