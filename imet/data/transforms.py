@@ -3,8 +3,9 @@
 A preset has a per-image part, run in the loader workers: a callable (uint8 HWC image, the
 sample's np.random.Generator) -> uint8 HWC image of the final size, an albumentations pipeline
 or a hand-written crop (resizing comes first, so every later step works on few pixels); and
-optionally a per-batch part run on the training device (`imet.data.batch_augment`). Float conversion + normalization happen once, last: per image
-(`to_tensor`) or on the whole batch on the device (`normalize_batch`, `Normalization.apply`).
+optionally a per-batch part run on the training device (`imet.data.batch_augment`). Float
+conversion + normalization happen once, last: per image (`to_tensor`) or on the whole batch on
+the device (`normalize_batch`, `Normalization.apply`).
 """
 from __future__ import annotations
 
