@@ -8,9 +8,9 @@ improved; the trainer: the full TrainState, atomic and fsynced, and model.pt). B
 seed preset's per-batch augmentation. The trainer adds events, budget timing, RNG capture and
 deterministic sample order. Runs alternate (bare, trainer, bare, ...), so both see the same
 machine load, and the medians of 7 (`--repeats`) are compared (a best-of-3 let one lucky bare
-run decide: 1.073 once, 0.985 the run before). One torch thread, and CPU time (of this process) as the
-figure: on a shared machine wall time swings by 2x between identical runs, CPU time much less;
-wall times and the best-of ratio are printed too. Goal: <= 1.03x. Last line: the CPU-time
+run decide: 1.073 once, 0.985 the run before). One torch thread, and CPU time (of this
+process) as the figure: on a shared machine wall time swings by 2x between identical runs, CPU
+time much less; wall times and the best-of ratio are printed too. Goal: <= 1.03x. Last line: the CPU-time
 ratio of the medians."""
 from __future__ import annotations
 
