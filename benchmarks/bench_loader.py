@@ -15,7 +15,9 @@ saved as PNGs in the competition layout.
   with the per-batch part run on this CPU (what a machine without a GPU pays).
 
 Per core: one process, cv2 and torch on one thread, CPU time (robust on a shared machine),
-batches of 32 through a DataLoader with num_workers=0. With N workers: wall clock.
+batches of 32 through a DataLoader with num_workers=0. With N workers: wall clock; and the
+same with a fixed item of each pipeline's shape, which measures the batches' trip from the
+workers through shared memory alone.
 
     python benchmarks/bench_loader.py [--images 96] [--rounds 5] [--workers N]
 
@@ -148,6 +150,20 @@ def with_workers(dataset, workers: int, passes: int = 8) -> float:
     return count / (time.perf_counter() - start)
 
 
+class FixedItems(Dataset):
+    """The same item every time, shaped like a pipeline's output: what the DataLoader's trip
+    from the workers to the main process (batches in shared memory) costs by itself."""
+
+    def __init__(self, item, count: int):
+        self.item, self.count = item, count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        return self.item
+
+
 def cache_bytes(folder: Path) -> float:
     files = [p for p in folder.rglob("*") if p.suffix in (".jpg", ".npy")]
     return sum(p.stat().st_size for p in files) / len(files)
@@ -184,11 +200,11 @@ def main() -> None:
         def imet(cache=None):
             return ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=0,
                                normalize=None, cache=cache,
-                               batch_augment=build_batch_augment("seed"))
+                               batch_augment=build_batch_augment("seed", SIZE))
 
         def imet_per_image(cache):
             """Every augmentation per image in the workers, with albumentations."""
-            spec = build_batch_augment("seed")
+            spec = build_batch_augment("seed", SIZE)
             transform = A.Compose([
                 A.SmallestMaxSize(max_size=SIZE, interpolation=cv2.INTER_LINEAR,
                                   area_for_downscale="image"),
@@ -226,6 +242,12 @@ def main() -> None:
                   f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print(f"{args.workers} workers imet (jpeg cache) / seed: "
               f"{walls['imet (jpeg cache)'] / walls['seed']:.2f}x")
+        for name in ("seed", "imet (jpeg cache)"):
+            item = pipelines[name]()[0]
+            rate = with_workers(FixedItems(item, len(paths)), args.workers)
+            print(f"{args.workers} workers, transfer only: {name} items "
+                  f"({item[0].dtype}, {item[0].numel() * item[0].element_size() / 1024:.0f} "
+                  f"KiB): {rate:.0f} img/s")
         print(f"loader_speedup_per_core_vs_seed: {best['imet (jpeg cache)'] / best['seed']:.2f}x")
 
 

@@ -113,7 +113,7 @@ def test_noise_bank_is_standard_normal_iid_and_the_same_everywhere():
 
 
 def test_draw_follows_the_seed_kernel_distributions():
-    spec = build_batch_augment("seed")
+    spec = build_batch_augment("seed", 64)
     rows = np.stack([spec.draw(np.random.default_rng(i), (3, 64, 64)) for i in range(4000)])
     flipped = rows[:, FLIP] == 1
     changed = rows[:, ALPHA] != 1
@@ -160,8 +160,18 @@ def test_bad_shapes_are_refused():
 
 
 def test_only_the_seed_preset_augments_per_batch():
-    assert isinstance(build_batch_augment("seed"), BatchAugment)
-    assert build_batch_augment("resize") is None
+    assert isinstance(build_batch_augment("seed", 320), BatchAugment)
+    assert build_batch_augment("resize", 320) is None
+
+
+def test_image_sizes_beyond_the_noise_bank_are_a_user_error():
+    from imet.errors import UserError
+
+    assert build_batch_augment("seed", 1182) is not None
+    with pytest.raises(UserError, match="--image-size 1183: the seed preset adds noise to "
+                                        "images of at most 1182 px"):
+        build_batch_augment("seed", 1183)
+    assert build_batch_augment("resize", 2048) is None
     assert set(TRAIN_PRESETS) == {"seed", "resize"}
 
 

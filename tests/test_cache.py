@@ -75,9 +75,10 @@ def test_seed_preset_through_npy_cache_is_bit_identical_to_the_source_path(train
     random crop and flip, and the per-batch parameters, come from the same (seed, epoch, i)."""
     paths, targets = train_items
     direct = ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=5,
-                         normalize=None, batch_augment=build_batch_augment("seed"))
+                         normalize=None, batch_augment=build_batch_augment("seed", SIZE))
     cached = ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=5,
-                         normalize=None, cache=npy_cache, batch_augment=build_batch_augment("seed"))
+                         normalize=None, cache=npy_cache,
+                         batch_augment=build_batch_augment("seed", SIZE))
     order = list(range(16))
     assert _equal(_batches(direct, order, 0, 2), _batches(cached, order, 0, 2))
 
@@ -89,7 +90,7 @@ def test_cached_batches_identical_across_workers_and_restart(train_items, jpeg_c
     def fresh():
         return ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=9,
                            normalize=None, cache=jpeg_cache,
-                           batch_augment=build_batch_augment("seed"))
+                           batch_augment=build_batch_augment("seed", SIZE))
 
     single = _batches(fresh(), order, 0, epoch=1)
     assert _equal(single, _batches(fresh(), order, 2, epoch=1))

@@ -76,7 +76,7 @@ def test_augmentation_changes_with_epoch_and_seed(train_items):
 
     def fresh(seed=3):
         return _dataset(train_items, seed, normalize=None,
-                        batch_augment=build_batch_augment("seed"))
+                        batch_augment=build_batch_augment("seed", SIZE))
 
     dataset = fresh()
     firsts = [augmented(dataset, i) for i in range(8)]
@@ -142,7 +142,7 @@ def test_batch_augment_parameters_travel_with_each_sample(train_items):
     from imet.data.batch_augment import FLIP, IDENTITY, PARAMS, augment_batch
     from imet.data.transforms import build_batch_augment
 
-    spec = build_batch_augment("seed")
+    spec = build_batch_augment("seed", SIZE)
     dataset = _dataset(train_items, normalize=None, batch_augment=spec)
     image, target, index, params = dataset[(2, 5)]
     assert image.dtype == torch.uint8 and index == 5

@@ -9,6 +9,7 @@ the device (`normalize_batch`, `Normalization.apply`).
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from imet.data.batch_augment import BatchAugment
+from imet.data.noise import BANK_SIZE
 from imet.data.images import scale_short_side
 from imet.errors import UserError
 
@@ -165,9 +167,15 @@ def build_train_transform(preset: str, size: int):
     return _preset(preset).train(_check_size(size))
 
 
-def build_batch_augment(preset: str) -> BatchAugment | None:
-    """What `preset` augments per batch on the device (None: nothing)."""
-    return _preset(preset).batch
+def build_batch_augment(preset: str, size: int) -> BatchAugment | None:
+    """What `preset` augments per batch on the device (None: nothing), for size x size
+    images: refused when they are larger than the noise bank's windows."""
+    batch, size = _preset(preset).batch, _check_size(size)
+    if batch is not None and batch.p_noise > 0 and 3 * size * size > BANK_SIZE:
+        largest = math.isqrt(BANK_SIZE // 3)
+        raise UserError(f"--image-size {size}: the {preset} preset adds noise to images of at "
+                        f"most {largest} px; lower --image-size or use --preset resize")
+    return batch
 
 
 def build_eval_transform(size: int, preset: str = "resize") -> A.Compose:

@@ -64,7 +64,8 @@ def load_run_data(config: TrainConfig) -> RunData:
     train_set = ImetDataset([paths[i] for i in train_rows], targets[train_rows],
                             build_train_transform(config.preset, config.image_size), config.seed,
                             normalize=None, cache=cache,
-                            batch_augment=build_batch_augment(config.preset))
+                            batch_augment=build_batch_augment(config.preset,
+                                                              config.image_size))
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
                           build_eval_transform(config.image_size, config.preset), config.seed,
                           normalize=None, cache=cache)
