@@ -124,7 +124,7 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
                          f"{tuple(images.shape)} and {tuple(params.shape)}")
     device = images.device
     params = params.detach().to("cpu", torch.float64)
-    count, channels, height, width = images.shape
+    _, channels, height, width = images.shape
     # One new tensor, then in place: on a CPU, fresh tensors of this size cost more in page
     # faults than the arithmetic.
     x = images.to(torch.float32, copy=True)
