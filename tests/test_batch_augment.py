@@ -37,13 +37,15 @@ def _params(*rows):
 
 
 def _forward_matrix(h, w, scale_x, scale_y, angle, shift_x, shift_y):
-    """The warp as cv2.warpAffine takes it, in pixels: dst = R S (src - c) + c + shift."""
-    a = math.radians(angle)
-    rs = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ \
-        np.diag([scale_x, scale_y])
-    c = np.array([(w - 1) / 2, (h - 1) / 2])
-    t = c + np.array([shift_x * w, shift_y * h]) - rs @ c
-    return np.hstack([rs, t[:, None]])
+    """The warp as albumentations' Affine builds it (its own matrix function), in pixels,
+    for cv2.warpAffine; the shift not rounded to whole pixels."""
+    from albumentations.augmentations.geometric.functional import \
+        create_affine_transformation_matrix
+
+    matrix = create_affine_transformation_matrix(
+        translate={"x": shift_x * w, "y": shift_y * h}, shear={"x": 0.0, "y": 0.0},
+        scale={"x": scale_x, "y": scale_y}, rotate=angle, shift=((w - 1) / 2, (h - 1) / 2))
+    return matrix[:2]
 
 
 def test_identity_rows_leave_pixels_unchanged():
@@ -75,9 +77,9 @@ def test_brightness_contrast_is_albumentations_multiply_add():
 @pytest.mark.parametrize("warp", [(1.0, 1.0, 12.0, 0.0, 0.0), (0.92, 1.08, -9.0, 0.05, -0.04),
                                   (1.1, 1.1, 0.0, -0.06, 0.03)])
 def test_affine_matches_cv2_warp_affine_in_pixels(shape, warp):
-    """The normalized-coordinate matrix handed to grid_sample is the pixel warp an OpenCV user
-    would write (rotation and scale about the centre, shift as a fraction of each side),
-    borders reflected, for square and non-square images."""
+    """The normalized-coordinate matrix handed to grid_sample is albumentations' pixel warp
+    (rotation and per-axis scale about the centre, shift as a fraction of each side, same
+    rotation direction), borders reflected, for square and non-square images."""
     h, w = shape
     image = _smooth(h, w, seed=3)
     reference = cv2.warpAffine(image.astype(np.float32), _forward_matrix(h, w, *warp), (w, h),

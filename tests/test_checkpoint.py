@@ -11,18 +11,22 @@ import pytest
 import torch
 
 from imet.engine import checkpoint as ckpt
-from imet.engine.checkpoint import (FORMAT, VERSION, ForeignCheckpointError, checkpoint_dir,
-                                    find_resume, list_generations, load_checkpoint,
-                                    save_checkpoint)
+from imet.data.transforms import AUGMENTATION_VERSION
+from imet.engine.checkpoint import (FORMAT, VERSION, ForeignCheckpointError,
+                                    IncompatibleCheckpointError, checkpoint_dir, find_resume,
+                                    list_generations, load_checkpoint, save_checkpoint)
 from imet.errors import CheckpointError
 
 CONFIG_FP, LABELS_FP = "c0nf1g", "1abe1s"
 
 
-def payload(step: int, config_fp=CONFIG_FP, labels_fp=LABELS_FP) -> dict:
-    return {"format": FORMAT, "version": VERSION,
-            "meta": {"config_fingerprint": config_fp, "labels_fingerprint": labels_fp,
-                     "step": step},
+def payload(step: int, config_fp=CONFIG_FP, labels_fp=LABELS_FP,
+            augmentation=AUGMENTATION_VERSION) -> dict:
+    meta = {"config_fingerprint": config_fp, "labels_fingerprint": labels_fp, "step": step,
+            "augmentation": augmentation}
+    if augmentation is None:  # written before checkpoints carried it
+        del meta["augmentation"]
+    return {"format": FORMAT, "version": VERSION, "meta": meta,
             "model": OrderedDict(w=torch.full((64, 64), float(step))),
             "rng": {"python": [3, list(range(625)), None], "torch": torch.get_rng_state()},
             "counters": {"step": step, "history": [{"step": step, "f2": 0.5}]}}
@@ -132,3 +136,28 @@ def test_a_foreign_checkpoint_in_the_own_folder_is_an_error(tmp_path):
     save_checkpoint(payload(5, config_fp="changed-flags"), tmp_path, 5)
     with pytest.raises(CheckpointError, match="another training config.*--resume off"):
         find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
+
+
+@pytest.mark.parametrize("augmentation", [None, AUGMENTATION_VERSION + 1])
+def test_a_run_started_by_an_imet_augmenting_differently_is_refused_not_skipped(tmp_path,
+                                                                              augmentation):
+    """Same config and labels, other augmentation scheme: in an input root (the previous
+    Kaggle session) it is an error too, since skipping it would silently start over."""
+    inputs, out = tmp_path / "input", tmp_path / "working"
+    path = save_checkpoint(payload(30, augmentation=augmentation), inputs / "prev", 30)
+    message = "augments differently .*--resume off"
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        load_checkpoint(path, CONFIG_FP, LABELS_FP)
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        find_resume(out, [inputs], CONFIG_FP, LABELS_FP)
+    ckpt.sidecar_of(path).unlink()  # without a sidecar, the load itself refuses it
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        find_resume(out, [inputs], CONFIG_FP, LABELS_FP)
+    assert steps_on_disk(out) == []  # the refused copy is not left behind
+    save_checkpoint(payload(40, augmentation=augmentation), out, 40)
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        find_resume(out, [], CONFIG_FP, LABELS_FP)
+    # Another run's checkpoint is still skipped before its scheme matters.
+    save_checkpoint(payload(50, config_fp="other-fold", augmentation=augmentation),
+                    tmp_path / "other", 50)
+    assert find_resume(tmp_path / "fresh", [tmp_path / "other"], CONFIG_FP, LABELS_FP) is None

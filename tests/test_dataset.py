@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 from imet.data.dataset import ImetDataset
 from imet.data.labels import read_labels, read_train
 from imet.data.layout import CompetitionLayout
-from imet.data.transforms import build_eval_transform, build_train_transform
+from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
 from imet.errors import DataError
 
 SIZE = 32
@@ -15,6 +15,12 @@ SIZE = 32
 def _dataset(train_items, seed=3, preset="seed", **kwargs):
     paths, targets = train_items
     return ImetDataset(paths, targets, build_train_transform(preset, SIZE), seed=seed, **kwargs)
+
+
+def _augmented(train_items, seed=3):
+    """The training set as the engine builds it: per-image crop + per-batch parameters."""
+    return _dataset(train_items, seed, normalize=None,
+                    batch_augment=build_batch_augment("seed", SIZE))
 
 
 def _order(epoch, n):
@@ -37,7 +43,7 @@ def test_item_shapes_and_types(train_items):
 
 
 def test_batches_identical_whatever_num_workers(train_items):
-    dataset = _dataset(train_items)
+    dataset = _augmented(train_items)
     dataset.set_epoch(1)
     order = _order(1, len(dataset))
     single = _batches(dataset, order, 0)
@@ -51,12 +57,12 @@ def test_batches_identical_whatever_num_workers(train_items):
 def test_restarted_epoch_continues_the_same_stream(train_items):
     """A session that stops after 3 batches of epoch 2 and a fresh process that resumes there
     (new dataset object, nothing but seed/epoch/position carried over) see the same samples."""
-    uninterrupted = _dataset(train_items)
+    uninterrupted = _augmented(train_items)
     uninterrupted.set_epoch(2)
     order = _order(2, len(uninterrupted))
     full = _batches(uninterrupted, order, 0)
 
-    resumed = _dataset(train_items)
+    resumed = _augmented(train_items)
     resumed.set_epoch(2)
     tail = _batches(resumed, order[3 * 8:], 0)
     for a, b in zip(full[3:], tail):
@@ -65,8 +71,6 @@ def test_restarted_epoch_continues_the_same_stream(train_items):
 
 
 def test_augmentation_changes_with_epoch_and_seed(train_items):
-    from imet.data.transforms import build_batch_augment
-
     def augmented(dataset, key):
         """The sample as the device sees it: per-image step, then per-batch part."""
         from imet.data.batch_augment import augment_batch
@@ -74,17 +78,13 @@ def test_augmentation_changes_with_epoch_and_seed(train_items):
         image, _, _, params = dataset[key]
         return augment_batch(image[None], params[None])[0]
 
-    def fresh(seed=3):
-        return _dataset(train_items, seed, normalize=None,
-                        batch_augment=build_batch_augment("seed", SIZE))
-
-    dataset = fresh()
+    dataset = _augmented(train_items)
     firsts = [augmented(dataset, i) for i in range(8)]
     dataset.set_epoch(1)
     assert not any(torch.equal(f, augmented(dataset, i)) for i, f in enumerate(firsts))
     assert torch.equal(augmented(dataset, 0), augmented(dataset, (1, 0)))
     assert torch.equal(firsts[0], augmented(dataset, (0, 0)))
-    other_seed = fresh(seed=4)
+    other_seed = _augmented(train_items, seed=4)
     assert not any(torch.equal(f, augmented(other_seed, i)) for i, f in enumerate(firsts))
 
 
@@ -122,25 +122,24 @@ def test_rejects_mismatched_targets_and_bad_index(train_items):
 def test_persistent_workers_with_epoch_keys(train_items):
     """Persistent workers keep their own dataset copy (set_epoch never reaches them): a batch
     sampler yielding (epoch, index) keys keeps every epoch exact."""
-    dataset = _dataset(train_items)
+    dataset = _augmented(train_items)
     n = len(dataset)
     epochs = [1, 2]
     batches = [[(e, i) for i in _order(e, n)[k:k + 8]] for e in epochs for k in range(0, 32, 8)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=2, persistent_workers=True)
     for _ in range(2):  # the second pass reuses the same workers
-        for keys, (images, _, indices) in zip(batches, loader):
+        for keys, (images, _, indices, params) in zip(batches, loader):
             epoch = keys[0][0]
             dataset.set_epoch(epoch)
-            expected = torch.stack([dataset[i][0] for _, i in keys])
             assert indices.tolist() == [i for _, i in keys]
-            assert torch.equal(images, expected)
+            assert torch.equal(images, torch.stack([dataset[i][0] for _, i in keys]))
+            assert torch.equal(params, torch.stack([dataset[i][3] for _, i in keys]))
 
 
 def test_batch_augment_parameters_travel_with_each_sample(train_items):
     """The fourth item is the sample's parameter row: a function of (seed, epoch, index) only,
     the same through any number of workers, from a stream independent of the image's."""
     from imet.data.batch_augment import FLIP, IDENTITY, PARAMS, augment_batch
-    from imet.data.transforms import build_batch_augment
 
     spec = build_batch_augment("seed", SIZE)
     dataset = _dataset(train_items, normalize=None, batch_augment=spec)

@@ -87,16 +87,18 @@ class BatchAugment:
 def affine_theta(params: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """`F.affine_grid`'s [N, 2, 3] matrices for parameter rows [N, PARAMS].
 
-    The warp, in pixels about the image centre c: destination = R S (source - c) + c + shift.
-    grid_sample asks the inverse, in coordinates normalized to [-1, 1] per axis (align_corners
-    False: pixel offset from c = normalized * side / 2). With D = diag(W/2, H/2):
-    source_n = D^-1 S^-1 R^-1 D (destination_n - 2 * shift_fraction)."""
+    The warp, in pixels about the image centre c, as albumentations' Affine builds it:
+    destination = R S (source - c) + c + shift, with R = [[cos, sin], [-sin, cos]] (a positive
+    angle turns the picture counterclockwise, as cv2.getRotationMatrix2D) and the shift not
+    rounded to whole pixels. grid_sample asks the inverse, in coordinates normalized to [-1, 1]
+    per axis (align_corners False: pixel offset from c = normalized * side / 2). With
+    D = diag(W/2, H/2): source_n = D^-1 S^-1 R^-1 D (destination_n - 2 * shift_fraction)."""
     p = params.to(torch.float64)
     angle = torch.deg2rad(p[:, ANGLE])
     cos, sin = torch.cos(angle), torch.sin(angle)
     half = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
-    # R^-1 = R(-angle); S^-1 = diag(1/sx, 1/sy); conjugated by D.
-    inverse_r = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+    # R^-1 = R(-angle) = [[cos, -sin], [sin, cos]]; S^-1 = diag(1/sx, 1/sy); conjugated by D.
+    inverse_r = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     inverse_s = torch.stack([1.0 / p[:, SCALE_X], 1.0 / p[:, SCALE_Y]], -1)
     linear = (inverse_s[:, :, None] * inverse_r) * half[None, None, :] / half[None, :, None]
     shift = 2.0 * p[:, [SHIFT_X, SHIFT_Y]]

@@ -3,9 +3,9 @@
 A PNG at iMet's geometry costs ~3 ms to decode on one core, more than the whole augmentation
 at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or a raw uint8 array (.npy,
 ~0.1 ms, but ~10x the disk). Images are stored with their SHORT side at the training size
-(albumentations' SmallestMaxSize, as the first step of the eval pipeline and of the `seed`
-preset), so random crops still see the whole image and the `seed` preset's geometry is
-unchanged (exactly, for npy).
+(`imet.data.images.scale_short_side`, the `seed` preset's first per-image step, equal to the
+eval pipeline's SmallestMaxSize), so random crops still see the whole image and the `seed`
+preset's geometry is unchanged (exactly, for npy).
 
 Layout of a cache folder:
     imet-cache.json           manifest (format, size, quality, one entry per source image)

@@ -69,17 +69,12 @@ class ImetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def load(self, index: int, epoch: int | None = None,
-             rng: np.random.Generator | None = None) -> np.ndarray:
-        """The uint8 HWC image of sample `index` after the per-image step, drawn from `rng`
-        or else from the sample's generator in `epoch` (default: current)."""
+    def load(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """The uint8 HWC image of sample `index` after the per-image step, which draws from
+        `rng` (the sample's generator: `sample_rng`)."""
         image = (self.cached.load(index) if self.cached is not None
                  else load_rgb(self.image_paths[index]))
-        if self.transform is None:
-            return image
-        if rng is None:
-            rng = sample_rng(self.seed, self.epoch if epoch is None else epoch, index)
-        return self.transform(image, rng)
+        return image if self.transform is None else self.transform(image, rng)
 
     def target(self, index: int) -> torch.Tensor:
         if self.targets is None:

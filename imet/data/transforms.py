@@ -26,6 +26,11 @@ from imet.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Bumped whenever a preset draws or applies its augmentation differently: a run resumed across
+# such a change would go on with other batches than it started with, so checkpoints carry it.
+# 2: the seed preset's flip, brightness/contrast, affine and noise per batch on the device, one
+# generator per sample.
+AUGMENTATION_VERSION = 2
 # The 1st place of iMet 2019 resized to a square and cropped only images more elongated than this.
 DEFAULT_MAX_ASPECT = 2.0
 # Area averaging when shrinking (no aliasing), bilinear when enlarging: iMet's short side is

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from imet.data.transforms import AUGMENTATION_VERSION
 from imet.errors import CheckpointError
 from imet.fileio import atomic_write_text, fsync_dir
 from imet.walk import walk_folders
@@ -169,6 +170,11 @@ class ForeignCheckpointError(CheckpointError):
     """A sound checkpoint of another run (other config or label space)."""
 
 
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint of this run written by an imet that augments differently: never skipped,
+    since starting over would silently drop the run's progress."""
+
+
 def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
                    labels_fingerprint: str | None) -> None:
     if labels_fingerprint and meta.get("labels_fingerprint") != labels_fingerprint:
@@ -179,6 +185,13 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
             f"{path}: the checkpoint belongs to another training config (fingerprint "
             f"{meta.get('config_fingerprint')} != {config_fingerprint}: arch, fold, epochs, LR, "
             "seed... differ); rerun with the same flags, another --out, or --resume off")
+    scheme = meta.get("augmentation", 1)
+    if scheme != AUGMENTATION_VERSION:
+        raise IncompatibleCheckpointError(
+            f"{path}: the run was started by an imet that augments differently (scheme "
+            f"{scheme}, this imet: {AUGMENTATION_VERSION}), so resuming would not continue the "
+            "same run; finish it with the imet version that started it, or rerun with "
+            "--resume off")
 
 
 @dataclass(frozen=True)
@@ -250,6 +263,11 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
         path = candidate.path if candidate.local else copy_in(candidate, out)
         try:
             payload = load_checkpoint(path, config_fingerprint, labels_fingerprint)
+        except IncompatibleCheckpointError:
+            if not candidate.local:
+                path.unlink(missing_ok=True)
+                sidecar_of(path).unlink(missing_ok=True)
+            raise
         except ForeignCheckpointError:
             if candidate.local:
                 raise

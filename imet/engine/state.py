@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from imet import __version__
+from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
@@ -133,7 +134,8 @@ class TrainState:
                 "labels_fingerprint": self.labels_fingerprint, "run_name": self.config.name(),
                 "arch": self.config.arch, "fold": self.config.fold, "step": c.step,
                 "epoch": c.epoch, "stage": c.stage, "finished": c.finished,
-                "best_f2": c.best_f2, "session": c.session}
+                "best_f2": c.best_f2, "session": c.session,
+                "augmentation": AUGMENTATION_VERSION}
 
     def to_payload(self) -> dict[str, Any]:
         return {
