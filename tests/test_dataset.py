@@ -138,7 +138,8 @@ def test_persistent_workers_with_epoch_keys(train_items):
 
 def test_batch_augment_parameters_travel_with_each_sample(train_items):
     """The fourth item is the sample's parameter row: a function of (seed, epoch, index) only,
-    the same through any number of workers, from a stream independent of the image's."""
+    the same through any number of workers, drawn after the crop from the same generator (so
+    the image is the same with or without the per-batch part)."""
     from imet.data.batch_augment import FLIP, IDENTITY, PARAMS, augment_batch
 
     spec = build_batch_augment("seed", SIZE)
