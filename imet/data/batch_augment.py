@@ -37,9 +37,10 @@ IDENTITY[[ALPHA, SCALE_X, SCALE_Y]] = 1.0
 
 @dataclass(frozen=True)
 class BatchAugment:
-    """What to draw for each sample: the seed kernels' pipeline after the crop. Limits
-    are fractions as in albumentations: brightness of 255, shift of the image side, noise std
-    of 255; the affine scale is drawn per axis (albumentations' keep_ratio=False)."""
+    """What to draw for each sample; the defaults are the seed kernels' pipeline after the
+    crop. Limits are fractions as in albumentations: brightness of 255, shift of the image
+    side, noise std of 255; the affine scale is drawn per axis (albumentations'
+    keep_ratio=False)."""
 
     p_flip: float = 0.5
     brightness: float = 0.2
@@ -60,6 +61,11 @@ class BatchAugment:
             raise ValueError(f"scale must be 0 < low <= high, got {self.scale}")
         if not 0 <= self.noise_std[0] <= self.noise_std[1] <= 1:
             raise ValueError(f"noise_std must be 0 <= low <= high <= 1, got {self.noise_std}")
+
+    def largest_side(self, channels: int = 3) -> int | None:
+        """The largest square image side whose noise fits in the bank (None: no noise, no
+        limit)."""
+        return math.isqrt(BANK_SIZE // channels) if self.p_noise > 0 else None
 
     def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
         """The parameter row of one sample whose image has `shape` (any order of C, H, W)."""

@@ -9,7 +9,6 @@ the device (`normalize_batch`, `Normalization.apply`).
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -20,7 +19,6 @@ import numpy as np
 import torch
 
 from imet.data.batch_augment import BatchAugment
-from imet.data.noise import BANK_SIZE
 from imet.data.images import scale_short_side
 from imet.errors import UserError
 
@@ -145,10 +143,7 @@ TRAIN_PRESETS: dict[str, Preset] = {
     # the loader workers nothing.
     "seed": Preset(RandomSquareCrop, _seed_eval,
                    "random square crop, flip, brightness/contrast, shift-scale-rotate, noise",
-                   BatchAugment(p_flip=0.5, brightness=0.2, contrast=0.2,
-                                p_brightness_contrast=0.5, scale=(0.9, 1.1), shift=0.0625,
-                                rotate=15.0, p_affine=0.5, noise_std=(0.01, 0.05),
-                                p_noise=0.3)),
+                   BatchAugment()),
 }
 
 
@@ -176,8 +171,8 @@ def build_batch_augment(preset: str, size: int) -> BatchAugment | None:
     """What `preset` augments per batch on the device (None: nothing), for size x size
     images: refused when they are larger than the noise bank's windows."""
     batch, size = _preset(preset).batch, _check_size(size)
-    if batch is not None and batch.p_noise > 0 and 3 * size * size > BANK_SIZE:
-        largest = math.isqrt(BANK_SIZE // 3)
+    largest = batch.largest_side() if batch is not None else None
+    if largest is not None and size > largest:
         raise UserError(f"--image-size {size}: the {preset} preset adds noise to images of at "
                         f"most {largest} px; lower --image-size or use --preset resize")
     return batch
