@@ -1,27 +1,49 @@
 """Atomic file writes for every layer: a kill, a power cut or a full disk leaves the old file or
-the new one, never half of one (temp file in the same folder, fsync, os.replace, fsync of the
-folder). Sits beside imet/errors.py, below every other layer, so each writer can use it."""
+the new one, never half of one (temp file in the same folder, flush, fsync, os.replace, fsync of
+the folder). Sits beside imet/errors.py, below every other layer, so each writer can use it;
+nothing else in imet renames a temp file into place.
+
+Temp files are named `.<name>.<pid>.<random>.tmp`, so a cleanup can tell a dead writer's
+leftover from a live one's. The finished file gets the mode a plain `open` would give it (0666
+less the umask), not mkstemp's 0600."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", **open_kw) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb",
+                verify: Callable[[Path, int], None] | None = None, **open_kw) -> Iterator[IO]:
     """A handle on a temp file beside `path` that replaces `path` when the block ends without an
-    exception; on an exception the temp file is removed and `path` is left as it was."""
+    exception; on an exception the temp file is removed and `path` is left as it was.
+    `verify(temp_path, size_written)` runs after the fsync and before the rename: raising there
+    keeps the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kw) as handle:
             yield handle
             handle.flush()
+            size = handle.tell()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if verify is not None:
+            verify(Path(tmp), size)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,6 +59,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike,
+                      verify: Callable[[Path, int], None] | None = None) -> int:
+    """torch.save through atomic_open; returns the size written."""
+    import torch
+
+    with atomic_open(path, "wb", verify=verify) as handle:
+        torch.save(obj, handle)
+        size = handle.tell()
+    return size
+
+
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy `source` to `target` so that `target` is never seen half-copied."""
+    with open(source, "rb") as src, atomic_open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return Path(target)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
