@@ -19,8 +19,8 @@ def walk_folders(roots: Iterable[str | os.PathLike], max_depth: int | None = INP
     """(folder, subfolder names, file names) under each root, top-down and sorted, so a search
     finds the same file on every run. Links are followed (mounts, the emulator's links) but each
     real folder is visited once, across all roots, so a link loop cannot hang a search. No
-    folder deeper than `max_depth` below its root is listed (None: no limit). As with os.walk, clearing the
-    yielded subfolder list skips what is below."""
+    folder deeper than `max_depth` below its root is listed (None: no limit). As with os.walk,
+    clearing the yielded subfolder list skips what is below."""
     seen: set[str] = set()
     for root in roots:
         root = Path(root)
