@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
 }
 
+# (command, first word) -> module: a command whose first positional word picks another parser
+SUBCOMMANDS: dict[tuple[str, str], str] = {("runs", "set-lb"): "runs_set_lb"}
+
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -37,11 +40,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    words = [a for a in argv if not a.startswith("-")]
+    chosen = words[0] if words else None
     for name, (module, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         # Only the chosen command's module is imported: its options are needed, the others' not.
         if name == chosen:
+            module = SUBCOMMANDS.get(tuple(words[:2]), module)
             importlib.import_module(f"imet.commands.{module}").configure(cmd)
             cmd.set_defaults(_module=module)
     return parser

@@ -12,7 +12,9 @@ dataset-metadata.json. Downloads are verified against wheels/requirements.txt an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -56,24 +58,45 @@ def sha256(path: Path) -> str:
 
 
 def resolve_owner(explicit: str | None) -> str:
-    """--owner, else $KAGGLE_USERNAME, else the username in kaggle.json (the key is never read out)."""
-    owner = explicit or os.environ.get("KAGGLE_USERNAME")
+    """--owner, else who the kaggle client signs in as, without reading out any secret:
+    $KAGGLE_USERNAME, the user name in the legacy kaggle.json or in what `kaggle auth login`
+    cached (credentials.json), else, with only an API token ($KAGGLE_API_TOKEN or
+    ~/.kaggle/access_token, which hold no name), the user the kaggle client finds for it."""
+    owner = explicit or os.environ.get("KAGGLE_USERNAME") or _owner_in_config() or \
+        _owner_from_client()
     if not owner:
-        dirs = [os.environ.get("KAGGLE_CONFIG_DIR"), Path.home() / ".kaggle",
-                Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"]
-        for d in filter(None, dirs):
-            try:
-                owner = json.loads((Path(d) / "kaggle.json").read_text()).get("username")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if owner:
-                break
-    if not owner:
-        raise UserError("no Kaggle owner: pass --owner USER, set KAGGLE_USERNAME, or put your "
-                        "kaggle.json in ~/.kaggle")
+        raise UserError("no Kaggle owner: pass --owner USER, or sign in the kaggle client "
+                        "(`kaggle auth login`, $KAGGLE_API_TOKEN or ~/.kaggle/access_token; "
+                        "legacy: $KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{1,49}", owner):
         raise UserError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, - and _)")
     return owner
+
+
+def _owner_in_config() -> str | None:
+    home = Path.home()
+    files = [Path(folder) / "kaggle.json" for folder in filter(None, [
+        os.environ.get("KAGGLE_CONFIG_DIR"), home / ".kaggle",
+        Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"])]
+    for path in files + [home / ".kaggle" / "credentials.json"]:
+        try:
+            owner = json.loads(path.read_text()).get("username")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if owner:
+            return owner
+    return None
+
+
+def _owner_from_client() -> str | None:
+    """Importing the kaggle client signs it in (a token is looked up on Kaggle's server); its
+    help text on failure goes to stdout, which is not this script's to fill."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import kaggle
+    except Exception:  # noqa: BLE001 - no client, or one that cannot sign in: no owner
+        return None
+    return kaggle.api.config_values.get("username") or None
 
 
 def wheel_tags(filename: str) -> set[tuple[str, str, str]]:
@@ -302,7 +325,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "dist" / "kaggle-dataset"),
                    help="folder to write (replaced as a whole when the build succeeds)")
     p.add_argument("--owner", help="Kaggle user that owns the dataset (default: $KAGGLE_USERNAME, "
-                   "then the username in kaggle.json)")
+                   "the user name in ~/.kaggle/kaggle.json or in what `kaggle auth login` "
+                   "cached, else the user of $KAGGLE_API_TOKEN / ~/.kaggle/access_token as the "
+                   "kaggle client finds it)")
     p.add_argument("--python-version", default="3.12",
                    help="CPython version of the kernel (default 3.12, Kaggle's image)")
     p.add_argument("--platform", action="append", dest="platforms",

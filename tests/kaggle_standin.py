@@ -132,7 +132,16 @@ def list_kernel_session_output(server, body):
     return 200, {"files": files, "log": script.get("log", "")}
 
 
+TOKEN_USERS = {"standin-api-token": USER}  # what the server knows of today's API tokens
+
+
+def introspect_token(server, body):
+    user = TOKEN_USERS.get(body.get("token"))
+    return 200, {"active": bool(user), "username": user or ""}
+
+
 DEFAULT_HANDLERS = {
+    "IntrospectToken": introspect_token,
     "GetKernelSessionStatus": get_kernel_session_status,
     "ListKernelSessionOutput": list_kernel_session_output,
     "StartBlobUpload": start_blob_upload,

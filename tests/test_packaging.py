@@ -250,3 +250,44 @@ def test_real_kaggle_client_uploads_the_dataset(dataset, tmp_path):
     for version in ds["versions"]:
         got = {f["name"]: hashlib.sha256(f["data"]).hexdigest() for f in version["files"]}
         assert got == {**manifest["files"], "MANIFEST.json": sha256(dataset / "MANIFEST.json")}
+
+
+def _owner_in(env: dict) -> subprocess.CompletedProcess:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import build_dataset; "
+            "print(build_dataset.resolve_owner(None))")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    return subprocess.run([sys.executable, "-c", code, str(REPO / "packaging")],
+                          capture_output=True, text=True, timeout=120, env={**base, **env})
+
+
+def test_owner_follows_the_kaggle_clients_sign_in_ways(tmp_path):
+    """kaggle 2.x: `kaggle auth login` caches credentials.json with the user name; an API token
+    ($KAGGLE_API_TOKEN or ~/.kaggle/access_token) names nobody, so the client asks the server
+    (here the stand-in); the legacy kaggle.json still works."""
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    (home / ".kaggle" / "credentials.json").write_text(json.dumps(
+        {"refresh_token": "r" * 20, "access_token": "a" * 20, "username": "oauth-user"}))
+    proc = _owner_in({"HOME": str(home)})
+    assert proc.stdout.strip() == "oauth-user", proc.stderr
+    assert "r" * 20 not in proc.stdout + proc.stderr
+
+    (home / ".kaggle" / "credentials.json").unlink()
+    with KaggleStandin() as kaggle:
+        env = kaggle.client_env(tmp_path / "client")
+        env = {k: v for k, v in env.items() if not k.startswith("KAGGLE_") or k ==
+               "KAGGLE_API_ENVIRONMENT"}
+        env.update(HOME=str(home), KAGGLE_API_TOKEN="standin-api-token")
+        proc = _owner_in(env)
+        assert proc.stdout.strip() == "tester", proc.stderr
+        assert "IntrospectToken" in kaggle.methods()
+        assert "standin-api-token" not in proc.stdout + proc.stderr
+
+        (home / ".kaggle" / "access_token").write_text("standin-api-token\n")
+        proc = _owner_in({k: v for k, v in env.items() if k != "KAGGLE_API_TOKEN"})
+        assert proc.stdout.strip() == "tester", proc.stderr
+
+        (home / ".kaggle" / "access_token").write_text("unknown-token\n")
+        proc = _owner_in({k: v for k, v in env.items() if k != "KAGGLE_API_TOKEN"})
+        assert proc.returncode != 0 and "kaggle auth login" in proc.stderr
+        assert "unknown-token" not in proc.stdout + proc.stderr

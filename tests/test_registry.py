@@ -123,7 +123,7 @@ def test_runs_command_prints_writes_png_and_set_lb_survives_merges(chain, tmp_pa
     assert main(["runs", "set-lb", "r18-f1", "0.612", str(home)]) == 0
     assert main(["runs", "set-lb", "r18-f0", "0.645", str(home)]) == 0
     capsys.readouterr()
-    assert main(["runs", str(home), "--format", "csv", "--sort", "lb", "--no-plot"]) == 0
+    assert main(["runs", str(home), "--format", "csv", "--sort", "lb"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["run"], r["lb"]) for r in rows] == [("r18-f0", "0.645"), ("r18-f1", "0.612")]
 
@@ -238,3 +238,16 @@ def test_unwritable_plot_path_is_a_one_line_error(tmp_path, capsys):
     blocker.write_text("")
     assert main(["runs", str(tmp_path), "--plot", str(blocker / "x.png")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_set_lb_has_its_own_help_and_runs_writes_no_png_unasked(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as stop:
+        main(["runs", "set-lb", "--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: imet runs set-lb") and "RUN SCORE" in shown
+    assert "--format" not in shown
+    append_record(tmp_path, make_record("train", "a", best_f2=0.5))
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", str(tmp_path)]) == 0
+    assert not list(tmp_path.glob("*.png"))

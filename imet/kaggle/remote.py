@@ -23,8 +23,10 @@ def kaggle_api():
         api.authenticate()
     except (OSError, ValueError, SystemExit) as err:
         # The client's messages name the file it looked for, never the key itself.
-        raise UserError(f"kaggle client could not authenticate ({type(err).__name__}); set "
-                        "KAGGLE_USERNAME and KAGGLE_KEY or write ~/.kaggle/kaggle.json") from None
+        raise UserError(f"kaggle client could not authenticate ({type(err).__name__}); sign "
+                        "in with `kaggle auth login`, or set KAGGLE_API_TOKEN, or save the "
+                        "token to ~/.kaggle/access_token (legacy: KAGGLE_USERNAME and "
+                        "KAGGLE_KEY, or ~/.kaggle/kaggle.json)") from None
     return api
 
 
