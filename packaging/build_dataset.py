@@ -135,6 +135,18 @@ def cached_file(cache: Path, entry: dict, fits) -> Path | None:
     return None
 
 
+def fetched_name(line: str) -> str | None:
+    """The requirement a line of `pip download` starts on: "Collecting NAME==V" for an index,
+    "Processing /path/NAME.whl" for a file pip found locally (a --find-links folder, a file://
+    index)."""
+    words = line.split()
+    if len(words) >= 2 and words[0] == "Collecting":
+        return words[1]
+    if len(words) >= 2 and words[0] == "Processing":
+        return Path(words[1]).name
+    return None
+
+
 def download(entries: dict, cache: Path, python_version: str, platforms: list[str]) -> dict:
     """{name: cached wheel} for every locked wheel, downloading (hash-checked) what is missing."""
     fits = lambda name: wheel_fits(name, python_version, platforms)  # noqa: E731
@@ -155,9 +167,10 @@ def download(entries: dict, cache: Path, python_version: str, platforms: list[st
             done, tail = 0, []
             for line in proc.stdout:
                 tail = (tail + [line.rstrip()])[-5:]
-                if line.startswith("Collecting "):
+                name = fetched_name(line)
+                if name:
                     done += 1
-                    say(f"  [{done}/{len(missing)}] {line.split()[1]}")
+                    say(f"  [{done}/{len(missing)}] {name}")
                 elif line.lstrip().startswith("Downloading "):
                     say(f"        {line.strip()}")
             if proc.wait() != 0:

@@ -291,3 +291,19 @@ def test_owner_follows_the_kaggle_clients_sign_in_ways(tmp_path):
         proc = _owner_in({k: v for k, v in env.items() if k != "KAGGLE_API_TOKEN"})
         assert proc.returncode != 0 and "kaggle auth login" in proc.stderr
         assert "unknown-token" not in proc.stdout + proc.stderr
+
+
+def test_download_counter_counts_wheels_pip_finds_locally():
+    """A transcript of `pip download` where one wheel came from a local file index: each
+    requirement is counted once, so the counter runs 1, 2 without a gap."""
+    transcript = [
+        "Looking in indexes: https://pypi.org/simple, file:///opt/pypi/simple",
+        "Collecting albucore==0.0.24 (from -r r.txt (line 1))",
+        "  Downloading albucore-0.0.24-py3-none-any.whl (15 kB)",
+        "Processing /opt/pypi/files/annotated_types-0.8.0-py3-none-any.whl (from -r r.txt "
+        "(line 2))",
+        "Saved ./out/albucore-0.0.24-py3-none-any.whl",
+        "Successfully downloaded albucore annotated-types",
+    ]
+    names = [n for n in map(build_dataset.fetched_name, transcript) if n]
+    assert names == ["albucore==0.0.24", "annotated_types-0.8.0-py3-none-any.whl"]
