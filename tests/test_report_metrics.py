@@ -111,3 +111,17 @@ def test_failure_writes_run_json(tmp_path):
     emit_session(EventBus([ArtifactWriter(tmp_path)]), stop=12, end="failure")
     summary = json.loads((tmp_path / "run.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == "RuntimeError: boom"
+
+
+def test_history_marks_stage_switches_and_session_handovers():
+    from imet.report.plots import history_figure
+
+    rows = [{"kind": "progress", "step": step, "loss": 1.0 / step, "lr": 1e-3,
+             "stage": 1 if step < 4 else 2, "session": 1 if step < 7 else 2}
+            for step in range(1, 10)]
+    figure = history_figure(rows, ["loss"])
+    verticals = {line.get_label(): line.get_xdata()[0] for line in figure.axes[0].lines
+                 if list(line.get_xdata()) == [line.get_xdata()[0]] * 2}
+    assert verticals == {"stage switch": 4, "session handover": 7}
+    assert {t.get_text() for t in figure.axes[0].get_legend().get_texts()} >= {
+        "train loss", "stage switch", "session handover"}

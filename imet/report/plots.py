@@ -46,16 +46,22 @@ def _is_eval(row: dict[str, Any]) -> bool:
     return kind == "evaluation" if kind else _number(row.get("f2")) is not None
 
 
-def _stage_starts(rows: list[dict[str, Any]]) -> list[float]:
+def _starts(rows: list[dict[str, Any]], key: str) -> list[float]:
+    """The steps where `key` (stage, session) takes a new value."""
     starts, previous = [], None
     for row in sorted(rows, key=lambda r: _number(r.get("step")) or 0.0):
-        stage = row.get("stage")
-        if stage in (None, ""):
+        value = row.get(key)
+        if value in (None, ""):
             continue
-        if previous is not None and stage != previous:
+        if previous is not None and str(value) != str(previous):
             starts.append(_number(row.get("step")))
-        previous = stage
+        previous = value
     return [step for step in starts if step is not None]
+
+
+# (column, how its changes are drawn): a stage switch and a session handover
+MARKS = {"stage": dict(color="grey", ls="--", lw=0.8, label="stage switch"),
+         "session": dict(color="tab:brown", ls=":", lw=1.0, label="session handover")}
 
 
 def _plot_loss(ax, rows) -> None:
@@ -104,17 +110,20 @@ def thin(rows: list[dict[str, Any]], limit: int = MAX_PROGRESS_POINTS) -> list[d
     return [row for i, row in enumerate(rows) if i in keep or _is_eval(row)]
 
 
-def _render(rows: list[dict[str, Any]], panels: list[str], title: str | None) -> bytes:
+def history_figure(rows: list[dict[str, Any]], panels: list[str],
+                   title: str | None = None) -> Figure:
     figure = Figure(figsize=(8, 2.8 * len(panels) + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    stage_starts = _stage_starts(rows)
+    marks = {key: _starts(rows, key) for key in MARKS}
     for ax, panel in zip(axes, panels):
         PANELS[panel](ax, rows)
-        for step in stage_starts:
-            ax.axvline(step, color="grey", ls="--", lw=0.8)
+        has_data = bool(ax.get_legend_handles_labels()[0])
+        for key, steps in marks.items():
+            for i, step in enumerate(steps):
+                ax.axvline(step, **(MARKS[key] if i == 0 else {**MARKS[key], "label": None}))
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if has_data:
             ax.legend(loc="best", fontsize="small")
         else:
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes,
@@ -122,8 +131,12 @@ def _render(rows: list[dict[str, Any]], panels: list[str], title: str | None) ->
     axes[-1].set_xlabel("step")
     if title:
         figure.suptitle(title)
+    return figure
+
+
+def _render(rows: list[dict[str, Any]], panels: list[str], title: str | None) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    history_figure(rows, panels, title).savefig(buffer, format="png")
     return buffer.getvalue()
 
 
