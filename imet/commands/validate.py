@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imet.metrics.crossfit import MODES
 from imet.commands.predict import (add_inference_arguments, add_label_limits, append_registry,
                                    inference_options)
 
@@ -11,8 +12,8 @@ from imet.commands.predict import (add_inference_arguments, add_label_limits, ap
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Predict each run's held-out fold (with TTA), choose the decoding (one global threshold, "
-        "one per group culture/tag, or one per class falling back to its group below a minimum "
-        "support), and score it honestly: thresholds chosen on half the out-of-fold images and "
+        "one per group culture/tag, one per class falling back to its group below a minimum "
+        "support, or per-image context thresholds), and score it honestly: thresholds chosen on half the out-of-fold images and "
         "scored on the other half, both ways. The mode with the best cross-fitted F2 wins. "
         "Runs of the same fold are ensembled; runs of different folds are stacked, so the "
         "thresholds of a k-fold ensemble are chosen on all its out-of-fold images.")
@@ -30,9 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="output folder (default: the run folder when there is one run; "
                         "required otherwise, and when the run folder is read-only)")
-    parser.add_argument("--modes", default="global,group,class", metavar="LIST",
-                        help="threshold modes to compare: global, group, class (default: "
-                        "%(default)s)")
+    parser.add_argument("--modes", default=",".join(MODES), metavar="LIST",
+                        help="decoding modes to compare by cross-fitted F2: global, group, "
+                        "class, context (per-image thresholds max(t, r x the image's top "
+                        "probability), t per group) (default: %(default)s)")
     parser.add_argument("--min-support", type=int, default=20, metavar="N",
                         help="a class gets its own threshold only with at least N positive "
                         "out-of-fold images, else its group's (default: %(default)s)")

@@ -1,7 +1,9 @@
 """Turn probabilities into label sets: thresholds plus a minimum and maximum count per image.
 
-Semantics (the threshold searches in `thresholds.py` use the same ones):
-- a class passes when `prob >= threshold` (scalar, or one threshold per class);
+Semantics (the threshold searches in `thresholds.py` and `context.py` use the same ones):
+- a class passes when `prob >= threshold` (scalar, or one threshold per class) and, with a
+  context ratio r > 0, also `prob >= r * the image's top probability` (per-image thresholds
+  `max(t, r * top)`: an image whose best class is very sure asks more of the others);
 - `min_labels`: an image where fewer than `min_labels` classes pass is filled up with its most
   probable classes that did not pass, to exactly `min_labels` labels (never an empty prediction
   with the default 1: an empty row scores 0 for sure, its best guess may not);
@@ -69,13 +71,29 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def binarize(probs, thresholds, min_labels: int = 1, max_labels: int | None = None) -> np.ndarray:
+def check_context(context) -> float:
+    ratio = float(context)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"the context ratio must lie in [0, 1], got {context!r}")
+    return ratio
+
+
+def context_passes(probs: np.ndarray, ratio: float) -> np.ndarray:
+    """Bool [N, C]: the entries that reach `ratio` times their image's top probability."""
+    return probs >= (ratio * probs.max(axis=1, keepdims=True)).astype(probs.dtype)
+
+
+def binarize(probs, thresholds, min_labels: int = 1, max_labels: int | None = None,
+             context: float = 0.0) -> np.ndarray:
     """Bool [N, C] predictions from probabilities [N, C] (see the module doc for the rules)."""
     probs = check_probs(probs)
     n_cols = probs.shape[1]
     thr = check_thresholds(thresholds, n_cols)
     min_labels, max_labels = check_label_limits(min_labels, max_labels, n_cols)
+    ratio = check_context(context)
     pred = probs >= thr
+    if ratio > 0 and n_cols:
+        pred &= context_passes(probs, ratio)
     n_pass = np.count_nonzero(pred, axis=1)
 
     few = np.flatnonzero(n_pass < min_labels)

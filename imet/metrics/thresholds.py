@@ -25,14 +25,12 @@ searches optimise this close model; the returned F2 values are always recomputed
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from imet.metrics.decode import (binarize, check_label_limits, check_probs, top_k_indices)
-from imet.metrics.f2 import f2_from_counts, f2_per_sample
+from imet.metrics.decode import check_label_limits, check_probs, top_k_indices
+from imet.metrics.f2 import f2_from_counts
 
-MODES = ("global", "group", "class")
+SEARCH_MODES = ("global", "group", "class")
 DEFAULT_MIN_SUPPORT = 20
 # Entries bucketed per chunk: bounds the temporary int64 arrays to ~32 MB each.
 _CHUNK_ENTRIES = 1 << 22
@@ -151,7 +149,7 @@ def _pick(curve: np.ndarray, current: int | None = None) -> int:
     return (first + last) // 2
 
 
-def _prepare(y_true, probs):
+def check_truth(y_true, probs):
     probs = check_probs(probs)
     y = np.asarray(y_true)
     y = y if y.dtype == bool else y != 0
@@ -165,7 +163,7 @@ def _prepare(y_true, probs):
 def global_f2_curve(y_true, probs, grid=None, min_labels: int = 1, max_labels=None):
     """(grid, mean F2 at every grid threshold) for one threshold shared by all classes:
     equals [f2_score(y, binarize(probs, t, min_labels, max_labels)) for t in grid]."""
-    y, probs = _prepare(y_true, probs)
+    y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
     model = _Model(y, probs, min_labels, max_labels)
     return grid, _sweep(model, y, probs, grid)
@@ -269,9 +267,10 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
     mode "global": one threshold for all classes; "group": one per group (`groups`: [C] group
     name of every class, e.g. LabelSpace.groups); "class": one per class with at least
     `min_support` positive samples, the others keep their group's threshold."""
-    if mode not in MODES:
-        raise ValueError(f"unknown threshold mode {mode!r}; choose one of {', '.join(MODES)}")
-    y, probs = _prepare(y_true, probs)
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"unknown threshold mode {mode!r}; choose one of "
+                         f"{', '.join(SEARCH_MODES)}")
+    y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
     model = _Model(y, probs, min_labels, max_labels)
     n_classes = y.shape[1]
@@ -289,46 +288,3 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
         eligible = np.flatnonzero(np.count_nonzero(y, axis=0) >= max(1, int(min_support)))
         thresholds = _class_search(model, y, probs, grid, thresholds, eligible)
     return thresholds
-
-
-@dataclass(frozen=True)
-class CrossFit:
-    """Honest F2 of a threshold search: thresholds chosen on one half of the samples decode the
-    other half, both ways. `f2_in_sample` (chosen and scored on all samples) minus `f2` is how
-    much the search flatters itself; `thresholds` are fitted on all samples (use them for test)."""
-    f2: float
-    f2_halves: tuple[float, float]
-    f2_in_sample: float
-    thresholds: np.ndarray
-    mode: str
-
-    @property
-    def optimism(self) -> float:
-        return self.f2_in_sample - self.f2
-
-
-def cross_fitted_f2(y_true, probs, groups=None, mode: str = "global",
-                    min_support: int = DEFAULT_MIN_SUPPORT, grid=None, min_labels: int = 1,
-                    max_labels=None, seed: int = 0) -> CrossFit:
-    """Choose thresholds on a random half, score them on the other half and vice versa.
-    The per-class minimum support applies within each half (half the data: fewer classes
-    qualify, as they would with half the validation set)."""
-    y, probs = _prepare(y_true, probs)
-    n = y.shape[0]
-    if n < 2:
-        raise ValueError("cross-fitting needs at least 2 samples")
-    order = np.random.default_rng(seed).permutation(n)
-    halves = (np.sort(order[: n // 2]), np.sort(order[n // 2:]))
-    kw = dict(groups=groups, mode=mode, min_support=min_support, grid=grid,
-              min_labels=min_labels, max_labels=max_labels)
-    per_sample = np.empty(n, dtype=np.float64)
-    for fit_on, score_on in (halves, halves[::-1]):
-        thr = search_thresholds(y[fit_on], probs[fit_on], **kw)
-        pred = binarize(probs[score_on], thr, min_labels, max_labels)
-        per_sample[score_on] = f2_per_sample(y[score_on], pred)
-    full = search_thresholds(y, probs, **kw)
-    in_sample = f2_per_sample(y, binarize(probs, full, min_labels, max_labels)).mean()
-    return CrossFit(f2=float(per_sample.mean()),
-                    f2_halves=(float(per_sample[halves[0]].mean()),
-                               float(per_sample[halves[1]].mean())),
-                    f2_in_sample=float(in_sample), thresholds=full, mode=mode)

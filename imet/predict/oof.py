@@ -1,6 +1,7 @@
 """Out-of-fold predictions -> the decoding to use on test, scored honestly.
 
-Every threshold mode (one global threshold, one per group, one per class) is fitted on the OOF
+Every decoding mode (one global threshold, one per group, one per class, per-image context
+thresholds) is fitted on the OOF
 probabilities and also cross-fitted (chosen on one half of the images, scored on the other, both
 ways). The mode is picked by its cross-fitted F2, never by its in-sample F2: per-class thresholds
 always win in-sample (they have 1,103 knobs) and often lose on new images.
@@ -15,7 +16,7 @@ import numpy as np
 from imet.errors import UserError
 from imet.metrics.decode import binarize
 from imet.metrics.f2 import f2_per_class, f2_score
-from imet.metrics.thresholds import MODES, CrossFit, cross_fitted_f2
+from imet.metrics.crossfit import MODES, CrossFit, cross_fitted_f2
 from imet.predict.probfile import Probabilities
 
 
@@ -31,6 +32,10 @@ class DecodingChoice:
     @property
     def thresholds(self) -> np.ndarray:
         return self.chosen.thresholds
+
+    @property
+    def context(self) -> float:
+        return self.chosen.context
 
 
 def choose_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
@@ -92,7 +97,7 @@ class ValidationScores:
 def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
                    decoding: DecodingChoice, min_labels: int = 1,
                    max_labels: int | None = None) -> ValidationScores:
-    pred = binarize(probs, decoding.thresholds, min_labels, max_labels)
+    pred = binarize(probs, decoding.thresholds, min_labels, max_labels, decoding.context)
     truth = y_true.astype(bool)
     return ValidationScores(
         decoding=decoding, pred=pred, group_f2=group_f2(truth, pred, groups),

@@ -151,6 +151,7 @@ class Decoding:
     max_labels: int | None
     source: str
     details: dict[str, Any] = field(default_factory=dict)
+    context: float = 0.0
 
 
 def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
@@ -168,7 +169,7 @@ def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
     elif thresholds_file is not None:
         doc = read_thresholds(thresholds_file, labels.attribute_ids, labels.fingerprint())
         chosen = Decoding(doc["thresholds"], doc.get("min_labels", 1), doc.get("max_labels"),
-                          str(thresholds_file), {"mode": doc.get("mode")})
+                          str(thresholds_file), {"mode": doc.get("mode")}, doc["context"])
     else:
         files = [d / THRESHOLDS_FILE for d in run_dirs if d is not None]
         found = [f for f in files if f.is_file()]
@@ -176,7 +177,8 @@ def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
             docs = [read_thresholds(f, labels.attribute_ids, labels.fingerprint()) for f in found]
             mean = np.mean([d["thresholds"] for d in docs], axis=0)
             chosen = Decoding(mean, docs[0].get("min_labels", 1), docs[0].get("max_labels"),
-                              ", ".join(map(str, found)))
+                              ", ".join(map(str, found)),
+                              context=float(np.mean([d["context"] for d in docs])))
         elif all(t is not None for t in train_thresholds):
             value = float(np.mean(train_thresholds))
             log(f"predict: WARNING: no thresholds.json for every run; using the threshold "
@@ -224,7 +226,8 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
                         [m.name for m in members])
     combined.meta["split"] = "test"
     rows_ids, rows = make_submission(ids, combined, decoding.thresholds, decoding.min_labels,
-                                     decoding.max_labels, str(layout.sample_submission_csv))
+                                     decoding.max_labels, str(layout.sample_submission_csv),
+                                     decoding.context)
     write_submission(out, rows_ids, rows)
     if len(members) > 1:
         save_probabilities(probs_dir / "ensemble.npz", combined)
@@ -239,6 +242,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
         "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
         "runs": [m.probabilities.meta for m in members], "tta": list(parse_tta(options.tta)),
         "thresholds": decoding.source, "min_labels": decoding.min_labels,
-        "max_labels": decoding.max_labels, "labels_fingerprint": labels.fingerprint(),
+        "max_labels": decoding.max_labels, "context": decoding.context,
+        "labels_fingerprint": labels.fingerprint(),
         "seconds": round(seconds, 2),
     }

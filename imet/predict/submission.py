@@ -28,10 +28,10 @@ def check_sample_ids(sample_ids: Sequence[str], source: str) -> list[str]:
 
 def make_submission(sample_ids: Sequence[str], probabilities: Probabilities,
                     thresholds: float | np.ndarray, min_labels: int = 1,
-                    max_labels: int | None = None,
-                    source: str = "sample_submission.csv") -> tuple[list[str], list[str]]:
+                    max_labels: int | None = None, source: str = "sample_submission.csv",
+                    context: float = 0.0) -> tuple[list[str], list[str]]:
     """(ids in sample order, decoded label strings). Every sample id must have a prediction."""
     sample_ids = check_sample_ids(sample_ids, source)
     aligned = probabilities.reorder(sample_ids, source="predictions")
-    binary = binarize(aligned.probs, thresholds, min_labels=min_labels, max_labels=max_labels)
+    binary = binarize(aligned.probs, thresholds, min_labels, max_labels, context)
     return sample_ids, format_rows(binary, aligned.attribute_ids)

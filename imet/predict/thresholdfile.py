@@ -1,7 +1,8 @@
 """thresholds.json: the decoding `validate` chose, read by `predict`.
 
-{"format": "imet-thresholds", "version": 1, "mode": "global"|"group"|"class",
+{"format": "imet-thresholds", "version": 1, "mode": "global"|"group"|"class"|"context",
  "thresholds": [C floats, one per attribute id in labels.csv order],
+ "context": r (per-image thresholds max(t, r * the image's top probability); 0: none),
  "attribute_ids": [C ints], "labels_fingerprint": str, "min_labels": int, "max_labels": int|null,
  "tta": [...], "runs": [...], "scores": {...}}
 The full per-class vector is always written (even for a global threshold) so `predict` never has
@@ -24,7 +25,8 @@ VERSION = 1
 
 def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence[int],
                      labels_fingerprint: str | None, mode: str, min_labels: int = 1,
-                     max_labels: int | None = None, **extra: Any) -> Path:
+                     max_labels: int | None = None, context: float = 0.0,
+                     **extra: Any) -> Path:
     thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thresholds.size == 1:
         thresholds = np.full(len(attribute_ids), float(thresholds[0]))
@@ -32,6 +34,7 @@ def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence
         "format": FORMAT, "version": VERSION, "mode": mode,
         "min_labels": int(min_labels),
         "max_labels": None if max_labels is None else int(max_labels),
+        "context": round(float(context), 6),
         "labels_fingerprint": labels_fingerprint, **extra,
         "attribute_ids": [int(a) for a in attribute_ids],
         "thresholds": [round(float(t), 6) for t in thresholds],
@@ -65,6 +68,11 @@ def read_thresholds(path: Path, attribute_ids: Sequence[int] | None = None,
     if values.shape != (len(file_ids),) or not np.all(np.isfinite(values)):
         raise UserError(f"{path}: field \"thresholds\" must hold {len(file_ids)} finite numbers; "
                         "run `imet validate` again")
+    context = document.get("context", 0.0)
+    if not isinstance(context, (int, float)) or not 0.0 <= context <= 1.0:
+        raise UserError(f"{path}: field \"context\" must be a number from 0 to 1; run "
+                        "`imet validate` again")
+    document["context"] = float(context)
     if attribute_ids is not None and file_ids != [int(a) for a in attribute_ids]:
         raise UserError(f"{path}: thresholds are for {len(file_ids)} other attribute ids, the "
                         f"models predict {len(attribute_ids)}; validate the same runs again")

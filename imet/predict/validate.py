@@ -17,7 +17,8 @@ from imet.data.folds import read_folds
 from imet.data.labels import read_labels, read_train
 from imet.data.layout import CompetitionLayout
 from imet.errors import UserError
-from imet.metrics.thresholds import MODES, best_global_threshold
+from imet.metrics.crossfit import MODES
+from imet.metrics.thresholds import best_global_threshold
 from imet.predict.ensemble import ensemble
 from imet.predict.infer import Log, check_images_exist, log_stderr, parse_tta
 from imet.predict.oof import choose_decoding, concat_probabilities, score_decoding
@@ -135,7 +136,8 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
     summary = {
         "kind": "validate", "out": str(out_dir), "images": len(oof.ids), "folds": sorted(by_fold),
         "tta": tta, "ensemble": method if any(len(g) > 1 for g in by_fold.values()) else None,
-        "mode": decoding.mode, "f2": round(decoding.chosen.f2, 6),
+        "mode": decoding.mode, "context": decoding.context,
+        "f2": round(decoding.chosen.f2, 6),
         "f2_in_sample": round(decoding.chosen.f2_in_sample, 6), "modes": fits,
         "group_f2": {g: round(v, 6) for g, v in scores.group_f2.items()},
         "threshold_global": round(float(decoding.fits["global"].thresholds[0]), 6)
@@ -148,7 +150,7 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
     }
     thresholds_path = write_thresholds(
         out_dir / THRESHOLDS_FILE, decoding.thresholds, labels.attribute_ids,
-        labels.fingerprint(), decoding.mode, min_labels, max_labels, tta=tta,
+        labels.fingerprint(), decoding.mode, min_labels, max_labels, decoding.context, tta=tta,
         runs=summary["runs"], scores={"f2_cross_fitted": summary["f2"],
                                       "f2_in_sample": summary["f2_in_sample"], "modes": fits})
     summary["thresholds"] = str(thresholds_path)
