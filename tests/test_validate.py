@@ -56,8 +56,8 @@ def test_validate_writes_thresholds_oof_report_and_registry(setup, capsys):
     assert main(["validate", "--data", str(data), "--run", str(run), "--tta", "none", *QUIET]) == 0
     assert "cross-fitted" in capsys.readouterr().out
     doc = read_thresholds(run / "thresholds.json", labels.attribute_ids, labels.fingerprint())
-    assert doc["mode"] in ("global", "group", "class") and doc["tta"] == ["none"]
-    assert set(doc["scores"]["modes"]) == {"global", "group", "class"}
+    assert doc["mode"] in ("global", "group", "class", "context") and doc["tta"] == ["none"]
+    assert set(doc["scores"]["modes"]) == {"global", "group", "class", "context"}
     oof = load_probabilities(run / "oof_probs.npz")
     assert sorted(oof.ids) == sorted(i for i, f in zip(ids, folds) if f == 1)
     assert (run / "oof" / "run.npz").is_file()
