@@ -1,14 +1,29 @@
 """Errors a user can act on: the CLI prints them as one line, without a traceback."""
 
+# How torch's DataLoader re-raises an exception from a worker process: it calls the exception's
+# class with a message that holds the worker's whole traceback, whose last line is
+# "<module>.<class>: <the original message>".
+_WORKER_PREFIX = "Caught "
+_WORKER_MARK = "Original Traceback"
+
+
+def _own_message(message: str) -> str:
+    text = str(message)
+    if text.startswith(_WORKER_PREFIX) and _WORKER_MARK in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
 
 class UserError(Exception):
     """Bad input or a bad request. The message is one line that names the file, row or field
-    and says what to do. The CLI prints it and exits with `exit_code`."""
+    and says what to do. The CLI prints it and exits with `exit_code`. Raised in a DataLoader
+    worker, it keeps its own one line when the main process re-raises it."""
 
     exit_code = 2
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(_own_message(message).split()))
 
 
 class DataError(UserError):

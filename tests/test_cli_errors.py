@@ -86,3 +86,31 @@ def test_the_commands_say_what_they_did(tmp_path):
     assert "cannot be in every fold" in folds.stdout  # 30 images: some digits are rare
     checked = imet("check-data", "--data", out)
     assert checked.returncode == 0 and f"{out} is clean" in checked.stdout
+
+
+def test_degenerate_images_check_data_and_training(mini_data_copy, tmp_path):
+    """A 1x1 placeholder is a problem for check-data and stops training with one line naming
+    it, also when a DataLoader worker met it; a JPEG named .png is only a warning."""
+    from PIL import Image
+
+    layout = CompetitionLayout(mini_data_copy)
+    ids = [line.split(",")[0] for line in layout.train_csv.read_text().splitlines()[1:]]
+    tiny, misnamed = layout.image_path("train", ids[3]), layout.image_path("train", ids[7])
+    Image.open(misnamed).convert("RGB").save(misnamed, format="JPEG")
+    result = imet("check-data", "--data", mini_data_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"imet check-data: warning: {misnamed}: a JPEG file named .png" in result.stderr
+    Image.new("RGB", (1, 1)).save(tiny)
+    result = imet("check-data", "--data", mini_data_copy)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{tiny}: image is 1x1 px, its shorter side below the minimum of 16 px; re-download "
+        "the image or remove its row from the CSV"]
+    assert imet("check-data", "--data", mini_data_copy, "--min-side", "1").returncode == 0
+    result = imet("train", "--data", mini_data_copy, "--fold", 0, "--arch", "tiny_cnn",
+                  "--no-pretrained", "--image-size", 32, "--epochs", 1, "--batch-size", 8,
+                  "--num-workers", 2, "--notify", "off", "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert one_error_line(result, "train") == (
+        f"imet train: error: {tiny}: image is 1x1 px, its shorter side below the minimum of "
+        "16 px; re-download the image or remove its row from the CSV")

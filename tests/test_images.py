@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imet.data.images import image_problem, load_rgb
+from imet.data.images import MIN_SIDE, image_findings, load_rgb
 from imet.data.layout import CompetitionLayout
 from imet.errors import DataError
 
@@ -42,7 +42,7 @@ def test_truncated_image_names_the_file(tmp_path, fmt):
         load_rgb(path)
     assert str(err.value).startswith(f"{path}: cannot decode image")
     assert "re-download the image or remove its row" in str(err.value)
-    assert image_problem(path) == str(err.value)
+    assert image_findings(path) == (str(err.value), None)
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
@@ -53,5 +53,27 @@ def test_garbage_is_a_data_error(tmp_path, content):
         load_rgb(path)
 
 
-def test_image_problem_is_none_for_a_good_image(mini_data):
-    assert image_problem(first_train_image(mini_data)) is None
+def test_a_good_image_has_no_findings(mini_data):
+    assert image_findings(first_train_image(mini_data)) == (None, None)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (MIN_SIDE - 1, 300)])
+def test_an_image_below_the_minimum_side_is_a_problem(tmp_path, size):
+    path = tmp_path / "tiny.png"
+    Image.new("RGB", size).save(path)
+    problem, _ = image_findings(path)
+    assert problem == (f"{path}: image is {size[0]}x{size[1]} px, its shorter side below the "
+                       f"minimum of {MIN_SIDE} px; re-download the image or remove its row "
+                       "from the CSV")
+    with pytest.raises(DataError, match="shorter side below"):
+        load_rgb(path, MIN_SIDE)
+    assert load_rgb(path).shape == (size[1], size[0], 3)  # the check is the caller's choice
+    assert image_findings(path, min_side=1) == (None, None)
+
+
+def test_a_jpeg_named_png_is_a_warning(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), "red").save(path, format="JPEG")
+    assert image_findings(path) == (None, f"{path}: a JPEG file named .png; convert it to PNG "
+                                    "or rename it (imet reads it either way)")
+    assert load_rgb(path).shape == (30, 40, 3)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from imet.data.check import IMAGE_MODES
+from imet.data.images import MIN_SIDE
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", metavar="CSV", default=None,
                         help="folds file to check against train.csv (default: DIR/folds.csv "
                         "when it exists)")
+    parser.add_argument("--min-side", type=int, default=MIN_SIDE, metavar="PX",
+                        help="an image whose shorter side is below PX pixels is a problem "
+                        "(training refuses it too) (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads decoding images (default: min(8, CPU count))")
 
@@ -33,13 +37,18 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    if args.min_side < 1:
+        raise UserError(f"--min-side must be at least 1 (got {args.min_side})")
     start = time.monotonic()
     folds = args.folds
     if folds is None and (Path(args.data) / "folds.csv").is_file():
         folds = Path(args.data) / "folds.csv"
-    report = check_data(args.data, images=args.images, folds=folds, workers=args.workers)
+    report = check_data(args.data, images=args.images, folds=folds, workers=args.workers,
+                        min_side=args.min_side)
     for problem in report.problems:
         print(problem)
+    for warning in report.warnings:
+        print(f"imet check-data: warning: {warning}", file=sys.stderr)
     if report.problems:
         print(f"imet check-data: error: {len(report.problems)} problem"
               f"{'s' if len(report.problems) != 1 else ''} in {args.data}; fix them and run "

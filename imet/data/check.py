@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from imet.data.folds import folds_problems
-from imet.data.images import image_problem
+from imet.data.images import MIN_SIDE, image_findings
 from imet.data.labels import attribute_csv_problems, labels_problems, sample_submission_problems
 from imet.data.layout import IMAGE_SUFFIX, CompetitionLayout
 
@@ -25,6 +26,7 @@ DECODE_SLICE = 2048
 class CheckReport:
     root: Path
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
 
@@ -49,25 +51,31 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
     return problems, [i for i, e in zip(ids, exists) if e]
 
 
-def _decode_all(paths: list[Path], workers: int, progress: bool) -> list[str]:
+def _decode_all(paths: list[Path], workers: int, progress: bool, min_side: int
+                ) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of every image."""
     from tqdm.auto import tqdm
 
-    problems = []
+    problems, warnings = [], []
+    inspect = partial(image_findings, min_side=min_side)
     bar = tqdm(total=len(paths), desc="decoding images", unit="img",
                disable=None if progress else True, leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool, bar:
         # In slices: Executor.map submits everything at once (109k futures for iMet).
         for start in range(0, len(paths), DECODE_SLICE):
-            for problem in pool.map(image_problem, paths[start:start + DECODE_SLICE]):
+            for problem, warning in pool.map(inspect, paths[start:start + DECODE_SLICE]):
                 bar.update()
                 if problem:
                     problems.append(problem)
-    return problems
+                if warning:
+                    warnings.append(warning)
+    return problems, warnings
 
 
 def check_data(root, *, images: str = "decode", folds=None, workers: int | None = None,
-               progress: bool = True) -> CheckReport:
-    """Every problem in the folder (CSVs, ids, attribute ids, images, optional folds.csv)."""
+               progress: bool = True, min_side: int = MIN_SIDE) -> CheckReport:
+    """Every problem in the folder (CSVs, ids, attribute ids, images, optional folds.csv), and
+    the warnings (an image whose format is not the one its name says)."""
     layout = CompetitionLayout(root)
     report = CheckReport(Path(root))
     if not layout.root.is_dir():
@@ -111,7 +119,10 @@ def check_data(root, *, images: str = "decode", folds=None, workers: int | None 
         report.problems += problems
         to_decode += layout.image_paths(split, present)
     if images == "decode" and to_decode:
-        report.problems += _decode_all(to_decode, workers or min(8, os.cpu_count() or 1), progress)
+        problems, warnings = _decode_all(to_decode, workers or min(8, os.cpu_count() or 1),
+                                         progress, min_side)
+        report.problems += problems
+        report.warnings += warnings
         report.counts["images_decoded"] = len(to_decode)
     elif images == "exists":
         report.counts["images_found"] = len(to_decode)

@@ -34,16 +34,18 @@ class ImetDataset(Dataset):
     never see a later `set_epoch`) exact. `normalize=None` returns uint8 CHW images, to be
     normalized per batch on the GPU with `imet.data.transforms.normalize_batch`. `cache` (an
     `imet.data.cache.ImageCache`) reads each image's pre-resized copy instead of decoding the
-    source, where it holds a fresh one."""
+    source, where it holds a fresh one. A source image whose shorter side is below `min_side`
+    is a DataError naming it (training passes `imet.data.images.MIN_SIDE`)."""
 
     def __init__(self, image_paths, targets: np.ndarray | None, transform=None, seed: int = 0,
                  *, num_classes: int | None = None,
                  normalize: Normalization | None = Normalization(), cache=None,
-                 batch_augment=None):
+                 batch_augment=None, min_side: int = 0):
         if batch_augment is not None and normalize is not None:
             raise ValueError("a batch_augment works on 0..255 pixels: use normalize=None and "
                              "normalize after augment_batch")
         self.batch_augment = batch_augment
+        self.min_side = int(min_side)
         self.image_paths = [Path(p) for p in image_paths]
         self.cached = cache.resolve(self.image_paths) if cache is not None else None
         if targets is not None:
@@ -73,7 +75,7 @@ class ImetDataset(Dataset):
         """The uint8 HWC image of sample `index` after the per-image step, which draws from
         `rng` (the sample's generator: `sample_rng`)."""
         image = (self.cached.load(index) if self.cached is not None
-                 else load_rgb(self.image_paths[index]))
+                 else load_rgb(self.image_paths[index], self.min_side))
         return image if self.transform is None else self.transform(image, rng)
 
     def target(self, index: int) -> torch.Tensor:

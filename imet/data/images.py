@@ -15,21 +15,34 @@ from imet.errors import DataError
 # Images beyond this many pixels are refused instead of decoded (PIL's own bomb check only
 # warns below ~179 Mpx; iMet's largest images are a few Mpx).
 MAX_PIXELS = 64_000_000
+# A training image with a shorter side than this is a placeholder or a broken export, not a
+# picture (iMet's short side is 300 px; mini-iMet's smallest is 16).
+MIN_SIDE = 16
 _ADVICE = "re-download the image or remove its row from the CSV"
+# What an image file's name promises, by suffix (PIL's format names).
+SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
-def load_rgb(path) -> np.ndarray:
-    """The image as uint8 [H, W, 3]; DataError naming the file when missing/corrupt/truncated."""
-    path = Path(path)
+def load_rgb(path, min_side: int = 0) -> np.ndarray:
+    """The image as uint8 [H, W, 3]; DataError naming the file when missing/corrupt/truncated
+    or when its shorter side is below `min_side` pixels."""
+    return _decode(Path(path), min_side)[0]
+
+
+def _decode(path: Path, min_side: int) -> tuple[np.ndarray, str | None]:
+    """(uint8 RGB pixels, the format PIL found in the file)."""
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise DataError(f"{path}: image is {image.width}x{image.height}, larger than "
                                 f"{MAX_PIXELS} pixels; resize it or {_ADVICE}")
+            if min(image.width, image.height) < min_side:
+                raise DataError(f"{path}: image is {image.width}x{image.height} px, its shorter "
+                                f"side below the minimum of {min_side} px; {_ADVICE}")
             # load() decodes every byte: a truncated file fails here, not later.
             image.load()
             rgb = image if image.mode == "RGB" else image.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(rgb, dtype=np.uint8), image.format
     except DataError:
         raise
     except FileNotFoundError:
@@ -44,15 +57,20 @@ def load_rgb(path) -> np.ndarray:
         raise DataError(f"{path}: cannot decode image ({detail}); {_ADVICE}") from None
 
 
-def image_problem(path) -> str | None:
-    """One-line problem for `check-data`, or None when the image decodes."""
+def image_findings(path, min_side: int = MIN_SIDE) -> tuple[str | None, str | None]:
+    """(problem, warning) for `check-data`, each one line or None: a problem when the image
+    does not decode or is smaller than `min_side`; a warning when its format is not the one its
+    name says (a JPEG named .png trains fine, but a tool that trusts the name may not)."""
+    path = Path(path)
     try:
-        image = load_rgb(path)
+        image, found = _decode(path, max(1, min_side))
     except DataError as err:
-        return str(err)
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        return f"{path}: image has no pixels; {_ADVICE}"
-    return None
+        return str(err), None
+    expected = SUFFIX_FORMATS.get(path.suffix.lower())
+    if expected and found and found != expected:
+        return None, (f"{path}: a {found} file named {path.suffix}; convert it to {expected} "
+                      "or rename it (imet reads it either way)")
+    return None, None
 
 
 def scale_short_side(image: np.ndarray, size: int) -> np.ndarray:

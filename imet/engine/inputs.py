@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from imet.data.cache import find_cache
 from imet.data.dataset import ImetDataset
 from imet.data.folds import read_folds
+from imet.data.images import MIN_SIDE
 from imet.data.labels import LabelSpace, read_labels, read_train
 from imet.data.layout import CompetitionLayout
 from imet.data.transforms import (build_batch_augment, build_eval_transform,
@@ -63,12 +64,12 @@ def load_run_data(config: TrainConfig) -> RunData:
     cache = _image_cache(config, layout)
     train_set = ImetDataset([paths[i] for i in train_rows], targets[train_rows],
                             build_train_transform(config.preset, config.image_size), config.seed,
-                            normalize=None, cache=cache,
+                            normalize=None, cache=cache, min_side=MIN_SIDE,
                             batch_augment=build_batch_augment(config.preset,
                                                               config.image_size))
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
                           build_eval_transform(config.image_size, config.preset), config.seed,
-                          normalize=None, cache=cache)
+                          normalize=None, cache=cache, min_side=MIN_SIDE)
     return RunData(labels, train_set, val_set, targets[val_rows])
 
 
