@@ -81,3 +81,18 @@ def test_a_second_ctrl_c_interrupts_for_real():
         assert stop.signal_name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_one_session_length_default_everywhere():
+    """train --time-budget, predict --time-limit and the emulator's --time-limit share one
+    default: today's 12 h Kaggle session."""
+    from imet.cli import build_parser
+    from imet.engine.config import DEFAULT_TIME_BUDGET, TrainConfig, parse_duration
+
+    assert parse_duration(DEFAULT_TIME_BUDGET) == 12 * 3600
+    assert TrainConfig().time_budget == DEFAULT_TIME_BUDGET
+    predict = build_parser(["predict"]).parse_args(["predict", "--data", "d", "--runs", "r",
+                                                    "--out", "s.csv"])
+    assert parse_duration(predict.time_limit) == 12 * 3600
+    emulated = build_parser(["kaggle"]).parse_args(["kaggle", "run", "k", "--out", "o"])
+    assert emulated.time_limit == 12 * 3600

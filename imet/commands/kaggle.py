@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from imet.engine.config import DEFAULT_TIME_BUDGET, parse_duration
 from imet.errors import UserError
 
 
@@ -16,7 +17,6 @@ def _input(text: str) -> tuple[str, Path]:
 
 
 def _seconds(text: str) -> float:
-    from imet.engine.config import parse_duration
     try:
         return parse_duration(text, "--time-limit")
     except UserError as err:
@@ -34,9 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
     run.add_argument("--input", type=_input, action="append", default=[], metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
-    run.add_argument("--time-limit", type=_seconds, default=12 * 3600.0, metavar="DURATION",
-                     help="session limit: seconds or 12h/30m/90s (default 12h, today's GPU "
-                     "sessions; 9h on the old P100 ones)")
+    run.add_argument("--time-limit", type=_seconds, default=DEFAULT_TIME_BUDGET,
+                     metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
+                     "%(default)s, today's Kaggle sessions)")
     run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
     run.add_argument("--chain", type=int, default=1, metavar="N",
                      help="re-run with the previous output attached under the kernel's own slug "

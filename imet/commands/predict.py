@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imet.engine.config import DEFAULT_TIME_BUDGET
+
 DEFAULT_TTA = "none,hflip"
 
 
@@ -92,8 +94,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probs-dir", type=Path, default=None, metavar="DIR",
                         help="where each run's test probabilities (<run>.npz) and the "
                         "ensemble's (ensemble.npz) go (default: test_probs/ next to --out)")
-    parser.add_argument("--time-limit", default="9h", metavar="DURATION",
-                        help="the kernel's time limit (9h, 30m, 5400 …): a warning is logged "
+    parser.add_argument("--time-limit", default=DEFAULT_TIME_BUDGET, metavar="DURATION",
+                        help="the kernel's time limit (12h, 30m, 5400 …): a warning is logged "
                         "when the ETA exceeds it (default: %(default)s)")
     add_inference_arguments(parser)
     add_label_limits(parser, "from thresholds.json, else 1|from thresholds.json, else no limit")

@@ -14,7 +14,9 @@ from typing import Any
 
 from imet.errors import UserError
 
-DEFAULT_TIME_BUDGET = "9h"
+# The default of every session length: a Kaggle GPU or CPU session today (the retired P100
+# sessions had 9 h).
+DEFAULT_TIME_BUDGET = "12h"
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
                        r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
