@@ -146,3 +146,20 @@ def test_cli_missing_input_path(tmp_path):
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@needs_root
+def test_cli_with_relative_paths_as_the_readme_writes_them(tmp_path, data_input):
+    """`kaggle run kernels/x --input data=DIR --out emu/x` from the folder the paths are
+    relative to: the read-only mounts get absolute paths (they once resolved from the kernel's
+    working folder: 'mount point does not exist', exit 32)."""
+    make_kernel(tmp_path / "kernels" / "probe", PROBE.replace("PORT", "9"))
+    (tmp_path / "inputs").mkdir()
+    data_input.rename(tmp_path / "inputs" / "data")
+    proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "run", "kernels/probe",
+                           "--input", "data=inputs/data", "--time-limit", "60s",
+                           "--out", "emu/probe"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (tmp_path / "emu" / "probe" / "v1" / "log.txt").read_text()
+    assert "input hello" in log and "input-read-only" in log

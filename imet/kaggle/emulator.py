@@ -81,7 +81,8 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
                 time_limit: float, env: dict[str, str] | None = None,
                 python: str = sys.executable) -> SessionResult:
     meta = read_metadata(kernel_dir)
-    session_dir = Path(out) / f"v{version}"
+    # Absolute from here on: the mounts and the kernel run with other working folders.
+    session_dir = Path(out).resolve() / f"v{version}"
     if session_dir.exists():
         shutil.rmtree(session_dir)
     want_isolation = os.geteuid() == 0 and shutil.which("unshare") is not None
