@@ -130,14 +130,6 @@ def test_caption_fits_1024_and_emoji_count_double():
     assert "best F2 0.6000 at step 9" in visible(caption)
 
 
-def test_result_message_for_validation_and_inference():
-    text = messages.result("validation", {"F2": 0.6123456, "threshold": 0.27,
-                                          "TTA": "hflip", "images": 21839}, "se50-f0")[0]
-    shown = visible(text)
-    for fragment in ("validation", "F2: 0.6123", "TTA: hflip", "images: 21839", "se50-f0"):
-        assert fragment in shown
-
-
 def test_durations_and_numbers():
     assert format_duration(None, " ") == "?" == format_duration("soon", " ")
     assert format_duration(59, " ") == "59s"

@@ -233,16 +233,6 @@ def failure(data: dict, run_name: str | None = None) -> list[str]:
     return head + blocks
 
 
-def result(title: str, fields: dict[str, Any], run_name: str | None = None) -> list[str]:
-    """A validation or inference kernel's outcome: a title and `name: value` lines."""
-    head = f"<b>{esc(run_name)}</b> · {esc(title)}" if run_name else f"<b>{esc(title)}</b>"
-    lines = [f"🏁 {head}"]
-    for name, value in fields.items():
-        shown = fmt_float(value) if isinstance(value, float) else esc(value)
-        lines.append(f"{esc(name, 60)}: {shown}")
-    return pack(lines)
-
-
 def plot_caption(kind: str, data: dict, run_name: str | None = None) -> str:
     if kind == "finish":
         line = f"best F2 {fmt_float(data.get('best_f2'))} at step {esc(data.get('best_step'))}"
