@@ -17,7 +17,7 @@ from imet.data.cache import (FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSIO
                              SPLIT_DIRS, read_manifest, source_key)
 from imet.data.images import load_rgb, scale_short_side
 from imet.errors import DataError, UserError
-from imet.fileio import atomic_write_bytes, atomic_write_text
+from imet.fileio import TEMP_SUFFIX, atomic_write_bytes, atomic_write_text
 
 SOURCE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SAVE_EVERY_S = 5.0
@@ -160,7 +160,7 @@ def _remove_temporaries(out: Path, splits) -> None:
     for split in splits:
         if (out / split).is_dir():
             for entry in os.scandir(out / split):
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
                     _unlink_quietly(Path(entry.path))
 
 
