@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from imet.cli import main
-from imet.data.cache import MANIFEST, ImageCache, build_cache, find_cache
+from imet.data.cache import MANIFEST, ImageCache, find_cache
+from imet.data.cache_build import build_cache
 from imet.data.dataset import ImetDataset
 from imet.data.images import load_rgb, scale_short_side
 from imet.data.transforms import (build_batch_augment, build_eval_transform,

@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from imet.duration import format_duration
 from imet.notify import messages
 from imet.notify.messages import CAPTION_LIMIT, TEXT_LIMIT, tg_len
 
@@ -129,18 +130,10 @@ def test_caption_fits_1024_and_emoji_count_double():
     assert "best F2 0.6000 at step 9" in visible(caption)
 
 
-def test_result_message_for_validation_and_inference():
-    text = messages.result("validation", {"F2": 0.6123456, "threshold": 0.27,
-                                          "TTA": "hflip", "images": 21839}, "se50-f0")[0]
-    shown = visible(text)
-    for fragment in ("validation", "F2: 0.6123", "TTA: hflip", "images: 21839", "se50-f0"):
-        assert fragment in shown
-
-
 def test_durations_and_numbers():
-    assert messages.fmt_duration(None) == "?" == messages.fmt_duration("soon")
-    assert messages.fmt_duration(59) == "59s"
-    assert messages.fmt_duration(61) == "1m 01s"
-    assert messages.fmt_duration(3 * 86400 + 7200) == "3d 2h"
+    assert format_duration(None, " ") == "?" == format_duration("soon", " ")
+    assert format_duration(59, " ") == "59s"
+    assert format_duration(61, " ") == "1m 01s"
+    assert format_duration(3 * 86400 + 7200, " ") == "3d 2h"
     assert messages.fmt_float(float("nan")) == "nan"
     assert messages.fmt_float("x") == "?"

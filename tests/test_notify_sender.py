@@ -13,7 +13,7 @@ import time
 import pytest
 
 from imet.engine.events import EventBus
-from imet.notify import build_notifier, send_result
+from imet.notify import build_notifier
 from imet.notify.messages import CRITICAL, LOW, Outgoing
 from telegram_standin import TelegramStandin, refused_url
 
@@ -281,19 +281,6 @@ def test_text_refused_by_the_html_parser_goes_again_as_plain_text(no_token_leak)
         notifier.close()
         retried = server.sent()[0].params
     assert retried["text"] == "F2 0.61 < 0.62" and "parse_mode" not in retried
-
-
-def test_validation_result_is_one_message(no_token_leak):
-    with TelegramStandin() as server:
-        env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "4242",
-               "IMET_TELEGRAM_API_URL": server.api_url}
-        assert send_result("validation fold 0", {"F2": 0.6171, "threshold": 0.26,
-                                                 "TTA": "hflip"}, env=env,
-                           kernel="me/imet-validate", close_timeout_s=2.0)
-        texts = [r.params["text"] for r in server.sent()]
-    assert texts == ["🏁 <b>me/imet-validate</b> · validation fold 0\nF2: 0.6171\n"
-                     "threshold: 0.2600\nTTA: hflip"]
-    assert not send_result("validation", {}, env={})
 
 
 def test_rank_other_than_zero_and_off_send_nothing():

@@ -11,7 +11,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(as the training and eval pipelines' first step does) and store it in --out as JPEG "
         "or raw uint8, with a manifest keyed by each source's size and mtime. `imet train` reads "
         "a cache of its --image-size instead of the PNGs when it finds one (in --data, beside "
-        "the run's --out folder, up to 3 levels under an --input-root, or $IMET_CACHE_DIR). "
+        "the run's --out folder, under an --input-root, or $IMET_CACHE_DIR). "
         "Running again only (re)builds missing or changed images, so an interrupted build "
         "resumes.")
     parser.add_argument("--data", required=True, metavar="DIR",
@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from imet.data.cache import SPLIT_DIRS, build_cache
+    from imet.data.cache import SPLIT_DIRS
+    from imet.data.cache_build import build_cache
     from imet.errors import UserError
 
     if args.workers < 1:

@@ -1,4 +1,5 @@
-"""Decode-once image cache: every source image decoded and resized once, stored pre-resized.
+"""Decode-once image cache, the reading side: the storage formats, the manifest, and what a
+training run opens (`find_cache`, `ImageCache`). Building one is `imet.data.cache_build`.
 
 A PNG at iMet's geometry costs ~3 ms to decode on one core, more than the whole augmentation
 at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or a raw uint8 array (.npy,
@@ -12,14 +13,12 @@ Layout of a cache folder:
     train/<id>.jpg|.npy, test/<id>.jpg|.npy
 Entries are keyed by the source file's path relative to the data folder, its byte size and
 mtime: an entry whose source changed is stale and is rebuilt (by `imet cache`) or bypassed (by
-the dataset, which then decodes the source). Every file is written to a temporary name in the
-same folder and renamed; the manifest is saved every few seconds, so an interrupted build
-resumes where its manifest stops."""
+the dataset, which then decodes the source)."""
 from __future__ import annotations
 
+import io
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +26,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imet.data.images import load_rgb, scale_short_side
-from imet.errors import DataError, UserError
+from imet.data.images import load_rgb
+from imet.errors import DataError
+from imet.walk import walk_folders
 
 MANIFEST = "imet-cache.json"
 MANIFEST_FORMAT, MANIFEST_VERSION = "imet-image-cache", 1
 SPLIT_DIRS = ("train", "test")
-SOURCE_SUFFIXES = (".png", ".jpg", ".jpeg")
-SAVE_EVERY_S = 5.0
 _REBUILD = "rebuild it with `python -m imet cache`"
 # OpenCV >= 4.10 decodes straight to RGB; older ones need a channel swap.
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -42,12 +40,12 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 # ---- storage formats (registry) ---------------------------------------------------------------
 
-def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise OSError(f"{path}: JPEG encoding failed")
-    path.write_bytes(data.tobytes())
+        raise OSError("JPEG encoding failed")
+    return data.tobytes()
 
 
 def _read_jpeg(path: Path) -> np.ndarray:
@@ -61,9 +59,10 @@ def _read_jpeg(path: Path) -> np.ndarray:
     return image
 
 
-def _write_npy(path: Path, image: np.ndarray, quality: int) -> None:
-    with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(image, dtype=np.uint8), allow_pickle=False)
+def _encode_npy(image: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(image, dtype=np.uint8), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -81,15 +80,15 @@ def _read_npy(path: Path) -> np.ndarray:
 @dataclass(frozen=True)
 class StorageFormat:
     suffix: str
-    write: callable
+    encode: callable  # (image, quality) -> the file's bytes
     read: callable
     help: str
 
 
 FORMATS: dict[str, StorageFormat] = {
-    "jpeg": StorageFormat(".jpg", _write_jpeg, _read_jpeg,
+    "jpeg": StorageFormat(".jpg", _encode_jpeg, _read_jpeg,
                           "JPEG at --quality: ~1/10 the bytes of raw, lossy, ~1 ms to decode"),
-    "npy": StorageFormat(".npy", _write_npy, _read_npy,
+    "npy": StorageFormat(".npy", _encode_npy, _read_npy,
                          "raw uint8 array: exact, fastest to read, ~10x the disk of jpeg"),
 }
 
@@ -101,20 +100,6 @@ def source_key(path: Path) -> list:
     PNGs would cost as much as the decode the cache saves)."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_manifest(cache_dir: Path) -> dict | None:
@@ -132,160 +117,6 @@ def read_manifest(cache_dir: Path) -> dict | None:
         raise DataError(f"{path}: cache version {manifest.get('version')} is not "
                         f"{MANIFEST_VERSION}; delete the folder and {_REBUILD}")
     return manifest
-
-
-# ---- building ---------------------------------------------------------------------------------
-
-def list_sources(data_root: Path, splits=SPLIT_DIRS) -> list[str]:
-    """Image paths relative to `data_root`, sorted, from the split folders that exist."""
-    names = []
-    for split in splits:
-        folder = data_root / split
-        if folder.is_dir():
-            names += sorted(f"{split}/{e.name}" for e in os.scandir(folder)
-                            if e.is_file() and e.name.lower().endswith(SOURCE_SUFFIXES))
-    return names
-
-
-def _cache_one(job: tuple) -> tuple:
-    """Worker: decode, resize, write atomically. Returns (name, key, error or None)."""
-    source, target, name, size, fmt, quality = job
-    try:
-        key = source_key(Path(source))
-        image = scale_short_side(load_rgb(source), size)
-        target = Path(target)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        FORMATS[fmt].write(tmp, image, quality)
-        os.replace(tmp, target)
-        return name, key, None
-    except (DataError, OSError, cv2.error) as err:
-        return name, None, " ".join(f"{source}: {err}".split()) if not isinstance(
-            err, DataError) else str(err)
-
-
-@dataclass
-class BuildResult:
-    cache_dir: Path
-    total: int
-    built: int
-    reused: int
-    removed: int
-    errors: list
-    bytes: int
-    seconds: float
-
-
-def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
-                workers: int = 1, splits=SPLIT_DIRS, progress: bool = True) -> BuildResult:
-    """Cache every image of `data_root`'s split folders into `out` (see the module doc).
-    Fresh entries are kept, stale or missing ones rebuilt, entries of vanished sources dropped."""
-    data_root, out = Path(data_root), Path(out)
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r}: choose one of {', '.join(sorted(FORMATS))}")
-    if not isinstance(size, int) or size < 8:
-        raise UserError(f"--size {size!r}: must be an integer of at least 8 pixels")
-    if not 1 <= quality <= 100:
-        raise UserError(f"--quality {quality}: must be in 1..100")
-    if not data_root.is_dir():
-        raise DataError(f"{data_root}: data folder not found; pass --data pointing at the "
-                        "competition files (train/ and test/)")
-    started = time.monotonic()
-    names = list_sources(data_root, splits)
-    if not names:
-        raise DataError(f"{data_root}: no images in {', '.join(f'{s}/' for s in splits)}; "
-                        "--data must be the competition folder")
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out, splits)
-    old = read_manifest(out)
-    settings = {"size": size, "image_format": fmt, "quality": quality if fmt == "jpeg" else None,
-                "resize": "SmallestMaxSize area-down linear-up"}
-    entries = {}
-    if old is not None and all(old.get(k) == v for k, v in settings.items()):
-        entries = old.get("entries", {})
-    elif old is not None:
-        print(f"{out}: cached with other settings ({old.get('image_format')}, size "
-              f"{old.get('size')}); rebuilding every image")
-        for entry in old.get("entries", {}).values():
-            _unlink_quietly(out / entry[2])
-    wanted = set(names)
-    removed = [n for n in entries if n not in wanted]
-    for name in removed:
-        _unlink_quietly(out / entries.pop(name)[2])
-    suffix = FORMATS[fmt].suffix
-    jobs, reused = [], 0
-    for name in names:
-        target = str(Path(name).with_suffix(suffix))
-        entry = entries.get(name)
-        source = data_root / name
-        if entry is not None and entry[:2] == source_key(source) and (out / entry[2]).is_file():
-            reused += 1
-            continue
-        entries.pop(name, None)
-        (out / target).parent.mkdir(parents=True, exist_ok=True)
-        jobs.append((str(source), str(out / target), name, size, fmt, quality))
-
-    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **settings,
-                "entries": entries}
-    errors, last_save = [], time.monotonic()
-
-    def save() -> None:
-        # Files are renamed into place before their entries are listed; os.sync makes them
-        # durable first, so a crash never leaves an entry that points at an empty file.
-        os.sync()
-        _atomic_write_text(out / MANIFEST, json.dumps(manifest, separators=(",", ":")))
-
-    try:
-        for name, key, error in _run_jobs(jobs, workers, progress):
-            if error is not None:
-                errors.append(error)
-            else:
-                entries[name] = [*key, str(Path(name).with_suffix(suffix))]
-            if time.monotonic() - last_save > SAVE_EVERY_S:
-                save()
-                last_save = time.monotonic()
-    finally:
-        save()  # also on Ctrl-C: the next run resumes after the last finished image
-    total_bytes = sum((out / e[2]).stat().st_size for e in entries.values())
-    return BuildResult(out, len(names), len(jobs) - len(errors), reused, len(removed), errors,
-                       total_bytes, time.monotonic() - started)
-
-
-def _run_jobs(jobs: list, workers: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), unit="img", disable=not progress or not jobs,
-               mininterval=1.0, desc="caching")
-    try:
-        if workers <= 1:
-            for job in jobs:
-                yield _cache_one(job)
-                bar.update()
-            return
-        from multiprocessing import get_context
-
-        # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would copy half-way.
-        with get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap_unordered(_cache_one, jobs, chunksize=16):
-                yield result
-                bar.update()
-    finally:
-        bar.close()
-
-
-def _remove_temporaries(out: Path, splits) -> None:
-    """Half-written files of an interrupted build (workers killed between write and rename)."""
-    for split in splits:
-        if (out / split).is_dir():
-            for entry in os.scandir(out / split):
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                    _unlink_quietly(Path(entry.path))
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -358,17 +189,24 @@ class CachedImages:
         return FORMATS[self.image_format].read(Path(cached))
 
 
-def find_cache(size: int, roots=(), max_depth: int = 3) -> ImageCache | None:
-    """The first cache of short side `size` found in $IMET_CACHE_DIR or under `roots` (each
-    searched up to `max_depth` folders deep: on Kaggle a previous session's output is attached
-    a few levels under /kaggle/input). Caches of other sizes are skipped."""
-    candidates = [os.environ["IMET_CACHE_DIR"]] if os.environ.get("IMET_CACHE_DIR") else []
-    for root in roots:
-        root = Path(root)
-        candidates += [root] + [p.parent for depth in range(1, max_depth + 1)
-                                for p in root.glob("/".join(["*"] * depth) + "/" + MANIFEST)]
-    for folder in candidates:
-        manifest = read_manifest(Path(folder))
-        if manifest is not None and int(manifest.get("size", -1)) == int(size):
-            return ImageCache(folder, manifest)
+def find_cache(size: int, roots=()) -> ImageCache | None:
+    """The first cache of short side `size` in $IMET_CACHE_DIR or under `roots` (on Kaggle a
+    previous session's output is attached some levels under /kaggle/input). Caches of other
+    sizes are skipped."""
+    if os.environ.get("IMET_CACHE_DIR"):
+        found = _cache_of_size(Path(os.environ["IMET_CACHE_DIR"]), size)
+        if found is not None:
+            return found
+    for folder, _, files in walk_folders(roots):
+        if MANIFEST in files:
+            found = _cache_of_size(folder, size)
+            if found is not None:
+                return found
+    return None
+
+
+def _cache_of_size(folder: Path, size: int) -> ImageCache | None:
+    manifest = read_manifest(folder)
+    if manifest is not None and int(manifest.get("size", -1)) == int(size):
+        return ImageCache(folder, manifest)
     return None

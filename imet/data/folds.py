@@ -2,13 +2,13 @@
 (`id,fold`) so every kernel and every session trains on the same split."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from imet.errors import DataError, UserError
+from imet.fileio import atomic_open
 
 HEADER = ("id", "fold")
 
@@ -47,23 +47,13 @@ def rare_labels(targets: np.ndarray, n_folds: int) -> tuple[np.ndarray, np.ndarr
 
 
 def write_folds(path, ids, folds) -> None:
-    """Atomic: a temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
+    """Atomic (imet.fileio): a reader never sees half a folds file."""
     folds = np.asarray(folds, dtype=np.int64)
     if len(ids) != len(folds):
         raise ValueError("ids and folds differ in length")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(",".join(HEADER) + "\n")
-            f.writelines(f"{i},{k}\n" for i, k in zip(ids, folds.tolist()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(",".join(HEADER) + "\n")
+        f.writelines(f"{i},{k}\n" for i, k in zip(ids, folds.tolist()))
 
 
 def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:

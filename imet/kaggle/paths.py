@@ -15,9 +15,6 @@ from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"
 DEFAULT_ROOT = "/kaggle"
-# Deep enough for /kaggle/input/datasets/<owner>/<slug>/<version>/file, shallow enough never to
-# walk into a competition's 109k training images.
-MAX_DEPTH = 5
 
 
 def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
@@ -33,13 +30,13 @@ def working_dir(env: Mapping[str, str] | None = None) -> Path:
     return kaggle_root(env) / "working"
 
 
-def find_folders_with(root: Path, *names: str, max_depth: int = MAX_DEPTH) -> list[Path]:
+def find_folders_with(root: Path, *names: str) -> list[Path]:
     """Folders under root (root included) that hold every one of `names` as files, shallowest
     first (then in name order), so the attached input itself wins over copies inside it."""
     if not root.is_dir():
         return []
     found = []
-    for folder, subfolders, files in walk_folders([root], max_depth):
+    for folder, subfolders, files in walk_folders([root]):
         if all(name in files for name in names):
             found.append(folder)
         # A folder of images is a leaf: its thousands of files are never folders to search.

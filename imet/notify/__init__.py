@@ -61,18 +61,3 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
              config.source)
     return TelegramNotifier(sender, kernel=kernel, **options)
 
-
-def send_result(title: str, fields: Mapping[str, Any], mode: str = "auto", rank: int = 0,
-                env: Mapping[str, str] | None = None, kernel: str | None = None,
-                **options: Any) -> bool:
-    """One message with a validation or inference kernel's outcome (`title`, then
-    `name: value` lines), delivered within the close bound. False when notifications are off.
-    Never raises for a network problem: a failed send is logged, as during training."""
-    notifier = build_notifier(mode, rank=rank, env=env, kernel=kernel, **options)
-    if notifier is None:
-        return False
-    try:
-        notifier.report_result(title, dict(fields))
-    finally:
-        notifier.close()
-    return True

@@ -2,11 +2,11 @@
 words a user can act on. Shared by the background sender and `notify-test`."""
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
 from imet.notify.config import TelegramConfig, silence_url_loggers
+from imet.report.redact import TOKEN_IN_TEXT
 
 
 def quiet_retry_after_deprecation() -> None:
@@ -23,7 +23,7 @@ def explain(err: BaseException, custom_api: bool = False) -> str:
     Bot API URL came from IMET_TELEGRAM_API_URL, itself a suspect."""
     from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TimedOut
     name = type(err).__name__
-    text = _TOKEN_IN_TEXT.sub("<token>", str(err))
+    text = TOKEN_IN_TEXT.sub("<token>", str(err))
     if isinstance(err, InvalidToken):
         where = (" (or IMET_TELEGRAM_API_URL is not a Bot API server: it should end in "
                  "/bot, e.g. http://host:8081/bot)" if custom_api else "")
@@ -42,10 +42,6 @@ def explain(err: BaseException, custom_api: bool = False) -> str:
         return (f"cannot reach the Telegram API ({text}); check the network (on Kaggle: "
                 "Settings > Internet on) or IMET_TELEGRAM_API_URL")
     return f"{name}: {text}"
-
-
-# Any bot-token-shaped substring, for texts built before the token is known to us.
-_TOKEN_IN_TEXT = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
 
 
 def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: float) -> Any:

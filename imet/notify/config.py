@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
+
+from imet.report.redact import TELEGRAM_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,6 @@ TOKEN_VAR = "IMET_TELEGRAM_TOKEN"
 CHAT_VAR = "IMET_TELEGRAM_CHAT_ID"
 API_URL_VAR = "IMET_TELEGRAM_API_URL"
 DEFAULT_API_URL = "https://api.telegram.org/bot"
-# A bot token is "<bot id>:<secret>"; anything else is a paste error worth naming early.
-_TOKEN_SHAPE = re.compile(r"^\d+:[A-Za-z0-9_-]+$")
 # Kaggle's secrets client talks to a backend over the network; offline it may hang, so it
 # gets a bounded time and training starts regardless.
 KAGGLE_SECRETS_TIMEOUT_S = 10.0
@@ -111,7 +110,7 @@ def load_config(env: Mapping[str, str] | None = None,
     if not token:
         raise ConfigProblem(f"{TOKEN_VAR} is not set (environment or Kaggle Secrets); "
                             "create a bot with @BotFather and set it")
-    if not _TOKEN_SHAPE.match(token):
+    if not TELEGRAM_TOKEN.fullmatch(token):  # a paste error worth naming early
         raise ConfigProblem(f"{TOKEN_VAR} does not look like a bot token (expected "
                             "'<digits>:<letters>' as @BotFather gives it); check for quotes "
                             "or spaces")

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from imet.duration import format_duration
+
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
 TRACEBACK_LINES = 30
@@ -51,26 +53,6 @@ def esc(value: Any, limit: int = FIELD_CHARS) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return html.escape(text, quote=False)
-
-
-def fmt_duration(seconds: float | None) -> str:
-    try:
-        value = float(seconds)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "?"
-    if not math.isfinite(value):
-        return "?"
-    total = max(0, int(round(value)))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def fmt_float(value: Any, digits: int = 4) -> str:
@@ -190,9 +172,9 @@ def progress(data: dict, run_name: str | None = None) -> list[str]:
              f"epoch {esc(data.get('epoch'))} · step {esc(step)}/{esc(total)}{percent}",
              f"loss {fmt_float(data.get('loss'))} · lr {fmt_lr(data.get('lr'))} · "
              f"{fmt_float(data.get('img_per_s'), 1)} img/s",
-             f"ETA run {fmt_duration(data.get('eta_run_s'))}"]
+             f"ETA run {format_duration(data.get('eta_run_s'), ' ')}"]
     if data.get("session_left_s") is not None:
-        lines[-1] += f" · session left {fmt_duration(data.get('session_left_s'))}"
+        lines[-1] += f" · session left {format_duration(data.get('session_left_s'), ' ')}"
     return pack(lines)
 
 
@@ -228,7 +210,7 @@ def finish(data: dict, run_name: str | None = None) -> list[str]:
     lines = [f"✅ {_run_label(data, run_name)} finished",
              f"best F2 <b>{fmt_float(data.get('best_f2'))}</b> at step "
              f"{esc(data.get('best_step'))}",
-             f"duration {fmt_duration(data.get('duration_s'))} · "
+             f"duration {format_duration(data.get('duration_s'), ' ')} · "
              f"sessions {esc(data.get('sessions'))}"]
     artifacts = list(data.get("artifacts") or [])
     if artifacts:
@@ -249,16 +231,6 @@ def failure(data: dict, run_name: str | None = None) -> list[str]:
     if tg_len(joined) <= TEXT_LIMIT:
         return head[:-1] + [joined] + blocks[1:]
     return head + blocks
-
-
-def result(title: str, fields: dict[str, Any], run_name: str | None = None) -> list[str]:
-    """A validation or inference kernel's outcome: a title and `name: value` lines."""
-    head = f"<b>{esc(run_name)}</b> · {esc(title)}" if run_name else f"<b>{esc(title)}</b>"
-    lines = [f"🏁 {head}"]
-    for name, value in fields.items():
-        shown = fmt_float(value) if isinstance(value, float) else esc(value)
-        lines.append(f"{esc(name, 60)}: {shown}")
-    return pack(lines)
 
 
 def plot_caption(kind: str, data: dict, run_name: str | None = None) -> str:

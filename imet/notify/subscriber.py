@@ -122,15 +122,5 @@ class TelegramNotifier:
                           "without plots")
         return self._renderer
 
-    def send_text(self, html_text: str, priority: int = NORMAL, kind: str = "text") -> None:
-        """Queue a ready HTML text (split to Telegram's limit); for commands other than train."""
-        for text in messages.pack(html_text.split("\n")):
-            self.sender.submit(Outgoing(kind, text, priority))
-
-    def report_result(self, title: str, fields: dict[str, Any]) -> None:
-        """A validation or inference kernel's outcome (title + `name: value` lines)."""
-        for text in messages.result(title, fields, self._run_name or self.kernel):
-            self.sender.submit(Outgoing("result", text, CRITICAL))
-
     def close(self, timeout: float | None = None) -> None:
         self.sender.close(timeout)

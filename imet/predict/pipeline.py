@@ -82,18 +82,27 @@ def is_probabilities_file(source: Path) -> bool:
     return Path(source).suffix == ".npz"
 
 
-@dataclass
-class MemberResult:
-    name: str
-    probabilities: Probabilities
-    run_dir: Path | None
-    train_threshold: float | None = None
-
-
 def source_names(sources: Sequence[Path]) -> list[str]:
     return unique_names([Path(s).stem if is_probabilities_file(s) else
                          (Path(s).parent.name if Path(s).is_file() else Path(s).name)
                          for s in sources])
+
+
+def open_member(source: Path, name: str, labels: LabelSpace, labels_csv: Path,
+                command: str) -> Run | Probabilities:
+    """A run loaded on the CPU, or saved probabilities, checked against the label space of
+    `labels_csv` and named `name`. `command` (predict, validate) is what the user runs again."""
+    source = Path(source)
+    if is_probabilities_file(source):
+        probs = load_probabilities(source)
+        if probs.attribute_ids != labels.attribute_ids or (
+                probs.labels_fingerprint and probs.labels_fingerprint != labels.fingerprint()):
+            raise UserError(f"{source}: probabilities are for another label space than "
+                            f"{labels_csv}; {command} again with models trained on it")
+        probs.meta["name"] = name
+        return probs
+    return load_run(source, device="cpu", expected=labels, expected_source=labels_csv,
+                    name=name)
 
 
 def open_members(sources: Sequence[Path], ids: Sequence[str], labels: LabelSpace,
@@ -102,45 +111,43 @@ def open_members(sources: Sequence[Path], ids: Sequence[str], labels: LabelSpace
     fail in seconds, not after hours of predicting the others. Runs stay on the CPU."""
     loaded: list[Run | Probabilities] = []
     for source, name in zip(sources, source_names(sources)):
-        source = Path(source)
-        if is_probabilities_file(source):
-            probs = load_probabilities(source)
-            if probs.attribute_ids != labels.attribute_ids or (
-                    probs.labels_fingerprint and probs.labels_fingerprint != labels.fingerprint()):
-                raise UserError(f"{source}: probabilities are for another label space than "
-                                f"{labels_csv}; predict again with models trained on it")
-            probs = probs.reorder(list(ids), source=str(source))
-            probs.meta["name"] = name
-            loaded.append(probs)
-        else:
-            run = load_run(source, device="cpu", expected=labels, expected_source=labels_csv)
-            run.name = name
-            loaded.append(run)
+        item = open_member(source, name, labels, labels_csv, "predict")
+        if isinstance(item, Probabilities):
+            item = item.reorder(list(ids), source=str(source))
+        loaded.append(item)
     return loaded
+
+
+def predict_member(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
+                   options: InferenceOptions, log: Log, split: str, save_dir: Path | None,
+                   progress_label: str | None = None) -> Probabilities:
+    """`run`'s probabilities over `image_paths`, saved to `save_dir/<name>.npz` as soon as they
+    are done (a later crash keeps them); the model is freed afterwards."""
+    probs = predict_run(run, image_paths, ids, options, log, split, progress_label)
+    # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files is
+    # then bit-identical to this one.
+    probs.probs = probs.probs.astype(np.float16).astype(np.float32)
+    probs.meta["name"] = run.name
+    if save_dir is not None:
+        save_probabilities(Path(save_dir) / f"{run.name}.npz", probs)
+    _free(run)
+    return probs
 
 
 def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
                   image_paths: Sequence[Path], options: InferenceOptions,
                   probs_dir: Path | None, split: str,
-                  log: Log = log_stderr) -> list[MemberResult]:
-    """Probabilities of every member over `ids`; each run's are saved to
-    `probs_dir/<name>.npz` as soon as it finishes (a later crash keeps them)."""
+                  log: Log = log_stderr) -> list[Probabilities]:
+    """Probabilities of every member over `ids`, each named in its meta["name"]."""
     members = []
     for item in loaded:
         if isinstance(item, Probabilities):
-            name = item.meta["name"]
-            members.append(MemberResult(name, item, None, None))
-            log(f"{name}: loaded {len(item.ids)} saved {item.meta.get('split', '')} predictions")
-            continue
-        probs = predict_run(item, image_paths, ids, options, log, split)
-        # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files
-        # is then bit-identical to this one.
-        probs.probs = probs.probs.astype(np.float16).astype(np.float32)
-        probs.meta["name"] = item.name
-        if probs_dir is not None:
-            save_probabilities(Path(probs_dir) / f"{item.name}.npz", probs)
-        members.append(MemberResult(item.name, probs, item.path.parent, item.train_threshold))
-        _free(item)
+            log(f"{item.meta['name']}: loaded {len(item.ids)} saved "
+                f"{item.meta.get('split', '')} predictions")
+            members.append(item)
+        else:
+            members.append(predict_member(item, image_paths, ids, options, log, split,
+                                          probs_dir))
     return members
 
 
@@ -222,8 +229,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     decoding = resolve_decoding(loaded, labels, thresholds_file, threshold, min_labels,
                                 max_labels, log)
     members = infer_members(loaded, ids, paths, options, probs_dir, "test", log)
-    combined = ensemble([m.probabilities for m in members], method, weights,
-                        [m.name for m in members])
+    combined = ensemble(members, method, weights, [m.meta["name"] for m in members])
     combined.meta["split"] = "test"
     rows_ids, rows = make_submission(ids, combined, decoding.thresholds, decoding.min_labels,
                                      decoding.max_labels, str(layout.sample_submission_csv),
@@ -240,7 +246,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
         "kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
         "images": len(rows), "labels_per_image": round(labels_per_image, 3),
         "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
-        "runs": [m.probabilities.meta for m in members], "tta": list(parse_tta(options.tta)),
+        "runs": [m.meta for m in members], "tta": list(parse_tta(options.tta)),
         "thresholds": decoding.source, "min_labels": decoding.min_labels,
         "max_labels": decoding.max_labels, "context": decoding.context,
         "labels_fingerprint": labels.fingerprint(),

@@ -9,8 +9,6 @@ attached dataset is untrusted input.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from imet.errors import DataError, UserError
+from imet.fileio import atomic_open
 
 FORMAT = "imet-probs"
 VERSION = 1
@@ -59,32 +58,6 @@ class Probabilities:
         return Probabilities(list(ids), self.probs[rows], self.attribute_ids, dict(self.meta))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Temp file in the same folder, fsync, os.replace: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
-
-
 def save_probabilities(path: Path, probabilities: Probabilities) -> Path:
     """Write `probabilities` to `path` (.npz) atomically; returns the path."""
     path = Path(path)
@@ -95,7 +68,8 @@ def save_probabilities(path: Path, probabilities: Probabilities) -> Path:
         "attribute_ids": np.asarray(probabilities.attribute_ids, dtype=np.int64),
         "meta": np.asarray(json.dumps(meta, sort_keys=True)),
     }
-    _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from imet.fileio import atomic_write_bytes, atomic_write_text
 from imet.metrics.thresholds import global_f2_curve
 from imet.predict.oof import ValidationScores
-from imet.predict.probfile import _atomic_write, atomic_write_text
 
 
 def _figure(width: float = 7.0, height: float = 4.2):
@@ -27,7 +27,7 @@ def _figure(width: float = 7.0, height: float = 4.2):
 def _save_png(figure, path: Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
-    _atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

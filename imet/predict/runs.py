@@ -76,12 +76,6 @@ def model_file_of(run: Path) -> Path:
     return run
 
 
-def run_name(run: Path) -> str:
-    run = Path(run)
-    return run.parent.name if run.is_file() and run.name == MODEL_FILE else run.name if \
-        run.is_dir() else run.stem
-
-
 def check_label_space(labels: LabelSpace, expected: LabelSpace, source: Path,
                       expected_source: Path) -> None:
     """CheckpointError naming the model file when it predicts another label space."""
@@ -96,8 +90,9 @@ def check_label_space(labels: LabelSpace, expected: LabelSpace, source: Path,
 
 
 def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace | None = None,
-             expected_source: Path | None = None) -> Run:
-    """Load a run's model for inference, checking its label space against labels.csv."""
+             expected_source: Path | None = None, name: str = "") -> Run:
+    """Load a run's model for inference, checking its label space against labels.csv. `name`:
+    what logs and saved probabilities call it (the caller knows its other sources)."""
     path = model_file_of(Path(run))
     try:
         model, info = load_model_file(path, device=device)
@@ -114,4 +109,4 @@ def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace
                               "not an imet model file") from None
     if expected is not None:
         check_label_space(labels, expected, path, expected_source or Path("labels.csv"))
-    return Run(run_name(Path(run)), path, model, info, labels)
+    return Run(name, path, model, info, labels)

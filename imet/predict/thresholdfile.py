@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from imet.errors import UserError
-from imet.predict.probfile import atomic_write_text
+from imet.fileio import atomic_write_text
 
 FORMAT = "imet-thresholds"
 VERSION = 1

@@ -22,49 +22,35 @@ from imet.metrics.thresholds import best_global_threshold
 from imet.predict.ensemble import ensemble
 from imet.predict.infer import Log, check_images_exist, log_stderr, parse_tta
 from imet.predict.oof import choose_decoding, concat_probabilities, score_decoding
-from imet.predict.pipeline import (InferenceOptions, is_probabilities_file, predict_run,
-                                   source_names)
-from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
+from imet.predict.pipeline import (InferenceOptions, is_probabilities_file, open_member,
+                                   predict_member, source_names)
+from imet.predict.probfile import Probabilities, save_probabilities
 from imet.predict.report import write_validation_report
-from imet.predict.runs import THRESHOLDS_FILE, Run, load_run
+from imet.predict.runs import THRESHOLDS_FILE, Run
 from imet.predict.thresholdfile import write_thresholds
 
 
 def _open(source: Path, name: str, layout, labels) -> Run | Probabilities:
-    """A run loaded on CPU and checked, or saved OOF probabilities, before any inference."""
-    if is_probabilities_file(source):
-        probs = load_probabilities(source)
-        if probs.attribute_ids != labels.attribute_ids:
-            raise UserError(f"{source}: probabilities are for another label space than "
-                            f"{layout.labels_csv}; validate again with models trained on it")
-        if probs.meta.get("fold") is None:
-            raise UserError(f"{source}: no fold recorded; pass the run folder instead")
-        probs.meta["name"] = name
-        return probs
-    run = load_run(source, expected=labels, expected_source=layout.labels_csv)
-    run.name = name
-    if run.fold is None:
-        raise UserError(f"{run.path}: field config.fold missing; cannot tell its held-out images")
-    return run
+    """A run or saved OOF probabilities, opened and checked before any inference."""
+    item = open_member(source, name, labels, layout.labels_csv, "validate")
+    if isinstance(item, Probabilities) and item.meta.get("fold") is None:
+        raise UserError(f"{source}: no fold recorded; pass the run folder instead")
+    if isinstance(item, Run) and item.fold is None:
+        raise UserError(f"{item.path}: field config.fold missing; cannot tell its held-out "
+                        "images")
+    return item
 
 
-def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, folds_csv: Path,
-            layout, options: InferenceOptions, out_dir: Path, log: Log) -> Probabilities:
+def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, layout,
+            options: InferenceOptions, out_dir: Path, log: Log) -> Probabilities:
     """OOF probabilities of one source over its fold (saved to out_dir/oof/<name>.npz)."""
     if isinstance(item, Probabilities):
         return item
-    rows = np.flatnonzero(folds == item.fold)
-    fold_ids = [ids[r] for r in rows]
+    fold_ids = [ids[r] for r in np.flatnonzero(folds == item.fold)]
     paths = layout.image_paths("train", fold_ids)
     check_images_exist(paths, str(layout.train_csv))
-    probs = predict_run(item, paths, fold_ids, options, log, split="oof",
-                        progress_label=f"validate {item.name}")
-    # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files is
-    # then bit-identical to this one.
-    probs.probs = probs.probs.astype(np.float16).astype(np.float32)
-    probs.meta["name"] = item.name
-    save_probabilities(out_dir / "oof" / f"{item.name}.npz", probs)
-    return probs
+    return predict_member(item, paths, fold_ids, options, log, "oof", out_dir / "oof",
+                          progress_label=f"validate {item.name}")
 
 
 def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir: Path | None = None,
@@ -100,8 +86,7 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
         if not np.any(folds == fold):
             raise UserError(f"{folds_csv}: fold {fold} (of run {name}) has no images; pass the "
                             "folds.csv the run was trained with")
-    members = [_member(item, ids, folds, folds_csv, layout, options, out_dir, log)
-               for item in opened]
+    members = [_member(item, ids, folds, layout, options, out_dir, log) for item in opened]
 
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     by_fold: dict[int, list[Probabilities]] = {}

@@ -8,7 +8,7 @@ import csv
 import io
 from typing import Any, Iterable
 
-from imet.report.console import format_duration
+from imet.duration import format_duration
 from imet.report.provenance import short_code_version
 
 COLUMNS = ("run", "kind", "status", "fold", "arch", "size", "sessions", "wall", "cv_f2",

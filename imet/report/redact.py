@@ -14,11 +14,16 @@ REDACTED = "<redacted>"
 # Key names whose values are credentials whatever they hold.
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|^key$|_key$)",
                          re.IGNORECASE)
-# Values that look like credentials wherever they appear: Telegram bot tokens
-# ("123456789:AA…") and 32-hex Kaggle API keys. Lookarounds, not \b: in a Bot API URL the
-# token follows "bot" directly (".../bot123456789:AA…"), where \b finds no boundary.
-_SECRET_VALUE = re.compile(r"(?<!\d)\d{6,}:[A-Za-z0-9_-]{30,}(?![A-Za-z0-9_-])"
-                           r"|(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
+# A Telegram bot token, "<bot id>:<secret>" as @BotFather gives it ("123456789:AA…", a
+# 35-character secret), with room for older and future bots. The one definition of its shape:
+# imet.notify checks a configured token against it and scrubs error texts with TOKEN_IN_TEXT.
+TELEGRAM_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
+# A token-shaped substring. Lookarounds, not \b: in a Bot API URL the token follows "bot"
+# directly (".../bot123456789:AA…"), where \b finds no boundary.
+TOKEN_IN_TEXT = re.compile(r"(?<!\d)" + TELEGRAM_TOKEN.pattern + r"(?![A-Za-z0-9_-])")
+# Values that look like credentials wherever they appear: bot tokens and 32-hex Kaggle API keys.
+_SECRET_VALUE = re.compile(TOKEN_IN_TEXT.pattern
+                           + r"|(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
 # Environment variables whose values must never be written anywhere.
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|KAGGLE_KEY)", re.IGNORECASE)
 
