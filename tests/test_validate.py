@@ -63,10 +63,33 @@ def test_validate_writes_thresholds_oof_report_and_registry(setup, capsys):
     assert (run / "oof" / "run.npz").is_file()
     table = (run / "validation.md").read_text()
     assert "cross-fitted" in table and "| culture |" in table and "| tag |" in table
-    for png in ("f2_vs_threshold.png", "class_f2_vs_support.png"):
+    for png in ("f2_vs_threshold.png", "class_f2_vs_support.png", "culture_confusion.png"):
         assert (run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_error_tables(table, data, labels, oof, doc)
     record = json.loads((run / "imet-runs.jsonl").read_text().splitlines()[-1])
     assert record["kind"] == "validate"
+
+
+def _check_error_tables(table, data, labels, oof, doc):
+    """The report's error tables count what the chosen decoding does on the OOF images."""
+    from imet.metrics.decode import binarize
+
+    assert "## Most often predicted but absent" in table and "## Most often missed" in table
+    assert "## culture taken for culture" in table
+    ids, targets = read_train(CompetitionLayout(data).train_csv, labels)
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    truth = targets[[row[i] for i in oof.ids]].astype(bool)
+    pred = binarize(oof.probs, doc["thresholds"], doc["min_labels"], doc["max_labels"],
+                    doc["context"])
+    section = table.split("## Most often predicted but absent")[1].split("## Most often missed")[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| class")]
+    assert rows
+    for name, false_pos, predicted, support in rows:
+        c = labels.names.index(name)
+        assert int(false_pos) == np.count_nonzero(pred[:, c] & ~truth[:, c])
+        assert int(predicted) == np.count_nonzero(pred[:, c])
+        assert int(support) == np.count_nonzero(truth[:, c])
 
 
 def test_validate_stacks_folds_and_ensembles_a_fold(setup):

@@ -17,6 +17,7 @@ from imet.errors import UserError
 from imet.metrics.decode import binarize
 from imet.metrics.f2 import f2_per_class, f2_score
 from imet.metrics.crossfit import MODES, CrossFit, cross_fitted_f2
+from imet.predict.errors import ClassErrors, class_errors, group_confusion
 from imet.predict.probfile import Probabilities
 
 
@@ -92,6 +93,8 @@ class ValidationScores:
     support: np.ndarray
     labels_per_image: float
     true_labels_per_image: float
+    errors: ClassErrors
+    confusion: tuple[np.ndarray, np.ndarray]  # (culture class indices, a-taken-for-b counts)
 
 
 def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
@@ -103,4 +106,5 @@ def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
         decoding=decoding, pred=pred, group_f2=group_f2(truth, pred, groups),
         class_f2=f2_per_class(truth, pred), support=np.count_nonzero(truth, axis=0),
         labels_per_image=float(pred.sum(axis=1).mean()),
-        true_labels_per_image=float(truth.sum(axis=1).mean()))
+        true_labels_per_image=float(truth.sum(axis=1).mean()),
+        errors=class_errors(truth, pred), confusion=group_confusion(truth, pred, groups))

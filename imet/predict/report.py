@@ -13,6 +13,7 @@ import numpy as np
 
 from imet.fileio import atomic_write_bytes, atomic_write_text
 from imet.metrics.thresholds import global_f2_curve
+from imet.predict.errors import CONFUSED_GROUP, top_confusions
 from imet.predict.oof import ValidationScores
 
 
@@ -75,8 +76,49 @@ def plot_class_f2_vs_support(scores: ValidationScores, groups: np.ndarray, path:
     return _save_png(figure, path)
 
 
+def plot_confusion(scores: ValidationScores, names: Sequence[str], path: Path,
+                   size: int = 15) -> Path:
+    """The a-taken-for-b counts among the `size` classes of the group with the most errors."""
+    cols, matrix = scores.confusion
+    figure = _figure(7.5, 6.5)
+    axes = figure.add_subplot(1, 1, 1)
+    keep = np.argsort(-(matrix.sum(axis=0) + matrix.sum(axis=1)), kind="stable")[:size]
+    shown = matrix[np.ix_(keep, keep)]
+    image = axes.imshow(shown, cmap="Reds")
+    labels = [names[cols[k]].split("::", 1)[-1][:24] for k in keep]
+    axes.set_xticks(range(len(keep)), labels, rotation=70, ha="right", fontsize=7)
+    axes.set_yticks(range(len(keep)), labels, fontsize=7)
+    axes.set_xlabel(f"predicted {CONFUSED_GROUP}, not true")
+    axes.set_ylabel(f"true {CONFUSED_GROUP}, missed")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="images")
+    axes.set_title(f"{CONFUSED_GROUP} taken for {CONFUSED_GROUP} (the {len(keep)} with most "
+                   "errors)")
+    return _save_png(figure, path)
+
+
+def error_tables(scores: ValidationScores, names: Sequence[str], k: int = 15) -> list[str]:
+    """The classes most often predicted where absent, most often missed, and the culture pairs
+    most often taken one for the other, as markdown."""
+    errors = scores.errors
+    lines = ["", f"## Most often predicted but absent (top {k})", "",
+             "| class | false positives | predicted | support |", "|---|---|---|---|"]
+    lines += [f"| {names[c]} | {errors.false_pos[c]} | {errors.predicted[c]} | "
+              f"{errors.support[c]} |" for c in errors.worst(errors.false_pos, k)]
+    lines += ["", f"## Most often missed (top {k})", "",
+              "| class | false negatives | support | predicted |", "|---|---|---|---|"]
+    lines += [f"| {names[c]} | {errors.false_neg[c]} | {errors.support[c]} | "
+              f"{errors.predicted[c]} |" for c in errors.worst(errors.false_neg, k)]
+    lines += ["", f"## {CONFUSED_GROUP} taken for {CONFUSED_GROUP} (top {k})", "",
+              f"Images whose true {CONFUSED_GROUP} was missed while another was predicted.", "",
+              "| true (missed) | predicted instead | images |", "|---|---|---|"]
+    lines += [f"| {names[a]} | {names[b]} | {n} |" for a, b, n in
+              top_confusions(*scores.confusion, k)]
+    lines += ["", f"![{CONFUSED_GROUP} confusion](plots/{CONFUSED_GROUP}_confusion.png)"]
+    return lines
+
+
 def markdown_table(scores: ValidationScores, summary: dict[str, Any],
-                   members: Sequence[dict[str, Any]]) -> str:
+                   members: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     choice = scores.decoding
     lines = [f"# Validation: {summary['images']} out-of-fold images, folds "
              f"{', '.join(str(f) for f in summary['folds'])}, TTA {','.join(summary['tta'])}", "",
@@ -96,14 +138,15 @@ def markdown_table(scores: ValidationScores, summary: dict[str, Any],
     lines += [f"| {m.get('name')} | {m.get('fold')} | {m.get('arch')} | {m.get('image_size')} | "
               f"{m.get('images')} | {m.get('f2_global', float('nan')):.4f} |" for m in members]
     lines += ["", "![F2 against threshold](plots/f2_vs_threshold.png)",
-              "![Per-class F2 against support](plots/class_f2_vs_support.png)", ""]
-    return "\n".join(lines)
+              "![Per-class F2 against support](plots/class_f2_vs_support.png)"]
+    return "\n".join(lines + error_tables(scores, names) + [""])
 
 
 def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray,
                             groups: np.ndarray, scores: ValidationScores, summary: dict[str, Any],
-                            members: Sequence[dict[str, Any]], min_labels: int = 1,
-                            max_labels: int | None = None) -> dict[str, str]:
+                            members: Sequence[dict[str, Any]], names: Sequence[str],
+                            min_labels: int = 1, max_labels: int | None = None
+                            ) -> dict[str, str]:
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     paths = {
@@ -112,8 +155,9 @@ def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray
                                                 max_labels),
         "class_f2_vs_support": plot_class_f2_vs_support(scores, groups,
                                                         plots / "class_f2_vs_support.png"),
+        "confusion": plot_confusion(scores, names, plots / f"{CONFUSED_GROUP}_confusion.png"),
     }
     table = out_dir / "validation.md"
-    atomic_write_text(table, markdown_table(scores, summary, members))
+    atomic_write_text(table, markdown_table(scores, summary, members, names))
     paths["table"] = table
     return {k: str(v) for k, v in paths.items()}

@@ -140,7 +140,8 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
                                       "f2_in_sample": summary["f2_in_sample"], "modes": fits})
     summary["thresholds"] = str(thresholds_path)
     summary["report"] = write_validation_report(out_dir, y_true, oof.probs, groups, scores,
-                                                summary, member_rows, min_labels, max_labels)
+                                                summary, member_rows, labels.names, min_labels,
+                                                max_labels)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     log(f"validate: {decoding.mode} thresholds, F2 {decoding.chosen.f2:.4f} cross-fitted "
         f"({decoding.chosen.f2_in_sample:.4f} in-sample) on {len(oof.ids)} OOF images -> "
