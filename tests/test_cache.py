@@ -157,3 +157,17 @@ def test_cli_builds_and_reports_errors_in_one_line(mini_data, mini_data_copy, tm
                      "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "1 images could not be cached" in err and broken.name in err
+
+
+def test_a_training_image_below_the_minimum_side_is_not_cached(mini_data_copy, tmp_path):
+    """The cache would scale a 1x1 placeholder up and hide it from training's check: it is
+    reported instead, and training then reads (and refuses) the source."""
+    from PIL import Image
+
+    victim = sorted((mini_data_copy / "train").iterdir())[2]
+    Image.new("RGB", (1, 1)).save(victim)
+    result = build_cache(mini_data_copy, tmp_path / "cache", SIZE, "jpeg", workers=1,
+                         splits=("train",), progress=False)
+    assert result.errors == [f"{victim}: image is 1x1 px, its shorter side below the minimum "
+                             "of 16 px; re-download the image or remove its row from the CSV"]
+    assert result.built == result.total - 1

@@ -15,7 +15,7 @@ import cv2
 
 from imet.data.cache import (FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION,
                              SPLIT_DIRS, read_manifest, source_key)
-from imet.data.images import load_rgb, scale_short_side
+from imet.data.images import MIN_SIDE, load_rgb, scale_short_side
 from imet.errors import DataError, UserError
 from imet.fileio import TEMP_SUFFIX, atomic_write_bytes, atomic_write_text
 
@@ -36,10 +36,10 @@ def list_sources(data_root: Path, splits=SPLIT_DIRS) -> list[str]:
 
 def _cache_one(job: tuple) -> tuple:
     """Worker: decode, resize, write atomically. Returns (name, key, error or None)."""
-    source, target, name, size, fmt, quality = job
+    source, target, name, size, fmt, quality, min_side = job
     try:
         key = source_key(Path(source))
-        image = scale_short_side(load_rgb(source), size)
+        image = scale_short_side(load_rgb(source, min_side), size)
         atomic_write_bytes(target, FORMATS[fmt].encode(image, quality))
         return name, key, None
     except (DataError, OSError, cv2.error) as err:
@@ -106,7 +106,9 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
             continue
         entries.pop(name, None)
         (out / target).parent.mkdir(parents=True, exist_ok=True)
-        jobs.append((str(source), str(out / target), name, size, fmt, quality))
+        # A training image training would refuse is not cached under another size either.
+        min_side = MIN_SIDE if Path(name).parts[0] == "train" else 0
+        jobs.append((str(source), str(out / target), name, size, fmt, quality, min_side))
 
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **settings,
                 "entries": entries}
