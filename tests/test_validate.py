@@ -131,3 +131,26 @@ def test_validate_refuses_bad_runs(setup, capsys):
     with pytest.raises(UserError, match="--modes"):
         choose_decoding(np.zeros((8, 2), bool), np.zeros((8, 2)), np.array(["a", "b"]),
                         modes=["best"])
+
+
+def test_validate_uses_the_folds_file_the_run_recorded(mini_data_copy, tmp_path, capsys):
+    """Training recorded its folds file: validate without --folds reads it, even when the data
+    folder has none; with neither, one line says to pass --folds."""
+    layout = CompetitionLayout(mini_data_copy)
+    labels = read_labels(layout.labels_csv)
+    kept = tmp_path / "elsewhere" / "folds.csv"
+    kept.parent.mkdir()
+    layout.folds_csv.rename(kept)
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", labels.num_classes)
+    run = save_model_file(tmp_path / "run" / "model.pt", model, "tiny_cnn",
+                          {"fold": 1, "image_size": 32, "folds": str(kept)}, labels, {}).parent
+    assert main(["validate", "--data", str(mini_data_copy), "--run", str(run), "--tta", "none",
+                 *QUIET]) == 0
+    assert (run / "thresholds.json").is_file()
+    kept.unlink()
+    capsys.readouterr()
+    assert main(["validate", "--data", str(mini_data_copy), "--run", str(run), "--tta", "none",
+                 *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --folds CSV" in err[0] and str(layout.folds_csv) in err[0]

@@ -24,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
                         help="competition folder: labels.csv, train.csv, train/")
     parser.add_argument("--folds", type=Path, default=None, metavar="CSV",
-                        help="folds.csv the runs were trained with (default: DIR/folds.csv)")
+                        help="folds.csv the runs were trained with (default: the one the first "
+                        "run recorded, where it exists; else DIR/folds.csv)")
     parser.add_argument("--run", "--runs", dest="runs", required=True, nargs="+", type=Path,
                         metavar="RUN", help="run folders (holding model.pt), model files, or "
                         "saved OOF probabilities (oof/<run>.npz) to re-threshold")
@@ -49,13 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from imet.data.layout import CompetitionLayout
     from imet.predict.validate import validate_runs
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    folds = args.folds or CompetitionLayout(args.data).folds_csv
     max_labels = args.max_labels if args.max_labels else None
-    summary = validate_runs(args.data, folds, args.runs, args.out,
+    summary = validate_runs(args.data, args.folds, args.runs, args.out,
                             options=inference_options(args), method=args.ensemble, modes=modes,
                             min_support=args.min_support,
                             min_labels=1 if args.min_labels is None else args.min_labels,

@@ -53,11 +53,29 @@ def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, layout
                           progress_label=f"validate {item.name}")
 
 
-def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir: Path | None = None,
+def _trained_folds(opened: Sequence[Run | Probabilities], layout: CompetitionLayout) -> Path:
+    """The folds file the first run recorded in its config (or its data folder's), where it
+    still exists; else the data folder's folds.csv."""
+    for item in opened:
+        config = item.config if isinstance(item, Run) else {}
+        recorded = config.get("folds") or (Path(config["data"]) / "folds.csv"
+                                           if config.get("data") else None)
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+    if not layout.folds_csv.is_file():
+        raise UserError(f"{layout.folds_csv}: folds file not found, and no run records one that "
+                        "exists here; pass --folds CSV (the folds.csv the runs were trained "
+                        "with)")
+    return layout.folds_csv
+
+
+def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
+                  out_dir: Path | None = None,
              *, options: InferenceOptions | None = None, method: str = "mean",
              modes: Sequence[str] = MODES, min_support: int = 20, min_labels: int = 1,
              max_labels: int | None = None, seed: int = 0, log: Log = log_stderr) -> dict[str, Any]:
-    """The whole `imet validate`; returns its summary (also the run-registry record's body)."""
+    """The whole `imet validate`; returns its summary (also the run-registry record's body).
+    `folds_csv` None: the folds file the runs were trained with, else DATA/folds.csv."""
     options = options or InferenceOptions()
     start = time.perf_counter()
     if not sources:
@@ -78,9 +96,10 @@ def validate_runs(data: Path, folds_csv: Path, sources: Sequence[Path], out_dir:
     layout = CompetitionLayout(data)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
-    folds = read_folds(folds_csv, ids)
     names = source_names(sources)
     opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
+    folds_csv = Path(folds_csv) if folds_csv is not None else _trained_folds(opened, layout)
+    folds = read_folds(folds_csv, ids)
     for item, name in zip(opened, names):
         fold = item.fold if isinstance(item, Run) else int(item.meta["fold"])
         if not np.any(folds == fold):
