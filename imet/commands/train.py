@@ -123,14 +123,12 @@ def build_bus(config: TrainConfig):
     from imet.engine.events import EventBus
     from imet.notify import build_notifier
     from imet.registry import record_train_subscriber
-    from imet.report.artifacts import ArtifactWriter
-    from imet.report.console import ConsoleProgress
-    from imet.report.metrics_csv import MetricsWriter
+    from imet.report import report_subscribers
+    from imet.report.find import InputFiles
 
-    subscribers = [ConsoleProgress(config.progress_every_s),
-                   MetricsWriter(config.out, config.input_root),
-                   ArtifactWriter(config.out, config.input_root),
-                   record_train_subscriber(config.out, config.input_root)]
+    inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
+    subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s),
+                   record_train_subscriber(config.out, inputs)]
     notifier = build_notifier(config.notify, rank=env_rank())
     if notifier is not None:
         subscribers.append(notifier)
