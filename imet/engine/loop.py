@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from imet.device import resolve_device
 from imet.engine import distributed, handover as handover_file
 from imet.engine.budget import SessionBudget, StopRequest
 from imet.engine.checkpoint import checkpoint_dir, save_checkpoint
@@ -82,11 +83,10 @@ class Trainer:
                  session_start: float | None = None, dist: SingleProcess | None = None):
         self.config = config
         self.fingerprint = config.fingerprint()
-        self.dist = dist or SingleProcess(distributed.resolve_device(config.device))
+        self.dist = dist or SingleProcess(resolve_device(config.device))
         self.device = self.dist.device
         self.steps = StepRunner(config, self.device)
-        self.bus = bus
-        self.data = data
+        self.bus, self.data = bus, data
         self.out = Path(config.out)
         self.clock = clock
         self.next_command = next_command
