@@ -27,13 +27,15 @@ from imet.report import report_subscribers
 def emit_run(bus: EventBus, steps: int, eval_every: int) -> float:
     started = time.perf_counter()
     bus.emit("run_start", run_name="bench", arch="resnet18", fold=0, image_size=320, session=1,
-             resumed_from=None, device="cpu", total_steps=steps,
-             config={"epochs": 20, "head_epochs": 1}, kernel=None, rank=0)
+             resumed_from=None, device="cpu", total_steps=steps, stage1_end_step=steps // 20,
+             config_fingerprint="bench", config={"epochs": 20, "head_epochs": 1}, kernel=None,
+             rank=0)
     history = []
     for step in range(1, steps + 1):
         bus.emit("progress", stage=1 if step < steps // 20 else 2, epoch=step * 20 // steps,
                  step=step, total_steps=steps, epoch_step=step % (steps // 20),
-                 steps_per_epoch=steps // 20, loss=1.0 / step, lr=1e-4, img_per_s=100.0,
+                 steps_per_epoch=steps // 20, stage1_end_step=steps // 20,
+                 config_fingerprint="bench", loss=1.0 / step, lr=1e-4, img_per_s=100.0,
                  eta_run_s=float(steps - step), session_left_s=3600.0)
         if step % eval_every == 0:
             history.append({"step": step, "f2": 0.5, "val_loss": 0.1})

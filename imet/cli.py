@@ -11,6 +11,7 @@ import sys
 import time
 
 from imet import __version__
+from imet.engine.handover import EXIT_CODE as HANDED_OVER
 from imet.errors import UserError
 
 # name -> (module under imet.commands, one-line help)
@@ -24,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
     "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on Kaggle (chain)"),
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
-    "train": ("train", "train or resume one fold; exit 75 = saved and handed over to the next session"),
+    "train": ("train", f"train or resume one fold; exit {HANDED_OVER} = saved and handed over to "
+                       "the next session"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
     "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
 }

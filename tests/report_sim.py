@@ -8,7 +8,8 @@ from imet.engine.events import EventBus
 
 STEPS_PER_EPOCH = 10
 TOTAL_STEPS = 60
-CONFIG = {"arch": "resnet18", "epochs": 6, "stage1_epochs": 1, "lr": 3e-4, "image_size": 64,
+STAGE1_END_STEP = STEPS_PER_EPOCH  # one head-only epoch
+CONFIG = {"arch": "resnet18", "epochs": 6, "head_epochs": 1, "lr": 3e-4, "image_size": 64,
           "notify": "telegram", "batch_size": 8}
 
 
@@ -33,12 +34,14 @@ def emit_session(bus: EventBus, run_name: str = "r18-f0", session: int = 1,
                  resumed_from: int | None = None, stop: int = TOTAL_STEPS,
                  end: str = "finish", eval_every: int = 10, config: dict | None = None,
                  kernel: str | None = "me/imet-train", fold: int = 0,
-                 evaluate_at_resume: bool = False) -> None:
+                 evaluate_at_resume: bool = False, config_fingerprint: str = "f1nger") -> None:
     """Steps resumed_from+1 .. stop, a progress event each step, an evaluation every
     `eval_every` steps (and a checkpoint after it); then a handover or finish (or a failure)."""
     bus.emit("run_start", run_name=run_name, arch="resnet18", fold=fold, image_size=64,
              session=session, resumed_from=resumed_from, device="cpu",
-             total_steps=TOTAL_STEPS, config=dict(config or CONFIG), kernel=kernel, rank=0)
+             total_steps=TOTAL_STEPS, stage1_end_step=STAGE1_END_STEP,
+             config_fingerprint=config_fingerprint, config=dict(config or CONFIG), kernel=kernel,
+             rank=0)
     best_f2, best_step, history = -1.0, None, []
     # The engine restores the best score and history of earlier sessions from its TrainState.
     for step in range(1, TOTAL_STEPS + 1):
@@ -57,7 +60,8 @@ def emit_session(bus: EventBus, run_name: str = "r18-f0", session: int = 1,
         epoch, epoch_step = divmod(step - 1, STEPS_PER_EPOCH)
         bus.emit("progress", stage=1 if step <= STEPS_PER_EPOCH else 2, epoch=epoch, step=step,
                  total_steps=TOTAL_STEPS, epoch_step=epoch_step + 1,
-                 steps_per_epoch=STEPS_PER_EPOCH, loss=1.0 / step, lr=1e-4 * (1 + step % 7),
+                 steps_per_epoch=STEPS_PER_EPOCH, stage1_end_step=STAGE1_END_STEP,
+                 config_fingerprint=config_fingerprint, loss=1.0 / step, lr=1e-4 * (1 + step % 7),
                  img_per_s=123.4, eta_run_s=(TOTAL_STEPS - step) * 0.5, session_left_s=1000.0)
         if step % eval_every == 0:
             f2 = f2_at(step)

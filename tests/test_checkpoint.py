@@ -13,8 +13,9 @@ import torch
 from imet.engine import checkpoint as ckpt
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.checkpoint import (FORMAT, VERSION, ForeignCheckpointError,
-                                    IncompatibleCheckpointError, checkpoint_dir, find_resume,
+                                    IncompatibleCheckpointError, checkpoint_dir,
                                     list_generations, load_checkpoint, save_checkpoint)
+from imet.engine.resume import find_resume
 from imet.errors import CheckpointError
 
 CONFIG_FP, LABELS_FP = "c0nf1g", "1abe1s"
@@ -106,8 +107,8 @@ def test_resume_falls_back_to_the_previous_generation(tmp_path, caplog):
     newest = save_checkpoint(payload(20), tmp_path, 20)
     newest.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
-        loaded, path, found = find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
-    assert loaded["counters"]["step"] == 10 and path.name == "state-10.pt"
+        resume = find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
+    assert resume.payload["counters"]["step"] == 10 and resume.path.name == "state-10.pt"
     assert "state-20.pt is unusable" in caplog.text
 
 
@@ -125,10 +126,10 @@ def test_resume_copies_the_newest_from_input_roots(tmp_path):
     out = tmp_path / "working"
     save_checkpoint(payload(20), out, 20)
     os.chmod(inputs / "prev-session" / "run" / "checkpoints", 0o555)  # inputs are read-only
-    loaded, path, found = find_resume(out, [inputs], CONFIG_FP, LABELS_FP)
-    assert loaded["counters"]["step"] == 30
-    assert path == out / "checkpoints" / "state-30.pt"
-    assert found == inputs / "prev-session" / "run" / "checkpoints" / "state-30.pt"
+    resume = find_resume(out, [inputs], CONFIG_FP, LABELS_FP)
+    assert resume.payload["counters"]["step"] == 30
+    assert resume.path == out / "checkpoints" / "state-30.pt"
+    assert resume.found_at == inputs / "prev-session" / "run" / "checkpoints" / "state-30.pt"
     assert steps_on_disk(out) == [30, 20]
 
 

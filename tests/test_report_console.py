@@ -32,7 +32,8 @@ def test_plain_lines_are_throttled_and_complete():
 def test_stage_eta_uses_stage_end_and_measured_rate():
     progress = ConsoleProgress(every_s=1e9, stream=io.StringIO(), clock=StepClock())
     progress(_start())
-    data = {"stage": 1, "step": 4, "total_steps": 60, "steps_per_epoch": 10, "eta_run_s": 100.0}
+    data = {"stage": 1, "step": 4, "total_steps": 60, "steps_per_epoch": 10,
+            "stage1_end_step": 10, "eta_run_s": 100.0}
     # No rate measured yet: stage 1 ETA is the run ETA scaled to the stage's remaining steps.
     assert progress.stage_eta(data) == 100.0 * 6 / 56
     progress._update_rate({"stage": 1, "step": 4})
@@ -68,8 +69,8 @@ def test_format_duration():
 
 def _start():
     from imet.engine.events import Event
-    return Event("run_start", {"run_name": "r", "config": {"epochs": 6, "stage1_epochs": 1},
-                               "total_steps": 60, "rank": 0})
+    return Event("run_start", {"run_name": "r", "config": {"epochs": 6, "head_epochs": 1},
+                               "total_steps": 60, "stage1_end_step": 10, "rank": 0})
 
 
 def test_a_real_terminal_gets_the_bar():

@@ -7,7 +7,8 @@ import io
 from imet.engine.events import EventBus
 from imet.registry import record_train_subscriber
 from imet.report import report_subscribers
-from imet.report.find import MAX_DEPTH, files_named
+from imet.report.find import files_named
+from imet.walk import INPUT_DEPTH
 
 
 def _emit_run(bus, rank):
@@ -39,7 +40,7 @@ def test_only_rank_zero_writes(tmp_path):
 
 
 def test_files_named_is_bounded_and_sorted(tmp_path):
-    for folder in ("b", "a", "a/x", "c/" + "/".join(["d"] * MAX_DEPTH)):
+    for folder in ("b", "a", "a/x", "c/" + "/".join(["d"] * INPUT_DEPTH)):
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / "run.json").write_text("{}")
     found = [p.relative_to(tmp_path).as_posix() for p in

@@ -18,7 +18,8 @@ import torch
 from imet.engine.checkpoint import checkpoint_dir, list_generations
 from imet.engine.config import TrainConfig
 from imet.engine.events import EventBus
-from imet.engine.loop import EXIT_HANDOVER, train
+from imet.engine.handover import EXIT_CODE as EXIT_HANDOVER
+from imet.engine.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

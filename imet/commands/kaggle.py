@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from imet.engine.config import DEFAULT_TIME_BUDGET, parse_duration
+from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 from imet.errors import UserError
 
 
@@ -46,10 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      "(default: this one; the kernel's bootstrap installs into it)")
     chain = sub.add_parser("chain", help="train across Kaggle sessions: push, wait, push again",
                            description="Push a rendered kernel folder with the kaggle client, "
-                           "wait for the session to end, fetch its small outputs (HANDOVER.json, "
+                           f"wait for the session to end, fetch its small outputs ({HANDOVER}, "
                            "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
-                           "the run hands over. Exit 0: finished; 75: still handing over after "
-                           "--max-sessions; 1: a session failed.")
+                           f"the run hands over. Exit 0: finished; {HANDED_OVER}: still handing "
+                           "over after --max-sessions; 1: a session failed.")
     chain.add_argument("kernel_dir", type=Path, help="a push-ready folder (dist/kernels/trainer)")
     chain.add_argument("--max-sessions", type=int, default=5, metavar="N",
                        help="push at most N sessions (default 5)")

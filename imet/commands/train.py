@@ -9,6 +9,7 @@ import sys
 import time
 
 from imet.engine.config import TrainConfig, read_config_file
+from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
 DEFAULTS = TrainConfig()
 
@@ -16,7 +17,7 @@ DEFAULTS = TrainConfig()
 HELP = {
     "data": "competition folder: labels.csv, train.csv, train/ (required)",
     "folds": "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
-    "out": "run folder: checkpoints/, model.pt, metrics.csv, run.json, plots/, HANDOVER.json "
+    "out": f"run folder: checkpoints/, model.pt, metrics.csv, run.json, plots/, {HANDOVER} "
            "(required)",
     "weights": "ImageNet weights file of --arch (default: searched in $TORCH_HOME/hub/"
                "checkpoints and the --input-root folders, downloaded only when online)",
@@ -57,7 +58,7 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
-                   "run saves and exits 75 before it would be exceeded",
+                   f"run saves and exits {HANDED_OVER} before it would be exceeded",
     "margin": "time kept free at the end of the budget (same format)",
     "save_every": "also checkpoint every N steps (0: off)",
     "save_every_min": "also checkpoint when this many minutes passed since the last save",
@@ -80,9 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one fold: stage 1 trains the head with the body frozen, stage 2 every group with "
         "discriminative LRs. The full training state is checkpointed; when the time budget or a "
-        "SIGTERM/SIGINT ends the session it saves, writes OUT/HANDOVER.json and exits with code "
-        "75 (run again with --resume auto to continue exactly where it stopped). Flags override "
-        "--config; defaults are shown in brackets.")
+        f"SIGTERM/SIGINT ends the session it saves, writes OUT/{HANDOVER} and exits with code "
+        f"{HANDED_OVER} (run again with --resume auto to continue exactly where it stopped). "
+        "Flags override --config; defaults are shown in brackets.")
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
@@ -122,14 +123,12 @@ def build_bus(config: TrainConfig):
     from imet.engine.events import EventBus
     from imet.notify import build_notifier
     from imet.registry import record_train_subscriber
-    from imet.report.artifacts import ArtifactWriter
-    from imet.report.console import ConsoleProgress
-    from imet.report.metrics_csv import MetricsWriter
+    from imet.report import report_subscribers
+    from imet.report.find import InputFiles
 
-    subscribers = [ConsoleProgress(config.progress_every_s),
-                   MetricsWriter(config.out, config.input_root),
-                   ArtifactWriter(config.out, config.input_root),
-                   record_train_subscriber(config.out, config.input_root)]
+    inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
+    subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s),
+                   record_train_subscriber(config.out, inputs)]
     notifier = build_notifier(config.notify, rank=env_rank())
     if notifier is not None:
         subscribers.append(notifier)
@@ -153,5 +152,6 @@ def run(args: argparse.Namespace) -> int:
     from imet.engine.distributed import env_rank
     if result.status == "handover" and env_rank() == 0:  # one line, not one per process
         print(f"imet train: handed over at step {result.step} ({result.reason}); checkpoint "
-              f"{result.checkpoint}; see {config.out}/HANDOVER.json; exit 75", file=sys.stderr)
+              f"{result.checkpoint}; see {config.out}/{HANDOVER}; exit {HANDED_OVER}",
+              file=sys.stderr)
     return result.exit_code

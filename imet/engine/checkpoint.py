@@ -1,4 +1,5 @@
-"""TrainState files on disk: atomic writes, two generations, verified loads, resume discovery.
+"""TrainState files on disk: atomic writes, two generations, verified loads (choosing the one
+to resume from: imet/engine/resume.py).
 
 `<out>/checkpoints/state-<step>.pt` holds the state (only tensors and plain Python values, so
 `torch.load(weights_only=True)` reads it: a checkpoint attached from a Kaggle dataset is
@@ -11,12 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import mmap
-import os
 import re
-import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +22,14 @@ import torch
 
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.errors import CheckpointError
-from imet.fileio import atomic_write_text, fsync_dir
-from imet.walk import walk_folders
+from imet.fileio import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 FORMAT = "imet-trainstate"
 VERSION = 1
 KEEP = 2
-_NAME = re.compile(r"^state-(\d+)\.pt$")
+NAME_PATTERN = re.compile(r"^state-(\d+)\.pt$")
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -47,24 +44,13 @@ def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
                     keep: int = KEEP) -> Path:
     """Write `payload` as state-<step>.pt, verify it, then drop generations beyond `keep`."""
     directory = checkpoint_dir(out)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"state-{step}.pt"
-    tmp = directory / f".state-{step}.pt.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            size = handle.tell()
-            os.fsync(handle.fileno())
-        # The older generation is dropped only once the new one reads back as written.
-        verify_checkpoint(tmp, size, final)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The older generation is dropped only once the new one reads back as written.
+    size = atomic_torch_save(payload, final,
+                             verify=lambda written, size: verify_checkpoint(written, size, final))
     meta = {"format": FORMAT, "version": VERSION, "step": int(step), "size": size,
             **payload.get("meta", {})}
     atomic_write_text(sidecar_of(final), json.dumps(meta, indent=1, sort_keys=True))
-    fsync_dir(directory)
     prune(directory, keep)
     return final
 
@@ -92,7 +78,8 @@ def verify_checkpoint(path: Path, size: int, name: Path) -> None:
 def list_generations(directory: Path) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if (m := NAME_PATTERN.match(p.name))]
     return sorted(found, reverse=True)
 
 
@@ -192,98 +179,3 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
             f"{scheme}, this imet: {AUGMENTATION_VERSION}), so resuming would not continue the "
             "same run; finish it with the imet version that started it, or rerun with "
             "--resume off")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    path: Path
-    step: int
-    meta: dict | None
-    local: bool  # already in this run's own checkpoint folder
-
-
-def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Candidate]:
-    """Every state-<step>.pt in the out folder's checkpoints and anywhere under input roots,
-    newest first (the out folder first on equal steps: no copy needed)."""
-    seen: set[Path] = set()
-    found: list[Candidate] = []
-    own = checkpoint_dir(out)
-    for step, path in list_generations(own):
-        seen.add(path.resolve())
-        found.append(Candidate(path, step, read_meta(path), True))
-    for folder, _, filenames in walk_folders(input_roots):
-        for name in filenames:
-            match = _NAME.match(name)
-            path = folder / name
-            if match and path.resolve() not in seen:
-                seen.add(path.resolve())
-                found.append(Candidate(path, int(match.group(1)), read_meta(path), False))
-    return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
-
-
-def copy_in(candidate: Candidate, out: str | Path) -> Path:
-    """Copy a checkpoint found in an input root into this run's folder (atomically)."""
-    directory = checkpoint_dir(out)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / candidate.path.name
-    tmp = directory / f".{candidate.path.name}.tmp-{os.getpid()}"
-    try:
-        shutil.copyfile(candidate.path, tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if sidecar_of(candidate.path).is_file():
-        shutil.copyfile(sidecar_of(candidate.path), sidecar_of(target))
-    fsync_dir(directory)
-    return target
-
-
-def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerprint: str,
-                labels_fingerprint: str) -> tuple[dict[str, Any], Path, Path] | None:
-    """(payload, local path, where it was found): the newest valid checkpoint of this run,
-    copied into the out folder, loaded.
-
-    A checkpoint of another config in this run's own folder is refused (the user changed a flag
-    that decides the result); in input roots it is skipped, since Kaggle attaches other runs'
-    outputs (other folds, other archs) side by side. A damaged newest generation falls back to
-    the older one with a warning."""
-    failures: list[str] = []
-    for candidate in find_candidates(out, input_roots):
-        try:
-            if candidate.meta:  # without a sidecar, the identity is checked on load
-                check_identity(candidate.path, candidate.meta, config_fingerprint,
-                               labels_fingerprint)
-        except ForeignCheckpointError:
-            if candidate.local:
-                raise
-            log.info("skipping %s: another run's checkpoint", candidate.path)
-            continue
-        path = candidate.path if candidate.local else copy_in(candidate, out)
-        try:
-            payload = load_checkpoint(path, config_fingerprint, labels_fingerprint)
-        except IncompatibleCheckpointError:
-            if not candidate.local:
-                path.unlink(missing_ok=True)
-                sidecar_of(path).unlink(missing_ok=True)
-            raise
-        except ForeignCheckpointError:
-            if candidate.local:
-                raise
-            path.unlink(missing_ok=True)
-            sidecar_of(path).unlink(missing_ok=True)
-            continue
-        except CheckpointError as err:
-            log.warning("checkpoint %s is unusable (%s); trying the previous generation",
-                        candidate.path, err)
-            failures.append(str(err))
-            if not candidate.local:
-                path.unlink(missing_ok=True)
-                sidecar_of(path).unlink(missing_ok=True)
-            continue
-        return payload, path, candidate.path
-    if failures:
-        raise CheckpointError(f"every checkpoint found is damaged; first: {failures[0]}; "
-                              "rerun with --resume off to start over")
-    return None

@@ -1,7 +1,8 @@
 """Multi-process training with torch.distributed (`torchrun --nproc_per_node N -m imet train`).
 
-The loop talks to one `Distributed` object. Without torchrun (WORLD_SIZE unset or 1) every
-method is the identity, so a single-process run does no collective at all. Under torchrun:
+The loop talks to one `SingleProcess` or `ProcessGroup` object. Without torchrun (WORLD_SIZE
+unset or 1) it is a `SingleProcess`, whose every method is the identity, so a single-process
+run does no collective at all. Under torchrun:
 - the process group comes from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
   nccl on CUDA (one GPU per process, chosen by LOCAL_RANK), gloo on CPU;
 - the model trains wrapped in DistributedDataParallel (gradients averaged over the ranks); the
@@ -25,14 +26,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as tdist
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Subset
 
 from imet.engine.config import TrainConfig
-from imet.engine.evaluate import Evaluation, predict_loader
-from imet.engine.steps import resolve_device
+from imet.engine.evaluate import Evaluation, evaluate, predict_loader, score
+from imet.engine.sync_bn import convert_sync_batchnorm
+from imet.device import resolve_device
 from imet.errors import UserError
-from imet.metrics.thresholds import best_global_threshold
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-class Distributed:
-    """A single process: the identity of every operation below."""
+class SingleProcess:
+    """A run without torchrun: every collective below is the identity, and this one process is
+    the main one. `ProcessGroup` overrides each for a rank of a torchrun launch; the loop talks
+    to either through these methods alone."""
 
     rank = 0
     world_size = 1
@@ -75,10 +77,9 @@ class Distributed:
     def val_data(self, data):
         return data
 
-    def evaluate(self, model, loader, targets: np.ndarray, device, use_amp: bool, prepare,
-                 loss_fn, should_stop: Callable[[], bool]) -> Evaluation | None:
-        from imet.engine.evaluate import evaluate
-        return evaluate(model, loader, targets, device, use_amp, prepare, loss_fn, should_stop)
+    def evaluate(self, runner, loader, targets: np.ndarray,
+                 should_stop: Callable[[], bool]) -> Evaluation | None:
+        return evaluate(runner, loader, targets, should_stop)
 
     def share_resume(self, find: Callable[[], Any], load: Callable[[Any], Any]):
         return find()
@@ -87,7 +88,7 @@ class Distributed:
         pass
 
 
-class ProcessGroup(Distributed):
+class ProcessGroup(SingleProcess):
     """A rank of a torchrun launch."""
 
     enabled = True
@@ -101,17 +102,7 @@ class ProcessGroup(Distributed):
         self.comm_device = device if device.type == "cuda" else torch.device("cpu")
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        # Same Parameter objects and state_dict keys: the optimizer groups and checkpoints stay
-        # as they are, and a single process loads them into plain BatchNorm.
-        if not self.sync_bn:
-            return model
-        if self.device.type == "cuda":
-            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        for module in model.modules():
-            if isinstance(module, _BatchNorm):
-                # In place: parameters, buffers and state_dict keys stay as they are.
-                module.__class__ = GlooSyncBatchNorm
-        return model
+        return convert_sync_batchnorm(model, self.device) if self.sync_bn else model
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DDP over the parameters that train now; rebuilt by the caller at a stage switch,
@@ -146,12 +137,11 @@ class ProcessGroup(Distributed):
         rows = self.rows(len(data.val_set))
         return dataclasses.replace(data, val_set=Subset(data.val_set, list(rows)))
 
-    def evaluate(self, model, loader, targets: np.ndarray, device, use_amp: bool, prepare,
-                 loss_fn, should_stop: Callable[[], bool]) -> Evaluation | None:
-        self.sync_buffers(model)
+    def evaluate(self, runner, loader, targets: np.ndarray,
+                 should_stop: Callable[[], bool]) -> Evaluation | None:
+        self.sync_buffers(runner.state.model)
         batches = Lockstep(loader, self, should_stop)
-        out = predict_loader(model, batches, device, use_amp, prepare, loss_fn,
-                             lambda: batches.stopped)
+        out = predict_loader(runner, batches, lambda: batches.stopped)
         if out is None:
             return None
         probs, local_loss = out
@@ -161,8 +151,7 @@ class ProcessGroup(Distributed):
                                       device=self.comm_device)
         tdist.all_reduce(loss_and_count)
         val_loss = float(loss_and_count[0] / max(1.0, float(loss_and_count[1])))
-        threshold, f2 = best_global_threshold(targets.astype(bool), probs)
-        return Evaluation(float(f2), float(threshold), val_loss, probs)
+        return score(targets, probs, val_loss)
 
     def sync_buffers(self, model: torch.nn.Module) -> None:
         """BatchNorm running statistics: rank 0's everywhere (what DDP's broadcast_buffers does
@@ -188,7 +177,7 @@ class ProcessGroup(Distributed):
         """Rank 0 looks for the checkpoint (it may copy one in from an input folder); the
         others load the file it chose, so all ranks start from the same state."""
         found = find() if self.is_main else None
-        box = [str(found[1]) if found is not None else None]
+        box = [str(found.path) if found is not None else None]
         tdist.broadcast_object_list(box, src=0)
         if self.is_main or box[0] is None:
             return found
@@ -197,61 +186,6 @@ class ProcessGroup(Distributed):
     def close(self) -> None:
         if tdist.is_initialized():
             tdist.destroy_process_group()
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """all_reduce(SUM) with its gradient: every rank's output depends on every rank's input, so
-    the gradient of an input is the sum of the output gradients of all ranks. (torch's
-    torch.distributed.nn.functional.all_reduce does this but is deprecated since 2.x.)"""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        tdist.all_reduce(total)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        tdist.all_reduce(total)
-        return total
-
-
-class GlooSyncBatchNorm(_BatchNorm):
-    """SyncBatchNorm for CPU processes (gloo). torch's SyncBatchNorm runs on GPUs only (its
-    kernels batch_norm_stats & co. are CUDA-only), so on CPU the batch statistics are computed
-    here: one differentiable all_reduce of the per-channel sums, sums of squares and counts
-    (its backward sums the gradients over the ranks, as torch's own does). Used by CPU clusters and by
-    the tests that compare a 2-process run with a 1-process one. Not a SyncBatchNorm subclass:
-    DDP refuses those on CPU."""
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and input.device.type == "cpu" and tdist.is_initialized()):
-            return super().forward(input)
-        dims = [d for d in range(input.dim()) if d != 1]
-        count = torch.full((1,), input.numel() / input.shape[1], dtype=input.dtype)
-        totals = _SumOverRanks.apply(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
-        channels = input.shape[1]
-        n = totals[-1]
-        mean = totals[:channels] / n
-        var = totals[channels:2 * channels] / n - mean * mean
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = (self.momentum if self.momentum is not None
-                            else 1.0 / float(self.num_batches_tracked))
-                unbiased = var * (n / (n - 1).clamp(min=1))
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
-        shape = [1, channels] + [1] * (input.dim() - 2)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
 
 
 class Lockstep:
@@ -281,14 +215,14 @@ class Lockstep:
                 yield batch
 
 
-def start(config: TrainConfig) -> Distributed:
+def start(config: TrainConfig) -> SingleProcess:
     """The process group torchrun's environment describes, or a single process."""
     device = resolve_device(config.device)
     world_size = env_world_size()
     if world_size <= 1:
         if config.sync_bn:
             log.info("--sync-bn has no effect in a single process")
-        return Distributed(device)
+        return SingleProcess(device)
     rank = env_rank()
     if config.batch_size % world_size:
         raise UserError(f"--batch-size {config.batch_size} is not divisible by the "

@@ -1,4 +1,9 @@
-"""One evaluation of the model on the fold's validation images: probabilities, loss, F2."""
+"""One evaluation of the model on the fold's validation images: probabilities, loss, F2.
+
+`evaluate(runner, loader, targets, should_stop)` is the whole interface: the StepRunner brings
+the model (its TrainState's), the device, AMP, the input preparation and the loss. Under
+torchrun each rank predicts its chunk of rows (`ProcessGroup.evaluate`) and scores the gathered
+whole with the same `score`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,10 +23,9 @@ class Evaluation:
     probs: np.ndarray
 
 
-def predict_loader(model: torch.nn.Module, loader, device: torch.device, use_amp: bool,
-                   prepare: Callable[[torch.Tensor], torch.Tensor], loss_fn,
-                   should_stop: Callable[[], bool]):
+def predict_loader(runner, loader, should_stop: Callable[[], bool]):
     """(probs float32 [N, C], mean loss) or None when a stop was requested mid-way."""
+    model, device = runner.state.model, runner.device
     was_training = model.training
     model.eval()
     probs, loss_sum, count = [], 0.0, 0
@@ -30,12 +34,12 @@ def predict_loader(model: torch.nn.Module, loader, device: torch.device, use_amp
             for images, targets, _ in loader:
                 if should_stop():
                     return None
-                images = prepare(images)
+                images = runner.prepare(images)
                 targets = targets.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=use_amp):
+                with torch.autocast(device.type, enabled=runner.use_amp):
                     logits = model(images)
                 logits = logits.float()
-                loss_sum += float(loss_fn(logits, targets)) * len(images)
+                loss_sum += float(runner.loss_fn(logits, targets)) * len(images)
                 count += len(images)
                 probs.append(torch.sigmoid(logits).cpu().numpy())
     finally:
@@ -43,12 +47,16 @@ def predict_loader(model: torch.nn.Module, loader, device: torch.device, use_amp
     return np.concatenate(probs), loss_sum / max(1, count)
 
 
-def evaluate(model, loader, targets: np.ndarray, device, use_amp: bool,
-             prepare: Callable[[torch.Tensor], torch.Tensor], loss_fn,
+def score(targets: np.ndarray, probs: np.ndarray, val_loss: float) -> Evaluation:
+    """F2 at the best global threshold for the validation rows' probabilities."""
+    threshold, f2 = best_global_threshold(targets.astype(bool), probs)
+    return Evaluation(float(f2), float(threshold), float(val_loss), probs)
+
+
+def evaluate(runner, loader, targets: np.ndarray,
              should_stop: Callable[[], bool]) -> Evaluation | None:
-    out = predict_loader(model, loader, device, use_amp, prepare, loss_fn, should_stop)
+    out = predict_loader(runner, loader, should_stop)
     if out is None:
         return None
     probs, val_loss = out
-    threshold, f2 = best_global_threshold(targets.astype(bool), probs)
-    return Evaluation(float(f2), float(threshold), float(val_loss), probs)
+    return score(targets, probs, val_loss)

@@ -31,9 +31,6 @@ class EventBus:
         self._subscribers: list[Subscriber] = list(subscribers or [])
         self._failed: set[int] = set()
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.append(subscriber)
-
     def emit(self, kind: str, **data: Any) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}; expected one of {KINDS}")

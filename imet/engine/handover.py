@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from imet.fileio import atomic_write_text
+
 NAME = "HANDOVER.json"
+# EX_TEMPFAIL: "temporary failure, try again" -> push the kernel again. The exit code of a
+# session that handed over, for the command and for whoever launched it (kaggle/*).
+EXIT_CODE = 75
+# The run's best model, which the next session takes along with the checkpoint it resumes from
+# (imet/engine/resume.py). Named here, in a module free of torch, for kaggle/* too.
+MODEL_FILE = "model.pt"
 
 
 def next_step_text(command: str | None) -> str:
@@ -29,15 +36,7 @@ def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoi
             "stage": stage, "session": session, "total_steps": total_steps,
             "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = Path(out) / NAME
-    tmp = path.with_name(f".{NAME}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out) / NAME, json.dumps(data, indent=2) + "\n")
 
 
 def remove(out: Path) -> None:

@@ -21,6 +21,7 @@ from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
+from imet.models import build_model
 
 
 @dataclass
@@ -45,6 +46,10 @@ class Counters:
     finished: bool = False
     stop_reason: str = ""         # "epochs" | "early_stop" once finished
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def mean_loss(self) -> float:
+        """The mean training loss since the last evaluation."""
+        return self.loss_sum / self.loss_count if self.loss_count else float("nan")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -115,6 +120,11 @@ class TrainState:
     def total_steps(self) -> int:
         return self.config.epochs * self.steps_per_epoch
 
+    @property
+    def stage1_end_step(self) -> int:
+        """The step where stage 1 (head only) ends; 0 without a stage 1."""
+        return min(self.total_steps, self.stage_steps(1))
+
     def enter_stage(self, stage: int) -> None:
         """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
         self.counters.stage = stage
@@ -126,6 +136,26 @@ class TrainState:
     def stage_due(self) -> int:
         """The stage the next step belongs to."""
         return 1 if self.counters.epoch < self.config.head_epochs else 2
+
+    # --- evaluations ---------------------------------------------------------------------
+    def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
+        """Book an evaluation of the model at the current step: history, best score, early
+        stopping. True when it is the best so far."""
+        c = self.counters
+        is_best = f2 > c.best_f2
+        c.history.append({"step": c.step, "epoch": c.epoch, "stage": c.stage,
+                          "train_loss": c.mean_loss(), "val_loss": val_loss, "f2": f2,
+                          "threshold": threshold, "lr": self.optimizer.param_groups[-1]["lr"]})
+        c.loss_sum, c.loss_count = 0.0, 0
+        c.last_eval_step = c.step
+        c.eval_pending = False
+        if is_best:
+            c.best_f2, c.best_step, c.best_threshold, c.bad_evals = f2, c.step, threshold, 0
+        elif c.stage == 2:  # the head-only warm-up does not count against patience
+            c.bad_evals += 1
+        if self.config.patience and c.bad_evals >= self.config.patience:
+            c.finished, c.stop_reason = True, "early_stop"
+        return is_best
 
     # --- checkpoint payload -------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -161,3 +191,27 @@ class TrainState:
             self.scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
         self.mix_generator.set_state(payload["rng"]["mixup"])
+
+
+def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainState:
+    """The TrainState a session starts from: the model built for `data`'s label space and
+    placed as `dist` and the StepRunner `steps` want it, then `resume`'s payload restored (a
+    fresh run seeds every RNG first: the head's initial weights come from the torch one)."""
+    if resume is None:
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2 ** 32)
+        torch.manual_seed(config.seed)
+    model = build_model(config.arch, data.labels.num_classes,
+                        pretrained=config.pretrained and resume is None,
+                        weights=config.weights if resume is None else None,
+                        search_roots=tuple(config.input_root), dropout=config.dropout)
+    model = dist.prepare_model(model)
+    model.to(steps.device)
+    if steps.channels_last:
+        model.to(memory_format=torch.channels_last)
+    state = TrainState(config, model, model.param_groups(),
+                       len(data.train_set) // config.batch_size, data.labels.to_dict(),
+                       data.labels.fingerprint(), use_amp=steps.use_amp)
+    if resume is not None:
+        state.restore(resume.payload)
+    return state

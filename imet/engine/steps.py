@@ -11,20 +11,6 @@ from imet.data.batch_augment import augment_batch
 from imet.data.transforms import Normalization, normalize_batch
 from imet.engine.config import TrainConfig
 from imet.engine.losses import build_loss, mixup
-from imet.errors import UserError
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") \
-            from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto")
-    return device
 
 
 def loss_kwargs(config: TrainConfig) -> dict:

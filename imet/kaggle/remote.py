@@ -2,17 +2,19 @@
 run hands over. Everything goes through the official kaggle client."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
+from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle.metadata import OWNER, read_metadata
 
-HANDOVER = "HANDOVER.json"
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 # Only the small files are fetched after each session: checkpoints stay on Kaggle, attached to
 # the next version through kernel_sources.
-SMALL_OUTPUTS = r"(^|/)(HANDOVER\.json|run\.json|metrics\.csv|registry\.jsonl|[^/]+\.png)$"
+SMALL_OUTPUTS = (r"(^|/)(" + re.escape(HANDOVER)
+                 + r"|run\.json|metrics\.csv|registry\.jsonl|[^/]+\.png)$")
 
 
 def kaggle_api():
@@ -65,8 +67,8 @@ def chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float = 60.0,
 
 
 def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, log) -> int:
-    """Returns 0 when the run finished, 75 when it still hands over after max_sessions,
-    1 when a session failed."""
+    """Returns 0 when the run finished, HANDED_OVER (75) when it still hands over after
+    max_sessions, 1 when a session failed."""
     meta = read_metadata(kernel_dir)
     ref = meta["id"]
     if OWNER in ref:
@@ -90,4 +92,4 @@ def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, l
             return 0
         log(f"session {session}: handed over ({dest / HANDOVER}); pushing the next session")
     log(f"the run still hands over after {max_sessions} sessions; chain again to go on")
-    return 75
+    return HANDED_OVER

@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from imet.engine.handover import EXIT_CODE as HANDED_OVER, MODEL_FILE, NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle.paths import (find_competition_data, find_folders_with, find_run_dirs,
                                input_root, working_dir)
 from imet.kaggle.shell import run_step
 
-HANDED_OVER = 75
-HANDOVER = "HANDOVER.json"
 # Never carried from a previous session's output: the engine copies the checkpoint it resumes
-# from itself, and the handover note belongs to the session that wrote it.
-NOT_CARRIED = ("checkpoints", HANDOVER)
+# from, and the best model beside it, itself (imet/engine/resume.py); the handover note
+# belongs to the session that wrote it.
+NOT_CARRIED = ("checkpoints", MODEL_FILE, HANDOVER)
 
 
 def _imet(*args: object) -> list[str]:
@@ -51,7 +51,7 @@ def _seconds_left(started: float, session_limit: str) -> float:
 
 
 def _carry_previous_output(previous: Path, work: Path) -> None:
-    """Bring the previous session's files (best model, metrics, plots, registry) forward, so
+    """Bring the previous session's files (metrics, plots, registry) forward, so
     this session's output is the whole run, as the next session and the user expect."""
     for item in previous.iterdir():
         if item.name in NOT_CARRIED or (work / item.name).exists():

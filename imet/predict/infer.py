@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from imet.data.dataset import ImetDataset
 from imet.data.transforms import (TTA, Normalization, apply_tta, build_eval_transform,
                                   normalize_batch)
+from imet.device import resolve_device  # noqa: F401  (predict's callers import it from here)
 from imet.errors import DataError, UserError
 
 Log = Callable[[str], None]
@@ -42,15 +43,6 @@ def parse_tta(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise UserError(f"--tta: {','.join(names)} repeats a transform; list each once")
     return tuple(names)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return device
 
 
 def check_images_exist(paths: Sequence[Path], source: str) -> None:

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from imet.registry.store import merge_into, upsert
-from imet.report.provenance import code_version, config_hash
+from imet.registry.store import REGISTRY_NAME, merge_into, upsert
+from imet.report.find import InputFiles, input_files
+from imet.report.provenance import MANIFEST_NAME, code_version, config_hash
 from imet.report.redact import redact
 from imet.report.subscriber import RankZeroSubscriber
 
@@ -140,9 +141,10 @@ class TrainRecorder(RankZeroSubscriber):
     written at run start (after merging the inputs' registries), at each new best evaluation, at a
     handover, at the finish and after a failure."""
 
-    def __init__(self, run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = ()):
+    def __init__(self, run_dir: str | os.PathLike,
+                 input_roots: InputFiles | Iterable[str | os.PathLike] = ()):
         self.run_dir = Path(run_dir)
-        self.input_roots = [Path(root) for root in input_roots]
+        self.inputs = input_files(input_roots, REGISTRY_NAME, MANIFEST_NAME)
         self.record: dict[str, Any] | None = None
         self._started = None
 
@@ -156,7 +158,7 @@ class TrainRecorder(RankZeroSubscriber):
     def _on_run_start(self, event) -> None:
         data = event.data
         self._started = event.time
-        merged = merge_into(self.run_dir, self.input_roots)
+        merged = merge_into(self.run_dir, self.inputs)
         run_id = str(data.get("run_name") or "")
         # Best-so-far of a resumed run: its earlier sessions' records (the engine's evaluation
         # events repeat it too, but a session may end before its first evaluation).
@@ -166,7 +168,8 @@ class TrainRecorder(RankZeroSubscriber):
         best = max(earlier, key=lambda r: r["best_f2"], default={})
         self.record = make_record(
             "train", run_id, int(data.get("session") or 1), config=data.get("config"),
-            input_roots=self.input_roots, status="running", created=now_iso(event.time),
+            input_roots=self.inputs, config_hash=data.get("config_fingerprint"),
+            status="running", created=now_iso(event.time),
             fold=data.get("fold"), arch=data.get("arch"), image_size=data.get("image_size"),
             device=data.get("device"), kernel=data.get("kernel"),
             resumed_from=data.get("resumed_from"), total_steps=data.get("total_steps"),
@@ -218,6 +221,7 @@ def _f2_points(history) -> list[list]:
 
 
 def record_train_subscriber(run_dir: str | os.PathLike,
-                            input_roots: Iterable[str | os.PathLike] = ()) -> TrainRecorder:
+                            input_roots: InputFiles | Iterable[str | os.PathLike] = ()
+                            ) -> TrainRecorder:
     """The subscriber the train command attaches to its EventBus."""
     return TrainRecorder(run_dir, input_roots)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from imet.fileio import atomic_write_text
-from imet.report.find import files_named
+from imet.report.find import InputFiles, input_files
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,14 @@ def read_registry(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def find_registries(roots: Iterable[str | os.PathLike]) -> list[Path]:
-    """Registry files under the roots (recursive, a file given directly counts too)."""
+def find_registries(roots: InputFiles | Iterable[str | os.PathLike]) -> list[Path]:
+    """Registry files under the roots (recursive, a file given directly counts too), root by
+    root; `roots` may be the run's shared InputFiles."""
+    inputs = input_files(roots, REGISTRY_NAME)
+    under = inputs.named(REGISTRY_NAME)
     found: list[Path] = []
-    for root in map(Path, roots):
-        found.extend([root] if root.is_file() else files_named([root], REGISTRY_NAME))
+    for root in inputs.roots:
+        found.extend([root] if root.is_file() else [p for p in under if p.is_relative_to(root)])
     unique, seen = [], set()
     for path in found:
         resolved = path.resolve()

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from imet.fileio import atomic_write_text
-from imet.report.find import files_named
+from imet.report.find import InputFiles, input_files
 from imet.report.metrics_csv import FILENAME as METRICS_FILENAME, read_metrics
 from imet.report.plots import write_plots
-from imet.report.provenance import code_version, config_hash
+from imet.report.provenance import MANIFEST_NAME, code_version
 from imet.report.redact import redact
 from imet.report.subscriber import RankZeroSubscriber
 
@@ -38,10 +38,11 @@ def read_run_json(path: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == "imet-run" else None
 
 
-def find_run_json(run_name: str, roots: Iterable[str | os.PathLike]) -> dict[str, Any] | None:
-    """The run.json of `run_name` with the most sessions among the roots (recursive)."""
+def find_run_json(run_name: str,
+                  inputs: InputFiles | Iterable[str | os.PathLike]) -> dict[str, Any] | None:
+    """The run.json of `run_name` with the most sessions among the input roots (recursive)."""
     best = None
-    for path in files_named(roots, RUN_JSON):
+    for path in input_files(inputs, RUN_JSON).named(RUN_JSON):
         data = read_run_json(path)
         if data and data.get("run_name") == run_name and (
                 best is None or len(data.get("sessions", [])) > len(best["sessions"])):
@@ -52,9 +53,10 @@ def find_run_json(run_name: str, roots: Iterable[str | os.PathLike]) -> dict[str
 class ArtifactWriter(RankZeroSubscriber):
     """Event subscriber writing <run_dir>/run.json and <run_dir>/plots/*.png."""
 
-    def __init__(self, run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = ()):
+    def __init__(self, run_dir: str | os.PathLike,
+                 input_roots: InputFiles | Iterable[str | os.PathLike] = ()):
         self.run_dir = Path(run_dir)
-        self.input_roots = [Path(root) for root in input_roots]
+        self.inputs = input_files(input_roots, RUN_JSON, MANIFEST_NAME)
         self.summary: dict[str, Any] = {}
         self._session: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
@@ -66,7 +68,7 @@ class ArtifactWriter(RankZeroSubscriber):
         if data.get("resumed_from") is not None:
             previous = read_run_json(self.run_dir / RUN_JSON)
             if not previous or previous.get("run_name") != run_name:
-                previous = find_run_json(run_name, self.input_roots)
+                previous = find_run_json(run_name, self.inputs)
         # Sessions before this one; a later one left by an abandoned attempt is not history.
         sessions = [s for s in (previous or {}).get("sessions", [])
                     if int(s.get("session") or 0) < int(data.get("session") or 1)]
@@ -80,8 +82,8 @@ class ArtifactWriter(RankZeroSubscriber):
             "format": "imet-run", "version": 1, "run_name": run_name, "status": "running",
             "arch": data.get("arch"), "fold": data.get("fold"),
             "image_size": data.get("image_size"), "total_steps": data.get("total_steps"),
-            "config": config, "config_hash": config_hash(data.get("config") or {}),
-            "code_version": code_version(self.input_roots),
+            "config": config, "config_hash": data.get("config_fingerprint"),
+            "code_version": code_version(self.inputs),
             "best_f2": keep.get("best_f2"), "best_step": keep.get("best_step"),
             "threshold": keep.get("threshold"), "sessions": sessions + [self._session],
         }

@@ -11,9 +11,6 @@ from typing import Any, TextIO
 from imet.report.redact import redact
 from imet.report.subscriber import RankZeroSubscriber
 
-# Config keys that may hold the length of stage 1 (head only) in epochs: the stage ETA needs
-# where stage 1 ends; without it, stage 1 shows the run ETA only.
-_STAGE1_KEYS = ("stage1_epochs", "head_epochs", "freeze_epochs", "frozen_epochs")
 _EMA = 0.3  # weight of the newest step-rate sample: reacts to a stage switch within a few lines
 
 
@@ -51,7 +48,6 @@ class ConsoleProgress(RankZeroSubscriber):
         self._bar = None
         self._last_line: float | None = None
         self._total_epochs = None
-        self._stage1_epochs = None
         self._rate: dict[int, float] = {}  # steps per second, per stage
         self._previous: tuple[float, int, int] | None = None  # (clock, step, stage)
 
@@ -67,8 +63,6 @@ class ConsoleProgress(RankZeroSubscriber):
         data = event.data
         config = data.get("config") or {}
         self._total_epochs = config.get("epochs")
-        self._stage1_epochs = next((config[key] for key in _STAGE1_KEYS
-                                    if config.get(key) is not None), None)
         resumed = data.get("resumed_from")
         start = f"resuming from step {resumed}" if resumed is not None else "starting"
         self._print(f"imet: run {data.get('run_name')} (fold {data.get('fold')}, "
@@ -135,15 +129,15 @@ class ConsoleProgress(RankZeroSubscriber):
 
     def stage_eta(self, data: dict[str, Any]) -> float | None:
         """Seconds to the end of the current stage at the stage's measured step rate; the run
-        ETA in the last stage; None when unknown."""
+        ETA in the last stage; None when unknown (stage 1 of an event without its end step)."""
         step, total, stage = data.get("step"), data.get("total_steps"), data.get("stage")
         if step is None or total is None:
             return None
         end = total
         if stage == 1:
-            if self._stage1_epochs is None or not data.get("steps_per_epoch"):
+            if data.get("stage1_end_step") is None:
                 return None
-            end = min(total, int(self._stage1_epochs) * int(data["steps_per_epoch"]))
+            end = min(total, int(data["stage1_end_step"]))
         rate = self._rate.get(stage)
         if rate:
             return max(0.0, (end - step) / rate)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from imet.fileio import atomic_write_text
-from imet.report.find import files_named
+from imet.report.find import InputFiles, input_files
 from imet.report.subscriber import RankZeroSubscriber
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def find_run_metrics(run_name: str, roots: Iterable[str | os.PathLike]) -> Path | None:
-    """The metrics.csv of `run_name` with the most rows among the roots (recursive): on Kaggle
-    the previous session's output is an attached input."""
+def find_run_metrics(run_name: str,
+                     inputs: InputFiles | Iterable[str | os.PathLike]) -> Path | None:
+    """The metrics.csv of `run_name` with the most rows among the input roots (recursive): on
+    Kaggle the previous session's output is an attached input."""
     best, best_count = None, 0
-    for candidate in files_named(roots, FILENAME):
+    for candidate in input_files(inputs, FILENAME).named(FILENAME):
         count = sum(1 for row in read_metrics(candidate) if row["run"] == run_name)
         if count > best_count:
             best, best_count = candidate, count
@@ -94,12 +95,14 @@ def find_run_metrics(run_name: str, roots: Iterable[str | os.PathLike]) -> Path 
 
 
 class MetricsWriter(RankZeroSubscriber):
-    """Event subscriber writing <run_dir>/metrics.csv. `input_roots`: where a resumed session
-    looks for the previous session's file when the run dir has none (Kaggle's attached inputs)."""
+    """Event subscriber writing <run_dir>/metrics.csv. `input_roots` (or the run's shared
+    InputFiles): where a resumed session looks for the previous session's file when the run dir
+    has none (Kaggle's attached inputs)."""
 
-    def __init__(self, run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = ()):
+    def __init__(self, run_dir: str | os.PathLike,
+                 input_roots: InputFiles | Iterable[str | os.PathLike] = ()):
         self.path = Path(run_dir) / FILENAME
-        self.input_roots = [Path(root) for root in input_roots]
+        self.inputs = input_files(input_roots, FILENAME)
         self._handle: io.TextIOBase | None = None
         self._writer = None
         self._keys: set[tuple[str, int]] = set()
@@ -118,7 +121,7 @@ class MetricsWriter(RankZeroSubscriber):
             source = self.path
             rows = self._rows_until(source, int(resumed_from))
             if not rows:  # a fresh Kaggle output folder: the previous session's is an input
-                source = find_run_metrics(self._run, self.input_roots)
+                source = find_run_metrics(self._run, self.inputs)
                 rows = self._rows_until(source, int(resumed_from)) if source else []
             if rows:
                 log.info("metrics.csv: continuing %d rows from %s (up to step %s)",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import imet
-from imet.report.find import files_named
+from imet.report.find import InputFiles, input_files
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -21,7 +21,7 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def find_manifest(input_roots: Iterable[str | os.PathLike] = ()) -> Path | None:
+def find_manifest(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> Path | None:
     """The packaging dataset's MANIFEST.json describing the imet code that runs: first beside the
     imported package (the dataset imet was imported from), then under the input roots."""
     package_dir = Path(imet.__file__).resolve().parent
@@ -29,7 +29,7 @@ def find_manifest(input_roots: Iterable[str | os.PathLike] = ()) -> Path | None:
         candidate = parent / MANIFEST_NAME
         if candidate.is_file():
             return candidate
-    return next(files_named(input_roots, MANIFEST_NAME), None)
+    return next(iter(input_files(input_roots, MANIFEST_NAME).named(MANIFEST_NAME)), None)
 
 
 @lru_cache(maxsize=1)  # the code does not change under a running process: ask git once
@@ -49,14 +49,9 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "") if head else None
 
 
-def code_version(input_roots: Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
+def code_version(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
     """{"imet": version, "manifest_sha256": … or None, "git_commit": … or None}; the git commit is
     looked up only when no dataset manifest is found."""
-    return dict(_code_version(tuple(str(root) for root in input_roots)))
-
-
-@lru_cache(maxsize=16)  # one search of the (large, read-only) input roots per process
-def _code_version(input_roots: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
     manifest = find_manifest(input_roots)
     version: dict[str, Any] = {"imet": imet.__version__, "manifest_sha256": None,
                                "git_commit": None}
@@ -67,7 +62,7 @@ def _code_version(input_roots: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
             manifest = None
     if manifest is None:
         version["git_commit"] = git_commit()
-    return tuple(version.items())
+    return version
 
 
 def short_code_version(version: dict[str, Any] | None) -> str:
@@ -84,13 +79,9 @@ def short_code_version(version: dict[str, Any] | None) -> str:
 
 
 def config_hash(config: dict[str, Any] | None) -> str | None:
-    """The engine's fingerprint of the result-deciding fields when the config is a TrainConfig
-    dict; otherwise a hash of the whole canonical JSON."""
+    """A hash of the config's canonical JSON (validate/predict records; a train run's is the
+    engine's fingerprint, carried by its run_start event)."""
     if not config:
         return None
-    try:
-        from imet.engine.config import TrainConfig  # engine is a lower layer: allowed
-        return str(TrainConfig.from_dict(dict(config)).fingerprint())
-    except Exception:  # not a train config (validate/predict) or an older engine
-        canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
