@@ -66,7 +66,8 @@ def test_chain_pushes_again_while_the_run_hands_over(standin, rendered, tmp_path
         {"files": {"HANDOVER.json": HANDOVER, "run.json": b'{"status": "handover"}',
                    "checkpoints/state-100.pt": CHECKPOINT}},
         {"files": {"HANDOVER.json": HANDOVER, "run.json": b'{"status": "handover"}'}},
-        {"files": {"run.json": b'{"status": "finished"}', "metrics.csv": b"step,f2\n"}},
+        {"files": {"run.json": b'{"status": "finished"}', "metrics.csv": b"step,f2\n",
+                   "imet-runs.jsonl": b'{"run_id": "r"}\n'}},
     ]
     proc = chain(standin, tmp_path, rendered, "--max-sessions", "5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -74,6 +75,7 @@ def test_chain_pushes_again_while_the_run_hands_over(standin, rendered, tmp_path
     out = tmp_path / "chain"
     assert (out / "v1" / "HANDOVER.json").is_file() and not (out / "v3" / "HANDOVER.json").exists()
     assert json.loads((out / "v3" / "run.json").read_text())["status"] == "finished"
+    assert (out / "v3" / "imet-runs.jsonl").is_file(), "the run registry comes back"
     assert not (out / "v1" / "checkpoints").exists(), "checkpoints stay on Kaggle"
     assert "the run finished" in proc.stdout
 

@@ -5,7 +5,8 @@ import io
 import re
 
 from imet.engine.events import EventBus
-from imet.report.console import ConsoleProgress, format_duration
+from imet.duration import format_duration
+from imet.report.console import ConsoleProgress
 from report_sim import StepClock, emit_session
 
 

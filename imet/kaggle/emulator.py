@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imet.engine.handover import NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle.metadata import read_metadata, slug_of
 from imet.kaggle.paths import ROOT_ENV
 
-HANDOVER = "HANDOVER.json"
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from imet.engine.handover import MODEL_FILE
 from imet.errors import UserError
 from imet.walk import walk_folders
 
@@ -71,4 +72,4 @@ def find_source_dataset(root: Path | None = None) -> Path:
 def find_run_dirs(root: Path | None = None) -> list[Path]:
     """Folders holding a trained model (model.pt), e.g. attached trainer outputs."""
     root = input_root() if root is None else root
-    return find_folders_with(root, "model.pt")
+    return find_folders_with(root, MODEL_FILE)

@@ -9,12 +9,13 @@ from pathlib import Path
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle.metadata import OWNER, read_metadata
+from imet.registry.store import REGISTRY_NAME
 
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 # Only the small files are fetched after each session: checkpoints stay on Kaggle, attached to
 # the next version through kernel_sources.
-SMALL_OUTPUTS = (r"(^|/)(" + re.escape(HANDOVER)
-                 + r"|run\.json|metrics\.csv|registry\.jsonl|[^/]+\.png)$")
+SMALL_OUTPUTS = (r"(^|/)(" + "|".join(map(re.escape, (HANDOVER, "run.json", "metrics.csv",
+                                                       REGISTRY_NAME))) + r"|[^/]+\.png)$")
 
 
 def kaggle_api():

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from imet.data.labels import LabelSpace
+from imet.engine.handover import MODEL_FILE
 from imet.errors import CheckpointError, UserError
 from imet.models.modelfile import load_model_file
 
-MODEL_FILE = "model.pt"
 THRESHOLDS_FILE = "thresholds.json"
 
 

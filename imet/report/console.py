@@ -8,23 +8,11 @@ import sys
 import time
 from typing import Any, TextIO
 
+from imet.duration import format_duration
 from imet.report.redact import redact
 from imet.report.subscriber import RankZeroSubscriber
 
 _EMA = 0.3  # weight of the newest step-rate sample: reacts to a stage switch within a few lines
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def _num(value: Any, spec: str, missing: str = "?") -> str:
