@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train or resume one fold; exit 75 = saved and handed over to the next session"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
     "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
+    "weights": ("weights", "fetch pretrained weights into a folder ready for `kaggle datasets create`"),
 }
 
 

@@ -115,7 +115,7 @@ def timm_spec(arch: str) -> TimmSpec:
     base = name.partition(".")[0]
     tag = cfg.get("tag") or None
     model = f"{base}.{tag}" if tag else base
-    return TimmSpec(arch, "timm", _construct(model), split_timm, lambda: (), 
+    return TimmSpec(arch, "timm", _construct(model), split_timm, lambda: (),
                     classifier_prefixes=_classifier_prefixes(cfg), settings=_settings(cfg),
                     model=model, tag=tag, hf_hub_id=cfg.get("hf_hub_id"), url=cfg.get("url"))
 
