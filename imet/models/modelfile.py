@@ -98,7 +98,8 @@ def read_model_file(path) -> dict:
 
 def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
     """(model in eval mode on `device`, info) where info holds arch, config, labels (a
-    LabelSpace), extra, and the model's input settings (mean/std)."""
+    LabelSpace), extra, the timm record (None for other archs), and the model's input settings
+    (mean/std, interpolation)."""
     path = Path(path)
     payload = read_model_file(path)
     try:
@@ -117,10 +118,10 @@ def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
                               f"the file is damaged or from another imet version")
     model.to(device).eval()
     model.arch = model.info["arch"] = payload["arch"]
-    info = {"path": str(path), "arch": payload["arch"], "timm": payload.get("timm"), "config": config, "labels": labels,
-            "extra": payload.get("extra", {}), "version": payload["version"], **{
-                k: model.info[k] for k in ("mean", "std", "input_range", "input_space")},
-            "interpolation": model.info.get("interpolation")}
+    info = {"path": str(path), "arch": payload["arch"], "timm": payload.get("timm"),
+            "config": config, "labels": labels, "extra": payload.get("extra", {}),
+            "version": payload["version"], "interpolation": model.info.get("interpolation"),
+            **{k: model.info[k] for k in ("mean", "std", "input_range", "input_space")}}
     return model, info
 
 
