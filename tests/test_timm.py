@@ -196,3 +196,14 @@ def test_a_folder_holding_model_safetensors_and_its_config_is_found(tmp_path):
                         allow_download=False)
     assert model.info["weights"] == str(folder / "model.safetensors")
     assert torch.equal(model.body.conv1.weight, state["conv1.weight"])
+
+
+def test_a_fixed_size_vit_takes_imets_image_size_and_splits_its_blocks():
+    model = build_model("timm:vit_tiny_patch16_224", 3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3)
+    groups = model.param_groups()
+    early = {n for n, p in model.body.named_parameters() if any(p is q for q in groups["early"])}
+    assert {"patch_embed.proj.weight", "blocks.5.mlp.fc2.bias"} <= early
+    assert not any(n.startswith(("blocks.6.", "blocks.11.", "norm.")) for n in early)
+    assert model.info["mean"] == [0.5, 0.5, 0.5]  # its pretrained_cfg, not ImageNet's

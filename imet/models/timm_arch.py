@@ -81,10 +81,16 @@ def _pretrained_cfg(name: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
-def _construct(model: str):
+def _construct(model: str, fixed_size: bool):
     def construct() -> nn.Module:
         # num_classes=0: timm's classifier becomes an Identity; imet adds its own head.
-        return _timm().create_model(model, pretrained=False, num_classes=0)
+        create = _timm().create_model
+        if fixed_size:  # ViT, EVA...: interpolate the position embedding to --image-size
+            try:
+                return create(model, pretrained=False, num_classes=0, dynamic_img_size=True)
+            except TypeError:  # a model without that option keeps its fixed size
+                pass
+        return create(model, pretrained=False, num_classes=0)
     return construct
 
 
@@ -115,7 +121,8 @@ def timm_spec(arch: str) -> TimmSpec:
     base = name.partition(".")[0]
     tag = cfg.get("tag") or None
     model = f"{base}.{tag}" if tag else base
-    return TimmSpec(arch, "timm", _construct(model), split_timm, lambda: (),
+    construct = _construct(model, bool(cfg.get("fixed_input_size")))
+    return TimmSpec(arch, "timm", construct, split_timm, lambda: (),
                     classifier_prefixes=_classifier_prefixes(cfg), settings=_settings(cfg),
                     model=model, tag=tag, hf_hub_id=cfg.get("hf_hub_id"), url=cfg.get("url"))
 
