@@ -5,6 +5,10 @@ INSTALL_REQUIRES = [
     "torch>=2.1",
     "torchvision>=0.16",
     "pretrainedmodels==0.7.4",
+    # timm:<name> archs; 0.9 brought pretrained tags, feature_info everywhere, forward_head.
+    "timm>=0.9",
+    "safetensors>=0.4",  # pickle-free weight files
+    "huggingface_hub>=0.20",  # imet weights fetch; timm's hub cache layout
     "six>=1.16",
     "albumentations>=2.0,<3",
     "pandas>=2.0",

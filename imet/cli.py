@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "the next session"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
     "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
+    "weights": ("weights", "fetch pretrained weights into a folder ready for `kaggle datasets create`"),
 }
 
 # (command, first word) -> module: a command whose first positional word picks another parser

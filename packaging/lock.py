@@ -41,6 +41,12 @@ PLATFORM = {
     "scikit-learn": "preinstalled",
     "matplotlib": "preinstalled; compiled (contourpy, kiwisolver) and heavy to bundle",
     "tqdm": "preinstalled; pretrainedmodels and kaggle need it",
+    # The image's timm stack is tuned together (timm, huggingface_hub, safetensors, and the
+    # transformers that share the latter two): a second copy would replace it for every notebook
+    # cell. imet needs timm>=0.9 and says so in one line when it finds less.
+    "timm": "preinstalled (Kaggle's image ships timm 1.x); imet's timm:<name> archs need >=0.9",
+    "safetensors": "preinstalled with timm and transformers",
+    "huggingface-hub": "preinstalled with timm and transformers",
 }
 
 # Only sdists exist for these: build_dataset builds a wheel from the locked sdist. Their runtime

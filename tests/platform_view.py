@@ -3,7 +3,7 @@
 Installing torch and friends into a new venv copies gigabytes (minutes on this machine), so the
 new venv instead sees a folder of symlinks to exactly the platform distributions already installed
 in the project venv (torch, torchvision, numpy, pandas, pillow, opencv, scipy, scikit-learn,
-matplotlib, tqdm and what they need), through a .pth file, just as Kaggle's image has them
+matplotlib, tqdm, timm and what they need), through a .pth file, just as Kaggle's image has them
 preinstalled. Everything the imet dataset bundles is left out of that folder, so an import of
 imet, six, albumentations, ... can only succeed after the bootstrap installed them.
 """
@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 # pip belongs to the image too; sharing it spares ensurepip (~20 s on a loaded machine).
 PLATFORM_ROOTS = ("pip", "torch", "torchvision", "numpy", "pandas", "pillow", "opencv-python-headless",
-                  "scipy", "scikit-learn", "matplotlib", "tqdm")
+                  "scipy", "scikit-learn", "matplotlib", "tqdm", "timm")
 
 
 def canonical(name: str) -> str:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from imet.engine.optim import set_trainable
 from imet.errors import UserError
 from imet.models import ARCHS, ImetNet, build_model
 
@@ -20,19 +21,19 @@ def test_registry_has_required_archs_with_official_file_names():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """One resnet18 and one mobilenet_v3_small, built with an empty TORCH_HOME (building must
-    never download)."""
+    """One resnet18, one mobilenet_v3_small and timm's efficientnet_b0, built with an empty
+    TORCH_HOME (building must never download)."""
     home = tmp_path_factory.mktemp("torch-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(home))
         torch.manual_seed(0)
         built = {arch: build_model(arch, num_classes=5, dropout=0.25).eval()
-                 for arch in ("resnet18", "mobilenet_v3_small")}
+                 for arch in ("resnet18", "mobilenet_v3_small", "timm:efficientnet_b0")}
     assert not any(home.rglob("*"))
     return built
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "timm:efficientnet_b0"])
 def test_any_input_size_and_aspect(models, arch):
     model = models[arch]
     assert isinstance(model, ImetNet) and model.num_classes == 5
@@ -41,7 +42,7 @@ def test_any_input_size_and_aspect(models, arch):
             assert model(torch.randn(*shape)).shape == (shape[0], 5)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "timm:efficientnet_b0"])
 def test_param_groups_partition_all_parameters(models, arch):
     model = models[arch]
     groups = model.param_groups()
@@ -52,14 +53,15 @@ def test_param_groups_partition_all_parameters(models, arch):
     assert [tuple(p.shape) for p in groups["head"]] == [(5, model.head.linear.in_features), (5,)]
 
 
-def test_freeze_body_trains_only_the_head():
-    model = build_model("resnet18", num_classes=3)
-    model.freeze_body()
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
+@pytest.mark.parametrize("arch", ["resnet18", "timm:resnet18"])
+def test_stage_1_trains_only_the_head(arch):
+    model = build_model(arch, num_classes=3)
     groups = model.param_groups()
+    set_trainable(groups, stage=1)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is None for p in groups["early"] + groups["late"])
     assert all(p.grad is not None for p in groups["head"])
-    model.freeze_body(False)
+    set_trainable(groups, stage=2)
     assert all(p.requires_grad for p in model.parameters())
 
 

@@ -19,12 +19,14 @@ HELP = {
     "folds": "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
     "out": f"run folder: checkpoints/, model.pt, metrics.csv, run.json, plots/, {HANDOVER} "
            "(required)",
-    "weights": "ImageNet weights file of --arch (default: searched in $TORCH_HOME/hub/"
-               "checkpoints and the --input-root folders, downloaded only when online)",
+    "weights": "ImageNet weights file of --arch (.safetensors, .pth or .bin; default: "
+               "searched in the --input-root folders and $TORCH_HOME/hub/checkpoints, for timm "
+               "archs also Hugging Face hub caches; downloaded only when online)",
     "input_root": "folder searched recursively for checkpoints to resume and pretrained weights "
                   "(repeatable; on Kaggle: /kaggle/input)",
     "fold": "validation fold; the other folds train",
-    "arch": "backbone name (see imet.models.ARCHS; tiny_cnn for CPU smoke runs)",
+    "arch": "backbone name: one of imet.models.ARCHS, or any timm model as timm:<name>[.<tag>] "
+            "(e.g. timm:convnext_tiny.fb_in22k_ft_in1k); tiny_cnn for CPU smoke runs",
     "pretrained": "start the body from ImageNet weights (--no-pretrained: random init)",
     "dropout": "dropout before the head's linear layer",
     "image_size": "square training/eval image side in pixels",

@@ -1,8 +1,10 @@
 """model.pt: a trained model as plain data (no pickled modules), loadable with weights_only=True.
 
 {"format": "imet-model", "version": 1, "arch", "config", "labels": LabelSpace.to_dict(),
- "state_dict", "extra"} -- the architecture is rebuilt by name, so a file attached from a
-dataset can be loaded without trusting arbitrary code in it."""
+ "state_dict", "extra"[, "timm": {"model", "tag", "version"}]} -- the architecture is rebuilt by
+name, so a file attached from a dataset can be loaded without trusting arbitrary code in it. A
+timm body is rebuilt from the full model name it trained with (name.tag), not from --arch, whose
+default tag a newer timm may change."""
 from __future__ import annotations
 
 import os
@@ -12,11 +14,12 @@ import torch
 from torch import nn
 
 from imet.data.labels import LabelSpace
-from imet.errors import CheckpointError
+from imet.errors import CheckpointError, UserError
 from imet.fileio import atomic_open
 from imet.models.net import ImetNet, build_model
-from imet.models.registry import ARCHS
-from imet.models.weights import load_problem
+from imet.models.timm_arch import PREFIX as TIMM_PREFIX
+from imet.models.timm_arch import timm_version
+from imet.models.weights import get_spec, load_problem
 
 FORMAT = "imet-model"
 VERSION = 1
@@ -64,6 +67,8 @@ def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: Lab
     payload = {"format": FORMAT, "version": VERSION, "arch": arch, "config": plain(config),
                "labels": labels.to_dict(), "state_dict": state,
                "extra": plain(extra or {}, "extra")}
+    if getattr(net, "info", {}).get("timm"):
+        payload["timm"] = plain(net.info["timm"], "timm")
     with atomic_open(path, "wb") as handle:
         torch.save(payload, handle)
     return Path(path)
@@ -93,7 +98,8 @@ def read_model_file(path) -> dict:
 
 def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
     """(model in eval mode on `device`, info) where info holds arch, config, labels (a
-    LabelSpace), extra, and the model's input settings (mean/std)."""
+    LabelSpace), extra, the timm record (None for other archs), and the model's input settings
+    (mean/std, interpolation)."""
     path = Path(path)
     payload = read_model_file(path)
     try:
@@ -101,10 +107,8 @@ def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
     except Exception as exc:
         raise CheckpointError(f"{path}: label space unreadable ({exc}); the file is damaged")
     config = payload["config"]
-    if payload["arch"] not in ARCHS:
-        raise CheckpointError(f"{path}: architecture {payload['arch']!r} is unknown to this imet; "
-                              f"use the imet version that wrote the file")
-    model = build_model(payload["arch"], labels.num_classes, pretrained=False,
+    body_arch = _body_arch(path, payload)
+    model = build_model(body_arch, labels.num_classes, pretrained=False,
                         dropout=float(config.get("dropout", 0.0) or 0.0))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
@@ -113,7 +117,32 @@ def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
         raise CheckpointError(f"{path}: weights do not fit {payload['arch']} ({detail}); "
                               f"the file is damaged or from another imet version")
     model.to(device).eval()
-    info = {"path": str(path), "arch": payload["arch"], "config": config, "labels": labels,
-            "extra": payload.get("extra", {}), "version": payload["version"], **{
-                k: model.info[k] for k in ("mean", "std", "input_range", "input_space")}}
+    model.arch = model.info["arch"] = payload["arch"]
+    info = {"path": str(path), "arch": payload["arch"], "timm": payload.get("timm"),
+            "config": config, "labels": labels, "extra": payload.get("extra", {}),
+            "version": payload["version"], "interpolation": model.info.get("interpolation"),
+            **{k: model.info[k] for k in ("mean", "std", "input_range", "input_space")}}
     return model, info
+
+
+def _body_arch(path: Path, payload: dict) -> str:
+    """The arch to build: the recorded full timm name for a timm body, else the file's arch.
+    CheckpointError in one line when this imet or this timm cannot build it."""
+    arch = payload["arch"]
+    if not str(arch).startswith(TIMM_PREFIX):
+        try:
+            get_spec(arch)
+        except UserError:
+            raise CheckpointError(f"{path}: architecture {arch!r} is unknown to this imet; "
+                                  f"use the imet version that wrote the file")
+        return arch
+    record = payload.get("timm") or {}
+    body = TIMM_PREFIX + str(record.get("model") or arch[len(TIMM_PREFIX):])
+    try:
+        get_spec(body)
+    except UserError:
+        here = timm_version()
+        raise CheckpointError(f"{path}: trained with timm {record.get('version', '?')} model "
+                              f"{body[len(TIMM_PREFIX):]}, which timm {here} does not know; "
+                              f"install timm>={record.get('version', here)}")
+    return body

@@ -1,14 +1,17 @@
-"""ImetNet: a pretrained body in two groups (early, late) and imet's own head."""
+"""ImetNet: a pretrained body in two groups (early, late) and imet's own head; TimmNet: the same
+contract for a timm body, whose groups are sets of its parameter names."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from imet.models.timm_arch import TimmSpec
 from imet.models.weights import get_spec, load_body_weights, resolve_weights
 
 
 class Head(nn.Module):
-    """Adaptive average pooling (any input size or aspect ratio) + dropout + linear."""
+    """Adaptive average pooling (any input size or aspect ratio) + dropout + linear. Features
+    that arrive pooled already (N, C) -- timm's pre-logits -- skip the pooling."""
 
     def __init__(self, num_features: int, num_classes: int, dropout: float = 0.0):
         super().__init__()
@@ -17,7 +20,9 @@ class Head(nn.Module):
         self.linear = nn.Linear(num_features, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout(torch.flatten(self.pool(features), 1)))
+        if features.ndim == 4:
+            features = self.pool(features)
+        return self.linear(self.dropout(torch.flatten(features, 1)))
 
 
 class ImetNet(nn.Module):
@@ -27,6 +32,9 @@ class ImetNet(nn.Module):
         self.arch = arch
         self.early = nn.Sequential(*early)
         self.late = nn.Sequential(*late)
+        self._add_head(num_features, num_classes, dropout, info)
+
+    def _add_head(self, num_features: int, num_classes: int, dropout: float, info) -> None:
         self.head = Head(num_features, num_classes, dropout)
         # arch, num_classes, mean/std/input_range the body expects, weights file used.
         self.info = dict(info or {})
@@ -46,11 +54,27 @@ class ImetNet(nn.Module):
         return {"early": list(self.early.parameters()), "late": list(self.late.parameters()),
                 "head": list(self.head.parameters())}
 
-    def freeze_body(self, frozen: bool = True) -> None:
-        """Stage 1 trains the head only. BatchNorm statistics of a frozen body are left to the
-        caller's train()/eval() choice."""
-        for p in list(self.early.parameters()) + list(self.late.parameters()):
-            p.requires_grad_(not frozen)
+
+class TimmNet(ImetNet):
+    """A timm body (created with num_classes=0) and imet's head. timm's own forward_head pools
+    (token or average, per model) and applies its pre-logits norms; imet's head follows."""
+
+    def __init__(self, arch: str, body: nn.Module, early: list, num_features: int,
+                 num_classes: int, dropout: float = 0.0, info: dict | None = None):
+        nn.Module.__init__(self)
+        self.arch = arch
+        self.body = body
+        self.early_names = frozenset(early)
+        self._add_head(num_features, num_classes, dropout, info)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_head(self.body.forward_features(x), pre_logits=True)
+
+    def param_groups(self) -> dict:
+        named = list(self.body.named_parameters())
+        return {"early": [p for n, p in named if n in self.early_names],
+                "late": [p for n, p in named if n not in self.early_names],
+                "head": list(self.head.parameters())}
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool = False, weights=None,
@@ -69,4 +93,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False, weights=N
     split = spec.split(body)
     info = {"arch": arch, "num_classes": num_classes, "source": spec.source,
             "weights": str(weights_file) if weights_file else None, **spec.input_settings()}
+    if isinstance(spec, TimmSpec):
+        info["timm"] = spec.record()
+        return TimmNet(arch, body, split.early, split.num_features, num_classes, dropout, info)
     return ImetNet(arch, split.early, split.late, split.num_features, num_classes, dropout, info)

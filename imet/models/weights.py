@@ -16,16 +16,21 @@ from torch import nn
 
 from imet.errors import CheckpointError, UserError
 from imet.models.registry import ARCHS, ArchSpec
+from imet.models.timm_arch import PREFIX as TIMM_PREFIX
+from imet.models.timm_arch import TimmSpec, timm_spec
 from imet.walk import walk_folders
 
 CONNECT_TIMEOUT_S = 3.0
 
 
 def get_spec(arch: str) -> ArchSpec:
+    if arch.startswith(TIMM_PREFIX):
+        return timm_spec(arch)
     try:
         return ARCHS[arch]
     except KeyError:
-        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(sorted(ARCHS))}")
+        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(sorted(ARCHS))}"
+                        f", or any timm model as {TIMM_PREFIX}<name>")
 
 
 def hub_checkpoint_dir() -> Path:
@@ -105,6 +110,10 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     file name, then a download when the network is up (from `mirror`, a base URL, when given).
     Raises one UserError listing every place searched."""
     spec = get_spec(arch)
+    if isinstance(spec, TimmSpec):
+        from imet.models.timm_weights import resolve_timm_weights
+
+        return resolve_timm_weights(spec, explicit, search_roots, allow_download)
     names = spec.filenames()
     if not names:
         raise UserError(f"{arch} has no pretrained weights; train it without --pretrained")
@@ -160,10 +169,16 @@ def load_problem(exc: Exception) -> str:
 
 
 def read_state_dict(path) -> dict:
-    """Tensors of a weights file, loaded with weights_only=True (attached files are untrusted)."""
+    """Tensors of a weights file: safetensors, or torch.load with weights_only=True (attached
+    files are untrusted: nothing is unpickled)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read weights ({load_problem(exc)}); "
                               f"replace the file with an intact copy")
