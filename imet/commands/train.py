@@ -117,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def build_bus(config: TrainConfig):
+def build_bus(config: TrainConfig, request_stop=None):
     from imet.engine.distributed import env_rank
     from imet.engine.events import EventBus
     from imet.notify import build_notifier
@@ -130,7 +130,7 @@ def build_bus(config: TrainConfig):
                    MetricsWriter(config.out, config.input_root),
                    ArtifactWriter(config.out, config.input_root),
                    record_train_subscriber(config.out, config.input_root)]
-    notifier = build_notifier(config.notify, rank=env_rank())
+    notifier = build_notifier(config.notify, rank=env_rank(), request_stop=request_stop)
     if notifier is not None:
         subscribers.append(notifier)
     return EventBus(subscribers)
@@ -140,13 +140,15 @@ def run(args: argparse.Namespace) -> int:
     # The budget counts from the CLI's start: importing torch and reading the data take session
     # time too.
     session_start = getattr(args, "started_monotonic", None) or time.monotonic()
+    from imet.engine.budget import StopRequest
     from imet.engine.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
-    bus = build_bus(config)
+    stop = StopRequest()  # Telegram's /stop asks through it too, as a signal would
+    bus = build_bus(config, stop.request)
     try:
-        result = train(config, bus, session_start=session_start,
+        result = train(config, bus, session_start=session_start, stop=stop,
                        next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
     finally:
         bus.close()

@@ -55,7 +55,8 @@ class TrainResult:
 class Trainer:
     def __init__(self, config: TrainConfig, bus: EventBus, data: RunData,
                  clock: Callable[[], float] = time.monotonic, next_command: str | None = None,
-                 session_start: float | None = None, dist: Distributed | None = None):
+                 session_start: float | None = None, dist: Distributed | None = None,
+                 stop: StopRequest | None = None):
         self.config = config
         self.dist = dist or Distributed(distributed.resolve_device(config.device))
         self.bus = bus
@@ -64,7 +65,7 @@ class Trainer:
         self.clock = clock
         self.next_command = next_command
         self.device = self.dist.device
-        self.stop = StopRequest()
+        self.stop = StopRequest() if stop is None else stop  # falsy until requested
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
         self.session_start = clock()
@@ -342,11 +343,13 @@ class Trainer:
 
 
 def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = time.monotonic,
-          next_command: str | None = None, session_start: float | None = None) -> TrainResult:
+          next_command: str | None = None, session_start: float | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
     """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
 
     `session_start`: when the session began on `clock` (default: now); the time budget counts
-    from there, so start-up work done before this call is not forgotten."""
+    from there, so start-up work done before this call is not forgotten. `stop`: the session's
+    stop request when another part asks for stops too (Telegram's /stop); default: a new one."""
     config.validated()
     dist = None
     try:
@@ -354,7 +357,7 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
         return Trainer(config, bus, data, clock=clock, next_command=next_command,
-                       session_start=session_start, dist=dist).run()
+                       session_start=session_start, dist=dist, stop=stop).run()
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
                  traceback=traceback.format_exc(), user_error=isinstance(err, UserError))
