@@ -66,7 +66,8 @@ HELP = {
     "resume": "auto: newest valid checkpoint of this run in --out and the --input-root "
               "folders; off: start over; or a state-<step>.pt path",
     "notify": "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
-              "IMET_TELEGRAM_CHAT_ID are set) or off",
+              "IMET_TELEGRAM_CHAT_ID are set; the chat's /status, /plot, /stop are answered) "
+              "or off (no messages, no polling)",
     "run_name": "name in reports and notifications (default: ARCH-foldN)",
     "progress_every_s": "seconds between progress lines when the output is not a terminal",
 }
@@ -79,10 +80,10 @@ def _flag(name: str) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one fold: stage 1 trains the head with the body frozen, stage 2 every group with "
-        "discriminative LRs. The full training state is checkpointed; when the time budget or a "
-        "SIGTERM/SIGINT ends the session it saves, writes OUT/HANDOVER.json and exits with code "
-        "75 (run again with --resume auto to continue exactly where it stopped). Flags override "
-        "--config; defaults are shown in brackets.")
+        "discriminative LRs. The full training state is checkpointed; when the time budget, a "
+        "SIGTERM/SIGINT or Telegram's /stop ends the session it saves, writes OUT/HANDOVER.json "
+        "and exits with code 75 (run again with --resume auto to continue exactly where it "
+        "stopped). Flags override --config; defaults are shown in brackets.")
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
