@@ -349,7 +349,7 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
 
     `session_start`: when the session began on `clock` (default: now); the time budget counts
     from there, so start-up work done before this call is not forgotten. `stop`: the session's
-    stop request when another part asks for stops too (Telegram's /stop); default: a new one."""
+    stop request when a subscriber may ask for a stop too (a chat command); default: a new one."""
     config.validated()
     dist = None
     try:

@@ -52,7 +52,9 @@ class UpdateListener:
         self._started = int(time.time() if started is None else started)
         self._offset: int | None = None
         self.stats = {"answered": 0, "ignored_chats": 0, "skipped_old": 0, "failures": 0}
-        logging.getLogger("telegram.Bot").addFilter(_HideUpdates())
+        ptb = logging.getLogger("telegram.Bot")
+        if not any(isinstance(f, _HideUpdates) for f in ptb.filters):
+            ptb.addFilter(_HideUpdates())
 
     async def __call__(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
         try:
@@ -62,6 +64,10 @@ class UpdateListener:
         except Exception as err:  # polling must end quietly, whatever happened
             log.warning("Telegram commands stopped: %s", self._config.scrub(
                 f"{type(err).__name__}: {err}"))
+        finally:
+            if self.stats["ignored_chats"]:
+                log.info("Telegram: %d message(s) from other chats ignored",
+                         self.stats["ignored_chats"])
 
     async def _poll(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
         from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
