@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from imet.notify.messages import esc, fmt_duration, fmt_float, fmt_lr, pack
 

@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable
 
 from imet.notify.bot import quiet_retry_after_deprecation, explain, make_bot
 from imet.notify.config import DEFAULT_API_URL, TelegramConfig, silence_url_loggers
+from imet.notify.loop_wait import LoopWaiter
 from imet.notify.messages import CRITICAL, LOW, Outgoing
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class TelegramSender:
         self._warned: set[str] = set()
         self._listen = listen
         self._listening: asyncio.Task | None = None
-        self._kick: asyncio.Event | None = None
+        self._waiter: LoopWaiter | None = None
         self.stats = {"sent": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
                       "failed": 0, "retries": 0}
 
@@ -166,7 +167,7 @@ class TelegramSender:
         self._loop = loop
         try:
             if self._listen is not None:
-                self._kick = asyncio.Event()
+                self._waiter = LoopWaiter(loop)
                 self._listening = loop.create_task(self._poll())
             while True:
                 pending = self._take()
@@ -203,34 +204,17 @@ class TelegramSender:
                 return self._queue.popleft()
 
     def _wait(self, timeout: float | None) -> None:
-        """Wait on the Condition (held); while listening, run the loop meanwhile instead, with
-        the Condition released so that `submit` never waits for it."""
-        task = self._listening
-        if task is None or task.done():
+        """Wait on the Condition (held); while listening, the loop runs meanwhile."""
+        waiter, task = self._waiter, self._listening
+        if waiter is None or task is None or task.done():
             self._wake.wait(timeout)
-            return
-        self._kick.clear()  # a kick from before this point was seen: the caller checked
-        self._wake.release()
-        try:
-            self._loop.run_until_complete(self._nap(timeout))
-        finally:
-            self._wake.acquire()
-
-    async def _nap(self, timeout: float | None) -> None:
-        try:
-            await asyncio.wait_for(self._kick.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        else:
+            waiter.wait(self._wake, timeout)
 
     def _kick_loop(self) -> None:
-        """Cut the worker's nap short (from any thread); a no-op when not listening."""
-        loop, kick = self._loop, self._kick
-        if kick is None or loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(kick.set)
-        except RuntimeError:  # the loop closed in between: nobody to wake
-            pass
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.wake()
 
     async def _poll(self) -> None:
         await self._listen(self._made_bot(), self.submit)  # the listener says hello itself
