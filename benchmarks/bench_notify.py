@@ -55,16 +55,25 @@ def main() -> None:
     bounded = build_notifier("auto", env=env, progress_every_s=0.0, read_timeout_s=60.0,
                              close_timeout_s=0.5)
     throttled = build_notifier("auto", env=env, read_timeout_s=60.0, close_timeout_s=0.5)
+    # Listening for the chat's commands too: every event is observed, every submit wakes
+    # the loop the long poll runs on.
+    listening = build_notifier("auto", env=env, progress_every_s=0.0, read_timeout_s=60.0,
+                               max_queue=10 ** 7, close_timeout_s=0.5,
+                               request_stop=lambda reason: None)
+    listening_throttled = build_notifier("auto", env=env, read_timeout_s=60.0,
+                                         close_timeout_s=0.5, request_stop=lambda reason: None)
     buses = {"no-op subscriber": noop, "notifier, queue growing": EventBus([every]),
              "notifier, full queue (evicting)": EventBus([bounded]),
-             "notifier, default 15-min throttle": EventBus([throttled])}
+             "notifier, default 15-min throttle": EventBus([throttled]),
+             "listening, queue growing": EventBus([listening]),
+             "listening, default 15-min throttle": EventBus([listening_throttled])}
     for bus in buses.values():  # warm-up: imports, first allocations
         per_event_us(bus, 200)
     results = {name: min(per_event_us(bus, args.events) for _ in range(3))
                for name, bus in buses.items()}
     for name, micros in results.items():
         print(f"{name:36s} {micros:8.2f} us/event")
-    for notifier in (every, bounded, throttled):
+    for notifier in (every, bounded, throttled, listening, listening_throttled):
         notifier.close()
     silent.close()
     extra = results["notifier, queue growing"] - results["no-op subscriber"]

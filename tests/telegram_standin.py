@@ -5,7 +5,11 @@ Scenarios (`server.scenario`, applied to the next `server.count` requests, then 
 count None = for good; `only` limits it to some Bot API methods): "ok", "429" (flood
 control with `retry_after`), "500", "hang" (no answer until the server stops), "403" (bot
 blocked), "401" (bad token), "chat_not_found", "bad_html" (Telegram's HTML parser refuses
-the text). A connection refused needs no server: `refused_url()`."""
+the text). A connection refused needs no server: `refused_url()`.
+
+getUpdates behaves like Telegram's: `push()` queues an incoming message; a call returns the
+queued updates from `offset` on, or waits up to its `timeout` for one; an offset confirms
+(forgets) every update below it, a negative one keeps only the last -offset."""
 from __future__ import annotations
 
 import json
@@ -56,6 +60,10 @@ class TelegramStandin:
         self._lock = threading.Lock()
         self._release = threading.Event()
         self._message_id = 0
+        self._updates: list[dict] = []
+        self._update_id = 700
+        self.confirmed = 0                  # every update_id below this is acknowledged
+        self._arrived = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -71,6 +79,8 @@ class TelegramStandin:
 
     def __exit__(self, *exc) -> None:
         self._release.set()
+        with self._arrived:
+            self._arrived.notify_all()
         self._server.shutdown()
         self._server.server_close()
 
@@ -79,12 +89,46 @@ class TelegramStandin:
         with self._lock:
             self.scenario, self.count, self.only = scenario, count, only
 
+    def push(self, text: str, chat_id: int = 99, date: float | None = None) -> int:
+        """An incoming message from `chat_id`, sent at `date` (default now); its update_id."""
+        with self._arrived:
+            self._update_id += 1
+            self._message_id += 1
+            self._updates.append({"update_id": self._update_id, "message": {
+                "message_id": self._message_id, "date": int(time.time() if date is None
+                                                            else date),
+                "chat": {"id": chat_id, "type": "private"}, "text": text,
+                "from": {"id": chat_id, "is_bot": False, "first_name": "user"}}})
+            self._arrived.notify_all()
+            return self._update_id
+
+    def pending(self) -> list[int]:
+        """update_ids not yet acknowledged."""
+        with self._lock:
+            return [u["update_id"] for u in self._updates]
+
+    def replies(self, chat_id: int | None = None) -> list[str]:
+        """Texts and captions of the delivered messages (to `chat_id` when given)."""
+        return [r.params.get("text", r.params.get("caption", "")) for r in self.sent()
+                if r.method in ("sendMessage", "sendPhoto")
+                and (chat_id is None or str(r.params.get("chat_id")) == str(chat_id))]
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        """Poll `predicate()` until true or `timeout` seconds passed."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return bool(predicate())
+
     def methods(self, status: int | None = 200) -> list[str]:
         return [r.method for r in self.requests if status is None or r.status == status]
 
     def sent(self) -> list[Recorded]:
         """Delivered sendMessage/sendPhoto requests, in order."""
-        return [r for r in self.requests if r.status == 200 and r.method != "getMe"]
+        return [r for r in self.requests if r.status == 200
+                and r.method not in ("getMe", "getUpdates")]
 
     def _current(self, method: str) -> str:
         with self._lock:
@@ -109,7 +153,26 @@ class TelegramStandin:
             return status, json.loads(text.replace("{retry_after}", str(self.retry_after)))
         return 200, {"ok": True, "result": self._result(method, params)}
 
-    def _result(self, method: str, params: dict) -> dict:
+    def _get_updates(self, params: dict) -> list[dict]:
+        offset = int(params.get("offset") or 0)
+        limit = int(params.get("limit") or 100)
+        end = time.monotonic() + float(params.get("timeout") or 0)
+        with self._arrived:
+            if offset < 0:
+                self._updates = self._updates[offset:]
+            elif offset:
+                self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                self.confirmed = max(self.confirmed, offset)
+            while not self._updates and not self._release.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+            return list(self._updates[:limit])
+
+    def _result(self, method: str, params: dict):
+        if method == "getUpdates":
+            return self._get_updates(params)
         if method == "getMe":
             return {"id": 123456789, "is_bot": True, "first_name": "imet stand-in",
                     "username": "imet_standin_bot"}
@@ -170,7 +233,10 @@ def _handler_for(standin: TelegramStandin):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a close)
+                self.close_connection = True
 
         do_GET = do_POST  # noqa: N815
 

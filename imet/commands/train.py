@@ -69,7 +69,8 @@ HELP = {
     "resume": "auto: newest valid checkpoint of this run in --out and the --input-root "
               "folders; off: start over; or a state-<step>.pt path",
     "notify": "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
-              "IMET_TELEGRAM_CHAT_ID are set) or off",
+              "IMET_TELEGRAM_CHAT_ID are set; the chat's /status, /plot, /stop are answered) "
+              "or off (no messages, no polling)",
     "run_name": "name in reports and notifications (default: ARCH-foldN)",
     "progress_every_s": "seconds between progress lines when the output is not a terminal",
 }
@@ -82,10 +83,10 @@ def _flag(name: str) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one fold: stage 1 trains the head with the body frozen, stage 2 every group with "
-        "discriminative LRs. The full training state is checkpointed; when the time budget or a "
-        f"SIGTERM/SIGINT ends the session it saves, writes OUT/{HANDOVER} and exits with code "
-        f"{HANDED_OVER} (run again with --resume auto to continue exactly where it stopped). "
-        "Flags override --config; defaults are shown in brackets.")
+        "discriminative LRs. The full training state is checkpointed; when the time budget, a "
+        f"SIGTERM/SIGINT or Telegram's /stop ends the session it saves, writes OUT/{HANDOVER} "
+        f"and exits with code {HANDED_OVER} (run again with --resume auto to continue exactly "
+        "where it stopped). Flags override --config; defaults are shown in brackets.")
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
@@ -120,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def build_bus(config: TrainConfig):
+def build_bus(config: TrainConfig, request_stop=None):
     from imet.engine.distributed import env_rank
     from imet.engine.events import EventBus
     from imet.notify import build_notifier
@@ -131,7 +132,7 @@ def build_bus(config: TrainConfig):
     inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
     subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s),
                    record_train_subscriber(config.out, inputs)]
-    notifier = build_notifier(config.notify, rank=env_rank())
+    notifier = build_notifier(config.notify, rank=env_rank(), request_stop=request_stop)
     if notifier is not None:
         subscribers.append(notifier)
     return EventBus(subscribers)
@@ -141,13 +142,15 @@ def run(args: argparse.Namespace) -> int:
     # The budget counts from the CLI's start: importing torch and reading the data take session
     # time too.
     session_start = getattr(args, "started_monotonic", None) or time.monotonic()
+    from imet.engine.budget import StopRequest
     from imet.engine.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
-    bus = build_bus(config)
+    stop = StopRequest()  # Telegram's /stop asks through it too, as a signal would
+    bus = build_bus(config, stop.request)
     try:
-        result = train(config, bus, session_start=session_start,
+        result = train(config, bus, session_start=session_start, stop=stop,
                        next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
     finally:
         bus.close()

@@ -28,7 +28,8 @@ def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoi
           total_steps: int) -> Path:
     what = {"budget": "the session's time budget would not fit the next unit of work plus a "
                       "save",
-            "session-steps": "the session ran its --session-steps"}.get(
+            "session-steps": "the session ran its --session-steps",
+            "telegram": "its owner sent /stop from Telegram"}.get(
         reason, f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
     data = {"status": "handover", "reason": reason, "what_happened": f"stopped at step {step} "
             f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "

@@ -55,11 +55,13 @@ class TrainResult:
 
 
 def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = time.monotonic,
-          next_command: str | None = None, session_start: float | None = None) -> TrainResult:
+          next_command: str | None = None, session_start: float | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
     """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
 
     `session_start`: when the session began on `clock` (default: now); the time budget counts
-    from there, so start-up work done before this call is not forgotten."""
+    from there, so start-up work done before this call is not forgotten. `stop`: the session's
+    stop request when a subscriber may ask for a stop too (a chat command); default: a new one."""
     config.validated()
     dist = None
     try:
@@ -67,7 +69,7 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
         return Trainer(config, bus, data, clock=clock, next_command=next_command,
-                       session_start=session_start, dist=dist).run()
+                       session_start=session_start, dist=dist, stop=stop).run()
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
                  traceback=traceback.format_exc(), user_error=isinstance(err, UserError))
@@ -80,7 +82,8 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
 class Trainer:
     def __init__(self, config: TrainConfig, bus: EventBus, data: RunData,
                  clock: Callable[[], float] = time.monotonic, next_command: str | None = None,
-                 session_start: float | None = None, dist: SingleProcess | None = None):
+                 session_start: float | None = None, dist: SingleProcess | None = None,
+                 stop: StopRequest | None = None):
         self.config = config
         self.fingerprint = config.fingerprint()
         self.dist = dist or SingleProcess(resolve_device(config.device))
@@ -90,7 +93,7 @@ class Trainer:
         self.out = Path(config.out)
         self.clock = clock
         self.next_command = next_command
-        self.stop = StopRequest()
+        self.stop = StopRequest() if stop is None else stop  # falsy until requested
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
         self.last_save_at, self.last_save_step = clock(), -1

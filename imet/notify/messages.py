@@ -196,7 +196,8 @@ def checkpoint(data: dict, run_name: str | None = None) -> list[str]:
 
 def handover(data: dict, run_name: str | None = None) -> list[str]:
     reason = {"budget": "the session time budget is spent",
-              "signal": "the kernel was asked to stop"}.get(data.get("reason"),
+              "signal": "the kernel was asked to stop",
+              "telegram": "/stop from this chat"}.get(data.get("reason"),
                                                             esc(data.get("reason")))
     lines = [f"⏸ {_run_label(data, run_name)} handing over: {reason}",
              f"state saved at step {esc(data.get('step'))}: "

@@ -8,7 +8,12 @@ event loop and one `telegram.Bot`; the training thread only appends to a deque u
 bounds everything, an in-flight request included (it is cancelled).
 
 No library does this part: PTB's own rate limiter and retry logic live in telegram.ext's
-Application, which wants to own the process's event loop and polling; we only send."""
+Application, which wants to own the process's event loop and polling.
+
+`listen` (an UpdateListener, for the train command) runs as a task on the same loop: while an
+item is being sent the loop runs anyway, and while the worker would wait the loop runs a nap
+that `submit` and `close` cut short, so the long poll always progresses and never delays a
+message or the close bound."""
 from __future__ import annotations
 
 import asyncio
@@ -18,10 +23,11 @@ import threading
 import time
 from collections import deque
 from datetime import timedelta
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from imet.notify.bot import quiet_retry_after_deprecation, explain, make_bot
 from imet.notify.config import DEFAULT_API_URL, TelegramConfig, silence_url_loggers
+from imet.notify.loop_wait import LoopWaiter
 from imet.notify.messages import CRITICAL, LOW, Outgoing
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,9 @@ class TelegramSender:
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 10.0,
                  max_queue: int = 64, max_attempts: int = 3, backoff_s: float = 2.0,
                  breaker_threshold: int = 5, breaker_cooldown_s: float = 300.0,
-                 max_retry_after_s: float = 120.0, close_timeout_s: float = 10.0):
+                 max_retry_after_s: float = 120.0, close_timeout_s: float = 10.0,
+                 listen: Callable[[Any, Callable[[Outgoing], bool]], Awaitable[None]]
+                 | None = None):
         self._config = config
         self._min_interval = float(min_interval_s)
         self._connect_timeout = float(connect_timeout_s)
@@ -68,6 +76,9 @@ class TelegramSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bot: Any = None
         self._warned: set[str] = set()
+        self._listen = listen
+        self._listening: asyncio.Task | None = None
+        self._waiter: LoopWaiter | None = None
         self.stats = {"sent": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
                       "failed": 0, "retries": 0}
 
@@ -99,6 +110,7 @@ class TelegramSender:
                 return False
             self._queue.append(_Pending(item))
             self._wake.notify()
+        self._kick_loop()
         return True
 
     def _make_room(self, item: Outgoing) -> bool:
@@ -132,6 +144,7 @@ class TelegramSender:
                     self._queue.remove(pending)
                 self.stats["dropped_close"] += len(stale)
             self._wake.notify_all()
+        self._kick_loop()
         self._thread.join(max(0.0, self._deadline - time.monotonic()))
         if self._thread.is_alive():
             self._cancel_inflight()
@@ -153,6 +166,9 @@ class TelegramSender:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
+            if self._listen is not None:
+                self._waiter = LoopWaiter(loop)
+                self._listening = loop.create_task(self._poll())
             while True:
                 pending = self._take()
                 if pending is None:
@@ -175,7 +191,7 @@ class TelegramSender:
                 if not self._queue:
                     if self._closing:
                         return None
-                    self._wake.wait()
+                    self._wait(None)
                     continue
                 ready_at = self._not_before
                 if now < self._breaker_until and not self._closing:
@@ -183,9 +199,25 @@ class TelegramSender:
                 if ready_at > now:
                     if self._closing and ready_at >= self._deadline:
                         return None
-                    self._wake.wait(min(ready_at, self._deadline) - now)
+                    self._wait(min(ready_at, self._deadline) - now)
                     continue
                 return self._queue.popleft()
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait on the Condition (held); while listening, the loop runs meanwhile."""
+        waiter, task = self._waiter, self._listening
+        if waiter is None or task is None or task.done():
+            self._wake.wait(timeout)
+        else:
+            waiter.wait(self._wake, timeout)
+
+    def _kick_loop(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.wake()
+
+    async def _poll(self) -> None:
+        await self._listen(self._made_bot(), self.submit)  # the listener says hello itself
 
     def _requeue(self, pending: _Pending, delay: float) -> None:
         with self._wake:
@@ -298,15 +330,22 @@ class TelegramSender:
             await bot.send_message(self._chat_id, item.text, parse_mode=mode,
                                    link_preview_options=LinkPreviewOptions(is_disabled=True))
 
-    async def _ready_bot(self) -> Any:
+    def _made_bot(self) -> Any:
         if self._bot is None:
             self._bot = make_bot(self._config, self._connect_timeout, self._read_timeout)
+        return self._bot
+
+    async def _ready_bot(self) -> Any:
         # getMe once: a wrong token is found before the first real message.
-        await self._bot.initialize()
+        await self._made_bot().initialize()
         return self._bot
 
     def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
+            if self._listening is not None:
+                self._listening.cancel()
+                wait = min(max(0.05, self._deadline - time.monotonic()), 2.0)
+                loop.run_until_complete(asyncio.wait([self._listening], timeout=wait))
             left = self._deadline - time.monotonic()
             if self._bot is not None and left > 0.05:
                 loop.run_until_complete(asyncio.wait_for(self._bot.shutdown(), min(left, 2.0)))

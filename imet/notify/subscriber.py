@@ -32,13 +32,14 @@ def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
 
 class TelegramNotifier:
     """EventBus subscriber. `sender` is anything with `submit(Outgoing)` and
-    `close(timeout)` (a TelegramSender in practice)."""
+    `close(timeout)` (a TelegramSender in practice); `commands`: the RunCommands the chat's
+    commands are answered from, fed every event here."""
 
     def __init__(self, sender: Any, *, kernel: str | None = None,
                  progress_every_s: float = 900.0, plot_every_s: float = 3600.0,
                  send_plots: bool = True, send_checkpoints: bool = False,
                  plot_renderer: Callable[[list[dict]], bytes] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, commands: Any = None):
         self.sender = sender
         self.kernel = kernel
         self.progress_every_s = float(progress_every_s)
@@ -52,6 +53,7 @@ class TelegramNotifier:
         self._last_progress = clock()
         self._last_plot = float("-inf")
         self._failed_once = False
+        self.commands = commands
 
     def __repr__(self) -> str:
         return f"TelegramNotifier(run={self._run_name!r})"
@@ -66,6 +68,11 @@ class TelegramNotifier:
                             type(err).__name__, err)
 
     def _handle(self, kind: str, data: dict) -> None:
+        if self.commands is not None:
+            self.commands.observe(kind, data)
+            asked = self.commands.take_plot()
+            if asked is not None:  # /plot: rendered here, matplotlib stays off the worker
+                self._send_plot("evaluation", asked, NORMAL, forced=True)
         if kind == "run_start":
             self._run_name = data.get("run_name") or self._run_name
             if not data.get("kernel") and self.kernel:
@@ -95,9 +102,9 @@ class TelegramNotifier:
         elif kind == "finish":
             self._send_plot(kind, data, CRITICAL)
 
-    def _send_plot(self, kind: str, data: dict, priority: int) -> None:
+    def _send_plot(self, kind: str, data: dict, priority: int, forced: bool = False) -> None:
         history = data.get("history") or []
-        if not self.send_plots or len(history) < 1:
+        if not (self.send_plots or forced) or len(history) < 1:
             return
         renderer = self._plot_renderer()
         if renderer is None:
