@@ -44,7 +44,7 @@ def trained(mini_data, local_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("kaggle") / "trainer"
     inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset}
     return run_chain(KERNELS / "trainer", inputs, out, 600, 5,
-                     env(TRAIN_ARGS + " --session-steps 50"))
+                     env(TRAIN_ARGS + " --session-steps 50"), accelerator="none")
 
 
 def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, tmp_path):
@@ -74,12 +74,12 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
     base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
             "imet-trainer": trainer_out}
     validation = run_session(KERNELS / "validation", base, tmp_path / "v", 1, 600,
-                             env(EVAL_ARGS))
+                             env(EVAL_ARGS), accelerator="none")
     assert validation.ok, validation.log.read_text()[-3000:]
     assert (validation.output / "thresholds.json").is_file()
     inference = run_session(KERNELS / "inference",
                             {**base, "imet-validation": validation.output}, tmp_path / "i", 1,
-                            600, env(EVAL_ARGS))
+                            600, env(EVAL_ARGS), accelerator="none")
     log = inference.log.read_text()
     assert inference.ok, log[-3000:]
     assert "internet off (unshare -n)" in log.splitlines()[0]
@@ -93,14 +93,14 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
 
 def test_missing_inputs_are_named(mini_data, local_dataset, tmp_path):
     no_data = run_session(KERNELS / "trainer", {"imet-src": local_dataset}, tmp_path / "t", 1,
-                          600, env(TRAIN_ARGS))
+                          600, env(TRAIN_ARGS), accelerator="none")
     text = no_data.log.read_text()
     assert no_data.exit_code == 2 and "imet-2019-fgvc6" in text and "Traceback" not in text
     no_runs = run_session(KERNELS / "inference", {"imet-2019-fgvc6": mini_data,
                                                   "imet-src": local_dataset},
-                          tmp_path / "i", 1, 600, env(EVAL_ARGS))
+                          tmp_path / "i", 1, 600, env(EVAL_ARGS), accelerator="none")
     text = no_runs.log.read_text()
     assert no_runs.exit_code == 2 and "model.pt" in text and "Traceback" not in text
     no_source = run_session(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data}, tmp_path / "n",
-                            1, 600, env(TRAIN_ARGS))
+                            1, 600, env(TRAIN_ARGS), accelerator="none")
     assert no_source.exit_code != 0 and "imet-src" in no_source.log.read_text()

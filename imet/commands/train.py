@@ -144,6 +144,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
+    # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
+    # fail at the first CUDA operation: refused before anything is built.
+    from imet.errors import UserError
+    from imet.kaggle.gpu import device_problem
+    problem = device_problem(config.device)
+    if problem:
+        raise UserError(problem)
     bus = build_bus(config)
     try:
         result = train(config, bus, session_start=session_start,

@@ -75,3 +75,12 @@ def find_run_dirs(root: Path | None = None) -> list[Path]:
     """Folders holding a trained model (model.pt), e.g. attached trainer outputs."""
     root = input_root() if root is None else root
     return find_folders_with(root, "model.pt")
+
+
+HANDOVER = "HANDOVER.json"
+
+
+def find_previous_output(root: Path | None = None) -> list[Path]:
+    """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json."""
+    root = input_root() if root is None else root
+    return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
