@@ -40,11 +40,11 @@ class Report:
         self.lines.append(f"{name + ':':<18}{value}")
 
 
-def doctor_flags(kernel_args: list[str]) -> list[str]:
+def doctor_flags(kernel_args: list[str], default_arch: str | None = None) -> list[str]:
     """The flags doctor judges (arch, weights, device; Telegram: auto unless turned off),
     picked from a kernel's arguments for its imet command, as doctor flags."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--arch")
+    parser.add_argument("--arch", default=default_arch)
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device")
     parser.add_argument("--notify", default="auto")
@@ -88,12 +88,13 @@ def _gib(n: float) -> str:
 
 
 def _check_gpus(s: Settings, report: Report) -> None:
+    import torch
+
     from imet.kaggle import gpu
     for name, value in gpu.build_info().items():
         report.add(name, value)
     available, driver = gpu.cuda_available()
-    gpus = [gpu.inspect(i) for i in range(__import__("torch").cuda.device_count())] \
-        if available else []
+    gpus = [gpu.inspect(i) for i in range(torch.cuda.device_count())] if available else []
     for g in gpus:
         report.add(f"GPU {g.index}", f"{g.name}, {g.sm}, {g.memory_gib:.1f} GiB, kernels "
                    f"{'yes' if g.kernels else 'NO'}, fp16 autocast {g.fp16}, bf16 {g.bf16}")

@@ -59,20 +59,23 @@ def _carry_previous_output(previous: Path, work: Path) -> None:
         copy(item, work / item.name)
 
 
-def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str]) -> int:
+def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str],
+           arch: str | None = None) -> int:
     """`imet doctor` as a session's first step, in a process of its own (CUDA stays out of the
     kernel's process): non-zero when the session cannot do its job, said in one line per
-    problem and sent to Telegram."""
+    problem and sent to Telegram. `arch`: the one trained when the arguments name none."""
     from imet.kaggle.doctor import doctor_flags
     asked = ["--accelerator", accelerator] if accelerator is not None else []
     return run_step(_imet("doctor", "--data", data, "--input-root", input_root(), "--out",
-                          working_dir(), "--kernel", kernel, *asked, *doctor_flags(kernel_args)))
+                          working_dir(), "--kernel", kernel, *asked,
+                          *doctor_flags(kernel_args, arch)))
 
 
 def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5,
             accelerator: str | None = None) -> int:
     data = find_competition_data()
-    code = doctor("trainer", data, accelerator, train_args)
+    from imet.engine.config import TrainConfig
+    code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
     if code:
         return code
     work = working_dir()
