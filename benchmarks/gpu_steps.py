@@ -215,9 +215,18 @@ def imet_command(*args, launcher=None, env=None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
+def final_weights(run: Path) -> dict:
+    """The model tensors of the run's newest training state (the end of the run: model.pt is
+    the best evaluation's, which a tie could pick differently)."""
+    from imet.engine.checkpoint import checkpoint_dir, list_generations
+    (_, path), *_ = list_generations(checkpoint_dir(run))
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
 def model_difference(a: Path, b: Path) -> float:
-    first = torch.load(a / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
-    second = torch.load(b / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    first, second = final_weights(a), final_weights(b)
+    if first.keys() != second.keys():
+        raise RuntimeError(f"{a} and {b} hold different models")
     return max(float((first[k].double() - second[k].double()).abs().max()) for k in first)
 
 
