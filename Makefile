@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQ_FILES := setup.py Makefile
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# The CUDA lines, once, on a GPU machine (about 5 minutes); refuses with exit 2 without CUDA.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo dist build *.egg-info

@@ -18,6 +18,7 @@ from imet.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "the whole Kaggle flow on mini-iMet in the local emulator (make demo)"),
     "mini-imet": ("mini_imet", "write the embedded mini-iMet data set (competition layout)"),
+    "doctor": ("doctor", "can this session train as configured? GPUs, torch build, disk, inputs, Telegram"),
     "check-data": ("check_data", "list every problem in a competition folder (CSVs, images, folds)"),
     "folds": ("folds", "multilabel-stratified cross-validation folds -> folds.csv"),
     "score": ("score", "F2 of a submission-format CSV against the true labels"),

@@ -163,3 +163,19 @@ def test_cli_with_relative_paths_as_the_readme_writes_them(tmp_path, data_input)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = (tmp_path / "emu" / "probe" / "v1" / "log.txt").read_text()
     assert "input hello" in log and "input-read-only" in log
+
+
+def test_session_log_names_the_accelerator_asked_for(tmp_path):
+    code = "ACCELERATOR = 'none'\nprint('script asks for', ACCELERATOR)\n"
+    kernel = make_kernel(tmp_path / "k", code)
+    meta = json.loads((kernel / "kernel-metadata.json").read_text())
+    (kernel / "kernel-metadata.json").write_text(json.dumps({**meta, "enable_gpu": True,
+                                                             "machine_shape": "NvidiaTeslaT4"}))
+    default = run_session(kernel, {}, tmp_path / "a", 1, time_limit=60)
+    assert "accelerator NvidiaTeslaT4" in default.log.read_text().splitlines()[0]
+    assert "script asks for NvidiaTeslaT4" in default.log.read_text()
+    override = run_session(kernel, {}, tmp_path / "b", 1, time_limit=60, accelerator="nvidiah100")
+    assert "accelerator NvidiaH100" in override.log.read_text().splitlines()[0]
+    assert "script asks for NvidiaH100" in override.log.read_text()
+    with pytest.raises(UserError, match="NvidiaTeslaT4"):
+        run_session(kernel, {}, tmp_path / "c", 1, time_limit=60, accelerator="K80")

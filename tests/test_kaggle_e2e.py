@@ -19,6 +19,8 @@ import torch
 
 from imet.kaggle.emulator import run_chain, run_session
 
+from telegram_standin import TelegramStandin
+
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")]
 
@@ -44,7 +46,7 @@ def trained(mini_data, local_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("kaggle") / "trainer"
     inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset}
     return run_chain(KERNELS / "trainer", inputs, out, 600, 5,
-                     env(TRAIN_ARGS + " --session-steps 50"))
+                     env(TRAIN_ARGS + " --session-steps 50"), accelerator="none")
 
 
 def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, tmp_path):
@@ -74,12 +76,12 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
     base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
             "imet-trainer": trainer_out}
     validation = run_session(KERNELS / "validation", base, tmp_path / "v", 1, 600,
-                             env(EVAL_ARGS))
+                             env(EVAL_ARGS), accelerator="none")
     assert validation.ok, validation.log.read_text()[-3000:]
     assert (validation.output / "thresholds.json").is_file()
     inference = run_session(KERNELS / "inference",
                             {**base, "imet-validation": validation.output}, tmp_path / "i", 1,
-                            600, env(EVAL_ARGS))
+                            600, env(EVAL_ARGS), accelerator="none")
     log = inference.log.read_text()
     assert inference.ok, log[-3000:]
     assert "internet off (unshare -n)" in log.splitlines()[0]
@@ -93,14 +95,39 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
 
 def test_missing_inputs_are_named(mini_data, local_dataset, tmp_path):
     no_data = run_session(KERNELS / "trainer", {"imet-src": local_dataset}, tmp_path / "t", 1,
-                          600, env(TRAIN_ARGS))
+                          600, env(TRAIN_ARGS), accelerator="none")
     text = no_data.log.read_text()
     assert no_data.exit_code == 2 and "imet-2019-fgvc6" in text and "Traceback" not in text
     no_runs = run_session(KERNELS / "inference", {"imet-2019-fgvc6": mini_data,
                                                   "imet-src": local_dataset},
-                          tmp_path / "i", 1, 600, env(EVAL_ARGS))
+                          tmp_path / "i", 1, 600, env(EVAL_ARGS), accelerator="none")
     text = no_runs.log.read_text()
     assert no_runs.exit_code == 2 and "model.pt" in text and "Traceback" not in text
     no_source = run_session(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data}, tmp_path / "n",
-                            1, 600, env(TRAIN_ARGS))
+                            1, 600, env(TRAIN_ARGS), accelerator="none")
     assert no_source.exit_code != 0 and "imet-src" in no_source.log.read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPU")
+def test_trainer_that_asked_for_a_gpu_and_got_none_stops_at_once(mini_data, local_dataset,
+                                                                 tmp_path):
+    """The template asks for GPU T4 x2; on this CPU machine its doctor stops the session in its
+    first minute, before the folds and any data loading, and tells Telegram."""
+    token = "555666777:AAEkernelDoctorTokenNeverPrinted_0123"
+    with TelegramStandin() as server:
+        session = run_session(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data,
+                                                    "imet-src": local_dataset},
+                              tmp_path / "t", 1, 600,
+                              {"IMET_KERNEL_ARGS": TRAIN_ARGS.replace("--notify off", ""),
+                               "IMET_TELEGRAM_TOKEN": token, "IMET_TELEGRAM_CHAT_ID": "5",
+                               "IMET_TELEGRAM_API_URL": server.api_url})
+        sent = server.sent()
+    log = session.log.read_text()
+    assert "accelerator NvidiaTeslaT4" in log.splitlines()[0]
+    assert session.exit_code == 2 and session.seconds < 60, log[-3000:]
+    assert "imet doctor: error: asked for a GPU (NvidiaTeslaT4) but this session has none" in log
+    assert "Traceback" not in log and token.split(":")[1] not in log
+    assert not (session.output / "folds.csv").exists() and "imet folds" not in log
+    assert "imet train" not in log
+    (message,) = sent
+    assert message.params["text"].startswith("❌") and "has none" in message.params["text"]

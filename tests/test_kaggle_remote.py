@@ -16,12 +16,16 @@ KAGGLE = str(Path(sys.executable).parent / "kaggle")
 TRAINER = f"{USER}/imet-trainer"
 
 
+def render(out, *extra):
+    return subprocess.run([sys.executable, "-m", "imet", "kaggle", "render", "--owner", USER,
+                           "--kernels", str(REPO / "kernels"), "--out", str(out), *extra],
+                          capture_output=True, text=True, cwd=REPO)
+
+
 @pytest.fixture
 def rendered(tmp_path):
     out = tmp_path / "dist" / "kernels"
-    proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "render", "--owner", USER,
-                           "--kernels", str(REPO / "kernels"), "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = render(out)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -44,11 +48,42 @@ def test_real_client_pushes_the_rendered_kernels(standin, rendered, tmp_path, ke
     (body,) = standin.kernels[f"{USER}/imet-{kernel}"]
     assert body["language"] == "python" and body["kernelType"] == "script"
     assert body["isPrivate"] is True and body["enableGpu"] is True
+    assert body["machineShape"] == "NvidiaTeslaT4"
     assert body["enableInternet"] is (kernel != "inference")
     assert body["datasetDataSources"] == [f"{USER}/imet-src", f"{USER}/imet-weights"]
     assert body["competitionDataSources"] == ["imet-2019-fgvc6"]
     assert f"{USER}/imet-trainer" in body["kernelDataSources"]
-    assert body["text"] == (REPO / "kernels" / kernel / f"{kernel}.py").read_text()
+    assert body["text"] == (rendered / kernel / f"{kernel}.py").read_text()
+    assert "ACCELERATOR = 'NvidiaTeslaT4'" in body["text"]
+
+
+def test_render_accelerator_for_all_and_per_kernel(standin, tmp_path):
+    out = tmp_path / "k"
+    proc = render(out, "--accelerator", "nvidial4", "--accelerator", "inference=none")
+    assert proc.returncode == 0, proc.stderr
+    for kernel in ("trainer", "inference"):
+        pushed = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p", str(out / kernel))
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    (trainer,) = standin.kernels[TRAINER]
+    assert trainer["machineShape"] == "NvidiaL4" and trainer["enableGpu"] is True
+    assert "ACCELERATOR = 'NvidiaL4'" in trainer["text"]
+    (inference,) = standin.kernels[f"{USER}/imet-inference"]
+    assert not inference.get("machineShape") and not inference.get("enableGpu")
+    assert "ACCELERATOR = 'none'" in inference["text"]
+
+
+def test_render_warns_of_a_retired_shape_and_refuses_an_unknown_one(tmp_path):
+    proc = render(tmp_path / "k", "--accelerator", "NvidiaTeslaP100")
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = proc.stderr.strip().splitlines()
+    assert "NvidiaTeslaP100 is retired" in warning and "NvidiaTeslaT4" in warning
+    meta = json.loads((tmp_path / "k" / "trainer" / "kernel-metadata.json").read_text())
+    assert meta["machine_shape"] == "NvidiaTeslaP100"  # pushed as asked, as the client does
+    for bad in ("K80", "trainer=", "predictor=NvidiaL4"):
+        proc = render(tmp_path / "bad", "--accelerator", bad)
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and line.startswith("imet kaggle: error: --accelerator")
+    assert "NvidiaTeslaT4" in render(tmp_path / "bad", "--accelerator", "K80").stderr
 
 
 def chain(standin, tmp_path, rendered, *extra):
@@ -72,6 +107,11 @@ def test_chain_pushes_again_while_the_run_hands_over(standin, rendered, tmp_path
     proc = chain(standin, tmp_path, rendered, "--max-sessions", "5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(standin.kernels[TRAINER]) == 3
+    metadata = json.loads((rendered / "trainer" / "kernel-metadata.json").read_text())
+    script = (rendered / "trainer" / "trainer.py").read_text()
+    for body in standin.kernels[TRAINER]:  # exactly what render wrote, every session
+        assert body["machineShape"] == metadata["machine_shape"] == "NvidiaTeslaT4"
+        assert body["text"] == script and body["enableGpu"] is metadata["enable_gpu"]
     out = tmp_path / "chain"
     assert (out / "v1" / "HANDOVER.json").is_file() and not (out / "v3" / "HANDOVER.json").exists()
     assert json.loads((out / "v3" / "run.json").read_text())["status"] == "finished"

@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     _step("3. the source dataset: imet + pinned wheels for this interpreter",
           [sys.executable, "packaging/build_dataset.py", "--out", str(dataset), "--owner", "demo",
            "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"])
-    inputs = ["--input", f"imet-2019-fgvc6={data}", "--input", f"imet-src={dataset}"]
+    # On CPU on purpose: the kernels ask Kaggle for GPU T4 x2, and their doctor stops a session
+    # that asked for a GPU and got none.
+    inputs = ["--input", f"imet-2019-fgvc6={data}", "--input", f"imet-src={dataset}",
+              "--accelerator", "none"]
     _step("4. trainer kernel, chained across short sessions",
           _imet("kaggle", "run", "kernels/trainer", *inputs, "--time-limit", args.session_limit,
                 "--chain", args.max_sessions, "--out", kaggle / "trainer"),

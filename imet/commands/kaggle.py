@@ -24,6 +24,24 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
+    """kernel name -> accelerator from `--accelerator [KERNEL=]NAME` values (later ones win);
+    a retired name is accepted with one warning line, as the kaggle client does."""
+    from imet.kaggle import accelerators
+    chosen: dict[str, str] = {}
+    for text in given:
+        kernel, sep, name = text.rpartition("=")
+        if sep and kernel not in kernels:
+            raise UserError(f"--accelerator {text!r}: no kernel {kernel!r}; the kernels are "
+                            f"{', '.join(kernels)}")
+        name = accelerators.canonical(name)
+        warning = accelerators.retired_warning(name)
+        if warning:
+            print(f"imet kaggle render: {warning}", file=sys.stderr)
+        chosen.update({k: name for k in ([kernel] if sep else kernels)})
+    return chosen
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION")
     sub.required = True
@@ -45,6 +63,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--python", default=sys.executable, metavar="EXE",
                      help="interpreter that runs the kernel, standing in for Kaggle's image "
                      "(default: this one; the kernel's bootstrap installs into it)")
+    run.add_argument("--accelerator", metavar="NAME",
+                     help="ask for this machine_shape instead of the metadata's, as `kaggle "
+                     "kernels push --accelerator` does (none: a CPU); the session still runs "
+                     "on this machine, so a GPU asked for on a machine without one is refused "
+                     "by the kernel's doctor")
     chain = sub.add_parser("chain", help="train across Kaggle sessions: push, wait, push again",
                            description="Push a rendered kernel folder with the kaggle client, "
                            f"wait for the session to end, fetch its small outputs ({HANDOVER}, "
@@ -60,12 +83,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="seconds between status polls (default 60)")
     render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
                             description="Copy kernels/<name> to OUT/<name> with {owner} replaced "
-                            "in kernel-metadata.json, ready for `kaggle kernels push -p`.")
+                            "in kernel-metadata.json and the accelerator asked for in its "
+                            "machine_shape (and the script's ACCELERATOR line), ready for "
+                            "`kaggle kernels push -p` and `kaggle chain`.")
     render.add_argument("--owner", required=True, help="your Kaggle user name")
     render.add_argument("--kernels", type=Path, default=Path("kernels"),
                         help="folder of kernel templates (default kernels)")
     render.add_argument("--out", type=Path, default=Path("dist/kernels"),
                         help="where to write them (default dist/kernels)")
+    render.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
+                        help="machine_shape of every kernel, or of one (trainer=NvidiaL4; "
+                        "repeatable): NvidiaTeslaT4 (GPU T4 x2, the default), NvidiaL4, "
+                        "NvidiaTeslaA100, NvidiaH100, TpuV5E8, or none for a CPU")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,18 +104,20 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
         return chain(args.kernel_dir, args.max_sessions, args.out, args.poll)
     if args.kaggle_command == "render":
-        from imet.kaggle.metadata import render
+        from imet.kaggle.metadata import read_metadata, render, requested_accelerator
         templates = sorted(p.parent for p in args.kernels.glob("*/kernel-metadata.json"))
         if not templates:
             raise UserError(f"{args.kernels}: no kernel folders (*/kernel-metadata.json) in it")
+        chosen = _accelerators(args.accelerator, [folder.name for folder in templates])
         for folder in templates:
-            print(f"rendered {render(folder, args.owner, args.out / folder.name)}")
+            out = render(folder, args.owner, args.out / folder.name, chosen.get(folder.name))
+            print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
         return 0
     from imet.kaggle.emulator import run_chain
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
     results = run_chain(args.kernel_dir, dict(args.input), args.out, args.time_limit, args.chain,
-                        python=args.python)
+                        python=args.python, accelerator=args.accelerator)
     for r in results:
         state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
         more = ", handed over" if r.handover else ""

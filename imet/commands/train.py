@@ -147,6 +147,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
+    # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
+    # fail at the first CUDA operation: refused before anything is built.
+    from imet.errors import UserError
+    from imet.kaggle.gpu import device_problem
+    problem = device_problem(config.device)
+    if problem:
+        raise UserError(problem)
     stop = StopRequest()  # Telegram's /stop asks through it too, as a signal would
     bus = build_bus(config, stop.request)
     try:

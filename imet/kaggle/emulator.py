@@ -21,7 +21,8 @@ from pathlib import Path
 
 from imet.engine.handover import NAME as HANDOVER
 from imet.errors import UserError
-from imet.kaggle.metadata import read_metadata, slug_of
+from imet.kaggle import accelerators
+from imet.kaggle.metadata import read_metadata, requested_accelerator, slug_of, with_accelerator
 from imet.kaggle.paths import ROOT_ENV
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
@@ -79,8 +80,13 @@ def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
 
 def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: int,
                 time_limit: float, env: dict[str, str] | None = None,
-                python: str = sys.executable) -> SessionResult:
+                python: str = sys.executable, accelerator: str | None = None) -> SessionResult:
+    """`accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
+    --accelerator` does; the session gets what this machine has, whatever it asked for."""
     meta = read_metadata(kernel_dir)
+    asked = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
+    code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
+    meta, code = with_accelerator(meta, code, asked)
     # Absolute from here on: the mounts and the kernel run with other working folders.
     session_dir = Path(out).resolve() / f"v{version}"
     if session_dir.exists():
@@ -92,7 +98,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     root, mounts = _prepare_root(session_dir, inputs, want_isolation)
     script = root / "src" / meta["code_file"]
     script.parent.mkdir()
-    shutil.copy2(Path(kernel_dir) / meta["code_file"], script)
+    script.write_text(code, encoding="utf-8")
     prefix = _isolation_prefix(mounts, meta["enable_internet"]) or []
     run_env = {**os.environ, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
                "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit)}
@@ -102,7 +108,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     header = (f"emulator: {meta['id']} v{version}: internet "
               f"{'on' if meta['enable_internet'] else 'off (unshare -n)'}, inputs "
               f"{'read-only' if prefix else 'linked'} ({', '.join(inputs) or 'none'}), "
-              f"limit {time_limit:.0f}s\n").encode()
+              f"limit {time_limit:.0f}s, accelerator {asked}\n").encode()
     with open(log_path, "wb") as log:
         log.write(header)
         sys.stdout.buffer.write(header)
@@ -152,14 +158,15 @@ def _lines_until(proc: subprocess.Popen, deadline: float):
 
 def run_chain(kernel_dir: Path, inputs: dict[str, Path], out: Path, time_limit: float,
               max_sessions: int, env: dict[str, str] | None = None,
-              python: str = sys.executable) -> list[SessionResult]:
+              python: str = sys.executable, accelerator: str | None = None) -> list[SessionResult]:
     """Run sessions, each with the previous one's output attached under the kernel's own
     slug, while the run hands over and fewer than max_sessions ran."""
     own_slug = slug_of(read_metadata(kernel_dir)["id"])
     results: list[SessionResult] = []
     attached = dict(inputs)
     for version in range(1, max_sessions + 1):
-        result = run_session(kernel_dir, attached, out, version, time_limit, env, python)
+        result = run_session(kernel_dir, attached, out, version, time_limit, env, python,
+                             accelerator)
         results.append(result)
         if result.handover is None or result.exit_code != 0:
             break

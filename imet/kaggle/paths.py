@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from imet.engine.handover import MODEL_FILE
+from imet.engine.handover import MODEL_FILE, NAME as HANDOVER
 from imet.errors import UserError
 from imet.walk import walk_folders
 
@@ -73,3 +73,9 @@ def find_run_dirs(root: Path | None = None) -> list[Path]:
     """Folders holding a trained model (model.pt), e.g. attached trainer outputs."""
     root = input_root() if root is None else root
     return find_folders_with(root, MODEL_FILE)
+
+
+def find_previous_output(root: Path | None = None) -> list[Path]:
+    """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json."""
+    root = input_root() if root is None else root
+    return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")

@@ -13,8 +13,8 @@ from typing import Callable
 
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, MODEL_FILE, NAME as HANDOVER
 from imet.errors import UserError
-from imet.kaggle.paths import (find_competition_data, find_folders_with, find_run_dirs,
-                               input_root, working_dir)
+from imet.kaggle.paths import (find_competition_data, find_folders_with,
+                               find_previous_output, find_run_dirs, input_root, working_dir)
 from imet.kaggle.shell import run_step
 
 # Never carried from a previous session's output: the engine copies the checkpoint it resumes
@@ -60,11 +60,27 @@ def _carry_previous_output(previous: Path, work: Path) -> None:
         copy(item, work / item.name)
 
 
-def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5) -> int:
+def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str],
+           arch: str | None = None) -> int:
+    """`imet doctor` as a session's first step, in a process of its own (CUDA stays out of the
+    kernel's process): non-zero when the session cannot do its job, said in one line per
+    problem and sent to Telegram. `arch`: the one trained when the arguments name none."""
+    from imet.kaggle.doctor import doctor_flags
+    asked = ["--accelerator", accelerator] if accelerator is not None else []
+    return run_step(_imet("doctor", "--data", data, "--input-root", input_root(), "--out",
+                          working_dir(), "--kernel", kernel, *asked,
+                          *doctor_flags(kernel_args, arch)))
+
+
+def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5,
+            accelerator: str | None = None) -> int:
     data = find_competition_data()
+    from imet.engine.config import TrainConfig
+    code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
+    if code:
+        return code
     work = working_dir()
-    previous = (find_folders_with(input_root(), HANDOVER)
-                or find_folders_with(input_root(), "run.json"))
+    previous = find_previous_output(input_root())
     if previous:
         print(f"resuming from the attached output {previous[0]}", flush=True)
         _carry_previous_output(previous[0], work)
@@ -90,8 +106,12 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     return code
 
 
-def validation(started: float, session_limit: str, validate_args: list[str]) -> int:
+def validation(started: float, session_limit: str, validate_args: list[str],
+               accelerator: str | None = None) -> int:
     data = find_competition_data()
+    code = doctor("validation", data, accelerator, validate_args)
+    if code:
+        return code
     runs = _runs()
     folds = find_folders_with(input_root(), "folds.csv")
     if not folds:
@@ -103,8 +123,12 @@ def validation(started: float, session_limit: str, validate_args: list[str]) -> 
                           *validate_args))
 
 
-def inference(started: float, session_limit: str, predict_args: list[str]) -> int:
+def inference(started: float, session_limit: str, predict_args: list[str],
+              accelerator: str | None = None) -> int:
     data = find_competition_data()
+    code = doctor("inference", data, accelerator, predict_args)
+    if code:
+        return code
     runs = _runs()
     work = working_dir()
     thresholds = find_folders_with(input_root(), "thresholds.json")

@@ -17,6 +17,9 @@ SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
 PREDICT_ARGS = (shlex.split(os.environ.get("IMET_KERNEL_ARGS", ""))
                 or ["--tta", "none,hflip", "--ensemble", "mean"])
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
+# What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle
+# render --accelerator` writes both): the session stops at once when it cannot use that GPU.
+ACCELERATOR = 'NvidiaTeslaT4'
 
 
 def bootstrap() -> None:
@@ -35,4 +38,5 @@ def bootstrap() -> None:
 bootstrap()
 from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
 
-sys.exit(sessions.main("inference", sessions.inference, STARTED, SESSION_LIMIT, PREDICT_ARGS))
+sys.exit(sessions.main("inference", sessions.inference, STARTED, SESSION_LIMIT, PREDICT_ARGS,
+                       ACCELERATOR))

@@ -19,6 +19,9 @@ TRAIN_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or [
     "--epochs", "20", "--num-workers", "4"]
 N_FOLDS = 5
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
+# What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle
+# render --accelerator` writes both): the session stops at once when it cannot use that GPU.
+ACCELERATOR = 'NvidiaTeslaT4'
 
 
 def bootstrap() -> None:
@@ -37,4 +40,5 @@ def bootstrap() -> None:
 bootstrap()
 from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
 
-sys.exit(sessions.main("trainer", sessions.trainer, STARTED, SESSION_LIMIT, TRAIN_ARGS, N_FOLDS))
+sys.exit(sessions.main("trainer", sessions.trainer, STARTED, SESSION_LIMIT, TRAIN_ARGS, N_FOLDS,
+                       ACCELERATOR))

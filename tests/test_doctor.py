@@ -1,0 +1,156 @@
+"""`imet doctor` and the device checks on this CPU-only machine: "no GPU" said correctly, the
+GPU probe's own code run on the CPU device, the checkpoint estimate, the inputs found, Telegram
+configured without its token, and the one-line refusals of doctor and `imet train --device`."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imet.kaggle import gpu
+from imet.kaggle.doctor import Settings, checkpoint_bytes, diagnose, disk_need, doctor_flags
+
+from telegram_standin import TelegramStandin
+
+TOKEN = "555666777:AAEdoctorTokenMustNeverLeak_0123456789"
+CPU_ONLY = not torch.cuda.is_available()
+needs_cpu_only = pytest.mark.skipif(not CPU_ONLY, reason="asserts what a machine without GPU says")
+# CUDA 12.8 wheels (the default Kaggle image's torch 2.10+cu128) and a P100 / a T4 / an A100.
+CU128 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+
+
+def imet(*args, env=None, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "imet", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout,
+                          env={**os.environ, "IMET_TELEGRAM_TOKEN": "", **(env or {})})
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return proc
+
+
+def errors(proc, command="doctor"):
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith(f"imet {command}: error: ") for line in lines), proc.stderr
+    return lines
+
+
+def test_kernels_of_a_build_for_each_capability():
+    assert not gpu.has_kernels((6, 0), CU128)  # P100: the first CUDA op would fail
+    assert gpu.has_kernels((7, 5), CU128) and gpu.has_kernels((8, 9), CU128)  # T4, L4 (sm_86)
+    assert gpu.has_kernels((12, 1), CU128)  # newer than every sm_: the PTX is compiled
+    assert not gpu.has_kernels((7, 0), ["sm_75", "sm_80"])  # V100 on a cu13-like build
+    assert gpu.has_kernels((6, 0), ["sm_50", "compute_50"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_gpu_probe_runs_on_the_cpu_device(dtype):
+    gpu.probe(torch.device("cpu"), dtype)
+    assert gpu.try_probe(torch.device("cpu"), dtype) == "ok"
+
+
+@pytest.mark.filterwarnings("ignore:In CPU autocast")
+def test_a_probe_whose_autocast_is_off_fails():
+    # float64 is no autocast dtype: autocast turns itself off, and the probe must notice
+    result = gpu.try_probe(torch.device("cpu"), torch.float64)
+    assert result.startswith("failed: ")
+
+
+@needs_cpu_only
+def test_device_checks_on_a_machine_without_gpu():
+    assert gpu.device_problem("cpu") is None and gpu.device_problem("auto") is None
+    assert "no CUDA GPU is visible" in gpu.device_problem("cuda:3")
+    assert "(NvidiaTeslaT4)" in gpu.no_gpu_line("NvidiaTeslaT4")
+
+
+def test_checkpoint_estimate_from_the_architecture():
+    params, state = checkpoint_bytes("se_resnext50_32x4d", 1103)
+    assert 27e6 < params < 28.5e6  # 25.5M body + a 2048x1103 head
+    assert 3 * 4 * params <= state < 3 * 4 * params * 1.01
+    tiny_params, _ = checkpoint_bytes("tiny_cnn", 18)
+    _, need = disk_need("se_resnext50_32x4d", 1103)
+    assert need > 3 * state and tiny_params < params / 100
+
+
+def test_doctor_flags_from_kernel_arguments():
+    args = ["--fold", "0", "--arch", "se_resnext50_32x4d", "--no-pretrained", "--device", "cuda"]
+    assert doctor_flags(args) == ["--notify=auto", "--arch=se_resnext50_32x4d",
+                                  "--no-pretrained", "--device=cuda"]
+    assert doctor_flags(["--tta", "none", "--notify", "off"]) == ["--notify=off"]
+
+
+def test_report_lists_inputs_and_estimates(mini_data, tmp_path):
+    earlier = tmp_path / "input" / "imet-trainer"
+    earlier.mkdir(parents=True)
+    (earlier / "HANDOVER.json").write_text("{}")
+    report = diagnose(Settings(data=mini_data, input_roots=[tmp_path / "input"], out=tmp_path,
+                               arch="tiny_cnn", pretrained=False, device="cpu"))
+    text = "\n".join(report.lines)
+    assert report.problems == [], report.problems
+    for name in ("python:", "torch:", "cuda build:", "arch list:", "GPU", "competition data:",
+                 "imet-src:", "earlier outputs:", "disk:", "telegram:"):
+        assert name in text, name
+    assert str(mini_data) in text and str(earlier) in text
+    if CPU_ONLY:
+        assert "no GPU" in text
+
+
+def test_doctor_passes_a_cpu_session(mini_data, tmp_path):
+    proc = imet("doctor", "--data", mini_data, "--out", tmp_path, "--arch", "tiny_cnn",
+                "--no-pretrained", "--accelerator", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "can train as configured" in proc.stdout
+
+
+def test_doctor_without_competition_data_is_one_line(tmp_path):
+    proc = imet("doctor", "--data", tmp_path / "nowhere", "--out", tmp_path)
+    assert proc.returncode == 2
+    (line,) = errors(proc)
+    assert "no competition data under" in line and "nowhere" in line
+
+
+def test_unknown_accelerator_is_refused_with_the_known_names(tmp_path):
+    proc = imet("doctor", "--accelerator", "NvidiaTeslaK80")
+    assert proc.returncode == 2 and "NvidiaTeslaK80" in proc.stderr
+    assert "NvidiaTeslaT4" in proc.stderr and "none" in proc.stderr
+
+
+@needs_cpu_only
+def test_asked_for_a_gpu_got_none_stops_and_tells_telegram(mini_data, tmp_path):
+    with TelegramStandin() as server:
+        started = time.monotonic()
+        proc = imet("doctor", "--data", mini_data, "--out", tmp_path, "--arch", "tiny_cnn",
+                    "--no-pretrained", "--accelerator", "NvidiaTeslaT4", "--notify", "auto",
+                    "--kernel", "trainer",
+                    env={"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "7",
+                         "IMET_TELEGRAM_API_URL": server.api_url})
+        seconds = time.monotonic() - started
+        sent = server.sent()
+    assert proc.returncode == 2 and seconds < 60
+    (line,) = errors(proc)
+    assert "asked for a GPU (NvidiaTeslaT4) but this session has none" in line
+    assert "telegram:         configured (chat 7" in proc.stdout
+    assert TOKEN.split(":")[1] not in proc.stdout + proc.stderr
+    (message,) = sent
+    assert message.params["text"].startswith("❌") and "has none" in message.params["text"]
+
+
+@needs_cpu_only
+def test_train_refuses_a_cuda_device_it_cannot_use(mini_data, tmp_path):
+    for device in ("cuda", "cuda:3"):
+        proc = imet("train", "--data", mini_data, "--out", tmp_path / "run", "--arch",
+                    "tiny_cnn", "--no-pretrained", "--device", device)
+        assert proc.returncode == 2
+        (line,) = errors(proc, "train")
+        assert f"--device {device}: no CUDA GPU is visible" in line
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_templates_ask_for_t4_and_the_script_says_so():
+    kernels = Path(__file__).resolve().parents[1] / "kernels"
+    for name in ("trainer", "validation", "inference"):
+        meta = json.loads((kernels / name / "kernel-metadata.json").read_text())
+        assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] is True
+        assert "ACCELERATOR = 'NvidiaTeslaT4'" in (kernels / name / f"{name}.py").read_text()
