@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imet.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from imet.engine.config import TrainConfig  # noqa: E402
+from imet.engine.precision import Precision  # noqa: E402
 from imet.engine.state import TrainState  # noqa: E402
 from imet.models import build_model  # noqa: E402
 
@@ -32,7 +33,8 @@ def build_state() -> TrainState:
     state = TrainState(config, model, model.param_groups(), steps_per_epoch=1000,
                        labels={"attribute_ids": list(range(NUM_CLASSES)),
                                "names": [f"tag::{i}" for i in range(NUM_CLASSES)]},
-                       labels_fingerprint="bench", use_amp=False)
+                       labels_fingerprint="bench", precision=Precision("fp32"),
+                       device_type="cpu")
     loss = model(torch.randn(2, 3, 64, 64)).sum()  # one step: every AdamW moment exists
     loss.backward()
     state.optimizer.step()

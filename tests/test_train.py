@@ -216,7 +216,8 @@ def test_the_seed_preset_augments_each_training_batch_on_the_device(mini_data, p
         torch.manual_seed(0)
         model = build_model("tiny_cnn", data.train_set.num_classes)
         steps = StepRunner(config, torch.device("cpu"))
-        steps.bind(TrainState(config, model, model.param_groups(), 4, {}, "", False), data)
+        steps.bind(TrainState(config, model, model.param_groups(), 4, {}, "", steps.precision,
+                              "cpu"), data)
         return steps
 
     steps = runner()

@@ -31,7 +31,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--device", default="auto", metavar="DEV",
                         help="auto (CUDA when available), cpu, cuda, cuda:1 … (default: "
-                        "%(default)s). On CUDA: fp16 autocast and channels_last")
+                        "%(default)s). On CUDA: channels_last")
+    parser.add_argument("--amp-dtype", default=None, metavar="DTYPE",
+                        help="autocast dtype: auto (fp16 on a GPU without fast bf16 such as the "
+                        "T4, bf16 from Ampere on, off on CPU) | fp16 | bf16 (default: each "
+                        "run's own --amp/--amp-dtype of `imet train`, on this device)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="images per batch before TTA (default: the largest power of two "
                         "that fits in GPU memory, with headroom; 32 on CPU)")
@@ -47,15 +51,18 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def inference_options(args):
     from imet.predict.pipeline import InferenceOptions
     from imet.predict.infer import parse_tta
-    from imet.engine.config import parse_duration
+    from imet.engine.config import check_amp_dtype, parse_duration
 
     if args.batch_size is not None and args.batch_size < 1:
         from imet.errors import UserError
         raise UserError(f"--batch-size: {args.batch_size} is not a positive number of images")
     limit = getattr(args, "time_limit", None)
+    if args.amp_dtype is not None:
+        check_amp_dtype(args.amp_dtype)
     return InferenceOptions(tta=parse_tta(args.tta), device=args.device,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, log_every_s=args.log_every,
+                            amp_dtype=args.amp_dtype,
                             time_limit_s=parse_duration(limit, "--time-limit") if limit else None)
 
 

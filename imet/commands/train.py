@@ -52,11 +52,15 @@ HELP = {
     "eval_every": "also evaluate every N steps (0: at each epoch end only)",
     "patience": "stop after N stage-2 evaluations without a better F2 (0: never)",
     "seed": "seed of the sample order, augmentation, initialization and mixup",
-    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "amp": "mixed precision, dtype per --amp-dtype (--no-amp: fp32 on every device)",
     "channels_last": "channels_last memory format on CUDA (ignored on CPU)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch "
                "(SyncBatchNorm; on CPU a gloo equivalent) instead of each process's share",
+    "amp_dtype": "autocast dtype: auto (fp16 + GradScaler on a GPU without fast bf16 such as "
+                 "the T4, bf16 from Ampere on, off on CPU) | fp16 (with GradScaler) | bf16; an "
+                 "explicit dtype runs CPU autocast too. A resumed run keeps the precision it "
+                 "started in",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "

@@ -18,6 +18,9 @@ from imet.errors import UserError
 # sessions had 9 h).
 DEFAULT_TIME_BUDGET = "12h"
 
+# `--amp-dtype` values (what each gives on which device: imet/engine/precision.py).
+AMP_DTYPES = ("auto", "fp16", "bf16")
+
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
                        r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
 
@@ -36,6 +39,12 @@ def parse_duration(text: str | float | int, what: str = "--time-budget") -> floa
     if seconds < 0:
         raise UserError(f"{what}: {text!r} is negative; give a duration >= 0")
     return seconds
+
+
+def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
+    if value not in AMP_DTYPES:
+        raise UserError(f"{what}: unknown dtype {value!r}; choose {', '.join(AMP_DTYPES)}")
+    return value
 
 
 @dataclass
@@ -77,6 +86,10 @@ class TrainConfig:
     channels_last: bool = True
     deterministic: bool | None = None
     sync_bn: bool = False
+    # --- mixed precision (issue 15): auto resolves per device, so it is not in the
+    # fingerprint; the precision it resolved to is checked on resume instead
+    # (engine/state.check_precision), with a message naming both ---
+    amp_dtype: str = "auto"
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -95,7 +108,7 @@ class TrainConfig:
                           "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device
-                          "sync_bn")
+                          "sync_bn", "amp_dtype")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -147,6 +160,7 @@ class TrainConfig:
                             f"checkpoint, got {self.resume!r}")
         if self.notify not in ("auto", "on", "off"):
             raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
+        check_amp_dtype(self.amp_dtype, f"{source}: --amp-dtype")
         self.budget_seconds()
         self.margin_seconds()
         return self

@@ -36,7 +36,7 @@ def predict_loader(runner, loader, should_stop: Callable[[], bool]):
                     return None
                 images = runner.prepare(images)
                 targets = targets.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=runner.use_amp):
+                with runner.precision.autocast(device.type):
                     logits = model(images)
                 logits = logits.float()
                 loss_sum += float(runner.loss_fn(logits, targets)) * len(images)

@@ -103,6 +103,7 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self.state = state = self.build_state()
+        log.info("precision on %s: %s", self.steps.device_name(), self.steps.precision.describe())
         # This session's figures (steps, samples, training time) are the counters minus these.
         self.at_session_start = dataclasses.replace(state.counters, history=[])
         self.steps.bind(state, self.data, wrap=self.dist.wrap)

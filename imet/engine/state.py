@@ -3,7 +3,8 @@
 The payload holds only tensors and plain Python values (RNG states included, converted), so
 `torch.load(weights_only=True)` reads it back. Restoring a payload and continuing gives the
 same bits as never having stopped: model, optimizer, scheduler, scaler, the position in the
-sample order, the RNG streams and the running loss sums are all in it."""
+sample order, the RNG streams and the running loss sums are all in it. The precision it trained
+in goes into its meta: a session that would train in another is refused (`check_precision`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,8 @@ from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
+from imet.engine.precision import Precision
+from imet.errors import CheckpointError
 from imet.models import build_model
 
 
@@ -93,7 +96,8 @@ def library_versions() -> dict[str, str]:
 class TrainState:
     def __init__(self, config: TrainConfig, model: torch.nn.Module,
                  groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
-                 labels: dict[str, Any], labels_fingerprint: str, use_amp: bool):
+                 labels: dict[str, Any], labels_fingerprint: str, precision: Precision,
+                 device_type: str):
         self.config = config
         self.model = model
         self.groups = groups
@@ -101,7 +105,8 @@ class TrainState:
         self.labels = labels
         self.labels_fingerprint = labels_fingerprint
         self.counters = Counters(sampler_seed=config.seed)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        self.precision = precision
+        self.scaler = precision.scaler(device_type)
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -165,7 +170,7 @@ class TrainState:
                 "arch": self.config.arch, "fold": self.config.fold, "step": c.step,
                 "epoch": c.epoch, "stage": c.stage, "finished": c.finished,
                 "best_f2": c.best_f2, "session": c.session,
-                "augmentation": AUGMENTATION_VERSION}
+                "augmentation": AUGMENTATION_VERSION, "precision": self.precision.name}
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -193,6 +198,30 @@ class TrainState:
         self.mix_generator.set_state(payload["rng"]["mixup"])
 
 
+def saved_precision(payload: dict[str, Any]) -> str:
+    """The precision a checkpoint trained in. An imet before --amp-dtype knew two: fp16 with
+    a scaler state (AMP on CUDA) and fp32 without."""
+    return payload["meta"].get("precision") or ("fp16" if payload["scaler"] else "fp32")
+
+
+def _asked(config: dict[str, Any]) -> str:
+    return f"--amp-dtype {config.get('amp_dtype', 'auto')}" if config.get("amp", True) \
+        else "--no-amp"
+
+
+def check_precision(resume, precision: Precision, config: TrainConfig, device_type: str) -> None:
+    """CheckpointError when `resume` trained in another precision than this session would:
+    its optimizer and scaler state, and the run's numbers, belong to the one it started in."""
+    saved = saved_precision(resume.payload)
+    if saved == precision.name:
+        return
+    hint = "--no-amp" if saved == "fp32" else f"--amp-dtype {saved}"
+    raise CheckpointError(
+        f"{resume.path}: the run trained in {saved} ({_asked(resume.payload['config'])}) and "
+        f"this session would train in {precision.name} ({_asked(config.to_dict())} on "
+        f"{device_type}); resume with {hint}, or start over with --resume off")
+
+
 def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainState:
     """The TrainState a session starts from: the model built for `data`'s label space and
     placed as `dist` and the StepRunner `steps` want it, then `resume`'s payload restored (a
@@ -211,7 +240,8 @@ def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainSt
         model.to(memory_format=torch.channels_last)
     state = TrainState(config, model, model.param_groups(),
                        len(data.train_set) // config.batch_size, data.labels.to_dict(),
-                       data.labels.fingerprint(), use_amp=steps.use_amp)
+                       data.labels.fingerprint(), steps.precision, steps.device.type)
     if resume is not None:
+        check_precision(resume, steps.precision, config, steps.device.type)
         state.restore(resume.payload)
     return state

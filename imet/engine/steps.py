@@ -1,7 +1,8 @@
 """One optimizer step, and the device-level choices behind it (AMP, channels_last, determinism).
 
-AMP and channels_last pay off only on CUDA; on CPU they would only slow down and change the
-numbers, so they are off there whatever the config says. On CPU deterministic algorithms are on
+Mixed precision is `Precision`'s (imet/engine/precision.py): the same autocast and GradScaler
+lines on every device, off on CPU unless `--amp-dtype` names a dtype. channels_last pays off only
+on CUDA and is off on CPU whatever the config says. On CPU deterministic algorithms are on
 unless `--deterministic false`: that is what makes an interrupted run end bit-identical."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from imet.data.batch_augment import augment_batch
 from imet.data.transforms import Normalization, normalize_batch
 from imet.engine.config import TrainConfig
 from imet.engine.losses import build_loss, mixup
+from imet.engine.precision import device_precision
 
 
 def loss_kwargs(config: TrainConfig) -> dict:
@@ -24,7 +26,7 @@ class StepRunner:
         self.config = config
         self.device = device
         cuda = device.type == "cuda"
-        self.use_amp = bool(config.amp and cuda)
+        self.precision = device_precision(device, config.amp, config.amp_dtype)
         self.channels_last = bool(config.channels_last and cuda)
         deterministic = config.deterministic if config.deterministic is not None else not cuda
         torch.use_deterministic_algorithms(deterministic, warn_only=cuda)
@@ -73,7 +75,7 @@ class StepRunner:
         if self.config.mixup_alpha > 0:
             images, targets, _ = mixup(images, targets, self.config.mixup_alpha,
                                        state.mix_generator)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with self.precision.autocast(self.device.type):
             logits = self.training_model()(images)
         loss = self.loss_fn(logits.float(), targets)
         state.optimizer.zero_grad(set_to_none=True)

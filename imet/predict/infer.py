@@ -2,7 +2,8 @@
 
 Each image is decoded and resized once; the TTA views are made on the batch tensor on the
 device (`apply_tta`) and run through the model as one concatenated batch, so a 2x TTA costs one
-bigger forward pass instead of a second pass over the data loader. fp16 (autocast) and
+bigger forward pass instead of a second pass over the data loader. Autocast in the run's
+precision (imet/engine/precision.py: by default fp16 on a T4, bf16 from Ampere on, fp32 on CPU),
 channels_last on CUDA; probabilities are averaged over the views in float32.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from imet.data.dataset import ImetDataset
 from imet.data.transforms import (TTA, Normalization, apply_tta, build_eval_transform,
                                   normalize_batch)
 from imet.device import resolve_device  # noqa: F401  (predict's callers import it from here)
+from imet.engine.precision import Precision, device_precision
 from imet.errors import DataError, UserError
 
 Log = Callable[[str], None]
@@ -136,15 +138,16 @@ class Throughput:
 
 
 def predict_probs(model: torch.nn.Module, loader: DataLoader, tta: Sequence[str] = ("none",),
-                  device: torch.device | str = "cpu", amp: bool | None = None,
+                  device: torch.device | str = "cpu", precision: Precision | None = None,
                   progress: Throughput | None = None,
                   norm: Normalization | None = None) -> np.ndarray:
     """Sigmoid probabilities float32 [N, C], rows in dataset order, averaged over `tta` views.
-    uint8 batches are normalized on the device with `norm` (default: the model's `info`)."""
+    uint8 batches are normalized on the device with `norm` (default: the model's `info`).
+    `precision` None: `--amp-dtype auto`'s on the device."""
     device = torch.device(device)
     norm = norm or Normalization.from_info(getattr(model, "info", {}) or {})
     cuda = device.type == "cuda"
-    amp = cuda if amp is None else amp
+    precision = precision or device_precision(device, True, "auto")
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
     out: np.ndarray | None = None
@@ -157,7 +160,7 @@ def predict_probs(model: torch.nn.Module, loader: DataLoader, tta: Sequence[str]
             x = x.contiguous(memory_format=memory_format)
             batch = torch.cat([apply_tta(name, x) for name in tta]) if views > 1 \
                 else apply_tta(tta[0], x)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with precision.autocast(device.type):
                 logits = model(batch)
             probs = torch.sigmoid(logits.float()).view(views, x.shape[0], -1).mean(0)
             if out is None:
@@ -171,18 +174,21 @@ def predict_probs(model: torch.nn.Module, loader: DataLoader, tta: Sequence[str]
 
 
 def auto_batch_size(model: torch.nn.Module, image_size: int, views: int,
-                    device: torch.device | str, start: int = 256, cpu_default: int = 32) -> int:
-    """The largest power-of-two batch (images, before TTA) whose forward pass fits in GPU
-    memory, halved once more for headroom; `cpu_default` on CPU, where memory is not the limit."""
+                    device: torch.device | str, start: int = 256, cpu_default: int = 32,
+                    precision: Precision | None = None) -> int:
+    """The largest power-of-two batch (images, before TTA) whose forward pass in `precision`
+    (None: auto's) fits in GPU memory, halved once more for headroom; `cpu_default` on CPU,
+    where memory is not the limit."""
     device = torch.device(device)
     if device.type != "cuda":
         return cpu_default
+    precision = precision or device_precision(device, True, "auto")
     model = model.to(device, memory_format=torch.channels_last).eval()
     batch = start
     while batch >= 2:
         try:
             x = torch.zeros(batch * views, 3, image_size, image_size, device=device)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            with torch.inference_mode(), precision.autocast("cuda"):
                 model(x.contiguous(memory_format=torch.channels_last))
             del x
             torch.cuda.empty_cache()

@@ -17,6 +17,7 @@ import torch
 from imet.data.labels import LabelSpace, read_labels, read_sample_submission
 from imet.data.layout import CompetitionLayout
 from imet.data.transforms import Normalization
+from imet.engine.precision import Precision, device_precision
 from imet.errors import UserError
 from imet.predict.ensemble import ensemble
 from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader, check_images_exist,
@@ -36,6 +37,7 @@ class InferenceOptions:
     image_size: int | None = None  # None: each run's training image size
     time_limit_s: float | None = None
     log_every_s: float = 30.0
+    amp_dtype: str | None = None  # None: each run's own --amp/--amp-dtype
 
 
 def predict_run(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
@@ -44,21 +46,33 @@ def predict_run(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
     """One run's TTA-averaged probabilities over `image_paths` (rows in `ids` order)."""
     tta = parse_tta(options.tta)
     device = resolve_device(options.device)
+    precision = run_precision(run, options, device)
     size = options.image_size or run.image_size
-    batch = options.batch_size or auto_batch_size(run.model, size, len(tta), device)
+    batch = options.batch_size or auto_batch_size(run.model, size, len(tta), device,
+                                                  precision=precision)
     loader = build_loader(image_paths, size, batch, options.num_workers,
                           pin_memory=device.type == "cuda", preset=run.preset)
     label = progress_label or f"predict {run.name}"
     log(f"{label}: {len(ids)} {split} images, {run.arch} at {size}px, TTA {','.join(tta)}, "
-        f"batch {batch}, {device}")
+        f"batch {batch}, {device}, {precision.name}")
     progress = Throughput(len(ids), log, options.log_every_s, options.time_limit_s, label)
     start = time.perf_counter()
-    probs = predict_probs(run.model, loader, tta, device, progress=progress,
+    probs = predict_probs(run.model, loader, tta, device, precision, progress=progress,
                           norm=Normalization.from_info(run.info))
     seconds = time.perf_counter() - start
     meta = dict(run.describe(), tta=list(tta), image_size=size, split=split,
                 seconds=round(seconds, 3), img_per_s=round(len(ids) / max(seconds, 1e-9), 2))
     return Probabilities(list(ids), probs, run.labels.attribute_ids, meta)
+
+
+def run_precision(run: Run, options: InferenceOptions, device: torch.device) -> Precision:
+    """The precision `run` trained with, as `--amp`/`--amp-dtype` give it on `device` (so a
+    T4 predicts in fp16, an A100 in bf16); `--amp-dtype` given to predict/validate wins."""
+    if options.amp_dtype is not None:
+        return device_precision(device, True, options.amp_dtype)
+    config = run.config
+    return device_precision(device, bool(config.get("amp", True)),
+                            str(config.get("amp_dtype", "auto")))
 
 
 def _free(run: Run) -> None:
