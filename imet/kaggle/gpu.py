@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from imet.engine.precision import fast_bf16
+
 # Low-precision results within this fraction of the fp32 result's largest value: fp16 keeps
 # ~3 decimal digits, bf16 ~2; a wrong kernel is off by far more.
 PROBE_TOLERANCE = {torch.float16: 0.01, torch.bfloat16: 0.05}
@@ -107,7 +109,7 @@ def inspect(index: int) -> Gpu:
     kernels = has_kernels(capability, torch.cuda.get_arch_list())
     fp16 = try_probe(device, torch.float16)
     bf16 = "not supported"
-    if capability >= (8, 0):  # fast bf16 from Ampere on; older devices would only emulate it
+    if fast_bf16(capability):  # older devices would only emulate it
         bf16 = try_probe(device, torch.bfloat16)
     return Gpu(index, props.name, capability, props.total_memory / 2**30, kernels, fp16, bf16)
 
