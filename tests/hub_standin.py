@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_server import LocalServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
@@ -88,12 +90,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(send_body=True)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    standin: "HubStandin"
-
-
-class HubStandin:
+class HubStandin(LocalServer):
     def __init__(self):
         self.repos: dict[str, dict[str, bytes]] = {}
         self.files: dict[str, bytes] = {}
@@ -102,25 +99,11 @@ class HubStandin:
         self.release = threading.Event()
         self.requests: list[tuple] = []
         self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.standin = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(_Handler)
 
     def gets(self, path: str) -> list:
         """The Range headers of every GET of `path` (None: from the start)."""
         return [r for m, p, r in self.requests if m == "GET" and p == path]
 
-    def __enter__(self) -> "HubStandin":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def release_waiters(self) -> None:
         self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

@@ -24,9 +24,11 @@ import base64
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from local_server import LocalServer
 
 USER = "tester"
 FAKE_KEY = "standin-not-a-real-key"  # what the throwaway kaggle.json holds
@@ -153,7 +155,6 @@ DEFAULT_HANDLERS = {
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):  # the test output stays readable
@@ -235,12 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, payload)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    standin: "KaggleStandin"
-
-
-class KaggleStandin:
+class KaggleStandin(LocalServer):
     def __init__(self):
         self.calls: list[dict] = []
         self.blobs: dict[str, dict] = {}
@@ -251,23 +247,7 @@ class KaggleStandin:
         self.files: dict[str, bytes] = {}  # output files served by GET
         self.handlers = dict(DEFAULT_HANDLERS)
         self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.standin = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "KaggleStandin":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(_Handler)
 
     def methods(self) -> list[str]:
         return [c["method"] for c in self.calls if c["http"] == "POST"]

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl
+
+from local_server import LocalServer
 
 
 @dataclass
@@ -49,7 +51,7 @@ _FAILURES = {
 }
 
 
-class TelegramStandin:
+class TelegramStandin(LocalServer):
     def __init__(self, scenario: str = "ok", count: int | None = None, retry_after: int = 1,
                  only: tuple[str, ...] | None = None):
         self.scenario = scenario
@@ -64,25 +66,16 @@ class TelegramStandin:
         self._update_id = 700
         self.confirmed = 0                  # every update_id below this is acknowledged
         self._arrived = threading.Condition(self._lock)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(_handler_for(self))
 
     @property
     def api_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/bot"
+        return f"{self.url}/bot"
 
-    def __enter__(self) -> "TelegramStandin":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def release_waiters(self) -> None:
         self._release.set()
         with self._arrived:
             self._arrived.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
 
     def set(self, scenario: str, count: int | None = None,
             only: tuple[str, ...] | None = None) -> None:

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from imet.engine.budget import StopRequest
 from imet.engine.config import TrainConfig
 from imet.engine.events import EventBus
-from imet.engine.loop import EXIT_HANDOVER, train
+from imet.engine.handover import EXIT_CODE as EXIT_HANDOVER
+from imet.engine.loop import train
 from imet.notify import build_notifier
 from telegram_standin import TelegramStandin
 from test_distributed import assert_close_end, config_values, final_payload, free_port

@@ -14,7 +14,8 @@ import pytest
 
 from imet.engine.budget import StopRequest
 from imet.engine.events import EventBus
-from imet.engine.loop import EXIT_HANDOVER, train
+from imet.engine.handover import EXIT_CODE as EXIT_HANDOVER
+from imet.engine.loop import train
 from imet.notify import build_notifier
 from telegram_standin import TelegramStandin
 from test_resume import assert_same_end, final_payload, make_config
