@@ -1,4 +1,5 @@
-"""`imet train`: train (or resume) one fold; exit 75 when the session hands over to the next."""
+"""`imet train`: train (or resume) one fold; exit 75 when the session hands over to the next,
+74 when the disk has no room for a save."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,9 @@ import shlex
 import sys
 import time
 
+from imet.engine.budget import StopRequest
 from imet.engine.config import TrainConfig, read_config_file
+from imet.engine.diskspace import EXIT_CODE as DISK_FULL
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
 DEFAULTS = TrainConfig()
@@ -70,6 +73,8 @@ HELP = {
               "IMET_TELEGRAM_CHAT_ID are set) or off",
     "run_name": "name in reports and notifications (default: ARCH-foldN)",
     "progress_every_s": "seconds between progress lines when the output is not a terminal",
+    "keep": "checkpoint generations kept in OUT/checkpoints (1 halves the disk they take; 2 "
+            "keeps the previous one to fall back to if the newest is damaged)",
 }
 
 
@@ -82,7 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Train one fold: stage 1 trains the head with the body frozen, stage 2 every group with "
         "discriminative LRs. The full training state is checkpointed; when the time budget or a "
         f"SIGTERM/SIGINT ends the session it saves, writes OUT/{HANDOVER} and exits with code "
-        f"{HANDED_OVER} (run again with --resume auto to continue exactly where it stopped). "
+        f"{HANDED_OVER} (run again with --resume auto to continue exactly where it stopped); "
+        "a second signal changes nothing (the save finishes; kill -9 aborts without it). "
+        f"Exit {DISK_FULL}: no room on the disk for a checkpoint or model.pt (nothing written; "
+        "free space or lower --keep, then resume). "
         "Flags override --config; defaults are shown in brackets.")
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
@@ -139,13 +147,21 @@ def run(args: argparse.Namespace) -> int:
     # The budget counts from the CLI's start: importing torch and reading the data take session
     # time too.
     session_start = getattr(args, "started_monotonic", None) or time.monotonic()
+    # Before anything slow (torch's import alone takes seconds): a SIGTERM/SIGINT during
+    # start-up ends the session at the loop's first boundary, with a handover, instead of
+    # killing it halfway.
+    with StopRequest() as stop:
+        return _train(args, session_start, stop)
+
+
+def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) -> int:
     from imet.engine.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     bus = build_bus(config)
     try:
-        result = train(config, bus, session_start=session_start,
+        result = train(config, bus, session_start=session_start, stop=stop,
                        next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
     finally:
         bus.close()
