@@ -3,6 +3,7 @@ Ctrl-C, resume refusals that do not say what differs, a signal during start-up. 
 real signals, a real full filesystem (a small tmpfs, when this runs as root)."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from imet.cli import main
-from imet.engine.checkpoint import checkpoint_dir, list_generations, load_checkpoint
+from imet.engine.checkpoint import (checkpoint_dir, list_generations, load_checkpoint,
+                                    save_checkpoint)
 from imet.engine.diskspace import EXIT_CODE as DISK_FULL, DiskFullError
 from imet.engine.events import EventBus
 from imet.engine.handover import EXIT_CODE as HANDED_OVER
@@ -59,8 +61,14 @@ def test_leftovers_of_killed_saves_go_at_start_up_and_before_each_save(mini_data
         live = f".state-7.pt.{helper.pid}.k3j2h1gf.tmp"  # another rank's save in progress
         leftovers = [f".state-3.pt.{dead}.a8sd7f6g.tmp", f".state-3.json.{dead}.x1y2z3w4.tmp",
                      f".state-1.pt.tmp-{dead}", "state-1.json"]
+        # The helper's PID, on a file last written before it started: a dead writer's PID
+        # given out again.
+        reused = f".state-5.pt.{helper.pid}.r3u5e6d7.tmp"
+        leftovers.append(reused)
         for name in leftovers + [live, "notes.txt"]:
             (folder / name).write_bytes(b"x" * 1000)
+        an_hour_ago = time.time() - 3600
+        os.utime(folder / reused, (an_hour_ago, an_hour_ago))
         late = f".state-4.pt.{dead}.late0000.tmp"
 
         def kill_leftover_before_the_save(event):  # a dead writer's file after start-up
@@ -75,12 +83,22 @@ def test_leftovers_of_killed_saves_go_at_start_up_and_before_each_save(mini_data
                                  live, "notes.txt"}
         lines = [r.getMessage() for r in caplog.records if "leftover" in r.getMessage()]
         assert len(lines) == 2, lines
-        assert lines[0].startswith("removed 4 leftover file(s)") and \
+        assert lines[0].startswith("removed 5 leftover file(s)") and \
             all(name in lines[0] for name in leftovers)
         assert lines[1].startswith("removed 1 leftover file(s)") and late in lines[1]
     finally:
         helper.kill()
         helper.wait()
+
+
+def test_a_new_save_outranks_the_generations_of_a_timeline_left_behind(tmp_path):
+    # state-10 was damaged, so the run resumed from state-5: its next save is the newest one,
+    # even with --keep 1 (else the damaged file would outrank it, and the save be pruned).
+    from test_checkpoint import payload
+    for step in (5, 10):
+        save_checkpoint(payload(step), tmp_path, step, keep=2)
+    save_checkpoint(payload(6), tmp_path, 6, keep=1)
+    assert [step for step, _ in list_generations(checkpoint_dir(tmp_path))] == [6]
 
 
 # --- 2. a full disk, --keep ------------------------------------------------------------------
@@ -96,7 +114,9 @@ def mounted_tmpfs(folder: Path, options: str):
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=False)
+        gc.collect()  # a resumed run's checkpoint stays mapped until its tensors are freed
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:

@@ -111,7 +111,27 @@ def prune(directory: Path, keep: int, newest: int, later: bool = True) -> None:
         sidecar_of(path).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def tidy(directory: Path, keep: int, resumed_step: int | None) -> None:
+    """At start-up: what killed saves left behind, and, when resuming, the generations before
+    the resumed one beyond `keep` (a lowered --keep frees its disk before the first save)."""
+    remove_leftovers(directory)
+    if resumed_step is not None:
+        prune(directory, keep, resumed_step, later=False)
+
+
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), where /proc tells (Linux), else None."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in
+                    Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _writer_alive(pid: int, written: float) -> bool:
+    """Whether the process that named a temp file `pid` and last wrote it at `written` lives."""
     if pid == os.getpid():  # this process writes its checkpoints one at a time, not now
         return False
     try:
@@ -119,8 +139,11 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, another user's
-        return True
-    return True
+        pass
+    started = _started_at(pid)
+    # A process that started after the file's last write got a dead writer's PID again (a
+    # restarted container counts from 1 again); 1 s for the clock ticks' rounding.
+    return started is None or started <= written + 1.0
 
 
 def remove_leftovers(directory: Path) -> list[str]:
@@ -133,13 +156,17 @@ def remove_leftovers(directory: Path) -> list[str]:
     for path in sorted(directory.iterdir()):
         temp = TEMP_PATTERN.match(path.name)
         orphan = SIDECAR_PATTERN.match(path.name) and not path.with_suffix(".pt").exists()
-        if (temp and not _alive(int(temp.group(1) or temp.group(2)))) or orphan:
-            try:
-                freed += path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:  # its writer finished or removed it meanwhile
+        if not (temp or orphan):
+            continue
+        try:
+            stat = path.stat()
+            if temp and _writer_alive(int(temp.group(1) or temp.group(2)), stat.st_mtime):
                 continue
-            removed.append(path.name)
+            path.unlink()
+        except FileNotFoundError:  # its writer finished or removed it meanwhile
+            continue
+        freed += stat.st_size
+        removed.append(path.name)
     if removed:
         log.info("removed %d leftover file(s) of interrupted saves from %s (%.1f MB): %s",
                  len(removed), directory, freed / 1e6, ", ".join(removed))

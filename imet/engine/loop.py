@@ -27,7 +27,7 @@ from typing import Any, Callable
 from imet.device import resolve_device
 from imet.engine import distributed, handover as handover_file
 from imet.engine.budget import SessionBudget, StopRequest
-from imet.engine.checkpoint import checkpoint_dir, prune, remove_leftovers, save_checkpoint
+from imet.engine.checkpoint import checkpoint_dir, save_checkpoint, tidy
 from imet.engine.config import TrainConfig
 from imet.engine.diskspace import expected_size, remedy, room_for
 from imet.engine.distributed import SingleProcess
@@ -166,11 +166,9 @@ class Trainer:
         resume = choose_resume(self.config, self.fingerprint, self.data.labels.fingerprint(),
                                self.dist)
         state = build_train_state(self.config, self.data, self.dist, self.steps, resume)
-        if self.dist.is_main:  # what killed saves left behind; a lowered --keep
-            remove_leftovers(checkpoint_dir(self.out))
-            if resume is not None:
-                prune(checkpoint_dir(self.out), self.config.keep, state.counters.step,
-                      later=False)
+        if self.dist.is_main:
+            tidy(checkpoint_dir(self.out), self.config.keep,
+                 None if resume is None else state.counters.step)
         if resume is not None:
             if self.dist.is_main:
                 bring_best_model(self.out, resume, state.counters.best_step)
