@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from imet.cli import main
+from imet.engine.budget import StopRequest
 from imet.engine.checkpoint import (checkpoint_dir, list_generations, load_checkpoint,
                                     save_checkpoint)
 from imet.engine.diskspace import EXIT_CODE as DISK_FULL, DiskFullError
@@ -235,7 +236,7 @@ def catches(pid: int, signum: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc")
-def test_sigterm_right_after_start_hands_over_before_any_step(mini_data, tmp_path):
+def test_sigterm_right_after_start_hands_over_before_any_step(mini_data, tmp_path, reference):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     child = subprocess.Popen(cli_command(mini_data, tmp_path), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
@@ -253,3 +254,18 @@ def test_sigterm_right_after_start_hands_over_before_any_step(mini_data, tmp_pat
         ("signal", 0, 0)
     assert "no step was taken" in handover["what_happened"]
     assert [step for step, _ in list_generations(checkpoint_dir(tmp_path))] == [0]
+    assert_same_end(resume_to_end(mini_data, tmp_path), reference)  # as if never stopped
+
+
+def test_a_signal_anywhere_in_start_up_reaches_the_loop(mini_data, tmp_path):
+    # As `imet train` does: the handlers installed before start-up are the loop's too; a
+    # signal at the run's start (the model built, the checkpoint loaded, nothing trained) ends
+    # the session at the first boundary.
+    def signal_at_the_start(event):
+        if event.kind == "run_start":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with StopRequest() as stop:
+        result = train(make_config(mini_data, tmp_path), EventBus([signal_at_the_start]),
+                       stop=stop)
+    assert (result.status, result.step, result.exit_code) == ("handover", 0, HANDED_OVER)

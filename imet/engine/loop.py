@@ -95,7 +95,7 @@ class Trainer:
         self.out = Path(config.out)
         self.clock = clock
         self.next_command = next_command
-        self.stop = stop or StopRequest()
+        self.stop = stop if stop is not None else StopRequest()  # falsy until signalled
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
         self.last_save_at, self.last_save_step = clock(), -1
