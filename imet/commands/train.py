@@ -1,4 +1,5 @@
-"""`imet train`: train (or resume) one fold; exit 75 when the session hands over to the next."""
+"""`imet train`: train (or resume) one fold; exit 75 when the session hands over to the next,
+74 when the disk has no room for a save."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,9 @@ import shlex
 import sys
 import time
 
+from imet.engine.budget import StopRequest
 from imet.engine.config import TrainConfig, read_config_file
+from imet.engine.diskspace import EXIT_CODE as DISK_FULL
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
 DEFAULTS = TrainConfig()
@@ -77,6 +80,8 @@ HELP = {
               "or off (no messages, no polling)",
     "run_name": "name in reports and notifications (default: ARCH-foldN)",
     "progress_every_s": "seconds between progress lines when the output is not a terminal",
+    "keep": "checkpoint generations kept in OUT/checkpoints (1 halves the disk they take; 2 "
+            "keeps the previous one to fall back to if the newest is damaged)",
 }
 
 
@@ -90,7 +95,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "discriminative LRs. The full training state is checkpointed; when the time budget, a "
         f"SIGTERM/SIGINT or Telegram's /stop ends the session it saves, writes OUT/{HANDOVER} "
         f"and exits with code {HANDED_OVER} (run again with --resume auto to continue exactly "
-        "where it stopped). Flags override --config; defaults are shown in brackets.")
+        "where it stopped); a second signal changes nothing (the save finishes; kill -9 aborts "
+        f"without it). Exit {DISK_FULL}: no room on the disk for a checkpoint or model.pt "
+        "(nothing written; free space or lower --keep, then resume). "
+        "Flags override --config; defaults are shown in brackets.")
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
@@ -146,7 +154,14 @@ def run(args: argparse.Namespace) -> int:
     # The budget counts from the CLI's start: importing torch and reading the data take session
     # time too.
     session_start = getattr(args, "started_monotonic", None) or time.monotonic()
-    from imet.engine.budget import StopRequest
+    # Before anything slow (torch's import alone takes seconds): a SIGTERM/SIGINT during
+    # start-up ends the session at the loop's first boundary, with a handover, instead of
+    # killing it halfway.
+    with StopRequest() as stop:
+        return _train(args, session_start, stop)
+
+
+def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) -> int:
     from imet.engine.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -158,8 +173,7 @@ def run(args: argparse.Namespace) -> int:
     problem = device_problem(config.device)
     if problem:
         raise UserError(problem)
-    stop = StopRequest()  # Telegram's /stop asks through it too, as a signal would
-    bus = build_bus(config, stop.request)
+    bus = build_bus(config, stop.request)  # Telegram's /stop asks through it, as a signal does
     try:
         result = train(config, bus, session_start=session_start, stop=stop,
                        next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))

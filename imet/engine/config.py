@@ -102,13 +102,17 @@ class TrainConfig:
     notify: str = "auto"
     run_name: str = ""
     progress_every_s: float = 60.0
+    # --- disk (not part of the fingerprint: how many generations stay on disk changes no bit
+    # of the result) ---
+    keep: int = 2
 
     # Changing any of these does not change what the run computes.
     NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "device", "num_workers",
                           "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device
-                          "sync_bn", "amp_dtype")
+                          "sync_bn", "amp_dtype",
+                          "keep")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -149,6 +153,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be >= 0, "
                                 f"got {getattr(self, name)}")
+        if self.keep < 1:
+            raise UserError(f"{source}: --keep must be >= 1 (the generation just written is "
+                            f"always kept), got {self.keep}")
         if self.head_epochs > self.epochs:
             raise UserError(f"{source}: --head-epochs ({self.head_epochs}) is more than --epochs "
                             f"({self.epochs}); the head-only stage is part of the epochs")

@@ -25,16 +25,19 @@ def next_step_text(command: str | None) -> str:
 
 def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoint: str,
           next_text: str, exit_code: int, signal: str | None, session: int,
-          total_steps: int) -> Path:
+          total_steps: int, steps_taken: int) -> Path:
+    """`steps_taken`: this session's steps (0: it stopped during start-up, nothing changed)."""
     what = {"budget": "the session's time budget would not fit the next unit of work plus a "
                       "save",
             "session-steps": "the session ran its --session-steps",
             "telegram": "its owner sent /stop from Telegram"}.get(
         reason, f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
+    taken = "no step was taken in this session; " if steps_taken == 0 else ""
     data = {"status": "handover", "reason": reason, "what_happened": f"stopped at step {step} "
             f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "
-            "the full training state was saved", "step": step, "epoch": epoch,
+            f"{taken}the full training state was saved", "step": step, "epoch": epoch,
             "stage": stage, "session": session, "total_steps": total_steps,
+            "steps_this_session": steps_taken,
             "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return atomic_write_text(Path(out) / NAME, json.dumps(data, indent=2) + "\n")

@@ -27,8 +27,9 @@ from typing import Any, Callable
 from imet.device import resolve_device
 from imet.engine import distributed, handover as handover_file
 from imet.engine.budget import SessionBudget, StopRequest
-from imet.engine.checkpoint import checkpoint_dir, save_checkpoint
+from imet.engine.checkpoint import checkpoint_dir, save_checkpoint, tidy
 from imet.engine.config import TrainConfig
+from imet.engine.diskspace import expected_size, remedy, room_for
 from imet.engine.distributed import SingleProcess
 from imet.engine.events import EventBus
 from imet.engine.inputs import RunData, load_run_data, train_loader, val_loader
@@ -60,8 +61,9 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
     """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
 
     `session_start`: when the session began on `clock` (default: now); the time budget counts
-    from there, so start-up work done before this call is not forgotten. `stop`: the session's
-    stop request when a subscriber may ask for a stop too (a chat command); default: a new one."""
+    from there, so start-up work done before this call is not forgotten. `stop`: the
+    StopRequest the caller installed before its start-up, which a subscriber may trigger too
+    (Telegram's /stop); default: one installed here."""
     config.validated()
     dist = None
     try:
@@ -72,7 +74,8 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
                        session_start=session_start, dist=dist, stop=stop).run()
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
-                 traceback=traceback.format_exc(), user_error=isinstance(err, UserError))
+                 traceback=traceback.format_exc(), user_error=isinstance(err, UserError),
+                 exit_code=getattr(err, "exit_code", 1))
         raise
     finally:
         if dist is not None:
@@ -93,7 +96,7 @@ class Trainer:
         self.out = Path(config.out)
         self.clock = clock
         self.next_command = next_command
-        self.stop = StopRequest() if stop is None else stop  # falsy until requested
+        self.stop = stop if stop is not None else StopRequest()  # falsy until signalled
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
         self.last_save_at, self.last_save_step = clock(), -1
@@ -165,6 +168,9 @@ class Trainer:
         resume = choose_resume(self.config, self.fingerprint, self.data.labels.fingerprint(),
                                self.dist)
         state = build_train_state(self.config, self.data, self.dist, self.steps, resume)
+        if self.dist.is_main:
+            tidy(checkpoint_dir(self.out), self.config.keep,
+                 None if resume is None else state.counters.step)
         if resume is not None:
             if self.dist.is_main:
                 bring_best_model(self.out, resume, state.counters.best_step)
@@ -202,10 +208,12 @@ class Trainer:
         self.budget.eval.add(self.clock() - started)
         is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss)
         if is_best and self.dist.is_main:
-            save_model_file(self.out / handover_file.MODEL_FILE, state.model, self.config.arch,
-                            self.config.to_dict(), self.data.labels,
-                            extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
-                                   "threshold": result.threshold})
+            needed = expected_size(state.model.state_dict())
+            with room_for(self.out, handover_file.MODEL_FILE, needed, remedy(self.config.keep)):
+                save_model_file(self.out / handover_file.MODEL_FILE, state.model,
+                                self.config.arch, self.config.to_dict(), self.data.labels,
+                                extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
+                                       "threshold": result.threshold})
         self.bus.emit("evaluation", step=c.step, epoch=c.epoch, f2=result.f2,
                       threshold=result.threshold, best_f2=c.best_f2, best_step=c.best_step,
                       val_loss=result.val_loss, is_best=is_best, history=list(c.history))
@@ -240,7 +248,7 @@ class Trainer:
         started = self.clock()
         step = self.state.counters.step
         if self.dist.is_main:
-            path = save_checkpoint(self.state.to_payload(), self.out, step)
+            path = save_checkpoint(self.state.to_payload(), self.out, step, self.config.keep)
         else:  # rank 0 writes; the state is the same on every rank
             path = checkpoint_dir(self.out) / f"state-{step}.pt"
         self.budget.save.add(self.clock() - started)
@@ -257,7 +265,8 @@ class Trainer:
             handover_file.write(self.out, reason=reason, step=c.step, epoch=c.epoch,
                                 stage=c.stage, checkpoint=str(path), next_text=next_text,
                                 exit_code=code, signal=self.stop.signal_name,
-                                session=c.session, total_steps=self.state.total_steps)
+                                session=c.session, total_steps=self.state.total_steps,
+                                steps_taken=c.step - self.at_session_start.step)
         self.bus.emit("handover", step=c.step, checkpoint=str(path), reason=reason,
                       next=next_text, exit_code=code)
         return self.result("handover", code, reason)

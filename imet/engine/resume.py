@@ -72,9 +72,10 @@ def _drop_copy(path: Path) -> None:
     sidecar_of(path).unlink(missing_ok=True)
 
 
-def load_resume(path: str | Path, config_fingerprint: str, labels_fingerprint: str) -> Resume:
+def load_resume(path: str | Path, config_fingerprint: str, labels_fingerprint: str,
+                config: dict | None = None) -> Resume:
     """A checkpoint named by its path (--resume PATH, or the file rank 0 chose)."""
-    payload = load_checkpoint(path, config_fingerprint, labels_fingerprint)
+    payload = load_checkpoint(path, config_fingerprint, labels_fingerprint, config=config)
     return Resume(payload, Path(path), Path(path))
 
 
@@ -84,16 +85,17 @@ def choose_resume(config, config_fingerprint: str, labels_fingerprint: str,
     chooses (and may copy in) the checkpoint and the others load its choice."""
     if config.resume == "off":
         return None
+    settings = config.to_dict()  # named in the message when a checkpoint is another config's
     if config.resume == "auto":
         return dist.share_resume(
             lambda: find_resume(config.out, config.input_root, config_fingerprint,
-                                labels_fingerprint),
-            lambda path: load_resume(path, config_fingerprint, labels_fingerprint))
-    return load_resume(config.resume, config_fingerprint, labels_fingerprint)
+                                labels_fingerprint, settings),
+            lambda path: load_resume(path, config_fingerprint, labels_fingerprint, settings))
+    return load_resume(config.resume, config_fingerprint, labels_fingerprint, settings)
 
 
 def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerprint: str,
-                labels_fingerprint: str) -> Resume | None:
+                labels_fingerprint: str, config: dict | None = None) -> Resume | None:
     """The newest valid checkpoint of this run, copied into the out folder, loaded.
 
     A checkpoint of another config in this run's own folder is refused (the user changed a flag
@@ -105,7 +107,7 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
         try:
             if candidate.meta:  # without a sidecar, the identity is checked on load
                 check_identity(candidate.path, candidate.meta, config_fingerprint,
-                               labels_fingerprint)
+                               labels_fingerprint, config)
         except ForeignCheckpointError:
             if candidate.local:
                 raise
@@ -113,7 +115,8 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
             continue
         path = candidate.path if candidate.local else copy_in(candidate, out)
         try:
-            payload = load_checkpoint(path, config_fingerprint, labels_fingerprint)
+            payload = load_checkpoint(path, config_fingerprint, labels_fingerprint,
+                                      config=config)
         except IncompatibleCheckpointError:
             if not candidate.local:
                 _drop_copy(path)
