@@ -55,6 +55,8 @@ HELP = {
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch "
                "(SyncBatchNorm; on CPU a gloo equivalent) instead of each process's share",
+    "ema": "weight EMA decay, e.g. 0.999, warmed up as min(DECAY, (1+n)/(10+n)) after n steps; "
+           "evaluation and model.pt use the EMA weights (0: off)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "

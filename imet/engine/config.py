@@ -77,6 +77,8 @@ class TrainConfig:
     channels_last: bool = True
     deterministic: bool | None = None
     sync_bn: bool = False
+    # --- the write-ups' recipes (issue 18): all decide the result, all in the fingerprint ---
+    ema: float = 0.0              # weight EMA decay (0: off)
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -149,7 +151,12 @@ class TrainConfig:
             raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
         self.budget_seconds()
         self.margin_seconds()
+        self.check_recipes(source)
         return self
+
+    def check_recipes(self, source: str) -> None:
+        if not 0 <= self.ema < 1:
+            raise UserError(f"{source}: --ema is a decay in [0, 1) (0: off), got {self.ema}")
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"

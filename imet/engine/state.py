@@ -20,6 +20,7 @@ from imet import __version__
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
+from imet.engine.ema import build_ema
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
 from imet.models import build_model
 
@@ -104,6 +105,7 @@ class TrainState:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
+        self.ema = build_ema(model, config.ema)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.enter_stage(1 if config.head_epochs > 0 else 2)
@@ -136,6 +138,11 @@ class TrainState:
     def stage_due(self) -> int:
         """The stage the next step belongs to."""
         return 1 if self.counters.epoch < self.config.head_epochs else 2
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated and written to model.pt: the EMA's while EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     # --- evaluations ---------------------------------------------------------------------
     def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
@@ -176,6 +183,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": {**capture_rng(), "mixup": self.mix_generator.get_state()},
             "versions": library_versions(),
         }
@@ -191,6 +199,8 @@ class TrainState:
             self.scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
         self.mix_generator.set_state(payload["rng"]["mixup"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["ema"])
 
 
 def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainState:

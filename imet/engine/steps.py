@@ -85,4 +85,6 @@ class StepRunner:
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
         return float(loss.detach())
