@@ -3,6 +3,8 @@ the middle of an epoch, resumes to the same final state as a run never stopped."
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = {
     "ema": dict(ema=0.9),
+    "sgd": dict(optimizer="sgd", nesterov=True, momentum=0.9, lr=0.02, head_lr=0.05),
 }
 
 
@@ -87,3 +90,26 @@ def test_ema_weights_differ_from_raw_and_model_file_holds_them(finished):
     assert_same_tensors(model_file["state_dict"], without_prefix(at_best["ema"]), "model.pt")
     assert any(not torch.equal(model_file["state_dict"][k], at_best["model"][k])
                for k in weights)
+
+
+def test_sgd_keeps_momentum_buffers_per_group(finished):
+    *_, payload = finished("sgd")
+    groups = payload["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["early", "late", "head"]
+    assert all(g["nesterov"] and "betas" not in g for g in groups)
+    assert all("momentum_buffer" in s for s in payload["optimizer"]["state"].values())
+
+
+@pytest.mark.parametrize("flag, value, names", [
+    ("--optimizer", "rmsprop", "choose one of adamw, sgd"),
+])
+def test_unknown_choice_is_one_line_with_the_valid_names(mini_data, tmp_path, flag, value,
+                                                        names):
+    argv = [sys.executable, "-m", "imet", "train", "--data", str(mini_data), "--out",
+            str(tmp_path / "run"), "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32",
+            "--batch-size", "8", "--notify", "off", "--device", "cpu", flag, value]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imet train: error: "), result.stderr
+    assert repr(value) in lines[0] and names in lines[0]

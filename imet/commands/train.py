@@ -43,7 +43,7 @@ HELP = {
     "head_lr": "stage 1 peak LR of the head",
     "lr_late_mult": "stage 2 LR multiplier of the late body group",
     "lr_early_mult": "stage 2 LR multiplier of the early body group",
-    "weight_decay": "AdamW weight decay",
+    "weight_decay": "weight decay of the optimizer (AdamW: decoupled; SGD: L2)",
     "schedule": "per-batch LR schedule of each stage (onecycle | cosine | cyclic | constant)",
     "warmup": "warm-up fraction of each stage's steps (onecycle: the rising part)",
     "grad_clip": "clip the gradient norm to this (0: off)",
@@ -57,6 +57,10 @@ HELP = {
                "(SyncBatchNorm; on CPU a gloo equivalent) instead of each process's share",
     "ema": "weight EMA decay, e.g. 0.999, warmed up as min(DECAY, (1+n)/(10+n)) after n steps; "
            "evaluation and model.pt use the EMA weights (0: off)",
+    "optimizer": "adamw | sgd (SGD with momentum), over the same parameter groups and LR "
+                 "schedules",
+    "momentum": "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)",
+    "nesterov": "SGD: Nesterov momentum",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "

@@ -79,6 +79,9 @@ class TrainConfig:
     sync_bn: bool = False
     # --- the write-ups' recipes (issue 18): all decide the result, all in the fingerprint ---
     ema: float = 0.0              # weight EMA decay (0: off)
+    optimizer: str = "adamw"      # adamw | sgd (imet.engine.optim.OPTIMIZERS)
+    momentum: float = 0.9         # sgd only
+    nesterov: bool = False        # sgd only
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -155,8 +158,12 @@ class TrainConfig:
         return self
 
     def check_recipes(self, source: str) -> None:
+        from imet.engine.optim import check_optimizer  # optim builds on this module
+        check_optimizer(self)
         if not 0 <= self.ema < 1:
             raise UserError(f"{source}: --ema is a decay in [0, 1) (0: off), got {self.ema}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"{source}: --momentum must be in [0, 1), got {self.momentum}")
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"

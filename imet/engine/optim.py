@@ -1,4 +1,5 @@
-"""AdamW over the model's parameter groups, and the LR schedules by name.
+"""The optimizer (AdamW or SGD with momentum) over the model's parameter groups, and the LR
+schedules by name.
 
 Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group with
 discriminative rates: head `lr`, late body `lr * lr_late_mult`, early body `lr * lr_early_mult`.
@@ -34,15 +35,42 @@ def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int) -> No
             param.requires_grad_(stage == 2 or name == "head")
 
 
+def adamw(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups, lr=param_groups[-1]["lr"],
+                             weight_decay=config.weight_decay)
+
+
+def sgd(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the iMet notes' future work 5). OneCycleLR cycles its momentum
+    between 0.85 and 0.95 as it cycles AdamW's beta1; the other schedules keep --momentum."""
+    return torch.optim.SGD(param_groups, lr=param_groups[-1]["lr"], momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": adamw,
+    "sgd": sgd,
+}
+
+
+def check_optimizer(config: TrainConfig) -> None:
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer {config.optimizer!r} is unknown; choose one of "
+                        f"{', '.join(OPTIMIZERS)}")
+    if config.nesterov and (config.optimizer != "sgd" or config.momentum <= 0):
+        raise UserError("--nesterov needs --optimizer sgd and a --momentum above 0")
+
+
 def build_optimizer(groups: dict[str, list[torch.nn.Parameter]], config: TrainConfig,
-                    stage: int) -> torch.optim.AdamW:
+                    stage: int) -> torch.optim.Optimizer:
+    check_optimizer(config)
     lrs = stage_group_lrs(config, stage)
     param_groups = [{"params": list(groups[name]), "lr": lrs[name], "name": name}
                     for name in GROUP_ORDER if name in lrs and groups.get(name)]
     if not param_groups:
         raise UserError(f"--arch {config.arch}: the model exposes no trainable parameters "
                         f"for stage {stage}")
-    return torch.optim.AdamW(param_groups, lr=lrs["head"], weight_decay=config.weight_decay)
+    return OPTIMIZERS[config.optimizer](param_groups, config)
 
 
 class WarmupCosine:
