@@ -6,11 +6,15 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from imet.data.batch_augment import ERASE_FILL, ERASE_H, IDENTITY, augment_batch
+from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
 from imet.engine.events import EventBus
 from imet.engine.loop import train
+from imet.models import build_model
 from imet.models.modelfile import read_model_file
 from test_resume import SignalAt, assert_same_end, final_payload, make_config, resume_to_end
 
@@ -19,6 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 RECIPES = {
     "ema": dict(ema=0.9),
     "sgd": dict(optimizer="sgd", nesterov=True, momentum=0.9, lr=0.02, head_lr=0.05),
+    "train_groups": dict(train_groups="late,head"),
+    "pad": dict(preset="pad"),
+    "erasing": dict(erasing=0.5, preset="resize"),
 }
 
 
@@ -100,11 +107,26 @@ def test_sgd_keeps_momentum_buffers_per_group(finished):
     assert all("momentum_buffer" in s for s in payload["optimizer"]["state"].values())
 
 
-@pytest.mark.parametrize("flag, value, names", [
-    ("--optimizer", "rmsprop", "choose one of adamw, sgd"),
+def test_train_groups_late_head_leaves_the_early_group_as_built(finished):
+    *_, payload = finished("train_groups")
+    torch.manual_seed(payload["config"]["seed"])  # what a fresh run seeds before building
+    initial = build_model("tiny_cnn", len(payload["labels"]["attribute_ids"]), dropout=0.3)
+    params = dict(initial.named_parameters())
+    early = [k for k in params if k.startswith("early.")]
+    assert early and all(torch.equal(payload["model"][k], params[k]) for k in early)
+    late = [k for k in params if k.startswith("late.")]
+    assert late and all(not torch.equal(payload["model"][k], params[k]) for k in late)
+    groups = payload["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["late", "head"]  # stage 2's optimizer, no early
+
+
+@pytest.mark.parametrize("flag, value, bad, names", [
+    ("--optimizer", "rmsprop", "'rmsprop'", "choose one of adamw, sgd"),
+    ("--train-groups", "late,body", "'body'", "the groups are early, late, head"),
+    ("--preset", "squash", "'squash'", "choose one of pad, resize, seed"),
 ])
 def test_unknown_choice_is_one_line_with_the_valid_names(mini_data, tmp_path, flag, value,
-                                                        names):
+                                                        bad, names):
     argv = [sys.executable, "-m", "imet", "train", "--data", str(mini_data), "--out",
             str(tmp_path / "run"), "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32",
             "--batch-size", "8", "--notify", "off", "--device", "cpu", flag, value]
@@ -112,4 +134,32 @@ def test_unknown_choice_is_one_line_with_the_valid_names(mini_data, tmp_path, fl
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imet train: error: "), result.stderr
-    assert repr(value) in lines[0] and names in lines[0]
+    assert bad in lines[0] and names in lines[0]
+
+
+def test_pad_preset_keeps_the_whole_image_between_black_bars():
+    wide = np.full((40, 80, 3), 200, np.uint8)
+    for out in (build_train_transform("pad", 32)(wide, np.random.default_rng(0)),
+                build_eval_transform(32, "pad")(image=wide)["image"]):
+        assert out.shape == (32, 32, 3)
+        assert (out[:8] == 0).all() and (out[-8:] == 0).all() and (out[8:24] == 200).all()
+
+
+def test_erasing_fills_one_rectangle_per_erased_sample_on_the_device():
+    spec = build_batch_augment("resize", 32, erasing=1.0)
+    assert spec is not None and spec.p_flip == 0 and build_batch_augment("resize", 32) is None
+    rows = [spec.draw(np.random.default_rng(seed), (3, 32, 32)) for seed in range(20)]
+    assert all(row[ERASE_H] > 0 for row in rows)  # p = 1: every sample
+    assert all(np.array_equal(np.delete(row, range(11, 16)), IDENTITY[:11]) for row in rows)
+    images = torch.full((2, 3, 32, 32), 7, dtype=torch.uint8)
+    out = augment_batch(images, torch.from_numpy(np.stack([rows[0], IDENTITY])))
+    erased = out[0] != 7
+    area = int(rows[0][ERASE_H] * rows[0][11 + 3])
+    assert int(erased[0].sum()) == area and torch.equal(out[1], images[1].float())
+    assert torch.allclose(out[0][erased], torch.tensor(rows[0][ERASE_FILL], dtype=torch.float32))
+    # the seed preset's draws are unchanged by erasing being available but off
+    seed_spec = build_batch_augment("seed", 32)
+    with_erasing = build_batch_augment("seed", 32, erasing=1.0)
+    plain = seed_spec.draw(np.random.default_rng(3), (3, 32, 32))
+    erasing = with_erasing.draw(np.random.default_rng(3), (3, 32, 32))
+    assert np.array_equal(plain[:11], erasing[:11]) and plain[ERASE_H] == 0 < erasing[ERASE_H]

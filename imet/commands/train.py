@@ -30,7 +30,7 @@ HELP = {
     "image_size": "square training/eval image side in pixels",
     "preset": "training augmentation preset: seed (random square crop in the loader; flip, "
               "brightness/contrast, shift-scale-rotate and noise per batch on the device) | "
-              "resize (resize to a square, flip)",
+              "resize (resize to a square, flip) | pad (pad to a square, resize, flip)",
     "loss": "loss (bce | focal | soft_f2)",
     "focal_alpha": "focal loss alpha",
     "focal_gamma": "focal loss gamma",
@@ -61,6 +61,12 @@ HELP = {
                  "schedules",
     "momentum": "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)",
     "nesterov": "SGD: Nesterov momentum",
+    "train_groups": "stage 2 trains only these groups of early, late, head (comma-separated, "
+                    "e.g. late,head: the early group stays frozen, no gradient computed; "
+                    "default: all)",
+    "erasing": "random erasing probability: a rectangle of 2-33%% of the image filled with a "
+               "random gray, drawn per sample in the loader, applied per batch on the device "
+               "(any preset; 0: off)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "

@@ -82,6 +82,8 @@ class TrainConfig:
     optimizer: str = "adamw"      # adamw | sgd (imet.engine.optim.OPTIMIZERS)
     momentum: float = 0.9         # sgd only
     nesterov: bool = False        # sgd only
+    train_groups: str = ""        # stage 2's trained groups, e.g. "late,head" ("": all)
+    erasing: float = 0.0          # random erasing probability, per batch on the device
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -158,12 +160,15 @@ class TrainConfig:
         return self
 
     def check_recipes(self, source: str) -> None:
-        from imet.engine.optim import check_optimizer  # optim builds on this module
+        from imet.engine.optim import check_optimizer, parse_train_groups  # they import this
         check_optimizer(self)
+        parse_train_groups(self.train_groups)
         if not 0 <= self.ema < 1:
             raise UserError(f"{source}: --ema is a decay in [0, 1) (0: off), got {self.ema}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"{source}: --momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.erasing <= 1:
+            raise UserError(f"{source}: --erasing is a probability in [0, 1], got {self.erasing}")
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"

@@ -130,7 +130,7 @@ class TrainState:
     def enter_stage(self, stage: int) -> None:
         """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
         self.counters.stage = stage
-        set_trainable(self.groups, stage)
+        set_trainable(self.groups, stage, self.config.train_groups)
         self.optimizer = build_optimizer(self.groups, self.config, stage)
         self.scheduler = build_scheduler(self.optimizer, self.config, self.stage_steps(stage),
                                          self.steps_per_epoch)
