@@ -13,6 +13,7 @@ import torch
 from imet.data.batch_augment import ERASE_FILL, ERASE_H, IDENTITY, augment_batch
 from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
 from imet.engine.events import EventBus
+from imet.engine.sampler import EpochBatchSampler
 from imet.engine.loop import train
 from imet.models import build_model
 from imet.models.modelfile import read_model_file
@@ -26,13 +27,19 @@ RECIPES = {
     "train_groups": dict(train_groups="late,head"),
     "pad": dict(preset="pad"),
     "erasing": dict(erasing=0.5, preset="resize"),
+    # 32 training images + 8 repeats = 5 steps per epoch: step 7 is inside epoch 1
+    "hard_negatives": dict(hard_negatives=0.25),
 }
 
 
 def assert_same_tensors(actual: dict, expected: dict, what: str) -> None:
     assert actual.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(actual[key], expected[key]), f"{what}.{key} differs"
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):  # bit for bit; an unseen sample's NaN equals NaN
+            torch.testing.assert_close(actual[key], value, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{what}.{key} differs")
+        else:
+            assert actual[key] == value, f"{what}.{key} differs"
 
 
 class KeepCheckpoints:
@@ -81,8 +88,9 @@ def test_sigterm_mid_epoch_resumes_bit_identically(name, mini_data, tmp_path, fi
     end = resume_to_end(mini_data, tmp_path, **RECIPES[name])
     *_, reference = finished(name)
     assert_same_end(end, reference)
-    if reference["ema"] is not None:
-        assert_same_tensors(end["ema"], reference["ema"], "ema")
+    for part in ("ema", "hard_negatives"):
+        if reference[part] is not None:
+            assert_same_tensors(end[part], reference[part], part)
 
 
 def test_ema_weights_differ_from_raw_and_model_file_holds_them(finished):
@@ -163,3 +171,27 @@ def test_erasing_fills_one_rectangle_per_erased_sample_on_the_device():
     plain = seed_spec.draw(np.random.default_rng(3), (3, 32, 32))
     erasing = with_erasing.draw(np.random.default_rng(3), (3, 32, 32))
     assert np.array_equal(plain[:11], erasing[:11]) and plain[ERASE_H] == 0 < erasing[ERASE_H]
+
+
+def test_hard_negatives_repeat_the_largest_losses_of_the_epoch_before(finished):
+    _, kept, payload = finished("hard_negatives")
+    assert payload["counters"]["step"] == 15  # 3 epochs of (32 + 8) / 8 steps
+    end_of_epoch_1 = kept.payload(10)["hard_negatives"]
+    assert end_of_epoch_1["epoch"] == 1 and not end_of_epoch_1["losses"].isnan().any()
+    top = torch.argsort(end_of_epoch_1["losses"], descending=True, stable=True)[:8]
+    assert torch.equal(payload["hard_negatives"]["repeats"], top)
+    assert payload["hard_negatives"]["epoch"] == 2
+
+
+def test_an_epoch_with_repeats_sees_them_twice_in_a_seeded_order():
+    def epoch(seed):
+        sampler = EpochBatchSampler(32, 8, seed, repeat_count=8)
+        sampler.set_position(1, 0, torch.tensor(REPEATS))
+        return [i for batch in sampler for i in batch]
+    REPEATS = [3, 9, 30, 31, 0, 1, 2, 4]
+    order = epoch(5)
+    assert len(order) == 40 and sorted(order) == sorted(list(range(32)) + REPEATS)
+    assert epoch(5) == order != epoch(6)
+    plain = EpochBatchSampler(32, 8, 5)
+    with_none = EpochBatchSampler(32, 8, 5, repeat_count=0)
+    assert list(plain) == list(with_none)

@@ -67,6 +67,9 @@ HELP = {
     "erasing": "random erasing probability: a rectangle of 2-33%% of the image filled with a "
                "random gray, drawn per sample in the loader, applied per batch on the device "
                "(any preset; 0: off)",
+    "hard_negatives": "hard-negative mining: each epoch also sees again this fraction of the "
+                      "samples, those of largest loss in the epoch before (epoch 0: drawn at "
+                      "random); epochs get longer by as much (0: off)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "

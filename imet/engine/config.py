@@ -84,6 +84,7 @@ class TrainConfig:
     nesterov: bool = False        # sgd only
     train_groups: str = ""        # stage 2's trained groups, e.g. "late,head" ("": all)
     erasing: float = 0.0          # random erasing probability, per batch on the device
+    hard_negatives: float = 0.0   # fraction of the epoch's samples seen again (top losses)
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -169,6 +170,9 @@ class TrainConfig:
             raise UserError(f"{source}: --momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.erasing <= 1:
             raise UserError(f"{source}: --erasing is a probability in [0, 1], got {self.erasing}")
+        if not 0 <= self.hard_negatives < 1:
+            raise UserError(f"{source}: --hard-negatives is a fraction of the training samples "
+                            f"in [0, 1), got {self.hard_negatives}")
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"

@@ -113,7 +113,8 @@ class Trainer:
         self.emit_start()
         self.sampler = EpochBatchSampler(len(self.data.train_set), self.config.batch_size,
                                          c.sampler_seed, c.epoch, c.epoch_step, with_epoch=True,
-                                         rank=self.dist.rank, world_size=self.dist.world_size)
+                                         rank=self.dist.rank, world_size=self.dist.world_size,
+                                         repeat_count=state.repeat_count)
         cuda = self.device.type == "cuda"
         loader, batches = train_loader(self.data, self.sampler, self.config, cuda), None
         self.val_batches = val_loader(self.dist.val_data(self.data), self.config, cuda)
@@ -145,7 +146,7 @@ class Trainer:
                 if self.periodic_save_due():
                     self.save()
                 if batches is None:
-                    self.sampler.set_position(c.epoch, c.epoch_step)
+                    self.sampler.set_position(c.epoch, c.epoch_step, state.epoch_repeats())
                     batches = iter(loader)
                 self.train_one_step(next(batches))
                 if c.epoch_step == state.steps_per_epoch:

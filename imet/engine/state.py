@@ -21,7 +21,9 @@ from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
 from imet.engine.ema import build_ema
+from imet.engine.hard_negatives import build_hard_negatives, repeat_count
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
+from imet.errors import UserError
 from imet.models import build_model
 
 
@@ -94,7 +96,8 @@ def library_versions() -> dict[str, str]:
 class TrainState:
     def __init__(self, config: TrainConfig, model: torch.nn.Module,
                  groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
-                 labels: dict[str, Any], labels_fingerprint: str, use_amp: bool):
+                 labels: dict[str, Any], labels_fingerprint: str, use_amp: bool,
+                 num_samples: int = 0):
         self.config = config
         self.model = model
         self.groups = groups
@@ -106,6 +109,8 @@ class TrainState:
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
         self.ema = build_ema(model, config.ema)
+        self.hard_negatives = build_hard_negatives(num_samples, config.hard_negatives,
+                                                   config.seed)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.enter_stage(1 if config.head_epochs > 0 else 2)
@@ -143,6 +148,16 @@ class TrainState:
     def eval_model(self) -> torch.nn.Module:
         """The weights evaluated and written to model.pt: the EMA's while EMA is on."""
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def repeat_count(self) -> int:
+        """Samples an epoch sees a second time (hard-negative mining; 0 without)."""
+        return self.hard_negatives.count if self.hard_negatives is not None else 0
+
+    def epoch_repeats(self) -> torch.Tensor | None:
+        """The samples the current epoch repeats (None without hard-negative mining)."""
+        c = self.counters
+        return self.hard_negatives.for_epoch(c.epoch) if self.hard_negatives is not None else None
 
     # --- evaluations ---------------------------------------------------------------------
     def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
@@ -184,6 +199,8 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "hard_negatives": (self.hard_negatives.state_dict()
+                               if self.hard_negatives is not None else None),
             "rng": {**capture_rng(), "mixup": self.mix_generator.get_state()},
             "versions": library_versions(),
         }
@@ -201,6 +218,8 @@ class TrainState:
         self.mix_generator.set_state(payload["rng"]["mixup"])
         if self.ema is not None:
             self.ema.load_state_dict(payload["ema"])
+        if self.hard_negatives is not None:
+            self.hard_negatives.load_state_dict(payload["hard_negatives"])
 
 
 def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainState:
@@ -219,9 +238,14 @@ def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainSt
     model.to(steps.device)
     if steps.channels_last:
         model.to(memory_format=torch.channels_last)
-    state = TrainState(config, model, model.param_groups(),
-                       len(data.train_set) // config.batch_size, data.labels.to_dict(),
-                       data.labels.fingerprint(), use_amp=steps.use_amp)
+    samples = len(data.train_set)
+    if config.hard_negatives and dist.world_size > 1:
+        raise UserError("--hard-negatives records the losses in one process: run it without "
+                        "torchrun, or without --hard-negatives")
+    epoch_samples = samples + repeat_count(samples, config.hard_negatives)
+    state = TrainState(config, model, model.param_groups(), epoch_samples // config.batch_size,
+                       data.labels.to_dict(), data.labels.fingerprint(), use_amp=steps.use_amp,
+                       num_samples=samples)
     if resume is not None:
         state.restore(resume.payload)
     return state

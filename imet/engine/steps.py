@@ -10,6 +10,7 @@ import torch
 from imet.data.batch_augment import augment_batch
 from imet.data.transforms import Normalization, normalize_batch
 from imet.engine.config import TrainConfig
+from imet.engine.hard_negatives import per_sample_losses
 from imet.engine.losses import build_loss, mixup
 
 
@@ -76,6 +77,8 @@ class StepRunner:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             logits = self.training_model()(images)
         loss = self.loss_fn(logits.float(), targets)
+        if state.hard_negatives is not None:
+            state.hard_negatives.record(batch[2], per_sample_losses(self.loss_fn, logits, targets))
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
