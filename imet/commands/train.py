@@ -117,7 +117,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 metavar=spec.name.upper(), help=text)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace,
+                     required: tuple[str, ...] = ("data", "out")) -> TrainConfig:
     values = dict(read_config_file(args.config)) if args.config else {}
     source = args.config or "command line"
     for spec in dataclasses.fields(TrainConfig):
@@ -127,9 +128,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[spec.name] = given
     config = TrainConfig.from_dict(values, source)
     from imet.errors import UserError
-    for required in ("data", "out"):
-        if not getattr(config, required):
-            raise UserError(f"{_flag(required)} is required (on the command line or in --config)")
+    for name in required:
+        if not getattr(config, name):
+            raise UserError(f"{_flag(name)} is required (on the command line or in --config)")
     return config
 
 
