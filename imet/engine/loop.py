@@ -199,8 +199,8 @@ class Trainer:
         self.budget.eval.add(self.clock() - started)
         is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss)
         if is_best and self.dist.is_main:
-            save_model_file(self.out / handover_file.MODEL_FILE, state.eval_model, self.config.arch,
-                            self.config.to_dict(), self.data.labels,
+            save_model_file(self.out / handover_file.MODEL_FILE, state.eval_model,
+                            self.config.arch, self.config.to_dict(), self.data.labels,
                             extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
                                    "threshold": result.threshold})
         self.bus.emit("evaluation", step=c.step, epoch=c.epoch, f2=result.f2,

@@ -105,7 +105,8 @@ def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> 
         sweep.lrs.append(lr)
         sweep.losses.append(loss)
         sweep.smoothed.append(average / (1 - SMOOTHING ** len(sweep.losses)))
-        if len(sweep.smoothed) > SKIP and sweep.smoothed[-1] > DIVERGED * min(sweep.smoothed[SKIP:]):
+        low = min(sweep.smoothed[SKIP:] or [math.inf])
+        if sweep.smoothed[-1] > DIVERGED * low:
             sweep.diverged = True
             break
     return sweep

@@ -156,8 +156,9 @@ class TrainState:
 
     def epoch_repeats(self) -> torch.Tensor | None:
         """The samples the current epoch repeats (None without hard-negative mining)."""
-        c = self.counters
-        return self.hard_negatives.for_epoch(c.epoch) if self.hard_negatives is not None else None
+        if self.hard_negatives is None:
+            return None
+        return self.hard_negatives.for_epoch(self.counters.epoch)
 
     # --- evaluations ---------------------------------------------------------------------
     def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
