@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
     "train": ("train", f"train or resume one fold; exit {HANDED_OVER} = saved and handed over to "
                        "the next session"),
+    "lr-find": ("lr_find", "exponential LR sweep with the train flags -> loss-vs-LR plot and a "
+                           "suggested --lr (writes no run folder)"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
     "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
     "weights": ("weights", "fetch pretrained weights into a folder ready for `kaggle datasets create`"),

@@ -174,7 +174,7 @@ def test_image_sizes_beyond_the_noise_bank_are_a_user_error():
                                         "images of at most 1182 px"):
         build_batch_augment("seed", 1183)
     assert build_batch_augment("resize", 2048) is None
-    assert set(TRAIN_PRESETS) == {"seed", "resize"}
+    assert set(TRAIN_PRESETS) == {"seed", "resize", "pad"}
 
 
 def test_sampling_grid_is_affine_grid():

@@ -35,7 +35,7 @@ HELP = {
     "image_size": "square training/eval image side in pixels",
     "preset": "training augmentation preset: seed (random square crop in the loader; flip, "
               "brightness/contrast, shift-scale-rotate and noise per batch on the device) | "
-              "resize (resize to a square, flip)",
+              "resize (resize to a square, flip) | pad (pad to a square, resize, flip)",
     "loss": "loss (bce | focal | soft_f2)",
     "focal_alpha": "focal loss alpha",
     "focal_gamma": "focal loss gamma",
@@ -48,7 +48,7 @@ HELP = {
     "head_lr": "stage 1 peak LR of the head",
     "lr_late_mult": "stage 2 LR multiplier of the late body group",
     "lr_early_mult": "stage 2 LR multiplier of the early body group",
-    "weight_decay": "AdamW weight decay",
+    "weight_decay": "weight decay of the optimizer (AdamW: decoupled; SGD: L2)",
     "schedule": "per-batch LR schedule of each stage (onecycle | cosine | cyclic | constant)",
     "warmup": "warm-up fraction of each stage's steps (onecycle: the rising part)",
     "grad_clip": "clip the gradient norm to this (0: off)",
@@ -64,6 +64,21 @@ HELP = {
                  "the T4, bf16 from Ampere on, off on CPU) | fp16 (with GradScaler) | bf16; an "
                  "explicit dtype runs CPU autocast too. A resumed run keeps the precision it "
                  "started in",
+    "ema": "weight EMA decay, e.g. 0.999, warmed up as min(DECAY, (1+n)/(10+n)) after n steps; "
+           "evaluation and model.pt use the EMA weights (0: off)",
+    "optimizer": "adamw | sgd (SGD with momentum), over the same parameter groups and LR "
+                 "schedules",
+    "momentum": "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)",
+    "nesterov": "SGD: Nesterov momentum",
+    "train_groups": "stage 2 trains only these groups of early, late, head (comma-separated, "
+                    "e.g. late,head: the early group stays frozen, no gradient computed; "
+                    "default: all)",
+    "erasing": "random erasing probability: a rectangle of 2-33%% of the image filled with a "
+               "random gray, drawn per sample in the loader, applied per batch on the device "
+               "(any preset; 0: off)",
+    "hard_negatives": "hard-negative mining: each epoch also sees again this fraction of the "
+                      "samples, those of largest loss in the epoch before (epoch 0: drawn at "
+                      "random); epochs get longer by as much (0: off)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader worker processes (results do not depend on it)",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
@@ -117,7 +132,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 metavar=spec.name.upper(), help=text)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace,
+                     required: tuple[str, ...] = ("data", "out")) -> TrainConfig:
     values = dict(read_config_file(args.config)) if args.config else {}
     source = args.config or "command line"
     for spec in dataclasses.fields(TrainConfig):
@@ -127,9 +143,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[spec.name] = given
     config = TrainConfig.from_dict(values, source)
     from imet.errors import UserError
-    for required in ("data", "out"):
-        if not getattr(config, required):
-            raise UserError(f"{_flag(required)} is required (on the command line or in --config)")
+    for name in required:
+        if not getattr(config, name):
+            raise UserError(f"{_flag(name)} is required (on the command line or in --config)")
     return config
 
 

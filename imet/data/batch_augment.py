@@ -12,7 +12,9 @@ are split in two:
 
 The semantics are those of albumentations' `HorizontalFlip`, `RandomBrightnessContrast(0.2,
 0.2)`, `Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-15, 15))` and
-`GaussNoise(std_range=(0.01, 0.05))` on uint8 images, except that the pixels stay float (no
+`GaussNoise(std_range=(0.01, 0.05))` on uint8 images, then, with `--erasing P`, those of
+torchvision's `RandomErasing(p=P, scale=(0.02, 0.33), ratio=(0.3, 3.3))` with a random gray
+(one value per sample) as the fill, except that the pixels stay float (no
 rounding between steps) and the warp's border reflects about the edge (cv2's BORDER_REFLECT;
 albumentations used BORDER_REFLECT_101, which repeats no edge pixel). albumentations and
 torchvision's v2 transforms work per image; batched, per-sample-parameter versions with an
@@ -29,8 +31,10 @@ import torch.nn.functional as F
 from imet.data.noise import BANK_SIZE, noise_bank_on
 
 # Columns of a sample's parameter row (float64, so the noise offset stays an exact integer).
-FLIP, ALPHA, BETA, AFFINE, SCALE_X, SCALE_Y, ANGLE, SHIFT_X, SHIFT_Y, SIGMA, OFFSET = range(11)
-PARAMS = 11
+# ERASE_*: the erased rectangle in pixels (height 0: none) and its fill.
+(FLIP, ALPHA, BETA, AFFINE, SCALE_X, SCALE_Y, ANGLE, SHIFT_X, SHIFT_Y, SIGMA, OFFSET,
+ ERASE_TOP, ERASE_LEFT, ERASE_H, ERASE_W, ERASE_FILL) = range(16)
+PARAMS = 16
 IDENTITY = np.zeros(PARAMS)
 IDENTITY[[ALPHA, SCALE_X, SCALE_Y]] = 1.0
 
@@ -52,9 +56,18 @@ class BatchAugment:
     p_affine: float = 0.5
     noise_std: tuple = (0.01, 0.05)
     p_noise: float = 0.3
+    # Off in every preset; `--erasing P` sets it. Drawn last, so that it changes no other draw.
+    p_erase: float = 0.0
+    erase_scale: tuple = (0.02, 0.33)
+    erase_ratio: tuple = (0.3, 3.3)
+
+    @classmethod
+    def nothing(cls) -> "BatchAugment":
+        """A per-batch part that changes no pixel: the base for presets without one."""
+        return cls(p_flip=0.0, p_brightness_contrast=0.0, p_affine=0.0, p_noise=0.0)
 
     def __post_init__(self):
-        for name in ("p_flip", "p_brightness_contrast", "p_affine", "p_noise"):
+        for name in ("p_flip", "p_brightness_contrast", "p_affine", "p_noise", "p_erase"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -87,7 +100,26 @@ class BatchAugment:
                                  f"({BANK_SIZE}); lower --image-size")
             row[SIGMA] = 255.0 * rng.uniform(*self.noise_std)
             row[OFFSET] = rng.integers(0, BANK_SIZE - count + 1)
+        if self.p_erase and rng.random() < self.p_erase:
+            self.draw_erasing(rng, row, *shape[-2:])
         return row
+
+    def draw_erasing(self, rng: np.random.Generator, row: np.ndarray, height: int,
+                     width: int) -> None:
+        """torchvision's RandomErasing.get_params: up to 10 tries at a rectangle of a random
+        area fraction and log-uniform aspect ratio that fits; none fits, nothing is erased.
+        `shape[-2:]` is (H, W): the dataset hands CHW images."""
+        for _ in range(10):
+            area = height * width * rng.uniform(*self.erase_scale)
+            ratio = math.exp(rng.uniform(math.log(self.erase_ratio[0]),
+                                         math.log(self.erase_ratio[1])))
+            h, w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if 0 < h < height and 0 < w < width:
+                row[[ERASE_TOP, ERASE_LEFT]] = (rng.integers(0, height - h + 1),
+                                                rng.integers(0, width - w + 1))
+                row[[ERASE_H, ERASE_W]] = h, w
+                row[ERASE_FILL] = rng.uniform(0.0, 255.0)
+                return
 
 
 def affine_theta(params: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -159,4 +191,7 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
             x[i].add_(bank[offset:offset + size].view(channels, height, width),
                       alpha=float(params[i, SIGMA]))
         x.clamp_(0.0, 255.0)
+    for i in torch.nonzero(params[:, ERASE_H] > 0).flatten().tolist():
+        top, left, h, w = (int(v) for v in params[i, [ERASE_TOP, ERASE_LEFT, ERASE_H, ERASE_W]])
+        x[i, :, top:top + h, left:left + w] = float(params[i, ERASE_FILL])
     return x

@@ -9,6 +9,7 @@ the device (`normalize_batch`, `Normalization.apply`).
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -127,6 +128,22 @@ def _resize_eval(size: int) -> A.Compose:
     ])
 
 
+def _padded(size: int) -> list:
+    """Pad to a square, then resize (the iMet notes' future work 2: the whole object, unstretched,
+    instead of a crop or a squeeze). Done as shrink-the-long-side, then pad: the same picture
+    up to interpolation, and the resize works on the unpadded pixels. Black bars, centred."""
+    return [A.LongestMaxSize(max_size=size, **_SCALING),
+            A.PadIfNeeded(size, size, position="center", border_mode=cv2.BORDER_CONSTANT, fill=0)]
+
+
+def _pad_train(size: int) -> AlbumentationsStep:
+    return AlbumentationsStep(A.Compose([*_padded(size), A.HorizontalFlip(p=0.5)]))
+
+
+def _pad_eval(size: int) -> A.Compose:
+    return A.Compose(_padded(size))
+
+
 def _seed_eval(size: int) -> A.Compose:
     return A.Compose([
         A.SmallestMaxSize(max_size=size, **_SCALING),
@@ -137,6 +154,8 @@ def _seed_eval(size: int) -> A.Compose:
 TRAIN_PRESETS: dict[str, Preset] = {
     "resize": Preset(_resize_train, _resize_eval,
                      "resize to a square (crop only beyond aspect 2:1), horizontal flip"),
+    "pad": Preset(_pad_train, _pad_eval,
+                  "pad to a square (black bars, centred), resize, horizontal flip"),
     # The iMet notes' aggressive pipeline. Scaling the short side first and cropping the
     # square afterwards keeps every later step on size x size pixels; flip, brightness/
     # contrast, shift-scale-rotate and noise follow per batch on the device, where they cost
@@ -167,10 +186,14 @@ def build_train_transform(preset: str, size: int):
     return _preset(preset).train(_check_size(size))
 
 
-def build_batch_augment(preset: str, size: int) -> BatchAugment | None:
+def build_batch_augment(preset: str, size: int, erasing: float = 0.0) -> BatchAugment | None:
     """What `preset` augments per batch on the device (None: nothing), for size x size
-    images: refused when they are larger than the noise bank's windows."""
+    images, with random erasing of probability `erasing` added (a preset without a per-batch
+    part gets one that only erases): refused when they are larger than the noise bank's
+    windows."""
     batch, size = _preset(preset).batch, _check_size(size)
+    if erasing:
+        batch = dataclasses.replace(batch or BatchAugment.nothing(), p_erase=erasing)
     largest = batch.largest_side() if batch is not None else None
     if largest is not None and size > largest:
         raise UserError(f"--image-size {size}: the {preset} preset adds noise to images of at "

@@ -90,6 +90,14 @@ class TrainConfig:
     # fingerprint; the precision it resolved to is checked on resume instead
     # (engine/state.check_precision), with a message naming both ---
     amp_dtype: str = "auto"
+    # --- the write-ups' recipes (issue 18): all decide the result, all in the fingerprint ---
+    ema: float = 0.0              # weight EMA decay (0: off)
+    optimizer: str = "adamw"      # adamw | sgd (imet.engine.optim.OPTIMIZERS)
+    momentum: float = 0.9         # sgd only
+    nesterov: bool = False        # sgd only
+    train_groups: str = ""        # stage 2's trained groups, e.g. "late,head" ("": all)
+    erasing: float = 0.0          # random erasing probability, per batch on the device
+    hard_negatives: float = 0.0   # fraction of the epoch's samples seen again (top losses)
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     num_workers: int = 2
@@ -170,7 +178,22 @@ class TrainConfig:
         check_amp_dtype(self.amp_dtype, f"{source}: --amp-dtype")
         self.budget_seconds()
         self.margin_seconds()
+        self.check_recipes(source)
         return self
+
+    def check_recipes(self, source: str) -> None:
+        from imet.engine.optim import check_optimizer, parse_train_groups  # they import this
+        check_optimizer(self)
+        parse_train_groups(self.train_groups)
+        if not 0 <= self.ema < 1:
+            raise UserError(f"{source}: --ema is a decay in [0, 1) (0: off), got {self.ema}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"{source}: --momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.erasing <= 1:
+            raise UserError(f"{source}: --erasing is a probability in [0, 1], got {self.erasing}")
+        if not 0 <= self.hard_negatives < 1:
+            raise UserError(f"{source}: --hard-negatives is a fraction of the training samples "
+                            f"in [0, 1), got {self.hard_negatives}")
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"

@@ -139,7 +139,7 @@ class ProcessGroup(SingleProcess):
 
     def evaluate(self, runner, loader, targets: np.ndarray,
                  should_stop: Callable[[], bool]) -> Evaluation | None:
-        self.sync_buffers(runner.state.model)
+        self.sync_buffers(runner.state.eval_model)
         batches = Lockstep(loader, self, should_stop)
         out = predict_loader(runner, batches, lambda: batches.stopped)
         if out is None:

@@ -25,7 +25,7 @@ class Evaluation:
 
 def predict_loader(runner, loader, should_stop: Callable[[], bool]):
     """(probs float32 [N, C], mean loss) or None when a stop was requested mid-way."""
-    model, device = runner.state.model, runner.device
+    model, device = runner.state.eval_model, runner.device
     was_training = model.training
     model.eval()
     probs, loss_sum, count = [], 0.0, 0

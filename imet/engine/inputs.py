@@ -66,7 +66,8 @@ def load_run_data(config: TrainConfig) -> RunData:
                             build_train_transform(config.preset, config.image_size), config.seed,
                             normalize=None, cache=cache, min_side=MIN_SIDE,
                             batch_augment=build_batch_augment(config.preset,
-                                                              config.image_size))
+                                                              config.image_size,
+                                                              config.erasing))
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
                           build_eval_transform(config.image_size, config.preset), config.seed,
                           normalize=None, cache=cache, min_side=MIN_SIDE)

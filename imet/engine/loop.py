@@ -120,7 +120,8 @@ class Trainer:
         self.emit_start()
         self.sampler = EpochBatchSampler(len(self.data.train_set), self.config.batch_size,
                                          c.sampler_seed, c.epoch, c.epoch_step, with_epoch=True,
-                                         rank=self.dist.rank, world_size=self.dist.world_size)
+                                         rank=self.dist.rank, world_size=self.dist.world_size,
+                                         repeat_count=state.repeat_count)
         cuda = self.device.type == "cuda"
         loader, batches = train_loader(self.data, self.sampler, self.config, cuda), None
         self.val_batches = val_loader(self.dist.val_data(self.data), self.config, cuda)
@@ -152,7 +153,7 @@ class Trainer:
                 if self.periodic_save_due():
                     self.save()
                 if batches is None:
-                    self.sampler.set_position(c.epoch, c.epoch_step)
+                    self.sampler.set_position(c.epoch, c.epoch_step, state.epoch_repeats())
                     batches = iter(loader)
                 self.train_one_step(next(batches))
                 if c.epoch_step == state.steps_per_epoch:
@@ -208,9 +209,9 @@ class Trainer:
         self.budget.eval.add(self.clock() - started)
         is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss)
         if is_best and self.dist.is_main:
-            needed = expected_size(state.model.state_dict())
+            needed = expected_size(state.eval_model.state_dict())
             with room_for(self.out, handover_file.MODEL_FILE, needed, remedy(self.config.keep)):
-                save_model_file(self.out / handover_file.MODEL_FILE, state.model,
+                save_model_file(self.out / handover_file.MODEL_FILE, state.eval_model,
                                 self.config.arch, self.config.to_dict(), self.data.labels,
                                 extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
                                        "threshold": result.threshold})

@@ -1,7 +1,9 @@
-"""AdamW over the model's parameter groups, and the LR schedules by name.
+"""The optimizer (AdamW or SGD with momentum) over the model's parameter groups, and the LR
+schedules by name.
 
-Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group with
-discriminative rates: head `lr`, late body `lr * lr_late_mult`, early body `lr * lr_early_mult`.
+Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group (or the
+`--train-groups`) with discriminative rates: head `lr`, late body `lr * lr_late_mult`, early
+body `lr * lr_early_mult`.
 Every schedule is a `torch.optim.lr_scheduler` stepped once per batch, over one stage's steps;
 the optimizer and scheduler are rebuilt at the stage switch from (config, stage) alone, so a
 resumed run rebuilds exactly what the uninterrupted one had. Schedule lambdas are callable
@@ -20,29 +22,71 @@ from imet.errors import UserError
 GROUP_ORDER = ("early", "late", "head")
 
 
+def parse_train_groups(text: str) -> tuple[str, ...]:
+    """--train-groups "late,head" -> ("late", "head") in GROUP_ORDER; "" -> every group."""
+    names = [name.strip() for name in text.split(",") if name.strip()] if text else []
+    unknown = [name for name in names if name not in GROUP_ORDER]
+    if unknown:
+        raise UserError(f"--train-groups: unknown group {unknown[0]!r}; the groups are "
+                        f"{', '.join(GROUP_ORDER)} (comma-separated, e.g. late,head)")
+    return tuple(name for name in GROUP_ORDER if name in names) if names else GROUP_ORDER
+
+
 def stage_group_lrs(config: TrainConfig, stage: int) -> dict[str, float]:
     if stage == 1:
         return {"head": config.head_lr}
-    return {"early": config.lr * config.lr_early_mult, "late": config.lr * config.lr_late_mult,
-            "head": config.lr}
+    lrs = {"early": config.lr * config.lr_early_mult, "late": config.lr * config.lr_late_mult,
+           "head": config.lr}
+    return {name: lrs[name] for name in parse_train_groups(config.train_groups)}
 
 
-def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int) -> None:
-    """Stage 1 freezes the body (no gradients computed for it); stage 2 trains everything."""
+def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
+                  train_groups: str = "") -> None:
+    """Stage 1 freezes the body; stage 2 trains the --train-groups (default: every group). A
+    frozen group computes no gradients: with the early group frozen, autograd keeps none of
+    its activations either."""
+    trained = ("head",) if stage == 1 else parse_train_groups(train_groups)
     for name, params in groups.items():
         for param in params:
-            param.requires_grad_(stage == 2 or name == "head")
+            param.requires_grad_(name in trained)
+
+
+def adamw(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups, lr=param_groups[-1]["lr"],
+                             weight_decay=config.weight_decay)
+
+
+def sgd(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the iMet notes' future work 5). OneCycleLR cycles its momentum
+    between 0.85 and 0.95 as it cycles AdamW's beta1; the other schedules keep --momentum."""
+    return torch.optim.SGD(param_groups, lr=param_groups[-1]["lr"], momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": adamw,
+    "sgd": sgd,
+}
+
+
+def check_optimizer(config: TrainConfig) -> None:
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer {config.optimizer!r} is unknown; choose one of "
+                        f"{', '.join(OPTIMIZERS)}")
+    if config.nesterov and (config.optimizer != "sgd" or config.momentum <= 0):
+        raise UserError("--nesterov needs --optimizer sgd and a --momentum above 0")
 
 
 def build_optimizer(groups: dict[str, list[torch.nn.Parameter]], config: TrainConfig,
-                    stage: int) -> torch.optim.AdamW:
+                    stage: int) -> torch.optim.Optimizer:
+    check_optimizer(config)
     lrs = stage_group_lrs(config, stage)
     param_groups = [{"params": list(groups[name]), "lr": lrs[name], "name": name}
                     for name in GROUP_ORDER if name in lrs and groups.get(name)]
     if not param_groups:
         raise UserError(f"--arch {config.arch}: the model exposes no trainable parameters "
                         f"for stage {stage}")
-    return torch.optim.AdamW(param_groups, lr=lrs["head"], weight_decay=config.weight_decay)
+    return OPTIMIZERS[config.optimizer](param_groups, config)
 
 
 class WarmupCosine:

@@ -21,9 +21,11 @@ from imet import __version__
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
+from imet.engine.ema import build_ema
+from imet.engine.hard_negatives import build_hard_negatives, repeat_count
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
 from imet.engine.precision import Precision
-from imet.errors import CheckpointError
+from imet.errors import CheckpointError, UserError
 from imet.models import build_model
 
 
@@ -97,7 +99,7 @@ class TrainState:
     def __init__(self, config: TrainConfig, model: torch.nn.Module,
                  groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
                  labels: dict[str, Any], labels_fingerprint: str, precision: Precision,
-                 device_type: str):
+                 device_type: str, num_samples: int = 0):
         self.config = config
         self.model = model
         self.groups = groups
@@ -109,6 +111,9 @@ class TrainState:
         self.scaler = precision.scaler(device_type)
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
+        self.ema = build_ema(model, config.ema)
+        self.hard_negatives = build_hard_negatives(num_samples, config.hard_negatives,
+                                                   config.seed)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.enter_stage(1 if config.head_epochs > 0 else 2)
@@ -133,7 +138,7 @@ class TrainState:
     def enter_stage(self, stage: int) -> None:
         """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
         self.counters.stage = stage
-        set_trainable(self.groups, stage)
+        set_trainable(self.groups, stage, self.config.train_groups)
         self.optimizer = build_optimizer(self.groups, self.config, stage)
         self.scheduler = build_scheduler(self.optimizer, self.config, self.stage_steps(stage),
                                          self.steps_per_epoch)
@@ -141,6 +146,22 @@ class TrainState:
     def stage_due(self) -> int:
         """The stage the next step belongs to."""
         return 1 if self.counters.epoch < self.config.head_epochs else 2
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated and written to model.pt: the EMA's while EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def repeat_count(self) -> int:
+        """Samples an epoch sees a second time (hard-negative mining; 0 without)."""
+        return self.hard_negatives.count if self.hard_negatives is not None else 0
+
+    def epoch_repeats(self) -> torch.Tensor | None:
+        """The samples the current epoch repeats (None without hard-negative mining)."""
+        if self.hard_negatives is None:
+            return None
+        return self.hard_negatives.for_epoch(self.counters.epoch)
 
     # --- evaluations ---------------------------------------------------------------------
     def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
@@ -181,6 +202,9 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "hard_negatives": (self.hard_negatives.state_dict()
+                               if self.hard_negatives is not None else None),
             "rng": {**capture_rng(), "mixup": self.mix_generator.get_state()},
             "versions": library_versions(),
         }
@@ -196,6 +220,10 @@ class TrainState:
             self.scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
         self.mix_generator.set_state(payload["rng"]["mixup"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["ema"])
+        if self.hard_negatives is not None:
+            self.hard_negatives.load_state_dict(payload["hard_negatives"])
 
 
 def saved_precision(payload: dict[str, Any]) -> str:
@@ -238,9 +266,14 @@ def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainSt
     model.to(steps.device)
     if steps.channels_last:
         model.to(memory_format=torch.channels_last)
-    state = TrainState(config, model, model.param_groups(),
-                       len(data.train_set) // config.batch_size, data.labels.to_dict(),
-                       data.labels.fingerprint(), steps.precision, steps.device.type)
+    samples = len(data.train_set)
+    if config.hard_negatives and dist.world_size > 1:
+        raise UserError("--hard-negatives records the losses in one process: run it without "
+                        "torchrun, or without --hard-negatives")
+    epoch_samples = samples + repeat_count(samples, config.hard_negatives)
+    state = TrainState(config, model, model.param_groups(), epoch_samples // config.batch_size,
+                       data.labels.to_dict(), data.labels.fingerprint(), steps.precision,
+                       steps.device.type, num_samples=samples)
     if resume is not None:
         check_precision(resume, steps.precision, config, steps.device.type)
         state.restore(resume.payload)

@@ -11,6 +11,7 @@ import torch
 from imet.data.batch_augment import augment_batch
 from imet.data.transforms import Normalization, normalize_batch
 from imet.engine.config import TrainConfig
+from imet.engine.hard_negatives import per_sample_losses
 from imet.engine.losses import build_loss, mixup
 from imet.engine.precision import device_precision
 
@@ -78,6 +79,8 @@ class StepRunner:
         with self.precision.autocast(self.device.type):
             logits = self.training_model()(images)
         loss = self.loss_fn(logits.float(), targets)
+        if state.hard_negatives is not None:
+            state.hard_negatives.record(batch[2], per_sample_losses(self.loss_fn, logits, targets))
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
@@ -87,4 +90,6 @@ class StepRunner:
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
         return float(loss.detach())
