@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 
-from imet.engine.config import TrainConfig, read_config_file
+from imet.engine.config import RANDOM_INIT_DEFAULTS, TrainConfig, read_config_file
 
 DEFAULTS = TrainConfig()
 
@@ -89,6 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(TrainConfig):
         default = getattr(DEFAULTS, spec.name)
         text = f"{HELP[spec.name]} [{default if default not in ('', None, []) else '-'}]"
+        if spec.name in RANDOM_INIT_DEFAULTS:
+            text = f"{text[:-1]}; {RANDOM_INIT_DEFAULTS[spec.name]} with --no-pretrained]"
         if isinstance(default, bool) or spec.name == "deterministic":
             parser.add_argument(_flag(spec.name), action=argparse.BooleanOptionalAction,
                                 default=None, help=text)
