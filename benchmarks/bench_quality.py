@@ -195,7 +195,8 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    print(f"\nmini-iMet {args.n_train} train / {args.n_test} test, {args.size} px; "
+    print(f"\nreproduce: python benchmarks/bench_quality.py {shlex.join(sys.argv[1:])}")
+    print(f"mini-iMet {args.n_train} train / {args.n_test} test, {args.size} px; "
           f"{args.image_size} px, {args.epochs} epochs, batch {args.batch_size}, "
           f"seeds {args.seeds}, 1 torch thread, plain peak LR {args.plain_lr}; imet extra flags: "
           f"{args.imet_args or '-'} / {args.validate_args or '-'}")
