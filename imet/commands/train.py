@@ -79,7 +79,8 @@ def _flag(name: str) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one fold: stage 1 (--head-epochs; none with --no-pretrained) trains the head with "
-        "the body frozen, stage 2 every group with discriminative LRs. The full training state is checkpointed; when the time budget or a "
+        "the body frozen, stage 2 every group with discriminative LRs. The full training state "
+        "is checkpointed; when the time budget or a "
         "SIGTERM/SIGINT ends the session it saves, writes OUT/HANDOVER.json and exits with code "
         "75 (run again with --resume auto to continue exactly where it stopped). Flags override "
         "--config; defaults are shown in brackets.")

@@ -18,7 +18,8 @@ DEFAULT_TIME_BUDGET = "9h"
 # What a body from random init (--no-pretrained) trains with unless told otherwise: no head-only
 # epoch (a head on random features learns nothing worth keeping), one LR for every group at a
 # random-init rate, and the whole image resized (the seed preset's square crop drops labelled
-# content). The ImageNet recipe's defaults stay in TrainConfig. Why: README, "Random init".
+# content). The ImageNet recipe's defaults stay in TrainConfig. Why: README, "Training from
+# random init".
 RANDOM_INIT_DEFAULTS = {"head_epochs": 0, "lr": 3e-3, "lr_late_mult": 1.0, "lr_early_mult": 1.0,
                         "preset": "resize"}
 
