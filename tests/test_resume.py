@@ -25,8 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 32 training images / 8 = 4 steps per epoch; stage 1 is epoch 0 (steps 1-4), stage 2 steps 5-12.
 # eval_every=3 adds mid-epoch evaluations at steps 3, 6, 9 besides the epoch ends 4, 8, 12.
+# The seed preset and a head-only epoch are asked for explicitly (their per-batch augmentation
+# streams and stage switch are what resume must restore); the LRs are --no-pretrained's defaults.
 BASE = dict(fold=0, arch="tiny_cnn", pretrained=False, image_size=32, batch_size=8,
-            epochs=3, head_epochs=1, eval_every=3, dropout=0.3, mixup_alpha=0.4,
+            epochs=3, head_epochs=1, preset="seed", eval_every=3, dropout=0.3, mixup_alpha=0.4,
             schedule="onecycle", num_workers=0, notify="off", save_every_min=1e9,
             patience=0, device="cpu")
 
@@ -34,7 +36,7 @@ BASE = dict(fold=0, arch="tiny_cnn", pretrained=False, image_size=32, batch_size
 def make_config(mini_data, out, **overrides) -> TrainConfig:
     values = dict(BASE, data=str(mini_data), folds=str(mini_data / "folds.csv"), out=str(out))
     values.update(overrides)
-    return TrainConfig(**values).validated()
+    return TrainConfig.from_dict(values)
 
 
 def final_payload(out):
@@ -202,3 +204,18 @@ def test_worker_processes_do_not_change_the_result(mini_data, tmp_path, referenc
     result = train(make_config(mini_data, tmp_path, num_workers=2), EventBus())
     assert result.status == "finished"
     assert_same_end(final_payload(tmp_path), reference)
+
+
+def test_random_init_defaults_resume_exactly(mini_data, tmp_path):
+    # What --no-pretrained gives when nothing else is said: no head-only stage, one LR for
+    # every group, the resize preset. Stopped mid-epoch, resumed, it ends as the run never stopped.
+    values = {k: v for k, v in BASE.items() if k not in ("head_epochs", "preset")}
+    values.update(data=str(mini_data), folds=str(mini_data / "folds.csv"))
+    config = TrainConfig.from_dict(dict(values, out=str(tmp_path / "whole")))
+    assert (config.head_epochs, config.preset, config.lr_early_mult) == (0, "resize", 1.0)
+    assert train(config, EventBus()).status == "finished"
+    stopped = dict(values, out=str(tmp_path / "stopped"))
+    result = train(TrainConfig.from_dict(stopped), EventBus([SignalAt("progress", 5)]))
+    assert (result.status, result.step) == ("handover", 5)
+    assert train(TrainConfig.from_dict(stopped), EventBus()).status == "finished"
+    assert_same_end(final_payload(tmp_path / "stopped"), final_payload(tmp_path / "whole"))

@@ -65,6 +65,24 @@ def test_config_file_with_command_line_override(mini_data, tmp_path):
     assert parsed.input_root == ["/kaggle/input"] and parsed.pretrained is False
 
 
+def test_random_init_gets_its_own_defaults_and_explicit_flags_win(mini_data, tmp_path):
+    from imet.cli import build_parser
+    from imet.commands.train import config_from_args
+    from imet.engine.config import RANDOM_INIT_DEFAULTS
+
+    def parsed(*flags):
+        argv = ["train", "--data", str(mini_data), "--out", str(tmp_path), *flags]
+        return config_from_args(build_parser(argv).parse_args(argv))
+
+    scratch = parsed("--no-pretrained")
+    assert {k: getattr(scratch, k) for k in RANDOM_INIT_DEFAULTS} == RANDOM_INIT_DEFAULTS
+    imagenet = parsed()  # the ImageNet recipe keeps its defaults
+    assert (imagenet.head_epochs, imagenet.preset, imagenet.lr, imagenet.lr_early_mult) == \
+        (1, "seed", 4e-4, 0.1)
+    told = parsed("--no-pretrained", "--head-epochs", "2", "--preset", "seed", "--lr", "1e-4")
+    assert (told.head_epochs, told.preset, told.lr, told.lr_late_mult) == (2, "seed", 1e-4, 1.0)
+
+
 def test_bad_config_is_a_one_line_error(mini_data, tmp_path, capsys):
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"epoch": 3}))

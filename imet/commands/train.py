@@ -10,7 +10,7 @@ import sys
 import time
 
 from imet.engine.budget import StopRequest
-from imet.engine.config import TrainConfig, read_config_file
+from imet.engine.config import RANDOM_INIT_DEFAULTS, TrainConfig, read_config_file
 from imet.engine.diskspace import EXIT_CODE as DISK_FULL
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
@@ -106,10 +106,10 @@ def _flag(name: str) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Train one fold: stage 1 trains the head with the body frozen, stage 2 every group with "
-        "discriminative LRs. The full training state is checkpointed; when the time budget, a "
-        f"SIGTERM/SIGINT or Telegram's /stop ends the session it saves, writes OUT/{HANDOVER} "
-        f"and exits with code {HANDED_OVER} (run again with --resume auto to continue exactly "
+        "Train one fold: stage 1 (--head-epochs; none with --no-pretrained) trains the head with "
+        "the body frozen, stage 2 every group with discriminative LRs. The full training state "
+        "is checkpointed; when the time budget, a SIGTERM/SIGINT or Telegram's /stop ends the "
+        f"session it saves, writes OUT/{HANDOVER} and exits with code {HANDED_OVER} (run again with --resume auto to continue exactly "
         "where it stopped); a second signal changes nothing (the save finishes; kill -9 aborts "
         f"without it). Exit {DISK_FULL}: no room on the disk for a checkpoint or model.pt "
         "(nothing written; free space or lower --keep, then resume). "
@@ -120,6 +120,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(TrainConfig):
         default = getattr(DEFAULTS, spec.name)
         text = f"{HELP[spec.name]} [{default if default not in ('', None, []) else '-'}]"
+        if spec.name in RANDOM_INIT_DEFAULTS:
+            text = f"{text[:-1]}; {RANDOM_INIT_DEFAULTS[spec.name]} with --no-pretrained]"
         if isinstance(default, bool) or spec.name == "deterministic":
             parser.add_argument(_flag(spec.name), action=argparse.BooleanOptionalAction,
                                 default=None, help=text)

@@ -21,6 +21,14 @@ DEFAULT_TIME_BUDGET = "12h"
 # `--amp-dtype` values (what each gives on which device: imet/engine/precision.py).
 AMP_DTYPES = ("auto", "fp16", "bf16")
 
+# What a body from random init (--no-pretrained) trains with unless told otherwise: no head-only
+# epoch (a head on random features learns nothing worth keeping), one LR for every group at a
+# random-init rate, and the whole image resized (the seed preset's square crop drops labelled
+# content). The ImageNet recipe's defaults stay in TrainConfig. Why: README, "Training from
+# random init".
+RANDOM_INIT_DEFAULTS = {"head_epochs": 0, "lr": 3e-3, "lr_late_mult": 1.0, "lr_early_mult": 1.0,
+                        "preset": "resize"}
+
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
                        r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
 
@@ -135,6 +143,8 @@ class TrainConfig:
                 raise UserError(f"{source}: unknown setting {key!r}; the settings are the "
                                 "`imet train` flag names (see `python -m imet train --help`)")
             kwargs[name] = _coerce(known[name], value, source)
+        if not kwargs.get("pretrained", True):
+            kwargs = {**RANDOM_INIT_DEFAULTS, **kwargs}
         return cls(**kwargs).validated(source)
 
     def fingerprint(self) -> str:
