@@ -168,7 +168,8 @@ def real_loader(folder: Path, count: int, size: int, batch: int, workers: int, s
     from bench_loader import make_images
     from torch.utils.data import DataLoader
 
-    from imet.data.cache import ImageCache, build_cache
+    from imet.data.cache import ImageCache
+    from imet.data.cache_build import build_cache
     from imet.data.dataset import ImetDataset
     from imet.data.transforms import build_batch_augment, build_train_transform
     paths = make_images(folder / "data", count)

@@ -39,7 +39,7 @@ def test_stop_from_the_chat_hands_over_and_the_next_session_resumes(mini_data, l
         thread.start()
         sessions = run_chain(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data,
                                                    "imet-src": local_dataset},
-                             tmp_path / "trainer", 600, 3, env)
+                             tmp_path / "trainer", 600, 3, env, accelerator="none")
         thread.join(5)
         replies = server.replies(CHAT)
     first, *rest = sessions

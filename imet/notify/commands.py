@@ -13,7 +13,8 @@ import re
 import time
 from typing import Callable
 
-from imet.notify.messages import esc, fmt_duration, fmt_float, fmt_lr, pack
+from imet.duration import format_duration
+from imet.notify.messages import esc, fmt_float, fmt_lr, pack
 
 CONFIRM_S = 60.0
 STOP_REASON = "telegram"
@@ -114,8 +115,8 @@ class RunCommands:
             lines.append(f"loss {fmt_float(progress.get('loss'))} · lr "
                          f"{fmt_lr(progress.get('lr'))} · "
                          f"{fmt_float(progress.get('img_per_s'), 1)} img/s")
-            lines.append(f"ETA run {fmt_duration(progress.get('eta_run_s'))} · session "
-                         f"left {fmt_duration(progress.get('session_left_s'))}")
+            lines.append(f"ETA run {format_duration(progress.get('eta_run_s'), ' ')} · session "
+                         f"left {format_duration(progress.get('session_left_s'), ' ')}")
         return pack(lines)
 
     def _confirm_stop(self, argument: str) -> str:
