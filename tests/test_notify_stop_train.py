@@ -137,7 +137,7 @@ def test_the_train_command_stops_on_stop_now_with_exit_75(mini_data, tmp_path, r
                      str(mini_data / "folds.csv"), "--out", str(out), "--fold", "0",
                      "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32",
                      "--batch-size", "8", "--epochs", "3", "--head-epochs", "1",
-                     "--eval-every", "3", "--dropout", "0.3", "--mixup-alpha", "0.4",
+                     "--preset", "seed", "--eval-every", "3", "--dropout", "0.3", "--mixup-alpha", "0.4",
                      "--num-workers", "0", "--device", "cpu", "--notify", "on",
                      "--save-every-min", "1e9", "--patience", "0"])
         thread.join(5)

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Report Python, torch, its CUDA build and arch list; every GPU (name, compute "
         "capability, memory, whether this torch has kernels for it, proved by a fp16 "
         "conv+matmul under autocast, bf16 too where the GPU has it); free disk in --out against "
-        "the checkpoints of --arch (two generations and the one being written); the "
+        "the checkpoints of --arch (--keep generations and the one being written); the "
         "competition data, imet-src, the weights of --arch and earlier outputs of the run; "
         "whether Telegram is configured (never the token). Exit 0 when the session can train; "
         "otherwise one line per blocking problem and exit 2. The kernels run it first.")
@@ -45,13 +45,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="send the blocking problems as a Telegram crash message (default "
                         "off; the kernels pass auto)")
     parser.add_argument("--kernel", help="the kernel's name, for the Telegram message")
+    parser.add_argument("--keep", type=int, metavar="N", help="checkpoint generations the run "
+                        "keeps, as `imet train --keep` (default: its default)")
 
 
 def run(args: argparse.Namespace) -> int:
     from imet.kaggle.doctor import Settings, diagnose, send_crash
     settings = Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
                         arch=args.arch, pretrained=args.pretrained, device=args.device,
-                        accelerator=args.accelerator)
+                        accelerator=args.accelerator, keep=args.keep)
     report = diagnose(settings)
     print("\n".join(report.lines), flush=True)
     if not report.problems:

@@ -29,6 +29,7 @@ class Settings:
     pretrained: bool = True
     device: str = "auto"
     accelerator: str | None = None  # what the kernel asked for; None: not in a kernel
+    keep: int | None = None  # checkpoint generations kept (None: imet train's default)
 
 
 @dataclass
@@ -48,8 +49,10 @@ def doctor_flags(kernel_args: list[str], default_arch: str | None = None) -> lis
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device")
     parser.add_argument("--notify", default="auto")
+    parser.add_argument("--keep")
     known, _ = parser.parse_known_args(kernel_args)
     flags = [f"--notify={known.notify}"] + ([f"--arch={known.arch}"] if known.arch else [])
+    flags += [f"--keep={known.keep}"] if known.keep else []
     if known.pretrained is not None:
         flags.append("--pretrained" if known.pretrained else "--no-pretrained")
     return flags + ([f"--device={known.device}"] if known.device else [])
@@ -68,12 +71,14 @@ def checkpoint_bytes(arch: str, num_classes: int) -> tuple[int, int]:
     return params, 4 * (3 * params + buffers)
 
 
-def disk_need(arch: str, num_classes: int) -> tuple[int, int]:
-    """(parameters, bytes the run needs in its folder at the peak of a save): the kept
-    generations plus the one being written, and the best model file."""
-    from imet.engine.checkpoint import KEEP
+def disk_need(arch: str, num_classes: int, keep: int | None = None) -> tuple[int, int]:
+    """(parameters, bytes the run needs in its folder at the peak of a save): the `keep`
+    generations (default: imet train's --keep) plus the one being written, and the best model
+    file."""
+    from imet.engine.config import TrainConfig
+    keep = TrainConfig.keep if keep is None else keep
     params, state = checkpoint_bytes(arch, num_classes)
-    return params, (KEEP + 1) * state + 4 * params + DISK_MARGIN_BYTES
+    return params, (keep + 1) * state + 4 * params + DISK_MARGIN_BYTES
 
 
 def _existing(path: Path) -> Path:
@@ -160,7 +165,7 @@ def _check_run(s: Settings, num_classes: int, report: Report) -> None:
     if not s.arch:
         return
     try:
-        params, need = disk_need(s.arch, num_classes)
+        params, need = disk_need(s.arch, num_classes, s.keep)
     except (UserError, ValueError) as err:
         report.problems.append(f"--arch {s.arch}: {err}")
         return
