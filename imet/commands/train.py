@@ -8,7 +8,8 @@ import shlex
 import sys
 import time
 
-from imet.engine.config import TrainConfig, read_config_file
+from imet.engine.config import (AUTO_MARGIN_CEILING_S, AUTO_MARGIN_FRACTION,
+                                AUTO_WORKERS_CEILING, TrainConfig, read_config_file)
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
 DEFAULTS = TrainConfig()
@@ -24,8 +25,9 @@ HELP = {
     "input_root": "folder searched recursively for checkpoints to resume and pretrained weights "
                   "(repeatable; on Kaggle: /kaggle/input)",
     "fold": "validation fold; the other folds train",
-    "arch": "backbone name (see imet.models.ARCHS; tiny_cnn for CPU smoke runs)",
-    "pretrained": "start the body from ImageNet weights (--no-pretrained: random init)",
+    "arch": "backbone name, one of: {archs} (tiny_cnn: for CPU smoke runs)",
+    "pretrained": "start the body from ImageNet weights (--no-pretrained: random init; "
+                  "default: on for an arch that has weights, off for one without, as tiny_cnn)",
     "dropout": "dropout before the head's linear layer",
     "image_size": "square training/eval image side in pixels",
     "preset": "training augmentation preset: seed (random square crop in the loader; flip, "
@@ -56,10 +58,16 @@ HELP = {
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch "
                "(SyncBatchNorm; on CPU a gloo equivalent) instead of each process's share",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
-    "num_workers": "data loader worker processes (results do not depend on it)",
+    "num_workers": "data loader workers of each training process (results do not depend on "
+                   "it); auto: the machine's CPUs split between torchrun's processes on it, at "
+                   f"most {AUTO_WORKERS_CEILING} each",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
                    f"run saves and exits {HANDED_OVER} before it would be exceeded",
-    "margin": "time kept free at the end of the budget (same format)",
+    "margin": "time kept free at the end of the budget (same format); auto: "
+              f"1/{1 / AUTO_MARGIN_FRACTION:.0f} of the budget, at most "
+              f"{AUTO_MARGIN_CEILING_S / 60:.0f}m. A margin that leaves no time for a step is "
+              "refused, and a session that ends without one fails (exit 2) instead of handing "
+              "over",
     "save_every": "also checkpoint every N steps (0: off)",
     "save_every_min": "also checkpoint when this many minutes passed since the last save",
     "session_steps": "hand over after N training steps in this session, as the budget would "
@@ -87,9 +95,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
+    from imet.models import ARCHS  # the registry's names, so the help never falls behind
     for spec in dataclasses.fields(TrainConfig):
         default = getattr(DEFAULTS, spec.name)
-        text = f"{HELP[spec.name]} [{default if default not in ('', None, []) else '-'}]"
+        shown = "auto" if spec.name == "pretrained" else default
+        text = (f"{HELP[spec.name].format(archs=', '.join(sorted(ARCHS)))} "
+                f"[{shown if shown not in ('', None, []) else '-'}]")
         if isinstance(default, bool) or spec.name == "deterministic":
             parser.add_argument(_flag(spec.name), action=argparse.BooleanOptionalAction,
                                 default=None, help=text)
@@ -110,8 +121,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if given is not None:
             values.pop(spec.name.replace("_", "-"), None)
             values[spec.name] = given
-    config = TrainConfig.from_dict(values, source)
     from imet.errors import UserError
+    from imet.models.weights import has_pretrained_weights
+    # Pretraining defaults to what the arch has (an unknown arch: one line listing the names).
+    weighted = has_pretrained_weights(str(values.get("arch", DEFAULTS.arch)))
+    explicit = values.get("pretrained") is not None
+    if not explicit and not weighted:
+        values["pretrained"] = False
+    config = TrainConfig.from_dict(values, source)
+    if explicit and config.pretrained and not weighted and config.weights is None:
+        raise UserError(f"--pretrained: {config.arch} has no ImageNet weights; train it with "
+                        "--no-pretrained (its default)")
     for required in ("data", "out"):
         if not getattr(config, required):
             raise UserError(f"{_flag(required)} is required (on the command line or in --config)")

@@ -17,6 +17,13 @@ from imet.errors import UserError
 # The default of every session length: a Kaggle GPU or CPU session today (the retired P100
 # sessions had 9 h).
 DEFAULT_TIME_BUDGET = "12h"
+# `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
+# ceiling, so a short rehearsal session keeps most of its time for training.
+AUTO_MARGIN_FRACTION = 0.1
+AUTO_MARGIN_CEILING_S = 600.0
+# `--num-workers auto`: the CPUs split between the processes of one machine, at most this many
+# each (more workers than that only queue on the same cores).
+AUTO_WORKERS_CEILING = 8
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
                        r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
@@ -79,9 +86,10 @@ class TrainConfig:
     sync_bn: bool = False
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
-    num_workers: int = 2
+    # issue 23: "auto" defaults, resolved per session (see worker_count, margin_seconds)
+    num_workers: int | str = "auto"
     time_budget: str = DEFAULT_TIME_BUDGET
-    margin: str = "10m"
+    margin: str = "auto"
     save_every: int = 0
     save_every_min: float = 30.0
     session_steps: int = 0
@@ -120,7 +128,16 @@ class TrainConfig:
         return parse_duration(self.time_budget, "--time-budget")
 
     def margin_seconds(self) -> float:
+        if str(self.margin).strip().lower() == "auto":
+            return min(self.budget_seconds() * AUTO_MARGIN_FRACTION, AUTO_MARGIN_CEILING_S)
         return parse_duration(self.margin, "--margin")
+
+    def worker_count(self, cpus: int, processes: int) -> int:
+        """Loader workers of one process: the number given, or for "auto" the `cpus` of the
+        machine split between its `processes` (torchrun's local world), capped."""
+        if self.num_workers == "auto":
+            return max(1, min(AUTO_WORKERS_CEILING, cpus // max(1, processes)))
+        return int(self.num_workers)
 
     def validated(self, source: str = "config") -> "TrainConfig":
         positive = ("epochs", "batch_size", "image_size")
@@ -128,12 +145,14 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be > 0, "
                                 f"got {getattr(self, name)}")
+        self.num_workers = _workers_setting(self.num_workers, source)
         non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
                         "session_steps",
                         "grad_clip", "mixup_alpha", "dropout", "weight_decay", "fold",
                         "eval_batch_size")
         for name in non_negative:
-            if getattr(self, name) < 0:
+            value = getattr(self, name)
+            if not isinstance(value, str) and value < 0:  # a str here: --num-workers auto
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be >= 0, "
                                 f"got {getattr(self, name)}")
         if self.head_epochs > self.epochs:
@@ -147,8 +166,12 @@ class TrainConfig:
                             f"checkpoint, got {self.resume!r}")
         if self.notify not in ("auto", "on", "off"):
             raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
-        self.budget_seconds()
-        self.margin_seconds()
+        budget, margin = self.budget_seconds(), self.margin_seconds()
+        if margin >= budget:
+            raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
+                            f"step in --time-budget {self.time_budget}; give a longer budget "
+                            f"or a smaller margin (default auto: 1/{1 / AUTO_MARGIN_FRACTION:.0f} of "
+                            f"the budget, at most {AUTO_MARGIN_CEILING_S / 60:.0f}m)")
         return self
 
     def name(self) -> str:
@@ -168,6 +191,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UserError(f"{path}: the config must be a JSON object of flag names to values")
     return values
+
+
+def _workers_setting(value: Any, source: str) -> int | str:
+    """"auto" or a whole number (a flag and a JSON file give it as text or as a number)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise UserError(f"{source}: --num-workers must be auto or a number >= 0, "
+                        f"got {value!r}") from None
 
 
 def _plain(value: Any) -> Any:
