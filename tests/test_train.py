@@ -46,7 +46,7 @@ def test_train_writes_every_artifact(mini_data, tmp_path, capsys):
 def test_out_of_budget_hands_over_with_exit_75(mini_data, tmp_path, capsys):
     out = tmp_path / "run"
     # A first session of one step brings in the imports, which a cold process counts as
-    # start-up; 1000 epochs then do not fit in 3 s (2.7 s after the default margin).
+    # start-up; 1000 epochs then do not fit in 3 s (1.5 s after the default margin).
     assert main(train_args(mini_data, out, "--epochs", "1000", "--patience", "0",
                            "--session-steps", "1")) == 75
     code = main(train_args(mini_data, out, "--epochs", "1000", "--patience", "0",

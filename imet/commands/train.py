@@ -8,8 +8,8 @@ import shlex
 import sys
 import time
 
-from imet.engine.config import (AUTO_MARGIN_CEILING_S, AUTO_MARGIN_FRACTION,
-                                AUTO_WORKERS_CEILING, TrainConfig, read_config_file)
+from imet.engine.config import (AUTO_MARGIN_TEXT, AUTO_WORKERS_CEILING, TrainConfig,
+                                read_config_file)
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
 DEFAULTS = TrainConfig()
@@ -63,9 +63,8 @@ HELP = {
                    f"most {AUTO_WORKERS_CEILING} each",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
                    f"run saves and exits {HANDED_OVER} before it would be exceeded",
-    "margin": "time kept free at the end of the budget (same format); auto: "
-              f"1/{1 / AUTO_MARGIN_FRACTION:.0f} of the budget, at most "
-              f"{AUTO_MARGIN_CEILING_S / 60:.0f}m. A margin that leaves no time for a step is "
+    "margin": "time kept free at the end of the budget for what follows the last save (same "
+              f"format); auto: {AUTO_MARGIN_TEXT}. A margin that leaves no time for a step is "
               "refused, and a session that ends without one fails (exit 2) instead of handing "
               "over",
     "save_every": "also checkpoint every N steps (0: off)",

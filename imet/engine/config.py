@@ -18,9 +18,16 @@ from imet.errors import UserError
 # sessions had 9 h).
 DEFAULT_TIME_BUDGET = "12h"
 # `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
-# ceiling, so a short rehearsal session keeps most of its time for training.
+# ceiling, so a short rehearsal session keeps most of its time for training. What follows the
+# last save (the handover's plots, run.json and registry, the process's exit) takes seconds
+# whatever the session's length (~5 s measured on 2 busy cores), hence the floor; half the
+# budget caps the floor so that a very short session still trains.
 AUTO_MARGIN_FRACTION = 0.1
+AUTO_MARGIN_FLOOR_S = 15.0
 AUTO_MARGIN_CEILING_S = 600.0
+AUTO_MARGIN_TEXT = (f"1/{1 / AUTO_MARGIN_FRACTION:.0f} of the budget, at least "
+                    f"{AUTO_MARGIN_FLOOR_S:.0f}s (or half a shorter budget), at most "
+                    f"{AUTO_MARGIN_CEILING_S / 60:.0f}m")
 # `--num-workers auto`: the CPUs split between the processes of one machine, at most this many
 # each (more workers than that only queue on the same cores).
 AUTO_WORKERS_CEILING = 8
@@ -86,7 +93,7 @@ class TrainConfig:
     sync_bn: bool = False
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
-    # issue 23: "auto" defaults, resolved per session (see worker_count, margin_seconds)
+    # "auto" defaults follow the session they run in (see worker_count, margin_seconds)
     num_workers: int | str = "auto"
     time_budget: str = DEFAULT_TIME_BUDGET
     margin: str = "auto"
@@ -129,7 +136,9 @@ class TrainConfig:
 
     def margin_seconds(self) -> float:
         if str(self.margin).strip().lower() == "auto":
-            return min(self.budget_seconds() * AUTO_MARGIN_FRACTION, AUTO_MARGIN_CEILING_S)
+            budget = self.budget_seconds()
+            floor = min(AUTO_MARGIN_FLOOR_S, budget / 2)
+            return min(max(budget * AUTO_MARGIN_FRACTION, floor), AUTO_MARGIN_CEILING_S)
         return parse_duration(self.margin, "--margin")
 
     def worker_count(self, cpus: int, processes: int) -> int:
@@ -170,8 +179,7 @@ class TrainConfig:
         if margin >= budget:
             raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
                             f"step in --time-budget {self.time_budget}; give a longer budget "
-                            f"or a smaller margin (default auto: 1/{1 / AUTO_MARGIN_FRACTION:.0f} of "
-                            f"the budget, at most {AUTO_MARGIN_CEILING_S / 60:.0f}m)")
+                            f"or a smaller margin (default: auto, {AUTO_MARGIN_TEXT})")
         return self
 
     def name(self) -> str:

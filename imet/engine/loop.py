@@ -255,7 +255,7 @@ class Trainer:
         return path
 
     def hand_over(self, reason: str) -> TrainResult:
-        if reason == "budget" and not self.units_done:
+        if reason == "budget" and not self.units_done:  # the next session would do the same
             raise UserError(self.budget.no_step_text(self.config.time_budget,
                                                         self.config.margin))
         c = self.state.counters
