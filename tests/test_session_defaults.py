@@ -143,3 +143,12 @@ def test_the_handover_says_resume_auto_once(resume):
     assert text.count("--resume auto") == 1
     assert next_step_text("python -m imet train --out o --resume=off").count("--resume") == 1
     assert "--resume auto`" in next_step_text("python -m imet train --out o")
+
+
+def test_a_start_up_that_spent_the_budget_fails_before_loading(tmp_path):
+    events = []
+    config = TrainConfig(data=str(tmp_path / "absent"), out=str(tmp_path / "o"),
+                         arch="tiny_cnn", pretrained=False, time_budget="60s", notify="off")
+    with pytest.raises(UserError, match="no training step fitted"):  # not: data not found
+        train(config, EventBus([events.append]), clock=JumpClock(), session_start=900.0)
+    assert [e.kind for e in events] == ["failure"] and not (tmp_path / "o").exists()
