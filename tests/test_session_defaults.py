@@ -30,7 +30,7 @@ def parsed(*argv):
     return config_from_args(build_parser(argv).parse_args(argv))
 
 
-@pytest.mark.parametrize("budget,margin_s", [("20s", 10.0), ("60s", 15.0), ("75s", 15.0),
+@pytest.mark.parametrize("budget,margin_s", [("20s", 10.0), ("60s", 20.0), ("75s", 20.0),
                                               ("5m", 30.0), ("90m", 540.0), ("12h", 600.0)])
 def test_the_default_margin_follows_the_session(budget, margin_s):
     assert parsed("--time-budget", budget).margin_seconds() == margin_s
@@ -74,7 +74,7 @@ def test_a_session_that_hands_over_without_a_step_fails(mini_data, tmp_path):
     bus = EventBus([subscriber, record_train_subscriber(tmp_path)])
     with pytest.raises(UserError, match="no training step fitted in this session") as err:
         train(config, bus, clock=clock)
-    assert "\n" not in str(err.value) and "--margin auto keeps 15s" in str(err.value)
+    assert "\n" not in str(err.value) and "--margin auto keeps 20s" in str(err.value)
     assert events[-1].kind == "failure" and events[-1].data["user_error"]
     assert not [e for e in events if e.kind == "handover"]
     assert not (tmp_path / HANDOVER).exists()  # nothing for a chain to push again

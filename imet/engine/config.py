@@ -20,10 +20,10 @@ DEFAULT_TIME_BUDGET = "12h"
 # `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
 # ceiling, so a short rehearsal session keeps most of its time for training. What follows the
 # last save (the handover's plots, run.json and registry, the process's exit) takes seconds
-# whatever the session's length (~5 s measured on 2 busy cores), hence the floor; half the
+# whatever the session's length (5-10 s measured on 2 busy cores), hence the floor; half the
 # budget caps the floor so that a very short session still trains.
 AUTO_MARGIN_FRACTION = 0.1
-AUTO_MARGIN_FLOOR_S = 15.0
+AUTO_MARGIN_FLOOR_S = 20.0
 AUTO_MARGIN_CEILING_S = 600.0
 AUTO_MARGIN_TEXT = (f"1/{1 / AUTO_MARGIN_FRACTION:.0f} of the budget, at least "
                     f"{AUTO_MARGIN_FLOOR_S:.0f}s (or half a shorter budget), at most "
