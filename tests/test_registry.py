@@ -251,3 +251,35 @@ def test_set_lb_has_its_own_help_and_runs_writes_no_png_unasked(tmp_path, capsys
     monkeypatch.chdir(tmp_path)
     assert main(["runs", str(tmp_path)]) == 0
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_same_code_shows_the_same_code_cell(tmp_path):
+    """A train session finds the dataset's MANIFEST.json among its inputs, a validation in the
+    same checkout does not: both ran the same commit, so the table says the same."""
+    from imet.report.provenance import code_version, git_commit, short_code_version
+    commit = git_commit()
+    if commit is None:
+        pytest.skip("not a git checkout")
+    manifest = tmp_path / "input" / "imet-src" / "MANIFEST.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"source": {"git_commit": commit.removesuffix("+dirty"),
+                                               "dirty": commit.endswith("+dirty")}}))
+    from_dataset = code_version([tmp_path / "input"])
+    assert from_dataset["manifest_sha256"] and from_dataset["git_commit"] == commit
+    assert short_code_version(from_dataset) == short_code_version(code_version([]))
+    train = make_record("train", "r", code_version=from_dataset)
+    validate = make_record("validate", "r", code_version=code_version([]))
+    cells = {row["kind"]: row["code"] for row in summarize([train, validate])}
+    assert cells["train"] == cells["validate"] and "@g:" + commit[:8] in cells["train"]
+
+
+def test_the_table_shows_a_run_that_moved_to_another_torch():
+    sessions = [make_record("train", "r", session, versions={"torch": torch, "cuda": cuda})
+                for session, torch, cuda in [(1, "2.10.0+cu128", "12.8"),
+                                             (2, "2.10.0+cu128", "12.8"),
+                                             (3, "2.14.1+cu130", "13.0")]]
+    [row] = summarize(sessions)
+    assert row["torch"] == ["2.10.0+cu128/CUDA 12.8", "2.14.1+cu130/CUDA 13.0"]
+    assert "2.10.0+cu128/CUDA 12.8 -> 2.14.1+cu130/CUDA 13.0" in format_table([row])
+    [same] = summarize([make_record("train", "s", versions={"torch": "2.14.1", "cuda": "none"})])
+    assert same["torch"] == ["2.14.1"]

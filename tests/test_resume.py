@@ -219,3 +219,35 @@ def test_random_init_defaults_resume_exactly(mini_data, tmp_path):
     assert (result.status, result.step) == ("handover", 5)
     assert train(TrainConfig.from_dict(stopped), EventBus()).status == "finished"
     assert_same_end(final_payload(tmp_path / "stopped"), final_payload(tmp_path / "whole"))
+
+
+def test_a_checkpoint_from_another_torch_warns_and_is_recorded(mini_data, tmp_path, caplog):
+    """Kaggle's image may change between sessions: the resumed run is no longer bit-identical,
+    so the session says so in one line naming both versions, and its registry record keeps it."""
+    import logging
+
+    from imet.engine.checkpoint import save_checkpoint
+    from imet.registry import REGISTRY_NAME, read_registry, record_train_subscriber
+
+    def session():
+        return train(make_config(mini_data, tmp_path, session_steps=2), EventBus(
+            [record_train_subscriber(tmp_path)]), clock=TickClock())
+    assert session().status == "handover"
+    (step, path), *_ = list_generations(checkpoint_dir(tmp_path))
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    here = {"torch": str(torch.__version__), "cuda": str(torch.version.cuda or "none")}
+    assert {k: payload["versions"][k] for k in here} == here
+    payload["versions"].update(torch="2.10.0+cu128", cuda="12.8")
+    save_checkpoint(payload, tmp_path, step)
+    with caplog.at_level(logging.WARNING):
+        assert session().status == "handover"
+    change = (f"torch 2.10.0+cu128, CUDA 12.8 -> torch {here['torch']}, CUDA {here['cuda']}")
+    [line] = [r.getMessage() for r in caplog.records if "another torch" in r.getMessage()]
+    assert change in line and f"state-{step}.pt" in line and "\n" not in line
+    first, second = read_registry(tmp_path / REGISTRY_NAME)
+    assert first["version_change"] is None and second["version_change"] == change
+    assert second["versions"]["torch"] == here["torch"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # its own checkpoints are this torch's again
+        session()
+    assert not [r for r in caplog.records if "another torch" in r.getMessage()]

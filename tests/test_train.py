@@ -45,10 +45,16 @@ def test_train_writes_every_artifact(mini_data, tmp_path, capsys):
 
 def test_out_of_budget_hands_over_with_exit_75(mini_data, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(train_args(mini_data, out, "--epochs", "1", "--time-budget", "1s"))
+    # A first session of one step brings in the imports, which a cold process counts as
+    # start-up; 1000 epochs then do not fit in 3 s (1.5 s after the default margin).
+    assert main(train_args(mini_data, out, "--epochs", "1000", "--patience", "0",
+                           "--session-steps", "1")) == 75
+    code = main(train_args(mini_data, out, "--epochs", "1000", "--patience", "0",
+                           "--time-budget", "3s"))
     assert code == 75
     handover = json.loads((out / "HANDOVER.json").read_text())
     assert handover["reason"] == "budget" and handover["exit_code"] == 75
+    assert 1 < handover["step"] < handover["total_steps"]
     assert handover["checkpoint"].endswith(".pt") and "--resume auto" in handover["next"]
     assert "handed over" in capsys.readouterr().err
 
@@ -95,8 +101,8 @@ def test_bad_config_is_a_one_line_error(mini_data, tmp_path, capsys):
 
 def test_changed_flags_refuse_the_old_checkpoint(mini_data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(train_args(mini_data, out, "--epochs", "1", "--time-budget", "1s")) == 75
-    # The time budget is not part of the run's identity; the learning rate is.
+    assert main(train_args(mini_data, out, "--epochs", "1", "--session-steps", "1")) == 75
+    # The session's settings are not part of the run's identity; the learning rate is.
     assert main(train_args(mini_data, out, "--epochs", "1", "--lr", "0.1")) == 2
     assert "another training config" in capsys.readouterr().err
 

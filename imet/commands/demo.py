@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 # (40 epochs without early stopping: ~70 s of training on a quiet 2-core machine; ~35 s fit in
 # one 75 s session).
 TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 64 --batch-size 32 --epochs 40 "
-              "--patience 0 --head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 --margin 20s "
+              "--patience 0 --head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 "
               "--progress-every-s 15")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
 

@@ -10,7 +10,8 @@ import sys
 import time
 
 from imet.engine.budget import StopRequest
-from imet.engine.config import RANDOM_INIT_DEFAULTS, TrainConfig, read_config_file
+from imet.engine.config import (AUTO_MARGIN_TEXT, AUTO_WORKERS_CEILING, RANDOM_INIT_DEFAULTS,
+                                TrainConfig, read_config_file)
 from imet.engine.diskspace import EXIT_CODE as DISK_FULL
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 
@@ -28,9 +29,10 @@ HELP = {
     "input_root": "folder searched recursively for checkpoints to resume and pretrained weights "
                   "(repeatable; on Kaggle: /kaggle/input)",
     "fold": "validation fold; the other folds train",
-    "arch": "backbone name: one of imet.models.ARCHS, or any timm model as timm:<name>[.<tag>] "
-            "(e.g. timm:convnext_tiny.fb_in22k_ft_in1k); tiny_cnn for CPU smoke runs",
-    "pretrained": "start the body from ImageNet weights (--no-pretrained: random init)",
+    "arch": "backbone name, one of: {archs}; or any timm model as timm:<name>[.<tag>] (e.g. "
+            "timm:convnext_tiny.fb_in22k_ft_in1k); tiny_cnn for CPU smoke runs",
+    "pretrained": "start the body from ImageNet weights (--no-pretrained: random init; "
+                  "default: on for an arch that has weights, off for one without, as tiny_cnn)",
     "dropout": "dropout before the head's linear layer",
     "image_size": "square training/eval image side in pixels",
     "preset": "training augmentation preset: seed (random square crop in the loader; flip, "
@@ -80,10 +82,15 @@ HELP = {
                       "samples, those of largest loss in the epoch before (epoch 0: drawn at "
                       "random); epochs get longer by as much (0: off)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
-    "num_workers": "data loader worker processes (results do not depend on it)",
+    "num_workers": "data loader workers of each training process (results do not depend on "
+                   "it); auto: the machine's CPUs split between torchrun's processes on it, at "
+                   f"most {AUTO_WORKERS_CEILING} each",
     "time_budget": "session length: seconds or a duration such as 9h, 30m, 90s, 1h30m; the "
                    f"run saves and exits {HANDED_OVER} before it would be exceeded",
-    "margin": "time kept free at the end of the budget (same format)",
+    "margin": "time kept free at the end of the budget for what follows the last save (same "
+              f"format); auto: {AUTO_MARGIN_TEXT}. A margin that leaves no time for a step is "
+              "refused, and a session that ends without one fails (exit 2) instead of handing "
+              "over",
     "save_every": "also checkpoint every N steps (0: off)",
     "save_every_min": "also checkpoint when this many minutes passed since the last save",
     "session_steps": "hand over after N training steps in this session, as the budget would "
@@ -117,9 +124,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
+    from imet.models import ARCHS  # the registry's names, so the help never falls behind
     for spec in dataclasses.fields(TrainConfig):
         default = getattr(DEFAULTS, spec.name)
-        text = f"{HELP[spec.name]} [{default if default not in ('', None, []) else '-'}]"
+        shown = "auto" if spec.name == "pretrained" else default
+        text = (f"{HELP[spec.name].format(archs=', '.join(sorted(ARCHS)))} "
+                f"[{shown if shown not in ('', None, []) else '-'}]")
         if spec.name in RANDOM_INIT_DEFAULTS:
             text = f"{text[:-1]}; {RANDOM_INIT_DEFAULTS[spec.name]} with --no-pretrained]"
         if isinstance(default, bool) or spec.name == "deterministic":
@@ -143,8 +153,17 @@ def config_from_args(args: argparse.Namespace,
         if given is not None:
             values.pop(spec.name.replace("_", "-"), None)
             values[spec.name] = given
-    config = TrainConfig.from_dict(values, source)
     from imet.errors import UserError
+    from imet.models.weights import has_pretrained_weights
+    # Pretraining defaults to what the arch has (an unknown arch: one line listing the names).
+    weighted = has_pretrained_weights(str(values.get("arch", DEFAULTS.arch)))
+    explicit = values.get("pretrained") is not None
+    if not explicit and not weighted:
+        values["pretrained"] = False
+    config = TrainConfig.from_dict(values, source)
+    if explicit and config.pretrained and not weighted and config.weights is None:
+        raise UserError(f"--pretrained: {config.arch} has no ImageNet weights; train it with "
+                        "--no-pretrained (its default)")
     for name in required:
         if not getattr(config, name):
             raise UserError(f"{_flag(name)} is required (on the command line or in --config)")

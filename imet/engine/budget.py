@@ -71,6 +71,13 @@ class SessionBudget:
     def fits_eval(self) -> bool:
         return self.fits(self.eval.next())
 
+    def no_step_text(self, budget_text: str, margin_text: str) -> str:
+        """Why a session ends without a step: a handover then would only repeat forever."""
+        return (f"no training step fitted in this session: of --time-budget {budget_text} "
+                f"({self.total_s:g}s), {self.elapsed():.1f}s were used before the first step "
+                f"and --margin {margin_text} keeps {self.margin_s:g}s free; give a longer "
+                "--time-budget or a smaller --margin")
+
 
 class StopRequest:
     """SIGTERM / SIGINT set a flag; the loop saves at the next boundary and exits 75.

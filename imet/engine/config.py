@@ -17,6 +17,20 @@ from imet.errors import UserError
 # The default of every session length: a Kaggle GPU or CPU session today (the retired P100
 # sessions had 9 h).
 DEFAULT_TIME_BUDGET = "12h"
+# `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
+# ceiling, so a short rehearsal session keeps most of its time for training. What follows the
+# last save (the handover's plots, run.json and registry, the process's exit) takes seconds
+# whatever the session's length (5-10 s measured on 2 busy cores), hence the floor; half the
+# budget caps the floor so that a very short session still trains.
+AUTO_MARGIN_FRACTION = 0.1
+AUTO_MARGIN_FLOOR_S = 20.0
+AUTO_MARGIN_CEILING_S = 600.0
+AUTO_MARGIN_TEXT = (f"1/{1 / AUTO_MARGIN_FRACTION:.0f} of the budget, at least "
+                    f"{AUTO_MARGIN_FLOOR_S:.0f}s (or half a shorter budget), at most "
+                    f"{AUTO_MARGIN_CEILING_S / 60:.0f}m")
+# `--num-workers auto`: the CPUs split between the processes of one machine, at most this many
+# each (more workers than that only queue on the same cores).
+AUTO_WORKERS_CEILING = 8
 
 # `--amp-dtype` values (what each gives on which device: imet/engine/precision.py).
 AMP_DTYPES = ("auto", "fp16", "bf16")
@@ -108,9 +122,10 @@ class TrainConfig:
     hard_negatives: float = 0.0   # fraction of the epoch's samples seen again (top losses)
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
-    num_workers: int = 2
+    # "auto" defaults follow the session they run in (see worker_count, margin_seconds)
+    num_workers: int | str = "auto"
     time_budget: str = DEFAULT_TIME_BUDGET
-    margin: str = "10m"
+    margin: str = "auto"
     save_every: int = 0
     save_every_min: float = 30.0
     session_steps: int = 0
@@ -155,7 +170,18 @@ class TrainConfig:
         return parse_duration(self.time_budget, "--time-budget")
 
     def margin_seconds(self) -> float:
+        if str(self.margin).strip().lower() == "auto":
+            budget = self.budget_seconds()
+            floor = min(AUTO_MARGIN_FLOOR_S, budget / 2)
+            return min(max(budget * AUTO_MARGIN_FRACTION, floor), AUTO_MARGIN_CEILING_S)
         return parse_duration(self.margin, "--margin")
+
+    def worker_count(self, cpus: int, processes: int) -> int:
+        """Loader workers of one process: the number given, or for "auto" the `cpus` of the
+        machine split between its `processes` (torchrun's local world), capped."""
+        if self.num_workers == "auto":
+            return max(1, min(AUTO_WORKERS_CEILING, cpus // max(1, processes)))
+        return int(self.num_workers)
 
     def validated(self, source: str = "config") -> "TrainConfig":
         positive = ("epochs", "batch_size", "image_size")
@@ -163,12 +189,14 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be > 0, "
                                 f"got {getattr(self, name)}")
+        self.num_workers = _workers_setting(self.num_workers, source)
         non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
                         "session_steps",
                         "grad_clip", "mixup_alpha", "dropout", "weight_decay", "fold",
                         "eval_batch_size")
         for name in non_negative:
-            if getattr(self, name) < 0:
+            value = getattr(self, name)
+            if not isinstance(value, str) and value < 0:  # a str here: --num-workers auto
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be >= 0, "
                                 f"got {getattr(self, name)}")
         if self.keep < 1:
@@ -186,8 +214,11 @@ class TrainConfig:
         if self.notify not in ("auto", "on", "off"):
             raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
         check_amp_dtype(self.amp_dtype, f"{source}: --amp-dtype")
-        self.budget_seconds()
-        self.margin_seconds()
+        budget, margin = self.budget_seconds(), self.margin_seconds()
+        if margin >= budget:
+            raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
+                            f"step in --time-budget {self.time_budget}; give a longer budget "
+                            f"or a smaller margin (default: auto, {AUTO_MARGIN_TEXT})")
         self.check_recipes(source)
         return self
 
@@ -222,6 +253,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UserError(f"{path}: the config must be a JSON object of flag names to values")
     return values
+
+
+def _workers_setting(value: Any, source: str) -> int | str:
+    """"auto" or a whole number (a flag and a JSON file give it as text or as a number)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise UserError(f"{source}: --num-workers must be auto or a number >= 0, "
+                        f"got {value!r}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -46,6 +46,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def env_local_world_size() -> int:
+    """How many processes torchrun started on this machine (1 when not launched by torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+
+
 class SingleProcess:
     """A run without torchrun: every collective below is the identity, and this one process is
     the main one. `ProcessGroup` overrides each for a rank of a torchrun launch; the loop talks

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -17,10 +18,24 @@ MODEL_FILE = "model.pt"
 
 
 def next_step_text(command: str | None) -> str:
-    rerun = f"`{command}`" if command else "the same `imet train` command"
-    return (f"run {rerun} again with --resume auto (locally: in the same --out folder; on "
-            "Kaggle: push the trainer kernel again with this kernel's output attached as an "
-            "input, found through --input-root)")
+    """What to run next: `command` with its --resume set to auto (said once, wherever the
+    command had it)."""
+    rerun = (f"`{resuming(command)}` again" if command
+             else "the same `imet train` command again with --resume auto")
+    return (f"run {rerun} (locally: in the same --out folder; on Kaggle: push the trainer "
+            "kernel again with this kernel's output attached as an input, found through "
+            "--input-root)")
+
+
+def resuming(command: str) -> str:
+    """`command` with `--resume auto` in place of any --resume it had, or added at its end."""
+    words, found = shlex.split(command), False
+    for index, word in enumerate(words):
+        if word == "--resume" and index + 1 < len(words):
+            words[index + 1], found = "auto", True
+        elif word.startswith("--resume="):
+            words[index], found = "--resume=auto", True
+    return shlex.join(words if found else [*words, "--resume", "auto"])
 
 
 def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoint: str,

@@ -33,9 +33,9 @@ from imet.engine.diskspace import expected_size, remedy, room_for
 from imet.engine.distributed import SingleProcess
 from imet.engine.events import EventBus
 from imet.engine.inputs import RunData, load_run_data, train_loader, val_loader
-from imet.engine.resume import bring_best_model, choose_resume
+from imet.engine.resume import bring_best_model, choose_resume, version_change
 from imet.engine.sampler import EpochBatchSampler
-from imet.engine.state import TrainState, build_train_state
+from imet.engine.state import TrainState, build_train_state, library_versions
 from imet.engine.steps import StepRunner
 from imet.errors import UserError
 from imet.models.modelfile import save_model_file
@@ -67,6 +67,10 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
     config.validated()
     dist = None
     try:
+        spent = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
+                              start=session_start)
+        if spent.left() <= 0:
+            raise UserError(spent.no_step_text(config.time_budget, config.margin))
         dist = distributed.start(config)  # under torchrun: joins the process group
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
@@ -102,6 +106,8 @@ class Trainer:
         self.last_save_at, self.last_save_step = clock(), -1
         self.last_checkpoint: Path | None = None
         self.resumed_from: int | None = None  # the step this session resumed at
+        self.units_done = 0  # steps and evaluations of this session: a handover needs one
+        self.version_change: str | None = None  # torch/CUDA of the checkpoint -> this session's
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -180,6 +186,8 @@ class Trainer:
             self.last_checkpoint = resume.path
             log.info("resumed from %s (step %d, session %d)", resume.path, state.counters.step,
                      state.counters.session)
+            self.version_change = version_change(resume, library_versions(),
+                                                 warn=self.dist.is_main)
         return state
 
     # --- units of work --------------------------------------------------------------------
@@ -196,6 +204,7 @@ class Trainer:
         c.loss_count += 1
         c.samples_seen += len(batch[0]) * self.dist.world_size
         c.train_time_s += elapsed
+        self.units_done += 1
         self.emit_progress()
 
     def run_evaluation(self) -> bool:
@@ -207,6 +216,7 @@ class Trainer:
         if result is None:
             return False
         self.budget.eval.add(self.clock() - started)
+        self.units_done += 1
         is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss)
         if is_best and self.dist.is_main:
             needed = expected_size(state.eval_model.state_dict())
@@ -258,6 +268,9 @@ class Trainer:
         return path
 
     def hand_over(self, reason: str) -> TrainResult:
+        if reason == "budget" and not self.units_done:  # the next session would do the same
+            raise UserError(self.budget.no_step_text(self.config.time_budget,
+                                                        self.config.margin))
         c = self.state.counters
         path = self.last_checkpoint if self.last_save_step == c.step else self.save()
         next_text = handover_file.next_step_text(self.next_command)
@@ -297,6 +310,7 @@ class Trainer:
                       device=self.steps.device_name(), total_steps=state.total_steps,
                       stage1_end_step=state.stage1_end_step,
                       config_fingerprint=self.fingerprint, config=self.config.to_dict(),
+                      versions=library_versions(), version_change=self.version_change,
                       kernel=None, rank=self.dist.rank)
 
     def emit_progress(self) -> None:

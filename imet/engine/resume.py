@@ -22,7 +22,6 @@ from imet.walk import walk_folders
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Resume:
     """A loaded checkpoint: `path` in this run's own folder, `found_at` where it was found (the
@@ -138,6 +137,32 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
         raise CheckpointError(f"every checkpoint found is damaged; first: {failures[0]}; "
                               "rerun with --resume off to start over")
     return None
+
+
+# What decides the numerics of a resumed run beyond its config: another torch or CUDA computes
+# other bits (Kaggle's image may change between sessions).
+NUMERIC_LIBRARIES = ("torch", "cuda")
+
+
+def version_change(resume: Resume, now: dict[str, str], warn: bool = True) -> str | None:
+    """'torch 2.10.0+cu128, CUDA 12.8 -> torch 2.14.1, CUDA none' when the checkpoint's torch
+    or CUDA (its payload's "versions") differs from `now`, this session's, else None; `warn`
+    logs it as one line. A checkpoint from before imet recorded CUDA is compared on torch
+    alone."""
+    saved = resume.payload.get("versions") or {}
+    known = [name for name in NUMERIC_LIBRARIES if name in saved]
+    if all(str(saved[name]) == now.get(name) for name in known):
+        return None
+
+    def text(versions: dict) -> str:
+        return ", ".join(f"{'CUDA' if name == 'cuda' else name} {versions.get(name, '?')}"
+                         for name in known)
+    change = f"{text(saved)} -> {text(now)}"
+    if warn:
+        log.warning("%s was written by another torch/CUDA than this session's (%s): the run "
+                    "goes on, but not bit-identical to one that never changed", resume.path.name,
+                    change)
+    return change
 
 
 def bring_best_model(out: str | Path, resume: Resume, best_step: int) -> None:

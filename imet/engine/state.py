@@ -91,6 +91,7 @@ def library_versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
         torchvision = "absent"
     return {"imet": str(__version__), "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda or "none"),
             "torchvision": torchvision, "numpy": str(np.__version__),
             "python": platform.python_version()}
 

@@ -33,6 +33,11 @@ def get_spec(arch: str) -> ArchSpec:
                         f", or any timm model as {TIMM_PREFIX}<name>")
 
 
+def has_pretrained_weights(arch: str) -> bool:
+    """Whether `arch` has official ImageNet weights to start from (tiny_cnn has none)."""
+    return bool(get_spec(arch).filenames())
+
+
 def hub_checkpoint_dir() -> Path:
     """Where torch.hub keeps downloads: $TORCH_HOME/hub/checkpoints (read at call time)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -116,7 +121,7 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
         return resolve_timm_weights(spec, explicit, search_roots, allow_download)
     names = spec.filenames()
     if not names:
-        raise UserError(f"{arch} has no pretrained weights; train it without --pretrained")
+        raise UserError(f"{arch} has no pretrained weights; train it with --no-pretrained")
     searched = []
     if explicit is not None:
         explicit = Path(explicit)
@@ -157,7 +162,7 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     raise UserError(
         f"pretrained weights for {arch} not found: looked for {' or '.join(names)} in "
         f"{'; '.join(searched)}. Attach a dataset holding the file (it is found anywhere under "
-        f"the input root), pass --weights PATH, or train without --pretrained")
+        f"the input root), pass --weights PATH, or train with --no-pretrained")
 
 
 def load_problem(exc: Exception) -> str:

@@ -4,7 +4,9 @@ the run) and records for validate/predict, which call `append_record` when they 
 Record fields: schema, run_id, kind (train|validate|predict), session, status, created, updated,
 code_version {imet, manifest_sha256, git_commit}, config (secrets redacted), config_hash, fold,
 arch, image_size, device, kernel, wall_s (this session), best_f2, best_step, threshold(s),
-f2_history [[step, f2], …], tta, ensemble (run ids used), lb_score, lb_set_at, error."""
+f2_history [[step, f2], …], tta, ensemble (run ids used), lb_score, lb_set_at, error; a train
+session also versions (library versions, torch and cuda among them) and version_change (the
+checkpoint's torch/CUDA -> this session's, when they differ; else null)."""
 from __future__ import annotations
 
 import hashlib
@@ -173,6 +175,7 @@ class TrainRecorder(RankZeroSubscriber):
             fold=data.get("fold"), arch=data.get("arch"), image_size=data.get("image_size"),
             device=data.get("device"), kernel=data.get("kernel"),
             resumed_from=data.get("resumed_from"), total_steps=data.get("total_steps"),
+            versions=data.get("versions"), version_change=data.get("version_change"),
             best_f2=best.get("best_f2"), best_step=best.get("best_step"),
             threshold=best.get("threshold"), f2_history=best.get("f2_history") or [],
             wall_s=0.0)

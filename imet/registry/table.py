@@ -12,7 +12,7 @@ from imet.duration import format_duration
 from imet.report.provenance import short_code_version
 
 COLUMNS = ("run", "kind", "status", "fold", "arch", "size", "sessions", "wall", "cv_f2",
-           "threshold", "tta", "lb", "ensemble", "code", "config")
+           "threshold", "tta", "lb", "ensemble", "code", "torch", "config")
 _KIND_ORDER = {"train": 0, "validate": 1, "predict": 2}
 
 
@@ -37,6 +37,25 @@ def _threshold_cell(row: dict[str, Any]) -> str:
     if mode and mode != "global":
         return f"{mode} (global {text})" if text else str(mode)
     return text
+
+
+def _torch_text(versions: Any) -> str | None:
+    """'2.14.1' or '2.10.0+cu128/CUDA 12.8' of a session's library versions (None: unknown)."""
+    if not isinstance(versions, dict) or not versions.get("torch"):
+        return None
+    cuda = versions.get("cuda")
+    return str(versions["torch"]) + (f"/CUDA {cuda}" if cuda and cuda != "none" else "")
+
+
+def _torches(group: list[dict[str, Any]]) -> list[str]:
+    """The torch/CUDA each session ran on, in session order, a repeat folded: more than one
+    means the run moved to another image between sessions (not the same numerics)."""
+    seen: list[str] = []
+    for record in group:
+        text = _torch_text(record.get("versions"))
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+    return seen
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,6 +84,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "tta": latest.get("tta"),
             "lb": lb.get("lb_score"), "ensemble": latest.get("ensemble") or [],
             "code": short_code_version(latest.get("code_version")),
+            "torch": _torches(group),
             "config": latest.get("config_hash"), "f2_history": history,
         })
     return rows
@@ -94,7 +114,8 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
         "wall": format_duration(row["wall_s"]), "cv_f2": num(row.get("cv_f2"), ".4f"),
         "threshold": _threshold_cell(row), "tta": str(row.get("tta") or ""),
         "lb": num(row.get("lb"), ".5f"), "ensemble": " ".join(map(str, row["ensemble"])),
-        "code": row.get("code") or "", "config": str(row.get("config") or "")[:12],
+        "code": row.get("code") or "", "torch": " -> ".join(row.get("torch") or []),
+        "config": str(row.get("config") or "")[:12],
     }
 
 
@@ -120,7 +141,7 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     columns = ("run", "kind", "status", "fold", "arch", "size", "sessions", "session_wall_s",
                "wall_s", "cv_f2", "best_step", "threshold", "tta", "lb", "ensemble", "code",
-               "config")
+               "torch", "config")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:

@@ -15,10 +15,9 @@ import imet
 from imet.report.find import InputFiles, input_files
 
 MANIFEST_NAME = "MANIFEST.json"
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# What the imet wheel is built from (packaging/wheelbuild.py: the package, setup.py, README.md):
+# a change elsewhere in the checkout does not change the code, so it does not make it dirty.
+CODE_PATHS = ("imet", "setup.py", "README.md")
 
 
 def find_manifest(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> Path | None:
@@ -42,39 +41,56 @@ def git_commit() -> str | None:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=5, check=True).stdout.strip()
+                                "--untracked-files=no", "--", *CODE_PATHS],
+                               capture_output=True, text=True, timeout=5,
+                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "") if head else None
 
 
 def code_version(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
-    """{"imet": version, "manifest_sha256": … or None, "git_commit": … or None}; the git commit is
-    looked up only when no dataset manifest is found."""
+    """{"imet": version, "manifest_sha256": … or None, "git_commit": … or None}. With a dataset
+    manifest, the commit is the one it was built from (its "source"); without one, the
+    checkout's. Either way the same code gets the same commit."""
     manifest = find_manifest(input_roots)
     version: dict[str, Any] = {"imet": imet.__version__, "manifest_sha256": None,
                                "git_commit": None}
     if manifest is not None:
         try:
-            version["manifest_sha256"] = _sha256_file(manifest)
+            raw = manifest.read_bytes()
         except OSError:
             manifest = None
+        else:
+            version["manifest_sha256"] = hashlib.sha256(raw).hexdigest()
+            version["git_commit"] = _manifest_commit(raw)
     if manifest is None:
         version["git_commit"] = git_commit()
     return version
 
 
+def _manifest_commit(raw: bytes) -> str | None:
+    """The source commit a dataset manifest records, '+dirty' when built from local changes."""
+    try:
+        source = json.loads(raw).get("source") or {}
+    except (ValueError, AttributeError):
+        return None
+    commit = source.get("git_commit") if isinstance(source, dict) else None
+    return f"{commit}{'+dirty' if source.get('dirty') else ''}" if commit else None
+
+
 def short_code_version(version: dict[str, Any] | None) -> str:
-    """'0.1.0@m:1a2b3c4d' / '0.1.0@g:1a2b3c4d' / '0.1.0' for tables."""
+    """'0.1.0@g:1a2b3c4d' (a '+' for local changes) wherever the commit is known, whether from
+    the checkout or from the dataset's manifest; '0.1.0@m:1a2b3c4d' (the manifest's hash) for
+    code built outside git; '0.1.0' when neither is known."""
     if not version:
         return ""
     text = str(version.get("imet") or "")
-    if version.get("manifest_sha256"):
-        text += "@m:" + str(version["manifest_sha256"])[:8]
-    elif version.get("git_commit"):
+    if version.get("git_commit"):
         commit = str(version["git_commit"])
         text += "@g:" + commit[:8] + ("+" if commit.endswith("+dirty") else "")
+    elif version.get("manifest_sha256"):
+        text += "@m:" + str(version["manifest_sha256"])[:8]
     return text
 
 

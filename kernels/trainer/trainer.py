@@ -16,7 +16,7 @@ SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
 # A local rehearsal (`make demo`, `imet kaggle run`) may replace these through IMET_KERNEL_ARGS.
 TRAIN_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or [
     "--fold", "0", "--arch", "se_resnext50_32x4d", "--image-size", "320", "--batch-size", "32",
-    "--epochs", "20", "--num-workers", "4"]
+    "--epochs", "20"]  # --num-workers auto: on T4 x2 the 4 CPUs split between the 2 processes
 N_FOLDS = 5
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 # What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle
