@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 
@@ -56,7 +57,9 @@ def telegram():
     from imet.notify.config import ConfigProblem, load_config
     try:
         config = load_config(os.environ, use_kaggle_secrets=False)
-    except ConfigProblem:
+    except ConfigProblem as problem:
+        if os.environ.get("IMET_TELEGRAM_TOKEN"):
+            print(f"imet kaggle campaign: Telegram off: {problem}", file=sys.stderr)
         return (lambda text: None), (lambda: None)
     from imet.notify.messages import Outgoing, pack
     from imet.notify.sender import TelegramSender
