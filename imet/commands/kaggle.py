@@ -75,7 +75,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
                            f"the run hands over. Exit 0: finished; {HANDED_OVER}: still handing "
                            "over after --max-sessions; 1: a session failed.")
-    chain.add_argument("kernel_dir", type=Path, help="a push-ready folder (dist/kernels/trainer)")
+    chain.add_argument("kernel_dir", type=Path,
+                       help="a push-ready folder (dist/kernels/trainer-f0)")
     chain.add_argument("--max-sessions", type=int, default=5, metavar="N",
                        help="push at most N sessions (default 5)")
     chain.add_argument("--out", type=Path, default=Path("dist/chain"),

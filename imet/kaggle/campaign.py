@@ -36,6 +36,9 @@ class Campaign:
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> int:
+        if self.state["done"]:
+            self.log(write_tables(self.out, self.state, self.plan.gpu_hours)
+                     + f"campaign already over: {self.state.get('message', '')}")
         while not self.state["done"]:
             if not self.round():
                 time.sleep(self.poll_s)
