@@ -12,7 +12,8 @@ A pushed kernel version "runs" as `sessions[slug][version - 1]` scripts it: stat
 queued, running, then its status; its output lists and serves its files.
 `GetKernel` answers the latest version number (how a restarted campaign tells whether its
 push went through); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
-SIGKILLs a client process right after the server handled one of its calls.
+SIGKILLs a client process right after the server handled one of its calls;
+`refuse_self_source` answers a push that attaches the kernel's own output with an error.
 `handlers` maps a method name to a function(server, body) -> (status, json); replace or add
 entries to script other answers (errors, statuses, outputs).
 
@@ -67,6 +68,13 @@ def get_dataset_status(server, body):
     return 200, {"status": "READY"}
 
 
+def get_dataset(server, body):
+    ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+    if ref not in server.datasets:
+        return _not_found(f"dataset {ref} not found")
+    return 200, {"ref": ref, "currentVersionNumber": len(server.datasets[ref]["versions"])}
+
+
 def create_dataset(server, body):
     ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
     if ref in server.datasets:
@@ -96,6 +104,9 @@ def create_dataset_version(server, body):
 
 def save_kernel(server, body):
     slug = body.get("slug") or ""
+    if server.refuse_self_source and slug in (body.get("kernelDataSources") or []):
+        return 200, {"ref": "", "url": "", "versionNumber": 0,
+                     "error": f"kernel source {slug} cannot be attached to itself"}
     versions = server.kernels.setdefault(slug, [])
     versions.append(body)
     server.in_flight.add(slug)
@@ -167,6 +178,7 @@ DEFAULT_HANDLERS = {
     "ListKernelSessionOutput": list_kernel_session_output,
     "StartBlobUpload": start_blob_upload,
     "GetDatasetStatus": get_dataset_status,
+    "GetDataset": get_dataset,
     "CreateDataset": create_dataset,
     "CreateDatasetVersion": create_dataset_version,
     "SaveKernel": save_kernel,
@@ -271,6 +283,7 @@ class KaggleStandin(LocalServer):
         self.in_flight: set[str] = set()  # pushed, and no poll has told its end yet
         self.max_in_flight = 0
         self.kill_at: tuple[str, int, int] | None = None  # (method, nth call, pid)
+        self.refuse_self_source = False  # answer a push attaching its own output with an error
         super().__init__(_Handler)
 
     def maybe_kill(self, method: str) -> None:

@@ -2,11 +2,13 @@
 Kaggle: members in parallel up to the limit, handovers, retries, the budget, a killed campaign
 resumed without a double push, then the validation and inference over every output."""
 import csv
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,28 @@ def test_telegram_gets_each_member_event_and_the_end(standin, tmp_path):
     assert "session 1 pushed" in replies[0] and "the run finished" in replies[1]
     assert replies[-1].startswith("imet campaign finished") and "GPU-hours used" in replies[-1]
     assert "| f0 | 1 | finished |" in replies[-1]
+
+
+def test_a_refused_self_source_hands_over_through_a_private_dataset(standin, tmp_path):
+    standin.refuse_self_source = True
+    first = handover(1)
+    first["files"]["checkpoints/state-100.pt"] = b"\0" * 2048
+    second = handover(2)
+    second["files"]["checkpoints/state-200.pt"] = b"\1" * 2048
+    standin.sessions[trainer("f0")] = [first, second, finish(3)]
+    proc = campaign(standin, tmp_path, plan_file(tmp_path, members=("f0",)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dataset = f"{USER}/imet-handover-f0"
+    v1, v2, v3 = standin.kernels[trainer("f0")]
+    assert standin.pushes(trainer("f0")) == 4, "one refused push, then through the dataset"
+    for body in (v2, v3):
+        assert not body.get("kernelDataSources") and dataset in body["datasetDataSources"]
+    versions = standin.datasets[dataset]["versions"]
+    assert len(versions) == 2 and standin.datasets[dataset]["private"] is True
+    for version, step in zip(versions, (100, 200)):
+        files = {f["name"]: f["data"] for f in version["files"]}
+        assert "HANDOVER.json" in files and "run.json" in files
+        with zipfile.ZipFile(io.BytesIO(files["checkpoints.zip"])) as archive:
+            assert f"state-{step}.pt" in " ".join(archive.namelist())
+    assert f"refused its own output as a source" in proc.stdout and dataset in proc.stdout
+    assert (tmp_path / "camp" / "submission.csv").read_bytes() == SUBMISSION

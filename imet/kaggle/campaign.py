@@ -12,6 +12,7 @@ from typing import Callable
 from imet.engine.handover import NAME as HANDOVER
 from imet.fileio import atomic_copy
 from imet.kaggle import remote
+from imet.kaggle.campaign_handover import HandoverDatasets
 from imet.kaggle.campaign_state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED, PUSHING,
                                         RUNNING, STOPPED, WAITING, attached_members, completed,
                                         gpu_used_s, save_state, trainers)
@@ -33,6 +34,7 @@ class Campaign:
         self.plan, self.out, self.kernels, self.state = plan, Path(out), Path(kernels), state
         self.accelerators, self.api, self.poll_s = accelerators, api, poll_s
         self.log, self.notify = log, notify
+        self.handover = HandoverDatasets(self.out, plan.owner, api, poll_s, self._save)
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -75,18 +77,29 @@ class Campaign:
         """Render the job's kernel into DIR/kernels: a trainer's first push leaves its own
         output out (a kernel that never ran has none); the final kernels attach the members."""
         first = {name} if job["kind"] == "trainer" and not completed(job) else set()
+        via = {name: job["via_dataset"]} if job.get("via_dataset") else {}
         planned = plan_kernels(self.kernels, self.plan.owner, self.plan.settings,
                                self.accelerators, attach=attached_members(self.state),
-                               first_push=first)
+                               first_push=first, handover_datasets=via)
         (folder,) = write_kernels(self.out / "kernels", {job["folder"]: planned[job["folder"]]})
         return folder
 
     def _push(self, name: str, job: dict) -> None:
+        if job.get("via_dataset") and completed(job):
+            self.handover.version(name, job)
         folder = self._folder(name, job)
         job["push"] = {"before": remote.current_version(self.api, job["ref"])}
         job["state"] = PUSHING
         self._save()
-        pushed = remote.push(self.api, folder)
+        try:
+            pushed = remote.push(self.api, folder)
+        except remote.PushRefused as err:
+            if job["kind"] != "trainer" or not completed(job) or job.get("via_dataset"):
+                raise
+            job.update(state=WAITING, push=None, via_dataset=self.handover.ref(name))
+            self._event(name, job, f"Kaggle refused its own output as a source ({err}); "
+                                   f"handing over through the dataset {job['via_dataset']}")
+            return self._push(name, job)
         self._pushed(name, job, int(pushed.version_number or job["push"]["before"] + 1))
 
     def _pushed(self, name: str, job: dict, version: int) -> None:

@@ -69,11 +69,13 @@ def _dataset(owner: str, value: str | None, default: str) -> str:
 
 
 def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: dict[str, str],
-                 attach: list[str] | None = None,
-                 first_push: set[str] = frozenset()) -> dict[str, dict[str, str]]:
+                 attach: list[str] | None = None, first_push: set[str] = frozenset(),
+                 handover_datasets: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """folder name -> files of every kernel. `attach`: the members whose outputs the other
     kernels get (default all); `first_push`: members whose kernel never ran, whose own output
-    cannot be attached yet."""
+    cannot be attached yet; `handover_datasets`: member -> the dataset that carries its
+    checkpoint instead of its own output (where Kaggle refuses a kernel's own output)."""
+    handover_datasets = handover_datasets or {}
     templates = templates_in(kernels)
     trainer = templates[TRAINER]
     trainer_id = read_metadata(trainer)["id"]
@@ -87,8 +89,11 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
     planned = {}
     for member in members:
         slug = trainer_slug(member.name)
-        own = [] if member.name in first_push else [f"{OWNER}/{slug}"]
+        via = handover_datasets.get(member.name)
+        own = [] if member.name in first_push or via else [f"{OWNER}/{slug}"]
         fields = {**common, "id": f"{OWNER}/{slug}", "title": slug, "kernel_sources": own}
+        if via:
+            fields["dataset_sources"] = common["dataset_sources"] + [via]
         settings_lines = {ARGS_SETTING[TRAINER][0]: member_train_args(settings, member, trainer)}
         if settings.n_folds is not None:
             settings_lines["N_FOLDS"] = settings.n_folds

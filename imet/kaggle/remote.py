@@ -2,6 +2,7 @@
 run hands over. Everything goes through the official kaggle client."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -69,11 +70,15 @@ def wait_for_session(api, ref: str, poll_s: float, settle_polls: int = 3,
         time.sleep(poll_s)
 
 
+class PushRefused(UserError):
+    """Kaggle answered a push with an error (a source it will not attach, a quota...)."""
+
+
 def push(api, kernel_dir: Path):
     """Push a kernel folder; the client's answer (version_number, url)."""
     pushed = api.kernels_push(str(kernel_dir))
     if getattr(pushed, "error", None):
-        raise UserError(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
+        raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
     return pushed
 
 
@@ -99,6 +104,39 @@ def current_version(api, ref: str) -> int:
             return 0
         raise
     return int(response.metadata.current_version_number or 0)
+
+
+def dataset_version(api, ref: str) -> int:
+    """The number of the dataset's latest version on Kaggle; 0 for one never created."""
+    from requests import HTTPError
+    try:
+        answer = api.dataset_status(ref, format="json(current_version_number)")
+    except HTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            return 0
+        raise
+    return int(json.loads(answer).get("current_version_number") or 0)
+
+
+def upload_dataset(api, folder: Path, new: bool, notes: str) -> None:
+    """Create the private dataset of `folder` (its dataset-metadata.json names it) or add a
+    version; folders inside go up as archives (dir_mode zip), so their layout is kept."""
+    if new:
+        answer = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode="zip")
+    else:
+        answer = api.dataset_create_version(str(folder), notes, quiet=True, dir_mode="zip")
+    if getattr(answer, "error", None):
+        raise UserError(f"kaggle refused the dataset upload of {folder}: {answer.error}")
+
+
+def wait_for_dataset(api, ref: str, poll_s: float, timeout_s: float = 3600.0) -> None:
+    """Until Kaggle has processed the dataset's latest version (it can be attached then)."""
+    started = time.monotonic()
+    while str(api.dataset_status(ref)).lower() != "ready":
+        if time.monotonic() - started > timeout_s:
+            raise UserError(f"dataset {ref}: not ready after {timeout_s:.0f}s; run the same "
+                            "command again to keep waiting")
+        time.sleep(poll_s)
 
 
 def client_errors(err: BaseException) -> UserError:
