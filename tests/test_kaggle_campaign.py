@@ -141,6 +141,7 @@ def test_no_push_once_the_budget_would_be_exceeded(standin, tmp_path):
 
 
 @pytest.mark.parametrize("method,nth", [("GetKernel", 2), ("SaveKernel", 1), ("SaveKernel", 3),
+                                        ("SaveKernel", 4),
                                         ("GetKernelSessionStatus", 4),
                                         ("ListKernelSessionOutput", 1),
                                         ("ListKernelSessionOutput", 3)])

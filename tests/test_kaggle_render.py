@@ -66,7 +66,8 @@ def test_rendering_again_keeps_the_settings_of_the_config_file(tmp_path):
     assert f0["TRAIN_ARGS"] == ["--fold", "0", "--arch", "timm:convnext_tiny.fb_in22k_ft_in1k",
                                 "--image-size", "288", "--batch-size", "24", "--epochs", "30",
                                 "--num-workers", "2"]
-    assert f0["ACCELERATOR"] == "NvidiaL4" and meta(out, "trainer-f0")["machine_shape"] == "NvidiaL4"
+    assert f0["ACCELERATOR"] == "NvidiaL4"
+    assert meta(out, "trainer-f0")["machine_shape"] == "NvidiaL4"
     f1 = settings_of(out / "trainer-effb3-f1" / "trainer.py")["TRAIN_ARGS"]
     assert f1[:6] == ["--fold", "1", "--arch", "timm:efficientnet_b3.ra2_in1k", "--epochs", "12"]
     assert "30" not in f1 and f1[-2:] == ["--lr", "3e-4"]

@@ -30,7 +30,8 @@ class HandoverDatasets:
         if record["for_session"] == session:
             return
         ref = job["via_dataset"]
-        if record["before"] is not None and remote.dataset_version(self.api, ref) > record["before"]:
+        asked = record["before"]
+        if asked is not None and remote.dataset_version(self.api, ref) > asked:
             record.update(for_session=session, before=None)
             self.save()
             return

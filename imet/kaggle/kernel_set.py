@@ -2,7 +2,7 @@
 with its own slug and so its own output, and the validation and inference kernels with every
 trainer output attached.
 
-    dist/kernels/trainer-f0 … trainer-f4   <owner>/imet-trainer-f0 …, each its own kernel_sources
+    dist/kernels/trainer-f0 … trainer-f4   <owner>/imet-trainer-f0 …, each its own output
     dist/kernels/validation                 kernel_sources: every trainer
     dist/kernels/inference                  kernel_sources: every trainer and the validation
 """

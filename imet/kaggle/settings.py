@@ -106,6 +106,9 @@ def _member(table, index: int, where: str) -> Member:
 
 def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Settings:
     _unknown(data, KEYS + allowed_extra, source)
+    for key in ("owner", "competition", "src_dataset", "weights_dataset"):
+        if key in data and not (isinstance(data[key], str) and data[key]):
+            raise UserError(f"{source}: {key} must be a name in quotes (got {data[key]!r})")
     accelerator = data.get("accelerator", {})
     if isinstance(accelerator, str):
         accelerator = {"": accelerator}
