@@ -219,3 +219,19 @@ def test_a_refused_self_source_hands_over_through_a_private_dataset(standin, tmp
             assert f"state-{step}.pt" in " ".join(archive.namelist())
     assert f"refused its own output as a source" in proc.stdout and dataset in proc.stdout
     assert (tmp_path / "camp" / "submission.csv").read_bytes() == SUBMISSION
+
+
+@pytest.mark.parametrize("method", ["CreateDataset", "CreateDatasetVersion"])
+def test_a_campaign_killed_while_versioning_the_dataset_versions_it_once(standin, tmp_path,
+                                                                          method):
+    standin.refuse_self_source = True
+    standin.sessions[trainer("f0")] = [handover(1), handover(2), finish(3)]
+    plan = plan_file(tmp_path, members=("f0",))
+    proc = subprocess.Popen(command(plan, tmp_path / "camp"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env_for(standin, tmp_path))
+    standin.kill_at = (method, 1, proc.pid)
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    again = campaign(standin, tmp_path, plan)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(standin.datasets[f"{USER}/imet-handover-f0"]["versions"]) == 2
+    assert len(standin.kernels[trainer("f0")]) == 3
