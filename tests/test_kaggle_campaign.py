@@ -160,18 +160,25 @@ def test_a_killed_campaign_resumes_without_pushing_twice(standin, tmp_path, meth
     assert (tmp_path / "camp" / "submission.csv").read_bytes() == SUBMISSION
 
 
-@pytest.mark.parametrize("second,expected", [
-    ('name = "x"\nfold = 0\nargs = ["--learning-rate", "1"]',
+MEMBER_X = 'name = "x"\nfold = 0'
+
+
+@pytest.mark.parametrize("top,second,expected", [
+    ("", MEMBER_X + '\nargs = ["--learning-rate", "1"]',
      "imet train has no flag '--learning-rate'"),
-    ('name = "x"\nfold = 0\nargs = ["--epochs", "many"]', "invalid int value: 'many'"),
-    ('name = "x"\nfold = 0\nargs = ["--out", "x"]', "--out is set by the trainer kernel"),
-    ('name = "x"\nfold = 3', "fold 3 is not in"),
-    ('name = "f1"\nfold = 0', "two members are named 'f1'"),
+    ("", MEMBER_X + '\nargs = ["--epochs", "many"]', "invalid int value: 'many'"),
+    ("", MEMBER_X + '\nargs = ["--out", "x"]', "--out is set by the trainer itself"),
+    ("", 'name = "x"\nfold = 3', "fold 3 is not in"),
+    ("", 'name = "f1"\nfold = 0', "two members are named 'f1'"),
+    ('validate_args = ["--no-such-flag"]', MEMBER_X, "imet validate has no flag '--no-such-flag'"),
+    ('predict_args = ["--ensemble", "vote"]', MEMBER_X, "imet predict: argument --ensemble"),
+    ('predict_args = ["--runs", "a"]', MEMBER_X, "--runs is set by the inference kernel"),
 ])
-def test_a_bad_plan_is_refused_before_anything_is_pushed(standin, tmp_path, second, expected):
+def test_a_bad_plan_is_refused_before_anything_is_pushed(standin, tmp_path, top, second,
+                                                         expected):
     (tmp_path / "folds.csv").write_text("id,fold\na,0\nb,1\n")
     plan = tmp_path / "plan.toml"
-    plan.write_text(f'owner = "{USER}"\nfolds = "folds.csv"\n[[member]]\nname = "f1"\n'
+    plan.write_text(f'owner = "{USER}"\nfolds = "folds.csv"\n{top}\n[[member]]\nname = "f1"\n'
                     f"fold = 1\n[[member]]\n{second}\n")
     proc = campaign(standin, tmp_path, plan)
     (line,) = proc.stderr.strip().splitlines()

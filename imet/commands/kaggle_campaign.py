@@ -36,19 +36,25 @@ class _Refusing(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def check_train_args(args: list[str], where: str) -> None:
-    """Refuse what `imet train`'s own parser refuses: an unknown flag, a bad value."""
-    from imet.commands import train
+# What each kernel passes itself where its command requires it: stand-ins, so that the
+# command's own parser can judge the plan's flags alone.
+GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
+                   "predict": ["--data", "D", "--runs", "R"]}
+
+
+def check_args(command: str, args: list[str], where: str) -> None:
+    """Refuse what `imet <command>`'s own parser refuses: an unknown flag, a bad value."""
+    import importlib
     from imet.errors import UserError
-    parser = _Refusing(prog="imet train", add_help=False)
-    train.configure(parser)
+    parser = _Refusing(prog=f"imet {command}", add_help=False)
+    importlib.import_module(f"imet.commands.{command}").configure(parser)
     try:
-        _, unknown = parser.parse_known_args(args)
+        _, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
     except UserError as err:
-        raise UserError(f"{where}: imet train: {err}") from None
+        raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
-        raise UserError(f"{where}: imet train has no flag {unknown[0]!r}; see "
-                        "`python -m imet train --help`")
+        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
+                        f"`python -m imet {command} --help`")
 
 
 def telegram():
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from imet.kaggle.campaign import Campaign
     from imet.kaggle.campaign_state import load_state
     from imet.kaggle.kernel_set import templates_in
-    plan = campaign_plan.load(args.plan, args.kernels, check_train_args)
+    plan = campaign_plan.load(args.plan, args.kernels, check_args)
     chosen = render_accelerators(plan.settings, [], list(templates_in(args.kernels)))
     args.out.mkdir(parents=True, exist_ok=True)
     state = load_state(args.out, plan)

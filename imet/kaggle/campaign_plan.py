@@ -22,8 +22,25 @@ from imet.kaggle.kernel_set import members_of, member_train_args, templates_in
 from imet.kaggle.settings import Member, Settings
 
 KEYS = ("parallel", "max_sessions", "retries", "gpu_hours", "session_hours", "folds")
-# Flags the trainer kernel sets itself: a plan that sets them would fight the kernel.
-KERNEL_FLAGS = ("--data", "--folds", "--out", "--time-budget", "--resume", "--input-root")
+# Flags each kernel sets itself: a plan that sets them would fight the kernel.
+KERNEL_FLAGS = {"train": ("--data", "--folds", "--out", "--time-budget", "--resume",
+                          "--input-root"),
+                "validate": ("--data", "--folds", "--run", "--runs", "--out", "--time-limit"),
+                "predict": ("--data", "--runs", "--out", "--probs-dir", "--time-limit",
+                            "--thresholds")}
+# The settings key holding each kernel command's flags.
+ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args"}
+
+
+def _check(command: str, args: list[str], where: str,
+           check_args: Callable[[str, list[str], str], None]) -> None:
+    kernel = {"train": "trainer", "validate": "validation kernel",
+              "predict": "inference kernel"}[command]
+    for flag in KERNEL_FLAGS[command]:
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            raise UserError(f"{where}: {flag} is set by the {kernel} itself; leave it out of "
+                            "the plan")
+    check_args(command, args, where)
 
 
 @dataclass
@@ -63,9 +80,10 @@ def _folds_in(path: Path, where: str) -> set[int]:
 
 
 def load(path: Path, kernels: Path,
-         check_train_args: Callable[[list[str], str], None]) -> Plan:
-    """The plan at `path`, or one line naming what is wrong. `check_train_args(args, where)`
-    refuses what `imet train` would refuse (its own parser, given by the command layer)."""
+         check_args: Callable[[str, list[str], str], None]) -> Plan:
+    """The plan at `path`, or one line naming what is wrong. `check_args(command, args,
+    where)` refuses what `imet <command>` would refuse (its own parser, from the command
+    layer): the members' train flags, and the validate and predict flags the plan sets."""
     where = str(path)
     settings = kernel_settings.load(Path(path), KEYS)
     if not settings.owner:
@@ -89,12 +107,11 @@ def load(path: Path, kernels: Path,
             raise UserError(f"{where}: member {member.name!r}: fold {member.fold} is not in "
                             f"{source} (folds {', '.join(map(str, sorted(folds)))})")
         args = member_train_args(settings, member, trainer)
-        for flag in KERNEL_FLAGS:
-            if any(a == flag or a.startswith(flag + "=") for a in args):
-                raise UserError(f"{where}: member {member.name!r}: {flag} is set by the trainer "
-                                "kernel itself; leave it out of the plan")
-        check_train_args(args, f"{where}: member {member.name!r}")
+        _check("train", args, f"{where}: member {member.name!r}", check_args)
         train_args[member.name] = args
+    for command, key in ARGS_KEYS.items():
+        if getattr(settings, key) is not None:
+            _check(command, getattr(settings, key), f"{where}: {key}", check_args)
     return Plan(Path(path), settings, members, train_args, settings.owner,
                 parallel=_number(extra, "parallel", 2, int, 1, where),
                 max_sessions=_number(extra, "max_sessions", 5, int, 1, where),
