@@ -242,3 +242,14 @@ def test_a_campaign_killed_while_versioning_the_dataset_versions_it_once(standin
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(standin.datasets[f"{USER}/imet-handover-f0"]["versions"]) == 2
     assert len(standin.kernels[trainer("f0")]) == 3
+
+
+def test_an_inference_without_a_submission_fails_the_campaign(standin, tmp_path):
+    standin.sessions[trainer("f0")] = [finish(1)]
+    standin.sessions[INFERENCE] = [{"files": {"probs.npy": b"0"}}] * 2
+    proc = campaign(standin, tmp_path, plan_file(tmp_path, members=("f0",), retries=1))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert len(standin.kernels[INFERENCE]) == 2, "retried once"
+    assert "has no submission.csv" in table(tmp_path)["inference"]["last message"]
+    assert "the inference kernel failed" in proc.stdout.strip().splitlines()[-1]
+    assert not (tmp_path / "camp" / "submission.csv").exists()

@@ -18,7 +18,6 @@ from imet.kaggle.campaign_state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED
                                         gpu_used_s, save_state, trainers)
 from imet.kaggle.campaign_table import write_tables
 from imet.kaggle.kernel_set import INFERENCE, VALIDATION, plan_kernels, write_kernels
-from imet.report.artifacts import RUN_JSON, read_run_json
 
 # What comes back of each kind of kernel: the trainers' small files (checkpoints stay on
 # Kaggle), the validation's thresholds and report, the inference's submission.
@@ -67,6 +66,7 @@ class Campaign:
         write_tables(self.out, self.state, self.plan.gpu_hours)
 
     def _event(self, name: str, job: dict, text: str) -> None:
+        text = " ".join(text.split())  # one line: it is a table cell
         job["message"] = text
         self._save()
         self.log(f"{name}: {text}")
@@ -157,6 +157,8 @@ class Campaign:
         session = job["sessions"][-1]
         dest = self.out / "outputs" / job["folder"] / f"v{session['version']}"
         remote.fetch_outputs(self.api, job["ref"], dest, OUTPUTS[job["kind"]])
+        if status == "COMPLETE" and job["kind"] == INFERENCE and not (dest / SUBMISSION).is_file():
+            status, failure = "ERROR", f"its output has no {SUBMISSION}"
         session.update(status=status, ended_at=time.time())
         session["gpu_s"] = self._session_seconds(job, session, dest)
         n = len(job["sessions"])
@@ -188,6 +190,7 @@ class Campaign:
     def _session_seconds(self, job: dict, session: dict, dest: Path) -> float:
         """The session's own wall time from its run.json; the time from push to end where
         that session wrote none (a kernel that failed before training, the final kernels)."""
+        from imet.report.artifacts import RUN_JSON, read_run_json  # matplotlib: only here
         run = read_run_json(dest / RUN_JSON)
         if run:
             job["best_f2"] = run.get("best_f2", job.get("best_f2"))
