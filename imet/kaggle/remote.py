@@ -82,8 +82,9 @@ def push(api, kernel_dir: Path):
     return pushed
 
 
-def fetch_outputs(api, ref: str, dest: Path, pattern: str = SMALL_OUTPUTS) -> Path:
-    """The files of the version's output whose names match `pattern`, into `dest`."""
+def fetch_outputs(api, ref: str, dest: Path, pattern: str | None = SMALL_OUTPUTS) -> Path:
+    """The files of the version's output whose names match `pattern` (None: all), into
+    `dest`."""
     api.kernels_output(ref, str(dest), file_pattern=pattern, force=True, quiet=True)
     return Path(dest)
 
