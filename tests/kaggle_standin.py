@@ -10,6 +10,10 @@ Everything received is recorded: `calls` (service, method, JSON body, the basic-
 the key), `blobs` (token -> name, bytes), `datasets` and `kernels` (what a create/version/push made).
 A pushed kernel version "runs" as `sessions[slug][version - 1]` scripts it: status polls answer
 queued, running, then its status; its output lists and serves its files.
+`GetKernel` answers the latest version number (how a restarted campaign tells whether its
+push went through); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
+SIGKILLs a client process right after the server handled one of its calls;
+`refuse_self_source` answers a push that attaches the kernel's own output with an error.
 `handlers` maps a method name to a function(server, body) -> (status, json); replace or add
 entries to script other answers (errors, statuses, outputs).
 
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler
@@ -62,6 +68,13 @@ def get_dataset_status(server, body):
     return 200, {"status": "READY"}
 
 
+def get_dataset(server, body):
+    ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+    if ref not in server.datasets:
+        return _not_found(f"dataset {ref} not found")
+    return 200, {"ref": ref, "currentVersionNumber": len(server.datasets[ref]["versions"])}
+
+
 def create_dataset(server, body):
     ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
     if ref in server.datasets:
@@ -91,8 +104,13 @@ def create_dataset_version(server, body):
 
 def save_kernel(server, body):
     slug = body.get("slug") or ""
+    if server.refuse_self_source and slug in (body.get("kernelDataSources") or []):
+        return 200, {"ref": "", "url": "", "versionNumber": 0,
+                     "error": f"kernel source {slug} cannot be attached to itself"}
     versions = server.kernels.setdefault(slug, [])
     versions.append(body)
+    server.in_flight.add(slug)
+    server.max_in_flight = max(server.max_in_flight, len(server.in_flight))
     return 200, {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}",
                  "versionNumber": len(versions), "error": ""}
 
@@ -118,6 +136,8 @@ def get_kernel_session_status(server, body):
     polls = server.polls[(slug, version)] = server.polls.get((slug, version), 0) + 1
     # Like Kaggle: queued, then running, then the end the script says.
     status = ("QUEUED", "RUNNING")[polls - 1] if polls <= 2 else script.get("status", "COMPLETE")
+    if polls > 2:
+        server.in_flight.discard(slug)
     return 200, {"status": status, "failureMessage": script.get("failure", "")}
 
 
@@ -134,6 +154,16 @@ def list_kernel_session_output(server, body):
     return 200, {"files": files, "log": script.get("log", "")}
 
 
+def get_kernel(server, body):
+    slug = f"{body.get('userName')}/{body.get('kernelSlug')}"
+    versions = server.kernels.get(slug)
+    if not versions:
+        return _not_found(f"kernel {slug} not found")
+    return 200, {"metadata": {"ref": slug, "currentVersionNumber": len(versions)},
+                 "blob": {"source": versions[-1].get("text", ""), "language": "python",
+                          "kernelType": "script"}}
+
+
 TOKEN_USERS = {"standin-api-token": USER}  # what the server knows of today's API tokens
 
 
@@ -148,9 +178,11 @@ DEFAULT_HANDLERS = {
     "ListKernelSessionOutput": list_kernel_session_output,
     "StartBlobUpload": start_blob_upload,
     "GetDatasetStatus": get_dataset_status,
+    "GetDataset": get_dataset,
     "CreateDataset": create_dataset,
     "CreateDatasetVersion": create_dataset_version,
     "SaveKernel": save_kernel,
+    "GetKernel": get_kernel,
 }
 
 
@@ -233,6 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, payload = 501, {"code": 501, "message": f"stand-in has no {method}"}
             else:
                 status, payload = handler(standin, body)
+            standin.maybe_kill(method)
         self._reply(status, payload)
 
 
@@ -247,7 +280,25 @@ class KaggleStandin(LocalServer):
         self.files: dict[str, bytes] = {}  # output files served by GET
         self.handlers = dict(DEFAULT_HANDLERS)
         self.lock = threading.Lock()
+        self.in_flight: set[str] = set()  # pushed, and no poll has told its end yet
+        self.max_in_flight = 0
+        self.kill_at: tuple[str, int, int] | None = None  # (method, nth call, pid)
+        self.refuse_self_source = False  # answer a push attaching its own output with an error
         super().__init__(_Handler)
+
+    def maybe_kill(self, method: str) -> None:
+        """SIGKILL the process `kill_at` names when its nth call of `method` has been
+        handled and before it is answered: the server acted, the client never heard."""
+        if self.kill_at is None or self.kill_at[0] != method:
+            return
+        if self.methods().count(method) == self.kill_at[1]:
+            os.kill(self.kill_at[2], signal.SIGKILL)
+            self.kill_at = None
+
+    def pushes(self, slug: str) -> int:
+        """SaveKernel calls received for kernel `slug` ("owner/name")."""
+        return sum(1 for c in self.calls if c.get("method") == "SaveKernel"
+                   and c["body"].get("slug") == slug)
 
     def methods(self) -> list[str]:
         return [c["method"] for c in self.calls if c["http"] == "POST"]

@@ -13,7 +13,8 @@ from kaggle_standin import USER, KaggleStandin
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE = str(Path(sys.executable).parent / "kaggle")
-TRAINER = f"{USER}/imet-trainer"
+TRAINER = f"{USER}/imet-trainer-f0"
+FOLDS = [f"{USER}/imet-trainer-f{k}" for k in range(5)]
 
 
 def render(out, *extra):
@@ -41,19 +42,24 @@ def client(standin, tmp_path, *args):
     return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=120)
 
 
-@pytest.mark.parametrize("kernel", ["trainer", "validation", "inference"])
+SOURCES = {"trainer-f3": [f"{USER}/imet-trainer-f3"], "validation": FOLDS,
+           "inference": FOLDS + [f"{USER}/imet-validation"]}
+
+
+@pytest.mark.parametrize("kernel", ["trainer-f3", "validation", "inference"])
 def test_real_client_pushes_the_rendered_kernels(standin, rendered, tmp_path, kernel):
     proc = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p", str(rendered / kernel))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (body,) = standin.kernels[f"{USER}/imet-{kernel}"]
+    script = kernel.split("-")[0]
     assert body["language"] == "python" and body["kernelType"] == "script"
     assert body["isPrivate"] is True and body["enableGpu"] is True
     assert body["machineShape"] == "NvidiaTeslaT4"
     assert body["enableInternet"] is (kernel != "inference")
     assert body["datasetDataSources"] == [f"{USER}/imet-src", f"{USER}/imet-weights"]
     assert body["competitionDataSources"] == ["imet-2019-fgvc6"]
-    assert f"{USER}/imet-trainer" in body["kernelDataSources"]
-    assert body["text"] == (rendered / kernel / f"{kernel}.py").read_text()
+    assert body["kernelDataSources"] == SOURCES[kernel]
+    assert body["text"] == (rendered / kernel / f"{script}.py").read_text()
     assert "ACCELERATOR = 'NvidiaTeslaT4'" in body["text"]
 
 
@@ -61,7 +67,7 @@ def test_render_accelerator_for_all_and_per_kernel(standin, tmp_path):
     out = tmp_path / "k"
     proc = render(out, "--accelerator", "nvidial4", "--accelerator", "inference=none")
     assert proc.returncode == 0, proc.stderr
-    for kernel in ("trainer", "inference"):
+    for kernel in ("trainer-f0", "inference"):
         pushed = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p", str(out / kernel))
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     (trainer,) = standin.kernels[TRAINER]
@@ -77,7 +83,7 @@ def test_render_warns_of_a_retired_shape_and_refuses_an_unknown_one(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (warning,) = proc.stderr.strip().splitlines()
     assert "NvidiaTeslaP100 is retired" in warning and "NvidiaTeslaT4" in warning
-    meta = json.loads((tmp_path / "k" / "trainer" / "kernel-metadata.json").read_text())
+    meta = json.loads((tmp_path / "k" / "trainer-f0" / "kernel-metadata.json").read_text())
     assert meta["machine_shape"] == "NvidiaTeslaP100"  # pushed as asked, as the client does
     for bad in ("K80", "trainer=", "predictor=NvidiaL4"):
         proc = render(tmp_path / "bad", "--accelerator", bad)
@@ -88,7 +94,7 @@ def test_render_warns_of_a_retired_shape_and_refuses_an_unknown_one(tmp_path):
 
 def chain(standin, tmp_path, rendered, *extra):
     return client(standin, tmp_path, sys.executable, "-m", "imet", "kaggle", "chain",
-                  str(rendered / "trainer"), "--poll", "0.05", "--out", str(tmp_path / "chain"),
+                  str(rendered / "trainer-f0"), "--poll", "0.05", "--out", str(tmp_path / "chain"),
                   *extra)
 
 
@@ -107,8 +113,8 @@ def test_chain_pushes_again_while_the_run_hands_over(standin, rendered, tmp_path
     proc = chain(standin, tmp_path, rendered, "--max-sessions", "5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(standin.kernels[TRAINER]) == 3
-    metadata = json.loads((rendered / "trainer" / "kernel-metadata.json").read_text())
-    script = (rendered / "trainer" / "trainer.py").read_text()
+    metadata = json.loads((rendered / "trainer-f0" / "kernel-metadata.json").read_text())
+    script = (rendered / "trainer-f0" / "trainer.py").read_text()
     for body in standin.kernels[TRAINER]:  # exactly what render wrote, every session
         assert body["machineShape"] == metadata["machine_shape"] == "NvidiaTeslaT4"
         assert body["text"] == script and body["enableGpu"] is metadata["enable_gpu"]

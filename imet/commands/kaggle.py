@@ -1,4 +1,5 @@
-"""`python -m imet kaggle run|render …`: the local Kaggle emulator and push-ready kernels."""
+"""`python -m imet kaggle run|render|chain|campaign …`: the local Kaggle emulator, push-ready
+kernels, sessions on Kaggle."""
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
                            f"the run hands over. Exit 0: finished; {HANDED_OVER}: still handing "
                            "over after --max-sessions; 1: a session failed.")
-    chain.add_argument("kernel_dir", type=Path, help="a push-ready folder (dist/kernels/trainer)")
+    chain.add_argument("kernel_dir", type=Path,
+                       help="a push-ready folder (dist/kernels/trainer-f0)")
     chain.add_argument("--max-sessions", type=int, default=5, metavar="N",
                        help="push at most N sessions (default 5)")
     chain.add_argument("--out", type=Path, default=Path("dist/chain"),
@@ -82,19 +84,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     chain.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
                        help="seconds between status polls (default 60)")
     render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
-                            description="Copy kernels/<name> to OUT/<name> with {owner} replaced "
-                            "in kernel-metadata.json and the accelerator asked for in its "
-                            "machine_shape (and the script's ACCELERATOR line), ready for "
-                            "`kaggle kernels push -p` and `kaggle chain`.")
-    render.add_argument("--owner", required=True, help="your Kaggle user name")
+                            description="Write OUT/trainer-<member> (one trainer kernel per fold "
+                            "or member, each its own slug imet-trainer-<member> and its own "
+                            "output in kernel_sources), OUT/validation and OUT/inference (every "
+                            "trainer output attached) from kernels/<name>, with {owner} replaced, "
+                            "the accelerator asked for in machine_shape and the script's "
+                            "ACCELERATOR line, and the run's settings (--config) in the scripts' "
+                            "DEFAULT_*_ARGS lines. A kernel edited by hand since render wrote it "
+                            "is refused unless --force.")
+    render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
+                        "owner)")
+    render.add_argument("--config", type=Path, metavar="FILE",
+                        help="the run's settings (TOML: members, train_args, validate_args, "
+                        "predict_args, accelerator, datasets; see README); without it, the "
+                        "templates' defaults, one member per fold")
+    render.add_argument("--force", action="store_true",
+                        help="overwrite kernels edited by hand since render wrote them")
     render.add_argument("--kernels", type=Path, default=Path("kernels"),
                         help="folder of kernel templates (default kernels)")
     render.add_argument("--out", type=Path, default=Path("dist/kernels"),
                         help="where to write them (default dist/kernels)")
     render.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
                         help="machine_shape of every kernel, or of one (trainer=NvidiaL4; "
-                        "repeatable): NvidiaTeslaT4 (GPU T4 x2, the default), NvidiaL4, "
-                        "NvidiaTeslaA100, NvidiaH100, TpuV5E8, or none for a CPU")
+                        "repeatable, over the settings file's): NvidiaTeslaT4 (GPU T4 x2, the "
+                        "default), NvidiaL4, NvidiaTeslaA100, NvidiaH100, TpuV5E8, or none for "
+                        "a CPU")
+    from imet.commands.kaggle_campaign import configure as configure_campaign
+    configure_campaign(sub)
+
+
+def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
+    """The settings file's accelerators, then the command line's (later ones win)."""
+    from_file = [f"{k}={v}" if k else str(v) for k, v in settings.accelerator.items()]
+    return _accelerators(from_file + list(given), kernels)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,15 +126,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
         return chain(args.kernel_dir, args.max_sessions, args.out, args.poll)
     if args.kaggle_command == "render":
-        from imet.kaggle.metadata import read_metadata, render, requested_accelerator
-        templates = sorted(p.parent for p in args.kernels.glob("*/kernel-metadata.json"))
-        if not templates:
-            raise UserError(f"{args.kernels}: no kernel folders (*/kernel-metadata.json) in it")
-        chosen = _accelerators(args.accelerator, [folder.name for folder in templates])
-        for folder in templates:
-            out = render(folder, args.owner, args.out / folder.name, chosen.get(folder.name))
-            print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
-        return 0
+        return _render(args)
+    if args.kaggle_command == "campaign":
+        from imet.commands.kaggle_campaign import run as run_campaign
+        return run_campaign(args)
     from imet.kaggle.emulator import run_chain
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
@@ -125,3 +142,19 @@ def run(args: argparse.Namespace) -> int:
               f"log {r.log}")
     last = results[-1]
     return 0 if last.ok and last.handover is None else (last.exit_code or 1)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from imet.kaggle import kernel_set, settings as kernel_settings
+    from imet.kaggle.campaign_plan import KEYS as CAMPAIGN_KEYS
+    from imet.kaggle.metadata import read_metadata, requested_accelerator
+    settings = kernel_settings.load(args.config, CAMPAIGN_KEYS)
+    owner = args.owner or settings.owner
+    if not owner:
+        raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
+    kernels = list(kernel_set.templates_in(args.kernels))
+    chosen = render_accelerators(settings, args.accelerator, kernels)
+    planned = kernel_set.plan_kernels(args.kernels, owner, settings, chosen)
+    for out in kernel_set.write_kernels(args.out, planned, args.force):
+        print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
+    return 0

@@ -2,6 +2,7 @@
 run hands over. Everything goes through the official kaggle client."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -38,23 +39,111 @@ def _status_name(response) -> str:
     return getattr(status, "name", str(status)).upper()
 
 
+def poll_session(api, ref: str, watch: dict, settle_polls: int = 3) -> tuple[str, str] | None:
+    """One status poll of the version pushed last: (status, failure message) once it ended,
+    else None. Right after a push the API may still report the previous version's end, so an
+    end only counts once the new version was seen queued or running, or after `settle_polls`
+    polls. `watch` (plain data, so a campaign can keep it in its state file) carries what the
+    polls saw across calls."""
+    response = api.kernels_status(ref)
+    name = _status_name(response)
+    watch["polls"] = int(watch.get("polls", 0)) + 1
+    watch["last"] = name
+    if name in TERMINAL and (watch.get("seen_running") or watch["polls"] >= settle_polls):
+        return name, getattr(response, "failure_message", "") or ""
+    watch["seen_running"] = bool(watch.get("seen_running")) or name not in TERMINAL
+    return None
+
+
 def wait_for_session(api, ref: str, poll_s: float, settle_polls: int = 3,
                      timeout_s: float | None = None) -> tuple[str, str]:
-    """Poll until the pushed version ends. Right after a push the API may still report the
-    previous version's end, so an end only counts once the new version was seen queued or
-    running, or after `settle_polls` polls."""
+    """Poll until the pushed version ends (see poll_session)."""
     started = time.monotonic()
-    seen_running, polls = False, 0
+    watch: dict = {}
     while True:
-        response = api.kernels_status(ref)
-        name, polls = _status_name(response), polls + 1
-        if name in TERMINAL and (seen_running or polls >= settle_polls):
-            return name, getattr(response, "failure_message", "") or ""
-        seen_running = seen_running or name not in TERMINAL
+        ended = poll_session(api, ref, watch, settle_polls)
+        if ended:
+            return ended
         if timeout_s is not None and time.monotonic() - started > timeout_s:
-            raise UserError(f"{ref}: still {name} after {timeout_s:.0f}s of waiting; "
+            raise UserError(f"{ref}: still {watch['last']} after {timeout_s:.0f}s of waiting; "
                             "run `python -m imet kaggle chain` again to keep watching")
         time.sleep(poll_s)
+
+
+class PushRefused(UserError):
+    """Kaggle answered a push with an error (a source it will not attach, a quota...)."""
+
+
+def push(api, kernel_dir: Path):
+    """Push a kernel folder; the client's answer (version_number, url)."""
+    pushed = api.kernels_push(str(kernel_dir))
+    if getattr(pushed, "error", None):
+        raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
+    return pushed
+
+
+def fetch_outputs(api, ref: str, dest: Path, pattern: str | None = SMALL_OUTPUTS) -> Path:
+    """The files of the version's output whose names match `pattern` (None: all), into
+    `dest`."""
+    api.kernels_output(ref, str(dest), file_pattern=pattern, force=True, quiet=True)
+    return Path(dest)
+
+
+def current_version(api, ref: str) -> int:
+    """The number of the kernel's latest version on Kaggle; 0 for a kernel never pushed. How a
+    restarted campaign tells whether a push it did not see answered went through."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+    from requests import HTTPError
+    owner, slug = ref.split("/", 1)
+    request = ApiGetKernelRequest()
+    request.user_name, request.kernel_slug = owner, slug
+    try:
+        with api.build_kaggle_client() as client:
+            response = client.kernels.kernels_api_client.get_kernel(request)
+    except HTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            return 0
+        raise
+    return int(response.metadata.current_version_number or 0)
+
+
+def dataset_version(api, ref: str) -> int:
+    """The number of the dataset's latest version on Kaggle; 0 for one never created."""
+    from requests import HTTPError
+    try:
+        answer = api.dataset_status(ref, format="json(current_version_number)")
+    except HTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            return 0
+        raise
+    return int(json.loads(answer).get("current_version_number") or 0)
+
+
+def upload_dataset(api, folder: Path, new: bool, notes: str) -> None:
+    """Create the private dataset of `folder` (its dataset-metadata.json names it) or add a
+    version; folders inside go up as archives (dir_mode zip), so their layout is kept."""
+    if new:
+        answer = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode="zip")
+    else:
+        answer = api.dataset_create_version(str(folder), notes, quiet=True, dir_mode="zip")
+    if getattr(answer, "error", None):
+        raise UserError(f"kaggle refused the dataset upload of {folder}: {answer.error}")
+
+
+def wait_for_dataset(api, ref: str, poll_s: float, timeout_s: float = 3600.0) -> None:
+    """Until Kaggle has processed the dataset's latest version (it can be attached then)."""
+    started = time.monotonic()
+    while str(api.dataset_status(ref)).lower() != "ready":
+        if time.monotonic() - started > timeout_s:
+            raise UserError(f"dataset {ref}: not ready after {timeout_s:.0f}s; run the same "
+                            "command again to keep waiting")
+        time.sleep(poll_s)
+
+
+def client_errors(err: BaseException) -> UserError:
+    """The client's HTTP errors (requests' are OSErrors) and refusals, as one line: the
+    request and the server's message, never credentials (the client sends them as headers)."""
+    return UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0])
 
 
 def chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float = 60.0,
@@ -62,9 +151,7 @@ def chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float = 60.0,
     try:
         return _chain(kernel_dir, max_sessions, out, poll_s, api, log)
     except (OSError, ValueError) as err:
-        # The client's HTTP errors (requests' are OSErrors) and refusals, as one line: the
-        # request and the server's message, never credentials (the client sends them as headers).
-        raise UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0]) from None
+        raise client_errors(err) from None
 
 
 def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, log) -> int:
@@ -77,13 +164,11 @@ def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, l
                         "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
     api = api or kaggle_api()
     for session in range(1, max_sessions + 1):
-        pushed = api.kernels_push(str(kernel_dir))
-        if getattr(pushed, "error", None):
-            raise UserError(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
+        pushed = push(api, kernel_dir)
         log(f"session {session}: pushed {ref} version {pushed.version_number} ({pushed.url})")
         status, failure = wait_for_session(api, ref, poll_s)
         dest = Path(out) / f"v{session}"
-        api.kernels_output(ref, str(dest), file_pattern=SMALL_OUTPUTS, force=True, quiet=True)
+        fetch_outputs(api, ref, dest)
         if status != "COMPLETE":
             log(f"session {session}: {status.lower()}{': ' + failure if failure else ''}; "
                 f"its log is in {dest}")

@@ -13,9 +13,11 @@ from pathlib import Path
 STARTED = time.time()
 # Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
 SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
-# A local rehearsal (`make demo`, `imet kaggle run`) may replace these through IMET_KERNEL_ARGS.
-PREDICT_ARGS = (shlex.split(os.environ.get("IMET_KERNEL_ARGS", ""))
-                or ["--tta", "none,hflip", "--ensemble", "mean"])
+# The settings. `imet kaggle render --config FILE` writes the lines below from your settings
+# file: change that file, not these lines. A local rehearsal (`make demo`, `imet kaggle run`)
+# may replace the arguments through IMET_KERNEL_ARGS.
+DEFAULT_PREDICT_ARGS = ['--tta', 'none,hflip', '--ensemble', 'mean']
+PREDICT_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or DEFAULT_PREDICT_ARGS
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 # What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle
 # render --accelerator` writes both): the session stops at once when it cannot use that GPU.

@@ -13,10 +13,12 @@ from pathlib import Path
 STARTED = time.time()
 # Today's GPU sessions last 12 h (9 h on the old P100 ones); the local emulator sets its own.
 SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
-# A local rehearsal (`make demo`, `imet kaggle run`) may replace these through IMET_KERNEL_ARGS.
-TRAIN_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or [
-    "--fold", "0", "--arch", "se_resnext50_32x4d", "--image-size", "320", "--batch-size", "32",
-    "--epochs", "20"]  # --num-workers auto: on T4 x2 the 4 CPUs split between the 2 processes
+# The settings. `imet kaggle render --config FILE` writes the lines below from your settings
+# file: change that file, not these lines. A local rehearsal (`make demo`, `imet kaggle run`)
+# may replace the arguments through IMET_KERNEL_ARGS. (No --num-workers: its default, auto,
+# splits the CPUs between the two processes on T4 x2.)
+DEFAULT_TRAIN_ARGS = ['--fold', '0', '--arch', 'se_resnext50_32x4d', '--image-size', '320', '--batch-size', '32', '--epochs', '20']
+TRAIN_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or DEFAULT_TRAIN_ARGS
 N_FOLDS = 5
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 # What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle

@@ -1,0 +1,130 @@
+"""`imet kaggle render --config FILE`: the run's settings live in a file render reads, one
+trainer kernel per member with its own output, hand edits are never overwritten silently."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """\
+owner = "alice"
+accelerator = {trainer = "NvidiaL4"}
+train_args = ["--batch-size", "24", "--epochs", "30", "--num-workers", "2"]
+validate_args = ["--tta", "none"]
+predict_args = ["--tta", "none", "--ensemble", "rank"]
+
+[[member]]
+fold = 0
+arch = "timm:convnext_tiny.fb_in22k_ft_in1k"
+image_size = 288
+
+[[member]]
+name = "effb3-f1"
+fold = 1
+arch = "timm:efficientnet_b3.ra2_in1k"
+epochs = 12
+args = ["--lr", "3e-4"]
+"""
+
+
+def render(out, *extra):
+    return subprocess.run([sys.executable, "-m", "imet", "kaggle", "render", "--kernels",
+                           str(REPO / "kernels"), "--out", str(out), *extra],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def meta(out, kernel):
+    return json.loads((out / kernel / "kernel-metadata.json").read_text())
+
+
+def settings_of(script: Path, env=None) -> dict:
+    """The settings lines of a rendered script, evaluated as the kernel evaluates them (the
+    bootstrap below them is not run)."""
+    lines = [line for line in script.read_text().splitlines()
+             if line.startswith(("import ", "DEFAULT_", "TRAIN_ARGS", "VALIDATE_ARGS",
+                                 "PREDICT_ARGS", "ACCELERATOR"))]
+    code = "\n".join(lines) + "\nprint(repr({k: v for k, v in globals().items() if k.isupper()}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return eval(proc.stdout)
+
+
+def test_rendering_again_keeps_the_settings_of_the_config_file(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    out = tmp_path / "k"
+    for _ in range(2):
+        proc = render(out, "--config", str(config))
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["inference", "trainer-effb3-f1",
+                                                    "trainer-f0", "validation"]
+    f0 = settings_of(out / "trainer-f0" / "trainer.py")
+    assert f0["TRAIN_ARGS"] == ["--fold", "0", "--arch", "timm:convnext_tiny.fb_in22k_ft_in1k",
+                                "--image-size", "288", "--batch-size", "24", "--epochs", "30",
+                                "--num-workers", "2"]
+    assert f0["ACCELERATOR"] == "NvidiaL4"
+    assert meta(out, "trainer-f0")["machine_shape"] == "NvidiaL4"
+    f1 = settings_of(out / "trainer-effb3-f1" / "trainer.py")["TRAIN_ARGS"]
+    assert f1[:6] == ["--fold", "1", "--arch", "timm:efficientnet_b3.ra2_in1k", "--epochs", "12"]
+    assert "30" not in f1 and f1[-2:] == ["--lr", "3e-4"]
+    assert settings_of(out / "validation" / "validation.py")["VALIDATE_ARGS"] == ["--tta", "none"]
+    inference = settings_of(out / "inference" / "inference.py")
+    assert inference["PREDICT_ARGS"] == ["--tta", "none", "--ensemble", "rank"]
+    assert inference["ACCELERATOR"] == "NvidiaTeslaT4"
+    # A rehearsal still replaces the arguments through IMET_KERNEL_ARGS.
+    rehearsal = settings_of(out / "trainer-f0" / "trainer.py", {"IMET_KERNEL_ARGS": "--fold 3"})
+    assert rehearsal["TRAIN_ARGS"] == ["--fold", "3"]
+
+
+def test_five_fold_kernels_each_with_its_own_output_attached_to_validation_and_inference(tmp_path):
+    out = tmp_path / "k"
+    proc = render(out, "--owner", "bob")
+    assert proc.returncode == 0, proc.stderr
+    folds = [f"bob/imet-trainer-f{k}" for k in range(5)]
+    for k in range(5):
+        trainer = meta(out, f"trainer-f{k}")
+        assert trainer["id"] == folds[k] and trainer["title"] == f"imet-trainer-f{k}"
+        assert trainer["kernel_sources"] == [folds[k]]
+        args = settings_of(out / f"trainer-f{k}" / "trainer.py")["TRAIN_ARGS"]
+        assert args[:2] == ["--fold", str(k)] and args.count("--fold") == 1
+    assert meta(out, "validation")["kernel_sources"] == folds
+    assert meta(out, "inference")["kernel_sources"] == folds + ["bob/imet-validation"]
+
+
+def test_a_hand_edit_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "k"
+    assert render(out, "--owner", "bob").returncode == 0
+    edited = out / "trainer-f2" / "trainer.py"
+    edited.write_text(edited.read_text().replace("'--epochs', '20'", "'--epochs', '3'"))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = render(out, "--owner", "carol")
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and str(edited) in line and "--force" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, \
+        "nothing written when one kernel is refused"
+    proc = render(out, "--owner", "carol", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert "'--epochs', '20'" in edited.read_text()
+    assert meta(out, "trainer-f0")["id"] == "carol/imet-trainer-f0"
+    assert render(out, "--owner", "carol").returncode == 0, "an untouched kernel renders again"
+
+
+def test_a_bad_config_is_one_line(tmp_path):
+    cases = {
+        "unknown key": ('owner = "a"\nepochs = 3\n', "unknown key 'epochs'"),
+        "duplicate": ('owner = "a"\n[[member]]\nfold = 0\n[[member]]\nname = "f0"\nfold = 1\n',
+                      "two members are named 'f0'"),
+        "member key": ('owner = "a"\n[[member]]\nfold = 0\nlr = 1\n', "unknown key 'lr'"),
+        "not toml": ("owner = \n", "not valid TOML"),
+    }
+    for name, (text, expected) in cases.items():
+        config = tmp_path / f"{name}.toml"
+        config.write_text(textwrap.dedent(text))
+        proc = render(tmp_path / name, "--config", str(config))
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and expected in line and str(config) in line, (name, line)
+        assert not (tmp_path / name).exists()
