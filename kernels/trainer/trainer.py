@@ -1,8 +1,9 @@
 """imet trainer kernel: trains one fold and hands over to the next session before the limit.
 
-Push with `kaggle kernels push -p dist/kernels/trainer`. When a session ends with a handover,
-push again: this kernel's own output is in kernel_sources, so the run resumes exactly where it
-stopped. The settings below are the whole configuration of the run."""
+Push with `kaggle kernels push -p dist/kernels/trainer-f0` (render writes one kernel per fold or
+member). When a session ends with a handover, push again: this kernel's own output is in
+kernel_sources, so the run resumes exactly where it stopped. The settings below are the whole
+configuration of the run."""
 import os
 import shlex
 import subprocess
