@@ -71,6 +71,22 @@ def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, t
     assert len(ours["sessions"]) == 3
 
 
+def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
+    """Each session's bootstrap installed imet and the pinned wheels from the attached dataset
+    into the session's own environment: the rehearsal ran the artefact, not the repository."""
+    packages = json.loads((local_dataset / "MANIFEST.json").read_text())["packages"]
+    for session in trained:
+        log = session.log.read_text()
+        assert f"installed {len(packages)} packages from" in log, log[:3000]
+        assert "editable" not in log
+        env_python = session.output.parents[1] / "env" / "bin" / "python"
+        where = subprocess.run([str(env_python), "-c", "import imet; print(imet.__file__)"],
+                               capture_output=True, text=True, env={}, cwd=session.output,
+                               check=True).stdout
+        assert Path(where.strip()).is_relative_to(env_python.parents[1]), where
+        assert not Path(where.strip()).is_relative_to(REPO), where
+
+
 def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):
     trainer_out = trained[-1].output
     base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
