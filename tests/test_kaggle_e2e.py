@@ -61,7 +61,7 @@ def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, t
     for session in trained:
         log = session.log.read_text()
         assert "image cache: building one" in log or "chose in its first session to build" in log
-        assert f"reading images from {session.output.parent / 'temp' / 'imet-cache-32'}" in log
+        assert f"reading images from ImageCache('{session.output.parent / 'temp' / 'imet-cache-32'}'" in log
         assert not list(session.output.rglob("imet-cache.json"))
     cache = tmp_path / "cache"
     subprocess.run([sys.executable, "-m", "imet", "cache", "--data", str(mini_data), "--size",
