@@ -23,10 +23,10 @@ def kaggle(tmp_path, mini_data, monkeypatch):
     return root
 
 
-def prepare(root, work, *args, seconds_left=3600):
+def prepare(root, work, *args, seconds_left=3600, resumed=False):
     work.mkdir(parents=True, exist_ok=True)
     image_cache.prepare(root / "input" / "imet-2019-fgvc6", ["--image-size", "32", *args],
-                        seconds_left, work, root / "temp", root / "input", IMET)
+                        seconds_left, work, root / "temp", root / "input", IMET, resumed)
 
 
 def test_the_build_pays_back_only_with_enough_epochs_in_the_session():
@@ -73,6 +73,8 @@ def test_a_short_run_reads_the_pngs_and_an_attached_cache_is_used(kaggle, capsys
     assert not (kaggle / "temp").exists() and image_cache.CACHE_ENV not in os.environ
     assert json.loads((kaggle / "short" / image_cache.CHOICE).read_text())["build"] is False
     assert "not building one: 1 epochs to run" in capsys.readouterr().out
+    prepare(kaggle, kaggle / "older", "--epochs", "20", resumed=True)  # began without a choice
+    assert "not building one: the run's earlier sessions read the PNGs" in capsys.readouterr().out
     attached = kaggle / "input" / "imet-cache"
     subprocess.run([*IMET, "cache", "--data", str(kaggle / "input" / "imet-2019-fgvc6"),
                     "--size", "32", "--split", "train", "--out", str(attached),

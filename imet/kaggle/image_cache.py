@@ -76,9 +76,10 @@ def should_build(epochs: int, images: int, workers: int, seconds_left: float) ->
 
 
 def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, temp: Path,
-            input_root: Path, python_m_imet: list[str]) -> None:
+            input_root: Path, python_m_imet: list[str], resumed: bool = False) -> None:
     """Use an attached cache, or build one in `temp` when the run chose to, and point the
-    training at it ($IMET_CACHE_DIR)."""
+    training at it ($IMET_CACHE_DIR). `resumed`: an earlier session of the run exists; without
+    its choice it read the PNGs (an imet from before this choice), and so does the rest."""
     from imet.data.cache import find_cache
     size, epochs, workers = run_settings(train_args)
     attached = find_cache(size, [input_root])
@@ -90,6 +91,9 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
         choice = json.loads(choice_file.read_text())
         print(f"image cache: the run chose in its first session to "
               f"{'build' if choice['build'] else 'not build'} one ({choice['why']})", flush=True)
+    elif resumed:
+        choice = {"build": False, "size": size, "why": "the run's earlier sessions read the PNGs"}
+        print(f"image cache: not building one: {choice['why']}", flush=True)
     else:
         images = _rows(data / "train.csv")
         build, why = should_build(epochs, images, workers, seconds_left)

@@ -98,7 +98,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         if code:
             return code
     image_cache.prepare(data, train_args, _seconds_left(started, session_limit), work,
-                        temp_dir(), input_root(), _imet())
+                        temp_dir(), input_root(), _imet(), resumed=bool(previous))
     launcher = train_launcher(gpu_count())  # before the budget: it may import torch (seconds)
     left = _seconds_left(started, session_limit)
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
