@@ -25,29 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "wheels" / "requirements.txt"
 TORCH_LOCK = REPO / "wheels" / "requirements-torch.txt"
 
-# Kaggle's Python image preinstalls these (and their own dependencies). Installing our copies over
-# them would replace the CUDA build of torch or the versions Kaggle tuned together, so they are the
-# platform: not bundled, and required only as "already there". The reason is shown in the README.
-PLATFORM = {
-    "torch": "preinstalled with CUDA on Kaggle; bundle only with --include-torch",
-    "torchvision": "preinstalled, matched to torch",
-    "numpy": "preinstalled; every compiled package on the image is built against it",
-    "pandas": "preinstalled",
-    "pillow": "preinstalled (torchvision's image backend)",
-    "opencv-python": "preinstalled as cv2",
-    "opencv-python-headless": "albumentations asks for it, but only imports cv2, which Kaggle has",
-    "opencv-contrib-python": "preinstalled variant of cv2",
-    "scipy": "preinstalled",
-    "scikit-learn": "preinstalled",
-    "matplotlib": "preinstalled; compiled (contourpy, kiwisolver) and heavy to bundle",
-    "tqdm": "preinstalled; pretrainedmodels and kaggle need it",
-    # The image's timm stack is tuned together (timm, huggingface_hub, safetensors, and the
-    # transformers that share the latter two): a second copy would replace it for every notebook
-    # cell. imet needs timm>=0.9 and says so in one line when it finds less.
-    "timm": "preinstalled (Kaggle's image ships timm 1.x); imet's timm:<name> archs need >=0.9",
-    "safetensors": "preinstalled with timm and transformers",
-    "huggingface-hub": "preinstalled with timm and transformers",
-}
+# What Kaggle's image preinstalls, and why each is not bundled (shown in the README): defined
+# once, in imet, where the emulator shows a kernel only these.
+sys.path.insert(0, str(REPO))
+from imet.kaggle.platform_env import PLATFORM  # noqa: E402
 
 # Only sdists exist for these: build_dataset builds a wheel from the locked sdist. Their runtime
 # dependencies (from their setup.py, which pip cannot read for a foreign target without building)

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,40 @@ def test_session_log_names_the_accelerator_asked_for(tmp_path):
     assert "script asks for NvidiaH100" in override.log.read_text()
     with pytest.raises(UserError, match="NvidiaTeslaT4"):
         run_session(kernel, {}, tmp_path / "c", 1, time_limit=60, accelerator="K80")
+
+
+ENV_PROBE = """
+import importlib.util, sys, sysconfig
+from pathlib import Path
+for name in ("torch", "pandas", "numpy", "imet"):
+    print(name, "importable" if importlib.util.find_spec(name) else "missing")
+print("prefix", sys.prefix)
+left = Path(sysconfig.get_paths()["purelib"]) / "left-by-a-session.txt"
+print("fresh", not left.exists())
+left.write_text("x")
+"""
+
+
+def test_kernel_runs_in_a_fresh_env_with_only_the_image_packages(tmp_path, monkeypatch):
+    """No imet of the working tree (not even through PYTHONPATH), nothing an attached
+    dataset bundles, nothing an earlier session installed; the image's packages are there,
+    and the environment's template is built once."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IMET_PLATFORM_ENV_CACHE", str(cache))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    kernel = make_kernel(tmp_path / "k", ENV_PROBE)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "MANIFEST.json").write_text(json.dumps(
+        {"format": "imet-dataset", "packages": [{"name": "NumPy", "version": "1"}]}))
+    logs = []
+    for version in (1, 2):
+        result = run_session(kernel, {"imet-src": bundle}, tmp_path / "out", version, 60)
+        logs.append(result.log.read_text())
+        assert result.ok, logs[-1]
+    for version, log in enumerate(logs, 1):
+        assert "torch importable" in log and "pandas importable" in log
+        assert "numpy missing" in log and "imet missing" in log
+        assert f"prefix {tmp_path / 'out' / f'v{version}' / 'env'}" in log
+        assert "fresh True" in log
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1

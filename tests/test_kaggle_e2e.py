@@ -56,11 +56,22 @@ def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, t
             session.log.read_text()[-3000:]
     last = trained[-1]
     assert last.ok and last.handover is None, last.log.read_text()[-3000:]
+    # Ten epochs pay back the image cache: every session built it in its scratch folder and
+    # read it (the same JPEG bytes the reference run's own cache holds), none carried it.
+    for session in trained:
+        log = session.log.read_text()
+        assert "image cache: building one" in log or "chose in its first session to build" in log
+        assert f"reading images from ImageCache('{session.output.parent / 'temp' / 'imet-cache-32'}'" in log
+        assert not list(session.output.rglob("imet-cache.json"))
+    cache = tmp_path / "cache"
+    subprocess.run([sys.executable, "-m", "imet", "cache", "--data", str(mini_data), "--size",
+                    "32", "--split", "train", "--out", str(cache), "--no-progress"], check=True,
+                   capture_output=True)
     reference = tmp_path / "reference"
     proc = subprocess.run([sys.executable, "-m", "imet", "train", "--data", str(mini_data),
                            "--folds", str(last.output / "folds.csv"), "--out", str(reference),
                            *TRAIN_ARGS.split()], capture_output=True, text=True,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env={**os.environ, "IMET_CACHE_DIR": str(cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed, single = state_dict(last.output), state_dict(reference)
     assert resumed.keys() == single.keys()
@@ -69,6 +80,22 @@ def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, t
     theirs = json.loads((reference / "run.json").read_text())
     assert ours["best_f2"] == theirs["best_f2"] and ours["best_step"] == theirs["best_step"]
     assert len(ours["sessions"]) == 3
+
+
+def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
+    """Each session's bootstrap installed imet and the pinned wheels from the attached dataset
+    into the session's own environment: the rehearsal ran the artefact, not the repository."""
+    packages = json.loads((local_dataset / "MANIFEST.json").read_text())["packages"]
+    for session in trained:
+        log = session.log.read_text()
+        assert f"installed {len(packages)} packages from" in log, log[:3000]
+        assert "editable" not in log
+        env_python = session.output.parents[1] / "env" / "bin" / "python"
+        where = subprocess.run([str(env_python), "-c", "import imet; print(imet.__file__)"],
+                               capture_output=True, text=True, env={}, cwd=session.output,
+                               check=True).stdout
+        assert Path(where.strip()).is_relative_to(env_python.parents[1]), where
+        assert not Path(where.strip()).is_relative_to(REPO), where
 
 
 def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):

@@ -61,6 +61,10 @@ def test_real_client_pushes_the_rendered_kernels(standin, rendered, tmp_path, ke
     assert body["kernelDataSources"] == SOURCES[kernel]
     assert body["text"] == (rendered / kernel / f"{script}.py").read_text()
     assert "ACCELERATOR = 'NvidiaTeslaT4'" in body["text"]
+    # Every session of a training run gets its first session's image (the client accepts
+    # "original" or "latest"); the evaluation kernels take the image of the day.
+    pinned = body.get("dockerImagePinningType")
+    assert pinned == ("original" if kernel == "trainer" else None), pinned
 
 
 def test_render_accelerator_for_all_and_per_kernel(standin, tmp_path):

@@ -24,7 +24,8 @@ import build_dataset  # noqa: E402
 import lock  # noqa: E402
 import secrets_scan  # noqa: E402
 from kaggle_standin import KaggleStandin  # noqa: E402
-from platform_view import make_platform_venv  # noqa: E402
+
+from imet.kaggle.platform_env import fresh_env  # noqa: E402
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 BUILD = [sys.executable, str(REPO / "packaging" / "build_dataset.py")]
@@ -199,8 +200,9 @@ print("imet", imet.__file__, "loss", float(loss))
 
 @pytest.mark.packaging
 def test_offline_bootstrap_in_a_fresh_platform_venv(dataset, tmp_path):
-    venv = make_platform_venv(tmp_path / "venv", exclude=set(lock.read_lock()) | {"imet"})
-    python = venv / "bin" / "python"
+    venv = tmp_path / "venv"
+    python = fresh_env(sys.executable, set(lock.read_lock()) | {"imet"}, venv,
+                       cache=tmp_path / "platform-env")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
     for module in ("imet", "six", "albumentations", "numpy"):
         probe = subprocess.run([python, "-c", f"import {module}"], cwd=tmp_path, env=env,

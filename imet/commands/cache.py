@@ -19,8 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", required=True, type=int, metavar="S",
                         help="short side in pixels: the --image-size you train at")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="the cache folder (created; on Kaggle somewhere under "
-                             "/kaggle/working)")
+                        help="the cache folder (created; on Kaggle under /kaggle/temp, "
+                             "which no session carries forward: the trainer kernel builds it "
+                             "there itself when it pays)")
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "npy"),
                         help="jpeg: small, lossy, ~1 ms/image to read; npy: exact uint8, "
                              "fastest to read, ~10x the disk (default: %(default)s)")

@@ -18,8 +18,9 @@ from imet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 # Small enough for 2 CPU cores in minutes, long enough that the trainer needs several sessions
-# (40 epochs without early stopping: ~70 s of training on a quiet 2-core machine; ~35 s fit in
-# one 75 s session).
+# (40 epochs without early stopping: ~70 s of training on a quiet 2-core machine). Each session
+# first pays what a Kaggle session pays: the bootstrap's install into a fresh environment (~20 s),
+# the doctor and the cache build; ~50 s of training fit in one 120 s session.
 TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 64 --batch-size 32 --epochs 40 "
               "--patience 0 --head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 "
               "--progress-every-s 15")
@@ -30,8 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0]
     parser.add_argument("--out", type=Path, default=Path("demo"),
                         help="folder for everything the demo writes (default demo/; replaced)")
-    parser.add_argument("--session-limit", default="75s", metavar="DURATION",
-                        help="the emulated Kaggle session limit of the trainer (default 75s)")
+    parser.add_argument("--session-limit", default="120s", metavar="DURATION",
+                        help="the emulated Kaggle session limit of the trainer (default 120s)")
     parser.add_argument("--max-sessions", type=int, default=20, metavar="N",
                         help="most trainer sessions to chain (default 20)")
 

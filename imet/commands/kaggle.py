@@ -62,8 +62,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="re-run with the previous output attached under the kernel's own slug "
                      "while the run hands over, at most N sessions (default 1)")
     run.add_argument("--python", default=sys.executable, metavar="EXE",
-                     help="interpreter that runs the kernel, standing in for Kaggle's image "
-                     "(default: this one; the kernel's bootstrap installs into it)")
+                     help="interpreter standing in for Kaggle's image (default: this one): "
+                     "each session runs in a fresh virtual environment of it that sees only its "
+                     "platform packages (torch, numpy, pandas, ...; cached in "
+                     "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never "
+                     "its imet, so the kernel's bootstrap installs the dataset's wheels as on "
+                     "Kaggle")
     run.add_argument("--accelerator", metavar="NAME",
                      help="ask for this machine_shape instead of the metadata's, as `kaggle "
                      "kernels push --accelerator` does (none: a CPU); the session still runs "

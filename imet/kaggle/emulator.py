@@ -5,6 +5,11 @@ an empty working/; the script runs with its cwd in working/ and `IMET_KAGGLE_ROO
 the root, without any network when the metadata turns internet off, and is killed at the time
 limit as Kaggle kills it. working/ is kept as that version's output, which the next session of
 a chain gets attached under the kernel's own slug, as `kernel_sources` does on Kaggle.
+
+The script runs in a fresh virtual environment per session that sees only the packages of
+Kaggle's image (imet/kaggle/platform_env.py), taken from the `python` interpreter, and none of
+imet or the wheels the attached datasets bundle: the kernel's bootstrap installs those from the
+dataset, as on Kaggle, so a rehearsal runs the artefact that is uploaded, not the working tree.
 """
 from __future__ import annotations
 
@@ -21,11 +26,14 @@ from pathlib import Path
 
 from imet.engine.handover import NAME as HANDOVER
 from imet.errors import UserError
-from imet.kaggle import accelerators
+from imet.kaggle import accelerators, platform_env
 from imet.kaggle.metadata import read_metadata, requested_accelerator, slug_of, with_accelerator
 from imet.kaggle.paths import ROOT_ENV
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
+# The calling process's interpreter settings would show it the working tree's imet (PYTHONPATH)
+# or another environment: Kaggle's sessions start without them.
+NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "VIRTUAL_ENV")
 
 
 @dataclass
@@ -63,6 +71,7 @@ def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
     root = session_dir / "kaggle"
     (root / "working").mkdir(parents=True)
     (root / "input").mkdir()
+    (root / "temp").mkdir()  # Kaggle's scratch folder: written in the session, never kept
     mounts = []
     for slug, src in inputs.items():
         src = Path(src).resolve()
@@ -82,7 +91,9 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
                 time_limit: float, env: dict[str, str] | None = None,
                 python: str = sys.executable, accelerator: str | None = None) -> SessionResult:
     """`accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
-    --accelerator` does; the session gets what this machine has, whatever it asked for."""
+    --accelerator` does; the session gets what this machine has, whatever it asked for.
+    `python` stands in for Kaggle's image: the session's environment shows its platform
+    packages only."""
     meta = read_metadata(kernel_dir)
     asked = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
     code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
@@ -100,19 +111,24 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     script.parent.mkdir()
     script.write_text(code, encoding="utf-8")
     prefix = _isolation_prefix(mounts, meta["enable_internet"]) or []
-    run_env = {**os.environ, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
-               "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit)}
+    kernel_python = platform_env.fresh_env(python, platform_env.bundled_by(inputs.values()),
+                                           session_dir / "env")
+    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    run_env = {**inherited, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
+               "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit),
+               "PATH": f"{kernel_python.parent}{os.pathsep}{inherited.get('PATH', '')}"}
     log_path = session_dir / "log.txt"
     start = time.monotonic()
     timed_out = False
     header = (f"emulator: {meta['id']} v{version}: internet "
               f"{'on' if meta['enable_internet'] else 'off (unshare -n)'}, inputs "
               f"{'read-only' if prefix else 'linked'} ({', '.join(inputs) or 'none'}), "
-              f"limit {time_limit:.0f}s, accelerator {asked}\n").encode()
+              f"limit {time_limit:.0f}s, accelerator {asked}; python: a fresh environment "
+              f"with the image's packages of {python}\n").encode()
     with open(log_path, "wb") as log:
         log.write(header)
         sys.stdout.buffer.write(header)
-        proc = subprocess.Popen(prefix + [python, str(script)], cwd=root / "working",
+        proc = subprocess.Popen(prefix + [str(kernel_python), str(script)], cwd=root / "working",
                                 env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = start + time_limit

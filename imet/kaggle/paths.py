@@ -31,6 +31,11 @@ def working_dir(env: Mapping[str, str] | None = None) -> Path:
     return kaggle_root(env) / "working"
 
 
+def temp_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Kaggle's scratch folder: written during a session, never part of its output."""
+    return kaggle_root(env) / "temp"
+
+
 def find_folders_with(root: Path, *names: str) -> list[Path]:
     """Folders under root (root included) that hold every one of `names` as files, shallowest
     first (then in name order), so the attached input itself wins over copies inside it."""

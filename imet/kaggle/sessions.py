@@ -13,13 +13,16 @@ from typing import Callable
 
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, MODEL_FILE, NAME as HANDOVER
 from imet.errors import UserError
+from imet.kaggle import image_cache
 from imet.kaggle.paths import (find_competition_data, find_folders_with,
-                               find_previous_output, find_run_dirs, input_root, working_dir)
+                               find_previous_output, find_run_dirs, input_root, temp_dir,
+                               working_dir)
 from imet.kaggle.shell import run_step
 
 # Never carried from a previous session's output: the engine copies the checkpoint it resumes
 # from, and the best model beside it, itself (imet/engine/resume.py); the handover note
-# belongs to the session that wrote it.
+# belongs to the session that wrote it. Image caches (any folder that is one, at any depth) are
+# never carried either: gigabytes each session would copy (imet/kaggle/image_cache.py).
 NOT_CARRIED = ("checkpoints", MODEL_FILE, HANDOVER)
 
 
@@ -53,11 +56,16 @@ def _seconds_left(started: float, session_limit: str) -> float:
 def _carry_previous_output(previous: Path, work: Path) -> None:
     """Bring the previous session's files (metrics, plots, registry) forward, so
     this session's output is the whole run, as the next session and the user expect."""
+    def caches(folder, names):
+        return [name for name in names if image_cache.is_cache(Path(folder) / name)]
+
     for item in previous.iterdir():
-        if item.name in NOT_CARRIED or (work / item.name).exists():
+        if item.name in NOT_CARRIED or (work / item.name).exists() or image_cache.is_cache(item):
             continue
-        copy = shutil.copytree if item.is_dir() else shutil.copy2
-        copy(item, work / item.name)
+        if item.is_dir():
+            shutil.copytree(item, work / item.name, ignore=caches)
+        else:
+            shutil.copy2(item, work / item.name)
 
 
 def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str],
@@ -89,6 +97,8 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
         if code:
             return code
+    image_cache.prepare(data, train_args, _seconds_left(started, session_limit), work,
+                        temp_dir(), input_root(), _imet(), resumed=bool(previous))
     launcher = train_launcher(gpu_count())  # before the budget: it may import torch (seconds)
     left = _seconds_left(started, session_limit)
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
