@@ -18,12 +18,12 @@ from imet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 # Small enough for 2 CPU cores in minutes, long enough that the trainer needs several sessions
-# (40 epochs without early stopping: ~70 s of training on a quiet 2-core machine). Each session
-# first pays what a Kaggle session pays: the bootstrap's install into a fresh environment (~20 s),
+# (40 epochs without early stopping: ~70 s of training on a quiet 2-core machine), with the
+# defaults of an arch without ImageNet weights (engine/config.py RANDOM_INIT_DEFAULTS). Each
+# session first pays what a Kaggle session pays: the bootstrap's install into a fresh environment (~20 s),
 # the doctor and the cache build; ~50 s of training fit in one 120 s session.
-TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 64 --batch-size 32 --epochs 40 "
-              "--patience 0 --head-epochs 1 --lr 3e-3 --head-lr 3e-3 --num-workers 0 "
-              "--progress-every-s 15")
+TRAIN_ARGS = ("--arch tiny_cnn --image-size 64 --batch-size 32 --epochs 40 --patience 0 "
+              "--num-workers 0 --progress-every-s 15")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
 
 
