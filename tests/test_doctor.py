@@ -154,3 +154,15 @@ def test_templates_ask_for_t4_and_the_script_says_so():
         meta = json.loads((kernels / name / "kernel-metadata.json").read_text())
         assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] is True
         assert "ACCELERATOR = 'NvidiaTeslaT4'" in (kernels / name / f"{name}.py").read_text()
+
+
+def test_an_arch_without_weights_is_not_asked_for_them(tmp_path, mini_data):
+    """As `imet train`: tiny_cnn trains from random init by default, so doctor does not stop a
+    kernel for the weights it has none of; an explicit --pretrained still asks for them."""
+    from imet.kaggle.doctor import Settings, diagnose
+
+    plain = diagnose(Settings(data=mini_data, out=tmp_path, arch="tiny_cnn", device="cpu"))
+    assert not [p for p in plain.problems if "pretrained" in p], plain.problems
+    asked = diagnose(Settings(data=mini_data, out=tmp_path, arch="tiny_cnn", device="cpu",
+                              pretrained=True))
+    assert [p for p in asked.problems if "no pretrained weights" in p]

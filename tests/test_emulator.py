@@ -217,3 +217,20 @@ def test_kernel_runs_in_a_fresh_env_with_only_the_image_packages(tmp_path, monke
         assert f"prefix {tmp_path / 'out' / f'v{version}' / 'env'}" in log
         assert "fresh True" in log
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_output_link_and_header_name_the_local_user(tmp_path):
+    """OUT/output is the latest session's working folder (Kaggle keeps the latest version's
+    output); the log header shows the kernel id with a user name, not the template's {owner}."""
+    import getpass
+
+    kernel = make_kernel(tmp_path / "k", """
+        from pathlib import Path
+        Path("made.txt").write_text("yes")
+        """)
+    for version in (1, 2):
+        result = run_session(kernel, {}, tmp_path / "out", version, time_limit=60)
+        assert (tmp_path / "out" / "output").resolve() == result.output.resolve()
+    header = result.log.read_text().splitlines()[0]
+    assert f"{getpass.getuser()}/imet-test v2" in header and "{owner}" not in header
+    assert ((tmp_path / "out" / "output") / "made.txt").read_text() == "yes"

@@ -34,9 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the run's working folder, whose free disk is checked (default .)")
     parser.add_argument("--arch", help="the backbone to be trained: checkpoint size and weights "
                         "(default: no training checks)")
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="the run starts from ImageNet weights: they must be found (or "
-                        "downloadable)")
+                        "downloadable) (default: as `imet train`, on for an arch that has "
+                        "weights)")
     parser.add_argument("--device", default="auto", help="as `imet train --device` (default auto)")
     parser.add_argument("--accelerator", type=_accelerator, metavar="NAME",
                         help="what the kernel asked Kaggle for (its machine_shape); a GPU "

@@ -26,7 +26,7 @@ class Settings:
     input_roots: list[Path] = field(default_factory=list)
     out: Path = Path(".")
     arch: str | None = None
-    pretrained: bool = True
+    pretrained: bool | None = None  # None: as imet train, on for an arch that has weights
     device: str = "auto"
     accelerator: str | None = None  # what the kernel asked for; None: not in a kernel
     keep: int | None = None  # checkpoint generations kept (None: imet train's default)
@@ -175,7 +175,8 @@ def _check_run(s: Settings, num_classes: int, report: Report) -> None:
     if free < need:
         report.problems.append(f"{_existing(s.out)}: {_gib(free)} free, but {s.arch}'s "
                                f"checkpoints need {_gib(need)}; free space in the working folder")
-    if s.pretrained:
+    from imet.models.weights import has_pretrained_weights
+    if s.pretrained or (s.pretrained is None and has_pretrained_weights(s.arch)):
         _check_weights(s, report)
 
 

@@ -13,6 +13,7 @@ dataset, as on Kaggle, so a rehearsal runs the artefact that is uploaded, not th
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shlex
@@ -27,13 +28,17 @@ from pathlib import Path
 from imet.engine.handover import NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle import accelerators, platform_env
-from imet.kaggle.metadata import read_metadata, requested_accelerator, slug_of, with_accelerator
+from imet.kaggle.metadata import (OWNER, read_metadata, requested_accelerator, slug_of,
+                                  with_accelerator)
 from imet.kaggle.paths import ROOT_ENV
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
 # The calling process's interpreter settings would show it the working tree's imet (PYTHONPATH)
 # or another environment: Kaggle's sessions start without them.
 NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "VIRTUAL_ENV")
+
+# OUT/output: the latest session's working folder (see _point_output_at)
+OUTPUT_LINK = "output"
 
 
 @dataclass
@@ -120,7 +125,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     log_path = session_dir / "log.txt"
     start = time.monotonic()
     timed_out = False
-    header = (f"emulator: {meta['id']} v{version}: internet "
+    header = (f"emulator: {meta['id'].replace(OWNER, getpass.getuser())} v{version}: internet "
               f"{'on' if meta['enable_internet'] else 'off (unshare -n)'}, inputs "
               f"{'read-only' if prefix else 'linked'} ({', '.join(inputs) or 'none'}), "
               f"limit {time_limit:.0f}s, accelerator {asked}; python: a fresh environment "
@@ -142,8 +147,19 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    _point_output_at(session_dir.parent, root / "working")
     return SessionResult(version, proc.returncode, timed_out, time.monotonic() - start,
                          root / "working", log_path)
+
+
+def _point_output_at(out: Path, working: Path) -> None:
+    """OUT/output: the kernel's output as Kaggle keeps it, its latest version's, at one path a
+    README command can attach. A link swapped in by rename, so it always points somewhere."""
+    link = out / OUTPUT_LINK
+    tmp = out / f".{OUTPUT_LINK}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(working.relative_to(out), target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def _lines_until(proc: subprocess.Popen, deadline: float):
