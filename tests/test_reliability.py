@@ -222,7 +222,7 @@ def test_a_refused_resume_names_each_setting_that_differs(mini_data, tmp_path, c
     for extra in ([], ["--resume", str(checkpoint_dir(out) / "state-1.pt")]):
         assert main(train_args(mini_data, out, *changed, *extra)) == 2
         err = capsys.readouterr().err
-        assert "(image_size: 32 in the checkpoint, 48 now; lr: 0.0004 in the checkpoint, " \
+        assert "(image_size: 32 in the checkpoint, 48 now; lr: 0.003 in the checkpoint, " \
                "0.001 now)" in err, err
         assert len(err.splitlines()) == 1
 

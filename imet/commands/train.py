@@ -29,7 +29,7 @@ HELP = {
     "input_root": "folder searched recursively for checkpoints to resume and pretrained weights "
                   "(repeatable; on Kaggle: /kaggle/input)",
     "fold": "validation fold; the other folds train",
-    "arch": "backbone name, one of: {archs}; or any timm model as timm:<name>[.<tag>] (e.g. "
+    "arch": "backbone name, one of: %(archs)s; or any timm model as timm:<name>[.<tag>] (e.g. "
             "timm:convnext_tiny.fb_in22k_ft_in1k); tiny_cnn for CPU smoke runs",
     "pretrained": "start the body from ImageNet weights (--no-pretrained: random init; "
                   "default: on for an arch that has weights, off for one without, as tiny_cnn)",
@@ -124,12 +124,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="JSON object of flag names (dashes or underscores) to values; "
                              "command-line flags override it")
-    from imet.models import ARCHS  # the registry's names, so the help never falls behind
     for spec in dataclasses.fields(TrainConfig):
         default = getattr(DEFAULTS, spec.name)
         shown = "auto" if spec.name == "pretrained" else default
-        text = (f"{HELP[spec.name].format(archs=', '.join(sorted(ARCHS)))} "
-                f"[{shown if shown not in ('', None, []) else '-'}]")
+        text = f"{HELP[spec.name]} [{shown if shown not in ('', None, []) else '-'}]"
         if spec.name in RANDOM_INIT_DEFAULTS:
             text = f"{text[:-1]}; {RANDOM_INIT_DEFAULTS[spec.name]} with --no-pretrained]"
         if isinstance(default, bool) or spec.name == "deterministic":
@@ -140,8 +138,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 metavar="DIR", help=text)
         else:
             kind = type(default) if isinstance(default, (int, float)) else str
-            parser.add_argument(_flag(spec.name), type=kind, default=None,
-                                metavar=spec.name.upper(), help=text)
+            action = parser.add_argument(_flag(spec.name), type=kind, default=None,
+                                         metavar=spec.name.upper(), help=text)
+            if spec.name == "arch":
+                action.archs = _ArchNames()
+
+
+class _ArchNames:
+    """The registry's names for `--arch`'s help (so it never falls behind), looked up only when
+    the help is printed: the registry imports torch, which must not delay the signal handlers
+    `run` installs first thing."""
+
+    def __str__(self) -> str:
+        from imet.models import ARCHS
+        return ", ".join(sorted(ARCHS))
 
 
 def config_from_args(args: argparse.Namespace,

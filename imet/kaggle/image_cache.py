@@ -54,12 +54,13 @@ def run_settings(train_args: list[str]) -> tuple[int, int, int]:
     known, _ = parser.parse_known_args(train_args)
     values = {k.replace("-", "_"): v for k, v in
               (read_config_file(known.config) if known.config else {}).items()}
-    picked = []
+    picked = {}
     for name in ("image_size", "epochs", "num_workers"):
         given = getattr(known, name)
-        picked.append(int(given if given is not None else
-                          values.get(name, getattr(TrainConfig, name))))
-    return picked[0], picked[1], picked[2]
+        picked[name] = given if given is not None else values.get(name, getattr(TrainConfig, name))
+    # "auto" workers: the machine's CPUs, which the session's processes share between them
+    workers = TrainConfig(num_workers=picked["num_workers"]).worker_count(os.cpu_count() or 1, 1)
+    return int(picked["image_size"]), int(picked["epochs"]), workers
 
 
 def should_build(epochs: int, images: int, workers: int, seconds_left: float) -> tuple[bool, str]:
