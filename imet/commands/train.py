@@ -81,6 +81,11 @@ HELP = {
     "hard_negatives": "hard-negative mining: each epoch also sees again this fraction of the "
                       "samples, those of largest loss in the epoch before (epoch 0: drawn at "
                       "random); epochs get longer by as much (0: off)",
+    "extra": "extra training images in the iMet layout (DIR/train.csv, DIR/train/), e.g. from "
+             "`imet pseudo-label`: they train beside the fold's training images, never "
+             "validate; an id also in --data's train.csv is refused",
+    "extra_fingerprint": "the --extra set's fingerprint, filled in from it (given: the set "
+                         "must have this one)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader workers of each training process (results do not depend on "
                    "it); auto: the machine's CPUs split between torchrun's processes on it, at "

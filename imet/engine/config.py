@@ -120,6 +120,11 @@ class TrainConfig:
     train_groups: str = ""        # stage 2's trained groups, e.g. "late,head" ("": all)
     erasing: float = 0.0          # random erasing probability, per batch on the device
     hard_negatives: float = 0.0   # fraction of the epoch's samples seen again (top losses)
+    # --- extra training images (issue 19): the folder is where, not what (not in the
+    # fingerprint); what it holds is told by its fingerprint, filled in from it at the run's
+    # start (imet.engine.inputs), so a resume with another extra set is another config ---
+    extra: str = ""
+    extra_fingerprint: str = ""
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     # "auto" defaults follow the session they run in (see worker_count, margin_seconds)
@@ -138,7 +143,7 @@ class TrainConfig:
     keep: int = 2
 
     # Changing any of these does not change what the run computes.
-    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "device", "num_workers",
+    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "extra", "device", "num_workers",
                           "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from imet.data.cache import find_cache
 from imet.data.dataset import ImetDataset
+from imet.data.extra import read_extra
 from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE
 from imet.data.labels import LabelSpace, read_labels, read_train
@@ -66,8 +67,11 @@ def load_run_data(config: TrainConfig) -> RunData:
         raise UserError(f"{folds_path}: fold {config.fold} leaves {len(train_rows)} training "
                         f"images, fewer than one batch (--batch-size {config.batch_size})")
     paths = layout.image_paths("train", ids)
+    train_paths, train_targets = [paths[i] for i in train_rows], targets[train_rows]
+    if config.extra or config.extra_fingerprint:
+        train_paths, train_targets = _with_extra(config, labels, ids, train_paths, train_targets)
     cache = _image_cache(config, layout)
-    train_set = ImetDataset([paths[i] for i in train_rows], targets[train_rows],
+    train_set = ImetDataset(train_paths, train_targets,
                             build_train_transform(config.preset, config.image_size), config.seed,
                             normalize=None, cache=cache, min_side=MIN_SIDE,
                             batch_augment=build_batch_augment(config.preset,
@@ -77,6 +81,24 @@ def load_run_data(config: TrainConfig) -> RunData:
                           build_eval_transform(config.image_size, config.preset), config.seed,
                           normalize=None, cache=cache, min_side=MIN_SIDE)
     return RunData(labels, train_set, val_set, targets[val_rows])
+
+
+def _with_extra(config: TrainConfig, labels: LabelSpace, ids: list[str], paths: list,
+                targets: np.ndarray) -> tuple[list, np.ndarray]:
+    """The training images followed by --extra's (validation never sees them); fills in
+    `config.extra_fingerprint`, which must match when it was given (a resumed run's config)."""
+    if not config.extra:
+        raise UserError(f"--extra-fingerprint {config.extra_fingerprint}: no --extra folder "
+                        "given; pass the extra set it names")
+    extra = read_extra(config.extra, labels, ids)
+    found = extra.fingerprint()
+    if config.extra_fingerprint and config.extra_fingerprint != found:
+        raise UserError(f"{config.extra}: the extra set's fingerprint is {found}, not "
+                        f"--extra-fingerprint {config.extra_fingerprint}; pass the set it names")
+    config.extra_fingerprint = found
+    log.info("%d extra training images from %s (fingerprint %s)", len(extra.ids), config.extra,
+             found)
+    return paths + extra.paths, np.concatenate([targets, extra.targets.astype(targets.dtype)])
 
 
 def _image_cache(config: TrainConfig, layout: CompetitionLayout):
