@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from imet.predict import ensemble as ens
-from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
+from imet.probfile import Probabilities, load_probabilities, save_probabilities
 from imet.predict.submission import make_submission, write_submission
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from imet.errors import DataError, UserError
 from imet.predict.ensemble import ensemble
-from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
+from imet.probfile import Probabilities, load_probabilities, save_probabilities
 from imet.predict.submission import make_submission
 from imet.predict.thresholdfile import read_thresholds, write_thresholds
 

@@ -7,13 +7,17 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from imet.data.labels import read_labels
 from imet.engine.checkpoint import ForeignCheckpointError
 from imet.engine.events import EventBus
 from imet.engine.inputs import load_run_data
 from imet.engine.loop import train
+from imet.errors import UserError
+from imet.probfile import Probabilities, save_probabilities
 from test_resume import SignalAt, assert_same_end, final_payload, make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,3 +97,46 @@ def test_interrupted_run_with_extra_resumes_exactly_and_refuses_another_set(
     result = train(make_config(mini_data, out, extra=str(extra), **SHORT), EventBus())
     assert result.status == "finished"
     assert_same_end(final_payload(out), reference)
+
+
+def soften(mini_data, extra, attribute_ids=None):
+    """The hard extra set turned into soft targets (0.9 / 0.05) in soft_targets.npz."""
+    labels = read_labels(mini_data / "labels.csv")
+    frame = pd.read_csv(extra / "train.csv")
+    hard = labels.encode([[int(a) for a in row.split()] for row in frame["attribute_ids"]])
+    soft = np.where(hard == 1, 0.9, 0.05).astype(np.float32)
+    save_probabilities(extra / "soft_targets.npz", Probabilities(
+        frame["id"].tolist(), soft, attribute_ids or labels.attribute_ids,
+        {"labels_fingerprint": labels.fingerprint()}))
+    (extra / "train.csv").unlink()
+    return soft
+
+
+def test_soft_targets_train_beside_the_hard_labels(mini_data, tmp_path):
+    extra = make_extra(mini_data, tmp_path / "extra")
+    soft = soften(mini_data, extra)
+    config = make_config(mini_data, tmp_path / "run", extra=str(extra), **SHORT)
+    data = load_run_data(config)
+    assert data.train_set.targets.dtype == np.float16
+    np.testing.assert_array_equal(data.train_set.targets[-len(soft):], soft.astype(np.float16))
+    assert set(np.unique(data.train_set.targets[:-len(soft)])) <= {0, 1}
+    result = train(make_config(mini_data, tmp_path / "run", extra=str(extra), **SHORT),
+                   EventBus())
+    assert result.status == "finished" and result.step == 10
+
+
+def test_soft_targets_of_another_label_space_are_refused(mini_data, tmp_path):
+    extra = make_extra(mini_data, tmp_path / "extra")
+    labels = read_labels(mini_data / "labels.csv")
+    soften(mini_data, extra, attribute_ids=tuple(a + 10_000 for a in labels.attribute_ids))
+    with pytest.raises(UserError, match="another label space"):
+        load_run_data(make_config(mini_data, tmp_path / "run", extra=str(extra)))
+
+
+def test_a_folder_with_both_target_files_is_refused(mini_data, tmp_path):
+    extra = make_extra(mini_data, tmp_path / "extra")
+    frame = pd.read_csv(extra / "train.csv")
+    soften(mini_data, extra)
+    frame.to_csv(extra / "train.csv", index=False)
+    with pytest.raises(UserError, match="one of"):
+        load_run_data(make_config(mini_data, tmp_path / "run", extra=str(extra)))

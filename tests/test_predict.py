@@ -17,7 +17,7 @@ from imet.models import build_model
 from imet.models.modelfile import save_model_file
 from imet.predict.infer import build_loader, predict_probs
 from imet.predict.pipeline import InferenceOptions, predict_run
-from imet.predict.probfile import load_probabilities
+from imet.probfile import load_probabilities
 from imet.predict.runs import load_run
 
 TRAIN = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--head-epochs", "0",

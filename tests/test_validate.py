@@ -15,7 +15,7 @@ from imet.errors import UserError
 from imet.models import build_model
 from imet.models.modelfile import save_model_file
 from imet.predict.oof import choose_decoding
-from imet.predict.probfile import load_probabilities
+from imet.probfile import load_probabilities
 from imet.predict.thresholdfile import read_thresholds
 
 QUIET = ["--num-workers", "0", "--log-every", "600", "--min-support", "4"]

@@ -98,7 +98,7 @@ def _with_extra(config: TrainConfig, labels: LabelSpace, ids: list[str], paths: 
     config.extra_fingerprint = found
     log.info("%d extra training images from %s (fingerprint %s)", len(extra.ids), config.extra,
              found)
-    return paths + extra.paths, np.concatenate([targets, extra.targets.astype(targets.dtype)])
+    return paths + extra.paths, np.concatenate([targets, extra.targets])  # soft: float16
 
 
 def _image_cache(config: TrainConfig, layout: CompetitionLayout):

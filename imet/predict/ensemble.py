@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from imet.errors import UserError
-from imet.predict.probfile import Probabilities
+from imet.probfile import Probabilities
 
 
 def check_same_labels(members: Sequence[Probabilities], names: Sequence[str]) -> None:

@@ -18,7 +18,7 @@ from imet.metrics.decode import binarize
 from imet.metrics.f2 import f2_per_class, f2_score
 from imet.metrics.crossfit import MODES, CrossFit, cross_fitted_f2
 from imet.predict.errors import ClassErrors, class_errors, group_confusion
-from imet.predict.probfile import Probabilities
+from imet.probfile import Probabilities
 
 
 @dataclass

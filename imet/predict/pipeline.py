@@ -22,7 +22,7 @@ from imet.errors import UserError
 from imet.predict.ensemble import ensemble
 from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader, check_images_exist,
                                 log_stderr, parse_tta, predict_probs, resolve_device)
-from imet.predict.probfile import Probabilities, load_probabilities, save_probabilities
+from imet.probfile import Probabilities, load_probabilities, save_probabilities
 from imet.predict.runs import THRESHOLDS_FILE, Run, load_run
 from imet.predict.submission import check_sample_ids, make_submission, write_submission
 from imet.predict.thresholdfile import read_thresholds

@@ -8,7 +8,7 @@ import numpy as np
 from imet.errors import DataError
 from imet.metrics.decode import binarize
 from imet.metrics.submission_io import format_rows, write_submission  # noqa: F401 (re-export)
-from imet.predict.probfile import Probabilities
+from imet.probfile import Probabilities
 
 
 def check_sample_ids(sample_ids: Sequence[str], source: str) -> list[str]:

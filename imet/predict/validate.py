@@ -24,7 +24,7 @@ from imet.predict.infer import Log, check_images_exist, log_stderr, parse_tta
 from imet.predict.oof import choose_decoding, concat_probabilities, score_decoding
 from imet.predict.pipeline import (InferenceOptions, is_probabilities_file, open_member,
                                    predict_member, source_names)
-from imet.predict.probfile import Probabilities, save_probabilities
+from imet.probfile import Probabilities, save_probabilities
 from imet.predict.report import write_validation_report
 from imet.predict.runs import THRESHOLDS_FILE, Run
 from imet.predict.thresholdfile import write_thresholds
