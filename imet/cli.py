@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "F2 of a submission-format CSV against the true labels"),
     "validate": ("validate", "out-of-fold predictions with TTA, thresholds and an honest F2"),
     "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
+    "pseudo-label": ("pseudo_label", "the test images an ensemble is confident about -> an "
+                                     "extra training set for `imet train --extra`"),
     "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on Kaggle (chain)"),
     "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
     "train": ("train", f"train or resume one fold; exit {HANDED_OVER} = saved and handed over to "

@@ -217,16 +217,20 @@ def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
     return chosen
 
 
-def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str = "mean",
-                 weights: Sequence[float] | None = None, options: InferenceOptions | None = None,
-                 thresholds_file: Path | None = None, threshold: float | None = None,
-                 min_labels: int | None = None, max_labels: int | None = None,
-                 probs_dir: Path | None = None, log: Log = log_stderr) -> dict[str, Any]:
-    """The whole `imet predict`: returns a summary (also the run-registry record's body)."""
-    options = options or InferenceOptions()
-    start = time.perf_counter()
+@dataclass
+class TestSet:
+    layout: CompetitionLayout
+    labels: LabelSpace
+    ids: list[str]
+    paths: list[Path]
+    members: list[Run | Probabilities]  # opened, checked, not yet inferred
+
+
+def open_test(data: Path, sources: Sequence[Path], command: str = "predict") -> TestSet:
+    """The test images of `data` (sample_submission.csv order) and the `sources` opened and
+    checked against its label space: every refusal before any inference."""
     if not sources:
-        raise UserError("predict: no runs given; pass --runs RUN_DIR [RUN_DIR ...]")
+        raise UserError(f"{command}: no runs given; pass --runs RUN_DIR [RUN_DIR ...]")
     layout = CompetitionLayout(data)
     for path in (layout.labels_csv, layout.sample_submission_csv):
         if not path.is_file():
@@ -235,11 +239,25 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     ids = check_sample_ids(read_sample_submission(layout.sample_submission_csv),
                            str(layout.sample_submission_csv))
     paths = layout.image_paths("test", ids)
-    out = Path(out)
-    probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
     if any(not is_probabilities_file(s) for s in sources):
         check_images_exist(paths, str(layout.sample_submission_csv))
-    loaded = open_members(sources, ids, labels, layout.labels_csv)
+    return TestSet(layout, labels, ids, paths, open_members(sources, ids, labels,
+                                                            layout.labels_csv))
+
+
+def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str = "mean",
+                 weights: Sequence[float] | None = None, options: InferenceOptions | None = None,
+                 thresholds_file: Path | None = None, threshold: float | None = None,
+                 min_labels: int | None = None, max_labels: int | None = None,
+                 probs_dir: Path | None = None, log: Log = log_stderr) -> dict[str, Any]:
+    """The whole `imet predict`: returns a summary (also the run-registry record's body)."""
+    options = options or InferenceOptions()
+    start = time.perf_counter()
+    test = open_test(data, sources)
+    layout, labels, ids, paths, loaded = test.layout, test.labels, test.ids, test.paths, \
+        test.members
+    out = Path(out)
+    probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
     decoding = resolve_decoding(loaded, labels, thresholds_file, threshold, min_labels,
                                 max_labels, log)
     members = infer_members(loaded, ids, paths, options, probs_dir, "test", log)
