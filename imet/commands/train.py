@@ -86,6 +86,14 @@ HELP = {
              "validate; an id also in --data's train.csv is refused",
     "extra_fingerprint": "the --extra set's fingerprint, filled in from it (given: the set "
                          "must have this one)",
+    "teacher": "distillation: a teacher's probabilities (.npz: `imet validate`'s OOF file, "
+               "`imet pseudo-label --soft`'s soft_targets.npz; repeatable) for every training "
+               "image, --extra's included; the loss mixes in BCE to them",
+    "teacher_fingerprint": "the --teacher probabilities' fingerprint, filled in from them "
+                           "(given: they must have this one)",
+    "distill_weight": "with --teacher: the teacher's share of the loss, (1 - W) * loss on the "
+                      "true labels + W * T^2 * BCE to the tempered teacher probabilities",
+    "distill_temperature": "with --teacher: T, both sides' logits divided by it (> 1 softens)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader workers of each training process (results do not depend on "
                    "it); auto: the machine's CPUs split between torchrun's processes on it, at "
@@ -140,7 +148,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 default=None, help=text)
         elif isinstance(default, list):
             parser.add_argument(_flag(spec.name), action="append", default=None,
-                                metavar="DIR", help=text)
+                                metavar="FILE" if spec.name == "teacher" else "DIR", help=text)
         else:
             kind = type(default) if isinstance(default, (int, float)) else str
             action = parser.add_argument(_flag(spec.name), type=kind, default=None,

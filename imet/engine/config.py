@@ -125,6 +125,12 @@ class TrainConfig:
     # start (imet.engine.inputs), so a resume with another extra set is another config ---
     extra: str = ""
     extra_fingerprint: str = ""
+    # --- distillation (issue 19): the teacher files are where, their fingerprint (filled in
+    # from them like extra's) and the mixing are what ---
+    teacher: list[str] = field(default_factory=list)
+    teacher_fingerprint: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     # "auto" defaults follow the session they run in (see worker_count, margin_seconds)
@@ -143,7 +149,7 @@ class TrainConfig:
     keep: int = 2
 
     # Changing any of these does not change what the run computes.
-    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "extra", "device", "num_workers",
+    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "extra", "teacher", "device", "num_workers",
                           "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device
@@ -237,6 +243,12 @@ class TrainConfig:
             raise UserError(f"{source}: --momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.erasing <= 1:
             raise UserError(f"{source}: --erasing is a probability in [0, 1], got {self.erasing}")
+        if not 0 <= self.distill_weight <= 1:
+            raise UserError(f"{source}: --distill-weight is the teacher's share of the loss in "
+                            f"[0, 1], got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise UserError(f"{source}: --distill-temperature must be > 0, got "
+                            f"{self.distill_temperature}")
         if not 0 <= self.hard_negatives < 1:
             raise UserError(f"{source}: --hard-negatives is a fraction of the training samples "
                             f"in [0, 1), got {self.hard_negatives}")

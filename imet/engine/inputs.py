@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from imet.data.cache import find_cache
 from imet.data.dataset import ImetDataset
 from imet.data.extra import read_extra
+from imet.engine.teacher import with_teacher
 from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE
 from imet.data.labels import LabelSpace, read_labels, read_train
@@ -67,9 +68,13 @@ def load_run_data(config: TrainConfig) -> RunData:
         raise UserError(f"{folds_path}: fold {config.fold} leaves {len(train_rows)} training "
                         f"images, fewer than one batch (--batch-size {config.batch_size})")
     paths = layout.image_paths("train", ids)
+    train_ids = [ids[i] for i in train_rows]
     train_paths, train_targets = [paths[i] for i in train_rows], targets[train_rows]
     if config.extra or config.extra_fingerprint:
-        train_paths, train_targets = _with_extra(config, labels, ids, train_paths, train_targets)
+        train_ids, train_paths, train_targets = _with_extra(config, labels, ids, train_ids,
+                                                            train_paths, train_targets)
+    if config.teacher or config.teacher_fingerprint:
+        train_targets = with_teacher(config, labels, train_ids, train_targets)
     cache = _image_cache(config, layout)
     train_set = ImetDataset(train_paths, train_targets,
                             build_train_transform(config.preset, config.image_size), config.seed,
@@ -83,8 +88,8 @@ def load_run_data(config: TrainConfig) -> RunData:
     return RunData(labels, train_set, val_set, targets[val_rows])
 
 
-def _with_extra(config: TrainConfig, labels: LabelSpace, ids: list[str], paths: list,
-                targets: np.ndarray) -> tuple[list, np.ndarray]:
+def _with_extra(config: TrainConfig, labels: LabelSpace, ids: list[str], train_ids: list[str],
+                paths: list, targets: np.ndarray) -> tuple[list[str], list, np.ndarray]:
     """The training images followed by --extra's (validation never sees them); fills in
     `config.extra_fingerprint`, which must match when it was given (a resumed run's config)."""
     if not config.extra:
@@ -98,7 +103,8 @@ def _with_extra(config: TrainConfig, labels: LabelSpace, ids: list[str], paths: 
     config.extra_fingerprint = found
     log.info("%d extra training images from %s (fingerprint %s)", len(extra.ids), config.extra,
              found)
-    return paths + extra.paths, np.concatenate([targets, extra.targets])  # soft: float16
+    return (train_ids + extra.ids, paths + extra.paths,
+            np.concatenate([targets, extra.targets]))  # soft: float16
 
 
 def _image_cache(config: TrainConfig, layout: CompetitionLayout):

@@ -67,6 +67,28 @@ class SoftF2Loss(nn.Module):
         return 1 - score.mean()
 
 
+class DistillLoss(nn.Module):
+    """Knowledge distillation (`imet train --teacher`): targets [N, 2C] carry the teacher's
+    probabilities after the true labels, and the loss is (1 - weight) * `base` on the true
+    labels + weight * T^2 * BCE(student logits / T, the teacher's probabilities tempered by T:
+    sigmoid(logit(p) / T)). T^2 keeps the soft term's gradient on the scale of the hard one's
+    (Hinton et al. 2015). Targets [N, C] (evaluation) get `base` alone."""
+
+    def __init__(self, base: nn.Module, weight: float, temperature: float):
+        super().__init__()
+        self.base, self.weight, self.temperature = base, float(weight), float(temperature)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        classes = logits.shape[-1]
+        if targets.shape[-1] == classes:
+            return self.base(logits, targets)
+        truth, teacher = targets[..., :classes], targets[..., classes:].float()
+        t = self.temperature
+        teacher = torch.sigmoid(torch.logit(teacher.clamp(1e-6, 1 - 1e-6)) / t)
+        soft = F.binary_cross_entropy_with_logits(logits.float() / t, teacher) * t * t
+        return (1 - self.weight) * self.base(logits, truth) + self.weight * soft
+
+
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "bce": BCELoss,
     "focal": FocalLoss,

@@ -12,7 +12,7 @@ from imet.data.batch_augment import augment_batch
 from imet.data.transforms import Normalization, normalize_batch
 from imet.engine.config import TrainConfig
 from imet.engine.hard_negatives import per_sample_losses
-from imet.engine.losses import build_loss, mixup
+from imet.engine.losses import DistillLoss, build_loss, mixup
 from imet.engine.precision import device_precision
 
 
@@ -34,6 +34,9 @@ class StepRunner:
         if cuda:
             torch.backends.cudnn.benchmark = not deterministic
         self.loss_fn = build_loss(config.loss, **loss_kwargs(config)).to(device)
+        if config.teacher:  # the training targets carry the teacher's probabilities too
+            self.loss_fn = DistillLoss(self.loss_fn, config.distill_weight,
+                                       config.distill_temperature)
 
     def bind(self, state, data, wrap=None) -> None:
         """`wrap`: the model as it trains (DistributedDataParallel under torchrun), rebuilt
