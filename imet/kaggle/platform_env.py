@@ -46,11 +46,15 @@ PLATFORM = {
     "tqdm": "preinstalled; pretrainedmodels and kaggle need it",
     # The image's timm stack is tuned together (timm, huggingface_hub, safetensors, and the
     # transformers that share the latter two): a second copy would replace it for every notebook
-    # cell. imet needs timm>=0.9 and says so in one line when it finds less.
+    # cell, so the image's copy is kept whenever it satisfies setup.py (see FALLBACK).
     "timm": "preinstalled (Kaggle's image ships timm 1.x); imet's timm:<name> archs need >=0.9",
     "safetensors": "preinstalled with timm and transformers",
     "huggingface-hub": "preinstalled with timm and transformers",
 }
+# Platform packages that the dataset also bundles, with the dependencies the image may lack, as
+# fallback wheels (wheels/requirements-fallback.txt): the bootstrap installs one only when the
+# image's copy is missing or does not satisfy the version imet asks for.
+FALLBACK = ("timm", "safetensors", "huggingface-hub")
 # pip belongs to the image too; sharing it spares ensurepip (~20 s on a loaded machine).
 TOOLS = ("pip",)
 CACHE_ENV = "IMET_PLATFORM_ENV_CACHE"
@@ -102,7 +106,8 @@ def describe(exclude: set[str]) -> dict:
 
 
 def bundled_by(inputs) -> set[str]:
-    """imet and the packages that the attached imet-src datasets bring (their MANIFEST.json)."""
+    """imet and the packages that the attached imet-src datasets bring (their MANIFEST.json);
+    not their fallbacks, which stand in only for what the image lacks."""
     names = {"imet"}
     for folder in inputs:
         path = Path(folder) / MANIFEST
@@ -111,7 +116,8 @@ def bundled_by(inputs) -> set[str]:
         except (OSError, ValueError):
             continue
         if isinstance(manifest, dict) and manifest.get("format") == "imet-dataset":
-            names |= {canonical(p["name"]) for p in manifest.get("packages", [])}
+            names |= {canonical(p["name"]) for p in manifest.get("packages", [])
+                      if not p.get("fallback")}
     return names
 
 
