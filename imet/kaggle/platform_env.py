@@ -4,8 +4,9 @@ packages, so that a kernel's bootstrap installs the imet-src dataset's wheels as
 Installing torch and friends into a new venv copies gigabytes (minutes), so the environment
 instead sees a folder of symlinks to exactly the platform distributions (PLATFORM and what they
 need) that a given interpreter already has, through a .pth file, as Kaggle's image has them
-preinstalled. Left out of that folder: imet and every package an attached dataset bundles, so
-their imports succeed only after the bootstrap installed them. No `--system-site-packages`: it
+preinstalled. Left out of that folder: imet and every package an attached dataset bundles (but
+not its FALLBACK wheels, which stand in only for what the image lacks), so their imports succeed
+only after the bootstrap installed them. No `--system-site-packages`: it
 would also show the interpreter's editable imet.
 
 The template (a venv and its view) is built once per interpreter and set of platform versions
