@@ -11,7 +11,8 @@ wheels were built for, verifies every file's sha256, installs exactly the locked
 `pip install --no-index --no-deps`, checks that each package imports at its locked version and
 prints a short table. A fallback wheel (one the MANIFEST gives a `fallback` requirement: timm and
 its stack, which Kaggle's image ships) is installed only when the image's copy is missing or does
-not satisfy that requirement, and the bootstrap says so in one line; otherwise the image's is kept. A marker keyed by the MANIFEST's hash makes a second call return at once.
+not satisfy that requirement, and the bootstrap says so in one line; otherwise the image's is
+kept. A marker keyed by the MANIFEST's hash makes a second call return at once.
 Exit status 0 on success, 2 with one line `imet-bootstrap: error: ...` otherwise.
 """
 import argparse
@@ -187,7 +188,7 @@ def image_shortfall(package):
 def fallbacks_to_install(packages):
     """Names of the fallback packages to install: those that imet, or a fallback being
     installed, asks for and whose copy in this kernel falls short."""
-    def key(name):
+    def key(name):  # PEP 503's name; imet's own is not installed yet
         return re.sub(r"[-_.]+", "-", name).lower()
 
     need, grew = {"imet"}, True

@@ -261,7 +261,8 @@ def build(args) -> Path:
     platforms = args.platforms or [lock.DEFAULT_PLATFORM]
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    locks = [Path(args.lock), lock.FALLBACK_LOCK] + ([lock.TORCH_LOCK] if args.include_torch else [])
+    locks = [Path(args.lock), lock.FALLBACK_LOCK]
+    locks += [lock.TORCH_LOCK] if args.include_torch else []
     entries = {}
     for path in locks:
         targets = lock.lock_targets(path)

@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     write_lock(FALLBACK_LOCK, fentries,
                "Fallback wheels of the imet Kaggle dataset; written by packaging/lock.py.\n"
                f"Targets: CPython {', '.join(targets)} on {', '.join(platforms)}.\n"
-               f"Kaggle's image has {', '.join(FALLBACK)}: the bootstrap installs one of these only\n"
-               "where the image's copy is missing or does not satisfy what imet (or a fallback) asks.")
+               f"Kaggle's image has {', '.join(FALLBACK)}: the bootstrap installs one of these\n"
+               "only where the image's copy is missing or misses what imet (or a fallback) asks.")
     print(f"wrote {FALLBACK_LOCK.relative_to(REPO)}: {len(fentries)} packages", file=sys.stderr)
     if args.include_torch:
         # Torch is pinned for Kaggle's interpreter only (the last target): its dependencies
