@@ -9,7 +9,10 @@ or the folder holding an imet MANIFEST.json anywhere under `$IMET_KAGGLE_ROOT/in
 /kaggle/input, in any mount layout), checks that this interpreter and platform are the ones the
 wheels were built for, verifies every file's sha256, installs exactly the locked files with
 `pip install --no-index --no-deps`, checks that each package imports at its locked version and
-prints a short table. A marker keyed by the MANIFEST's hash makes a second call return at once.
+prints a short table. A fallback wheel (one the MANIFEST gives a `fallback` requirement: timm and
+its stack, which Kaggle's image ships) is installed only when the image's copy is missing or does
+not satisfy that requirement, and the bootstrap says so in one line; otherwise the image's is
+kept. A marker keyed by the MANIFEST's hash makes a second call return at once.
 Exit status 0 on success, 2 with one line `imet-bootstrap: error: ...` otherwise.
 """
 import argparse
@@ -167,6 +170,38 @@ def _same_version(a, b):
     return a is not None and re.sub(r"[-_.]", ".", a) == re.sub(r"[-_.]", ".", b)
 
 
+def image_shortfall(package):
+    """Why this interpreter's own copy of a fallback package cannot be kept, or None to keep it."""
+    try:  # pip, which the bootstrap runs anyway, carries `packaging`
+        from pip._vendor.packaging.requirements import Requirement
+    except ImportError:
+        from packaging.requirements import Requirement
+    want = Requirement(package["fallback"])
+    got = installed_version(package["name"])
+    if got is None:
+        return f"this kernel has no {package['name']}"
+    if not want.specifier.contains(got, prereleases=True):
+        return f"this kernel's {package['name']} {got} does not satisfy {want}"
+    return None
+
+
+def fallbacks_to_install(packages):
+    """Names of the fallback packages to install: those that imet, or a fallback being
+    installed, asks for and whose copy in this kernel falls short."""
+    def key(name):  # PEP 503's name; imet's own is not installed yet
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    need, grew = {"imet"}, True
+    while grew:
+        grew = False
+        for p in packages:
+            if p.get("fallback") and key(p["name"]) not in need and \
+                    need & set(p.get("fallback_for", ["imet"])) and image_shortfall(p):
+                need.add(key(p["name"]))
+                grew = True
+    return {p["name"] for p in packages if p.get("fallback") and key(p["name"]) in need}
+
+
 def pip_install(folder, packages):
     """Install exactly the listed wheel files, offline, ignoring any pip configuration."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
@@ -219,7 +254,10 @@ def bootstrap(folder=None, quiet=False, check=True):
     folder = Path(folder) if folder else find_dataset(here=Path(__file__).resolve().parent)
     manifest = read_manifest(folder)
     manifest_hash = file_sha256(folder / MANIFEST_NAME)
-    packages = manifest["packages"]
+    # Fallbacks stand in only for what the image lacks; an image's copy that fits is kept.
+    wanted = fallbacks_to_install(manifest["packages"])
+    kept = [p for p in manifest["packages"] if p.get("fallback") and p["name"] not in wanted]
+    packages = [p for p in manifest["packages"] if p not in kept]
     # Checked on every call, the fast one too (10 MB of hashing): an altered or foreign
     # dataset is refused even where an earlier, intact copy was installed.
     check_interpreter(manifest)
@@ -231,12 +269,20 @@ def bootstrap(folder=None, quiet=False, check=True):
             print(f"imet-bootstrap: {len(packages)} packages from {folder} already installed "
                   f"(imet {manifest.get('imet_version')})")
         return {"folder": str(folder), "installed": False, "seconds": time.time() - started}
+    if not quiet:
+        for p in packages:
+            if p.get("fallback"):
+                print(f"imet-bootstrap: {image_shortfall(p)}; installing the dataset's "
+                      f"{p['name']} {p['version']}")
     # A developer's editable checkout (the local emulator runs kernels in the project venv) is
     # what they want to run: replacing it with the dataset's copy would hide their changes.
     pip_started = time.time()
     pip_install(folder, [p for p in packages if not editable_location(p["name"])])
     pip_seconds = time.time() - pip_started
     rows = check_imports(packages) if check else []
+    rows += [(p["name"], installed_version(p["name"]) or "-", "-",
+              "ok (not needed: nothing installed asks for it)" if image_shortfall(p)
+              else f"ok (kept this kernel's; fits {p['fallback']})") for p in kept if check]
     if not quiet and rows:
         print_table(rows)
     bad = [r for r in rows if not r[3].startswith("ok")]

@@ -7,12 +7,14 @@
 
 The folder is flat (Kaggle uploads only top-level files): the wheels, imet_bootstrap.py (run it
 first in a kernel), MANIFEST.json (sha256 of every file, versions, target, source commit) and
-dataset-metadata.json. Downloads are verified against wheels/requirements.txt and cached in wheels/.
+dataset-metadata.json. Downloads are verified against wheels/requirements.txt (and the fallback
+wheels against wheels/requirements-fallback.txt) and cached in wheels/.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import email.parser
 import hashlib
 import io
 import json
@@ -197,6 +199,32 @@ def import_name(dist: str, wheel: Path) -> str | None:
     return guess if guess in tops else None
 
 
+def fallback_requirements(files: dict, names: set, python_version: str) -> dict:
+    """{name: {"fallback": requirement, "fallback_for": [names]}} for the fallback wheels: what
+    an image's copy must satisfy to be kept (setup.py's for the FALLBACK packages; for their
+    dependencies every specifier the bundled fallback wheels declare, joined) and who asks
+    ("imet", or the fallbacks whose installation brings the need)."""
+    from packaging.requirements import Requirement  # dev tool: `packaging` comes with pip/build
+
+    specs: dict[str, list[str]] = {n: [] for n in names}
+    parents: dict[str, set[str]] = {n: set() for n in names}
+    declared = [("imet", s) for s in lock.install_requires()]
+    for name in sorted(names):
+        with zipfile.ZipFile(files[name]) as zf:
+            meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            headers = email.parser.Parser().parsestr(zf.read(meta).decode(), headersonly=True)
+        declared += [(name, s) for s in headers.get_all("Requires-Dist") or []]
+    env = lock.marker_env(python_version)
+    for parent, spec in declared:
+        req = Requirement(spec)
+        dep = lock.canonical(req.name)
+        if dep in specs and not (req.marker and not req.marker.evaluate({**env, "extra": ""})):
+            specs[dep] += [str(s) for s in req.specifier]
+            parents[dep].add(parent)
+    return {n: {"fallback": n + ",".join(sorted(set(s))), "fallback_for": sorted(parents[n])}
+            for n, s in specs.items()}
+
+
 def scan_sources(source: Path) -> None:
     for rel in wheelbuild.whitelisted_sources(source):
         secrets_scan.scan_file(source / rel, label=str(rel))
@@ -233,7 +261,8 @@ def build(args) -> Path:
     platforms = args.platforms or [lock.DEFAULT_PLATFORM]
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    locks = [Path(args.lock)] + ([lock.TORCH_LOCK] if args.include_torch else [])
+    locks = [Path(args.lock), lock.FALLBACK_LOCK]
+    locks += [lock.TORCH_LOCK] if args.include_torch else []
     entries = {}
     for path in locks:
         targets = lock.lock_targets(path)
@@ -251,6 +280,8 @@ def build(args) -> Path:
     state = wheelbuild.source_state(source)
     say(f"imet dataset for CPython {args.python_version} on {', '.join(platforms)}, owner {owner}")
     files = download(wheels_locked, cache, args.python_version, platforms)
+    fallback = fallback_requirements(files, set(lock.read_lock(lock.FALLBACK_LOCK)),
+                                     args.python_version)
     staging = prepare_out(Path(args.out))
     try:
         packages = []
@@ -258,6 +289,8 @@ def build(args) -> Path:
             shutil.copyfile(files[name], staging / files[name].name)
             packages.append({"name": entry["name"], "version": entry["version"],
                              "file": files[name].name, "origin": "locked wheel"})
+            if name in fallback:  # the bootstrap keeps an image's copy that satisfies this
+                packages[-1].update(origin="locked fallback wheel", **fallback[name])
         for name, entry in sorted(sdists.items()):
             sdist = next((p for p in sorted(cache.glob("*.tar.gz"))
                           if sha256(p) in entry["hashes"]), None)

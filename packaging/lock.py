@@ -4,7 +4,10 @@
 `wheels/requirements-torch.txt`) with pip's own resolver: `pip install --dry-run --report` for
 each target interpreter, reading only metadata (PyPI serves it apart from the wheels), so nothing
 large is downloaded. The roots come from setup.py's INSTALL_REQUIRES; whatever Kaggle's image
-already has (PLATFORM) is left out together with the packages only it needs.
+already has (PLATFORM) is left out together with the packages only it needs, except FALLBACK:
+those and what they need beyond the rest go to `wheels/requirements-fallback.txt`, resolved
+together with the lock so that both fit one environment; the bootstrap installs a fallback only
+where the image's copy is missing or too old.
 
 The lock is a pip requirements file with `--hash` lines: every file that any target needs has its
 sha256 there, so `pip download --require-hashes` verifies each download.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import re
@@ -24,11 +28,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "wheels" / "requirements.txt"
 TORCH_LOCK = REPO / "wheels" / "requirements-torch.txt"
+FALLBACK_LOCK = REPO / "wheels" / "requirements-fallback.txt"
 
 # What Kaggle's image preinstalls, and why each is not bundled (shown in the README): defined
 # once, in imet, where the emulator shows a kernel only these.
 sys.path.insert(0, str(REPO))
-from imet.kaggle.platform_env import PLATFORM  # noqa: E402
+from imet.kaggle.platform_env import FALLBACK, PLATFORM  # noqa: E402
 
 # Only sdists exist for these: build_dataset builds a wheel from the locked sdist. Their runtime
 # dependencies (from their setup.py, which pip cannot read for a foreign target without building)
@@ -89,7 +94,8 @@ def requirement_name(spec: str) -> str:
     return canonical(re.match(r"\s*([A-Za-z0-9_.\-]+)", spec).group(1))
 
 
-def resolve(roots: list[str], python_version: str, platforms) -> dict:
+@functools.lru_cache(maxsize=None)
+def resolve(roots: tuple[str, ...], python_version: str, platforms: tuple[str, ...]) -> dict:
     """pip's resolution for one target: {canonical name: install entry of pip's report}."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
@@ -104,14 +110,19 @@ def resolve(roots: list[str], python_version: str, platforms) -> dict:
     return {canonical(i["metadata"]["name"]): i for i in data["install"]}
 
 
+def marker_env(python_version: str) -> dict:
+    """The environment markers of a CPython `python_version` kernel on Linux x86_64."""
+    return {"python_version": python_version, "python_full_version": python_version + ".0",
+            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython",
+            "os_name": "posix"}
+
+
 def dependency_closure(installs: dict, roots: list[str], stop: set[str], python_version: str):
     """Names reachable from `roots` through Requires-Dist, never walking into `stop`."""
     from packaging.requirements import Requirement  # dev tool: `packaging` comes with pip/build
 
-    env = {"python_version": python_version, "python_full_version": python_version + ".0",
-           "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-           "implementation_name": "cpython", "platform_python_implementation": "CPython",
-           "os_name": "posix"}
+    env = marker_env(python_version)
     seen: dict[str, set[str]] = {}
     todo = [(requirement_name(r), "setup.py", ()) for r in roots]
     while todo:
@@ -131,12 +142,13 @@ def dependency_closure(installs: dict, roots: list[str], stop: set[str], python_
     return seen
 
 
-def lock_entries(targets, platforms, roots, stop) -> dict:
-    """{name: {"version", "hashes": set, "files": set, "via": set}} over all targets."""
+def lock_entries(targets, platforms, roots, stop, walk=None) -> dict:
+    """{name: {"version", "hashes": set, "files": set, "via": set}} over all targets: what
+    `walk` (default: `roots`) needs of pip's resolution of `roots`."""
     entries: dict[str, dict] = {}
     for py in targets:
-        installs = resolve(roots, py, platforms)
-        for name, via in dependency_closure(installs, roots, stop, py).items():
+        installs = resolve(tuple(roots), py, tuple(platforms))
+        for name, via in dependency_closure(installs, walk or roots, stop, py).items():
             info = installs[name]
             version = info["metadata"]["version"]
             url = info["download_info"]["url"]
@@ -228,7 +240,8 @@ def main(argv=None) -> int:
     roots = [s for s in specs if s not in sdists]
     roots += [d for s in sdists for d in SDIST_ONLY[requirement_name(s)]]
     stop = set(PLATFORM) | set(SDIST_ONLY)
-    entries = lock_entries(targets, platforms, roots, stop)
+    fallbacks = [s for s in install_requires() if requirement_name(s) in FALLBACK]
+    entries = lock_entries(targets, platforms, roots + fallbacks, stop, walk=roots)
     for s in sdists:
         name = requirement_name(s)
         entries[name] = sdist_entry(name, s, REPO / "wheels")
@@ -237,9 +250,18 @@ def main(argv=None) -> int:
     header = (f"The lock of wheels bundled into the imet Kaggle dataset; written by packaging/lock.py.\n"
               f"Targets: CPython {', '.join(targets)} on {', '.join(platforms)}.\n"
               f"Not bundled (Kaggle's image has them): {', '.join(sorted(PLATFORM))}.\n"
+              f"Fallbacks for {', '.join(FALLBACK)}: requirements-fallback.txt.\n"
               f"pretrainedmodels is an sdist: build_dataset.py builds its wheel.")
     write_lock(LOCK, entries, header)
     print(f"wrote {LOCK.relative_to(REPO)}: {len(entries)} packages", file=sys.stderr)
+    fstop = (set(PLATFORM) - set(FALLBACK)) | set(SDIST_ONLY) | set(entries)
+    fentries = lock_entries(targets, platforms, roots + fallbacks, fstop, walk=fallbacks)
+    write_lock(FALLBACK_LOCK, fentries,
+               "Fallback wheels of the imet Kaggle dataset; written by packaging/lock.py.\n"
+               f"Targets: CPython {', '.join(targets)} on {', '.join(platforms)}.\n"
+               f"Kaggle's image has {', '.join(FALLBACK)}: the bootstrap installs one of these\n"
+               "only where the image's copy is missing or misses what imet (or a fallback) asks.")
+    print(f"wrote {FALLBACK_LOCK.relative_to(REPO)}: {len(fentries)} packages", file=sys.stderr)
     if args.include_torch:
         # Torch is pinned for Kaggle's interpreter only (the last target): its dependencies
         # (networkx, ...) differ between Python versions and nobody installs torch from here locally.

@@ -86,6 +86,7 @@ def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
     """Each session's bootstrap installed imet and the pinned wheels from the attached dataset
     into the session's own environment: the rehearsal ran the artefact, not the repository."""
     packages = json.loads((local_dataset / "MANIFEST.json").read_text())["packages"]
+    packages = [p for p in packages if not p.get("fallback")]  # the image's timm stack fits
     for session in trained:
         log = session.log.read_text()
         assert f"installed {len(packages)} packages from" in log, log[:3000]

@@ -20,12 +20,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "packaging"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bootstrap  # noqa: E402
 import build_dataset  # noqa: E402
 import lock  # noqa: E402
 import secrets_scan  # noqa: E402
 from kaggle_standin import KaggleStandin  # noqa: E402
 
-from imet.kaggle.platform_env import fresh_env  # noqa: E402
+from imet.kaggle.platform_env import bundled_by, fresh_env  # noqa: E402
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 BUILD = [sys.executable, str(REPO / "packaging" / "build_dataset.py")]
@@ -59,6 +60,30 @@ def test_lock_bundles_everything_the_platform_lacks():
     torch = lock.read_lock(lock.TORCH_LOCK)
     assert {"torch", "torchvision"} <= set(torch) and not set(torch) & set(locked)
     assert lock.lock_targets(lock.TORCH_LOCK) == ["3.12"]
+
+
+def test_fallback_lock_pins_the_timm_stack_apart_from_the_lock():
+    fallback, locked = lock.read_lock(lock.FALLBACK_LOCK), lock.read_lock()
+    assert set(lock.FALLBACK) <= set(fallback) and not set(fallback) & set(locked)
+    assert not set(fallback) & (set(lock.PLATFORM) - set(lock.FALLBACK))
+    assert lock.lock_targets(lock.FALLBACK_LOCK) == lock.lock_targets()
+
+
+def test_bootstrap_keeps_an_image_copy_only_when_it_satisfies_the_requirement():
+    import timm
+
+    assert bootstrap.image_shortfall({"name": "timm", "fallback": "timm>=0.9"}) is None
+    assert bootstrap.image_shortfall({"name": "timm", "fallback": "timm>=99"}) == \
+        f"this kernel's timm {timm.__version__} does not satisfy timm>=99"
+    assert bootstrap.image_shortfall({"name": "no-such-dist", "fallback": "no-such-dist"}) == \
+        "this kernel has no no-such-dist"
+    # A missing dependency is installed only for a fallback that is itself installed.
+    packages = [{"name": "timm", "fallback": "timm>=99", "fallback_for": ["imet"]},
+                {"name": "safetensors", "fallback": "safetensors>=0.4", "fallback_for": ["imet"]},
+                {"name": "No_Such.Dist", "fallback": "no-such-dist", "fallback_for": ["timm"]},
+                {"name": "no-such-other", "fallback": "no-such-other",
+                 "fallback_for": ["safetensors"]}, {"name": "six", "version": "1.17.0"}]
+    assert bootstrap.fallbacks_to_install(packages) == {"timm", "No_Such.Dist"}
 
 
 def test_a_target_the_lock_does_not_cover_is_refused_before_any_download(tmp_path):
@@ -105,12 +130,17 @@ def test_dataset_is_flat_verified_and_whitelisted(dataset):
     assert manifest["target"] == {"python": PY, "implementation": "cp",
                                   "abi": "cp" + PY.replace(".", ""),
                                   "platforms": ["manylinux_2_28_x86_64"]}
-    locked = lock.read_lock()
+    locked, fallback = lock.read_lock(), lock.read_lock(lock.FALLBACK_LOCK)
     for p in manifest["packages"]:
         if p["origin"] == "locked wheel":
             assert p["sha256"] in locked[lock.canonical(p["name"])]["hashes"], p["name"]
+        if p["origin"] == "locked fallback wheel":
+            assert p["sha256"] in fallback[lock.canonical(p["name"])]["hashes"], p["name"]
     by_name = {lock.canonical(p["name"]): p for p in manifest["packages"]}
-    assert set(by_name) == set(locked) | {"imet"}
+    assert set(by_name) == set(locked) | set(fallback) | {"imet"}
+    assert {n for n, p in by_name.items() if p.get("fallback")} == set(fallback)
+    # the emulated image keeps its own timm stack, as Kaggle's does
+    assert bundled_by([dataset]) == set(locked) | {"imet"}
     assert by_name["pretrainedmodels"]["file"].endswith("-py3-none-any.whl")
     with zipfile.ZipFile(dataset / by_name["imet"]["file"]) as zf:
         tops = {n.split("/")[0] for n in zf.namelist()}
@@ -229,6 +259,33 @@ def test_offline_bootstrap_in_a_fresh_platform_venv(dataset, tmp_path):
     assert "already installed" in out  # the second call returns at once
     assert f"imet {venv}" in out and "loss" in out
     assert "Read-only" not in proc.stderr
+
+
+@pytest.mark.packaging
+@pytest.mark.parametrize("image_has_timm", [False, True])
+def test_bootstrap_installs_the_bundled_timm_only_where_the_image_lacks_it(
+        dataset, tmp_path, image_has_timm):
+    manifest = json.loads((dataset / "MANIFEST.json").read_text())
+    timm = next(p for p in manifest["packages"] if p["name"] == "timm")
+    assert timm["fallback"] == next(s for s in lock.install_requires() if s.startswith("timm"))
+    venv = tmp_path / "venv"
+    exclude = set(lock.read_lock()) | {"imet"} | (set() if image_has_timm else {"timm"})
+    python = fresh_env(sys.executable, exclude, venv, cache=tmp_path / "platform-env")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run(
+        [python, str(REPO / "packaging" / "bootstrap.py"), "--dataset", str(dataset)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = ("imet-bootstrap: this kernel has no timm; installing the dataset's timm "
+            f"{timm['version']}")
+    assert (said in proc.stdout) != image_has_timm, proc.stdout
+    assert ("kept this kernel's; fits timm>=" in proc.stdout) == image_has_timm
+    assert "installing the dataset's safetensors" not in proc.stdout  # the image's fits
+    probe = subprocess.run([python, "-c", "import timm; print(timm.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert Path(probe.stdout.strip()).is_relative_to(venv) != image_has_timm
 
 
 @pytest.mark.packaging

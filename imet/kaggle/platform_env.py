@@ -4,8 +4,9 @@ packages, so that a kernel's bootstrap installs the imet-src dataset's wheels as
 Installing torch and friends into a new venv copies gigabytes (minutes), so the environment
 instead sees a folder of symlinks to exactly the platform distributions (PLATFORM and what they
 need) that a given interpreter already has, through a .pth file, as Kaggle's image has them
-preinstalled. Left out of that folder: imet and every package an attached dataset bundles, so
-their imports succeed only after the bootstrap installed them. No `--system-site-packages`: it
+preinstalled. Left out of that folder: imet and every package an attached dataset bundles (but
+not its FALLBACK wheels, which stand in only for what the image lacks), so their imports succeed
+only after the bootstrap installed them. No `--system-site-packages`: it
 would also show the interpreter's editable imet.
 
 The template (a venv and its view) is built once per interpreter and set of platform versions
@@ -46,11 +47,15 @@ PLATFORM = {
     "tqdm": "preinstalled; pretrainedmodels and kaggle need it",
     # The image's timm stack is tuned together (timm, huggingface_hub, safetensors, and the
     # transformers that share the latter two): a second copy would replace it for every notebook
-    # cell. imet needs timm>=0.9 and says so in one line when it finds less.
+    # cell, so the image's copy is kept whenever it satisfies setup.py (see FALLBACK).
     "timm": "preinstalled (Kaggle's image ships timm 1.x); imet's timm:<name> archs need >=0.9",
     "safetensors": "preinstalled with timm and transformers",
     "huggingface-hub": "preinstalled with timm and transformers",
 }
+# Platform packages that the dataset also bundles, with the dependencies the image may lack, as
+# fallback wheels (wheels/requirements-fallback.txt): the bootstrap installs one only when the
+# image's copy is missing or does not satisfy the version imet asks for.
+FALLBACK = ("timm", "safetensors", "huggingface-hub")
 # pip belongs to the image too; sharing it spares ensurepip (~20 s on a loaded machine).
 TOOLS = ("pip",)
 CACHE_ENV = "IMET_PLATFORM_ENV_CACHE"
@@ -102,7 +107,8 @@ def describe(exclude: set[str]) -> dict:
 
 
 def bundled_by(inputs) -> set[str]:
-    """imet and the packages that the attached imet-src datasets bring (their MANIFEST.json)."""
+    """imet and the packages that the attached imet-src datasets bring (their MANIFEST.json);
+    not their fallbacks, which stand in only for what the image lacks."""
     names = {"imet"}
     for folder in inputs:
         path = Path(folder) / MANIFEST
@@ -111,7 +117,8 @@ def bundled_by(inputs) -> set[str]:
         except (OSError, ValueError):
             continue
         if isinstance(manifest, dict) and manifest.get("format") == "imet-dataset":
-            names |= {canonical(p["name"]) for p in manifest.get("packages", [])}
+            names |= {canonical(p["name"]) for p in manifest.get("packages", [])
+                      if not p.get("fallback")}
     return names
 
 
