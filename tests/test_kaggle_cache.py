@@ -1,7 +1,6 @@
 """The decode-once cache in the Kaggle flow: built in the scratch folder when the session's
 epochs pay for the build, kept to the run's first choice, used when attached, never carried."""
 import json
-import os
 import subprocess
 import sys
 
@@ -25,7 +24,7 @@ def kaggle(tmp_path, mini_data, monkeypatch):
 
 def prepare(root, work, *args, seconds_left=3600, resumed=False):
     work.mkdir(parents=True, exist_ok=True)
-    image_cache.prepare(root / "input" / "imet-2019-fgvc6", ["--image-size", "32", *args],
+    return image_cache.prepare(root / "input" / "imet-2019-fgvc6", ["--image-size", "32", *args],
                         seconds_left, work, root / "temp", root / "input", IMET, resumed)
 
 
@@ -39,9 +38,8 @@ def test_the_build_pays_back_only_with_enough_epochs_in_the_session():
 
 def test_a_run_builds_its_cache_in_temp_keeps_its_choice_and_never_carries_it(kaggle, capsys):
     first = kaggle / "s1"
-    prepare(kaggle, first, "--epochs", "5")
     cache = kaggle / "temp" / "imet-cache-32"
-    assert (cache / MANIFEST).is_file() and os.environ[image_cache.CACHE_ENV] == str(cache)
+    assert prepare(kaggle, first, "--epochs", "5") == cache and (cache / MANIFEST).is_file()
     assert json.loads((first / image_cache.CHOICE).read_text())["build"] is True
     assert "image cache: building one: 5 epochs to run" in capsys.readouterr().out
     # A user's own cache in the output, and the metrics beside it: only the metrics go on.
@@ -69,8 +67,8 @@ def test_a_run_builds_its_cache_in_temp_keeps_its_choice_and_never_carries_it(ka
 
 
 def test_a_short_run_reads_the_pngs_and_an_attached_cache_is_used(kaggle, capsys, monkeypatch):
-    prepare(kaggle, kaggle / "short", "--epochs", "1")
-    assert not (kaggle / "temp").exists() and image_cache.CACHE_ENV not in os.environ
+    assert prepare(kaggle, kaggle / "short", "--epochs", "1") is None
+    assert not (kaggle / "temp").exists()
     assert json.loads((kaggle / "short" / image_cache.CHOICE).read_text())["build"] is False
     assert "not building one: 1 epochs to run" in capsys.readouterr().out
     prepare(kaggle, kaggle / "older", "--epochs", "20", resumed=True)  # began without a choice
@@ -79,6 +77,6 @@ def test_a_short_run_reads_the_pngs_and_an_attached_cache_is_used(kaggle, capsys
     subprocess.run([*IMET, "cache", "--data", str(kaggle / "input" / "imet-2019-fgvc6"),
                     "--size", "32", "--split", "train", "--out", str(attached),
                     "--no-progress"], check=True, capture_output=True)
-    prepare(kaggle, kaggle / "long", "--epochs", "20")
+    assert prepare(kaggle, kaggle / "long", "--epochs", "20") is None
     assert f"using the attached {attached}" in capsys.readouterr().out
     assert not (kaggle / "temp").exists() and not (kaggle / "long" / image_cache.CHOICE).exists()

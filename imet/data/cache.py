@@ -37,6 +37,9 @@ _REBUILD = "rebuild it with `python -m imet cache`"
 # OpenCV >= 4.10 decodes straight to RGB; older ones need a channel swap.
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
+# The folder a session points the training at (the Kaggle trainer kernel sets it).
+CACHE_ENV = "IMET_CACHE_DIR"
+
 
 # ---- storage formats (registry) ---------------------------------------------------------------
 
@@ -193,8 +196,8 @@ def find_cache(size: int, roots=()) -> ImageCache | None:
     """The first cache of short side `size` in $IMET_CACHE_DIR or under `roots` (on Kaggle a
     previous session's output is attached some levels under /kaggle/input). Caches of other
     sizes are skipped."""
-    if os.environ.get("IMET_CACHE_DIR"):
-        found = _cache_of_size(Path(os.environ["IMET_CACHE_DIR"]), size)
+    if os.environ.get(CACHE_ENV):
+        found = _cache_of_size(Path(os.environ[CACHE_ENV]), size)
         if found is not None:
             return found
     for folder, _, files in walk_folders(roots):

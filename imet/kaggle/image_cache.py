@@ -23,6 +23,7 @@ import json
 import os
 from pathlib import Path
 
+from imet.data.cache import CACHE_ENV
 from imet.engine.config import TrainConfig, read_config_file
 from imet.errors import DataError
 from imet.fileio import atomic_write_text
@@ -34,7 +35,6 @@ SAVED_S = 2.8        # ... and that much less from the cache
 PAYBACK_EPOCHS = BUILD_S / SAVED_S
 CHOICE = "image-cache.json"
 FOLDER = "imet-cache"
-CACHE_ENV = "IMET_CACHE_DIR"  # where `imet train` looks first (imet/data/cache.py)
 
 
 def is_cache(folder: Path) -> bool:
@@ -77,16 +77,17 @@ def should_build(epochs: int, images: int, workers: int, seconds_left: float) ->
 
 
 def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, temp: Path,
-            input_root: Path, python_m_imet: list[str], resumed: bool = False) -> None:
-    """Use an attached cache, or build one in `temp` when the run chose to, and point the
-    training at it ($IMET_CACHE_DIR). `resumed`: an earlier session of the run exists; without
-    its choice it read the PNGs (an imet from before this choice), and so does the rest."""
+            input_root: Path, python_m_imet: list[str], resumed: bool = False) -> Path | None:
+    """Use an attached cache (the training finds it under the input root itself), or build one
+    in `temp` when the run chose to: then its folder, for the training's $IMET_CACHE_DIR; else
+    None. `resumed`: an earlier session of the run exists; without its choice it read the PNGs
+    (an imet from before this choice), and so does the rest."""
     from imet.data.cache import find_cache
     size, epochs, workers = run_settings(train_args)
     attached = find_cache(size, [input_root])
     if attached is not None:
         print(f"image cache: using the attached {attached.cache_dir}", flush=True)
-        return
+        return None
     choice_file = work / CHOICE
     if choice_file.is_file():
         choice = json.loads(choice_file.read_text())
@@ -102,7 +103,7 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
         atomic_write_text(choice_file, json.dumps(choice, indent=1) + "\n")
         print(f"image cache: {'building' if build else 'not building'} one: {why}", flush=True)
     if not choice["build"]:
-        return
+        return None
     cache = temp / f"{FOLDER}-{size}"
     temp.mkdir(parents=True, exist_ok=True)
     code = run_step([*python_m_imet, "cache", "--data", str(data), "--size", str(size),
@@ -111,7 +112,7 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
     if code:
         print(f"image cache: the build ended with exit code {code}; the images it could not "
               "cache are read from the PNGs", flush=True)
-    os.environ[CACHE_ENV] = str(cache)
+    return cache
 
 
 def _rows(csv_path: Path) -> int:

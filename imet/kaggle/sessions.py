@@ -5,6 +5,7 @@ imet commands as shell steps, and leaves its outputs in the working folder. A mi
 one line naming it and exit code 2."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -97,8 +98,10 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
         if code:
             return code
-    image_cache.prepare(data, train_args, _seconds_left(started, session_limit), work,
-                        temp_dir(), input_root(), _imet(), resumed=bool(previous))
+    cache = image_cache.prepare(data, train_args, _seconds_left(started, session_limit), work,
+                                temp_dir(), input_root(), _imet(), resumed=bool(previous))
+    if cache is not None:  # this process is the kernel's: the training it starts inherits it
+        os.environ[image_cache.CACHE_ENV] = str(cache)
     launcher = train_launcher(gpu_count())  # before the budget: it may import torch (seconds)
     left = _seconds_left(started, session_limit)
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
