@@ -89,6 +89,9 @@ class SingleProcess:
     def share_resume(self, find: Callable[[], Any], load: Callable[[Any], Any]):
         return find()
 
+    def finish(self) -> None:
+        """The session ended normally on this rank (see ProcessGroup.finish)."""
+
     def close(self) -> None:
         pass
 
@@ -187,6 +190,13 @@ class ProcessGroup(SingleProcess):
         if self.is_main or box[0] is None:
             return found
         return load(box[0])
+
+    def finish(self) -> None:
+        """Wait until every rank is past its last collective: a rank that tore its process
+        group down while another still talked to it aborted in gloo's threads (SIGABRT,
+        'terminate called without an active exception'). Only on a normal end: after a failure
+        the other ranks may never come, and torchrun ends them."""
+        tdist.barrier()
 
     def close(self) -> None:
         if tdist.is_initialized():

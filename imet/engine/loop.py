@@ -74,8 +74,10 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
         dist = distributed.start(config)  # under torchrun: joins the process group
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
-        return Trainer(config, bus, data, clock=clock, next_command=next_command,
-                       session_start=session_start, dist=dist, stop=stop).run()
+        result = Trainer(config, bus, data, clock=clock, next_command=next_command,
+                         session_start=session_start, dist=dist, stop=stop).run()
+        dist.finish()
+        return result
     except Exception as err:
         bus.emit("failure", error=f"{type(err).__name__}: {err}",
                  traceback=traceback.format_exc(), user_error=isinstance(err, UserError),
