@@ -1,8 +1,8 @@
 """`python -m imet demo`: the whole Kaggle flow at home, on mini-iMet, in the local emulator.
 
-Each step is the command a user would type; it is printed, then run. The trainer runs with a
-session limit short enough that the run hands over at least once and resumes in a later
-session, exactly as it would across 12-hour Kaggle sessions."""
+Each step is the command a user would type; it is printed, then run. The trainer's sessions are
+short (a 120 s limit, at most 500 steps each), so the run hands over and resumes in later
+sessions, exactly as it would across 12-hour Kaggle sessions."""
 from __future__ import annotations
 
 import argparse
@@ -17,13 +17,14 @@ from pathlib import Path
 from imet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-# Small enough for 2 CPU cores in minutes, long enough that the trainer needs several sessions
-# (40 epochs without early stopping: ~70 s of training on a quiet 2-core machine), with the
-# defaults of an arch without ImageNet weights (engine/config.py RANDOM_INIT_DEFAULTS). Each
-# session first pays what a Kaggle session pays: the bootstrap's install into a fresh environment (~20 s),
+# Small enough for 2 CPU cores in minutes (40 epochs without early stopping, 1,200 steps), with
+# the defaults of an arch without ImageNet weights (engine/config.py RANDOM_INIT_DEFAULTS). The
+# trainer hands over after 500 steps of a session (--session-steps, as a spent budget would), so
+# it resumes in later sessions on any machine, not by the luck of its speed. Each session first
+# pays what a Kaggle session pays: the bootstrap's install into a fresh environment (~20 s),
 # the doctor and the cache build; ~50 s of training fit in one 120 s session.
 TRAIN_ARGS = ("--arch tiny_cnn --image-size 64 --batch-size 32 --epochs 40 --patience 0 "
-              "--num-workers 0 --progress-every-s 15")
+              "--num-workers 0 --progress-every-s 15 --session-steps 500")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
 
 
