@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
-from bench_loader import CLASSES, SIZE, make_images, one_thread, per_core
+from bench_loader import SIZE, make_images, one_thread, per_core, sparse_targets
 from imet.data.cache import ImageCache
 from imet.data.cache_build import build_cache
 from imet.data.dataset import ImetDataset
@@ -44,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = make_images(root / "data", args.images)
-        targets = (np.random.default_rng(1).random((len(paths), CLASSES)) < 0.003).astype(np.uint8)
+        targets = sparse_targets(len(paths))
 
         def loader(cache=None):
             return ImetDataset(paths, targets, build_train_transform("seed", SIZE), seed=0,
