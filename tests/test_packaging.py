@@ -24,6 +24,7 @@ import bootstrap  # noqa: E402
 import build_dataset  # noqa: E402
 import lock  # noqa: E402
 import secrets_scan  # noqa: E402
+import wheelfetch  # noqa: E402
 from kaggle_standin import KaggleStandin  # noqa: E402
 
 from imet.kaggle.platform_env import bundled_by, fresh_env  # noqa: E402
@@ -97,7 +98,7 @@ def test_platform_tags_widen_like_pip_should():
     tags = lock.expand_platforms(["manylinux_2_28_x86_64"])
     assert tags[0] == "manylinux_2_28_x86_64"
     assert {"manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"} <= set(tags)
-    fits = build_dataset.wheel_fits
+    fits = wheelfetch.wheel_fits
     wheel = "pydantic_core-2.50.4-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.whl"
     assert fits(wheel, "3.12", ["manylinux_2_28_x86_64"])
     assert not fits(wheel, "3.11", ["manylinux_2_28_x86_64"])
@@ -364,5 +365,5 @@ def test_download_counter_counts_wheels_pip_finds_locally():
         "Saved ./out/albucore-0.0.24-py3-none-any.whl",
         "Successfully downloaded albucore annotated-types",
     ]
-    names = [n for n in map(build_dataset.fetched_name, transcript) if n]
+    names = [n for n in map(wheelfetch.fetched_name, transcript) if n]
     assert names == ["albucore==0.0.24", "annotated_types-0.8.0-py3-none-any.whl"]
