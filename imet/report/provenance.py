@@ -65,8 +65,24 @@ def code_version(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> 
             version["manifest_sha256"] = hashlib.sha256(raw).hexdigest()
             version["git_commit"] = _manifest_commit(raw)
     if manifest is None:
-        version["git_commit"] = git_commit()
+        version["git_commit"] = git_commit() or installed_commit()
     return version
+
+
+def installed_commit() -> str | None:
+    """The commit an installed imet wheel was built from: its version's local part
+    (packaging/wheelbuild.py `0.1.0+g<commit>[.dirty.<digest>]`). What a kernel's validate and
+    predict know of their code: they run the dataset's wheel, with run folders as their inputs
+    and neither a checkout nor the dataset's manifest in sight."""
+    from importlib import metadata
+    try:
+        local = metadata.version("imet").partition("+")[2]
+    except metadata.PackageNotFoundError:
+        return None
+    commit, _, rest = local.partition(".")
+    if not commit.startswith("g") or commit == "gnogit":
+        return None
+    return commit[1:] + ("+dirty" if rest.startswith("dirty") else "")
 
 
 def _manifest_commit(raw: bytes) -> str | None:
