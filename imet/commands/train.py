@@ -73,8 +73,8 @@ HELP = {
     "momentum": "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)",
     "nesterov": "SGD: Nesterov momentum",
     "train_groups": "stage 2 trains only these groups of early, late, head (comma-separated, "
-                    "e.g. late,head: the early group stays frozen, no gradient computed; "
-                    "default: all)",
+                    "e.g. late,head: the early group stays frozen in both stages, no gradient "
+                    "computed, its BatchNorm statistics kept; default: all)",
     "erasing": "random erasing probability: a rectangle of 2-33%% of the image filled with a "
                "random gray, drawn per sample in the loader, applied per batch on the device "
                "(any preset; 0: off)",
