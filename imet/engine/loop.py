@@ -242,11 +242,12 @@ class Trainer:
     def evaluate_untuned(self) -> bool:
         """--init: the model as it came, scored once on the fold's validation images before
         the first step, so the run can say what tuning gained. False when dropped (a stop)."""
-        c = self.state.counters
+        c, started = self.state.counters, self.clock()
         result = self.dist.evaluate(self.steps, self.val_batches, self.data.val_targets,
                                     self.evaluation_must_stop)
         if result is None:
             return False
+        self.budget.eval.add(self.clock() - started)  # what the later evaluations will cost
         self.units_done += 1
         c.init_f2 = result.f2
         self.bus.emit("init_evaluation", step=c.step, f2=result.f2, threshold=result.threshold,
