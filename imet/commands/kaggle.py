@@ -100,7 +100,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
                         help="the run's settings (TOML: members, train_args, validate_args, "
-                        "predict_args, accelerator, datasets; see README); without it, the "
+                        "predict_args, pseudo_label_args, accelerator, datasets; see README); "
+                        "without it, the "
                         "templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
                         help="overwrite kernels edited by hand since render wrote them")
