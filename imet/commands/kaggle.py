@@ -94,7 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "trainer output attached) from kernels/<name>, with {owner} replaced, "
                             "the accelerator asked for in machine_shape and the script's "
                             "ACCELERATOR line, and the run's settings (--config) in the scripts' "
-                            "DEFAULT_*_ARGS lines. A kernel edited by hand since render wrote it "
+                            "DEFAULT_*_ARGS lines (and the inference's PSEUDO_LABEL_ARGS; a "
+                            "trainer whose args say --extra auto gets the inference output "
+                            "attached). A kernel edited by hand since render wrote it "
                             "is refused unless --force.")
     render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
                         "owner)")
