@@ -22,6 +22,8 @@ from imet.fileio import atomic_open
 
 FORMAT = "imet-probs"
 VERSION = 1
+# `imet predict`'s ensemble of several runs, saved beside each run's <name>.npz in --probs-dir.
+ENSEMBLE_PROBS = "ensemble.npz"
 
 
 @dataclass

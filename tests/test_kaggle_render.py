@@ -45,7 +45,7 @@ def settings_of(script: Path, env=None) -> dict:
     bootstrap below them is not run)."""
     lines = [line for line in script.read_text().splitlines()
              if line.startswith(("import ", "DEFAULT_", "TRAIN_ARGS", "VALIDATE_ARGS",
-                                 "PREDICT_ARGS", "ACCELERATOR"))]
+                                 "PREDICT_ARGS", "PSEUDO_LABEL_ARGS", "ACCELERATOR"))]
     code = "\n".join(lines) + "\nprint(repr({k: v for k, v in globals().items() if k.isupper()}))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
@@ -93,6 +93,34 @@ def test_five_fold_kernels_each_with_its_own_output_attached_to_validation_and_i
         assert args[:2] == ["--fold", str(k)] and args.count("--fold") == 1
     assert meta(out, "validation")["kernel_sources"] == folds
     assert meta(out, "inference")["kernel_sources"] == folds + ["bob/imet-validation"]
+
+
+def test_pseudo_labels_go_from_the_inference_kernel_to_a_trainer_asking_extra_auto(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(textwrap.dedent("""\
+        owner = "dora"
+        pseudo_label_args = ["--min-prob", "0.8", "--soft"]
+        [[member]]
+        fold = 0
+        [[member]]
+        name = "student-f0"
+        fold = 0
+        args = ["--extra", "auto"]
+        """))
+    out = tmp_path / "k"
+    proc = render(out, "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    inference = settings_of(out / "inference" / "inference.py")
+    assert inference["PSEUDO_LABEL_ARGS"] == ["--min-prob", "0.8", "--soft"]
+    student = meta(out, "trainer-student-f0")
+    assert student["kernel_sources"] == ["dora/imet-trainer-student-f0", "dora/imet-inference"]
+    assert settings_of(out / "trainer-student-f0" / "trainer.py")["TRAIN_ARGS"][-2:] == \
+        ["--extra", "auto"]
+    assert meta(out, "trainer-f0")["kernel_sources"] == ["dora/imet-trainer-f0"]
+    # Without the key the inference kernel writes no pseudo-labels.
+    plain = tmp_path / "plain"
+    assert render(plain, "--owner", "dora").returncode == 0
+    assert settings_of(plain / "inference" / "inference.py")["PSEUDO_LABEL_ARGS"] is None
 
 
 def test_a_hand_edit_is_refused_unless_forced(tmp_path):

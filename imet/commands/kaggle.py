@@ -94,13 +94,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "trainer output attached) from kernels/<name>, with {owner} replaced, "
                             "the accelerator asked for in machine_shape and the script's "
                             "ACCELERATOR line, and the run's settings (--config) in the scripts' "
-                            "DEFAULT_*_ARGS lines. A kernel edited by hand since render wrote it "
+                            "DEFAULT_*_ARGS lines (and the inference's PSEUDO_LABEL_ARGS; a "
+                            "trainer whose args say --extra auto gets the inference output "
+                            "attached). A kernel edited by hand since render wrote it "
                             "is refused unless --force.")
     render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
                         help="the run's settings (TOML: members, train_args, validate_args, "
-                        "predict_args, accelerator, datasets; see README); without it, the "
+                        "predict_args, pseudo_label_args, accelerator, datasets; see README); "
+                        "without it, the "
                         "templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
                         help="overwrite kernels edited by hand since render wrote them")

@@ -39,7 +39,8 @@ class _Refusing(argparse.ArgumentParser):
 # What each kernel passes itself where its command requires it: stand-ins, so that the
 # command's own parser can judge the plan's flags alone.
 GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
-                   "predict": ["--data", "D", "--runs", "R"]}
+                   "predict": ["--data", "D", "--runs", "R"],
+                   "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}
 
 
 def check_args(command: str, args: list[str], where: str) -> None:
@@ -47,7 +48,7 @@ def check_args(command: str, args: list[str], where: str) -> None:
     import importlib
     from imet.errors import UserError
     parser = _Refusing(prog=f"imet {command}", add_help=False)
-    importlib.import_module(f"imet.commands.{command}").configure(parser)
+    importlib.import_module(f"imet.commands.{command.replace('-', '_')}").configure(parser)
     try:
         _, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
     except UserError as err:

@@ -73,8 +73,8 @@ HELP = {
     "momentum": "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)",
     "nesterov": "SGD: Nesterov momentum",
     "train_groups": "stage 2 trains only these groups of early, late, head (comma-separated, "
-                    "e.g. late,head: the early group stays frozen, no gradient computed; "
-                    "default: all)",
+                    "e.g. late,head: the early group stays frozen in both stages, no gradient "
+                    "computed, its BatchNorm statistics kept; default: all)",
     "erasing": "random erasing probability: a rectangle of 2-33%% of the image filled with a "
                "random gray, drawn per sample in the loader, applied per batch on the device "
                "(any preset; 0: off)",
@@ -94,6 +94,13 @@ HELP = {
     "distill_weight": "with --teacher: the teacher's share of the loss, (1 - W) * loss on the "
                       "true labels + W * T^2 * BCE to the tempered teacher probabilities",
     "distill_temperature": "with --teacher: T, both sides' logits divided by it (> 1 softens)",
+    "init": "start from this run's best model (RUN/model.pt, or a model.pt file) instead of "
+            "ImageNet or random weights, e.g. to tune its head on other data with "
+            "--train-groups head; the arch is the model's (another --arch, or a model of "
+            "another label space than --data's labels.csv, is refused). Before the first step "
+            "the untuned model is scored on the validation fold (run.json: init_f2)",
+    "init_fingerprint": "the --init model's fingerprint (a hash of the file), filled in from "
+                        "it (given: the file must have this one)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun: one GPU per process, by LOCAL_RANK)",
     "num_workers": "data loader workers of each training process (results do not depend on "
                    "it); auto: the machine's CPUs split between torchrun's processes on it, at "
@@ -152,7 +159,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         else:
             kind = type(default) if isinstance(default, (int, float)) else str
             action = parser.add_argument(_flag(spec.name), type=kind, default=None,
-                                         metavar=spec.name.upper(), help=text)
+                                         metavar="RUN" if spec.name == "init" else
+                                         spec.name.upper(), help=text)
             if spec.name == "arch":
                 action.archs = _ArchNames()
 
@@ -178,6 +186,9 @@ def config_from_args(args: argparse.Namespace,
             values[spec.name] = given
     from imet.errors import UserError
     from imet.models.weights import has_pretrained_weights
+    if values.get("init") and "arch" not in values:  # --init tunes the model's own arch
+        from imet.engine.init_model import init_arch
+        values["arch"] = init_arch(str(values["init"]))
     # Pretraining defaults to what the arch has (an unknown arch: one line listing the names).
     weighted = has_pretrained_weights(str(values.get("arch", DEFAULTS.arch)))
     explicit = values.get("pretrained") is not None

@@ -131,6 +131,11 @@ class TrainConfig:
     teacher_fingerprint: str = ""
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
+    # --- last-layer tuning (issue 19): --init names the model a run starts from (where, not
+    # in the fingerprint); its content hash is what (filled in from it at the run's start by
+    # imet.engine.init_model, so a resume from another model is another config) ---
+    init: str = ""
+    init_fingerprint: str = ""
     # --- session (not part of the fingerprint) ---
     device: str = "auto"
     # "auto" defaults follow the session they run in (see worker_count, margin_seconds)
@@ -149,7 +154,7 @@ class TrainConfig:
     keep: int = 2
 
     # Changing any of these does not change what the run computes.
-    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "extra", "teacher", "device", "num_workers",
+    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "extra", "teacher", "init", "device", "num_workers",
                           "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device

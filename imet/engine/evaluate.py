@@ -26,7 +26,8 @@ class Evaluation:
 def predict_loader(runner, loader, should_stop: Callable[[], bool]):
     """(probs float32 [N, C], mean loss) or None when a stop was requested mid-way."""
     model, device = runner.state.eval_model, runner.device
-    was_training = model.training
+    # Each layer's own mode comes back afterwards: a frozen group's BatchNorm stays in eval.
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     probs, loss_sum, count = [], 0.0, 0
     try:
@@ -43,7 +44,8 @@ def predict_loader(runner, loader, should_stop: Callable[[], bool]):
                 count += len(images)
                 probs.append(torch.sigmoid(logits).cpu().numpy())
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.train(training)
     return np.concatenate(probs), loss_sum / max(1, count)
 
 

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-KINDS = ("run_start", "progress", "evaluation", "checkpoint", "handover", "finish", "failure")
+KINDS = ("run_start", "init_evaluation", "progress", "evaluation", "checkpoint", "handover",
+         "finish", "failure")
 
 
 @dataclass(frozen=True)

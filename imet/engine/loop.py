@@ -32,6 +32,7 @@ from imet.engine.config import TrainConfig
 from imet.engine.diskspace import expected_size, remedy, room_for
 from imet.engine.distributed import SingleProcess
 from imet.engine.events import EventBus
+from imet.engine.init_model import load_init
 from imet.engine.inputs import RunData, load_run_data, train_loader, val_loader
 from imet.engine.resume import bring_best_model, choose_resume, version_change
 from imet.engine.sampler import EpochBatchSampler
@@ -65,6 +66,8 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
     StopRequest the caller installed before its start-up, which a subscriber may trigger too
     (Telegram's /stop); default: one installed here."""
     config.validated()
+    # Before the failure event below can leave a run.json: a foreign model writes nothing.
+    init = load_init(config) if config.init or config.init_fingerprint else None
     dist = None
     try:
         spent = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
@@ -75,7 +78,7 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
         result = Trainer(config, bus, data, clock=clock, next_command=next_command,
-                         session_start=session_start, dist=dist, stop=stop).run()
+                         session_start=session_start, dist=dist, stop=stop, init=init).run()
         dist.finish()
         return result
     except Exception as err:
@@ -92,8 +95,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, bus: EventBus, data: RunData,
                  clock: Callable[[], float] = time.monotonic, next_command: str | None = None,
                  session_start: float | None = None, dist: SingleProcess | None = None,
-                 stop: StopRequest | None = None):
+                 stop: StopRequest | None = None, init: dict | None = None):
         self.config = config
+        self.init = init  # --init's weights (imet.engine.init_model), for a fresh start
         self.fingerprint = config.fingerprint()
         self.dist = dist or SingleProcess(resolve_device(config.device))
         self.device = self.dist.device
@@ -134,6 +138,8 @@ class Trainer:
         loader, batches = train_loader(self.data, self.sampler, self.config, cuda), None
         self.val_batches = val_loader(self.dist.val_data(self.data), self.config, cuda)
         with self.stop:
+            if self.config.init and c.init_f2 is None and not self.evaluate_untuned():
+                return self.hand_over(self.agreed_stop(fits=lambda: True) or "budget")
             while True:
                 if c.eval_pending:
                     if self.budget.eval.count == 0:
@@ -176,7 +182,8 @@ class Trainer:
     def build_state(self) -> TrainState:
         resume = choose_resume(self.config, self.fingerprint, self.data.labels.fingerprint(),
                                self.dist)
-        state = build_train_state(self.config, self.data, self.dist, self.steps, resume)
+        state = build_train_state(self.config, self.data, self.dist, self.steps, resume,
+                                  self.init)
         if self.dist.is_main:
             tidy(checkpoint_dir(self.out), self.config.keep,
                  None if resume is None else state.counters.step)
@@ -230,6 +237,21 @@ class Trainer:
         self.bus.emit("evaluation", step=c.step, epoch=c.epoch, f2=result.f2,
                       threshold=result.threshold, best_f2=c.best_f2, best_step=c.best_step,
                       val_loss=result.val_loss, is_best=is_best, history=list(c.history))
+        return True
+
+    def evaluate_untuned(self) -> bool:
+        """--init: the model as it came, scored once on the fold's validation images before
+        the first step, so the run can say what tuning gained. False when dropped (a stop)."""
+        c, started = self.state.counters, self.clock()
+        result = self.dist.evaluate(self.steps, self.val_batches, self.data.val_targets,
+                                    self.evaluation_must_stop)
+        if result is None:
+            return False
+        self.budget.eval.add(self.clock() - started)  # what the later evaluations will cost
+        self.units_done += 1
+        c.init_f2 = result.f2
+        self.bus.emit("init_evaluation", step=c.step, f2=result.f2, threshold=result.threshold,
+                      val_loss=result.val_loss, init=self.config.init)
         return True
 
     # --- stopping (the four notions: see the module docstring) ----------------------------
@@ -293,7 +315,7 @@ class Trainer:
             c.finished, c.stop_reason = True, reason
             self.save()
         artifacts = [str(p) for p in (self.out / handover_file.MODEL_FILE,) if p.is_file()]
-        self.bus.emit("finish", best_f2=c.best_f2, best_step=c.best_step,
+        self.bus.emit("finish", best_f2=c.best_f2, best_step=c.best_step, init_f2=c.init_f2,
                       duration_s=c.train_time_s, sessions=c.session, artifacts=artifacts,
                       history=list(c.history))
         return self.result("finished", 0, reason)
@@ -312,6 +334,7 @@ class Trainer:
                       device=self.steps.device_name(), total_steps=state.total_steps,
                       stage1_end_step=state.stage1_end_step,
                       config_fingerprint=self.fingerprint, config=self.config.to_dict(),
+                      init_f2=c.init_f2,
                       versions=library_versions(), version_change=self.version_change,
                       kernel=None, rank=self.dist.rank)
 

@@ -51,6 +51,21 @@ def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
             param.requires_grad_(name in trained)
 
 
+def keep_frozen_statistics(model: torch.nn.Module,
+                           groups: dict[str, list[torch.nn.Parameter]],
+                           train_groups: str = "") -> None:
+    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in
+    both stages: their running statistics stay as they came, so a frozen group is unchanged
+    to the last bit (with `--train-groups head` the whole body is the --init model's). Stage
+    1's own freeze keeps the old way, its body statistics following the data."""
+    trained = parse_train_groups(train_groups)
+    frozen = {id(p) for name, params in groups.items() if name not in trained for p in params}
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.weight is not \
+                None and id(module.weight) in frozen:
+            module.eval()
+
+
 def adamw(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups, lr=param_groups[-1]["lr"],
                              weight_decay=config.weight_decay)

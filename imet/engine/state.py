@@ -23,7 +23,8 @@ from imet.engine.config import TrainConfig
 from imet.engine.checkpoint import FORMAT, VERSION
 from imet.engine.ema import build_ema
 from imet.engine.hard_negatives import build_hard_negatives, repeat_count
-from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
+from imet.engine.optim import (build_optimizer, build_scheduler, keep_frozen_statistics,
+                               set_trainable)
 from imet.engine.precision import Precision
 from imet.errors import CheckpointError, UserError
 from imet.models import build_model
@@ -51,6 +52,7 @@ class Counters:
     finished: bool = False
     stop_reason: str = ""         # "epochs" | "early_stop" once finished
     history: list[dict[str, Any]] = field(default_factory=list)
+    init_f2: float | None = None  # --init: the untuned model's F2, evaluated before step 1
 
     def mean_loss(self) -> float:
         """The mean training loss since the last evaluation."""
@@ -140,6 +142,7 @@ class TrainState:
         """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
         self.counters.stage = stage
         set_trainable(self.groups, stage, self.config.train_groups)
+        keep_frozen_statistics(self.model, self.groups, self.config.train_groups)
         self.optimizer = build_optimizer(self.groups, self.config, stage)
         self.scheduler = build_scheduler(self.optimizer, self.config, self.stage_steps(stage),
                                          self.steps_per_epoch)
@@ -251,18 +254,23 @@ def check_precision(resume, precision: Precision, config: TrainConfig, device_ty
         f"{device_type}); resume with {hint}, or start over with --resume off")
 
 
-def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainState:
+def build_train_state(config: TrainConfig, data, dist, steps, resume,
+                      init: dict[str, torch.Tensor] | None = None) -> TrainState:
     """The TrainState a session starts from: the model built for `data`'s label space and
     placed as `dist` and the StepRunner `steps` want it, then `resume`'s payload restored (a
-    fresh run seeds every RNG first: the head's initial weights come from the torch one)."""
+    fresh run seeds every RNG first: the head's initial weights come from the torch one). A
+    fresh run with `init` (--init's weights) starts from them instead of ImageNet's."""
     if resume is None:
         random.seed(config.seed)
         np.random.seed(config.seed % 2 ** 32)
         torch.manual_seed(config.seed)
+    fresh_body = resume is None and init is None
     model = build_model(config.arch, data.labels.num_classes,
-                        pretrained=config.pretrained and resume is None,
-                        weights=config.weights if resume is None else None,
+                        pretrained=config.pretrained and fresh_body,
+                        weights=config.weights if fresh_body else None,
                         search_roots=tuple(config.input_root), dropout=config.dropout)
+    if resume is None and init is not None:
+        model.load_state_dict(init)
     model = dist.prepare_model(model)
     model.to(steps.device)
     if steps.channels_last:

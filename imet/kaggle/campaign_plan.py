@@ -27,15 +27,17 @@ KERNEL_FLAGS = {"train": ("--data", "--folds", "--out", "--time-budget", "--resu
                           "--input-root"),
                 "validate": ("--data", "--folds", "--run", "--runs", "--out", "--time-limit"),
                 "predict": ("--data", "--runs", "--out", "--probs-dir", "--time-limit",
-                            "--thresholds")}
+                            "--thresholds"),
+                "pseudo-label": ("--data", "--runs", "--out")}
 # The settings key holding each kernel command's flags.
-ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args"}
+ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args",
+             "pseudo-label": "pseudo_label_args"}
 
 
 def _check(command: str, args: list[str], where: str,
            check_args: Callable[[str, list[str], str], None]) -> None:
     kernel = {"train": "trainer", "validate": "validation kernel",
-              "predict": "inference kernel"}[command]
+              "predict": "inference kernel", "pseudo-label": "inference kernel"}[command]
     for flag in KERNEL_FLAGS[command]:
         if any(a == flag or a.startswith(flag + "=") for a in args):
             raise UserError(f"{where}: {flag} is set by the {kernel} itself; leave it out of "

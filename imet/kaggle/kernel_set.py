@@ -3,6 +3,7 @@ with its own slug and so its own output, and the validation and inference kernel
 trainer output attached.
 
     dist/kernels/trainer-f0 … trainer-f4   <owner>/imet-trainer-f0 …, each its own output
+                                            (and the inference's, with --extra auto)
     dist/kernels/validation                 kernel_sources: every trainer
     dist/kernels/inference                  kernel_sources: every trainer and the validation
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from imet.errors import UserError
 from imet.kaggle.metadata import OWNER, prepare, read_metadata, read_setting
+from imet.kaggle.paths import asks_extra_auto
 from imet.kaggle.rendered import check_untouched, write_rendered
 from imet.kaggle.settings import MEMBER_FLAGS, Member, Settings, without_flags
 
@@ -20,6 +22,8 @@ TRAINER, VALIDATION, INFERENCE = "trainer", "validation", "inference"
 ARGS_SETTING = {TRAINER: ("DEFAULT_TRAIN_ARGS", "train_args"),
                 VALIDATION: ("DEFAULT_VALIDATE_ARGS", "validate_args"),
                 INFERENCE: ("DEFAULT_PREDICT_ARGS", "predict_args")}
+# The inference kernel's settings line of its pseudo-label step (issue 19; None: off).
+PSEUDO_LABEL_SETTING = "PSEUDO_LABEL_ARGS"
 
 
 def trainer_folder(member: str) -> str:
@@ -91,10 +95,13 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
         slug = trainer_slug(member.name)
         via = handover_datasets.get(member.name)
         own = [] if member.name in first_push or via else [f"{OWNER}/{slug}"]
+        train_args = member_train_args(settings, member, trainer)
+        if asks_extra_auto(train_args) and INFERENCE in templates:  # its pseudo-labels
+            own = own + [read_metadata(templates[INFERENCE])["id"]]
         fields = {**common, "id": f"{OWNER}/{slug}", "title": slug, "kernel_sources": own}
         if via:
             fields["dataset_sources"] = common["dataset_sources"] + [via]
-        settings_lines = {ARGS_SETTING[TRAINER][0]: member_train_args(settings, member, trainer)}
+        settings_lines = {ARGS_SETTING[TRAINER][0]: train_args}
         if settings.n_folds is not None:
             settings_lines["N_FOLDS"] = settings.n_folds
         planned[trainer_folder(member.name)] = prepare(trainer, owner, accelerators.get(TRAINER),
@@ -110,6 +117,8 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
         setting, key = ARGS_SETTING.get(name, (None, None))
         if setting and getattr(settings, key) is not None:
             lines[setting] = getattr(settings, key)
+        if name == INFERENCE and settings.pseudo_label_args is not None:
+            lines[PSEUDO_LABEL_SETTING] = settings.pseudo_label_args
         planned[name] = prepare(template, owner, accelerators.get(name), lines,
                                 {**common, "kernel_sources": sources})
     return planned

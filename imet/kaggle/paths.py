@@ -16,6 +16,11 @@ from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"
 DEFAULT_ROOT = "/kaggle"
+# Where the inference kernel writes its pseudo-labels (`imet pseudo-label`) in its working
+# folder, and the value of `imet train --extra` in a trainer kernel's arguments that asks for
+# the attached extra training set, found by what its folder holds (`find_extra_sets`).
+PSEUDO_DIR = "pseudo"
+EXTRA_AUTO = "auto"
 
 
 def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
@@ -84,3 +89,28 @@ def find_previous_output(root: Path | None = None) -> list[Path]:
     """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json."""
     root = input_root() if root is None else root
     return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
+
+
+def asks_extra_auto(args: list[str]) -> bool:
+    """Whether `imet train` arguments say `--extra auto` (or `--extra=auto`)."""
+    return any(a == f"--extra={EXTRA_AUTO}" or (a == "--extra" and b == EXTRA_AUTO)
+               for a, b in zip(args, [*args[1:], ""]))
+
+
+def find_extra_sets(root: Path | None = None) -> list[Path]:
+    """Extra training sets (imet/data/extra.py) under root, shallowest first: folders with
+    labels.csv, train/ and train.csv or soft_targets.npz, as `imet pseudo-label` writes them,
+    and without the competition's sample_submission.csv (the competition data has the rest)."""
+    from imet.data.extra import SOFT_TARGETS
+    root = input_root() if root is None else root
+    if not root.is_dir():
+        return []
+    found = []
+    for folder, subfolders, files in walk_folders([root]):
+        if "labels.csv" in files and "train" in subfolders and \
+                "sample_submission.csv" not in files and \
+                ("train.csv" in files or SOFT_TARGETS in files):
+            found.append(folder)
+        if len(files) > 1000:  # a folder of images, as in find_folders_with
+            subfolders[:] = []
+    return sorted(found, key=lambda folder: (len(folder.parts), folder))

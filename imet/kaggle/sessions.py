@@ -15,10 +15,11 @@ from typing import Callable
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, MODEL_FILE, NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle import image_cache
-from imet.kaggle.paths import (find_competition_data, find_folders_with,
-                               find_previous_output, find_run_dirs, input_root, temp_dir,
-                               working_dir)
+from imet.kaggle.paths import (EXTRA_AUTO, PSEUDO_DIR, asks_extra_auto, find_competition_data,
+                               find_extra_sets, find_folders_with, find_previous_output,
+                               find_run_dirs, input_root, temp_dir, working_dir)
 from imet.kaggle.shell import run_step
+from imet.probfile import ENSEMBLE_PROBS
 
 # Never carried from a previous session's output: the engine copies the checkpoint it resumes
 # from, and the best model beside it, itself (imet/engine/resume.py); the handover note
@@ -81,6 +82,32 @@ def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[s
                           *doctor_flags(kernel_args, arch)))
 
 
+def with_extra_found(train_args: list[str]) -> list[str]:
+    """`train_args` with `--extra auto` replaced by the one extra training set attached (the
+    inference kernel's pseudo-labels, say); UserError when there is none, or several."""
+    if not asks_extra_auto(train_args):
+        return train_args
+    found = find_extra_sets(input_root())
+    if len(found) != 1:
+        what = (f"{len(found)} of them ({found[0]}, {found[1]})" if found else "none")
+        raise UserError(f"--extra {EXTRA_AUTO}: needs one extra training set under "
+                        f"{input_root()} (a folder with labels.csv, train/ and train.csv or "
+                        f"soft_targets.npz, as `imet pseudo-label` writes it), found {what}; "
+                        "attach the inference kernel whose pseudo_label_args made it "
+                        "(kernel_sources), or pass --extra with the folder")
+    print(f"extra training set (--extra {EXTRA_AUTO}): {found[0]}", flush=True)
+    args, skip = [], False
+    for arg, following in zip(train_args, [*train_args[1:], ""]):
+        if skip:
+            skip = False
+        elif arg == "--extra" and following == EXTRA_AUTO:
+            args += ["--extra", str(found[0])]
+            skip = True
+        else:
+            args.append(f"--extra={found[0]}" if arg == f"--extra={EXTRA_AUTO}" else arg)
+    return args
+
+
 def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5,
             accelerator: str | None = None) -> int:
     data = find_competition_data()
@@ -88,6 +115,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
     if code:
         return code
+    train_args = with_extra_found(train_args)
     work = working_dir()
     previous = find_previous_output(input_root())
     if previous:
@@ -137,7 +165,10 @@ def validation(started: float, session_limit: str, validate_args: list[str],
 
 
 def inference(started: float, session_limit: str, predict_args: list[str],
-              accelerator: str | None = None) -> int:
+              accelerator: str | None = None, pseudo_label_args: list[str] | None = None) -> int:
+    """submission.csv; with `pseudo_label_args` (a list, empty included) also the confident
+    test images as an extra training set in working/pseudo/, from the probabilities the
+    prediction saved (no second inference): a trainer kernel takes it with `--extra auto`."""
     data = find_competition_data()
     code = doctor("inference", data, accelerator, predict_args)
     if code:
@@ -147,9 +178,17 @@ def inference(started: float, session_limit: str, predict_args: list[str],
     thresholds = find_folders_with(input_root(), "thresholds.json")
     extra = ["--thresholds", thresholds[0] / "thresholds.json"] if thresholds else []
     left = _seconds_left(started, session_limit)
-    return run_step(_imet("predict", "--data", data, "--runs", *runs,
+    code = run_step(_imet("predict", "--data", data, "--runs", *runs,
                           "--out", work / "submission.csv", "--probs-dir", work / "probs",
                           "--time-limit", f"{left:.0f}", *extra, *predict_args))
+    if code or pseudo_label_args is None:
+        return code
+    # One file per run (named by the run); ENSEMBLE_PROBS is predict's own combination, which
+    # pseudo-label makes again with its --ensemble (default mean: probabilities, not ranks).
+    members = [path for path in sorted((work / "probs").glob("*.npz"))
+               if path.name != ENSEMBLE_PROBS]
+    return run_step(_imet("pseudo-label", "--data", data, "--runs", *members,
+                          "--out", work / PSEUDO_DIR, *pseudo_label_args))
 
 
 def _runs() -> list[Path]:

@@ -10,6 +10,7 @@ file the user keeps, so that rendering again never puts the defaults back.
     train_args = ["--batch-size", "32"]    # every member's `imet train` flags
     validate_args = ["--tta", "none,hflip"]
     predict_args = ["--tta", "none,hflip", "--ensemble", "mean"]
+    pseudo_label_args = ["--min-prob", "0.9"]   # optional: the inference kernel pseudo-labels too
 
     [[member]]                             # one trainer kernel each: imet-trainer-<name>
     name = "f0"                            # default f<fold>
@@ -18,6 +19,8 @@ file the user keeps, so that rendering again never puts the defaults back.
     image_size = 320
     epochs = 20
     args = ["--lr", "3e-4"]                # more `imet train` flags of this member
+                                           # ("--extra", "auto": the inference kernel's
+                                           # pseudo-labels, its output attached)
 
 Whatever the file leaves out is the template's: its DEFAULT_*_ARGS lines, one member per fold.
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 from imet.errors import UserError
 
 KEYS = ("owner", "accelerator", "competition", "src_dataset", "weights_dataset", "n_folds",
-        "train_args", "validate_args", "predict_args", "member")
+        "train_args", "validate_args", "predict_args", "pseudo_label_args", "member")
 MEMBER_KEYS = ("name", "fold", "arch", "image_size", "epochs", "args")
 # Member fields that are `imet train` flags, in the order they are written.
 MEMBER_FLAGS = (("fold", "--fold"), ("arch", "--arch"), ("image_size", "--image-size"),
@@ -59,6 +62,7 @@ class Settings:
     train_args: list[str] | None = None
     validate_args: list[str] | None = None
     predict_args: list[str] | None = None
+    pseudo_label_args: list[str] | None = None  # None: the inference kernel writes none
     members: list[Member] | None = None  # None: one per fold of the template
     extra: dict = field(default_factory=dict)  # the keys a caller allowed beyond these
 
@@ -119,7 +123,7 @@ def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Setti
                         src_dataset=data.get("src_dataset"),
                         weights_dataset=data.get("weights_dataset"), n_folds=data.get("n_folds"),
                         extra={k: data[k] for k in allowed_extra if k in data})
-    for key in ("train_args", "validate_args", "predict_args"):
+    for key in ("train_args", "validate_args", "predict_args", "pseudo_label_args"):
         if key in data:
             setattr(settings, key, _strings(data[key], f"{source}: {key}"))
     if settings.n_folds is not None and (not isinstance(settings.n_folds, int)

@@ -22,7 +22,7 @@ from imet.errors import UserError
 from imet.predict.ensemble import ensemble
 from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader, check_images_exist,
                                 log_stderr, parse_tta, predict_probs, resolve_device)
-from imet.probfile import Probabilities, load_probabilities, save_probabilities
+from imet.probfile import ENSEMBLE_PROBS, Probabilities, load_probabilities, save_probabilities
 from imet.predict.runs import THRESHOLDS_FILE, Run, load_run
 from imet.predict.submission import check_sample_ids, make_submission, write_submission
 from imet.predict.thresholdfile import read_thresholds
@@ -268,7 +268,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
                                      decoding.context)
     write_submission(out, rows_ids, rows)
     if len(members) > 1:
-        save_probabilities(probs_dir / "ensemble.npz", combined)
+        save_probabilities(probs_dir / ENSEMBLE_PROBS, combined)
     labels_per_image = float(np.mean([len(r.split()) for r in rows]))
     seconds = time.perf_counter() - start
     log(f"predict: wrote {out} ({len(rows)} images, {labels_per_image:.2f} labels per image, "

@@ -87,6 +87,11 @@ class ArtifactWriter(RankZeroSubscriber):
             "best_f2": keep.get("best_f2"), "best_step": keep.get("best_step"),
             "threshold": keep.get("threshold"), "sessions": sessions + [self._session],
         }
+        if data.get("init_f2") is not None:  # --init: the untuned model's F2 (first session)
+            self.summary["init_f2"] = data["init_f2"]
+
+    def _on_init_evaluation(self, event) -> None:
+        self.summary["init_f2"] = event.data.get("f2")
 
     def _on_evaluation(self, event) -> None:
         data = event.data

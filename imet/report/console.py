@@ -145,6 +145,12 @@ class ConsoleProgress(RankZeroSubscriber):
                     f"{_num(data.get('val_loss'), '.4f')} (best {_num(data.get('best_f2'), '.4f')}"
                     f" at step {data.get('best_step')}){best}")
 
+    def _on_init_evaluation(self, event) -> None:
+        data = event.data
+        self._print(f"[{time.strftime('%H:%M:%S')}] untuned F2 {_num(data.get('f2'), '.4f')} @ "
+                    f"threshold {_num(data.get('threshold'), '.3f')}, val loss "
+                    f"{_num(data.get('val_loss'), '.4f')}: the --init model before tuning")
+
     def _on_checkpoint(self, event) -> None:
         data = event.data
         if not self.tty:
@@ -161,8 +167,10 @@ class ConsoleProgress(RankZeroSubscriber):
     def _on_finish(self, event) -> None:
         data = event.data
         self._close_bar()
-        self._print(f"imet: finished: best F2 {_num(data.get('best_f2'), '.4f')} at step "
-                    f"{data.get('best_step')}, {data.get('sessions')} session(s), "
+        untuned = (f" (untuned {_num(data['init_f2'], '.4f')})"
+                   if data.get("init_f2") is not None else "")
+        self._print(f"imet: finished: best F2 {_num(data.get('best_f2'), '.4f')}{untuned} at "
+                    f"step {data.get('best_step')}, {data.get('sessions')} session(s), "
                     f"{format_duration(data.get('duration_s'))}")
 
     def _on_failure(self, event) -> None:

@@ -18,6 +18,10 @@ SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
 # may replace the arguments through IMET_KERNEL_ARGS.
 DEFAULT_PREDICT_ARGS = ['--tta', 'none,hflip', '--ensemble', 'mean']
 PREDICT_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or DEFAULT_PREDICT_ARGS
+# None: no pseudo-labels. A list of `imet pseudo-label` flags (e.g. ['--min-prob', '0.9'];
+# [] for its defaults): the confident test images also become an extra training set in
+# working/pseudo/, which a trainer kernel with `--extra auto` in its arguments trains on.
+PSEUDO_LABEL_ARGS = None
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 # What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle
 # render --accelerator` writes both): the session stops at once when it cannot use that GPU.
@@ -41,4 +45,4 @@ bootstrap()
 from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
 
 sys.exit(sessions.main("inference", sessions.inference, STARTED, SESSION_LIMIT, PREDICT_ARGS,
-                       ACCELERATOR))
+                       ACCELERATOR, PSEUDO_LABEL_ARGS))
