@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     state = load_state(args.out, plan)
     send, close = telegram()
     try:
-        campaign = Campaign(plan, args.out, args.kernels, state, chosen, remote.kaggle_api(),
-                            args.poll, notify=send)
+        from imet.kaggle.campaign_kaggle import KaggleBackend
+        campaign = Campaign(plan, args.out, args.kernels, state, chosen,
+                            KaggleBackend(remote.kaggle_api(), args.poll), args.poll, notify=send)
         return campaign.run()
     except (OSError, ValueError) as err:
         raise remote.client_errors(err) from None
