@@ -193,3 +193,59 @@ def test_a_source_no_input_gives_is_refused_before_anything_runs(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "imet-src" in line and "--input imet-src=PATH" in line, line
     assert not out.exists(), "nothing ran, nothing was written"
+
+
+E2E_TRAIN = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--batch-size", "4",
+             "--epochs", "4", "--head-epochs", "1", "--patience", "1000", "--lr", "3e-3",
+             "--head-lr", "3e-3", "--num-workers", "0", "--progress-every-s", "5",
+             "--notify", "off"]
+E2E_EVAL = ["--tta", "none,hflip", "--batch-size", "16", "--num-workers", "0"]
+E2E_PREDICT = E2E_EVAL + ["--ensemble", "mean"]
+
+
+def f2_of(mini_data: Path, submission: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "imet", "score", "--truth",
+                           str(mini_data / "test_labels.csv"), "--pred", str(submission)],
+                          capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")
+def test_an_emulated_campaign_submits_what_its_members_and_thresholds_predict(
+        mini_data, local_dataset, tmp_path):
+    """Two members on the real kernels, in parallel, f0 handing over once (--session-steps):
+    the campaign's submission is what `imet predict` makes here of the same two models with
+    the validation's thresholds, and so is its F2."""
+    plan = write_plan(tmp_path / "plan.toml", [("f0", 0), ("f1", 1)], [
+        'accelerator = "none"', "n_folds = 2", "parallel = 2", "max_sessions = 4",
+        "retries = 0", "session_hours = 0.25", "gpu_hours = 5",
+        f"train_args = {json.dumps(E2E_TRAIN)}", f"validate_args = {json.dumps(E2E_EVAL)}",
+        f"predict_args = {json.dumps(E2E_PREDICT)}"])
+    text = plan.read_text().replace('fold = 0\n', 'fold = 0\nargs = ["--session-steps", "20"]\n')
+    plan.write_text(text)
+    camp = tmp_path / "camp"
+    proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "campaign", str(plan),
+                           "--out", str(camp), "--kernels", str(REPO / "kernels"), "--emulate",
+                           "--input", f"imet-2019-fgvc6={mini_data}",
+                           "--input", f"imet-src={local_dataset}"],
+                          capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "IMET_TELEGRAM_TOKEN": ""})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = table(camp)
+    assert rows["f0"]["sessions"] == "2" and rows["f1"]["sessions"] == "1", rows
+    assert rows["f0"]["state"] == rows["f1"]["state"] == "finished"
+    f0, f1 = records(camp, "imet-trainer-f0"), records(camp, "imet-trainer-f1")
+    assert f1[0]["started_at"] < f0[0]["ended_at"], "the two members ran at once"
+    assert float(rows["f0"]["GPU-hours"]) * 3600 == pytest.approx(
+        sum(s["wall_s"] for s in json.loads(
+            (camp / "outputs" / "trainer-f0" / "v2" / "run.json").read_text())["sessions"]),
+        abs=18), "the table counts the sessions' own timings"
+    local = tmp_path / "local.csv"
+    subprocess.run([sys.executable, "-m", "imet", "predict", "--data", str(mini_data),
+                    "--runs", str(camp / "emulator" / "imet-trainer-f0" / "output"),
+                    str(camp / "emulator" / "imet-trainer-f1" / "output"),
+                    "--thresholds", str(camp / "outputs" / "validation" / "v1" / "thresholds.json"),
+                    "--out", str(local), *E2E_PREDICT], check=True, capture_output=True)
+    assert f2_of(mini_data, camp / "submission.csv") == f2_of(mini_data, local)
+    assert (camp / "submission.csv").read_text() == local.read_text()
