@@ -54,8 +54,9 @@ def configure(sub) -> None:
                       "dataset: without it the sessions run without it, which members that "
                       "train from random init (an arch without ImageNet weights, "
                       "--no-pretrained) need not; a member that needs weights then looks for "
-                      "them as `imet train` does, and its doctor stops the session in one "
-                      "line when none is found")
+                      "them as `imet train` does (input roots, caches, the network of a kernel "
+                      "with internet on), and its doctor stops the session in one line when "
+                      "they cannot be had")
     home.add_argument("--session-limit", type=_seconds, default=None, metavar="DURATION",
                       help="with --emulate: kill each session after this long (seconds or "
                       "12h/30m/90s; default the plan's session_hours)")
