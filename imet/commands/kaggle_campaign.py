@@ -43,8 +43,9 @@ def configure(sub) -> None:
         "without a recorded end counts as failed (see `retries`). Sessions log to "
         "DIR/emulator/<slug>/v<N>/log.txt; the console shows the campaign's events.")
     home.add_argument("--emulate", action="store_true",
-                      help="run the kernels in the local emulator (needs root on Linux, as "
-                      "`imet kaggle run` does)")
+                      help="run the kernels in the local emulator (as `imet kaggle run`: "
+                      "root on Linux for the read-only inputs and the kernels with internet "
+                      "off)")
     home.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=PATH",
                       help="with --emulate: PATH stands for the source named NAME, the slug of "
                       "a dataset_sources or competition_sources entry of the kernels (e.g. "
