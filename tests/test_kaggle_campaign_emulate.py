@@ -140,6 +140,10 @@ def test_members_run_in_parallel_within_the_limit_and_chain_their_outputs(fake, 
     assert "session 1 handed over" in proc.stdout and "emulator:" not in proc.stdout, \
         "the console shows the campaign's events; the sessions' lines are in their logs"
     assert (out / "imet-trainer-f0" / "v1" / "log.txt").read_text().startswith("emulator: ")
+    on_kaggle = [a for a in command(plan) if a != "--emulate"][:command(plan).index("--emulate")]
+    refused = subprocess.run(on_kaggle, capture_output=True, text=True, env=env, timeout=60)
+    (line,) = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and "in the emulator (--emulate) is under way here" in line
 
 
 def test_a_session_past_the_limit_is_killed_retried_then_dropped(fake, tmp_path):

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = render_accelerators(plan.settings, args.accelerator, list(templates_in(args.kernels)))
     backend = _emulator(args, plan, chosen) if args.emulate else None
     args.out.mkdir(parents=True, exist_ok=True)
-    state = load_state(args.out, plan)
+    state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")
     send, close = telegram()
     poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
     try:
@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,
                         notify=send).run()
     except (OSError, ValueError) as err:
-        if args.emulate:
-            raise
+        if args.emulate:  # the machine's trouble (disk, permissions): one line, not a traceback
+            raise UserError(f"imet kaggle campaign --emulate: {type(err).__name__}: "
+                            f"{err}".splitlines()[0]) from None
         raise remote.client_errors(err) from None
     finally:
         close()
