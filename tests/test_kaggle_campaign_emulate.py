@@ -187,6 +187,27 @@ def test_a_killed_campaign_runs_no_session_twice(fake, tmp_path, kill_when):
     assert (tmp_path / "camp" / "submission.csv").is_file()
 
 
+def test_a_session_whose_runner_died_counts_as_failed_and_is_pushed_again(fake, tmp_path):
+    command, env, runs = fake
+    plan = write_plan(tmp_path / "plan.toml", [("f0", 0)], ["retries = 1"])
+    env["FAKE_SLEEP"] = json.dumps({"imet-trainer-f0": 3.0})
+    proc = subprocess.Popen(command(plan), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    camp = tmp_path / "camp"
+    deadline = time.monotonic() + 120
+    while not (runs.exists() and "imet-trainer-f0 v1 start" in runs.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "it never got there"
+        time.sleep(0.05)
+    (first,) = records(camp, "imet-trainer-f0")
+    os.kill(first["runner_pid"], signal.SIGKILL)  # the session's kernel lives on, its end unseen
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    first, second, third = records(camp, "imet-trainer-f0")
+    assert "status" not in first and second["status"] == third["status"] == "COMPLETE"
+    assert "ended without recording an end" in output and "pushing it again" in output
+    assert table(camp)["f0"]["state"] == "finished"
+
+
 def test_a_source_no_input_gives_is_refused_before_anything_runs(tmp_path):
     plan = write_plan(tmp_path / "plan.toml", [("f0", 0)])
     out = tmp_path / "camp"
