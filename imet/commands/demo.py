@@ -58,7 +58,7 @@ def plan_text(session_limit: str, max_sessions: int) -> str:
     """The demo's campaign plan (README, "A campaign"): what a user would write."""
     from imet.engine.config import parse_duration
     hours = parse_duration(session_limit, "--session-limit") / 3600
-    lines = ["# The demo's campaign: `python -m imet kaggle campaign --help`, README \"A campaign\".",
+    lines = ["# The demo's campaign: see `python -m imet kaggle campaign --help`, README.",
              'owner = "demo"',
              '# The kernels ask Kaggle for GPU T4 x2; at home they run on the CPU (their doctor',
              "# stops a session that asked for a GPU and got none).",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def configure(sub) -> None:
+    from imet.commands.kaggle import duration, input_source
     campaign = sub.add_parser(
         "campaign", help="train a plan's members on Kaggle in parallel, then validate and "
         "predict over all of them",
@@ -46,7 +47,8 @@ def configure(sub) -> None:
                       help="run the kernels in the local emulator (as `imet kaggle run`: "
                       "root on Linux for the read-only inputs and the kernels with internet "
                       "off)")
-    home.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=PATH",
+    home.add_argument("--input", type=input_source, action="append", default=[],
+                      metavar="NAME=PATH",
                       help="with --emulate: PATH stands for the source named NAME, the slug of "
                       "a dataset_sources or competition_sources entry of the kernels (e.g. "
                       "imet-2019-fgvc6=DATA, imet-src=DATASET, imet-weights=WEIGHTS); "
@@ -58,25 +60,10 @@ def configure(sub) -> None:
                       "them as `imet train` does (input roots, caches, the network of a kernel "
                       "with internet on), and its doctor stops the session in one line when "
                       "they cannot be had")
-    home.add_argument("--session-limit", type=_seconds, default=None, metavar="DURATION",
+    home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
+                      metavar="DURATION",
                       help="with --emulate: kill each session after this long (seconds or "
                       "12h/30m/90s; default the plan's session_hours)")
-
-
-def _input(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--input {text!r}: expected NAME=PATH")
-    return name, Path(path)
-
-
-def _seconds(text: str) -> float:
-    from imet.engine.config import parse_duration
-    from imet.errors import UserError
-    try:
-        return parse_duration(text, "--session-limit")
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class _Refusing(argparse.ArgumentParser):
