@@ -1,11 +1,14 @@
 """`python -m imet demo`: the whole Kaggle flow at home, on mini-iMet, in the local emulator.
 
-Each step is the command a user would type; it is printed, then run. The trainer's sessions are
-short (a 120 s limit, at most 500 steps each), so the run hands over and resumes in later
-sessions, exactly as it would across 12-hour Kaggle sessions."""
+Each step is the command a user would type; it is printed, then run. The Kaggle part is one
+campaign (`imet kaggle campaign --emulate`) of two members, folds 0 and 1, trained in parallel:
+each trainer session is short (a 180 s limit, at most 300 steps), so each member hands over and
+resumes in later sessions, exactly as it would across 12-hour Kaggle sessions; then one
+validation over both members' outputs and one inference that averages them."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -17,31 +20,32 @@ from pathlib import Path
 from imet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-# Small enough for 2 CPU cores in minutes (40 epochs without early stopping, 1,200 steps), with
-# the defaults of an arch without ImageNet weights (engine/config.py RANDOM_INIT_DEFAULTS). The
-# trainer hands over after 500 steps of a session (--session-steps, as a spent budget would), so
-# it resumes in later sessions on any machine, not by the luck of its speed. Each session first
-# pays what a Kaggle session pays: the bootstrap's install into a fresh environment (~20 s),
-# the doctor and the cache build; ~50 s of training fit in one 120 s session.
+# Small enough for 2 CPU cores in minutes (40 epochs without early stopping, ~750 steps a
+# member on its fold's 600 images), with the defaults of an arch without ImageNet weights
+# (engine/config.py RANDOM_INIT_DEFAULTS). The trainer hands over after 300 steps of a session
+# (--session-steps, as a spent budget would), so each member resumes in later sessions on any
+# machine, not by the luck of its speed. Each session first pays what a Kaggle session pays:
+# the bootstrap's install into a fresh environment (~20 s), the doctor and the cache build.
 TRAIN_ARGS = ("--arch tiny_cnn --image-size 64 --batch-size 32 --epochs 40 --patience 0 "
-              "--num-workers 0 --progress-every-s 15 --session-steps 500")
+              "--num-workers 0 --progress-every-s 15 --session-steps 300")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
+MEMBERS = (("f0", 0), ("f1", 1))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0]
     parser.add_argument("--out", type=Path, default=Path("demo"),
                         help="folder for everything the demo writes (default demo/; replaced)")
-    parser.add_argument("--session-limit", default="120s", metavar="DURATION",
-                        help="the emulated Kaggle session limit of the trainer (default 120s)")
+    parser.add_argument("--session-limit", default="180s", metavar="DURATION",
+                        help="the emulated Kaggle session limit, the plan's session_hours "
+                        "(default 180s)")
     parser.add_argument("--max-sessions", type=int, default=20, metavar="N",
-                        help="most trainer sessions to chain (default 20)")
+                        help="most sessions of each member, the plan's max_sessions (default 20)")
 
 
-def _step(title: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
-    print(f"\n== {title}\n$ {shown + ' ' if shown else ''}{shlex.join(argv)}", flush=True)
-    code = subprocess.run(argv, env={**os.environ, **(env or {})}, cwd=REPO).returncode
+def _step(title: str, argv: list[str]) -> None:
+    print(f"\n== {title}\n$ {shlex.join(argv)}", flush=True)
+    code = subprocess.run(argv, env=os.environ, cwd=REPO).returncode
     if code:
         raise UserError(f"demo step '{title}' failed with exit code {code} (see above)")
 
@@ -50,9 +54,23 @@ def _imet(*args: object) -> list[str]:
     return [sys.executable, "-m", "imet", *map(str, args)]
 
 
-def _last_output(folder: Path) -> Path:
-    versions = sorted(folder.glob("v*"), key=lambda p: int(p.name[1:]))
-    return versions[-1] / "kaggle" / "working"
+def plan_text(session_limit: str, max_sessions: int) -> str:
+    """The demo's campaign plan (README, "A campaign"): what a user would write."""
+    from imet.engine.config import parse_duration
+    hours = parse_duration(session_limit, "--session-limit") / 3600
+    lines = ["# The demo's campaign: see `python -m imet kaggle campaign --help`, README.",
+             'owner = "demo"',
+             '# The kernels ask Kaggle for GPU T4 x2; at home they run on the CPU (their doctor',
+             "# stops a session that asked for a GPU and got none).",
+             'accelerator = "none"',
+             "n_folds = 2", "parallel = 2", f"max_sessions = {max_sessions}", "retries = 1",
+             f"session_hours = {hours:.6g}", "gpu_hours = 2",
+             f"train_args = {json.dumps(TRAIN_ARGS.split())}",
+             f"validate_args = {json.dumps(EVAL_ARGS.split())}",
+             f"predict_args = {json.dumps(EVAL_ARGS.split() + ['--ensemble', 'mean'])}"]
+    for name, fold in MEMBERS:
+        lines += ["", "[[member]]", f'name = "{name}"', f"fold = {fold}"]
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,41 +78,35 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
-    data, dataset, kaggle = out / "data", out / "dataset", out / "kaggle"
+    data, dataset, camp = out / "data", out / "dataset", out / "campaign"
     _step("1. mini-iMet, the embedded data set", _imet("mini-imet", "--out", data))
     _step("2. check every file up front", _imet("check-data", "--data", data))
     _step("3. the source dataset: imet + pinned wheels for this interpreter",
           [sys.executable, "packaging/build_dataset.py", "--out", str(dataset), "--owner", "demo",
            "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"])
-    # On CPU on purpose: the kernels ask Kaggle for GPU T4 x2, and their doctor stops a session
-    # that asked for a GPU and got none.
-    inputs = ["--input", f"imet-2019-fgvc6={data}", "--input", f"imet-src={dataset}",
-              "--accelerator", "none"]
-    _step("4. trainer kernel, chained across short sessions",
-          _imet("kaggle", "run", "kernels/trainer", *inputs, "--time-limit", args.session_limit,
-                "--chain", args.max_sessions, "--out", kaggle / "trainer"),
-          {"IMET_KERNEL_ARGS": TRAIN_ARGS})
-    trained = _last_output(kaggle / "trainer")
-    sessions = len(list((kaggle / "trainer").glob("v*")))
-    _step("5. validation kernel: OOF predictions, TTA, thresholds",
-          _imet("kaggle", "run", "kernels/validation", *inputs, "--input",
-                f"imet-trainer={trained}", "--time-limit", "30m", "--out", kaggle / "validation"),
-          {"IMET_KERNEL_ARGS": EVAL_ARGS})
-    validated = _last_output(kaggle / "validation")
-    _step("6. inference kernel, internet off",
-          _imet("kaggle", "run", "kernels/inference", *inputs, "--input",
-                f"imet-trainer={trained}", "--input", f"imet-validation={validated}",
-                "--time-limit", "30m", "--out", kaggle / "inference"),
-          {"IMET_KERNEL_ARGS": EVAL_ARGS + " --ensemble mean"})
-    predicted = _last_output(kaggle / "inference")
-    _step("7. F2 of submission.csv against the true test labels",
-          _imet("score", "--truth", data / "test_labels.csv", "--pred",
-                predicted / "submission.csv", "--labels", data / "labels.csv"))
-    _step("8. the run registry carried through every kernel",
-          _imet("runs", predicted, "--plot", out / "runs.png"))
-    print(f"\ndemo done in {time.monotonic() - started:.0f}s; the trainer used {sessions} "
-          f"session(s).\n  submission: {predicted / 'submission.csv'}\n"
-          f"  training plots and metrics: {trained / 'plots'}, {trained / 'metrics.csv'}\n"
-          f"  validation report: {validated}\n  kernel logs: {kaggle}/*/v*/log.txt\n"
-          f"  runs compared: {out / 'runs.png'}")
+    plan = out / "campaign.toml"
+    plan.write_text(plan_text(args.session_limit, args.max_sessions), encoding="utf-8")
+    print(f"\n== 4. the campaign's plan: two members, folds 0 and 1 ({plan})\n"
+          f"{plan.read_text(encoding='utf-8')}", end="", flush=True)
+    _step("5. the campaign in the emulator: both trainers in parallel, each over several "
+          "sessions, then validation and inference over both",
+          _imet("kaggle", "campaign", plan, "--out", camp, "--emulate",
+                "--input", f"imet-2019-fgvc6={data}", "--input", f"imet-src={dataset}"))
+    emulated = camp / "emulator"
+    _step("6. F2 of submission.csv against the true test labels",
+          _imet("score", "--truth", data / "test_labels.csv", "--pred", camp / "submission.csv",
+                "--labels", data / "labels.csv"))
+    _step("7. the run registry carried through every kernel",
+          _imet("runs", emulated / "imet-inference" / "output", "--plot", out / "runs.png"))
+    from imet.commands.score import score_files
+    f2 = score_files(data / "test_labels.csv", camp / "submission.csv").f2
+    jobs = json.loads((camp / "campaign.json").read_text(encoding="utf-8"))["jobs"]
+    sessions = ", ".join(f"{name} {len(jobs[name]['sessions'])}" for name, _ in MEMBERS)
+    print(f"\ndemo done in {time.monotonic() - started:.0f}s; sessions per member: {sessions}; "
+          f"submission F2 {f2:.4f}.\n  submission: {camp / 'submission.csv'}\n"
+          f"  campaign table: {camp / 'status.md'}\n"
+          f"  training plots and metrics: {emulated}/imet-trainer-f*/output/plots, "
+          "…/metrics.csv\n"
+          f"  validation report: {emulated / 'imet-validation' / 'output'}\n"
+          f"  session logs: {emulated}/*/v*/log.txt\n  runs compared: {out / 'runs.png'}")
     return 0

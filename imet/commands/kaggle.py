@@ -11,18 +11,22 @@ from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
 from imet.errors import UserError
 
 
-def _input(text: str) -> tuple[str, Path]:
+def input_source(text: str) -> tuple[str, Path]:
+    """An `--input SLUG=PATH` value (kaggle run, kaggle campaign --emulate)."""
     slug, sep, path = text.partition("=")
     if not sep or not slug or not path:
         raise argparse.ArgumentTypeError(f"--input {text!r}: expected SLUG=PATH")
     return slug, Path(path)
 
 
-def _seconds(text: str) -> float:
-    try:
-        return parse_duration(text, "--time-limit")
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def duration(flag: str):
+    """The argparse type of a duration flag: seconds or 12h/30m/90s."""
+    def seconds(text: str) -> float:
+        try:
+            return parse_duration(text, flag)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return seconds
 
 
 def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
@@ -52,9 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          "metadata turns internet off, killed at the time limit. Each session's "
                          "working/ is kept as OUT/v<N>/kaggle/working.")
     run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
-    run.add_argument("--input", type=_input, action="append", default=[], metavar="SLUG=PATH",
+    run.add_argument("--input", type=input_source, action="append", default=[],
+                     metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
-    run.add_argument("--time-limit", type=_seconds, default=DEFAULT_TIME_BUDGET,
+    run.add_argument("--time-limit", type=duration("--time-limit"),
+                     default=DEFAULT_TIME_BUDGET,
                      metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
                      "%(default)s, today's Kaggle sessions)")
     run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")

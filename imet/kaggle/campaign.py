@@ -1,8 +1,9 @@
-"""The campaign driver: every member's trainer kernel on real Kaggle, through the kaggle client
-(imet/kaggle/remote.py), up to `parallel` sessions at once, pushed again on every handover;
-then one validation kernel over every trainer output and one inference kernel, whose
-submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json first
-(campaign_state), so a killed campaign, run again, pushes nothing twice."""
+"""The campaign driver: every member's trainer kernel, up to `parallel` sessions at once, pushed
+again on every handover; then one validation kernel over every trainer output and one inference
+kernel, whose submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json
+first (campaign_state), so a killed campaign, run again, pushes nothing twice. Where the kernels
+run is the backend's business (campaign_kaggle.py: real Kaggle through the kaggle client;
+campaign_emulator.py: local emulator sessions); the driver is the same for both."""
 from __future__ import annotations
 
 import time
@@ -12,7 +13,6 @@ from typing import Callable
 from imet.engine.handover import NAME as HANDOVER
 from imet.fileio import atomic_copy
 from imet.kaggle import remote
-from imet.kaggle.campaign_handover import HandoverDatasets
 from imet.kaggle.campaign_state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED, PUSHING,
                                         RUNNING, STOPPED, WAITING, attached_members, completed,
                                         gpu_used_s, save_state, trainers)
@@ -28,12 +28,12 @@ SUBMISSION = "submission.csv"
 
 class Campaign:
     def __init__(self, plan, out: Path, kernels: Path, state: dict, accelerators: dict,
-                 api, poll_s: float, log: Callable[[str], None] = print,
+                 backend, poll_s: float, log: Callable[[str], None] = print,
                  notify: Callable[[str], None] = lambda text: None):
         self.plan, self.out, self.kernels, self.state = plan, Path(out), Path(kernels), state
-        self.accelerators, self.api, self.poll_s = accelerators, api, poll_s
+        self.accelerators, self.backend, self.poll_s = accelerators, backend, poll_s
         self.log, self.notify = log, notify
-        self.handover = HandoverDatasets(self.out, plan.owner, api, poll_s, self._save)
+        self.handover = backend.handover_datasets(self.out, plan.owner, self._save)
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -88,19 +88,20 @@ class Campaign:
         if job.get("via_dataset") and completed(job):
             self.handover.version(name, job)
         folder = self._folder(name, job)
-        job["push"] = {"before": remote.current_version(self.api, job["ref"])}
+        job["push"] = {"before": self.backend.current_version(job["ref"])}
         job["state"] = PUSHING
         self._save()
         try:
-            pushed = remote.push(self.api, folder)
+            pushed = self.backend.push(folder)
         except remote.PushRefused as err:
-            if job["kind"] != "trainer" or not completed(job) or job.get("via_dataset"):
+            if (job["kind"] != "trainer" or not completed(job) or job.get("via_dataset")
+                    or self.handover is None):
                 raise
             job.update(state=WAITING, push=None, via_dataset=self.handover.ref(name))
             self._event(name, job, f"Kaggle refused its own output as a source ({err}); "
                                    f"handing over through the dataset {job['via_dataset']}")
             return self._push(name, job)
-        self._pushed(name, job, int(pushed.version_number or job["push"]["before"] + 1))
+        self._pushed(name, job, int(pushed or job["push"]["before"] + 1))
 
     def _pushed(self, name: str, job: dict, version: int) -> None:
         job["sessions"].append({"version": version, "pushed_at": time.time(), "status": None})
@@ -112,7 +113,7 @@ class Campaign:
         """A push asked for before a restart: done when Kaggle has a newer version than the
         count saved before it; else it is asked for again."""
         name = self._name(job)
-        now = remote.current_version(self.api, job["ref"])
+        now = self.backend.current_version(job["ref"])
         if now > job["push"]["before"]:
             self._pushed(name, job, now)
         else:
@@ -145,7 +146,7 @@ class Campaign:
     # ---- a session's end -----------------------------------------------------------------
     def _poll(self, job: dict) -> bool:
         before = dict(job["watch"])
-        ended = remote.poll_session(self.api, job["ref"], job["watch"])
+        ended = self.backend.poll(job["ref"], job["watch"])
         if ended is None:
             if job["watch"].get("seen_running") != before.get("seen_running"):
                 self._save()
@@ -156,7 +157,7 @@ class Campaign:
     def _ended(self, name: str, job: dict, status: str, failure: str) -> None:
         session = job["sessions"][-1]
         dest = self.out / "outputs" / job["folder"] / f"v{session['version']}"
-        remote.fetch_outputs(self.api, job["ref"], dest, OUTPUTS[job["kind"]])
+        self.backend.fetch_outputs(job["ref"], dest, OUTPUTS[job["kind"]])
         if status == "COMPLETE" and job["kind"] == INFERENCE and not (dest / SUBMISSION).is_file():
             status, failure = "ERROR", f"its output has no {SUBMISSION}"
         session.update(status=status, ended_at=time.time())

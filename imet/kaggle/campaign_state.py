@@ -1,7 +1,8 @@
 """A campaign's own state: DIR/campaign.json, rewritten atomically after every action, so a
 campaign killed at any moment continues from it without pushing anything twice.
 
-One job per kernel: each member's trainer, then the validation and the inference.
+One job per kernel: each member's trainer, then the validation and the inference. `where` says
+whose versions the jobs count: "kaggle", or "emulator" (--emulate, DIR/emulator).
 
     state    waiting (to push) | pushing (asked, answer not seen) | running | finished |
              stopped (still handing over after max_sessions) | dropped (failed too often) |
@@ -33,21 +34,22 @@ def _job(kind: str, ref: str, folder: str) -> dict:
             "counted": 0}
 
 
-def new_state(plan) -> dict:
+def new_state(plan, where: str = "kaggle") -> dict:
     jobs = {m.name: _job("trainer", f"{plan.owner}/{trainer_slug(m.name)}",
                          trainer_folder(m.name)) for m in plan.members}
     for kind in FINALS:
         jobs[kind] = _job(kind, f"{plan.owner}/imet-{kind}", kind)
     return {"format": "imet-campaign", "version": 1, "plan": str(plan.path),
-            "members": [m.name for m in plan.members], "jobs": jobs, "done": False,
+            "members": [m.name for m in plan.members], "where": where, "jobs": jobs,
+            "done": False,
             "exit_code": None, "submission": None}
 
 
-def load_state(out: Path, plan) -> dict:
-    """The saved state of this plan's campaign in `out`, or a new one."""
+def load_state(out: Path, plan, where: str = "kaggle") -> dict:
+    """The saved state of this plan's campaign in `out` run `where`, or a new one."""
     path = Path(out) / STATE_FILE
     if not path.is_file():
-        return new_state(plan)
+        return new_state(plan, where)
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
@@ -57,6 +59,11 @@ def load_state(out: Path, plan) -> dict:
     if state.get("members") != members:
         raise UserError(f"{path}: a campaign of members {', '.join(state.get('members') or [])} "
                         f"is under way here, not of {', '.join(members)}; use another --out")
+    found = state.get("where", "kaggle")
+    if found != where:
+        names = {"kaggle": "on Kaggle", "emulator": "in the emulator (--emulate)"}
+        raise UserError(f"{path}: a campaign {names.get(found, found)} is under way here, not "
+                        f"{names[where]}; use another --out")
     return state
 
 

@@ -94,11 +94,13 @@ def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
 
 def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: int,
                 time_limit: float, env: dict[str, str] | None = None,
-                python: str = sys.executable, accelerator: str | None = None) -> SessionResult:
+                python: str = sys.executable, accelerator: str | None = None,
+                echo: bool = True) -> SessionResult:
     """`accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
     --accelerator` does; the session gets what this machine has, whatever it asked for.
     `python` stands in for Kaggle's image: the session's environment shows its platform
-    packages only."""
+    packages only. `echo`: copy the session's lines to this process's stdout as well as to its
+    log (a campaign's parallel sessions keep to their logs)."""
     meta = read_metadata(kernel_dir)
     asked = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
     code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
@@ -132,15 +134,18 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
               f"with the image's packages of {python}\n").encode()
     with open(log_path, "wb") as log:
         log.write(header)
-        sys.stdout.buffer.write(header)
+        if echo:
+            sys.stdout.buffer.write(header)
         proc = subprocess.Popen(prefix + [str(kernel_python), str(script)], cwd=root / "working",
                                 env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = start + time_limit
         for line in _lines_until(proc, deadline):
             log.write(line)
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
+            log.flush()  # a session's log can be followed while it runs
+            if echo:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
