@@ -26,9 +26,9 @@ def loss_kwargs(config: TrainConfig) -> dict:
 
 def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
     """torch.use_deterministic_algorithms without its import of torch._inductor (and with it
-    dynamo: ~1.1 CPU-s, a sixth of a small CPU run), only to set inductor's own flag. imet
-    compiles nothing; when something in this process already loaded inductor, its flag is
-    set too, as torch does."""
+    dynamo: ~1.1 CPU-s, a sixth of a small CPU run), only to set inductor's own flag, which
+    steers compiled code alone. imet compiles nothing; when something in this process already
+    loaded inductor, its flag is set too, as torch does."""
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:  # a torch without the private setter: the public call, import and all
         torch.use_deterministic_algorithms(mode, warn_only=warn_only)
