@@ -18,7 +18,10 @@ seconds (this process and its reaped children, one torch thread):
 
 Both are scored with the same F2 (`imet score`) against test_labels.csv. The table gives the
 mean and the spread (half the max - min range) over the seeds, and the ratios; the last lines
-are the F2 margin (imet - plain) and the CPU ratio (imet / plain) per model.
+are imet's CPU seconds per command and the F2 margin (imet - plain) and the CPU ratio
+(imet / plain) per model. The libraries both sides use (torch's optimizer pulls in dynamo on
+its first construction, ~1.5 CPU-s) are imported on the first seed's imet side, which runs
+first: the first seed's imet figure carries them, the plain loop's never does.
 
     python benchmarks/bench_quality.py --arch tiny_cnn resnet18 --seeds 0 1 2
 """
@@ -62,7 +65,9 @@ def make_data(root: Path, seed: int, args) -> Path:
     return data
 
 
-def imet_flow(data: Path, out: Path, arch: str, seed: int, args, extra: list[str]) -> Path:
+def imet_flow(data: Path, out: Path, arch: str, seed: int, args, extra: list[str],
+              by_command: dict[str, float]) -> Path:
+    """The flow's submission; each command's CPU seconds added to `by_command`."""
     validate_extra = shlex.split(args.validate_args)
     run = out / "run"
     train = ["train", "--data", str(data), "--fold", "0", "--arch", arch, "--no-pretrained",
@@ -73,8 +78,10 @@ def imet_flow(data: Path, out: Path, arch: str, seed: int, args, extra: list[str
                   *validate_extra],
                  ["predict", "--data", str(data), "--runs", str(run), "--num-workers", "0",
                   "--out", str(out / "submission.csv")]):
+        start = cpu_seconds()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             code = imet(argv)
+        by_command[argv[0]] = cpu_seconds() - start
         if code:
             raise SystemExit(f"imet {shlex.join(argv)} exited {code}")
     return out / "submission.csv"
@@ -181,16 +188,21 @@ def main() -> None:
                 for side in sides:
                     out = Path(tmp) / f"{side}-{arch}-{seed}"
                     out.mkdir()
+                    by_command: dict[str, float] = {}
                     start, wall = cpu_seconds(), time.perf_counter()
                     if side == "imet":
-                        sub = imet_flow(data, out, arch, seed, args, shlex.split(args.imet_args))
+                        sub = imet_flow(data, out, arch, seed, args, shlex.split(args.imet_args),
+                                        by_command)
                     else:
                         sub = plain_loop(data, out, arch, seed, args)
                     cpu = cpu_seconds() - start
+                    start = cpu_seconds()
                     score = score_files(data / "test_labels.csv", sub, data / "labels.csv")
+                    by_command["score"] = cpu_seconds() - start  # not in cpu_s: both sides score
                     row = {"arch": arch, "seed": seed, "side": side, "f2": score.f2, "cpu_s": cpu,
                            "wall_s": time.perf_counter() - wall,
-                           "labels_per_image": score.mean_predicted, "true": score.mean_true}
+                           "labels_per_image": score.mean_predicted, "true": score.mean_true,
+                           "cpu_s_by_command": by_command}
                     results.append(row)
                     print(json.dumps(row), flush=True)
     if args.json:
@@ -207,6 +219,12 @@ def main() -> None:
             print(f"{arch:10s} {side:6s} {spread([r['f2'] for r in rows]):>16s} "
                   f"{spread([r['cpu_s'] for r in rows]):>14s} "
                   f"{spread([r['labels_per_image'] for r in rows]):>12s}")
+    for arch in args.arch:
+        rows = [r for r in results if r["arch"] == arch and r["side"] == "imet"]
+        if rows:
+            print(f"{arch} imet CPU s by command (mean; the first seed pays the imports): " +
+                  ", ".join(f"{c} {np.mean([r['cpu_s_by_command'][c] for r in rows]):.2f}"
+                            for c in rows[0]["cpu_s_by_command"]))
     if len(sides) == 2:
         for arch in args.arch:
             by = {s: [r for r in results if r["arch"] == arch and r["side"] == s] for s in sides}

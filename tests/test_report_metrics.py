@@ -125,3 +125,26 @@ def test_history_marks_stage_switches_and_session_handovers():
     assert verticals == {"stage switch": 4, "session handover": 7}
     assert {t.get_text() for t in figure.axes[0].get_legend().get_texts()} >= {
         "train loss", "stage switch", "session handover"}
+
+
+def test_panel_plots_are_the_bands_of_the_history_plot(tmp_path):
+    # One drawing: loss.png, f2.png and lr.png are history.png cut into its three panels.
+    import io
+
+    from PIL import Image
+
+    from imet.report.plots import write_plots
+
+    rows = [{"kind": "progress", "step": s, "loss": 1.0 / s, "lr": 1e-3} for s in range(1, 30)]
+    rows += [{"kind": "evaluation", "step": s, "f2": s / 40, "val_loss": 0.5} for s in (10, 20)]
+    write_plots(tmp_path, rows, title="run")
+    images = {name: Image.open(io.BytesIO((tmp_path / "plots" / f"{name}.png").read_bytes()))
+              for name in ("history", "loss", "f2", "lr")}
+    whole = images.pop("history")
+    assert all(image.width == whole.width for image in images.values())
+    assert sum(image.height for image in images.values()) == whole.height
+    top = 0
+    for image in images.values():  # each band is history.png's pixels, top to bottom
+        band = whole.crop((0, top, whole.width, top + image.height))
+        assert band.convert("RGBA").tobytes() == image.convert("RGBA").tobytes()
+        top += image.height

@@ -206,6 +206,15 @@ def test_worker_processes_do_not_change_the_result(mini_data, tmp_path, referenc
     assert_same_end(final_payload(tmp_path), reference)
 
 
+def test_decoding_once_in_memory_does_not_change_the_result(mini_data, tmp_path, reference):
+    # The reference kept every image decoded (the default --image-memory-mb); a first session
+    # that decodes every time, stopped mid-epoch, and a second that keeps them end the same.
+    result = train(make_config(mini_data, tmp_path, image_memory_mb=0),
+                   EventBus([SignalAt("progress", 6)]))
+    assert (result.status, result.step) == ("handover", 6)
+    assert_same_end(resume_to_end(mini_data, tmp_path), reference)
+
+
 def test_random_init_defaults_resume_exactly(mini_data, tmp_path):
     # What --no-pretrained gives when nothing else is said: no head-only stage, one LR for
     # every group, the resize preset. Stopped mid-epoch, resumed, it ends as the run never stopped.

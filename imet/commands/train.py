@@ -122,6 +122,9 @@ HELP = {
               "or off (no messages, no polling)",
     "run_name": "name in reports and notifications (default: ARCH-foldN)",
     "progress_every_s": "seconds between progress lines when the output is not a terminal",
+    "image_memory_mb": "decode once: MB of decoded training and validation pixels each "
+                       "training process keeps in memory after their first read, split between "
+                       "its loader workers (results do not depend on it; 0: decode every epoch)",
     "keep": "checkpoint generations kept in OUT/checkpoints (1 halves the disk they take; 2 "
             "keeps the previous one to fall back to if the newest is damaged)",
 }

@@ -35,15 +35,25 @@ class ImetDataset(Dataset):
     normalized per batch on the GPU with `imet.data.transforms.normalize_batch`. `cache` (an
     `imet.data.cache.ImageCache`) reads each image's pre-resized copy instead of decoding the
     source, where it holds a fresh one. A source image whose shorter side is below `min_side`
-    is a DataError naming it (training passes `imet.data.images.MIN_SIDE`)."""
+    is a DataError naming it (training passes `imet.data.images.MIN_SIDE`).
+
+    `memo` (an `imet.data.memo.PixelMemo`) keeps the pixels read, so that later epochs do not
+    decode them again: the source pixels, or with `memo_transformed` the pixels after the
+    per-image step, which is then the caller's promise that the step is deterministic (an
+    eval transform); it draws nothing then, so it cannot go with a `batch_augment`."""
 
     def __init__(self, image_paths, targets: np.ndarray | None, transform=None, seed: int = 0,
                  *, num_classes: int | None = None,
                  normalize: Normalization | None = Normalization(), cache=None,
-                 batch_augment=None, min_side: int = 0):
+                 batch_augment=None, min_side: int = 0, memo=None,
+                 memo_transformed: bool = False):
         if batch_augment is not None and normalize is not None:
             raise ValueError("a batch_augment works on 0..255 pixels: use normalize=None and "
                              "normalize after augment_batch")
+        if memo_transformed and batch_augment is not None:
+            raise ValueError("memo_transformed skips the per-image step's draws, which a "
+                             "batch_augment's parameters follow: keep the source pixels")
+        self.memo, self.memo_transformed = memo, bool(memo_transformed)
         self.batch_augment = batch_augment
         self.min_side = int(min_side)
         self.image_paths = [Path(p) for p in image_paths]
@@ -74,8 +84,17 @@ class ImetDataset(Dataset):
     def load(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """The uint8 HWC image of sample `index` after the per-image step, which draws from
         `rng` (the sample's generator: `sample_rng`)."""
-        image = (self.cached.load(index) if self.cached is not None
-                 else load_rgb(self.image_paths[index], self.min_side))
+        if self.memo is None:
+            return self._transformed(self._source(index), rng)
+        if self.memo_transformed:
+            return self.memo.get(index, lambda: self._transformed(self._source(index), rng))
+        return self._transformed(self.memo.get(index, lambda: self._source(index)), rng)
+
+    def _source(self, index: int) -> np.ndarray:
+        return (self.cached.load(index) if self.cached is not None
+                else load_rgb(self.image_paths[index], self.min_side))
+
+    def _transformed(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return image if self.transform is None else self.transform(image, rng)
 
     def target(self, index: int) -> torch.Tensor:

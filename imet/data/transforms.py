@@ -254,6 +254,8 @@ def to_tensor(image: np.ndarray, norm: Normalization | None = Normalization()) -
     if norm is None:
         # numpy's transposing copy is ~4x faster than torch's permute().contiguous() on uint8.
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if not image.flags.writeable:  # a memo's kept pixels: torch warns about sharing them
+        image = image.copy()
     chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     scale, shift = norm._scale_shift("cpu", torch.float32)
     return chw.to(torch.float32).mul_(scale).add_(shift)

@@ -149,6 +149,10 @@ class TrainConfig:
     notify: str = "auto"
     run_name: str = ""
     progress_every_s: float = 60.0
+    # --- decode once (issue 22): how many MB of decoded pixels a training process keeps in
+    # memory (imet.data.memo), split between its loader workers; the batches are the same with
+    # any value, so not in the fingerprint ---
+    image_memory_mb: int = 1024
     # --- disk (not part of the fingerprint: how many generations stay on disk changes no bit
     # of the result) ---
     keep: int = 2
@@ -159,7 +163,7 @@ class TrainConfig:
                           "notify", "run_name", "progress_every_s", "eval_batch_size",
                           # how many processes share a batch is a session choice, like --device
                           "sync_bn", "amp_dtype",
-                          "keep")
+                          "keep", "image_memory_mb")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -207,7 +211,7 @@ class TrainConfig:
                                 f"got {getattr(self, name)}")
         self.num_workers = _workers_setting(self.num_workers, source)
         non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
-                        "session_steps",
+                        "session_steps", "image_memory_mb",
                         "grad_clip", "mixup_alpha", "dropout", "weight_decay", "fold",
                         "eval_batch_size")
         for name in non_negative:

@@ -25,6 +25,7 @@ from imet.engine.teacher import with_teacher
 from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE
 from imet.data.labels import LabelSpace, read_labels, read_train
+from imet.data.memo import PixelMemo
 from imet.data.layout import CompetitionLayout
 from imet.data.transforms import (build_batch_augment, build_eval_transform,
                                   build_train_transform)
@@ -76,15 +77,20 @@ def load_run_data(config: TrainConfig) -> RunData:
     if config.teacher or config.teacher_fingerprint:
         train_targets = with_teacher(config, labels, train_ids, train_targets)
     cache = _image_cache(config, layout)
+    memo_bytes = config.image_memory_mb * 2**20 // max(1, loader_workers(config))
     train_set = ImetDataset(train_paths, train_targets,
                             build_train_transform(config.preset, config.image_size), config.seed,
                             normalize=None, cache=cache, min_side=MIN_SIDE,
                             batch_augment=build_batch_augment(config.preset,
                                                               config.image_size,
-                                                              config.erasing))
+                                                              config.erasing),
+                            memo=PixelMemo(memo_bytes))
+    # The eval transform draws nothing: its output is kept, resizing included (a fold's images
+    # at the training size: a small part of a budget of its own).
     val_set = ImetDataset([paths[i] for i in val_rows], targets[val_rows],
                           build_eval_transform(config.image_size, config.preset), config.seed,
-                          normalize=None, cache=cache, min_side=MIN_SIDE)
+                          normalize=None, cache=cache, min_side=MIN_SIDE,
+                          memo=PixelMemo(memo_bytes), memo_transformed=True)
     return RunData(labels, train_set, val_set, targets[val_rows])
 
 

@@ -6,6 +6,8 @@ on CUDA and is off on CPU whatever the config says. On CPU deterministic algorit
 unless `--deterministic false`: that is what makes an interrupted run end bit-identical."""
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from imet.data.batch_augment import augment_batch
@@ -22,6 +24,21 @@ def loss_kwargs(config: TrainConfig) -> dict:
     return {}
 
 
+def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
+    """torch.use_deterministic_algorithms without its import of torch._inductor (and with it
+    dynamo: ~1.1 CPU-s, a sixth of a small CPU run), only to set inductor's own flag, which
+    steers compiled code alone. imet compiles nothing; when something in this process already
+    loaded inductor, its flag is set too, as torch does."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call, import and all
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        return
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode
+    setter(mode, warn_only=warn_only)
+
+
 class StepRunner:
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config = config
@@ -30,7 +47,7 @@ class StepRunner:
         self.precision = device_precision(device, config.amp, config.amp_dtype)
         self.channels_last = bool(config.channels_last and cuda)
         deterministic = config.deterministic if config.deterministic is not None else not cuda
-        torch.use_deterministic_algorithms(deterministic, warn_only=cuda)
+        use_deterministic_algorithms(deterministic, warn_only=cuda)
         if cuda:
             torch.backends.cudnn.benchmark = not deterministic
         self.loss_fn = build_loss(config.loss, **loss_kwargs(config)).to(device)
