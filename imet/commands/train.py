@@ -81,6 +81,9 @@ HELP = {
     "hard_negatives": "hard-negative mining: each epoch also sees again this fraction of the "
                       "samples, those of largest loss in the epoch before (epoch 0: drawn at "
                       "random); epochs get longer by as much (0: off)",
+    "prior_bias": "start the head's bias at each class's log-odds in the training labels "
+                  "(the focal-loss paper's prior init), instead of predicting ~0.5 for every "
+                  "class",
     "extra": "extra training images in the iMet layout (DIR/train.csv, DIR/train/), e.g. from "
              "`imet pseudo-label`: they train beside the fold's training images, never "
              "validate; an id also in --data's train.csv is refused",

@@ -25,6 +25,7 @@ from imet.engine.ema import build_ema
 from imet.engine.hard_negatives import build_hard_negatives, repeat_count
 from imet.engine.optim import build_optimizer, build_scheduler, set_trainable
 from imet.engine.precision import Precision
+from imet.engine.prior import init_prior_bias
 from imet.errors import CheckpointError, UserError
 from imet.models import build_model
 
@@ -263,6 +264,9 @@ def build_train_state(config: TrainConfig, data, dist, steps, resume) -> TrainSt
                         pretrained=config.pretrained and resume is None,
                         weights=config.weights if resume is None else None,
                         search_roots=tuple(config.input_root), dropout=config.dropout)
+    if resume is None and config.prior_bias:
+        # with --teacher the teacher's probabilities follow the C label columns
+        init_prior_bias(model, data.train_set.targets[:, :data.labels.num_classes])
     model = dist.prepare_model(model)
     model.to(steps.device)
     if steps.channels_last:
