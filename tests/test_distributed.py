@@ -49,11 +49,11 @@ ATOL = 1e-5
 
 # 32 training images / 8 = 4 global steps per epoch; stage 1 is steps 1-4, stage 2 steps 5-12;
 # evaluations at steps 3, 4, 6, 8, 9, 12.
-# The preset and LRs are explicit: the CLI run below would otherwise get --no-pretrained's
-# defaults, and TrainConfig(**BASE) the ImageNet recipe's.
+# The preset, LRs and prior bias are explicit: the CLI run below would otherwise get
+# --no-pretrained's defaults, and TrainConfig(**BASE) the ImageNet recipe's.
 BASE = dict(fold=0, arch="tiny_cnn", pretrained=False, image_size=32, batch_size=8,
             epochs=3, head_epochs=1, preset="seed", lr=4e-4, lr_late_mult=0.3,
-            lr_early_mult=0.1, eval_every=3, dropout=0.0, mixup_alpha=0.0,
+            lr_early_mult=0.1, prior_bias=True, eval_every=3, dropout=0.0, mixup_alpha=0.0,
             schedule="onecycle", num_workers=0, notify="off", save_every_min=1e9,
             patience=0, device="cpu", sync_bn=True)
 

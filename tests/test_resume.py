@@ -217,11 +217,14 @@ def test_decoding_once_in_memory_does_not_change_the_result(mini_data, tmp_path,
 
 def test_random_init_defaults_resume_exactly(mini_data, tmp_path):
     # What --no-pretrained gives when nothing else is said: no head-only stage, one LR for
-    # every group, the resize preset. Stopped mid-epoch, resumed, it ends as the run never stopped.
+    # every group, the resize preset, the head's bias at the classes' log-odds (set on the fresh
+    # run only: the resumed one takes it from the checkpoint). Stopped mid-epoch, resumed, it
+    # ends as the run never stopped.
     values = {k: v for k, v in BASE.items() if k not in ("head_epochs", "preset")}
     values.update(data=str(mini_data), folds=str(mini_data / "folds.csv"))
     config = TrainConfig.from_dict(dict(values, out=str(tmp_path / "whole")))
-    assert (config.head_epochs, config.preset, config.lr_early_mult) == (0, "resize", 1.0)
+    assert (config.head_epochs, config.preset, config.lr_early_mult, config.prior_bias) == \
+        (0, "resize", 1.0, True)
     assert train(config, EventBus()).status == "finished"
     stopped = dict(values, out=str(tmp_path / "stopped"))
     result = train(TrainConfig.from_dict(stopped), EventBus([SignalAt("progress", 5)]))

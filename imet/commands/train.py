@@ -81,6 +81,9 @@ HELP = {
     "hard_negatives": "hard-negative mining: each epoch also sees again this fraction of the "
                       "samples, those of largest loss in the epoch before (epoch 0: drawn at "
                       "random); epochs get longer by as much (0: off)",
+    "prior_bias": "start the head's bias at each class's log-odds in the training labels "
+                  "(the focal-loss paper's prior init), instead of predicting ~0.5 for every "
+                  "class",
     "extra": "extra training images in the iMet layout (DIR/train.csv, DIR/train/), e.g. from "
              "`imet pseudo-label`: they train beside the fold's training images, never "
              "validate; an id also in --data's train.csv is refused",
@@ -122,9 +125,10 @@ HELP = {
               "or off (no messages, no polling)",
     "run_name": "name in reports and notifications (default: ARCH-foldN)",
     "progress_every_s": "seconds between progress lines when the output is not a terminal",
-    "image_memory_mb": "decode once: MB of decoded training and validation pixels each "
-                       "training process keeps in memory after their first read, split between "
-                       "its loader workers (results do not depend on it; 0: decode every epoch)",
+    "image_memory_mb": "decode once: MB of decoded training pixels, and as many again of "
+                       "resized validation pixels, each training process keeps in memory after "
+                       "their first read, split between its loader workers (results do not "
+                       "depend on it; 0: decode every epoch)",
     "keep": "checkpoint generations kept in OUT/checkpoints (1 halves the disk they take; 2 "
             "keeps the previous one to fall back to if the newest is damaged)",
 }

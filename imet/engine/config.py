@@ -37,11 +37,12 @@ AMP_DTYPES = ("auto", "fp16", "bf16")
 
 # What a body from random init (--no-pretrained) trains with unless told otherwise: no head-only
 # epoch (a head on random features learns nothing worth keeping), one LR for every group at a
-# random-init rate, and the whole image resized (the seed preset's square crop drops labelled
-# content). The ImageNet recipe's defaults stay in TrainConfig. Why: README, "Training from
-# random init".
+# random-init rate, the whole image resized (the seed preset's square crop drops labelled
+# content), and the head's bias at the classes' log-odds (the first steps go to features, not to
+# pulling every logit down to its class's frequency). The ImageNet recipe's defaults stay in
+# TrainConfig. Why: README, "Training from random init".
 RANDOM_INIT_DEFAULTS = {"head_epochs": 0, "lr": 3e-3, "lr_late_mult": 1.0, "lr_early_mult": 1.0,
-                        "preset": "resize"}
+                        "preset": "resize", "prior_bias": True}
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
                        r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
@@ -120,6 +121,8 @@ class TrainConfig:
     train_groups: str = ""        # stage 2's trained groups, e.g. "late,head" ("": all)
     erasing: float = 0.0          # random erasing probability, per batch on the device
     hard_negatives: float = 0.0   # fraction of the epoch's samples seen again (top losses)
+    # --- learning quality from random init (issue 22): decides the result, in the fingerprint ---
+    prior_bias: bool = False      # head bias starts at the classes' training log-odds
     # --- extra training images (issue 19): the folder is where, not what (not in the
     # fingerprint); what it holds is told by its fingerprint, filled in from it at the run's
     # start (imet.engine.inputs), so a resume with another extra set is another config ---

@@ -26,6 +26,7 @@ from imet.engine.hard_negatives import build_hard_negatives, repeat_count
 from imet.engine.optim import (build_optimizer, build_scheduler, keep_frozen_statistics,
                                set_trainable)
 from imet.engine.precision import Precision
+from imet.engine.prior import init_prior_bias
 from imet.errors import CheckpointError, UserError
 from imet.models import build_model
 
@@ -271,6 +272,9 @@ def build_train_state(config: TrainConfig, data, dist, steps, resume,
                         search_roots=tuple(config.input_root), dropout=config.dropout)
     if resume is None and init is not None:
         model.load_state_dict(init)
+    elif resume is None and config.prior_bias:  # --init's head has a bias of its own
+        # with --teacher the teacher's probabilities follow the C label columns
+        init_prior_bias(model, data.train_set.targets[:, :data.labels.num_classes])
     model = dist.prepare_model(model)
     model.to(steps.device)
     if steps.channels_last:
