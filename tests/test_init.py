@@ -162,7 +162,7 @@ def test_a_foreign_init_model_is_refused_in_one_line_and_nothing_is_written(
     else:
         init = str(tmp_path / "empty-run")
         (tmp_path / "empty-run").mkdir()
-        words = ("empty-run", "no model.pt")
+        words = ("--init", "empty-run/model.pt", "model file not found")
     proc = _train_cli(other, tmp_path / "run", "--init", init, *flags)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -6,6 +6,7 @@ import shlex
 import time
 from pathlib import Path
 
+from imet.errors import CheckpointError
 from imet.fileio import atomic_write_text
 
 NAME = "HANDOVER.json"
@@ -15,6 +16,20 @@ EXIT_CODE = 75
 # The run's best model, which the next session takes along with the checkpoint it resumes from
 # (imet/engine/resume.py). Named here, in a module free of torch, for kaggle/* too.
 MODEL_FILE = "model.pt"
+
+
+def model_file_of(run: Path) -> Path:
+    """RUN_DIR/model.pt, or the file itself when given a file (predict, validate, --init)."""
+    run = Path(run)
+    if run.is_dir():
+        candidate = run / MODEL_FILE
+        if not candidate.is_file():
+            raise CheckpointError(f"{candidate}: model file not found; train the run to its end "
+                                  "(`imet train`) or pass the model file's path")
+        return candidate
+    if not run.exists():
+        raise CheckpointError(f"{run}: run folder or model file not found; fix the path")
+    return run
 
 
 def next_step_text(command: str | None) -> str:

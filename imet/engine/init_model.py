@@ -16,22 +16,20 @@ import torch
 from imet.data.labels import LabelSpace, read_labels
 from imet.data.layout import CompetitionLayout
 from imet.engine.config import TrainConfig
-from imet.engine.handover import MODEL_FILE
-from imet.errors import DataError, UserError
+from imet.engine.handover import model_file_of
+from imet.errors import CheckpointError, DataError, UserError
 from imet.models.modelfile import read_model_file
 
 log = logging.getLogger(__name__)
 
 
 def init_model_path(init: str) -> Path:
-    """RUN -> RUN/model.pt; a file stays itself. UserError when neither holds a model."""
-    path = Path(init)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise UserError(f"--init {init}: no {MODEL_FILE} there; pass a run folder holding "
-                        f"{MODEL_FILE} (one that evaluated at least once) or a {MODEL_FILE} file")
-    return path
+    """RUN -> RUN/model.pt; a file stays itself. A one-line error naming --init when neither
+    holds a model."""
+    try:
+        return model_file_of(Path(init))
+    except CheckpointError as err:
+        raise UserError(f"--init {init}: {err}") from None
 
 
 def init_arch(init: str) -> str:

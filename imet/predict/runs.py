@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from imet.data.labels import LabelSpace
-from imet.engine.handover import MODEL_FILE
+from imet.engine.handover import model_file_of
 from imet.errors import CheckpointError, UserError
 from imet.models.modelfile import load_model_file
 
@@ -60,20 +60,6 @@ class Run:
         return {"name": self.name, "model": str(self.path), "arch": self.arch,
                 "image_size": self.config.get("image_size"), "fold": self.fold,
                 "labels_fingerprint": self.labels.fingerprint()}
-
-
-def model_file_of(run: Path) -> Path:
-    """RUN_DIR/model.pt, or the file itself when given a file."""
-    run = Path(run)
-    if run.is_dir():
-        candidate = run / MODEL_FILE
-        if not candidate.is_file():
-            raise CheckpointError(f"{candidate}: model file not found; train the run to its end "
-                                  "(`imet train`) or pass the model file's path")
-        return candidate
-    if not run.exists():
-        raise CheckpointError(f"{run}: run folder or model file not found; fix the path")
-    return run
 
 
 def check_label_space(labels: LabelSpace, expected: LabelSpace, source: Path,
