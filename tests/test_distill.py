@@ -4,6 +4,9 @@ or another label space is refused with one line; its fingerprint is in the confi
 interrupted run resumes bit-identically."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,3 +99,18 @@ def test_a_teacher_of_other_images_or_labels_is_refused(mini_data, tmp_path):
                                attribute_ids=tuple(a + 10_000 for a in labels.attribute_ids))
     with pytest.raises(UserError, match="another label space"):
         load_run_data(make_config(mini_data, tmp_path / "run", teacher=[str(foreign)]))
+
+
+def test_a_refused_teacher_leaves_no_run_folder(mini_data, tmp_path):
+    """From the command line: one line, exit 2, and nothing written (no run.json, no plots)."""
+    labels = read_labels(mini_data / "labels.csv")
+    foreign, _ = write_teacher(mini_data, tmp_path / "foreign.npz",
+                               attribute_ids=tuple(a + 10_000 for a in labels.attribute_ids))
+    proc = subprocess.run([sys.executable, "-m", "imet", "train", "--data", str(mini_data),
+                           "--out", str(tmp_path / "run"), "--arch", "tiny_cnn",
+                           "--teacher", str(foreign), "--batch-size", "8", "--device", "cpu",
+                           "--notify", "off"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another label space" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -156,5 +156,7 @@ class ArtifactWriter(RankZeroSubscriber):
         self._write_json()
 
     def _on_failure(self, event) -> None:
+        if not self.run_dir.is_dir():  # refused before the run began (bad input): nothing written
+            return
         error = str(event.data.get("error") or "").strip()
         self._end_session(event, "failed", error=error.splitlines()[0][:500] if error else "")
