@@ -89,3 +89,5 @@ def test_extra_auto_with_no_set_or_two_sets_is_one_line(mini_data, tmp_path, mon
     shutil.rmtree(root / "input" / "b")
     assert sessions.with_extra_found(args) == ["--fold", "0", f"--extra={root / 'input' / 'a'}"]
     assert sessions.with_extra_found(["--fold", "0"]) == ["--fold", "0"]  # not asked: as is
+    assert sessions.with_extra_found(["--extra", "auto", "--fold", "0"]) == \
+        ["--extra", str(root / "input" / "a"), "--fold", "0"]

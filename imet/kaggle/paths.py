@@ -91,10 +91,17 @@ def find_previous_output(root: Path | None = None) -> list[Path]:
     return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
 
 
+def extra_auto_at(args: list[str]) -> list[int]:
+    """Where `imet train` arguments say `--extra auto`: the index of each `auto` value after an
+    `--extra`, and of each `--extra=auto`."""
+    return [i for i, arg in enumerate(args)
+            if arg == f"--extra={EXTRA_AUTO}"
+            or (arg == EXTRA_AUTO and i > 0 and args[i - 1] == "--extra")]
+
+
 def asks_extra_auto(args: list[str]) -> bool:
     """Whether `imet train` arguments say `--extra auto` (or `--extra=auto`)."""
-    return any(a == f"--extra={EXTRA_AUTO}" or (a == "--extra" and b == EXTRA_AUTO)
-               for a, b in zip(args, [*args[1:], ""]))
+    return bool(extra_auto_at(args))
 
 
 def find_extra_sets(root: Path | None = None) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Callable
 from imet.engine.handover import EXIT_CODE as HANDED_OVER, MODEL_FILE, NAME as HANDOVER
 from imet.errors import UserError
 from imet.kaggle import image_cache
-from imet.kaggle.paths import (EXTRA_AUTO, PSEUDO_DIR, asks_extra_auto, find_competition_data,
+from imet.kaggle.paths import (EXTRA_AUTO, PSEUDO_DIR, extra_auto_at, find_competition_data,
                                find_extra_sets, find_folders_with, find_previous_output,
                                find_run_dirs, input_root, temp_dir, working_dir)
 from imet.kaggle.shell import run_step
@@ -85,7 +85,8 @@ def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[s
 def with_extra_found(train_args: list[str]) -> list[str]:
     """`train_args` with `--extra auto` replaced by the one extra training set attached (the
     inference kernel's pseudo-labels, say); UserError when there is none, or several."""
-    if not asks_extra_auto(train_args):
+    positions = extra_auto_at(train_args)
+    if not positions:
         return train_args
     found = find_extra_sets(input_root())
     if len(found) != 1:
@@ -96,15 +97,9 @@ def with_extra_found(train_args: list[str]) -> list[str]:
                         "attach the inference kernel whose pseudo_label_args made it "
                         "(kernel_sources), or pass --extra with the folder")
     print(f"extra training set (--extra {EXTRA_AUTO}): {found[0]}", flush=True)
-    args, skip = [], False
-    for arg, following in zip(train_args, [*train_args[1:], ""]):
-        if skip:
-            skip = False
-        elif arg == "--extra" and following == EXTRA_AUTO:
-            args += ["--extra", str(found[0])]
-            skip = True
-        else:
-            args.append(f"--extra={found[0]}" if arg == f"--extra={EXTRA_AUTO}" else arg)
+    args = list(train_args)
+    for i in positions:
+        args[i] = str(found[0]) if args[i] == EXTRA_AUTO else f"--extra={found[0]}"
     return args
 
 
