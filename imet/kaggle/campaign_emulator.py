@@ -69,6 +69,10 @@ def _read(record_dir: Path) -> dict:
     return json.loads((record_dir / RECORD).read_text(encoding="utf-8"))
 
 
+def _write(record_dir: Path, record: dict) -> None:
+    atomic_write_text(record_dir / RECORD, json.dumps(record, indent=2) + "\n")
+
+
 def _held(lock: Path) -> bool:
     """Whether a live runner holds the version's lock."""
     try:
@@ -142,9 +146,8 @@ class EmulatorBackend:
         shutil.copytree(folder, record_dir / KERNEL)
         with open(record_dir / LOCK, "wb") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            atomic_write_text(record_dir / RECORD, json.dumps(
-                {"ref": ref, "version": version, "inputs": attached,
-                 "time_limit": self.time_limit, "pushed_at": time.time()}, indent=2) + "\n")
+            _write(record_dir, {"ref": ref, "version": version, "inputs": attached,
+                                "time_limit": self.time_limit, "pushed_at": time.time()})
             with open(record_dir / RUNNER_LOG, "ab") as log:
                 # The runner inherits the locked file: the lock lives as long as the runner.
                 self.runners.append(subprocess.Popen(
@@ -198,7 +201,7 @@ def run_version(record_dir: Path) -> int:
     record_dir = Path(record_dir)
     record = _read(record_dir)
     record.update(started_at=time.time(), runner_pid=os.getpid())
-    atomic_write_text(record_dir / RECORD, json.dumps(record, indent=2) + "\n")
+    _write(record_dir, record)
     status, failure = "ERROR", ""
     try:
         result = run_session(record_dir / KERNEL, {k: Path(v) for k, v in record["inputs"].items()},
@@ -213,7 +216,7 @@ def run_version(record_dir: Path) -> int:
         traceback.print_exc()
         failure = f"the emulator failed: {type(err).__name__}: {err}"
     record.update(status=status, failure=failure, ended_at=time.time())
-    atomic_write_text(record_dir / RECORD, json.dumps(record, indent=2) + "\n")
+    _write(record_dir, record)
     return 0
 
 

@@ -41,8 +41,7 @@ def new_state(plan, where: str = "kaggle") -> dict:
         jobs[kind] = _job(kind, f"{plan.owner}/imet-{kind}", kind)
     return {"format": "imet-campaign", "version": 1, "plan": str(plan.path),
             "members": [m.name for m in plan.members], "where": where, "jobs": jobs,
-            "done": False,
-            "exit_code": None, "submission": None}
+            "done": False, "exit_code": None, "submission": None}
 
 
 def load_state(out: Path, plan, where: str = "kaggle") -> dict:
