@@ -18,6 +18,26 @@ def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
                         f"(default: {defaults.split('|')[1]})")
 
 
+def add_test_ensemble_arguments(parser: argparse.ArgumentParser, saved_probs: str) -> None:
+    """--data, --runs and --weights: the test images and the ensemble that predicts them
+    (`predict`, `pseudo-label`); `saved_probs` ends --runs' help."""
+    parser.add_argument("--data", required=True, type=Path, metavar="DIR",
+                        help="competition folder: labels.csv, sample_submission.csv, test/")
+    parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN",
+                        help="run folders (holding model.pt), model files, or saved test "
+                        f"probabilities {saved_probs}")
+    parser.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
+                        help="one non-negative weight per run (default: equal)")
+
+
+def check_weights(args) -> None:
+    """One --weights value per run, or none."""
+    from imet.errors import UserError
+    if args.weights is not None and len(args.weights) != len(args.runs):
+        raise UserError(f"--weights: {len(args.weights)} weights for {len(args.runs)} runs; "
+                        "give one per run")
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `predict` and `validate`."""
     parser.add_argument("--tta", default=DEFAULT_TTA, metavar="LIST",
@@ -85,15 +105,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Thresholds: --threshold X, else --thresholds FILE, else each run's thresholds.json "
         "(written by `imet validate`, averaged over runs), else the threshold training chose "
         "(with a warning). Exit 2 with a one-line error on bad input.")
-    parser.add_argument("--data", required=True, type=Path, metavar="DIR",
-                        help="competition folder: labels.csv, sample_submission.csv, test/")
-    parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN",
-                        help="run folders (holding model.pt), model files, or saved test "
-                        "probabilities (.npz from an earlier predict) to ensemble")
+    add_test_ensemble_arguments(parser, "(.npz from an earlier predict) to ensemble")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), metavar="CSV",
                         help="the submission to write, atomically (default: %(default)s)")
-    parser.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
-                        help="one non-negative weight per run (default: equal)")
     parser.add_argument("--thresholds", type=Path, default=None, metavar="FILE",
                         help="thresholds.json from `imet validate` (e.g. of the whole ensemble)")
     parser.add_argument("--threshold", type=float, default=None, metavar="X",
@@ -116,9 +130,7 @@ def run(args) -> int:
         raise UserError("--threshold and --thresholds: pass one of them, not both")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold: {args.threshold} is outside [0, 1]")
-    if args.weights is not None and len(args.weights) != len(args.runs):
-        raise UserError(f"--weights: {len(args.weights)} weights for {len(args.runs)} runs; "
-                        "give one per run")
+    check_weights(args)
     summary = predict_test(args.data, args.runs, args.out, method=args.ensemble,
                            weights=args.weights, options=inference_options(args),
                            thresholds_file=args.thresholds, threshold=args.threshold,

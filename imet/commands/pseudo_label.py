@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imet.commands.predict import add_inference_arguments, inference_options
+from imet.commands.predict import (add_inference_arguments, add_test_ensemble_arguments,
+                                   check_weights, inference_options)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and OUT/train.csv (hard labels: the classes of probability >= --min-prob) or, with "
         "--soft, OUT/soft_targets.npz (the ensemble's probabilities). Runs of another label "
         "space are refused. Train on it with `imet train --extra OUT`.")
-    parser.add_argument("--data", required=True, type=Path, metavar="DIR",
-                        help="competition folder: labels.csv, sample_submission.csv, test/")
-    parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN",
-                        help="run folders (holding model.pt), model files, or saved test "
-                        "probabilities (.npz from `imet predict`)")
+    add_test_ensemble_arguments(parser, "(.npz from `imet predict`)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="the extra set's folder (new or empty)")
     parser.add_argument("--min-prob", type=float, default=0.9, metavar="P",
@@ -33,18 +30,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft", action="store_true",
                         help="write the kept images' probabilities as soft targets instead of "
                         "hard labels")
-    parser.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
-                        help="one non-negative weight per run (default: equal)")
     add_inference_arguments(parser)
 
 
 def run(args) -> int:
-    from imet.errors import UserError
     from imet.predict.pseudo import pseudo_label
 
-    if args.weights is not None and len(args.weights) != len(args.runs):
-        raise UserError(f"--weights: {len(args.weights)} weights for {len(args.runs)} runs; "
-                        "give one per run")
+    check_weights(args)
     summary = pseudo_label(args.data, args.runs, args.out, min_prob=args.min_prob,
                            rule=args.rule, soft=args.soft, method=args.ensemble,
                            weights=args.weights, options=inference_options(args))
