@@ -25,30 +25,9 @@ def _figure(width: float = 7.0, height: float = 4.2):
     return figure
 
 
-# What savefig(bbox_inches="tight") leaves around the drawn artists (its default pad_inches).
-_PAD_INCHES = 0.1
-
-
 def _save_png(figure, path: Path) -> Path:
-    """The figure cropped to its artists, as savefig(bbox_inches="tight") writes it, from one
-    draw: savefig draws once to measure and once to render (~0.1 CPU-s a plot). When an artist
-    reaches beyond the figure, only savefig can widen the canvas: it draws again."""
-    from matplotlib.transforms import Bbox
-    from PIL import Image  # matplotlib's own PNG writer is PIL too
-
-    figure.canvas.draw()
-    box = figure.get_tightbbox(figure.canvas.get_renderer())
-    width, height = figure.get_size_inches()
     buffer = io.BytesIO()
-    if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
-        figure.savefig(buffer, format="png", bbox_inches="tight")
-    else:  # the pad is blank: where it would reach beyond the figure, less of it
-        box = Bbox.intersection(box.padded(_PAD_INCHES), Bbox.from_bounds(0, 0, width, height))
-        pixels = np.asarray(figure.canvas.buffer_rgba())
-        scale = pixels.shape[0] / height  # pixels per inch
-        rows = slice(int(round((height - box.y1) * scale)), int(round((height - box.y0) * scale)))
-        cols = slice(int(round(box.x0 * scale)), int(round(box.x1 * scale)))
-        Image.fromarray(pixels[rows, cols]).save(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
