@@ -150,14 +150,14 @@ def _emulator(args: argparse.Namespace, plan, chosen: dict):
     """The emulator backend, once every source the kernels attach has its --input."""
     from imet.errors import UserError
     from imet.kaggle.campaign_emulator import EmulatorBackend, missing_inputs
-    from imet.kaggle.kernel_set import plan_kernels
+    from imet.kaggle.kernel_set import WEIGHTS_DATASET, plan_kernels
     from imet.kaggle.metadata import slug_of
     inputs = dict(args.input)
     for name, path in inputs.items():
         if not path.exists():
             raise UserError(f"--input {name}={path}: no such file or folder")
     planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
-    weights = slug_of(plan.settings.weights_dataset or "imet-weights")
+    weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
     missing = missing_inputs(planned, inputs, {weights})
     if missing:
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "

@@ -22,6 +22,9 @@ TRAINER, VALIDATION, INFERENCE = "trainer", "validation", "inference"
 ARGS_SETTING = {TRAINER: ("DEFAULT_TRAIN_ARGS", "train_args"),
                 VALIDATION: ("DEFAULT_VALIDATE_ARGS", "validate_args"),
                 INFERENCE: ("DEFAULT_PREDICT_ARGS", "predict_args")}
+# The datasets' slugs where the settings name none: what packaging/build_dataset.py and
+# `imet weights fetch` (models/fetch.py, which imports torch) call them.
+SRC_DATASET, WEIGHTS_DATASET = "imet-src", "imet-weights"
 # The inference kernel's settings line of its pseudo-label step (issue 19; None: off).
 PSEUDO_LABEL_SETTING = "PSEUDO_LABEL_ARGS"
 
@@ -86,8 +89,8 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
     members = members_of(settings, trainer)
     attach = [m.name for m in members] if attach is None else attach
     refs = [f"{OWNER}/{trainer_slug(name)}" for name in attach]
-    common = {"dataset_sources": [_dataset(owner, settings.src_dataset, "imet-src"),
-                                  _dataset(owner, settings.weights_dataset, "imet-weights")]}
+    common = {"dataset_sources": [_dataset(owner, settings.src_dataset, SRC_DATASET),
+                                  _dataset(owner, settings.weights_dataset, WEIGHTS_DATASET)]}
     if settings.competition:
         common["competition_sources"] = [settings.competition]
     planned = {}
