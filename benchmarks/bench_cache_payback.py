@@ -1,7 +1,7 @@
 """What the decode-once cache costs per Kaggle session against what it saves per epoch.
 
 A cache built under /kaggle/temp is gone at the end of the session, so every session that
-uses it builds it again (imet/kaggle/image_cache.py). Measured side by side in one run, on the
+uses it builds it again (imet/kaggle/session.py). Measured side by side in one run, on the
 same PNGs at iMet's geometry (bench_loader.make_images), per 1,000 images, one core, CPU time:
 
 - build: `build_cache(..., size=320, fmt="jpeg", workers=1)` (decode every PNG, resize to short
@@ -28,9 +28,9 @@ from pathlib import Path
 
 
 from bench_loader import SIZE, make_images, one_thread, per_core, sparse_targets
-from imet.data.cache import ImageCache
-from imet.data.cache_build import build_cache
-from imet.data.dataset import ImetDataset
+from imet.data.images import ImageCache
+from imet.data.images import build_cache
+from imet.data.transforms import ImetDataset
 from imet.data.transforms import build_batch_augment, build_train_transform
 
 

@@ -17,11 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imet.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from imet.engine.config import TrainConfig  # noqa: E402
-from imet.engine.precision import Precision  # noqa: E402
-from imet.engine.state import TrainState  # noqa: E402
-from imet.models import build_model  # noqa: E402
+from imet.train.checkpoint import load_checkpoint, save_checkpoint
+from imet.config import TrainConfig
+from imet.device import Precision
+from imet.train.state import TrainState
+from imet.models import build_model
 
 REPEATS = 3
 NUM_CLASSES = 1103

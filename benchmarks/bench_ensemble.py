@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from imet.predict import ensemble as ens
+from imet.predict import pipeline as ens
 from imet.probfile import Probabilities, load_probabilities, save_probabilities
-from imet.predict.submission import make_submission, write_submission
+from imet.predict.pipeline import make_submission, write_submission
 
 
 def scipy_rank_ensemble(arrays, weights):

@@ -38,10 +38,10 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
-from imet.data.cache import ImageCache
-from imet.data.cache_build import build_cache
-from imet.data.dataset import ImetDataset
-from imet.data.batch_augment import augment_batch
+from imet.data.images import ImageCache
+from imet.data.images import build_cache
+from imet.data.transforms import ImetDataset
+from imet.data.transforms import augment_batch
 from imet.data.transforms import (Normalization, build_batch_augment, build_train_transform,
                                   normalize_batch)
 

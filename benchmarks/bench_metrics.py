@@ -20,10 +20,10 @@ import tracemalloc
 
 import numpy as np
 
-from imet.metrics.decode import binarize
+from imet.metrics.f2 import binarize
 from imet.metrics.f2 import f2_score
-from imet.metrics.context import search_context
-from imet.metrics.crossfit import cross_fitted_f2
+from imet.metrics.thresholds import search_context
+from imet.metrics.thresholds import cross_fitted_f2
 from imet.metrics.thresholds import global_f2_curve, search_thresholds
 
 IMET_TRAIN, IMET_TEST, IMET_CLASSES, IMET_CULTURE = 109_237, 38_801, 1_103, 398

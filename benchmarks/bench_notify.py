@@ -16,8 +16,8 @@ import logging
 import socket
 import time
 
-from imet.engine.events import EventBus
-from imet.notify import build_notifier
+from imet.train.events import EventBus
+from imet.observe.telegram import build_notifier
 
 TOKEN = "123456789:AAHbenchmarkTokenNotReal_abcdefghijklmnop"
 

@@ -44,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imet.cli import main as imet  # noqa: E402
-from imet.commands.score import score_files  # noqa: E402
+from imet.cli import main as imet
+from imet.commands.predict import score_files
 
 
 def cpu_seconds() -> float:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from imet.engine.events import EventBus
-from imet.registry import make_record, merge_records, record_train_subscriber
-from imet.report import report_subscribers
+from imet.train.events import EventBus
+from imet.observe.registry import make_record, merge_records, record_train_subscriber
+from imet.observe.files import report_subscribers
 
 
 def emit_run(bus: EventBus, steps: int, eval_every: int) -> float:
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=68_000)
     parser.add_argument("--eval-every", type=int, default=340)
     args = parser.parse_args()
-    import imet.report.plots  # noqa: F401  (matplotlib's import is not a per-step cost)
+    import imet.observe.files
     with tempfile.TemporaryDirectory() as tmp:
         bare = emit_run(EventBus(), args.steps, args.eval_every)
         run_dir = Path(tmp) / "run"
@@ -80,7 +80,7 @@ def main() -> None:
         # the end-of-run artifact work, timed on its own below, is included here
         full = emit_run(EventBus(subscribers), args.steps, args.eval_every)
         lines = sum(1 for _ in open(run_dir / "metrics.csv"))
-        from imet.report.artifacts import ArtifactWriter  # end-of-run alone: plots + run.json
+        from imet.observe.files import ArtifactWriter
         started = time.perf_counter()
         ArtifactWriter(run_dir)._write_plots()
         plots = time.perf_counter() - started

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imet.data.folds import make_folds, write_folds  # noqa: E402
-from imet.data.labels import read_labels, read_train  # noqa: E402
-from imet.data.layout import CompetitionLayout  # noqa: E402
-from imet.data.mini_imet import generate  # noqa: E402
+from imet.data.folds import make_folds, write_folds
+from imet.data.labels import read_labels, read_train
+from imet.data.labels import CompetitionLayout
+from imet.data.mini_imet import generate
 
 MARKER = "| step "  # ConsoleProgress's progress line
 

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imet.engine.optim import set_trainable  # noqa: E402
-from imet.models import build_model  # noqa: E402
+from imet.train.state import set_trainable
+from imet.models import build_model
 
 ARCH, SIZE, BATCH, CLASSES = "se_resnext50_32x4d", 320, 32, 1103
 

@@ -1,4 +1,4 @@
-"""Trainer overhead: `imet.engine.loop.train` against the loop a Kaggler writes by hand, on the
+"""Trainer overhead: `imet.train.loop.train` against the loop a Kaggler writes by hand, on the
 same model, data, optimizer, schedule and evaluation.
 
 Both train resnet18 (random init) at 64 px on a generated mini-iMet for the same number of
@@ -25,20 +25,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imet.data.batch_augment import augment_batch  # noqa: E402
-from imet.data.folds import make_folds, write_folds  # noqa: E402
-from imet.data.labels import read_labels, read_train  # noqa: E402
-from imet.data.layout import CompetitionLayout  # noqa: E402
-from imet.data.mini_imet import generate  # noqa: E402
-from imet.data.transforms import Normalization, normalize_batch  # noqa: E402
-from imet.engine.config import TrainConfig  # noqa: E402
-from imet.engine.events import EventBus  # noqa: E402
-from imet.engine.inputs import load_run_data  # noqa: E402
-from imet.engine.loop import train  # noqa: E402
-from imet.engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from imet.engine.losses import build_loss  # noqa: E402
-from imet.metrics.thresholds import best_global_threshold  # noqa: E402
-from imet.models import build_model  # noqa: E402
+from imet.data.transforms import augment_batch
+from imet.data.folds import make_folds, write_folds
+from imet.data.labels import read_labels, read_train
+from imet.data.labels import CompetitionLayout
+from imet.data.mini_imet import generate
+from imet.data.transforms import Normalization, normalize_batch
+from imet.config import TrainConfig
+from imet.train.events import EventBus
+from imet.train.data import load_run_data
+from imet.train.loop import train
+from imet.train.state import build_optimizer, build_scheduler
+from imet.train.loop import build_loss
+from imet.metrics.thresholds import best_global_threshold
+from imet.models import build_model
 
 REPEATS = 7
 ARCH, SIZE, BATCH, EPOCHS = "resnet18", 64, 16, 2

@@ -88,7 +88,7 @@ class Check:
 
 
 def main() -> int:
-    from imet.kaggle.doctor import Settings, diagnose
+    from imet.kaggle.session import Settings, diagnose
     from imet.models.net import build_model
     from imet.predict.infer import auto_batch_size
     device = torch.device("cuda", 0)

@@ -168,9 +168,9 @@ def real_loader(folder: Path, count: int, size: int, batch: int, workers: int, s
     from bench_loader import make_images
     from torch.utils.data import DataLoader
 
-    from imet.data.cache import ImageCache
-    from imet.data.cache_build import build_cache
-    from imet.data.dataset import ImetDataset
+    from imet.data.images import ImageCache
+    from imet.data.images import build_cache
+    from imet.data.transforms import ImetDataset
     from imet.data.transforms import build_batch_augment, build_train_transform
     paths = make_images(folder / "data", count)
     build_cache(folder / "data", folder / "cache", size, "jpeg", workers=workers, progress=False)
@@ -186,7 +186,7 @@ def real_loader(folder: Path, count: int, size: int, batch: int, workers: int, s
 
 def device_prepare(device: torch.device):
     """The engine's per-batch part: augment on the device, then normalize."""
-    from imet.data.batch_augment import augment_batch
+    from imet.data.transforms import augment_batch
     from imet.data.transforms import Normalization
     norm = Normalization()
 
@@ -199,7 +199,7 @@ def device_prepare(device: torch.device):
 def augment_difference(device: torch.device, batch: int = 16, size: int = SIZE) -> float:
     """Max abs difference (0..255 scale) of `augment_batch` on `device` against the CPU, same
     images and the same drawn parameters."""
-    from imet.data.batch_augment import augment_batch
+    from imet.data.transforms import augment_batch
     from imet.data.transforms import build_batch_augment
     spec = build_batch_augment("seed", size)
     rng = np.random.default_rng(0)
@@ -219,7 +219,7 @@ def imet_command(*args, launcher=None, env=None) -> subprocess.CompletedProcess:
 def final_weights(run: Path) -> dict:
     """The model tensors of the run's newest training state (the end of the run: model.pt is
     the best evaluation's, which a tie could pick differently)."""
-    from imet.engine.checkpoint import checkpoint_dir, list_generations
+    from imet.train.checkpoint import checkpoint_dir, list_generations
     (_, path), *_ = list_generations(checkpoint_dir(run))
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -252,7 +252,7 @@ def resume_difference(data: Path, out: Path, train_args: list[str], interrupt_at
 def small_data(folder: Path, n_train: int = 256, size: int = 128) -> Path:
     from imet.data.folds import make_folds, write_folds
     from imet.data.labels import read_labels, read_train
-    from imet.data.layout import CompetitionLayout
+    from imet.data.labels import CompetitionLayout
     from imet.data.mini_imet import generate
     generate(folder, n_train=n_train, n_test=16, size=size, seed=0)
     layout = CompetitionLayout(folder)

@@ -11,34 +11,44 @@ import sys
 import time
 
 from imet import __version__
-from imet.engine.handover import EXIT_CODE as HANDED_OVER
-from imet.errors import UserError
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, UserError
 
-# name -> (module under imet.commands, one-line help)
+# name -> (module under imet.commands, one-line help); the module defines configure_<name> and
+# run_<name>, with the name's dashes as underscores.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "the whole Kaggle flow on mini-iMet in the local emulator (make demo)"),
-    "mini-imet": ("mini_imet", "write the embedded mini-iMet data set (competition layout)"),
-    "doctor": ("doctor", "can this session train as configured? GPUs, torch build, disk, inputs, Telegram"),
-    "check-data": ("check_data", "list every problem in a competition folder (CSVs, images, folds)"),
-    "folds": ("folds", "multilabel-stratified cross-validation folds -> folds.csv"),
-    "score": ("score", "F2 of a submission-format CSV against the true labels"),
-    "validate": ("validate", "out-of-fold predictions with TTA, thresholds and an honest F2"),
+    "demo": ("misc", "the whole Kaggle flow on mini-iMet in the local emulator (make demo)"),
+    "mini-imet": ("data", "write the embedded mini-iMet data set (competition layout)"),
+    "doctor": ("kaggle", "can this session train as configured? GPUs, torch build, disk, inputs, Telegram"),
+    "check-data": ("data", "list every problem in a competition folder (CSVs, images, folds)"),
+    "folds": ("data", "multilabel-stratified cross-validation folds -> folds.csv"),
+    "score": ("predict", "F2 of a submission-format CSV against the true labels"),
+    "validate": ("predict", "out-of-fold predictions with TTA, thresholds and an honest F2"),
     "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
-    "pseudo-label": ("pseudo_label", "the test images an ensemble is confident about -> an "
-                                     "extra training set for `imet train --extra`"),
+    "pseudo-label": ("predict", "the test images an ensemble is confident about -> an "
+                                "extra training set for `imet train --extra`"),
     "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on Kaggle (chain)"),
-    "notify-test": ("notify_test", "send one Telegram message to check the bot token and chat id"),
+    "notify-test": ("misc", "send one Telegram message to check the bot token and chat id"),
     "train": ("train", f"train or resume one fold; exit {HANDED_OVER} = saved and handed over to "
                        "the next session"),
-    "lr-find": ("lr_find", "exponential LR sweep with the train flags -> loss-vs-LR plot and a "
-                           "suggested --lr (writes no run folder)"),
+    "lr-find": ("train", "exponential LR sweep with the train flags -> loss-vs-LR plot and a "
+                         "suggested --lr (writes no run folder)"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
-    "cache": ("cache", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
-    "weights": ("weights", "fetch pretrained weights into a folder ready for `kaggle datasets create`"),
+    "cache": ("data", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
+    "weights": ("misc", "fetch pretrained weights into a folder ready for `kaggle datasets create`"),
 }
 
-# (command, first word) -> module: a command whose first positional word picks another parser
-SUBCOMMANDS: dict[tuple[str, str], str] = {("runs", "set-lb"): "runs_set_lb"}
+# (command, first word) -> the name whose configure_/run_ functions take over
+SUBCOMMANDS: dict[tuple[str, str], str] = {("runs", "set-lb"): "runs-set-lb"}
+
+
+def _command_function(name: str, verb: str, command: str | None = None):
+    module = importlib.import_module(f"imet.commands.{COMMANDS[command or name][0]}")
+    return getattr(module, f"{verb}_{name.replace('-', '_')}")
+
+
+def configure_command(name: str, parser: argparse.ArgumentParser) -> None:
+    """Declare `imet <name>`'s options on `parser` (also used to check a kernel's arguments)."""
+    _command_function(name, "configure")(parser)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -50,13 +60,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub.required = True
     words = [a for a in argv if not a.startswith("-")]
     chosen = words[0] if words else None
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         # Only the chosen command's module is imported: its options are needed, the others' not.
         if name == chosen:
-            module = SUBCOMMANDS.get(tuple(words[:2]), module)
-            importlib.import_module(f"imet.commands.{module}").configure(cmd)
-            cmd.set_defaults(_module=module)
+            target = SUBCOMMANDS.get(tuple(words[:2]), name)
+            _command_function(target, "configure", name)(cmd)
+            cmd.set_defaults(_target=target)
     return parser
 
 
@@ -70,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     args.started_monotonic = started
-    module = importlib.import_module(f"imet.commands.{args._module}")
+    run = _command_function(args._target, "run", args.command)
     try:
-        return int(module.run(args) or 0)
+        return int(run(args) or 0)
     except UserError as err:
         print(f"imet {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code

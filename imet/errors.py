@@ -1,4 +1,12 @@
-"""Errors a user can act on: the CLI prints them as one line, without a traceback."""
+"""Errors a user can act on: the CLI prints them as one line, without a traceback. Also the
+process exit codes that mean something to the next session, so that any command can name them
+without importing the trainer."""
+
+# The run saved a full checkpoint and a HANDOVER.json: push the kernel again to go on.
+HANDED_OVER_EXIT_CODE = 75
+# The disk could not hold the next checkpoint; the ones already there are intact.
+DISK_FULL_EXIT_CODE = 74
+
 
 # How torch's DataLoader re-raises an exception from a worker process: it calls the exception's
 # class with a message that holds the worker's whole traceback, whose last line is

@@ -1,5 +1,5 @@
 """Saved probabilities: one `.npz` per prediction set, the input of ensembles and thresholds,
-and of training as soft targets (`imet train --extra`: imet/data/extra.py).
+and of training as soft targets (`imet train --extra`: imet/data/labels.py).
 
 A file holds `probs` (float16 [N, C]: half the size of float32 and far below the precision
 that F2 thresholds need), `ids` (image ids, unicode), `attribute_ids` (int [C]: the label space

@@ -19,7 +19,7 @@ def mini_data(tmp_path_factory):
     (2 folds). Session-scoped: generated once per test run."""
     from imet.data.folds import make_folds, write_folds
     from imet.data.labels import read_labels, read_train
-    from imet.data.layout import CompetitionLayout
+    from imet.data.labels import CompetitionLayout
     from imet.data.mini_imet import generate
 
     root = tmp_path_factory.mktemp("mini") / "mini-imet"
@@ -54,7 +54,7 @@ def local_dataset(tmp_path_factory):
 def train_items(mini_data):
     """(image paths, multi-hot targets) of mini_data's training images."""
     from imet.data.labels import read_labels, read_train
-    from imet.data.layout import CompetitionLayout
+    from imet.data.labels import CompetitionLayout
 
     layout = CompetitionLayout(mini_data)
     ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from imet.engine.events import EventBus
+from imet.train.events import EventBus
 
 STEPS_PER_EPOCH = 10
 TOTAL_STEPS = 60

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from imet.data.labels import read_labels
-from imet.data.layout import CompetitionLayout
-from imet.engine.events import EventBus
-from imet.engine.loop import train
-from imet.engine.precision import choose_precision, device_precision
+from imet.data.labels import CompetitionLayout
+from imet.train.events import EventBus
+from imet.train.loop import train
+from imet.device import choose_precision, device_precision
 from imet.errors import CheckpointError, UserError
 from imet.models.net import ImetNet
 from imet.predict.pipeline import InferenceOptions, predict_run
-from imet.predict.runs import load_run
+from imet.predict.pipeline import load_run
 from test_resume import SignalAt, assert_same_end, cli_command, final_payload, make_config, \
     resume_to_end
 

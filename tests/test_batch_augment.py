@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from imet.data.batch_augment import (AFFINE, ALPHA, ANGLE, BETA, FLIP, IDENTITY, OFFSET,
-                                     PARAMS, SCALE_X, SCALE_Y, SHIFT_X, SHIFT_Y, SIGMA,
-                                     BatchAugment, augment_batch)
-from imet.data.noise import BANK_SIZE, noise_bank, noise_bank_on
+from imet.data.transforms import (AFFINE, ALPHA, ANGLE, BETA, FLIP, IDENTITY, OFFSET, PARAMS,
+                                  SCALE_X, SCALE_Y, SHIFT_X, SHIFT_Y, SIGMA, BatchAugment,
+                                  augment_batch)
+from imet.data.transforms import BANK_SIZE, noise_bank, noise_bank_on
 from imet.data.transforms import TRAIN_PRESETS, build_batch_augment
 
 
@@ -180,7 +180,7 @@ def test_image_sizes_beyond_the_noise_bank_are_a_user_error():
 def test_sampling_grid_is_affine_grid():
     import torch.nn.functional as F
 
-    from imet.data.batch_augment import affine_theta, sampling_grid
+    from imet.data.transforms import affine_theta, sampling_grid
 
     rows = _params(_row(affine=1, scale_x=0.93, scale_y=1.04, angle=11, shift_x=0.03,
                         shift_y=-0.05), _row(affine=1, angle=-4))

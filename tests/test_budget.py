@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from imet.engine.budget import DurationEstimate, SessionBudget, StopRequest
-from imet.engine.config import parse_duration
+from imet.train.loop import DurationEstimate, SessionBudget, StopRequest
+from imet.config import parse_duration
 from imet.errors import UserError
 
 
@@ -95,7 +95,7 @@ def test_one_session_length_default_everywhere():
     """train --time-budget, predict --time-limit and the emulator's --time-limit share one
     default: today's 12 h Kaggle session."""
     from imet.cli import build_parser
-    from imet.engine.config import DEFAULT_TIME_BUDGET, TrainConfig, parse_duration
+    from imet.config import DEFAULT_TIME_BUDGET, TrainConfig, parse_duration
 
     assert parse_duration(DEFAULT_TIME_BUDGET) == 12 * 3600
     assert TrainConfig().time_budget == DEFAULT_TIME_BUDGET

@@ -1,8 +1,8 @@
 import shutil
 
 from imet.cli import main
-from imet.data.check import check_data
-from imet.data.layout import CompetitionLayout
+from imet.data.folds import check_data
+from imet.data.labels import CompetitionLayout
 
 
 def ids_of(csv_path):

@@ -10,12 +10,12 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from imet.engine import checkpoint as ckpt
+from imet.train import checkpoint as ckpt
 from imet.data.transforms import AUGMENTATION_VERSION
-from imet.engine.checkpoint import (FORMAT, VERSION, ForeignCheckpointError,
-                                    IncompatibleCheckpointError, checkpoint_dir,
-                                    list_generations, load_checkpoint, save_checkpoint)
-from imet.engine.resume import find_resume
+from imet.train.checkpoint import (FORMAT, VERSION, ForeignCheckpointError,
+                                   IncompatibleCheckpointError, checkpoint_dir, list_generations,
+                                   load_checkpoint, save_checkpoint)
+from imet.train.checkpoint import find_resume
 from imet.errors import CheckpointError
 
 CONFIG_FP, LABELS_FP = "c0nf1g", "1abe1s"

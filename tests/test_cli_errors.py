@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import CompetitionLayout
 
 
 def imet(*args):

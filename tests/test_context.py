@@ -4,12 +4,12 @@ predict."""
 import numpy as np
 import pytest
 
-from imet.metrics.context import search_context
-from imet.metrics.crossfit import cross_fitted_f2
-from imet.metrics.decode import binarize
+from imet.metrics.thresholds import search_context
+from imet.metrics.thresholds import cross_fitted_f2
+from imet.metrics.f2 import binarize
 from imet.metrics.f2 import f2_score
-from imet.predict.oof import choose_decoding
-from imet.predict.thresholdfile import read_thresholds, write_thresholds
+from imet.predict.validate import choose_decoding
+from imet.predict.pipeline import read_thresholds, write_thresholds
 
 
 def context_data(n=1500, c=24, seed=0):

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from imet.data.dataset import ImetDataset
+from imet.data.transforms import ImetDataset
 from imet.data.labels import read_labels, read_train
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import CompetitionLayout
 from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
 from imet.errors import DataError
 
@@ -73,7 +73,7 @@ def test_restarted_epoch_continues_the_same_stream(train_items):
 def test_augmentation_changes_with_epoch_and_seed(train_items):
     def augmented(dataset, key):
         """The sample as the device sees it: per-image step, then per-batch part."""
-        from imet.data.batch_augment import augment_batch
+        from imet.data.transforms import augment_batch
 
         image, _, _, params = dataset[key]
         return augment_batch(image[None], params[None])[0]
@@ -140,7 +140,7 @@ def test_batch_augment_parameters_travel_with_each_sample(train_items):
     """The fourth item is the sample's parameter row: a function of (seed, epoch, index) only,
     the same through any number of workers, drawn after the crop from the same generator (so
     the image is the same with or without the per-batch part)."""
-    from imet.data.batch_augment import FLIP, IDENTITY, PARAMS, augment_batch
+    from imet.data.transforms import FLIP, IDENTITY, PARAMS, augment_batch
 
     spec = build_batch_augment("seed", SIZE)
     dataset = _dataset(train_items, normalize=None, batch_augment=spec)

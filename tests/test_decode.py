@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from imet.metrics.decode import binarize, top_k_indices
+from imet.metrics.f2 import binarize, top_k_indices
 
 
 def _reference(probs, thr, min_labels, max_labels):

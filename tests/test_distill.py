@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from imet.data.labels import read_labels
-from imet.engine.checkpoint import ForeignCheckpointError
-from imet.engine.events import EventBus
-from imet.engine.inputs import load_run_data
-from imet.engine.losses import BCELoss, DistillLoss
-from imet.engine.loop import train
+from imet.train.checkpoint import ForeignCheckpointError
+from imet.train.events import EventBus
+from imet.train.data import load_run_data
+from imet.train.loop import BCELoss, DistillLoss
+from imet.train.loop import train
 from imet.errors import UserError
 from imet.predict.pipeline import InferenceOptions, predict_run
-from imet.predict.runs import load_run
+from imet.predict.pipeline import load_run
 from imet.probfile import Probabilities, save_probabilities
 from test_resume import SignalAt, assert_same_end, final_payload, make_config
 

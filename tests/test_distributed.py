@@ -34,14 +34,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from imet.engine import distributed
-from imet.engine.checkpoint import checkpoint_dir, list_generations
-from imet.engine.config import TrainConfig
-from imet.engine.events import EventBus
-from imet.engine.handover import EXIT_CODE as EXIT_HANDOVER
-from imet.engine.loop import train
+from imet.train import distributed
+from imet.train.checkpoint import checkpoint_dir, list_generations
+from imet.config import TrainConfig
+from imet.train.events import EventBus
+from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
+from imet.train.loop import train
 from imet.errors import UserError
-from imet.report.metrics_csv import MetricsWriter
+from imet.observe.files import MetricsWriter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -208,7 +208,7 @@ def test_single_process_is_not_distributed(mini_data, tmp_path, monkeypatch):
 
 
 def test_trainer_kernel_launches_torchrun_on_several_gpus():
-    from imet.kaggle.sessions import train_launcher
+    from imet.kaggle.session import train_launcher
 
     assert train_launcher(2)[1:] == ["-m", "torch.distributed.run", "--standalone",
                                      "--nproc_per_node", "2", "-m", "imet"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from imet.kaggle import gpu
-from imet.kaggle.doctor import Settings, checkpoint_bytes, diagnose, disk_need, doctor_flags
+from imet.kaggle import session as gpu
+from imet.kaggle.session import Settings, checkpoint_bytes, diagnose, disk_need, doctor_flags
 
 from telegram_standin import TelegramStandin
 
@@ -159,7 +159,7 @@ def test_templates_ask_for_t4_and_the_script_says_so():
 def test_an_arch_without_weights_is_not_asked_for_them(tmp_path, mini_data):
     """As `imet train`: tiny_cnn trains from random init by default, so doctor does not stop a
     kernel for the weights it has none of; an explicit --pretrained still asks for them."""
-    from imet.kaggle.doctor import Settings, diagnose
+    from imet.kaggle.session import Settings, diagnose
 
     plain = diagnose(Settings(data=mini_data, out=tmp_path, arch="tiny_cnn", device="cpu"))
     assert not [p for p in plain.problems if "pretrained" in p], plain.problems

@@ -11,7 +11,7 @@ import pytest
 
 from imet.errors import UserError
 from imet.kaggle.emulator import run_chain, run_session
-from imet.kaggle.metadata import read_metadata, render
+from imet.kaggle.render import read_metadata, render
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare needs root")
 

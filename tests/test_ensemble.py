@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from imet.errors import DataError, UserError
-from imet.predict.ensemble import ensemble
+from imet.predict.pipeline import ensemble
 from imet.probfile import Probabilities, load_probabilities, save_probabilities
-from imet.predict.submission import make_submission
-from imet.predict.thresholdfile import read_thresholds, write_thresholds
+from imet.predict.pipeline import make_submission
+from imet.predict.pipeline import read_thresholds, write_thresholds
 
 ATTRS = (3, 5, 8, 13)
 
@@ -96,7 +96,7 @@ def test_ensemble_refuses_other_images():
 def test_average_ranks_match_scipy_with_float16_ties():
     from scipy.stats import rankdata
 
-    from imet.predict.ensemble import average_ranks
+    from imet.predict.pipeline import average_ranks
     rng = np.random.default_rng(2)
     rows = rng.random((5, 400)).astype(np.float16).astype(np.float32)
     rows[:, :60] = 0.25  # a big tie block

@@ -1,7 +1,7 @@
 """Per-class error analysis against brute-force counting."""
 import numpy as np
 
-from imet.predict.errors import class_errors, group_confusion, top_confusions
+from imet.predict.validate import class_errors, group_confusion, top_confusions
 
 
 def sample(n=300, c=12, seed=0):

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from imet.data.labels import read_labels
-from imet.engine.checkpoint import ForeignCheckpointError
-from imet.engine.events import EventBus
-from imet.engine.inputs import load_run_data
-from imet.engine.loop import train
+from imet.train.checkpoint import ForeignCheckpointError
+from imet.train.events import EventBus
+from imet.train.data import load_run_data
+from imet.train.loop import train
 from imet.errors import UserError
 from imet.probfile import Probabilities, save_probabilities
 from test_resume import SignalAt, assert_same_end, final_payload, make_config

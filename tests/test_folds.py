@@ -3,7 +3,7 @@ import pytest
 
 from imet.data.folds import folds_problems, make_folds, rare_labels, read_folds, write_folds
 from imet.data.labels import read_labels, read_train
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import CompetitionLayout
 from imet.errors import DataError, UserError
 
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from imet.data.images import MIN_SIDE, image_findings, load_rgb
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import CompetitionLayout
 from imet.errors import DataError
 
 

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from imet.data.cache import MANIFEST
-from imet.kaggle import image_cache, sessions
+from imet.data.images import MANIFEST
+from imet.kaggle import session as image_cache
+from imet.kaggle import session as sessions
 
 IMET = [sys.executable, "-m", "imet"]
 

@@ -121,7 +121,7 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
     assert all(r["attribute_ids"].strip() for r in rows)
     # Every kernel's registry record names the code it ran: the dataset's source commit, known
     # to the trainer from the manifest and to validate and predict from the installed wheel.
-    from imet.registry.store import read_registry, registry_path
+    from imet.observe.registry import read_registry, registry_path
     records = read_registry(registry_path(inference.output))
     commit = json.loads((local_dataset / "MANIFEST.json").read_text())["source"]["git_commit"]
     codes = {r["kind"]: r["code_version"]["git_commit"] for r in records}

@@ -2,7 +2,7 @@
 PSEUDO_LABEL_ARGS, writes the confident test images as an extra training set in working/pseudo/
 from the probabilities its prediction saved; a trainer kernel whose arguments say `--extra auto`
 finds that set among its inputs by what the folder holds and trains on it. Run here as the
-kernel scripts run them (imet.kaggle.sessions) under a fake Kaggle root."""
+kernel scripts run them (imet.kaggle.session) under a fake Kaggle root."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,11 @@ import time
 import pandas as pd
 import pytest
 
-from imet.engine.events import EventBus
-from imet.engine.loop import train
+from imet.train.events import EventBus
+from imet.train.loop import train
 from imet.errors import UserError
-from imet.kaggle import sessions
-from imet.kaggle.paths import PSEUDO_DIR, find_extra_sets
+from imet.kaggle import session as sessions
+from imet.kaggle.session import PSEUDO_DIR, find_extra_sets
 from test_resume import make_config
 
 SMALL = ["--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--device", "cpu"]

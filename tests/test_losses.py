@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imet.engine.losses import LOSSES, build_loss, mixup, sample_beta
+from imet.train.loop import LOSSES, build_loss, mixup, sample_beta
 from imet.errors import UserError
 from imet.metrics.f2 import f2_score
 

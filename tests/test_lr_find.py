@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from imet.engine.lr_find import lr_find
+from imet.train.lr_find import lr_find
 from test_resume import make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,11 +1,11 @@
-"""Decode once in memory (imet.data.memo): the batches of every epoch are those of a dataset
+"""Decode once in memory (imet.data.images): the batches of every epoch are those of a dataset
 that decodes every image each time, whatever part of the data set the budget holds."""
 import numpy as np
 import pytest
 import torch
 
-from imet.data.dataset import ImetDataset
-from imet.data.memo import PixelMemo
+from imet.data.transforms import ImetDataset
+from imet.data.images import PixelMemo
 from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
 
 SIZE = 32

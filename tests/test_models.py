@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from imet.engine.optim import set_trainable
+from imet.train.state import set_trainable
 from imet.errors import UserError
 from imet.models import ARCHS, ImetNet, build_model
 

@@ -11,8 +11,9 @@ import pytest
 
 from imet.cli import main
 from imet.errors import UserError
-from imet.notify import build_notifier, config
-from imet.notify.config import ConfigProblem, TelegramConfig, load_config
+from imet.observe import telegram as config
+from imet.observe.telegram import build_notifier
+from imet.observe.telegram import ConfigProblem, TelegramConfig, load_config
 from telegram_standin import TelegramStandin, refused_url
 
 TOKEN = "987654321:AAGsecretTokenForConfigTests_zyxwvutsrq"

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from imet.engine.budget import StopRequest
-from imet.engine.config import TrainConfig
-from imet.engine.events import EventBus
-from imet.notify import build_notifier
+from imet.train.loop import StopRequest
+from imet.config import TrainConfig
+from imet.train.events import EventBus
+from imet.observe.telegram import build_notifier
 from telegram_standin import TelegramStandin, refused_url
 
 TOKEN = "444555666:AAElistenTokenMustNeverLeak_0123456789"
@@ -115,7 +115,7 @@ def test_a_single_stop_asks_and_a_second_within_60_s_stops():
 
 
 def test_a_stop_after_the_confirmation_window_asks_again():
-    from imet.notify.commands import CONFIRM_S, RunCommands
+    from imet.observe.messages import CONFIRM_S, RunCommands
     now = [0.0]
     asked = []
     commands = RunCommands(asked.append, clock=lambda: now[0])

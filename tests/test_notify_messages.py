@@ -5,9 +5,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from imet.duration import format_duration
-from imet.notify import messages
-from imet.notify.messages import CAPTION_LIMIT, TEXT_LIMIT, tg_len
+from imet.config import format_duration
+from imet.observe import messages
+from imet.observe.messages import CAPTION_LIMIT, TEXT_LIMIT, tg_len
 
 ALLOWED_TAGS = {"b", "i", "code", "pre"}
 

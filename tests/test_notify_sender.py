@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from imet.engine.events import EventBus
-from imet.notify import build_notifier
-from imet.notify.messages import CRITICAL, LOW, Outgoing
+from imet.train.events import EventBus
+from imet.observe.telegram import build_notifier
+from imet.observe.messages import CRITICAL, LOW, Outgoing
 from telegram_standin import TelegramStandin, refused_url
 
 TOKEN = "123456789:AAHfakeTokenForTests_abcdefghijklmnopq"
@@ -166,8 +166,8 @@ def test_crash_without_close_still_reports_at_exit():
     hook still delivers the crash message, within the close bound."""
     script = textwrap.dedent("""
         import os, sys
-        from imet.engine.events import EventBus
-        from imet.notify import build_notifier
+        from imet.train.events import EventBus
+        from imet.observe.telegram import build_notifier
         bus = EventBus([build_notifier("auto", min_interval_s=0.02, close_timeout_s=3.0)])
         bus.emit("failure", error="ValueError: boom", traceback="Traceback (most recent...")
         raise ValueError("boom")

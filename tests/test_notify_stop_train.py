@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from imet.engine.budget import StopRequest
-from imet.engine.events import EventBus
-from imet.engine.handover import EXIT_CODE as EXIT_HANDOVER
-from imet.engine.loop import train
-from imet.notify import build_notifier
+from imet.train.loop import StopRequest
+from imet.train.events import EventBus
+from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
+from imet.train.loop import train
+from imet.observe.telegram import build_notifier
 from telegram_standin import TelegramStandin
 from test_resume import assert_same_end, final_payload, make_config
 

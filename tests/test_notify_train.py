@@ -12,14 +12,14 @@ import time
 import pytest
 import torch
 
-from imet.engine.checkpoint import checkpoint_dir, list_generations
-from imet.engine.config import TrainConfig
-from imet.engine.events import EventBus
-from imet.engine.loop import train
-from imet.notify import build_notifier
-from imet.report.artifacts import ArtifactWriter
-from imet.report.console import ConsoleProgress
-from imet.report.metrics_csv import MetricsWriter
+from imet.train.checkpoint import checkpoint_dir, list_generations
+from imet.config import TrainConfig
+from imet.train.events import EventBus
+from imet.train.loop import train
+from imet.observe.telegram import build_notifier
+from imet.observe.files import ArtifactWriter
+from imet.observe.console import ConsoleProgress
+from imet.observe.files import MetricsWriter
 from telegram_standin import TelegramStandin
 
 TOKEN = "555666777:AAEtrainRunTokenMustNeverLeak_0123456789"

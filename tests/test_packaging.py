@@ -27,7 +27,7 @@ import secrets_scan  # noqa: E402
 import wheelfetch  # noqa: E402
 from kaggle_standin import KaggleStandin  # noqa: E402
 
-from imet.kaggle.platform_env import bundled_by, fresh_env  # noqa: E402
+from imet.kaggle.emulator import bundled_by, fresh_env
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 BUILD = [sys.executable, str(REPO / "packaging" / "build_dataset.py")]

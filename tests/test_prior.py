@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from imet.engine.prior import class_log_odds, init_prior_bias
+from imet.train.state import class_log_odds, init_prior_bias
 from imet.models import build_model
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from imet.data.batch_augment import ERASE_FILL, ERASE_H, IDENTITY, augment_batch
+from imet.data.transforms import ERASE_FILL, ERASE_H, IDENTITY, augment_batch
 from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
-from imet.engine.events import EventBus
-from imet.engine.sampler import EpochBatchSampler
-from imet.engine.loop import train
+from imet.train.events import EventBus
+from imet.train.data import EpochBatchSampler
+from imet.train.loop import train
 from imet.models import build_model
 from imet.models.modelfile import read_model_file
 from test_resume import SignalAt, assert_same_end, final_payload, make_config, resume_to_end

@@ -10,10 +10,10 @@ import shutil
 import pytest
 
 from imet.cli import main
-from imet.engine.events import EventBus
-from imet.registry import (REGISTRY_NAME, append_record, make_record, merge_records,
-                           read_registry, record_train_subscriber)
-from imet.registry.table import format_csv, format_markdown, format_table, sort_rows, summarize
+from imet.train.events import EventBus
+from imet.observe.registry import (REGISTRY_NAME, append_record, make_record, merge_records,
+                                   read_registry, record_train_subscriber)
+from imet.observe.registry import format_csv, format_markdown, format_table, sort_rows, summarize
 from report_sim import CONFIG, emit_session, f2_at
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -168,7 +168,7 @@ def test_records_never_store_secrets(tmp_path, monkeypatch):
 
 
 def test_token_shapes_are_redacted_inside_urls_without_the_environment():
-    from imet.report.redact import redact
+    from imet.observe.console import redact
     token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
     assert redact(f"POST https://api.telegram.org/bot{token}/sendMessage", environ={}) == \
         "POST https://api.telegram.org/bot<redacted>/sendMessage"
@@ -207,7 +207,7 @@ def test_validate_and_predict_summaries_become_records(chain, tmp_path):
 
 
 def test_code_version_prefers_the_dataset_manifest(tmp_path):
-    from imet.report.provenance import code_version, short_code_version
+    from imet.observe.files import code_version, short_code_version
     manifest = tmp_path / "input" / "imet-code" / "MANIFEST.json"
     manifest.parent.mkdir(parents=True)
     manifest.write_text('{"files": {"imet/cli.py": "abc"}}')
@@ -256,7 +256,7 @@ def test_set_lb_has_its_own_help_and_runs_writes_no_png_unasked(tmp_path, capsys
 def test_the_same_code_shows_the_same_code_cell(tmp_path):
     """A train session finds the dataset's MANIFEST.json among its inputs, a validation in the
     same checkout does not: both ran the same commit, so the table says the same."""
-    from imet.report.provenance import code_version, git_commit, short_code_version
+    from imet.observe.files import code_version, git_commit, short_code_version
     commit = git_commit()
     if commit is None:
         pytest.skip("not a git checkout")

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from imet.cli import main
-from imet.engine.budget import StopRequest
-from imet.engine.checkpoint import (checkpoint_dir, list_generations, load_checkpoint,
-                                    save_checkpoint)
-from imet.engine.diskspace import EXIT_CODE as DISK_FULL, DiskFullError
-from imet.engine.events import EventBus
-from imet.engine.handover import EXIT_CODE as HANDED_OVER
-from imet.engine.loop import train
+from imet.train.loop import StopRequest
+from imet.train.checkpoint import (checkpoint_dir, list_generations, load_checkpoint,
+                                   save_checkpoint)
+from imet.errors import DISK_FULL_EXIT_CODE as DISK_FULL
+from imet.train.checkpoint import DiskFullError
+from imet.train.events import EventBus
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER
+from imet.train.loop import train
 # `reference`: the module-scoped fixture of the uninterrupted run, used here too.
 from test_resume import (SignalAt, assert_same_end, cli_command, make_config,  # noqa: F401
                          reference, resume_to_end)
@@ -77,7 +78,7 @@ def test_leftovers_of_killed_saves_go_at_start_up_and_before_each_save(mini_data
                 (folder / late).write_bytes(b"x" * 1000)
                 assert "state-1.json" not in names(folder)  # gone at start-up already
 
-        with caplog.at_level(logging.INFO, logger="imet.engine.checkpoint"):
+        with caplog.at_level(logging.INFO, logger="imet.train.checkpoint"):
             result = train(config, EventBus([kill_leftover_before_the_save]))
         assert result.step == 4
         assert names(folder) == {"state-2.pt", "state-2.json", "state-4.pt", "state-4.json",

@@ -4,9 +4,9 @@ from __future__ import annotations
 import io
 import re
 
-from imet.engine.events import EventBus
-from imet.duration import format_duration
-from imet.report.console import ConsoleProgress
+from imet.train.events import EventBus
+from imet.config import format_duration
+from imet.observe.console import ConsoleProgress
 from report_sim import StepClock, emit_session
 
 
@@ -69,7 +69,7 @@ def test_format_duration():
 
 
 def _start():
-    from imet.engine.events import Event
+    from imet.train.events import Event
     return Event("run_start", {"run_name": "r", "config": {"epochs": 6, "head_epochs": 1},
                                "total_steps": 60, "stage1_end_step": 10, "rank": 0})
 

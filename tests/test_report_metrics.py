@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from imet.engine.events import EventBus
-from imet.report.artifacts import ArtifactWriter
-from imet.report.metrics_csv import COLUMNS, MetricsWriter, read_metrics
+from imet.train.events import EventBus
+from imet.observe.files import ArtifactWriter
+from imet.observe.files import COLUMNS, MetricsWriter, read_metrics
 from report_sim import TOTAL_STEPS, emit_session, f2_at
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -114,7 +114,7 @@ def test_failure_writes_run_json(tmp_path):
 
 
 def test_history_marks_stage_switches_and_session_handovers():
-    from imet.report.plots import history_figure
+    from imet.observe.files import history_figure
 
     rows = [{"kind": "progress", "step": step, "loss": 1.0 / step, "lr": 1e-3,
              "stage": 1 if step < 4 else 2, "session": 1 if step < 7 else 2}
@@ -133,7 +133,7 @@ def test_panel_plots_are_the_bands_of_the_history_plot(tmp_path):
 
     from PIL import Image
 
-    from imet.report.plots import write_plots
+    from imet.observe.files import write_plots
 
     rows = [{"kind": "progress", "step": s, "loss": 1.0 / s, "lr": 1e-3} for s in range(1, 30)]
     rows += [{"kind": "evaluation", "step": s, "f2": s / 40, "val_loss": 0.5} for s in (10, 20)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-from imet.engine.events import EventBus
-from imet.registry import record_train_subscriber
-from imet.report import report_subscribers
-from imet.report.find import files_named
+from imet.train.events import EventBus
+from imet.observe.registry import record_train_subscriber
+from imet.observe.files import report_subscribers
+from imet.observe.files import files_named
 from imet.walk import INPUT_DEPTH
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import json
 
-from imet.engine.config import TrainConfig
-from imet.engine.events import EventBus
-from imet.engine.loop import train
-from imet.registry import REGISTRY_NAME, read_registry, record_train_subscriber
-from imet.report import report_subscribers
-from imet.report.metrics_csv import read_metrics
+from imet.config import TrainConfig
+from imet.train.events import EventBus
+from imet.train.loop import train
+from imet.observe.registry import REGISTRY_NAME, read_registry, record_train_subscriber
+from imet.observe.files import report_subscribers
+from imet.observe.files import read_metrics
 from report_sim import StepClock
 
 

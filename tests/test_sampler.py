@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from imet.engine.sampler import EpochBatchSampler, epoch_permutation
+from imet.train.data import EpochBatchSampler, epoch_permutation
 
 
 def batches(**kw):

@@ -11,13 +11,13 @@ import pytest
 
 from imet.cli import build_parser, main
 from imet.commands.train import config_from_args
-from imet.engine.config import TrainConfig
-from imet.engine.events import EventBus
-from imet.engine.handover import NAME as HANDOVER, next_step_text
-from imet.engine.loop import train
+from imet.config import TrainConfig
+from imet.train.events import EventBus
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER, next_step_text
+from imet.train.loop import train
 from imet.errors import UserError
 from imet.models import ARCHS
-from imet.registry import REGISTRY_NAME, read_registry, record_train_subscriber
+from imet.observe.registry import REGISTRY_NAME, read_registry, record_train_subscriber
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,7 +90,7 @@ def test_loader_workers_split_the_cpus_between_torchrun_processes(monkeypatch):
     assert auto.worker_count(cpus=2, processes=4) == 1
     assert auto.worker_count(cpus=64, processes=1) == 8
     assert TrainConfig(num_workers=3).worker_count(cpus=4, processes=2) == 3
-    from imet.engine.inputs import loader_workers
+    from imet.train.data import loader_workers
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     cpus = len(os.sched_getaffinity(0))
     assert loader_workers(auto.validated()) == max(1, min(8, cpus // 2))

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from imet.metrics.decode import binarize
+from imet.metrics.f2 import binarize
 from imet.metrics.f2 import f2_score
-from imet.metrics.crossfit import cross_fitted_f2
-from imet.metrics.thresholds import (best_global_threshold, default_grid,
-                                     global_f2_curve, search_thresholds)
+from imet.metrics.thresholds import cross_fitted_f2
+from imet.metrics.thresholds import (best_global_threshold, default_grid, global_f2_curve,
+                                     search_thresholds)
 
 GRID = np.round(np.arange(0.02, 1.0, 0.02), 2)
 

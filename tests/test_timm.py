@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from imet.cli import main
-from imet.engine.events import EventBus
-from imet.engine.loop import train
+from imet.train.events import EventBus
+from imet.train.loop import train
 from imet.errors import CheckpointError, UserError
 from imet.models import build_model
 from imet.models.modelfile import load_model_file

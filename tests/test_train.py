@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from imet.cli import main
-from imet.engine.checkpoint import checkpoint_dir, list_generations
-from imet.engine.config import TrainConfig
-from imet.engine.optim import SCHEDULES, build_optimizer, build_scheduler, set_trainable
+from imet.train.checkpoint import checkpoint_dir, list_generations
+from imet.config import TrainConfig
+from imet.train.state import SCHEDULES, build_optimizer, build_scheduler, set_trainable
 from imet.errors import UserError
 from imet.models import build_model
 from imet.models.modelfile import load_model_file
@@ -74,7 +74,7 @@ def test_config_file_with_command_line_override(mini_data, tmp_path):
 def test_random_init_gets_its_own_defaults_and_explicit_flags_win(mini_data, tmp_path):
     from imet.cli import build_parser
     from imet.commands.train import config_from_args
-    from imet.engine.config import RANDOM_INIT_DEFAULTS
+    from imet.config import RANDOM_INIT_DEFAULTS
 
     def parsed(*flags):
         argv = ["train", "--data", str(mini_data), "--out", str(tmp_path), *flags]
@@ -185,8 +185,8 @@ CONTRACT_FIELDS = {
 
 
 def test_events_carry_the_contract_fields(mini_data, tmp_path):
-    from imet.engine.events import EventBus
-    from imet.engine.loop import train
+    from imet.train.events import EventBus
+    from imet.train.loop import train
 
     events = []
     config = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), arch="tiny_cnn",
@@ -223,11 +223,11 @@ def test_the_seed_preset_augments_each_training_batch_on_the_device(mini_data, p
     normalizing (and the loss sees it); `resize` has no per-batch part."""
     from torch.utils.data import default_collate
 
-    from imet.data.batch_augment import augment_batch
+    from imet.data.transforms import augment_batch
     from imet.data.transforms import normalize_batch
-    from imet.engine.inputs import load_run_data
-    from imet.engine.state import TrainState
-    from imet.engine.steps import StepRunner
+    from imet.train.data import load_run_data
+    from imet.train.state import TrainState
+    from imet.train.loop import StepRunner
 
     config = TrainConfig(data=str(mini_data), folds=str(mini_data / "folds.csv"),
                          arch="tiny_cnn", pretrained=False, image_size=32, batch_size=8,

@@ -10,13 +10,13 @@ import torch
 from imet.cli import main
 from imet.data.folds import read_folds
 from imet.data.labels import LabelSpace, read_labels, read_train
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import CompetitionLayout
 from imet.errors import UserError
 from imet.models import build_model
 from imet.models.modelfile import save_model_file
-from imet.predict.oof import choose_decoding
+from imet.predict.validate import choose_decoding
 from imet.probfile import load_probabilities
-from imet.predict.thresholdfile import read_thresholds
+from imet.predict.pipeline import read_thresholds
 
 QUIET = ["--num-workers", "0", "--log-every", "600", "--min-support", "4"]
 
@@ -72,7 +72,7 @@ def test_validate_writes_thresholds_oof_report_and_registry(setup, capsys):
 
 def _check_error_tables(table, data, labels, oof, doc):
     """The report's error tables count what the chosen decoding does on the OOF images."""
-    from imet.metrics.decode import binarize
+    from imet.metrics.f2 import binarize
 
     assert "## Most often predicted but absent" in table and "## Most often missed" in table
     assert "## culture taken for culture" in table

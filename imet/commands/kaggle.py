@@ -1,15 +1,79 @@
-"""`python -m imet kaggle run|render|chain|campaign …`: the local Kaggle emulator, push-ready
-kernels, sessions on Kaggle."""
+"""`imet doctor`: can this session train as configured? Exit 0 when it can; otherwise one line
+per blocking problem on stderr and exit 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from imet.engine.config import DEFAULT_TIME_BUDGET, parse_duration
-from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
-from imet.errors import UserError
+from imet.config import DEFAULT_TIME_BUDGET, parse_duration
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, UserError
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 
+
+def _accelerator(text: str) -> str:
+    from imet.errors import UserError
+    from imet.kaggle.session import canonical
+    try:
+        return canonical(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def configure_doctor(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Report Python, torch, its CUDA build and arch list; every GPU (name, compute "
+        "capability, memory, whether this torch has kernels for it, proved by a fp16 "
+        "conv+matmul under autocast, bf16 too where the GPU has it); free disk in --out against "
+        "the checkpoints of --arch (--keep generations and the one being written); the "
+        "competition data, imet-src, the weights of --arch and earlier outputs of the run; "
+        "whether Telegram is configured (never the token). Exit 0 when the session can train; "
+        "otherwise one line per blocking problem and exit 2. The kernels run it first.")
+    parser.add_argument("--data", type=Path, help="competition folder (default: searched "
+                        "under the --input-root folders)")
+    parser.add_argument("--input-root", type=Path, action="append", default=[], metavar="DIR",
+                        help="folder searched for the data, imet-src, weights and earlier "
+                        "outputs (repeatable; on Kaggle: /kaggle/input)")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="the run's working folder, whose free disk is checked (default .)")
+    parser.add_argument("--arch", help="the backbone to be trained: checkpoint size and weights "
+                        "(default: no training checks)")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="the run starts from ImageNet weights: they must be found (or "
+                        "downloadable) (default: as `imet train`, on for an arch that has "
+                        "weights)")
+    parser.add_argument("--device", default="auto", help="as `imet train --device` (default auto)")
+    parser.add_argument("--accelerator", type=_accelerator, metavar="NAME",
+                        help="what the kernel asked Kaggle for (its machine_shape); a GPU "
+                        "shape with no usable GPU is a blocking problem")
+    parser.add_argument("--notify", default="off", choices=("auto", "on", "off"),
+                        help="send the blocking problems as a Telegram crash message (default "
+                        "off; the kernels pass auto)")
+    parser.add_argument("--kernel", help="the kernel's name, for the Telegram message")
+    parser.add_argument("--keep", type=int, metavar="N", help="checkpoint generations the run "
+                        "keeps, as `imet train --keep` (default: its default)")
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from imet.kaggle.session import Settings, diagnose, send_crash
+    settings = Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
+                        arch=args.arch, pretrained=args.pretrained, device=args.device,
+                        accelerator=args.accelerator, keep=args.keep)
+    report = diagnose(settings)
+    print("\n".join(report.lines), flush=True)
+    if not report.problems:
+        print("imet doctor: this session can train as configured", flush=True)
+        return 0
+    for problem in report.problems:
+        print(f"imet doctor: error: {problem}", file=sys.stderr, flush=True)
+    send_crash(report.problems, args.notify, args.kernel)
+    return 2
+
+
+# ---- kaggle
+# `python -m imet kaggle run|render|chain|campaign …`: the local Kaggle emulator, push-ready
+# kernels, sessions on Kaggle.
 
 def input_source(text: str) -> tuple[str, Path]:
     """An `--input SLUG=PATH` value (kaggle run, kaggle campaign --emulate)."""
@@ -32,7 +96,7 @@ def duration(flag: str):
 def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
     """kernel name -> accelerator from `--accelerator [KERNEL=]NAME` values (later ones win);
     a retired name is accepted with one warning line, as the kaggle client does."""
-    from imet.kaggle import accelerators
+    from imet.kaggle import session as accelerators
     chosen: dict[str, str] = {}
     for text in given:
         kernel, sep, name = text.rpartition("=")
@@ -47,34 +111,34 @@ def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
     return chosen
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_kaggle(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION")
     sub.required = True
-    run = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
+    run_parser = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
                          description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
                          "read-only under input/<slug>, cwd in working/, no network when its "
                          "metadata turns internet off, killed at the time limit. Each session's "
                          "working/ is kept as OUT/v<N>/kaggle/working.")
-    run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
-    run.add_argument("--input", type=input_source, action="append", default=[],
+    run_parser.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
+    run_parser.add_argument("--input", type=input_source, action="append", default=[],
                      metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
-    run.add_argument("--time-limit", type=duration("--time-limit"),
+    run_parser.add_argument("--time-limit", type=duration("--time-limit"),
                      default=DEFAULT_TIME_BUDGET,
                      metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
                      "%(default)s, today's Kaggle sessions)")
-    run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
-    run.add_argument("--chain", type=int, default=1, metavar="N",
+    run_parser.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
+    run_parser.add_argument("--chain", type=int, default=1, metavar="N",
                      help="re-run with the previous output attached under the kernel's own slug "
                      "while the run hands over, at most N sessions (default 1)")
-    run.add_argument("--python", default=sys.executable, metavar="EXE",
+    run_parser.add_argument("--python", default=sys.executable, metavar="EXE",
                      help="interpreter standing in for Kaggle's image (default: this one): "
                      "each session runs in a fresh virtual environment of it that sees only its "
                      "platform packages (torch, numpy, pandas, ...; cached in "
                      "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never "
                      "its imet, so the kernel's bootstrap installs the dataset's wheels as on "
                      "Kaggle")
-    run.add_argument("--accelerator", metavar="NAME",
+    run_parser.add_argument("--accelerator", metavar="NAME",
                      help="ask for this machine_shape instead of the metadata's, as `kaggle "
                      "kernels push --accelerator` does (none: a CPU); the session still runs "
                      "on this machine, so a GPU asked for on a machine without one is refused "
@@ -122,8 +186,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "repeatable, over the settings file's): NvidiaTeslaT4 (GPU T4 x2, the "
                         "default), NvidiaL4, NvidiaTeslaA100, NvidiaH100, TpuV5E8, or none for "
                         "a CPU")
-    from imet.commands.kaggle_campaign import configure as configure_campaign
-    configure_campaign(sub)
+    configure_kaggle_campaign(sub)
 
 
 def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
@@ -132,17 +195,16 @@ def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[
     return _accelerators(from_file + list(given), kernels)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_kaggle(args: argparse.Namespace) -> int:
     if args.kaggle_command == "chain":
-        from imet.kaggle.remote import chain
+        from imet.kaggle.campaign.remote import chain
         if args.max_sessions < 1:
             raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
         return chain(args.kernel_dir, args.max_sessions, args.out, args.poll)
     if args.kaggle_command == "render":
         return _render(args)
     if args.kaggle_command == "campaign":
-        from imet.commands.kaggle_campaign import run as run_campaign
-        return run_campaign(args)
+        return run_kaggle_campaign(args)
     from imet.kaggle.emulator import run_chain
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
@@ -158,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from imet.kaggle import kernel_set, settings as kernel_settings
-    from imet.kaggle.campaign_plan import KEYS as CAMPAIGN_KEYS
-    from imet.kaggle.metadata import read_metadata, requested_accelerator
+    from imet.kaggle import render as kernel_set, render as kernel_settings
+    from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS
+    from imet.kaggle.render import read_metadata, requested_accelerator
     settings = kernel_settings.load(args.config, CAMPAIGN_KEYS)
     owner = args.owner or settings.owner
     if not owner:
@@ -171,3 +233,165 @@ def _render(args: argparse.Namespace) -> int:
     for out in kernel_set.write_kernels(args.out, planned, args.force):
         print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
     return 0
+
+
+# ---- kaggle_campaign
+# `python -m imet kaggle campaign PLAN --out DIR`: every member of a plan trained on Kaggle as
+# parallel kernels across sessions, then one validation and one inference over all of them.
+
+def configure_kaggle_campaign(sub) -> None:
+    campaign = sub.add_parser(
+        "campaign", help="train a plan's members on Kaggle in parallel, then validate and "
+        "predict over all of them",
+        description="Render one trainer kernel per member of PLAN (TOML, see README) into "
+        "DIR/kernels, push up to `parallel` of them at once through the kaggle client, push "
+        "again on every handover and the next member when a slot frees, push a failed session "
+        "again up to `retries` times, and stop pushing once another session would pass "
+        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then "
+        "the inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: "
+        "run the same command again after a kill to go on without pushing anything twice. "
+        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, "
+        "1 otherwise.")
+    campaign.add_argument("plan", type=Path, help="the plan (TOML)")
+    campaign.add_argument("--out", type=Path, required=True,
+                          help="the campaign's folder: state, table, kernels, outputs")
+    campaign.add_argument("--kernels", type=Path, default=Path("kernels"),
+                          help="folder of kernel templates (default kernels)")
+    campaign.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                          help="seconds between status polls (default 60; 1 with --emulate)")
+    campaign.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
+                          help="machine_shape of every kernel, or of one, over the plan's "
+                          "(repeatable, as `imet kaggle render --accelerator`); none: a CPU, "
+                          "what an emulated session on a machine without a GPU needs")
+    home = campaign.add_argument_group(
+        "rehearsing at home", "--emulate runs every kernel in the local emulator (as `imet "
+        "kaggle run` does) instead of Kaggle, with the same state file, table, budget, retries "
+        "and Telegram messages: up to `parallel` sessions at once, each killed at the session "
+        "limit, each trainer session with its own previous output attached under its slug, "
+        "the validation with every trainer output, the inference with those and the "
+        "validation's. Each session runs in a process of its own that outlives a killed "
+        "campaign, as a Kaggle session does: the same command again picks it up; one gone "
+        "without a recorded end counts as failed (see `retries`). Sessions log to "
+        "DIR/emulator/<slug>/v<N>/log.txt; the console shows the campaign's events.")
+    home.add_argument("--emulate", action="store_true",
+                      help="run the kernels in the local emulator (as `imet kaggle run`: "
+                      "root on Linux for the read-only inputs and the kernels with internet "
+                      "off)")
+    home.add_argument("--input", type=input_source, action="append", default=[],
+                      metavar="NAME=PATH",
+                      help="with --emulate: PATH stands for the source named NAME, the slug of "
+                      "a dataset_sources or competition_sources entry of the kernels (e.g. "
+                      "imet-2019-fgvc6=DATA, imet-src=DATASET, imet-weights=WEIGHTS); "
+                      "repeatable. Every source the rendered kernels attach must be given, "
+                      "or the campaign is refused before anything runs, except the weights "
+                      "dataset: without it the sessions run without it, which members that "
+                      "train from random init (an arch without ImageNet weights, "
+                      "--no-pretrained) need not; a member that needs weights then looks for "
+                      "them as `imet train` does (input roots, caches, the network of a kernel "
+                      "with internet on), and its doctor stops the session in one line when "
+                      "they cannot be had")
+    home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
+                      metavar="DURATION",
+                      help="with --emulate: kill each session after this long (seconds or "
+                      "12h/30m/90s; default the plan's session_hours)")
+
+
+class _Refusing(argparse.ArgumentParser):
+    def error(self, message: str):
+        from imet.errors import UserError
+        raise UserError(message)
+
+
+# What each kernel passes itself where its command requires it: stand-ins, so that the
+# command's own parser can judge the plan's flags alone.
+GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
+                   "predict": ["--data", "D", "--runs", "R"],
+                   "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}
+
+
+def check_args(command: str, args: list[str], where: str) -> None:
+    """Refuse what `imet <command>`'s own parser refuses: an unknown flag, a bad value."""
+    from imet.cli import configure_command
+    parser = _Refusing(prog=f"imet {command}", add_help=False)
+    configure_command(command, parser)
+    try:
+        _, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
+    except UserError as err:
+        raise UserError(f"{where}: imet {command}: {err}") from None
+    if unknown:
+        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
+                        f"`python -m imet {command} --help`")
+
+
+def telegram():
+    """A function sending one plain message to Telegram, and the close of the sender; a
+    no-op when Telegram is not configured."""
+    from imet.observe.telegram import ConfigProblem, load_config
+    try:
+        config = load_config(os.environ, use_kaggle_secrets=False)
+    except ConfigProblem as problem:
+        if os.environ.get("IMET_TELEGRAM_TOKEN"):
+            print(f"imet kaggle campaign: Telegram off: {problem}", file=sys.stderr)
+        return (lambda text: None), (lambda: None)
+    from imet.observe.messages import Outgoing, pack
+    from imet.observe.telegram import TelegramSender
+    sender = TelegramSender(config)
+
+    def send(text: str) -> None:
+        for piece in pack(text.splitlines()):
+            sender.submit(Outgoing("campaign", piece, html=False))
+    return send, sender.close
+
+
+def run_kaggle_campaign(args: argparse.Namespace) -> int:
+    from imet.errors import UserError
+    from imet.kaggle.campaign import plan as campaign_plan, remote
+    from imet.kaggle.campaign.driver import Campaign
+    from imet.kaggle.campaign.state import load_state
+    from imet.kaggle.render import templates_in
+    if not args.emulate and (args.input or args.session_limit is not None):
+        raise UserError(f"{'--input' if args.input else '--session-limit'} is for --emulate; "
+                        "add --emulate to rehearse the campaign at home")
+    plan = campaign_plan.load(args.plan, args.kernels, check_args)
+    chosen = render_accelerators(plan.settings, args.accelerator, list(templates_in(args.kernels)))
+    backend = _emulator(args, plan, chosen) if args.emulate else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")
+    send, close = telegram()
+    poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
+    try:
+        if backend is None:
+            from imet.kaggle.campaign.remote import KaggleBackend
+            backend = KaggleBackend(remote.kaggle_api(), poll)
+        return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,
+                        notify=send).run()
+    except (OSError, ValueError) as err:
+        if args.emulate:  # the machine's trouble (disk, permissions): one line, not a traceback
+            raise UserError(f"imet kaggle campaign --emulate: {type(err).__name__}: "
+                            f"{err}".splitlines()[0]) from None
+        raise remote.client_errors(err) from None
+    finally:
+        close()
+
+
+def _emulator(args: argparse.Namespace, plan, chosen: dict):
+    """The emulator backend, once every source the kernels attach has its --input."""
+    from imet.errors import UserError
+    from imet.kaggle.campaign.emulated import EmulatorBackend, missing_inputs
+    from imet.kaggle.render import WEIGHTS_DATASET, plan_kernels, slug_of
+    inputs = dict(args.input)
+    for name, path in inputs.items():
+        if not path.exists():
+            raise UserError(f"--input {name}={path}: no such file or folder")
+    planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
+    weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
+    missing = missing_inputs(planned, inputs, {weights})
+    if missing:
+        raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
+                        f"gives; add --input {missing[0]}=PATH"
+                        + (" (and the others)" if len(missing) > 1 else ""))
+    if weights not in inputs:
+        print(f"imet kaggle campaign: no --input {weights}=PATH: the sessions run without the "
+              "weights dataset", flush=True)
+    limit = args.session_limit if args.session_limit is not None else plan.session_hours * 3600
+    return EmulatorBackend(args.out / "emulator", inputs, limit)

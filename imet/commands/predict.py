@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from imet.engine.config import DEFAULT_TIME_BUDGET
+import numpy as np
+
+from imet.config import DEFAULT_TIME_BUDGET
+from imet.metrics.thresholds import MODES
 
 DEFAULT_TTA = "none,hflip"
 
@@ -69,9 +73,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inference_options(args):
-    from imet.predict.pipeline import InferenceOptions
+    from imet.config import check_amp_dtype, parse_duration
     from imet.predict.infer import parse_tta
-    from imet.engine.config import check_amp_dtype, parse_duration
+    from imet.predict.pipeline import InferenceOptions
 
     if args.batch_size is not None and args.batch_size < 1:
         from imet.errors import UserError
@@ -89,12 +93,12 @@ def inference_options(args):
 def append_registry(folder: Path, record: dict, sources=()) -> None:
     """One line in the run registry of `folder` (the experiment log of issue 10), after merging
     the registries of the runs used (on Kaggle: attached inputs carrying their history)."""
-    from imet.registry import append_record
+    from imet.observe.registry import append_record
     roots = [Path(s) if Path(s).is_dir() else Path(s).parent for s in sources]
     append_record(folder, record, input_roots=[r for r in roots if r.is_dir()])
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Predict the test images of a competition folder with one or more trained runs and write "
         "submission.csv: rows in sample_submission.csv order, every test image exactly once. "
@@ -122,7 +126,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_label_limits(parser, "from thresholds.json, else 1|from thresholds.json, else no limit")
 
 
-def run(args) -> int:
+def run_predict(args) -> int:
     from imet.errors import UserError
     from imet.predict.pipeline import predict_test
 
@@ -141,4 +145,172 @@ def run(args) -> int:
     append_registry(Path(args.out).resolve().parent, summary, sources)
     print(f"wrote {summary['submission']} ({summary['images']} images, "
           f"{summary['labels_per_image']:.2f} labels per image)")
+    return 0
+
+
+# ---- validate
+# `python -m imet validate`: out-of-fold predictions, thresholds, and an honest score.
+
+def configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Predict each run's held-out fold (with TTA), choose the decoding (one global threshold, "
+        "one per group culture/tag, one per class falling back to its group below a minimum "
+        "support, or per-image context thresholds), and score it honestly: thresholds chosen on half the out-of-fold images and "
+        "scored on the other half, both ways. The mode with the best cross-fitted F2 wins. "
+        "Runs of the same fold are ensembled; runs of different folds are stacked, so the "
+        "thresholds of a k-fold ensemble are chosen on all its out-of-fold images.")
+    parser.epilog = (
+        "Writes to --out: thresholds.json (read by `imet predict`), oof_probs.npz (and "
+        "oof/<run>.npz per run), validation.md (table) and plots/f2_vs_threshold.png, "
+        "plots/class_f2_vs_support.png; appends a record to the run registry there.")
+    parser.add_argument("--data", required=True, type=Path, metavar="DIR",
+                        help="competition folder: labels.csv, train.csv, train/")
+    parser.add_argument("--folds", type=Path, default=None, metavar="CSV",
+                        help="folds.csv the runs were trained with (default: the one the first "
+                        "run recorded, where it exists; else DIR/folds.csv)")
+    parser.add_argument("--run", "--runs", dest="runs", required=True, nargs="+", type=Path,
+                        metavar="RUN", help="run folders (holding model.pt), model files, or "
+                        "saved OOF probabilities (oof/<run>.npz) to re-threshold")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default: the run folder when there is one run; "
+                        "required otherwise, and when the run folder is read-only)")
+    parser.add_argument("--modes", default=",".join(MODES), metavar="LIST",
+                        help="decoding modes to compare by cross-fitted F2: global, group, "
+                        "class, context (per-image thresholds max(t, r x the image's top "
+                        "probability), t per group) (default: %(default)s)")
+    parser.add_argument("--min-support", type=int, default=20, metavar="N",
+                        help="a class gets its own threshold only with at least N positive "
+                        "out-of-fold images, else its group's (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed of the random halves used for cross-fitting (default: "
+                        "%(default)s)")
+    parser.add_argument("--time-limit", default=None, metavar="DURATION",
+                        help="warn when the ETA of a run's inference exceeds this (9h, 30m …) "
+                        "(default: no warning)")
+    add_inference_arguments(parser)
+    add_label_limits(parser, "1|no limit; both are saved in thresholds.json for predict")
+
+
+def run_validate(args) -> int:
+    from imet.predict.validate import validate_runs
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    max_labels = args.max_labels if args.max_labels else None
+    summary = validate_runs(args.data, args.folds, args.runs, args.out,
+                            options=inference_options(args), method=args.ensemble, modes=modes,
+                            min_support=args.min_support,
+                            min_labels=1 if args.min_labels is None else args.min_labels,
+                            max_labels=max_labels, seed=args.seed)
+    append_registry(Path(summary["out"]), summary, args.runs)
+    print(f"F2 {summary['f2']:.4f} cross-fitted ({summary['mode']} thresholds; "
+          f"{summary['f2_in_sample']:.4f} in-sample) on {summary['images']} out-of-fold images; "
+          f"wrote {summary['thresholds']}")
+    return 0
+
+
+# ---- pseudo_label
+# `python -m imet pseudo-label`: the test images an ensemble is confident about, predicted
+# with TTA, written as an extra training set (`imet train --extra DIR`).
+
+def configure_pseudo_label(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Predict the test images of a competition folder with one or more runs (ensemble and "
+        "TTA as in `imet predict`), keep the images the ensemble is confident about and write "
+        "them as an extra training set in the iMet layout: OUT/train/<id>.png, OUT/labels.csv "
+        "and OUT/train.csv (hard labels: the classes of probability >= --min-prob) or, with "
+        "--soft, OUT/soft_targets.npz (the ensemble's probabilities). Runs of another label "
+        "space are refused. Train on it with `imet train --extra OUT`.")
+    add_test_ensemble_arguments(parser, "(.npz from `imet predict`)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="the extra set's folder (new or empty)")
+    parser.add_argument("--min-prob", type=float, default=0.9, metavar="P",
+                        help="confidence in (0.5, 1] an image needs to be kept, and a class to "
+                        "be one of its hard labels (default: %(default)s)")
+    parser.add_argument("--rule", default="top", choices=("top", "all"),
+                        help="top: keep an image whose highest probability is >= P; all: and "
+                        "no class is uncertain (every probability >= P or <= 1 - P) "
+                        "(default: %(default)s)")
+    parser.add_argument("--soft", action="store_true",
+                        help="write the kept images' probabilities as soft targets instead of "
+                        "hard labels")
+    add_inference_arguments(parser)
+
+
+def run_pseudo_label(args) -> int:
+    from imet.predict.pseudo import pseudo_label
+
+    check_weights(args)
+    summary = pseudo_label(args.data, args.runs, args.out, min_prob=args.min_prob,
+                           rule=args.rule, soft=args.soft, method=args.ensemble,
+                           weights=args.weights, options=inference_options(args))
+    print(f"wrote {summary['out']} ({summary['kept']} of {summary['images']} test images)")
+    return 0
+
+
+# ---- score
+# `python -m imet score`: the F2 of a submission-format file against the truth.
+
+@dataclass(frozen=True)
+class Score:
+    f2: float
+    images: int
+    mean_predicted: float
+    mean_true: float
+
+
+def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
+    """F2 of `pred_csv` against `truth_csv` (both `id,attribute_ids`). Rows are matched by id;
+    DataError when the ids differ (missing, extra, duplicated) or a row is malformed. With
+    `labels_csv`, attribute ids outside labels.csv are refused too; without it the classes are
+    every attribute id seen in either file (an unknown id then simply counts as a wrong label)."""
+    from imet.metrics.f2 import f2_per_sample
+    from imet.metrics.submission_io import (
+        align_to_ids,
+        check_known,
+        read_submission,
+        refuse_duplicate_ids,
+        rows_to_matrix,
+    )
+    truth_ids, truth_rows = read_submission(truth_csv)
+    refuse_duplicate_ids(truth_csv, truth_ids)
+    pred_ids, pred_rows = read_submission(pred_csv)
+    pred_rows = align_to_ids(pred_csv, pred_ids, pred_rows, truth_ids,
+                             expected_from=f"the truth {Path(truth_csv).name}")
+    if labels_csv is not None:
+        from imet.data.labels import read_labels
+        attribute_ids = list(read_labels(Path(labels_csv)).attribute_ids)
+        name = Path(labels_csv).name
+        check_known(truth_csv, truth_ids, truth_rows, attribute_ids, name)
+        check_known(pred_csv, truth_ids, pred_rows, attribute_ids, name)
+    else:
+        seen = {a for rows in (truth_rows, pred_rows) for row in rows for a in row}
+        attribute_ids = sorted(seen)
+    truth = rows_to_matrix(truth_rows, attribute_ids)
+    pred = rows_to_matrix(pred_rows, attribute_ids)
+    per_sample = f2_per_sample(truth, pred)
+    return Score(f2=float(per_sample.mean()), images=len(truth_ids),
+                 mean_predicted=float(np.count_nonzero(pred) / len(truth_ids)),
+                 mean_true=float(np.count_nonzero(truth) / len(truth_ids)))
+
+
+def configure_score(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Prints one line: 'F2 <score> on <N> images (...)'. Exits 2 with a one-line "
+                     "error when the files do not cover the same ids exactly once or a row is "
+                     "malformed. An image with no true and no predicted label scores 0, as in "
+                     "scikit-learn's fbeta_score(average='samples').")
+    parser.add_argument("--truth", required=True, type=Path, metavar="CSV",
+                        help="the true labels, 'id,attribute_ids' (e.g. train.csv or the "
+                        "test_labels.csv of mini-iMet); extra columns are ignored")
+    parser.add_argument("--pred", required=True, type=Path, metavar="CSV",
+                        help="the submission to score, 'id,attribute_ids' with the same ids in "
+                        "any order")
+    parser.add_argument("--labels", type=Path, metavar="CSV", default=None,
+                        help="labels.csv: also refuse attribute ids that are not in it "
+                        "(default: accept any integer id)")
+
+
+def run_score(args) -> int:
+    score = score_files(args.truth, args.pred, args.labels)
+    print(f"F2 {score.f2:.6f} on {score.images} images (labels per image: "
+          f"{score.mean_predicted:.2f} predicted, {score.mean_true:.2f} true)")
     return 0

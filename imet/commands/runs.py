@@ -1,6 +1,6 @@
 """`python -m imet runs`: the experiment log of every train, validate and predict run found in
 the given folders (downloaded kernel outputs, /kaggle/input), best first, and on request a
-comparison PNG. `runs set-lb` is its own module (imet/commands/runs_set_lb.py)."""
+comparison PNG. `runs set-lb` is its own module (imet/commands/runs.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from pathlib import Path
 from imet.errors import UserError
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_runs(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Print the run registry: every train/validate/predict record (imet-runs.jsonl) found "
         "recursively under DIR…, merged without duplicates, one row per run and kind, best "
@@ -29,11 +29,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also write the comparison PNG there (default: no PNG)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from imet.registry.compare_plot import render_comparison_png
-    from imet.registry.store import find_registries, merge_records, read_registry
-    from imet.registry.table import FORMATS, sort_rows, summarize
+def run_runs(args: argparse.Namespace) -> int:
     from imet.fileio import atomic_write_bytes
+    from imet.observe.registry import (
+        FORMATS,
+        find_registries,
+        merge_records,
+        read_registry,
+        render_comparison_png,
+        sort_rows,
+        summarize,
+    )
 
     roots = [Path(d) for d in (args.dirs or ["."])]
     missing = [str(r) for r in roots if not r.exists()]
@@ -56,4 +62,38 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"runs --plot {args.plot}: cannot write ({err.strerror}); pass a "
                             "writable path") from None
         print(f"imet runs: wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+# ---- runs_set_lb
+# `python -m imet runs set-lb RUN SCORE [DIR …]`: record a leaderboard score for a run in
+# every registry under the folders that holds it.
+
+def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
+    parser.prog = "imet runs set-lb"
+    parser.description = (
+        "Store the public leaderboard score of RUN (a run id, or a unique prefix of one) in "
+        "every run registry (imet-runs.jsonl) under DIR… that holds it; `imet runs --sort lb` "
+        "then ranks by it.")
+    parser.add_argument("set_lb", choices=["set-lb"], metavar="set-lb", help=argparse.SUPPRESS)
+    parser.add_argument("run", metavar="RUN", help="run id or a unique prefix of one")
+    parser.add_argument("score", metavar="SCORE", help="the leaderboard score, e.g. 0.65432")
+    parser.add_argument("dirs", nargs="*", metavar="DIR",
+                        help="folders whose registries get the score; default: the current folder")
+
+
+def run_runs_set_lb(args: argparse.Namespace) -> int:
+    from imet.observe.registry import now_iso, set_lb
+
+    run_id, score_text, dirs = args.run, args.score, args.dirs or ["."]
+    try:
+        score = float(score_text)
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):
+        raise UserError(f"runs set-lb: SCORE {score_text!r} is not a number; give the public "
+                        "leaderboard score, e.g. 0.65432")
+    run_id, changed = set_lb([Path(d) for d in dirs], run_id, score, now_iso())
+    for path in changed:
+        print(f"imet runs: {run_id}: leaderboard {score:g} recorded in {path}")
     return 0

@@ -9,11 +9,16 @@ import shlex
 import sys
 import time
 
-from imet.engine.budget import StopRequest
-from imet.engine.config import (AUTO_MARGIN_TEXT, AUTO_WORKERS_CEILING, RANDOM_INIT_DEFAULTS,
-                                TrainConfig, read_config_file)
-from imet.engine.diskspace import EXIT_CODE as DISK_FULL
-from imet.engine.handover import EXIT_CODE as HANDED_OVER, NAME as HANDOVER
+from imet.config import (
+    AUTO_MARGIN_TEXT,
+    AUTO_WORKERS_CEILING,
+    RANDOM_INIT_DEFAULTS,
+    TrainConfig,
+    read_config_file,
+)
+from imet.errors import DISK_FULL_EXIT_CODE as DISK_FULL, HANDED_OVER_EXIT_CODE as HANDED_OVER
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
+from imet.train.loop import StopRequest
 
 DEFAULTS = TrainConfig()
 
@@ -138,7 +143,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one fold: stage 1 (--head-epochs; none with --no-pretrained) trains the head with "
         "the body frozen, stage 2 every group with discriminative LRs. The full training state "
@@ -194,7 +199,7 @@ def config_from_args(args: argparse.Namespace,
     from imet.errors import UserError
     from imet.models.weights import has_pretrained_weights
     if values.get("init") and "arch" not in values:  # --init tunes the model's own arch
-        from imet.engine.init_model import init_arch
+        from imet.train.state import init_arch
         values["arch"] = init_arch(str(values["init"]))
     # Pretraining defaults to what the arch has (an unknown arch: one line listing the names).
     weighted = has_pretrained_weights(str(values.get("arch", DEFAULTS.arch)))
@@ -212,12 +217,11 @@ def config_from_args(args: argparse.Namespace,
 
 
 def build_bus(config: TrainConfig, request_stop=None):
-    from imet.engine.distributed import env_rank
-    from imet.engine.events import EventBus
-    from imet.notify import build_notifier
-    from imet.registry import record_train_subscriber
-    from imet.report import report_subscribers
-    from imet.report.find import InputFiles
+    from imet.observe.files import InputFiles, report_subscribers
+    from imet.observe.registry import record_train_subscriber
+    from imet.observe.telegram import build_notifier
+    from imet.train.distributed import env_rank
+    from imet.train.events import EventBus
 
     inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
     subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s),
@@ -228,7 +232,7 @@ def build_bus(config: TrainConfig, request_stop=None):
     return EventBus(subscribers)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> int:
     # The budget counts from the CLI's start: importing torch and reading the data take session
     # time too.
     session_start = getattr(args, "started_monotonic", None) or time.monotonic()
@@ -240,14 +244,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) -> int:
-    from imet.engine.loop import train
+    from imet.train.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
     # fail at the first CUDA operation: refused before anything is built.
     from imet.errors import UserError
-    from imet.kaggle.gpu import device_problem
+    from imet.kaggle.session import device_problem
     problem = device_problem(config.device)
     if problem:
         raise UserError(problem)
@@ -257,9 +261,47 @@ def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) ->
                        next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
     finally:
         bus.close()
-    from imet.engine.distributed import env_rank
+    from imet.train.distributed import env_rank
     if result.status == "handover" and env_rank() == 0:  # one line, not one per process
         print(f"imet train: handed over at step {result.step} ({result.reason}); checkpoint "
               f"{result.checkpoint}; see {config.out}/{HANDOVER}; exit {HANDED_OVER}",
               file=sys.stderr)
     return result.exit_code
+
+
+# ---- lr_find
+# `imet lr-find`: the LR finder with the flags of `imet train`; prints the suggested --lr and
+# writes the loss-against-LR plot to --plot. No run folder is read or written (--out is ignored).
+
+def configure_lr_find(parser: argparse.ArgumentParser) -> None:
+    configure_train(parser)
+    parser.description = (
+        "Exponential LR sweep before training (the Open Images YOLO notes: find the LR, then "
+        "cycle it): the model, data and stage-2 optimizer `imet train` would use with the same "
+        "flags, the LR raised from --start-lr to --end-lr over --steps steps on the training "
+        "fold; stops early when the loss diverges. Prints the suggested --lr (steepest descent "
+        "of the smoothed loss) and writes the plot to --plot. Writes nothing into any run "
+        "folder.")
+    group = parser.add_argument_group("lr-find")
+    group.add_argument("--steps", type=int, default=100, metavar="N",
+                       help="training steps of the sweep [100]")
+    group.add_argument("--start-lr", type=float, default=1e-7, help="first LR [1e-07]")
+    group.add_argument("--end-lr", type=float, default=1.0, help="last LR [1.0]")
+    group.add_argument("--plot", default="lr-find.png", metavar="FILE",
+                       help="where the loss-vs-LR plot goes [lr-find.png in the current folder]")
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    from imet.train.lr_find import lr_find, write_lr_plot
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args, required=("data",))
+    sweep = lr_find(config, args.steps, args.start_lr, args.end_lr)
+    suggestion = sweep.suggestion()
+    plot = write_lr_plot(args.plot, sweep.lrs, sweep.losses, sweep.smoothed, suggestion,
+                         title=f"LR finder: {config.arch}, fold {config.fold}")
+    ended = "stopped early: the loss diverged" if sweep.diverged else "no divergence"
+    print(f"imet lr-find: swept {sweep.lrs[0]:.2e} .. {sweep.lrs[-1]:.2e} over "
+          f"{len(sweep.lrs)} steps ({ended}); plot {plot}")
+    print(f"suggested --lr {suggestion:.2e}")
+    return 0

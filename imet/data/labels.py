@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imet.errors import DataError
+from imet.errors import DataError, UserError
+from imet.probfile import load_probabilities
 
 LABELS_COLUMNS = ("attribute_id", "attribute_name")
 ID_COLUMNS = ("id", "attribute_ids")
@@ -315,3 +316,150 @@ def _raise_first(problems: list[str]) -> None:
         more = f" (and {len(problems) - 1} more problems: run `imet check-data` to list them)" \
             if len(problems) > 1 else ""
         raise DataError(problems[0] + more)
+
+
+# ---- layout
+# Where the competition's files live inside a data folder (iMet Collection 2019 layout).
+#
+# Only this module names the files; callers pass the root (a Kaggle input folder, a mini-iMet
+# folder, or a user's download).
+
+SPLITS = ("train", "test")
+IMAGE_SUFFIX = ".png"
+
+
+class CompetitionLayout:
+    """root/labels.csv, train.csv, sample_submission.csv, [test_labels.csv], train/, test/."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"CompetitionLayout({str(self.root)!r})"
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.root / "labels.csv"
+
+    @property
+    def train_csv(self) -> Path:
+        return self.root / "train.csv"
+
+    @property
+    def sample_submission_csv(self) -> Path:
+        return self.root / "sample_submission.csv"
+
+    @property
+    def test_labels_csv(self) -> Path:
+        """The test truth: only mini-iMet has it (the competition kept it hidden)."""
+        return self.root / "test_labels.csv"
+
+    @property
+    def folds_csv(self) -> Path:
+        """Where `imet folds` writes by default."""
+        return self.root / "folds.csv"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def test_dir(self) -> Path:
+        return self.root / "test"
+
+    def split_dir(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        return self.root / split
+
+    def image_path(self, split: str, image_id: str) -> Path:
+        return self.split_dir(split) / f"{image_id}{IMAGE_SUFFIX}"
+
+    def image_paths(self, split: str, image_ids) -> list[Path]:
+        folder = self.split_dir(split)
+        return [folder / f"{i}{IMAGE_SUFFIX}" for i in image_ids]
+
+    def require(self, *, test: bool = True) -> "CompetitionLayout":
+        """DataError naming the first missing file or folder (before any long work starts)."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data folder not found; pass --data pointing at the "
+                            "competition files (or make one with `imet mini-imet --out DIR`)")
+        needed = [self.labels_csv, self.train_csv, self.train_dir]
+        if test:
+            needed += [self.sample_submission_csv, self.test_dir]
+        for path in needed:
+            if not path.exists():
+                kind = "folder" if path.suffix == "" else "file"
+                raise DataError(f"{path}: {kind} not found; {self.root} must hold labels.csv, "
+                                "train.csv, sample_submission.csv, train/ and test/")
+        return self
+
+
+# ---- extra
+# An extra training set (`imet train --extra DIR`): images that train beside the fold's
+# training images and never enter validation, such as pseudo-labelled test images.
+#
+# DIR has the iMet layout: DIR/train/<id>.png and either DIR/train.csv (id,attribute_ids, the
+# competition's label ids: hard labels) or DIR/soft_targets.npz (an imet probabilities file,
+# imet/probfile.py: a target probability per image and class); a DIR/labels.csv, when
+# there is one, must be the run's label space. Its fingerprint hashes the ids and targets (not the
+# pixels: an image is named by its id), so a resumed run with another extra set is refused as
+# another config.
+
+SOFT_TARGETS = "soft_targets.npz"
+
+
+@dataclass
+class ExtraSet:
+    ids: list[str]
+    paths: list[Path]
+    targets: np.ndarray  # [N, C]: uint8 hard labels or float16 soft targets in [0, 1]
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.ids).encode())
+        digest.update(np.ascontiguousarray(self.targets, dtype=np.float32).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def read_extra(root: str | Path, labels: LabelSpace, train_ids: list[str]) -> ExtraSet:
+    """The extra set of `root`, refused with one line when its files are missing, its label
+    space is not the run's, or an id is also a training id (the image would count twice and
+    could be a validation image under another name)."""
+    layout = CompetitionLayout(root)
+    soft = layout.root / SOFT_TARGETS
+    if not layout.train_dir.is_dir() or layout.train_csv.exists() == soft.exists():
+        raise DataError(f"{layout.root}: --extra must point at a folder with train/ and one of "
+                        f"train.csv (hard labels) or {SOFT_TARGETS} (soft targets), as `imet "
+                        "pseudo-label` writes")
+    if layout.labels_csv.exists() and \
+            read_labels(layout.labels_csv).fingerprint() != labels.fingerprint():
+        raise UserError(f"{layout.labels_csv}: another label space than --data's labels.csv; "
+                        "make the extra set with the run's competition data")
+    ids, targets = (read_soft_targets(soft, labels) if soft.exists()
+                    else read_train(layout.train_csv, labels))
+    colliding = sorted(set(ids) & set(train_ids))
+    if colliding:
+        raise UserError(f"{layout.train_csv}: {len(colliding)} ids are also in --data's "
+                        f"train.csv (first: {colliding[0]}); give the extra images other ids")
+    paths = layout.image_paths("train", ids)
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise DataError(f"{missing}: image of {layout.train_csv} not found; copy it into "
+                        f"{layout.train_dir} or drop its row")
+    return ExtraSet(ids, paths, targets)
+
+
+def read_soft_targets(path: Path, labels: LabelSpace) -> tuple[list[str], np.ndarray]:
+    """Ids and float16 [N, C] targets of a soft-target file of `labels`' space."""
+    soft = load_probabilities(path)
+    if soft.attribute_ids != labels.attribute_ids or \
+            soft.labels_fingerprint not in (None, labels.fingerprint()):
+        raise UserError(f"{path}: soft targets of another label space than --data's "
+                        "labels.csv; make them with runs of the same competition data")
+    if len(set(soft.ids)) != len(soft.ids):
+        raise DataError(f"{path}: image ids are not unique; write the soft targets again")
+    if not np.isfinite(soft.probs).all() or (soft.probs < 0).any() or (soft.probs > 1).any():
+        raise DataError(f"{path}: soft targets must be probabilities in [0, 1]; write them "
+                        "again")
+    return soft.ids, soft.probs.astype(np.float16)

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import CompetitionLayout
 from imet.errors import UserError
 
 GENERATOR_VERSION = 1

@@ -1,1 +1,3 @@
 """imet.kaggle"""
+
+

@@ -157,4 +157,3 @@ def write_submission(path, ids: Sequence[str], labels) -> Path:
         writer.writerow(HEADER)
         writer.writerows(zip(ids, labels))
     return path
-

@@ -25,10 +25,20 @@ searches optimise this close model; the returned F2 values are always recomputed
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from imet.metrics.decode import check_label_limits, check_probs, top_k_indices
-from imet.metrics.f2 import f2_from_counts
+from imet.metrics.f2 import (
+    binarize,
+    check_label_limits,
+    check_probs,
+    context_passes,
+    f2_from_counts,
+    f2_per_sample,
+    f2_score,
+    top_k_indices,
+)
 
 SEARCH_MODES = ("global", "group", "class")
 DEFAULT_MIN_SUPPORT = 20
@@ -288,3 +298,118 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
         eligible = np.flatnonzero(np.count_nonzero(y, axis=0) >= max(1, int(min_support)))
         thresholds = _class_search(model, y, probs, grid, thresholds, eligible)
     return thresholds
+
+
+# ---- context
+# Context-aware decoding (the 6th-place iMet idea): an image's threshold for a class is
+# `max(t, r * that image's top probability)`, with `t` per group (culture / tag) and one ratio `r`.
+#
+# Why this search: for a fixed r, an entry can pass only when it reaches r * top, so masking the
+# other entries to 0 turns the problem into the ordinary per-group search of thresholds.py, exact
+# over its grid. Each candidate r costs one masked copy and one group search (~3.5 s CPU at iMet
+# scale), so r is searched coarse to fine: 0, 0.1 .. 0.9, then the two halfway points beside the
+# best. The best pair by in-sample F2 is kept (validate then cross-fits the whole search like
+# every other mode).
+
+def coarse_ratios() -> np.ndarray:
+    """0 (no context: the plain group search is always a candidate) .. 0.9 in steps of 0.1."""
+    return np.arange(0, 10, dtype=np.float64) / 10.0
+
+
+def search_context(y_true, probs, groups=None, grid=None, ratios=None, min_labels: int = 1,
+                   max_labels=None, min_support: int = DEFAULT_MIN_SUPPORT
+                   ) -> tuple[np.ndarray, float]:
+    """(per-class thresholds [C], ratio r) maximising the mean F2 of `binarize(probs,
+    thresholds, min_labels, max_labels, context=r)`; thresholds are one per group."""
+    probs = check_probs(probs)
+    tried: dict[float, tuple[float, np.ndarray]] = {}
+
+    def fit(ratio: float) -> None:
+        masked = probs if ratio == 0 else np.where(context_passes(probs, ratio), probs, 0)
+        thresholds = search_thresholds(y_true, masked, groups, mode="group", grid=grid,
+                                       min_support=min_support, min_labels=min_labels,
+                                       max_labels=max_labels)
+        del masked
+        tried[ratio] = (f2_score(y_true, binarize(probs, thresholds, min_labels, max_labels,
+                                                  ratio)), thresholds)
+
+    def best() -> float:
+        # ties go to the smaller ratio: the decoding closer to plain thresholds
+        return max(sorted(tried), key=lambda r: (round(tried[r][0], 12), -r))
+
+    candidates = coarse_ratios() if ratios is None else np.asarray(ratios, dtype=np.float64)
+    for ratio in candidates.tolist():
+        fit(round(ratio, 6))
+    if ratios is None:
+        centre = best()
+        for ratio in (centre - 0.05, centre + 0.05):
+            if 0 < ratio < 1:
+                fit(round(ratio, 6))
+    chosen = best()
+    return tried[chosen][1], chosen
+
+
+# ---- crossfit
+# Honest F2 of a decoding: every mode's search is fitted on one half of the images and scored on
+# the other, both ways. The modes are the threshold searches of thresholds.py plus the
+# per-image `context` decoding of context.py.
+
+MODES = SEARCH_MODES + ("context",)
+
+
+def fit_decoding(y_true, probs, groups=None, mode: str = "global",
+                 min_support: int = DEFAULT_MIN_SUPPORT, grid=None, min_labels: int = 1,
+                 max_labels=None) -> tuple[np.ndarray, float]:
+    """(per-class thresholds [C], context ratio) of `mode`; the ratio is 0 except for context."""
+    if mode == "context":
+        return search_context(y_true, probs, groups, grid=grid, min_labels=min_labels,
+                              max_labels=max_labels, min_support=min_support)
+    return search_thresholds(y_true, probs, groups, mode, min_support, grid, min_labels,
+                             max_labels), 0.0
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Honest F2 of a decoding search: chosen on one half of the samples, scored on the other,
+    both ways. `f2_in_sample` (chosen and scored on all samples) minus `f2` is how much the
+    search flatters itself; `thresholds` and `context` are fitted on all samples (use them for
+    test)."""
+    f2: float
+    f2_halves: tuple[float, float]
+    f2_in_sample: float
+    thresholds: np.ndarray
+    mode: str
+    context: float = 0.0
+
+    @property
+    def optimism(self) -> float:
+        return self.f2_in_sample - self.f2
+
+
+def cross_fitted_f2(y_true, probs, groups=None, mode: str = "global",
+                    min_support: int = DEFAULT_MIN_SUPPORT, grid=None, min_labels: int = 1,
+                    max_labels=None, seed: int = 0) -> CrossFit:
+    """Choose the decoding on a random half, score it on the other half and vice versa.
+    The per-class minimum support applies within each half (half the data: fewer classes
+    qualify, as they would with half the validation set)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown threshold mode {mode!r}; choose one of {', '.join(MODES)}")
+    y, probs = check_truth(y_true, probs)
+    n = y.shape[0]
+    if n < 2:
+        raise ValueError("cross-fitting needs at least 2 samples")
+    order = np.random.default_rng(seed).permutation(n)
+    halves = (np.sort(order[: n // 2]), np.sort(order[n // 2:]))
+    kw = dict(groups=groups, mode=mode, min_support=min_support, grid=grid,
+              min_labels=min_labels, max_labels=max_labels)
+    per_sample = np.empty(n, dtype=np.float64)
+    for fit_on, score_on in (halves, halves[::-1]):
+        thr, ratio = fit_decoding(y[fit_on], probs[fit_on], **kw)
+        pred = binarize(probs[score_on], thr, min_labels, max_labels, ratio)
+        per_sample[score_on] = f2_per_sample(y[score_on], pred)
+    full, ratio = fit_decoding(y, probs, **kw)
+    in_sample = f2_per_sample(y, binarize(probs, full, min_labels, max_labels, ratio)).mean()
+    return CrossFit(f2=float(per_sample.mean()),
+                    f2_halves=(float(per_sample[halves[0]].mean()),
+                               float(per_sample[halves[1]].mean())),
+                    f2_in_sample=float(in_sample), thresholds=full, mode=mode, context=ratio)

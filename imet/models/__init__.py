@@ -1,4 +1,6 @@
 """imet.models: backbones by name, offline pretrained weights, the model file format."""
+
+
 from imet.models.net import Head, ImetNet, build_model
 from imet.models.registry import ARCHS, IMAGENET_MEAN, IMAGENET_STD
 

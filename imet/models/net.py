@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imet.models.timm_arch import TimmSpec
+from imet.models.registry import TimmSpec
 from imet.models.weights import get_spec, load_body_weights, resolve_weights
 
 

@@ -6,18 +6,24 @@ dataset somewhere under /kaggle/input, so the resolver searches for it by its of
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import socket
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
 from imet.errors import CheckpointError, UserError
-from imet.models.registry import ARCHS, ArchSpec
-from imet.models.timm_arch import PREFIX as TIMM_PREFIX
-from imet.models.timm_arch import TimmSpec, timm_spec
+from imet.fileio import atomic_copy, atomic_write_text
+from imet.models.registry import ARCHS, PREFIX as TIMM_PREFIX, ArchSpec, TimmSpec, timm_spec
 from imet.walk import walk_folders
 
 CONNECT_TIMEOUT_S = 3.0
@@ -101,7 +107,7 @@ def sha256_prefix(official_url: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _download(url: str, dest: Path, hash_prefix: str | None) -> None:
+def _download_official(url: str, dest: Path, hash_prefix: str | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     # torch.hub writes to a temp file and moves it into place only when complete and, with a
     # hash prefix, verified: a cut or corrupted download is never cached.
@@ -116,7 +122,6 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     Raises one UserError listing every place searched."""
     spec = get_spec(arch)
     if isinstance(spec, TimmSpec):
-        from imet.models.timm_weights import resolve_timm_weights
 
         return resolve_timm_weights(spec, explicit, search_roots, allow_download)
     names = spec.filenames()
@@ -153,7 +158,7 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     elif network_up(url):
         dest = hub / names[0]
         try:
-            _download(url, dest, sha256_prefix(official))
+            _download_official(url, dest, sha256_prefix(official))
             return dest
         except Exception as exc:  # any transport failure: report it with the rest
             searched.append(f"download from {url} failed ({type(exc).__name__}: {exc})")
@@ -225,3 +230,272 @@ def load_body_weights(body: nn.Module, spec: ArchSpec, path) -> None:
         raise CheckpointError(f"{path}: does not fit {spec.name}: {'; '.join(problems)} keys; "
                               f"pass the weights file of {spec.name} ({spec.filenames()[0]})")
     body.load_state_dict(state, strict=False)
+
+
+# ---- timm_weights
+# Where a timm model's pretrained weights are found, offline first.
+#
+# Order: `--weights` (a file, or a folder to search); then, under the input roots and the local
+# Hugging Face cache, a hub cache entry (models--timm--<name>/snapshots/<rev>/model.safetensors),
+# the flat `<name>.safetensors` that `imet weights fetch` writes, or any folder whose config.json
+# names the model beside its model.safetensors; then $TORCH_HOME/hub/checkpoints (timm's legacy
+# download names). Only when all of them miss, and downloads are allowed, the network is up and
+# HF_HUB_OFFLINE is not set, is the file downloaded through huggingface_hub.
+
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hf_cache_dir() -> Path:
+    """huggingface_hub's cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "huggingface")
+    return Path(home) / "hub"
+
+
+def _config_names(folder: Path, spec: TimmSpec) -> bool:
+    """Whether folder/config.json is timm's config of `spec`'s model (architecture and tag)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    tag = (config.get("pretrained_cfg") or {}).get("tag")
+    return config.get("architecture") == spec.model.partition(".")[0] and tag in (None, spec.tag)
+
+
+def _hit(folder: Path, files: list, spec: TimmSpec) -> Path | None:
+    names = spec.filenames()
+    flat, legacy = names[0], names[3:]
+    if flat in files:
+        return folder / flat
+    hub = spec.hub_folder()
+    in_hub_cache = hub and folder.parent.name == "snapshots" and folder.parent.parent.name == hub
+    if in_hub_cache or ("config.json" in files and _config_names(folder, spec)):
+        for name in HF_FILES:
+            if name in files:
+                return folder / name
+    for name in legacy:
+        if name in files:
+            return folder / name
+    return None
+
+
+def find_in_roots(spec: TimmSpec, roots) -> Path | None:
+    for folder, _, files in walk_folders([r for r in roots if Path(r).is_dir()]):
+        hit = _hit(folder, files, spec)
+        if hit:
+            return hit
+    return None
+
+
+def _download_from_hub(spec: TimmSpec) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(spec.hf_hub_id, HF_FILES[0], cache_dir=str(hf_cache_dir()))
+    return Path(path)
+
+
+def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
+                         allow_download: bool = True) -> Path:
+    names = spec.filenames()
+    searched = []
+    if explicit is not None:
+        explicit = Path(explicit)
+        if explicit.is_file():
+            return explicit
+        if not explicit.is_dir():
+            raise UserError(f"--weights {explicit}: no such file; pass the path of {spec.model}'s "
+                            f"model.safetensors (or .pth/.bin), or a folder holding it")
+        hit = find_in_roots(spec, [explicit])
+        if hit:
+            return hit
+        searched.append(f"{explicit} (recursive)")
+    roots = [Path(r) for r in search_roots] + [hf_cache_dir()]
+    hit = find_in_roots(spec, roots)
+    if hit:
+        return hit
+    searched.extend(f"{r} ({'recursive' if r.is_dir() else 'does not exist'})" for r in roots)
+    hub = hub_checkpoint_dir()
+    hit = find_file(names[:1] + names[3:], [hub]) if hub.is_dir() else None
+    if hit:
+        return hit
+    searched.append(str(hub))
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not spec.hf_hub_id:
+        searched.append(f"no Hugging Face hub copy of {spec.model}")
+    elif not allow_download or offline:
+        searched.append("download disabled" if not allow_download else "HF_HUB_OFFLINE is set")
+    elif network_up(endpoint):
+        try:
+            return _download_from_hub(spec)
+        except Exception as exc:  # any transport or hub failure: report it with the rest
+            searched.append(f"download of {spec.hf_hub_id} failed ({type(exc).__name__})")
+    else:
+        searched.append(f"no network to reach {endpoint}")
+    looked = [f"{spec.hub_folder()}/snapshots/*/model.safetensors"] if spec.hf_hub_id else []
+    looked += [names[0], "model.safetensors beside a config.json naming it", *names[3:]]
+    raise UserError(
+        f"pretrained weights for {spec.name} ({spec.model}) not found: looked for "
+        f"{' or '.join(looked)} in {'; '.join(searched)}. Attach a dataset holding them (imet "
+        f"weights fetch writes one), pass --weights PATH, or train without --pretrained")
+
+
+# ---- fetch
+# `imet weights fetch`: the official pretrained weights of some archs, downloaded on an online
+# machine into one flat folder that `kaggle datasets create -p DIR` uploads as it is.
+#
+# timm's weights come through huggingface_hub (HF_ENDPOINT honoured), pretrainedmodels' and
+# torchvision's (and timm's few models without a hub copy) from their official URLs, or from
+# `url_base` + the file name (a mirror). Every finished file is recorded at once in
+# weights-manifest.json (sha256, size, source, arch): a rerun after an interruption skips what is
+# recorded and intact, and continues a cut URL download with an HTTP Range request. The files
+# carry the names the offline resolver looks for, so attaching the dataset is all a kernel needs.
+
+MANIFEST = "weights-manifest.json"
+METADATA = "dataset-metadata.json"
+SLUG = "imet-weights"
+STAGING = ".download"  # partial downloads; removed when every file is in place
+CHUNK = 1 << 20
+TIMEOUT_S = 60
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan(arch: str, url_base: str | None) -> dict:
+    """{"arch", "name" (the file in DIR), "hf" (repo id) or "url"} for one arch."""
+    spec = get_spec(arch)
+    if isinstance(spec, TimmSpec):
+        if spec.hf_hub_id:
+            return {"arch": arch, "name": spec.filenames()[0], "hf": spec.hf_hub_id}
+        legacy = spec.filenames()[3:]
+        if not legacy:
+            raise UserError(f"{arch}: timm lists no downloadable weights for {spec.model}")
+        url, name = spec.url, legacy[0]
+    else:
+        urls = spec.urls()
+        if not urls:
+            raise UserError(f"{arch} has no pretrained weights to fetch; leave it out")
+        url, name = urls[0], spec.filenames()[0]
+    prefix = sha256_prefix(url)  # from the official URL: a mirror serves the same file
+    if url_base:
+        url = url_base.rstrip("/") + "/" + name
+    return {"arch": arch, "name": name, "url": url, "sha256_prefix": prefix}
+
+
+def _download_url(url: str, part: Path) -> None:
+    """`url` into `part`, continuing from the bytes `part` already holds (HTTP Range)."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416:  # 416: nothing left to send, the part file is whole
+            raise
+        return
+    with response, open(part, "ab" if have and response.status == 206 else "wb") as handle:
+        while True:
+            block = response.read1(CHUNK)  # what has arrived: a stalled host loses nothing
+            if not block:
+                break
+            handle.write(block)
+            handle.flush()
+
+
+def _download_hf(repo_id: str, staging: Path) -> tuple[Path, str]:
+    """(path in the staging hub cache, source URL with the resolved commit)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    path = Path(hf_hub_download(repo_id, "model.safetensors", cache_dir=str(staging / "hub")))
+    commit = path.parent.name  # hub cache: .../snapshots/<commit>/model.safetensors
+    return path, f"{constants.ENDPOINT}/{repo_id}/resolve/{commit}/model.safetensors"
+
+
+def _read_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.is_file():
+        return {"format": "imet-weights", "version": 1, "files": {}}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise UserError(f"{path}: not a weights manifest; remove it (and {out}'s files) to "
+                        f"fetch again")
+    return doc
+
+
+def _check(item: dict, got: Path) -> None:
+    """A download is kept only when whole: the sha256 prefix that download.pytorch.org names
+    carry, a readable safetensors header."""
+    prefix = item.get("sha256_prefix")
+    if prefix and not file_sha256(got).startswith(prefix):
+        got.unlink()
+        raise UserError(f"{item['arch']}: {item['url']} sent a file whose sha256 does not start "
+                        f"with {prefix} (its name says it must); check the URL base, run again")
+    if got.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(got), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:
+            raise UserError(f"{item['arch']}: {got.name} from {item.get('hf')} is not a "
+                            f"readable safetensors file ({type(exc).__name__}); run again")
+
+
+def _intact(out: Path, entry: dict | None) -> bool:
+    if not entry:
+        return False
+    path = out / entry["name"]
+    return (path.is_file() and path.stat().st_size == entry["size"]
+            and file_sha256(path) == entry["sha256"])
+
+
+def fetch_weights(archs, out, owner: str, url_base: str | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """Fetch every arch's weights into `out`; returns the manifest."""
+    out = Path(out)
+    plans = [plan(arch, url_base) for arch in dict.fromkeys(archs)]  # validate every name first
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / STAGING
+    manifest = _read_manifest(out)
+    atomic_write_text(out / METADATA, json.dumps(
+        {"title": SLUG, "id": f"{owner}/{SLUG}", "licenses": [{"name": "other"}]}, indent=2) + "\n")
+    for item in plans:
+        name = item["name"]
+        if _intact(out, manifest["files"].get(name)):
+            log(f"{item['arch']}: {name} already fetched")
+            continue
+        staging.mkdir(exist_ok=True)
+        try:
+            if "hf" in item:
+                got, source = _download_hf(item["hf"], staging)
+            else:
+                got, source = staging / (name + ".part"), item["url"]
+                _download_url(source, got)
+        except Exception as exc:  # any transport or hub failure: one line, rerun resumes
+            where = item.get("hf") or item["url"]
+            raise UserError(f"{item['arch']}: download of {where} failed "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); run "
+                            f"the same command again to resume")
+        _check(item, got)
+        atomic_copy(got, out / name)
+        manifest["files"][name] = {"name": name, "arch": item["arch"], "source": source,
+                                   "size": (out / name).stat().st_size,
+                                   "sha256": file_sha256(out / name)}
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if "hf" not in item:
+            got.unlink()
+        log(f"{item['arch']}: {name} ({manifest['files'][name]['size']} bytes) from {source}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return manifest

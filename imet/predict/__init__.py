@@ -5,3 +5,5 @@ below them `runs.load_run` + `pipeline.predict_run` (one model over any list of 
 `ensemble.ensemble`, `thresholdfile` and `submission` (the files between kernels; the
 probabilities file, `imet.probfile`, sits below every layer: training reads it too).
 """
+
+

@@ -1,5 +1,5 @@
 """`imet pseudo-label`: the test images the ensemble is confident about, as an extra training set
-(imet/data/extra.py reads it: `imet train --extra DIR`).
+(imet/data/labels.py reads it: `imet train --extra DIR`).
 
 The test images are predicted as `imet predict` predicts them (imet/predict/pipeline.py: the
 same open, TTA and ensemble path). An image is kept by `--rule`:
@@ -15,13 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from imet.data.extra import SOFT_TARGETS
-from imet.data.layout import CompetitionLayout
+from imet.data.labels import SOFT_TARGETS, CompetitionLayout
 from imet.errors import UserError
 from imet.fileio import atomic_copy, atomic_write_text
-from imet.predict.ensemble import ensemble
 from imet.predict.infer import Log, log_stderr, parse_tta
-from imet.predict.pipeline import InferenceOptions, infer_members, open_test
+from imet.predict.pipeline import InferenceOptions, ensemble, infer_members, open_test
 from imet.probfile import Probabilities, save_probabilities
 
 RULES = ("top", "all")

@@ -42,7 +42,7 @@ def bootstrap() -> None:
 
 
 bootstrap()
-from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
+from imet.kaggle import session as sessions
 
 sys.exit(sessions.main("inference", sessions.inference, STARTED, SESSION_LIMIT, PREDICT_ARGS,
                        ACCELERATOR, PSEUDO_LABEL_ARGS))

@@ -41,7 +41,7 @@ def bootstrap() -> None:
 
 
 bootstrap()
-from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
+from imet.kaggle import session as sessions
 
 sys.exit(sessions.main("trainer", sessions.trainer, STARTED, SESSION_LIMIT, TRAIN_ARGS, N_FOLDS,
                        ACCELERATOR))

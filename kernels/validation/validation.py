@@ -38,7 +38,7 @@ def bootstrap() -> None:
 
 
 bootstrap()
-from imet.kaggle import sessions  # noqa: E402  (installed by the bootstrap)
+from imet.kaggle import session as sessions
 
 sys.exit(sessions.main("validation", sessions.validation, STARTED, SESSION_LIMIT, VALIDATE_ARGS,
                        ACCELERATOR))

@@ -1,0 +1,227 @@
+"""`imet mini-imet`: write the embedded mini-iMet data set (competition layout)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from imet.data.folds import IMAGE_MODES
+from imet.data.images import MIN_SIDE
+from imet.data.mini_imet import DEFAULTS
+
+
+def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write mini-iMet: real handwritten-digit scans (scikit-learn's bundled 1,797) composed "
+        "into canvases of varying aspect ratio, in the exact iMet Collection 2019 layout "
+        "(labels.csv, train.csv, sample_submission.csv, train/*.png, test/*.png) plus "
+        "test_labels.csv, the test truth for local scoring. Labels: culture::<style> (one "
+        "global style per image) and tag::<digit> (each digit present). Deterministic per "
+        "seed; an existing identical data set is reused.")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder to create (written elsewhere first, then renamed into place)")
+    parser.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], metavar="N",
+                        help="number of training images (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=DEFAULTS["n_test"], metavar="M",
+                        help="number of test images (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=DEFAULTS["size"], metavar="PX",
+                        help="short side of every image in pixels; the long side is 1 to 2.5 "
+                        "times it (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="S",
+                        help="random seed; the same seed writes the same bytes (default: "
+                        "%(default)s)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out if it already holds other files or another mini-iMet")
+
+
+def run_mini_imet(args) -> int:
+    from imet.data.mini_imet import generate
+
+    start = time.monotonic()
+    info = generate(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size,
+                    seed=args.seed, force=args.force)
+    verb = "already present, reused" if info["reused"] else \
+        f"wrote in {time.monotonic() - start:.1f}s"
+    groups = ", ".join(f"{n} {g}" for g, n in sorted(info["groups"].items()))
+    print(f"mini-iMet {verb}: {info['out']}\n"
+          f"  {info['n_train']} train + {info['n_test']} test images, short side {info['size']} "
+          f"px, seed {info['seed']}\n"
+          f"  {info['num_classes']} labels ({groups}), "
+          f"{info['mean_labels_per_image']:.2f} labels per image on average\n"
+          f"  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
+    return 0
+
+
+# ---- check_data
+# `imet check-data`: list every problem in a competition folder before training starts.
+
+def configure_check_data(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Scan a competition folder up front and list ALL problems, one line each (file, line, "
+        "field, what to do): labels.csv, train.csv, sample_submission.csv, test_labels.csv when "
+        "present, every image, and folds.csv when present. Exit code 0 when clean, 1 when any "
+        "problem was found.")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the competition folder")
+    parser.add_argument("--images", choices=IMAGE_MODES, default="decode",
+                        help="decode: open and fully decode every image (finds truncated files); "
+                        "exists: only check that each image file is there; skip: CSVs only "
+                        "(default: %(default)s)")
+    parser.add_argument("--folds", metavar="CSV", default=None,
+                        help="folds file to check against train.csv (default: DIR/folds.csv "
+                        "when it exists)")
+    parser.add_argument("--min-side", type=int, default=MIN_SIDE, metavar="PX",
+                        help="an image whose shorter side is below PX pixels is a problem "
+                        "(training refuses it too) (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="threads decoding images (default: min(8, CPU count))")
+
+
+def run_check_data(args) -> int:
+    from imet.data.folds import check_data
+    from imet.errors import UserError
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    if args.min_side < 1:
+        raise UserError(f"--min-side must be at least 1 (got {args.min_side})")
+    start = time.monotonic()
+    folds = args.folds
+    if folds is None and (Path(args.data) / "folds.csv").is_file():
+        folds = Path(args.data) / "folds.csv"
+    report = check_data(args.data, images=args.images, folds=folds, workers=args.workers,
+                        min_side=args.min_side)
+    for problem in report.problems:
+        print(problem)
+    for warning in report.warnings:
+        print(f"imet check-data: warning: {warning}", file=sys.stderr)
+    if report.problems:
+        print(f"imet check-data: error: {len(report.problems)} problem"
+              f"{'s' if len(report.problems) != 1 else ''} in {args.data}; fix them and run "
+              "check-data again", file=sys.stderr)
+        return 1
+    c = report.counts
+    groups = ", ".join(f"{n} {g or 'ungrouped'}" for g, n in sorted(report.groups.items()))
+    images = {"decode": f"{c.get('images_decoded', 0)} images decoded",
+              "exists": f"{c.get('images_found', 0)} images present (not decoded)",
+              "skip": "images not checked"}[args.images]
+    print(f"{args.data} is clean: {c.get('labels', 0)} labels ({groups}), "
+          f"{c.get('train_rows', 0)} train rows, {c.get('test_rows', 0)} test rows, {images}"
+          f"{', folds.csv matches train.csv' if folds else ''} "
+          f"({time.monotonic() - start:.1f}s)")
+    return 0
+
+
+# ---- folds
+# `imet folds`: multilabel-stratified cross-validation folds -> folds.csv (id,fold).
+
+SHOW_RARE = 20
+
+
+def configure_folds(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Split train.csv into K folds with iterative stratification (iterative-stratification's "
+        "MultilabelStratifiedKFold), so every label is spread over the folds as evenly as its "
+        "count allows. Deterministic per seed. Reports labels too rare to appear in every fold.")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the competition folder")
+    parser.add_argument("--n-folds", type=int, default=5, metavar="K",
+                        help="number of folds (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="shuffle seed (default: %(default)s)")
+    parser.add_argument("--out", default=None, metavar="CSV",
+                        help="where to write id,fold (default: DIR/folds.csv); written atomically")
+
+
+def run_folds(args) -> int:
+    import numpy as np
+
+    from imet.data.folds import check_n_folds, make_folds, rare_labels, write_folds
+    from imet.data.labels import CompetitionLayout, read_labels, read_train
+
+    check_n_folds(args.n_folds)
+    layout = CompetitionLayout(args.data).require(test=False)
+    labels = read_labels(layout.labels_csv)
+    ids, targets = read_train(layout.train_csv, labels)
+    # iterstrat reports no progress and takes ~2 CPU minutes at iMet scale: say so up front.
+    print(f"stratifying {len(ids)} images x {labels.num_classes} labels into {args.n_folds} "
+          "folds...", flush=True)
+    start = time.monotonic()
+    folds = make_folds(targets, args.n_folds, args.seed)
+    took = time.monotonic() - start
+    out = Path(args.out) if args.out else layout.folds_csv
+    write_folds(out, ids, folds)
+    sizes = np.bincount(folds, minlength=args.n_folds)
+    print(f"wrote {out}: {args.n_folds} folds over {len(ids)} images (sizes "
+          f"{'/'.join(map(str, sizes))}), seed {args.seed}, stratified in {took:.1f}s")
+    # Per fold: how many of the labels present in train also appear in its validation part.
+    present = targets.any(axis=0)
+    covered = [int((targets[folds == k].any(axis=0) & present).sum()) for k in range(args.n_folds)]
+    print(f"  labels in each validation fold: {'/'.join(map(str, covered))} of "
+          f"{int(present.sum())} present in train.csv ({labels.num_classes} in labels.csv)")
+    rare, support = rare_labels(targets, args.n_folds)
+    if len(rare):
+        shown = ", ".join(f"{labels.names[i]} ({s})" for i, s in
+                          zip(rare[:SHOW_RARE], support[:SHOW_RARE]))
+        more = f", and {len(rare) - SHOW_RARE} more" if len(rare) > SHOW_RARE else ""
+        what = "1 label has" if len(rare) == 1 else f"{len(rare)} labels have"
+        print(f"  {what} fewer than {args.n_folds} images and cannot be in every fold: "
+              f"{shown}{more}")
+    else:
+        print(f"  every label present has at least {args.n_folds} images")
+    return 0
+
+
+# ---- cache
+# `imet cache`: decode every competition image once into a pre-resized cache folder.
+
+def configure_cache(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Decode every image of DIR/train and DIR/test once, resize its short side to --size "
+        "(as the training and eval pipelines' first step does) and store it in --out as JPEG "
+        "or raw uint8, with a manifest keyed by each source's size and mtime. `imet train` reads "
+        "a cache of its --image-size instead of the PNGs when it finds one (in --data, beside "
+        "the run's --out folder, under an --input-root, or $IMET_CACHE_DIR). "
+        "Running again only (re)builds missing or changed images, so an interrupted build "
+        "resumes.")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="the competition folder (with train/ and test/)")
+    parser.add_argument("--size", required=True, type=int, metavar="S",
+                        help="short side in pixels: the --image-size you train at")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="the cache folder (created; on Kaggle under /kaggle/temp, "
+                             "which no session carries forward: the trainer kernel builds it "
+                             "there itself when it pays)")
+    parser.add_argument("--format", default="jpeg", choices=("jpeg", "npy"),
+                        help="jpeg: small, lossy, ~1 ms/image to read; npy: exact uint8, "
+                             "fastest to read, ~10x the disk (default: %(default)s)")
+    parser.add_argument("--quality", type=int, default=95, metavar="Q",
+                        help="JPEG quality 1-100 (default: %(default)s; ignored for npy)")
+    parser.add_argument("--split", choices=("train", "test", "all"), default="all",
+                        help="which image folders to cache (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="decoding processes (default: the CPU count, %(default)s)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (one summary line at the end)")
+
+
+def run_cache(args) -> int:
+    from imet.data.images import SPLIT_DIRS, build_cache
+    from imet.errors import UserError
+
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    splits = SPLIT_DIRS if args.split == "all" else (args.split,)
+    result = build_cache(args.data, args.out, args.size, args.format, args.quality,
+                         args.workers, splits, progress=not args.no_progress)
+    cached = result.total - len(result.errors)
+    per_image = result.bytes / max(cached, 1)
+    print(f"{result.cache_dir}: {cached} of {result.total} images cached at short side "
+          f"{args.size} ({args.format}): {result.built} built, {result.reused} up to date, "
+          f"{result.removed} dropped; {result.bytes / 2**20:.1f} MiB "
+          f"({per_image / 1024:.1f} KiB/image) in {result.seconds:.1f}s")
+    if result.errors:
+        shown = "; ".join(result.errors[:3])
+        raise UserError(f"{len(result.errors)} images could not be cached (they are read "
+                        f"from the source instead): {shown}")
+    return 0

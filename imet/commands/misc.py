@@ -1,0 +1,214 @@
+"""`python -m imet demo`: the whole Kaggle flow at home, on mini-iMet, in the local emulator.
+
+Each step is the command a user would type; it is printed, then run. The Kaggle part is one
+campaign (`imet kaggle campaign --emulate`) of two members, folds 0 and 1, trained in parallel:
+each trainer session is short (a 180 s limit, at most 300 steps), so each member hands over and
+resumes in later sessions, exactly as it would across 12-hour Kaggle sessions; then one
+validation over both members' outputs and one inference that averages them."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from imet.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+# Small enough for 2 CPU cores in minutes (40 epochs without early stopping, ~750 steps a
+# member on its fold's 600 images), with the defaults of an arch without ImageNet weights
+# (engine/config.py RANDOM_INIT_DEFAULTS). The trainer hands over after 300 steps of a session
+# (--session-steps, as a spent budget would), so each member resumes in later sessions on any
+# machine, not by the luck of its speed. Each session first pays what a Kaggle session pays:
+# the bootstrap's install into a fresh environment (~20 s), the doctor and the cache build.
+TRAIN_ARGS = ("--arch tiny_cnn --image-size 64 --batch-size 32 --epochs 40 --patience 0 "
+              "--num-workers 0 --progress-every-s 15 --session-steps 300")
+EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
+MEMBERS = (("f0", 0), ("f1", 1))
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.splitlines()[0]
+    parser.add_argument("--out", type=Path, default=Path("demo"),
+                        help="folder for everything the demo writes (default demo/; replaced)")
+    parser.add_argument("--session-limit", default="180s", metavar="DURATION",
+                        help="the emulated Kaggle session limit, the plan's session_hours "
+                        "(default 180s)")
+    parser.add_argument("--max-sessions", type=int, default=20, metavar="N",
+                        help="most sessions of each member, the plan's max_sessions (default 20)")
+
+
+def _step(title: str, argv: list[str]) -> None:
+    print(f"\n== {title}\n$ {shlex.join(argv)}", flush=True)
+    code = subprocess.run(argv, env=os.environ, cwd=REPO).returncode
+    if code:
+        raise UserError(f"demo step '{title}' failed with exit code {code} (see above)")
+
+
+def _imet(*args: object) -> list[str]:
+    return [sys.executable, "-m", "imet", *map(str, args)]
+
+
+def plan_text(session_limit: str, max_sessions: int) -> str:
+    """The demo's campaign plan (README, "A campaign"): what a user would write."""
+    from imet.config import parse_duration
+    hours = parse_duration(session_limit, "--session-limit") / 3600
+    lines = ["# The demo's campaign: see `python -m imet kaggle campaign --help`, README.",
+             'owner = "demo"',
+             '# The kernels ask Kaggle for GPU T4 x2; at home they run on the CPU (their doctor',
+             "# stops a session that asked for a GPU and got none).",
+             'accelerator = "none"',
+             "n_folds = 2", "parallel = 2", f"max_sessions = {max_sessions}", "retries = 1",
+             f"session_hours = {hours:.6g}", "gpu_hours = 2",
+             f"train_args = {json.dumps(TRAIN_ARGS.split())}",
+             f"validate_args = {json.dumps(EVAL_ARGS.split())}",
+             f"predict_args = {json.dumps(EVAL_ARGS.split() + ['--ensemble', 'mean'])}"]
+    for name, fold in MEMBERS:
+        lines += ["", "[[member]]", f'name = "{name}"', f"fold = {fold}"]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    out = args.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    data, dataset, camp = out / "data", out / "dataset", out / "campaign"
+    _step("1. mini-iMet, the embedded data set", _imet("mini-imet", "--out", data))
+    _step("2. check every file up front", _imet("check-data", "--data", data))
+    _step("3. the source dataset: imet + pinned wheels for this interpreter",
+          [sys.executable, "packaging/build_dataset.py", "--out", str(dataset), "--owner", "demo",
+           "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"])
+    plan = out / "campaign.toml"
+    plan.write_text(plan_text(args.session_limit, args.max_sessions), encoding="utf-8")
+    print(f"\n== 4. the campaign's plan: two members, folds 0 and 1 ({plan})\n"
+          f"{plan.read_text(encoding='utf-8')}", end="", flush=True)
+    _step("5. the campaign in the emulator: both trainers in parallel, each over several "
+          "sessions, then validation and inference over both",
+          _imet("kaggle", "campaign", plan, "--out", camp, "--emulate",
+                "--input", f"imet-2019-fgvc6={data}", "--input", f"imet-src={dataset}"))
+    emulated = camp / "emulator"
+    _step("6. F2 of submission.csv against the true test labels",
+          _imet("score", "--truth", data / "test_labels.csv", "--pred", camp / "submission.csv",
+                "--labels", data / "labels.csv"))
+    _step("7. the run registry carried through every kernel",
+          _imet("runs", emulated / "imet-inference" / "output", "--plot", out / "runs.png"))
+    from imet.commands.predict import score_files
+    f2 = score_files(data / "test_labels.csv", camp / "submission.csv").f2
+    jobs = json.loads((camp / "campaign.json").read_text(encoding="utf-8"))["jobs"]
+    sessions = ", ".join(f"{name} {len(jobs[name]['sessions'])}" for name, _ in MEMBERS)
+    print(f"\ndemo done in {time.monotonic() - started:.0f}s; sessions per member: {sessions}; "
+          f"submission F2 {f2:.4f}.\n  submission: {camp / 'submission.csv'}\n"
+          f"  campaign table: {camp / 'status.md'}\n"
+          f"  training plots and metrics: {emulated}/imet-trainer-f*/output/plots, "
+          "…/metrics.csv\n"
+          f"  validation report: {emulated / 'imet-validation' / 'output'}\n"
+          f"  session logs: {emulated}/*/v*/log.txt\n  runs compared: {out / 'runs.png'}")
+    return 0
+
+
+# ---- notify_test
+# `python -m imet notify-test`: send one Telegram message to check the token and chat id.
+
+def configure_notify_test(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Send one Telegram message with the settings a training run would use "
+        "(IMET_TELEGRAM_TOKEN, IMET_TELEGRAM_CHAT_ID and optional IMET_TELEGRAM_API_URL, "
+        "from the environment or Kaggle Secrets) and say what is wrong when it fails.")
+    parser.add_argument("--text", default=None,
+                        help="message to send (default: a short test line naming this host)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for Telegram on each request (default: 10)")
+
+
+def run_notify_test(args: argparse.Namespace) -> int:
+    from imet.observe.telegram import ConfigProblem, load_config
+    try:
+        config = load_config(os.environ)
+    except ConfigProblem as problem:
+        raise UserError(str(problem)) from None
+    try:
+        import telegram  # noqa: F401
+    except ImportError:
+        raise UserError("python-telegram-bot is not installed; run "
+                        "pip install 'python-telegram-bot>=22,<23'") from None
+    text = args.text or (f"✅ imet notify-test from {socket.gethostname()} at "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: this chat will receive "
+                         "imet's training reports.")
+    username = asyncio.run(_send(config, html.escape(text, quote=False), args.timeout))
+    print(f"imet notify-test: sent a message to chat {config.chat_id} as @{username} "
+          f"(settings from {config.source})")
+    return 0
+
+
+async def _send(config, text: str, timeout: float) -> str:
+    from telegram.error import TelegramError
+
+    from imet.observe.telegram import DEFAULT_API_URL, explain, make_bot
+    bot = make_bot(config, timeout, timeout)
+    step = "checking the token (getMe)"
+    try:
+        await bot.initialize()
+        step = f"sending to chat {config.chat_id}"
+        await bot.send_message(config.chat_id, text, parse_mode="HTML")
+        return bot.username
+    except TelegramError as err:
+        raise UserError(f"{step} failed: "
+                        f"{explain(err, config.api_url != DEFAULT_API_URL)}") from None
+    except Exception as err:  # anything else still gets one clean line, token scrubbed
+        raise UserError(config.scrub(f"{step} failed: {type(err).__name__}: {err}")) from None
+    finally:
+        try:
+            await asyncio.wait_for(bot.shutdown(), timeout)
+        except Exception:
+            pass
+
+
+# ---- weights
+# `imet weights fetch ARCH [ARCH ...] --out DIR --owner NAME`: the official pretrained weights
+# of each arch in one folder ready for `kaggle datasets create -p DIR` (run it online).
+
+URL_BASE_ENV = "IMET_WEIGHTS_URL_BASE"
+
+
+def configure_weights(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Download pretrained ImageNet weights on an online machine into a flat folder that "
+        "`kaggle datasets create -p DIR` uploads as it is (dataset <owner>/imet-weights). timm "
+        "archs come from the Hugging Face hub (HF_ENDPOINT is honoured), pretrainedmodels and "
+        "torchvision archs from their official URLs. weights-manifest.json records the sha256, "
+        "size and source of every file. Interrupted, the same command resumes: finished files "
+        "are kept, a cut URL download continues where it stopped. Attach the dataset to a kernel "
+        "and `imet train --pretrained` finds the files under the input root.")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    fetch = sub.add_parser("fetch", help="download the weights of some archs into DIR",
+                           description=parser.description)
+    fetch.add_argument("archs", nargs="+", metavar="ARCH",
+                       help="e.g. se_resnext50_32x4d, resnet18, timm:convnext_tiny.fb_in1k")
+    fetch.add_argument("--out", required=True, metavar="DIR", help="the dataset folder to fill")
+    fetch.add_argument("--owner", required=True, metavar="NAME",
+                       help="Kaggle user that owns the dataset (its id: NAME/imet-weights)")
+    fetch.add_argument("--url-base", default=os.environ.get(URL_BASE_ENV), metavar="URL",
+                       help=f"fetch pretrainedmodels/torchvision files from URL/<file name> "
+                            f"instead of their official hosts (default: ${URL_BASE_ENV})")
+
+
+def run_weights(args) -> int:
+    from imet.models.weights import MANIFEST, fetch_weights
+
+    manifest = fetch_weights(args.archs, args.out, args.owner, url_base=args.url_base,
+                             log=lambda line: print(line, flush=True))
+    total = sum(entry["size"] for entry in manifest["files"].values())
+    print(f"{args.out}: {len(manifest['files'])} weight files ({total / 2 ** 20:.1f} MiB), "
+          f"{MANIFEST} and dataset-metadata.json; upload with "
+          f"`kaggle datasets create -p {args.out}`")
+    return 0

@@ -1,0 +1,295 @@
+"""The campaign's status table: member, sessions, state, best F2, GPU-hours, last message, and
+the GPU-hours used against the plan's budget; kept in DIR as status.csv and status.md."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Callable
+
+from imet.fileio import atomic_copy, atomic_write_text
+from imet.kaggle.campaign import remote
+from imet.kaggle.campaign.state import (
+    BUDGET,
+    DROPPED,
+    ENDED,
+    FINALS,
+    FINISHED,
+    PUSHING,
+    RUNNING,
+    STOPPED,
+    WAITING,
+    attached_members,
+    completed,
+    gpu_seconds,
+    gpu_used_s,
+    save_state,
+    trainers,
+)
+from imet.kaggle.render import INFERENCE, VALIDATION, plan_kernels, write_kernels
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
+
+COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
+
+
+def _f2(value) -> str:
+    return "" if value is None else f"{float(value):.4f}"
+
+
+def rows(state: dict) -> list[dict]:
+    out = []
+    for name in [*state["members"], *FINALS]:
+        job = state["jobs"][name]
+        if name in FINALS and not job["sessions"]:
+            continue
+        out.append({"member": name, "sessions": len(job["sessions"]), "state": job["state"],
+                    "best F2": _f2(job.get("best_f2")),
+                    "GPU-hours": f"{gpu_seconds(job) / 3600:.2f}",
+                    "last message": job.get("message") or ""})
+    return out
+
+
+def budget_line(state: dict, gpu_hours: float) -> str:
+    return f"GPU-hours used: {gpu_used_s(state) / 3600:.2f} of {gpu_hours:g}"
+
+
+def markdown(state: dict, gpu_hours: float) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in rows(state):
+        cells = [str(row[c]).replace("|", "/") for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", budget_line(state, gpu_hours)]) + "\n"
+
+
+def write_tables(out: Path, state: dict, gpu_hours: float) -> str:
+    """Write DIR/status.csv and DIR/status.md; the Markdown text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows(state))
+    atomic_write_text(Path(out) / "status.csv", buffer.getvalue())
+    text = markdown(state, gpu_hours)
+    atomic_write_text(Path(out) / "status.md", text)
+    return text
+
+
+# ---- campaign
+# The campaign driver: every member's trainer kernel, up to `parallel` sessions at once, pushed
+# again on every handover; then one validation kernel over every trainer output and one inference
+# kernel, whose submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json
+# first (campaign_state), so a killed campaign, run again, pushes nothing twice. Where the kernels
+# run is the backend's business (campaign_kaggle.py: real Kaggle through the kaggle client;
+# campaign_emulator.py: local emulator sessions); the driver is the same for both.
+
+# What comes back of each kind of kernel: the trainers' small files (checkpoints stay on
+# Kaggle), the validation's thresholds and report, the inference's submission.
+OUTPUTS = {"trainer": remote.SMALL_OUTPUTS, VALIDATION: r"(^|/)[^/]+\.(json|md|csv|png)$",
+           INFERENCE: r"(^|/)submission\.csv$"}
+SUBMISSION = "submission.csv"
+
+
+class Campaign:
+    def __init__(self, plan, out: Path, kernels: Path, state: dict, accelerators: dict,
+                 backend, poll_s: float, log: Callable[[str], None] = print,
+                 notify: Callable[[str], None] = lambda text: None):
+        self.plan, self.out, self.kernels, self.state = plan, Path(out), Path(kernels), state
+        self.accelerators, self.backend, self.poll_s = accelerators, backend, poll_s
+        self.log, self.notify = log, notify
+        self.handover = backend.handover_datasets(self.out, plan.owner, self._save)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.state["done"]:
+            self.log(write_tables(self.out, self.state, self.plan.gpu_hours)
+                     + f"campaign already over: {self.state.get('message', '')}")
+        while not self.state["done"]:
+            if not self.round():
+                time.sleep(self.poll_s)
+        return int(self.state["exit_code"] or 0)
+
+    def round(self) -> bool:
+        """One pass: settle pushes of a killed run, poll what runs, push what may. True when
+        something changed."""
+        acted = False
+        for job in self.state["jobs"].values():
+            if job["state"] == PUSHING:
+                self._resolve_push(job)
+                acted = True
+        for job in self.state["jobs"].values():
+            if job["state"] == RUNNING:
+                acted = self._poll(job) or acted
+        acted = self._schedule() or acted
+        if all(job["state"] in ENDED for job in trainers(self.state)):
+            acted = self._finals() or acted
+        return acted
+
+    def _save(self) -> None:
+        save_state(self.out, self.state)
+        write_tables(self.out, self.state, self.plan.gpu_hours)
+
+    def _event(self, name: str, job: dict, text: str) -> None:
+        text = " ".join(text.split())  # one line: it is a table cell
+        job["message"] = text
+        self._save()
+        self.log(f"{name}: {text}")
+        self.notify(f"imet campaign: {name}: {text}")
+
+    # ---- pushing -------------------------------------------------------------------------
+    def _folder(self, name: str, job: dict) -> Path:
+        """Render the job's kernel into DIR/kernels: a trainer's first push leaves its own
+        output out (a kernel that never ran has none); the final kernels attach the members."""
+        first = {name} if job["kind"] == "trainer" and not completed(job) else set()
+        via = {name: job["via_dataset"]} if job.get("via_dataset") else {}
+        planned = plan_kernels(self.kernels, self.plan.owner, self.plan.settings,
+                               self.accelerators, attach=attached_members(self.state),
+                               first_push=first, handover_datasets=via)
+        (folder,) = write_kernels(self.out / "kernels", {job["folder"]: planned[job["folder"]]})
+        return folder
+
+    def _push(self, name: str, job: dict) -> None:
+        if job.get("via_dataset") and completed(job):
+            self.handover.version(name, job)
+        folder = self._folder(name, job)
+        job["push"] = {"before": self.backend.current_version(job["ref"])}
+        job["state"] = PUSHING
+        self._save()
+        try:
+            pushed = self.backend.push(folder)
+        except remote.PushRefused as err:
+            if (job["kind"] != "trainer" or not completed(job) or job.get("via_dataset")
+                    or self.handover is None):
+                raise
+            job.update(state=WAITING, push=None, via_dataset=self.handover.ref(name))
+            self._event(name, job, f"Kaggle refused its own output as a source ({err}); "
+                                   f"handing over through the dataset {job['via_dataset']}")
+            return self._push(name, job)
+        self._pushed(name, job, int(pushed or job["push"]["before"] + 1))
+
+    def _pushed(self, name: str, job: dict, version: int) -> None:
+        job["sessions"].append({"version": version, "pushed_at": time.time(), "status": None})
+        job.update(state=RUNNING, push=None, watch={})
+        self._event(name, job, f"session {len(job['sessions'])} pushed ({job['ref']} "
+                               f"version {version})")
+
+    def _resolve_push(self, job: dict) -> None:
+        """A push asked for before a restart: done when Kaggle has a newer version than the
+        count saved before it; else it is asked for again."""
+        name = self._name(job)
+        now = self.backend.current_version(job["ref"])
+        if now > job["push"]["before"]:
+            self._pushed(name, job, now)
+        else:
+            job.update(state=WAITING, push=None)
+            self._save()
+
+    def _name(self, job: dict) -> str:
+        return next(n for n, j in self.state["jobs"].items() if j is job)
+
+    def _schedule(self) -> bool:
+        acted = False
+        busy = sum(1 for job in trainers(self.state) if job["state"] in (RUNNING, PUSHING))
+        for name in self.state["members"]:
+            job = self.state["jobs"][name]
+            if job["state"] != WAITING or busy >= self.plan.parallel:
+                continue
+            session_s = self.plan.session_hours * 3600
+            would = gpu_used_s(self.state) + (busy + 1) * session_s
+            if would > self.plan.gpu_hours * 3600:
+                job["state"] = BUDGET
+                self._event(name, job, f"not pushed: another {self.plan.session_hours:g} h "
+                                       f"session would pass the budget of "
+                                       f"{self.plan.gpu_hours:g} GPU-hours")
+            else:
+                self._push(name, job)
+                busy += 1
+            acted = True
+        return acted
+
+    # ---- a session's end -----------------------------------------------------------------
+    def _poll(self, job: dict) -> bool:
+        before = dict(job["watch"])
+        ended = self.backend.poll(job["ref"], job["watch"])
+        if ended is None:
+            if job["watch"].get("seen_running") != before.get("seen_running"):
+                self._save()
+            return False
+        self._ended(self._name(job), job, *ended)
+        return True
+
+    def _ended(self, name: str, job: dict, status: str, failure: str) -> None:
+        session = job["sessions"][-1]
+        dest = self.out / "outputs" / job["folder"] / f"v{session['version']}"
+        self.backend.fetch_outputs(job["ref"], dest, OUTPUTS[job["kind"]])
+        if status == "COMPLETE" and job["kind"] == INFERENCE and not (dest / SUBMISSION).is_file():
+            status, failure = "ERROR", f"its output has no {SUBMISSION}"
+        session.update(status=status, ended_at=time.time())
+        session["gpu_s"] = self._session_seconds(job, session, dest)
+        n = len(job["sessions"])
+        if status != "COMPLETE":
+            job["failures"] += 1
+            again = job["failures"] <= self.plan.retries
+            job["state"] = WAITING if again else DROPPED
+            tail = ("pushing it again" if again else
+                    f"dropped after {job['failures']} failed sessions; the campaign goes on "
+                    "without it")
+            return self._event(name, job, f"session {n} {status.lower()}"
+                                          f"{': ' + failure if failure else ''}; {tail}")
+        if job["kind"] == "trainer" and (dest / HANDOVER).is_file():
+            if n < self.plan.max_sessions:
+                job["state"] = WAITING
+                return self._event(name, job, f"session {n} handed over; pushing the next")
+            job["state"] = STOPPED
+            return self._event(name, job, f"still handing over after {n} sessions (the "
+                                          "plan's max_sessions); its best model so far is used")
+        job["state"] = FINISHED
+        if job["kind"] == INFERENCE:
+            atomic_copy(dest / SUBMISSION, self.out / SUBMISSION)
+            self.state["submission"] = str(self.out / SUBMISSION)
+        what = {"trainer": "the run finished", VALIDATION: "validated",
+                INFERENCE: f"wrote {SUBMISSION} ({self.out / SUBMISSION})"}[job["kind"]]
+        f2 = f", best F2 {job['best_f2']:.4f}" if job.get("best_f2") is not None else ""
+        self._event(name, job, f"session {n}: {what}{f2}")
+
+    def _session_seconds(self, job: dict, session: dict, dest: Path) -> float:
+        """The session's own wall time from its run.json; the time from push to end where
+        that session wrote none (a kernel that failed before training, the final kernels)."""
+        from imet.observe.files import RUN_JSON, read_run_json
+        run = read_run_json(dest / RUN_JSON)
+        if run:
+            job["best_f2"] = run.get("best_f2", job.get("best_f2"))
+            latest = (run.get("sessions") or [{}])[-1]
+            number = int(latest.get("session") or 0)
+            if number > job["counted"] and latest.get("wall_s") is not None:
+                job["counted"] = number
+                return float(latest["wall_s"])
+        return round(session["ended_at"] - session["pushed_at"], 3)
+
+    # ---- validation, then inference ------------------------------------------------------
+    def _finals(self) -> bool:
+        jobs = self.state["jobs"]
+        if not attached_members(self.state):
+            return self._finish(1, "no member finished a session; nothing to validate")
+        for kind in FINALS:
+            job = jobs[kind]
+            if job["state"] == DROPPED:
+                return self._finish(1, f"the {kind} kernel failed; see {self.out / 'outputs'}")
+            if job["state"] == WAITING:
+                self._push(kind, job)
+                return True
+            if job["state"] != FINISHED:
+                return False
+        return self._finish(0, f"{SUBMISSION} is in {self.out}")
+
+    def _finish(self, code: int, text: str) -> bool:
+        dropped = [n for n in self.state["members"]
+                   if self.state["jobs"][n]["state"] in (DROPPED, BUDGET)
+                   and n not in attached_members(self.state)]
+        if dropped:
+            text += f"; without {', '.join(dropped)}"
+        self.state.update(done=True, exit_code=code, message=text)
+        self._save()
+        table = write_tables(self.out, self.state, self.plan.gpu_hours)
+        self.log(table + f"campaign {'finished' if code == 0 else 'ended'}: {text}")
+        self.notify(f"imet campaign {'finished' if code == 0 else 'ended'}: {text}\n\n{table}")
+        return True

@@ -1,0 +1,224 @@
+"""A campaign's Kaggle at home (`imet kaggle campaign --emulate`): the backend that runs each
+pushed version as a local emulator session (emulator.run_session, the one place a session runs).
+
+Each kernel has a folder DIR/emulator/<slug>/, laid out as `imet kaggle run` lays out its OUT:
+
+    pushed/v<N>/kernel/        the kernel folder as pushed (its code and metadata)
+    pushed/v<N>/session.json   the version's record: the inputs attached, the time limit, then
+                               the runner's start and end (status, failure, exit code, timings)
+    pushed/v<N>/session.lock   held by the session's runner for as long as it lives
+    pushed/v<N>/runner.txt     the runner's own messages (the session's lines are in its log)
+    v<N>/log.txt, v<N>/kaggle/working   the session: its log, and its output
+    output                     the latest session's output
+
+A push writes the record (that write is the push: it makes the version count) and starts a
+runner, `python -m imet.kaggle.campaign.emulated pushed/v<N>`, in a session of its own, which
+runs the kernel and records its end. The runner is not the campaign's: as on Kaggle, a session
+goes on when the campaign is killed, and the campaign run again finds it running, or ended, in
+its record. A version whose runner is gone without a recorded end (killed, or never started
+because the campaign was killed in the middle of the push) counts as failed: the campaign
+pushes it again under the plan's retries. The lock tells a live runner from a gone one (a pid
+could be reused; a lock dies with its holder).
+
+Attached as Kaggle attaches them: each `--input NAME=PATH` under the slug NAME for a dataset or
+competition source (or a kernel outside the campaign), and each of the campaign's own kernels
+in kernel_sources as the output of its latest completed version.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from imet.errors import UserError
+from imet.fileio import atomic_copy, atomic_write_text
+from imet.kaggle.campaign.remote import PushRefused
+from imet.kaggle.render import read_metadata, slug_of
+
+RECORD, LOCK, RUNNER_LOG, KERNEL = "session.json", "session.lock", "runner.txt", "kernel"
+
+
+def _sources(meta: dict) -> tuple[list[str], list[str]]:
+    """(dataset and competition slugs, kernel refs) a kernel's metadata attaches."""
+    data = [slug_of(ref) for ref in meta["dataset_sources"] + meta["competition_sources"]]
+    return data, list(meta["kernel_sources"])
+
+
+def missing_inputs(planned: dict[str, dict[str, str]], inputs: dict[str, Path],
+                   optional: set[str]) -> list[str]:
+    """The source slugs the rendered kernels (`planned`: folder -> files) attach that no
+    --input gives, less the `optional` ones: the datasets and competitions, and the kernels
+    that are not the campaign's own."""
+    metas = [json.loads(files["kernel-metadata.json"]) for files in planned.values()]
+    own = {meta["id"] for meta in metas}
+    needed: list[str] = []
+    for meta in metas:
+        data, kernels = _sources(meta)
+        needed += data + [slug_of(ref) for ref in kernels if ref not in own]
+    return [slug for slug in dict.fromkeys(needed) if slug not in inputs and slug not in optional]
+
+
+def _read(record_dir: Path) -> dict:
+    return json.loads((record_dir / RECORD).read_text(encoding="utf-8"))
+
+
+def _write(record_dir: Path, record: dict) -> None:
+    atomic_write_text(record_dir / RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live runner holds the version's lock."""
+    try:
+        handle = open(lock, "rb")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+class EmulatorBackend:
+    def __init__(self, root: Path, inputs: dict[str, Path], time_limit: float):
+        self.root, self.time_limit = Path(root).resolve(), float(time_limit)
+        self.inputs = {slug: Path(path).resolve() for slug, path in inputs.items()}
+        self.runners: list[subprocess.Popen] = []
+
+    def _kernel(self, ref: str) -> Path:
+        return self.root / slug_of(ref)
+
+    def _pushed(self, ref: str, version: int) -> Path:
+        return self._kernel(ref) / "pushed" / f"v{version}"
+
+    def _versions(self, ref: str) -> list[int]:
+        """The versions pushed: those whose record was written (a push killed before is none)."""
+        folder = self._kernel(ref) / "pushed"
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.parent.name[1:]) for p in folder.glob(f"v*/{RECORD}"))
+
+    def current_version(self, ref: str) -> int:
+        versions = self._versions(ref)
+        return versions[-1] if versions else 0
+
+    def _output(self, ref: str, version: int) -> Path:
+        return self._kernel(ref) / f"v{version}" / "kaggle" / "working"
+
+    def _attached_output(self, ref: str) -> Path:
+        """The output of the kernel's latest completed version: what kernel_sources attaches."""
+        for version in reversed(self._versions(ref)):
+            if _read(self._pushed(ref, version)).get("status") == "COMPLETE":
+                return self._output(ref, version)
+        raise PushRefused(f"{ref}: no completed version whose output could be attached")
+
+    def _attach(self, meta: dict) -> dict[str, str]:
+        data, kernels = _sources(meta)
+        attached = {slug: str(self.inputs[slug]) for slug in data if slug in self.inputs}
+        for ref in kernels:
+            slug = slug_of(ref)
+            if self._versions(ref):
+                attached[slug] = str(self._attached_output(ref))
+            elif slug in self.inputs:
+                attached[slug] = str(self.inputs[slug])
+            else:
+                raise PushRefused(f"{meta['id']}: kernel source {ref} has no output; give it "
+                                  f"with --input {slug}=PATH")
+        return attached
+
+    def push(self, folder: Path) -> int:
+        meta = read_metadata(folder)
+        ref = meta["id"]
+        attached = self._attach(meta)
+        version = self.current_version(ref) + 1
+        record_dir = self._pushed(ref, version)
+        if record_dir.exists():  # what a push killed before its record left
+            shutil.rmtree(record_dir)
+        shutil.copytree(folder, record_dir / KERNEL)
+        with open(record_dir / LOCK, "wb") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            _write(record_dir, {"ref": ref, "version": version, "inputs": attached,
+                                "time_limit": self.time_limit, "pushed_at": time.time()})
+            with open(record_dir / RUNNER_LOG, "ab") as log:
+                # The runner inherits the locked file: the lock lives as long as the runner.
+                self.runners.append(subprocess.Popen(
+                    [sys.executable, "-m", "imet.kaggle.campaign.emulated", str(record_dir)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    pass_fds=(lock.fileno(),), start_new_session=True))
+        return version
+
+    def poll(self, ref: str, watch: dict) -> tuple[str, str] | None:
+        self.runners = [p for p in self.runners if p.poll() is None]  # reap the ended
+        record_dir = self._pushed(ref, self.current_version(ref))
+        record = _read(record_dir)
+        if "status" not in record:
+            if _held(record_dir / LOCK):
+                return None
+            record = _read(record_dir)  # it may have ended between the two looks
+        if "status" in record:
+            return record["status"], record.get("failure", "")
+        return "ERROR", ("its session ended without recording an end (its runner was killed, "
+                         "or never started); see " + str(record_dir / RUNNER_LOG))
+
+    def fetch_outputs(self, ref: str, dest: Path, pattern: str | None) -> None:
+        """The latest version's output files whose path matches `pattern` (re.search, as the
+        kaggle client does), copied into `dest`."""
+        output = self._output(ref, self.current_version(ref))
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for folder, _, files in os.walk(output):
+            for name in files:
+                path = Path(folder) / name
+                relative = path.relative_to(output).as_posix()
+                if pattern is None or re.search(pattern, relative):
+                    (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_copy(path, dest / relative)
+
+    def handover_datasets(self, out, owner, save):
+        return None  # the emulator always attaches a kernel's own output
+
+
+def _failure(result) -> str:
+    if result.timed_out:
+        return f"killed at the session limit ({result.seconds:.0f}s); log {result.log}"
+    lines = [line for line in result.log.read_text(errors="replace").splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    return f"exit code {result.exit_code}: {last[:300]}; log {result.log}"
+
+
+def run_version(record_dir: Path) -> int:
+    """The runner: the pushed version's session, its start and end in its record."""
+    from imet.kaggle.emulator import run_session
+    record_dir = Path(record_dir)
+    record = _read(record_dir)
+    record.update(started_at=time.time(), runner_pid=os.getpid())
+    _write(record_dir, record)
+    status, failure = "ERROR", ""
+    try:
+        result = run_session(record_dir / KERNEL, {k: Path(v) for k, v in record["inputs"].items()},
+                             record_dir.parents[1], record["version"], record["time_limit"],
+                             echo=False)
+        record.update(exit_code=result.exit_code, timed_out=result.timed_out,
+                      seconds=round(result.seconds, 3), log=str(result.log))
+        status, failure = ("COMPLETE", "") if result.ok else ("ERROR", _failure(result))
+    except UserError as err:
+        failure = str(err)
+    except Exception as err:  # the runner's own trouble: the session failed, the record says
+        traceback.print_exc()
+        failure = f"the emulator failed: {type(err).__name__}: {err}"
+    record.update(status=status, failure=failure, ended_at=time.time())
+    _write(record_dir, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_version(Path(sys.argv[1])))

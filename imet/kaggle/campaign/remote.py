@@ -1,0 +1,265 @@
+"""Multi-session training on real Kaggle: push, wait, fetch the output, push again while the
+run hands over. Everything goes through the official kaggle client."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, UserError
+from imet.kaggle.render import OWNER, read_metadata
+from imet.observe.registry import REGISTRY_NAME
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
+
+TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
+# Only the small files are fetched after each session: checkpoints stay on Kaggle, attached to
+# the next version through kernel_sources.
+SMALL_OUTPUTS = (r"(^|/)(" + "|".join(map(re.escape, (HANDOVER, "run.json", "metrics.csv",
+                                                       REGISTRY_NAME))) + r"|[^/]+\.png)$")
+
+
+def kaggle_api():
+    """An authenticated KaggleApi, or one line saying how to give it credentials."""
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+        api = KaggleApi()
+        api.authenticate()
+    except (OSError, ValueError, SystemExit) as err:
+        # The client's messages name the file it looked for, never the key itself.
+        raise UserError(f"kaggle client could not authenticate ({type(err).__name__}); sign "
+                        "in with `kaggle auth login`, or set KAGGLE_API_TOKEN, or save the "
+                        "token to ~/.kaggle/access_token (legacy: KAGGLE_USERNAME and "
+                        "KAGGLE_KEY, or ~/.kaggle/kaggle.json)") from None
+    return api
+
+
+def _status_name(response) -> str:
+    status = getattr(response, "status", response)
+    return getattr(status, "name", str(status)).upper()
+
+
+def poll_session(api, ref: str, watch: dict, settle_polls: int = 3) -> tuple[str, str] | None:
+    """One status poll of the version pushed last: (status, failure message) once it ended,
+    else None. Right after a push the API may still report the previous version's end, so an
+    end only counts once the new version was seen queued or running, or after `settle_polls`
+    polls. `watch` (plain data, so a campaign can keep it in its state file) carries what the
+    polls saw across calls."""
+    response = api.kernels_status(ref)
+    name = _status_name(response)
+    watch["polls"] = int(watch.get("polls", 0)) + 1
+    watch["last"] = name
+    if name in TERMINAL and (watch.get("seen_running") or watch["polls"] >= settle_polls):
+        return name, getattr(response, "failure_message", "") or ""
+    watch["seen_running"] = bool(watch.get("seen_running")) or name not in TERMINAL
+    return None
+
+
+def wait_for_session(api, ref: str, poll_s: float, settle_polls: int = 3,
+                     timeout_s: float | None = None) -> tuple[str, str]:
+    """Poll until the pushed version ends (see poll_session)."""
+    started = time.monotonic()
+    watch: dict = {}
+    while True:
+        ended = poll_session(api, ref, watch, settle_polls)
+        if ended:
+            return ended
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise UserError(f"{ref}: still {watch['last']} after {timeout_s:.0f}s of waiting; "
+                            "run `python -m imet kaggle chain` again to keep watching")
+        time.sleep(poll_s)
+
+
+class PushRefused(UserError):
+    """Kaggle answered a push with an error (a source it will not attach, a quota...)."""
+
+
+def push(api, kernel_dir: Path):
+    """Push a kernel folder; the client's answer (version_number, url)."""
+    pushed = api.kernels_push(str(kernel_dir))
+    if getattr(pushed, "error", None):
+        raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
+    return pushed
+
+
+def fetch_outputs(api, ref: str, dest: Path, pattern: str | None = SMALL_OUTPUTS) -> Path:
+    """The files of the version's output whose names match `pattern` (None: all), into
+    `dest`."""
+    api.kernels_output(ref, str(dest), file_pattern=pattern, force=True, quiet=True)
+    return Path(dest)
+
+
+def current_version(api, ref: str) -> int:
+    """The number of the kernel's latest version on Kaggle; 0 for a kernel never pushed. How a
+    restarted campaign tells whether a push it did not see answered went through."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+    from requests import HTTPError
+    owner, slug = ref.split("/", 1)
+    request = ApiGetKernelRequest()
+    request.user_name, request.kernel_slug = owner, slug
+    try:
+        with api.build_kaggle_client() as client:
+            response = client.kernels.kernels_api_client.get_kernel(request)
+    except HTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            return 0
+        raise
+    return int(response.metadata.current_version_number or 0)
+
+
+def dataset_version(api, ref: str) -> int:
+    """The number of the dataset's latest version on Kaggle; 0 for one never created."""
+    from requests import HTTPError
+    try:
+        answer = api.dataset_status(ref, format="json(current_version_number)")
+    except HTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            return 0
+        raise
+    return int(json.loads(answer).get("current_version_number") or 0)
+
+
+def upload_dataset(api, folder: Path, new: bool, notes: str) -> None:
+    """Create the private dataset of `folder` (its dataset-metadata.json names it) or add a
+    version; folders inside go up as archives (dir_mode zip), so their layout is kept."""
+    if new:
+        answer = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode="zip")
+    else:
+        answer = api.dataset_create_version(str(folder), notes, quiet=True, dir_mode="zip")
+    if getattr(answer, "error", None):
+        raise UserError(f"kaggle refused the dataset upload of {folder}: {answer.error}")
+
+
+def wait_for_dataset(api, ref: str, poll_s: float, timeout_s: float = 3600.0) -> None:
+    """Until Kaggle has processed the dataset's latest version (it can be attached then)."""
+    started = time.monotonic()
+    while str(api.dataset_status(ref)).lower() != "ready":
+        if time.monotonic() - started > timeout_s:
+            raise UserError(f"dataset {ref}: not ready after {timeout_s:.0f}s; run the same "
+                            "command again to keep waiting")
+        time.sleep(poll_s)
+
+
+def client_errors(err: BaseException) -> UserError:
+    """The client's HTTP errors (requests' are OSErrors) and refusals, as one line: the
+    request and the server's message, never credentials (the client sends them as headers)."""
+    return UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0])
+
+
+def chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float = 60.0,
+          api=None, log=print) -> int:
+    try:
+        return _chain(kernel_dir, max_sessions, out, poll_s, api, log)
+    except (OSError, ValueError) as err:
+        raise client_errors(err) from None
+
+
+def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, log) -> int:
+    """Returns 0 when the run finished, HANDED_OVER (75) when it still hands over after
+    max_sessions, 1 when a session failed."""
+    meta = read_metadata(kernel_dir)
+    ref = meta["id"]
+    if OWNER in ref:
+        raise UserError(f"{kernel_dir}: its id {ref!r} is a template; render it first with "
+                        "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
+    api = api or kaggle_api()
+    for session in range(1, max_sessions + 1):
+        pushed = push(api, kernel_dir)
+        log(f"session {session}: pushed {ref} version {pushed.version_number} ({pushed.url})")
+        status, failure = wait_for_session(api, ref, poll_s)
+        dest = Path(out) / f"v{session}"
+        fetch_outputs(api, ref, dest)
+        if status != "COMPLETE":
+            log(f"session {session}: {status.lower()}{': ' + failure if failure else ''}; "
+                f"its log is in {dest}")
+            return 1
+        if not (dest / HANDOVER).is_file():
+            log(f"session {session}: the run finished; its summary is in {dest}")
+            return 0
+        log(f"session {session}: handed over ({dest / HANDOVER}); pushing the next session")
+    log(f"the run still hands over after {max_sessions} sessions; chain again to go on")
+    return HANDED_OVER
+
+
+# ---- campaign_handover
+# The campaign's fallback when Kaggle refuses a trainer kernel's own output as its source: the
+# member's checkpoint is handed over through a private dataset of its own,
+# `<owner>/imet-handover-<member>`. Before each later push the campaign fetches the whole output
+# of the member's latest session (checkpoints included), adds it as a new version of that
+# dataset (folders go up as archives, so `checkpoints/` keeps its place beside model.pt) and
+# attaches the dataset instead of the output. Each upload is saved in the state first, so a
+# campaign killed mid-way does not version the dataset twice for one session.
+
+class HandoverDatasets:
+    def __init__(self, out: Path, owner: str, api, poll_s: float, save: Callable[[], None]):
+        self.out, self.owner, self.api, self.poll_s, self.save = out, owner, api, poll_s, save
+
+    def ref(self, member: str) -> str:
+        return f"{self.owner}/imet-handover-{member}"
+
+    def version(self, member: str, job: dict) -> None:
+        """Make the dataset hold the output of the member's latest session (once per
+        session), and wait until Kaggle can attach it."""
+        record = job.setdefault("dataset", {"for_session": 0, "before": None})
+        session = len(job["sessions"])
+        if record["for_session"] == session:
+            return
+        ref = job["via_dataset"]
+        asked = record["before"]
+        if asked is not None and dataset_version(self.api, ref) > asked:
+            record.update(for_session=session, before=None)
+            self.save()
+            return
+        folder = self.out / "handover" / member
+        if folder.exists():
+            shutil.rmtree(folder)
+        fetch_outputs(self.api, job["ref"], folder, pattern=None)
+        metadata = {"title": ref.split("/", 1)[1], "id": ref, "licenses": [{"name": "CC0-1.0"}]}
+        (folder / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n",
+                                                      encoding="utf-8")
+        record["before"] = dataset_version(self.api, ref)
+        self.save()
+        upload_dataset(self.api, folder, record["before"] == 0,
+                              f"{member}: the output of session {session}")
+        record.update(for_session=session, before=None)
+        self.save()
+        wait_for_dataset(self.api, ref, self.poll_s)
+
+
+# ---- campaign_kaggle
+# Where a campaign's kernels run: its backend. The campaign driver (campaign.py) asks a backend
+# five things, and this one answers them from real Kaggle through the kaggle client
+# (imet/kaggle/campaign/remote.py); campaign_emulator.py answers them from local emulator sessions.
+#
+#     current_version(ref) -> int         the kernel's latest version number, 0 if never pushed
+#     push(folder) -> int | None          push a rendered kernel folder: the new version's number
+#                                         (None: not told); raises remote.PushRefused
+#     poll(ref, watch) -> (status, failure) | None
+#                                         one look at the latest version: its end, or None while
+#                                         it runs; `watch` is plain data kept in the state file
+#     fetch_outputs(ref, dest, pattern)   the latest version's output files matching `pattern`
+#     handover_datasets(out, owner, save) the fallback through private datasets (campaign_handover)
+#                                         for a backend whose push can refuse a kernel's own
+#                                         output; None for one that never does
+
+class KaggleBackend:
+    def __init__(self, api, poll_s: float):
+        self.api, self.poll_s = api, poll_s
+
+    def current_version(self, ref: str) -> int:
+        return current_version(self.api, ref)
+
+    def push(self, folder: Path) -> int | None:
+        return push(self.api, folder).version_number
+
+    def poll(self, ref: str, watch: dict) -> tuple[str, str] | None:
+        return poll_session(self.api, ref, watch)
+
+    def fetch_outputs(self, ref: str, dest: Path, pattern: str | None) -> None:
+        fetch_outputs(self.api, ref, dest, pattern)
+
+    def handover_datasets(self, out: Path, owner: str,
+                          save: Callable[[], None]) -> HandoverDatasets:
+        return HandoverDatasets(out, owner, self.api, self.poll_s, save)

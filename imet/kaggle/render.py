@@ -1,0 +1,445 @@
+"""The run's settings that `imet kaggle render --config FILE` writes into the kernels: a TOML
+file the user keeps, so that rendering again never puts the defaults back.
+
+    owner = "you"                          # optional: render's --owner
+    accelerator = "NvidiaTeslaT4"          # or a table: {trainer = "NvidiaL4", inference = "none"}
+    competition = "imet-2019-fgvc6"
+    src_dataset = "you/imet-src"           # a bare slug is taken as the owner's
+    weights_dataset = "you/imet-weights"
+    n_folds = 5                            # the folds each trainer kernel makes
+    train_args = ["--batch-size", "32"]    # every member's `imet train` flags
+    validate_args = ["--tta", "none,hflip"]
+    predict_args = ["--tta", "none,hflip", "--ensemble", "mean"]
+    pseudo_label_args = ["--min-prob", "0.9"]   # optional: the inference kernel pseudo-labels too
+
+    [[member]]                             # one trainer kernel each: imet-trainer-<name>
+    name = "f0"                            # default f<fold>
+    fold = 0
+    arch = "se_resnext50_32x4d"            # optional: --arch, --image-size, --epochs
+    image_size = 320
+    epochs = 20
+    args = ["--lr", "3e-4"]                # more `imet train` flags of this member
+                                           # ("--extra", "auto": the inference kernel's
+                                           # pseudo-labels, its output attached)
+
+Whatever the file leaves out is the template's: its DEFAULT_*_ARGS lines, one member per fold.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imet.errors import UserError
+from imet.fileio import atomic_write_text
+from imet.kaggle import session as accelerators
+from imet.kaggle.session import asks_extra_auto
+
+KEYS = ("owner", "accelerator", "competition", "src_dataset", "weights_dataset", "n_folds",
+        "train_args", "validate_args", "predict_args", "pseudo_label_args", "member")
+MEMBER_KEYS = ("name", "fold", "arch", "image_size", "epochs", "args")
+# Member fields that are `imet train` flags, in the order they are written.
+MEMBER_FLAGS = (("fold", "--fold"), ("arch", "--arch"), ("image_size", "--image-size"),
+                ("epochs", "--epochs"))
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,29}")
+
+
+@dataclass
+class Member:
+    name: str
+    fold: int
+    flags: list[str]  # this member's fold, arch, image size and epochs as flags
+    args: list[str] = field(default_factory=list)  # its other `imet train` flags
+
+
+@dataclass
+class Settings:
+    source: str = "defaults"
+    owner: str | None = None
+    accelerator: dict[str, str] = field(default_factory=dict)  # kernel ("" = all) -> name
+    competition: str | None = None
+    src_dataset: str | None = None
+    weights_dataset: str | None = None
+    n_folds: int | None = None
+    train_args: list[str] | None = None
+    validate_args: list[str] | None = None
+    predict_args: list[str] | None = None
+    pseudo_label_args: list[str] | None = None  # None: the inference kernel writes none
+    members: list[Member] | None = None  # None: one per fold of the template
+    extra: dict = field(default_factory=dict)  # the keys a caller allowed beyond these
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML ({err})") from None
+
+
+def _strings(value, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise UserError(f"{where}: expected a list of strings such as [\"--lr\", \"3e-4\"]")
+    return [str(v) for v in value]
+
+
+def _unknown(table: dict, allowed, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise UserError(f"{where}: unknown key {key!r}; the keys are {', '.join(allowed)}")
+
+
+def _member(table, index: int, where: str) -> Member:
+    where = f"{where}: member {index + 1}"
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a [[member]] table")
+    _unknown(table, MEMBER_KEYS, where)
+    fold = table.get("fold")
+    if not isinstance(fold, int) or isinstance(fold, bool) or fold < 0:
+        raise UserError(f"{where}: fold must be a whole number from 0 (got {fold!r})")
+    name = str(table.get("name", f"f{fold}"))
+    if not NAME.fullmatch(name):
+        raise UserError(f"{where}: name {name!r} must be 1-30 lowercase letters, digits or "
+                        "dashes (it becomes the kernel slug imet-trainer-<name>)")
+    flags = []
+    for key, flag in MEMBER_FLAGS:
+        if key in table:
+            flags += [flag, str(table[key])]
+    return Member(name, fold, flags, _strings(table.get("args", []), f"{where}: args"))
+
+
+def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Settings:
+    _unknown(data, KEYS + allowed_extra, source)
+    for key in ("owner", "competition", "src_dataset", "weights_dataset"):
+        if key in data and not (isinstance(data[key], str) and data[key]):
+            raise UserError(f"{source}: {key} must be a name in quotes (got {data[key]!r})")
+    accelerator = data.get("accelerator", {})
+    if isinstance(accelerator, str):
+        accelerator = {"": accelerator}
+    if not isinstance(accelerator, dict):
+        raise UserError(f"{source}: accelerator must be a name or a table kernel = name")
+    settings = Settings(source=source, owner=data.get("owner"), accelerator=accelerator,
+                        competition=data.get("competition"),
+                        src_dataset=data.get("src_dataset"),
+                        weights_dataset=data.get("weights_dataset"), n_folds=data.get("n_folds"),
+                        extra={k: data[k] for k in allowed_extra if k in data})
+    for key in ("train_args", "validate_args", "predict_args", "pseudo_label_args"):
+        if key in data:
+            setattr(settings, key, _strings(data[key], f"{source}: {key}"))
+    if settings.n_folds is not None and (not isinstance(settings.n_folds, int)
+                                         or settings.n_folds < 2):
+        raise UserError(f"{source}: n_folds must be a whole number of at least 2")
+    if "member" in data:
+        if not isinstance(data["member"], list) or not data["member"]:
+            raise UserError(f"{source}: member must be one or more [[member]] tables")
+        settings.members = [_member(t, i, source) for i, t in enumerate(data["member"])]
+        names = [m.name for m in settings.members]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"{source}: two members are named {twice[0]!r}; give each its "
+                            "own name")
+    return settings
+
+
+def load(path: Path | None, allowed_extra: tuple[str, ...] = ()) -> Settings:
+    if path is None:
+        return Settings()
+    return parse(read_toml(path), str(path), allowed_extra)
+
+
+def without_flags(args: list[str], flags) -> list[str]:
+    """`args` less every `--flag VALUE` (and `--flag=VALUE`) of `flags`."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not any(arg.startswith(flag + "=") for flag in flags):
+            kept.append(arg)
+    return kept
+
+
+# ---- rendered
+# What `imet kaggle render` wrote into a kernel folder, so a later render never overwrites a
+# hand edit: a manifest beside the files holding the sha256 of each file as written.
+
+MANIFEST = ".imet-rendered.json"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _recorded(out_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def check_untouched(out_dir: Path, files: dict[str, str], force: bool = False) -> None:
+    """Refuse, in one line naming the file, to replace a file that differs from what render
+    last wrote there (or, never written by render, from what it would write now)."""
+    if force:
+        return
+    recorded = _recorded(Path(out_dir))
+    for name, text in files.items():
+        path = Path(out_dir) / name
+        if not path.is_file():
+            continue
+        current = _sha256(path.read_bytes())
+        expected = recorded.get(name, _sha256(text.encode("utf-8")))
+        if current != expected:
+            raise UserError(f"{path}: edited by hand since `imet kaggle render` wrote it; put "
+                            "the change into the settings file (render --config FILE) and "
+                            "render again, or pass --force to overwrite it")
+
+
+def write_rendered(out_dir: Path, files: dict[str, str]) -> Path:
+    """Write the files and the manifest of what was written."""
+    out_dir = Path(out_dir)
+    for name, text in files.items():
+        atomic_write_text(out_dir / name, text)
+    manifest = {"format": "imet-rendered", "version": 1,
+                "files": {name: _sha256(text.encode("utf-8")) for name, text in files.items()}}
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return out_dir
+
+
+# ---- metadata
+# kernel-metadata.json: reading, checking and rendering with an owner's name.
+
+REQUIRED = ("id", "title", "code_file", "language", "kernel_type", "enable_internet",
+            "enable_gpu", "dataset_sources", "competition_sources", "kernel_sources")
+OWNER = "{owner}"
+# The line of a kernel script that tells the session what it asked for: Kaggle gives a script
+# no view of its metadata, so render (and the emulator) write the machine_shape into it.
+ACCELERATOR = "ACCELERATOR"
+
+
+def _setting_line(name: str) -> re.Pattern:
+    """A settings line of a kernel script: `NAME = <a Python literal>` on one line."""
+    return re.compile(rf"^{re.escape(name)} = .*$", re.M)
+
+
+def read_setting(code: str, name: str, where: object):
+    """The literal value of the script's `NAME = …` line."""
+    found = _setting_line(name).findall(code)
+    if len(found) != 1:
+        raise UserError(f"{where}: expected one line `{name} = …` in the kernel script, found "
+                        f"{len(found)}")
+    return ast.literal_eval(found[0].split(" = ", 1)[1])
+
+
+def with_setting(code: str, name: str, value, where: object, required: bool = True) -> str:
+    """The script with its `NAME = …` line holding `value` (render's settings lines)."""
+    pattern = _setting_line(name)
+    if required:
+        read_setting(code, name, where)
+    return pattern.sub(lambda _: f"{name} = {value!r}", code)
+
+
+def read_metadata(kernel_dir: Path) -> dict:
+    path = Path(kernel_dir) / "kernel-metadata.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no kernel-metadata.json in the kernel folder {kernel_dir}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    missing = [key for key in REQUIRED if key not in meta]
+    if missing:
+        raise UserError(f"{path}: missing field(s) {', '.join(missing)}; write them explicitly "
+                        "(the kaggle client defaults enable_internet to true)")
+    if not (Path(kernel_dir) / meta["code_file"]).is_file():
+        raise UserError(f"{path}: code_file {meta['code_file']!r} does not exist in {kernel_dir}")
+    return meta
+
+
+def slug_of(ref: str) -> str:
+    """'owner/name' -> 'name': the folder name an attached source gets under /kaggle/input."""
+    return ref.rsplit("/", 1)[-1]
+
+
+def requested_accelerator(meta: dict) -> str:
+    """What a kernel's metadata asks for: its machine_shape; without one, the client's own
+    default (enable_gpu: the default GPU), else none (a CPU)."""
+    shape = meta.get("machine_shape")
+    if shape:
+        return accelerators.canonical(shape)
+    return accelerators.DEFAULT if meta.get("enable_gpu") else accelerators.NONE
+
+
+def with_accelerator(meta: dict, code: str, name: str) -> tuple[dict, str]:
+    """The metadata and script asking for accelerator `name` (a known name, canonical)."""
+    meta = {**meta, **accelerators.metadata_fields(name)}
+    return meta, with_setting(code, ACCELERATOR, name, meta.get("id"), required=False)
+
+
+def check_owner(owner: str) -> str:
+    if not owner or "/" in owner or OWNER in owner:
+        raise UserError(f"--owner {owner!r} is not a Kaggle user name")
+    return owner
+
+
+def prepare(kernel_dir: Path, owner: str, accelerator: str | None = None,
+            settings: dict | None = None, fields: dict | None = None) -> dict[str, str]:
+    """The files of a push-ready copy of a kernel folder (name -> text): `{owner}` replaced by
+    a user name, asking for `accelerator` (default: what the template asks for), the script's
+    settings lines holding `settings` (NAME -> value) and the metadata updated with `fields`."""
+    check_owner(owner)
+    meta = read_metadata(kernel_dir)
+    name = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
+    script = Path(kernel_dir) / meta["code_file"]
+    code = script.read_text(encoding="utf-8")
+    meta, code = with_accelerator({**meta, **(fields or {})}, code, name)
+    for setting, value in (settings or {}).items():
+        code = with_setting(code, setting, value, script)
+    text = json.dumps(meta, indent=2).replace(OWNER, owner)
+    return {meta["code_file"]: code, "kernel-metadata.json": text + "\n"}
+
+
+def render(kernel_dir: Path, owner: str, out_dir: Path, accelerator: str | None = None,
+           force: bool = False) -> Path:
+    """Write a push-ready copy of a kernel folder (see `prepare`); a copy edited by hand since
+    render wrote it is refused unless `force`."""
+    files = prepare(kernel_dir, owner, accelerator)
+    check_untouched(out_dir, files, force)
+    return write_rendered(out_dir, files)
+
+
+# ---- kernel_set
+# The set of push-ready kernels of a run: one trainer kernel per member (fold or model), each
+# with its own slug and so its own output, and the validation and inference kernels with every
+# trainer output attached.
+#
+#     dist/kernels/trainer-f0 … trainer-f4   <owner>/imet-trainer-f0 …, each its own output
+#                                             (and the inference's, with --extra auto)
+#     dist/kernels/validation                 kernel_sources: every trainer
+#     dist/kernels/inference                  kernel_sources: every trainer and the validation
+
+TRAINER, VALIDATION, INFERENCE = "trainer", "validation", "inference"
+# The settings line of each kernel script that holds its command's arguments.
+ARGS_SETTING = {TRAINER: ("DEFAULT_TRAIN_ARGS", "train_args"),
+                VALIDATION: ("DEFAULT_VALIDATE_ARGS", "validate_args"),
+                INFERENCE: ("DEFAULT_PREDICT_ARGS", "predict_args")}
+# The datasets' slugs where the settings name none: what packaging/build_dataset.py and
+# `imet weights fetch` (models/fetch.py, which imports torch) call them.
+SRC_DATASET, WEIGHTS_DATASET = "imet-src", "imet-weights"
+# The inference kernel's settings line of its pseudo-label step (issue 19; None: off).
+PSEUDO_LABEL_SETTING = "PSEUDO_LABEL_ARGS"
+
+
+def trainer_folder(member: str) -> str:
+    return f"{TRAINER}-{member}"
+
+
+def trainer_slug(member: str) -> str:
+    return f"imet-{TRAINER}-{member}"
+
+
+def templates_in(kernels: Path) -> dict[str, Path]:
+    found = {p.parent.name: p.parent for p in sorted(Path(kernels).glob("*/kernel-metadata.json"))}
+    if TRAINER not in found:
+        raise UserError(f"{kernels}: no trainer kernel template (trainer/kernel-metadata.json)")
+    return found
+
+
+def _script(template: Path) -> tuple[Path, str]:
+    path = template / read_metadata(template)["code_file"]
+    return path, path.read_text(encoding="utf-8")
+
+
+def members_of(settings: Settings, trainer: Path) -> list[Member]:
+    """The settings' members, or one per fold the template's trainer makes."""
+    if settings.members:
+        return settings.members
+    path, code = _script(trainer)
+    n_folds = settings.n_folds or read_setting(code, "N_FOLDS", path)
+    return [Member(f"f{fold}", fold, ["--fold", str(fold)]) for fold in range(n_folds)]
+
+
+def member_train_args(settings: Settings, member: Member, trainer: Path) -> list[str]:
+    """The member's `imet train` flags: its fold, arch, image size and epochs, the shared flags
+    (the settings' train_args, else the template's) less those, then the member's own args
+    (the last of a flag given twice wins)."""
+    path, code = _script(trainer)
+    common = settings.train_args
+    if common is None:
+        common = read_setting(code, ARGS_SETTING[TRAINER][0], path)
+    own = {flag for _, flag in MEMBER_FLAGS if flag in member.flags}
+    return member.flags + without_flags(list(common), own) + member.args
+
+
+def _dataset(owner: str, value: str | None, default: str) -> str:
+    value = value or default
+    return value if "/" in value else f"{owner}/{value}"
+
+
+def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: dict[str, str],
+                 attach: list[str] | None = None, first_push: set[str] = frozenset(),
+                 handover_datasets: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """folder name -> files of every kernel. `attach`: the members whose outputs the other
+    kernels get (default all); `first_push`: members whose kernel never ran, whose own output
+    cannot be attached yet; `handover_datasets`: member -> the dataset that carries its
+    checkpoint instead of its own output (where Kaggle refuses a kernel's own output)."""
+    handover_datasets = handover_datasets or {}
+    templates = templates_in(kernels)
+    trainer = templates[TRAINER]
+    trainer_id = read_metadata(trainer)["id"]
+    members = members_of(settings, trainer)
+    attach = [m.name for m in members] if attach is None else attach
+    refs = [f"{OWNER}/{trainer_slug(name)}" for name in attach]
+    common = {"dataset_sources": [_dataset(owner, settings.src_dataset, SRC_DATASET),
+                                  _dataset(owner, settings.weights_dataset, WEIGHTS_DATASET)]}
+    if settings.competition:
+        common["competition_sources"] = [settings.competition]
+    planned = {}
+    for member in members:
+        slug = trainer_slug(member.name)
+        via = handover_datasets.get(member.name)
+        own = [] if member.name in first_push or via else [f"{OWNER}/{slug}"]
+        train_args = member_train_args(settings, member, trainer)
+        if asks_extra_auto(train_args) and INFERENCE in templates:  # its pseudo-labels
+            own = own + [read_metadata(templates[INFERENCE])["id"]]
+        fields = {**common, "id": f"{OWNER}/{slug}", "title": slug, "kernel_sources": own}
+        if via:
+            fields["dataset_sources"] = common["dataset_sources"] + [via]
+        settings_lines = {ARGS_SETTING[TRAINER][0]: train_args}
+        if settings.n_folds is not None:
+            settings_lines["N_FOLDS"] = settings.n_folds
+        planned[trainer_folder(member.name)] = prepare(trainer, owner, accelerators.get(TRAINER),
+                                                       settings_lines, fields)
+    for name, template in templates.items():
+        if name == TRAINER:
+            continue
+        meta = read_metadata(template)
+        sources = []
+        for ref in meta["kernel_sources"]:
+            sources += refs if ref == trainer_id else [ref]
+        lines = {}
+        setting, key = ARGS_SETTING.get(name, (None, None))
+        if setting and getattr(settings, key) is not None:
+            lines[setting] = getattr(settings, key)
+        if name == INFERENCE and settings.pseudo_label_args is not None:
+            lines[PSEUDO_LABEL_SETTING] = settings.pseudo_label_args
+        planned[name] = prepare(template, owner, accelerators.get(name), lines,
+                                {**common, "kernel_sources": sources})
+    return planned
+
+
+def write_kernels(out: Path, planned: dict[str, dict[str, str]], force: bool = False) -> list[Path]:
+    """Write every planned kernel folder under `out`; nothing is written when one of them was
+    edited by hand since render wrote it (unless `force`)."""
+    for folder, files in planned.items():
+        check_untouched(Path(out) / folder, files, force)
+    return [write_rendered(Path(out) / folder, files) for folder, files in planned.items()]

@@ -1,0 +1,898 @@
+"""Where things are on Kaggle: the one module that knows Kaggle's directory layout.
+
+Inputs appear at /kaggle/input/<slug>/ or under /kaggle/input/{competitions,datasets,
+notebooks,models}/…/<slug>/, so everything here searches by what a folder holds, never by one
+hard-coded path. `IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import delegator
+import pexpect
+import torch
+import torch.nn.functional as F
+
+from imet.config import TrainConfig, read_config_file
+from imet.data.images import CACHE_ENV
+from imet.device import fast_bf16
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, DataError, UserError
+from imet.fileio import atomic_write_text
+from imet.probfile import ENSEMBLE_PROBS
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER, MODEL_FILE
+from imet.walk import walk_folders
+
+ROOT_ENV = "IMET_KAGGLE_ROOT"
+DEFAULT_ROOT = "/kaggle"
+# Where the inference kernel writes its pseudo-labels (`imet pseudo-label`) in its working
+# folder, and the value of `imet train --extra` in a trainer kernel's arguments that asks for
+# the attached extra training set, found by what its folder holds (`find_extra_sets`).
+PSEUDO_DIR = "pseudo"
+EXTRA_AUTO = "auto"
+
+
+def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def input_root(env: Mapping[str, str] | None = None) -> Path:
+    return kaggle_root(env) / "input"
+
+
+def working_dir(env: Mapping[str, str] | None = None) -> Path:
+    return kaggle_root(env) / "working"
+
+
+def temp_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Kaggle's scratch folder: written during a session, never part of its output."""
+    return kaggle_root(env) / "temp"
+
+
+def find_folders_with(root: Path, *names: str) -> list[Path]:
+    """Folders under root (root included) that hold every one of `names` as files, shallowest
+    first (then in name order), so the attached input itself wins over copies inside it."""
+    if not root.is_dir():
+        return []
+    found = []
+    for folder, subfolders, files in walk_folders([root]):
+        if all(name in files for name in names):
+            found.append(folder)
+        # A folder of images is a leaf: its thousands of files are never folders to search.
+        if len(files) > 1000:
+            subfolders[:] = []
+    return sorted(found, key=lambda folder: (len(folder.parts), folder))
+
+
+def find_competition_data(root: Path | None = None) -> Path:
+    """The folder holding the competition's files (labels.csv, sample_submission.csv)."""
+    root = input_root() if root is None else root
+    found = find_folders_with(root, "labels.csv", "sample_submission.csv")
+    if not found:
+        raise UserError(f"no competition data under {root}: no folder holds labels.csv and "
+                        "sample_submission.csv; attach the imet-2019-fgvc6 competition "
+                        "(competition_sources in kernel-metadata.json)")
+    return found[0]
+
+
+def find_source_dataset(root: Path | None = None) -> Path:
+    """The imet source dataset (the folder holding MANIFEST.json and the bootstrap)."""
+    root = input_root() if root is None else root
+    found = find_folders_with(root, "MANIFEST.json", "imet_bootstrap.py")
+    if not found:
+        raise UserError(f"the imet source dataset is not attached: no MANIFEST.json with "
+                        f"imet_bootstrap.py under {root}; build it with "
+                        "`python packaging/build_dataset.py`, upload it and add it to "
+                        "dataset_sources")
+    return found[0]
+
+
+def find_run_dirs(root: Path | None = None) -> list[Path]:
+    """Folders holding a trained model (model.pt), e.g. attached trainer outputs."""
+    root = input_root() if root is None else root
+    return find_folders_with(root, MODEL_FILE)
+
+
+def find_previous_output(root: Path | None = None) -> list[Path]:
+    """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json."""
+    root = input_root() if root is None else root
+    return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
+
+
+def extra_auto_at(args: list[str]) -> list[int]:
+    """Where `imet train` arguments say `--extra auto`: the index of each `auto` value after an
+    `--extra`, and of each `--extra=auto`."""
+    return [i for i, arg in enumerate(args)
+            if arg == f"--extra={EXTRA_AUTO}"
+            or (arg == EXTRA_AUTO and i > 0 and args[i - 1] == "--extra")]
+
+
+def asks_extra_auto(args: list[str]) -> bool:
+    """Whether `imet train` arguments say `--extra auto` (or `--extra=auto`)."""
+    return bool(extra_auto_at(args))
+
+
+def find_extra_sets(root: Path | None = None) -> list[Path]:
+    """Extra training sets (imet/data/labels.py) under root, shallowest first: folders with
+    labels.csv, train/ and train.csv or soft_targets.npz, as `imet pseudo-label` writes them,
+    and without the competition's sample_submission.csv (the competition data has the rest)."""
+    from imet.data.labels import SOFT_TARGETS
+    root = input_root() if root is None else root
+    if not root.is_dir():
+        return []
+    found = []
+    for folder, subfolders, files in walk_folders([root]):
+        if "labels.csv" in files and "train" in subfolders and \
+                "sample_submission.csv" not in files and \
+                ("train.csv" in files or SOFT_TARGETS in files):
+            found.append(folder)
+        if len(files) > 1000:  # a folder of images, as in find_folders_with
+            subfolders[:] = []
+    return sorted(found, key=lambda folder: (len(folder.parts), folder))
+
+
+# ---- doctor
+# `imet doctor`: can this session do the job it was configured for?
+#
+# It reports the interpreter and torch build, every GPU (proved by a real operation, see
+# imet.kaggle.session), free disk in the working folder against the run's checkpoints, the inputs
+# it finds and whether Telegram is configured; and returns one line per problem that would stop
+# the session, so a kernel can stop in its first minute instead of after hours.
+
+DEFAULT_CLASSES = 1103  # iMet 2019's label count, when no labels.csv is at hand
+# Room kept beyond the checkpoints: model.pt, metrics, plots, the registry and the OS.
+DISK_MARGIN_BYTES = 512 * 2**20
+
+
+@dataclass
+class Settings:
+    data: Path | None = None
+    input_roots: list[Path] = field(default_factory=list)
+    out: Path = Path(".")
+    arch: str | None = None
+    pretrained: bool | None = None  # None: as imet train, on for an arch that has weights
+    device: str = "auto"
+    accelerator: str | None = None  # what the kernel asked for; None: not in a kernel
+    keep: int | None = None  # checkpoint generations kept (None: imet train's default)
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: object) -> None:
+        self.lines.append(f"{name + ':':<18}{value}")
+
+
+def doctor_flags(kernel_args: list[str], default_arch: str | None = None) -> list[str]:
+    """The flags doctor judges (arch, weights, device; Telegram: auto unless turned off),
+    picked from a kernel's arguments for its imet command, as doctor flags."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--arch", default=default_arch)
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--device")
+    parser.add_argument("--notify", default="auto")
+    parser.add_argument("--keep")
+    known, _ = parser.parse_known_args(kernel_args)
+    flags = [f"--notify={known.notify}"] + ([f"--arch={known.arch}"] if known.arch else [])
+    flags += [f"--keep={known.keep}"] if known.keep else []
+    if known.pretrained is not None:
+        flags.append("--pretrained" if known.pretrained else "--no-pretrained")
+    return flags + ([f"--device={known.device}"] if known.device else [])
+
+
+def checkpoint_bytes(arch: str, num_classes: int) -> tuple[int, int]:
+    """(parameter count, bytes of one training-state file) of `arch`, built without weights
+    on the meta device: fp32 weights and buffers plus AdamW's two moments per parameter."""
+    import torch
+
+    from imet.models.net import build_model
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, pretrained=False)
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    return params, 4 * (3 * params + buffers)
+
+
+def disk_need(arch: str, num_classes: int, keep: int | None = None) -> tuple[int, int]:
+    """(parameters, bytes the run needs in its folder at the peak of a save): the `keep`
+    generations (default: imet train's --keep) plus the one being written, and the best model
+    file."""
+    from imet.config import TrainConfig
+    keep = TrainConfig.keep if keep is None else keep
+    params, state = checkpoint_bytes(arch, num_classes)
+    return params, (keep + 1) * state + 4 * params + DISK_MARGIN_BYTES
+
+
+def _existing(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _check_gpus(s: Settings, report: Report) -> None:
+    import torch
+
+    for name, value in build_info().items():
+        report.add(name, value)
+    available, driver = cuda_available()
+    gpus = [inspect(i) for i in range(torch.cuda.device_count())] if available else []
+    for g in gpus:
+        report.add(f"GPU {g.index}", f"{g.name}, {g.sm}, {g.memory_gib:.1f} GiB, kernels "
+                   f"{'yes' if g.kernels else 'NO'}, fp16 autocast {g.fp16}, bf16 {g.bf16}")
+    if not gpus:
+        report.add("GPU", "no GPU" + (f" ({driver})" if driver else ""))
+    asked = s.accelerator
+    if asked is not None:
+        shape = runs_on(asked)
+        report.add("accelerator", asked + (f" (runs on {shape})" if shape != asked else ""))
+        if shape in TPUS:
+            report.problems.append(f"asked for {asked}, a TPU: imet trains on CUDA GPUs or the "
+                                   "CPU; render with --accelerator NvidiaTeslaT4 or none")
+    asked_gpu = asked is not None and wants_gpu(asked)
+    if s.device.startswith("cuda"):
+        line = device_problem(s.device)
+        report.problems.extend([line] if line else [])
+    elif asked_gpu and not gpus:
+        report.problems.append(driver or no_gpu_line(asked))
+    elif s.device == "auto":
+        # auto trains on every GPU torch sees (torchrun: one per process)
+        report.problems.extend(p for p in (g.problem() for g in gpus) if p)
+
+
+def _check_inputs(s: Settings, report: Report) -> int:
+    """Reports the inputs found; returns the label count (for the checkpoint estimate)."""
+    roots = s.input_roots
+    data = None
+    try:
+        data = find_competition_data(s.data) if s.data else _first(find_competition_data, roots)
+        report.add("competition data", data)
+    except UserError as err:
+        report.problems.append(str(err))
+    try:
+        report.add("imet-src", _first(find_source_dataset, roots))
+    except UserError:
+        report.add("imet-src", f"not attached (searched {', '.join(map(str, roots)) or '-'})")
+    earlier = [p for root in [s.out, *roots] for p in find_previous_output(root)]
+    report.add("earlier outputs", ", ".join(map(str, earlier[:3])) or "none (a new run)")
+    if data is None:
+        return DEFAULT_CLASSES
+    from imet.data.labels import CompetitionLayout, read_labels
+    try:
+        return read_labels(CompetitionLayout(data).labels_csv).num_classes or DEFAULT_CLASSES
+    except UserError as err:
+        report.problems.append(str(err))
+        return DEFAULT_CLASSES
+
+
+def _first(find, roots: list[Path]):
+    """The first root's answer of `find`; the last root's error when none has it."""
+    error = UserError("no --data and no --input-root to search for the competition data; pass "
+                      "--data DIR (on Kaggle: attach imet-2019-fgvc6)")
+    for root in roots:
+        try:
+            return find(root)
+        except UserError as err:
+            error = err
+    raise error
+
+
+def _check_run(s: Settings, num_classes: int, report: Report) -> None:
+    if not s.arch:
+        return
+    try:
+        params, need = disk_need(s.arch, num_classes, s.keep)
+    except (UserError, ValueError) as err:
+        report.problems.append(f"--arch {s.arch}: {err}")
+        return
+    free = shutil.disk_usage(_existing(s.out)).free
+    report.add("disk", f"{_gib(free)} free in {_existing(s.out)}; {s.arch} ({params / 1e6:.1f}M "
+               f"parameters) needs {_gib(need)} for its checkpoints")
+    if free < need:
+        report.problems.append(f"{_existing(s.out)}: {_gib(free)} free, but {s.arch}'s "
+                               f"checkpoints need {_gib(need)}; free space in the working folder")
+    from imet.models.weights import has_pretrained_weights
+    if s.pretrained or (s.pretrained is None and has_pretrained_weights(s.arch)):
+        _check_weights(s, report)
+
+
+def _check_weights(s: Settings, report: Report) -> None:
+    from imet.models.weights import get_spec, network_up, resolve_weights
+    try:
+        report.add("weights", resolve_weights(s.arch, search_roots=s.input_roots,
+                                              allow_download=False))
+    except UserError as err:
+        urls = get_spec(s.arch).urls()
+        if urls and network_up(urls[0]):
+            report.add("weights", f"not found; downloaded from {urls[0]} at the start")
+        else:
+            report.problems.append(str(err))
+
+
+def _check_telegram(report: Report) -> None:
+    from imet.observe.telegram import ConfigProblem, load_config
+    try:
+        config = load_config()
+        report.add("telegram", f"configured (chat {config.chat_id}, from {config.source})")
+    except ConfigProblem as problem:
+        report.add("telegram", f"not configured ({problem})")
+
+
+def diagnose(s: Settings) -> Report:
+    report = Report()
+    _check_gpus(s, report)
+    num_classes = _check_inputs(s, report)
+    _check_run(s, num_classes, report)
+    _check_telegram(report)
+    return report
+
+
+def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
+    """The problems as a Telegram crash message (when configured and not off)."""
+    from imet.observe.telegram import build_notifier
+    from imet.train.events import Event
+    notifier = build_notifier(mode, kernel=kernel)
+    if notifier is None:
+        return False
+    try:
+        notifier(Event("failure", {"error": "imet doctor stopped the session: "
+                                            + " | ".join(problems), "kernel": kernel,
+                                   "run_name": f"imet {kernel or 'doctor'}"}))
+    finally:
+        notifier.close()
+    return True
+
+
+# ---- gpu
+# Can this torch use this session's GPUs? Asked of the devices themselves, before any hour is
+# spent: `is_available()` alone says yes on a GPU the build has no kernels for (the first real
+# operation fails), and says no, with a warning, when the driver is older than the build needs.
+#
+# The probe is a small fp16 conv plus matmul under autocast (bf16 too where the device has it),
+# checked against fp32: exactly the operations a training step starts with.
+
+# Low-precision results within this fraction of the fp32 result's largest value: fp16 keeps
+# ~3 decimal digits, bf16 ~2; a wrong kernel is off by far more.
+PROBE_TOLERANCE = {torch.float16: 0.01, torch.bfloat16: 0.05}
+
+
+def build_info() -> dict[str, str]:
+    """Python, torch, the CUDA version it was built for and its compiled GPU architectures."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda build": torch.version.cuda or "none (CPU-only build)",
+            "arch list": " ".join(torch.cuda.get_arch_list()) or "-"}
+
+
+def has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a build compiled for `arch_list` runs on a device of `capability`: machine code
+    for the same major version and a minor version not above the device's, or PTX (compute_XY)
+    of a version not above it, which the driver compiles."""
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, version = arch.partition("_")
+        if not version.isdigit():
+            continue
+        built = (int(version[:-1]), int(version[-1]))
+        if kind == "sm" and built[0] == major and built[1] <= minor:
+            return True
+        if kind == "compute" and built <= (major, minor):
+            return True
+    return False
+
+
+def probe(device: torch.device, dtype: torch.dtype) -> None:
+    """Run a small conv + matmul under autocast in `dtype` on `device`; raises RuntimeError
+    naming what went wrong when the device cannot run them or computes nonsense."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 8, 16, 16, generator=generator).to(device)
+    kernel = torch.randn(16, 8, 3, 3, generator=generator).to(device)
+    matrix = torch.randn(4096, 32, generator=generator).to(device)
+    with torch.autocast(device.type, dtype=dtype):
+        features = F.conv2d(images, kernel, padding=1)
+        out = features.flatten(1) @ matrix
+    if features.dtype != dtype or out.dtype != dtype:
+        raise RuntimeError(f"autocast computed {out.dtype}, not {dtype}")
+    reference = F.conv2d(images, kernel, padding=1).flatten(1) @ matrix
+    # .item() waits for the device: a missing kernel or a launch failure surfaces here.
+    error = (out.float() - reference).abs().max().item()
+    scale = reference.abs().max().item()
+    if not error <= PROBE_TOLERANCE[dtype] * scale:
+        raise RuntimeError(f"{dtype} result off by {error:.3g} (fp32 values up to {scale:.3g})")
+
+
+def try_probe(device: torch.device, dtype: torch.dtype) -> str:
+    """'ok', or 'failed: <the error's first line>'."""
+    try:
+        probe(device, dtype)
+    except Exception as err:  # any failure of the device is the answer, not a crash of doctor
+        return f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    return "ok"
+
+
+@dataclass
+class Gpu:
+    index: int
+    name: str
+    capability: tuple[int, int]
+    memory_gib: float
+    kernels: bool
+    fp16: str
+    bf16: str  # "ok", "failed: …" or "not supported"
+
+    @property
+    def sm(self) -> str:
+        return f"sm_{self.capability[0]}{self.capability[1]}"
+
+    def problem(self) -> str | None:
+        """One line when this torch cannot train on the GPU, else None."""
+        if not self.kernels:
+            return (f"GPU {self.index} {self.name} ({self.sm}): torch {torch.__version__} has no "
+                    f"kernels for it (built for {' '.join(torch.cuda.get_arch_list())}): ask "
+                    "for a GPU it supports (machine_shape NvidiaTeslaT4) or bundle a torch "
+                    f"built for {self.sm}")
+        if self.fp16 != "ok":
+            return (f"GPU {self.index} {self.name} ({self.sm}): a fp16 conv+matmul under "
+                    f"autocast {self.fp16}: this torch cannot train on it")
+        return None
+
+
+def inspect(index: int) -> Gpu:
+    device = torch.device("cuda", index)
+    props = torch.cuda.get_device_properties(device)
+    capability = (props.major, props.minor)
+    kernels = has_kernels(capability, torch.cuda.get_arch_list())
+    fp16 = try_probe(device, torch.float16)
+    bf16 = "not supported"
+    if fast_bf16(capability):  # older devices would only emulate it
+        bf16 = try_probe(device, torch.bfloat16)
+    return Gpu(index, props.name, capability, props.total_memory / 2**30, kernels, fp16, bf16)
+
+
+def nvidia_device_nodes() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def cuda_available() -> tuple[bool, str | None]:
+    """(torch sees a GPU, why not when the machine has one torch cannot use). A driver older
+    than the build is reported by torch as a warning, then is_available() is False."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available or not (nvidia_device_nodes() and torch.version.cuda):
+        return available, None
+    said = " ".join(str(w.message).split()) if caught else "torch.cuda.is_available() is False"
+    return False, (f"this session has an NVIDIA GPU that torch {torch.__version__} (built for "
+                   f"CUDA {torch.version.cuda}) cannot use: {said[:300]}; use the image's "
+                   "torch (build the dataset without --include-torch) or a torch built for "
+                   "this driver")
+
+
+def no_gpu_line(asked: str) -> str:
+    """The line for a session that asked for a GPU and has none."""
+    return (f"asked for a GPU ({asked}) but this session has none (no CUDA device is visible; "
+            "is the weekly GPU quota used up?): stopping rather than train on the CPU; render "
+            "with --accelerator none to train on the CPU on purpose")
+
+
+def device_problem(name: str) -> str | None:
+    """One line when `imet train --device NAME` cannot train on that device, else None. Under
+    torchrun `cuda` means the process's own GPU (LOCAL_RANK), as in the engine."""
+    if name == "cpu":
+        return None
+    available, driver = cuda_available()
+    if name == "auto" and not available:
+        return driver
+    try:
+        device = torch.device("cuda" if name == "auto" else name)
+    except RuntimeError:
+        return None  # not a device name at all: the engine's resolver says so
+    if device.type != "cuda":
+        return None
+    if not available:
+        return driver or f"--device {name}: no CUDA GPU is visible; use --device cpu or auto"
+    count = torch.cuda.device_count()
+    index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0))
+    if index >= count:
+        return (f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} "
+                f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); pick one of them "
+                "or --device auto")
+    return inspect(index).problem()
+
+
+# ---- shell
+# A kernel's shell steps, run through delegator.py with their output streamed live.
+#
+# delegator's blocking mode returns output only when a command ends, which would leave a
+# 12-hour training silent in the kernel log (and lose it all if the session is killed), so
+# steps run in its pexpect mode with every byte echoed as it arrives.
+
+def run_step(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> int:
+    """Run argv, echo its output (stderr merged) live, return its exit status."""
+    print(f"$ {shlex.join(argv)}", flush=True)
+    command = delegator.run(argv, block=False, env=env, cwd=cwd)
+    command.subprocess.logfile_read = _Echo()
+    command.subprocess.expect(pexpect.EOF, timeout=None)
+    command.block()
+    status = command.return_code
+    return status if status is not None else 128 + (command.subprocess.signalstatus or 0)
+
+
+class _Echo:
+    """pexpect's log sink: writes to our stdout as soon as bytes arrive."""
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+# ---- sessions
+# What each kernel does in one Kaggle session, so that the kernel scripts stay short.
+#
+# Each function finds its inputs under the Kaggle input root (any mount layout), runs the
+# imet commands as shell steps, and leaves its outputs in the working folder. A missing input is
+# one line naming it and exit code 2.
+
+# Never carried from a previous session's output: the engine copies the checkpoint it resumes
+# from, and the best model beside it, itself (imet/train/checkpoint.py); the handover note
+# belongs to the session that wrote it. Image caches (any folder that is one, at any depth) are
+# never carried either: gigabytes each session would copy (imet/kaggle/session.py).
+NOT_CARRIED = ("checkpoints", MODEL_FILE, HANDOVER)
+
+
+def _imet(*args: object) -> list[str]:
+    return [sys.executable, "-m", "imet", *map(str, args)]
+
+
+def gpu_count() -> int:
+    # Importing torch costs seconds of the session: skipped where no NVIDIA device node exists
+    # (CPU sessions, the emulator).
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return 0
+    import torch
+    return torch.cuda.device_count()
+
+
+def train_launcher(gpus: int) -> list[str]:
+    """`python -m imet` on one GPU or none; torchrun with one process per GPU when the session
+    has several (Kaggle's T4 x2), so both train."""
+    if gpus <= 1:
+        return _imet()
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(gpus), "-m", "imet"]
+
+
+def _seconds_left(started: float, session_limit: str) -> float:
+    from imet.config import parse_duration
+    return parse_duration(session_limit, "session limit") - (time.time() - started)
+
+
+def _carry_previous_output(previous: Path, work: Path) -> None:
+    """Bring the previous session's files (metrics, plots, registry) forward, so
+    this session's output is the whole run, as the next session and the user expect."""
+    def caches(folder, names):
+        return [name for name in names if is_cache(Path(folder) / name)]
+
+    for item in previous.iterdir():
+        if item.name in NOT_CARRIED or (work / item.name).exists() or is_cache(item):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, work / item.name, ignore=caches)
+        else:
+            shutil.copy2(item, work / item.name)
+
+
+def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str],
+           arch: str | None = None) -> int:
+    """`imet doctor` as a session's first step, in a process of its own (CUDA stays out of the
+    kernel's process): non-zero when the session cannot do its job, said in one line per
+    problem and sent to Telegram. `arch`: the one trained when the arguments name none."""
+    asked = ["--accelerator", accelerator] if accelerator is not None else []
+    return run_step(_imet("doctor", "--data", data, "--input-root", input_root(), "--out",
+                          working_dir(), "--kernel", kernel, *asked,
+                          *doctor_flags(kernel_args, arch)))
+
+
+def with_extra_found(train_args: list[str]) -> list[str]:
+    """`train_args` with `--extra auto` replaced by the one extra training set attached (the
+    inference kernel's pseudo-labels, say); UserError when there is none, or several."""
+    positions = extra_auto_at(train_args)
+    if not positions:
+        return train_args
+    found = find_extra_sets(input_root())
+    if len(found) != 1:
+        what = (f"{len(found)} of them ({found[0]}, {found[1]})" if found else "none")
+        raise UserError(f"--extra {EXTRA_AUTO}: needs one extra training set under "
+                        f"{input_root()} (a folder with labels.csv, train/ and train.csv or "
+                        f"soft_targets.npz, as `imet pseudo-label` writes it), found {what}; "
+                        "attach the inference kernel whose pseudo_label_args made it "
+                        "(kernel_sources), or pass --extra with the folder")
+    print(f"extra training set (--extra {EXTRA_AUTO}): {found[0]}", flush=True)
+    args = list(train_args)
+    for i in positions:
+        args[i] = str(found[0]) if args[i] == EXTRA_AUTO else f"--extra={found[0]}"
+    return args
+
+
+def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5,
+            accelerator: str | None = None) -> int:
+    data = find_competition_data()
+    from imet.config import TrainConfig
+    code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
+    if code:
+        return code
+    train_args = with_extra_found(train_args)
+    work = working_dir()
+    previous = find_previous_output(input_root())
+    if previous:
+        print(f"resuming from the attached output {previous[0]}", flush=True)
+        _carry_previous_output(previous[0], work)
+    folds = work / "folds.csv"
+    if not folds.exists():
+        code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
+        if code:
+            return code
+    cache = prepare(data, train_args, _seconds_left(started, session_limit), work,
+                                temp_dir(), input_root(), _imet(), resumed=bool(previous))
+    if cache is not None:  # this process is the kernel's: the training it starts inherits it
+        os.environ[CACHE_ENV] = str(cache)
+    launcher = train_launcher(gpu_count())  # before the budget: it may import torch (seconds)
+    left = _seconds_left(started, session_limit)
+    code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
+                                           "--out", work, "--time-budget", f"{left:.0f}",
+                                           "--resume", "auto", "--input-root", input_root(),
+                                           *train_args))])
+    # torchrun reports any worker's non-zero exit (75 included) as its own failure (1): the
+    # handover note, removed at the start of every training session, tells a handover apart.
+    if code and launcher != _imet() and (work / HANDOVER).is_file():
+        code = HANDED_OVER
+    if code == HANDED_OVER:
+        print(f"session ended with a handover ({work / HANDOVER}): push this kernel again; "
+              "its own output is attached through kernel_sources", flush=True)
+        return 0
+    return code
+
+
+def validation(started: float, session_limit: str, validate_args: list[str],
+               accelerator: str | None = None) -> int:
+    data = find_competition_data()
+    code = doctor("validation", data, accelerator, validate_args)
+    if code:
+        return code
+    runs = _runs()
+    folds = find_folders_with(input_root(), "folds.csv")
+    if not folds:
+        raise UserError(f"no folds.csv under {input_root()}: attach the trainer kernel's output "
+                        "(kernel_sources)")
+    left = _seconds_left(started, session_limit)
+    return run_step(_imet("validate", "--data", data, "--folds", folds[0] / "folds.csv",
+                          "--run", *runs, "--out", working_dir(), "--time-limit", f"{left:.0f}",
+                          *validate_args))
+
+
+def inference(started: float, session_limit: str, predict_args: list[str],
+              accelerator: str | None = None, pseudo_label_args: list[str] | None = None) -> int:
+    """submission.csv; with `pseudo_label_args` (a list, empty included) also the confident
+    test images as an extra training set in working/pseudo/, from the probabilities the
+    prediction saved (no second inference): a trainer kernel takes it with `--extra auto`."""
+    data = find_competition_data()
+    code = doctor("inference", data, accelerator, predict_args)
+    if code:
+        return code
+    runs = _runs()
+    work = working_dir()
+    thresholds = find_folders_with(input_root(), "thresholds.json")
+    extra = ["--thresholds", thresholds[0] / "thresholds.json"] if thresholds else []
+    left = _seconds_left(started, session_limit)
+    code = run_step(_imet("predict", "--data", data, "--runs", *runs,
+                          "--out", work / "submission.csv", "--probs-dir", work / "probs",
+                          "--time-limit", f"{left:.0f}", *extra, *predict_args))
+    if code or pseudo_label_args is None:
+        return code
+    # One file per run (named by the run); ENSEMBLE_PROBS is predict's own combination, which
+    # pseudo-label makes again with its --ensemble (default mean: probabilities, not ranks).
+    members = [path for path in sorted((work / "probs").glob("*.npz"))
+               if path.name != ENSEMBLE_PROBS]
+    return run_step(_imet("pseudo-label", "--data", data, "--runs", *members,
+                          "--out", work / PSEUDO_DIR, *pseudo_label_args))
+
+
+def _runs() -> list[Path]:
+    runs = find_run_dirs()
+    if not runs:
+        raise UserError(f"no trained model (model.pt) under {input_root()}: attach the trainer "
+                        "kernel's output (kernel_sources) or a dataset of runs")
+    return runs
+
+
+def main(kernel: str, session: Callable[..., int], *args) -> int:
+    """Run one kernel session; user errors are one line, not a traceback."""
+    try:
+        return session(*args)
+    except UserError as err:
+        print(f"imet {kernel} kernel: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+
+
+# ---- image_cache
+# The decode-once image cache (`imet cache`) in a Kaggle training run.
+#
+# A cache attached as input (a dataset or another kernel's output, found under the input root)
+# is used as it is. Otherwise the trainer kernel builds one in Kaggle's scratch folder
+# (/kaggle/temp), which no session carries forward: a cache under /kaggle/working would be part of
+# the output, 4.8 GB copied into every next session. So a run that uses a cache pays its build
+# once per session, and it pays back only when the session then runs enough epochs.
+#
+# The figures (benchmarks/README.md, `python benchmarks/bench_cache_payback.py`, per 1,000 images
+# on one core): the build costs BUILD_S seconds; the loader needs PNG_EPOCH_S per epoch from the
+# PNGs and SAVED_S less from the cache. Both divide by the same number of cores, so the build pays
+# for itself after BUILD_S / SAVED_S (~1.8) epochs of a session, whatever the data size, as long
+# as the loader sets the pace (where the GPU does, the cache saves less, and the build costs a
+# few minutes of a 12-hour session).
+#
+# The choice is made once, in the run's first session, and written to CHOICE (carried with the
+# run): a JPEG cache changes the pixels, and a resumed run must read the images it started with.
+
+BUILD_S = 5.1        # cache build, seconds per 1,000 images (JPEG q95, short side 320)
+PNG_EPOCH_S = 4.1    # loader, seconds per epoch per 1,000 images, from the PNGs
+SAVED_S = 2.8        # ... and that much less from the cache
+PAYBACK_EPOCHS = BUILD_S / SAVED_S
+CHOICE = "image-cache.json"
+FOLDER = "imet-cache"
+
+
+def is_cache(folder: Path) -> bool:
+    """A cache folder (its manifest): what the sessions never carry forward."""
+    from imet.data.images import read_manifest
+    try:
+        return folder.is_dir() and read_manifest(folder) is not None
+    except DataError:  # a damaged manifest is still a cache, and still not carried
+        return True
+
+
+def run_settings(train_args: list[str]) -> tuple[int, int, int]:
+    """(image size, epochs, loader workers) of the run the kernel's arguments describe."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("--config", "--image-size", "--epochs", "--num-workers"):
+        parser.add_argument(flag)
+    known, _ = parser.parse_known_args(train_args)
+    values = {k.replace("-", "_"): v for k, v in
+              (read_config_file(known.config) if known.config else {}).items()}
+    picked = {}
+    for name in ("image_size", "epochs", "num_workers"):
+        given = getattr(known, name)
+        picked[name] = given if given is not None else values.get(name, getattr(TrainConfig, name))
+    # "auto" workers: the machine's CPUs, which the session's processes share between them
+    workers = TrainConfig(num_workers=picked["num_workers"]).worker_count(os.cpu_count() or 1, 1)
+    return int(picked["image_size"]), int(picked["epochs"]), workers
+
+
+def should_build(epochs: int, images: int, workers: int, seconds_left: float) -> tuple[bool, str]:
+    """Whether a cache built now pays for itself in this session, and why in words. The
+    session runs the epochs left or those that fit, whichever is fewer; an epoch from the PNGs
+    takes at least PNG_EPOCH_S per 1,000 images per loader process."""
+    per_epoch = max(images, 1) / 1000 * PNG_EPOCH_S / max(workers, 1)
+    fit = max(seconds_left, 0) / per_epoch
+    session = min(epochs, fit)
+    why = (f"{epochs} epochs to run, ~{fit:.0f} fit in the {seconds_left / 60:.0f} min left: "
+           f"~{session:.1f} this session, {PAYBACK_EPOCHS:.1f} pay back the build "
+           "(benchmarks/README.md)")
+    return session >= PAYBACK_EPOCHS, why
+
+
+def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, temp: Path,
+            input_root: Path, python_m_imet: list[str], resumed: bool = False) -> Path | None:
+    """Use an attached cache (the training finds it under the input root itself), or build one
+    in `temp` when the run chose to: then its folder, for the training's $IMET_CACHE_DIR; else
+    None. `resumed`: an earlier session of the run exists; without its choice it read the PNGs
+    (an imet from before this choice), and so does the rest."""
+    from imet.data.images import find_cache
+    size, epochs, workers = run_settings(train_args)
+    attached = find_cache(size, [input_root])
+    if attached is not None:
+        print(f"image cache: using the attached {attached.cache_dir}", flush=True)
+        return None
+    choice_file = work / CHOICE
+    if choice_file.is_file():
+        choice = json.loads(choice_file.read_text())
+        print(f"image cache: the run chose in its first session to "
+              f"{'build' if choice['build'] else 'not build'} one ({choice['why']})", flush=True)
+    elif resumed:
+        choice = {"build": False, "size": size, "why": "the run's earlier sessions read the PNGs"}
+        print(f"image cache: not building one: {choice['why']}", flush=True)
+    else:
+        images = _rows(data / "train.csv")
+        build, why = should_build(epochs, images, workers, seconds_left)
+        choice = {"build": build, "size": size, "why": why}
+        atomic_write_text(choice_file, json.dumps(choice, indent=1) + "\n")
+        print(f"image cache: {'building' if build else 'not building'} one: {why}", flush=True)
+    if not choice["build"]:
+        return None
+    cache = temp / f"{FOLDER}-{size}"
+    temp.mkdir(parents=True, exist_ok=True)
+    code = run_step([*python_m_imet, "cache", "--data", str(data), "--size", str(size),
+                     "--out", str(cache), "--split", "train", "--workers",
+                     str(os.cpu_count() or 1), "--no-progress"])
+    if code:
+        print(f"image cache: the build ended with exit code {code}; the images it could not "
+              "cache are read from the PNGs", flush=True)
+    return cache
+
+
+def _rows(csv_path: Path) -> int:
+    with open(csv_path, "rb") as f:
+        return max(sum(1 for _ in f) - 1, 0)
+
+
+# ---- accelerators
+# Kaggle's accelerator names (kernel-metadata.json `machine_shape`, `kaggle kernels push
+# --accelerator`): the one table of what may be asked for and what each name gets.
+
+# The default GPU ("GPU T4 x2") first: every kernel asks for it unless told otherwise.
+DEFAULT = "NvidiaTeslaT4"
+NONE = "none"
+GPUS = {"NvidiaTeslaT4": "GPU T4 x2 (fp16 tensor cores, no fast bf16)",
+        "NvidiaL4": "GPU L4", "NvidiaTeslaA100": "GPU A100", "NvidiaH100": "GPU H100"}
+TPUS = {"TpuV5E8": "TPU v5e-8"}
+# Accepted as the kaggle client accepts them (it warns and pushes the name unchanged); the
+# server runs these sessions on the replacement.
+RETIRED = {"NvidiaTeslaP100": "NvidiaTeslaT4", "TpuV38": "TpuV5E8", "Tpu1VmV38": "TpuV5E8"}
+
+
+def known() -> list[str]:
+    return [NONE, *GPUS, *TPUS, *RETIRED]
+
+
+def canonical(name: str) -> str:
+    """The name as Kaggle spells it (matched without regard to case); an unknown name is one
+    line listing the known ones."""
+    for spelled in known():
+        if spelled.lower() == name.strip().lower():
+            return spelled
+    raise UserError(f"--accelerator {name!r} is not a Kaggle accelerator; use one of "
+                    f"{', '.join(known())}")
+
+
+def retired_warning(name: str) -> str | None:
+    """One line for a retired shape: what the server runs instead."""
+    if name not in RETIRED:
+        return None
+    instead = RETIRED[name]
+    what = GPUS.get(instead) or TPUS.get(instead)
+    return (f"warning: {name} is retired: Kaggle runs the session on {instead} ({what}) "
+            "instead")
+
+
+def runs_on(name: str) -> str:
+    """The shape a session asking for `name` gets: a retired one's replacement, else itself."""
+    return RETIRED.get(name, name)
+
+
+def wants_gpu(name: str) -> bool:
+    return runs_on(name) in GPUS
+
+
+def metadata_fields(name: str) -> dict:
+    """kernel-metadata.json fields asking for `name`: machine_shape, and enable_gpu /
+    enable_tpu agreeing with it. `none` is the client's own empty machine_shape: a CPU."""
+    shape = "" if name == NONE else name
+    return {"machine_shape": shape, "enable_gpu": wants_gpu(name),
+            "enable_tpu": runs_on(name) in TPUS}

@@ -1,0 +1,249 @@
+"""Keep secrets out of everything imet writes (run.json, the run registry, logs).
+
+Secrets reach imet only through the environment or Kaggle Secrets, but a config dict may still
+carry one (a user pasting a token into a config file, a notify section built from env). Every
+config that leaves the process goes through `redact` first."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+from imet.config import format_duration
+from imet.train.events import RankZeroSubscriber
+
+REDACTED = "<redacted>"
+
+# Key names whose values are credentials whatever they hold.
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|^key$|_key$)",
+                         re.IGNORECASE)
+# A Telegram bot token, "<bot id>:<secret>" as @BotFather gives it ("123456789:AA…", a
+# 35-character secret), with room for older and future bots. The one definition of its shape:
+# imet.observe.telegram checks a configured token against it and scrubs error texts with TOKEN_IN_TEXT.
+TELEGRAM_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
+# A token-shaped substring. Lookarounds, not \b: in a Bot API URL the token follows "bot"
+# directly (".../bot123456789:AA…"), where \b finds no boundary.
+TOKEN_IN_TEXT = re.compile(r"(?<!\d)" + TELEGRAM_TOKEN.pattern + r"(?![A-Za-z0-9_-])")
+# Values that look like credentials wherever they appear: bot tokens and 32-hex Kaggle API keys.
+_SECRET_VALUE = re.compile(TOKEN_IN_TEXT.pattern
+                           + r"|(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
+# Environment variables whose values must never be written anywhere.
+_SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|KAGGLE_KEY)", re.IGNORECASE)
+
+
+def secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of secret-looking environment variables (long enough to be worth matching)."""
+    env = os.environ if environ is None else environ
+    return [value for name, value in env.items() if _SECRET_ENV.search(name) and len(value) >= 8]
+
+
+def redact(value: Any, environ: dict[str, str] | None = None) -> Any:
+    """A copy of `value` (JSON-like) with secret keys dropped to REDACTED and secret-looking
+    strings (token patterns, values of secret env vars) replaced."""
+    env_secrets = secret_env_values(environ)
+    return _redact(value, env_secrets)
+
+
+def _redact(value: Any, env_secrets: list[str]) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if _SECRET_KEY.search(str(key)) and item not in (None, "", False):
+                out[key] = REDACTED
+            else:
+                out[key] = _redact(item, env_secrets)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_redact(item, env_secrets) for item in value]
+    if isinstance(value, str):
+        text = _SECRET_VALUE.sub(REDACTED, value)
+        for secret in env_secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+    return value
+
+
+# ---- console
+# Progress on the console: a tqdm bar on a terminal; on Kaggle (stdout is a log file, not a
+# TTY) one plain line every `every_s` seconds with everything a reader of the log needs:
+# stage, epoch, step/total, loss, LR, img/s, ETA of the stage and of the run, session time left.
+# Evaluations, checkpoints, handovers, the finish and failures are always printed.
+
+_EMA = 0.3  # weight of the newest step-rate sample: reacts to a stage switch within a few lines
+
+
+def _num(value: Any, spec: str, missing: str = "?") -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return missing
+
+
+class ConsoleProgress(RankZeroSubscriber):
+    """Event subscriber printing progress. `every_s`: seconds between plain progress lines;
+    `stream`: where to print (stdout); `tty`: force the bar on/off (default: stream.isatty())."""
+
+    def __init__(self, every_s: float = 60.0, stream: TextIO | None = None,
+                 tty: bool | None = None, clock=time.monotonic):
+        self.every_s = float(every_s)
+        self.stream = stream if stream is not None else sys.stdout
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty()) if tty is None else bool(tty)
+        self._clock = clock
+        self._bar = None
+        self._last_line: float | None = None
+        self._total_epochs = None
+        self._rate: dict[int, float] = {}  # steps per second, per stage
+        self._previous: tuple[float, int, int] | None = None  # (clock, step, stage)
+
+    # --- output -------------------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    # --- events -------------------------------------------------------------------------------
+    def _on_run_start(self, event) -> None:
+        data = event.data
+        config = data.get("config") or {}
+        self._total_epochs = config.get("epochs")
+        resumed = data.get("resumed_from")
+        start = f"resuming from step {resumed}" if resumed is not None else "starting"
+        self._print(f"imet: run {data.get('run_name')} (fold {data.get('fold')}, "
+                    f"{data.get('arch')}, {data.get('image_size')} px) session "
+                    f"{data.get('session')} on {data.get('device')}: {start}, "
+                    f"{data.get('total_steps')} steps in all")
+        if self.tty:
+            # A real terminal: the plain bar (tqdm.auto would pick a notebook widget).
+            from tqdm import tqdm
+            self._bar = tqdm(total=data.get("total_steps"), initial=int(resumed or 0),
+                             file=self.stream, unit="step", dynamic_ncols=True,
+                             desc=str(data.get("run_name") or "train"))
+
+    def _on_progress(self, event) -> None:
+        data = event.data
+        self._update_rate(data)
+        if self._bar is not None:
+            step = int(data.get("step") or 0)
+            if step > self._bar.n:
+                self._bar.update(step - self._bar.n)
+            epoch = data.get("epoch")
+            epoch = epoch + 1 if isinstance(epoch, int) and data.get("epoch_step") else epoch
+            self._bar.set_postfix_str(
+                f"stage {data.get('stage')} ep {epoch} loss "
+                f"{_num(data.get('loss'), '.4f')} lr {_num(data.get('lr'), '.2e')} "
+                f"{_num(data.get('img_per_s'), '.0f')} img/s left "
+                f"{format_duration(data.get('session_left_s'))}", refresh=False)
+            return
+        now = self._clock()
+        if self._last_line is not None and now - self._last_line < self.every_s:
+            return
+        self._last_line = now
+        self._print(self.progress_line(data))
+
+    def progress_line(self, data: dict[str, Any]) -> str:
+        """The plain progress line for one progress event."""
+        step, total = data.get("step"), data.get("total_steps")
+        percent = f" ({100.0 * step / total:.0f}%)" if step is not None and total else ""
+        epochs = f"/{self._total_epochs}" if self._total_epochs else ""
+        # The engine counts completed epochs; a reader wants the one in progress.
+        epoch = data.get("epoch")
+        epoch = epoch + 1 if isinstance(epoch, int) and data.get("epoch_step") else epoch
+        session_left = data.get("session_left_s")
+        session = (f" | session left {format_duration(session_left)}"
+                   if session_left is not None else "")
+        return (f"[{time.strftime('%H:%M:%S')}] stage {data.get('stage')} | epoch "
+                f"{epoch}{epochs} | step {step}/{total}{percent} | loss "
+                f"{_num(data.get('loss'), '.4f')} | lr {_num(data.get('lr'), '.2e')} | "
+                f"{_num(data.get('img_per_s'), '.1f')} img/s | ETA stage "
+                f"{format_duration(self.stage_eta(data))}, run "
+                f"{format_duration(data.get('eta_run_s'))}{session}")
+
+    def _update_rate(self, data: dict[str, Any]) -> None:
+        now, step, stage = self._clock(), data.get("step"), data.get("stage")
+        if step is None:
+            return
+        previous = self._previous
+        self._previous = (now, int(step), stage)
+        if previous is None or previous[2] != stage or now <= previous[0] or step <= previous[1]:
+            return
+        sample = (step - previous[1]) / (now - previous[0])
+        old = self._rate.get(stage)
+        self._rate[stage] = sample if old is None else _EMA * sample + (1 - _EMA) * old
+
+    def stage_eta(self, data: dict[str, Any]) -> float | None:
+        """Seconds to the end of the current stage at the stage's measured step rate; the run
+        ETA in the last stage; None when unknown (stage 1 of an event without its end step)."""
+        step, total, stage = data.get("step"), data.get("total_steps"), data.get("stage")
+        if step is None or total is None:
+            return None
+        end = total
+        if stage == 1:
+            if data.get("stage1_end_step") is None:
+                return None
+            end = min(total, int(data["stage1_end_step"]))
+        rate = self._rate.get(stage)
+        if rate:
+            return max(0.0, (end - step) / rate)
+        eta_run = data.get("eta_run_s")
+        if eta_run is not None and end == total:
+            return eta_run
+        if eta_run is not None and total > step:
+            return eta_run * (end - step) / (total - step)
+        return None
+
+    def _on_evaluation(self, event) -> None:
+        data = event.data
+        best = " *new best*" if data.get("is_best") else ""
+        self._print(f"[{time.strftime('%H:%M:%S')}] eval step {data.get('step')}: F2 "
+                    f"{_num(data.get('f2'), '.4f')} @ threshold "
+                    f"{_num(data.get('threshold'), '.3f')}, val loss "
+                    f"{_num(data.get('val_loss'), '.4f')} (best {_num(data.get('best_f2'), '.4f')}"
+                    f" at step {data.get('best_step')}){best}")
+
+    def _on_init_evaluation(self, event) -> None:
+        data = event.data
+        self._print(f"[{time.strftime('%H:%M:%S')}] untuned F2 {_num(data.get('f2'), '.4f')} @ "
+                    f"threshold {_num(data.get('threshold'), '.3f')}, val loss "
+                    f"{_num(data.get('val_loss'), '.4f')}: the --init model before tuning")
+
+    def _on_checkpoint(self, event) -> None:
+        data = event.data
+        if not self.tty:
+            self._print(f"[{time.strftime('%H:%M:%S')}] checkpoint step {data.get('step')}: "
+                        f"{data.get('path')}")
+
+    def _on_handover(self, event) -> None:
+        data = event.data
+        self._close_bar()
+        self._print(f"imet: stopping at step {data.get('step')} ({data.get('reason')}); "
+                    f"checkpoint {data.get('checkpoint')}; next: {data.get('next')} "
+                    f"(exit code {data.get('exit_code')})")
+
+    def _on_finish(self, event) -> None:
+        data = event.data
+        self._close_bar()
+        untuned = (f" (untuned {_num(data['init_f2'], '.4f')})"
+                   if data.get("init_f2") is not None else "")
+        self._print(f"imet: finished: best F2 {_num(data.get('best_f2'), '.4f')}{untuned} at "
+                    f"step {data.get('best_step')}, {data.get('sessions')} session(s), "
+                    f"{format_duration(data.get('duration_s'))}")
+
+    def _on_failure(self, event) -> None:
+        data = event.data
+        self._close_bar()
+        if data.get("user_error"):
+            return  # the command prints it as its one-line error
+        # an error text may quote a URL with a token in it
+        self._print(f"imet: training failed: {redact(str(data.get('error')))}")
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self._close_bar()

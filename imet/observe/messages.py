@@ -1,0 +1,381 @@
+"""Telegram message texts for each engine event, as HTML built with `html.escape`.
+
+Telegram refuses a text over 4,096 characters and a photo caption over 1,024 (counted after
+parsing, in UTF-16 units). We count the HTML source, which is never shorter than what
+Telegram counts, and split between lines — never inside a tag — so every piece is valid HTML
+on its own. A traceback is the one part that can be long: it is split into several <pre>
+blocks by lines of its raw text before escaping."""
+from __future__ import annotations
+
+import html
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from imet.config import format_duration
+
+TEXT_LIMIT = 4096
+CAPTION_LIMIT = 1024
+TRACEBACK_LINES = 30
+FIELD_CHARS = 300  # a run name or path longer than this is clipped, so one line always fits
+
+# Priorities decide what a full queue drops first; CRITICAL is never dropped.
+LOW, NORMAL, CRITICAL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One Telegram request: a text message, or a photo with `text` as its caption."""
+    kind: str
+    text: str
+    priority: int = NORMAL
+    photo: bytes | None = None
+    html: bool = True
+
+    def as_plain(self) -> "Outgoing":
+        """The same message without markup, for a text Telegram's HTML parser refused."""
+        plain = html.unescape(re.sub(r"<[^>]*>", "", self.text))
+        return Outgoing(self.kind, plain, self.priority, self.photo, html=False)
+
+    def __repr__(self) -> str:
+        photo = f", photo={len(self.photo)} bytes" if self.photo else ""
+        return f"Outgoing({self.kind}, {len(self.text)} chars{photo})"
+
+
+def tg_len(text: str) -> int:
+    """Length as Telegram counts it: UTF-16 code units (an emoji counts 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def esc(value: Any, limit: int = FIELD_CHARS) -> str:
+    text = "?" if value is None else str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return html.escape(text, quote=False)
+
+
+def fmt_float(value: Any, digits: int = 4) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "?"
+    if not math.isfinite(number):
+        return str(number)
+    if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e5):
+        return f"{number:.2e}"
+    return f"{number:.{digits}f}"
+
+
+def fmt_lr(value: Any) -> str:
+    """Learning rates span decades within a run: always in scientific notation."""
+    try:
+        return f"{float(value):.2e}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def pack(lines: Iterable[str], limit: int = TEXT_LIMIT) -> list[str]:
+    """Join HTML lines with newlines into as few texts as fit in `limit` each."""
+    lines = list(lines)
+    # Fast path for the usual few short lines (this runs in the training thread): a character
+    # is at most 2 UTF-16 units, so twice the length bounds what Telegram counts.
+    if 2 * (sum(map(len, lines)) + len(lines)) <= limit:
+        return ["\n".join(lines)] if lines else []
+    texts: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        length = tg_len(line)
+        if current and size + 1 + length > limit:
+            texts.append("\n".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += length + (1 if len(current) > 1 else 0)
+    if current:
+        texts.append("\n".join(current))
+    return texts
+
+
+def pre_blocks(raw: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """`raw` as <pre> blocks, each within `limit` once escaped; split between lines where it
+    can, inside an over-long line where it must."""
+    budget = limit - len("<pre></pre>")
+    blocks: list[str] = []
+    current = ""
+    for line in _hard_wrap(raw.splitlines() or [""], budget):
+        candidate = line if not current else current + "\n" + line
+        if current and tg_len(html.escape(candidate, quote=False)) > budget:
+            blocks.append(current)
+            current = line
+        else:
+            current = candidate
+    blocks.append(current)
+    return [f"<pre>{html.escape(block, quote=False)}</pre>" for block in blocks]
+
+
+def _hard_wrap(lines: list[str], budget: int) -> list[str]:
+    # Escaping grows a character to at most 5 ("&amp;") and UTF-16 to 2 units: a chunk of
+    # budget // 10 characters always fits.
+    step = max(1, budget // 10)
+    out: list[str] = []
+    for line in lines:
+        if tg_len(html.escape(line, quote=False)) <= budget:
+            out.append(line)
+        else:
+            out.extend(line[i:i + step] for i in range(0, len(line), step))
+    return out
+
+
+def caption(lines: list[str]) -> str:
+    """Lines joined into a photo caption, dropping trailing lines until it fits 1,024."""
+    while lines:
+        text = "\n".join(lines)
+        if tg_len(text) <= CAPTION_LIMIT:
+            return text
+        lines = lines[:-1]
+    return ""
+
+
+def _run_label(data: dict, run_name: str | None) -> str:
+    return f"<b>{esc(data.get('run_name') or run_name or 'imet run')}</b>"
+
+
+# Config fields worth seeing on a phone; others are in run.json.
+_CONFIG_SHOWN = ("loss", "epochs", "batch_size", "lr", "schedule", "preset", "amp", "seed")
+
+
+def run_start(data: dict, run_name: str | None = None) -> list[str]:
+    resumed = data.get("resumed_from")
+    verb = f"resumed from step {esc(resumed)}" if resumed is not None else "started"
+    lines = [f"🚀 {_run_label(data, run_name)} {verb}"]
+    where = [f"session {esc(data.get('session'))}"]
+    if data.get("kernel"):
+        where.insert(0, f"kernel <code>{esc(data['kernel'])}</code>")
+    lines.append(" · ".join(where))
+    lines.append(f"device: {esc(data.get('device'))}")
+    lines.append(f"{esc(data.get('arch'))} · fold {esc(data.get('fold'))} · "
+                 f"{esc(data.get('image_size'))} px · {esc(data.get('total_steps'))} steps")
+    config = data.get("config") or {}
+    shown = [f"{key} {esc(config[key], 40)}" for key in _CONFIG_SHOWN if key in config]
+    if shown:
+        lines.append(" · ".join(shown))
+    return pack(lines)
+
+
+def progress(data: dict, run_name: str | None = None) -> list[str]:
+    step, total = data.get("step"), data.get("total_steps")
+    percent = ""
+    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total:
+        percent = f" ({100.0 * step / total:.0f}%)"
+    lines = [f"⏳ {_run_label(data, run_name)} · stage {esc(data.get('stage'))} · "
+             f"epoch {esc(data.get('epoch'))} · step {esc(step)}/{esc(total)}{percent}",
+             f"loss {fmt_float(data.get('loss'))} · lr {fmt_lr(data.get('lr'))} · "
+             f"{fmt_float(data.get('img_per_s'), 1)} img/s",
+             f"ETA run {format_duration(data.get('eta_run_s'), ' ')}"]
+    if data.get("session_left_s") is not None:
+        lines[-1] += f" · session left {format_duration(data.get('session_left_s'), ' ')}"
+    return pack(lines)
+
+
+def evaluation(data: dict, run_name: str | None = None) -> list[str]:
+    best = " ★ new best" if data.get("is_best") else (
+        f" · best {fmt_float(data.get('best_f2'))} at step {esc(data.get('best_step'))}")
+    lines = [f"📊 {_run_label(data, run_name)} · step {esc(data.get('step'))} · "
+             f"epoch {esc(data.get('epoch'))}",
+             f"F2 <b>{fmt_float(data.get('f2'))}</b> at threshold "
+             f"{fmt_float(data.get('threshold'), 3)}{best}",
+             f"val loss {fmt_float(data.get('val_loss'))}"]
+    return pack(lines)
+
+
+def checkpoint(data: dict, run_name: str | None = None) -> list[str]:
+    return pack([f"💾 {_run_label(data, run_name)} checkpoint at step {esc(data.get('step'))}",
+                 f"<code>{esc(data.get('path'))}</code>"])
+
+
+def handover(data: dict, run_name: str | None = None) -> list[str]:
+    reason = {"budget": "the session time budget is spent",
+              "signal": "the kernel was asked to stop",
+              "telegram": "/stop from this chat"}.get(data.get("reason"),
+                                                            esc(data.get("reason")))
+    lines = [f"⏸ {_run_label(data, run_name)} handing over: {reason}",
+             f"state saved at step {esc(data.get('step'))}: "
+             f"<code>{esc(data.get('checkpoint'))}</code>",
+             f"next: {esc(data.get('next'), 1000)}",
+             f"exit code {esc(data.get('exit_code'))}"]
+    return pack(lines)
+
+
+def finish(data: dict, run_name: str | None = None) -> list[str]:
+    lines = [f"✅ {_run_label(data, run_name)} finished",
+             f"best F2 <b>{fmt_float(data.get('best_f2'))}</b> at step "
+             f"{esc(data.get('best_step'))}",
+             f"duration {format_duration(data.get('duration_s'), ' ')} · "
+             f"sessions {esc(data.get('sessions'))}"]
+    artifacts = list(data.get("artifacts") or [])
+    if artifacts:
+        lines.append("artifacts:")
+        lines.extend(f"• <code>{esc(path)}</code>" for path in artifacts)
+    return pack(lines)
+
+
+def failure(data: dict, run_name: str | None = None) -> list[str]:
+    head = pack([f"❌ {_run_label(data, run_name)} crashed",
+                 f"<b>{esc(data.get('error'), 1000)}</b>"])
+    trace = str(data.get("traceback") or "").rstrip("\n").splitlines()[-TRACEBACK_LINES:]
+    if not trace:
+        return head
+    blocks = pre_blocks("\n".join(trace))
+    # The head and the first block share one message when they fit together.
+    joined = head[-1] + "\n" + blocks[0]
+    if tg_len(joined) <= TEXT_LIMIT:
+        return head[:-1] + [joined] + blocks[1:]
+    return head + blocks
+
+
+def plot_caption(kind: str, data: dict, run_name: str | None = None) -> str:
+    if kind == "finish":
+        line = f"best F2 {fmt_float(data.get('best_f2'))} at step {esc(data.get('best_step'))}"
+    else:
+        line = f"step {esc(data.get('step'))} · F2 {fmt_float(data.get('f2'))}"
+    return caption([f"📈 {_run_label(data, run_name)}", line])
+
+
+FORMATTERS: dict[str, Callable[..., list[str]]] = {
+    "run_start": run_start, "progress": progress, "evaluation": evaluation,
+    "checkpoint": checkpoint, "handover": handover, "finish": finish, "failure": failure,
+}
+
+
+# ---- commands
+# What the run answers to its owner's Telegram commands: /status, /plot, /stop, /help.
+#
+# Two threads meet here. The training thread hands over each event (`observe`: it keeps a
+# reference to the latest data of each kind, nothing more, since progress comes at every step);
+# the sender's worker thread turns a command's text into reply texts (`answer`). The stop goes
+# through the engine's own stop request (StopRequest.request), so a /stop ends the
+# session exactly as a SIGTERM does: saved, HANDOVER.json written, exit 75. Plots are rendered
+# by the subscriber on the training thread (matplotlib stays off the worker), so /plot only
+# raises a flag here.
+
+CONFIRM_S = 60.0
+STOP_REASON = "telegram"
+
+HELP = ("<b>imet run commands</b>\n"
+        "/status: step, epoch, stage, F2, loss, speed, ETA and the session time left\n"
+        "/plot: the loss and F2 curves so far\n"
+        "/stop: save now and hand over (exit 75; push the kernel again to resume); asks "
+        "for a confirmation: <code>/stop now</code>, or a second /stop within 60 s\n"
+        "/help: this list")
+
+_COMMAND = re.compile(r"^/([A-Za-z_]+)(?:@\S+)?(?:\s+(.*))?$", re.DOTALL)
+
+
+def parse(text: str) -> tuple[str, str] | None:
+    """("stop", "now") for "/stop now" or "/stop@my_bot now"; None for a text that is no
+    command."""
+    match = _COMMAND.match(text.strip())
+    if match is None:
+        return None
+    return match.group(1).lower(), (match.group(2) or "").strip().lower()
+
+
+class RunCommands:
+    """The run's state as the events tell it, and the answers to the owner's commands."""
+
+    def __init__(self, request_stop: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self._request_stop = request_stop
+        self._clock = clock
+        self._start: dict = {}
+        self._progress: dict = {}
+        self._evaluation: dict = {}
+        self._ended: str | None = None
+        self._stop_asked_at: float | None = None
+        self.stop_sent = False
+        self.plot_wanted = False
+
+    # ---- training thread -------------------------------------------------------------
+    def observe(self, kind: str, data: dict) -> None:
+        """Keep what /status and /plot need from an event (references only: cheap)."""
+        if kind == "progress":
+            self._progress = data
+        elif kind == "evaluation":
+            self._evaluation = data
+        elif kind == "run_start":
+            self._start, self._ended = data, None
+        elif kind in ("handover", "finish", "failure"):
+            self._ended = {"handover": "handed over", "finish": "finished",
+                           "failure": "crashed"}[kind]
+
+    def take_plot(self) -> dict | None:
+        """The last evaluation's data when /plot asked for it (once), else None."""
+        if not self.plot_wanted:
+            return None
+        self.plot_wanted = False
+        return self._evaluation or None
+
+    # ---- worker thread ---------------------------------------------------------------
+    def answer(self, text: str) -> list[str]:
+        """HTML reply texts to one message of the owner's chat (none for a non-command)."""
+        command = parse(text)
+        if command is None:
+            return []
+        name, argument = command
+        if name == "status":
+            return self.status()
+        if name == "plot":
+            if not self._evaluation.get("history"):
+                return ["No evaluation yet: the curves start at the first evaluation."]
+            self.plot_wanted = True
+            return []
+        if name == "stop":
+            return [self._confirm_stop(argument)]
+        if name in ("help", "start"):
+            return [HELP]
+        return [f"Unknown command /{esc(name, 40)}; /help lists the commands."]
+
+    def status(self) -> list[str]:
+        start, progress, evaluation = self._start, self._progress, self._evaluation
+        name = esc(start.get("run_name") or "imet run")
+        if not start:
+            return [f"<b>{name}</b>: starting (loading data and model)."]
+        state = self._ended or ("stopping at the next step" if self.stop_sent else "running")
+        step, total = progress.get("step", start.get("resumed_from") or 0), \
+            start.get("total_steps")
+        lines = [f"<b>{name}</b> · {state} · session {esc(start.get('session'))}",
+                 f"step {esc(step)}/{esc(total)} · epoch {esc(progress.get('epoch', '?'))} · "
+                 f"stage {esc(progress.get('stage', '?'))}"]
+        if evaluation:
+            lines.append(f"F2 last {fmt_float(evaluation.get('f2'))} (step "
+                         f"{esc(evaluation.get('step'))}) · best "
+                         f"{fmt_float(evaluation.get('best_f2'))} (step "
+                         f"{esc(evaluation.get('best_step'))})")
+        else:
+            lines.append("F2: no evaluation yet")
+        if progress:
+            lines.append(f"loss {fmt_float(progress.get('loss'))} · lr "
+                         f"{fmt_lr(progress.get('lr'))} · "
+                         f"{fmt_float(progress.get('img_per_s'), 1)} img/s")
+            lines.append(f"ETA run {format_duration(progress.get('eta_run_s'), ' ')} · session "
+                         f"left {format_duration(progress.get('session_left_s'), ' ')}")
+        return pack(lines)
+
+    def _confirm_stop(self, argument: str) -> str:
+        if self._ended:
+            return f"The run has already {self._ended}."
+        if self.stop_sent:
+            return "Already stopping: the state is saved at the next step."
+        now = self._clock()
+        asked = self._stop_asked_at
+        if argument != "now" and (asked is None or now - asked > CONFIRM_S):
+            self._stop_asked_at = now
+            return ("Stop this session? It saves, writes HANDOVER.json and exits 75; the next "
+                    "push resumes. Confirm with <code>/stop now</code>, or send /stop again "
+                    "within 60 s.")
+        self.stop_sent = True
+        self._request_stop(STOP_REASON)  # before a run_start too: it stops at its first step
+        return ("Stopping: the state is saved at the next step and the session hands over "
+                "(exit 75). Push the kernel again to resume.")

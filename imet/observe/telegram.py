@@ -1,0 +1,951 @@
+"""Where the Telegram settings come from: the environment first, then Kaggle Secrets.
+
+The token is a credential: it lives only in `TelegramConfig.token`, which is left out of the
+repr, and `scrub()` removes it from any text before that text is logged or shown."""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Awaitable, Callable, Mapping
+
+from imet.errors import UserError
+from imet.observe import messages
+from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact
+from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
+
+log = logging.getLogger(__name__)
+
+TOKEN_VAR = "IMET_TELEGRAM_TOKEN"
+CHAT_VAR = "IMET_TELEGRAM_CHAT_ID"
+API_URL_VAR = "IMET_TELEGRAM_API_URL"
+DEFAULT_API_URL = "https://api.telegram.org/bot"
+# Kaggle's secrets client talks to a backend over the network; offline it may hang, so it
+# gets a bounded time and training starts regardless.
+KAGGLE_SECRETS_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    token: str = field(repr=False)
+    chat_id: str
+    api_url: str = DEFAULT_API_URL
+    source: str = "environment"
+
+    def __repr__(self) -> str:  # never the token, even by accident in a debug print
+        return (f"TelegramConfig(token=<set>, chat_id={self.chat_id!r}, "
+                f"api_url={self.api_url!r}, source={self.source!r})")
+
+    def scrub(self, text: object) -> str:
+        return scrub(text, self.token)
+
+
+def scrub(text: object, token: str | None) -> str:
+    """`text` as a string with the token (and its secret half alone) replaced."""
+    out = str(text)
+    if token:
+        out = out.replace(token, "<token>")
+        secret = token.partition(":")[2]
+        if len(secret) >= 8:
+            out = out.replace(secret, "<token>")
+    return out
+
+
+class ConfigProblem(Exception):
+    """Why notifications are off, as one line a user can act on (never holds the token)."""
+
+
+def _kaggle_secret_reader() -> Callable[[str], str | None] | None:
+    """A `get_secret(label)` from Kaggle's client, or None away from Kaggle."""
+    try:
+        from kaggle_secrets import UserSecretsClient  # only exists inside Kaggle kernels
+    except Exception:
+        return None
+    try:
+        client = UserSecretsClient()
+    except Exception as err:
+        log.debug("Kaggle Secrets unavailable: %s", type(err).__name__)
+        return None
+
+    def get(label: str) -> str | None:
+        return _call_bounded(client.get_secret, label)
+    return get
+
+
+def _call_bounded(fn: Callable[[str], str], label: str) -> str | None:
+    """fn(label) in a daemon thread, given KAGGLE_SECRETS_TIMEOUT_S at most; None on any
+    failure (a missing secret, no internet, a timeout)."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(label)
+        except BaseException as err:  # the client raises its own backend errors
+            box["error"] = type(err).__name__
+    thread = threading.Thread(target=target, name="imet-kaggle-secret", daemon=True)
+    thread.start()
+    thread.join(KAGGLE_SECRETS_TIMEOUT_S)
+    if thread.is_alive():
+        log.debug("Kaggle Secrets did not answer for %s within %.0f s", label,
+                  KAGGLE_SECRETS_TIMEOUT_S)
+        return None
+    if "error" in box:
+        log.debug("Kaggle Secrets has no %s (%s)", label, box["error"])
+        return None
+    value = box.get("value")
+    return str(value) if value else None
+
+
+def load_config(env: Mapping[str, str] | None = None,
+                use_kaggle_secrets: bool = True) -> TelegramConfig:
+    """The Telegram settings, or ConfigProblem saying what is missing or malformed."""
+    env = os.environ if env is None else env
+    token = (env.get(TOKEN_VAR) or "").strip()
+    chat_id = (env.get(CHAT_VAR) or "").strip()
+    source = "environment"
+    if (not token or not chat_id) and use_kaggle_secrets:
+        reader = _kaggle_secret_reader()
+        if reader is not None:
+            token = token or (reader(TOKEN_VAR) or "").strip()
+            chat_id = chat_id or (reader(CHAT_VAR) or "").strip()
+            source = "Kaggle Secrets"
+    if not token:
+        raise ConfigProblem(f"{TOKEN_VAR} is not set (environment or Kaggle Secrets); "
+                            "create a bot with @BotFather and set it")
+    if not TELEGRAM_TOKEN.fullmatch(token):  # a paste error worth naming early
+        raise ConfigProblem(f"{TOKEN_VAR} does not look like a bot token (expected "
+                            "'<digits>:<letters>' as @BotFather gives it); check for quotes "
+                            "or spaces")
+    if not chat_id:
+        raise ConfigProblem(f"{CHAT_VAR} is not set (environment or Kaggle Secrets); send "
+                            "your bot a message, then read the chat id from "
+                            "https://api.telegram.org/bot<token>/getUpdates")
+    api_url = normalize_api_url((env.get(API_URL_VAR) or "").strip() or DEFAULT_API_URL)
+    return TelegramConfig(token=token, chat_id=chat_id, api_url=api_url, source=source)
+
+
+def normalize_api_url(url: str) -> str:
+    """The Bot API base that python-telegram-bot appends the token to: a self-hosted server
+    given as "http://host:8081" or ".../" becomes "http://host:8081/bot"; a URL holding a
+    "{token}" placeholder is used as it is."""
+    if "{token}" in url:
+        return url
+    url = url.rstrip("/")
+    return url if url.endswith("/bot") else url + "/bot"
+
+
+# Loggers that print request URLs (httpx, httpcore at INFO/DEBUG) or the Bot API URL
+# (python-telegram-bot at DEBUG): every one of them would print the token.
+_URL_LOGGERS = ("httpx", "httpcore")
+
+
+class _TokenFilter(logging.Filter):
+    def __init__(self, token: str):
+        super().__init__("imet-token-filter")
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message or self.token.partition(":")[2] in message:
+            record.msg, record.args = scrub(message, self.token), None
+        return True
+
+
+def silence_url_loggers(token: str | None = None) -> None:
+    """Raise the URL-printing loggers to WARNING and scrub the token from what they still say.
+
+    python-telegram-bot's own logger goes to CRITICAL unless the user set a level: every
+    error it logs (with a traceback, e.g. for a proxy's non-JSON answer) reaches us as an
+    exception too, and we report that one line ourselves, scrubbed. Idempotent."""
+    loggers = [logging.getLogger(name) for name in _URL_LOGGERS]
+    for logger in loggers:
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    ptb = logging.getLogger("telegram")
+    if ptb.level == logging.NOTSET:
+        ptb.setLevel(logging.CRITICAL)
+    elif ptb.level < logging.WARNING:
+        ptb.setLevel(logging.WARNING)
+    for logger in loggers + [ptb]:
+        if token and not any(isinstance(f, _TokenFilter) and f.token == token
+                             for f in logger.filters):
+            logger.addFilter(_TokenFilter(token))
+
+
+# ---- bot
+# Building the python-telegram-bot `Bot` with bounded timeouts, and explaining its errors in
+# words a user can act on. Shared by the background sender and `notify-test`.
+
+def quiet_retry_after_deprecation() -> None:
+    """PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
+    the user can do nothing about it, so it is kept out of the training log."""
+    from telegram.warnings import PTBDeprecationWarning
+    warnings.filterwarnings("ignore", message=r".*attribute `retry_after`",
+                            category=PTBDeprecationWarning)
+
+
+def explain(err: BaseException, custom_api: bool = False) -> str:
+    """What is wrong and what to do, for the errors a user can fix (never holds the token:
+    only the error's type and Telegram's short description are used). `custom_api`: the
+    Bot API URL came from IMET_TELEGRAM_API_URL, itself a suspect."""
+    from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TimedOut
+    name = type(err).__name__
+    text = TOKEN_IN_TEXT.sub("<token>", str(err))
+    if isinstance(err, InvalidToken):
+        where = (" (or IMET_TELEGRAM_API_URL is not a Bot API server: it should end in "
+                 "/bot, e.g. http://host:8081/bot)" if custom_api else "")
+        return ("the bot token was rejected (Unauthorized / Not Found); copy it again from "
+                f"@BotFather into IMET_TELEGRAM_TOKEN{where}")
+    if isinstance(err, Forbidden):
+        return (f"the bot may not write to this chat ({text}); open the chat with your bot, "
+                "press Start (or add it to the group), and check IMET_TELEGRAM_CHAT_ID")
+    if isinstance(err, BadRequest) and "chat not found" in text.lower():
+        return ("chat not found; send your bot a message first, then set "
+                "IMET_TELEGRAM_CHAT_ID to the chat id that getUpdates shows")
+    if isinstance(err, TimedOut):
+        return ("the Telegram API did not answer in time; check the network (on Kaggle: "
+                "Settings > Internet on) or IMET_TELEGRAM_API_URL")
+    if isinstance(err, NetworkError):
+        return (f"cannot reach the Telegram API ({text}); check the network (on Kaggle: "
+                "Settings > Internet on) or IMET_TELEGRAM_API_URL")
+    return f"{name}: {text}"
+
+
+def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: float) -> Any:
+    """A Bot for `config` with bounded timeouts (also used by `notify-test`)."""
+    from telegram import Bot
+    from telegram.request import HTTPXRequest
+    silence_url_loggers(config.token)
+    request = HTTPXRequest(connection_pool_size=2, connect_timeout=connect_timeout_s,
+                           read_timeout=read_timeout_s, write_timeout=read_timeout_s,
+                           pool_timeout=connect_timeout_s, media_write_timeout=read_timeout_s)
+    updates = HTTPXRequest(connection_pool_size=1, connect_timeout=connect_timeout_s,
+                           read_timeout=read_timeout_s)
+    api_url = config.api_url
+    file_url = (api_url[: -len("bot")] + "file/bot" if api_url.endswith("/bot")
+                else api_url)
+    return Bot(config.token, base_url=api_url, base_file_url=file_url, request=request,
+               get_updates_request=updates)
+
+
+# ---- loop_wait
+# Waiting on a threading.Condition while an asyncio loop keeps running, for the sender's
+# worker once it also listens: its loop must go on serving the long poll while the worker
+# waits for the next message, and `submit` (the training thread) must never wait for it.
+
+class LoopWaiter:
+    """`wait` runs `loop` instead of sleeping on the Condition; `wake` (any thread) cuts it
+    short, as `Condition.notify` would."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._kick = asyncio.Event()
+
+    def wait(self, condition: threading.Condition, timeout: float | None) -> None:
+        """Like `condition.wait(timeout)` (called with it held; a spurious wake is possible)."""
+        self._kick.clear()  # a kick from before this point was seen: the caller checked
+        condition.release()
+        try:
+            self._loop.run_until_complete(self._nap(timeout))
+        finally:
+            condition.acquire()
+
+    async def _nap(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._kick.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def wake(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._kick.set)
+        except RuntimeError:  # the loop closed in between: nobody to wake
+            pass
+
+
+# ---- sender
+# Delivery of notifications on a background thread that can never slow or break training.
+#
+# python-telegram-bot 22 is asyncio-based and not thread-safe, so one daemon thread owns one
+# event loop and one `telegram.Bot`; the training thread only appends to a deque under a lock
+# (`submit`, microseconds). The worker does all waiting — pacing between messages, Telegram's
+# `RetryAfter`, backoff after a failure, the circuit breaker's cooldown — in one place
+# (`_take`), on a Condition, so `close()` can cut any wait short and the deadline it sets
+# bounds everything, an in-flight request included (it is cancelled).
+#
+# No library does this part: PTB's own rate limiter and retry logic live in telegram.ext's
+# Application, which wants to own the process's event loop and polling.
+#
+# `listen` (an UpdateListener, for the train command) runs as a task on the same loop: while an
+# item is being sent the loop runs anyway, and while the worker would wait the loop runs a nap
+# that `submit` and `close` cut short, so the long poll always progresses and never delays a
+# message or the close bound.
+
+
+class _Pending:
+    __slots__ = ("item", "attempts")
+
+    def __init__(self, item: Outgoing):
+        self.item = item
+        self.attempts = 0
+
+
+class TelegramSender:
+    """Sends `Outgoing` items to one chat, in order, at most one per `min_interval_s`."""
+
+    def __init__(self, config: TelegramConfig, *, min_interval_s: float = 1.1,
+                 connect_timeout_s: float = 5.0, read_timeout_s: float = 10.0,
+                 max_queue: int = 64, max_attempts: int = 3, backoff_s: float = 2.0,
+                 breaker_threshold: int = 5, breaker_cooldown_s: float = 300.0,
+                 max_retry_after_s: float = 120.0, close_timeout_s: float = 10.0,
+                 listen: Callable[[Any, Callable[[Outgoing], bool]], Awaitable[None]]
+                 | None = None):
+        self._config = config
+        self._min_interval = float(min_interval_s)
+        self._connect_timeout = float(connect_timeout_s)
+        self._read_timeout = float(read_timeout_s)
+        self._max_queue = int(max_queue)
+        self._max_attempts = int(max_attempts)
+        self._backoff = float(backoff_s)
+        self._breaker_threshold = int(breaker_threshold)
+        self._breaker_cooldown = float(breaker_cooldown_s)
+        self._max_retry_after = float(max_retry_after_s)
+        self.close_timeout_s = min(float(close_timeout_s), 10.0)
+        self._chat_id: str | int = config.chat_id
+
+        self._wake = threading.Condition(threading.Lock())
+        self._queue: deque[_Pending] = deque()
+        self._closing = False
+        self._deadline = float("inf")
+        self._disabled = False
+        self._not_before = 0.0          # pacing, RetryAfter and backoff: no request before this
+        self._breaker_until = 0.0
+        self._failures = 0              # consecutive network failures
+        self._inflight: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bot: Any = None
+        self._warned: set[str] = set()
+        self._listen = listen
+        self._listening: asyncio.Task | None = None
+        self._waiter: LoopWaiter | None = None
+        self.stats = {"sent": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
+                      "failed": 0, "retries": 0}
+
+        silence_url_loggers(config.token)
+        quiet_retry_after_deprecation()
+        self._thread = threading.Thread(target=self._run, name="imet-telegram", daemon=True)
+        self._thread.start()
+        # A crash that skips close() still gets its last messages out, within the bound.
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"TelegramSender(chat_id={self._chat_id!r}, queued={len(self._queue)})"
+
+    @property
+    def enabled(self) -> bool:
+        return not self._disabled
+
+    # ---- training thread -------------------------------------------------------------
+    def submit(self, item: Outgoing) -> bool:
+        """Queue `item`; never blocks on the network. False when it was dropped."""
+        with self._wake:
+            if self._closing or self._disabled:
+                return False
+            if item.priority < CRITICAL and time.monotonic() < self._breaker_until:
+                self.stats["dropped_breaker"] += 1
+                return False
+            if len(self._queue) >= self._max_queue and not self._make_room(item):
+                self.stats["dropped_full"] += 1
+                return False
+            self._queue.append(_Pending(item))
+            self._wake.notify()
+        self._kick_loop()
+        return True
+
+    def _make_room(self, item: Outgoing) -> bool:
+        """Drop the oldest queued item of the lowest priority (progress first); False when
+        `item` itself is the least important. CRITICAL items are never dropped: the queue
+        grows past its bound for them instead (there are only a few per run)."""
+        lowest = min(pending.item.priority for pending in self._queue)
+        if lowest >= CRITICAL:
+            return True
+        if item.priority < lowest:
+            return False
+        for index, pending in enumerate(self._queue):
+            if pending.item.priority == lowest:
+                del self._queue[index]
+                self.stats["dropped_full"] += 1
+                return True
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued (progress dropped) and stop, within `timeout` seconds
+        (default `close_timeout_s`, at most 10 s) whatever the network does."""
+        atexit.unregister(self.close)
+        budget = self.close_timeout_s if timeout is None else min(float(timeout), 10.0)
+        start = time.monotonic()
+        with self._wake:
+            if not self._closing:
+                self._closing = True
+                self._deadline = start + max(0.0, budget - 0.2)
+                stale = [p for p in self._queue if p.item.priority <= LOW]
+                for pending in stale:
+                    self._queue.remove(pending)
+                self.stats["dropped_close"] += len(stale)
+            self._wake.notify_all()
+        self._kick_loop()
+        self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._cancel_inflight()
+            self._thread.join(max(0.0, start + budget - time.monotonic()))
+        if self._thread.is_alive():
+            log.debug("Telegram sender still busy after %.1f s; left behind", budget)
+
+    def _cancel_inflight(self) -> None:
+        loop, task = self._loop, self._inflight
+        if loop is None or task is None:
+            return
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop closed in between: nothing left to cancel
+            pass
+
+    # ---- worker thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            if self._listen is not None:
+                self._waiter = LoopWaiter(loop)
+                self._listening = loop.create_task(self._poll())
+            while True:
+                pending = self._take()
+                if pending is None:
+                    break
+                self._deliver(loop, pending)
+        except BaseException as err:  # the worker must end quietly, whatever happened
+            self._warn_once("worker", "Telegram notifications stopped: %s",
+                            self._describe(err))
+        finally:
+            self._shutdown(loop)
+
+    def _take(self) -> _Pending | None:
+        """The next item once pacing, RetryAfter, backoff and the breaker allow; None when
+        closed and drained, disabled, or past the close deadline."""
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                if self._disabled or now >= self._deadline:
+                    return None
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    self._wait(None)
+                    continue
+                ready_at = self._not_before
+                if now < self._breaker_until and not self._closing:
+                    ready_at = max(ready_at, self._breaker_until)
+                if ready_at > now:
+                    if self._closing and ready_at >= self._deadline:
+                        return None
+                    self._wait(min(ready_at, self._deadline) - now)
+                    continue
+                return self._queue.popleft()
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait on the Condition (held); while listening, the loop runs meanwhile."""
+        waiter, task = self._waiter, self._listening
+        if waiter is None or task is None or task.done():
+            self._wake.wait(timeout)
+        else:
+            waiter.wait(self._wake, timeout)
+
+    def _kick_loop(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.wake()
+
+    async def _poll(self) -> None:
+        await self._listen(self._made_bot(), self.submit)  # the listener says hello itself
+
+    def _requeue(self, pending: _Pending, delay: float) -> None:
+        with self._wake:
+            self._not_before = max(self._not_before, time.monotonic() + delay)
+            self._queue.appendleft(pending)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, pending: _Pending) -> None:
+        from telegram.error import (
+            BadRequest,
+            ChatMigrated,
+            Forbidden,
+            InvalidToken,
+            NetworkError,
+            RetryAfter,
+        )
+        pending.attempts += 1
+        item = pending.item
+        try:
+            self._run_cancellable(loop, self._send(item))
+        except asyncio.CancelledError:
+            self.stats["dropped_close"] += 1
+        except RetryAfter as err:
+            wait = _seconds(err)
+            self._warn_once("retry_after", "Telegram flood control: waiting %.0f s as asked",
+                            wait)
+            if wait <= self._max_retry_after:
+                self.stats["retries"] += 1
+                self._requeue(pending, wait)
+            else:
+                self.stats["failed"] += 1
+        except (Forbidden, InvalidToken) as err:
+            self._disable(err)
+        except ChatMigrated as err:
+            self._chat_id = err.new_chat_id
+            self._warn_once("migrated", "Telegram group became a supergroup: set %s=%s",
+                            "IMET_TELEGRAM_CHAT_ID", err.new_chat_id)
+            self._requeue(pending, 0.0)
+        except BadRequest as err:
+            if "chat not found" in str(err).lower():
+                self._disable(err)
+            elif "parse entities" in str(err).lower() and item.html:
+                # Our HTML is escaped, so this is a Telegram parser quirk: send it plain.
+                pending.item = item.as_plain()
+                self._requeue(pending, 0.0)
+            else:
+                self.stats["failed"] += 1
+                self._warn_once("bad_request", "Telegram refused a %s message: %s",
+                                item.kind, self._describe(err))
+        except NetworkError as err:  # TimedOut, connection refused, HTTP 5xx
+            self._on_network_failure(pending, err)
+        except Exception as err:
+            self.stats["failed"] += 1
+            self._warn_once("unexpected", "Telegram send failed: %s", self._describe(err))
+        else:
+            self._failures = 0
+            self._warned.discard("breaker")
+            self.stats["sent"] += 1
+            with self._wake:
+                self._not_before = max(self._not_before, time.monotonic() + self._min_interval)
+
+    def _on_network_failure(self, pending: _Pending, err: BaseException) -> None:
+        self._failures += 1
+        log.debug("Telegram send failed (%d in a row): %s", self._failures, self._describe(err))
+        now = time.monotonic()
+        if self._closing and now < self._breaker_until:
+            self.stats["failed"] += 1  # the one last try at close, while the breaker is open
+        elif self._failures >= self._breaker_threshold:
+            self._open_breaker(pending, err)
+        elif pending.attempts < self._max_attempts:
+            self.stats["retries"] += 1
+            self._requeue(pending, self._backoff * pending.attempts)
+        else:
+            self.stats["failed"] += 1
+
+    def _open_breaker(self, pending: _Pending, err: BaseException) -> None:
+        """Stop trying for a cooldown: drop what is queued except the final and crash
+        messages, which wait for the cooldown's end (or get one try at close)."""
+        with self._wake:
+            self._breaker_until = time.monotonic() + self._breaker_cooldown
+            dropped = [p for p in self._queue if p.item.priority < CRITICAL]
+            for stale in dropped:
+                self._queue.remove(stale)
+            self.stats["dropped_breaker"] += len(dropped)
+            if pending.item.priority >= CRITICAL:
+                self._queue.appendleft(pending)
+            else:
+                self.stats["dropped_breaker"] += 1
+        self._failures = 0
+        # One warning per outage: a success in between makes the next outage worth a line.
+        self._warn_once("breaker", "Telegram unreachable (%s); notifications paused for "
+                        "%.0f s, training goes on", self._describe(err),
+                        self._breaker_cooldown)
+
+    def _run_cancellable(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        task = loop.create_task(coro)
+        with self._wake:
+            self._inflight = task
+            closing_late = self._closing and time.monotonic() >= self._deadline
+        if closing_late:
+            task.cancel()
+        try:
+            loop.run_until_complete(task)
+        finally:
+            with self._wake:
+                self._inflight = None
+
+    async def _send(self, item: Outgoing) -> None:
+        from telegram import LinkPreviewOptions
+        from telegram.constants import ParseMode
+        bot = await self._ready_bot()
+        mode = ParseMode.HTML if item.html else None
+        if item.photo is not None:
+            await bot.send_photo(self._chat_id, photo=item.photo, caption=item.text or None,
+                                 parse_mode=mode)
+        else:
+            await bot.send_message(self._chat_id, item.text, parse_mode=mode,
+                                   link_preview_options=LinkPreviewOptions(is_disabled=True))
+
+    def _made_bot(self) -> Any:
+        if self._bot is None:
+            self._bot = make_bot(self._config, self._connect_timeout, self._read_timeout)
+        return self._bot
+
+    async def _ready_bot(self) -> Any:
+        # getMe once: a wrong token is found before the first real message.
+        await self._made_bot().initialize()
+        return self._bot
+
+    def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            if self._listening is not None:
+                self._listening.cancel()
+                wait = min(max(0.05, self._deadline - time.monotonic()), 2.0)
+                loop.run_until_complete(asyncio.wait([self._listening], timeout=wait))
+            left = self._deadline - time.monotonic()
+            if self._bot is not None and left > 0.05:
+                loop.run_until_complete(asyncio.wait_for(self._bot.shutdown(), min(left, 2.0)))
+        except BaseException as err:
+            log.debug("Telegram shutdown: %s", self._describe(err))
+        finally:
+            loop.close()
+
+    def _disable(self, err: BaseException) -> None:
+        with self._wake:
+            self._disabled = True
+            self._queue.clear()
+        custom = self._config.api_url != DEFAULT_API_URL
+        log.warning("Telegram notifications disabled for this run: %s", explain(err, custom))
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def _describe(self, err: BaseException) -> str:
+        return self._config.scrub(f"{type(err).__name__}: {err}")
+
+
+def _seconds(err: Any) -> float:
+    """RetryAfter's wait: PTB 22 stores a timedelta; its public attribute is an int or a
+    timedelta depending on PTB_TIMEDELTA (and warns when int), so read the stored value."""
+    value = getattr(err, "_retry_after", None)
+    if value is None:
+        value = err.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+# ---- listener
+# Long-polling `getUpdates` for the owner's commands, as a task on the sender's event loop.
+#
+# It answers only the configured chat: any other chat's messages get no reply and their text
+# is never logged (they are counted). Every update is acknowledged by the next call's offset,
+# and at start-up everything sent before this session began is skipped, so an old /stop is
+# never replayed. Replies go through the sender's queue (its pacing, retries and close bound).
+#
+# Failures are survived like the sender's: 429 waits as asked, 5xx, timeouts and refused
+# connections back off and retry; a bot token Telegram rejects, or a first contact that never
+# succeeds (offline at start-up), turns the commands off with one line. The task is cancelled
+# when the sender closes, a long poll in flight included.
+
+
+class _HideUpdates(logging.Filter):
+    """python-telegram-bot logs the raw updates when it cannot parse them (any chat's text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Received data was" in str(record.msg):
+            record.msg, record.args = "Error while parsing updates (data not shown)", None
+        return True
+
+
+class UpdateListener:
+    """Polls for updates and answers the owner's commands through `submit`."""
+
+    def __init__(self, config: TelegramConfig, commands: RunCommands, *,
+                 poll_timeout_s: float = 30.0, backoff_s: float = 2.0,
+                 max_backoff_s: float = 60.0, start_attempts: int = 3,
+                 started: float | None = None):
+        self._config = config
+        self.commands = commands
+        self._poll_timeout = max(0, int(poll_timeout_s))
+        self._backoff = float(backoff_s)
+        self._max_backoff = float(max_backoff_s)
+        self._start_attempts = int(start_attempts)
+        # Telegram dates are whole seconds: a message of this session's first second counts.
+        self._started = int(time.time() if started is None else started)
+        self._offset: int | None = None
+        self.stats = {"answered": 0, "ignored_chats": 0, "skipped_old": 0, "failures": 0}
+        ptb = logging.getLogger("telegram.Bot")
+        if not any(isinstance(f, _HideUpdates) for f in ptb.filters):
+            ptb.addFilter(_HideUpdates())
+
+    async def __call__(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
+        try:
+            await self._poll(bot, submit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # polling must end quietly, whatever happened
+            log.warning("Telegram commands stopped: %s", self._config.scrub(
+                f"{type(err).__name__}: {err}"))
+        finally:
+            if self.stats["ignored_chats"]:
+                log.info("Telegram: %d message(s) from other chats ignored",
+                         self.stats["ignored_chats"])
+
+    async def _poll(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
+        from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter
+        contacted, failures = False, 0
+        while True:
+            try:
+                if not contacted:
+                    await bot.initialize()
+                updates = await bot.get_updates(
+                    offset=self._offset, timeout=timedelta(seconds=self._poll_timeout),
+                    allowed_updates=["message"])
+            except RetryAfter as err:
+                await asyncio.sleep(_seconds(err))
+                continue
+            except (InvalidToken, Forbidden) as err:
+                log.warning("Telegram commands off: %s", explain(err, self._custom_api()))
+                return
+            except (Conflict, NetworkError) as err:  # Conflict: another poller of this bot
+                failures += 1
+                self.stats["failures"] += 1
+                if not contacted and failures >= self._start_attempts:
+                    log.info("Telegram commands off: %s", explain(err, self._custom_api()))
+                    return
+                log.debug("Telegram getUpdates failed (%d in a row): %s", failures,
+                          self._config.scrub(f"{type(err).__name__}: {err}"))
+                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (failures - 1)))
+                continue
+            if not contacted:
+                contacted = True
+                log.info("Telegram commands on: /status, /plot, /stop, /help from chat %s",
+                         self._config.chat_id)
+            failures = 0
+            for update in updates:
+                self._offset = update.update_id + 1  # the next call acknowledges it
+                self._handle(update, submit)
+
+    def _custom_api(self) -> bool:
+        return self._config.api_url != DEFAULT_API_URL
+
+    def _handle(self, update: Any, submit: Callable[[Outgoing], bool]) -> None:
+        message = update.message
+        if message is None:
+            return
+        if str(message.chat.id) != str(self._config.chat_id):
+            self.stats["ignored_chats"] += 1
+            log.debug("Telegram: ignored a message from another chat (%d so far)",
+                      self.stats["ignored_chats"])
+            return
+        if message.date is not None and message.date.timestamp() < self._started:
+            self.stats["skipped_old"] += 1
+            log.debug("Telegram: skipped a message sent before this session started")
+            return
+        replies = self.commands.answer(message.text or "")
+        if replies or self.commands.plot_wanted:
+            self.stats["answered"] += 1
+        for text in replies:
+            submit(Outgoing("command", text, NORMAL))
+
+
+# ---- notify
+# Telegram notifications for imet runs (python-telegram-bot 22), as an EventBus subscriber.
+#
+# `build_notifier()` is the one entry point: it returns a subscriber, or None when
+# notifications are off (asked off, not rank 0, or not configured — then one log line says
+# why and training goes on). Nothing here imports telegram until a notifier is built.
+
+
+MODES = ("auto", "on", "off")
+EVERY_MIN_VAR = "IMET_TELEGRAM_EVERY_MIN"
+_SENDER_OPTIONS = ("min_interval_s", "connect_timeout_s", "read_timeout_s", "max_queue",
+                   "max_attempts", "backoff_s", "breaker_threshold", "breaker_cooldown_s",
+                   "max_retry_after_s", "close_timeout_s")
+_LISTENER_OPTIONS = ("poll_timeout_s", "start_attempts", "started")
+
+
+def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
+                   kernel: str | None = None,
+                   request_stop: Callable[[str], None] | None = None, **options: Any):
+    """A TelegramNotifier, or None.
+
+    mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
+    (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
+    kernel: a label for the run-start message when the event does not carry one.
+    request_stop: the run's stop request (the engine's StopRequest.request); when given, the
+    notifier also answers the chat's /status, /plot, /stop (imet.observe.telegram).
+    options: TelegramSender settings (see `_SENDER_OPTIONS`), UpdateListener settings
+    (`_LISTENER_OPTIONS`; backoff_s is shared with the sender) and TelegramNotifier
+    settings (progress_every_s, plot_every_s, send_plots, send_checkpoints, plot_renderer).
+    """
+    if mode not in MODES:
+        raise UserError(f"--notify {mode!r} is not a notify mode; use one of {', '.join(MODES)}")
+    if mode == "off" or int(rank) != 0:
+        return None
+    env = os.environ if env is None else env
+    try:
+        config = load_config(env)
+    except ConfigProblem as problem:
+        log.info("Telegram notifications off: %s", problem)
+        return None
+    try:
+        import telegram  # noqa: F401  (bundled wheel; its absence must not stop training)
+    except ImportError:
+        log.info("Telegram notifications off: python-telegram-bot is not installed "
+                 "(pip install 'python-telegram-bot>=22,<23')")
+        return None
+    sender_kw = {k: options.pop(k) for k in _SENDER_OPTIONS if k in options}
+    if "progress_every_s" not in options and env.get(EVERY_MIN_VAR):
+        try:
+            options["progress_every_s"] = 60.0 * float(env[EVERY_MIN_VAR])
+        except ValueError:
+            raise UserError(f"{EVERY_MIN_VAR}={env[EVERY_MIN_VAR]!r} is not a number of "
+                            "minutes; set e.g. 15") from None
+    listener = None
+    if request_stop is not None:
+        from imet.observe.messages import RunCommands
+        listen_kw = {k: options.pop(k) for k in _LISTENER_OPTIONS if k in options}
+        if "backoff_s" in sender_kw:
+            listen_kw["backoff_s"] = sender_kw["backoff_s"]
+        listener = UpdateListener(config, RunCommands(request_stop), **listen_kw)
+    sender = TelegramSender(config, listen=listener, **sender_kw)
+    log.info("Telegram notifications on (chat %s, settings from %s)", config.chat_id,
+             config.source)
+    return TelegramNotifier(sender, kernel=kernel,
+                            commands=listener.commands if listener else None, **options)
+
+
+# ---- subscriber
+# The event subscriber: turns engine events into queued Telegram messages.
+#
+# Runs in the training thread, so it only formats short strings and enqueues; the one heavy
+# step, rendering the loss/F2 plot, happens here too on purpose (matplotlib is not
+# thread-safe and the worker thread must stay free of it), throttled to `plot_every_s`.
+
+
+# What a full queue may drop first. Checkpoints are silent by default: the handover and
+# finish messages say where the state is.
+PRIORITY = {"run_start": NORMAL, "progress": LOW, "evaluation": NORMAL, "checkpoint": LOW,
+            "handover": CRITICAL, "finish": CRITICAL, "failure": CRITICAL}
+
+
+def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
+    """imet.observe.files.render_history_png when the report layer provides it."""
+    try:
+        from imet.observe.files import render_history_png
+    except ImportError:
+        return None
+    return render_history_png
+
+
+class TelegramNotifier:
+    """EventBus subscriber. `sender` is anything with `submit(Outgoing)` and
+    `close(timeout)` (a TelegramSender in practice); `commands`: the RunCommands the chat's
+    commands are answered from, fed every event here."""
+
+    def __init__(self, sender: Any, *, kernel: str | None = None,
+                 progress_every_s: float = 900.0, plot_every_s: float = 3600.0,
+                 send_plots: bool = True, send_checkpoints: bool = False,
+                 plot_renderer: Callable[[list[dict]], bytes] | None = None,
+                 clock: Callable[[], float] = time.monotonic, commands: Any = None):
+        self.sender = sender
+        self.kernel = kernel
+        self.progress_every_s = float(progress_every_s)
+        self.plot_every_s = float(plot_every_s)
+        self.send_plots = send_plots
+        self.send_checkpoints = send_checkpoints
+        self._renderer = plot_renderer
+        self._renderer_resolved = plot_renderer is not None
+        self._clock = clock
+        self._run_name: str | None = None
+        self._last_progress = clock()
+        self._last_plot = float("-inf")
+        self._failed_once = False
+        self.commands = commands
+
+    def __repr__(self) -> str:
+        return f"TelegramNotifier(run={self._run_name!r})"
+
+    def __call__(self, event: Any) -> None:
+        try:
+            self._handle(event.kind, dict(event.data))
+        except Exception as err:  # a notification must never stop training
+            if not self._failed_once:
+                self._failed_once = True
+                log.warning("Telegram notifier skipped a %s event: %s: %s", event.kind,
+                            type(err).__name__, err)
+
+    def _handle(self, kind: str, data: dict) -> None:
+        if self.commands is not None:
+            self.commands.observe(kind, data)
+            asked = self.commands.take_plot()
+            if asked is not None:  # /plot: rendered here, matplotlib stays off the worker
+                self._send_plot("evaluation", asked, NORMAL, forced=True)
+        if kind == "run_start":
+            self._run_name = data.get("run_name") or self._run_name
+            if not data.get("kernel") and self.kernel:
+                data["kernel"] = self.kernel
+            self._last_progress = self._clock()
+        elif kind == "progress":
+            now = self._clock()
+            if now - self._last_progress < self.progress_every_s:
+                return
+            self._last_progress = now
+        elif kind == "checkpoint" and not self.send_checkpoints:
+            return
+        formatter = messages.FORMATTERS.get(kind)
+        if formatter is None:
+            return
+        # A crash text can quote a request URL or an env dump (bot token, Kaggle key), and a
+        # config a pasted secret: a chat message is a log the user may forward or screenshot.
+        # The history only feeds the plot's numbers, and walking its tens of thousands of rows
+        # would cost the training thread seconds per evaluation.
+        data = {**redact({k: v for k, v in data.items() if k != "history"}),
+                "history": data.get("history")}
+        priority = PRIORITY.get(kind, NORMAL)
+        for text in formatter(data, self._run_name):
+            self.sender.submit(Outgoing(kind, text, priority))
+        if kind == "evaluation" and self._clock() - self._last_plot >= self.plot_every_s:
+            self._send_plot(kind, data, LOW)
+        elif kind == "finish":
+            self._send_plot(kind, data, CRITICAL)
+
+    def _send_plot(self, kind: str, data: dict, priority: int, forced: bool = False) -> None:
+        history = data.get("history") or []
+        if not (self.send_plots or forced) or len(history) < 1:
+            return
+        renderer = self._plot_renderer()
+        if renderer is None:
+            return
+        self._last_plot = self._clock()
+        try:
+            png = renderer(history)
+        except Exception as err:
+            log.warning("Telegram notifier could not render the plot: %s: %s",
+                        type(err).__name__, err)
+            return
+        if png:
+            caption = messages.plot_caption(kind, data, self._run_name)
+            self.sender.submit(Outgoing(f"{kind}_plot", caption, priority, photo=bytes(png)))
+
+    def _plot_renderer(self) -> Callable[[list[dict]], bytes] | None:
+        if not self._renderer_resolved:
+            self._renderer = default_plot_renderer()
+            self._renderer_resolved = True
+            if self._renderer is None:
+                log.debug("imet.observe.files is not available: Telegram messages go "
+                          "without plots")
+        return self._renderer
+
+    def close(self, timeout: float | None = None) -> None:
+        self.sender.close(timeout)

@@ -1,0 +1,581 @@
+"""The optimizer (AdamW or SGD with momentum) over the model's parameter groups, and the LR
+schedules by name.
+
+Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group (or the
+`--train-groups`) with discriminative rates: head `lr`, late body `lr * lr_late_mult`, early
+body `lr * lr_early_mult`.
+Every schedule is a `torch.optim.lr_scheduler` stepped once per batch, over one stage's steps;
+the optimizer and scheduler are rebuilt at the stage switch from (config, stage) alone, so a
+resumed run rebuilds exactly what the uninterrupted one had. Schedule lambdas are callable
+objects, not closures, so their state is plain numbers that `weights_only=True` can load."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import logging
+import math
+import platform
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from imet import __version__
+from imet.config import GROUP_ORDER, TrainConfig, parse_train_groups
+from imet.data.labels import CompetitionLayout, LabelSpace, read_labels
+from imet.data.transforms import AUGMENTATION_VERSION
+from imet.device import Precision
+from imet.errors import CheckpointError, DataError, UserError
+from imet.models import build_model
+from imet.models.modelfile import read_model_file
+from imet.train.checkpoint import FORMAT, VERSION, model_file_of
+from imet.train.data import build_hard_negatives, repeat_count
+
+
+def stage_group_lrs(config: TrainConfig, stage: int) -> dict[str, float]:
+    if stage == 1:
+        return {"head": config.head_lr}
+    lrs = {"early": config.lr * config.lr_early_mult, "late": config.lr * config.lr_late_mult,
+           "head": config.lr}
+    return {name: lrs[name] for name in parse_train_groups(config.train_groups)}
+
+
+def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
+                  train_groups: str = "") -> None:
+    """Stage 1 freezes the body; stage 2 trains the --train-groups (default: every group). A
+    frozen group computes no gradients: with the early group frozen, autograd keeps none of
+    its activations either."""
+    trained = ("head",) if stage == 1 else parse_train_groups(train_groups)
+    for name, params in groups.items():
+        for param in params:
+            param.requires_grad_(name in trained)
+
+
+def keep_frozen_statistics(model: torch.nn.Module,
+                           groups: dict[str, list[torch.nn.Parameter]],
+                           train_groups: str = "") -> None:
+    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in
+    both stages: their running statistics stay as they came, so a frozen group is unchanged
+    to the last bit (with `--train-groups head` the whole body is the --init model's). Stage
+    1's own freeze keeps the old way, its body statistics following the data."""
+    trained = parse_train_groups(train_groups)
+    frozen = {id(p) for name, params in groups.items() if name not in trained for p in params}
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.weight is not \
+                None and id(module.weight) in frozen:
+            module.eval()
+
+
+def adamw(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups, lr=param_groups[-1]["lr"],
+                             weight_decay=config.weight_decay)
+
+
+def sgd(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the iMet notes' future work 5). OneCycleLR cycles its momentum
+    between 0.85 and 0.95 as it cycles AdamW's beta1; the other schedules keep --momentum."""
+    return torch.optim.SGD(param_groups, lr=param_groups[-1]["lr"], momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+# One builder per name in imet.config.OPTIMIZER_NAMES.
+OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": adamw,
+    "sgd": sgd,
+}
+
+
+def build_optimizer(groups: dict[str, list[torch.nn.Parameter]], config: TrainConfig,
+                    stage: int) -> torch.optim.Optimizer:
+    lrs = stage_group_lrs(config, stage)
+    param_groups = [{"params": list(groups[name]), "lr": lrs[name], "name": name}
+                    for name in GROUP_ORDER if name in lrs and groups.get(name)]
+    if not param_groups:
+        raise UserError(f"--arch {config.arch}: the model exposes no trainable parameters "
+                        f"for stage {stage}")
+    return OPTIMIZERS[config.optimizer](param_groups, config)
+
+
+class WarmupCosine:
+    """Linear warm-up from ~0 to 1, then a cosine down to `floor` (a factor of the base LR)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float = 0.0):
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.floor = float(floor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Constant:
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+def _base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [group["lr"] for group in optimizer.param_groups]
+
+
+def one_cycle(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    if total_steps < 4:  # OneCycleLR's phases need a few steps; so short a stage runs flat
+        return LambdaLR(optimizer, Constant())
+    # Each phase must span at least one step, or OneCycleLR divides by zero.
+    pct_start = min(0.5, max(warmup or 0.3, 2.0 / total_steps))
+    return OneCycleLR(optimizer, max_lr=_base_lrs(optimizer), total_steps=total_steps,
+                      pct_start=pct_start, anneal_strategy="cos")
+
+
+def cosine(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    return LambdaLR(optimizer, WarmupCosine(round(warmup * total_steps), total_steps))
+
+
+def cyclic(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    """Triangular cycles between a tenth of each group's LR and the LR, one cycle per epoch."""
+    max_lrs = _base_lrs(optimizer)
+    return CyclicLR(optimizer, base_lr=[lr / 10 for lr in max_lrs], max_lr=max_lrs,
+                    step_size_up=max(1, steps_per_epoch // 2), mode="triangular",
+                    cycle_momentum=False)
+
+
+def constant(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -> LRScheduler:
+    return LambdaLR(optimizer, Constant())
+
+
+SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
+    "onecycle": one_cycle,
+    "cosine": cosine,
+    "cyclic": cyclic,
+    "constant": constant,
+}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
+                    steps_per_epoch: int) -> LRScheduler:
+    try:
+        builder = SCHEDULES[config.schedule]
+    except KeyError:
+        raise UserError(f"--schedule {config.schedule!r} is unknown; choose one of "
+                        f"{', '.join(SCHEDULES)}") from None
+    return builder(optimizer, max(1, total_steps), max(1, steps_per_epoch), config.warmup)
+
+
+# ---- ema
+# Weight EMA (`--ema DECAY`): an exponential moving average of the weights, updated after every
+# optimizer step, with the decay warmed up so that the first steps' random head is soon forgotten.
+#
+# torch's `AveragedModel` with `get_ema_multi_avg_fn` rather than timm's `ModelEmaV3`: torch is
+# always there (timm is one optional source of architectures), and everything the average needs
+# to go on exactly lives in the AveragedModel's own state_dict — the averaged weights and the
+# `n_averaged` counter that drives the warm-up — so the TrainState saves it as plain tensors.
+# ModelEmaV3's options and private state (a stochastic-rounding generator not in its state_dict)
+# change between timm releases, and its warm-up counts the caller's step instead of its own.
+# BatchNorm running statistics are copied from the trained model at each update
+# (`use_buffers=False`), not averaged: they are statistics of the current weights.
+
+class WarmedUpDecay:
+    """The EMA update with decay min(DECAY, (1 + n) / (10 + n)) after n updates (TensorFlow's
+    ExponentialMovingAverage num_updates rule): 0.1 at the first update, DECAY in the long run.
+    A callable object, not a closure: it holds only a number."""
+
+    def __init__(self, decay: float):
+        self.decay = float(decay)
+
+    def at(self, updates: int) -> float:
+        return min(self.decay, (1.0 + updates) / (10.0 + updates))
+
+    def __call__(self, ema_params, model_params, n_averaged: torch.Tensor) -> None:
+        get_ema_multi_avg_fn(self.at(int(n_averaged)))(ema_params, model_params, n_averaged)
+
+
+def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """The EMA of `model` (a copy on its device), or None when `decay` is 0 (EMA off)."""
+    if not decay:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=WarmedUpDecay(decay), use_buffers=False)
+    ema.requires_grad_(False)
+    ema.eval()
+    return ema
+
+
+# ---- prior
+# `--prior-bias`: the head's bias starts at each class's log-odds in the training labels.
+#
+# A fresh linear head predicts about 0.5 for every class, while an iMet class is present in a few
+# percent of the images at most (a mini-iMet tag in 5-40%). Under BCE the first hundreds of steps
+# then go to pushing every logit down to its class's frequency, a shift the body's random features
+# are dragged along by. Starting the bias at log(p / (1 - p)) (the "prior" initialization of the
+# focal-loss paper, Lin et al. 2017) makes the first step's loss the labels' own entropy, and the
+# steps go to features. Done once, on a fresh run, before anything is placed on a device; the
+# bias is then part of the model's state, so a resumed run never recomputes it.
+
+# A class seen in no (or every) training image still gets a finite bias: log-odds of 1e-4.
+_CLIP = 1e-4
+
+
+def class_log_odds(targets) -> np.ndarray:
+    """float64 [C]: log(p / (1 - p)) of each class's mean target (hard or soft) over the rows."""
+    prior = np.asarray(targets, dtype=np.float64).mean(axis=0)
+    prior = np.clip(prior, _CLIP, 1 - _CLIP)
+    return np.log(prior / (1 - prior))
+
+
+def init_prior_bias(model: torch.nn.Module, targets) -> None:
+    """Set the bias of `model`'s head linear layer to the class log-odds of `targets` [N, C]."""
+    linear = model.head.linear
+    log_odds = class_log_odds(targets)
+    if log_odds.shape != linear.bias.shape:
+        raise ValueError(f"targets have {log_odds.shape[0]} classes, the head "
+                         f"{linear.bias.shape[0]}")
+    with torch.no_grad():
+        linear.bias.copy_(torch.from_numpy(log_odds).to(linear.bias.dtype))
+
+
+# ---- state
+# `TrainState`: everything that decides the future of a run, and its checkpoint payload.
+#
+# The payload holds only tensors and plain Python values (RNG states included, converted), so
+# `torch.load(weights_only=True)` reads it back. Restoring a payload and continuing gives the
+# same bits as never having stopped: model, optimizer, scheduler, scaler, the position in the
+# sample order, the RNG streams and the running loss sums are all in it. The precision it trained
+# in goes into its meta: a session that would train in another is refused (`check_precision`).
+
+@dataclass
+class Counters:
+    """Plain numbers of a run; every field goes into the checkpoint as is."""
+    stage: int = 1
+    epoch: int = 0                # epochs completed
+    epoch_step: int = 0           # batches done inside the current epoch
+    step: int = 0                 # optimizer steps done in the whole run
+    sampler_seed: int = 0
+    best_f2: float = -1.0
+    best_step: int = -1
+    best_threshold: float = 0.0
+    bad_evals: int = 0            # evaluations since the best one (early stopping)
+    last_eval_step: int = -1
+    eval_pending: bool = False    # the step just done calls for an evaluation not yet run
+    loss_sum: float = 0.0         # training loss since the last evaluation
+    loss_count: int = 0
+    samples_seen: int = 0
+    session: int = 1
+    train_time_s: float = 0.0     # over all sessions: for the run's ETA
+    finished: bool = False
+    stop_reason: str = ""         # "epochs" | "early_stop" once finished
+    history: list[dict[str, Any]] = field(default_factory=list)
+    init_f2: float | None = None  # --init: the untuned model's F2, evaluated before step 1
+
+    def mean_loss(self) -> float:
+        """The mean training loss since the last evaluation."""
+        return self.loss_sum / self.loss_count if self.loss_count else float("nan")
+
+
+def capture_rng() -> dict[str, Any]:
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=True)
+    rng = {
+        # A tensor, not a list of 625 ints: the weights_only unpickler reads lists item by item.
+        "python": [int(version), torch.tensor(state, dtype=torch.int64), gauss],
+        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] and torch.cuda.is_available():
+        # A session may get another GPU count; restore what both have.
+        for index, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+def library_versions() -> dict[str, str]:
+    # str(): torch's version is a TorchVersion object, which weights_only loading refuses.
+    # torchvision's from its metadata: importing it costs seconds (it pulls in torch._dynamo).
+    try:
+        torchvision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        torchvision = "absent"
+    return {"imet": str(__version__), "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda or "none"),
+            "torchvision": torchvision, "numpy": str(np.__version__),
+            "python": platform.python_version()}
+
+
+class TrainState:
+    def __init__(self, config: TrainConfig, model: torch.nn.Module,
+                 groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
+                 labels: dict[str, Any], labels_fingerprint: str, precision: Precision,
+                 device_type: str, num_samples: int = 0):
+        self.config = config
+        self.model = model
+        self.groups = groups
+        self.steps_per_epoch = steps_per_epoch
+        self.labels = labels
+        self.labels_fingerprint = labels_fingerprint
+        self.counters = Counters(sampler_seed=config.seed)
+        self.precision = precision
+        self.scaler = precision.scaler(device_type)
+        # Mixup draws from its own stream, saved with the state.
+        self.mix_generator = torch.Generator().manual_seed(config.seed)
+        self.ema = build_ema(model, config.ema)
+        self.hard_negatives = build_hard_negatives(num_samples, config.hard_negatives,
+                                                   config.seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.enter_stage(1 if config.head_epochs > 0 else 2)
+
+    # --- stages -------------------------------------------------------------------------
+    def stage_epochs(self, stage: int) -> range:
+        head = self.config.head_epochs
+        return range(0, head) if stage == 1 else range(head, self.config.epochs)
+
+    def stage_steps(self, stage: int) -> int:
+        return len(self.stage_epochs(stage)) * self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def stage1_end_step(self) -> int:
+        """The step where stage 1 (head only) ends; 0 without a stage 1."""
+        return min(self.total_steps, self.stage_steps(1))
+
+    def enter_stage(self, stage: int) -> None:
+        """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
+        self.counters.stage = stage
+        set_trainable(self.groups, stage, self.config.train_groups)
+        keep_frozen_statistics(self.model, self.groups, self.config.train_groups)
+        self.optimizer = build_optimizer(self.groups, self.config, stage)
+        self.scheduler = build_scheduler(self.optimizer, self.config, self.stage_steps(stage),
+                                         self.steps_per_epoch)
+
+    def stage_due(self) -> int:
+        """The stage the next step belongs to."""
+        return 1 if self.counters.epoch < self.config.head_epochs else 2
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated and written to model.pt: the EMA's while EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def repeat_count(self) -> int:
+        """Samples an epoch sees a second time (hard-negative mining; 0 without)."""
+        return self.hard_negatives.count if self.hard_negatives is not None else 0
+
+    def epoch_repeats(self) -> torch.Tensor | None:
+        """The samples the current epoch repeats (None without hard-negative mining)."""
+        if self.hard_negatives is None:
+            return None
+        return self.hard_negatives.for_epoch(self.counters.epoch)
+
+    # --- evaluations ---------------------------------------------------------------------
+    def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
+        """Book an evaluation of the model at the current step: history, best score, early
+        stopping. True when it is the best so far."""
+        c = self.counters
+        is_best = f2 > c.best_f2
+        c.history.append({"step": c.step, "epoch": c.epoch, "stage": c.stage,
+                          "train_loss": c.mean_loss(), "val_loss": val_loss, "f2": f2,
+                          "threshold": threshold, "lr": self.optimizer.param_groups[-1]["lr"]})
+        c.loss_sum, c.loss_count = 0.0, 0
+        c.last_eval_step = c.step
+        c.eval_pending = False
+        if is_best:
+            c.best_f2, c.best_step, c.best_threshold, c.bad_evals = f2, c.step, threshold, 0
+        elif c.stage == 2:  # the head-only warm-up does not count against patience
+            c.bad_evals += 1
+        if self.config.patience and c.bad_evals >= self.config.patience:
+            c.finished, c.stop_reason = True, "early_stop"
+        return is_best
+
+    # --- checkpoint payload -------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        c = self.counters
+        return {"config_fingerprint": self.config.fingerprint(),
+                "labels_fingerprint": self.labels_fingerprint, "run_name": self.config.name(),
+                "arch": self.config.arch, "fold": self.config.fold, "step": c.step,
+                "epoch": c.epoch, "stage": c.stage, "finished": c.finished,
+                "best_f2": c.best_f2, "session": c.session,
+                "augmentation": AUGMENTATION_VERSION, "precision": self.precision.name}
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "meta": self.meta(),
+            "config": self.config.to_dict(), "labels": self.labels,
+            "counters": dataclasses.asdict(self.counters),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "hard_negatives": (self.hard_negatives.state_dict()
+                               if self.hard_negatives is not None else None),
+            "rng": {**capture_rng(), "mixup": self.mix_generator.get_state()},
+            "versions": library_versions(),
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        counters = Counters(**payload["counters"])
+        self.model.load_state_dict(payload["model"])
+        self.enter_stage(counters.stage)
+        self.counters = counters
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if payload["scaler"]:
+            self.scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        self.mix_generator.set_state(payload["rng"]["mixup"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["ema"])
+        if self.hard_negatives is not None:
+            self.hard_negatives.load_state_dict(payload["hard_negatives"])
+
+
+def saved_precision(payload: dict[str, Any]) -> str:
+    """The precision a checkpoint trained in. An imet before --amp-dtype knew two: fp16 with
+    a scaler state (AMP on CUDA) and fp32 without."""
+    return payload["meta"].get("precision") or ("fp16" if payload["scaler"] else "fp32")
+
+
+def _asked(config: dict[str, Any]) -> str:
+    return f"--amp-dtype {config.get('amp_dtype', 'auto')}" if config.get("amp", True) \
+        else "--no-amp"
+
+
+def check_precision(resume, precision: Precision, config: TrainConfig, device_type: str) -> None:
+    """CheckpointError when `resume` trained in another precision than this session would:
+    its optimizer and scaler state, and the run's numbers, belong to the one it started in."""
+    saved = saved_precision(resume.payload)
+    if saved == precision.name:
+        return
+    hint = "--no-amp" if saved == "fp32" else f"--amp-dtype {saved}"
+    raise CheckpointError(
+        f"{resume.path}: the run trained in {saved} ({_asked(resume.payload['config'])}) and "
+        f"this session would train in {precision.name} ({_asked(config.to_dict())} on "
+        f"{device_type}); resume with {hint}, or start over with --resume off")
+
+
+def build_train_state(config: TrainConfig, data, dist, steps, resume,
+                      init: dict[str, torch.Tensor] | None = None) -> TrainState:
+    """The TrainState a session starts from: the model built for `data`'s label space and
+    placed as `dist` and the StepRunner `steps` want it, then `resume`'s payload restored (a
+    fresh run seeds every RNG first: the head's initial weights come from the torch one). A
+    fresh run with `init` (--init's weights) starts from them instead of ImageNet's."""
+    if resume is None:
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2 ** 32)
+        torch.manual_seed(config.seed)
+    fresh_body = resume is None and init is None
+    model = build_model(config.arch, data.labels.num_classes,
+                        pretrained=config.pretrained and fresh_body,
+                        weights=config.weights if fresh_body else None,
+                        search_roots=tuple(config.input_root), dropout=config.dropout)
+    if resume is None and init is not None:
+        model.load_state_dict(init)
+    elif resume is None and config.prior_bias:  # --init's head has a bias of its own
+        # with --teacher the teacher's probabilities follow the C label columns
+        init_prior_bias(model, data.train_set.targets[:, :data.labels.num_classes])
+    model = dist.prepare_model(model)
+    model.to(steps.device)
+    if steps.channels_last:
+        model.to(memory_format=torch.channels_last)
+    samples = len(data.train_set)
+    if config.hard_negatives and dist.world_size > 1:
+        raise UserError("--hard-negatives records the losses in one process: run it without "
+                        "torchrun, or without --hard-negatives")
+    epoch_samples = samples + repeat_count(samples, config.hard_negatives)
+    state = TrainState(config, model, model.param_groups(), epoch_samples // config.batch_size,
+                       data.labels.to_dict(), data.labels.fingerprint(), steps.precision,
+                       steps.device.type, num_samples=samples)
+    if resume is not None:
+        check_precision(resume, steps.precision, config, steps.device.type)
+        state.restore(resume.payload)
+    return state
+
+
+# ---- init_model
+# The model a run starts from (`imet train --init RUN`): a run's best model (its model.pt), to
+# tune on other data (last-layer tuning: with `--train-groups head` only the head trains).
+#
+# The file must be of the run's arch and of `--data`'s label space; anything else is refused with
+# one line before the run folder is made. Its fingerprint, a hash of the file's bytes, goes into
+# the run's config as `init_fingerprint`: resuming from another model is another config, while the
+# file itself may move between sessions (on Kaggle it is an attached input).
+
+log = logging.getLogger(__name__)
+
+
+def init_model_path(init: str) -> Path:
+    """RUN -> RUN/model.pt; a file stays itself. A one-line error naming --init when neither
+    holds a model."""
+    try:
+        return model_file_of(Path(init))
+    except CheckpointError as err:
+        raise UserError(f"--init {init}: {err}") from None
+
+
+def init_arch(init: str) -> str:
+    """The arch of the --init model: a run tuning it takes it unless --arch is given."""
+    return str(read_model_file(init_model_path(init))["arch"])
+
+
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor]:
+    """The --init model's weights, checked against the run's arch and label space; fills in
+    `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
+    if not config.init:
+        raise UserError(f"--init-fingerprint {config.init_fingerprint}: no --init model given; "
+                        "pass the model it names")
+    path = init_model_path(config.init)
+    payload = read_model_file(path)
+    if payload["arch"] != config.arch:
+        raise UserError(f"{path}: a model of {payload['arch']}, not --arch {config.arch}; leave "
+                        "--arch out to tune the model's own arch")
+    theirs = LabelSpace.from_dict(payload["labels"])
+    if theirs.fingerprint() != labels.fingerprint():
+        raise UserError(f"{path}: a model of another label space ({theirs.num_classes} classes) "
+                        f"than --data's labels.csv ({labels.num_classes}); tune a model trained "
+                        "on this labels.csv")
+    found = file_fingerprint(path)
+    if config.init_fingerprint and config.init_fingerprint != found:
+        raise UserError(f"{path}: the init model's fingerprint is {found}, not "
+                        f"--init-fingerprint {config.init_fingerprint}; pass the model it names")
+    config.init_fingerprint = found
+    log.info("starting from %s (fingerprint %s, step %s)", path, found,
+             payload.get("extra", {}).get("step"))
+    return payload["state_dict"]
+
+
+def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """`read_init` against --data's labels.csv."""
+    labels_csv = CompetitionLayout(config.data).labels_csv
+    if not labels_csv.is_file():
+        raise DataError(f"{labels_csv}: not found; --data must point at the competition files "
+                        "(labels.csv, train.csv, train/)")
+    return read_init(config, read_labels(labels_csv))
