@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from imet.data.transforms import Normalization, normalize_batch
+from imet.device import resolve_device
 from imet.models import build_model
-from imet.predict.infer import build_loader, predict_probs, resolve_device
+from imet.predict.infer import build_loader, predict_probs
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:

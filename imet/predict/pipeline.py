@@ -13,7 +13,7 @@ import torch
 
 from imet.data.labels import CompetitionLayout, LabelSpace, read_labels, read_sample_submission
 from imet.data.transforms import Normalization
-from imet.device import Precision, device_precision
+from imet.device import Precision, device_precision, resolve_device
 from imet.errors import CheckpointError, DataError, UserError
 from imet.fileio import atomic_write_text
 from imet.metrics.f2 import binarize
@@ -28,7 +28,6 @@ from imet.predict.infer import (
     log_stderr,
     parse_tta,
     predict_probs,
-    resolve_device,
 )
 from imet.probfile import ENSEMBLE_PROBS, Probabilities, load_probabilities, save_probabilities
 from imet.train.checkpoint import model_file_of
