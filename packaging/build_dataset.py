@@ -6,8 +6,9 @@
     kaggle datasets version -p dist/kaggle-dataset -m "what changed"
 
 The folder is flat (Kaggle uploads only top-level files): the wheels, imet_bootstrap.py (run it
-first in a kernel), MANIFEST.json (sha256 of every file, versions, target, source commit) and
-dataset-metadata.json. Downloads are verified against wheels/requirements.txt (and the fallback
+first in a kernel), MANIFEST.json (sha256 of every file, versions, target, source commit) and,
+when the Kaggle owner is known, dataset-metadata.json (a local build for `imet kaggle run` needs
+no account). Downloads are verified against wheels/requirements.txt (and the fallback
 wheels against wheels/requirements-fallback.txt) and cached in wheels/.
 """
 from __future__ import annotations
@@ -41,17 +42,23 @@ class UserError(Exception):
     """Printed as `build_dataset: error: <message>`; exit status 2."""
 
 
-def resolve_owner(explicit: str | None) -> str:
+SIGN_IN_HINT = ("pass --owner USER, or sign in the kaggle client (`kaggle auth login`, "
+                "$KAGGLE_API_TOKEN or ~/.kaggle/access_token; legacy: $KAGGLE_USERNAME or "
+                "~/.kaggle/kaggle.json)")
+
+
+def resolve_owner(explicit: str | None, required: bool = True) -> str | None:
     """--owner, else who the kaggle client signs in as, without reading out any secret:
     $KAGGLE_USERNAME, the user name in the legacy kaggle.json or in what `kaggle auth login`
     cached (credentials.json), else, with only an API token ($KAGGLE_API_TOKEN or
-    ~/.kaggle/access_token, which hold no name), the user the kaggle client finds for it."""
+    ~/.kaggle/access_token, which hold no name), the user the kaggle client finds for it.
+    None when nobody is found and the owner is not `required`."""
     owner = explicit or os.environ.get("KAGGLE_USERNAME") or _owner_in_config() or \
         _owner_from_client()
     if not owner:
-        raise UserError("no Kaggle owner: pass --owner USER, or sign in the kaggle client "
-                        "(`kaggle auth login`, $KAGGLE_API_TOKEN or ~/.kaggle/access_token; "
-                        "legacy: $KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
+        if not required:
+            return None
+        raise UserError(f"no Kaggle owner: {SIGN_IN_HINT}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{1,49}", owner):
         raise UserError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, - and _)")
     return owner
@@ -115,7 +122,7 @@ def publish(staging: Path, out: Path) -> None:
 
 def build(args) -> Path:
     started = time.time()
-    owner = resolve_owner(args.owner)
+    owner = resolve_owner(args.owner, required=False)
     platforms = args.platforms or [lock.DEFAULT_PLATFORM]
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -136,7 +143,8 @@ def build(args) -> Path:
         raise UserError(f"--source {source}: not an imet checkout (needs setup.py and imet/)")
     scan_sources(source)
     state = wheelbuild.source_state(source)
-    say(f"imet dataset for CPython {args.python_version} on {', '.join(platforms)}, owner {owner}")
+    say(f"imet dataset for CPython {args.python_version} on {', '.join(platforms)}, "
+        f"owner {owner or 'unknown'}")
     files = download(wheels_locked, cache, args.python_version, platforms)
     fallback = fallback_requirements(files, set(lock.read_lock(lock.FALLBACK_LOCK)),
                                      args.python_version)
@@ -174,10 +182,14 @@ def build(args) -> Path:
                                                                        if "built" in p["origin"]})
         write_json(staging / "MANIFEST.json", manifest(packages, staging, state, version,
                                                        args.python_version, platforms, owner))
-        write_json(staging / "dataset-metadata.json", {
-            "title": TITLE, "id": f"{owner}/{SLUG}", "licenses": [{"name": "other"}],
-            "subtitle": "imet package and its pinned wheels for offline kernels",
-            "description": description(packages, args.python_version, platforms)})
+        if owner:
+            write_json(staging / "dataset-metadata.json", {
+                "title": TITLE, "id": f"{owner}/{SLUG}", "licenses": [{"name": "other"}],
+                "subtitle": "imet package and its pinned wheels for offline kernels",
+                "description": description(packages, args.python_version, platforms)})
+        else:
+            say("no Kaggle owner, so no dataset-metadata.json: the folder serves `imet kaggle "
+                f"run`; to upload it, {SIGN_IN_HINT}")
         publish(staging, Path(args.out))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -196,7 +208,7 @@ def manifest(packages, staging, state, version, python_version, platforms, owner
         except Exception:  # a missing build tool is recorded as absent, not fatal
             tools[tool] = None
     return {
-        "format": "imet-dataset", "manifest_version": 1, "dataset": f"{owner}/{SLUG}",
+        "format": "imet-dataset", "manifest_version": 1, "dataset": f"{owner}/{SLUG}" if owner else None,
         "imet_version": version,
         "target": {"python": python_version, "implementation": "cp",
                    "abi": "cp" + python_version.replace(".", ""), "platforms": platforms},

@@ -176,9 +176,14 @@ def test_build_refuses_secrets_and_keeps_the_key_out(tmp_path):
     assert json.loads((out / "dataset-metadata.json").read_text())["id"] == "someone/imet-src"
     assert "f" * 32 not in proc.stderr + proc.stdout
     assert not any("f" * 32 in p.read_text(errors="ignore") for p in out.glob("*.json"))
+    # with no account at all the build still serves the emulator; it says how to make it
+    # uploadable and writes no dataset-metadata.json with a made-up owner
     env = {"KAGGLE_CONFIG_DIR": str(tmp_path / "none"), "KAGGLE_USERNAME": "", "HOME": str(tmp_path)}
-    proc = run_build("--source", str(src), "--out", str(tmp_path / "o2"), env=env)
-    assert proc.returncode == 2 and "--owner" in proc.stderr
+    proc = run_build("--source", str(src), "--python-version", PY, "--out", str(tmp_path / "o2"),
+                     env=env)
+    assert proc.returncode == 0 and "--owner" in proc.stdout + proc.stderr, proc.stderr
+    assert not (tmp_path / "o2" / "dataset-metadata.json").exists()
+    assert json.loads((tmp_path / "o2" / "MANIFEST.json").read_text())["dataset"] is None
 
 
 @pytest.mark.packaging

@@ -1,7 +1,7 @@
 """The README's "Rehearse at home first" commands, run as printed (relative paths and all) from a
-folder laid out like the repository: kernels/, dist/local-dataset. Only DATA is filled in, and
-each kernel's settings are made small through IMET_KERNEL_ARGS, as the README says a rehearsal
-may."""
+folder laid out like the repository (kernels/, packaging/), on a machine with no Kaggle account:
+the build as well as the kernels. Only DATA is filled in, and each kernel's settings are made
+small through IMET_KERNEL_ARGS, as the README says a rehearsal may."""
 import csv
 import os
 import re
@@ -32,22 +32,25 @@ def readme_commands() -> list[str]:
     return [line.split("  #", 1)[0].strip() for line in joined.splitlines() if line.strip()]
 
 
-def test_the_readme_rehearsal_runs_as_printed(mini_data, local_dataset, tmp_path):
+def test_the_readme_rehearsal_runs_as_printed(mini_data, tmp_path):
     build, *runs = readme_commands()
     assert build.startswith("python packaging/build_dataset.py") and \
-        "--out dist/local-dataset" in build  # conftest's local_dataset is built just so
+        "--out dist/local-dataset" in build and "--owner" not in build
     assert [shlex.split(c)[5] for c in runs] == list(KERNEL_ARGS)
-    (tmp_path / "kernels").symlink_to(REPO / "kernels")
-    (tmp_path / "dist").mkdir()
-    (tmp_path / "dist" / "local-dataset").symlink_to(local_dataset)
-    for command in runs:
+    for folder in ("kernels", "packaging"):
+        (tmp_path / folder).symlink_to(REPO / folder)
+    no_account = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    no_account["KAGGLE_CONFIG_DIR"] = str(tmp_path / "no-kaggle-config")
+    for command in [build] + runs:
         argv = [sys.executable if a == "python" else a.replace("DATA", str(mini_data))
                 for a in shlex.split(command)]
-        env = {**os.environ, "IMET_KERNEL_ARGS": KERNEL_ARGS[argv[5]],
-               "IMET_TELEGRAM_TOKEN": ""}
+        env = {**no_account, "IMET_TELEGRAM_TOKEN": ""}
+        if command != build:
+            env["IMET_KERNEL_ARGS"] = KERNEL_ARGS[argv[5]]
         proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=900)
         assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-2000:])
+    assert not (tmp_path / "dist" / "local-dataset" / "dataset-metadata.json").exists()
     submission = tmp_path / "emu" / "inference" / "output" / "submission.csv"
     with open(mini_data / "sample_submission.csv") as f:
         expected = {row["id"] for row in csv.DictReader(f)}
