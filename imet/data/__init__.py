@@ -1,3 +1,2 @@
-"""imet.data"""
-
-
+"""imet.data: the competition's files (labels, layout, folds), images and their cache, transforms
+and the dataset, and mini-iMet."""

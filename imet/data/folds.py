@@ -1,5 +1,8 @@
-"""Cross-validation folds: multilabel-stratified (iterative-stratification), saved as folds.csv
-(`id,fold`) so every kernel and every session trains on the same split."""
+"""Cross-validation folds and `imet check-data`.
+
+Folds are multilabel-stratified (iterative-stratification) and saved as folds.csv (`id,fold`)
+so every kernel and every session trains on the same split. check-data scans a competition
+folder up front and lists every problem (CSVs, images, folds.csv), not only the first."""
 from __future__ import annotations
 
 import os
@@ -13,12 +16,8 @@ import pandas as pd
 
 from imet.data.images import MIN_SIDE, image_findings
 from imet.data.labels import (
-    IMAGE_SUFFIX,
-    CompetitionLayout,
-    attribute_csv_problems,
-    labels_problems,
-    sample_submission_problems,
-)
+    IMAGE_SUFFIX, CompetitionLayout, attribute_csv_problems, labels_problems,
+    sample_submission_problems)
 from imet.errors import DataError, UserError
 from imet.fileio import atomic_open
 
@@ -116,13 +115,6 @@ def read_folds(path, ids) -> np.ndarray:
     return folds
 
 
-# ---- check
-# `imet check-data`: scan a competition folder up front and list every problem.
-#
-# CSVs are parsed vectorized (labels.py); image presence is one directory listing per split; then
-# every image is decoded (that is the only way to find a truncated PNG) in a thread pool, since
-# PIL releases the GIL while it inflates.
-
 IMAGE_MODES = ("decode", "exists", "skip")
 DECODE_SLICE = 2048
 
@@ -150,7 +142,7 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
     with os.scandir(folder) as entries:
         present = {e.name for e in entries}
     names = [f"{i}{IMAGE_SUFFIX}" for i in ids]
-    exists = [n in present for n in names]  # set lookups, not a stat() per id
+    exists = [n in present for n in names]
     problems = [f"{folder / n}: image not found (id {i!r} in {csv.name}); add the image or "
                 f"remove the row from {csv.name}" for n, i, e in zip(names, ids, exists) if not e]
     return problems, [i for i, e in zip(ids, exists) if e]
@@ -158,7 +150,8 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
 
 def _decode_all(paths: list[Path], workers: int, progress: bool, min_side: int
                 ) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of every image."""
+    """(problems, warnings) of every image. Decoding is the only way to find a truncated PNG;
+    threads suffice, since PIL releases the GIL while it inflates."""
     from tqdm.auto import tqdm
 
     problems, warnings = [], []

@@ -1,4 +1,6 @@
-"""Image decoding with errors a user can act on.
+"""Images from file to pixels: decoding with errors a user can act on, the decode-once image
+cache on disk (`imet cache` builds it, training reads it) and the in-memory memo of decoded
+pixels.
 
 A truncated or corrupt image must stop training with the image named, not with a PIL
 traceback from inside a DataLoader worker, so every decode goes through `load_rgb`."""
@@ -98,16 +100,11 @@ def scale_short_side(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (target[1], target[0]), interpolation=interpolation)
 
 
-# ---- cache
-# Decode-once image cache, the reading side: the storage formats, the manifest, and what a
-# training run opens (`find_cache`, `ImageCache`). Building one is `imet.data.images`.
-#
-# A PNG at iMet's geometry costs ~3 ms to decode on one core, more than the whole augmentation
-# at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or a raw uint8 array (.npy,
-# ~0.1 ms, but ~10x the disk). Images are stored with their SHORT side at the training size
-# (`imet.data.images.scale_short_side`, the `seed` preset's first per-image step, equal to the
-# eval pipeline's SmallestMaxSize), so random crops still see the whole image and the `seed`
-# preset's geometry is unchanged (exactly, for npy).
+# The decode-once image cache. A PNG at iMet's geometry costs ~3 ms to decode on one core, more
+# than the whole augmentation at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or
+# a raw uint8 array (.npy, ~0.1 ms, but ~10x the disk). Images are stored with their SHORT side
+# at the training size (`scale_short_side`), so random crops still see the whole image and the
+# `seed` preset's geometry is unchanged (exactly, for npy).
 #
 # Layout of a cache folder:
 #     imet-cache.json           manifest (format, size, quality, one entry per source image)
@@ -126,8 +123,6 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 # The folder a session points the training at (the Kaggle trainer kernel sets it).
 CACHE_ENV = "IMET_CACHE_DIR"
 
-
-# ---- storage formats (registry) ---------------------------------------------------------------
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
@@ -182,8 +177,6 @@ FORMATS: dict[str, StorageFormat] = {
 }
 
 
-# ---- manifest ---------------------------------------------------------------------------------
-
 def source_key(path: Path) -> list:
     """What identifies a source file's content cheaply: byte size and mtime (hashing 20 GB of
     PNGs would cost as much as the decode the cache saves)."""
@@ -207,8 +200,6 @@ def read_manifest(cache_dir: Path) -> dict | None:
                         f"{MANIFEST_VERSION}; delete the folder and {_REBUILD}")
     return manifest
 
-
-# ---- reading ----------------------------------------------------------------------------------
 
 class ImageCache:
     """An opened cache folder. `resolve(paths)` maps a dataset's source paths to cached files."""
@@ -301,13 +292,6 @@ def _cache_of_size(folder: Path, size: int) -> ImageCache | None:
     return None
 
 
-# ---- cache_build
-# Building the decode-once image cache (`imet cache`): every source image decoded, resized
-# and written once; the format and the reading side are `imet.data.images`.
-#
-# Every file is written atomically (imet.fileio); the manifest is saved every few seconds, so an
-# interrupted build resumes where its manifest stops.
-
 SOURCE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SAVE_EVERY_S = 5.0
 
@@ -350,8 +334,10 @@ class BuildResult:
 
 def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
                 workers: int = 1, splits=SPLIT_DIRS, progress: bool = True) -> BuildResult:
-    """Cache every image of `data_root`'s split folders into `out` (see the module doc).
-    Fresh entries are kept, stale or missing ones rebuilt, entries of vanished sources dropped."""
+    """Cache every image of `data_root`'s split folders into `out`. Fresh entries are kept,
+    stale or missing ones rebuilt, entries of vanished sources dropped. Every file is written
+    atomically and the manifest saved every SAVE_EVERY_S, so an interrupted build resumes where
+    its manifest stops."""
     data_root, out = Path(data_root), Path(out)
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(sorted(FORMATS))}")
@@ -379,11 +365,11 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
         print(f"{out}: cached with other settings ({old.get('image_format')}, size "
               f"{old.get('size')}); rebuilding every image")
         for entry in old.get("entries", {}).values():
-            _unlink_quietly(out / entry[2])
+            (out / entry[2]).unlink(missing_ok=True)
     wanted = set(names)
     removed = [n for n in entries if n not in wanted]
     for name in removed:
-        _unlink_quietly(out / entries.pop(name)[2])
+        (out / entries.pop(name)[2]).unlink(missing_ok=True)
     suffix = FORMATS[fmt].suffix
     jobs, reused = [], 0
     for name in names:
@@ -452,31 +438,20 @@ def _remove_temporaries(out: Path, splits) -> None:
         if (out / split).is_dir():
             for entry in os.scandir(out / split):
                 if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
-                    _unlink_quietly(Path(entry.path))
+                    Path(entry.path).unlink(missing_ok=True)
 
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-# ---- memo
-# Decode once, in memory: the pixels of each image kept after its first read, up to a budget.
-#
-# A small data set (mini-iMet, a few thousand images) costs more to decode every epoch than to
-# train on; the plain loop a user writes decodes it once. `PixelMemo` keeps the uint8 arrays an
-# `ImetDataset` read, by sample index, until `budget_bytes` are held; images read after that are
-# decoded every time, as without a memo. What it holds is exactly what the read returned, so the
-# batches are bit-identical with any budget, 0 included, and after a resume (a new process starts
-# with an empty memo and reads the same pixels). The arrays are made read-only: a transform that
-# changed its input in place would make the next epoch differ, and fails loudly instead.
-#
-# Each DataLoader worker holds its own copy of the dataset, so the budget a caller gives is per
-# process: `imet.train.data` splits `--image-memory-mb` between the loader workers.
 
 class PixelMemo:
+    """Decode once, in memory: a small data set (mini-iMet, a few thousand images) costs more to
+    decode every epoch than to train on. Keeps the uint8 arrays an `ImetDataset` read, by sample
+    index, until `budget_bytes` are held; images read after that are decoded every time. What it
+    holds is exactly what the read returned, so the batches are bit-identical with any budget, 0
+    included, and after a resume. The arrays are made read-only: a transform that changed its
+    input in place would make the next epoch differ, and fails loudly instead.
+
+    Each DataLoader worker holds its own copy of the dataset, so the budget is per process:
+    `imet.train.data` splits `--image-memory-mb` between the loader workers."""
+
     def __init__(self, budget_bytes: int):
         self.budget_bytes = max(0, int(budget_bytes))
         self.held_bytes = 0

@@ -1,5 +1,6 @@
-"""The label space (labels.csv) and the id -> attribute-ids CSVs (train.csv, test_labels.csv,
-sample_submission.csv, submissions).
+"""The competition's data as files: the label space (labels.csv), the `id,attribute_ids` CSVs
+(train.csv, test_labels.csv, sample_submission.csv), where they sit in a data folder, and an
+extra training set (`imet train --extra`).
 
 Every reader validates as it parses and reports problems as one line naming the file, the line
 (1-based, as an editor shows it: the header is line 1) and the field, plus what to do. The
@@ -166,6 +167,14 @@ def _line(i) -> int:
     return int(i) + FIRST_DATA_LINE
 
 
+def _repeats(values: pd.Series) -> list[tuple[int, int]]:
+    """(row, row of the value's first occurrence) of every repeated value that is not NaN."""
+    first = values.drop_duplicates(keep="first")
+    first_row = pd.Series(first.index, index=first.to_numpy())
+    repeated = values.duplicated(keep="first") & values.notna()
+    return [(i, first_row[values.iloc[i]]) for i in np.flatnonzero(repeated.to_numpy())]
+
+
 def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
     """Parse labels.csv; the LabelSpace is None when any problem was found."""
     problems: list[str] = []
@@ -184,14 +193,11 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
                         "label a name such as 'culture::x' or 'tag::y'")
     checks = (("attribute_id", ids.where(~bad)), ("attribute_name", names.where(names != "")))
     for col, values in checks:
-        dup = values.duplicated(keep="first") & values.notna()
-        first = values.drop_duplicates(keep="first")
-        first_line = pd.Series(first.index, index=first.to_numpy())
-        for i in np.flatnonzero(dup.to_numpy()):
+        for i, first in _repeats(values):
             v = values.iloc[i]
             problems.append(f"{path}: line {_line(i)}: field '{col}': duplicate value "
                             f"{ids_text.iloc[i] if col == 'attribute_id' else v!r} (first on line "
-                            f"{_line(first_line[v])}); remove or renumber one of the two lines")
+                            f"{_line(first)}); remove or renumber one of the two lines")
     if problems:
         return None, problems
     return LabelSpace(tuple(ids.astype(np.int64).tolist()), tuple(names.tolist())), []
@@ -208,15 +214,9 @@ def _id_problems(path: Path, ids: pd.Series) -> list[str]:
     for i in np.flatnonzero((ids == "").to_numpy()):
         problems.append(f"{path}: line {_line(i)}: field 'id' is empty; give the image id "
                         "(the file name without .png) or remove the line")
-    named = ids.where(ids != "")
-    dup = named.duplicated(keep="first") & named.notna()
-    if dup.any():
-        first = named.drop_duplicates(keep="first")
-        first_line = pd.Series(first.index, index=first.to_numpy())
-        for i in np.flatnonzero(dup.to_numpy()):
-            problems.append(f"{path}: line {_line(i)}: field 'id': duplicate id {ids.iloc[i]!r} "
-                            f"(first on line {_line(first_line[ids.iloc[i]])}); keep one of the "
-                            "lines")
+    for i, first in _repeats(ids.where(ids != "")):
+        problems.append(f"{path}: line {_line(i)}: field 'id': duplicate id {ids.iloc[i]!r} "
+                        f"(first on line {_line(first)}); keep one of the lines")
     return problems
 
 
@@ -318,11 +318,8 @@ def _raise_first(problems: list[str]) -> None:
         raise DataError(problems[0] + more)
 
 
-# ---- layout
-# Where the competition's files live inside a data folder (iMet Collection 2019 layout).
-#
-# Only this module names the files; callers pass the root (a Kaggle input folder, a mini-iMet
-# folder, or a user's download).
+# Only this module names the competition's files; callers pass the root (a Kaggle input folder,
+# a mini-iMet folder, or a user's download).
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIX = ".png"
@@ -395,27 +392,24 @@ class CompetitionLayout:
         return self
 
 
-# ---- extra
-# An extra training set (`imet train --extra DIR`): images that train beside the fold's
-# training images and never enter validation, such as pseudo-labelled test images.
-#
-# DIR has the iMet layout: DIR/train/<id>.png and either DIR/train.csv (id,attribute_ids, the
-# competition's label ids: hard labels) or DIR/soft_targets.npz (an imet probabilities file,
-# imet/probfile.py: a target probability per image and class); a DIR/labels.csv, when
-# there is one, must be the run's label space. Its fingerprint hashes the ids and targets (not the
-# pixels: an image is named by its id), so a resumed run with another extra set is refused as
-# another config.
-
 SOFT_TARGETS = "soft_targets.npz"
 
 
 @dataclass
 class ExtraSet:
+    """An extra training set (`imet train --extra DIR`): images that train beside the fold's
+    training images and never enter validation, such as pseudo-labelled test images. DIR has
+    the iMet layout: DIR/train/<id>.png and either DIR/train.csv (hard labels) or
+    DIR/soft_targets.npz (an imet probabilities file: a target probability per image and
+    class); a DIR/labels.csv, when there is one, must be the run's label space."""
+
     ids: list[str]
     paths: list[Path]
     targets: np.ndarray  # [N, C]: uint8 hard labels or float16 soft targets in [0, 1]
 
     def fingerprint(self) -> str:
+        # The ids and targets, not the pixels (an image is named by its id): a resumed run with
+        # another extra set is refused as another config.
         digest = hashlib.sha256()
         digest.update("\n".join(self.ids).encode())
         digest.update(np.ascontiguousarray(self.targets, dtype=np.float32).tobytes())

@@ -43,21 +43,20 @@ DIGITS_PER_IMAGE_P = (0.30, 0.30, 0.25, 0.15)
 DIGIT_WEIGHTS = 0.8 ** np.arange(10)
 PNG_SETTINGS = {"format": "PNG", "compress_level": 6, "optimize": False}
 
-RGB = np.ndarray
-Style = Callable[[np.random.Generator, np.ndarray], RGB]
+Style = Callable[[np.random.Generator, np.ndarray], np.ndarray]
 
 
 def _jitter(rng, color, amount) -> np.ndarray:
     return np.clip(np.asarray(color, float) + rng.uniform(-amount, amount, 3), 0, 255)
 
 
-def _paint(alpha, paper, ink) -> RGB:
+def _paint(alpha, paper, ink) -> np.ndarray:
     """Alpha-blend ink over paper; paper may be a colour or an [H, W, 3] texture."""
     a = alpha[..., None]
     return paper * (1 - a) + np.asarray(ink, float) * a
 
 
-def _paper(rng, shape) -> RGB:
+def _paper(rng, shape) -> np.ndarray:
     return np.broadcast_to(_jitter(rng, (238, 234, 225), 14), shape + (3,)).astype(float)
 
 

@@ -1,12 +1,16 @@
-"""Gaussian pixel noise without drawing a Gaussian number per pixel.
+"""From decoded pixels to model input: augmentation presets (albumentations 2.x), eval
+transforms, TTA, normalization, and `ImetDataset`.
 
-albumentations' GaussNoise draws 307,200 normal numbers for a 320x320 RGB image, and a batch
-augmented on the device would need each sample's numbers from its own seeded stream. Instead
-every noisy image gets a window of one fixed bank of standard-normal numbers, at an offset
-drawn from the sample's stream, scaled by the sample's std: inside an image the noise is still
-i.i.d. per pixel and channel, with the distribution of GaussNoise(std_range, per-channel), and
-it costs one pass over the pixels. Neither albumentations nor torch offers noise keyed by a
-per-sample offset, hence this module."""
+A preset has a per-image part, run in the loader workers: a callable (uint8 HWC image, the
+sample's np.random.Generator) -> uint8 HWC image of the final size, an albumentations pipeline
+or a hand-written crop (resizing comes first, so every later step works on few pixels); and
+optionally a per-batch part run on the training device (`BatchAugment`, `augment_batch`). Float
+conversion + normalization happen once, last: per image (`to_tensor`) or on the whole batch on
+the device (`normalize_batch`, `Normalization.apply`).
+
+The augmentation of sample i in epoch e depends on (seed, e, i) only, never on a worker's RNG
+or on how many samples came before: batches are identical for any num_workers and after a
+resume in the middle of an epoch."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +30,13 @@ from torch.utils.data import Dataset
 from imet.data.images import load_rgb, scale_short_side
 from imet.errors import UserError
 
+# Gaussian pixel noise without drawing a Gaussian number per pixel. albumentations' GaussNoise
+# draws 307,200 normal numbers for a 320x320 RGB image, and a batch augmented on the device would
+# need each sample's numbers from its own seeded stream. Instead every noisy image gets a window
+# of one fixed bank of standard-normal numbers, at an offset drawn from the sample's stream,
+# scaled by the sample's std: inside an image the noise is still i.i.d. per pixel and channel,
+# with the distribution of GaussNoise(std_range, per-channel), and it costs one pass over the
+# pixels. Neither albumentations nor torch offers noise keyed by a per-sample offset.
 BANK_SIZE = 1 << 22  # 16 MiB of float32 per device; windows of up to ~4 Mpx values
 BANK_SEED = 20190328
 _banks: dict[str, torch.Tensor] = {}
@@ -45,12 +56,9 @@ def noise_bank_on(device) -> torch.Tensor:
     return _banks[key]
 
 
-# ---- batch_augment
-# The `seed` preset's pixel augmentations, applied per batch on the training device.
-#
-# On Kaggle 2-4 CPU cores feed the GPU, and per image the flip, brightness/contrast change,
-# affine warp and Gaussian noise cost the workers more than decoding a cached image. Here they
-# are split in two:
+# The `seed` preset's pixel augmentations, applied per batch on the training device. On Kaggle
+# 2-4 CPU cores feed the GPU, and per image the flip, brightness/contrast change, affine warp and
+# Gaussian noise cost the workers more than decoding a cached image. So they are split in two:
 #
 # - `BatchAugment.draw`, in the loader worker: the sample's parameters (a few numbers) from the
 #   sample's own random stream, so a batch is a function of (seed, epoch, indices) whatever the
@@ -64,9 +72,9 @@ def noise_bank_on(device) -> torch.Tensor:
 # torchvision's `RandomErasing(p=P, scale=(0.02, 0.33), ratio=(0.3, 3.3))` with a random gray
 # (one value per sample) as the fill, except that the pixels stay float (no
 # rounding between steps) and the warp's border reflects about the edge (cv2's BORDER_REFLECT;
-# albumentations used BORDER_REFLECT_101, which repeats no edge pixel). albumentations and
-# torchvision's v2 transforms work per image; batched, per-sample-parameter versions with an
-# external random stream are what neither library has, hence this module.
+# the seed kernels' per-image Affine uses BORDER_REFLECT_101, which repeats no edge pixel).
+# albumentations and torchvision's v2 transforms work per image; batched, per-sample-parameter
+# versions with an external random stream are what neither library has.
 
 # Columns of a sample's parameter row (float64, so the noise offset stays an exact integer).
 # ERASE_*: the erased rectangle in pixels (height 0: none) and its fill.
@@ -235,22 +243,10 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return x
 
 
-# ---- transforms
-# Augmentation presets (albumentations 2.x), eval transforms, TTA and normalization.
-#
-# A preset has a per-image part, run in the loader workers: a callable (uint8 HWC image, the
-# sample's np.random.Generator) -> uint8 HWC image of the final size, an albumentations pipeline
-# or a hand-written crop (resizing comes first, so every later step works on few pixels); and
-# optionally a per-batch part run on the training device (`imet.data.transforms`). Float
-# conversion + normalization happen once, last: per image (`to_tensor`) or on the whole batch on
-# the device (`normalize_batch`, `Normalization.apply`).
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Bumped whenever a preset draws or applies its augmentation differently: a run resumed across
 # such a change would go on with other batches than it started with, so checkpoints carry it.
-# 2: the seed preset's flip, brightness/contrast, affine and noise per batch on the device, one
-# generator per sample.
 AUGMENTATION_VERSION = 2
 # The 1st place of iMet 2019 resized to a square and cropped only images more elongated than this.
 DEFAULT_MAX_ASPECT = 2.0
@@ -435,8 +431,6 @@ def as_image_step(transform):
     return AlbumentationsStep(transform)
 
 
-# ---- tensors ----------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Normalization:
     """Per-channel mean/std in the [0, 1] scale of the pixel values; `max_value` is what 255
@@ -490,8 +484,6 @@ def normalize_batch(batch: torch.Tensor, norm: Normalization = Normalization()) 
     return norm.apply(batch)
 
 
-# ---- test-time augmentation -------------------------------------------------------------------
-
 TTA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda batch: batch,
     "hflip": lambda batch: torch.flip(batch, dims=(3,)),
@@ -509,13 +501,6 @@ def apply_tta(name: str, batch: torch.Tensor) -> torch.Tensor:
     return view(batch)
 
 
-# ---- dataset
-# ImetDataset: images + multi-hot targets, augmented reproducibly.
-#
-# The augmentation of sample i in epoch e depends on (seed, e, i) only, never on a worker's RNG
-# or on how many samples came before: batches are identical for any num_workers and after a
-# resume in the middle of an epoch.
-
 _UINT64 = (1 << 64) - 1
 
 
@@ -528,13 +513,13 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 class ImetDataset(Dataset):
     """`dataset[i]` -> (image float32 CHW normalized, target float32[C], i), and with a
-    `batch_augment` (`imet.data.transforms.BatchAugment`) a fourth item: the sample's
+    `batch_augment` (a `BatchAugment`) a fourth item: the sample's
     parameter row (float64), for `augment_batch` to apply on the device.
 
     `dataset[(epoch, i)]` reads sample i of `epoch` without `set_epoch`: a sampler yielding such
     pairs keeps persistent DataLoader workers (which hold their own copy of the dataset, so
     never see a later `set_epoch`) exact. `normalize=None` returns uint8 CHW images, to be
-    normalized per batch on the GPU with `imet.data.transforms.normalize_batch`. `cache` (an
+    normalized per batch on the GPU with `normalize_batch`. `cache` (an
     `imet.data.images.ImageCache`) reads each image's pre-resized copy instead of decoding the
     source, where it holds a fresh one. A source image whose shorter side is below `min_side`
     is a DataError naming it (training passes `imet.data.images.MIN_SIDE`).

@@ -1,4 +1,5 @@
-"""F2 (F-beta with beta=2) averaged over samples: the iMet Collection 2019 metric.
+"""F2 (F-beta with beta=2) averaged over samples, the iMet Collection 2019 metric, and the
+decoding of probabilities into the label sets it scores.
 
 Vectorized over the whole [N, C] matrix: one pass of integer counts per row, no Python loop.
 
@@ -8,6 +9,18 @@ F2 and scores 0.0. A sample with true labels but no prediction (or the reverse) 
 defined and scores 0.0 as well. Pass `zero_division=1.0` to count "nothing to find, nothing
 predicted" as perfect instead (sklearn's `zero_division=1.0`). iMet rows always have at
 least one true label, so the choice never matters on competition data.
+
+Decoding (`binarize`; the searches in imet.metrics.thresholds model the same rules):
+- a class passes when `prob >= threshold` (scalar, or one threshold per class) and, with a
+  context ratio r > 0, also `prob >= r * the image's top probability` (per-image thresholds
+  `max(t, r * top)`: an image whose best class is very sure asks more of the others);
+- `min_labels`: an image where fewer than `min_labels` classes pass is filled up with its most
+  probable classes that did not pass, to exactly `min_labels` labels (never an empty prediction
+  with the default 1: an empty row scores 0 for sure, its best guess may not);
+- `max_labels`: an image where more than `max_labels` classes pass keeps only its
+  `max_labels` most probable ones.
+Ties between equal probabilities are broken arbitrarily (by np.argpartition). Only the rows
+that need a fix are touched.
 """
 from __future__ import annotations
 
@@ -24,6 +37,14 @@ def _as_bool_2d(name: str, array) -> np.ndarray:
     return arr if arr.dtype == bool else arr != 0
 
 
+def _truth_and_pred(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    truth = _as_bool_2d("y_true", y_true)
+    pred = _as_bool_2d("y_pred", y_pred)
+    if truth.shape != pred.shape:
+        raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
+    return truth, pred
+
+
 def f2_from_counts(tp, n_true, n_pred, zero_division: float = 0.0) -> np.ndarray:
     """Per-sample F2 from per-sample counts (true positives, true labels, predicted labels).
 
@@ -38,10 +59,7 @@ def f2_from_counts(tp, n_true, n_pred, zero_division: float = 0.0) -> np.ndarray
 
 def sample_counts(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tp, n_true, n_pred) per sample, as int64 arrays."""
-    truth = _as_bool_2d("y_true", y_true)
-    pred = _as_bool_2d("y_pred", y_pred)
-    if truth.shape != pred.shape:
-        raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
+    truth, pred = _truth_and_pred(y_true, y_pred)
     tp = np.count_nonzero(truth & pred, axis=1)
     return tp, np.count_nonzero(truth, axis=1), np.count_nonzero(pred, axis=1)
 
@@ -62,29 +80,11 @@ def f2_score(y_true, y_pred, zero_division: float = 0.0) -> float:
 def f2_per_class(y_true, y_pred, zero_division: float = 0.0) -> np.ndarray:
     """F2 of every class (column), float64 [C]: for "per-class F2 against support" reports.
     A class never true and never predicted scores `zero_division`."""
-    truth = _as_bool_2d("y_true", y_true)
-    pred = _as_bool_2d("y_pred", y_pred)
-    if truth.shape != pred.shape:
-        raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
+    truth, pred = _truth_and_pred(y_true, y_pred)
     tp = np.count_nonzero(truth & pred, axis=0)
     return f2_from_counts(tp, np.count_nonzero(truth, axis=0), np.count_nonzero(pred, axis=0),
                           zero_division=zero_division)
 
-
-# ---- decode
-# Turn probabilities into label sets: thresholds plus a minimum and maximum count per image.
-#
-# Semantics (the threshold searches in `thresholds.py` and `context.py` use the same ones):
-# - a class passes when `prob >= threshold` (scalar, or one threshold per class) and, with a
-#   context ratio r > 0, also `prob >= r * the image's top probability` (per-image thresholds
-#   `max(t, r * top)`: an image whose best class is very sure asks more of the others);
-# - `min_labels`: an image where fewer than `min_labels` classes pass is filled up with its most
-#   probable classes that did not pass, to exactly `min_labels` labels (never an empty prediction
-#   with the default 1: an empty row scores 0 for sure, its best guess may not);
-# - `max_labels`: an image where more than `max_labels` classes pass keeps only its
-#   `max_labels` most probable ones.
-# Ties between equal probabilities are broken arbitrarily (by np.argpartition).
-# Everything is vectorized over rows: only the rows that need a fix are touched, with argpartition.
 
 def check_probs(probs) -> np.ndarray:
     """A 2-D float array of probabilities without NaN (a NaN would silently never pass)."""

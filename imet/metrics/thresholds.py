@@ -1,5 +1,7 @@
-"""Threshold search for the sample-averaged F2: one global threshold, one per group
-(culture / tag), or one per class falling back to its group's threshold below a minimum support.
+"""Choosing a decoding for the sample-averaged F2 on validation predictions: one global
+threshold, one per group (culture / tag), one per class falling back to its group's threshold
+below a minimum support, or per-group thresholds with an image-relative context ratio; and
+cross-fitting, which scores any of these honestly.
 
 Why not a plain grid loop: iMet validation is 109k x 1103 probabilities; scoring 100 thresholds
 one by one is 100 passes over 120M entries. Instead every entry is bucketed ONCE into the grid
@@ -17,7 +19,7 @@ whose probability reaches the lowest grid threshold. Per-class thresholds start 
 thresholds (also the fallback below `min_support` positives); ties pick the middle of the best
 plateau. Coordinate ascent finds a local optimum: no single threshold can be improved.
 
-min_labels / max_labels (see decode.py) are modelled as: fewer than `min_labels` passing ->
+min_labels / max_labels (see imet.metrics.f2) are modelled as: fewer than `min_labels` passing ->
 the sample's top-`min_labels` labels; more than `max_labels` -> its top-`max_labels`. That is
 exactly `binarize` for global thresholds (the passing set is always a top set) and, for any
 thresholds, with min_labels <= 1 and no max_labels (the default decode). Otherwise group/class
@@ -30,15 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from imet.metrics.f2 import (
-    binarize,
-    check_label_limits,
-    check_probs,
-    context_passes,
-    f2_from_counts,
-    f2_per_sample,
-    f2_score,
-    top_k_indices,
-)
+    binarize, check_label_limits, check_probs, context_passes, f2_from_counts, f2_per_sample,
+    f2_score, top_k_indices)
 
 SEARCH_MODES = ("global", "group", "class")
 DEFAULT_MIN_SUPPORT = 20
@@ -73,9 +68,7 @@ class _Model:
         if not k:
             return None
         out = np.empty(y.shape[0], dtype=np.int64)
-        step = max(1, _CHUNK_ENTRIES // y.shape[1])
-        for start in range(0, y.shape[0], step):
-            sl = slice(start, start + step)
+        for sl in _row_chunks(y.shape[0], y.shape[1]):
             top = top_k_indices(probs[sl], k)
             out[sl] = np.take_along_axis(y[sl], top, axis=1).sum(axis=1)
         return out
@@ -300,16 +293,13 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
     return thresholds
 
 
-# ---- context
 # Context-aware decoding (the 6th-place iMet idea): an image's threshold for a class is
 # `max(t, r * that image's top probability)`, with `t` per group (culture / tag) and one ratio `r`.
-#
-# Why this search: for a fixed r, an entry can pass only when it reaches r * top, so masking the
-# other entries to 0 turns the problem into the ordinary per-group search of thresholds.py, exact
-# over its grid. Each candidate r costs one masked copy and one group search (~3.5 s CPU at iMet
-# scale), so r is searched coarse to fine: 0, 0.1 .. 0.9, then the two halfway points beside the
-# best. The best pair by in-sample F2 is kept (validate then cross-fits the whole search like
-# every other mode).
+# For a fixed r, an entry can pass only when it reaches r * top, so masking the other entries to
+# 0 turns the problem into the ordinary per-group search above, exact over its grid. Each
+# candidate r costs one masked copy and one group search (~3.5 s CPU at iMet scale), so r is
+# searched coarse to fine: 0, 0.1 .. 0.9, then the two halfway points beside the best. The best
+# pair by in-sample F2 is kept (validate then cross-fits the whole search like every other mode).
 
 def coarse_ratios() -> np.ndarray:
     """0 (no context: the plain group search is always a candidate) .. 0.9 in steps of 0.1."""
@@ -348,11 +338,6 @@ def search_context(y_true, probs, groups=None, grid=None, ratios=None, min_label
     chosen = best()
     return tried[chosen][1], chosen
 
-
-# ---- crossfit
-# Honest F2 of a decoding: every mode's search is fitted on one half of the images and scored on
-# the other, both ways. The modes are the threshold searches of thresholds.py plus the
-# per-image `context` decoding of context.py.
 
 MODES = SEARCH_MODES + ("context",)
 

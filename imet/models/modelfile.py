@@ -17,7 +17,7 @@ from imet.data.labels import LabelSpace
 from imet.errors import CheckpointError, UserError
 from imet.fileio import atomic_open
 from imet.models.net import ImetNet, build_model
-from imet.models.registry import PREFIX as TIMM_PREFIX, timm_version
+from imet.models.registry import TIMM_PREFIX, timm_version
 from imet.models.weights import get_spec, load_problem
 
 FORMAT = "imet-model"

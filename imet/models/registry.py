@@ -1,5 +1,6 @@
-"""Architectures by name: how to build each body without weights, where its official weights
-live, how its layers split into early/late groups, and which input normalization it expects.
+"""Architectures by name (pretrainedmodels and torchvision bodies, the test body `tiny_cnn`, and
+any `timm:<name>`): how to build each body without weights, where its official weights live,
+how its layers split into early/late groups, and which input normalization it expects.
 
 Bodies are constructed with `pretrained=None` / `weights=None` so that building never touches
 the network; `imet.models.weights` finds and loads the official file itself (offline first).
@@ -162,6 +163,24 @@ def _tv(name: str, split, extra_urls: tuple = ()) -> ArchSpec:
     return ArchSpec(name, "torchvision", _tv_constructor(name), split, _tv_urls(name, extra_urls))
 
 
+class TinyBody(nn.Module):
+    """`tiny_cnn`: a few-thousand-parameter body for CPU tests, demos and benchmarks. It has no
+    pretrained weights (none exist); everything else (early/late groups, BatchNorm, the shared
+    head) behaves like a real backbone, so the engine is exercised the same way."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.block = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True))
+        self.num_features = 2 * width
+
+
+def _split_tiny(m: nn.Module) -> Split:
+    return Split([m.stem], [m.block], m.num_features)
+
+
 _TV_RESNET34 = "https://download.pytorch.org/models/resnet34-b627a593.pth"
 _TV_RESNET50 = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 
@@ -184,43 +203,18 @@ ARCHS: dict[str, ArchSpec] = {
         _tv("mobilenet_v3_small", _split_features(9)),
         _tv("mobilenet_v3_large", _split_features(13)),
         _tv("efficientnet_b0", _split_features(6)),
+        ArchSpec("tiny_cnn", "imet", TinyBody, _split_tiny, lambda: ()),
     ]
 }
 
 
+# ---- timm -------------------------------------------------------------------------------------
+# `timm:<name>` is any model timm knows, built without weights, split into early/late groups
+# from its own stage list, with the input settings of its pretrained config. timm is asked at
+# call time (its model list, its pretrained configs); imet keeps no list of its own, so a newer
+# timm brings its new models with it.
 
-# ---- tiny
-# `tiny_cnn`: a few-thousand-parameter body for CPU tests, demos and benchmarks of the engine.
-#
-# It has no pretrained weights (none exist); everything else — early/late groups, BatchNorm,
-# the shared head — behaves like a real backbone, so the engine is exercised the same way.
-
-class TinyBody(nn.Module):
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.block = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
-                                   nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True))
-        self.num_features = 2 * width
-
-
-def _split_tiny(m: nn.Module) -> Split:
-    return Split([m.stem], [m.block], m.num_features)
-
-
-TINY_CNN = ArchSpec("tiny_cnn", "imet", TinyBody, _split_tiny, lambda: ())
-ARCHS[TINY_CNN.name] = TINY_CNN
-
-
-# ---- timm_arch
-# `timm:<name>` architectures: any model timm knows, built without weights, split into
-# early/late groups from its own stage list, with the input settings of its pretrained config.
-#
-# timm is asked at call time (its model list, its pretrained configs); imet keeps no list of its
-# own, so a newer timm brings its new models with it.
-
-PREFIX = "timm:"
+TIMM_PREFIX = "timm:"
 
 
 def _timm():
@@ -274,16 +268,16 @@ def _pretrained_cfg(name: str) -> dict:
     timm = _timm()
     base, _, tag = name.partition(".")
     if not timm.is_model(base):
-        raise UserError(f"--arch {PREFIX}{name}: timm {timm.__version__} has no model {base!r}; "
-                        f"{_close(base, timm.list_models(), 'models')}")
+        raise UserError(f"--arch {TIMM_PREFIX}{name}: timm {timm.__version__} has no model "
+                        f"{base!r}; {_close(base, timm.list_models(), 'models')}")
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
         cfg = None
     if cfg is None and tag:
         tags = timm.list_pretrained(f"{base}.*")
-        raise UserError(f"--arch {PREFIX}{name}: timm {timm.__version__} has no pretrained tag "
-                        f"{tag!r} for {base}; choose one of {', '.join(tags) or '(none)'}")
+        raise UserError(f"--arch {TIMM_PREFIX}{name}: timm {timm.__version__} has no pretrained "
+                        f"tag {tag!r} for {base}; choose one of {', '.join(tags) or '(none)'}")
     return cfg.to_dict() if cfg is not None else {}
 
 
@@ -320,7 +314,7 @@ def _classifier_prefixes(cfg: dict) -> tuple:
 @functools.lru_cache(maxsize=None)
 def timm_spec(arch: str) -> TimmSpec:
     """The spec of `timm:<name>` (UserError for an unknown name or tag)."""
-    name = arch[len(PREFIX):]
+    name = arch[len(TIMM_PREFIX):]
     if not name:
         raise UserError(f"--arch {arch}: name a timm model, e.g. timm:convnext_tiny.fb_in1k")
     cfg = _pretrained_cfg(name)

@@ -23,7 +23,7 @@ from torch import nn
 
 from imet.errors import CheckpointError, UserError
 from imet.fileio import atomic_copy, atomic_write_text
-from imet.models.registry import ARCHS, PREFIX as TIMM_PREFIX, ArchSpec, TimmSpec, timm_spec
+from imet.models.registry import ARCHS, TIMM_PREFIX, ArchSpec, TimmSpec, timm_spec
 from imet.walk import walk_folders
 
 CONNECT_TIMEOUT_S = 3.0
