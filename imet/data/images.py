@@ -292,7 +292,7 @@ def _cache_of_size(folder: Path, size: int) -> ImageCache | None:
     return None
 
 
-SOURCE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SOURCE_SUFFIXES = tuple(SUFFIX_FORMATS)
 SAVE_EVERY_S = 5.0
 
 

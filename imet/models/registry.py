@@ -53,39 +53,31 @@ class ArchSpec:
         return out
 
 
-def _quiet(fn: Callable[[], nn.Module]) -> nn.Module:
-    # pretrainedmodels calls torchvision's legacy `pretrained=False`, which warns on every build.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn()
-
-
 # ---- pretrainedmodels -------------------------------------------------------------------------
 
-def _pm_constructor(name: str) -> Callable[[], nn.Module]:
-    def construct() -> nn.Module:
-        import pretrainedmodels  # lazy: importing it builds nothing but takes time
-
-        return _quiet(lambda: pretrainedmodels.__dict__[name](num_classes=1000, pretrained=None))
-    return construct
-
-
 def _pm_settings(name: str) -> dict:
-    import pretrainedmodels
+    import pretrainedmodels  # lazy: importing it builds nothing but takes time
 
     return pretrainedmodels.pretrained_settings[name]["imagenet"]
 
 
-def _pm_urls(name: str, extra: tuple = ()) -> Callable[[], tuple]:
-    return lambda: (_pm_settings(name)["url"],) + extra
+def _pm(name: str, split, extra_urls: tuple = (), fix_keys=None) -> ArchSpec:
+    def construct() -> nn.Module:
+        import pretrainedmodels
 
+        # pretrainedmodels calls torchvision's legacy `pretrained=False`: a warning per build.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pretrainedmodels.__dict__[name](num_classes=1000, pretrained=None)
 
-def _pm_input_settings(name: str) -> Callable[[], dict]:
     def settings() -> dict:
         s = _pm_settings(name)
         return {k: list(s[k]) if isinstance(s[k], (list, tuple)) else s[k]
                 for k in ("mean", "std", "input_range", "input_space")}
-    return settings
+
+    return ArchSpec(name, "pretrainedmodels", construct, split,
+                    lambda: (_pm_settings(name)["url"],) + extra_urls, fix_keys=fix_keys,
+                    settings=settings)
 
 
 def _classifier(m: nn.Module, torchvision_name: str) -> nn.Module:
@@ -118,7 +110,7 @@ _DENSE_OLD_KEY = re.compile(
 
 
 def _fix_densenet_keys(state: dict) -> dict:
-    # Files published before torchvision 0.3 name layers 'norm.1'; modules now say 'norm1'.
+    # Files published before torchvision 0.3 name layers 'norm.1'; later torchvision says 'norm1'.
     out = {}
     for key, value in state.items():
         match = _DENSE_OLD_KEY.match(key)
@@ -128,20 +120,18 @@ def _fix_densenet_keys(state: dict) -> dict:
 
 # ---- torchvision ------------------------------------------------------------------------------
 
-def _tv_constructor(name: str) -> Callable[[], nn.Module]:
+def _tv(name: str, split, extra_urls: tuple = ()) -> ArchSpec:
     def construct() -> nn.Module:
         import torchvision
 
         return torchvision.models.get_model(name, weights=None)
-    return construct
 
-
-def _tv_urls(name: str, extra: tuple = ()) -> Callable[[], tuple]:
     def urls() -> tuple:
         import torchvision
 
-        return (torchvision.models.get_model_weights(name).IMAGENET1K_V1.url,) + extra
-    return urls
+        return (torchvision.models.get_model_weights(name).IMAGENET1K_V1.url,) + extra_urls
+
+    return ArchSpec(name, "torchvision", construct, split, urls)
 
 
 def _split_features(late_from: int) -> Callable[[nn.Module], Split]:
@@ -151,16 +141,6 @@ def _split_features(late_from: int) -> Callable[[nn.Module], Split]:
         linears = [mod for mod in m.classifier.modules() if isinstance(mod, nn.Linear)]
         return Split(children[:late_from], children[late_from:], linears[0].in_features)
     return split
-
-
-def _pm(name: str, split, extra_urls: tuple = (), fix_keys=None) -> ArchSpec:
-    return ArchSpec(name, "pretrainedmodels", _pm_constructor(name), split,
-                    _pm_urls(name, extra_urls), fix_keys=fix_keys,
-                    settings=_pm_input_settings(name))
-
-
-def _tv(name: str, split, extra_urls: tuple = ()) -> ArchSpec:
-    return ArchSpec(name, "torchvision", _tv_constructor(name), split, _tv_urls(name, extra_urls))
 
 
 class TinyBody(nn.Module):
