@@ -54,7 +54,7 @@ def _check_grid(grid) -> np.ndarray:
     return np.unique(grid)
 
 
-class _Model:
+class _F2Model:
     """Per-sample F2 as a function of (predicted count, true positives), min/max labels included."""
 
     def __init__(self, y: np.ndarray, probs: np.ndarray, min_labels: int, max_labels):
@@ -168,7 +168,7 @@ def global_f2_curve(y_true, probs, grid=None, min_labels: int = 1, max_labels=No
     equals [f2_score(y, binarize(probs, t, min_labels, max_labels)) for t in grid]."""
     y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
-    model = _Model(y, probs, min_labels, max_labels)
+    model = _F2Model(y, probs, min_labels, max_labels)
     return grid, _sweep(model, y, probs, grid)
 
 
@@ -275,7 +275,7 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
                          f"{', '.join(SEARCH_MODES)}")
     y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
-    model = _Model(y, probs, min_labels, max_labels)
+    model = _F2Model(y, probs, min_labels, max_labels)
     n_classes = y.shape[1]
     if mode == "global":
         return np.full(n_classes, grid[_pick(_sweep(model, y, probs, grid))])

@@ -210,7 +210,7 @@ def timm_version() -> str:
     return _timm().__version__
 
 
-def _close(name: str, choices: list, what: str) -> str:
+def _close_matches(name: str, choices: list, what: str) -> str:
     near = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
     return f"close matches: {', '.join(near)}" if near else f"see timm.list_{what}()"
 
@@ -249,7 +249,7 @@ def _pretrained_cfg(name: str) -> dict:
     base, _, tag = name.partition(".")
     if not timm.is_model(base):
         raise UserError(f"--arch {TIMM_PREFIX}{name}: timm {timm.__version__} has no model "
-                        f"{base!r}; {_close(base, timm.list_models(), 'models')}")
+                        f"{base!r}; {_close_matches(base, timm.list_models(), 'models')}")
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
@@ -261,7 +261,7 @@ def _pretrained_cfg(name: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
-def _construct(model: str, fixed_size: bool):
+def _timm_constructor(model: str, fixed_size: bool):
     def construct() -> nn.Module:
         # num_classes=0: timm's classifier becomes an Identity; imet adds its own head.
         create = _timm().create_model
@@ -274,7 +274,7 @@ def _construct(model: str, fixed_size: bool):
     return construct
 
 
-def _settings(cfg: dict):
+def _timm_settings(cfg: dict):
     def settings() -> dict:
         out = {"input_range": [0, 1], "input_space": "RGB",
                "interpolation": cfg.get("interpolation") or "bilinear"}
@@ -301,9 +301,9 @@ def timm_spec(arch: str) -> TimmSpec:
     base = name.partition(".")[0]
     tag = cfg.get("tag") or None
     model = f"{base}.{tag}" if tag else base
-    construct = _construct(model, bool(cfg.get("fixed_input_size")))
+    construct = _timm_constructor(model, bool(cfg.get("fixed_input_size")))
     return TimmSpec(arch, "timm", construct, split_timm, lambda: (),
-                    classifier_prefixes=_classifier_prefixes(cfg), settings=_settings(cfg),
+                    classifier_prefixes=_classifier_prefixes(cfg), settings=_timm_settings(cfg),
                     model=model, tag=tag, hf_hub_id=cfg.get("hf_hub_id"), url=cfg.get("url"))
 
 
