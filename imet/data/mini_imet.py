@@ -220,9 +220,9 @@ def _build(folder: Path, params: dict) -> dict:
     seed, size = params["seed"], params["size"]
     names = label_names()
     attr_of = {name: i for i, name in enumerate(names)}
-    _write_csv(folder / "labels.csv", "attribute_id,attribute_name", enumerate(names))
-    pools = _scan_pools(seed)
     layout = CompetitionLayout(folder)
+    _write_csv(layout.labels_csv, "attribute_id,attribute_name", enumerate(names))
+    pools = _scan_pools(seed)
     truth: dict[str, list] = {}
     for split in ("train", "test"):
         layout.split_dir(split).mkdir()
