@@ -151,14 +151,11 @@ def run_model(model: torch.nn.Module, batches: Iterable, device: torch.device,
               should_stop: Callable[[], bool] | None = None,
               progress: Throughput | None = None) -> tuple[np.ndarray, float] | None:
     """(sigmoid probabilities float32 [N, C] in batch order, averaged over the `tta` views;
-    the mean of `loss_fn` over the images, nan without one), or None when `should_stop()` held
-    before a batch. The one forward path of training's evaluation, validate, predict and
-    pseudo-label, so the F2 training reports is the F2 validate computes.
-
-    `batches` yield (uint8 images, targets, ...): targets are read only with a `loss_fn`, and
-    a string in place of the images is `build_loader`'s message for an image a worker could
-    not read. The model stays where the caller placed it; each layer's own train/eval mode
-    comes back afterwards (a frozen group's BatchNorm stays in eval during training)."""
+    mean `loss_fn` over the images, nan without one), or None when `should_stop()` held before
+    a batch. `batches` yield (uint8 images, targets, ...), targets read only with a `loss_fn`;
+    a string for the images is `build_loader`'s message for an unreadable image. The model
+    stays where the caller put it; each layer's train/eval mode comes back afterwards (a
+    frozen group's BatchNorm stays in eval during training)."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     views = len(tta)

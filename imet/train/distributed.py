@@ -157,8 +157,7 @@ class SingleProcess:
 
     def evaluate(self, runner, loader, targets: np.ndarray,
                  should_stop: Callable[[], bool]) -> Evaluation | None:
-        """The evaluated model (the EMA's while EMA is on) over the validation loader, without
-        TTA, scored as validate scores a run; None when `should_stop` dropped it."""
+        """None when `should_stop` dropped the evaluation."""
         out = predict_rows(runner, loader, should_stop)
         return None if out is None else score(targets, *out)
 
@@ -280,8 +279,8 @@ class ProcessGroup(SingleProcess):
 
 
 def predict_rows(runner, batches, should_stop: Callable[[], bool]):
-    """(probabilities, mean loss) of the runner's evaluated model over `batches`, through the
-    forward path validate and predict use (imet.predict.infer.run_model)."""
+    """(probabilities, mean loss) of the evaluated model (the EMA's while EMA is on) over
+    `batches`, without TTA, through the forward path of validate and predict."""
     return run_model(runner.state.eval_model, batches, runner.device, runner.precision,
                      runner.norm, channels_last=runner.channels_last, loss_fn=runner.loss_fn,
                      should_stop=should_stop)
