@@ -154,3 +154,23 @@ def test_validate_uses_the_folds_file_the_run_recorded(mini_data_copy, tmp_path,
                  *QUIET]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pass --folds CSV" in err[0] and str(layout.folds_csv) in err[0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_validate_gives_the_f2_training_reported_for_its_best_model(setup, capsys):
+    """Training's evaluation and validate share one forward path and one score: validate,
+    without TTA, on a run folder gives the F2 and threshold training reported for model.pt, on
+    the same images (the run's fold) and by the same rule (best global threshold)."""
+    data, labels, ids, folds, tmp = setup
+    out = tmp / "run"
+    assert main(["train", "--data", str(data), "--folds", str(data / "folds.csv"),
+                 "--out", str(out), "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32",
+                 "--batch-size", "8", "--num-workers", "0", "--notify", "off", "--device", "cpu",
+                 "--epochs", "3"]) == 0
+    reported = json.loads((out / "run.json").read_text())
+    assert main(["validate", "--data", str(data), "--run", str(out), "--tta", "none",
+                 "--device", "cpu", *QUIET]) == 0
+    (run,) = json.loads((out / "thresholds.json").read_text())["runs"]
+    assert run["fold"] == 0 and run["images"] == np.count_nonzero(folds == 0)
+    assert run["f2_global"] == pytest.approx(reported["best_f2"], abs=1e-6)
+    assert run["threshold_global"] == reported["threshold"]

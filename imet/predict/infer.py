@@ -1,10 +1,12 @@
-"""Batched inference with test-time augmentation.
+"""Running a model over a loader (`run_model`): the one forward path of training's evaluation,
+validate, predict and pseudo-label, and the one way their F2 is scored (`score`).
 
 Each image is decoded and resized once; the TTA views are made on the batch tensor on the
 device (`apply_tta`) and run through the model as one concatenated batch, so a 2x TTA costs one
 bigger forward pass instead of a second pass over the data loader. Autocast in the run's
 precision (imet/device.py: by default fp16 on a T4, bf16 from Ampere on, fp32 on CPU),
-channels_last on CUDA; probabilities are averaged over the views in float32.
+channels_last on CUDA (training: with --channels-last); probabilities are averaged over the
+views in float32.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -143,40 +145,64 @@ class Throughput:
                      "faster accelerator")
 
 
+def run_model(model: torch.nn.Module, batches: Iterable, device: torch.device,
+              precision: Precision, norm: Normalization, *, tta: Sequence[str] = ("none",),
+              channels_last: bool = False, loss_fn: Callable | None = None,
+              should_stop: Callable[[], bool] | None = None,
+              progress: Throughput | None = None) -> tuple[np.ndarray, float] | None:
+    """(sigmoid probabilities float32 [N, C] in batch order, averaged over the `tta` views;
+    mean `loss_fn` over the images, nan without one), or None when `should_stop()` held before
+    a batch. `batches` yield (uint8 images, targets, ...), targets read only with a `loss_fn`;
+    a string for the images is `build_loader`'s message for an unreadable image. The model
+    stays where the caller put it; each layer's train/eval mode comes back afterwards (a
+    frozen group's BatchNorm stays in eval during training)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    views = len(tta)
+    parts, loss_sum, count = [], 0.0, 0
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                if should_stop is not None and should_stop():
+                    return None
+                if isinstance(batch[0], str):
+                    raise DataError(batch[0])
+                x = normalize_batch(batch[0].to(device, non_blocking=True), norm)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                views_batch = torch.cat([apply_tta(name, x) for name in tta]) if views > 1 \
+                    else apply_tta(tta[0], x)
+                with precision.autocast(device.type):
+                    logits = model(views_batch)
+                logits = logits.float()
+                if loss_fn is not None:
+                    targets = batch[1].to(device, non_blocking=True)
+                    loss_sum += float(loss_fn(logits, targets)) * len(x)
+                count += len(x)
+                parts.append(torch.sigmoid(logits).view(views, len(x), -1).mean(0).cpu().numpy())
+                if progress is not None:
+                    progress.update(len(x))
+    finally:
+        for module, training in modes:
+            module.train(training)
+    if not parts:
+        raise UserError("predict: no images to predict")
+    return np.concatenate(parts), (loss_sum / count if loss_fn is not None else float("nan"))
+
+
 def predict_probs(model: torch.nn.Module, loader: DataLoader, tta: Sequence[str] = ("none",),
                   device: torch.device | str = "cpu", precision: Precision | None = None,
                   progress: Throughput | None = None,
                   norm: Normalization | None = None) -> np.ndarray:
-    """Sigmoid probabilities float32 [N, C], rows in dataset order, averaged over `tta` views.
-    uint8 batches are normalized on the device with `norm` (default: the model's `info`).
-    `precision` None: `--amp-dtype auto`'s on the device."""
+    """`run_model`'s probabilities of `model` placed on `device` (channels_last on CUDA).
+    `norm` None: the model's `info`; `precision` None: `--amp-dtype auto`'s on the device."""
     device = torch.device(device)
     norm = norm or Normalization.from_info(getattr(model, "info", {}) or {})
     cuda = device.type == "cuda"
     precision = precision or device_precision(device, True, "auto")
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format).eval()
-    out: np.ndarray | None = None
-    views = len(tta)
-    with torch.inference_mode():
-        for images, positions in loader:
-            if positions is None:  # a worker could not read an image
-                raise DataError(images)
-            x = normalize_batch(images.to(device, non_blocking=True), norm)
-            x = x.contiguous(memory_format=memory_format)
-            batch = torch.cat([apply_tta(name, x) for name in tta]) if views > 1 \
-                else apply_tta(tta[0], x)
-            with precision.autocast(device.type):
-                logits = model(batch)
-            probs = torch.sigmoid(logits.float()).view(views, x.shape[0], -1).mean(0)
-            if out is None:
-                out = np.empty((len(loader.dataset), probs.shape[1]), dtype=np.float32)
-            out[positions.numpy()] = probs.cpu().numpy()
-            if progress is not None:
-                progress.update(x.shape[0])
-    if out is None:
-        raise UserError("predict: no images to predict")
-    return out
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    return run_model(model, loader, device, precision, norm, tta=tta, channels_last=cuda,
+                     progress=progress)[0]
 
 
 def auto_batch_size(model: torch.nn.Module, image_size: int, views: int,
@@ -206,57 +232,16 @@ def auto_batch_size(model: torch.nn.Module, image_size: int, views: int,
 
 
 # ---- evaluate
-# One evaluation of the model on the fold's validation images: probabilities, loss, F2.
-#
-# `evaluate(runner, loader, targets, should_stop)` is the whole interface: the StepRunner brings
-# the model (its TrainState's), the device, AMP, the input preparation and the loss. Under
-# torchrun each rank predicts its chunk of rows (`ProcessGroup.evaluate`) and scores the gathered
-# whole with the same `score`.
+# A model's probabilities on labelled images, scored the one way training reports and validate
+# shows a run's F2: at the best global threshold of the default grid, default label limits.
 
 @dataclass
 class Evaluation:
     f2: float
     threshold: float
     val_loss: float
-    probs: np.ndarray
 
 
-def predict_loader(runner, loader, should_stop: Callable[[], bool]):
-    """(probs float32 [N, C], mean loss) or None when a stop was requested mid-way."""
-    model, device = runner.state.eval_model, runner.device
-    # Each layer's own mode comes back afterwards: a frozen group's BatchNorm stays in eval.
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    probs, loss_sum, count = [], 0.0, 0
-    try:
-        with torch.inference_mode():
-            for images, targets, _ in loader:
-                if should_stop():
-                    return None
-                images = runner.prepare(images)
-                targets = targets.to(device, non_blocking=True)
-                with runner.precision.autocast(device.type):
-                    logits = model(images)
-                logits = logits.float()
-                loss_sum += float(runner.loss_fn(logits, targets)) * len(images)
-                count += len(images)
-                probs.append(torch.sigmoid(logits).cpu().numpy())
-    finally:
-        for module, training in modes:
-            module.train(training)
-    return np.concatenate(probs), loss_sum / max(1, count)
-
-
-def score(targets: np.ndarray, probs: np.ndarray, val_loss: float) -> Evaluation:
-    """F2 at the best global threshold for the validation rows' probabilities."""
+def score(targets: np.ndarray, probs: np.ndarray, val_loss: float = float("nan")) -> Evaluation:
     threshold, f2 = best_global_threshold(targets.astype(bool), probs)
-    return Evaluation(float(f2), float(threshold), float(val_loss), probs)
-
-
-def evaluate(runner, loader, targets: np.ndarray,
-             should_stop: Callable[[], bool]) -> Evaluation | None:
-    out = predict_loader(runner, loader, should_stop)
-    if out is None:
-        return None
-    probs, val_loss = out
-    return score(targets, probs, val_loss)
+    return Evaluation(float(f2), float(threshold), float(val_loss))

@@ -460,14 +460,10 @@ def open_members(sources: Sequence[Path], ids: Sequence[str], labels: LabelSpace
     return loaded
 
 
-def predict_member(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
-                   options: InferenceOptions, log: Log, split: str, save_dir: Path | None,
-                   progress_label: str | None = None) -> Probabilities:
-    """`run`'s probabilities over `image_paths`, saved to `save_dir/<name>.npz` as soon as they
-    are done (a later crash keeps them); the model is freed afterwards."""
-    probs = predict_run(run, image_paths, ids, options, log, split, progress_label)
-    # Keep the precision of the saved file: an ensemble rebuilt later from the .npz files is
-    # then bit-identical to this one.
+def store_member(run: Run, probs: Probabilities, save_dir: Path | None) -> Probabilities:
+    """`probs` at the precision of the saved file, saved to `save_dir/<name>.npz` at once (a
+    later crash keeps them); `run`'s model is freed. At the file's precision, an ensemble
+    rebuilt later from the .npz files is bit-identical to this one."""
     probs.probs = probs.probs.astype(np.float16).astype(np.float32)
     probs.meta["name"] = run.name
     if save_dir is not None:
@@ -488,8 +484,8 @@ def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
                 f"{item.meta.get('split', '')} predictions")
             members.append(item)
         else:
-            members.append(predict_member(item, image_paths, ids, options, log, split,
-                                          probs_dir))
+            members.append(store_member(item, predict_run(item, image_paths, ids, options,
+                                                          log, split), probs_dir))
     return members
 
 

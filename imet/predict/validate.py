@@ -24,11 +24,10 @@ from imet.metrics.f2 import binarize, f2_per_class, f2_score
 from imet.metrics.thresholds import (
     MODES,
     CrossFit,
-    best_global_threshold,
     cross_fitted_f2,
     global_f2_curve,
 )
-from imet.predict.infer import Log, check_images_exist, log_stderr, parse_tta
+from imet.predict.infer import Evaluation, Log, check_images_exist, log_stderr, parse_tta, score
 from imet.predict.pipeline import (
     THRESHOLDS_FILE,
     InferenceOptions,
@@ -36,8 +35,9 @@ from imet.predict.pipeline import (
     ensemble,
     is_probabilities_file,
     open_member,
-    predict_member,
+    predict_run,
     source_names,
+    store_member,
     write_thresholds,
 )
 from imet.probfile import Probabilities, save_probabilities
@@ -354,16 +354,24 @@ def _open(source: Path, name: str, layout, labels) -> Run | Probabilities:
     return item
 
 
-def _member(item: Run | Probabilities, ids: list[str], folds: np.ndarray, layout,
-            options: InferenceOptions, out_dir: Path, log: Log) -> Probabilities:
-    """OOF probabilities of one source over its fold (saved to out_dir/oof/<name>.npz)."""
+def _member(item: Run | Probabilities, ids: list[str], targets: np.ndarray, folds: np.ndarray,
+            layout, options: InferenceOptions, out_dir: Path,
+            log: Log) -> tuple[Probabilities, Evaluation]:
+    """OOF probabilities of one source over its fold (saved to out_dir/oof/<name>.npz), and
+    their score. A run is scored on its model's float32 probabilities, as training scores
+    them, so its F2 here is the F2 training reported: rounding to the saved file's float16
+    first moves entries across grid thresholds and ties top labels, which changes the F2."""
     if isinstance(item, Probabilities):
-        return item
-    fold_ids = [ids[r] for r in np.flatnonzero(folds == item.fold)]
+        row_of = {image_id: row for row, image_id in enumerate(ids)}
+        return item, score(targets[[row_of[i] for i in item.ids]], item.probs)
+    rows = np.flatnonzero(folds == item.fold)
+    fold_ids = [ids[r] for r in rows]
     paths = layout.image_paths("train", fold_ids)
     check_images_exist(paths, str(layout.train_csv))
-    return predict_member(item, paths, fold_ids, options, log, "oof", out_dir / "oof",
-                          progress_label=f"validate {item.name}")
+    probs = predict_run(item, paths, fold_ids, options, log, "oof",
+                        progress_label=f"validate {item.name}")
+    scored = score(targets[rows], probs.probs)
+    return store_member(item, probs, out_dir / "oof"), scored
 
 
 def _trained_folds(opened: Sequence[Run | Probabilities], layout: CompetitionLayout) -> Path:
@@ -418,20 +426,19 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
         if not np.any(folds == fold):
             raise UserError(f"{folds_csv}: fold {fold} (of run {name}) has no images; pass the "
                             "folds.csv the run was trained with")
-    members = [_member(item, ids, folds, layout, options, out_dir, log) for item in opened]
-
-    row_of = {image_id: row for row, image_id in enumerate(ids)}
+    scored_members = [_member(item, ids, targets, folds, layout, options, out_dir, log)
+                      for item in opened]
+    members = [member for member, _ in scored_members]
     by_fold: dict[int, list[Probabilities]] = {}
     member_rows = []
-    for member in members:
+    for member, scored in scored_members:
         fold = int(member.meta["fold"])
         by_fold.setdefault(fold, []).append(member)
-        y = targets[[row_of[i] for i in member.ids]]
-        threshold, f2 = best_global_threshold(y, member.probs)
-        member_rows.append(dict(member.meta, images=len(member.ids), f2_global=f2,
-                                threshold_global=threshold))
-        log(f"validate {member.meta['name']}: fold {fold}, F2 {f2:.4f} at threshold "
-            f"{threshold:.3f} ({len(member.ids)} images)")
+        member_rows.append(dict(member.meta, images=len(member.ids), f2_global=scored.f2,
+                                threshold_global=scored.threshold))
+        log(f"validate {member.meta['name']}: fold {fold}, F2 {scored.f2:.4f} at threshold "
+            f"{scored.threshold:.3f} ({len(member.ids)} images)")
+    row_of = {image_id: row for row, image_id in enumerate(ids)}
     parts = []
     for fold in sorted(by_fold):
         group = by_fold[fold]

@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from imet.config import TrainConfig
 from imet.device import resolve_device
 from imet.errors import UserError
-from imet.predict.infer import Evaluation, evaluate, predict_loader, score
+from imet.predict.infer import Evaluation, run_model, score
 
 
 def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -157,7 +157,9 @@ class SingleProcess:
 
     def evaluate(self, runner, loader, targets: np.ndarray,
                  should_stop: Callable[[], bool]) -> Evaluation | None:
-        return evaluate(runner, loader, targets, should_stop)
+        """None when `should_stop` dropped the evaluation."""
+        out = predict_rows(runner, loader, should_stop)
+        return None if out is None else score(targets, *out)
 
     def share_resume(self, find: Callable[[], Any], load: Callable[[Any], Any]):
         return find()
@@ -222,7 +224,7 @@ class ProcessGroup(SingleProcess):
                  should_stop: Callable[[], bool]) -> Evaluation | None:
         self.sync_buffers(runner.state.eval_model)
         batches = Lockstep(loader, self, should_stop)
-        out = predict_loader(runner, batches, lambda: batches.stopped)
+        out = predict_rows(runner, batches, lambda: batches.stopped)
         if out is None:
             return None
         probs, local_loss = out
@@ -274,6 +276,14 @@ class ProcessGroup(SingleProcess):
     def close(self) -> None:
         if tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+def predict_rows(runner, batches, should_stop: Callable[[], bool]):
+    """(probabilities, mean loss) of the evaluated model (the EMA's while EMA is on) over
+    `batches`, without TTA, through the forward path of validate and predict."""
+    return run_model(runner.state.eval_model, batches, runner.device, runner.precision,
+                     runner.norm, channels_last=runner.channels_last, loss_fn=runner.loss_fn,
+                     should_stop=should_stop)
 
 
 class Lockstep:
