@@ -6,7 +6,6 @@ dataset somewhere under /kaggle/input, so the resolver searches for it by its of
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from imet.errors import CheckpointError, UserError
-from imet.fileio import atomic_copy, atomic_write_text
+from imet.fileio import atomic_copy, atomic_write_text, file_sha256
 from imet.models.registry import ARCHS, PREFIX as TIMM_PREFIX, ArchSpec, TimmSpec, timm_spec
 from imet.walk import walk_folders
 
@@ -361,14 +360,6 @@ SLUG = "imet-weights"
 STAGING = ".download"  # partial downloads; removed when every file is in place
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan(arch: str, url_base: str | None) -> dict:
