@@ -1,8 +1,8 @@
 """Atomic file writes for every layer: a kill, a power cut or a full disk leaves the old file or
 the new one, never half of one (temp file in the same folder, flush, fsync, os.replace, fsync of
 the folder). Sits beside imet/errors.py, below every other layer, so each writer can use it;
-nothing else in imet renames anything into place. Also what every layer stamps or checks a
-file with: its sha256 and the UTC time.
+nothing else in imet renames anything into place. Also what every layer reads, stamps or
+checks a file with: a JSON object that may be absent, its sha256 and the UTC time.
 
 Temp files are named `.<name>.<pid>.<random>.tmp`, so a cleanup can tell a dead writer's
 leftover from a live one's. The finished file gets the mode a plain `open` would give it (0666
@@ -10,6 +10,7 @@ less the umask), not mkstemp's 0600."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -140,6 +141,15 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in the file, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def utc_timestamp(seconds: float | None = None) -> str:

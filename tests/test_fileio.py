@@ -113,6 +113,18 @@ def test_file_sha256_and_utc_timestamp(tmp_path):
     assert re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", utc_timestamp())
 
 
+def test_json_object_or_none(tmp_path):
+    from imet.fileio import read_json_object
+
+    path = tmp_path / "MANIFEST.json"
+    assert read_json_object(path) is None
+    for text in ("{half", "[1, 2]", "null"):
+        path.write_text(text)
+        assert read_json_object(path) is None
+    path.write_text('{"format": "imet-dataset", "note": "ü"}', encoding="utf-8")
+    assert read_json_object(path) == {"format": "imet-dataset", "note": "ü"}
+
+
 # What must be written once in imet/, and where: a second copy is a second place to change.
 # Renaming into place may appear several times, but only inside fileio.
 WRITTEN_ONCE = {

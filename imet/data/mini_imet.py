@@ -30,7 +30,7 @@ from PIL import Image
 
 from imet.data.labels import CompetitionLayout
 from imet.errors import UserError
-from imet.fileio import move_folder_into_place
+from imet.fileio import move_folder_into_place, read_json_object
 
 GENERATOR_VERSION = 1
 DEFAULTS = {"n_train": 1200, "n_test": 300, "size": 64, "seed": 0}
@@ -261,10 +261,7 @@ def _validate(n_train, n_test, size, seed) -> dict:
 
 
 def read_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_object(Path(out) / MANIFEST)
 
 
 def generate(out, n_train: int = DEFAULTS["n_train"], n_test: int = DEFAULTS["n_test"],

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imet.errors import UserError
-from imet.fileio import atomic_symlink, move_folder_into_place
+from imet.fileio import atomic_symlink, move_folder_into_place, read_json_object
 from imet.kaggle import session as accelerators
 from imet.kaggle.render import (
     OWNER,
@@ -318,12 +318,8 @@ def bundled_by(inputs) -> set[str]:
     not their fallbacks, which stand in only for what the image lacks."""
     names = {"imet"}
     for folder in inputs:
-        path = Path(folder) / MANIFEST
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        if isinstance(manifest, dict) and manifest.get("format") == "imet-dataset":
+        manifest = read_json_object(Path(folder) / MANIFEST) or {}
+        if manifest.get("format") == "imet-dataset":
             names |= {canonical(p["name"]) for p in manifest.get("packages", [])
                       if not p.get("fallback")}
     return names
