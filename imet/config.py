@@ -45,26 +45,6 @@ AMP_DTYPES = ("auto", "fp16", "bf16")
 RANDOM_INIT_DEFAULTS = {"head_epochs": 0, "lr": 3e-3, "lr_late_mult": 1.0, "lr_early_mult": 1.0,
                         "preset": "resize", "prior_bias": True}
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
-                       r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(text: str | float | int, what: str = "--time-budget") -> float:
-    """'9h', '30m', '90s', '1h30m', '5400' or 5400 -> seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if not str(text).strip() or match is None or not any(match.groups()):
-            raise UserError(f"{what}: cannot read {text!r} as a duration; "
-                            "write seconds (5400) or a duration such as 9h, 30m, 90s, 1h30m")
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    if seconds < 0:
-        raise UserError(f"{what}: {text!r} is negative; give a duration >= 0")
-    return seconds
-
-
 def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
     if value not in AMP_DTYPES:
         raise UserError(f"{what}: unknown dtype {value!r}; choose {', '.join(AMP_DTYPES)}")
@@ -350,8 +330,29 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
 
 
 # ---- duration
-# Durations for people to read: ETAs, session time left, a run's wall time. Sits beside
-# imet/errors.py, below every layer that shows one (console, Telegram, the runs table).
+# Durations as people write them (--time-budget 9h, --time-limit 30m) and read them: ETAs,
+# session time left, a run's wall time. Below every layer that takes or shows one (commands,
+# kernels, console, Telegram, the runs table).
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
+                       r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str | float | int, what: str = "--time-budget") -> float:
+    """'9h', '30m', '90s', '1h30m', '5400' or 5400 -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not str(text).strip() or match is None or not any(match.groups()):
+            raise UserError(f"{what}: cannot read {text!r} as a duration; "
+                            "write seconds (5400) or a duration such as 9h, 30m, 90s, 1h30m")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds < 0:
+        raise UserError(f"{what}: {text!r} is negative; give a duration >= 0")
+    return seconds
+
 
 def format_duration(seconds: object, sep: str = "") -> str:
     """`seconds` as its two largest units: "45s", "1m05s", "1h02m", "3d2h"; "?" for what is not

@@ -1,16 +1,20 @@
 """Atomic file writes for every layer: a kill, a power cut or a full disk leaves the old file or
 the new one, never half of one (temp file in the same folder, flush, fsync, os.replace, fsync of
 the folder). Sits beside imet/errors.py, below every other layer, so each writer can use it;
-nothing else in imet renames a temp file into place.
+nothing else in imet renames anything into place. Also what every layer reads, stamps or
+checks a file with: a JSON object that may be absent, its sha256 and the UTC time.
 
 Temp files are named `.<name>.<pid>.<random>.tmp`, so a cleanup can tell a dead writer's
 leftover from a live one's. The finished file gets the mode a plain `open` would give it (0666
 less the umask), not mkstemp's 0600."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -79,6 +83,42 @@ def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     return Path(target)
 
 
+def atomic_symlink(link: str | os.PathLike, points_to: str | os.PathLike,
+                   target_is_directory: bool = False) -> Path:
+    """Make `link` a symlink to `points_to`, swapped in by rename so it always points somewhere."""
+    link = Path(link)
+    tmp = link.parent / f".{link.name}.{os.getpid()}{TEMP_SUFFIX}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(points_to, target_is_directory=target_is_directory)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+    return link
+
+
+def move_folder_into_place(built: str | os.PathLike, target: str | os.PathLike,
+                           replace: bool = True) -> bool:
+    """Rename the finished folder `built` to `target`, so a reader sees the old folder or the new
+    one, never half of one: a folder already at `target` is swapped out by a second rename and
+    removed. With replace=False a folder at `target` is kept and `built` removed instead (another
+    writer got there first). Returns whether `built` took the place."""
+    built, target = Path(built), Path(target)
+    if replace and target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(built, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.rename(built, target)
+        except OSError:
+            if replace:
+                raise
+            shutil.rmtree(built)
+            return False
+    fsync_dir(target.parent)
+    return True
+
+
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make a rename inside `folder` durable. Best effort: some platforms and filesystems cannot
     open or fsync a folder, and the file's own data is already synced by then."""
@@ -92,3 +132,26 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of the file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in the file, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def utc_timestamp(seconds: float | None = None) -> str:
+    """`seconds` since the epoch (default now) in UTC to the second: "2019-05-28T14:03:00Z"."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -83,7 +83,8 @@ def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
 
 
 def run_runs_set_lb(args: argparse.Namespace) -> int:
-    from imet.observe.registry import now_iso, set_lb
+    from imet.fileio import utc_timestamp
+    from imet.observe.registry import set_lb
 
     run_id, score_text, dirs = args.run, args.score, args.dirs or ["."]
     try:
@@ -93,7 +94,7 @@ def run_runs_set_lb(args: argparse.Namespace) -> int:
     if not math.isfinite(score):
         raise UserError(f"runs set-lb: SCORE {score_text!r} is not a number; give the public "
                         "leaderboard score, e.g. 0.65432")
-    run_id, changed = set_lb([Path(d) for d in dirs], run_id, score, now_iso())
+    run_id, changed = set_lb([Path(d) for d in dirs], run_id, score, utc_timestamp())
     for path in changed:
         print(f"imet runs: {run_id}: leaderboard {score:g} recorded in {path}")
     return 0

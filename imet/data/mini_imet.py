@@ -30,6 +30,7 @@ from PIL import Image
 
 from imet.data.labels import CompetitionLayout
 from imet.errors import UserError
+from imet.fileio import move_folder_into_place, read_json_object
 
 GENERATOR_VERSION = 1
 DEFAULTS = {"n_train": 1200, "n_test": 300, "size": 64, "seed": 0}
@@ -259,10 +260,7 @@ def _validate(n_train, n_test, size, seed) -> dict:
 
 
 def read_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_object(Path(out) / MANIFEST)
 
 
 def generate(out, n_train: int = DEFAULTS["n_train"], n_test: int = DEFAULTS["n_test"],
@@ -288,14 +286,7 @@ def generate(out, n_train: int = DEFAULTS["n_train"], n_test: int = DEFAULTS["n_
     partial.mkdir()
     try:
         summary = _build(partial, params)
-        if out.exists():
-            # Swap in two renames so a reader never sees a half-written folder.
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(partial, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, out)
+        move_folder_into_place(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return {**summary, "out": str(out), "reused": False}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imet.errors import UserError
+from imet.fileio import atomic_symlink, move_folder_into_place, read_json_object
 from imet.kaggle import session as accelerators
 from imet.kaggle.render import (
     OWNER,
@@ -169,11 +170,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
 def _point_output_at(out: Path, working: Path) -> None:
     """OUT/output: the kernel's output as Kaggle keeps it, its latest version's, at one path a
     README command can attach. A link swapped in by rename, so it always points somewhere."""
-    link = out / OUTPUT_LINK
-    tmp = out / f".{OUTPUT_LINK}.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(working.relative_to(out), target_is_directory=True)
-    os.replace(tmp, link)
+    atomic_symlink(out / OUTPUT_LINK, working.relative_to(out), target_is_directory=True)
 
 
 def _lines_until(proc: subprocess.Popen, deadline: float):
@@ -321,12 +318,8 @@ def bundled_by(inputs) -> set[str]:
     not their fallbacks, which stand in only for what the image lacks."""
     names = {"imet"}
     for folder in inputs:
-        path = Path(folder) / MANIFEST
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        if isinstance(manifest, dict) and manifest.get("format") == "imet-dataset":
+        manifest = read_json_object(Path(folder) / MANIFEST) or {}
+        if manifest.get("format") == "imet-dataset":
             names |= {canonical(p["name"]) for p in manifest.get("packages", [])
                       if not p.get("fallback")}
     return names
@@ -369,10 +362,7 @@ def template(python: str, exclude: set[str], cache: Path) -> tuple[Path, dict]:
     (_purelib(work / "venv" / "bin" / "python") / VIEW_PTH).write_text(f"{view}\n")
     (work / "platform.json").write_text(json.dumps(info, indent=1))
     (work / "ready").write_text(key)
-    try:
-        os.rename(work, folder)
-    except OSError:  # another rehearsal built the same template meanwhile
-        shutil.rmtree(work)
+    move_folder_into_place(work, folder, replace=False)  # or another rehearsal's, as good
     return folder, info
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imet.errors import UserError
-from imet.fileio import atomic_write_text
+from imet.fileio import atomic_write_text, read_json_object
 from imet.kaggle import session as accelerators
 from imet.kaggle.session import asks_extra_auto
 
@@ -178,11 +178,7 @@ def _sha256(data: bytes) -> str:
 
 
 def _recorded(out_dir: Path) -> dict[str, str]:
-    try:
-        data = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) else None
+    files = (read_json_object(out_dir / MANIFEST) or {}).get("files")
     return files if isinstance(files, dict) else {}
 
 

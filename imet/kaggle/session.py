@@ -466,6 +466,8 @@ def inspect(index: int) -> Gpu:
 
 
 def nvidia_device_nodes() -> bool:
+    """Whether the machine has an NVIDIA GPU, whether or not torch can use it; asks no driver,
+    so it costs nothing where there is none."""
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
@@ -565,7 +567,7 @@ def _imet(*args: object) -> list[str]:
 def gpu_count() -> int:
     # Importing torch costs seconds of the session: skipped where no NVIDIA device node exists
     # (CPU sessions, the emulator).
-    if not any(Path("/dev").glob("nvidia[0-9]*")):
+    if not nvidia_device_nodes():
         return 0
     import torch
     return torch.cuda.device_count()

@@ -6,7 +6,6 @@ dataset somewhere under /kaggle/input, so the resolver searches for it by its of
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from imet.errors import CheckpointError, UserError
-from imet.fileio import atomic_copy, atomic_write_text
+from imet.fileio import atomic_copy, atomic_write_text, file_sha256, read_json_object
 from imet.models.registry import ARCHS, TIMM_PREFIX, ArchSpec, TimmSpec, timm_spec
 from imet.walk import walk_folders
 
@@ -256,11 +255,8 @@ def hf_cache_dir() -> Path:
 
 def _config_names(folder: Path, spec: TimmSpec) -> bool:
     """Whether folder/config.json is timm's config of `spec`'s model (architecture and tag)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(config, dict):
+    config = read_json_object(folder / "config.json")
+    if config is None:
         return False
     tag = (config.get("pretrained_cfg") or {}).get("tag")
     return config.get("architecture") == spec.model.partition(".")[0] and tag in (None, spec.tag)
@@ -361,14 +357,6 @@ SLUG = "imet-weights"
 STAGING = ".download"  # partial downloads; removed when every file is in place
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan(arch: str, url_base: str | None) -> dict:

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
 
 from imet.config import format_duration
 from imet.train.events import RankZeroSubscriber
@@ -21,7 +21,7 @@ _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|
                          re.IGNORECASE)
 # A Telegram bot token, "<bot id>:<secret>" as @BotFather gives it ("123456789:AA…", a
 # 35-character secret), with room for older and future bots. The one definition of its shape:
-# imet.observe.telegram checks a configured token against it and scrubs error texts with TOKEN_IN_TEXT.
+# imet.observe.telegram checks a configured token against it and scrubs texts of TOKEN_IN_TEXT.
 TELEGRAM_TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
 # A token-shaped substring. Lookarounds, not \b: in a Bot API URL the token follows "bot"
 # directly (".../bot123456789:AA…"), where \b finds no boundary.
@@ -58,11 +58,18 @@ def _redact(value: Any, env_secrets: list[str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [_redact(item, env_secrets) for item in value]
     if isinstance(value, str):
-        text = _SECRET_VALUE.sub(REDACTED, value)
-        for secret in env_secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        return scrub_text(value, env_secrets)
     return value
+
+
+def scrub_text(text: object, secrets: Iterable[str] = (), mark: str = REDACTED,
+               shapes: re.Pattern = _SECRET_VALUE) -> str:
+    """`text` as a string with what matches `shapes` and each of `secrets` replaced by `mark`."""
+    out = shapes.sub(mark, str(text))
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, mark)
+    return out
 
 
 # ---- console

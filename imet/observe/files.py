@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import subprocess
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
@@ -23,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import imet
-from imet.fileio import atomic_write_bytes, atomic_write_text
+from imet.fileio import atomic_write_bytes, atomic_write_text, utc_timestamp
 from imet.observe.console import redact
 from imet.train.events import RankZeroSubscriber
 from imet.walk import walk_folders
@@ -574,10 +573,6 @@ class MetricsWriter(RankZeroSubscriber):
 RUN_JSON = "run.json"
 
 
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
 def read_run_json(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -621,7 +616,7 @@ class ArtifactWriter(RankZeroSubscriber):
         sessions = [s for s in (previous or {}).get("sessions", [])
                     if int(s.get("session") or 0) < int(data.get("session") or 1)]
         config = redact(data.get("config") or {})
-        self._session = {"session": data.get("session"), "started": _iso(event.time),
+        self._session = {"session": data.get("session"), "started": utc_timestamp(event.time),
                          "start_time": event.time, "device": data.get("device"),
                          "kernel": data.get("kernel"), "resumed_from": data.get("resumed_from"),
                          "wall_s": None, "ended": None}
@@ -653,7 +648,7 @@ class ArtifactWriter(RankZeroSubscriber):
         if self._session is not None:
             self._session["wall_s"] = round(event.time - self._session["start_time"], 3)
             self._session["ended"] = status
-        self.summary.update(status=status, updated=_iso(event.time), **extra)
+        self.summary.update(status=status, updated=utc_timestamp(event.time), **extra)
         self.summary["total_wall_s"] = round(sum(s.get("wall_s") or 0.0
                                                  for s in self.summary.get("sessions", [])), 3)
         # run.json first: drawing the plots takes seconds, and a session cut by its limit

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from imet.config import format_duration
-from imet.fileio import atomic_write_text
+from imet.fileio import atomic_write_text, utc_timestamp
 from imet.observe.console import redact
 from imet.observe.files import (
     MANIFEST_NAME,
@@ -204,11 +203,6 @@ KINDS = ("train", "validate", "predict")
 SCHEMA = 1
 
 
-def now_iso(seconds: float | None = None) -> str:
-    seconds = time.time() if seconds is None else seconds
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
 def make_record(kind: str, run_id: str, session: int = 1, *, config: dict | None = None,
                 input_roots: Iterable[str | os.PathLike] = (), **fields: Any) -> dict[str, Any]:
     """A registry record with code version, timestamps, config hash filled in and every value
@@ -217,7 +211,7 @@ def make_record(kind: str, run_id: str, session: int = 1, *, config: dict | None
         raise ValueError(f"record kind {kind!r}: expected one of {KINDS}")
     if not run_id:
         raise ValueError("a run record needs a run id")
-    stamp = now_iso()
+    stamp = utc_timestamp()
     record: dict[str, Any] = {
         "schema": SCHEMA, "run_id": str(run_id), "kind": kind, "session": int(session),
         "status": "finished", "created": stamp, "updated": stamp,
@@ -287,7 +281,7 @@ def record_from_summary(summary: dict[str, Any],
             run_id = names[0]
         else:
             digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:8]
-            run_id = f"ens-{digest}" if names else f"{kind}-{now_iso()}"
+            run_id = f"ens-{digest}" if names else f"{kind}-{utc_timestamp()}"
     tta = summary.get("tta")
     threshold = summary.get("threshold", summary.get("threshold_global"))
     details = {key: value for key, value in summary.items() if key not in ("runs", "kind")}
@@ -332,7 +326,7 @@ class TrainRecorder(RankZeroSubscriber):
     def _save(self, event, **fields: Any) -> None:
         if self.record is None:
             return
-        self.record.update(fields, updated=now_iso(event.time),
+        self.record.update(fields, updated=utc_timestamp(event.time),
                            wall_s=round(event.time - self._started, 3))
         upsert(self.run_dir, redact(self.record))
 
@@ -350,7 +344,7 @@ class TrainRecorder(RankZeroSubscriber):
         self.record = make_record(
             "train", run_id, int(data.get("session") or 1), config=data.get("config"),
             input_roots=self.inputs, config_hash=data.get("config_fingerprint"),
-            status="running", created=now_iso(event.time),
+            status="running", created=utc_timestamp(event.time),
             fold=data.get("fold"), arch=data.get("arch"), image_size=data.get("image_size"),
             device=data.get("device"), kernel=data.get("kernel"),
             resumed_from=data.get("resumed_from"), total_steps=data.get("total_steps"),

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from imet.errors import UserError
 from imet.observe import messages
-from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact
+from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
 from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,11 @@ class TelegramConfig:
 
 
 def scrub(text: object, token: str | None) -> str:
-    """`text` as a string with the token (and its secret half alone) replaced."""
-    out = str(text)
-    if token:
-        out = out.replace(token, "<token>")
-        secret = token.partition(":")[2]
-        if len(secret) >= 8:
-            out = out.replace(secret, "<token>")
-    return out
+    """`text` as a string with the token (and its secret half alone) and anything token-shaped
+    replaced."""
+    secret = (token or "").partition(":")[2]
+    return scrub_text(text, [token or "", secret if len(secret) >= 8 else ""], "<token>",
+                      TOKEN_IN_TEXT)
 
 
 class ConfigProblem(Exception):
@@ -197,7 +194,7 @@ def explain(err: BaseException, custom_api: bool = False) -> str:
     Bot API URL came from IMET_TELEGRAM_API_URL, itself a suspect."""
     from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TimedOut
     name = type(err).__name__
-    text = TOKEN_IN_TEXT.sub("<token>", str(err))
+    text = scrub(err, None)
     if isinstance(err, InvalidToken):
         where = (" (or IMET_TELEGRAM_API_URL is not a Bot API server: it should end in "
                  "/bot, e.g. http://host:8081/bot)" if custom_api else "")

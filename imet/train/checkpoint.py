@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import shutil
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,7 +21,8 @@ import torch
 from imet.config import TrainConfig
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.errors import DISK_FULL_EXIT_CODE, CheckpointError, UserError
-from imet.fileio import TEMP_SUFFIX, atomic_copy, atomic_torch_save, atomic_write_text
+from imet.fileio import (TEMP_SUFFIX, atomic_copy, atomic_torch_save, atomic_write_text,
+                         utc_timestamp)
 from imet.walk import walk_folders
 
 HANDOVER_FILE = "HANDOVER.json"
@@ -84,7 +84,7 @@ def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoi
             "stage": stage, "session": session, "total_steps": total_steps,
             "steps_this_session": steps_taken,
             "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "time": utc_timestamp()}
     return atomic_write_text(Path(out) / HANDOVER_FILE, json.dumps(data, indent=2) + "\n")
 
 

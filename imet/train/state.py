@@ -11,7 +11,6 @@ objects, not closures, so their state is plain numbers that `weights_only=True` 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import logging
 import math
@@ -32,6 +31,7 @@ from imet.data.labels import CompetitionLayout, LabelSpace, read_labels
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.device import Precision
 from imet.errors import CheckpointError, DataError, UserError
+from imet.fileio import file_sha256
 from imet.models import build_model
 from imet.models.modelfile import read_model_file
 from imet.train.checkpoint import FORMAT, VERSION, model_file_of
@@ -538,14 +538,6 @@ def init_arch(init: str) -> str:
     return str(read_model_file(init_model_path(init))["arch"])
 
 
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor]:
     """The --init model's weights, checked against the run's arch and label space; fills in
     `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
@@ -562,7 +554,7 @@ def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor
         raise UserError(f"{path}: a model of another label space ({theirs.num_classes} classes) "
                         f"than --data's labels.csv ({labels.num_classes}); tune a model trained "
                         "on this labels.csv")
-    found = file_fingerprint(path)
+    found = file_sha256(path)[:16]
     if config.init_fingerprint and config.init_fingerprint != found:
         raise UserError(f"{path}: the init model's fingerprint is {found}, not "
                         f"--init-fingerprint {config.init_fingerprint}; pass the model it names")
