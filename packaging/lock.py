@@ -33,7 +33,7 @@ FALLBACK_LOCK = REPO / "wheels" / "requirements-fallback.txt"
 # What Kaggle's image preinstalls, and why each is not bundled (shown in the README): defined
 # once, in imet, where the emulator shows a kernel only these.
 sys.path.insert(0, str(REPO))
-from imet.kaggle.emulator import FALLBACK, PLATFORM
+from imet.kaggle.platform_env import FALLBACK, PLATFORM
 
 # Only sdists exist for these: build_dataset builds a wheel from the locked sdist. Their runtime
 # dependencies (from their setup.py, which pip cannot read for a foreign target without building)
