@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imet.train.checkpoint import load_checkpoint, save_checkpoint
+from imet.train.checkpoint import (Resume, load_checkpoint, restore_state, save_checkpoint,
+                                   state_payload)
 from imet.config import TrainConfig
 from imet.device import Precision
 from imet.train.state import TrainState
@@ -51,17 +52,17 @@ def main() -> None:
         out = Path(tmp)
         for step in range(1, REPEATS + 1):
             started = time.perf_counter()
-            path = save_checkpoint(state.to_payload(), out, step)
+            path = save_checkpoint(state_payload(state), out, step)
             save_s.append(time.perf_counter() - started)
 
             started = time.perf_counter()
             payload = load_checkpoint(path, state.config.fingerprint(), "bench")
-            state.restore(payload)
+            restore_state(state, Resume(payload, path, path))
             load_s.append(time.perf_counter() - started)
 
             bare = out / f"bare-{step}.pt"
             started = time.perf_counter()
-            torch.save(state.to_payload(), bare)
+            torch.save(state_payload(state), bare)
             bare_save_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             torch.load(bare, weights_only=True)

@@ -139,6 +139,58 @@ def test_a_foreign_checkpoint_in_the_own_folder_is_an_error(tmp_path):
         find_resume(tmp_path, [], CONFIG_FP, LABELS_FP)
 
 
+def as_format_1(path):
+    """Rewrite a checkpoint and its sidecar as checkpoint format 1 wrote them."""
+    old = torch.load(path, map_location="cpu", weights_only=True)
+    old["version"] = 1
+    torch.save(old, path)
+    meta = json.loads(ckpt.sidecar_of(path).read_text())
+    meta.update(version=1, size=path.stat().st_size)
+    ckpt.sidecar_of(path).write_text(json.dumps(meta))
+
+
+def test_a_checkpoint_of_another_format_is_refused_in_one_line_naming_both(tmp_path):
+    """Never skipped, nor taken for a damaged file and fallen back from: a run whose checkpoints
+    this imet cannot read is refused, in its own folder and in an input root alike."""
+    assert VERSION == 2
+    path = save_checkpoint(payload(30), tmp_path / "prev", 30)
+    as_format_1(path)
+    line = (f"{path} was written by checkpoint format 1; this imet reads format 2: finish the "
+            "run with the imet that started it, or start over with --resume off")
+    with pytest.raises(IncompatibleCheckpointError) as err:
+        load_checkpoint(path, CONFIG_FP, LABELS_FP)
+    assert str(err.value) == line
+    with pytest.raises(IncompatibleCheckpointError) as err:
+        find_resume(tmp_path / "prev", [], CONFIG_FP, LABELS_FP)
+    assert str(err.value) == line
+    out = tmp_path / "working"
+    with pytest.raises(IncompatibleCheckpointError, match="written by checkpoint format 1; "
+                                                          "this imet reads format 2"):
+        find_resume(out, [tmp_path / "prev"], CONFIG_FP, LABELS_FP)
+    assert steps_on_disk(out) == []  # the refused copy is not left behind
+
+
+def test_imet_train_refuses_a_format_1_checkpoint_with_exit_code_2(mini_data, tmp_path, capsys):
+    from imet.cli import main
+    from imet.errors import HANDED_OVER_EXIT_CODE
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(mini_data), "--folds", str(mini_data / "folds.csv"),
+            "--out", str(out), "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32",
+            "--batch-size", "8", "--num-workers", "0", "--notify", "off", "--device", "cpu",
+            "--eval-every", "0", "--session-steps", "1"]
+    assert main(args) == HANDED_OVER_EXIT_CODE
+    [(step, path)] = list_generations(checkpoint_dir(out))
+    assert load_checkpoint(path)["version"] == 2
+    as_format_1(path)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"imet train: error: {path} was written by checkpoint format 1; this imet "
+                   "reads format 2: finish the run with the imet that started it, or start over "
+                   "with --resume off")
+
+
 @pytest.mark.parametrize("augmentation", [None, AUGMENTATION_VERSION + 1])
 def test_a_run_started_by_an_imet_augmenting_differently_is_refused_not_skipped(tmp_path,
                                                                               augmentation):

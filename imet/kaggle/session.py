@@ -29,8 +29,9 @@ from imet.data.images import CACHE_ENV
 from imet.device import fast_bf16
 from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, DataError, UserError
 from imet.fileio import atomic_write_text
+from imet.models.modelfile import MODEL_FILE
 from imet.probfile import ENSEMBLE_PROBS
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER, MODEL_FILE
+from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"

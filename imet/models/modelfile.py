@@ -1,4 +1,5 @@
-"""model.pt: a trained model as plain data (no pickled modules), loadable with weights_only=True.
+"""model.pt: a trained model as plain data (no pickled modules), loadable with weights_only=True;
+a run keeps its best one as RUN/model.pt (MODEL_FILE).
 
 {"format": "imet-model", "version": 1, "arch", "config", "labels": LabelSpace.to_dict(),
  "state_dict", "extra"[, "timm": {"model", "tag", "version"}]} -- the architecture is rebuilt by
@@ -20,6 +21,7 @@ from imet.models.net import ImetNet, build_model
 from imet.models.registry import TIMM_PREFIX, timm_version
 from imet.models.weights import get_spec, load_problem
 
+MODEL_FILE = "model.pt"
 FORMAT = "imet-model"
 VERSION = 1
 
@@ -71,6 +73,20 @@ def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: Lab
     with atomic_open(path, "wb") as handle:
         torch.save(payload, handle)
     return Path(path)
+
+
+def model_file_of(run: Path) -> Path:
+    """RUN/model.pt, or the file itself when given a file (predict, validate, --init)."""
+    run = Path(run)
+    if run.is_dir():
+        candidate = run / MODEL_FILE
+        if not candidate.is_file():
+            raise CheckpointError(f"{candidate}: model file not found; train the run to its end "
+                                  "(`imet train`) or pass the model file's path")
+        return candidate
+    if not run.exists():
+        raise CheckpointError(f"{run}: run folder or model file not found; fix the path")
+    return run
 
 
 def read_model_file(path) -> dict:

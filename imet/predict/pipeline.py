@@ -18,7 +18,7 @@ from imet.errors import CheckpointError, DataError, UserError
 from imet.fileio import atomic_write_text
 from imet.metrics.f2 import binarize
 from imet.metrics.submission_io import format_rows, write_submission
-from imet.models.modelfile import load_model_file
+from imet.models.modelfile import load_model_file, model_file_of
 from imet.predict.infer import (
     Log,
     Throughput,
@@ -30,7 +30,6 @@ from imet.predict.infer import (
     predict_probs,
 )
 from imet.probfile import ENSEMBLE_PROBS, Probabilities, load_probabilities, save_probabilities
-from imet.train.checkpoint import model_file_of
 
 THRESHOLDS_FILE = "thresholds.json"
 

@@ -1,11 +1,34 @@
-"""HANDOVER.json: what a session that stopped early leaves for the next one (and its user)."""
+"""Checkpointing: a run's training state on disk, the checkpoint a session resumes from, and the
+hand-over note of a session that stopped early.
+
+`<out>/checkpoints/state-<step>.pt` holds a TrainState as plain data: tensors and plain Python
+values only (RNG states converted), so `torch.load(weights_only=True)` reads it; a checkpoint
+attached from a Kaggle dataset is untrusted input. Restoring it and going on gives the same bits
+as never having stopped. Beside it `state-<step>.json` (the sidecar) holds what choosing a
+checkpoint needs without loading hundreds of MB (step, fingerprints, finished, config) and the
+size written; with the CRC32 that torch.save stores for every record, it catches a file
+truncated or damaged on its way through Kaggle's output/input round trip.
+
+In the order of this file:
+- saving: room on the disk first, an atomic write verified before it replaces anything, `keep`
+  generations, and the leftovers of killed saves removed;
+- loading: size, CRC32, format version, and whether the file belongs to this run;
+- resuming: the newest usable checkpoint of this run, in the out folder or under the input roots
+  (on Kaggle: the previous session's output), restored into a TrainState, with the run's best
+  model brought along;
+- the hand-over note, HANDOVER.json, of a session that stopped before the run's end.
+The model file (model.pt) and its name belong to imet/models/modelfile.py."""
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib.metadata
 import json
 import logging
 import mmap
 import os
+import platform
+import random
 import re
 import shlex
 import shutil
@@ -16,108 +39,186 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
+from imet import __version__
 from imet.config import TrainConfig
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.errors import DISK_FULL_EXIT_CODE, CheckpointError, UserError
-from imet.fileio import (TEMP_SUFFIX, atomic_copy, atomic_torch_save, atomic_write_text,
-                         utc_timestamp)
+from imet.fileio import (
+    TEMP_SUFFIX,
+    atomic_copy,
+    atomic_torch_save,
+    atomic_write_text,
+    utc_timestamp,
+)
+from imet.models.modelfile import MODEL_FILE
+from imet.train.state import Counters, TrainState
 from imet.walk import walk_folders
 
+log = logging.getLogger(__name__)
+
+FORMAT = "imet-trainstate"
+VERSION = 2
 HANDOVER_FILE = "HANDOVER.json"
-# EX_TEMPFAIL: "temporary failure, try again" -> push the kernel again. The exit code of a
-# session that handed over, for the command and for whoever launched it (kaggle/*).
-# The run's best model, which the next session takes along with the checkpoint it resumes from
-# (imet/train/checkpoint.py). Named here, in a module free of torch, for kaggle/* too.
-MODEL_FILE = "model.pt"
-
-
-def model_file_of(run: Path) -> Path:
-    """RUN_DIR/model.pt, or the file itself when given a file (predict, validate, --init)."""
-    run = Path(run)
-    if run.is_dir():
-        candidate = run / MODEL_FILE
-        if not candidate.is_file():
-            raise CheckpointError(f"{candidate}: model file not found; train the run to its end "
-                                  "(`imet train`) or pass the model file's path")
-        return candidate
-    if not run.exists():
-        raise CheckpointError(f"{run}: run folder or model file not found; fix the path")
-    return run
-
-
-def next_step_text(command: str | None) -> str:
-    """What to run next: `command` with its --resume set to auto (said once, wherever the
-    command had it)."""
-    rerun = (f"`{resuming(command)}` again" if command
-             else "the same `imet train` command again with --resume auto")
-    return (f"run {rerun} (locally: in the same --out folder; on Kaggle: push the trainer "
-            "kernel again with this kernel's output attached as an input, found through "
-            "--input-root)")
-
-
-def resuming(command: str) -> str:
-    """`command` with `--resume auto` in place of any --resume it had, or added at its end."""
-    words, found = shlex.split(command), False
-    for index, word in enumerate(words):
-        if word == "--resume" and index + 1 < len(words):
-            words[index + 1], found = "auto", True
-        elif word.startswith("--resume="):
-            words[index], found = "--resume=auto", True
-    return shlex.join(words if found else [*words, "--resume", "auto"])
-
-
-def write(out: Path, *, reason: str, step: int, epoch: int, stage: int, checkpoint: str,
-          next_text: str, exit_code: int, signal: str | None, session: int,
-          total_steps: int, steps_taken: int) -> Path:
-    """`steps_taken`: this session's steps (0: it stopped during start-up, nothing changed)."""
-    what = {"budget": "the session's time budget would not fit the next unit of work plus a "
-                      "save",
-            "session-steps": "the session ran its --session-steps",
-            "telegram": "its owner sent /stop from Telegram"}.get(
-        reason, f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
-    taken = "no step was taken in this session; " if steps_taken == 0 else ""
-    data = {"status": "handover", "reason": reason, "what_happened": f"stopped at step {step} "
-            f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "
-            f"{taken}the full training state was saved", "step": step, "epoch": epoch,
-            "stage": stage, "session": session, "total_steps": total_steps,
-            "steps_this_session": steps_taken,
-            "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
-            "time": utc_timestamp()}
-    return atomic_write_text(Path(out) / HANDOVER_FILE, json.dumps(data, indent=2) + "\n")
-
-
-def remove(out: Path) -> None:
-    """A session that runs on makes an earlier handover note stale."""
-    (Path(out) / HANDOVER_FILE).unlink(missing_ok=True)
-
-
-# ---- diskspace
-# Room on disk for a save (a checkpoint, model.pt): a save that cannot fit is refused before it
-# starts, and a disk that fills up during a write (ENOSPC) ends the same way: one line naming the
-# folder, the file, what it needs and what is free, and exit code EXIT_CODE. The files already
-# there are untouched either way (atomic writes), so the run resumes once space is freed.
-#
-# The estimate is the bytes of the tensors about to be written plus a little for the zip records
-# and the pickle: unlike the previous checkpoint's size it also holds for the first stage-2 save,
-# whose optimizer state covers the whole body for the first time.
-
-# EX_IOERR (sysexits.h): not a crash (1), not bad input (2), not a handover (75).
+NAME_PATTERN = re.compile(r"^state-(\d+)\.pt$")
+SIDECAR_PATTERN = re.compile(r"^state-(\d+)\.json$")
+# A temp file of a checkpoint or sidecar, as imet/fileio.py names it: `.<name>.<pid>.<random>.tmp`.
+TEMP_PATTERN = re.compile(r"^\.state-\d+\.(?:pt|json)\.(\d+)\.\w+" + re.escape(TEMP_SUFFIX)
+                          + "$")
+# The errnos of a full disk or quota: a save that meets one ends as DiskFullError.
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+# What decides the numerics of a resumed run beyond its config: another torch or CUDA computes
+# other bits (Kaggle's image may change between sessions).
+NUMERIC_LIBRARIES = ("torch", "cuda")
 
 
 class DiskFullError(UserError):
-    """No room on the disk for a save; the message says what is needed and how to make room."""
+    """No room on the disk for a save; the message says what is needed and how to make room.
+    The files already there are untouched (atomic writes), so the run resumes once space is
+    freed."""
 
     exit_code = DISK_FULL_EXIT_CODE
 
 
+class ForeignCheckpointError(CheckpointError):
+    """A sound checkpoint of another run (other config or label space)."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint of this run that this imet cannot continue (another checkpoint format,
+    another augmentation scheme): never skipped, since starting over would silently drop the
+    run's progress."""
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def checkpoint_path(out: str | Path, step: int) -> Path:
+    return checkpoint_dir(out) / f"state-{step}.pt"
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+# The payload: a TrainState as plain data, and back ------------------------------------------
+
+def capture_rng() -> dict[str, Any]:
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=True)
+    return {
+        # A tensor, not a list of 625 ints: the weights_only unpickler reads lists item by item.
+        "python": [int(version), torch.tensor(state, dtype=torch.int64), gauss],
+        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] and torch.cuda.is_available():
+        # A session may get another GPU count; restore what both have.
+        for index, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+def library_versions() -> dict[str, str]:
+    # str(): torch's version is a TorchVersion object, which weights_only loading refuses.
+    # torchvision's from its metadata: importing it costs seconds (it pulls in torch._dynamo).
+    try:
+        torchvision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        torchvision = "absent"
+    return {"imet": str(__version__), "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda or "none"),
+            "torchvision": torchvision, "numpy": str(np.__version__),
+            "python": platform.python_version()}
+
+
+def state_payload(state: TrainState) -> dict[str, Any]:
+    """Everything that decides the future of the run. Its "meta" also goes into the sidecar;
+    the precision it trains in is there so that a session in another one is refused
+    (`check_precision`)."""
+    c = state.counters
+    meta = {"config_fingerprint": state.config.fingerprint(),
+            "labels_fingerprint": state.labels_fingerprint, "run_name": state.config.name(),
+            "arch": state.config.arch, "fold": state.config.fold, "step": c.step,
+            "epoch": c.epoch, "stage": c.stage, "finished": c.finished,
+            "best_f2": c.best_f2, "session": c.session,
+            "augmentation": AUGMENTATION_VERSION, "precision": state.precision.name}
+    return {
+        "format": FORMAT, "version": VERSION, "meta": meta,
+        "config": state.config.to_dict(), "labels": state.labels,
+        "counters": dataclasses.asdict(c),
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "hard_negatives": (state.hard_negatives.state_dict()
+                           if state.hard_negatives is not None else None),
+        "rng": {**capture_rng(), "mixup": state.mix_generator.get_state()},
+        "versions": library_versions(),
+    }
+
+
+def restore_state(state: TrainState, resume: Resume) -> None:
+    """Put `resume`'s payload into `state`, a TrainState built for the same run (fresh=False):
+    the stage's optimizer and scheduler are rebuilt before their state is loaded."""
+    check_precision(resume, state)
+    payload = resume.payload
+    counters = Counters(**payload["counters"])
+    state.model.load_state_dict(payload["model"])
+    state.enter_stage(counters.stage)
+    state.counters = counters
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    if payload["scaler"]:
+        state.scaler.load_state_dict(payload["scaler"])
+    restore_rng(payload["rng"])
+    state.mix_generator.set_state(payload["rng"]["mixup"])
+    if state.ema is not None:
+        state.ema.load_state_dict(payload["ema"])
+    if state.hard_negatives is not None:
+        state.hard_negatives.load_state_dict(payload["hard_negatives"])
+
+
+def _asked(config: dict[str, Any]) -> str:
+    return f"--amp-dtype {config['amp_dtype']}" if config["amp"] else "--no-amp"
+
+
+def check_precision(resume: Resume, state: TrainState) -> None:
+    """CheckpointError when `resume` trained in another precision than `state` would: its
+    optimizer and scaler state, and the run's numbers, belong to the one it started in."""
+    saved = resume.payload["meta"]["precision"]
+    if saved == state.precision.name:
+        return
+    hint = "--no-amp" if saved == "fp32" else f"--amp-dtype {saved}"
+    raise CheckpointError(
+        f"{resume.path}: the run trained in {saved} ({_asked(resume.payload['config'])}) and "
+        f"this session would train in {state.precision.name} ({_asked(state.config.to_dict())} "
+        f"on {state.device_type}); resume with {hint}, or start over with --resume off")
+
+
+# Saving: room on the disk first, atomic, verified, `keep` generations --------------------------
+# A save that cannot fit is refused before it starts, and a disk that fills up during the write
+# ends the same way: one line naming the folder, the file, what it needs and what is free. The
+# estimate is the bytes of the tensors about to be written plus a little for the zip records and
+# the pickle: unlike the previous checkpoint's size it also holds for the first stage-2 save,
+# whose optimizer state covers the whole body for the first time.
+
 def tensor_bytes(obj: Any) -> int:
     """Bytes of the tensor storages inside `obj` (nested dicts, lists, tuples), each storage
     counted once, as torch.save writes it once."""
-    import torch
-
     seen: set[tuple[str, int]] = set()
     total = 0
     stack = [obj]
@@ -151,7 +252,7 @@ def _mb(size: float) -> str:
     return f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
 
 
-def _error(folder: Path, shown: str, needed: int, fix: str) -> DiskFullError:
+def _disk_full(folder: Path, shown: str, needed: int, fix: str) -> DiskFullError:
     free = shutil.disk_usage(folder).free
     # A filesystem can also run out of files (inodes) with bytes to spare.
     inodes = ", 0 inodes free" if hasattr(os, "statvfs") and os.statvfs(folder).f_ffree == 0 \
@@ -168,59 +269,24 @@ def room_for(folder: Path, shown: str, needed: int, fix: str) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(folder).free < needed:
-        raise _error(folder, shown, needed, fix)
+        raise _disk_full(folder, shown, needed, fix)
     try:
         yield
     except Exception as err:
         cause: BaseException | None = err
         while cause is not None:  # torch.save reports ENOSPC as a RuntimeError on top of it
             if isinstance(cause, OSError) and cause.errno in _FULL:
-                raise _error(folder, shown, needed, fix) from None
+                raise _disk_full(folder, shown, needed, fix) from None
             cause = cause.__cause__ or cause.__context__
         raise
 
 
-# ---- checkpoint
-# TrainState files on disk: atomic writes, two generations, verified loads (choosing the one
-# to resume from: imet/train/checkpoint.py).
-#
-# `<out>/checkpoints/state-<step>.pt` holds the state (only tensors and plain Python values, so
-# `torch.load(weights_only=True)` reads it: a checkpoint attached from a Kaggle dataset is
-# untrusted input). Next to it `state-<step>.json` holds what is needed to choose a checkpoint
-# without loading hundreds of MB (step, fingerprints, finished) and the size written; with the
-# CRC32 that torch.save stores for every record, it catches a file truncated or damaged on its
-# way through Kaggle's output/input round trip.
-#
-# A kill during a save leaves a temp file (`.state-<step>.pt.<pid>.<random>.tmp`, named by
-# imet/fileio.py), a kill during pruning a sidecar without its checkpoint: `remove_leftovers`
-# drops those at start-up and before each save, so the folder holds the kept generations only.
-
-log = logging.getLogger(__name__)
-
-FORMAT = "imet-trainstate"
-VERSION = 1
-NAME_PATTERN = re.compile(r"^state-(\d+)\.pt$")
-SIDECAR_PATTERN = re.compile(r"^state-(\d+)\.json$")
-# A temp file of a checkpoint or sidecar: fileio's `.<name>.<pid>.<random>.tmp`, and the
-# `.<name>.tmp-<pid>` of earlier imet versions.
-TEMP_PATTERN = re.compile(r"^\.state-\d+\.(?:pt|json)(?:\.(\d+)\.\w+"
-                          + re.escape(TEMP_SUFFIX) + r"|\.tmp-(\d+))$")
-
-
-def checkpoint_dir(out: str | Path) -> Path:
-    return Path(out) / "checkpoints"
-
-
-def sidecar_of(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
 def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
                     keep: int = TrainConfig.keep) -> Path:
-    """Write `payload` as state-<step>.pt, verify it, then keep it and the `keep - 1` newest
-    generations before it. DiskFullError (one line) when it cannot fit on the disk."""
-    directory = checkpoint_dir(out)
-    final = directory / f"state-{step}.pt"
+    """Write `payload` (`state_payload`) as state-<step>.pt, verify it, then keep it and the
+    `keep - 1` newest generations before it. DiskFullError (one line) when it cannot fit."""
+    final = checkpoint_path(out, step)
+    directory = final.parent
     remove_leftovers(directory)
     with room_for(Path(out), f"{directory.name}/{final.name}", expected_size(payload),
                   remedy(keep)):
@@ -263,6 +329,11 @@ def list_generations(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def remove_generation(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    sidecar_of(path).unlink(missing_ok=True)
+
+
 def prune(directory: Path, keep: int, newest: int, later: bool = True) -> None:
     """Keep generation `newest` and the `keep - 1` before it. With `later`, steps after `newest`
     go too: they belong to a timeline the run left (a damaged generation it fell back from, a
@@ -271,8 +342,7 @@ def prune(directory: Path, keep: int, newest: int, later: bool = True) -> None:
     older = [path for step, path in generations if step <= newest]
     dropped = [path for step, path in generations if step > newest] if later else []
     for path in dropped + older[keep:]:
-        path.unlink(missing_ok=True)
-        sidecar_of(path).unlink(missing_ok=True)
+        remove_generation(path)
 
 
 def tidy(directory: Path, keep: int, resumed_step: int | None) -> None:
@@ -282,6 +352,10 @@ def tidy(directory: Path, keep: int, resumed_step: int | None) -> None:
     if resumed_step is not None:
         prune(directory, keep, resumed_step, later=False)
 
+
+# A kill during a save leaves a temp file, a kill during pruning a sidecar without its
+# checkpoint: `remove_leftovers` drops those at start-up and before each save, so the folder
+# holds the kept generations only.
 
 def _started_at(pid: int) -> float | None:
     """When process `pid` started (epoch seconds), where /proc tells (Linux), else None."""
@@ -324,7 +398,7 @@ def remove_leftovers(directory: Path) -> list[str]:
             continue
         try:
             stat = path.stat()
-            if temp and _writer_alive(int(temp.group(1) or temp.group(2)), stat.st_mtime):
+            if temp and _writer_alive(int(temp.group(1)), stat.st_mtime):
                 continue
             path.unlink()
         except FileNotFoundError:  # its writer finished or removed it meanwhile
@@ -336,6 +410,8 @@ def remove_leftovers(directory: Path) -> list[str]:
                  len(removed), directory, freed / 1e6, ", ".join(removed))
     return removed
 
+
+# Loading: intact, this format, this run --------------------------------------------------------
 
 def read_meta(path: Path) -> dict[str, Any] | None:
     try:
@@ -397,25 +473,18 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
         raise CheckpointError(f"{path}: not an imet train state (format "
                               f"{payload.get('format') if isinstance(payload, dict) else None!r})")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: train state version {payload.get('version')} is not "
-                              f"supported by this imet (expects {VERSION})")
+        raise IncompatibleCheckpointError(
+            f"{path} was written by checkpoint format {payload.get('version')}; this imet reads "
+            f"format {VERSION}: finish the run with the imet that started it, or start over "
+            "with --resume off")
     check_identity(path, {**payload.get("meta", {}), "config": payload.get("config")},
                    config_fingerprint, labels_fingerprint, config)
     return payload
 
 
-class ForeignCheckpointError(CheckpointError):
-    """A sound checkpoint of another run (other config or label space)."""
-
-
-class IncompatibleCheckpointError(CheckpointError):
-    """A checkpoint of this run written by an imet that augments differently: never skipped,
-    since starting over would silently drop the run's progress."""
-
-
 def config_differences(saved: dict | None, current: dict | None) -> str:
     """`image_size: 128 in the checkpoint, 96 now; ...` over the settings in the fingerprint;
-    "" when either side is unknown (a checkpoint of an imet that did not record it)."""
+    "" when either side is not known."""
     if not isinstance(saved, dict) or not current:
         return ""
     absent = object()
@@ -436,7 +505,7 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
     payload meta, with its config) that is not this run's (`config`: this run's to_dict())."""
     if labels_fingerprint and meta.get("labels_fingerprint") != labels_fingerprint:
         raise ForeignCheckpointError(f"{path}: the checkpoint was trained on another label space "
-                              "(labels.csv differs); resume with the same competition data")
+                                     "(labels.csv differs); resume with the same competition data")
     if config_fingerprint and meta.get("config_fingerprint") != config_fingerprint:
         differ = config_differences(meta.get("config"), config) or (
             f"fingerprint {meta.get('config_fingerprint')} != {config_fingerprint}: arch, "
@@ -444,7 +513,7 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
         raise ForeignCheckpointError(
             f"{path}: the checkpoint belongs to another training config ({differ}); rerun with "
             "the same flags, another --out, or --resume off")
-    scheme = meta.get("augmentation", 1)
+    scheme = meta.get("augmentation")
     if scheme != AUGMENTATION_VERSION:
         raise IncompatibleCheckpointError(
             f"{path}: the run was started by an imet that augments differently (scheme "
@@ -453,14 +522,11 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
             "--resume off")
 
 
-# ---- resume
-# Choosing the checkpoint a session resumes from, and what comes with it.
-#
-# The candidates are this run's own checkpoints and every `state-<step>.pt` under the input roots
-# (on Kaggle: the previous session's output, attached read-only). The newest usable one of this
-# run is copied into the out folder and loaded; the best model (model.pt) of the run it came from
-# is brought along, since the best evaluation may belong to an earlier session.
-
+# Resuming: which checkpoint a session continues from, and what comes with it -------------------
+# The candidates are this run's own checkpoints and every `state-<step>.pt` under the input
+# roots. The newest usable one of this run is copied into the out folder and loaded; the best
+# model (model.pt) of the run it came from is brought along, since the best evaluation may
+# belong to an earlier session.
 
 @dataclass(frozen=True)
 class Resume:
@@ -479,45 +545,6 @@ class Candidate:
     local: bool  # already in this run's own checkpoint folder
 
 
-def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Candidate]:
-    """Every state-<step>.pt in the out folder's checkpoints and anywhere under input roots,
-    newest first (the out folder first on equal steps: no copy needed)."""
-    seen: set[Path] = set()
-    found: list[Candidate] = []
-    own = checkpoint_dir(out)
-    for step, path in list_generations(own):
-        seen.add(path.resolve())
-        found.append(Candidate(path, step, read_meta(path), True))
-    for folder, _, filenames in walk_folders(input_roots):
-        for name in filenames:
-            match = NAME_PATTERN.match(name)
-            path = folder / name
-            if match and path.resolve() not in seen:
-                seen.add(path.resolve())
-                found.append(Candidate(path, int(match.group(1)), read_meta(path), False))
-    return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
-
-
-def copy_in(candidate: Candidate, out: str | Path) -> Path:
-    """Copy a checkpoint found in an input root, and its sidecar, into this run's folder."""
-    target = atomic_copy(candidate.path, checkpoint_dir(out) / candidate.path.name)
-    if sidecar_of(candidate.path).is_file():
-        atomic_copy(sidecar_of(candidate.path), sidecar_of(target))
-    return target
-
-
-def _drop_copy(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    sidecar_of(path).unlink(missing_ok=True)
-
-
-def load_resume(path: str | Path, config_fingerprint: str, labels_fingerprint: str,
-                config: dict | None = None) -> Resume:
-    """A checkpoint named by its path (--resume PATH, or the file rank 0 chose)."""
-    payload = load_checkpoint(path, config_fingerprint, labels_fingerprint, config=config)
-    return Resume(payload, Path(path), Path(path))
-
-
 def choose_resume(config, config_fingerprint: str, labels_fingerprint: str,
                   dist) -> Resume | None:
     """What `--resume` (off | auto | a path) of `config` resumes from. Under torchrun rank 0
@@ -531,6 +558,13 @@ def choose_resume(config, config_fingerprint: str, labels_fingerprint: str,
                                 labels_fingerprint, settings),
             lambda path: load_resume(path, config_fingerprint, labels_fingerprint, settings))
     return load_resume(config.resume, config_fingerprint, labels_fingerprint, settings)
+
+
+def load_resume(path: str | Path, config_fingerprint: str, labels_fingerprint: str,
+                config: dict | None = None) -> Resume:
+    """A checkpoint named by its path (--resume PATH, or the file rank 0 chose)."""
+    payload = load_checkpoint(path, config_fingerprint, labels_fingerprint, config=config)
+    return Resume(payload, Path(path), Path(path))
 
 
 def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerprint: str,
@@ -558,19 +592,19 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
                                       config=config)
         except IncompatibleCheckpointError:
             if not candidate.local:
-                _drop_copy(path)
+                remove_generation(path)
             raise
         except ForeignCheckpointError:
             if candidate.local:
                 raise
-            _drop_copy(path)
+            remove_generation(path)
             continue
         except CheckpointError as err:
             log.warning("checkpoint %s is unusable (%s); trying the previous generation",
                         candidate.path, err)
             failures.append(str(err))
             if not candidate.local:
-                _drop_copy(path)
+                remove_generation(path)
             continue
         return Resume(payload, path, candidate.path)
     if failures:
@@ -579,24 +613,43 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
     return None
 
 
-# What decides the numerics of a resumed run beyond its config: another torch or CUDA computes
-# other bits (Kaggle's image may change between sessions).
-NUMERIC_LIBRARIES = ("torch", "cuda")
+def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Candidate]:
+    """Every state-<step>.pt in the out folder's checkpoints and anywhere under input roots,
+    newest first (the out folder first on equal steps: no copy needed)."""
+    seen: set[Path] = set()
+    found: list[Candidate] = []
+    for step, path in list_generations(checkpoint_dir(out)):
+        seen.add(path.resolve())
+        found.append(Candidate(path, step, read_meta(path), True))
+    for folder, _, filenames in walk_folders(input_roots):
+        for name in filenames:
+            match = NAME_PATTERN.match(name)
+            path = folder / name
+            if match and path.resolve() not in seen:
+                seen.add(path.resolve())
+                found.append(Candidate(path, int(match.group(1)), read_meta(path), False))
+    return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
+
+
+def copy_in(candidate: Candidate, out: str | Path) -> Path:
+    """Copy a checkpoint found in an input root, and its sidecar, into this run's folder."""
+    target = atomic_copy(candidate.path, checkpoint_dir(out) / candidate.path.name)
+    if sidecar_of(candidate.path).is_file():
+        atomic_copy(sidecar_of(candidate.path), sidecar_of(target))
+    return target
 
 
 def version_change(resume: Resume, now: dict[str, str], warn: bool = True) -> str | None:
     """'torch 2.10.0+cu128, CUDA 12.8 -> torch 2.14.1, CUDA none' when the checkpoint's torch
     or CUDA (its payload's "versions") differs from `now`, this session's, else None; `warn`
-    logs it as one line. A checkpoint from before imet recorded CUDA is compared on torch
-    alone."""
-    saved = resume.payload.get("versions") or {}
-    known = [name for name in NUMERIC_LIBRARIES if name in saved]
-    if all(str(saved[name]) == now.get(name) for name in known):
+    logs it as one line."""
+    saved = resume.payload["versions"]
+    if all(str(saved[name]) == now[name] for name in NUMERIC_LIBRARIES):
         return None
 
     def text(versions: dict) -> str:
-        return ", ".join(f"{'CUDA' if name == 'cuda' else name} {versions.get(name, '?')}"
-                         for name in known)
+        return ", ".join(f"{'CUDA' if name == 'cuda' else name} {versions[name]}"
+                         for name in NUMERIC_LIBRARIES)
     change = f"{text(saved)} -> {text(now)}"
     if warn:
         log.warning("%s was written by another torch/CUDA than this session's (%s): the run "
@@ -608,7 +661,7 @@ def version_change(resume: Resume, now: dict[str, str], warn: bool = True) -> st
 def bring_best_model(out: str | Path, resume: Resume, best_step: int) -> None:
     """A session resumed from another folder (Kaggle: the previous session's output) takes
     that run's model.pt along: the best model may come from an earlier session. The one place
-    model.pt crosses sessions (kaggle/sessions leaves it to this)."""
+    model.pt crosses sessions."""
     target = Path(out) / MODEL_FILE
     source = resume.found_at.parent.parent / MODEL_FILE
     if best_step < 0 or source.resolve() == target.resolve():
@@ -620,3 +673,52 @@ def bring_best_model(out: str | Path, resume: Resume, best_step: int) -> None:
                         source, best_step)
         return
     atomic_copy(source, target)
+
+
+# The hand-over note: what a session that stopped early leaves for the next one ----------------
+# (and its user). Its exit code is HANDED_OVER_EXIT_CODE (imet/errors.py).
+
+def next_step_text(command: str | None) -> str:
+    """What to run next: `command` with its --resume set to auto (said once, wherever the
+    command had it)."""
+    rerun = (f"`{resuming(command)}` again" if command
+             else "the same `imet train` command again with --resume auto")
+    return (f"run {rerun} (locally: in the same --out folder; on Kaggle: push the trainer "
+            "kernel again with this kernel's output attached as an input, found through "
+            "--input-root)")
+
+
+def resuming(command: str) -> str:
+    """`command` with `--resume auto` in place of any --resume it had, or added at its end."""
+    words, found = shlex.split(command), False
+    for index, word in enumerate(words):
+        if word == "--resume" and index + 1 < len(words):
+            words[index + 1], found = "auto", True
+        elif word.startswith("--resume="):
+            words[index], found = "--resume=auto", True
+    return shlex.join(words if found else [*words, "--resume", "auto"])
+
+
+def write_handover(out: Path, *, reason: str, step: int, epoch: int, stage: int,
+                   checkpoint: str, next_text: str, exit_code: int, signal: str | None,
+                   session: int, total_steps: int, steps_taken: int) -> Path:
+    """`steps_taken`: this session's steps (0: it stopped during start-up, nothing changed)."""
+    what = {"budget": "the session's time budget would not fit the next unit of work plus a "
+                      "save",
+            "session-steps": "the session ran its --session-steps",
+            "telegram": "its owner sent /stop from Telegram"}.get(
+        reason, f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
+    taken = "no step was taken in this session; " if steps_taken == 0 else ""
+    data = {"status": "handover", "reason": reason, "what_happened": f"stopped at step {step} "
+            f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "
+            f"{taken}the full training state was saved", "step": step, "epoch": epoch,
+            "stage": stage, "session": session, "total_steps": total_steps,
+            "steps_this_session": steps_taken,
+            "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
+            "time": utc_timestamp()}
+    return atomic_write_text(Path(out) / HANDOVER_FILE, json.dumps(data, indent=2) + "\n")
+
+
+def remove_handover(out: Path) -> None:
+    """A session that runs on makes an earlier hand-over note stale."""
+    (Path(out) / HANDOVER_FILE).unlink(missing_ok=True)

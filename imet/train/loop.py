@@ -30,18 +30,25 @@ from imet.config import TrainConfig
 from imet.data.transforms import Normalization, augment_batch, normalize_batch
 from imet.device import device_precision, resolve_device
 from imet.errors import HANDED_OVER_EXIT_CODE, UserError
-from imet.models.modelfile import save_model_file
-from imet.train import checkpoint as handover_file, distributed
+from imet.models.modelfile import MODEL_FILE, save_model_file
+from imet.train import distributed
 from imet.train.checkpoint import (
     bring_best_model,
     checkpoint_dir,
+    checkpoint_path,
     choose_resume,
     expected_size,
+    library_versions,
+    next_step_text,
     remedy,
+    remove_handover,
+    restore_state,
     room_for,
     save_checkpoint,
+    state_payload,
     tidy,
     version_change,
+    write_handover,
 )
 from imet.train.data import (
     EpochBatchSampler,
@@ -53,7 +60,7 @@ from imet.train.data import (
 )
 from imet.train.distributed import SingleProcess
 from imet.train.events import EventBus
-from imet.train.state import TrainState, build_train_state, library_versions, load_init
+from imet.train.state import TrainState, build_train_state, load_init
 
 
 class DurationEstimate:
@@ -506,7 +513,7 @@ class Trainer:
                      self.config.name(), c.step, c.best_f2, c.best_step)
             return self.result("finished", 0, c.stop_reason)
         if self.dist.is_main:
-            handover_file.remove(self.out)
+            remove_handover(self.out)
         self.emit_start()
         self.sampler = EpochBatchSampler(len(self.data.train_set), self.config.batch_size,
                                          c.sampler_seed, c.epoch, c.epoch_step, with_epoch=True,
@@ -560,8 +567,10 @@ class Trainer:
     def build_state(self) -> TrainState:
         resume = choose_resume(self.config, self.fingerprint, self.data.labels.fingerprint(),
                                self.dist)
-        state = build_train_state(self.config, self.data, self.dist, self.steps, resume,
-                                  self.init)
+        state = build_train_state(self.config, self.data, self.dist, self.steps,
+                                  fresh=resume is None, init=self.init)
+        if resume is not None:
+            restore_state(state, resume)
         if self.dist.is_main:
             tidy(checkpoint_dir(self.out), self.config.keep,
                  None if resume is None else state.counters.step)
@@ -607,8 +616,8 @@ class Trainer:
         is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss)
         if is_best and self.dist.is_main:
             needed = expected_size(state.eval_model.state_dict())
-            with room_for(self.out, handover_file.MODEL_FILE, needed, remedy(self.config.keep)):
-                save_model_file(self.out / handover_file.MODEL_FILE, state.eval_model,
+            with room_for(self.out, MODEL_FILE, needed, remedy(self.config.keep)):
+                save_model_file(self.out / MODEL_FILE, state.eval_model,
                                 self.config.arch, self.config.to_dict(), self.data.labels,
                                 extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
                                        "threshold": result.threshold})
@@ -661,9 +670,9 @@ class Trainer:
         started = self.clock()
         step = self.state.counters.step
         if self.dist.is_main:
-            path = save_checkpoint(self.state.to_payload(), self.out, step, self.config.keep)
+            path = save_checkpoint(state_payload(self.state), self.out, step, self.config.keep)
         else:  # rank 0 writes; the state is the same on every rank
-            path = checkpoint_dir(self.out) / f"state-{step}.pt"
+            path = checkpoint_path(self.out, step)
         self.budget.save.add(self.clock() - started)
         self.last_save_at, self.last_save_step, self.last_checkpoint = self.clock(), step, path
         self.bus.emit("checkpoint", step=step, path=str(path))
@@ -675,14 +684,14 @@ class Trainer:
                                                         self.config.margin))
         c = self.state.counters
         path = self.last_checkpoint if self.last_save_step == c.step else self.save()
-        next_text = handover_file.next_step_text(self.next_command)
+        next_text = next_step_text(self.next_command)
         code = HANDED_OVER_EXIT_CODE
         if self.dist.is_main:
-            handover_file.write(self.out, reason=reason, step=c.step, epoch=c.epoch,
-                                stage=c.stage, checkpoint=str(path), next_text=next_text,
-                                exit_code=code, signal=self.stop.signal_name,
-                                session=c.session, total_steps=self.state.total_steps,
-                                steps_taken=c.step - self.at_session_start.step)
+            write_handover(self.out, reason=reason, step=c.step, epoch=c.epoch,
+                           stage=c.stage, checkpoint=str(path), next_text=next_text,
+                           exit_code=code, signal=self.stop.signal_name,
+                           session=c.session, total_steps=self.state.total_steps,
+                           steps_taken=c.step - self.at_session_start.step)
         self.bus.emit("handover", step=c.step, checkpoint=str(path), reason=reason,
                       next=next_text, exit_code=code)
         return self.result("handover", code, reason)
@@ -692,7 +701,7 @@ class Trainer:
         if not c.finished or self.last_save_step != c.step:
             c.finished, c.stop_reason = True, reason
             self.save()
-        artifacts = [str(p) for p in (self.out / handover_file.MODEL_FILE,) if p.is_file()]
+        artifacts = [str(p) for p in (self.out / MODEL_FILE,) if p.is_file()]
         self.bus.emit("finish", best_f2=c.best_f2, best_step=c.best_step, init_f2=c.init_f2,
                       duration_s=c.train_time_s, sessions=c.session, artifacts=artifacts,
                       history=list(c.history))

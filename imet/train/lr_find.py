@@ -81,7 +81,7 @@ def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> 
     data = load_run_data(config)
     dist = SingleProcess(resolve_device(config.device))
     runner = StepRunner(config, dist.device)
-    state = build_train_state(config, data, dist, runner, resume=None)
+    state = build_train_state(config, data, dist, runner)
     state.enter_stage(2)
     state.optimizer = build_optimizer(state.groups, dataclasses.replace(config, lr=start_lr), 2)
     state.scheduler = LambdaLR(state.optimizer, ExponentialSweep(end_lr / start_lr, steps))

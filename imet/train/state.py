@@ -10,11 +10,8 @@ resumed run rebuilds exactly what the uninterrupted one had. Schedule lambdas ar
 objects, not closures, so their state is plain numbers that `weights_only=True` can load."""
 from __future__ import annotations
 
-import dataclasses
-import importlib.metadata
 import logging
 import math
-import platform
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +22,13 @@ import torch
 from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from imet import __version__
 from imet.config import GROUP_ORDER, TrainConfig, parse_train_groups
 from imet.data.labels import CompetitionLayout, LabelSpace, read_labels
-from imet.data.transforms import AUGMENTATION_VERSION
 from imet.device import Precision
 from imet.errors import CheckpointError, DataError, UserError
 from imet.fileio import file_sha256
 from imet.models import build_model
-from imet.models.modelfile import read_model_file
-from imet.train.checkpoint import FORMAT, VERSION, model_file_of
+from imet.models.modelfile import model_file_of, read_model_file
 from imet.train.data import build_hard_negatives, repeat_count
 
 
@@ -63,7 +57,7 @@ def keep_frozen_statistics(model: torch.nn.Module,
     """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in
     both stages: their running statistics stay as they came, so a frozen group is unchanged
     to the last bit (with `--train-groups head` the whole body is the --init model's). Stage
-    1's own freeze keeps the old way, its body statistics following the data."""
+    1's own freeze leaves the body's statistics following the data."""
     trained = parse_train_groups(train_groups)
     frozen = {id(p) for name, params in groups.items() if name not in trained for p in params}
     for module in model.modules():
@@ -242,13 +236,10 @@ def init_prior_bias(model: torch.nn.Module, targets) -> None:
 
 
 # ---- state
-# `TrainState`: everything that decides the future of a run, and its checkpoint payload.
-#
-# The payload holds only tensors and plain Python values (RNG states included, converted), so
-# `torch.load(weights_only=True)` reads it back. Restoring a payload and continuing gives the
-# same bits as never having stopped: model, optimizer, scheduler, scaler, the position in the
-# sample order, the RNG streams and the running loss sums are all in it. The precision it trained
-# in goes into its meta: a session that would train in another is refused (`check_precision`).
+# `TrainState`: everything that decides the future of a run. imet/train/checkpoint.py writes it
+# to disk and restores it, so that a resumed run goes on with the same bits as one never stopped:
+# model, optimizer, scheduler, scaler, the position in the sample order, the RNG streams and the
+# running loss sums.
 
 @dataclass
 class Counters:
@@ -279,45 +270,6 @@ class Counters:
         return self.loss_sum / self.loss_count if self.loss_count else float("nan")
 
 
-def capture_rng() -> dict[str, Any]:
-    version, state, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=True)
-    rng = {
-        # A tensor, not a list of 625 ints: the weights_only unpickler reads lists item by item.
-        "python": [int(version), torch.tensor(state, dtype=torch.int64), gauss],
-        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    return rng
-
-
-def restore_rng(rng: dict[str, Any]) -> None:
-    version, state, gauss = rng["python"]
-    random.setstate((version, tuple(state.tolist()), gauss))
-    name, keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"] and torch.cuda.is_available():
-        # A session may get another GPU count; restore what both have.
-        for index, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), index)
-
-
-def library_versions() -> dict[str, str]:
-    # str(): torch's version is a TorchVersion object, which weights_only loading refuses.
-    # torchvision's from its metadata: importing it costs seconds (it pulls in torch._dynamo).
-    try:
-        torchvision = importlib.metadata.version("torchvision")
-    except importlib.metadata.PackageNotFoundError:
-        torchvision = "absent"
-    return {"imet": str(__version__), "torch": str(torch.__version__),
-            "cuda": str(torch.version.cuda or "none"),
-            "torchvision": torchvision, "numpy": str(np.__version__),
-            "python": platform.python_version()}
-
-
 class TrainState:
     def __init__(self, config: TrainConfig, model: torch.nn.Module,
                  groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
@@ -331,6 +283,7 @@ class TrainState:
         self.labels_fingerprint = labels_fingerprint
         self.counters = Counters(sampler_seed=config.seed)
         self.precision = precision
+        self.device_type = device_type
         self.scaler = precision.scaler(device_type)
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
@@ -407,91 +360,25 @@ class TrainState:
             c.finished, c.stop_reason = True, "early_stop"
         return is_best
 
-    # --- checkpoint payload -------------------------------------------------------------
-    def meta(self) -> dict[str, Any]:
-        c = self.counters
-        return {"config_fingerprint": self.config.fingerprint(),
-                "labels_fingerprint": self.labels_fingerprint, "run_name": self.config.name(),
-                "arch": self.config.arch, "fold": self.config.fold, "step": c.step,
-                "epoch": c.epoch, "stage": c.stage, "finished": c.finished,
-                "best_f2": c.best_f2, "session": c.session,
-                "augmentation": AUGMENTATION_VERSION, "precision": self.precision.name}
-
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "version": VERSION, "meta": self.meta(),
-            "config": self.config.to_dict(), "labels": self.labels,
-            "counters": dataclasses.asdict(self.counters),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "hard_negatives": (self.hard_negatives.state_dict()
-                               if self.hard_negatives is not None else None),
-            "rng": {**capture_rng(), "mixup": self.mix_generator.get_state()},
-            "versions": library_versions(),
-        }
-
-    def restore(self, payload: dict[str, Any]) -> None:
-        counters = Counters(**payload["counters"])
-        self.model.load_state_dict(payload["model"])
-        self.enter_stage(counters.stage)
-        self.counters = counters
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        if payload["scaler"]:
-            self.scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload["rng"])
-        self.mix_generator.set_state(payload["rng"]["mixup"])
-        if self.ema is not None:
-            self.ema.load_state_dict(payload["ema"])
-        if self.hard_negatives is not None:
-            self.hard_negatives.load_state_dict(payload["hard_negatives"])
-
-
-def saved_precision(payload: dict[str, Any]) -> str:
-    """The precision a checkpoint trained in. An imet before --amp-dtype knew two: fp16 with
-    a scaler state (AMP on CUDA) and fp32 without."""
-    return payload["meta"].get("precision") or ("fp16" if payload["scaler"] else "fp32")
-
-
-def _asked(config: dict[str, Any]) -> str:
-    return f"--amp-dtype {config.get('amp_dtype', 'auto')}" if config.get("amp", True) \
-        else "--no-amp"
-
-
-def check_precision(resume, precision: Precision, config: TrainConfig, device_type: str) -> None:
-    """CheckpointError when `resume` trained in another precision than this session would:
-    its optimizer and scaler state, and the run's numbers, belong to the one it started in."""
-    saved = saved_precision(resume.payload)
-    if saved == precision.name:
-        return
-    hint = "--no-amp" if saved == "fp32" else f"--amp-dtype {saved}"
-    raise CheckpointError(
-        f"{resume.path}: the run trained in {saved} ({_asked(resume.payload['config'])}) and "
-        f"this session would train in {precision.name} ({_asked(config.to_dict())} on "
-        f"{device_type}); resume with {hint}, or start over with --resume off")
-
-
-def build_train_state(config: TrainConfig, data, dist, steps, resume,
+def build_train_state(config: TrainConfig, data, dist, steps, fresh: bool = True,
                       init: dict[str, torch.Tensor] | None = None) -> TrainState:
     """The TrainState a session starts from: the model built for `data`'s label space and
-    placed as `dist` and the StepRunner `steps` want it, then `resume`'s payload restored (a
-    fresh run seeds every RNG first: the head's initial weights come from the torch one). A
-    fresh run with `init` (--init's weights) starts from them instead of ImageNet's."""
-    if resume is None:
+    placed as `dist` and the StepRunner `steps` want it. A fresh run seeds every RNG first (the
+    head's initial weights come from the torch one) and starts from `init` (--init's weights)
+    when given, else from ImageNet's; a resumed one (`fresh=False`) gets its checkpoint
+    restored into it (imet/train/checkpoint.py: restore_state)."""
+    if fresh:
         random.seed(config.seed)
         np.random.seed(config.seed % 2 ** 32)
         torch.manual_seed(config.seed)
-    fresh_body = resume is None and init is None
+    fresh_body = fresh and init is None
     model = build_model(config.arch, data.labels.num_classes,
                         pretrained=config.pretrained and fresh_body,
                         weights=config.weights if fresh_body else None,
                         search_roots=tuple(config.input_root), dropout=config.dropout)
-    if resume is None and init is not None:
+    if fresh and init is not None:
         model.load_state_dict(init)
-    elif resume is None and config.prior_bias:  # --init's head has a bias of its own
+    elif fresh and config.prior_bias:  # --init's head has a bias of its own
         # with --teacher the teacher's probabilities follow the C label columns
         init_prior_bias(model, data.train_set.targets[:, :data.labels.num_classes])
     model = dist.prepare_model(model)
@@ -503,13 +390,9 @@ def build_train_state(config: TrainConfig, data, dist, steps, resume,
         raise UserError("--hard-negatives records the losses in one process: run it without "
                         "torchrun, or without --hard-negatives")
     epoch_samples = samples + repeat_count(samples, config.hard_negatives)
-    state = TrainState(config, model, model.param_groups(), epoch_samples // config.batch_size,
-                       data.labels.to_dict(), data.labels.fingerprint(), steps.precision,
-                       steps.device.type, num_samples=samples)
-    if resume is not None:
-        check_precision(resume, steps.precision, config, steps.device.type)
-        state.restore(resume.payload)
-    return state
+    return TrainState(config, model, model.param_groups(), epoch_samples // config.batch_size,
+                      data.labels.to_dict(), data.labels.fingerprint(), steps.precision,
+                      steps.device.type, num_samples=samples)
 
 
 # ---- init_model
