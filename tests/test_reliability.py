@@ -74,7 +74,7 @@ def test_leftovers_of_killed_saves_go_at_start_up_and_before_each_save(mini_data
         late = f".state-4.pt.{dead}.late0000.tmp"
 
         def kill_leftover_before_the_save(event):  # a dead writer's file after start-up
-            if event.kind == "progress" and event.data["step"] == 3:
+            if event.kind == "progress" and event.step == 3:
                 (folder / late).write_bytes(b"x" * 1000)
                 assert "state-1.json" not in names(folder)  # gone at start-up already
 

@@ -347,14 +347,13 @@ def diagnose(s: Settings) -> Report:
 def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
     """The problems as a Telegram crash message (when configured and not off)."""
     from imet.observe.telegram import build_notifier
-    from imet.train.events import Event
-    notifier = build_notifier(mode, kernel=kernel)
+    from imet.train.events import Failure
+    notifier = build_notifier(mode)
     if notifier is None:
         return False
     try:
-        notifier(Event("failure", {"error": "imet doctor stopped the session: "
-                                            + " | ".join(problems), "kernel": kernel,
-                                   "run_name": f"imet {kernel or 'doctor'}"}))
+        notifier(Failure(error="imet doctor stopped the session: " + " | ".join(problems),
+                         run_name=f"imet {kernel or 'doctor'}"))
     finally:
         notifier.close()
     return True
