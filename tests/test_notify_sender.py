@@ -12,16 +12,8 @@ import time
 
 import pytest
 
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    EventBus,
-    Failure,
-    Finish,
-    Handover,
-    Progress,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
+    Progress, RunStart)
 from imet.observe.telegram import build_notifier
 from imet.observe.messages import CRITICAL, LOW, Outgoing
 from telegram_standin import TelegramStandin, refused_url

@@ -25,17 +25,8 @@ from matplotlib.figure import Figure
 import imet
 from imet.fileio import atomic_write_bytes, atomic_write_text
 from imet.observe.console import redact
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    Failure,
-    Finish,
-    Handover,
-    InitEvaluation,
-    Progress,
-    RankZeroSubscriber,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
+    InitEvaluation, Progress, RankZeroSubscriber, RunStart)
 from imet.walk import walk_folders
 
 PLOTS_DIR = "plots"

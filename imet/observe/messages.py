@@ -15,16 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from imet.config import format_duration
-from imet.train.events import (
-    Checkpoint,
-    Dispatcher,
-    Evaluation,
-    Failure,
-    Finish,
-    Handover,
-    Progress,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
+    Progress, RankZeroSubscriber, RunStart)
 
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
@@ -285,7 +277,7 @@ def parse(text: str) -> tuple[str, str] | None:
     return match.group(1).lower(), (match.group(2) or "").strip().lower()
 
 
-class RunCommands(Dispatcher):
+class RunCommands(RankZeroSubscriber):
     """The run's state as the events tell it, and the answers to the owner's commands."""
 
     def __init__(self, request_stop: Callable[[str], None],

@@ -21,17 +21,8 @@ from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact
 from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
-from imet.train.events import (
-    Checkpoint,
-    Dispatcher,
-    Evaluation,
-    Event,
-    Failure,
-    Finish,
-    Handover,
-    Progress,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish,
+    Handover, Progress, RankZeroSubscriber, RunStart)
 
 log = logging.getLogger(__name__)
 
@@ -862,7 +853,7 @@ def _redacted(event: Event) -> Event:
                                          if f.name not in ("history", "time")})
 
 
-class TelegramNotifier(Dispatcher):
+class TelegramNotifier(RankZeroSubscriber):
     """EventBus subscriber. `sender` is anything with `submit(Outgoing)` and
     `close(timeout)` (a TelegramSender in practice); `commands`: the RunCommands the chat's
     commands are answered from, fed every event here. What a full queue may drop first is

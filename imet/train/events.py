@@ -163,23 +163,15 @@ class EventBus:
                             subscriber, type(err).__name__, err)
 
 
-class Dispatcher:
+class RankZeroSubscriber:
     """The one dispatch of every subscriber: an event goes to `_on_<kind>(event)` when the
-    subscriber defines it."""
-
-    def __call__(self, event: Event) -> None:
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if handler is not None:
-            handler(event)
-
-
-class RankZeroSubscriber(Dispatcher):
-    """A file-writing subscriber: on a multi-process run only rank 0 (learnt from run_start)
-    writes, so each file and line is written once."""
+    subscriber defines it. On a multi-process run only rank 0 (learnt from run_start) acts, so
+    each file, line and message is written once."""
     _active = True
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStart):
             self._active = event.rank == 0
-        if self._active:
-            super().__call__(event)
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None and self._active:
+            handler(event)

@@ -52,17 +52,8 @@ from imet.train.data import (
     val_loader,
 )
 from imet.train.distributed import SingleProcess
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    EventBus,
-    Failure,
-    Finish,
-    Handover,
-    InitEvaluation,
-    Progress,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
+    InitEvaluation, Progress, RunStart)
 from imet.train.state import TrainState, build_train_state, library_versions, load_init
 
 
