@@ -847,10 +847,12 @@ def _redacted(event: Event) -> Event:
     can quote a request URL or an env dump (bot token, Kaggle key), and a config a pasted
     secret, while a chat message is a log the user may forward or screenshot. The history only
     feeds the plot's numbers, and walking its tens of thousands of rows would cost the
-    training thread seconds per evaluation."""
-    return dataclasses.replace(event, **{f.name: redact(getattr(event, f.name))
-                                         for f in dataclasses.fields(event)
-                                         if f.name not in ("history", "time")})
+    training thread seconds per evaluation. Most events hold no secret: then the event itself,
+    not a copy (this runs on the training thread)."""
+    values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)
+              if f.name not in ("history", "time")}
+    scrubbed = redact(values)
+    return event if scrubbed == values else dataclasses.replace(event, **scrubbed)
 
 
 class TelegramNotifier(RankZeroSubscriber):
