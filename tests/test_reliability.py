@@ -159,8 +159,8 @@ def test_no_room_for_model_pt_is_the_same_one_line(mini_data, tmp_path):
         with pytest.raises(DiskFullError, match=r"writing model\.pt \(needs ~1\.\d MB, "
                                                 r"0\.\d MB free\): free space$"):
             train(config, EventBus([events.append]))
-    failure = [e.data for e in events if e.kind == "failure"]
-    assert failure[0]["exit_code"] == DISK_FULL and "no space left" in failure[0]["error"]
+    failure = [e for e in events if e.kind == "failure"]
+    assert failure[0].exit_code == DISK_FULL and "no space left" in failure[0].error
 
 
 def test_a_disk_that_fills_during_the_write_ends_the_same_way(mini_data, tmp_path, capsys):
