@@ -16,16 +16,16 @@ import logging
 import socket
 import time
 
-from imet.train.events import EventBus
+from imet.train.events import EventBus, Progress
 from imet.observe.telegram import build_notifier
 
 TOKEN = "123456789:AAHbenchmarkTokenNotReal_abcdefghijklmnop"
 
 
 def progress(bus: EventBus, step: int) -> None:
-    bus.emit("progress", stage=2, epoch=step // 1500, step=step, total_steps=30000,
-             epoch_step=step % 1500, steps_per_epoch=1500, loss=0.0123, lr=2.5e-5,
-             img_per_s=311.7, eta_run_s=18000.0, session_left_s=7200.0)
+    bus.emit(Progress(stage=2, epoch=step // 1500, step=step, total_steps=30000,
+                      epoch_step=step % 1500, steps_per_epoch=1500, loss=0.0123, lr=2.5e-5,
+                      img_per_s=311.7, eta_run_s=18000.0, session_left_s=7200.0))
 
 
 def per_event_us(bus: EventBus, events: int) -> float:

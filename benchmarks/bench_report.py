@@ -19,31 +19,31 @@ from pathlib import Path
 
 import torch
 
-from imet.train.events import EventBus
+from imet.train.events import Evaluation, EventBus, Finish, Progress, RunStart
 from imet.observe.registry import make_record, merge_records, record_train_subscriber
 from imet.observe.files import report_subscribers
 
 
 def emit_run(bus: EventBus, steps: int, eval_every: int) -> float:
     started = time.perf_counter()
-    bus.emit("run_start", run_name="bench", arch="resnet18", fold=0, image_size=320, session=1,
-             resumed_from=None, device="cpu", total_steps=steps, stage1_end_step=steps // 20,
-             config_fingerprint="bench", config={"epochs": 20, "head_epochs": 1}, kernel=None,
-             rank=0)
+    bus.emit(RunStart(run_name="bench", arch="resnet18", fold=0, image_size=320, session=1,
+                      resumed_from=None, device="cpu", total_steps=steps, stage1_end_step=steps // 20,
+                      config_fingerprint="bench", config={"epochs": 20, "head_epochs": 1}, kernel=None,
+                      rank=0))
     history = []
     for step in range(1, steps + 1):
-        bus.emit("progress", stage=1 if step < steps // 20 else 2, epoch=step * 20 // steps,
-                 step=step, total_steps=steps, epoch_step=step % (steps // 20),
-                 steps_per_epoch=steps // 20, stage1_end_step=steps // 20,
-                 config_fingerprint="bench", loss=1.0 / step, lr=1e-4, img_per_s=100.0,
-                 eta_run_s=float(steps - step), session_left_s=3600.0)
+        bus.emit(Progress(stage=1 if step < steps // 20 else 2, epoch=step * 20 // steps,
+                          step=step, total_steps=steps, epoch_step=step % (steps // 20),
+                          steps_per_epoch=steps // 20, stage1_end_step=steps // 20,
+                          config_fingerprint="bench", loss=1.0 / step, lr=1e-4, img_per_s=100.0,
+                          eta_run_s=float(steps - step), session_left_s=3600.0))
         if step % eval_every == 0:
             history.append({"step": step, "f2": 0.5, "val_loss": 0.1})
-            bus.emit("evaluation", step=step, epoch=0, f2=0.5 + step / steps / 10,
-                     threshold=0.2, best_f2=0.5 + step / steps / 10, best_step=step,
-                     val_loss=0.1, is_best=True, history=list(history))
-    bus.emit("finish", best_f2=0.6, best_step=steps, duration_s=1.0, sessions=1,
-             artifacts=[], history=history)
+            bus.emit(Evaluation(step=step, epoch=0, f2=0.5 + step / steps / 10,
+                                threshold=0.2, best_f2=0.5 + step / steps / 10, best_step=step,
+                                val_loss=0.1, is_best=True, history=list(history)))
+    bus.emit(Finish(best_f2=0.6, best_step=steps, duration_s=1.0, sessions=1,
+                    artifacts=[], history=history))
     bus.close()
     return time.perf_counter() - started
 
@@ -71,7 +71,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=68_000)
     parser.add_argument("--eval-every", type=int, default=340)
     args = parser.parse_args()
-    import imet.observe.files
     with tempfile.TemporaryDirectory() as tmp:
         bare = emit_run(EventBus(), args.steps, args.eval_every)
         run_dir = Path(tmp) / "run"

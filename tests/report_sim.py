@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from imet.train.events import EventBus
+from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
+    Progress, RunStart)
 
 STEPS_PER_EPOCH = 10
 TOTAL_STEPS = 60
@@ -37,11 +38,6 @@ def emit_session(bus: EventBus, run_name: str = "r18-f0", session: int = 1,
                  evaluate_at_resume: bool = False, config_fingerprint: str = "f1nger") -> None:
     """Steps resumed_from+1 .. stop, a progress event each step, an evaluation every
     `eval_every` steps (and a checkpoint after it); then a handover or finish (or a failure)."""
-    bus.emit("run_start", run_name=run_name, arch="resnet18", fold=fold, image_size=64,
-             session=session, resumed_from=resumed_from, device="cpu",
-             total_steps=TOTAL_STEPS, stage1_end_step=STAGE1_END_STEP,
-             config_fingerprint=config_fingerprint, config=dict(config or CONFIG), kernel=kernel,
-             rank=0)
     best_f2, best_step, history = -1.0, None, []
     # The engine restores the best score and history of earlier sessions from its TrainState.
     for step in range(1, TOTAL_STEPS + 1):
@@ -51,34 +47,44 @@ def emit_session(bus: EventBus, run_name: str = "r18-f0", session: int = 1,
             history.append({"step": step, "f2": f2_at(step), "kind": "evaluation"})
     if resumed_from is None:
         best_f2, best_step, history = -1.0, None, []
+    bus.emit(RunStart(run_name=run_name, arch="resnet18", fold=fold, image_size=64,
+                      session=session, resumed_from=resumed_from, device="cpu",
+                      total_steps=TOTAL_STEPS, stage1_end_step=STAGE1_END_STEP,
+                      config_fingerprint=config_fingerprint, config=dict(config or CONFIG),
+                      kernel=kernel, rank=0,
+                      best_f2=best_f2 if best_step else None, best_step=best_step,
+                      threshold=0.2 + best_step / 1000 if best_step else None,
+                      history=list(history)))
     start = (resumed_from or 0) + 1
     if evaluate_at_resume and resumed_from:
-        bus.emit("evaluation", step=resumed_from, epoch=resumed_from // STEPS_PER_EPOCH,
-                 f2=f2_at(resumed_from), threshold=0.25, best_f2=best_f2, best_step=best_step,
-                 val_loss=0.5, is_best=False, history=list(history))
+        bus.emit(Evaluation(step=resumed_from, epoch=resumed_from // STEPS_PER_EPOCH,
+                            f2=f2_at(resumed_from), threshold=0.25, best_f2=best_f2,
+                            best_step=best_step, val_loss=0.5, is_best=False,
+                            history=list(history)))
     for step in range(start, stop + 1):
         epoch, epoch_step = divmod(step - 1, STEPS_PER_EPOCH)
-        bus.emit("progress", stage=1 if step <= STEPS_PER_EPOCH else 2, epoch=epoch, step=step,
-                 total_steps=TOTAL_STEPS, epoch_step=epoch_step + 1,
-                 steps_per_epoch=STEPS_PER_EPOCH, stage1_end_step=STAGE1_END_STEP,
-                 config_fingerprint=config_fingerprint, loss=1.0 / step, lr=1e-4 * (1 + step % 7),
-                 img_per_s=123.4, eta_run_s=(TOTAL_STEPS - step) * 0.5, session_left_s=1000.0)
+        bus.emit(Progress(stage=1 if step <= STEPS_PER_EPOCH else 2, epoch=epoch, step=step,
+                          total_steps=TOTAL_STEPS, epoch_step=epoch_step + 1,
+                          steps_per_epoch=STEPS_PER_EPOCH, stage1_end_step=STAGE1_END_STEP,
+                          config_fingerprint=config_fingerprint, loss=1.0 / step,
+                          lr=1e-4 * (1 + step % 7), img_per_s=123.4,
+                          eta_run_s=(TOTAL_STEPS - step) * 0.5, session_left_s=1000.0))
         if step % eval_every == 0:
             f2 = f2_at(step)
             is_best = f2 > best_f2
             if is_best:
                 best_f2, best_step = f2, step
             history.append({"step": step, "f2": f2, "kind": "evaluation"})
-            bus.emit("evaluation", step=step, epoch=epoch, f2=f2, threshold=0.2 + step / 1000,
-                     best_f2=best_f2, best_step=best_step, val_loss=1.0 / step,
-                     is_best=is_best, history=list(history))
-            bus.emit("checkpoint", step=step, path=f"checkpoints/state-{step}.pt")
+            bus.emit(Evaluation(step=step, epoch=epoch, f2=f2, threshold=0.2 + step / 1000,
+                                best_f2=best_f2, best_step=best_step, val_loss=1.0 / step,
+                                is_best=is_best, history=list(history)))
+            bus.emit(Checkpoint(step=step, path=f"checkpoints/state-{step}.pt"))
     if end == "handover":
-        bus.emit("handover", step=stop, checkpoint=f"checkpoints/state-{stop}.pt",
-                 reason="budget", next="push the trainer kernel again", exit_code=75)
+        bus.emit(Handover(step=stop, checkpoint=f"checkpoints/state-{stop}.pt",
+                          reason="budget", next="push the trainer kernel again", exit_code=75))
     elif end == "finish":
-        bus.emit("finish", best_f2=best_f2, best_step=best_step, duration_s=12.5,
-                 sessions=session, artifacts=["model.pt"], history=list(history))
+        bus.emit(Finish(best_f2=best_f2, best_step=best_step, duration_s=12.5,
+                        sessions=session, artifacts=["model.pt"], history=list(history)))
     elif end == "failure":
-        bus.emit("failure", error="RuntimeError: boom", traceback="Traceback ...")
+        bus.emit(Failure(error="RuntimeError: boom", traceback="Traceback ..."))
     bus.close()

@@ -121,7 +121,7 @@ class SignalAt:
         self.step = step
 
     def __call__(self, event):
-        if event.kind == "progress" and event.data["step"] == self.step:
+        if event.kind == "progress" and event.step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
 
 

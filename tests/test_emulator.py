@@ -182,6 +182,16 @@ def test_session_log_names_the_accelerator_asked_for(tmp_path):
         run_session(kernel, {}, tmp_path / "c", 1, time_limit=60, accelerator="K80")
 
 
+def test_the_script_is_told_its_kernel_id(tmp_path):
+    """Kaggle gives a script no view of its metadata: the emulator, as render does, writes the
+    kernel's id into the script's KERNEL line, the owner filled in."""
+    import getpass
+
+    kernel = make_kernel(tmp_path / "k", "KERNEL = None\nprint('kernel id', KERNEL)\n")
+    result = run_session(kernel, {}, tmp_path / "out", 1, time_limit=60)
+    assert f"kernel id {getpass.getuser()}/imet-test" in result.log.read_text()
+
+
 ENV_PROBE = """
 import importlib.util, sys, sysconfig
 from pathlib import Path

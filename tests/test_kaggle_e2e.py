@@ -82,6 +82,22 @@ def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, t
     assert len(ours["sessions"]) == 3
 
 
+def test_run_json_and_the_registry_name_the_kernel(trained):
+    """The trainer session tells `imet train` its kernel's id, from the KERNEL line the
+    emulator (as render) writes into the script: every session of run.json and every train
+    record of the registry name it."""
+    import getpass
+
+    from imet.observe.registry import read_registry, registry_path
+    kernel = f"{getpass.getuser()}/imet-trainer"
+    output = trained[-1].output
+    summary = json.loads((output / "run.json").read_text())
+    assert [s["kernel"] for s in summary["sessions"]] == [kernel] * 3
+    records = [r for r in read_registry(registry_path(output)) if r["kind"] == "train"]
+    assert sorted(r["session"] for r in records) == [1, 2, 3]
+    assert {r["kernel"] for r in records} == {kernel}
+
+
 def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
     """Each session's bootstrap installed imet and the pinned wheels from the attached dataset
     into the session's own environment: the rehearsal ran the artefact, not the repository."""

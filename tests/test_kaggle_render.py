@@ -45,7 +45,8 @@ def settings_of(script: Path, env=None) -> dict:
     bootstrap below them is not run)."""
     lines = [line for line in script.read_text().splitlines()
              if line.startswith(("import ", "DEFAULT_", "TRAIN_ARGS", "VALIDATE_ARGS",
-                                 "PREDICT_ARGS", "PSEUDO_LABEL_ARGS", "ACCELERATOR"))]
+                                 "PREDICT_ARGS", "PSEUDO_LABEL_ARGS", "ACCELERATOR",
+                                 "KERNEL"))]
     code = "\n".join(lines) + "\nprint(repr({k: v for k, v in globals().items() if k.isupper()}))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
@@ -67,6 +68,7 @@ def test_rendering_again_keeps_the_settings_of_the_config_file(tmp_path):
                                 "--image-size", "288", "--batch-size", "24", "--epochs", "30",
                                 "--num-workers", "2"]
     assert f0["ACCELERATOR"] == "NvidiaL4"
+    assert f0["KERNEL"] == meta(out, "trainer-f0")["id"]
     assert meta(out, "trainer-f0")["machine_shape"] == "NvidiaL4"
     f1 = settings_of(out / "trainer-effb3-f1" / "trainer.py")["TRAIN_ARGS"]
     assert f1[:6] == ["--fold", "1", "--arch", "timm:efficientnet_b3.ra2_in1k", "--epochs", "12"]

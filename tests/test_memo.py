@@ -1,6 +1,5 @@
 """Decode once in memory (imet.data.images): the batches of every epoch are those of a dataset
 that decodes every image each time, whatever part of the data set the budget holds."""
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,7 @@ import pytest
 
 from imet.train.loop import StopRequest
 from imet.config import TrainConfig
-from imet.train.events import EventBus
+from imet.train.events import Evaluation, EventBus, Progress, RunStart
 from imet.observe.telegram import build_notifier
 from telegram_standin import TelegramStandin, refused_url
 
@@ -34,12 +34,12 @@ def notifier_for(url, stop, **options):
 
 def emit_run(bus, server, step=7):
     """A run's start and one progress event; returns once the start message is delivered."""
-    bus.emit("run_start", run_name="r18-f0", arch="resnet18", fold=0, image_size=64,
-             session=2, resumed_from=4, device="cpu", total_steps=40, config={}, kernel=None,
-             rank=0)
-    bus.emit("progress", stage=2, epoch=1, step=step, total_steps=40, epoch_step=3,
-             steps_per_epoch=4, loss=0.25, lr=1e-3, img_per_s=123.0, eta_run_s=600.0,
-             session_left_s=7200.0)
+    bus.emit(RunStart(run_name="r18-f0", arch="resnet18", fold=0, image_size=64,
+                      session=2, resumed_from=4, device="cpu", total_steps=40, config={},
+                      kernel=None, rank=0))
+    bus.emit(Progress(stage=2, epoch=1, step=step, total_steps=40, epoch_step=3,
+                      steps_per_epoch=4, loss=0.25, lr=1e-3, img_per_s=123.0, eta_run_s=600.0,
+                      session_left_s=7200.0))
     assert server.wait_for(lambda: any(t.startswith("🚀") for t in server.replies()))
 
 
@@ -138,8 +138,8 @@ def test_plot_sends_the_curves_when_an_evaluation_exists():
         server.push("/plot")
         assert server.wait_for(lambda: len(replies_after(server, before)) >= 1)
         assert "No evaluation yet" in replies_after(server, before)[0]
-        bus.emit("evaluation", step=8, epoch=2, f2=0.3, threshold=0.2, best_f2=0.3,
-                 best_step=8, val_loss=0.4, is_best=True, history=history)
+        bus.emit(Evaluation(step=8, epoch=2, f2=0.3, threshold=0.2, best_f2=0.3,
+                            best_step=8, val_loss=0.4, is_best=True, history=history))
         server.push("/plot")
         assert server.wait_for(lambda: notifier.commands.plot_wanted)
         emit_run(bus, server, step=9)  # the next event renders it, on the training thread

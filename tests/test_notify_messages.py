@@ -1,6 +1,7 @@
 """Telegram message texts: every event kind, HTML escaping, the 4,096 / 1,024 limits."""
 from __future__ import annotations
 
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from imet.config import format_duration
 from imet.observe import messages
 from imet.observe.messages import CAPTION_LIMIT, TEXT_LIMIT, tg_len
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover, Progress,
+    RunStart)
 
 ALLOWED_TAGS = {"b", "i", "code", "pre"}
 
@@ -39,23 +42,23 @@ def visible(html_text: str) -> str:
 
 
 EVENTS = {
-    "run_start": dict(run_name="se50-f0 <x&y>", arch="se_resnext50_32x4d", fold=0,
+    "run_start": RunStart(run_name="se50-f0 <x&y>", arch="se_resnext50_32x4d", fold=0,
                       image_size=320, session=2, resumed_from=5400, device="cuda:Tesla P100",
                       total_steps=30000, config={"lr": 4e-4, "batch_size": 64, "loss": "bce"},
                       kernel="me/imet-train", rank=0),
-    "progress": dict(stage=2, epoch=7, step=12000, total_steps=30000, epoch_step=300,
+    "progress": Progress(stage=2, epoch=7, step=12000, total_steps=30000, epoch_step=300,
                      steps_per_epoch=1500, loss=0.01234, lr=2.5e-5, img_per_s=311.7,
                      eta_run_s=5 * 3600 + 7 * 60, session_left_s=2 * 3600),
-    "evaluation": dict(step=12000, epoch=7, f2=0.61234, threshold=0.27, best_f2=0.62,
+    "evaluation": Evaluation(step=12000, epoch=7, f2=0.61234, threshold=0.27, best_f2=0.62,
                        best_step=10500, val_loss=0.0123, is_best=False, history=[]),
-    "checkpoint": dict(step=12000, path="/kaggle/working/run/checkpoints/state-12000.pt"),
-    "handover": dict(step=16000, checkpoint="checkpoints/state-16000.pt", reason="budget",
+    "checkpoint": Checkpoint(step=12000, path="/kaggle/working/run/checkpoints/state-12000.pt"),
+    "handover": Handover(step=16000, checkpoint="checkpoints/state-16000.pt", reason="budget",
                      next="push the trainer kernel again with this output attached",
                      exit_code=75),
-    "finish": dict(best_f2=0.634, best_step=28000, duration_s=11 * 3600 + 5,
+    "finish": Finish(best_f2=0.634, best_step=28000, duration_s=11 * 3600 + 5,
                    sessions=2, artifacts=["model.pt", "metrics.csv", "plots/history.png"],
                    history=[]),
-    "failure": dict(error="RuntimeError: CUDA out of memory <GPU 0>", traceback="Traceback"),
+    "failure": Failure(error="RuntimeError: CUDA out of memory <GPU 0>", traceback="Traceback"),
 }
 
 EXPECTED = {
@@ -76,7 +79,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("kind", sorted(EVENTS))
 def test_every_kind_renders_escaped_html_within_limits(kind):
-    texts = messages.FORMATTERS[kind](EVENTS[kind], "fallback-name")
+    texts = getattr(messages, kind)(EVENTS[kind], "fallback-name")
     assert texts and all(tg_len(text) <= TEXT_LIMIT for text in texts)
     shown = "\n".join(visible(text) for text in texts)
     for fragment in EXPECTED[kind]:
@@ -85,9 +88,9 @@ def test_every_kind_renders_escaped_html_within_limits(kind):
 
 
 def test_new_best_and_fresh_start_wording():
-    start = dict(EVENTS["run_start"], resumed_from=None, kernel=None)
+    start = replace(EVENTS["run_start"], resumed_from=None, kernel=None)
     assert "started" in visible(messages.run_start(start)[0])
-    best = dict(EVENTS["evaluation"], is_best=True)
+    best = replace(EVENTS["evaluation"], is_best=True)
     assert "new best" in visible(messages.evaluation(best)[0])
 
 
@@ -95,8 +98,7 @@ def test_long_traceback_is_split_and_keeps_its_last_lines():
     frames = [f'  File "/kaggle/src/imet/engine/module_{i}.py", line {i}, in f_{i}\n'
               f"    x = compute(<tensor {'#' * 300}>) & more" for i in range(60)]
     trace = "Traceback (most recent call last):\n" + "\n".join(frames) + "\nValueError: bad"
-    texts = messages.failure({"run_name": "r", "error": "ValueError: bad",
-                              "traceback": trace})
+    texts = messages.failure(Failure(run_name="r", error="ValueError: bad", traceback=trace))
     assert len(texts) >= 2
     assert all(tg_len(text) <= TEXT_LIMIT for text in texts)
     shown = "\n".join(visible(text) for text in texts)
@@ -115,7 +117,7 @@ def test_one_enormous_line_is_cut_into_valid_blocks():
 
 
 def test_many_artifacts_pack_into_several_messages():
-    data = dict(EVENTS["finish"], artifacts=[f"out/fold{i}/model-{i}.pt" for i in range(400)])
+    data = replace(EVENTS["finish"], artifacts=[f"out/fold{i}/model-{i}.pt" for i in range(400)])
     texts = messages.finish(data, "r")
     assert len(texts) > 1 and all(tg_len(text) <= TEXT_LIMIT for text in texts)
     shown = "\n".join(visible(text) for text in texts)
@@ -124,9 +126,9 @@ def test_many_artifacts_pack_into_several_messages():
 
 def test_caption_fits_1024_and_emoji_count_double():
     assert tg_len("🙂") == 2 and tg_len("abc") == 3
-    long_name = {"run_name": "n" * 5000, "step": 3, "f2": 0.5}
-    assert tg_len(messages.plot_caption("evaluation", long_name)) <= CAPTION_LIMIT
-    caption = messages.plot_caption("finish", {"best_f2": 0.6, "best_step": 9}, "run")
+    evaluation = replace(EVENTS["evaluation"], step=3, f2=0.5)
+    assert tg_len(messages.plot_caption(evaluation, "n" * 5000)) <= CAPTION_LIMIT
+    caption = messages.plot_caption(replace(EVENTS["finish"], best_f2=0.6, best_step=9), "run")
     assert "best F2 0.6000 at step 9" in visible(caption)
 
 

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from imet.train.events import EventBus
+from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
+    Progress, RunStart)
 from imet.observe.telegram import build_notifier
 from imet.observe.messages import CRITICAL, LOW, Outgoing
 from telegram_standin import TelegramStandin, refused_url
@@ -41,8 +42,7 @@ def no_token_leak(caplog, capfd):
 def notifier_for(api_url: str, **overrides):
     env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "4242",
            "IMET_TELEGRAM_API_URL": api_url}
-    notifier = build_notifier("auto", rank=0, env=env, kernel="me/imet-train",
-                              **{**FAST, **overrides})
+    notifier = build_notifier("auto", rank=0, env=env, **{**FAST, **overrides})
     assert notifier is not None
     return notifier
 
@@ -62,26 +62,26 @@ def emit_session(bus, session, wait=lambda n: None, end="finish", plots=False):
     """One training session's events as the engine emits them; `wait(n)` stands for the
     training time between events (the stand-in has received n messages by then)."""
     resumed = None if session == 1 else 40
-    bus.emit("run_start", run_name="r18-f0", arch="resnet18", fold=0, image_size=64,
-             session=session, resumed_from=resumed, device="cpu", total_steps=80,
-             config={"lr": 3e-4, "batch_size": 8}, kernel=None, rank=0)
+    bus.emit(RunStart(run_name="r18-f0", arch="resnet18", fold=0, image_size=64,
+                      session=session, resumed_from=resumed, device="cpu", total_steps=80,
+                      config={"lr": 3e-4, "batch_size": 8}, kernel="me/imet-train", rank=0))
     first = 1 if resumed is None else 41
-    bus.emit("progress", stage=1, epoch=first // 10, step=first + 9, total_steps=80,
-             epoch_step=10, steps_per_epoch=10, loss=0.5, lr=3e-4, img_per_s=150.0,
-             eta_run_s=60.0, session_left_s=3000.0)
+    bus.emit(Progress(stage=1, epoch=first // 10, step=first + 9, total_steps=80,
+                      epoch_step=10, steps_per_epoch=10, loss=0.5, lr=3e-4, img_per_s=150.0,
+                      eta_run_s=60.0, session_left_s=3000.0))
     wait(2)
     step = first + 19
-    bus.emit("evaluation", step=step, epoch=step // 10, f2=0.3 + step / 1000, threshold=0.25,
-             best_f2=0.3 + step / 1000, best_step=step, val_loss=0.4, is_best=True,
-             history=history(range(1, step + 1)))
-    bus.emit("checkpoint", step=step, path=f"checkpoints/state-{step}.pt")
+    bus.emit(Evaluation(step=step, epoch=step // 10, f2=0.3 + step / 1000, threshold=0.25,
+                        best_f2=0.3 + step / 1000, best_step=step, val_loss=0.4, is_best=True,
+                        history=history(range(1, step + 1))))
+    bus.emit(Checkpoint(step=step, path=f"checkpoints/state-{step}.pt"))
     wait(4 if plots else 3)
     if end == "handover":
-        bus.emit("handover", step=40, checkpoint="checkpoints/state-40.pt", reason="budget",
-                 next="push the trainer kernel again", exit_code=75)
+        bus.emit(Handover(step=40, checkpoint="checkpoints/state-40.pt", reason="budget",
+                          next="push the trainer kernel again", exit_code=75))
     elif end == "finish":
-        bus.emit("finish", best_f2=0.38, best_step=80, duration_s=95.0, sessions=session,
-                 artifacts=["model.pt", "metrics.csv"], history=history(range(1, 81)))
+        bus.emit(Finish(best_f2=0.38, best_step=80, duration_s=95.0, sessions=session,
+                        artifacts=["model.pt", "metrics.csv"], history=history(range(1, 81))))
 
 
 def wait_until(condition, timeout=10.0):
@@ -131,8 +131,8 @@ def test_crash_message_carries_the_traceback_and_the_error_still_propagates(no_t
                 raise RuntimeError("CUDA error: device-side assert <triggered>")
             except Exception as err:
                 import traceback
-                bus.emit("failure", error=f"{type(err).__name__}: {err}",
-                         traceback=traceback.format_exc())
+                bus.emit(Failure(error=f"{type(err).__name__}: {err}",
+                                 traceback=traceback.format_exc()))
                 raise
             finally:
                 bus.close()
@@ -151,9 +151,10 @@ def test_crash_message_never_carries_a_secret(no_token_leak):
     other_bot = "987654321:AAHsomeOtherBotsTokenInATraceback_xyz"
     with TelegramStandin() as server:
         bus = EventBus([notifier_for(server.api_url)])
-        bus.emit("failure", error=f"ConnectError: https://api.telegram.org/bot{other_bot}/getMe",
-                 traceback=f"Traceback (most recent call last):\n  KAGGLE_KEY={kaggle_key}\n"
-                           f"ConnectError: https://api.telegram.org/bot{TOKEN}/sendMessage")
+        bus.emit(Failure(error=f"ConnectError: https://api.telegram.org/bot{other_bot}/getMe",
+                         traceback=f"Traceback (most recent call last):\n  KAGGLE_KEY="
+                                   f"{kaggle_key}\nConnectError: https://api.telegram.org/bot"
+                                   f"{TOKEN}/sendMessage"))
         bus.close()
         texts = [r.params["text"] for r in server.sent()]
     assert len(texts) == 1 and "ConnectError" in texts[0] and "KAGGLE_KEY=" in texts[0]
@@ -166,10 +167,10 @@ def test_crash_without_close_still_reports_at_exit():
     hook still delivers the crash message, within the close bound."""
     script = textwrap.dedent("""
         import os, sys
-        from imet.train.events import EventBus
+        from imet.train.events import EventBus, Failure
         from imet.observe.telegram import build_notifier
         bus = EventBus([build_notifier("auto", min_interval_s=0.02, close_timeout_s=3.0)])
-        bus.emit("failure", error="ValueError: boom", traceback="Traceback (most recent...")
+        bus.emit(Failure(error="ValueError: boom", traceback="Traceback (most recent..."))
         raise ValueError("boom")
     """)
     with TelegramStandin() as server:
@@ -213,16 +214,16 @@ def test_persistent_500s_open_the_breaker_with_one_warning(no_token_leak):
     with TelegramStandin(scenario="500") as server:
         notifier = notifier_for(server.api_url, breaker_threshold=3, max_attempts=5)
         bus = EventBus([notifier])
-        bus.emit("progress", stage=1, epoch=0, step=1, total_steps=9, epoch_step=1,
-                 steps_per_epoch=9, loss=1.0, lr=0.1, img_per_s=1.0, eta_run_s=9.0,
-                 session_left_s=None)
+        bus.emit(Progress(stage=1, epoch=0, step=1, total_steps=9, epoch_step=1,
+                          steps_per_epoch=9, loss=1.0, lr=0.1, img_per_s=1.0, eta_run_s=9.0,
+                          session_left_s=None))
         wait_until(lambda: notifier.sender.stats["dropped_breaker"] >= 1)
         seen = len(server.requests)
         for _ in range(50):  # while the breaker is open, messages are dropped at once
             emit_session(bus, 1, end="none")
         assert len(server.requests) == seen
-        bus.emit("finish", best_f2=0.4, best_step=9, duration_s=9.0, sessions=1,
-                 artifacts=[], history=[])
+        bus.emit(Finish(best_f2=0.4, best_step=9, duration_s=9.0, sessions=1,
+                        artifacts=[], history=[]))
         assert timed_close(bus) <= FAST["close_timeout_s"] + SLACK_S
         assert server.requests[-1].method == "getMe"  # the finish was still tried once
     warnings = [r for r in no_token_leak.records if r.levelno >= logging.WARNING]

@@ -32,7 +32,7 @@ class WaitForStopAt:
         self.stop, self.step = stop, step
 
     def __call__(self, event):
-        if event.kind == "progress" and event.data["step"] == self.step:
+        if event.kind == "progress" and event.step == self.step:
             import time
             end = time.monotonic() + 30.0
             while not self.stop and time.monotonic() < end:

@@ -57,7 +57,7 @@ class StopFromChatAt:
         self.sent_at = None
 
     def __call__(self, event):
-        if event.kind == "progress" and event.data["step"] == self.step:
+        if event.kind == "progress" and event.step == self.step:
             self.server.push("/stop now", chat_id=CHAT)
             self.sent_at = time.monotonic()
             assert self.server.wait_for(lambda: bool(self.stop), timeout=10.0)

@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "packaging"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bootstrap  # noqa: E402
-import build_dataset  # noqa: E402
 import lock  # noqa: E402
 import secrets_scan  # noqa: E402
 import wheelfetch  # noqa: E402

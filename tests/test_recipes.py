@@ -51,7 +51,7 @@ class KeepCheckpoints:
 
     def __call__(self, event):
         if event.kind == "checkpoint":
-            shutil.copy(event.data["path"], self.folder / f"{event.data['step']}.pt")
+            shutil.copy(event.path, self.folder / f"{event.step}.pt")
 
     def payload(self, step: int) -> dict:
         return torch.load(self.folder / f"{step}.pt", map_location="cpu", weights_only=True)

@@ -74,7 +74,7 @@ def test_leftovers_of_killed_saves_go_at_start_up_and_before_each_save(mini_data
         late = f".state-4.pt.{dead}.late0000.tmp"
 
         def kill_leftover_before_the_save(event):  # a dead writer's file after start-up
-            if event.kind == "progress" and event.data["step"] == 3:
+            if event.kind == "progress" and event.step == 3:
                 (folder / late).write_bytes(b"x" * 1000)
                 assert "state-1.json" not in names(folder)  # gone at start-up already
 
@@ -159,8 +159,8 @@ def test_no_room_for_model_pt_is_the_same_one_line(mini_data, tmp_path):
         with pytest.raises(DiskFullError, match=r"writing model\.pt \(needs ~1\.\d MB, "
                                                 r"0\.\d MB free\): free space$"):
             train(config, EventBus([events.append]))
-    failure = [e.data for e in events if e.kind == "failure"]
-    assert failure[0]["exit_code"] == DISK_FULL and "no space left" in failure[0]["error"]
+    failure = [e for e in events if e.kind == "failure"]
+    assert failure[0].exit_code == DISK_FULL and "no space left" in failure[0].error
 
 
 def test_a_disk_that_fills_during_the_write_ends_the_same_way(mini_data, tmp_path, capsys):

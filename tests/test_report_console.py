@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 
-from imet.train.events import EventBus
+from imet.train.events import EventBus, Failure, Progress, RunStart
 from imet.config import format_duration
 from imet.observe.console import ConsoleProgress
 from report_sim import StepClock, emit_session
@@ -33,14 +34,15 @@ def test_plain_lines_are_throttled_and_complete():
 def test_stage_eta_uses_stage_end_and_measured_rate():
     progress = ConsoleProgress(every_s=1e9, stream=io.StringIO(), clock=StepClock())
     progress(_start())
-    data = {"stage": 1, "step": 4, "total_steps": 60, "steps_per_epoch": 10,
-            "stage1_end_step": 10, "eta_run_s": 100.0}
+    data = Progress(stage=1, epoch=0, step=4, total_steps=60, epoch_step=4, steps_per_epoch=10,
+                    stage1_end_step=10, loss=0.5, lr=1e-3, img_per_s=10.0, eta_run_s=100.0,
+                    session_left_s=None)
     # No rate measured yet: stage 1 ETA is the run ETA scaled to the stage's remaining steps.
     assert progress.stage_eta(data) == 100.0 * 6 / 56
-    progress._update_rate({"stage": 1, "step": 4})
-    progress._update_rate({"stage": 1, "step": 6})  # 2 steps in 1 s of the fake clock
-    assert progress.stage_eta({**data, "step": 6}) == 2.0
-    assert progress.stage_eta({**data, "stage": 2, "step": 30, "eta_run_s": 77.0}) == 77.0
+    progress._update_rate(replace(data, step=4))
+    progress._update_rate(replace(data, step=6))  # 2 steps in 1 s of the fake clock
+    assert progress.stage_eta(replace(data, step=6)) == 2.0
+    assert progress.stage_eta(replace(data, stage=2, step=30, eta_run_s=77.0)) == 77.0
 
 
 def test_handover_and_failure_lines():
@@ -69,9 +71,9 @@ def test_format_duration():
 
 
 def _start():
-    from imet.train.events import Event
-    return Event("run_start", {"run_name": "r", "config": {"epochs": 6, "head_epochs": 1},
-                               "total_steps": 60, "stage1_end_step": 10, "rank": 0})
+    return RunStart(run_name="r", arch="resnet18", fold=0, image_size=64, session=1,
+                    resumed_from=None, device="cpu", config={"epochs": 6, "head_epochs": 1},
+                    total_steps=60, stage1_end_step=10, kernel=None, rank=0)
 
 
 def test_a_real_terminal_gets_the_bar():
@@ -99,7 +101,7 @@ def test_a_real_terminal_gets_the_bar():
 def test_user_errors_are_left_to_the_command_s_one_line():
     stream = io.StringIO()
     bus = EventBus([ConsoleProgress(every_s=60, stream=stream)])
-    bus.emit("failure", error="DataError: labels.csv: not found", traceback="", user_error=True)
+    bus.emit(Failure(error="DataError: labels.csv: not found", traceback="", user_error=True))
     assert stream.getvalue() == ""
-    bus.emit("failure", error="RuntimeError: boom", traceback="", user_error=False)
+    bus.emit(Failure(error="RuntimeError: boom", traceback="", user_error=False))
     assert stream.getvalue() == "imet: training failed: RuntimeError: boom\n"

@@ -70,7 +70,7 @@ class SignalAt:
         self.kind, self.step, self.signum = kind, step, signum
 
     def __call__(self, event):
-        if event.kind == self.kind and event.data["step"] == self.step:
+        if event.kind == self.kind and event.step == self.step:
             os.kill(os.getpid(), self.signum)
 
 

@@ -75,7 +75,7 @@ def test_a_session_that_hands_over_without_a_step_fails(mini_data, tmp_path):
     with pytest.raises(UserError, match="no training step fitted in this session") as err:
         train(config, bus, clock=clock)
     assert "\n" not in str(err.value) and "--margin auto keeps 20s" in str(err.value)
-    assert events[-1].kind == "failure" and events[-1].data["user_error"]
+    assert events[-1].kind == "failure" and events[-1].user_error
     assert not [e for e in events if e.kind == "handover"]
     assert not (tmp_path / HANDOVER).exists()  # nothing for a chain to push again
     [record] = read_registry(tmp_path / REGISTRY_NAME)

@@ -1,6 +1,7 @@
 """`imet train` end to end on mini-iMet, its config handling, stages and schedules."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -195,7 +196,7 @@ def test_events_carry_the_contract_fields(mini_data, tmp_path):
 
     def stop_at_step_5(event):
         events.append(event)
-        if event.kind == "progress" and event.data["step"] == 5:
+        if event.kind == "progress" and event.step == 5:
             import os
             import signal
             os.kill(os.getpid(), signal.SIGTERM)
@@ -208,13 +209,22 @@ def test_events_carry_the_contract_fields(mini_data, tmp_path):
     kinds = [e.kind for e in events]
     assert set(kinds) == set(CONTRACT_FIELDS)
     for event in events:
-        assert CONTRACT_FIELDS[event.kind] <= set(event.data), event.kind
-        json.dumps(event.data)  # JSON-able
-    starts = [e.data for e in events if e.kind == "run_start"]
-    assert [(s["session"], s["resumed_from"]) for s in starts] == [(1, None), (2, 5)]
-    saved = [e.data["step"] for e in events if e.kind == "checkpoint"]
+        fields = {f.name for f in dataclasses.fields(event)}
+        assert CONTRACT_FIELDS[event.kind] <= fields, event.kind
+        json.dumps(dataclasses.asdict(event))  # JSON-able
+    starts = [e for e in events if e.kind == "run_start"]
+    assert [(s.session, s.resumed_from) for s in starts] == [(1, None), (2, 5)]
+    # A resumed session starts with the run's best so far, as the first session left it.
+    assert starts[0].best_f2 is None and starts[0].history == []
+    before = events[:events.index(starts[1])]
+    last = [e for e in before if e.kind == "evaluation"][-1]
+    best = [e for e in before if e.kind == "evaluation" and e.is_best][-1]
+    assert (starts[1].best_f2, starts[1].best_step, starts[1].threshold) == \
+        (best.f2, best.step, best.threshold)
+    assert starts[1].history == last.history
+    saved = [e.step for e in events if e.kind == "checkpoint"]
     assert saved[:3] == [3, 4, 5]  # every 3 steps, after the epoch-end evaluation, at the stop
-    assert "missing" in [e for e in events if e.kind == "failure"][0].data["error"]
+    assert "missing" in [e for e in events if e.kind == "failure"][0].error
 
 
 @pytest.mark.parametrize("preset", ["seed", "resize"])

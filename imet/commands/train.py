@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shlex
 import sys
 import time
@@ -251,14 +252,15 @@ def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) ->
     # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
     # fail at the first CUDA operation: refused before anything is built.
     from imet.errors import UserError
-    from imet.kaggle.session import device_problem
+    from imet.kaggle.session import KERNEL_ENV, device_problem
     problem = device_problem(config.device)
     if problem:
         raise UserError(problem)
     bus = build_bus(config, stop.request)  # Telegram's /stop asks through it, as a signal does
     try:
         result = train(config, bus, session_start=session_start, stop=stop,
-                       next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]))
+                       next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]),
+                       kernel=os.environ.get(KERNEL_ENV) or None)
     finally:
         bus.close()
     from imet.train.distributed import env_rank

@@ -37,6 +37,7 @@ from imet.kaggle.render import (
     requested_accelerator,
     slug_of,
     with_accelerator,
+    with_kernel_id,
 )
 from imet.kaggle.session import ROOT_ENV
 from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
@@ -114,6 +115,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     asked = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
     code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
     meta, code = with_accelerator(meta, code, asked)
+    code = with_kernel_id(meta, code, getpass.getuser())
     # Absolute from here on: the mounts and the kernel run with other working folders.
     session_dir = Path(out).resolve() / f"v{version}"
     if session_dir.exists():

@@ -217,9 +217,11 @@ def write_rendered(out_dir: Path, files: dict[str, str]) -> Path:
 REQUIRED = ("id", "title", "code_file", "language", "kernel_type", "enable_internet",
             "enable_gpu", "dataset_sources", "competition_sources", "kernel_sources")
 OWNER = "{owner}"
-# The line of a kernel script that tells the session what it asked for: Kaggle gives a script
-# no view of its metadata, so render (and the emulator) write the machine_shape into it.
+# The lines of a kernel script that tell the session what it asked for and which kernel it is:
+# Kaggle gives a script no view of its metadata, so render (and the emulator) write the
+# machine_shape and the kernel's id (owner/slug, which run.json and the registry name) into it.
 ACCELERATOR = "ACCELERATOR"
+KERNEL_ID = "KERNEL"
 
 
 def _setting_line(name: str) -> re.Pattern:
@@ -281,6 +283,12 @@ def with_accelerator(meta: dict, code: str, name: str) -> tuple[dict, str]:
     return meta, with_setting(code, ACCELERATOR, name, meta.get("id"), required=False)
 
 
+def with_kernel_id(meta: dict, code: str, owner: str) -> str:
+    """The script with its KERNEL line (where it has one) naming the kernel's id."""
+    kernel_id = meta["id"].replace(OWNER, owner)
+    return with_setting(code, KERNEL_ID, kernel_id, kernel_id, required=False)
+
+
 def check_owner(owner: str) -> str:
     if not owner or "/" in owner or OWNER in owner:
         raise UserError(f"--owner {owner!r} is not a Kaggle user name")
@@ -298,6 +306,7 @@ def prepare(kernel_dir: Path, owner: str, accelerator: str | None = None,
     script = Path(kernel_dir) / meta["code_file"]
     code = script.read_text(encoding="utf-8")
     meta, code = with_accelerator({**meta, **(fields or {})}, code, name)
+    code = with_kernel_id(meta, code, owner)
     for setting, value in (settings or {}).items():
         code = with_setting(code, setting, value, script)
     text = json.dumps(meta, indent=2).replace(OWNER, owner)

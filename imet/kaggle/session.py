@@ -35,6 +35,9 @@ from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"
+# The id (owner/slug) of the kernel a session runs in, for `imet train`'s run_start: set by the
+# trainer session from its script's KERNEL line.
+KERNEL_ENV = "IMET_KERNEL"
 DEFAULT_ROOT = "/kaggle"
 # Where the inference kernel writes its pseudo-labels (`imet pseudo-label`) in its working
 # folder, and the value of `imet train --extra` in a trainer kernel's arguments that asks for
@@ -348,14 +351,13 @@ def diagnose(s: Settings) -> Report:
 def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
     """The problems as a Telegram crash message (when configured and not off)."""
     from imet.observe.telegram import build_notifier
-    from imet.train.events import Event
-    notifier = build_notifier(mode, kernel=kernel)
+    from imet.train.events import Failure
+    notifier = build_notifier(mode)
     if notifier is None:
         return False
     try:
-        notifier(Event("failure", {"error": "imet doctor stopped the session: "
-                                            + " | ".join(problems), "kernel": kernel,
-                                   "run_name": f"imet {kernel or 'doctor'}"}))
+        notifier(Failure(error="imet doctor stopped the session: " + " | ".join(problems),
+                         run_name=f"imet {kernel or 'doctor'}"))
     finally:
         notifier.close()
     return True
@@ -636,7 +638,9 @@ def with_extra_found(train_args: list[str]) -> list[str]:
 
 
 def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5,
-            accelerator: str | None = None) -> int:
+            accelerator: str | None = None, kernel: str | None = None) -> int:
+    if kernel:  # this process is the kernel's: the training it starts inherits it
+        os.environ[KERNEL_ENV] = kernel
     data = find_competition_data()
     from imet.config import TrainConfig
     code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)

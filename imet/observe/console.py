@@ -12,7 +12,8 @@ import time
 from typing import Any, Iterable, TextIO
 
 from imet.config import format_duration
-from imet.train.events import RankZeroSubscriber
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
+    InitEvaluation, Progress, RankZeroSubscriber, RunStart)
 
 REDACTED = "<redacted>"
 
@@ -113,64 +114,62 @@ class ConsoleProgress(RankZeroSubscriber):
             print(text, file=self.stream, flush=True)
 
     # --- events -------------------------------------------------------------------------------
-    def _on_run_start(self, event) -> None:
-        data = event.data
-        config = data.get("config") or {}
+    def _on_run_start(self, event: RunStart) -> None:
+        config = event.config or {}
         self._total_epochs = config.get("epochs")
-        resumed = data.get("resumed_from")
+        resumed = event.resumed_from
         start = f"resuming from step {resumed}" if resumed is not None else "starting"
-        self._print(f"imet: run {data.get('run_name')} (fold {data.get('fold')}, "
-                    f"{data.get('arch')}, {data.get('image_size')} px) session "
-                    f"{data.get('session')} on {data.get('device')}: {start}, "
-                    f"{data.get('total_steps')} steps in all")
+        self._print(f"imet: run {event.run_name} (fold {event.fold}, "
+                    f"{event.arch}, {event.image_size} px) session "
+                    f"{event.session} on {event.device}: {start}, "
+                    f"{event.total_steps} steps in all")
         if self.tty:
             # A real terminal: the plain bar (tqdm.auto would pick a notebook widget).
             from tqdm import tqdm
-            self._bar = tqdm(total=data.get("total_steps"), initial=int(resumed or 0),
+            self._bar = tqdm(total=event.total_steps, initial=int(resumed or 0),
                              file=self.stream, unit="step", dynamic_ncols=True,
-                             desc=str(data.get("run_name") or "train"))
+                             desc=str(event.run_name or "train"))
 
-    def _on_progress(self, event) -> None:
-        data = event.data
-        self._update_rate(data)
+    def _on_progress(self, event: Progress) -> None:
+        self._update_rate(event)
         if self._bar is not None:
-            step = int(data.get("step") or 0)
+            step = int(event.step or 0)
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
-            epoch = data.get("epoch")
-            epoch = epoch + 1 if isinstance(epoch, int) and data.get("epoch_step") else epoch
+            epoch = event.epoch
+            epoch = epoch + 1 if isinstance(epoch, int) and event.epoch_step else epoch
             self._bar.set_postfix_str(
-                f"stage {data.get('stage')} ep {epoch} loss "
-                f"{_num(data.get('loss'), '.4f')} lr {_num(data.get('lr'), '.2e')} "
-                f"{_num(data.get('img_per_s'), '.0f')} img/s left "
-                f"{format_duration(data.get('session_left_s'))}", refresh=False)
+                f"stage {event.stage} ep {epoch} loss "
+                f"{_num(event.loss, '.4f')} lr {_num(event.lr, '.2e')} "
+                f"{_num(event.img_per_s, '.0f')} img/s left "
+                f"{format_duration(event.session_left_s)}", refresh=False)
             return
         now = self._clock()
         if self._last_line is not None and now - self._last_line < self.every_s:
             return
         self._last_line = now
-        self._print(self.progress_line(data))
+        self._print(self.progress_line(event))
 
-    def progress_line(self, data: dict[str, Any]) -> str:
+    def progress_line(self, event: Progress) -> str:
         """The plain progress line for one progress event."""
-        step, total = data.get("step"), data.get("total_steps")
+        step, total = event.step, event.total_steps
         percent = f" ({100.0 * step / total:.0f}%)" if step is not None and total else ""
         epochs = f"/{self._total_epochs}" if self._total_epochs else ""
         # The engine counts completed epochs; a reader wants the one in progress.
-        epoch = data.get("epoch")
-        epoch = epoch + 1 if isinstance(epoch, int) and data.get("epoch_step") else epoch
-        session_left = data.get("session_left_s")
+        epoch = event.epoch
+        epoch = epoch + 1 if isinstance(epoch, int) and event.epoch_step else epoch
+        session_left = event.session_left_s
         session = (f" | session left {format_duration(session_left)}"
                    if session_left is not None else "")
-        return (f"[{time.strftime('%H:%M:%S')}] stage {data.get('stage')} | epoch "
+        return (f"[{time.strftime('%H:%M:%S')}] stage {event.stage} | epoch "
                 f"{epoch}{epochs} | step {step}/{total}{percent} | loss "
-                f"{_num(data.get('loss'), '.4f')} | lr {_num(data.get('lr'), '.2e')} | "
-                f"{_num(data.get('img_per_s'), '.1f')} img/s | ETA stage "
-                f"{format_duration(self.stage_eta(data))}, run "
-                f"{format_duration(data.get('eta_run_s'))}{session}")
+                f"{_num(event.loss, '.4f')} | lr {_num(event.lr, '.2e')} | "
+                f"{_num(event.img_per_s, '.1f')} img/s | ETA stage "
+                f"{format_duration(self.stage_eta(event))}, run "
+                f"{format_duration(event.eta_run_s)}{session}")
 
-    def _update_rate(self, data: dict[str, Any]) -> None:
-        now, step, stage = self._clock(), data.get("step"), data.get("stage")
+    def _update_rate(self, event: Progress) -> None:
+        now, step, stage = self._clock(), event.step, event.stage
         if step is None:
             return
         previous = self._previous
@@ -181,71 +180,65 @@ class ConsoleProgress(RankZeroSubscriber):
         old = self._rate.get(stage)
         self._rate[stage] = sample if old is None else _EMA * sample + (1 - _EMA) * old
 
-    def stage_eta(self, data: dict[str, Any]) -> float | None:
+    def stage_eta(self, event: Progress) -> float | None:
         """Seconds to the end of the current stage at the stage's measured step rate; the run
         ETA in the last stage; None when unknown (stage 1 of an event without its end step)."""
-        step, total, stage = data.get("step"), data.get("total_steps"), data.get("stage")
+        step, total, stage = event.step, event.total_steps, event.stage
         if step is None or total is None:
             return None
         end = total
         if stage == 1:
-            if data.get("stage1_end_step") is None:
+            if event.stage1_end_step is None:
                 return None
-            end = min(total, int(data["stage1_end_step"]))
+            end = min(total, int(event.stage1_end_step))
         rate = self._rate.get(stage)
         if rate:
             return max(0.0, (end - step) / rate)
-        eta_run = data.get("eta_run_s")
+        eta_run = event.eta_run_s
         if eta_run is not None and end == total:
             return eta_run
         if eta_run is not None and total > step:
             return eta_run * (end - step) / (total - step)
         return None
 
-    def _on_evaluation(self, event) -> None:
-        data = event.data
-        best = " *new best*" if data.get("is_best") else ""
-        self._print(f"[{time.strftime('%H:%M:%S')}] eval step {data.get('step')}: F2 "
-                    f"{_num(data.get('f2'), '.4f')} @ threshold "
-                    f"{_num(data.get('threshold'), '.3f')}, val loss "
-                    f"{_num(data.get('val_loss'), '.4f')} (best {_num(data.get('best_f2'), '.4f')}"
-                    f" at step {data.get('best_step')}){best}")
+    def _on_evaluation(self, event: Evaluation) -> None:
+        best = " *new best*" if event.is_best else ""
+        self._print(f"[{time.strftime('%H:%M:%S')}] eval step {event.step}: F2 "
+                    f"{_num(event.f2, '.4f')} @ threshold "
+                    f"{_num(event.threshold, '.3f')}, val loss "
+                    f"{_num(event.val_loss, '.4f')} (best {_num(event.best_f2, '.4f')}"
+                    f" at step {event.best_step}){best}")
 
-    def _on_init_evaluation(self, event) -> None:
-        data = event.data
-        self._print(f"[{time.strftime('%H:%M:%S')}] untuned F2 {_num(data.get('f2'), '.4f')} @ "
-                    f"threshold {_num(data.get('threshold'), '.3f')}, val loss "
-                    f"{_num(data.get('val_loss'), '.4f')}: the --init model before tuning")
+    def _on_init_evaluation(self, event: InitEvaluation) -> None:
+        self._print(f"[{time.strftime('%H:%M:%S')}] untuned F2 {_num(event.f2, '.4f')} @ "
+                    f"threshold {_num(event.threshold, '.3f')}, val loss "
+                    f"{_num(event.val_loss, '.4f')}: the --init model before tuning")
 
-    def _on_checkpoint(self, event) -> None:
-        data = event.data
+    def _on_checkpoint(self, event: Checkpoint) -> None:
         if not self.tty:
-            self._print(f"[{time.strftime('%H:%M:%S')}] checkpoint step {data.get('step')}: "
-                        f"{data.get('path')}")
+            self._print(f"[{time.strftime('%H:%M:%S')}] checkpoint step {event.step}: "
+                        f"{event.path}")
 
-    def _on_handover(self, event) -> None:
-        data = event.data
+    def _on_handover(self, event: Handover) -> None:
         self._close_bar()
-        self._print(f"imet: stopping at step {data.get('step')} ({data.get('reason')}); "
-                    f"checkpoint {data.get('checkpoint')}; next: {data.get('next')} "
-                    f"(exit code {data.get('exit_code')})")
+        self._print(f"imet: stopping at step {event.step} ({event.reason}); "
+                    f"checkpoint {event.checkpoint}; next: {event.next} "
+                    f"(exit code {event.exit_code})")
 
-    def _on_finish(self, event) -> None:
-        data = event.data
+    def _on_finish(self, event: Finish) -> None:
         self._close_bar()
-        untuned = (f" (untuned {_num(data['init_f2'], '.4f')})"
-                   if data.get("init_f2") is not None else "")
-        self._print(f"imet: finished: best F2 {_num(data.get('best_f2'), '.4f')}{untuned} at "
-                    f"step {data.get('best_step')}, {data.get('sessions')} session(s), "
-                    f"{format_duration(data.get('duration_s'))}")
+        untuned = (f" (untuned {_num(event.init_f2, '.4f')})"
+                   if event.init_f2 is not None else "")
+        self._print(f"imet: finished: best F2 {_num(event.best_f2, '.4f')}{untuned} at "
+                    f"step {event.best_step}, {event.sessions} session(s), "
+                    f"{format_duration(event.duration_s)}")
 
-    def _on_failure(self, event) -> None:
-        data = event.data
+    def _on_failure(self, event: Failure) -> None:
         self._close_bar()
-        if data.get("user_error"):
+        if event.user_error:
             return  # the command prints it as its one-line error
         # an error text may quote a URL with a token in it
-        self._print(f"imet: training failed: {redact(str(data.get('error')))}")
+        self._print(f"imet: training failed: {redact(str(event.error))}")
 
     def _close_bar(self) -> None:
         if self._bar is not None:

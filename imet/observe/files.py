@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 import imet
 from imet.fileio import atomic_write_bytes, atomic_write_text, utc_timestamp
 from imet.observe.console import redact
-from imet.train.events import RankZeroSubscriber
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
+    InitEvaluation, Progress, RankZeroSubscriber, RunStart)
 from imet.walk import walk_folders
 
 PLOTS_DIR = "plots"
@@ -464,11 +465,10 @@ class MetricsWriter(RankZeroSubscriber):
         self._stage = None  # evaluation events carry no stage: the last progress event's
 
     # --- events -------------------------------------------------------------------------------
-    def _on_run_start(self, event) -> None:
-        data = event.data
-        self._run = str(data.get("run_name") or "")
-        self._session = data.get("session")
-        resumed_from = data.get("resumed_from")
+    def _on_run_start(self, event: RunStart) -> None:
+        self._run = str(event.run_name or "")
+        self._session = event.session
+        resumed_from = event.resumed_from
         rows: list[dict[str, Any]] = []
         if resumed_from is not None:
             source = self.path
@@ -485,33 +485,31 @@ class MetricsWriter(RankZeroSubscriber):
         return [row for row in read_metrics(path)
                 if row["run"] == self._run and row["step"] <= step]
 
-    def _on_progress(self, event) -> None:
-        data = event.data
-        self._stage = data.get("stage")
-        self._write({"kind": "progress", "stage": data.get("stage"), "epoch": data.get("epoch"),
-                     "step": data.get("step"), "epoch_step": data.get("epoch_step"),
-                     "loss": data.get("loss"), "lr": data.get("lr"),
-                     "img_per_s": data.get("img_per_s")}, event.time)
+    def _on_progress(self, event: Progress) -> None:
+        self._stage = event.stage
+        self._write({"kind": "progress", "stage": event.stage, "epoch": event.epoch,
+                     "step": event.step, "epoch_step": event.epoch_step,
+                     "loss": event.loss, "lr": event.lr,
+                     "img_per_s": event.img_per_s}, event.time)
 
-    def _on_evaluation(self, event) -> None:
-        data = event.data
-        self._write({"kind": "evaluation", "stage": self._stage, "epoch": data.get("epoch"),
-                     "step": data.get("step"), "f2": data.get("f2"),
-                     "threshold": data.get("threshold"), "best_f2": data.get("best_f2"),
-                     "val_loss": data.get("val_loss"),
-                     "is_best": data.get("is_best")}, event.time)
+    def _on_evaluation(self, event: Evaluation) -> None:
+        self._write({"kind": "evaluation", "stage": self._stage, "epoch": event.epoch,
+                     "step": event.step, "f2": event.f2,
+                     "threshold": event.threshold, "best_f2": event.best_f2,
+                     "val_loss": event.val_loss,
+                     "is_best": event.is_best}, event.time)
         self._sync()
 
-    def _on_checkpoint(self, event) -> None:
+    def _on_checkpoint(self, event: Checkpoint) -> None:
         self._sync()
 
-    def _on_handover(self, event) -> None:
+    def _on_handover(self, event: Handover) -> None:
         self._sync()
 
-    def _on_finish(self, event) -> None:
+    def _on_finish(self, event: Finish) -> None:
         self._sync()
 
-    def _on_failure(self, event) -> None:
+    def _on_failure(self, event: Failure) -> None:
         self._sync()
 
     # --- file ---------------------------------------------------------------------------------
@@ -604,45 +602,42 @@ class ArtifactWriter(RankZeroSubscriber):
         self._session: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
 
-    def _on_run_start(self, event) -> None:
-        data = event.data
-        run_name = str(data.get("run_name") or "")
+    def _on_run_start(self, event: RunStart) -> None:
+        run_name = str(event.run_name or "")
         previous = None  # a fresh start (no checkpoint) owes nothing to an older run.json
-        if data.get("resumed_from") is not None:
+        if event.resumed_from is not None:
             previous = read_run_json(self.run_dir / RUN_JSON)
             if not previous or previous.get("run_name") != run_name:
                 previous = find_run_json(run_name, self.inputs)
         # Sessions before this one; a later one left by an abandoned attempt is not history.
         sessions = [s for s in (previous or {}).get("sessions", [])
-                    if int(s.get("session") or 0) < int(data.get("session") or 1)]
-        config = redact(data.get("config") or {})
-        self._session = {"session": data.get("session"), "started": utc_timestamp(event.time),
-                         "start_time": event.time, "device": data.get("device"),
-                         "kernel": data.get("kernel"), "resumed_from": data.get("resumed_from"),
+                    if int(s.get("session") or 0) < int(event.session or 1)]
+        config = redact(event.config or {})
+        self._session = {"session": event.session, "started": utc_timestamp(event.time),
+                         "start_time": event.time, "device": event.device,
+                         "kernel": event.kernel, "resumed_from": event.resumed_from,
                          "wall_s": None, "ended": None}
-        keep = previous or {}
         self.summary = {
             "format": "imet-run", "version": 1, "run_name": run_name, "status": "running",
-            "arch": data.get("arch"), "fold": data.get("fold"),
-            "image_size": data.get("image_size"), "total_steps": data.get("total_steps"),
-            "config": config, "config_hash": data.get("config_fingerprint"),
+            "arch": event.arch, "fold": event.fold,
+            "image_size": event.image_size, "total_steps": event.total_steps,
+            "config": config, "config_hash": event.config_fingerprint,
             "code_version": code_version(self.inputs),
-            "best_f2": keep.get("best_f2"), "best_step": keep.get("best_step"),
-            "threshold": keep.get("threshold"), "sessions": sessions + [self._session],
+            "best_f2": event.best_f2, "best_step": event.best_step,
+            "threshold": event.threshold, "sessions": sessions + [self._session],
         }
-        if data.get("init_f2") is not None:  # --init: the untuned model's F2 (first session)
-            self.summary["init_f2"] = data["init_f2"]
+        if event.init_f2 is not None:  # --init: the untuned model's F2 (first session)
+            self.summary["init_f2"] = event.init_f2
 
-    def _on_init_evaluation(self, event) -> None:
-        self.summary["init_f2"] = event.data.get("f2")
+    def _on_init_evaluation(self, event: InitEvaluation) -> None:
+        self.summary["init_f2"] = event.f2
 
-    def _on_evaluation(self, event) -> None:
-        data = event.data
-        if data.get("is_best"):
-            self.summary["threshold"] = data.get("threshold")
-        self.summary["best_f2"] = data.get("best_f2")
-        self.summary["best_step"] = data.get("best_step")
-        self._history = list(data.get("history") or self._history)
+    def _on_evaluation(self, event: Evaluation) -> None:
+        if event.is_best:
+            self.summary["threshold"] = event.threshold
+        self.summary["best_f2"] = event.best_f2
+        self.summary["best_step"] = event.best_step
+        self._history = list(event.history or self._history)
 
     def _end_session(self, event, status: str, **extra: Any) -> list[str]:
         if self._session is not None:
@@ -679,18 +674,15 @@ class ArtifactWriter(RankZeroSubscriber):
         atomic_write_text(self.run_dir / RUN_JSON,
                           json.dumps(redact(summary), indent=2, default=str) + "\n")
 
-    def _on_handover(self, event) -> None:
-        data = event.data
-        self._end_session(event, "handover", next=data.get("next"), reason=data.get("reason"),
-                          checkpoint=data.get("checkpoint"), last_step=data.get("step"))
+    def _on_handover(self, event: Handover) -> None:
+        self._end_session(event, "handover", next=event.next, reason=event.reason,
+                          checkpoint=event.checkpoint, last_step=event.step)
 
-    def _on_finish(self, event) -> None:
-        data = event.data
-        self._history = list(data.get("history") or self._history)
-        artifacts = [str(a) for a in data.get("artifacts") or []]
-        self.summary.update(best_f2=data.get("best_f2", self.summary.get("best_f2")),
-                            best_step=data.get("best_step", self.summary.get("best_step")),
-                            duration_s=data.get("duration_s"))
+    def _on_finish(self, event: Finish) -> None:
+        self._history = list(event.history or self._history)
+        artifacts = [str(a) for a in event.artifacts or []]
+        self.summary.update(best_f2=event.best_f2, best_step=event.best_step,
+                            duration_s=event.duration_s)
         plots = self._end_session(event, "finished", next=None)
         listed = artifacts + [p for p in plots + [str(self.run_dir / RUN_JSON)]
                               if p not in artifacts]
@@ -698,10 +690,10 @@ class ArtifactWriter(RankZeroSubscriber):
                                      else p for p in listed]
         self._write_json()
 
-    def _on_failure(self, event) -> None:
+    def _on_failure(self, event: Failure) -> None:
         if not self.run_dir.is_dir():  # refused before the run began (bad input): nothing written
             return
-        error = str(event.data.get("error") or "").strip()
+        error = str(event.error or "").strip()
         self._end_session(event, "failed", error=error.splitlines()[0][:500] if error else "")
 
 

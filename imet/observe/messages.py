@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from imet.config import format_duration
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
+    Progress, RankZeroSubscriber, RunStart)
 
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
@@ -138,93 +140,92 @@ def caption(lines: list[str]) -> str:
     return ""
 
 
-def _run_label(data: dict, run_name: str | None) -> str:
-    return f"<b>{esc(data.get('run_name') or run_name or 'imet run')}</b>"
+def _run_label(run_name: str | None) -> str:
+    return f"<b>{esc(run_name or 'imet run')}</b>"
 
 
 # Config fields worth seeing on a phone; others are in run.json.
 _CONFIG_SHOWN = ("loss", "epochs", "batch_size", "lr", "schedule", "preset", "amp", "seed")
 
 
-def run_start(data: dict, run_name: str | None = None) -> list[str]:
-    resumed = data.get("resumed_from")
+def run_start(event: RunStart, run_name: str | None = None) -> list[str]:
+    resumed = event.resumed_from
     verb = f"resumed from step {esc(resumed)}" if resumed is not None else "started"
-    lines = [f"🚀 {_run_label(data, run_name)} {verb}"]
-    where = [f"session {esc(data.get('session'))}"]
-    if data.get("kernel"):
-        where.insert(0, f"kernel <code>{esc(data['kernel'])}</code>")
+    lines = [f"🚀 {_run_label(event.run_name or run_name)} {verb}"]
+    where = [f"session {esc(event.session)}"]
+    if event.kernel:
+        where.insert(0, f"kernel <code>{esc(event.kernel)}</code>")
     lines.append(" · ".join(where))
-    lines.append(f"device: {esc(data.get('device'))}")
-    lines.append(f"{esc(data.get('arch'))} · fold {esc(data.get('fold'))} · "
-                 f"{esc(data.get('image_size'))} px · {esc(data.get('total_steps'))} steps")
-    config = data.get("config") or {}
+    lines.append(f"device: {esc(event.device)}")
+    lines.append(f"{esc(event.arch)} · fold {esc(event.fold)} · "
+                 f"{esc(event.image_size)} px · {esc(event.total_steps)} steps")
+    config = event.config or {}
     shown = [f"{key} {esc(config[key], 40)}" for key in _CONFIG_SHOWN if key in config]
     if shown:
         lines.append(" · ".join(shown))
     return pack(lines)
 
 
-def progress(data: dict, run_name: str | None = None) -> list[str]:
-    step, total = data.get("step"), data.get("total_steps")
+def progress(event: Progress, run_name: str | None = None) -> list[str]:
+    step, total = event.step, event.total_steps
     percent = ""
     if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total:
         percent = f" ({100.0 * step / total:.0f}%)"
-    lines = [f"⏳ {_run_label(data, run_name)} · stage {esc(data.get('stage'))} · "
-             f"epoch {esc(data.get('epoch'))} · step {esc(step)}/{esc(total)}{percent}",
-             f"loss {fmt_float(data.get('loss'))} · lr {fmt_lr(data.get('lr'))} · "
-             f"{fmt_float(data.get('img_per_s'), 1)} img/s",
-             f"ETA run {format_duration(data.get('eta_run_s'), ' ')}"]
-    if data.get("session_left_s") is not None:
-        lines[-1] += f" · session left {format_duration(data.get('session_left_s'), ' ')}"
+    lines = [f"⏳ {_run_label(run_name)} · stage {esc(event.stage)} · "
+             f"epoch {esc(event.epoch)} · step {esc(step)}/{esc(total)}{percent}",
+             f"loss {fmt_float(event.loss)} · lr {fmt_lr(event.lr)} · "
+             f"{fmt_float(event.img_per_s, 1)} img/s",
+             f"ETA run {format_duration(event.eta_run_s, ' ')}"]
+    if event.session_left_s is not None:
+        lines[-1] += f" · session left {format_duration(event.session_left_s, ' ')}"
     return pack(lines)
 
 
-def evaluation(data: dict, run_name: str | None = None) -> list[str]:
-    best = " ★ new best" if data.get("is_best") else (
-        f" · best {fmt_float(data.get('best_f2'))} at step {esc(data.get('best_step'))}")
-    lines = [f"📊 {_run_label(data, run_name)} · step {esc(data.get('step'))} · "
-             f"epoch {esc(data.get('epoch'))}",
-             f"F2 <b>{fmt_float(data.get('f2'))}</b> at threshold "
-             f"{fmt_float(data.get('threshold'), 3)}{best}",
-             f"val loss {fmt_float(data.get('val_loss'))}"]
+def evaluation(event: Evaluation, run_name: str | None = None) -> list[str]:
+    best = " ★ new best" if event.is_best else (
+        f" · best {fmt_float(event.best_f2)} at step {esc(event.best_step)}")
+    lines = [f"📊 {_run_label(run_name)} · step {esc(event.step)} · "
+             f"epoch {esc(event.epoch)}",
+             f"F2 <b>{fmt_float(event.f2)}</b> at threshold "
+             f"{fmt_float(event.threshold, 3)}{best}",
+             f"val loss {fmt_float(event.val_loss)}"]
     return pack(lines)
 
 
-def checkpoint(data: dict, run_name: str | None = None) -> list[str]:
-    return pack([f"💾 {_run_label(data, run_name)} checkpoint at step {esc(data.get('step'))}",
-                 f"<code>{esc(data.get('path'))}</code>"])
+def checkpoint(event: Checkpoint, run_name: str | None = None) -> list[str]:
+    return pack([f"💾 {_run_label(run_name)} checkpoint at step {esc(event.step)}",
+                 f"<code>{esc(event.path)}</code>"])
 
 
-def handover(data: dict, run_name: str | None = None) -> list[str]:
+def handover(event: Handover, run_name: str | None = None) -> list[str]:
     reason = {"budget": "the session time budget is spent",
               "signal": "the kernel was asked to stop",
-              "telegram": "/stop from this chat"}.get(data.get("reason"),
-                                                            esc(data.get("reason")))
-    lines = [f"⏸ {_run_label(data, run_name)} handing over: {reason}",
-             f"state saved at step {esc(data.get('step'))}: "
-             f"<code>{esc(data.get('checkpoint'))}</code>",
-             f"next: {esc(data.get('next'), 1000)}",
-             f"exit code {esc(data.get('exit_code'))}"]
+              "telegram": "/stop from this chat"}.get(event.reason, esc(event.reason))
+    lines = [f"⏸ {_run_label(run_name)} handing over: {reason}",
+             f"state saved at step {esc(event.step)}: "
+             f"<code>{esc(event.checkpoint)}</code>",
+             f"next: {esc(event.next, 1000)}",
+             f"exit code {esc(event.exit_code)}"]
     return pack(lines)
 
 
-def finish(data: dict, run_name: str | None = None) -> list[str]:
-    lines = [f"✅ {_run_label(data, run_name)} finished",
-             f"best F2 <b>{fmt_float(data.get('best_f2'))}</b> at step "
-             f"{esc(data.get('best_step'))}",
-             f"duration {format_duration(data.get('duration_s'), ' ')} · "
-             f"sessions {esc(data.get('sessions'))}"]
-    artifacts = list(data.get("artifacts") or [])
+def finish(event: Finish, run_name: str | None = None) -> list[str]:
+    lines = [f"✅ {_run_label(run_name)} finished",
+             f"best F2 <b>{fmt_float(event.best_f2)}</b> at step "
+             f"{esc(event.best_step)}",
+             f"duration {format_duration(event.duration_s, ' ')} · "
+             f"sessions {esc(event.sessions)}"]
+    artifacts = list(event.artifacts or [])
     if artifacts:
         lines.append("artifacts:")
         lines.extend(f"• <code>{esc(path)}</code>" for path in artifacts)
     return pack(lines)
 
 
-def failure(data: dict, run_name: str | None = None) -> list[str]:
-    head = pack([f"❌ {_run_label(data, run_name)} crashed",
-                 f"<b>{esc(data.get('error'), 1000)}</b>"])
-    trace = str(data.get("traceback") or "").rstrip("\n").splitlines()[-TRACEBACK_LINES:]
+def failure(event: Failure, run_name: str | None = None) -> list[str]:
+    head = pack([f"❌ {_run_label(event.run_name or run_name)} crashed",
+                 f"<b>{esc(event.error, 1000)}</b>"])
+    trace = str(event.traceback or "").rstrip("\n").splitlines()[-TRACEBACK_LINES:]
     if not trace:
         return head
     blocks = pre_blocks("\n".join(trace))
@@ -235,24 +236,18 @@ def failure(data: dict, run_name: str | None = None) -> list[str]:
     return head + blocks
 
 
-def plot_caption(kind: str, data: dict, run_name: str | None = None) -> str:
-    if kind == "finish":
-        line = f"best F2 {fmt_float(data.get('best_f2'))} at step {esc(data.get('best_step'))}"
+def plot_caption(event: Evaluation | Finish, run_name: str | None = None) -> str:
+    if isinstance(event, Finish):
+        line = f"best F2 {fmt_float(event.best_f2)} at step {esc(event.best_step)}"
     else:
-        line = f"step {esc(data.get('step'))} · F2 {fmt_float(data.get('f2'))}"
-    return caption([f"📈 {_run_label(data, run_name)}", line])
-
-
-FORMATTERS: dict[str, Callable[..., list[str]]] = {
-    "run_start": run_start, "progress": progress, "evaluation": evaluation,
-    "checkpoint": checkpoint, "handover": handover, "finish": finish, "failure": failure,
-}
+        line = f"step {esc(event.step)} · F2 {fmt_float(event.f2)}"
+    return caption([f"📈 {_run_label(run_name)}", line])
 
 
 # ---- commands
 # What the run answers to its owner's Telegram commands: /status, /plot, /stop, /help.
 #
-# Two threads meet here. The training thread hands over each event (`observe`: it keeps a
+# Two threads meet here. The training thread hands over each event (`__call__`: it keeps a
 # reference to the latest data of each kind, nothing more, since progress comes at every step);
 # the sender's worker thread turns a command's text into reply texts (`answer`). The stop goes
 # through the engine's own stop request (StopRequest.request), so a /stop ends the
@@ -282,40 +277,46 @@ def parse(text: str) -> tuple[str, str] | None:
     return match.group(1).lower(), (match.group(2) or "").strip().lower()
 
 
-class RunCommands:
+class RunCommands(RankZeroSubscriber):
     """The run's state as the events tell it, and the answers to the owner's commands."""
 
     def __init__(self, request_stop: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic):
         self._request_stop = request_stop
         self._clock = clock
-        self._start: dict = {}
-        self._progress: dict = {}
-        self._evaluation: dict = {}
+        self._start: RunStart | None = None
+        self._progress: Progress | None = None
+        self._evaluation: Evaluation | None = None
         self._ended: str | None = None
         self._stop_asked_at: float | None = None
         self.stop_sent = False
         self.plot_wanted = False
 
     # ---- training thread -------------------------------------------------------------
-    def observe(self, kind: str, data: dict) -> None:
-        """Keep what /status and /plot need from an event (references only: cheap)."""
-        if kind == "progress":
-            self._progress = data
-        elif kind == "evaluation":
-            self._evaluation = data
-        elif kind == "run_start":
-            self._start, self._ended = data, None
-        elif kind in ("handover", "finish", "failure"):
-            self._ended = {"handover": "handed over", "finish": "finished",
-                           "failure": "crashed"}[kind]
+    def _on_progress(self, event: Progress) -> None:
+        self._progress = event
 
-    def take_plot(self) -> dict | None:
-        """The last evaluation's data when /plot asked for it (once), else None."""
+    def _on_evaluation(self, event: Evaluation) -> None:
+        self._evaluation = event
+
+    def _on_run_start(self, event: RunStart) -> None:
+        self._start, self._ended = event, None
+
+    def _on_handover(self, event: Handover) -> None:
+        self._ended = "handed over"
+
+    def _on_finish(self, event: Finish) -> None:
+        self._ended = "finished"
+
+    def _on_failure(self, event: Failure) -> None:
+        self._ended = "crashed"
+
+    def take_plot(self) -> Evaluation | None:
+        """The last evaluation when /plot asked for it (once), else None."""
         if not self.plot_wanted:
             return None
         self.plot_wanted = False
-        return self._evaluation or None
+        return self._evaluation
 
     # ---- worker thread ---------------------------------------------------------------
     def answer(self, text: str) -> list[str]:
@@ -327,7 +328,7 @@ class RunCommands:
         if name == "status":
             return self.status()
         if name == "plot":
-            if not self._evaluation.get("history"):
+            if self._evaluation is None or not self._evaluation.history:
                 return ["No evaluation yet: the curves start at the first evaluation."]
             self.plot_wanted = True
             return []
@@ -339,28 +340,28 @@ class RunCommands:
 
     def status(self) -> list[str]:
         start, progress, evaluation = self._start, self._progress, self._evaluation
-        name = esc(start.get("run_name") or "imet run")
-        if not start:
-            return [f"<b>{name}</b>: starting (loading data and model)."]
+        if start is None:
+            return ["<b>imet run</b>: starting (loading data and model)."]
+        name = esc(start.run_name or "imet run")
         state = self._ended or ("stopping at the next step" if self.stop_sent else "running")
-        step, total = progress.get("step", start.get("resumed_from") or 0), \
-            start.get("total_steps")
-        lines = [f"<b>{name}</b> · {state} · session {esc(start.get('session'))}",
-                 f"step {esc(step)}/{esc(total)} · epoch {esc(progress.get('epoch', '?'))} · "
-                 f"stage {esc(progress.get('stage', '?'))}"]
+        step = progress.step if progress else start.resumed_from or 0
+        lines = [f"<b>{name}</b> · {state} · session {esc(start.session)}",
+                 f"step {esc(step)}/{esc(start.total_steps)} · epoch "
+                 f"{esc(progress.epoch if progress else '?')} · "
+                 f"stage {esc(progress.stage if progress else '?')}"]
         if evaluation:
-            lines.append(f"F2 last {fmt_float(evaluation.get('f2'))} (step "
-                         f"{esc(evaluation.get('step'))}) · best "
-                         f"{fmt_float(evaluation.get('best_f2'))} (step "
-                         f"{esc(evaluation.get('best_step'))})")
+            lines.append(f"F2 last {fmt_float(evaluation.f2)} (step "
+                         f"{esc(evaluation.step)}) · best "
+                         f"{fmt_float(evaluation.best_f2)} (step "
+                         f"{esc(evaluation.best_step)})")
         else:
             lines.append("F2: no evaluation yet")
         if progress:
-            lines.append(f"loss {fmt_float(progress.get('loss'))} · lr "
-                         f"{fmt_lr(progress.get('lr'))} · "
-                         f"{fmt_float(progress.get('img_per_s'), 1)} img/s")
-            lines.append(f"ETA run {format_duration(progress.get('eta_run_s'), ' ')} · session "
-                         f"left {format_duration(progress.get('session_left_s'), ' ')}")
+            lines.append(f"loss {fmt_float(progress.loss)} · lr "
+                         f"{fmt_lr(progress.lr)} · "
+                         f"{fmt_float(progress.img_per_s, 1)} img/s")
+            lines.append(f"ETA run {format_duration(progress.eta_run_s, ' ')} · session "
+                         f"left {format_duration(progress.session_left_s, ' ')}")
         return pack(lines)
 
     def _confirm_stop(self, argument: str) -> str:

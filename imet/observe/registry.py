@@ -29,7 +29,8 @@ from imet.observe.files import (
     input_files,
     short_code_version,
 )
-from imet.train.events import RankZeroSubscriber
+from imet.train.events import (Evaluation, Failure, Finish, Handover, RankZeroSubscriber,
+    RunStart)
 
 log = logging.getLogger(__name__)
 
@@ -330,63 +331,52 @@ class TrainRecorder(RankZeroSubscriber):
                            wall_s=round(event.time - self._started, 3))
         upsert(self.run_dir, redact(self.record))
 
-    def _on_run_start(self, event) -> None:
-        data = event.data
+    def _on_run_start(self, event: RunStart) -> None:
         self._started = event.time
-        merged = merge_into(self.run_dir, self.inputs)
-        run_id = str(data.get("run_name") or "")
-        # Best-so-far of a resumed run: its earlier sessions' records (the engine's evaluation
-        # events repeat it too, but a session may end before its first evaluation).
-        earlier = [r for r in merged if r.get("run_id") == run_id and r.get("kind") == "train"
-                   and int(r.get("session") or 0) < int(data.get("session") or 1)
-                   and r.get("best_f2") is not None] if data.get("resumed_from") is not None else []
-        best = max(earlier, key=lambda r: r["best_f2"], default={})
+        merge_into(self.run_dir, self.inputs)
         self.record = make_record(
-            "train", run_id, int(data.get("session") or 1), config=data.get("config"),
-            input_roots=self.inputs, config_hash=data.get("config_fingerprint"),
+            "train", event.run_name, event.session, config=event.config,
+            input_roots=self.inputs, config_hash=event.config_fingerprint,
             status="running", created=utc_timestamp(event.time),
-            fold=data.get("fold"), arch=data.get("arch"), image_size=data.get("image_size"),
-            device=data.get("device"), kernel=data.get("kernel"),
-            resumed_from=data.get("resumed_from"), total_steps=data.get("total_steps"),
-            versions=data.get("versions"), version_change=data.get("version_change"),
-            best_f2=best.get("best_f2"), best_step=best.get("best_step"),
-            threshold=best.get("threshold"), f2_history=best.get("f2_history") or [],
-            wall_s=0.0)
+            fold=event.fold, arch=event.arch, image_size=event.image_size,
+            device=event.device, kernel=event.kernel,
+            resumed_from=event.resumed_from, total_steps=event.total_steps,
+            versions=event.versions, version_change=event.version_change,
+            best_f2=event.best_f2, best_step=event.best_step, threshold=event.threshold,
+            f2_history=_f2_points(event.history), wall_s=0.0)
         self._save(event)
 
-    def _on_evaluation(self, event) -> None:
+    def _on_evaluation(self, event: Evaluation) -> None:
         if self.record is None:
             return
-        data = event.data
-        history = _f2_points(data.get("history"))
-        fields: dict[str, Any] = {"best_f2": data.get("best_f2"),
-                                  "best_step": data.get("best_step"), "last_step": data.get("step")}
+        history = _f2_points(event.history)
+        fields: dict[str, Any] = {"best_f2": event.best_f2,
+                                  "best_step": event.best_step, "last_step": event.step}
         if history:
             fields["f2_history"] = history
-        elif data.get("f2") is not None:
+        elif event.f2 is not None:
             fields["f2_history"] = [p for p in self.record.get("f2_history") or []
-                                    if p[0] != data.get("step")] + [[data["step"], data["f2"]]]
-        if data.get("is_best"):
-            fields["threshold"] = data.get("threshold")
+                                    if p[0] != event.step] + [[event.step, event.f2]]
+        if event.is_best:
+            fields["threshold"] = event.threshold
         self.record.update(fields)
-        if data.get("is_best"):
+        if event.is_best:
             self._save(event)
 
-    def _on_handover(self, event) -> None:
-        self._save(event, status="handover", last_step=event.data.get("step"),
-                   handover_reason=event.data.get("reason"))
+    def _on_handover(self, event: Handover) -> None:
+        self._save(event, status="handover", last_step=event.step,
+                   handover_reason=event.reason)
 
-    def _on_finish(self, event) -> None:
-        data = event.data
-        fields = {"status": "finished", "best_f2": data.get("best_f2"),
-                  "best_step": data.get("best_step"), "sessions_total": data.get("sessions")}
-        history = _f2_points(data.get("history"))
+    def _on_finish(self, event: Finish) -> None:
+        fields = {"status": "finished", "best_f2": event.best_f2,
+                  "best_step": event.best_step, "sessions_total": event.sessions}
+        history = _f2_points(event.history)
         if history:
             fields["f2_history"] = history
         self._save(event, **fields)
 
-    def _on_failure(self, event) -> None:
-        error = str(event.data.get("error") or "").strip()
+    def _on_failure(self, event: Failure) -> None:
+        error = str(event.error or "").strip()
         self._save(event, status="failed", error=error.splitlines()[0][:300] if error else "")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -20,6 +21,8 @@ from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
 from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
+from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish,
+    Handover, Progress, RankZeroSubscriber, RunStart)
 
 log = logging.getLogger(__name__)
 
@@ -772,13 +775,11 @@ _LISTENER_OPTIONS = ("poll_timeout_s", "start_attempts", "started")
 
 
 def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
-                   kernel: str | None = None,
                    request_stop: Callable[[str], None] | None = None, **options: Any):
     """A TelegramNotifier, or None.
 
     mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
     (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
-    kernel: a label for the run-start message when the event does not carry one.
     request_stop: the run's stop request (the engine's StopRequest.request); when given, the
     notifier also answers the chat's /status, /plot, /stop (imet.observe.telegram).
     options: TelegramSender settings (see `_SENDER_OPTIONS`), UpdateListener settings
@@ -818,8 +819,7 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
     sender = TelegramSender(config, listen=listener, **sender_kw)
     log.info("Telegram notifications on (chat %s, settings from %s)", config.chat_id,
              config.source)
-    return TelegramNotifier(sender, kernel=kernel,
-                            commands=listener.commands if listener else None, **options)
+    return TelegramNotifier(sender, commands=listener.commands if listener else None, **options)
 
 
 # ---- subscriber
@@ -828,12 +828,6 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
 # Runs in the training thread, so it only formats short strings and enqueues; the one heavy
 # step, rendering the loss/F2 plot, happens here too on purpose (matplotlib is not
 # thread-safe and the worker thread must stay free of it), throttled to `plot_every_s`.
-
-
-# What a full queue may drop first. Checkpoints are silent by default: the handover and
-# finish messages say where the state is.
-PRIORITY = {"run_start": NORMAL, "progress": LOW, "evaluation": NORMAL, "checkpoint": LOW,
-            "handover": CRITICAL, "finish": CRITICAL, "failure": CRITICAL}
 
 
 def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
@@ -845,18 +839,32 @@ def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
     return render_history_png
 
 
-class TelegramNotifier:
+def _redacted(event: Event) -> Event:
+    """The event with every field but the history through the secret filter: a crash text
+    can quote a request URL or an env dump (bot token, Kaggle key), and a config a pasted
+    secret, while a chat message is a log the user may forward or screenshot. The history only
+    feeds the plot's numbers, and walking its tens of thousands of rows would cost the
+    training thread seconds per evaluation. Most events hold no secret: then the event itself,
+    not a copy (this runs on the training thread)."""
+    values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)
+              if f.name not in ("history", "time")}
+    scrubbed = redact(values)
+    return event if scrubbed == values else dataclasses.replace(event, **scrubbed)
+
+
+class TelegramNotifier(RankZeroSubscriber):
     """EventBus subscriber. `sender` is anything with `submit(Outgoing)` and
     `close(timeout)` (a TelegramSender in practice); `commands`: the RunCommands the chat's
-    commands are answered from, fed every event here."""
+    commands are answered from, fed every event here. What a full queue may drop first is
+    said by each message's priority; checkpoints are silent by default: the handover and
+    finish messages say where the state is."""
 
-    def __init__(self, sender: Any, *, kernel: str | None = None,
-                 progress_every_s: float = 900.0, plot_every_s: float = 3600.0,
-                 send_plots: bool = True, send_checkpoints: bool = False,
+    def __init__(self, sender: Any, *, progress_every_s: float = 900.0,
+                 plot_every_s: float = 3600.0, send_plots: bool = True,
+                 send_checkpoints: bool = False,
                  plot_renderer: Callable[[list[dict]], bytes] | None = None,
                  clock: Callable[[], float] = time.monotonic, commands: Any = None):
         self.sender = sender
-        self.kernel = kernel
         self.progress_every_s = float(progress_every_s)
         self.plot_every_s = float(plot_every_s)
         self.send_plots = send_plots
@@ -873,52 +881,60 @@ class TelegramNotifier:
     def __repr__(self) -> str:
         return f"TelegramNotifier(run={self._run_name!r})"
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: Event) -> None:
         try:
-            self._handle(event.kind, dict(event.data))
+            if self.commands is not None:
+                self.commands(event)
+                asked = self.commands.take_plot()
+                if asked is not None:  # /plot: rendered here, matplotlib stays off the worker
+                    self._send_plot(asked, NORMAL, forced=True)
+            super().__call__(event)
         except Exception as err:  # a notification must never stop training
             if not self._failed_once:
                 self._failed_once = True
                 log.warning("Telegram notifier skipped a %s event: %s: %s", event.kind,
                             type(err).__name__, err)
 
-    def _handle(self, kind: str, data: dict) -> None:
-        if self.commands is not None:
-            self.commands.observe(kind, data)
-            asked = self.commands.take_plot()
-            if asked is not None:  # /plot: rendered here, matplotlib stays off the worker
-                self._send_plot("evaluation", asked, NORMAL, forced=True)
-        if kind == "run_start":
-            self._run_name = data.get("run_name") or self._run_name
-            if not data.get("kernel") and self.kernel:
-                data["kernel"] = self.kernel
-            self._last_progress = self._clock()
-        elif kind == "progress":
-            now = self._clock()
-            if now - self._last_progress < self.progress_every_s:
-                return
-            self._last_progress = now
-        elif kind == "checkpoint" and not self.send_checkpoints:
-            return
-        formatter = messages.FORMATTERS.get(kind)
-        if formatter is None:
-            return
-        # A crash text can quote a request URL or an env dump (bot token, Kaggle key), and a
-        # config a pasted secret: a chat message is a log the user may forward or screenshot.
-        # The history only feeds the plot's numbers, and walking its tens of thousands of rows
-        # would cost the training thread seconds per evaluation.
-        data = {**redact({k: v for k, v in data.items() if k != "history"}),
-                "history": data.get("history")}
-        priority = PRIORITY.get(kind, NORMAL)
-        for text in formatter(data, self._run_name):
-            self.sender.submit(Outgoing(kind, text, priority))
-        if kind == "evaluation" and self._clock() - self._last_plot >= self.plot_every_s:
-            self._send_plot(kind, data, LOW)
-        elif kind == "finish":
-            self._send_plot(kind, data, CRITICAL)
+    def _send(self, event: Event, texts: Callable[[Event, str | None], list[str]],
+              priority: int) -> Event:
+        """Queue the event's message; returns the event as it was sent (redacted)."""
+        event = _redacted(event)
+        for text in texts(event, self._run_name):
+            self.sender.submit(Outgoing(event.kind, text, priority))
+        return event
 
-    def _send_plot(self, kind: str, data: dict, priority: int, forced: bool = False) -> None:
-        history = data.get("history") or []
+    def _on_run_start(self, event: RunStart) -> None:
+        self._run_name = event.run_name or self._run_name
+        self._last_progress = self._clock()
+        self._send(event, messages.run_start, NORMAL)
+
+    def _on_progress(self, event: Progress) -> None:
+        now = self._clock()
+        if now - self._last_progress < self.progress_every_s:
+            return
+        self._last_progress = now
+        self._send(event, messages.progress, LOW)
+
+    def _on_evaluation(self, event: Evaluation) -> None:
+        sent = self._send(event, messages.evaluation, NORMAL)
+        if self._clock() - self._last_plot >= self.plot_every_s:
+            self._send_plot(sent, LOW)
+
+    def _on_checkpoint(self, event: Checkpoint) -> None:
+        if self.send_checkpoints:
+            self._send(event, messages.checkpoint, LOW)
+
+    def _on_handover(self, event: Handover) -> None:
+        self._send(event, messages.handover, CRITICAL)
+
+    def _on_finish(self, event: Finish) -> None:
+        self._send_plot(self._send(event, messages.finish, CRITICAL), CRITICAL)
+
+    def _on_failure(self, event: Failure) -> None:
+        self._send(event, messages.failure, CRITICAL)
+
+    def _send_plot(self, event: Evaluation | Finish, priority: int, forced: bool = False) -> None:
+        history = event.history or []
         if not (self.send_plots or forced) or len(history) < 1:
             return
         renderer = self._plot_renderer()
@@ -932,8 +948,9 @@ class TelegramNotifier:
                         type(err).__name__, err)
             return
         if png:
-            caption = messages.plot_caption(kind, data, self._run_name)
-            self.sender.submit(Outgoing(f"{kind}_plot", caption, priority, photo=bytes(png)))
+            caption = messages.plot_caption(event, self._run_name)
+            self.sender.submit(Outgoing(f"{event.kind}_plot", caption, priority,
+                                        photo=bytes(png)))
 
     def _plot_renderer(self) -> Callable[[list[dict]], bytes] | None:
         if not self._renderer_resolved:

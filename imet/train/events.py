@@ -1,27 +1,134 @@
 """Events the engine emits and the subscribers that listen (report, Telegram, registry).
 
-The engine knows nothing of its listeners: it calls `bus.emit(kind, **data)`. A subscriber is
-any callable taking an `Event`; it may also have `close()`. A subscriber that raises is
-logged once and never breaks training.
+The engine knows nothing of its listeners: it calls `bus.emit(RunStart(...))`. Each kind of
+event is a frozen dataclass, so a field the engine renames breaks its readers at once
+(AttributeError, TypeError) instead of reading as None. A subscriber is any callable taking
+an event; it may also have `close()`. A subscriber that raises is logged once and never
+breaks training.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 log = logging.getLogger(__name__)
 
-KINDS = ("run_start", "init_evaluation", "progress", "evaluation", "checkpoint", "handover",
-         "finish", "failure")
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
-    kind: str
-    data: dict[str, Any]
+    kind: ClassVar[str]
     time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStart(Event):
+    """A session begins. On a resume, the best F2 (with its step and threshold) and the
+    evaluation history are the checkpoint's: the run's so far."""
+    kind: ClassVar[str] = "run_start"
+    run_name: str
+    arch: str
+    fold: int
+    image_size: int
+    session: int
+    resumed_from: int | None  # the step this session resumed at; None: a fresh start
+    device: str
+    total_steps: int
+    config: dict[str, Any]
+    kernel: str | None  # the Kaggle kernel's id (owner/slug) it runs in; None outside one
+    rank: int = 0
+    stage1_end_step: int | None = None
+    config_fingerprint: str | None = None
+    versions: dict[str, Any] | None = None
+    version_change: str | None = None  # the checkpoint's torch/CUDA -> this session's
+    init_f2: float | None = None
+    best_f2: float | None = None  # None: no evaluation yet
+    best_step: int | None = None
+    threshold: float | None = None  # the best evaluation's
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitEvaluation(Event):
+    """--init: the model as it came, scored before the first step."""
+    kind: ClassVar[str] = "init_evaluation"
+    step: int
+    f2: float
+    threshold: float
+    val_loss: float
+    init: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress(Event):
+    kind: ClassVar[str] = "progress"
+    stage: int
+    epoch: int
+    step: int
+    total_steps: int
+    epoch_step: int
+    steps_per_epoch: int
+    loss: float
+    lr: float
+    img_per_s: float
+    eta_run_s: float | None
+    session_left_s: float | None
+    stage1_end_step: int | None = None
+    config_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation(Event):
+    kind: ClassVar[str] = "evaluation"
+    step: int
+    epoch: int
+    f2: float
+    threshold: float
+    best_f2: float
+    best_step: int | None
+    val_loss: float
+    is_best: bool
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Handover(Event):
+    kind: ClassVar[str] = "handover"
+    step: int
+    checkpoint: str
+    reason: str
+    next: str
+    exit_code: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finish(Event):
+    kind: ClassVar[str] = "finish"
+    best_f2: float
+    best_step: int | None
+    duration_s: float
+    sessions: int
+    artifacts: list[str]
+    history: list[dict[str, Any]]
+    init_f2: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure(Event):
+    kind: ClassVar[str] = "failure"
+    error: str
+    traceback: str = ""
+    user_error: bool = False
+    exit_code: int = 1
+    run_name: str | None = None  # for a failure before any run_start (the kernel's doctor)
 
 
 Subscriber = Callable[[Event], None]
@@ -32,10 +139,9 @@ class EventBus:
         self._subscribers: list[Subscriber] = list(subscribers or [])
         self._failed: set[int] = set()
 
-    def emit(self, kind: str, **data: Any) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown event kind {kind!r}; expected one of {KINDS}")
-        event = Event(kind, data)
+    def emit(self, event: Event) -> None:
+        if not isinstance(event, Event):
+            raise TypeError(f"emit takes an event (RunStart, Progress, ...), not {event!r}")
         for subscriber in self._subscribers:
             try:
                 subscriber(event)
@@ -43,7 +149,7 @@ class EventBus:
                 if id(subscriber) not in self._failed:
                     self._failed.add(id(subscriber))
                     log.warning("event subscriber %r failed on %s: %s: %s",
-                                subscriber, kind, type(err).__name__, err)
+                                subscriber, event.kind, type(err).__name__, err)
 
     def close(self) -> None:
         for subscriber in self._subscribers:
@@ -58,14 +164,14 @@ class EventBus:
 
 
 class RankZeroSubscriber:
-    """The dispatch every file-writing subscriber shares: `event.kind` goes to
-    `_on_<kind>(event)` when the subscriber defines it. On a multi-process run only rank 0
-    (learnt from run_start) writes, so each file and line is written once."""
+    """The one dispatch of every subscriber: an event goes to `_on_<kind>(event)` when the
+    subscriber defines it. On a multi-process run only rank 0 (learnt from run_start) acts, so
+    each file, line and message is written once."""
     _active = True
 
-    def __call__(self, event) -> None:
-        if event.kind == "run_start":
-            self._active = int(event.data.get("rank") or 0) == 0
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStart):
+            self._active = event.rank == 0
         handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None and self._active:
             handler(event)

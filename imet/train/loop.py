@@ -59,7 +59,8 @@ from imet.train.data import (
     val_loader,
 )
 from imet.train.distributed import SingleProcess
-from imet.train.events import EventBus
+from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
+    InitEvaluation, Progress, RunStart)
 from imet.train.state import TrainState, build_train_state, load_init
 
 
@@ -443,13 +444,14 @@ class TrainResult:
 
 def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = time.monotonic,
           next_command: str | None = None, session_start: float | None = None,
-          stop: StopRequest | None = None) -> TrainResult:
+          stop: StopRequest | None = None, kernel: str | None = None) -> TrainResult:
     """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
 
     `session_start`: when the session began on `clock` (default: now); the time budget counts
     from there, so start-up work done before this call is not forgotten. `stop`: the
     StopRequest the caller installed before its start-up, which a subscriber may trigger too
-    (Telegram's /stop); default: one installed here."""
+    (Telegram's /stop); default: one installed here. `kernel`: the id (owner/slug) of the
+    Kaggle kernel this session runs in, for run_start."""
     config.validated()
     # Before the failure event below can leave a run.json: a foreign model writes nothing.
     init = load_init(config) if config.init or config.init_fingerprint else None
@@ -463,13 +465,14 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)
         result = Trainer(config, bus, data, clock=clock, next_command=next_command,
-                         session_start=session_start, dist=dist, stop=stop, init=init).run()
+                         session_start=session_start, dist=dist, stop=stop, init=init,
+                         kernel=kernel).run()
         dist.finish()
         return result
     except Exception as err:
-        bus.emit("failure", error=f"{type(err).__name__}: {err}",
-                 traceback=traceback.format_exc(), user_error=isinstance(err, UserError),
-                 exit_code=getattr(err, "exit_code", 1))
+        bus.emit(Failure(error=f"{type(err).__name__}: {err}",
+                         traceback=traceback.format_exc(), user_error=isinstance(err, UserError),
+                         exit_code=getattr(err, "exit_code", 1)))
         raise
     finally:
         if dist is not None:
@@ -480,8 +483,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, bus: EventBus, data: RunData,
                  clock: Callable[[], float] = time.monotonic, next_command: str | None = None,
                  session_start: float | None = None, dist: SingleProcess | None = None,
-                 stop: StopRequest | None = None, init: dict | None = None):
+                 stop: StopRequest | None = None, init: dict | None = None,
+                 kernel: str | None = None):
         self.config = config
+        self.kernel = kernel
         self.init = init  # --init's weights (imet.train.state), for a fresh start
         self.fingerprint = config.fingerprint()
         self.dist = dist or SingleProcess(resolve_device(config.device))
@@ -621,9 +626,10 @@ class Trainer:
                                 self.config.arch, self.config.to_dict(), self.data.labels,
                                 extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
                                        "threshold": result.threshold})
-        self.bus.emit("evaluation", step=c.step, epoch=c.epoch, f2=result.f2,
-                      threshold=result.threshold, best_f2=c.best_f2, best_step=c.best_step,
-                      val_loss=result.val_loss, is_best=is_best, history=list(c.history))
+        self.bus.emit(Evaluation(step=c.step, epoch=c.epoch, f2=result.f2,
+                                 threshold=result.threshold, best_f2=c.best_f2,
+                                 best_step=c.best_step, val_loss=result.val_loss,
+                                 is_best=is_best, history=list(c.history)))
         return True
 
     def evaluate_untuned(self) -> bool:
@@ -637,8 +643,8 @@ class Trainer:
         self.budget.eval.add(self.clock() - started)  # what the later evaluations will cost
         self.units_done += 1
         c.init_f2 = result.f2
-        self.bus.emit("init_evaluation", step=c.step, f2=result.f2, threshold=result.threshold,
-                      val_loss=result.val_loss, init=self.config.init)
+        self.bus.emit(InitEvaluation(step=c.step, f2=result.f2, threshold=result.threshold,
+                                     val_loss=result.val_loss, init=self.config.init))
         return True
 
     # --- stopping (the four notions: see the module docstring) ----------------------------
@@ -675,7 +681,7 @@ class Trainer:
             path = checkpoint_path(self.out, step)
         self.budget.save.add(self.clock() - started)
         self.last_save_at, self.last_save_step, self.last_checkpoint = self.clock(), step, path
-        self.bus.emit("checkpoint", step=step, path=str(path))
+        self.bus.emit(Checkpoint(step=step, path=str(path)))
         return path
 
     def hand_over(self, reason: str) -> TrainResult:
@@ -692,8 +698,8 @@ class Trainer:
                            exit_code=code, signal=self.stop.signal_name,
                            session=c.session, total_steps=self.state.total_steps,
                            steps_taken=c.step - self.at_session_start.step)
-        self.bus.emit("handover", step=c.step, checkpoint=str(path), reason=reason,
-                      next=next_text, exit_code=code)
+        self.bus.emit(Handover(step=c.step, checkpoint=str(path), reason=reason,
+                               next=next_text, exit_code=code))
         return self.result("handover", code, reason)
 
     def finish(self, reason: str) -> TrainResult:
@@ -702,9 +708,9 @@ class Trainer:
             c.finished, c.stop_reason = True, reason
             self.save()
         artifacts = [str(p) for p in (self.out / MODEL_FILE,) if p.is_file()]
-        self.bus.emit("finish", best_f2=c.best_f2, best_step=c.best_step, init_f2=c.init_f2,
-                      duration_s=c.train_time_s, sessions=c.session, artifacts=artifacts,
-                      history=list(c.history))
+        self.bus.emit(Finish(best_f2=c.best_f2, best_step=c.best_step, init_f2=c.init_f2,
+                             duration_s=c.train_time_s, sessions=c.session,
+                             artifacts=artifacts, history=list(c.history)))
         return self.result("finished", 0, reason)
 
     def result(self, status: str, exit_code: int, reason: str | None) -> TrainResult:
@@ -715,25 +721,28 @@ class Trainer:
     # --- events ---------------------------------------------------------------------------
     def emit_start(self) -> None:
         state, c = self.state, self.state.counters
-        self.bus.emit("run_start", run_name=self.config.name(), arch=self.config.arch,
-                      fold=self.config.fold, image_size=self.config.image_size,
-                      session=c.session, resumed_from=self.resumed_from,
-                      device=self.steps.device_name(), total_steps=state.total_steps,
-                      stage1_end_step=state.stage1_end_step,
-                      config_fingerprint=self.fingerprint, config=self.config.to_dict(),
-                      init_f2=c.init_f2,
-                      versions=library_versions(), version_change=self.version_change,
-                      kernel=None, rank=self.dist.rank)
+        # A resumed run's best so far, from its checkpoint; none before the first evaluation.
+        best_f2, best_step, threshold = ((c.best_f2, c.best_step, c.best_threshold)
+                                         if c.best_step >= 0 else (None, None, None))
+        self.bus.emit(RunStart(
+            run_name=self.config.name(), arch=self.config.arch, fold=self.config.fold,
+            image_size=self.config.image_size, session=c.session,
+            resumed_from=self.resumed_from, device=self.steps.device_name(),
+            total_steps=state.total_steps, stage1_end_step=state.stage1_end_step,
+            config_fingerprint=self.fingerprint, config=self.config.to_dict(),
+            init_f2=c.init_f2, versions=library_versions(), version_change=self.version_change,
+            kernel=self.kernel, rank=self.dist.rank,
+            best_f2=best_f2, best_step=best_step, threshold=threshold, history=list(c.history)))
 
     def emit_progress(self) -> None:
         state, c, start = self.state, self.state.counters, self.at_session_start
         train_s = c.train_time_s - start.train_time_s  # this session's: see run()
         rate = (c.samples_seen - start.samples_seen) / train_s if train_s else 0.0
-        self.bus.emit("progress", stage=c.stage, epoch=c.epoch, step=c.step,
-                      total_steps=state.total_steps, epoch_step=c.epoch_step,
-                      steps_per_epoch=state.steps_per_epoch,
-                      stage1_end_step=state.stage1_end_step,
-                      config_fingerprint=self.fingerprint, loss=c.mean_loss(), lr=self.step_lr,
-                      img_per_s=rate,
-                      eta_run_s=(state.total_steps - c.step) * self.budget.step.mean(),
-                      session_left_s=self.budget.left())
+        self.bus.emit(Progress(stage=c.stage, epoch=c.epoch, step=c.step,
+                               total_steps=state.total_steps, epoch_step=c.epoch_step,
+                               steps_per_epoch=state.steps_per_epoch,
+                               stage1_end_step=state.stage1_end_step,
+                               config_fingerprint=self.fingerprint, loss=c.mean_loss(),
+                               lr=self.step_lr, img_per_s=rate,
+                               eta_run_s=(state.total_steps - c.step) * self.budget.step.mean(),
+                               session_left_s=self.budget.left()))

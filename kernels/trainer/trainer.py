@@ -25,6 +25,9 @@ ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
 # What this kernel asks Kaggle for, as its kernel-metadata.json's machine_shape says (`imet kaggle
 # render --accelerator` writes both): the session stops at once when it cannot use that GPU.
 ACCELERATOR = 'NvidiaTeslaT4'
+# This kernel's id (owner/slug), which run.json and the run registry name: render and the
+# emulator write it from kernel-metadata.json.
+KERNEL = None
 
 
 def bootstrap() -> None:
@@ -44,4 +47,4 @@ bootstrap()
 from imet.kaggle import session as sessions
 
 sys.exit(sessions.main("trainer", sessions.trainer, STARTED, SESSION_LIMIT, TRAIN_ARGS, N_FOLDS,
-                       ACCELERATOR))
+                       ACCELERATOR, KERNEL))
