@@ -2,8 +2,10 @@
 process exit codes that mean something to the next session, so that any command can name them
 without importing the trainer."""
 
-# The run saved a full checkpoint and a HANDOVER.json: push the kernel again to go on.
+# The run saved a full checkpoint and wrote HANDOVER_FILE (what happened, what to run next):
+# push the kernel again to go on.
 HANDED_OVER_EXIT_CODE = 75
+HANDOVER_FILE = "HANDOVER.json"
 # The disk could not hold the next checkpoint; the ones already there are intact.
 DISK_FULL_EXIT_CODE = 74
 

@@ -18,8 +18,7 @@ def mini_data(tmp_path_factory):
     """Path of a tiny mini-iMet (64 train / 24 test images, 48 px, seed 0) with folds.csv
     (2 folds). Session-scoped: generated once per test run."""
     from imet.data.folds import make_folds, write_folds
-    from imet.data.labels import read_labels, read_train
-    from imet.data.labels import CompetitionLayout
+    from imet.data.labels import CompetitionLayout, read_labels, read_train
     from imet.data.mini_imet import generate
 
     root = tmp_path_factory.mktemp("mini") / "mini-imet"
@@ -53,8 +52,7 @@ def local_dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_items(mini_data):
     """(image paths, multi-hot targets) of mini_data's training images."""
-    from imet.data.labels import read_labels, read_train
-    from imet.data.labels import CompetitionLayout
+    from imet.data.labels import CompetitionLayout, read_labels, read_train
 
     layout = CompetitionLayout(mini_data)
     ids, targets = read_train(layout.train_csv, read_labels(layout.labels_csv))

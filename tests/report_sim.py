@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import math
 
-from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
-    Progress, RunStart)
+from imet.train.events import (
+    Checkpoint,
+    Evaluation,
+    EventBus,
+    Failure,
+    Finish,
+    Handover,
+    Progress,
+    RunStart,
+)
 
 STEPS_PER_EPOCH = 10
 TOTAL_STEPS = 60

@@ -12,18 +12,22 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_resume import (
+    SignalAt,
+    assert_same_end,
+    cli_command,
+    final_payload,
+    make_config,
+    resume_to_end,
+)
 
-from imet.data.labels import read_labels
-from imet.data.labels import CompetitionLayout
-from imet.train.events import EventBus
-from imet.train.loop import train
+from imet.data.labels import CompetitionLayout, read_labels
 from imet.device import choose_precision, device_precision
 from imet.errors import CheckpointError, UserError
 from imet.models.net import ImetNet
-from imet.predict.pipeline import InferenceOptions, predict_run
-from imet.predict.pipeline import load_run
-from test_resume import SignalAt, assert_same_end, cli_command, final_payload, make_config, \
-    resume_to_end
+from imet.predict.pipeline import InferenceOptions, load_run, predict_run
+from imet.train.events import EventBus
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,11 +6,28 @@ import numpy as np
 import pytest
 import torch
 
-from imet.data.transforms import (AFFINE, ALPHA, ANGLE, BETA, FLIP, IDENTITY, OFFSET, PARAMS,
-                                  SCALE_X, SCALE_Y, SHIFT_X, SHIFT_Y, SIGMA, BatchAugment,
-                                  augment_batch)
-from imet.data.transforms import BANK_SIZE, noise_bank, noise_bank_on
-from imet.data.transforms import TRAIN_PRESETS, build_batch_augment
+from imet.data.transforms import (
+    AFFINE,
+    ALPHA,
+    ANGLE,
+    BANK_SIZE,
+    BETA,
+    FLIP,
+    IDENTITY,
+    OFFSET,
+    PARAMS,
+    SCALE_X,
+    SCALE_Y,
+    SHIFT_X,
+    SHIFT_Y,
+    SIGMA,
+    TRAIN_PRESETS,
+    BatchAugment,
+    augment_batch,
+    build_batch_augment,
+    noise_bank,
+    noise_bank_on,
+)
 
 
 def _smooth(h, w, seed=0):
@@ -39,8 +56,9 @@ def _params(*rows):
 def _forward_matrix(h, w, scale_x, scale_y, angle, shift_x, shift_y):
     """The warp as albumentations' Affine builds it (its own matrix function), in pixels,
     for cv2.warpAffine; the shift not rounded to whole pixels."""
-    from albumentations.augmentations.geometric.functional import \
-        create_affine_transformation_matrix
+    from albumentations.augmentations.geometric.functional import (
+        create_affine_transformation_matrix,
+    )
 
     matrix = create_affine_transformation_matrix(
         translate={"x": shift_x * w, "y": shift_y * h}, shear={"x": 0.0, "y": 0.0},

@@ -6,9 +6,10 @@ import signal
 
 import pytest
 
-from imet.train.loop import DurationEstimate, SessionBudget, StopRequest
 from imet.config import parse_duration
 from imet.errors import UserError
+from imet.train.events import StopRequest
+from imet.train.loop import DurationEstimate, SessionBudget
 
 
 @pytest.mark.parametrize("text,seconds", [

@@ -9,11 +9,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from imet.cli import main
-from imet.data.images import MANIFEST, ImageCache, find_cache
-from imet.data.images import build_cache
-from imet.data.transforms import ImetDataset
-from imet.data.images import load_rgb, scale_short_side
-from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
+from imet.data.images import (
+    MANIFEST,
+    ImageCache,
+    build_cache,
+    find_cache,
+    load_rgb,
+    scale_short_side,
+)
+from imet.data.transforms import (
+    ImetDataset,
+    build_batch_augment,
+    build_eval_transform,
+    build_train_transform,
+)
 
 SIZE = 32
 

@@ -10,13 +10,20 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from imet.train import checkpoint as ckpt
 from imet.data.transforms import AUGMENTATION_VERSION
-from imet.train.checkpoint import (FORMAT, VERSION, ForeignCheckpointError,
-                                   IncompatibleCheckpointError, checkpoint_dir, list_generations,
-                                   load_checkpoint, save_checkpoint)
-from imet.train.checkpoint import find_resume
 from imet.errors import CheckpointError
+from imet.train import checkpoint as ckpt
+from imet.train.checkpoint import (
+    FORMAT,
+    VERSION,
+    ForeignCheckpointError,
+    IncompatibleCheckpointError,
+    checkpoint_dir,
+    find_resume,
+    list_generations,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 CONFIG_FP, LABELS_FP = "c0nf1g", "1abe1s"
 

@@ -4,12 +4,10 @@ predict."""
 import numpy as np
 import pytest
 
-from imet.metrics.thresholds import search_context
-from imet.metrics.thresholds import cross_fitted_f2
-from imet.metrics.f2 import binarize
-from imet.metrics.f2 import f2_score
-from imet.predict.validate import choose_decoding
+from imet.metrics.f2 import binarize, f2_score
+from imet.metrics.thresholds import cross_fitted_f2, search_context
 from imet.predict.pipeline import read_thresholds, write_thresholds
+from imet.predict.validate import choose_decoding
 
 
 def context_data(n=1500, c=24, seed=0):

@@ -3,10 +3,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from imet.data.transforms import ImetDataset
-from imet.data.labels import read_labels, read_train
-from imet.data.labels import CompetitionLayout
-from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
+from imet.data.labels import CompetitionLayout, read_labels, read_train
+from imet.data.transforms import (
+    ImetDataset,
+    build_batch_augment,
+    build_eval_transform,
+    build_train_transform,
+)
 from imet.errors import DataError
 
 SIZE = 32

@@ -34,14 +34,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from imet.config import TrainConfig
+from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER, UserError
+from imet.observe.files import MetricsWriter
 from imet.train import distributed
 from imet.train.checkpoint import checkpoint_dir, list_generations
-from imet.config import TrainConfig
 from imet.train.events import EventBus
-from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
 from imet.train.loop import train
-from imet.errors import UserError
-from imet.observe.files import MetricsWriter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from telegram_standin import TelegramStandin
 
 from imet.kaggle import session as gpu
 from imet.kaggle.session import Settings, checkpoint_bytes, diagnose, disk_need, doctor_flags
-
-from telegram_standin import TelegramStandin
 
 TOKEN = "555666777:AAEdoctorTokenMustNeverLeak_0123456789"
 CPU_ONLY = not torch.cuda.is_available()

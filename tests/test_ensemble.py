@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 from imet.errors import DataError, UserError
-from imet.predict.pipeline import ensemble
+from imet.predict.pipeline import ensemble, make_submission, read_thresholds, write_thresholds
 from imet.probfile import Probabilities, load_probabilities, save_probabilities
-from imet.predict.pipeline import make_submission
-from imet.predict.pipeline import read_thresholds, write_thresholds
 
 ATTRS = (3, 5, 8, 13)
 

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from test_resume import SignalAt, assert_same_end, final_payload, make_config
 
 from imet.data.labels import read_labels
-from imet.train.checkpoint import ForeignCheckpointError
-from imet.train.events import EventBus
-from imet.train.data import load_run_data
-from imet.train.loop import train
 from imet.errors import UserError
 from imet.probfile import Probabilities, save_probabilities
-from test_resume import SignalAt, assert_same_end, final_payload, make_config
+from imet.train.checkpoint import ForeignCheckpointError
+from imet.train.data import load_run_data
+from imet.train.events import EventBus
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from imet.data.folds import folds_problems, make_folds, rare_labels, read_folds, write_folds
-from imet.data.labels import read_labels, read_train
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import CompetitionLayout, read_labels, read_train
 from imet.errors import DataError, UserError
 
 

@@ -12,19 +12,19 @@ import sys
 
 import pytest
 import torch
+from test_resume import SignalAt, assert_same_end, final_payload, make_config
 
 from imet.data.folds import make_folds, write_folds
 from imet.data.labels import LabelSpace, read_labels, read_train
 from imet.data.mini_imet import generate
+from imet.models import build_model
+from imet.models.modelfile import read_model_file, save_model_file
+from imet.observe.files import ArtifactWriter
+from imet.predict.pipeline import InferenceOptions
+from imet.predict.validate import validate_runs
 from imet.train.checkpoint import ForeignCheckpointError
 from imet.train.events import EventBus
 from imet.train.loop import train
-from imet.models import build_model
-from imet.models.modelfile import read_model_file, save_model_file
-from imet.predict.pipeline import InferenceOptions
-from imet.predict.validate import validate_runs
-from imet.observe.files import ArtifactWriter
-from test_resume import SignalAt, assert_same_end, final_payload, make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from imet.data.images import MANIFEST
-from imet.kaggle import session as image_cache
-from imet.kaggle import session as sessions
+from imet.kaggle import session as image_cache, session as sessions
 
 IMET = [sys.executable, "-m", "imet"]
 

@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from kaggle_standin import USER, KaggleStandin
 from telegram_standin import TelegramStandin
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from telegram_standin import TelegramStandin
 
 from imet.kaggle.emulator import run_chain, run_session
-
-from telegram_standin import TelegramStandin
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")]

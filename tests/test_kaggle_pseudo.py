@@ -11,13 +11,13 @@ import time
 
 import pandas as pd
 import pytest
+from test_resume import make_config
 
-from imet.train.events import EventBus
-from imet.train.loop import train
 from imet.errors import UserError
 from imet.kaggle import session as sessions
 from imet.kaggle.session import PSEUDO_DIR, find_extra_sets
-from test_resume import make_config
+from imet.train.events import EventBus
+from imet.train.loop import train
 
 SMALL = ["--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--device", "cpu"]
 

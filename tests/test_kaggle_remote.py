@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from kaggle_standin import USER, KaggleStandin
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,16 @@
 import numpy as np
 import pytest
 
-from imet.data.labels import (LabelSpace, attribute_csv_problems, labels_problems,
-                              read_attribute_csv, read_labels, read_sample_submission, read_train)
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import (
+    CompetitionLayout,
+    LabelSpace,
+    attribute_csv_problems,
+    labels_problems,
+    read_attribute_csv,
+    read_labels,
+    read_sample_submission,
+    read_train,
+)
 from imet.errors import DataError
 
 LABELS = "attribute_id,attribute_name\n0,culture::a\n1,culture::b\n5,tag::x\n7,tag::y\n"

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imet.train.loop import LOSSES, build_loss, mixup, sample_beta
 from imet.errors import UserError
 from imet.metrics.f2 import f2_score
+from imet.train.loop import LOSSES, build_loss, mixup, sample_beta
 
 
 def test_registry_names():

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from test_resume import make_config
 
 from imet.train.lr_find import lr_find
-from test_resume import make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,9 +3,13 @@ that decodes every image each time, whatever part of the data set the budget hol
 import pytest
 import torch
 
-from imet.data.transforms import ImetDataset
 from imet.data.images import PixelMemo
-from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
+from imet.data.transforms import (
+    ImetDataset,
+    build_batch_augment,
+    build_eval_transform,
+    build_train_transform,
+)
 
 SIZE = 32
 

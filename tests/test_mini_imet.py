@@ -6,8 +6,7 @@ import pytest
 from PIL import Image
 
 from imet.data import mini_imet
-from imet.data.labels import read_labels, read_sample_submission, read_train
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import CompetitionLayout, read_labels, read_sample_submission, read_train
 from imet.errors import UserError
 
 SMALL = {"n_train": 6, "n_test": 3, "size": 32}

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from imet.train.state import set_trainable
 from imet.errors import UserError
 from imet.models import ARCHS, ImetNet, build_model
+from imet.train.state import set_trainable
 
 REQUIRED = {"se_resnext50_32x4d", "se_resnext101_32x4d", "densenet121", "densenet161",
             "densenet169", "resnet34", "resnet50", "resnet18", "mobilenet_v3_small"}

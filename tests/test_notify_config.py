@@ -8,13 +8,12 @@ import threading
 import types
 
 import pytest
+from telegram_standin import TelegramStandin, refused_url
 
 from imet.cli import main
 from imet.errors import UserError
 from imet.observe import telegram as config
-from imet.observe.telegram import build_notifier
-from imet.observe.telegram import ConfigProblem, TelegramConfig, load_config
-from telegram_standin import TelegramStandin, refused_url
+from imet.observe.telegram import ConfigProblem, TelegramConfig, build_notifier, load_config
 
 TOKEN = "987654321:AAGsecretTokenForConfigTests_zyxwvutsrq"
 SECRET = TOKEN.split(":")[1]

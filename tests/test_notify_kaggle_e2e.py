@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from telegram_standin import TelegramStandin
 
 from imet.kaggle.emulator import run_chain
-from telegram_standin import TelegramStandin
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")]

@@ -9,12 +9,11 @@ import logging
 import time
 
 import pytest
-
-from imet.train.loop import StopRequest
-from imet.config import TrainConfig
-from imet.train.events import Evaluation, EventBus, Progress, RunStart
-from imet.observe.telegram import build_notifier
 from telegram_standin import TelegramStandin, refused_url
+
+from imet.config import TrainConfig
+from imet.observe.telegram import build_notifier
+from imet.train.events import Evaluation, EventBus, Progress, RunStart, StopRequest
 
 TOKEN = "444555666:AAElistenTokenMustNeverLeak_0123456789"
 SECRET = TOKEN.split(":")[1]

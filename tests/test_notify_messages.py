@@ -9,8 +9,7 @@ import pytest
 from imet.config import format_duration
 from imet.observe import messages
 from imet.observe.messages import CAPTION_LIMIT, TEXT_LIMIT, tg_len
-from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover, Progress,
-    RunStart)
+from imet.train.events import Checkpoint, Evaluation, Failure, Finish, Handover, Progress, RunStart
 
 ALLOWED_TAGS = {"b", "i", "code", "pre"}
 

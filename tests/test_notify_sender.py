@@ -11,12 +11,20 @@ import textwrap
 import time
 
 import pytest
-
-from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
-    Progress, RunStart)
-from imet.observe.telegram import build_notifier
-from imet.observe.messages import CRITICAL, LOW, Outgoing
 from telegram_standin import TelegramStandin, refused_url
+
+from imet.observe.messages import CRITICAL, LOW, Outgoing
+from imet.observe.telegram import build_notifier
+from imet.train.events import (
+    Checkpoint,
+    Evaluation,
+    EventBus,
+    Failure,
+    Finish,
+    Handover,
+    Progress,
+    RunStart,
+)
 
 TOKEN = "123456789:AAHfakeTokenForTests_abcdefghijklmnopq"
 SECRET = TOKEN.split(":")[1]

@@ -8,15 +8,14 @@ import os
 
 import pytest
 import torch.multiprocessing as mp
-
-from imet.train.loop import StopRequest
-from imet.config import TrainConfig
-from imet.train.events import EventBus
-from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
-from imet.train.loop import train
-from imet.observe.telegram import build_notifier
 from telegram_standin import TelegramStandin
 from test_distributed import assert_close_end, config_values, final_payload, free_port
+
+from imet.config import TrainConfig
+from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
+from imet.observe.telegram import build_notifier
+from imet.train.events import EventBus, StopRequest
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

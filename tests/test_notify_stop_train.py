@@ -11,14 +11,13 @@ import threading
 import time
 
 import pytest
-
-from imet.train.loop import StopRequest
-from imet.train.events import EventBus
-from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
-from imet.train.loop import train
-from imet.observe.telegram import build_notifier
 from telegram_standin import TelegramStandin
 from test_resume import assert_same_end, final_payload, make_config
+
+from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
+from imet.observe.telegram import build_notifier
+from imet.train.events import EventBus, StopRequest
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,16 +11,15 @@ import time
 
 import pytest
 import torch
+from telegram_standin import TelegramStandin
 
-from imet.train.checkpoint import checkpoint_dir, list_generations
 from imet.config import TrainConfig
+from imet.observe.console import ConsoleProgress
+from imet.observe.files import ArtifactWriter, MetricsWriter
+from imet.observe.telegram import build_notifier
+from imet.train.checkpoint import checkpoint_dir, list_generations
 from imet.train.events import EventBus
 from imet.train.loop import train
-from imet.observe.telegram import build_notifier
-from imet.observe.files import ArtifactWriter
-from imet.observe.console import ConsoleProgress
-from imet.observe.files import MetricsWriter
-from telegram_standin import TelegramStandin
 
 TOKEN = "555666777:AAEtrainRunTokenMustNeverLeak_0123456789"
 SECRET = TOKEN.split(":")[1]

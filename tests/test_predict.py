@@ -10,15 +10,13 @@ import pytest
 import torch
 
 from imet.cli import main
-from imet.data.labels import LabelSpace, read_attribute_csv, read_labels
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import CompetitionLayout, LabelSpace, read_attribute_csv, read_labels
 from imet.metrics.f2 import f2_score
 from imet.models import build_model
 from imet.models.modelfile import save_model_file
 from imet.predict.infer import build_loader, predict_probs
-from imet.predict.pipeline import InferenceOptions, predict_run
+from imet.predict.pipeline import InferenceOptions, load_run, predict_run
 from imet.probfile import load_probabilities
-from imet.predict.pipeline import load_run
 
 TRAIN = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--head-epochs", "0",
          "--batch-size", "8", "--lr", "0.02", "--lr-late-mult", "1", "--lr-early-mult", "1",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from imet.train.state import class_log_odds, init_prior_bias
 from imet.models import build_model
+from imet.train.state import class_log_odds, init_prior_bias
 
 
 def test_the_head_starts_at_each_class_frequency_and_an_unseen_class_stays_finite():

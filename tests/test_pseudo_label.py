@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from test_predict import QUIET, TRAIN
 
 from imet.cli import main
 from imet.data.labels import read_labels
 from imet.predict.pseudo import keep_confident
 from imet.probfile import load_probabilities
-from test_predict import QUIET, TRAIN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,15 +9,22 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_resume import SignalAt, assert_same_end, final_payload, make_config, resume_to_end
 
-from imet.data.transforms import ERASE_FILL, ERASE_H, IDENTITY, augment_batch
-from imet.data.transforms import build_batch_augment, build_eval_transform, build_train_transform
-from imet.train.events import EventBus
-from imet.train.data import EpochBatchSampler
-from imet.train.loop import train
+from imet.data.transforms import (
+    ERASE_FILL,
+    ERASE_H,
+    IDENTITY,
+    augment_batch,
+    build_batch_augment,
+    build_eval_transform,
+    build_train_transform,
+)
 from imet.models import build_model
 from imet.models.modelfile import read_model_file
-from test_resume import SignalAt, assert_same_end, final_payload, make_config, resume_to_end
+from imet.train.data import EpochBatchSampler
+from imet.train.events import EventBus
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

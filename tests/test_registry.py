@@ -8,13 +8,23 @@ import json
 import shutil
 
 import pytest
+from report_sim import CONFIG, emit_session, f2_at
 
 from imet.cli import main
+from imet.observe.registry import (
+    REGISTRY_NAME,
+    append_record,
+    format_csv,
+    format_markdown,
+    format_table,
+    make_record,
+    merge_records,
+    read_registry,
+    record_train_subscriber,
+    sort_rows,
+    summarize,
+)
 from imet.train.events import EventBus
-from imet.observe.registry import (REGISTRY_NAME, append_record, make_record, merge_records,
-                                   read_registry, record_train_subscriber)
-from imet.observe.registry import format_csv, format_markdown, format_table, sort_rows, summarize
-from report_sim import CONFIG, emit_session, f2_at
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

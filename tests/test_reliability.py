@@ -16,18 +16,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from imet.cli import main
-from imet.train.loop import StopRequest
-from imet.train.checkpoint import (checkpoint_dir, list_generations, load_checkpoint,
-                                   save_checkpoint)
-from imet.errors import DISK_FULL_EXIT_CODE as DISK_FULL
-from imet.train.checkpoint import DiskFullError
-from imet.train.events import EventBus
-from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER
-from imet.train.loop import train
+
 # `reference`: the module-scoped fixture of the uninterrupted run, used here too.
-from test_resume import (SignalAt, assert_same_end, cli_command, make_config,  # noqa: F401
-                         reference, resume_to_end)
+from test_resume import (  # noqa: F401
+    SignalAt,
+    assert_same_end,
+    cli_command,
+    make_config,
+    reference,
+    resume_to_end,
+)
+
+from imet.cli import main
+from imet.errors import DISK_FULL_EXIT_CODE as DISK_FULL, HANDED_OVER_EXIT_CODE as HANDED_OVER
+from imet.train.checkpoint import (
+    DiskFullError,
+    checkpoint_dir,
+    list_generations,
+    load_checkpoint,
+    save_checkpoint,
+)
+from imet.train.events import EventBus, StopRequest
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,10 +5,11 @@ import io
 import re
 from dataclasses import replace
 
-from imet.train.events import EventBus, Failure, Progress, RunStart
+from report_sim import StepClock, emit_session
+
 from imet.config import format_duration
 from imet.observe.console import ConsoleProgress
-from report_sim import StepClock, emit_session
+from imet.train.events import EventBus, Failure, Progress, RunStart
 
 
 def test_plain_lines_are_throttled_and_complete():

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from imet.train.events import EventBus
-from imet.observe.files import ArtifactWriter
-from imet.observe.files import COLUMNS, MetricsWriter, read_metrics
 from report_sim import TOTAL_STEPS, emit_session, f2_at
+
+from imet.observe.files import COLUMNS, ArtifactWriter, MetricsWriter, read_metrics
+from imet.train.events import EventBus
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

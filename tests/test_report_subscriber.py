@@ -7,10 +7,17 @@ import json
 
 import pytest
 
-from imet.train.events import Checkpoint, Evaluation, EventBus, Finish, Handover, Progress, RunStart
+from imet.observe.files import files_named, report_subscribers
 from imet.observe.registry import read_registry, record_train_subscriber, registry_path
-from imet.observe.files import report_subscribers
-from imet.observe.files import files_named
+from imet.train.events import (
+    Checkpoint,
+    Evaluation,
+    EventBus,
+    Finish,
+    Handover,
+    Progress,
+    RunStart,
+)
 from imet.walk import INPUT_DEPTH
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import json
 
+from report_sim import StepClock
+
 from imet.config import TrainConfig
+from imet.observe.files import read_metrics, report_subscribers
+from imet.observe.registry import REGISTRY_NAME, read_registry, record_train_subscriber
 from imet.train.events import EventBus
 from imet.train.loop import train
-from imet.observe.registry import REGISTRY_NAME, read_registry, record_train_subscriber
-from imet.observe.files import report_subscribers
-from imet.observe.files import read_metrics
-from report_sim import StepClock
 
 
 def _session(mini_data, out, budget, input_roots=()):

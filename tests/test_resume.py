@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from imet.train.checkpoint import checkpoint_dir, list_generations
 from imet.config import TrainConfig
-from imet.train.events import EventBus
 from imet.errors import HANDED_OVER_EXIT_CODE as EXIT_HANDOVER
+from imet.train.checkpoint import checkpoint_dir, list_generations
+from imet.train.events import EventBus
 from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -238,8 +238,8 @@ def test_a_checkpoint_from_another_torch_warns_and_is_recorded(mini_data, tmp_pa
     so the session says so in one line naming both versions, and its registry record keeps it."""
     import logging
 
-    from imet.train.checkpoint import save_checkpoint
     from imet.observe.registry import REGISTRY_NAME, read_registry, record_train_subscriber
+    from imet.train.checkpoint import save_checkpoint
 
     def session():
         return train(make_config(mini_data, tmp_path, session_steps=2), EventBus(

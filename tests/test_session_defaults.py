@@ -12,12 +12,12 @@ import pytest
 from imet.cli import build_parser, main
 from imet.commands.train import config_from_args
 from imet.config import TrainConfig
-from imet.train.events import EventBus
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER, next_step_text
-from imet.train.loop import train
-from imet.errors import UserError
+from imet.errors import HANDOVER_FILE as HANDOVER, UserError
 from imet.models import ARCHS
 from imet.observe.registry import REGISTRY_NAME, read_registry, record_train_subscriber
+from imet.train.checkpoint import next_step_text
+from imet.train.events import EventBus
+from imet.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

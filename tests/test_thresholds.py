@@ -2,11 +2,14 @@
 import numpy as np
 import pytest
 
-from imet.metrics.f2 import binarize
-from imet.metrics.f2 import f2_score
-from imet.metrics.thresholds import cross_fitted_f2
-from imet.metrics.thresholds import (best_global_threshold, default_grid, global_f2_curve,
-                                     search_thresholds)
+from imet.metrics.f2 import binarize, f2_score
+from imet.metrics.thresholds import (
+    best_global_threshold,
+    cross_fitted_f2,
+    default_grid,
+    global_f2_curve,
+    search_thresholds,
+)
 
 GRID = np.round(np.arange(0.02, 1.0, 0.02), 2)
 

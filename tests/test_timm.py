@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_resume import SignalAt, assert_same_end, final_payload, make_config
 
 from imet.cli import main
-from imet.train.events import EventBus
-from imet.train.loop import train
 from imet.errors import CheckpointError, UserError
 from imet.models import build_model
 from imet.models.modelfile import load_model_file
-from test_resume import SignalAt, assert_same_end, final_payload, make_config
+from imet.train.events import EventBus
+from imet.train.loop import train
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from imet.cli import main
-from imet.train.checkpoint import checkpoint_dir, list_generations
 from imet.config import TrainConfig
-from imet.train.state import SCHEDULES, build_optimizer, build_scheduler, set_trainable
 from imet.errors import UserError
 from imet.models import build_model
 from imet.models.modelfile import load_model_file
+from imet.train.checkpoint import checkpoint_dir, list_generations
+from imet.train.state import SCHEDULES, build_optimizer, build_scheduler, set_trainable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -233,11 +233,10 @@ def test_the_seed_preset_augments_each_training_batch_on_the_device(mini_data, p
     normalizing (and the loss sees it); `resize` has no per-batch part."""
     from torch.utils.data import default_collate
 
-    from imet.data.transforms import augment_batch
-    from imet.data.transforms import normalize_batch
+    from imet.data.transforms import augment_batch, normalize_batch
     from imet.train.data import load_run_data
-    from imet.train.state import TrainState
     from imet.train.loop import StepRunner
+    from imet.train.state import TrainState
 
     config = TrainConfig(data=str(mini_data), folds=str(mini_data / "folds.csv"),
                          arch="tiny_cnn", pretrained=False, image_size=32, batch_size=8,

@@ -2,10 +2,21 @@ import numpy as np
 import pytest
 import torch
 
-from imet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TRAIN_PRESETS, TTA,
-                                  AlbumentationsStep, CropToAspect, Normalization,
-                                  RandomSquareCrop, apply_tta, build_eval_transform,
-                                  build_train_transform, normalize_batch, to_tensor)
+from imet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRAIN_PRESETS,
+    TTA,
+    AlbumentationsStep,
+    CropToAspect,
+    Normalization,
+    RandomSquareCrop,
+    apply_tta,
+    build_eval_transform,
+    build_train_transform,
+    normalize_batch,
+    to_tensor,
+)
 from imet.errors import UserError
 
 SHAPES = [(48, 48), (40, 100), (130, 30), (20, 25), (300, 200)]

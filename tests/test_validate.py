@@ -9,14 +9,13 @@ import torch
 
 from imet.cli import main
 from imet.data.folds import read_folds
-from imet.data.labels import LabelSpace, read_labels, read_train
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import CompetitionLayout, LabelSpace, read_labels, read_train
 from imet.errors import UserError
 from imet.models import build_model
 from imet.models.modelfile import save_model_file
+from imet.predict.pipeline import read_thresholds
 from imet.predict.validate import choose_decoding
 from imet.probfile import load_probabilities
-from imet.predict.pipeline import read_thresholds
 
 QUIET = ["--num-workers", "0", "--log-every", "600", "--min-support", "4"]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hub_standin import COMMIT, HubStandin
 from kaggle_standin import KaggleStandin
+
 from imet.cli import main
 from imet.models import build_model
 from imet.models.weights import resolve_weights

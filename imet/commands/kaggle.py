@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from imet.config import DEFAULT_TIME_BUDGET, parse_duration
-from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, UserError
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER, UserError
 
 
 def _accelerator(text: str) -> str:

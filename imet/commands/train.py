@@ -17,9 +17,12 @@ from imet.config import (
     TrainConfig,
     read_config_file,
 )
-from imet.errors import DISK_FULL_EXIT_CODE as DISK_FULL, HANDED_OVER_EXIT_CODE as HANDED_OVER
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
-from imet.train.loop import StopRequest
+from imet.errors import (
+    DISK_FULL_EXIT_CODE as DISK_FULL,
+    HANDED_OVER_EXIT_CODE as HANDED_OVER,
+    HANDOVER_FILE as HANDOVER,
+)
+from imet.train.events import StopRequest
 
 DEFAULTS = TrainConfig()
 

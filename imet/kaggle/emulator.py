@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imet.errors import UserError
+from imet.errors import HANDOVER_FILE as HANDOVER, UserError
 from imet.fileio import atomic_symlink, move_folder_into_place, read_json_object
 from imet.kaggle import platform_env, session as accelerators
 from imet.kaggle.platform_env import canonical
@@ -40,7 +40,6 @@ from imet.kaggle.render import (
     with_kernel_id,
 )
 from imet.kaggle.session import ROOT_ENV
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
 # The calling process's interpreter settings would show it the working tree's imet (PYTHONPATH)

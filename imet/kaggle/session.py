@@ -27,11 +27,15 @@ import torch.nn.functional as F
 from imet.config import TrainConfig, read_config_file
 from imet.data.images import CACHE_ENV
 from imet.device import fast_bf16
-from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, DataError, UserError
+from imet.errors import (
+    HANDED_OVER_EXIT_CODE as HANDED_OVER,
+    HANDOVER_FILE as HANDOVER,
+    DataError,
+    UserError,
+)
 from imet.fileio import atomic_write_text
 from imet.models.modelfile import MODEL_FILE
 from imet.probfile import ENSEMBLE_PROBS
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"

@@ -24,8 +24,17 @@ from matplotlib.figure import Figure
 import imet
 from imet.fileio import atomic_write_bytes, atomic_write_text, utc_timestamp
 from imet.observe.console import redact
-from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
-    InitEvaluation, Progress, RankZeroSubscriber, RunStart)
+from imet.train.events import (
+    Checkpoint,
+    Evaluation,
+    Failure,
+    Finish,
+    Handover,
+    InitEvaluation,
+    Progress,
+    RankZeroSubscriber,
+    RunStart,
+)
 from imet.walk import walk_folders
 
 PLOTS_DIR = "plots"

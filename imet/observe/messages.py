@@ -15,8 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from imet.config import format_duration
-from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
-    Progress, RankZeroSubscriber, RunStart)
+from imet.train.events import (
+    Checkpoint,
+    Evaluation,
+    Failure,
+    Finish,
+    Handover,
+    Progress,
+    RankZeroSubscriber,
+    RunStart,
+)
 
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024

@@ -29,8 +29,7 @@ from imet.observe.files import (
     input_files,
     short_code_version,
 )
-from imet.train.events import (Evaluation, Failure, Finish, Handover, RankZeroSubscriber,
-    RunStart)
+from imet.train.events import Evaluation, Failure, Finish, Handover, RankZeroSubscriber, RunStart
 
 log = logging.getLogger(__name__)
 

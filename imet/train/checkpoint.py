@@ -45,7 +45,7 @@ import torch
 from imet import __version__
 from imet.config import TrainConfig
 from imet.data.transforms import AUGMENTATION_VERSION
-from imet.errors import DISK_FULL_EXIT_CODE, CheckpointError, UserError
+from imet.errors import DISK_FULL_EXIT_CODE, HANDOVER_FILE, CheckpointError, UserError
 from imet.fileio import (
     TEMP_SUFFIX,
     atomic_copy,
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "imet-trainstate"
 VERSION = 2
-HANDOVER_FILE = "HANDOVER.json"
 NAME_PATTERN = re.compile(r"^state-(\d+)\.pt$")
 SIDECAR_PATTERN = re.compile(r"^state-(\d+)\.json$")
 # A temp file of a checkpoint or sidecar, as imet/fileio.py names it: `.<name>.<pid>.<random>.tmp`.

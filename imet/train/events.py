@@ -9,6 +9,9 @@ breaks training.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -175,3 +178,57 @@ class RankZeroSubscriber:
         handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None and self._active:
             handler(event)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop saves at the next boundary and exits 75.
+
+    Every further signal while stopping (a second Ctrl-C 0.3 s later, a SIGTERM after a
+    SIGINT) is noted on stderr and changes nothing: the save in progress finishes, so the exit
+    code, the checkpoint and HANDOVER.json always agree. A user who will not wait for the save
+    uses SIGKILL (kill -9), which the atomic writes survive.
+
+    `imet train` installs the handlers first thing, before torch is imported, so a stop during
+    start-up is honoured too (at the loop's first boundary). Nested `with` blocks install them
+    once. Handlers are installed only in the main thread (Python allows no other) and
+    restored when the outermost block ends."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+        self._depth = 0
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None:
+            # os.write: a handler may run inside a print or a logging call of the main thread.
+            os.write(2, f"imet: {name} again: already stopping, finishing the save first "
+                        "(kill -9 aborts without it)\n".encode())
+            return
+        self.signal_name = name
+        self.request("signal")
+
+    def __enter__(self) -> "StopRequest":
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

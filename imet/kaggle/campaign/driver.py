@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from imet.errors import HANDOVER_FILE as HANDOVER
 from imet.fileio import atomic_copy, atomic_write_text
 from imet.kaggle.campaign import remote
 from imet.kaggle.campaign.state import (
@@ -28,7 +29,6 @@ from imet.kaggle.campaign.state import (
     trainers,
 )
 from imet.kaggle.render import INFERENCE, VALIDATION, plan_kernels, write_kernels
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 
 COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
 

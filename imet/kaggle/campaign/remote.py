@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, UserError
+from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER, UserError
 from imet.kaggle.render import OWNER, read_metadata
 from imet.observe.registry import REGISTRY_NAME
-from imet.train.checkpoint import HANDOVER_FILE as HANDOVER
 
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 # Only the small files are fetched after each session: checkpoints stay on Kaggle, attached to
