@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from imet.errors import UserError
-from imet.kaggle.emulator import run_chain, run_session
+from imet.kaggle.campaign.emulated import run_chain
+from imet.kaggle.emulator import run_session
 from imet.kaggle.render import read_metadata, render
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare needs root")

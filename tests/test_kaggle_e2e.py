@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from imet.kaggle.emulator import run_chain, run_session
+from imet.kaggle.campaign.emulated import run_chain
+from imet.kaggle.emulator import run_session
 
 from telegram_standin import TelegramStandin
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imet.kaggle.emulator import run_chain
+from imet.kaggle.campaign.emulated import run_chain
 from telegram_standin import TelegramStandin
 
 pytestmark = [pytest.mark.e2e,
