@@ -35,7 +35,6 @@ from imet.kaggle.render import (
     OWNER,
     read_metadata,
     requested_accelerator,
-    slug_of,
     with_accelerator,
 )
 from imet.kaggle.session import ROOT_ENV

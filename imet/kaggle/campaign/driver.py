@@ -344,12 +344,11 @@ class Chain(Campaign):
 
     def _finals(self) -> bool:
         job = self.state["jobs"][self.name]
-        where = self._outputs(job)
+        where, n = self._outputs(job), len(job["sessions"])
         code, text = {
             FINISHED: (0, f"the run finished; its summary is in {where}"),
-            STOPPED: (HANDED_OVER_EXIT_CODE, f"the run still hands over after "
-                                             f"{len(job['sessions'])} sessions; chain again to "
-                                             "go on"),
+            STOPPED: (HANDED_OVER_EXIT_CODE,
+                      f"the run still hands over after {n} sessions; chain again to go on"),
             DROPPED: (1, f"the session failed; what it left is in {where}")}[job["state"]]
         self.state.update(done=True, exit_code=code, message=text)
         self.log(text)
