@@ -110,6 +110,10 @@ def test_chain_attaches_previous_output_until_no_handover(tmp_path):
     assert [r.version for r in results] == [1, 2, 3]
     assert [(r.output / "count.txt").read_text() for r in results] == ["1", "2", "3"]
     assert results[-1].handover is None and results[0].handover == {"step": 1}
+    # The same chain again in the same OUT starts over: it attaches nothing of the first.
+    again = run_chain(kernel, {}, tmp_path / "out", time_limit=60, max_sessions=5)
+    assert [(r.version, (r.output / "count.txt").read_text()) for r in again] == [
+        (1, "1"), (2, "2"), (3, "3")]
 
 
 def test_chain_stops_at_max_sessions(tmp_path):
