@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from imet.errors import UserError
-from imet.kaggle.emulator import run_chain, run_session
+from imet.kaggle.campaign.emulated import run_chain
+from imet.kaggle.emulator import run_session
 from imet.kaggle.render import read_metadata, render
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare needs root")
@@ -109,6 +110,10 @@ def test_chain_attaches_previous_output_until_no_handover(tmp_path):
     assert [r.version for r in results] == [1, 2, 3]
     assert [(r.output / "count.txt").read_text() for r in results] == ["1", "2", "3"]
     assert results[-1].handover is None and results[0].handover == {"step": 1}
+    # The same chain again in the same OUT starts over: it attaches nothing of the first.
+    again = run_chain(kernel, {}, tmp_path / "out", time_limit=60, max_sessions=5)
+    assert [(r.version, (r.output / "count.txt").read_text()) for r in again] == [
+        (1, "1"), (2, "2"), (3, "3")]
 
 
 def test_chain_stops_at_max_sessions(tmp_path):

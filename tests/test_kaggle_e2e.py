@@ -18,7 +18,8 @@ import pytest
 import torch
 from telegram_standin import TelegramStandin
 
-from imet.kaggle.emulator import run_chain, run_session
+from imet.kaggle.campaign.emulated import run_chain
+from imet.kaggle.emulator import run_session
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")]

@@ -148,3 +148,20 @@ def test_chain_refuses_an_unrendered_template(standin, tmp_path):
                   str(REPO / "kernels" / "trainer"))
     assert proc.returncode == 2 and "render" in proc.stderr and "Traceback" not in proc.stderr
     assert standin.kernels == {}
+
+
+def test_a_chain_reads_only_its_own_sessions_outputs(standin, rendered, tmp_path):
+    """Every chain writes to the same --out by default: a version's folder is emptied before
+    its output is fetched, so neither another kernel's chain nor an earlier chain of the same
+    kernel leaves a HANDOVER.json that pushes a session nobody needs."""
+    other = f"{USER}/imet-trainer-f1"
+    standin.sessions[other] = [{"files": {"HANDOVER.json": HANDOVER}},
+                               {"files": {"run.json": b'{"status": "finished"}'}}]
+    standin.sessions[TRAINER] = [{"files": {"run.json": b'{"status": "finished"}'}}] * 2
+    out = tmp_path / "chain"
+    for kernel in ("trainer-f1", "trainer-f0", "trainer-f0"):
+        proc = client(standin, tmp_path, sys.executable, "-m", "imet", "kaggle", "chain",
+                      str(rendered / kernel), "--poll", "0.05", "--out", str(out))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(standin.kernels[other]) == 2 and len(standin.kernels[TRAINER]) == 2
+    assert not (out / "v1" / "HANDOVER.json").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from telegram_standin import TelegramStandin
 
-from imet.kaggle.emulator import run_chain
+from imet.kaggle.campaign.emulated import run_chain
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")]

@@ -82,6 +82,14 @@ def input_source(text: str) -> tuple[str, Path]:
     return slug, Path(path)
 
 
+def existing_inputs(given: list[tuple[str, Path]]) -> dict[str, Path]:
+    """The `--input SLUG=PATH` values, each checked to exist before any session starts."""
+    for slug, path in given:
+        if not path.exists():
+            raise UserError(f"--input {slug}={path}: no such file or folder")
+    return dict(given)
+
+
 def duration(flag: str):
     """The argparse type of a duration flag: seconds or 12h/30m/90s."""
     def seconds(text: str) -> float:
@@ -196,19 +204,16 @@ def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[
 
 def run_kaggle(args: argparse.Namespace) -> int:
     if args.kaggle_command == "chain":
-        from imet.kaggle.campaign.remote import chain
-        if args.max_sessions < 1:
-            raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
-        return chain(args.kernel_dir, args.max_sessions, args.out, args.poll)
+        return _chain(args)
     if args.kaggle_command == "render":
         return _render(args)
     if args.kaggle_command == "campaign":
         return run_kaggle_campaign(args)
-    from imet.kaggle.emulator import run_chain
+    from imet.kaggle.campaign.emulated import run_chain
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
-    results = run_chain(args.kernel_dir, dict(args.input), args.out, args.time_limit, args.chain,
-                        python=args.python, accelerator=args.accelerator)
+    results = run_chain(args.kernel_dir, existing_inputs(args.input), args.out, args.time_limit,
+                        args.chain, python=args.python, accelerator=args.accelerator)
     for r in results:
         state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
         more = ", handed over" if r.handover else ""
@@ -216,6 +221,24 @@ def run_kaggle(args: argparse.Namespace) -> int:
               f"log {r.log}")
     last = results[-1]
     return 0 if last.ok and last.handover is None else (last.exit_code or 1)
+
+
+def _chain(args: argparse.Namespace) -> int:
+    """`imet kaggle chain`: a one-member campaign on Kaggle (driver.Chain)."""
+    from imet.kaggle.campaign import remote
+    from imet.kaggle.campaign.driver import Chain
+    from imet.kaggle.render import OWNER, read_metadata
+    if args.max_sessions < 1:
+        raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
+    ref = read_metadata(args.kernel_dir)["id"]
+    if OWNER in ref:
+        raise UserError(f"{args.kernel_dir}: its id {ref!r} is a template; render it first with "
+                        "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
+    try:
+        backend = remote.KaggleBackend(remote.kaggle_api(), args.poll)
+        return Chain(args.kernel_dir, backend, args.max_sessions, args.out, args.poll).run()
+    except (OSError, ValueError) as err:
+        raise remote.client_errors(err) from None
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -378,10 +401,7 @@ def _emulator(args: argparse.Namespace, plan, chosen: dict):
     from imet.errors import UserError
     from imet.kaggle.campaign.emulated import EmulatorBackend, missing_inputs
     from imet.kaggle.render import WEIGHTS_DATASET, plan_kernels, slug_of
-    inputs = dict(args.input)
-    for name, path in inputs.items():
-        if not path.exists():
-            raise UserError(f"--input {name}={path}: no such file or folder")
+    inputs = existing_inputs(args.input)
     planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
     weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
     missing = missing_inputs(planned, inputs, {weights})

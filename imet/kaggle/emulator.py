@@ -35,7 +35,6 @@ from imet.kaggle.render import (
     OWNER,
     read_metadata,
     requested_accelerator,
-    slug_of,
     with_accelerator,
     with_kernel_id,
 )
@@ -197,24 +196,6 @@ def _lines_until(proc: subprocess.Popen, deadline: float):
     if pending:
         yield pending
     sel.close()
-
-
-def run_chain(kernel_dir: Path, inputs: dict[str, Path], out: Path, time_limit: float,
-              max_sessions: int, env: dict[str, str] | None = None,
-              python: str = sys.executable, accelerator: str | None = None) -> list[SessionResult]:
-    """Run sessions, each with the previous one's output attached under the kernel's own
-    slug, while the run hands over and fewer than max_sessions ran."""
-    own_slug = slug_of(read_metadata(kernel_dir)["id"])
-    results: list[SessionResult] = []
-    attached = dict(inputs)
-    for version in range(1, max_sessions + 1):
-        result = run_session(kernel_dir, attached, out, version, time_limit, env, python,
-                             accelerator)
-        results.append(result)
-        if result.handover is None or result.exit_code != 0:
-            break
-        attached = {**inputs, own_slug: result.output}
-    return results
 
 
 # The platform view: built by the interpreter that stands in for Kaggle's image, described by

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
-from imet.errors import HANDOVER_FILE as HANDOVER
+from imet.errors import HANDED_OVER_EXIT_CODE, HANDOVER_FILE as HANDOVER
 from imet.fileio import atomic_copy, atomic_write_text
 from imet.kaggle.campaign import remote
 from imet.kaggle.campaign.state import (
@@ -25,10 +28,18 @@ from imet.kaggle.campaign.state import (
     completed,
     gpu_seconds,
     gpu_used_s,
+    new_job,
     save_state,
     trainers,
 )
-from imet.kaggle.render import INFERENCE, VALIDATION, plan_kernels, write_kernels
+from imet.kaggle.render import (
+    INFERENCE,
+    VALIDATION,
+    plan_kernels,
+    read_metadata,
+    slug_of,
+    write_kernels,
+)
 
 COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
 
@@ -79,8 +90,9 @@ def write_tables(out: Path, state: dict, gpu_hours: float) -> str:
 # again on every handover; then one validation kernel over every trainer output and one inference
 # kernel, whose submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json
 # first (campaign_state), so a killed campaign, run again, pushes nothing twice. Where the kernels
-# run is the backend's business (campaign_kaggle.py: real Kaggle through the kaggle client;
-# campaign_emulator.py: local emulator sessions); the driver is the same for both.
+# run is the backend's business (remote.KaggleBackend: real Kaggle through the kaggle client;
+# emulated.EmulatorBackend: local emulator sessions); the driver is the same for both. A chain
+# (`imet kaggle chain`, `imet kaggle run --chain`) is the same loop over one member (Chain).
 
 # What comes back of each kind of kernel: the trainers' small files (checkpoints stay on
 # Kaggle), the validation's thresholds and report, the inference's submission.
@@ -219,7 +231,9 @@ class Campaign:
 
     def _ended(self, name: str, job: dict, status: str, failure: str) -> None:
         session = job["sessions"][-1]
-        dest = self.out / "outputs" / job["folder"] / f"v{session['version']}"
+        dest = self._outputs(job)
+        if dest.exists():  # what an earlier fetch left there is not this session's
+            shutil.rmtree(dest)
         self.backend.fetch_outputs(job["ref"], dest, OUTPUTS[job["kind"]])
         if status == "COMPLETE" and job["kind"] == INFERENCE and not (dest / SUBMISSION).is_file():
             status, failure = "ERROR", f"its output has no {SUBMISSION}"
@@ -231,8 +245,7 @@ class Campaign:
             again = job["failures"] <= self.plan.retries
             job["state"] = WAITING if again else DROPPED
             tail = ("pushing it again" if again else
-                    f"dropped after {job['failures']} failed sessions; the campaign goes on "
-                    "without it")
+                    f"dropped after {job['failures']} failed sessions")
             return self._event(name, job, f"session {n} {status.lower()}"
                                           f"{': ' + failure if failure else ''}; {tail}")
         if job["kind"] == "trainer" and (dest / HANDOVER).is_file():
@@ -240,8 +253,8 @@ class Campaign:
                 job["state"] = WAITING
                 return self._event(name, job, f"session {n} handed over; pushing the next")
             job["state"] = STOPPED
-            return self._event(name, job, f"still handing over after {n} sessions (the "
-                                          "plan's max_sessions); its best model so far is used")
+            return self._event(name, job, f"still hands over after {n} sessions (max_sessions); "
+                                          "its best model so far is used")
         job["state"] = FINISHED
         if job["kind"] == INFERENCE:
             atomic_copy(dest / SUBMISSION, self.out / SUBMISSION)
@@ -250,6 +263,10 @@ class Campaign:
                 INFERENCE: f"wrote {SUBMISSION} ({self.out / SUBMISSION})"}[job["kind"]]
         f2 = f", best F2 {job['best_f2']:.4f}" if job.get("best_f2") is not None else ""
         self._event(name, job, f"session {n}: {what}{f2}")
+
+    def _outputs(self, job: dict) -> Path:
+        """Where the fetched outputs of the job's latest session go."""
+        return self.out / "outputs" / job["folder"] / f"v{job['sessions'][-1]['version']}"
 
     def _session_seconds(self, job: dict, session: dict, dest: Path) -> float:
         """The session's own wall time from its run.json; the time from push to end where
@@ -292,4 +309,46 @@ class Campaign:
         table = write_tables(self.out, self.state, self.plan.gpu_hours)
         self.log(table + f"campaign {'finished' if code == 0 else 'ended'}: {text}")
         self.notify(f"imet campaign {'finished' if code == 0 else 'ended'}: {text}\n\n{table}")
+        return True
+
+
+class Chain(Campaign):
+    """`imet kaggle chain` and `imet kaggle run --chain`: a campaign of one member whose kernel
+    folder is pushed as it is, again while a session hands over, at most `max_sessions` times,
+    with no retry and nothing after it. Session N's fetched outputs go to OUTPUTS/v<N>. It keeps
+    no state file: a chain run again starts again. `run` returns 0 when the run finished,
+    HANDED_OVER_EXIT_CODE when it still hands over after max_sessions, 1 when a session
+    failed."""
+
+    def __init__(self, kernel_dir: Path, backend, max_sessions: int, outputs: Path,
+                 poll_s: float, log: Callable[[str], None] = print):
+        self.kernel_dir, self.out, self.backend, self.poll_s = Path(kernel_dir), Path(outputs), \
+            backend, poll_s
+        self.log, self.notify, self.handover = log, (lambda text: None), None
+        self.plan = SimpleNamespace(parallel=1, max_sessions=max_sessions, retries=0,
+                                    gpu_hours=math.inf, session_hours=0.0)
+        ref = read_metadata(kernel_dir)["id"]
+        self.name = slug_of(ref)
+        self.state = {"members": [self.name], "done": False, "exit_code": None,
+                      "jobs": {self.name: new_job("trainer", ref, self.kernel_dir.name)}}
+
+    def _save(self) -> None:
+        pass
+
+    def _folder(self, name: str, job: dict) -> Path:
+        return self.kernel_dir
+
+    def _outputs(self, job: dict) -> Path:
+        return self.out / f"v{len(job['sessions'])}"
+
+    def _finals(self) -> bool:
+        job = self.state["jobs"][self.name]
+        where, n = self._outputs(job), len(job["sessions"])
+        code, text = {
+            FINISHED: (0, f"the run finished; its summary is in {where}"),
+            STOPPED: (HANDED_OVER_EXIT_CODE,
+                      f"the run still hands over after {n} sessions; chain again to go on"),
+            DROPPED: (1, f"the session failed; what it left is in {where}")}[job["state"]]
+        self.state.update(done=True, exit_code=code, message=text)
+        self.log(text)
         return True

@@ -20,6 +20,10 @@ because the campaign was killed in the middle of the push) counts as failed: the
 pushes it again under the plan's retries. The lock tells a live runner from a gone one (a pid
 could be reused; a lock dies with its holder).
 
+`imet kaggle run KERNEL_DIR --chain N --out OUT` is the same backend under a one-member
+campaign (run_chain, driver.Chain): the kernel's versions right in OUT (OUT/pushed/v<N>,
+OUT/v<N>, OUT/output), every --input attached, the session's lines on the console.
+
 Attached as Kaggle attaches them: each `--input NAME=PATH` under the slug NAME for a dataset or
 competition source (or a kernel outside the campaign), and each of the campaign's own kernels
 in kernel_sources as the output of its latest completed version.
@@ -39,7 +43,9 @@ from pathlib import Path
 
 from imet.errors import UserError
 from imet.fileio import atomic_copy, atomic_write_text
+from imet.kaggle.campaign.driver import Chain
 from imet.kaggle.campaign.remote import PushRefused
+from imet.kaggle.emulator import SessionResult, run_session
 from imet.kaggle.render import read_metadata, slug_of
 
 RECORD, LOCK, RUNNER_LOG, KERNEL = "session.json", "session.lock", "runner.txt", "kernel"
@@ -89,13 +95,28 @@ def _held(lock: Path) -> bool:
 
 
 class EmulatorBackend:
-    def __init__(self, root: Path, inputs: dict[str, Path], time_limit: float):
+    """`folders`: kernel ref -> the folder of its versions where that is not root/<slug> (`imet
+    kaggle run --out`); such a kernel starts its versions over at v1. `python`, `accelerator`:
+    as run_session's. `echo`: the sessions' lines go to this process's stdout too (a chain's
+    one session at a time). `env`: set for the sessions on top of this process's.
+    `attach_all`: every input is attached (`imet kaggle run --input`), not only those the
+    kernel's metadata names (a campaign, as Kaggle attaches them)."""
+
+    def __init__(self, root: Path, inputs: dict[str, Path], time_limit: float,
+                 folders: dict[str, Path] | None = None, python: str = sys.executable,
+                 accelerator: str | None = None, echo: bool = False,
+                 env: dict[str, str] | None = None, attach_all: bool = False):
         self.root, self.time_limit = Path(root).resolve(), float(time_limit)
         self.inputs = {slug: Path(path).resolve() for slug, path in inputs.items()}
+        self.folders = {ref: Path(folder).resolve() for ref, folder in (folders or {}).items()}
+        self.python, self.accelerator, self.echo, self.env = python, accelerator, echo, env
+        self.attach_all = attach_all
         self.runners: list[subprocess.Popen] = []
+        for folder in self.folders.values():
+            shutil.rmtree(folder / "pushed", ignore_errors=True)
 
     def _kernel(self, ref: str) -> Path:
-        return self.root / slug_of(ref)
+        return self.folders.get(ref) or self.root / slug_of(ref)
 
     def _pushed(self, ref: str, version: int) -> Path:
         return self._kernel(ref) / "pushed" / f"v{version}"
@@ -123,16 +144,17 @@ class EmulatorBackend:
 
     def _attach(self, meta: dict) -> dict[str, str]:
         data, kernels = _sources(meta)
-        attached = {slug: str(self.inputs[slug]) for slug in data if slug in self.inputs}
+        attached = {slug: str(self.inputs[slug]) for slug in
+                    (self.inputs if self.attach_all else data) if slug in self.inputs}
+        # A source with neither an output here nor an --input is left out, as a dataset is: a
+        # chain's first session has no output of its own yet, and a campaign refuses the
+        # others before anything runs (missing_inputs).
         for ref in kernels:
             slug = slug_of(ref)
             if self._versions(ref):
                 attached[slug] = str(self._attached_output(ref))
             elif slug in self.inputs:
                 attached[slug] = str(self.inputs[slug])
-            else:
-                raise PushRefused(f"{meta['id']}: kernel source {ref} has no output; give it "
-                                  f"with --input {slug}=PATH")
         return attached
 
     def push(self, folder: Path) -> int:
@@ -147,12 +169,16 @@ class EmulatorBackend:
         with open(record_dir / LOCK, "wb") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             _write(record_dir, {"ref": ref, "version": version, "inputs": attached,
-                                "time_limit": self.time_limit, "pushed_at": time.time()})
+                                "time_limit": self.time_limit, "python": self.python,
+                                "accelerator": self.accelerator, "echo": self.echo,
+                                "pushed_at": time.time()})
             with open(record_dir / RUNNER_LOG, "ab") as log:
                 # The runner inherits the locked file: the lock lives as long as the runner.
                 self.runners.append(subprocess.Popen(
                     [sys.executable, "-m", "imet.kaggle.campaign.emulated", str(record_dir)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, stdout=None if self.echo else log,
+                    stderr=None if self.echo else subprocess.STDOUT,
+                    env={**os.environ, **self.env} if self.env else None,
                     pass_fds=(lock.fileno(),), start_new_session=True))
         return version
 
@@ -197,7 +223,6 @@ def _failure(result) -> str:
 
 def run_version(record_dir: Path) -> int:
     """The runner: the pushed version's session, its start and end in its record."""
-    from imet.kaggle.emulator import run_session
     record_dir = Path(record_dir)
     record = _read(record_dir)
     record.update(started_at=time.time(), runner_pid=os.getpid())
@@ -206,7 +231,8 @@ def run_version(record_dir: Path) -> int:
     try:
         result = run_session(record_dir / KERNEL, {k: Path(v) for k, v in record["inputs"].items()},
                              record_dir.parents[1], record["version"], record["time_limit"],
-                             echo=False)
+                             python=record["python"], accelerator=record["accelerator"],
+                             echo=record["echo"])
         record.update(exit_code=result.exit_code, timed_out=result.timed_out,
                       seconds=round(result.seconds, 3), log=str(result.log))
         status, failure = ("COMPLETE", "") if result.ok else ("ERROR", _failure(result))
@@ -218,6 +244,29 @@ def run_version(record_dir: Path) -> int:
     record.update(status=status, failure=failure, ended_at=time.time())
     _write(record_dir, record)
     return 0
+
+
+def run_chain(kernel_dir: Path, inputs: dict[str, Path], out: Path, time_limit: float,
+              max_sessions: int, env: dict[str, str] | None = None,
+              python: str = sys.executable, accelerator: str | None = None) -> list[SessionResult]:
+    """`imet kaggle run --chain`: the chain (driver.Chain) of KERNEL_DIR in the emulator, its
+    sessions in OUT/v<N>, each with the previous one's output attached under the kernel's own
+    slug; the sessions that ran. Fetched small outputs go to OUT/outputs/v<N>."""
+    ref = read_metadata(kernel_dir)["id"]
+    backend = EmulatorBackend(out, inputs, time_limit, {ref: out}, python, accelerator,
+                              echo=True, env=env, attach_all=True)
+    Chain(kernel_dir, backend, max_sessions, Path(out) / "outputs", poll_s=0.2).run()
+    for runner in backend.runners:  # its last lines are out before the caller's
+        runner.wait()
+    results = []
+    for version in backend._versions(ref):
+        record = _read(backend._pushed(ref, version))
+        if "exit_code" not in record:  # refused before its kernel ran: a bad input or setting
+            raise UserError(record["failure"])
+        results.append(SessionResult(version, record["exit_code"], record["timed_out"],
+                                     record["seconds"], backend._output(ref, version),
+                                     Path(record["log"])))
+    return results
 
 
 if __name__ == "__main__":

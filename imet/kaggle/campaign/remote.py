@@ -1,5 +1,5 @@
-"""Multi-session training on real Kaggle: push, wait, fetch the output, push again while the
-run hands over. Everything goes through the official kaggle client."""
+"""Real Kaggle as a campaign's backend (KaggleBackend): push, poll, fetch the output, and the
+handover datasets; everything goes through the official kaggle client."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER, UserError
-from imet.kaggle.render import OWNER, read_metadata
+from imet.errors import HANDOVER_FILE as HANDOVER, UserError
 from imet.observe.registry import REGISTRY_NAME
 
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
@@ -54,21 +53,6 @@ def poll_session(api, ref: str, watch: dict, settle_polls: int = 3) -> tuple[str
         return name, getattr(response, "failure_message", "") or ""
     watch["seen_running"] = bool(watch.get("seen_running")) or name not in TERMINAL
     return None
-
-
-def wait_for_session(api, ref: str, poll_s: float, settle_polls: int = 3,
-                     timeout_s: float | None = None) -> tuple[str, str]:
-    """Poll until the pushed version ends (see poll_session)."""
-    started = time.monotonic()
-    watch: dict = {}
-    while True:
-        ended = poll_session(api, ref, watch, settle_polls)
-        if ended:
-            return ended
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            raise UserError(f"{ref}: still {watch['last']} after {timeout_s:.0f}s of waiting; "
-                            "run `python -m imet kaggle chain` again to keep watching")
-        time.sleep(poll_s)
 
 
 class PushRefused(UserError):
@@ -147,41 +131,6 @@ def client_errors(err: BaseException) -> UserError:
     return UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0])
 
 
-def chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float = 60.0,
-          api=None, log=print) -> int:
-    try:
-        return _chain(kernel_dir, max_sessions, out, poll_s, api, log)
-    except (OSError, ValueError) as err:
-        raise client_errors(err) from None
-
-
-def _chain(kernel_dir: Path, max_sessions: int, out: Path, poll_s: float, api, log) -> int:
-    """Returns 0 when the run finished, HANDED_OVER (75) when it still hands over after
-    max_sessions, 1 when a session failed."""
-    meta = read_metadata(kernel_dir)
-    ref = meta["id"]
-    if OWNER in ref:
-        raise UserError(f"{kernel_dir}: its id {ref!r} is a template; render it first with "
-                        "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
-    api = api or kaggle_api()
-    for session in range(1, max_sessions + 1):
-        pushed = push(api, kernel_dir)
-        log(f"session {session}: pushed {ref} version {pushed.version_number} ({pushed.url})")
-        status, failure = wait_for_session(api, ref, poll_s)
-        dest = Path(out) / f"v{session}"
-        fetch_outputs(api, ref, dest)
-        if status != "COMPLETE":
-            log(f"session {session}: {status.lower()}{': ' + failure if failure else ''}; "
-                f"its log is in {dest}")
-            return 1
-        if not (dest / HANDOVER).is_file():
-            log(f"session {session}: the run finished; its summary is in {dest}")
-            return 0
-        log(f"session {session}: handed over ({dest / HANDOVER}); pushing the next session")
-    log(f"the run still hands over after {max_sessions} sessions; chain again to go on")
-    return HANDED_OVER
-
-
 # ---- campaign_handover
 # The campaign's fallback when Kaggle refuses a trainer kernel's own output as its source: the
 # member's checkpoint is handed over through a private dataset of its own,
@@ -228,9 +177,9 @@ class HandoverDatasets:
 
 
 # ---- campaign_kaggle
-# Where a campaign's kernels run: its backend. The campaign driver (campaign.py) asks a backend
-# five things, and this one answers them from real Kaggle through the kaggle client
-# (imet/kaggle/campaign/remote.py); campaign_emulator.py answers them from local emulator sessions.
+# Where a campaign's kernels run: its backend. The campaign driver (driver.py) asks a backend
+# five things, and this one answers them from real Kaggle through the kaggle client;
+# emulated.py answers them from local emulator sessions.
 #
 #     current_version(ref) -> int         the kernel's latest version number, 0 if never pushed
 #     push(folder) -> int | None          push a rendered kernel folder: the new version's number

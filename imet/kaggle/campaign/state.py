@@ -28,17 +28,17 @@ FINISHED, STOPPED, DROPPED, BUDGET = "finished", "stopped", "dropped", "budget"
 ENDED = (FINISHED, STOPPED, DROPPED, BUDGET)
 
 
-def _job(kind: str, ref: str, folder: str) -> dict:
+def new_job(kind: str, ref: str, folder: str) -> dict:
     return {"kind": kind, "ref": ref, "folder": folder, "state": WAITING, "sessions": [],
             "failures": 0, "best_f2": None, "message": "", "push": None, "watch": {},
             "counted": 0}
 
 
 def new_state(plan, where: str = "kaggle") -> dict:
-    jobs = {m.name: _job("trainer", f"{plan.owner}/{trainer_slug(m.name)}",
+    jobs = {m.name: new_job("trainer", f"{plan.owner}/{trainer_slug(m.name)}",
                          trainer_folder(m.name)) for m in plan.members}
     for kind in FINALS:
-        jobs[kind] = _job(kind, f"{plan.owner}/imet-{kind}", kind)
+        jobs[kind] = new_job(kind, f"{plan.owner}/imet-{kind}", kind)
     return {"format": "imet-campaign", "version": 1, "plan": str(plan.path),
             "members": [m.name for m in plan.members], "where": where, "jobs": jobs,
             "done": False, "exit_code": None, "submission": None}
