@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Iterable
 
 from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
-# The default of every session length: a Kaggle GPU or CPU session (P100 sessions had 9 h).
+# The default of every session length: a Kaggle GPU or CPU session.
 DEFAULT_TIME_BUDGET = "12h"
 # `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
 # ceiling, so a short rehearsal session keeps most of its time for training. What follows the

@@ -20,7 +20,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "the body frozen, stage 2 every group with discriminative LRs. The full training state "
         "is checkpointed; when the time budget, a SIGTERM/SIGINT or Telegram's /stop ends the "
         f"session it saves, writes OUT/{HANDOVER} and exits with code {HANDED_OVER} (run again "
-        "with --resume auto to continue exactly where it stopped); a second signal changes nothing (the save finishes; kill -9 aborts "
+        "with --resume auto to continue exactly where it stopped); a second signal changes "
+        "nothing (the save finishes; kill -9 aborts "
         f"without it). Exit {DISK_FULL}: no room on the disk for a checkpoint or model.pt "
         "(nothing written; free space or lower --keep, then resume). "
         "Flags override --config; defaults are shown in brackets.")
