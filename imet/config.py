@@ -1,9 +1,13 @@
-"""One `TrainConfig` per run: every `train` flag, saved inside every checkpoint and artifact.
+"""One `TrainConfig` per run: every `imet train` option, saved inside every checkpoint and artifact.
 
-`fingerprint()` hashes only the fields that decide the result, so a resumed session may point
-at other folders, another time budget or another worker count and still be "the same run"."""
+Each field declares its option once (`option`): the flag `--<name>`, its help, its default and
+whether it decides the result. `imet train`'s parser, its `--help`, `fingerprint()` and the
+kernel side (`train_parser`) are all built from those declarations. `fingerprint()` hashes only
+the fields that decide the result, so a resumed session may point at other folders, another
+time budget or another worker count and still be "the same run"."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -11,12 +15,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Iterable
 
-from imet.errors import UserError
+from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
-# The default of every session length: a Kaggle GPU or CPU session today (the retired P100
-# sessions had 9 h).
+# The default of every session length: a Kaggle GPU or CPU session.
 DEFAULT_TIME_BUDGET = "12h"
 # `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
 # ceiling, so a short rehearsal session keeps most of its time for training. What follows the
@@ -36,20 +39,54 @@ AUTO_WORKERS_CEILING = 8
 # `--amp-dtype` values (what each gives on which device: imet/device.py).
 AMP_DTYPES = ("auto", "fp16", "bf16")
 
-# What a body from random init (--no-pretrained) trains with unless told otherwise: no head-only
-# epoch (a head on random features learns nothing worth keeping), one LR for every group at a
-# random-init rate, the whole image resized (the seed preset's square crop drops labelled
-# content), and the head's bias at the classes' log-odds (the first steps go to features, not to
-# pulling every logit down to its class's frequency). The ImageNet recipe's defaults stay in
-# TrainConfig. Why: README, "Training from random init".
-RANDOM_INIT_DEFAULTS = {"head_epochs": 0, "lr": 3e-3, "lr_late_mult": 1.0, "lr_early_mult": 1.0,
-                        "preset": "resize", "prior_bias": True}
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
+                       r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str | float | int, what: str = "--time-budget") -> float:
+    """'9h', '30m', '90s', '1h30m', '5400' or 5400 -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not str(text).strip() or match is None or not any(match.groups()):
+            raise UserError(f"{what}: cannot read {text!r} as a duration; "
+                            "write seconds (5400) or a duration such as 9h, 30m, 90s, 1h30m")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds < 0:
+        raise UserError(f"{what}: {text!r} is negative; give a duration >= 0")
+    return seconds
+
+
+def format_duration(seconds: object, sep: str = "") -> str:
+    """`seconds` for people to read (ETAs, session time left, a run's wall time) as its two
+    largest units: "45s", "1m05s", "1h02m", "3d2h"; "?" for what is not a duration (None, not a
+    number, NaN, infinite, negative). `sep` goes between the two: the console packs a dozen
+    figures into each log line and leaves it out, a Telegram message is read on a phone and puts
+    a space there ("1h 02m")."""
+    try:
+        value = float(seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "?"
+    if not math.isfinite(value) or value < 0:
+        return "?"
+    days, rest = divmod(int(round(value)), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{sep}{hours}h"
+    if hours:
+        return f"{hours}h{sep}{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{sep}{secs:02d}s"
+    return f"{secs}s"
+
 
 def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
     if value not in AMP_DTYPES:
         raise UserError(f"{what}: unknown dtype {value!r}; choose {', '.join(AMP_DTYPES)}")
     return value
-
 
 
 OPTIMIZER_NAMES = ("adamw", "sgd")
@@ -67,103 +104,215 @@ def parse_train_groups(text: str) -> tuple[str, ...]:
     return tuple(name for name in GROUP_ORDER if name in names) if names else GROUP_ORDER
 
 
+def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | None = None,
+           metavar: str | None = None, shown: str | None = None,
+           random_init: Any = None) -> Any:
+    """A TrainConfig field with its `imet train` option, `--<name with dashes>`.
+
+    `help` is the flag's help (its default follows in brackets, or `shown`); `fingerprint`:
+    whether the setting decides what the run computes; `kind`: the value's type where the
+    default does not tell it; `random_init`: the default of a body trained from random init
+    (--no-pretrained) where it differs."""
+    if kind is None:
+        kind = list if isinstance(default, list) else str if default is None else type(default)
+    metadata = {"help": help, "fingerprint": fingerprint, "kind": kind, "metavar": metavar,
+                "shown": shown, "random_init": random_init}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    # --- where things are (not part of the fingerprint) ---
-    data: str = ""
-    folds: str = ""
-    out: str = ""
-    weights: str | None = None
-    input_root: list[str] = field(default_factory=list)
-    # --- what is trained ---
-    fold: int = 0
-    arch: str = "se_resnext50_32x4d"
-    pretrained: bool = True
-    dropout: float = 0.0
-    image_size: int = 320
-    preset: str = "seed"
-    loss: str = "bce"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    mixup_alpha: float = 0.0
-    # --- how long and how fast ---
-    epochs: int = 20
-    head_epochs: int = 1
-    batch_size: int = 64
-    eval_batch_size: int = 0
-    lr: float = 4e-4
-    head_lr: float = 1e-3
-    lr_late_mult: float = 0.3
-    lr_early_mult: float = 0.1
-    weight_decay: float = 1e-4
-    schedule: str = "onecycle"
-    warmup: float = 0.05
-    grad_clip: float = 1.0
-    eval_every: int = 0
-    patience: int = 4
-    seed: int = 42
-    amp: bool = True
-    channels_last: bool = True
-    deterministic: bool | None = None
-    sync_bn: bool = False
-    # --- mixed precision (issue 15): auto resolves per device, so it is not in the
-    # fingerprint; the precision it resolved to is checked on resume instead
-    # (engine/state.check_precision), with a message naming both ---
-    amp_dtype: str = "auto"
-    # --- the write-ups' recipes (issue 18): all decide the result, all in the fingerprint ---
-    ema: float = 0.0              # weight EMA decay (0: off)
-    optimizer: str = "adamw"      # adamw | sgd (imet.train.state.OPTIMIZERS)
-    momentum: float = 0.9         # sgd only
-    nesterov: bool = False        # sgd only
-    train_groups: str = ""        # stage 2's trained groups, e.g. "late,head" ("": all)
-    erasing: float = 0.0          # random erasing probability, per batch on the device
-    hard_negatives: float = 0.0   # fraction of the epoch's samples seen again (top losses)
-    # --- learning quality from random init (issue 22): decides the result, in the fingerprint ---
-    prior_bias: bool = False      # head bias starts at the classes' training log-odds
-    # --- extra training images (issue 19): the folder is where, not what (not in the
-    # fingerprint); what it holds is told by its fingerprint, filled in from it at the run's
-    # start (imet.train.data), so a resume with another extra set is another config ---
-    extra: str = ""
-    extra_fingerprint: str = ""
-    # --- distillation (issue 19): the teacher files are where, their fingerprint (filled in
-    # from them like extra's) and the mixing are what ---
-    teacher: list[str] = field(default_factory=list)
-    teacher_fingerprint: str = ""
-    distill_weight: float = 0.5
-    distill_temperature: float = 1.0
-    # --- last-layer tuning (issue 19): --init names the model a run starts from (where, not
-    # in the fingerprint); its content hash is what (filled in from it at the run's start by
-    # imet.train.state, so a resume from another model is another config) ---
-    init: str = ""
-    init_fingerprint: str = ""
-    # --- session (not part of the fingerprint) ---
-    device: str = "auto"
-    # "auto" defaults follow the session they run in (see worker_count, margin_seconds)
-    num_workers: int | str = "auto"
-    time_budget: str = DEFAULT_TIME_BUDGET
-    margin: str = "auto"
-    save_every: int = 0
-    save_every_min: float = 30.0
-    session_steps: int = 0
-    resume: str = "auto"
-    notify: str = "auto"
-    run_name: str = ""
-    progress_every_s: float = 60.0
-    # --- decode once (issue 22): how many MB of decoded pixels a training process keeps in
-    # memory (imet.data.images), split between its loader workers; the batches are the same with
-    # any value, so not in the fingerprint ---
-    image_memory_mb: int = 1024
-    # --- disk (not part of the fingerprint: how many generations stay on disk changes no bit
-    # of the result) ---
-    keep: int = 2
+    # ---- the data: which images train and validate
+    data: str = option("", "competition folder: labels.csv, train.csv, train/ (required)",
+                       fingerprint=False)
+    folds: str = option("", "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
+                        fingerprint=False)
+    fold: int = option(0, "validation fold; the other folds train")
+    # The folder is where, not what: its content is told by extra_fingerprint, filled in from it
+    # at the run's start (imet.train.data), so a resume with another extra set is another run.
+    extra: str = option(
+        "", "extra training images in the iMet layout (DIR/train.csv, DIR/train/), e.g. from "
+        "`imet pseudo-label`: they train beside the fold's training images, never validate; an "
+        "id also in --data's train.csv is refused", fingerprint=False)
+    extra_fingerprint: str = option(
+        "", "the --extra set's fingerprint, filled in from it (given: the set must have this "
+        "one)")
+    image_size: int = option(320, "square training/eval image side in pixels")
+    preset: str = option(
+        "seed", "training augmentation preset: seed (random square crop in the loader; flip, "
+        "brightness/contrast, shift-scale-rotate and noise per batch on the device) | resize "
+        "(resize to a square, flip) | pad (pad to a square, resize, flip)", random_init="resize")
+    mixup_alpha: float = option(0.0, "mixup Beta(alpha, alpha); 0 turns mixup off")
+    erasing: float = option(
+        0.0, "random erasing probability: a rectangle of 2-33%% of the image filled with a "
+        "random gray, drawn per sample in the loader, applied per batch on the device (any "
+        "preset; 0: off)")
+    hard_negatives: float = option(
+        0.0, "hard-negative mining: each epoch also sees again this fraction of the samples, "
+        "those of largest loss in the epoch before (epoch 0: drawn at random); epochs get "
+        "longer by as much (0: off)")
 
-    # Changing any of these does not change what the run computes.
-    NOT_IN_FINGERPRINT = ("data", "folds", "out", "weights", "input_root", "extra", "teacher", "init", "device", "num_workers",
-                          "time_budget", "margin", "save_every", "save_every_min", "session_steps", "resume",
-                          "notify", "run_name", "progress_every_s", "eval_batch_size",
-                          # how many processes share a batch is a session choice, like --device
-                          "sync_bn", "amp_dtype",
-                          "keep", "image_memory_mb")
+    # ---- the model: its body, where its weights come from, its head
+    arch: str = option(
+        "se_resnext50_32x4d", "backbone name, one of: %(archs)s; or any timm model as "
+        "timm:<name>[.<tag>] (e.g. timm:convnext_tiny.fb_in22k_ft_in1k); tiny_cnn for CPU smoke "
+        "runs")
+    pretrained: bool = option(
+        True, "start the body from ImageNet weights (--no-pretrained: random init; default: on "
+        "for an arch that has weights, off for one without, as tiny_cnn)", shown="auto")
+    weights: str | None = option(
+        None, "ImageNet weights file of --arch (.safetensors, .pth or .bin; default: searched in "
+        "the --input-root folders and $TORCH_HOME/hub/checkpoints, for timm archs also Hugging "
+        "Face hub caches; downloaded only when online)", fingerprint=False)
+    # --init is where, not what: init_fingerprint, the file's hash filled in by imet.train.state
+    # at the run's start, makes a resume from another model another run.
+    init: str = option(
+        "", "start from this run's best model (RUN/model.pt, or a model.pt file) instead of "
+        "ImageNet or random weights, e.g. to tune its head on other data with --train-groups "
+        "head; the arch is the model's (another --arch, or a model of another label space than "
+        "--data's labels.csv, is refused). Before the first step the untuned model is scored on "
+        "the validation fold (run.json: init_f2)", fingerprint=False, metavar="RUN")
+    init_fingerprint: str = option(
+        "", "the --init model's fingerprint (a hash of the file), filled in from it (given: the "
+        "file must have this one)")
+    dropout: float = option(0.0, "dropout before the head's linear layer")
+    prior_bias: bool = option(
+        False, "start the head's bias at each class's log-odds in the training labels (the "
+        "focal-loss paper's prior init), instead of predicting ~0.5 for every class",
+        random_init=True)
+
+    # ---- the loss, and distillation from a teacher's probabilities
+    loss: str = option("bce", "loss (bce | focal | soft_f2)")
+    focal_alpha: float = option(0.25, "focal loss alpha")
+    focal_gamma: float = option(2.0, "focal loss gamma")
+    # The teacher files are where; their fingerprint (filled in from them like extra's) is what.
+    teacher: list[str] = option(
+        [], "distillation: a teacher's probabilities (.npz: `imet validate`'s OOF file, `imet "
+        "pseudo-label --soft`'s soft_targets.npz; repeatable) for every training image, "
+        "--extra's included; the loss mixes in BCE to them", fingerprint=False, metavar="FILE")
+    teacher_fingerprint: str = option(
+        "", "the --teacher probabilities' fingerprint, filled in from them (given: they must "
+        "have this one)")
+    distill_weight: float = option(
+        0.5, "with --teacher: the teacher's share of the loss, (1 - W) * loss on the true "
+        "labels + W * T^2 * BCE to the tempered teacher probabilities")
+    distill_temperature: float = option(
+        1.0, "with --teacher: T, both sides' logits divided by it (> 1 softens)")
+
+    # ---- optimisation: stages, learning rates, optimizer, schedule
+    epochs: int = option(20, "epochs in all, stage 1 included")
+    head_epochs: int = option(1, "stage 1: epochs training the head only, body frozen (0: none)",
+                              random_init=0)
+    batch_size: int = option(64, "training batch size")
+    lr: float = option(4e-4, "stage 2 peak LR of the head; the body groups get it times the "
+                       "multipliers", random_init=3e-3)
+    head_lr: float = option(1e-3, "stage 1 peak LR of the head")
+    lr_late_mult: float = option(0.3, "stage 2 LR multiplier of the late body group",
+                                 random_init=1.0)
+    lr_early_mult: float = option(0.1, "stage 2 LR multiplier of the early body group",
+                                  random_init=1.0)
+    train_groups: str = option(
+        "", "stage 2 trains only these groups of early, late, head (comma-separated, e.g. "
+        "late,head: the early group stays frozen in both stages, no gradient computed, its "
+        "BatchNorm statistics kept; default: all)")
+    optimizer: str = option("adamw", "adamw | sgd (SGD with momentum), over the same parameter "
+                            "groups and LR schedules")
+    momentum: float = option(0.9, "SGD momentum (onecycle cycles it between 0.85 and 0.95 "
+                             "instead)")
+    nesterov: bool = option(False, "SGD: Nesterov momentum")
+    weight_decay: float = option(1e-4, "weight decay of the optimizer (AdamW: decoupled; SGD: "
+                                 "L2)")
+    schedule: str = option("onecycle", "per-batch LR schedule of each stage (onecycle | cosine "
+                           "| cyclic | constant)")
+    warmup: float = option(0.05, "warm-up fraction of each stage's steps (onecycle: the rising "
+                           "part)")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
+    ema: float = option(
+        0.0, "weight EMA decay, e.g. 0.999, warmed up as min(DECAY, (1+n)/(10+n)) after n "
+        "steps; evaluation and model.pt use the EMA weights (0: off)")
+    seed: int = option(42, "seed of the sample order, augmentation, initialization and mixup")
+
+    # ---- evaluation and early stopping
+    eval_batch_size: int = option(0, "evaluation batch size (0: twice --batch-size)",
+                                  fingerprint=False)
+    eval_every: int = option(0, "also evaluate every N steps (0: at each epoch end only)")
+    patience: int = option(4, "stop after N stage-2 evaluations without a better F2 (0: never)")
+
+    # ---- device and precision. amp_dtype "auto" resolves per device, so it stays out of the
+    # fingerprint; the precision it resolved to is checked on resume instead
+    # (imet.train.state.check_precision), with a message naming both.
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per "
+                         "process, by LOCAL_RANK)", fingerprint=False)
+    amp: bool = option(True, "mixed precision, dtype per --amp-dtype (--no-amp: fp32 on every "
+                       "device)")
+    amp_dtype: str = option(
+        "auto", "autocast dtype: auto (fp16 + GradScaler on a GPU without fast bf16 such as the "
+        "T4, bf16 from Ampere on, off on CPU) | fp16 (with GradScaler) | bf16; an explicit dtype "
+        "runs CPU autocast too. A resumed run keeps the precision it started in",
+        fingerprint=False)
+    channels_last: bool = option(True, "channels_last memory format on CUDA (ignored on CPU)")
+    deterministic: bool | None = option(
+        None, "deterministic algorithms (default: on for CPU, off for CUDA)", kind=bool)
+    # How many processes share a batch is a session choice, like --device.
+    sync_bn: bool = option(
+        False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; on "
+        "CPU a gloo equivalent) instead of each process's share", fingerprint=False)
+
+    # ---- data loading: the batches are the same whatever these say
+    num_workers: int | str = option(
+        "auto", "data loader workers of each training process (results do not depend on it); "
+        "auto: the machine's CPUs split between torchrun's processes on it, at most "
+        f"{AUTO_WORKERS_CEILING} each", fingerprint=False)
+    image_memory_mb: int = option(
+        1024, "decode once: MB of decoded training pixels, and as many again of resized "
+        "validation pixels, each training process keeps in memory after their first read, "
+        "split between its loader workers (results do not depend on it; 0: decode every epoch)",
+        fingerprint=False)
+
+    # ---- the session: where the run lives, how long this session may take, what it resumes
+    out: str = option("", "run folder: checkpoints/, model.pt, metrics.csv, run.json, plots/, "
+                      "%(handover)s (required)", fingerprint=False)
+    input_root: list[str] = option(
+        [], "folder searched recursively for checkpoints to resume and pretrained weights "
+        "(repeatable; on Kaggle: /kaggle/input)", fingerprint=False)
+    resume: str = option("auto", "auto: newest valid checkpoint of this run in --out and the "
+                         "--input-root folders; off: start over; or a state-<step>.pt path",
+                         fingerprint=False)
+    time_budget: str = option(
+        DEFAULT_TIME_BUDGET, "session length: seconds or a duration such as 9h, 30m, 90s, "
+        f"1h30m; the run saves and exits {HANDED_OVER_EXIT_CODE} before it would be exceeded",
+        fingerprint=False)
+    margin: str = option(
+        "auto", "time kept free at the end of the budget for what follows the last save (same "
+        f"format); auto: {AUTO_MARGIN_TEXT}. A margin that leaves no time for a step is "
+        "refused, and a session that ends without one fails (exit 2) instead of handing over",
+        fingerprint=False)
+    session_steps: int = option(
+        0, "hand over after N training steps in this session, as the budget would (rehearse a "
+        "multi-session run; 0: off)", fingerprint=False)
+
+    # ---- checkpoints: how often, and how many generations stay on disk
+    save_every: int = option(0, "also checkpoint every N steps (0: off)", fingerprint=False)
+    save_every_min: float = option(30.0, "also checkpoint when this many minutes passed since "
+                                   "the last save", fingerprint=False)
+    keep: int = option(
+        2, "checkpoint generations kept in OUT/checkpoints (1 halves the disk they take; 2 keeps "
+        "the previous one to fall back to if the newest is damaged)", fingerprint=False)
+
+    # ---- reporting
+    notify: str = option(
+        "auto", "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
+        "IMET_TELEGRAM_CHAT_ID are set; the chat's /status, /plot, /stop are answered) or off "
+        "(no messages, no polling)", fingerprint=False)
+    run_name: str = option("", "name in reports and notifications (default: ARCH-foldN)",
+                           fingerprint=False)
+    progress_every_s: float = option(60.0, "seconds between progress lines when the output is "
+                                     "not a terminal", fingerprint=False)
+
+    # The settings whose change leaves what the run computes as it is (from the declarations).
+    NOT_IN_FINGERPRINT: ClassVar[frozenset[str]]
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -183,7 +332,8 @@ class TrainConfig:
         return cls(**kwargs).validated(source)
 
     def fingerprint(self) -> str:
-        decisive = {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_FINGERPRINT}
+        decisive = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                    if f.metadata["fingerprint"]}
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
     def budget_seconds(self) -> float:
@@ -301,14 +451,13 @@ def _plain(value: Any) -> Any:
 
 def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     """Values from JSON: accept what JSON can hold for the field's type, refuse the rest."""
-    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-    name = f"--{spec.name.replace('_', '-')}"
-    if isinstance(default, list):
+    kind, name = spec.metadata["kind"], flag_of(spec.name)
+    if kind is list:
         items = value if isinstance(value, list) else [value]
         return [str(v) for v in items]
     if value is None:
         return None
-    if isinstance(default, bool) or spec.name == "deterministic":
+    if kind is bool:
         if isinstance(value, bool):
             return value
         if str(value).lower() in ("1", "true", "yes", "on"):
@@ -317,61 +466,97 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
             return False
         raise UserError(f"{source}: {name} must be true or false, got {value!r}")
     try:
-        if isinstance(default, int):
+        if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if isinstance(default, float):
+        if kind is float:
             return float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{source}: {name} must be a {type(default).__name__}, "
-                        f"got {value!r}") from None
+        raise UserError(f"{source}: {name} must be a {kind.__name__}, got {value!r}") from None
     return str(value)
 
 
-# ---- duration
-# Durations as people write them (--time-budget 9h, --time-limit 30m) and read them: ETAs,
-# session time left, a run's wall time. Below every layer that takes or shows one (commands,
-# kernels, console, Telegram, the runs table).
-
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
-                       r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(text: str | float | int, what: str = "--time-budget") -> float:
-    """'9h', '30m', '90s', '1h30m', '5400' or 5400 -> seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if not str(text).strip() or match is None or not any(match.groups()):
-            raise UserError(f"{what}: cannot read {text!r} as a duration; "
-                            "write seconds (5400) or a duration such as 9h, 30m, 90s, 1h30m")
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    if seconds < 0:
-        raise UserError(f"{what}: {text!r} is negative; give a duration >= 0")
-    return seconds
+TrainConfig.NOT_IN_FINGERPRINT = frozenset(
+    f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["fingerprint"])
+# What a body from random init (--no-pretrained) trains with unless told otherwise: no head-only
+# epoch (a head on random features learns nothing worth keeping), one LR for every group at a
+# random-init rate, the whole image resized (the seed preset's square crop drops labelled
+# content), and the head's bias at the classes' log-odds (the first steps go to features, not to
+# pulling every logit down to its class's frequency). Why: README, "Training from random init".
+RANDOM_INIT_DEFAULTS = {f.name: f.metadata["random_init"] for f in dataclasses.fields(TrainConfig)
+                        if f.metadata["random_init"] is not None}
 
 
-def format_duration(seconds: object, sep: str = "") -> str:
-    """`seconds` as its two largest units: "45s", "1m05s", "1h02m", "3d2h"; "?" for what is not
-    a duration (None, not a number, NaN, infinite, negative). `sep` goes between the two: the
-    console packs a dozen figures into each log line and leaves it out, a Telegram message is
-    read on a phone and puts a space there ("1h 02m")."""
-    try:
-        value = float(seconds)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "?"
-    if not math.isfinite(value) or value < 0:
-        return "?"
-    days, rest = divmod(int(round(value)), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{sep}{hours}h"
-    if hours:
-        return f"{hours}h{sep}{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{sep}{secs:02d}s"
-    return f"{secs}s"
+# ---- the parser of `imet train`'s options, built from the declarations above
+
+def flag_of(name: str) -> str:
+    """A TrainConfig field's flag: `image_size` -> `--image-size`."""
+    return "--" + name.replace("_", "-")
+
+
+class RefusingParser(argparse.ArgumentParser):
+    """A parser whose refusal is a UserError (one line) instead of a usage message and an exit:
+    for arguments read outside their own command (a kernel's, a plan's, a render's)."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None,
+                      **help_values: object) -> None:
+    """`imet train`'s options on `parser`: --config, then each TrainConfig field's flag as the
+    field declares it (`names`: only those fields' flags, no --config). Every flag defaults to
+    None, so that a parsed namespace tells what was given. `help_values` fill the %(name)s of a
+    help that names what a higher layer owns (the arch registry, the handover file)."""
+    if names is None:
+        parser.add_argument("--config", metavar="FILE",
+                            help="JSON object of flag names (dashes or underscores) to values; "
+                                 "command-line flags override it")
+    defaults = TrainConfig()
+    for spec in dataclasses.fields(TrainConfig):
+        if names is not None and spec.name not in names:
+            continue
+        declared = spec.metadata
+        shown = declared["shown"] or getattr(defaults, spec.name)
+        text = f"{declared['help']} [{shown if shown not in ('', None, []) else '-'}]"
+        if declared["random_init"] is not None:
+            text = f"{text[:-1]}; {declared['random_init']} with --no-pretrained]"
+        kind = declared["kind"]
+        if kind is bool:
+            action = parser.add_argument(flag_of(spec.name), action=argparse.BooleanOptionalAction,
+                                         default=None, help=text)
+        elif kind is list:
+            action = parser.add_argument(flag_of(spec.name), action="append", default=None,
+                                         metavar=declared["metavar"] or "DIR", help=text)
+        else:
+            action = parser.add_argument(flag_of(spec.name), default=None, help=text,
+                                         type=kind if kind in (int, float) else str,
+                                         metavar=declared["metavar"] or spec.name.upper())
+        vars(action).update(help_values)
+
+
+def train_parser(names: Iterable[str] | None = None) -> RefusingParser:
+    """`imet train`'s parser for its arguments read elsewhere (a kernel, render, a campaign's
+    plan); with `names`, one that knows only those fields' flags."""
+    parser = RefusingParser(prog="imet train", add_help=False)
+    add_train_options(parser, None if names is None else set(names))
+    return parser
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a parsed `imet train` command line sets: its --config file's settings (keyed as the
+    file writes them), each replaced by its flag where one was given (keyed by field name)."""
+    values = dict(read_config_file(args.config)) if getattr(args, "config", None) else {}
+    for spec in dataclasses.fields(TrainConfig):
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            values.pop(spec.name.replace("_", "-"), None)
+            values[spec.name] = given
+    return values
+
+
+def without_settings(args: list[str], names: Iterable[str]) -> list[str]:
+    """`imet train` arguments less each flag, with its value, that sets one of the fields
+    `names`: what a parser of only those flags leaves over, in their order."""
+    return train_parser(names).parse_known_args(list(args))[1]

@@ -87,7 +87,12 @@ def test_extra_auto_with_no_set_or_two_sets_is_one_line(mini_data, tmp_path, mon
         sessions.with_extra_found(args)
     assert "\n" not in str(err.value) and "pseudo_label_args" in str(err.value)
     shutil.rmtree(root / "input" / "b")
-    assert sessions.with_extra_found(args) == ["--fold", "0", f"--extra={root / 'input' / 'a'}"]
+    found = ["--extra", str(root / "input" / "a")]
+    assert sessions.with_extra_found(args) == ["--fold", "0", *found]
     assert sessions.with_extra_found(["--fold", "0"]) == ["--fold", "0"]  # not asked: as is
     assert sessions.with_extra_found(["--extra", "auto", "--fold", "0"]) == \
-        ["--extra", str(root / "input" / "a"), "--fold", "0"]
+        ["--fold", "0", *found]
+    # As `imet train` reads them: the last --extra wins.
+    assert sessions.with_extra_found(["--extra", "x", "--extra", "auto"]) == found
+    assert sessions.with_extra_found(["--extra", "auto", "--extra=x"]) == \
+        ["--extra", "auto", "--extra=x"]

@@ -318,12 +318,6 @@ def configure_kaggle_campaign(sub) -> None:
                       "12h/30m/90s; default the plan's session_hours)")
 
 
-class _Refusing(argparse.ArgumentParser):
-    def error(self, message: str):
-        from imet.errors import UserError
-        raise UserError(message)
-
-
 # What each kernel passes itself where its command requires it: stand-ins, so that the
 # command's own parser can judge the plan's flags alone.
 GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
@@ -331,18 +325,31 @@ GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
                    "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}
 
 
-def check_args(command: str, args: list[str], where: str) -> None:
-    """Refuse what `imet <command>`'s own parser refuses: an unknown flag, a bad value."""
+def check_args(command: str, args: list[str], where: str) -> set[str]:
+    """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value); the
+    names (dests) of the settings `args` give, as that parser reads them."""
     from imet.cli import configure_command
-    parser = _Refusing(prog=f"imet {command}", add_help=False)
+    from imet.config import RefusingParser
+    parser = RefusingParser(prog=f"imet {command}", add_help=False)
     configure_command(command, parser)
     try:
-        _, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
+        parsed, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
     except UserError as err:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
         raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
                         f"`python -m imet {command} --help`")
+    # Parsed alone (without the stand-ins, so its only refusal is the missing required flags),
+    # `args` leave every setting they do not give at this marker; a list, which a repeatable
+    # flag copies before it appends.
+    unset: list = []
+    parser.set_defaults(**dict.fromkeys(vars(parsed), unset))
+    alone = argparse.Namespace()
+    try:
+        parser.parse_known_args(list(args), alone)
+    except UserError:
+        pass
+    return {name for name, value in vars(alone).items() if value is not unset}
 
 
 def telegram():

@@ -25,7 +25,7 @@ from imet.errors import UserError
 REPO = Path(__file__).resolve().parents[2]
 # Small enough for 2 CPU cores in minutes (40 epochs without early stopping, ~750 steps a
 # member on its fold's 600 images), with the defaults of an arch without ImageNet weights
-# (engine/config.py RANDOM_INIT_DEFAULTS). The trainer hands over after 300 steps of a session
+# (imet/config.py RANDOM_INIT_DEFAULTS). The trainer hands over after 300 steps of a session
 # (--session-steps, as a spent budget would), so each member resumes in later sessions on any
 # machine, not by the luck of its speed. Each session first pays what a Kaggle session pays:
 # the bootstrap's install into a fresh environment (~20 s), the doctor and the cache build.

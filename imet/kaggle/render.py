@@ -34,6 +34,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imet.config import flag_of, train_parser, without_settings
 from imet.errors import UserError
 from imet.fileio import atomic_write_text, read_json_object
 from imet.kaggle import session as accelerators
@@ -41,10 +42,10 @@ from imet.kaggle.session import asks_extra_auto
 
 KEYS = ("owner", "accelerator", "competition", "src_dataset", "weights_dataset", "n_folds",
         "train_args", "validate_args", "predict_args", "pseudo_label_args", "member")
-MEMBER_KEYS = ("name", "fold", "arch", "image_size", "epochs", "args")
-# Member fields that are `imet train` flags, in the order they are written.
-MEMBER_FLAGS = (("fold", "--fold"), ("arch", "--arch"), ("image_size", "--image-size"),
-                ("epochs", "--epochs"))
+# The member keys that are `imet train` settings (TrainConfig fields), in the order their
+# flags are written.
+MEMBER_SETTINGS = ("fold", "arch", "image_size", "epochs")
+MEMBER_KEYS = ("name", *MEMBER_SETTINGS, "args")
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,29}")
 
 
@@ -52,7 +53,7 @@ NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,29}")
 class Member:
     name: str
     fold: int
-    flags: list[str]  # this member's fold, arch, image size and epochs as flags
+    settings: dict  # this member's fold, arch, image size and epochs (field name -> value)
     args: list[str] = field(default_factory=list)  # its other `imet train` flags
 
 
@@ -107,11 +108,8 @@ def _member(table, index: int, where: str) -> Member:
     if not NAME.fullmatch(name):
         raise UserError(f"{where}: name {name!r} must be 1-30 lowercase letters, digits or "
                         "dashes (it becomes the kernel slug imet-trainer-<name>)")
-    flags = []
-    for key, flag in MEMBER_FLAGS:
-        if key in table:
-            flags += [flag, str(table[key])]
-    return Member(name, fold, flags, _strings(table.get("args", []), f"{where}: args"))
+    settings = {key: table[key] for key in MEMBER_SETTINGS if key in table}
+    return Member(name, fold, settings, _strings(table.get("args", []), f"{where}: args"))
 
 
 def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Settings:
@@ -151,19 +149,6 @@ def load(path: Path | None, allowed_extra: tuple[str, ...] = ()) -> Settings:
     if path is None:
         return Settings()
     return parse(read_toml(path), str(path), allowed_extra)
-
-
-def without_flags(args: list[str], flags) -> list[str]:
-    """`args` less every `--flag VALUE` (and `--flag=VALUE`) of `flags`."""
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in flags:
-            skip = True
-        elif not any(arg.startswith(flag + "=") for flag in flags):
-            kept.append(arg)
-    return kept
 
 
 # ---- rendered
@@ -340,7 +325,7 @@ ARGS_SETTING = {TRAINER: ("DEFAULT_TRAIN_ARGS", "train_args"),
 # The datasets' slugs where the settings name none: what packaging/build_dataset.py and
 # `imet weights fetch` (models/fetch.py, which imports torch) call them.
 SRC_DATASET, WEIGHTS_DATASET = "imet-src", "imet-weights"
-# The inference kernel's settings line of its pseudo-label step (issue 19; None: off).
+# The inference kernel's settings line of its pseudo-label step (None: off).
 PSEUDO_LABEL_SETTING = "PSEUDO_LABEL_ARGS"
 
 
@@ -370,19 +355,28 @@ def members_of(settings: Settings, trainer: Path) -> list[Member]:
         return settings.members
     path, code = _script(trainer)
     n_folds = settings.n_folds or read_setting(code, "N_FOLDS", path)
-    return [Member(f"f{fold}", fold, ["--fold", str(fold)]) for fold in range(n_folds)]
+    return [Member(f"f{fold}", fold, {"fold": fold}) for fold in range(n_folds)]
 
 
 def member_train_args(settings: Settings, member: Member, trainer: Path) -> list[str]:
     """The member's `imet train` flags: its fold, arch, image size and epochs, the shared flags
     (the settings' train_args, else the template's) less those, then the member's own args
-    (the last of a flag given twice wins)."""
+    (the last of a flag given twice wins). What `imet train`'s parser refuses is refused here,
+    in one line."""
     path, code = _script(trainer)
     common = settings.train_args
     if common is None:
         common = read_setting(code, ARGS_SETTING[TRAINER][0], path)
-    own = {flag for _, flag in MEMBER_FLAGS if flag in member.flags}
-    return member.flags + without_flags(list(common), own) + member.args
+    own = [word for name, value in member.settings.items() for word in (flag_of(name), str(value))]
+    args = own + without_settings(common, member.settings) + member.args
+    where = f"{settings.source}: member {member.name!r}: imet train"
+    try:
+        _, unknown = train_parser().parse_known_args(args)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+    if unknown:
+        raise UserError(f"{where} has no flag {unknown[0]!r}; see `python -m imet train --help`")
+    return args
 
 
 def _dataset(owner: str, value: str | None, default: str) -> str:

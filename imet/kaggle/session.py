@@ -6,7 +6,6 @@ hard-coded path. `IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import pexpect
 import torch
 import torch.nn.functional as F
 
-from imet.config import TrainConfig, read_config_file
+from imet.config import TrainConfig, given_settings, train_parser, without_settings
 from imet.data.images import CACHE_ENV
 from imet.device import fast_bf16
 from imet.errors import (
@@ -118,17 +117,9 @@ def find_previous_output(root: Path | None = None) -> list[Path]:
     return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
 
 
-def extra_auto_at(args: list[str]) -> list[int]:
-    """Where `imet train` arguments say `--extra auto`: the index of each `auto` value after an
-    `--extra`, and of each `--extra=auto`."""
-    return [i for i, arg in enumerate(args)
-            if arg == f"--extra={EXTRA_AUTO}"
-            or (arg == EXTRA_AUTO and i > 0 and args[i - 1] == "--extra")]
-
-
-def asks_extra_auto(args: list[str]) -> bool:
-    """Whether `imet train` arguments say `--extra auto` (or `--extra=auto`)."""
-    return bool(extra_auto_at(args))
+def asks_extra_auto(train_args: list[str]) -> bool:
+    """Whether `imet train` arguments say `--extra auto`, as its parser reads them."""
+    return train_parser().parse_known_args(train_args)[0].extra == EXTRA_AUTO
 
 
 def find_extra_sets(root: Path | None = None) -> list[Path]:
@@ -186,16 +177,13 @@ class Report:
 
 def doctor_flags(kernel_args: list[str], default_arch: str | None = None) -> list[str]:
     """The flags doctor judges (arch, weights, device; Telegram: auto unless turned off),
-    picked from a kernel's arguments for its imet command, as doctor flags."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--arch", default=default_arch)
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--device")
-    parser.add_argument("--notify", default="auto")
-    parser.add_argument("--keep")
-    known, _ = parser.parse_known_args(kernel_args)
-    flags = [f"--notify={known.notify}"] + ([f"--arch={known.arch}"] if known.arch else [])
-    flags += [f"--keep={known.keep}"] if known.keep else []
+    picked by `imet train`'s parser from a kernel's arguments for its imet command (validate
+    and predict mean the same by the --device they share with it), as doctor flags."""
+    known, _ = train_parser().parse_known_args(kernel_args)
+    arch = known.arch or default_arch
+    notify = "auto" if known.notify is None else known.notify
+    flags = [f"--notify={notify}"] + ([f"--arch={arch}"] if arch else [])
+    flags += [f"--keep={known.keep}"] if known.keep is not None else []
     if known.pretrained is not None:
         flags.append("--pretrained" if known.pretrained else "--no-pretrained")
     return flags + ([f"--device={known.device}"] if known.device else [])
@@ -218,7 +206,6 @@ def disk_need(arch: str, num_classes: int, keep: int | None = None) -> tuple[int
     """(parameters, bytes the run needs in its folder at the peak of a save): the `keep`
     generations (default: imet train's --keep) plus the one being written, and the best model
     file."""
-    from imet.config import TrainConfig
     keep = TrainConfig.keep if keep is None else keep
     params, state = checkpoint_bytes(arch, num_classes)
     return params, (keep + 1) * state + 4 * params + DISK_MARGIN_BYTES
@@ -623,8 +610,7 @@ def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[s
 def with_extra_found(train_args: list[str]) -> list[str]:
     """`train_args` with `--extra auto` replaced by the one extra training set attached (the
     inference kernel's pseudo-labels, say); UserError when there is none, or several."""
-    positions = extra_auto_at(train_args)
-    if not positions:
+    if not asks_extra_auto(train_args):
         return train_args
     found = find_extra_sets(input_root())
     if len(found) != 1:
@@ -635,10 +621,7 @@ def with_extra_found(train_args: list[str]) -> list[str]:
                         "attach the inference kernel whose pseudo_label_args made it "
                         "(kernel_sources), or pass --extra with the folder")
     print(f"extra training set (--extra {EXTRA_AUTO}): {found[0]}", flush=True)
-    args = list(train_args)
-    for i in positions:
-        args[i] = str(found[0]) if args[i] == EXTRA_AUTO else f"--extra={found[0]}"
-    return args
+    return [*without_settings(train_args, ["extra"]), "--extra", str(found[0])]
 
 
 def trainer(started: float, session_limit: str, train_args: list[str], n_folds: int = 5,
@@ -646,7 +629,6 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     if kernel:  # this process is the kernel's: the training it starts inherits it
         os.environ[KERNEL_ENV] = kernel
     data = find_competition_data()
-    from imet.config import TrainConfig
     code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
     if code:
         return code
@@ -781,16 +763,10 @@ def is_cache(folder: Path) -> bool:
 
 def run_settings(train_args: list[str]) -> tuple[int, int, int]:
     """(image size, epochs, loader workers) of the run the kernel's arguments describe."""
-    parser = argparse.ArgumentParser(add_help=False)
-    for flag in ("--config", "--image-size", "--epochs", "--num-workers"):
-        parser.add_argument(flag)
-    known, _ = parser.parse_known_args(train_args)
-    values = {k.replace("-", "_"): v for k, v in
-              (read_config_file(known.config) if known.config else {}).items()}
-    picked = {}
-    for name in ("image_size", "epochs", "num_workers"):
-        given = getattr(known, name)
-        picked[name] = given if given is not None else values.get(name, getattr(TrainConfig, name))
+    known, _ = train_parser().parse_known_args(train_args)
+    values = {k.replace("-", "_"): v for k, v in given_settings(known).items()}
+    picked = {name: values.get(name, getattr(TrainConfig, name))
+              for name in ("image_size", "epochs", "num_workers")}
     # "auto" workers: the machine's CPUs, which the session's processes share between them
     workers = TrainConfig(num_workers=picked["num_workers"]).worker_count(os.cpu_count() or 1, 1)
     return int(picked["image_size"]), int(picked["epochs"]), workers

@@ -21,27 +21,26 @@ from imet.kaggle import render as kernel_settings
 from imet.kaggle.render import Member, Settings, member_train_args, members_of, templates_in
 
 KEYS = ("parallel", "max_sessions", "retries", "gpu_hours", "session_hours", "folds")
-# Flags each kernel sets itself: a plan that sets them would fight the kernel.
-KERNEL_FLAGS = {"train": ("--data", "--folds", "--out", "--time-budget", "--resume",
-                          "--input-root"),
-                "validate": ("--data", "--folds", "--run", "--runs", "--out", "--time-limit"),
-                "predict": ("--data", "--runs", "--out", "--probs-dir", "--time-limit",
-                            "--thresholds"),
-                "pseudo-label": ("--data", "--runs", "--out")}
+# The settings each kernel gives its command itself (the parser's names for them): a plan that
+# sets them would fight the kernel.
+KERNEL_SETTINGS = {"train": ("data", "folds", "out", "time_budget", "resume", "input_root"),
+                   "validate": ("data", "folds", "runs", "out", "time_limit"),
+                   "predict": ("data", "runs", "out", "probs_dir", "time_limit", "thresholds"),
+                   "pseudo-label": ("data", "runs", "out")}
 # The settings key holding each kernel command's flags.
 ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args",
              "pseudo-label": "pseudo_label_args"}
 
 
 def _check(command: str, args: list[str], where: str,
-           check_args: Callable[[str, list[str], str], None]) -> None:
+           check_args: Callable[[str, list[str], str], set[str]]) -> None:
     kernel = {"train": "trainer", "validate": "validation kernel",
               "predict": "inference kernel", "pseudo-label": "inference kernel"}[command]
-    for flag in KERNEL_FLAGS[command]:
-        if any(a == flag or a.startswith(flag + "=") for a in args):
-            raise UserError(f"{where}: {flag} is set by the {kernel} itself; leave it out of "
-                            "the plan")
-    check_args(command, args, where)
+    given = check_args(command, args, where)
+    for name in KERNEL_SETTINGS[command]:
+        if name in given:
+            raise UserError(f"{where}: --{name.replace('_', '-')} is set by the {kernel} itself; "
+                            "leave it out of the plan")
 
 
 @dataclass
@@ -81,10 +80,11 @@ def _folds_in(path: Path, where: str) -> set[int]:
 
 
 def load(path: Path, kernels: Path,
-         check_args: Callable[[str, list[str], str], None]) -> Plan:
+         check_args: Callable[[str, list[str], str], set[str]]) -> Plan:
     """The plan at `path`, or one line naming what is wrong. `check_args(command, args,
-    where)` refuses what `imet <command>` would refuse (its own parser, from the command
-    layer): the members' train flags, and the validate and predict flags the plan sets."""
+    where)` refuses what `imet <command>` would refuse and names the settings `args` give
+    (its own parser, from the command layer): the members' train flags, and the validate and
+    predict flags the plan sets."""
     where = str(path)
     settings = kernel_settings.load(Path(path), KEYS)
     if not settings.owner:
