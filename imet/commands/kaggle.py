@@ -13,7 +13,7 @@ from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as H
 
 def _accelerator(text: str) -> str:
     from imet.errors import UserError
-    from imet.kaggle.session import canonical
+    from imet.kaggle.render import canonical
     try:
         return canonical(text)
     except UserError as err:
@@ -103,7 +103,7 @@ def duration(flag: str):
 def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
     """kernel name -> accelerator from `--accelerator [KERNEL=]NAME` values (later ones win);
     a retired name is accepted with one warning line, as the kaggle client does."""
-    from imet.kaggle import session as accelerators
+    from imet.kaggle import render as accelerators
     chosen: dict[str, str] = {}
     for text in given:
         kernel, sep, name = text.rpartition("=")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from imet.errors import HANDOVER_FILE as HANDOVER, UserError
 from imet.fileio import atomic_symlink, move_folder_into_place, read_json_object
-from imet.kaggle import platform_env, session as accelerators
+from imet.kaggle import platform_env, render as accelerators
 from imet.kaggle.platform_env import canonical
 from imet.kaggle.render import (
     OWNER,

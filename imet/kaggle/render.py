@@ -37,8 +37,71 @@ from pathlib import Path
 from imet.config import flag_of, train_parser, without_settings
 from imet.errors import UserError
 from imet.fileio import atomic_write_text, read_json_object
-from imet.kaggle import session as accelerators
-from imet.kaggle.session import asks_extra_auto
+
+
+# Kaggle's accelerator names (kernel-metadata.json `machine_shape`, `kaggle kernels push
+# --accelerator`): the one table of what may be asked for and what each name gets.
+
+# The default GPU ("GPU T4 x2") first: every kernel asks for it unless told otherwise.
+DEFAULT = "NvidiaTeslaT4"
+NONE = "none"
+GPUS = {"NvidiaTeslaT4": "GPU T4 x2 (fp16 tensor cores, no fast bf16)",
+        "NvidiaL4": "GPU L4", "NvidiaTeslaA100": "GPU A100", "NvidiaH100": "GPU H100"}
+TPUS = {"TpuV5E8": "TPU v5e-8"}
+# Accepted as the kaggle client accepts them (it warns and pushes the name unchanged); the
+# server runs these sessions on the replacement.
+RETIRED = {"NvidiaTeslaP100": "NvidiaTeslaT4", "TpuV38": "TpuV5E8", "Tpu1VmV38": "TpuV5E8"}
+
+
+def known() -> list[str]:
+    return [NONE, *GPUS, *TPUS, *RETIRED]
+
+
+def canonical(name: str) -> str:
+    """The name as Kaggle spells it (matched without regard to case); an unknown name is one
+    line listing the known ones."""
+    for spelled in known():
+        if spelled.lower() == name.strip().lower():
+            return spelled
+    raise UserError(f"--accelerator {name!r} is not a Kaggle accelerator; use one of "
+                    f"{', '.join(known())}")
+
+
+def retired_warning(name: str) -> str | None:
+    """One line for a retired shape: what the server runs instead."""
+    if name not in RETIRED:
+        return None
+    instead = RETIRED[name]
+    what = GPUS.get(instead) or TPUS.get(instead)
+    return (f"warning: {name} is retired: Kaggle runs the session on {instead} ({what}) "
+            "instead")
+
+
+def runs_on(name: str) -> str:
+    """The shape a session asking for `name` gets: a retired one's replacement, else itself."""
+    return RETIRED.get(name, name)
+
+
+def wants_gpu(name: str) -> bool:
+    return runs_on(name) in GPUS
+
+
+def metadata_fields(name: str) -> dict:
+    """kernel-metadata.json fields asking for `name`: machine_shape, and enable_gpu /
+    enable_tpu agreeing with it. `none` is the client's own empty machine_shape: a CPU."""
+    shape = "" if name == NONE else name
+    return {"machine_shape": shape, "enable_gpu": wants_gpu(name),
+            "enable_tpu": runs_on(name) in TPUS}
+
+
+# `--extra auto` in a trainer's arguments: the session finds the extra set among its inputs.
+EXTRA_AUTO = "auto"
+
+
+def asks_extra_auto(train_args: list[str]) -> bool:
+    """Whether `imet train` arguments say `--extra auto`, as its parser reads them."""
+    return train_parser().parse_known_args(train_args)[0].extra == EXTRA_AUTO
+
 
 KEYS = ("owner", "accelerator", "competition", "src_dataset", "weights_dataset", "n_folds",
         "train_args", "validate_args", "predict_args", "pseudo_label_args", "member")
@@ -258,13 +321,13 @@ def requested_accelerator(meta: dict) -> str:
     default (enable_gpu: the default GPU), else none (a CPU)."""
     shape = meta.get("machine_shape")
     if shape:
-        return accelerators.canonical(shape)
-    return accelerators.DEFAULT if meta.get("enable_gpu") else accelerators.NONE
+        return canonical(shape)
+    return DEFAULT if meta.get("enable_gpu") else NONE
 
 
 def with_accelerator(meta: dict, code: str, name: str) -> tuple[dict, str]:
     """The metadata and script asking for accelerator `name` (a known name, canonical)."""
-    meta = {**meta, **accelerators.metadata_fields(name)}
+    meta = {**meta, **metadata_fields(name)}
     return meta, with_setting(code, ACCELERATOR, name, meta.get("id"), required=False)
 
 
@@ -287,7 +350,7 @@ def prepare(kernel_dir: Path, owner: str, accelerator: str | None = None,
     settings lines holding `settings` (NAME -> value) and the metadata updated with `fields`."""
     check_owner(owner)
     meta = read_metadata(kernel_dir)
-    name = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
+    name = canonical(accelerator) if accelerator else requested_accelerator(meta)
     script = Path(kernel_dir) / meta["code_file"]
     code = script.read_text(encoding="utf-8")
     meta, code = with_accelerator({**meta, **(fields or {})}, code, name)

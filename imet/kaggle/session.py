@@ -33,6 +33,7 @@ from imet.errors import (
     UserError,
 )
 from imet.fileio import atomic_write_text
+from imet.kaggle.render import EXTRA_AUTO, TPUS, asks_extra_auto, runs_on, wants_gpu
 from imet.models.modelfile import MODEL_FILE
 from imet.probfile import ENSEMBLE_PROBS
 from imet.walk import walk_folders
@@ -46,7 +47,6 @@ DEFAULT_ROOT = "/kaggle"
 # folder, and the value of `imet train --extra` in a trainer kernel's arguments that asks for
 # the attached extra training set, found by what its folder holds (`find_extra_sets`).
 PSEUDO_DIR = "pseudo"
-EXTRA_AUTO = "auto"
 
 
 def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
@@ -115,11 +115,6 @@ def find_previous_output(root: Path | None = None) -> list[Path]:
     """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json."""
     root = input_root() if root is None else root
     return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
-
-
-def asks_extra_auto(train_args: list[str]) -> bool:
-    """Whether `imet train` arguments say `--extra auto`, as its parser reads them."""
-    return train_parser().parse_known_args(train_args)[0].extra == EXTRA_AUTO
 
 
 def find_extra_sets(root: Path | None = None) -> list[Path]:
@@ -827,59 +822,3 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
 def _rows(csv_path: Path) -> int:
     with open(csv_path, "rb") as f:
         return max(sum(1 for _ in f) - 1, 0)
-
-
-# ---- accelerators
-# Kaggle's accelerator names (kernel-metadata.json `machine_shape`, `kaggle kernels push
-# --accelerator`): the one table of what may be asked for and what each name gets.
-
-# The default GPU ("GPU T4 x2") first: every kernel asks for it unless told otherwise.
-DEFAULT = "NvidiaTeslaT4"
-NONE = "none"
-GPUS = {"NvidiaTeslaT4": "GPU T4 x2 (fp16 tensor cores, no fast bf16)",
-        "NvidiaL4": "GPU L4", "NvidiaTeslaA100": "GPU A100", "NvidiaH100": "GPU H100"}
-TPUS = {"TpuV5E8": "TPU v5e-8"}
-# Accepted as the kaggle client accepts them (it warns and pushes the name unchanged); the
-# server runs these sessions on the replacement.
-RETIRED = {"NvidiaTeslaP100": "NvidiaTeslaT4", "TpuV38": "TpuV5E8", "Tpu1VmV38": "TpuV5E8"}
-
-
-def known() -> list[str]:
-    return [NONE, *GPUS, *TPUS, *RETIRED]
-
-
-def canonical(name: str) -> str:
-    """The name as Kaggle spells it (matched without regard to case); an unknown name is one
-    line listing the known ones."""
-    for spelled in known():
-        if spelled.lower() == name.strip().lower():
-            return spelled
-    raise UserError(f"--accelerator {name!r} is not a Kaggle accelerator; use one of "
-                    f"{', '.join(known())}")
-
-
-def retired_warning(name: str) -> str | None:
-    """One line for a retired shape: what the server runs instead."""
-    if name not in RETIRED:
-        return None
-    instead = RETIRED[name]
-    what = GPUS.get(instead) or TPUS.get(instead)
-    return (f"warning: {name} is retired: Kaggle runs the session on {instead} ({what}) "
-            "instead")
-
-
-def runs_on(name: str) -> str:
-    """The shape a session asking for `name` gets: a retired one's replacement, else itself."""
-    return RETIRED.get(name, name)
-
-
-def wants_gpu(name: str) -> bool:
-    return runs_on(name) in GPUS
-
-
-def metadata_fields(name: str) -> dict:
-    """kernel-metadata.json fields asking for `name`: machine_shape, and enable_gpu /
-    enable_tpu agreeing with it. `none` is the client's own empty machine_shape: a CPU."""
-    shape = "" if name == NONE else name
-    return {"machine_shape": shape, "enable_gpu": wants_gpu(name),
-            "enable_tpu": runs_on(name) in TPUS}
