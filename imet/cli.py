@@ -46,11 +46,6 @@ def _command_function(name: str, verb: str, command: str | None = None):
     return getattr(module, f"{verb}_{name.replace('-', '_')}")
 
 
-def configure_command(name: str, parser: argparse.ArgumentParser) -> None:
-    """Declare `imet <name>`'s options on `parser` (also used to check a kernel's arguments)."""
-    _command_function(name, "configure")(parser)
-
-
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imet", description="iMet Collection 2019 pipeline: data, training, validation, "

@@ -1,11 +1,13 @@
 """The house rules that a reader relies on: no two modules of imet import each other (lazy imports
-inside functions count too), and the package stays a few dozen modules."""
+inside functions count too), the package stays a few dozen modules, and README's Layout section
+is a true map: every module is on it, and each line imports only from the lines under it."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-IMET = Path(__file__).resolve().parents[1] / "imet"
+REPO = Path(__file__).resolve().parents[1]
+IMET = REPO / "imet"
 
 
 def module_files(package: Path) -> dict[str, Path]:
@@ -99,3 +101,28 @@ def test_the_cycle_walk_sees_a_lazy_import_cycle(tmp_path):
 
 def test_imet_stays_a_few_dozen_modules():
     assert len(module_files(IMET)) <= 80
+
+
+def readme_layout() -> list[str]:
+    """The dotted names that README's Layout block lists, top line first."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    return [line.split()[0].rstrip("/").removesuffix(".py").replace("/", ".")
+            for line in block.splitlines() if line.startswith("imet/")]
+
+
+def test_readme_layout_maps_every_module_and_its_imports_point_down():
+    layout = readme_layout()
+    modules = module_files(IMET)
+
+    def entry(name: str) -> int:
+        owners = [i for i, prefix in enumerate(layout)
+                  if name == prefix or name.startswith(prefix + ".")]
+        assert owners, f"{name} is on no line of README's Layout"
+        return owners[-1]
+
+    upward = [(name, target) for name, path in modules.items()
+              if name not in ("imet", "imet.__main__")
+              for target in imports_of(name, path, modules)
+              if target != "imet" and entry(target) < entry(name)]
+    assert upward == []

@@ -328,10 +328,12 @@ GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
 def check_args(command: str, args: list[str], where: str) -> set[str]:
     """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value); the
     names (dests) of the settings `args` give, as that parser reads them."""
-    from imet.cli import configure_command
+    from imet.commands.predict import configure_predict, configure_pseudo_label, configure_validate
+    from imet.commands.train import configure_train
     from imet.config import RefusingParser
     parser = RefusingParser(prog=f"imet {command}", add_help=False)
-    configure_command(command, parser)
+    {"train": configure_train, "validate": configure_validate, "predict": configure_predict,
+     "pseudo-label": configure_pseudo_label}[command](parser)
     try:
         parsed, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
     except UserError as err:
