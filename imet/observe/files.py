@@ -168,7 +168,7 @@ def history_figure(rows: list[dict[str, Any]], panels: list[str],
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -177,7 +177,7 @@ def _png(figure: Figure) -> bytes:
 def render_history_png(history: list[dict[str, Any]], title: str | None = None) -> bytes:
     """One PNG with loss, F2 and LR against step. `history`: rows as in metrics.csv (progress and
     evaluation rows; values may be numbers or CSV strings; missing fields are skipped)."""
-    return _png(history_figure(thin(list(history or [])), list(PANELS), title))
+    return png_bytes(history_figure(thin(list(history or [])), list(PANELS), title))
 
 
 def _panel_pngs(figure: Figure) -> list[bytes]:
@@ -208,7 +208,7 @@ def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
     written."""
     folder = Path(run_dir) / PLOTS_DIR
     figure = history_figure(thin(list(history or [])), list(PANELS), title)
-    written = [atomic_write_bytes(folder / "history.png", _png(figure))]
+    written = [atomic_write_bytes(folder / "history.png", png_bytes(figure))]
     for panel, png in zip(PANELS, _panel_pngs(figure)):
         written.append(atomic_write_bytes(folder / f"{panel}.png", png))
     return [str(path) for path in written]
@@ -374,7 +374,7 @@ def config_hash(config: dict[str, Any] | None) -> str | None:
 # row beyond the checkpoint step, so the steps it replays are not written twice; a row repeated
 # at the same key replaces the old.
 
-FILENAME = "metrics.csv"
+METRICS_CSV = "metrics.csv"
 COLUMNS = ("run", "kind", "session", "time", "stage", "epoch", "step", "epoch_step", "loss",
            "lr", "img_per_s", "f2", "threshold", "best_f2", "val_loss", "is_best")
 _INT_COLUMNS = {"session", "stage", "epoch", "step", "epoch_step"}
@@ -440,7 +440,7 @@ def find_run_metrics(run_name: str,
     """The metrics.csv of `run_name` with the most rows among the input roots (recursive): on
     Kaggle the previous session's output is an attached input."""
     best, best_count = None, 0
-    for candidate in input_files(inputs, FILENAME).named(FILENAME):
+    for candidate in input_files(inputs, METRICS_CSV).named(METRICS_CSV):
         count = sum(1 for row in read_metrics(candidate) if row["run"] == run_name)
         if count > best_count:
             best, best_count = candidate, count
@@ -454,8 +454,8 @@ class MetricsWriter(RankZeroSubscriber):
 
     def __init__(self, run_dir: str | os.PathLike,
                  input_roots: InputFiles | Iterable[str | os.PathLike] = ()):
-        self.path = Path(run_dir) / FILENAME
-        self.inputs = input_files(input_roots, FILENAME)
+        self.path = Path(run_dir) / METRICS_CSV
+        self.inputs = input_files(input_roots, METRICS_CSV)
         self._handle: io.TextIOBase | None = None
         self._writer = None
         self._keys: set[tuple[str, int]] = set()
@@ -641,7 +641,7 @@ class ArtifactWriter(RankZeroSubscriber):
         return plots
 
     def _write_plots(self) -> list[str]:
-        rows = [row for row in read_metrics(self.run_dir / FILENAME)
+        rows = [row for row in read_metrics(self.run_dir / METRICS_CSV)
                 if row.get("run") in (None, self.summary.get("run_name"))]
         history = rows or self._history
         title = f"{self.summary.get('run_name')} (fold {self.summary.get('fold')})"

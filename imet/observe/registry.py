@@ -22,7 +22,7 @@ from imet.errors import UserError
 from imet.fileio import atomic_write_text, utc_timestamp
 from imet.observe.console import redact
 from imet.observe.files import (MANIFEST_NAME, RUN_JSON, InputFiles, code_version, config_hash,
-                                input_files, read_run_json, short_code_version)
+                                input_files, png_bytes, read_run_json, short_code_version)
 from imet.train.events import Evaluation, Failure, Finish, Handover, RankZeroSubscriber, RunStart
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,10 @@ def find_registries(roots: InputFiles | Iterable[str | os.PathLike]) -> list[Pat
     found: list[Path] = []
     for root in inputs.roots:
         found.extend([root] if root.is_file() else [p for p in under if p.is_relative_to(root)])
-    unique, seen = [], set()
+    unique: dict[Path, Path] = {}
     for path in found:
-        resolved = path.resolve()
-        if resolved not in seen:
-            seen.add(resolved)
-            unique.append(path)
-    return unique
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def _filled(value: Any) -> bool:
@@ -599,7 +596,4 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
     f2_ax.set_ylabel("validation F2")
     f2_ax.set_title("F2 against step")
     f2_ax.grid(True, alpha=0.3)
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(figure)

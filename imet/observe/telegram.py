@@ -813,11 +813,12 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
 
 
 def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
-    """imet.observe.files.render_history_png, or None where it cannot be imported."""
+    """imet.observe.files.render_history_png, or None without matplotlib."""
     try:
-        from imet.observe.files import render_history_png
+        import matplotlib  # noqa: F401  (files.py imports it only when it draws)
     except ImportError:
         return None
+    from imet.observe.files import render_history_png
     return render_history_png
 
 
