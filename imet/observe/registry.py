@@ -71,16 +71,12 @@ def find_registries(roots: InputFiles | Iterable[str | os.PathLike]) -> list[Pat
     return list(unique.values())
 
 
-def _filled(value: Any) -> bool:
-    return value not in (None, "", [], {})
-
-
 def completeness(record: dict[str, Any]) -> tuple:
     """Order among copies of one (run id, kind, session) record: the further the session got,
     the more fields it filled, the later it was updated, the better."""
     return (_STATUS_RANK.get(str(record.get("status")), 0),
             len(record.get("f2_history") or []),
-            sum(1 for value in record.values() if _filled(value)),
+            sum(1 for value in record.values() if value not in (None, "", [], {})),
             str(record.get("updated") or ""))
 
 

@@ -295,12 +295,10 @@ class LoopWaiter:
 # close bound.
 
 
+@dataclass(slots=True, eq=False)  # the queue removes an item by identity
 class _Pending:
-    __slots__ = ("item", "attempts")
-
-    def __init__(self, item: Outgoing):
-        self.item = item
-        self.attempts = 0
+    item: Outgoing
+    attempts: int = 0
 
 
 class TelegramSender:
