@@ -1,8 +1,13 @@
-"""Keep secrets out of everything imet writes (run.json, the run registry, logs).
+"""What imet prints and writes for people: secrets scrubbed, and training progress on the console.
 
 Secrets reach imet only through the environment or Kaggle Secrets, but a config dict may still
 carry one (a user pasting a token into a config file, a notify section built from env). Every
-config that leaves the process goes through `redact` first."""
+config and error text that leaves the process goes through `redact` or `scrub_text` first.
+
+Progress: a tqdm bar on a terminal; on Kaggle (stdout is a log file, not a TTY) one plain line
+every `every_s` seconds with stage, epoch, step/total, loss, LR, img/s, the ETAs of the stage
+and of the run, and the session time left. Evaluations, checkpoints, handovers, the finish and
+failures are always printed."""
 from __future__ import annotations
 
 import os
@@ -12,17 +17,8 @@ import time
 from typing import Any, Iterable, TextIO
 
 from imet.config import format_duration
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    Failure,
-    Finish,
-    Handover,
-    InitEvaluation,
-    Progress,
-    RankZeroSubscriber,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
+                               InitEvaluation, Progress, RankZeroSubscriber, RunStart)
 
 REDACTED = "<redacted>"
 
@@ -53,23 +49,17 @@ def redact(value: Any, environ: dict[str, str] | None = None) -> Any:
     """A copy of `value` (JSON-like) with secret keys dropped to REDACTED and secret-looking
     strings (token patterns, values of secret env vars) replaced."""
     env_secrets = secret_env_values(environ)
-    return _redact(value, env_secrets)
 
-
-def _redact(value: Any, env_secrets: list[str]) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if _SECRET_KEY.search(str(key)) and item not in (None, "", False):
-                out[key] = REDACTED
-            else:
-                out[key] = _redact(item, env_secrets)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_redact(item, env_secrets) for item in value]
-    if isinstance(value, str):
-        return scrub_text(value, env_secrets)
-    return value
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: REDACTED if _SECRET_KEY.search(str(key)) and item not in (None, "", False)
+                    else scrub(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [scrub(item) for item in value]
+        if isinstance(value, str):
+            return scrub_text(value, env_secrets)
+        return value
+    return scrub(value)
 
 
 def scrub_text(text: object, secrets: Iterable[str] = (), mark: str = REDACTED,
@@ -82,12 +72,6 @@ def scrub_text(text: object, secrets: Iterable[str] = (), mark: str = REDACTED,
     return out
 
 
-# ---- console
-# Progress on the console: a tqdm bar on a terminal; on Kaggle (stdout is a log file, not a
-# TTY) one plain line every `every_s` seconds with everything a reader of the log needs:
-# stage, epoch, step/total, loss, LR, img/s, ETA of the stage and of the run, session time left.
-# Evaluations, checkpoints, handovers, the finish and failures are always printed.
-
 _EMA = 0.3  # weight of the newest step-rate sample: reacts to a stage switch within a few lines
 
 
@@ -96,6 +80,12 @@ def _num(value: Any, spec: str, missing: str = "?") -> str:
         return format(float(value), spec)
     except (TypeError, ValueError):
         return missing
+
+
+def _epoch_in_progress(event: Progress) -> Any:
+    # The engine counts completed epochs; a reader wants the one in progress.
+    epoch = event.epoch
+    return epoch + 1 if isinstance(epoch, int) and event.epoch_step else epoch
 
 
 class ConsoleProgress(RankZeroSubscriber):
@@ -115,14 +105,12 @@ class ConsoleProgress(RankZeroSubscriber):
         self._rate: dict[int, float] = {}  # steps per second, per stage
         self._previous: tuple[float, int, int] | None = None  # (clock, step, stage)
 
-    # --- output -------------------------------------------------------------------------------
     def _print(self, text: str) -> None:
         if self._bar is not None:
             self._bar.write(text, file=self.stream)
         else:
             print(text, file=self.stream, flush=True)
 
-    # --- events -------------------------------------------------------------------------------
     def _on_run_start(self, event: RunStart) -> None:
         config = event.config or {}
         self._total_epochs = config.get("epochs")
@@ -145,10 +133,8 @@ class ConsoleProgress(RankZeroSubscriber):
             step = int(event.step or 0)
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
-            epoch = event.epoch
-            epoch = epoch + 1 if isinstance(epoch, int) and event.epoch_step else epoch
             self._bar.set_postfix_str(
-                f"stage {event.stage} ep {epoch} loss "
+                f"stage {event.stage} ep {_epoch_in_progress(event)} loss "
                 f"{_num(event.loss, '.4f')} lr {_num(event.lr, '.2e')} "
                 f"{_num(event.img_per_s, '.0f')} img/s left "
                 f"{format_duration(event.session_left_s)}", refresh=False)
@@ -164,14 +150,11 @@ class ConsoleProgress(RankZeroSubscriber):
         step, total = event.step, event.total_steps
         percent = f" ({100.0 * step / total:.0f}%)" if step is not None and total else ""
         epochs = f"/{self._total_epochs}" if self._total_epochs else ""
-        # The engine counts completed epochs; a reader wants the one in progress.
-        epoch = event.epoch
-        epoch = epoch + 1 if isinstance(epoch, int) and event.epoch_step else epoch
         session_left = event.session_left_s
         session = (f" | session left {format_duration(session_left)}"
                    if session_left is not None else "")
         return (f"[{time.strftime('%H:%M:%S')}] stage {event.stage} | epoch "
-                f"{epoch}{epochs} | step {step}/{total}{percent} | loss "
+                f"{_epoch_in_progress(event)}{epochs} | step {step}/{total}{percent} | loss "
                 f"{_num(event.loss, '.4f')} | lr {_num(event.lr, '.2e')} | "
                 f"{_num(event.img_per_s, '.1f')} img/s | ETA stage "
                 f"{format_duration(self.stage_eta(event))}, run "
@@ -229,13 +212,13 @@ class ConsoleProgress(RankZeroSubscriber):
                         f"{event.path}")
 
     def _on_handover(self, event: Handover) -> None:
-        self._close_bar()
+        self.close()
         self._print(f"imet: stopping at step {event.step} ({event.reason}); "
                     f"checkpoint {event.checkpoint}; next: {event.next} "
                     f"(exit code {event.exit_code})")
 
     def _on_finish(self, event: Finish) -> None:
-        self._close_bar()
+        self.close()
         untuned = (f" (untuned {_num(event.init_f2, '.4f')})"
                    if event.init_f2 is not None else "")
         self._print(f"imet: finished: best F2 {_num(event.best_f2, '.4f')}{untuned} at "
@@ -243,16 +226,13 @@ class ConsoleProgress(RankZeroSubscriber):
                     f"{format_duration(event.duration_s)}")
 
     def _on_failure(self, event: Failure) -> None:
-        self._close_bar()
+        self.close()
         if event.user_error:
             return  # the command prints it as its one-line error
         # an error text may quote a URL with a token in it
         self._print(f"imet: training failed: {redact(str(event.error))}")
 
-    def _close_bar(self) -> None:
+    def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-    def close(self) -> None:
-        self._close_bar()

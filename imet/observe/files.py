@@ -1,8 +1,11 @@
-"""Training curves as PNG: loss, F2 and learning rate against step.
+"""The files a training run leaves for people: metrics.csv, run.json and plots/*.png, written by
+event subscribers (`report_subscribers`), and the look-ups that find them again: a run's
+earlier files under the input roots, the code version that made them.
 
-Built on matplotlib's object API with the Agg canvas (no pyplot): no global figure registry, no
-GUI backend, nothing shared between calls, so it is safe inside a training process and on a
-headless Kaggle kernel."""
+Plots use matplotlib's object API with the Agg canvas (no pyplot): no global figure registry, no
+GUI backend, nothing shared between calls, so they are safe inside a training process and on a
+headless Kaggle kernel. matplotlib is imported only where a figure is drawn: `predict` reads
+run.json and the registry through this module and draws nothing (~0.3 CPU-s of imports saved)."""
 from __future__ import annotations
 
 import csv
@@ -15,27 +18,21 @@ import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import imet
 from imet.fileio import atomic_write_bytes, atomic_write_text, utc_timestamp
-from imet.observe.console import redact
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    Failure,
-    Finish,
-    Handover,
-    InitEvaluation,
-    Progress,
-    RankZeroSubscriber,
-    RunStart,
-)
+from imet.observe.console import ConsoleProgress, redact
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover, InitEvaluation,
+                               Progress, RankZeroSubscriber, RunStart)
 from imet.walk import walk_folders
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
 # A plot 800 px wide shows no more than this many training points; a 20-epoch iMet run logs
@@ -140,6 +137,8 @@ def history_figure(rows: list[dict[str, Any]], panels: list[str],
                    title: str | None = None) -> Figure:
     """One axes per panel, stacked, each with its own step axis, so that every panel can be cut
     out as a picture of its own (`write_plots`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     panel_h = 2.8
     height = (_MARGIN["top"] + _MARGIN["bottom"] + panel_h * len(panels)
               + _MARGIN["between"] * (len(panels) - 1))
@@ -169,7 +168,7 @@ def history_figure(rows: list[dict[str, Any]], panels: list[str],
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -178,7 +177,7 @@ def _png(figure: Figure) -> bytes:
 def render_history_png(history: list[dict[str, Any]], title: str | None = None) -> bytes:
     """One PNG with loss, F2 and LR against step. `history`: rows as in metrics.csv (progress and
     evaluation rows; values may be numbers or CSV strings; missing fields are skipped)."""
-    return _png(history_figure(thin(list(history or [])), list(PANELS), title))
+    return png_bytes(history_figure(thin(list(history or [])), list(PANELS), title))
 
 
 def _panel_pngs(figure: Figure) -> list[bytes]:
@@ -209,17 +208,15 @@ def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
     written."""
     folder = Path(run_dir) / PLOTS_DIR
     figure = history_figure(thin(list(history or [])), list(PANELS), title)
-    written = [atomic_write_bytes(folder / "history.png", _png(figure))]
+    written = [atomic_write_bytes(folder / "history.png", png_bytes(figure))]
     for panel, png in zip(PANELS, _panel_pngs(figure)):
         written.append(atomic_write_bytes(folder / f"{panel}.png", png))
     return [str(path) for path in written]
 
 
-# ---- find
-# Finding a run's earlier files (metrics.csv, run.json, the registry, the dataset manifest)
-# under the input roots, where Kaggle mounts attached outputs at a depth that varies by kind.
-#
-# The roots can be large (a competition's 109k images), so the subscribers of one run share one
+# A run's earlier files (metrics.csv, run.json, the registry, the dataset manifest) lie under
+# the input roots, where Kaggle mounts attached outputs at a depth that varies by kind. The
+# roots can be large (a competition's 109k images), so the subscribers of one run share one
 # `InputFiles`: each says in its constructor which names it will look up, and the first look-up
 # walks the roots once for all of them.
 
@@ -261,9 +258,8 @@ def files_named(roots: Iterable[str | os.PathLike], name: str) -> Iterator[Path]
     yield from InputFiles(roots).named(name)
 
 
-# ---- provenance
-# Where a run's code came from and which config decided it: recorded in run.json and the
-# run registry so results from different kernels (each running its own copy of the code) stay
+# Where a run's code came from and which config decided it is recorded in run.json and the run
+# registry, so results from different kernels (each running its own copy of the code) stay
 # comparable.
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -371,20 +367,14 @@ def config_hash(config: dict[str, Any] | None) -> str | None:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# metrics.csv: one row per progress and evaluation event, appended, not rewritten each time: a
+# long run emits tens of thousands of rows. Rows are flushed whole (a killed process loses
+# nothing that was flushed), synced at checkpoints, and a torn last line (power loss mid-write)
+# is dropped on the next read. Rows are keyed by (kind, step): a resumed run first drops every
+# row beyond the checkpoint step, so the steps it replays are not written twice; a row repeated
+# at the same key replaces the old.
 
-
-# ---- metrics_csv
-# metrics.csv: one row per progress and evaluation event, appended as training goes.
-#
-# Why not rewrite the file each time: a long run emits tens of thousands of rows. Rows are
-# appended and flushed whole (a killed process loses nothing that was flushed), synced at
-# checkpoints, and a torn last line (power loss mid-write) is dropped on the next read.
-# Rows are keyed by (kind, step): a resumed run first drops every row beyond the checkpoint step,
-# so the steps it replays are not written twice; a row repeated at the same key replaces the old.
-
-log = logging.getLogger(__name__)
-
-FILENAME = "metrics.csv"
+METRICS_CSV = "metrics.csv"
 COLUMNS = ("run", "kind", "session", "time", "stage", "epoch", "step", "epoch_step", "loss",
            "lr", "img_per_s", "f2", "threshold", "best_f2", "val_loss", "is_best")
 _INT_COLUMNS = {"session", "stage", "epoch", "step", "epoch_step"}
@@ -450,7 +440,7 @@ def find_run_metrics(run_name: str,
     """The metrics.csv of `run_name` with the most rows among the input roots (recursive): on
     Kaggle the previous session's output is an attached input."""
     best, best_count = None, 0
-    for candidate in input_files(inputs, FILENAME).named(FILENAME):
+    for candidate in input_files(inputs, METRICS_CSV).named(METRICS_CSV):
         count = sum(1 for row in read_metrics(candidate) if row["run"] == run_name)
         if count > best_count:
             best, best_count = candidate, count
@@ -464,8 +454,8 @@ class MetricsWriter(RankZeroSubscriber):
 
     def __init__(self, run_dir: str | os.PathLike,
                  input_roots: InputFiles | Iterable[str | os.PathLike] = ()):
-        self.path = Path(run_dir) / FILENAME
-        self.inputs = input_files(input_roots, FILENAME)
+        self.path = Path(run_dir) / METRICS_CSV
+        self.inputs = input_files(input_roots, METRICS_CSV)
         self._handle: io.TextIOBase | None = None
         self._writer = None
         self._keys: set[tuple[str, int]] = set()
@@ -473,7 +463,6 @@ class MetricsWriter(RankZeroSubscriber):
         self._session = None
         self._stage = None  # evaluation events carry no stage: the last progress event's
 
-    # --- events -------------------------------------------------------------------------------
     def _on_run_start(self, event: RunStart) -> None:
         self._run = str(event.run_name or "")
         self._session = event.session
@@ -509,19 +498,11 @@ class MetricsWriter(RankZeroSubscriber):
                      "is_best": event.is_best}, event.time)
         self._sync()
 
-    def _on_checkpoint(self, event: Checkpoint) -> None:
+    def _on_checkpoint(self, event: Checkpoint | Handover | Finish | Failure) -> None:
         self._sync()
 
-    def _on_handover(self, event: Handover) -> None:
-        self._sync()
+    _on_handover = _on_finish = _on_failure = _on_checkpoint
 
-    def _on_finish(self, event: Finish) -> None:
-        self._sync()
-
-    def _on_failure(self, event: Failure) -> None:
-        self._sync()
-
-    # --- file ---------------------------------------------------------------------------------
     def _write(self, row: dict[str, Any], when: float) -> None:
         if row.get("step") is None:
             return
@@ -561,21 +542,17 @@ class MetricsWriter(RankZeroSubscriber):
     def close(self) -> None:
         if self._handle is not None:
             try:
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
+                self._sync()
             finally:
                 self._handle.close()
                 self._handle = None
 
 
-# ---- artifacts
-# run.json (the run's summary) and plots/*.png, written when a session ends: at a handover
+# run.json (the run's summary) and plots/*.png are written when a session ends: at a handover
 # (so a half-done run's output already shows its curves), at the finish, and after a failure.
-#
 # run.json carries the list of sessions (number, device, kernel, start, wall time, how it ended)
 # across a chain of Kaggle sessions: a resumed session reads the previous run.json from the run
 # dir or, on Kaggle, from the attached previous output.
-
 
 RUN_JSON = "run.json"
 
@@ -664,20 +641,18 @@ class ArtifactWriter(RankZeroSubscriber):
         return plots
 
     def _write_plots(self) -> list[str]:
-        rows = [row for row in read_metrics(self.run_dir / FILENAME)
+        rows = [row for row in read_metrics(self.run_dir / METRICS_CSV)
                 if row.get("run") in (None, self.summary.get("run_name"))]
         history = rows or self._history
         title = f"{self.summary.get('run_name')} (fold {self.summary.get('fold')})"
         try:
-            # matplotlib only here: `predict` reads run.json through this module and draws
-            # nothing (~0.3 CPU-s of imports saved there).
             return write_plots(self.run_dir, history, title=title)
         except Exception as err:  # a plot must never cost the run its run.json
             log.warning("plots for %s failed: %s: %s", self.run_dir, type(err).__name__, err)
             return []
 
     def _write_json(self) -> None:
-        summary = {k: v for k, v in self.summary.items()}
+        summary = dict(self.summary)
         summary["sessions"] = [{k: v for k, v in s.items() if k != "start_time"}
                                for s in summary.get("sessions", [])]
         atomic_write_text(self.run_dir / RUN_JSON,
@@ -706,18 +681,12 @@ class ArtifactWriter(RankZeroSubscriber):
         self._end_session(event, "failed", error=error.splitlines()[0][:500] if error else "")
 
 
-# ---- report
-# imet.observe.files: event subscribers that turn a training run into console progress, metrics.csv,
-# plots and run.json (the run registry, one layer up, lives in imet.observe.registry).
-
 def report_subscribers(run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = (),
                        every_s: float = 60.0, stream: TextIO | None = None) -> list:
     """The standard set for a training run: ConsoleProgress, MetricsWriter, ArtifactWriter.
-    `input_roots` (or the run's shared `imet.observe.files.InputFiles`, which `imet train` also
-    gives the registry): where a resumed session finds the previous session's
-    metrics.csv/run.json; searched once for all of them."""
-    from imet.observe.console import ConsoleProgress
-
+    `input_roots` (or the run's shared `InputFiles`, which `imet train` also gives the
+    registry): where a resumed session finds the previous session's metrics.csv/run.json;
+    searched once for all of them."""
     inputs = input_files(input_roots)
     return [ConsoleProgress(every_s=every_s, stream=stream), MetricsWriter(run_dir, inputs),
             ArtifactWriter(run_dir, inputs)]

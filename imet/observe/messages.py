@@ -1,4 +1,5 @@
-"""Telegram message texts for each engine event, as HTML built with `html.escape`.
+"""What a run says on Telegram: a message for each engine event, and the answers to the
+owner's commands (/status, /plot, /stop, /help). Texts are HTML built with `html.escape`.
 
 Telegram refuses a text over 4,096 characters and a photo caption over 1,024 (counted after
 parsing, in UTF-16 units). We count the HTML source, which is never shorter than what
@@ -15,16 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from imet.config import format_duration
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    Failure,
-    Finish,
-    Handover,
-    Progress,
-    RankZeroSubscriber,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover, Progress,
+                               RankZeroSubscriber, RunStart)
 
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
@@ -252,16 +245,12 @@ def plot_caption(event: Evaluation | Finish, run_name: str | None = None) -> str
     return caption([f"📈 {_run_label(run_name)}", line])
 
 
-# ---- commands
-# What the run answers to its owner's Telegram commands: /status, /plot, /stop, /help.
-#
-# Two threads meet here. The training thread hands over each event (`__call__`: it keeps a
-# reference to the latest data of each kind, nothing more, since progress comes at every step);
-# the sender's worker thread turns a command's text into reply texts (`answer`). The stop goes
-# through the engine's own stop request (StopRequest.request), so a /stop ends the
-# session exactly as a SIGTERM does: saved, HANDOVER.json written, exit 75. Plots are rendered
-# by the subscriber on the training thread (matplotlib stays off the worker), so /plot only
-# raises a flag here.
+# Commands. Two threads meet here: the training thread hands over each event (only a reference
+# to the latest of each kind is kept: progress comes at every step); the sender's worker thread
+# turns a command's text into reply texts (`answer`). /stop goes through the engine's own stop
+# request, so it ends the session exactly as a SIGTERM does: saved, HANDOVER.json written,
+# exit 75. Plots are rendered on the training thread (matplotlib stays off the worker), so
+# /plot only raises a flag here.
 
 CONFIRM_S = 60.0
 STOP_REASON = "telegram"
@@ -300,7 +289,7 @@ class RunCommands(RankZeroSubscriber):
         self.stop_sent = False
         self.plot_wanted = False
 
-    # ---- training thread -------------------------------------------------------------
+    # training thread
     def _on_progress(self, event: Progress) -> None:
         self._progress = event
 
@@ -326,7 +315,7 @@ class RunCommands(RankZeroSubscriber):
         self.plot_wanted = False
         return self._evaluation
 
-    # ---- worker thread ---------------------------------------------------------------
+    # the sender's worker thread
     def answer(self, text: str) -> list[str]:
         """HTML reply texts to one message of the owner's chat (none for a non-command)."""
         command = parse(text)

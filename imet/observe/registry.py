@@ -1,4 +1,6 @@
-"""The run registry on disk: JSON lines, one record per (run id, kind, session).
+"""The run registry: the experiment log across kernels and sessions, as JSON lines with one
+record per (run id, kind, session); the records train, validate and predict write into it; and
+what `imet runs` shows of it (a table, CSV or markdown, and a comparison plot).
 
 Every kernel writes the registry into its output folder after merging the registries of its
 attached inputs, so the newest output always carries the whole history forward. The file is
@@ -15,20 +17,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from imet.config import format_duration
+from imet.errors import UserError
 from imet.fileio import atomic_write_text, utc_timestamp
 from imet.observe.console import redact
-from imet.observe.files import (
-    MANIFEST_NAME,
-    InputFiles,
-    code_version,
-    config_hash,
-    input_files,
-    short_code_version,
-)
+from imet.observe.files import (MANIFEST_NAME, RUN_JSON, InputFiles, code_version, config_hash,
+                                input_files, png_bytes, read_run_json, short_code_version)
 from imet.train.events import Evaluation, Failure, Finish, Handover, RankZeroSubscriber, RunStart
 
 log = logging.getLogger(__name__)
@@ -71,17 +65,10 @@ def find_registries(roots: InputFiles | Iterable[str | os.PathLike]) -> list[Pat
     found: list[Path] = []
     for root in inputs.roots:
         found.extend([root] if root.is_file() else [p for p in under if p.is_relative_to(root)])
-    unique, seen = [], set()
+    unique: dict[Path, Path] = {}
     for path in found:
-        resolved = path.resolve()
-        if resolved not in seen:
-            seen.add(resolved)
-            unique.append(path)
-    return unique
-
-
-def _filled(value: Any) -> bool:
-    return value not in (None, "", [], {})
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def completeness(record: dict[str, Any]) -> tuple:
@@ -89,7 +76,7 @@ def completeness(record: dict[str, Any]) -> tuple:
     the more fields it filled, the later it was updated, the better."""
     return (_STATUS_RANK.get(str(record.get("status")), 0),
             len(record.get("f2_history") or []),
-            sum(1 for value in record.values() if _filled(value)),
+            sum(1 for value in record.values() if value not in (None, "", [], {})),
             str(record.get("updated") or ""))
 
 
@@ -155,8 +142,6 @@ def set_lb(roots: Iterable[str | os.PathLike], run: str, score: float, stamp: st
     """Record a leaderboard score on every record of `run` (exact id, else a unique prefix) in
     every registry under the roots. Returns (run id, files changed); UserError when no registry
     or no such run is found."""
-    from imet.errors import UserError
-
     paths = find_registries(roots)
     shown = ", ".join(str(Path(r)) for r in roots)
     if not paths:
@@ -188,16 +173,14 @@ def set_lb(roots: Iterable[str | os.PathLike], run: str, score: float, stamp: st
     return run, changed
 
 
-# ---- records
-# Building run records: the train record (an event subscriber that keeps it up to date during
-# the run) and records for validate/predict, which call `append_record` when they are done.
-#
-# Record fields: schema, run_id, kind (train|validate|predict), session, status, created, updated,
-# code_version {imet, manifest_sha256, git_commit}, config (secrets redacted), config_hash, fold,
-# arch, image_size, device, kernel, wall_s (this session), best_f2, best_step, threshold(s),
-# f2_history [[step, f2], …], tta, ensemble (run ids used), lb_score, lb_set_at, error; a train
-# session also versions (library versions, torch and cuda among them) and version_change (the
-# checkpoint's torch/CUDA -> this session's, when they differ; else null).
+# Run records: the train record is kept up to date during the run by an event subscriber;
+# validate and predict call `append_record` when they are done. Record fields: schema, run_id,
+# kind (train|validate|predict), session, status, created, updated, code_version {imet,
+# manifest_sha256, git_commit}, config (secrets redacted), config_hash, fold, arch, image_size,
+# device, kernel, wall_s (this session), best_f2, best_step, threshold(s), f2_history [[step,
+# f2], …], tta, ensemble (run ids used), lb_score, lb_set_at, error; a train session also
+# versions (library versions, torch and cuda among them) and version_change (the checkpoint's
+# torch/CUDA -> this session's, when they differ; else null).
 
 KINDS = ("train", "validate", "predict")
 SCHEMA = 1
@@ -229,7 +212,6 @@ def _trained_name(model: Any) -> str | None:
     validate name a run after its folder, which on Kaggle is an input slug, not the run id)."""
     if not model:
         return None
-    from imet.observe.files import RUN_JSON, read_run_json
     summary = read_run_json(Path(str(model)).parent / RUN_JSON)
     return str(summary["run_name"]) if summary and summary.get("run_name") else None
 
@@ -392,18 +374,7 @@ def record_train_subscriber(run_dir: str | os.PathLike,
     return TrainRecorder(run_dir, input_roots)
 
 
-# ---- registry
-# imet.observe.registry: the experiment log across kernels and sessions (JSON lines), its merge, table and
-# comparison plot.
-
-__all__ = ["KINDS", "REGISTRY_NAME", "TrainRecorder", "append_record", "find_registries",
-           "make_record", "merge_into", "merge_records", "read_registry",
-           "record_train_subscriber", "write_registry"]
-
-
-# ---- table
 # The `runs` table: one row per (run id, kind), its sessions folded together, best first.
-#
 # Written by hand rather than with pandas' to_markdown: that needs `tabulate`, one more wheel to
 # bundle into the offline Kaggle dataset for three small formatters.
 
@@ -556,9 +527,8 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
 FORMATS = {"table": format_table, "markdown": format_markdown, "csv": format_csv}
 
 
-# ---- compare_plot
 # The runs comparison PNG: CV F2 against leaderboard score (one point per run), and validation
-# F2 against step for each trained run. matplotlib's object API on the Agg canvas (no pyplot).
+# F2 against step for each trained run.
 
 _CV_SOURCE = {"validate": 0, "train": 1, "predict": 2}  # which kind's F2 stands for a run's CV
 
@@ -578,6 +548,10 @@ def cv_lb_points(rows: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
 
 
 def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
+    # matplotlib's object API on the Agg canvas (no pyplot), imported only here: see files.py.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(13, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     cv_ax, f2_ax = figure.subplots(1, 2)
@@ -618,7 +592,4 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
     f2_ax.set_ylabel("validation F2")
     f2_ax.set_title("F2 against step")
     f2_ax.grid(True, alpha=0.3)
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(figure)

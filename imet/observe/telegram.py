@@ -1,4 +1,10 @@
-"""Where the Telegram settings come from: the environment first, then Kaggle Secrets.
+"""Telegram notifications for imet runs (python-telegram-bot 22), as an EventBus subscriber.
+
+`build_notifier()` is the one entry point: it returns a subscriber, or None when notifications
+are off (asked off, not rank 0, or not configured: then one log line says why and training goes
+on). Nothing here imports telegram until a notifier is built. Top to bottom: the settings
+(environment first, then Kaggle Secrets), the Bot, the background sender, the listener for the
+owner's commands, and the subscriber that turns events into messages.
 
 The token is a credential: it lives only in `TelegramConfig.token`, which is left out of the
 repr, and `scrub()` removes it from any text before that text is logged or shown."""
@@ -21,17 +27,8 @@ from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
 from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    Event,
-    Failure,
-    Finish,
-    Handover,
-    Progress,
-    RankZeroSubscriber,
-    RunStart,
-)
+from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish, Handover,
+                               Progress, RankZeroSubscriber, RunStart)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +54,15 @@ class TelegramConfig:
 
     def scrub(self, text: object) -> str:
         return scrub(text, self.token)
+
+    def describe(self, err: BaseException) -> str:
+        """"<type>: <message>" of an error, scrubbed."""
+        return self.scrub(f"{type(err).__name__}: {err}")
+
+    @property
+    def custom_api(self) -> bool:
+        """The Bot API URL came from IMET_TELEGRAM_API_URL (itself a suspect when it fails)."""
+        return self.api_url != DEFAULT_API_URL
 
 
 def scrub(text: object, token: str | None) -> str:
@@ -188,10 +194,6 @@ def silence_url_loggers(token: str | None = None) -> None:
             logger.addFilter(_TokenFilter(token))
 
 
-# ---- bot
-# Building the python-telegram-bot `Bot` with bounded timeouts, and explaining its errors in
-# words a user can act on. Shared by the background sender and `notify-test`.
-
 def quiet_retry_after_deprecation() -> None:
     """PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
     the user can do nothing about it, so it is kept out of the training log."""
@@ -244,14 +246,11 @@ def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: f
                get_updates_request=updates)
 
 
-# ---- loop_wait
-# Waiting on a threading.Condition while an asyncio loop keeps running, for the sender's
-# worker once it also listens: its loop must go on serving the long poll while the worker
-# waits for the next message, and `submit` (the training thread) must never wait for it.
-
 class LoopWaiter:
     """`wait` runs `loop` instead of sleeping on the Condition; `wake` (any thread) cuts it
-    short, as `Condition.notify` would."""
+    short, as `Condition.notify` would. For the sender's worker once it also listens: its loop
+    must go on serving the long poll while the worker waits for the next message, and `submit`
+    (the training thread) must never wait for it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
@@ -279,9 +278,7 @@ class LoopWaiter:
             pass
 
 
-# ---- sender
-# Delivery of notifications on a background thread that can never slow or break training.
-#
+# The sender: delivery on a background thread that can never slow or break training.
 # python-telegram-bot 22 is asyncio-based and not thread-safe, so one daemon thread owns one
 # event loop and one `telegram.Bot`; the training thread only appends to a deque under a lock
 # (`submit`, microseconds). The worker does all waiting — pacing between messages, Telegram's
@@ -292,18 +289,16 @@ class LoopWaiter:
 # No library does this part: PTB's own rate limiter and retry logic live in telegram.ext's
 # Application, which wants to own the process's event loop and polling.
 #
-# `listen` (an UpdateListener, for the train command) runs as a task on the same loop: while an
-# item is being sent the loop runs anyway, and while the worker would wait the loop runs a nap
-# that `submit` and `close` cut short, so the long poll always progresses and never delays a
-# message or the close bound.
+# `listen` (an UpdateListener) runs as a task on the same loop: while an item is being sent the
+# loop runs anyway, and while the worker would wait the loop runs a nap that `submit` and
+# `close` cut short, so the long poll always progresses and never delays a message or the
+# close bound.
 
 
+@dataclass(slots=True, eq=False)  # the queue removes an item by identity
 class _Pending:
-    __slots__ = ("item", "attempts")
-
-    def __init__(self, item: Outgoing):
-        self.item = item
-        self.attempts = 0
+    item: Outgoing
+    attempts: int = 0
 
 
 class TelegramSender:
@@ -361,7 +356,7 @@ class TelegramSender:
     def enabled(self) -> bool:
         return not self._disabled
 
-    # ---- training thread -------------------------------------------------------------
+    # training thread
     def submit(self, item: Outgoing) -> bool:
         """Queue `item`; never blocks on the network. False when it was dropped."""
         with self._wake:
@@ -426,7 +421,7 @@ class TelegramSender:
         except RuntimeError:  # the loop closed in between: nothing left to cancel
             pass
 
-    # ---- worker thread ---------------------------------------------------------------
+    # worker thread
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -441,7 +436,7 @@ class TelegramSender:
                 self._deliver(loop, pending)
         except BaseException as err:  # the worker must end quietly, whatever happened
             self._warn_once("worker", "Telegram notifications stopped: %s",
-                            self._describe(err))
+                            self._config.describe(err))
         finally:
             self._shutdown(loop)
 
@@ -490,14 +485,8 @@ class TelegramSender:
             self._queue.appendleft(pending)
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, pending: _Pending) -> None:
-        from telegram.error import (
-            BadRequest,
-            ChatMigrated,
-            Forbidden,
-            InvalidToken,
-            NetworkError,
-            RetryAfter,
-        )
+        from telegram.error import (BadRequest, ChatMigrated, Forbidden, InvalidToken,
+                                    NetworkError, RetryAfter)
         pending.attempts += 1
         item = pending.item
         try:
@@ -505,7 +494,7 @@ class TelegramSender:
         except asyncio.CancelledError:
             self.stats["dropped_close"] += 1
         except RetryAfter as err:
-            wait = _seconds(err)
+            wait = retry_after_s(err)
             self._warn_once("retry_after", "Telegram flood control: waiting %.0f s as asked",
                             wait)
             if wait <= self._max_retry_after:
@@ -530,12 +519,12 @@ class TelegramSender:
             else:
                 self.stats["failed"] += 1
                 self._warn_once("bad_request", "Telegram refused a %s message: %s",
-                                item.kind, self._describe(err))
+                                item.kind, self._config.describe(err))
         except NetworkError as err:  # TimedOut, connection refused, HTTP 5xx
             self._on_network_failure(pending, err)
         except Exception as err:
             self.stats["failed"] += 1
-            self._warn_once("unexpected", "Telegram send failed: %s", self._describe(err))
+            self._warn_once("unexpected", "Telegram send failed: %s", self._config.describe(err))
         else:
             self._failures = 0
             self._warned.discard("breaker")
@@ -545,7 +534,8 @@ class TelegramSender:
 
     def _on_network_failure(self, pending: _Pending, err: BaseException) -> None:
         self._failures += 1
-        log.debug("Telegram send failed (%d in a row): %s", self._failures, self._describe(err))
+        log.debug("Telegram send failed (%d in a row): %s", self._failures,
+                  self._config.describe(err))
         now = time.monotonic()
         if self._closing and now < self._breaker_until:
             self.stats["failed"] += 1  # the one last try at close, while the breaker is open
@@ -573,7 +563,7 @@ class TelegramSender:
         self._failures = 0
         # One warning per outage: a success in between makes the next outage worth a line.
         self._warn_once("breaker", "Telegram unreachable (%s); notifications paused for "
-                        "%.0f s, training goes on", self._describe(err),
+                        "%.0f s, training goes on", self._config.describe(err),
                         self._breaker_cooldown)
 
     def _run_cancellable(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
@@ -621,7 +611,7 @@ class TelegramSender:
             if self._bot is not None and left > 0.05:
                 loop.run_until_complete(asyncio.wait_for(self._bot.shutdown(), min(left, 2.0)))
         except BaseException as err:
-            log.debug("Telegram shutdown: %s", self._describe(err))
+            log.debug("Telegram shutdown: %s", self._config.describe(err))
         finally:
             loop.close()
 
@@ -629,8 +619,8 @@ class TelegramSender:
         with self._wake:
             self._disabled = True
             self._queue.clear()
-        custom = self._config.api_url != DEFAULT_API_URL
-        log.warning("Telegram notifications disabled for this run: %s", explain(err, custom))
+        log.warning("Telegram notifications disabled for this run: %s",
+                    explain(err, self._config.custom_api))
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
@@ -639,11 +629,9 @@ class TelegramSender:
         else:
             log.debug(message, *args)
 
-    def _describe(self, err: BaseException) -> str:
-        return self._config.scrub(f"{type(err).__name__}: {err}")
 
 
-def _seconds(err: Any) -> float:
+def retry_after_s(err: Any) -> float:
     """RetryAfter's wait: PTB 22 stores a timedelta; its public attribute is an int or a
     timedelta depending on PTB_TIMEDELTA (and warns when int), so read the stored value."""
     value = getattr(err, "_retry_after", None)
@@ -652,13 +640,12 @@ def _seconds(err: Any) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-# ---- listener
-# Long-polling `getUpdates` for the owner's commands, as a task on the sender's event loop.
-#
-# It answers only the configured chat: any other chat's messages get no reply and their text
-# is never logged (they are counted). Every update is acknowledged by the next call's offset,
-# and at start-up everything sent before this session began is skipped, so an old /stop is
-# never replayed. Replies go through the sender's queue (its pacing, retries and close bound).
+# The listener: long-polling `getUpdates` for the owner's commands, as a task on the sender's
+# event loop. It answers only the configured chat: any other chat's messages get no reply and
+# their text is never logged (they are counted). Every update is acknowledged by the next
+# call's offset, and at start-up everything sent before this session began is skipped, so an
+# old /stop is never replayed. Replies go through the sender's queue (its pacing, retries and
+# close bound).
 #
 # Failures are survived like the sender's: 429 waits as asked, 5xx, timeouts and refused
 # connections back off and retry; a bot token Telegram rejects, or a first contact that never
@@ -702,8 +689,7 @@ class UpdateListener:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # polling must end quietly, whatever happened
-            log.warning("Telegram commands stopped: %s", self._config.scrub(
-                f"{type(err).__name__}: {err}"))
+            log.warning("Telegram commands stopped: %s", self._config.describe(err))
         finally:
             if self.stats["ignored_chats"]:
                 log.info("Telegram: %d message(s) from other chats ignored",
@@ -720,19 +706,19 @@ class UpdateListener:
                     offset=self._offset, timeout=timedelta(seconds=self._poll_timeout),
                     allowed_updates=["message"])
             except RetryAfter as err:
-                await asyncio.sleep(_seconds(err))
+                await asyncio.sleep(retry_after_s(err))
                 continue
             except (InvalidToken, Forbidden) as err:
-                log.warning("Telegram commands off: %s", explain(err, self._custom_api()))
+                log.warning("Telegram commands off: %s", explain(err, self._config.custom_api))
                 return
             except (Conflict, NetworkError) as err:  # Conflict: another poller of this bot
                 failures += 1
                 self.stats["failures"] += 1
                 if not contacted and failures >= self._start_attempts:
-                    log.info("Telegram commands off: %s", explain(err, self._custom_api()))
+                    log.info("Telegram commands off: %s", explain(err, self._config.custom_api))
                     return
                 log.debug("Telegram getUpdates failed (%d in a row): %s", failures,
-                          self._config.scrub(f"{type(err).__name__}: {err}"))
+                          self._config.describe(err))
                 await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (failures - 1)))
                 continue
             if not contacted:
@@ -743,9 +729,6 @@ class UpdateListener:
             for update in updates:
                 self._offset = update.update_id + 1  # the next call acknowledges it
                 self._handle(update, submit)
-
-    def _custom_api(self) -> bool:
-        return self._config.api_url != DEFAULT_API_URL
 
     def _handle(self, update: Any, submit: Callable[[Outgoing], bool]) -> None:
         message = update.message
@@ -767,14 +750,6 @@ class UpdateListener:
             submit(Outgoing("command", text, NORMAL))
 
 
-# ---- notify
-# Telegram notifications for imet runs (python-telegram-bot 22), as an EventBus subscriber.
-#
-# `build_notifier()` is the one entry point: it returns a subscriber, or None when
-# notifications are off (asked off, not rank 0, or not configured — then one log line says
-# why and training goes on). Nothing here imports telegram until a notifier is built.
-
-
 MODES = ("auto", "on", "off")
 EVERY_MIN_VAR = "IMET_TELEGRAM_EVERY_MIN"
 _SENDER_OPTIONS = ("min_interval_s", "connect_timeout_s", "read_timeout_s", "max_queue",
@@ -790,7 +765,7 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
     mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
     (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
     request_stop: the run's stop request (the engine's StopRequest.request); when given, the
-    notifier also answers the chat's /status, /plot, /stop (imet.observe.telegram).
+    notifier also answers the chat's /status, /plot, /stop.
     options: TelegramSender settings (see `_SENDER_OPTIONS`), UpdateListener settings
     (`_LISTENER_OPTIONS`; backoff_s is shared with the sender) and TelegramNotifier
     settings (progress_every_s, plot_every_s, send_plots, send_checkpoints, plot_renderer).
@@ -820,7 +795,6 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
                             "minutes; set e.g. 15") from None
     listener = None
     if request_stop is not None:
-        from imet.observe.messages import RunCommands
         listen_kw = {k: options.pop(k) for k in _LISTENER_OPTIONS if k in options}
         if "backoff_s" in sender_kw:
             listen_kw["backoff_s"] = sender_kw["backoff_s"]
@@ -831,20 +805,18 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
     return TelegramNotifier(sender, commands=listener.commands if listener else None, **options)
 
 
-# ---- subscriber
-# The event subscriber: turns engine events into queued Telegram messages.
-#
-# Runs in the training thread, so it only formats short strings and enqueues; the one heavy
-# step, rendering the loss/F2 plot, happens here too on purpose (matplotlib is not
-# thread-safe and the worker thread must stay free of it), throttled to `plot_every_s`.
+# The subscriber runs in the training thread, so it only formats short strings and enqueues;
+# the one heavy step, rendering the loss/F2 plot, happens here too on purpose (matplotlib is
+# not thread-safe and the worker thread must stay free of it), throttled to `plot_every_s`.
 
 
 def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
-    """imet.observe.files.render_history_png when the report layer provides it."""
+    """imet.observe.files.render_history_png, or None without matplotlib."""
     try:
-        from imet.observe.files import render_history_png
+        import matplotlib  # noqa: F401  (files.py imports it only when it draws)
     except ImportError:
         return None
+    from imet.observe.files import render_history_png
     return render_history_png
 
 

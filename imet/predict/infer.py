@@ -6,8 +6,7 @@ device (`apply_tta`) and run through the model as one concatenated batch, so a 2
 bigger forward pass instead of a second pass over the data loader. Autocast in the run's
 precision (imet/device.py: by default fp16 on a T4, bf16 from Ampere on, fp32 on CPU),
 channels_last on CUDA (training: with --channels-last); probabilities are averaged over the
-views in float32.
-"""
+views in float32."""
 from __future__ import annotations
 
 import os
@@ -21,14 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imet.data.transforms import (
-    TTA,
-    ImetDataset,
-    Normalization,
-    apply_tta,
-    build_eval_transform,
-    normalize_batch,
-)
+from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta,
+                                  build_eval_transform, normalize_batch)
 from imet.device import Precision, device_precision
 from imet.errors import DataError, UserError
 from imet.metrics.thresholds import best_global_threshold
@@ -231,10 +224,6 @@ def auto_batch_size(model: torch.nn.Module, image_size: int, views: int,
     return 1
 
 
-# ---- evaluate
-# A model's probabilities on labelled images, scored the one way training reports and validate
-# shows a run's F2: at the best global threshold of the default grid, default label limits.
-
 @dataclass
 class Evaluation:
     f2: float
@@ -243,5 +232,7 @@ class Evaluation:
 
 
 def score(targets: np.ndarray, probs: np.ndarray, val_loss: float = float("nan")) -> Evaluation:
+    """The one way training reports and validate shows a run's F2: at the best global
+    threshold of the default grid, default label limits."""
     threshold, f2 = best_global_threshold(targets.astype(bool), probs)
     return Evaluation(float(f2), float(threshold), float(val_loss))

@@ -1,4 +1,8 @@
-"""Trained runs as inference sees them: a model file, its label space, its image size and fold."""
+"""Test-set prediction: runs (or saved probabilities) -> ensemble -> thresholds -> submission.csv,
+and the pieces validate and pseudo-label share with it: a trained run as inference sees it (a
+model file, its label space, image size and fold), opening and checking every member before
+any inference, ensembles, and thresholds.json. Kernels call `predict_run` (one model over a list
+of images) and `predict_test` (the whole `imet predict`) directly."""
 from __future__ import annotations
 
 import gc
@@ -19,16 +23,8 @@ from imet.fileio import atomic_write_text
 from imet.metrics.f2 import binarize
 from imet.metrics.submission_io import format_rows, write_submission
 from imet.models.modelfile import load_model_file, model_file_of
-from imet.predict.infer import (
-    Log,
-    Throughput,
-    auto_batch_size,
-    build_loader,
-    check_images_exist,
-    log_stderr,
-    parse_tta,
-    predict_probs,
-)
+from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader,
+                                check_images_exist, log_stderr, parse_tta, predict_probs)
 from imet.probfile import ENSEMBLE_PROBS, Probabilities, load_probabilities, save_probabilities
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -117,14 +113,12 @@ def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace
     return Run(name, path, model, info, labels)
 
 
-# ---- ensemble
-# Ensembles of prediction sets: runs of different folds, archs and image sizes.
-#
-# `mean` averages probabilities. `rank` averages per-class ranks, which ignores how differently
-# calibrated the members are (a focal-loss model and a BCE model disagree on scale, not on order).
-# Raw averaged ranks would make probability thresholds meaningless, so the rank ensemble is mapped
-# back, class by class, onto the value distribution of the mean ensemble: the same ordering as the
-# rank average, on a scale where thresholds chosen on probabilities still apply.
+# Ensembles of runs of different folds, archs and image sizes: `mean` averages probabilities.
+# `rank` averages per-class ranks, which ignores how differently calibrated the members are (a
+# focal-loss model and a BCE model disagree on scale, not on order). Raw averaged ranks would make
+# probability thresholds meaningless, so the rank ensemble is mapped back, class by class, onto
+# the value distribution of the mean ensemble: the same ordering as the rank average, on a scale
+# where thresholds chosen on probabilities still apply.
 
 def check_same_labels(members: Sequence[Probabilities], names: Sequence[str]) -> None:
     """UserError naming the first member whose label space differs from the first one's."""
@@ -240,9 +234,6 @@ def ensemble(members: Sequence[Probabilities], method: str = "mean",
     return Probabilities(list(ids), combined, members[0].attribute_ids, meta)
 
 
-# ---- submission
-# submission.csv: `id,attribute_ids`, rows in sample_submission order, every test image once.
-
 def check_sample_ids(sample_ids: Sequence[str], source: str) -> list[str]:
     """The ids as a list; DataError naming `source` when empty or when an id repeats."""
     sample_ids = [str(i) for i in sample_ids]
@@ -262,16 +253,15 @@ def make_submission(sample_ids: Sequence[str], probabilities: Probabilities,
                     thresholds: float | np.ndarray, min_labels: int = 1,
                     max_labels: int | None = None, source: str = "sample_submission.csv",
                     context: float = 0.0) -> tuple[list[str], list[str]]:
-    """(ids in sample order, decoded label strings). Every sample id must have a prediction."""
+    """(ids in sample order, decoded label strings) for submission.csv: every test image once,
+    in sample_submission order. Every sample id must have a prediction."""
     sample_ids = check_sample_ids(sample_ids, source)
     aligned = probabilities.reorder(sample_ids, source="predictions")
     binary = binarize(aligned.probs, thresholds, min_labels, max_labels, context)
     return sample_ids, format_rows(binary, aligned.attribute_ids)
 
 
-# ---- thresholdfile
 # thresholds.json: the decoding `validate` chose, read by `predict`.
-#
 # {"format": "imet-thresholds", "version": 1, "mode": "global"|"group"|"class"|"context",
 #  "thresholds": [C floats, one per attribute id in labels.csv order],
 #  "context": r (per-image thresholds max(t, r * the image's top probability); 0: none),
@@ -280,8 +270,8 @@ def make_submission(sample_ids: Sequence[str], probabilities: Probabilities,
 # The full per-class vector is always written (even for a global threshold) so `predict` never has
 # to know how it was chosen; the attribute ids make a file from another label space detectable.
 
-FORMAT = "imet-thresholds"
-VERSION = 1
+THRESHOLDS_FORMAT = "imet-thresholds"
+THRESHOLDS_VERSION = 1
 
 
 def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence[int],
@@ -292,7 +282,7 @@ def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence
     if thresholds.size == 1:
         thresholds = np.full(len(attribute_ids), float(thresholds[0]))
     document = {
-        "format": FORMAT, "version": VERSION, "mode": mode,
+        "format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "mode": mode,
         "min_labels": int(min_labels),
         "max_labels": None if max_labels is None else int(max_labels),
         "context": round(float(context), 6),
@@ -317,9 +307,9 @@ def read_thresholds(path: Path, attribute_ids: Sequence[int] | None = None,
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: unreadable thresholds file ({type(err).__name__}: {err}); "
                         "run `imet validate` again") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise UserError(f"{path}: not an imet thresholds file (no \"format\": \"{FORMAT}\"); "
-                        "run `imet validate` to write one")
+    if not isinstance(document, dict) or document.get("format") != THRESHOLDS_FORMAT:
+        raise UserError(f"{path}: not an imet thresholds file (no \"format\": "
+                        f"\"{THRESHOLDS_FORMAT}\"); run `imet validate` to write one")
     try:
         values = np.asarray(document["thresholds"], dtype=np.float32)
         file_ids = [int(a) for a in document["attribute_ids"]]
@@ -344,12 +334,6 @@ def read_thresholds(path: Path, attribute_ids: Sequence[int] | None = None,
     document["thresholds"] = values
     return document
 
-
-# ---- pipeline
-# Test-set prediction: runs (or saved probabilities) -> ensemble -> thresholds -> submission.csv.
-#
-# The functions kernels call directly: `predict_run` (one model over a list of images) and
-# `predict_test` (the whole `imet predict`).
 
 @dataclass
 class InferenceOptions:

@@ -1,9 +1,22 @@
-"""Per-class error analysis of the chosen decoding on the out-of-fold images: which classes are
-predicted most often where they are absent, which are missed most often, and which culture is
-taken for which (the Open Images write-up found its label problems this way).
+"""`imet validate`: out-of-fold predictions of one or more runs, the decoding chosen on them, and
+the report (a markdown table and PNGs).
 
-Vectorized for iMet's 109k x 1,103: the counts are column sums of two boolean masks, and the
-culture confusion is one sparse product (an image misses and adds only a few labels)."""
+Runs of the same fold are ensembled; runs of different folds are stacked, so validating the five
+runs of a 5-fold ensemble chooses its thresholds on all 109k training images at once. Sources
+may also be saved OOF probabilities (.npz), to re-choose thresholds without inference.
+
+Every decoding mode (one global threshold, one per group, one per class, per-image context
+thresholds) is fitted on the OOF probabilities and also cross-fitted (chosen on one half of the
+images, scored on the other, both ways). The mode is picked by its cross-fitted F2, never by its
+in-sample F2: per-class thresholds always win in-sample (they have 1,103 knobs) and often lose
+on new images.
+
+The report's error analysis shows which classes are predicted most often where they are absent,
+which are missed most often, and which culture is taken for which (the Open Images write-up
+found its label problems this way). It is vectorized for iMet's 109k x 1,103: the counts are
+column sums of two boolean masks, and the culture confusion is one sparse product (an image
+misses and adds only a few labels). Plots use matplotlib's object API with the Agg canvas (no
+pyplot global state), so a report can be drawn from any thread and without a display."""
 from __future__ import annotations
 
 import io
@@ -21,25 +34,11 @@ from imet.data.labels import CompetitionLayout, read_labels, read_train
 from imet.errors import UserError
 from imet.fileio import atomic_write_bytes, atomic_write_text
 from imet.metrics.f2 import binarize, f2_per_class, f2_score
-from imet.metrics.thresholds import (
-    MODES,
-    CrossFit,
-    cross_fitted_f2,
-    global_f2_curve,
-)
+from imet.metrics.thresholds import MODES, CrossFit, cross_fitted_f2, global_f2_curve
 from imet.predict.infer import Evaluation, Log, check_images_exist, log_stderr, parse_tta, score
-from imet.predict.pipeline import (
-    THRESHOLDS_FILE,
-    InferenceOptions,
-    Run,
-    ensemble,
-    is_probabilities_file,
-    open_member,
-    predict_run,
-    source_names,
-    store_member,
-    write_thresholds,
-)
+from imet.predict.pipeline import (THRESHOLDS_FILE, InferenceOptions, Run, ensemble,
+                                   is_probabilities_file, open_member, predict_run,
+                                   source_names, store_member, write_thresholds)
 from imet.probfile import Probabilities, save_probabilities
 
 CONFUSED_GROUP = "culture"
@@ -85,15 +84,6 @@ def top_confusions(cols: np.ndarray, matrix: np.ndarray, k: int) -> list[tuple[i
     return [(int(cols[i]), int(cols[j]), int(matrix[i, j])) for i, j in zip(a, b)
             if matrix[i, j] > 0]
 
-
-# ---- oof
-# Out-of-fold predictions -> the decoding to use on test, scored honestly.
-#
-# Every decoding mode (one global threshold, one per group, one per class, per-image context
-# thresholds) is fitted on the OOF
-# probabilities and also cross-fitted (chosen on one half of the images, scored on the other, both
-# ways). The mode is picked by its cross-fitted F2, never by its in-sample F2: per-class thresholds
-# always win in-sample (they have 1,103 knobs) and often lose on new images.
 
 @dataclass
 class DecodingChoice:
@@ -183,12 +173,6 @@ def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
         true_labels_per_image=float(truth.sum(axis=1).mean()),
         errors=class_errors(truth, pred), confusion=group_confusion(truth, pred, groups))
 
-
-# ---- report
-# The validation report: a markdown table and two PNGs.
-#
-# Plots use matplotlib's object API with the Agg canvas (no pyplot global state), so a report can
-# be drawn from any thread and on a machine without a display.
 
 def _figure(width: float = 7.0, height: float = 4.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -335,13 +319,6 @@ def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray
     paths["table"] = table
     return {k: str(v) for k, v in paths.items()}
 
-
-# ---- validate
-# `imet validate`: out-of-fold predictions of one or more runs, the decoding, the report.
-#
-# Runs of the same fold are ensembled; runs of different folds are stacked, so validating the five
-# runs of a 5-fold ensemble chooses its thresholds on all 109k training images at once.
-# Sources may also be saved OOF probabilities (.npz), to re-choose thresholds without inference.
 
 def _open(source: Path, name: str, layout, labels) -> Run | Probabilities:
     """A run or saved OOF probabilities, opened and checked before any inference."""
