@@ -122,7 +122,7 @@ def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | No
 
 @dataclass
 class TrainConfig:
-    # ---- the data: which images train and validate
+    # ---- the data: which images train and validate, how they are augmented
     data: str = option("", "competition folder: labels.csv, train.csv, train/ (required)",
                        fingerprint=False)
     folds: str = option("", "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
@@ -239,8 +239,7 @@ class TrainConfig:
     patience: int = option(4, "stop after N stage-2 evaluations without a better F2 (0: never)")
 
     # ---- device and precision. amp_dtype "auto" resolves per device, so it stays out of the
-    # fingerprint; the precision it resolved to is checked on resume instead
-    # (imet.train.checkpoint.check_precision), with a message naming both.
+    # fingerprint; imet.train.checkpoint.check_precision checks the precision on resume instead.
     device: str = option("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per "
                          "process, by LOCAL_RANK)", fingerprint=False)
     amp: bool = option(True, "mixed precision, dtype per --amp-dtype (--no-amp: fp32 on every "
@@ -517,15 +516,13 @@ def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | No
             text = f"{text[:-1]}; {declared['random_init']} with --no-pretrained]"
         kind = declared["kind"]
         if kind is bool:
-            action = parser.add_argument(flag_of(spec.name), action=argparse.BooleanOptionalAction,
-                                         default=None, help=text)
+            how = {"action": argparse.BooleanOptionalAction}
         elif kind is list:
-            action = parser.add_argument(flag_of(spec.name), action="append", default=None,
-                                         metavar=declared["metavar"] or "DIR", help=text)
+            how = {"action": "append", "metavar": declared["metavar"] or "DIR"}
         else:
-            action = parser.add_argument(flag_of(spec.name), default=None, help=text,
-                                         type=kind if kind in (int, float) else str,
-                                         metavar=declared["metavar"] or spec.name.upper())
+            how = {"type": kind if kind in (int, float) else str,
+                   "metavar": declared["metavar"] or spec.name.upper()}
+        action = parser.add_argument(flag_of(spec.name), default=None, help=text, **how)
         vars(action).update(help_values)
 
 

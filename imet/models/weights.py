@@ -227,9 +227,6 @@ def load_body_weights(body: nn.Module, spec: ArchSpec, path) -> None:
     body.load_state_dict(state, strict=False)
 
 
-HF_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
 def hf_cache_dir() -> Path:
     """huggingface_hub's cache folder, read from the environment at call time."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -248,15 +245,16 @@ def _config_names(folder: Path, spec: TimmSpec) -> bool:
     return config.get("architecture") == spec.model.partition(".")[0] and tag in (None, spec.tag)
 
 
-def _hit(folder: Path, files: list, spec: TimmSpec) -> Path | None:
-    names = spec.filenames()
-    flat, legacy = names[0], names[3:]
+def _weights_in(folder: Path, files: list, spec: TimmSpec) -> Path | None:
+    """`spec`'s weights file among one folder's `files`, or None."""
+    names = spec.filenames()  # the flat name, the hub repo's two, the legacy download's
+    flat, hub_files, legacy = names[0], names[1:3], names[3:]
     if flat in files:
         return folder / flat
     hub = spec.hub_folder()
     in_hub_cache = hub and folder.parent.name == "snapshots" and folder.parent.parent.name == hub
     if in_hub_cache or ("config.json" in files and _config_names(folder, spec)):
-        for name in HF_FILES:
+        for name in hub_files:
             if name in files:
                 return folder / name
     for name in legacy:
@@ -267,7 +265,7 @@ def _hit(folder: Path, files: list, spec: TimmSpec) -> Path | None:
 
 def find_in_roots(spec: TimmSpec, roots) -> Path | None:
     for folder, _, files in walk_folders([r for r in roots if Path(r).is_dir()]):
-        hit = _hit(folder, files, spec)
+        hit = _weights_in(folder, files, spec)
         if hit:
             return hit
     return None
@@ -315,7 +313,7 @@ def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
         try:
             from huggingface_hub import hf_hub_download
 
-            return Path(hf_hub_download(spec.hf_hub_id, HF_FILES[0],
+            return Path(hf_hub_download(spec.hf_hub_id, "model.safetensors",
                                         cache_dir=str(hf_cache_dir())))
         except Exception as exc:  # any transport or hub failure: report it with the rest
             searched.append(f"download of {spec.hf_hub_id} failed ({type(exc).__name__})")
@@ -400,7 +398,7 @@ def _read_manifest(out: Path) -> dict:
     return doc
 
 
-def _check(item: dict, got: Path) -> None:
+def _check_download(item: dict, got: Path) -> None:
     """A download is kept only when whole: the sha256 prefix that download.pytorch.org names
     carry, a readable safetensors header."""
     prefix = item.get("sha256_prefix")
@@ -459,7 +457,7 @@ def fetch_weights(archs, out, owner: str, url_base: str | None = None,
             raise UserError(f"{item['arch']}: download of {where} failed "
                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); run "
                             f"the same command again to resume")
-        _check(item, got)
+        _check_download(item, got)
         atomic_copy(got, out / name)
         manifest["files"][name] = {"name": name, "arch": item["arch"], "source": source,
                                    "size": (out / name).stat().st_size,
