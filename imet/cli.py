@@ -11,7 +11,7 @@ import sys
 import time
 
 from imet import __version__
-from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, UserError
+from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
 # name -> (module under imet.commands, one-line help); the module defines configure_<name> and
 # run_<name>, with the name's dashes as underscores.
@@ -28,8 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                 "extra training set for `imet train --extra`"),
     "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on Kaggle (chain)"),
     "notify-test": ("misc", "send one Telegram message to check the bot token and chat id"),
-    "train": ("train", f"train or resume one fold; exit {HANDED_OVER} = saved and handed over to "
-                       "the next session"),
+    "train": ("train", f"train or resume one fold; exit {HANDED_OVER_EXIT_CODE} = saved and handed "
+                       "over to the next session"),
     "lr-find": ("train", "exponential LR sweep with the train flags -> loss-vs-LR plot and a "
                          "suggested --lr (writes no run folder)"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),

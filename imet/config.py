@@ -4,7 +4,8 @@ Each field declares its option once (`option`): the flag `--<name>`, its help, i
 whether it decides the result. `imet train`'s parser, its `--help`, `fingerprint()` and the
 kernel side (`train_parser`) are all built from those declarations. `fingerprint()` hashes only
 the fields that decide the result, so a resumed session may point at other folders, another
-time budget or another worker count and still be "the same run"."""
+time budget or another worker count and still be "the same run". Also how a duration is written
+and read (`--time-budget 9h`, an ETA), for every layer."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,8 @@ AUTO_WORKERS_CEILING = 8
 
 # `--amp-dtype` values (what each gives on which device: imet/device.py).
 AMP_DTYPES = ("auto", "fp16", "bf16")
+OPTIMIZER_NAMES = ("adamw", "sgd")
+GROUP_ORDER = ("early", "late", "head")
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
                        r"(?:(\d+(?:\.\d*)?)\s*s?)?\s*$", re.IGNORECASE)
@@ -89,11 +92,6 @@ def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
     return value
 
 
-OPTIMIZER_NAMES = ("adamw", "sgd")
-
-GROUP_ORDER = ("early", "late", "head")
-
-
 def parse_train_groups(text: str) -> tuple[str, ...]:
     """--train-groups "late,head" -> ("late", "head") in GROUP_ORDER; "" -> every group."""
     names = [name.strip() for name in text.split(",") if name.strip()] if text else []
@@ -124,7 +122,7 @@ def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | No
 
 @dataclass
 class TrainConfig:
-    # ---- the data: which images train and validate
+    # ---- the data: which images train and validate, how they are augmented
     data: str = option("", "competition folder: labels.csv, train.csv, train/ (required)",
                        fingerprint=False)
     folds: str = option("", "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
@@ -241,8 +239,7 @@ class TrainConfig:
     patience: int = option(4, "stop after N stage-2 evaluations without a better F2 (0: never)")
 
     # ---- device and precision. amp_dtype "auto" resolves per device, so it stays out of the
-    # fingerprint; the precision it resolved to is checked on resume instead
-    # (imet.train.state.check_precision), with a message naming both.
+    # fingerprint; imet.train.checkpoint.check_precision checks the precision on resume instead.
     device: str = option("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per "
                          "process, by LOCAL_RANK)", fingerprint=False)
     amp: bool = option(True, "mixed precision, dtype per --amp-dtype (--no-amp: fp32 on every "
@@ -354,16 +351,14 @@ class TrainConfig:
         return int(self.num_workers)
 
     def validated(self, source: str = "config") -> "TrainConfig":
-        positive = ("epochs", "batch_size", "image_size")
-        for name in positive:
+        for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{source}: --{name.replace('_', '-')} must be > 0, "
                                 f"got {getattr(self, name)}")
         self.num_workers = _workers_setting(self.num_workers, source)
         non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
-                        "session_steps", "image_memory_mb",
-                        "grad_clip", "mixup_alpha", "dropout", "weight_decay", "fold",
-                        "eval_batch_size")
+                        "session_steps", "image_memory_mb", "grad_clip", "mixup_alpha", "dropout",
+                        "weight_decay", "fold", "eval_batch_size")
         for name in non_negative:
             value = getattr(self, name)
             if not isinstance(value, str) and value < 0:  # a str here: --num-workers auto
@@ -389,10 +384,6 @@ class TrainConfig:
             raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
                             f"step in --time-budget {self.time_budget}; give a longer budget "
                             f"or a smaller margin (default: auto, {AUTO_MARGIN_TEXT})")
-        self.check_recipes(source)
-        return self
-
-    def check_recipes(self, source: str) -> None:
         if self.optimizer not in OPTIMIZER_NAMES:
             raise UserError(f"--optimizer {self.optimizer!r} is unknown; choose one of "
                             f"{', '.join(OPTIMIZER_NAMES)}")
@@ -414,6 +405,7 @@ class TrainConfig:
         if not 0 <= self.hard_negatives < 1:
             raise UserError(f"{source}: --hard-negatives is a fraction of the training samples "
                             f"in [0, 1), got {self.hard_negatives}")
+        return self
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"
@@ -524,15 +516,13 @@ def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | No
             text = f"{text[:-1]}; {declared['random_init']} with --no-pretrained]"
         kind = declared["kind"]
         if kind is bool:
-            action = parser.add_argument(flag_of(spec.name), action=argparse.BooleanOptionalAction,
-                                         default=None, help=text)
+            how = {"action": argparse.BooleanOptionalAction}
         elif kind is list:
-            action = parser.add_argument(flag_of(spec.name), action="append", default=None,
-                                         metavar=declared["metavar"] or "DIR", help=text)
+            how = {"action": "append", "metavar": declared["metavar"] or "DIR"}
         else:
-            action = parser.add_argument(flag_of(spec.name), default=None, help=text,
-                                         type=kind if kind in (int, float) else str,
-                                         metavar=declared["metavar"] or spec.name.upper())
+            how = {"type": kind if kind in (int, float) else str,
+                   "metavar": declared["metavar"] or spec.name.upper()}
+        action = parser.add_argument(flag_of(spec.name), default=None, help=text, **how)
         vars(action).update(help_values)
 
 

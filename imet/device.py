@@ -1,5 +1,12 @@
-"""`--device` (auto | cpu | cuda | cuda:N) to a torch.device, for every command that runs a
-model (train, validate, predict). Sits beside imet/errors.py, below every layer that uses it."""
+"""Where and in what precision a model runs, for every command that runs one (train and its
+evaluations, validate, predict): `--device` (auto | cpu | cuda | cuda:N) to a torch.device, and
+`--amp` / `--amp-dtype` to one autocast dtype and whether a GradScaler runs.
+
+One precision path on every device: the same autocast context and the same scaler calls run on
+CPU and CUDA, only the device type string differs. `auto` is fp16 + GradScaler on a GPU without
+fast bf16 (the T4, compute capability 7.5), bf16 without a scaler from Ampere (8.0) on, and fp32
+on CPU, where autocast only slows small models down and changes the numbers. An explicit dtype
+runs on CPU too: that is how the CPU tests exercise the lines a GPU runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +15,10 @@ import torch
 
 from imet.config import check_amp_dtype
 from imet.errors import UserError
+
+# The first compute capability with bf16 tensor cores (Ampere); the T4 (7.5) emulates bf16,
+# several times slower than its fp16.
+FAST_BF16 = (8, 0)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -21,21 +32,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto")
     return device
-
-
-# ---- precision
-# Mixed precision: `--amp` and `--amp-dtype` to one autocast dtype and whether a GradScaler
-# runs, for every command that runs a model (train and its evaluations, validate, predict).
-#
-# One path on every device: the same autocast context and the same scaler calls run on CPU and
-# CUDA, only the device type string differs. `auto` is fp16 + GradScaler on a GPU without fast
-# bf16 (the T4, compute capability 7.5), bf16 without a scaler from Ampere (8.0) on, and fp32 on
-# CPU, where autocast only slows small models down and changes the numbers. An explicit dtype
-# runs on CPU too: that is how the CPU tests exercise the lines a GPU runs.
-
-# The first compute capability with bf16 tensor cores (Ampere); the T4 (7.5) emulates bf16,
-# several times slower than its fp16.
-FAST_BF16 = (8, 0)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """imet.models: backbones by name, offline pretrained weights, the model file format."""
+from imet.models.net import ImetNet, build_model
+from imet.models.registry import ARCHS
 
-
-from imet.models.net import Head, ImetNet, build_model
-from imet.models.registry import ARCHS, IMAGENET_MEAN, IMAGENET_STD
-
-__all__ = ["ARCHS", "Head", "IMAGENET_MEAN", "IMAGENET_STD", "ImetNet", "build_model"]
+__all__ = ["ARCHS", "ImetNet", "build_model"]

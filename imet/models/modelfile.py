@@ -16,7 +16,7 @@ from torch import nn
 
 from imet.data.labels import LabelSpace
 from imet.errors import CheckpointError, UserError
-from imet.fileio import atomic_open
+from imet.fileio import atomic_torch_save
 from imet.models.net import ImetNet, build_model
 from imet.models.registry import TIMM_PREFIX, timm_version
 from imet.models.weights import get_spec, load_problem
@@ -70,8 +70,7 @@ def save_model_file(path, model: nn.Module, arch: str, config: dict, labels: Lab
                "extra": plain(extra or {}, "extra")}
     if getattr(net, "info", {}).get("timm"):
         payload["timm"] = plain(net.info["timm"], "timm")
-    with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+    atomic_torch_save(payload, path)
     return Path(path)
 
 

@@ -1,9 +1,9 @@
-"""Find pretrained weights offline first, download only when the network is up, and load them
-safely (weights_only) into a body whose classifier imet replaces.
+"""Pretrained ImageNet weights: an arch's spec by name, where its weights file is (offline first,
+downloaded only when the network is up), how it is loaded safely (weights_only) into a body whose
+classifier imet replaces, and `imet weights fetch`, which writes the files a kernel attaches.
 
 Kaggle kernels that submit run with the internet off: the official file is attached as a
-dataset somewhere under /kaggle/input, so the resolver searches for it by its official name.
-"""
+dataset somewhere under /kaggle/input, so the resolvers search for it by its official name."""
 from __future__ import annotations
 
 import json
@@ -106,13 +106,6 @@ def sha256_prefix(official_url: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _download_official(url: str, dest: Path, hash_prefix: str | None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # torch.hub writes to a temp file and moves it into place only when complete and, with a
-    # hash prefix, verified: a cut or corrupted download is never cached.
-    torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix, progress=False)
-
-
 def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: bool = True,
                     mirror: str | None = None) -> Path:
     """Path of `arch`'s pretrained weights: `explicit` (a file, or a folder to search), then
@@ -121,7 +114,6 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     Raises one UserError listing every place searched."""
     spec = get_spec(arch)
     if isinstance(spec, TimmSpec):
-
         return resolve_timm_weights(spec, explicit, search_roots, allow_download)
     names = spec.filenames()
     if not names:
@@ -157,7 +149,11 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
     elif network_up(url):
         dest = hub / names[0]
         try:
-            _download_official(url, dest, sha256_prefix(official))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # torch.hub writes to a temp file and moves it into place only when complete and,
+            # with a hash prefix, verified: a cut or corrupted download is never cached.
+            torch.hub.download_url_to_file(url, str(dest), hash_prefix=sha256_prefix(official),
+                                           progress=False)
             return dest
         except Exception as exc:  # any transport failure: report it with the rest
             searched.append(f"download from {url} failed ({type(exc).__name__}: {exc})")
@@ -231,19 +227,6 @@ def load_body_weights(body: nn.Module, spec: ArchSpec, path) -> None:
     body.load_state_dict(state, strict=False)
 
 
-# ---- timm_weights
-# Where a timm model's pretrained weights are found, offline first.
-#
-# Order: `--weights` (a file, or a folder to search); then, under the input roots and the local
-# Hugging Face cache, a hub cache entry (models--timm--<name>/snapshots/<rev>/model.safetensors),
-# the flat `<name>.safetensors` that `imet weights fetch` writes, or any folder whose config.json
-# names the model beside its model.safetensors; then $TORCH_HOME/hub/checkpoints (timm's legacy
-# download names). Only when all of them miss, and downloads are allowed, the network is up and
-# HF_HUB_OFFLINE is not set, is the file downloaded through huggingface_hub.
-
-HF_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
 def hf_cache_dir() -> Path:
     """huggingface_hub's cache folder, read from the environment at call time."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -262,15 +245,16 @@ def _config_names(folder: Path, spec: TimmSpec) -> bool:
     return config.get("architecture") == spec.model.partition(".")[0] and tag in (None, spec.tag)
 
 
-def _hit(folder: Path, files: list, spec: TimmSpec) -> Path | None:
-    names = spec.filenames()
-    flat, legacy = names[0], names[3:]
+def _weights_in(folder: Path, files: list, spec: TimmSpec) -> Path | None:
+    """`spec`'s weights file among one folder's `files`, or None."""
+    names = spec.filenames()  # the flat name, the hub repo's two, the legacy download's
+    flat, hub_files, legacy = names[0], names[1:3], names[3:]
     if flat in files:
         return folder / flat
     hub = spec.hub_folder()
     in_hub_cache = hub and folder.parent.name == "snapshots" and folder.parent.parent.name == hub
     if in_hub_cache or ("config.json" in files and _config_names(folder, spec)):
-        for name in HF_FILES:
+        for name in hub_files:
             if name in files:
                 return folder / name
     for name in legacy:
@@ -281,21 +265,21 @@ def _hit(folder: Path, files: list, spec: TimmSpec) -> Path | None:
 
 def find_in_roots(spec: TimmSpec, roots) -> Path | None:
     for folder, _, files in walk_folders([r for r in roots if Path(r).is_dir()]):
-        hit = _hit(folder, files, spec)
+        hit = _weights_in(folder, files, spec)
         if hit:
             return hit
     return None
 
 
-def _download_from_hub(spec: TimmSpec) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(spec.hf_hub_id, HF_FILES[0], cache_dir=str(hf_cache_dir()))
-    return Path(path)
-
-
 def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
                          allow_download: bool = True) -> Path:
+    """Path of a timm model's pretrained weights: `explicit` (a file, or a folder to search);
+    then, under `search_roots` and the local Hugging Face cache, a hub cache entry
+    (models--timm--<name>/snapshots/<rev>/model.safetensors), the flat `<name>.safetensors` that
+    `imet weights fetch` writes, or any folder whose config.json names the model beside its
+    model.safetensors; then $TORCH_HOME/hub/checkpoints (timm's legacy download names). Only
+    when all of them miss, and downloads are allowed, the network is up and HF_HUB_OFFLINE is
+    not set, is the file downloaded through huggingface_hub."""
     names = spec.filenames()
     searched = []
     if explicit is not None:
@@ -327,7 +311,10 @@ def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
         searched.append("download disabled" if not allow_download else "HF_HUB_OFFLINE is set")
     elif network_up(endpoint):
         try:
-            return _download_from_hub(spec)
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(spec.hf_hub_id, "model.safetensors",
+                                        cache_dir=str(hf_cache_dir())))
         except Exception as exc:  # any transport or hub failure: report it with the rest
             searched.append(f"download of {spec.hf_hub_id} failed ({type(exc).__name__})")
     else:
@@ -340,17 +327,9 @@ def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
         f"weights fetch writes one), pass --weights PATH, or train without --pretrained")
 
 
-# ---- fetch
-# `imet weights fetch`: the official pretrained weights of some archs, downloaded on an online
-# machine into one flat folder that `kaggle datasets create -p DIR` uploads as it is.
-#
-# timm's weights come through huggingface_hub (HF_ENDPOINT honoured), pretrainedmodels' and
-# torchvision's (and timm's few models without a hub copy) from their official URLs, or from
-# `url_base` + the file name (a mirror). Every finished file is recorded at once in
-# weights-manifest.json (sha256, size, source, arch): a rerun after an interruption skips what is
-# recorded and intact, and continues a cut URL download with an HTTP Range request. The files
-# carry the names the offline resolver looks for, so attaching the dataset is all a kernel needs.
-
+# `imet weights fetch` writes one flat folder that `kaggle datasets create -p DIR` uploads as it
+# is, its files named as the resolvers above look for them: attaching the dataset is all a
+# kernel needs.
 MANIFEST = "weights-manifest.json"
 METADATA = "dataset-metadata.json"
 SLUG = "imet-weights"
@@ -412,17 +391,14 @@ def _read_manifest(out: Path) -> dict:
     path = out / MANIFEST
     if not path.is_file():
         return {"format": "imet-weights", "version": 1, "files": {}}
-    try:
-        doc = json.loads(path.read_text())
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+    doc = read_json_object(path)
+    if doc is None or not isinstance(doc.get("files"), dict):
         raise UserError(f"{path}: not a weights manifest; remove it (and {out}'s files) to "
                         f"fetch again")
     return doc
 
 
-def _check(item: dict, got: Path) -> None:
+def _check_download(item: dict, got: Path) -> None:
     """A download is kept only when whole: the sha256 prefix that download.pytorch.org names
     carry, a readable safetensors header."""
     prefix = item.get("sha256_prefix")
@@ -451,7 +427,12 @@ def _intact(out: Path, entry: dict | None) -> bool:
 
 def fetch_weights(archs, out, owner: str, url_base: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
-    """Fetch every arch's weights into `out`; returns the manifest."""
+    """Fetch every arch's official weights into `out`; returns the manifest. timm's come through
+    huggingface_hub (HF_ENDPOINT honoured), the others' (and timm's few models without a hub
+    copy) from their official URLs, or from `url_base` + the file name (a mirror). Each finished
+    file is recorded at once in the manifest (sha256, size, source, arch): a rerun after an
+    interruption skips what is recorded and intact, and continues a cut URL download with an
+    HTTP Range request."""
     out = Path(out)
     plans = [plan(arch, url_base) for arch in dict.fromkeys(archs)]  # validate every name first
     out.mkdir(parents=True, exist_ok=True)
@@ -476,7 +457,7 @@ def fetch_weights(archs, out, owner: str, url_base: str | None = None,
             raise UserError(f"{item['arch']}: download of {where} failed "
                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); run "
                             f"the same command again to resume")
-        _check(item, got)
+        _check_download(item, got)
         atomic_copy(got, out / name)
         manifest["files"][name] = {"name": name, "arch": item["arch"], "source": source,
                                    "size": (out / name).stat().st_size,
