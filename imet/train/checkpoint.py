@@ -46,13 +46,8 @@ from imet import __version__
 from imet.config import TrainConfig
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.errors import DISK_FULL_EXIT_CODE, HANDOVER_FILE, CheckpointError, UserError
-from imet.fileio import (
-    TEMP_SUFFIX,
-    atomic_copy,
-    atomic_torch_save,
-    atomic_write_text,
-    utc_timestamp,
-)
+from imet.fileio import (TEMP_SUFFIX, atomic_copy, atomic_torch_save, atomic_write_text,
+                         utc_timestamp)
 from imet.models.modelfile import MODEL_FILE
 from imet.train.state import Counters, TrainState
 from imet.walk import walk_folders
@@ -215,9 +210,9 @@ def check_precision(resume: Resume, state: TrainState) -> None:
 # the pickle: unlike the previous checkpoint's size it also holds for the first stage-2 save,
 # whose optimizer state covers the whole body for the first time.
 
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensor storages inside `obj` (nested dicts, lists, tuples), each storage
-    counted once, as torch.save writes it once."""
+def expected_size(obj: Any) -> int:
+    """Bytes a torch.save of `obj` takes: the tensor storages inside it (nested dicts, lists,
+    tuples), each counted once as torch.save writes it once, plus 2% and 1 MiB."""
     seen: set[tuple[str, int]] = set()
     total = 0
     stack = [obj]
@@ -233,11 +228,7 @@ def tensor_bytes(obj: Any) -> int:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
-    return total
-
-
-def expected_size(obj: Any) -> int:
-    return int(tensor_bytes(obj) * 1.02) + (1 << 20)
+    return int(total * 1.02) + (1 << 20)
 
 
 def remedy(keep: int) -> str:
