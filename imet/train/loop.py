@@ -26,10 +26,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -82,9 +79,7 @@ class DurationEstimate:
         return sum(self._samples) / len(self._samples) if self._samples else self.prior_s
 
     def next(self) -> float:
-        if not self._samples:
-            return self.prior_s
-        return max(self._samples) * self.safety
+        return max(self._samples) * self.safety if self._samples else self.prior_s
 
 
 class SessionBudget:
@@ -353,7 +348,7 @@ class TrainResult:
     best_f2: float
     best_step: int
     checkpoint: str | None = None
-    reason: str | None = None     # handover: "budget" | "signal"; finished: "epochs" | "early_stop"
+    reason: str | None = None     # a handover's HANDOVER.json reason; "epochs" | "early_stop"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -372,10 +367,10 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
     init = load_init(config) if config.init or config.init_fingerprint else None
     dist = None
     try:
-        spent = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
-                              start=session_start)
-        if spent.left() <= 0:
-            raise UserError(spent.no_step_text(config.time_budget, config.margin))
+        budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
+                               start=session_start)
+        if budget.left() <= 0:
+            raise UserError(budget.no_step_text(config.time_budget, config.margin))
         dist = distributed.start(config)  # under torchrun: joins the process group
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """`TrainState`: everything that decides the future of a run (model, optimizer, scheduler,
 scaler, EMA, the position in the sample order, the RNG streams, the running loss sums), and how
-a session builds it: the model from ImageNet's weights, `--init`'s model or (through
+a session builds it: the model from pretrained weights, `--init`'s model or (through
 imet/train/checkpoint.py) a checkpoint, the optimizer and LR schedule of each stage, the weight
 EMA and the prior bias of the head.
 
