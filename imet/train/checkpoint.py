@@ -8,15 +8,6 @@ as never having stopped. Beside it `state-<step>.json` (the sidecar) holds what 
 checkpoint needs without loading hundreds of MB (step, fingerprints, finished, config) and the
 size written; with the CRC32 that torch.save stores for every record, it catches a file
 truncated or damaged on its way through Kaggle's output/input round trip.
-
-In the order of this file:
-- saving: room on the disk first, an atomic write verified before it replaces anything, `keep`
-  generations, and the leftovers of killed saves removed;
-- loading: size, CRC32, format version, and whether the file belongs to this run;
-- resuming: the newest usable checkpoint of this run, in the out folder or under the input roots
-  (on Kaggle: the previous session's output), restored into a TrainState, with the run's best
-  model brought along;
-- the hand-over note, HANDOVER.json, of a session that stopped before the run's end.
 The model file (model.pt) and its name belong to imet/models/modelfile.py."""
 from __future__ import annotations
 

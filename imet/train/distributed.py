@@ -44,10 +44,6 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
 def env_local_world_size() -> int:
     """How many processes torchrun started on this machine (1 when not launched by torchrun)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
@@ -245,7 +241,7 @@ class Lockstep:
 def start(config: TrainConfig) -> SingleProcess:
     """The process group torchrun's environment describes, or a single process."""
     device = resolve_device(config.device)
-    world_size = env_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world_size <= 1:
         if config.sync_bn:
             log.info("--sync-bn has no effect in a single process")
