@@ -1,3 +1,1 @@
-"""imet.train"""
-
-
+"""Training: the loop, its state, checkpoints, data, torchrun, events and the LR finder."""

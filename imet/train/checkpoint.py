@@ -8,15 +8,6 @@ as never having stopped. Beside it `state-<step>.json` (the sidecar) holds what 
 checkpoint needs without loading hundreds of MB (step, fingerprints, finished, config) and the
 size written; with the CRC32 that torch.save stores for every record, it catches a file
 truncated or damaged on its way through Kaggle's output/input round trip.
-
-In the order of this file:
-- saving: room on the disk first, an atomic write verified before it replaces anything, `keep`
-  generations, and the leftovers of killed saves removed;
-- loading: size, CRC32, format version, and whether the file belongs to this run;
-- resuming: the newest usable checkpoint of this run, in the out folder or under the input roots
-  (on Kaggle: the previous session's output), restored into a TrainState, with the run's best
-  model brought along;
-- the hand-over note, HANDOVER.json, of a session that stopped before the run's end.
 The model file (model.pt) and its name belong to imet/models/modelfile.py."""
 from __future__ import annotations
 
@@ -46,13 +37,8 @@ from imet import __version__
 from imet.config import TrainConfig
 from imet.data.transforms import AUGMENTATION_VERSION
 from imet.errors import DISK_FULL_EXIT_CODE, HANDOVER_FILE, CheckpointError, UserError
-from imet.fileio import (
-    TEMP_SUFFIX,
-    atomic_copy,
-    atomic_torch_save,
-    atomic_write_text,
-    utc_timestamp,
-)
+from imet.fileio import (TEMP_SUFFIX, atomic_copy, atomic_torch_save, atomic_write_text,
+                         utc_timestamp)
 from imet.models.modelfile import MODEL_FILE
 from imet.train.state import Counters, TrainState
 from imet.walk import walk_folders
@@ -215,9 +201,9 @@ def check_precision(resume: Resume, state: TrainState) -> None:
 # the pickle: unlike the previous checkpoint's size it also holds for the first stage-2 save,
 # whose optimizer state covers the whole body for the first time.
 
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensor storages inside `obj` (nested dicts, lists, tuples), each storage
-    counted once, as torch.save writes it once."""
+def expected_size(obj: Any) -> int:
+    """Bytes a torch.save of `obj` takes: the tensor storages inside it (nested dicts, lists,
+    tuples), each counted once as torch.save writes it once, plus 2% and 1 MiB."""
     seen: set[tuple[str, int]] = set()
     total = 0
     stack = [obj]
@@ -233,11 +219,7 @@ def tensor_bytes(obj: Any) -> int:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
-    return total
-
-
-def expected_size(obj: Any) -> int:
-    return int(tensor_bytes(obj) * 1.02) + (1 << 20)
+    return int(total * 1.02) + (1 << 20)
 
 
 def remedy(keep: int) -> str:

@@ -1,13 +1,12 @@
-"""The order in which training samples are seen: a pure function of (seed, epoch, position).
+"""The data a training run reads: the label space, the fold's train/validation split (with
+--extra's images and --teacher's probabilities), the sample order, hard-negative mining and the
+loaders.
 
-Each epoch is a permutation drawn from a generator seeded with (seed, epoch) — nothing global —
-cut into global batches of `batch_size`. A resumed session starts at `start_batch`; a rank of a
-distributed run takes its contiguous slice of every global batch, so the global sample order is
-the same at any world size and a checkpoint resumes on another world size at the same position.
-The last incomplete batch is dropped: a batch of one breaks BatchNorm and distorts the LR
-schedule's step count. With hard-negative mining an epoch also holds `repeat_count` repeated
-samples (`set_position`'s `repeats`): the permutation is then one of the N + repeat_count
-entries of (every sample, the repeats), so without repeats it is the plain one."""
+The training loader's order comes from `EpochBatchSampler`, a pure function of (seed, epoch,
+position), and its augmentation from the dataset's (seed, epoch, index) streams, so the batches
+are the same whatever `num_workers` is and wherever a session stopped. Images travel as uint8 (a
+quarter of the bytes through pinned memory and PCIe) with each sample's per-batch augmentation
+parameters, and are augmented and normalized on the device."""
 from __future__ import annotations
 
 import hashlib
@@ -26,15 +25,13 @@ from imet.config import TrainConfig
 from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE, PixelMemo, find_cache
 from imet.data.labels import CompetitionLayout, LabelSpace, read_extra, read_labels, read_train
-from imet.data.transforms import (
-    ImetDataset,
-    build_batch_augment,
-    build_eval_transform,
-    build_train_transform,
-)
+from imet.data.transforms import (ImetDataset, build_batch_augment, build_eval_transform,
+                                  build_train_transform)
 from imet.errors import DataError, UserError
 from imet.probfile import load_probabilities
 from imet.train.distributed import env_local_world_size
+
+log = logging.getLogger(__name__)
 
 # Mixed into the seed so the epoch permutations do not coincide with the augmentation streams,
 # which are also derived from (seed, epoch).
@@ -48,6 +45,16 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class EpochBatchSampler(Sampler[list]):
+    """Each epoch is a permutation drawn from a generator seeded with (seed, epoch), nothing
+    global, cut into global batches of `batch_size`. A resumed session starts at `start_batch`;
+    a rank of a distributed run takes its contiguous slice of every global batch, so the global
+    sample order is the same at any world size and a checkpoint resumes on another world size
+    at the same position. The last incomplete batch is dropped: a batch of one breaks BatchNorm
+    and distorts the LR schedule's step count. With hard-negative mining an epoch also holds
+    `repeat_count` repeated samples (`set_position`'s `repeats`): the permutation is then one of
+    the N + repeat_count entries of (every sample, the repeats), so without repeats it is the
+    plain one."""
+
     def __init__(self, num_samples: int, batch_size: int, seed: int, epoch: int = 0,
                  start_batch: int = 0, rank: int = 0, world_size: int = 1,
                  with_epoch: bool = False, repeat_count: int = 0):
@@ -95,17 +102,14 @@ class EpochBatchSampler(Sampler[list]):
             yield [(self.epoch, i) for i in indices] if self.with_epoch else indices
 
 
-# ---- hard_negatives
-# Hard-negative mining (`--hard-negatives FRACTION`, from the top iMet solutions): every epoch
-# sees each training sample once plus, once more, the FRACTION of samples whose loss was largest
-# in the epoch before.
-#
-# The per-sample losses of the running epoch are recorded as the steps run (the loss of a sample
-# mixed by mixup is booked to the sample itself); at the first step of the next epoch they pick
-# that epoch's repeats, the top `count` losses (ties to the lower index), and the sampler mixes
-# the repeats into its (seed, epoch) permutation. Epoch 0, with no losses yet, repeats `count`
-# samples drawn from (seed, 0). The epoch being recorded, its losses and the repeats in use are
-# all in the TrainState, so a resumed session picks the same samples. Every epoch has the same
+# Hard-negative mining (`--hard-negatives FRACTION`, from the top iMet solutions): every epoch sees
+# each training sample once plus, once more, the FRACTION of samples whose loss was largest in the
+# epoch before. The per-sample losses of the running epoch are recorded as the steps run (the loss
+# of a sample mixed by mixup is booked to the sample itself); at the first step of the next epoch
+# they pick that epoch's repeats, the top `count` losses (ties to the lower index), and the sampler
+# mixes the repeats into its (seed, epoch) permutation. Epoch 0, with no losses yet, repeats
+# `count` samples drawn from (seed, 0). The epoch being recorded, its losses and the repeats in use
+# are all in the TrainState, so a resumed session picks the same samples. Every epoch has the same
 # length, so the LR schedules see a fixed number of steps per epoch.
 
 # Mixed into the seed of epoch 0's repeats, so they are not the first samples of its order.
@@ -158,21 +162,13 @@ class HardNegatives:
         self.repeats = state["repeats"].clone()
 
 
-def build_hard_negatives(num_samples: int, fraction: float, seed: int) -> HardNegatives | None:
-    return HardNegatives(num_samples, fraction, seed) if fraction else None
-
-
-# ---- teacher
-# The teacher of a distilled run (`imet train --teacher FILE`): a probability per training
-# image and class, carried in the training targets after the true labels ([N, 2C]), so that
-# mixup mixes both alike and `imet.train.loop.DistillLoss` splits them again.
-#
-# The files are imet probabilities files (imet/probfile.py): `imet validate`'s out-of-fold
-# predictions, `imet pseudo-label --soft`'s soft targets, or both (each image in one of them).
-# Their fingerprint hashes the probabilities of the run's training images, in training order, so
-# a resume with another teacher is refused as another config.
-
-log = logging.getLogger(__name__)
+# The teacher of a distilled run (`imet train --teacher FILE`): a probability per training image
+# and class, carried in the training targets after the true labels ([N, 2C]), so that mixup mixes
+# both alike and `imet.train.loop.DistillLoss` splits them again. The files are imet probabilities
+# files (imet/probfile.py): `imet validate`'s out-of-fold predictions, `imet pseudo-label --soft`'s
+# soft targets, or both (each image in one of them). Their fingerprint hashes the probabilities of
+# the run's training images, in training order, so a resume with another teacher is refused as
+# another config.
 
 
 def read_teacher(files: list[str], labels: LabelSpace, train_ids: list[str]) -> np.ndarray:
@@ -219,17 +215,6 @@ def with_teacher(config: TrainConfig, labels: LabelSpace, train_ids: list[str],
     config.teacher_fingerprint = found
     log.info("distilling from %s (fingerprint %s)", ", ".join(config.teacher), found)
     return np.concatenate([targets.astype(np.float16), teacher], axis=1)
-
-
-# ---- inputs
-# The data a training run reads: label space, the fold's train/validation split, loaders.
-#
-# The training loader's order comes from `EpochBatchSampler` (a function of seed, epoch and
-# position) and its augmentation from the dataset's (seed, epoch, index) streams, so the batches
-# are the same whatever `num_workers` is and wherever a session stopped. The sampler hands the
-# epoch along with each index, so workers can stay alive across epochs. Images travel as uint8
-# (a quarter of the bytes through pinned memory and PCIe) with each sample's per-batch
-# augmentation parameters, and are augmented and normalized on the device.
 
 
 @dataclass

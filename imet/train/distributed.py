@@ -1,5 +1,22 @@
-"""Batch statistics over all ranks (`--sync-bn` under torchrun): torch's SyncBatchNorm on
-CUDA, a gloo equivalent on CPU."""
+"""Multi-process training with torch.distributed (`torchrun --nproc_per_node N -m imet train`).
+
+The loop talks to one `SingleProcess` or `ProcessGroup` object. Without torchrun (WORLD_SIZE
+unset or 1) it is a `SingleProcess`, whose every method is the identity, so a single-process
+run does no collective at all. Under torchrun:
+- the process group comes from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
+  nccl on CUDA (one GPU per process, chosen by LOCAL_RANK), gloo on CPU;
+- the model trains wrapped in DistributedDataParallel (gradients averaged over the ranks); the
+  TrainState keeps the bare module, so checkpoints and model.pt have the single-process keys and
+  a checkpoint resumes on any world size;
+- `--sync-bn` computes batch statistics over all ranks: torch's SyncBatchNorm on CUDA, a gloo
+  equivalent on CPU;
+- every decision that ends a loop (a stop signal, the budget) is taken together: one small
+  all_reduce at each boundary, so no rank waits forever in a collective the others left;
+- evaluation splits the validation rows into contiguous per-rank chunks and gathers the
+  probabilities back in row order, so every rank computes the same F2 and takes the same path;
+- only rank 0 writes files (the loop asks `is_main`).
+The global sample order is `EpochBatchSampler`'s: each rank takes its slice of every global
+batch, so the position saved in a checkpoint is global."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,104 +36,12 @@ from imet.device import resolve_device
 from imet.errors import UserError
 from imet.predict.infer import Evaluation, run_model, score
 
-
-def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Every BatchNorm of `model` synchronized over the ranks. Same Parameter objects and
-    state_dict keys: the optimizer groups and checkpoints stay as they are, and a single process
-    loads them into plain BatchNorm."""
-    if device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            # In place: parameters, buffers and state_dict keys stay as they are.
-            module.__class__ = GlooSyncBatchNorm
-    return model
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """all_reduce(SUM) with its gradient: every rank's output depends on every rank's input, so
-    the gradient of an input is the sum of the output gradients of all ranks. (torch's
-    torch.distributed.nn.functional.all_reduce does this but is deprecated since 2.x.)"""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        tdist.all_reduce(total)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        tdist.all_reduce(total)
-        return total
-
-
-class GlooSyncBatchNorm(_BatchNorm):
-    """SyncBatchNorm for CPU processes (gloo). torch's SyncBatchNorm runs on GPUs only (its
-    kernels batch_norm_stats & co. are CUDA-only), so on CPU the batch statistics are computed
-    here: one differentiable all_reduce of the per-channel sums, sums of squares and counts
-    (its backward sums the gradients over the ranks, as torch's own does). Used by CPU clusters
-    and by the tests that compare a 2-process run with a 1-process one. Not a SyncBatchNorm
-    subclass: DDP refuses those on CPU."""
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and input.device.type == "cpu" and tdist.is_initialized()):
-            return super().forward(input)
-        dims = [d for d in range(input.dim()) if d != 1]
-        count = torch.full((1,), input.numel() / input.shape[1], dtype=input.dtype)
-        totals = _SumOverRanks.apply(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
-        channels = input.shape[1]
-        n = totals[-1]
-        mean = totals[:channels] / n
-        var = totals[channels:2 * channels] / n - mean * mean
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = (self.momentum if self.momentum is not None
-                            else 1.0 / float(self.num_batches_tracked))
-                unbiased = var * (n / (n - 1).clamp(min=1))
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
-        shape = [1, channels] + [1] * (input.dim() - 2)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
-
-
-# ---- distributed
-# Multi-process training with torch.distributed (`torchrun --nproc_per_node N -m imet train`).
-#
-# The loop talks to one `SingleProcess` or `ProcessGroup` object. Without torchrun (WORLD_SIZE
-# unset or 1) it is a `SingleProcess`, whose every method is the identity, so a single-process
-# run does no collective at all. Under torchrun:
-# - the process group comes from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
-#   nccl on CUDA (one GPU per process, chosen by LOCAL_RANK), gloo on CPU;
-# - the model trains wrapped in DistributedDataParallel (gradients averaged over the ranks); the
-#   TrainState keeps the bare module, so checkpoints and model.pt have the single-process keys and
-#   a checkpoint resumes on any world size;
-# - every decision that ends a loop (a stop signal, the budget) is taken together: one small
-#   all_reduce at each boundary, so no rank waits forever in a collective the others left;
-# - evaluation splits the validation rows into contiguous per-rank chunks and gathers the
-#   probabilities back in row order, so every rank computes the same F2 and takes the same path;
-# - only rank 0 writes files (the loop asks `is_main`).
-# The global sample order is `EpochBatchSampler`'s: each rank takes its slice of every global
-# batch, so the position saved in a checkpoint is global.
-
 log = logging.getLogger(__name__)
 
 
 def env_rank() -> int:
     """This process's rank as torchrun announces it (0 when not launched by torchrun)."""
     return int(os.environ.get("RANK", "0") or 0)
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def env_local_world_size() -> int:
@@ -316,7 +241,7 @@ class Lockstep:
 def start(config: TrainConfig) -> SingleProcess:
     """The process group torchrun's environment describes, or a single process."""
     device = resolve_device(config.device)
-    world_size = env_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world_size <= 1:
         if config.sync_bn:
             log.info("--sync-bn has no effect in a single process")
@@ -336,3 +261,71 @@ def start(config: TrainConfig) -> SingleProcess:
     tdist.init_process_group(backend=backend)
     log.info("rank %d of %d on %s (%s)", rank, world_size, device, backend)
     return ProcessGroup(device, rank, world_size, config.sync_bn)
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm of `model` synchronized over the ranks. Same Parameter objects and
+    state_dict keys: the optimizer groups and checkpoints stay as they are, and a single process
+    loads them into plain BatchNorm."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            # In place: parameters, buffers and state_dict keys stay as they are.
+            module.__class__ = GlooSyncBatchNorm
+    return model
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: every rank's output depends on every rank's input, so
+    the gradient of an input is the sum of the output gradients of all ranks. (torch's
+    torch.distributed.nn.functional.all_reduce does this but is deprecated since 2.x.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        tdist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        tdist.all_reduce(total)
+        return total
+
+
+class GlooSyncBatchNorm(_BatchNorm):
+    """SyncBatchNorm for CPU processes (gloo). torch's SyncBatchNorm runs on GPUs only (its
+    kernels batch_norm_stats & co. are CUDA-only), so on CPU the batch statistics are computed
+    here: one differentiable all_reduce of the per-channel sums, sums of squares and counts
+    (its backward sums the gradients over the ranks, as torch's own does). Used by CPU clusters
+    and by the tests that compare a 2-process run with a 1-process one. Not a SyncBatchNorm
+    subclass: DDP refuses those on CPU."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and input.device.type == "cpu" and tdist.is_initialized()):
+            return super().forward(input)
+        dims = [d for d in range(input.dim()) if d != 1]
+        count = torch.full((1,), input.numel() / input.shape[1], dtype=input.dtype)
+        totals = _SumOverRanks.apply(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
+        channels = input.shape[1]
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = totals[channels:2 * channels] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = (self.momentum if self.momentum is not None
+                            else 1.0 / float(self.num_batches_tracked))
+                unbiased = var * (n / (n - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out

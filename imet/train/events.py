@@ -1,7 +1,9 @@
-"""Events the engine emits and the subscribers that listen (report, Telegram, registry).
+"""Events the training loop emits, the subscribers that listen (report, Telegram, registry),
+and the StopRequest that signals (and Telegram's /stop) set. Free of torch, so `imet train`
+installs its signal handlers before torch loads.
 
-The engine knows nothing of its listeners: it calls `bus.emit(RunStart(...))`. Each kind of
-event is a frozen dataclass, so a field the engine renames breaks its readers at once
+The loop knows nothing of its listeners: it calls `bus.emit(RunStart(...))`. Each kind of
+event is a frozen dataclass, so a field the loop renames breaks its readers at once
 (AttributeError, TypeError) instead of reading as None. A subscriber is any callable taking
 an event; it may also have `close()`. A subscriber that raises is logged once and never
 breaks training.

@@ -1,19 +1,32 @@
-"""The session's time budget and the stop signals.
+"""The training loop and what it runs: the session's time budget, the losses, one optimizer
+step (`StepRunner`) and the `Trainer`, which strings steps, evaluations and checkpoints together
+until the epochs end or the session hands over to the next one.
 
-A Kaggle session is cut hard when its time is up, so the loop asks before every unit of work
-(a step, an evaluation) whether that unit plus a checkpoint save still fits; if not it saves and
-hands over. Durations are estimated from what this session measured: the max of the recent
-samples times a safety factor, since one slow step (a GC pause, a cold cache) is what would
-overrun the budget."""
+Work happens in units (a step, an evaluation); between units the loop is at a *boundary*, where
+the TrainState is complete and can be saved. Every decision at a boundary is a function of the
+state alone (is an evaluation pending, is the stage over, are the epochs done), so a run that
+stops at any boundary and resumes takes the same path as one that never stopped.
+
+A Kaggle session is cut hard when its time is up, so before every unit the loop asks whether
+that unit plus a checkpoint save still fits; if not it saves and hands over. Durations are
+estimated from what this session measured: the max of the recent samples times a safety factor,
+since one slow step (a GC pause, a cold cache) is what would overrun the budget.
+
+Four notions of stopping, each under one name:
+- `StopRequest` (self.stop): a SIGTERM/SIGINT asked this process to stop; set by the signal
+  handler at any moment, read only at boundaries and between validation batches.
+- budget fits (`SessionBudget.fits_step` / `fits_eval`): whether the next unit of work plus a
+  checkpoint save still fits in what is left of the session.
+- `agreed_stop(fits)`: the decision at a boundary, taken by all ranks together: "signal" when
+  any rank's StopRequest is set, "budget" when `fits` fails on any rank, else None.
+- `evaluation_must_stop`: asked between validation batches; a signal, or a budget about to run
+  out, drops the evaluation, which the next session redoes from the saved boundary."""
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -32,46 +45,19 @@ from imet.device import device_precision, resolve_device
 from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 from imet.models.modelfile import MODEL_FILE, save_model_file
 from imet.train import distributed
-from imet.train.checkpoint import (
-    bring_best_model,
-    checkpoint_dir,
-    checkpoint_path,
-    choose_resume,
-    expected_size,
-    library_versions,
-    next_step_text,
-    remedy,
-    remove_handover,
-    restore_state,
-    room_for,
-    save_checkpoint,
-    state_payload,
-    tidy,
-    version_change,
-    write_handover,
-)
-from imet.train.data import (
-    EpochBatchSampler,
-    RunData,
-    load_run_data,
-    per_sample_losses,
-    train_loader,
-    val_loader,
-)
+from imet.train.checkpoint import (bring_best_model, checkpoint_dir, checkpoint_path,
+                                   choose_resume, expected_size, library_versions,
+                                   next_step_text, remedy, remove_handover, restore_state,
+                                   room_for, save_checkpoint, state_payload, tidy,
+                                   version_change, write_handover)
+from imet.train.data import (EpochBatchSampler, RunData, load_run_data, per_sample_losses,
+                             train_loader, val_loader)
 from imet.train.distributed import SingleProcess
-from imet.train.events import (
-    Checkpoint,
-    Evaluation,
-    EventBus,
-    Failure,
-    Finish,
-    Handover,
-    InitEvaluation,
-    Progress,
-    RunStart,
-    StopRequest,
-)
+from imet.train.events import (Checkpoint, Evaluation, EventBus, Failure, Finish, Handover,
+                               InitEvaluation, Progress, RunStart, StopRequest)
 from imet.train.state import TrainState, build_train_state, load_init
+
+log = logging.getLogger(__name__)
 
 
 class DurationEstimate:
@@ -93,9 +79,7 @@ class DurationEstimate:
         return sum(self._samples) / len(self._samples) if self._samples else self.prior_s
 
     def next(self) -> float:
-        if not self._samples:
-            return self.prior_s
-        return max(self._samples) * self.safety
+        return max(self._samples) * self.safety if self._samples else self.prior_s
 
 
 class SessionBudget:
@@ -138,11 +122,8 @@ class SessionBudget:
                 "--time-budget or a smaller --margin")
 
 
-# ---- losses
-# Multi-label losses by name, and mixup.
-#
-# Each loss takes raw logits [N, C] and float targets in [0, 1] [N, C] (soft targets from mixup
-# allowed) and returns a scalar.
+# Each loss takes raw logits [N, C] and float targets in [0, 1] [N, C] (mixup's soft targets
+# too) and returns a scalar.
 
 class BCELoss(nn.Module):
     """Binary cross-entropy with logits, averaged over samples and classes."""
@@ -260,20 +241,6 @@ def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
     return mixed_inputs, mixed_targets, lam
 
 
-# ---- steps
-# One optimizer step, and the device-level choices behind it (AMP, channels_last, determinism).
-#
-# Mixed precision is `Precision`'s (imet/device.py): the same autocast and GradScaler
-# lines on every device, off on CPU unless `--amp-dtype` names a dtype. channels_last pays off only
-# on CUDA and is off on CPU whatever the config says. On CPU deterministic algorithms are on
-# unless `--deterministic false`: that is what makes an interrupted run end bit-identical.
-
-def loss_kwargs(config: TrainConfig) -> dict:
-    if config.loss == "focal":
-        return {"alpha": config.focal_alpha, "gamma": config.focal_gamma}
-    return {}
-
-
 def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
     """torch.use_deterministic_algorithms without its import of torch._inductor (and with it
     dynamo: ~1.1 CPU-s, a sixth of a small CPU run), only to set inductor's own flag, which
@@ -290,6 +257,12 @@ def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
 
 
 class StepRunner:
+    """One optimizer step, and the device-level choices behind it. Mixed precision is
+    `Precision`'s (imet/device.py): the same autocast and GradScaler lines on every device, off
+    on CPU unless `--amp-dtype` names a dtype. channels_last pays off only on CUDA and is off on
+    CPU whatever the config says. On CPU deterministic algorithms are on unless
+    `--deterministic false`: that is what makes an interrupted run end bit-identical."""
+
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config = config
         self.device = device
@@ -300,7 +273,9 @@ class StepRunner:
         use_deterministic_algorithms(deterministic, warn_only=cuda)
         if cuda:
             torch.backends.cudnn.benchmark = not deterministic
-        self.loss_fn = build_loss(config.loss, **loss_kwargs(config)).to(device)
+        focal = {"alpha": config.focal_alpha, "gamma": config.focal_gamma}
+        self.loss_fn = build_loss(config.loss, **(focal if config.loss == "focal" else {}))
+        self.loss_fn = self.loss_fn.to(device)
         if config.teacher:  # the training targets carry the teacher's probabilities too
             self.loss_fn = DistillLoss(self.loss_fn, config.distill_weight,
                                        config.distill_temperature)
@@ -365,27 +340,6 @@ class StepRunner:
         return float(loss.detach())
 
 
-# ---- loop
-# The training loop: steps, evaluations, checkpoints, stage switch, budget and signal stops.
-#
-# Work happens in units (a step, an evaluation); between units the loop is at a *boundary*, where
-# the TrainState is complete and can be saved. Every decision at a boundary is a function of the
-# state alone (is an evaluation pending, is the stage over, are the epochs done), so a run that
-# stops at any boundary and resumes takes the same path as one that never stopped.
-#
-# Four notions of stopping, each under one name:
-# - `StopRequest` (self.stop): a SIGTERM/SIGINT asked this process to stop; set by the signal
-#   handler at any moment, read only at boundaries and between validation batches.
-# - budget fits (`SessionBudget.fits_step` / `fits_eval`): whether the next unit of work plus a
-#   checkpoint save still fits in what is left of the session.
-# - `agreed_stop(fits)`: the decision at a boundary, taken by all ranks together: "signal" when
-#   any rank's StopRequest is set, "budget" when `fits` fails on any rank, else None.
-# - `evaluation_must_stop`: asked between validation batches; a signal, or a budget about to run
-#   out, drops the evaluation, which the next session redoes from the saved boundary.
-
-log = logging.getLogger(__name__)
-
-
 @dataclass
 class TrainResult:
     status: str                   # "finished" | "handover"
@@ -394,7 +348,7 @@ class TrainResult:
     best_f2: float
     best_step: int
     checkpoint: str | None = None
-    reason: str | None = None     # handover: "budget" | "signal"; finished: "epochs" | "early_stop"
+    reason: str | None = None     # a handover's HANDOVER.json reason; "epochs" | "early_stop"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -413,10 +367,10 @@ def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = ti
     init = load_init(config) if config.init or config.init_fingerprint else None
     dist = None
     try:
-        spent = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
-                              start=session_start)
-        if spent.left() <= 0:
-            raise UserError(spent.no_step_text(config.time_budget, config.margin))
+        budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
+                               start=session_start)
+        if budget.left() <= 0:
+            raise UserError(budget.no_step_text(config.time_budget, config.margin))
         dist = distributed.start(config)  # under torchrun: joins the process group
         data = load_run_data(config)
         Path(config.out).mkdir(parents=True, exist_ok=True)

@@ -115,11 +115,9 @@ def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> 
     return sweep
 
 
-# ---- lr_plot
-# The LR finder's plot: loss against LR (log scale), raw and smoothed, the suggestion marked.
-
 def write_lr_plot(path: str | Path, lrs: list[float], losses: list[float],
                   smoothed: list[float], suggestion: float, title: str = "") -> Path:
+    """Loss against LR (log scale), raw and smoothed, the suggestion marked."""
     figure = Figure(figsize=(7, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()

@@ -1,13 +1,16 @@
-"""The optimizer (AdamW or SGD with momentum) over the model's parameter groups, and the LR
-schedules by name.
+"""`TrainState`: everything that decides the future of a run (model, optimizer, scheduler,
+scaler, EMA, the position in the sample order, the RNG streams, the running loss sums), and how
+a session builds it: the model from pretrained weights, `--init`'s model or (through
+imet/train/checkpoint.py) a checkpoint, the optimizer and LR schedule of each stage, the weight
+EMA and the prior bias of the head.
 
 Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group (or the
 `--train-groups`) with discriminative rates: head `lr`, late body `lr * lr_late_mult`, early
-body `lr * lr_early_mult`.
-Every schedule is a `torch.optim.lr_scheduler` stepped once per batch, over one stage's steps;
-the optimizer and scheduler are rebuilt at the stage switch from (config, stage) alone, so a
-resumed run rebuilds exactly what the uninterrupted one had. Schedule lambdas are callable
-objects, not closures, so their state is plain numbers that `weights_only=True` can load."""
+body `lr * lr_early_mult`. Every schedule is a `torch.optim.lr_scheduler` stepped once per
+batch, over one stage's steps; the optimizer and scheduler are rebuilt at the stage switch from
+(config, stage) alone, so a resumed run rebuilds exactly what the uninterrupted one had.
+Schedule lambdas and the EMA's decay are callable objects, not closures, so their state is plain
+numbers that `weights_only=True` can load."""
 from __future__ import annotations
 
 import logging
@@ -29,7 +32,9 @@ from imet.errors import CheckpointError, DataError, UserError
 from imet.fileio import file_sha256
 from imet.models import build_model
 from imet.models.modelfile import model_file_of, read_model_file
-from imet.train.data import build_hard_negatives, repeat_count
+from imet.train.data import HardNegatives, repeat_count
+
+log = logging.getLogger(__name__)
 
 
 def stage_group_lrs(config: TrainConfig, stage: int) -> dict[str, float]:
@@ -164,10 +169,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
     return builder(optimizer, max(1, total_steps), max(1, steps_per_epoch), config.warmup)
 
 
-# ---- ema
 # Weight EMA (`--ema DECAY`): an exponential moving average of the weights, updated after every
 # optimizer step, with the decay warmed up so that the first steps' random head is soon forgotten.
-#
 # torch's `AveragedModel` with `get_ema_multi_avg_fn` rather than timm's `ModelEmaV3`: torch is
 # always there (timm is one optional source of architectures), and everything the average needs
 # to go on exactly lives in the AveragedModel's own state_dict — the averaged weights and the
@@ -179,8 +182,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
 
 class WarmedUpDecay:
     """The EMA update with decay min(DECAY, (1 + n) / (10 + n)) after n updates (TensorFlow's
-    ExponentialMovingAverage num_updates rule): 0.1 at the first update, DECAY in the long run.
-    A callable object, not a closure: it holds only a number."""
+    ExponentialMovingAverage num_updates rule): 0.1 at the first update, DECAY in the long run."""
 
     def __init__(self, decay: float):
         self.decay = float(decay)
@@ -202,9 +204,7 @@ def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     return ema
 
 
-# ---- prior
 # `--prior-bias`: the head's bias starts at each class's log-odds in the training labels.
-#
 # A fresh linear head predicts about 0.5 for every class, while an iMet class is present in a few
 # percent of the images at most (a mini-iMet tag in 5-40%). Under BCE the first hundreds of steps
 # then go to pushing every logit down to its class's frequency, a shift the body's random features
@@ -234,12 +234,6 @@ def init_prior_bias(model: torch.nn.Module, targets) -> None:
     with torch.no_grad():
         linear.bias.copy_(torch.from_numpy(log_odds).to(linear.bias.dtype))
 
-
-# ---- state
-# `TrainState`: everything that decides the future of a run. imet/train/checkpoint.py writes it
-# to disk and restores it, so that a resumed run goes on with the same bits as one never stopped:
-# model, optimizer, scheduler, scaler, the position in the sample order, the RNG streams and the
-# running loss sums.
 
 @dataclass
 class Counters:
@@ -288,8 +282,8 @@ class TrainState:
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
         self.ema = build_ema(model, config.ema)
-        self.hard_negatives = build_hard_negatives(num_samples, config.hard_negatives,
-                                                   config.seed)
+        self.hard_negatives = (HardNegatives(num_samples, config.hard_negatives, config.seed)
+                               if config.hard_negatives else None)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.enter_stage(1 if config.head_epochs > 0 else 2)
@@ -360,6 +354,7 @@ class TrainState:
             c.finished, c.stop_reason = True, "early_stop"
         return is_best
 
+
 def build_train_state(config: TrainConfig, data, dist, steps, fresh: bool = True,
                       init: dict[str, torch.Tensor] | None = None) -> TrainState:
     """The TrainState a session starts from: the model built for `data`'s label space and
@@ -395,17 +390,12 @@ def build_train_state(config: TrainConfig, data, dist, steps, fresh: bool = True
                       steps.device.type, num_samples=samples)
 
 
-# ---- init_model
-# The model a run starts from (`imet train --init RUN`): a run's best model (its model.pt), to
-# tune on other data (last-layer tuning: with `--train-groups head` only the head trains).
-#
-# The file must be of the run's arch and of `--data`'s label space; anything else is refused with
-# one line before the run folder is made. Its fingerprint, a hash of the file's bytes, goes into
-# the run's config as `init_fingerprint`: resuming from another model is another config, while the
-# file itself may move between sessions (on Kaggle it is an attached input).
-
-log = logging.getLogger(__name__)
-
+# `imet train --init RUN` starts from a run's best model (its model.pt), to tune on other data
+# (last-layer tuning: with `--train-groups head` only the head trains). The file must be of the
+# run's arch and of `--data`'s label space; anything else is refused with one line before the run
+# folder is made. Its fingerprint, a hash of the file's bytes, goes into the run's config as
+# `init_fingerprint`: resuming from another model is another config, while the file itself may
+# move between sessions (on Kaggle it is an attached input).
 
 def init_model_path(init: str) -> Path:
     """RUN -> RUN/model.pt; a file stays itself. A one-line error naming --init when neither
