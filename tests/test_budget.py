@@ -92,6 +92,24 @@ def test_a_second_ctrl_c_changes_nothing_and_nested_blocks_install_once(capfd):
     assert capfd.readouterr().err.count("already stopping") == 2
 
 
+def test_the_cli_keeps_its_handlers_once_stopping_until_the_process_exits(capfd):
+    # `imet train` exits right after its block: a Ctrl-C that lands after the save, before the
+    # exit, is noted like any other instead of killing the process by SIGINT (exit -2, not 75).
+    before = {s: signal.getsignal(s) for s in StopRequest.SIGNALS}
+    try:
+        with StopRequest(process_exits=True):
+            pass
+        assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
+        with StopRequest(process_exits=True) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.reason == "signal"
+        assert capfd.readouterr().err.count("already stopping") == 1
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
 def test_one_session_length_default_everywhere():
     """train --time-budget, predict --time-limit and the emulator's --time-limit share one
     default: today's 12 h Kaggle session."""

@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
     # Before anything slow (torch's import alone takes seconds): a SIGTERM/SIGINT during
     # start-up ends the session at the loop's first boundary, with a handover, instead of
     # killing it halfway.
-    with StopRequest() as stop:
+    with StopRequest(process_exits=True) as stop:
         return _train(args, session_start, stop)
 
 

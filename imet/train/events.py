@@ -193,11 +193,14 @@ class StopRequest:
     `imet train` installs the handlers first thing, before torch is imported, so a stop during
     start-up is honoured too (at the loop's first boundary). Nested `with` blocks install them
     once. Handlers are installed only in the main thread (Python allows no other) and
-    restored when the outermost block ends."""
+    restored when the outermost block ends, except with `process_exits` (the CLI) once a stop
+    was asked: the process then ends with the hand-over's exit code, and a second Ctrl-C that
+    lands after the save but before the exit must not turn it into a death by SIGINT."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, process_exits: bool = False):
+        self.process_exits = process_exits
         self.reason: str | None = None
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
@@ -229,7 +232,7 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         self._depth -= 1
-        if self._depth:
+        if self._depth or (self.process_exits and self.reason is not None):
             return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
