@@ -15,13 +15,8 @@ import numpy as np
 import pandas as pd
 
 from imet.data.images import MIN_SIDE, image_findings
-from imet.data.labels import (
-    IMAGE_SUFFIX,
-    CompetitionLayout,
-    attribute_csv_problems,
-    labels_problems,
-    sample_submission_problems,
-)
+from imet.data.labels import (IMAGE_SUFFIX, CompetitionLayout, attribute_csv_problems,
+                              labels_problems, sample_submission_problems)
 from imet.errors import DataError, UserError
 from imet.fileio import atomic_open
 

@@ -31,16 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imet.metrics.f2 import (
-    binarize,
-    check_label_limits,
-    check_probs,
-    context_passes,
-    f2_from_counts,
-    f2_per_sample,
-    f2_score,
-    top_k_indices,
-)
+from imet.metrics.f2 import (binarize, check_label_limits, check_probs, context_passes,
+                             f2_from_counts, f2_per_sample, f2_score, top_k_indices)
 
 SEARCH_MODES = ("global", "group", "class")
 DEFAULT_MIN_SUPPORT = 20

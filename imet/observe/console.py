@@ -17,8 +17,8 @@ import time
 from typing import Any, Iterable, TextIO
 
 from imet.config import format_duration
-from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover,
-                               InitEvaluation, Progress, RankZeroSubscriber, RunStart)
+from imet.train.events import (Checkpoint, Evaluation, Failure, Finish, Handover, InitEvaluation,
+                               Progress, RankZeroSubscriber, RunStart)
 
 REDACTED = "<redacted>"
 

@@ -27,8 +27,8 @@ from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
 from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
-from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish, Handover,
-                               Progress, RankZeroSubscriber, RunStart)
+from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish, Handover, Progress,
+                               RankZeroSubscriber, RunStart)
 
 log = logging.getLogger(__name__)
 

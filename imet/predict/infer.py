@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta,
-                                  build_eval_transform, normalize_batch)
+from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta, build_eval_transform,
+                                  normalize_batch)
 from imet.device import Precision, device_precision
 from imet.errors import DataError, UserError
 from imet.metrics.thresholds import best_global_threshold

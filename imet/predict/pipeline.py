@@ -23,8 +23,8 @@ from imet.fileio import atomic_write_text
 from imet.metrics.f2 import binarize
 from imet.metrics.submission_io import format_rows, write_submission
 from imet.models.modelfile import load_model_file, model_file_of
-from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader,
-                                check_images_exist, log_stderr, parse_tta, predict_probs)
+from imet.predict.infer import (Log, Throughput, auto_batch_size, build_loader, check_images_exist,
+                                log_stderr, parse_tta, predict_probs)
 from imet.probfile import ENSEMBLE_PROBS, Probabilities, load_probabilities, save_probabilities
 
 THRESHOLDS_FILE = "thresholds.json"

@@ -37,8 +37,8 @@ from imet.metrics.f2 import binarize, f2_per_class, f2_score
 from imet.metrics.thresholds import MODES, CrossFit, cross_fitted_f2, global_f2_curve
 from imet.predict.infer import Evaluation, Log, check_images_exist, log_stderr, parse_tta, score
 from imet.predict.pipeline import (THRESHOLDS_FILE, InferenceOptions, Run, ensemble,
-                                   is_probabilities_file, open_member, predict_run,
-                                   source_names, store_member, write_thresholds)
+                                   is_probabilities_file, open_member, predict_run, source_names,
+                                   store_member, write_thresholds)
 from imet.probfile import Probabilities, save_probabilities
 
 CONFUSED_GROUP = "culture"

@@ -46,10 +46,10 @@ from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 from imet.models.modelfile import MODEL_FILE, save_model_file
 from imet.train import distributed
 from imet.train.checkpoint import (bring_best_model, checkpoint_dir, checkpoint_path,
-                                   choose_resume, expected_size, library_versions,
-                                   next_step_text, remedy, remove_handover, restore_state,
-                                   room_for, save_checkpoint, state_payload, tidy,
-                                   version_change, write_handover)
+                                   choose_resume, expected_size, library_versions, next_step_text,
+                                   remedy, remove_handover, restore_state, room_for,
+                                   save_checkpoint, state_payload, tidy, version_change,
+                                   write_handover)
 from imet.train.data import (EpochBatchSampler, RunData, load_run_data, per_sample_losses,
                              train_loader, val_loader)
 from imet.train.distributed import SingleProcess
