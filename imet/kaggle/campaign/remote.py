@@ -131,7 +131,6 @@ def client_errors(err: BaseException) -> UserError:
     return UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0])
 
 
-# ---- campaign_handover
 # The campaign's fallback when Kaggle refuses a trainer kernel's own output as its source: the
 # member's checkpoint is handed over through a private dataset of its own,
 # `<owner>/imet-handover-<member>`. Before each later push the campaign fetches the whole output
@@ -170,16 +169,15 @@ class HandoverDatasets:
         record["before"] = dataset_version(self.api, ref)
         self.save()
         upload_dataset(self.api, folder, record["before"] == 0,
-                              f"{member}: the output of session {session}")
+                       f"{member}: the output of session {session}")
         record.update(for_session=session, before=None)
         self.save()
         wait_for_dataset(self.api, ref, self.poll_s)
 
 
-# ---- campaign_kaggle
-# Where a campaign's kernels run: its backend. The campaign driver (driver.py) asks a backend
-# five things, and this one answers them from real Kaggle through the kaggle client;
-# emulated.py answers them from local emulator sessions.
+# Where a campaign's kernels run: its backend. The driver (driver.py) asks a backend five things,
+# and this one answers them from real Kaggle through the kaggle client; emulated.py answers them
+# from local emulator sessions.
 #
 #     current_version(ref) -> int         the kernel's latest version number, 0 if never pushed
 #     push(folder) -> int | None          push a rendered kernel folder: the new version's number
@@ -188,7 +186,7 @@ class HandoverDatasets:
 #                                         one look at the latest version: its end, or None while
 #                                         it runs; `watch` is plain data kept in the state file
 #     fetch_outputs(ref, dest, pattern)   the latest version's output files matching `pattern`
-#     handover_datasets(out, owner, save) the fallback through private datasets (campaign_handover)
+#     handover_datasets(out, owner, save) the fallback through private datasets (HandoverDatasets)
 #                                         for a backend whose push can refuse a kernel's own
 #                                         output; None for one that never does
 
