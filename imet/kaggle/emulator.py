@@ -64,11 +64,9 @@ class SessionResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-def _isolation_prefix(mounts: list[tuple[Path, Path]], internet: bool) -> list[str] | None:
+def _isolation_prefix(mounts: list[tuple[Path, Path]], internet: bool) -> list[str]:
     """`unshare` mounts the inputs read-only and, with internet off, cuts every network.
     It needs root; without it the inputs are symlinks and offline cannot be enforced."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return None
     binds = " && ".join(f"mount --bind -o ro {shlex.quote(str(src))} {shlex.quote(str(dst))}"
                         for src, dst in mounts)
     flags = ["-m"] + ([] if internet else ["-n"])
@@ -122,7 +120,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     script = root / "src" / meta["code_file"]
     script.parent.mkdir()
     script.write_text(code, encoding="utf-8")
-    prefix = _isolation_prefix(mounts, meta["enable_internet"]) or []
+    prefix = _isolation_prefix(mounts, meta["enable_internet"]) if want_isolation else []
     kernel_python = fresh_env(python, bundled_by(inputs.values()), session_dir / "env")
     inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     run_env = {**inherited, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",

@@ -67,19 +67,25 @@ def temp_dir(env: Mapping[str, str] | None = None) -> Path:
     return kaggle_root(env) / "temp"
 
 
-def find_folders_with(root: Path, *names: str) -> list[Path]:
-    """Folders under root (root included) that hold every one of `names` as files, shallowest
-    first (then in name order), so the attached input itself wins over copies inside it."""
+def _find(root: Path, holds: Callable[[list[str], list[str]], bool]) -> list[Path]:
+    """Folders under root (root included) whose (files, subfolders) `holds` accepts,
+    shallowest first (then in name order), so the attached input itself wins over copies
+    inside it."""
     if not root.is_dir():
         return []
     found = []
     for folder, subfolders, files in walk_folders([root]):
-        if all(name in files for name in names):
+        if holds(files, subfolders):
             found.append(folder)
         # A folder of images is a leaf: its thousands of files are never folders to search.
         if len(files) > 1000:
             subfolders[:] = []
     return sorted(found, key=lambda folder: (len(folder.parts), folder))
+
+
+def find_folders_with(root: Path, *names: str) -> list[Path]:
+    """Folders under root that hold every one of `names` as files, shallowest first."""
+    return _find(root, lambda files, _: all(name in files for name in names))
 
 
 def find_competition_data(root: Path | None = None) -> Path:
@@ -122,18 +128,10 @@ def find_extra_sets(root: Path | None = None) -> list[Path]:
     labels.csv, train/ and train.csv or soft_targets.npz, as `imet pseudo-label` writes them,
     and without the competition's sample_submission.csv (the competition data has the rest)."""
     from imet.data.labels import SOFT_TARGETS
-    root = input_root() if root is None else root
-    if not root.is_dir():
-        return []
-    found = []
-    for folder, subfolders, files in walk_folders([root]):
-        if "labels.csv" in files and "train" in subfolders and \
-                "sample_submission.csv" not in files and \
-                ("train.csv" in files or SOFT_TARGETS in files):
-            found.append(folder)
-        if len(files) > 1000:  # a folder of images, as in find_folders_with
-            subfolders[:] = []
-    return sorted(found, key=lambda folder: (len(folder.parts), folder))
+    return _find(input_root() if root is None else root,
+                 lambda files, subfolders: "labels.csv" in files and "train" in subfolders
+                 and "sample_submission.csv" not in files
+                 and ("train.csv" in files or SOFT_TARGETS in files))
 
 
 # `imet doctor`: the interpreter and torch build, every GPU (proved by a real operation, see
