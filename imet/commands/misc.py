@@ -2,11 +2,12 @@
 check the token and chat id) and `imet weights fetch` (pretrained weights, online, into a folder
 ready for `kaggle datasets create`).
 
-Each step of the demo is the command a user would type; it is printed, then run. The Kaggle part is one
-campaign (`imet kaggle campaign --emulate`) of two members, folds 0 and 1, trained in parallel:
-each trainer session is short (a 180 s limit, at most 300 steps), so each member hands over and
-resumes in later sessions, exactly as it would across 12-hour Kaggle sessions; then one
-validation over both members' outputs and one inference that averages them."""
+The demo runs on mini-iMet, in the local emulator. Each step is the command a user would type;
+it is printed, then run. The Kaggle part is one campaign (`imet kaggle campaign --emulate`) of
+two members, folds 0 and 1, trained in parallel: each trainer session is short (a 180 s limit,
+at most 300 steps), so each member hands over and resumes in later sessions, exactly as it
+would across 12-hour Kaggle sessions; then one validation over both members' outputs and one
+inference that averages them."""
 from __future__ import annotations
 
 import argparse

@@ -498,9 +498,10 @@ def device_problem(name: str) -> str | None:
     return inspect(index).problem()
 
 
-# A kernel's shell steps run through delegator.py. Its blocking mode returns output only when a command ends, which would leave a
-# 12-hour training silent in the kernel log (and lose it all if the session is killed), so
-# steps run in its pexpect mode with every byte echoed as it arrives.
+# A kernel's shell steps run through delegator.py. Its blocking mode returns output only when a
+# command ends, which would leave a 12-hour training silent in the kernel log (and lose it all
+# if the session is killed), so steps run in its pexpect mode with every byte echoed as it
+# arrives.
 
 def run_step(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> int:
     """Run argv, echo its output (stderr merged) live, return its exit status."""
@@ -702,11 +703,12 @@ def main(kernel: str, session: Callable[..., int], *args) -> int:
         return err.exit_code
 
 
-# The decode-once image cache (`imet cache`) in a Kaggle training run. A cache attached as input (a dataset or another kernel's output, found under the input root)
-# is used as it is. Otherwise the trainer kernel builds one in Kaggle's scratch folder
-# (/kaggle/temp), which no session carries forward: a cache under /kaggle/working would be part of
-# the output, 4.8 GB copied into every next session. So a run that uses a cache pays its build
-# once per session, and it pays back only when the session then runs enough epochs.
+# The decode-once image cache (`imet cache`) in a Kaggle training run. A cache attached as input
+# (a dataset or another kernel's output, found under the input root) is used as it is.
+# Otherwise the trainer kernel builds one in Kaggle's scratch folder (/kaggle/temp), which no
+# session carries forward: a cache under /kaggle/working would be part of the output, 4.8 GB
+# copied into every next session. So a run that uses a cache pays its build once per session,
+# and it pays back only when the session then runs enough epochs.
 #
 # The figures (benchmarks/README.md, `python benchmarks/bench_cache_payback.py`, per 1,000 images
 # on one core): the build costs BUILD_S seconds; the loader needs PNG_EPOCH_S per epoch from the
