@@ -345,15 +345,14 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
 def telegram():
     """A function sending one plain message to Telegram, and the close of the sender; a
     no-op when Telegram is not configured."""
-    from imet.observe.telegram import ConfigProblem, load_config
+    from imet.observe.messages import Outgoing, pack
+    from imet.observe.telegram import ConfigProblem, TelegramSender, load_config
     try:
         config = load_config(os.environ, use_kaggle_secrets=False)
     except ConfigProblem as problem:
         if os.environ.get("IMET_TELEGRAM_TOKEN"):
             print(f"imet kaggle campaign: Telegram off: {problem}", file=sys.stderr)
         return (lambda text: None), (lambda: None)
-    from imet.observe.messages import Outgoing, pack
-    from imet.observe.telegram import TelegramSender
     sender = TelegramSender(config)
 
     def send(text: str) -> None:

@@ -32,25 +32,18 @@ from imet.kaggle.render import (INFERENCE, VALIDATION, plan_kernels, read_metada
 COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
 
 
-def _f2(value) -> str:
-    return "" if value is None else f"{float(value):.4f}"
-
-
 def rows(state: dict) -> list[dict]:
     out = []
     for name in [*state["members"], *FINALS]:
         job = state["jobs"][name]
         if name in FINALS and not job["sessions"]:
             continue
+        best = job.get("best_f2")
         out.append({"member": name, "sessions": len(job["sessions"]), "state": job["state"],
-                    "best F2": _f2(job.get("best_f2")),
+                    "best F2": "" if best is None else f"{float(best):.4f}",
                     "GPU-hours": f"{gpu_seconds(job) / 3600:.2f}",
                     "last message": job.get("message") or ""})
     return out
-
-
-def budget_line(state: dict, gpu_hours: float) -> str:
-    return f"GPU-hours used: {gpu_used_s(state) / 3600:.2f} of {gpu_hours:g}"
 
 
 def markdown(state: dict, gpu_hours: float) -> str:
@@ -58,7 +51,8 @@ def markdown(state: dict, gpu_hours: float) -> str:
     for row in rows(state):
         cells = [str(row[c]).replace("|", "/") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", budget_line(state, gpu_hours)]) + "\n"
+    budget = f"GPU-hours used: {gpu_used_s(state) / 3600:.2f} of {gpu_hours:g}"
+    return "\n".join(lines + ["", budget]) + "\n"
 
 
 def write_tables(out: Path, state: dict, gpu_hours: float) -> str:
