@@ -64,6 +64,21 @@ def test_device_checks_on_a_machine_without_gpu():
     assert "(NvidiaTeslaT4)" in gpu.no_gpu_line("NvidiaTeslaT4")
 
 
+def test_a_driver_older_than_the_build_is_said_with_torchs_warning(monkeypatch):
+    def is_available():
+        import warnings
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old\n"
+                      "(found version 11040).")
+        return False
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", is_available)
+    monkeypatch.setattr(gpu.torch.version, "cuda", "12.8")
+    monkeypatch.setattr(gpu, "nvidia_device_nodes", lambda: True)
+    available, why = gpu.cuda_available()
+    assert not available
+    assert "cannot use: CUDA initialization: The NVIDIA driver on your system is too old " \
+           "(found version 11040)." in why
+
+
 def test_checkpoint_estimate_from_the_architecture():
     params, state = checkpoint_bytes("se_resnext50_32x4d", 1103)
     assert 27e6 < params < 28.5e6  # 25.5M body + a 2048x1103 head

@@ -1,4 +1,3 @@
-"""One module per `python -m imet <command>`: each defines `configure(parser)` and
-`run(args) -> int`. imet/cli.py lists them; nothing here is imported until it is run."""
-
-
+"""The commands of `python -m imet`, grouped by concern: a module defines configure_<command>
+(parser) and run_<command>(args) -> int for each of its commands. imet/cli.py maps command
+names to them; nothing here is imported until it is run."""

@@ -1,4 +1,8 @@
-"""`imet mini-imet`: write the embedded mini-iMet data set (competition layout)."""
+"""The data commands: `imet mini-imet` (write the embedded mini-iMet data set), `imet
+check-data` (every problem of a competition folder before training starts), `imet folds`
+(multilabel-stratified folds -> folds.csv) and `imet cache` (decode every image once into a
+pre-resized cache folder). Their parsers' defaults come from the data modules, which are
+imported here anyway, so the run functions import nothing lazily."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-from imet.data.folds import IMAGE_MODES
-from imet.data.images import MIN_SIDE
-from imet.data.mini_imet import DEFAULTS
+import numpy as np
+
+from imet.data.folds import (IMAGE_MODES, check_data, check_n_folds, make_folds, rare_labels,
+                             write_folds)
+from imet.data.images import MIN_SIDE, SPLIT_DIRS, build_cache
+from imet.data.labels import CompetitionLayout, read_labels, read_train
+from imet.data.mini_imet import DEFAULTS, generate
+from imet.errors import UserError
 
 
 def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +46,6 @@ def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
 
 
 def run_mini_imet(args) -> int:
-    from imet.data.mini_imet import generate
-
     start = time.monotonic()
     info = generate(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size,
                     seed=args.seed, force=args.force)
@@ -53,9 +60,6 @@ def run_mini_imet(args) -> int:
           f"  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
     return 0
 
-
-# ---- check_data
-# `imet check-data`: list every problem in a competition folder before training starts.
 
 def configure_check_data(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -79,9 +83,6 @@ def configure_check_data(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check_data(args) -> int:
-    from imet.data.folds import check_data
-    from imet.errors import UserError
-
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
     if args.min_side < 1:
@@ -113,10 +114,7 @@ def run_check_data(args) -> int:
     return 0
 
 
-# ---- folds
-# `imet folds`: multilabel-stratified cross-validation folds -> folds.csv (id,fold).
-
-SHOW_RARE = 20
+SHOW_RARE = 20  # rare labels named in `imet folds`' report
 
 
 def configure_folds(parser: argparse.ArgumentParser) -> None:
@@ -134,11 +132,6 @@ def configure_folds(parser: argparse.ArgumentParser) -> None:
 
 
 def run_folds(args) -> int:
-    import numpy as np
-
-    from imet.data.folds import check_n_folds, make_folds, rare_labels, write_folds
-    from imet.data.labels import CompetitionLayout, read_labels, read_train
-
     check_n_folds(args.n_folds)
     layout = CompetitionLayout(args.data).require(test=False)
     labels = read_labels(layout.labels_csv)
@@ -172,9 +165,6 @@ def run_folds(args) -> int:
     return 0
 
 
-# ---- cache
-# `imet cache`: decode every competition image once into a pre-resized cache folder.
-
 def configure_cache(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Decode every image of DIR/train and DIR/test once, resize its short side to --size "
@@ -206,9 +196,6 @@ def configure_cache(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cache(args) -> int:
-    from imet.data.images import SPLIT_DIRS, build_cache
-    from imet.errors import UserError
-
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
     splits = SPLIT_DIRS if args.split == "all" else (args.split,)

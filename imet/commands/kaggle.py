@@ -1,5 +1,6 @@
-"""`imet doctor`: can this session train as configured? Exit 0 when it can; otherwise one line
-per blocking problem on stderr and exit 2."""
+"""`imet doctor` (can this session train as configured?) and `imet kaggle run|render|chain|
+campaign`: the local Kaggle emulator, push-ready kernels, and sessions on Kaggle, one kernel
+handed over from session to session (chain) or every member of a plan (campaign)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,6 @@ from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as H
 
 
 def _accelerator(text: str) -> str:
-    from imet.errors import UserError
     from imet.kaggle.render import canonical
     try:
         return canonical(text)
@@ -70,10 +70,6 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 2
 
 
-# ---- kaggle
-# `python -m imet kaggle run|render|chain|campaign …`: the local Kaggle emulator, push-ready
-# kernels, sessions on Kaggle.
-
 def input_source(text: str) -> tuple[str, Path]:
     """An `--input SLUG=PATH` value (kaggle run, kaggle campaign --emulate)."""
     slug, sep, path = text.partition("=")
@@ -100,18 +96,20 @@ def duration(flag: str):
     return seconds
 
 
-def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
-    """kernel name -> accelerator from `--accelerator [KERNEL=]NAME` values (later ones win);
-    a retired name is accepted with one warning line, as the kaggle client does."""
-    from imet.kaggle import render as accelerators
+def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
+    """kernel name -> accelerator from the settings file's accelerators, then the command
+    line's `--accelerator [KERNEL=]NAME` values (later ones win); a retired name is accepted
+    with one warning line, as the kaggle client does."""
+    from imet.kaggle.render import canonical, retired_warning
+    from_file = [f"{k}={v}" if k else str(v) for k, v in settings.accelerator.items()]
     chosen: dict[str, str] = {}
-    for text in given:
+    for text in from_file + list(given):
         kernel, sep, name = text.rpartition("=")
         if sep and kernel not in kernels:
             raise UserError(f"--accelerator {text!r}: no kernel {kernel!r}; the kernels are "
                             f"{', '.join(kernels)}")
-        name = accelerators.canonical(name)
-        warning = accelerators.retired_warning(name)
+        name = canonical(name)
+        warning = retired_warning(name)
         if warning:
             print(f"imet kaggle render: {warning}", file=sys.stderr)
         chosen.update({k: name for k in ([kernel] if sep else kernels)})
@@ -121,31 +119,31 @@ def _accelerators(given: list[str], kernels: list[str]) -> dict[str, str]:
 def configure_kaggle(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION")
     sub.required = True
-    run_parser = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
+    run = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
                          description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
                          "read-only under input/<slug>, cwd in working/, no network when its "
                          "metadata turns internet off, killed at the time limit. Each session's "
                          "working/ is kept as OUT/v<N>/kaggle/working.")
-    run_parser.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
-    run_parser.add_argument("--input", type=input_source, action="append", default=[],
+    run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
+    run.add_argument("--input", type=input_source, action="append", default=[],
                      metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
-    run_parser.add_argument("--time-limit", type=duration("--time-limit"),
+    run.add_argument("--time-limit", type=duration("--time-limit"),
                      default=DEFAULT_TIME_BUDGET,
                      metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
                      "%(default)s, today's Kaggle sessions)")
-    run_parser.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
-    run_parser.add_argument("--chain", type=int, default=1, metavar="N",
+    run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
+    run.add_argument("--chain", type=int, default=1, metavar="N",
                      help="re-run with the previous output attached under the kernel's own slug "
                      "while the run hands over, at most N sessions (default 1)")
-    run_parser.add_argument("--python", default=sys.executable, metavar="EXE",
+    run.add_argument("--python", default=sys.executable, metavar="EXE",
                      help="interpreter standing in for Kaggle's image (default: this one): "
                      "each session runs in a fresh virtual environment of it that sees only its "
                      "platform packages (torch, numpy, pandas, ...; cached in "
                      "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never "
                      "its imet, so the kernel's bootstrap installs the dataset's wheels as on "
                      "Kaggle")
-    run_parser.add_argument("--accelerator", metavar="NAME",
+    run.add_argument("--accelerator", metavar="NAME",
                      help="ask for this machine_shape instead of the metadata's, as `kaggle "
                      "kernels push --accelerator` does (none: a CPU); the session still runs "
                      "on this machine, so a GPU asked for on a machine without one is refused "
@@ -196,12 +194,6 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
     configure_kaggle_campaign(sub)
 
 
-def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
-    """The settings file's accelerators, then the command line's (later ones win)."""
-    from_file = [f"{k}={v}" if k else str(v) for k, v in settings.accelerator.items()]
-    return _accelerators(from_file + list(given), kernels)
-
-
 def run_kaggle(args: argparse.Namespace) -> int:
     if args.kaggle_command == "chain":
         return _chain(args)
@@ -242,24 +234,20 @@ def _chain(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from imet.kaggle import render as kernel_set, render as kernel_settings
     from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS
-    from imet.kaggle.render import read_metadata, requested_accelerator
-    settings = kernel_settings.load(args.config, CAMPAIGN_KEYS)
+    from imet.kaggle.render import (load, plan_kernels, read_metadata, requested_accelerator,
+                                    templates_in, write_kernels)
+    settings = load(args.config, CAMPAIGN_KEYS)
     owner = args.owner or settings.owner
     if not owner:
         raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
-    kernels = list(kernel_set.templates_in(args.kernels))
+    kernels = list(templates_in(args.kernels))
     chosen = render_accelerators(settings, args.accelerator, kernels)
-    planned = kernel_set.plan_kernels(args.kernels, owner, settings, chosen)
-    for out in kernel_set.write_kernels(args.out, planned, args.force):
+    planned = plan_kernels(args.kernels, owner, settings, chosen)
+    for out in write_kernels(args.out, planned, args.force):
         print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
     return 0
 
-
-# ---- kaggle_campaign
-# `python -m imet kaggle campaign PLAN --out DIR`: every member of a plan trained on Kaggle as
-# parallel kernels across sessions, then one validation and one inference over all of them.
 
 def configure_kaggle_campaign(sub) -> None:
     campaign = sub.add_parser(
@@ -357,15 +345,14 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
 def telegram():
     """A function sending one plain message to Telegram, and the close of the sender; a
     no-op when Telegram is not configured."""
-    from imet.observe.telegram import ConfigProblem, load_config
+    from imet.observe.messages import Outgoing, pack
+    from imet.observe.telegram import ConfigProblem, TelegramSender, load_config
     try:
         config = load_config(os.environ, use_kaggle_secrets=False)
     except ConfigProblem as problem:
         if os.environ.get("IMET_TELEGRAM_TOKEN"):
             print(f"imet kaggle campaign: Telegram off: {problem}", file=sys.stderr)
         return (lambda text: None), (lambda: None)
-    from imet.observe.messages import Outgoing, pack
-    from imet.observe.telegram import TelegramSender
     sender = TelegramSender(config)
 
     def send(text: str) -> None:
@@ -375,7 +362,6 @@ def telegram():
 
 
 def run_kaggle_campaign(args: argparse.Namespace) -> int:
-    from imet.errors import UserError
     from imet.kaggle.campaign import plan as campaign_plan, remote
     from imet.kaggle.campaign.driver import Campaign
     from imet.kaggle.campaign.state import load_state
@@ -392,8 +378,7 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
     poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
     try:
         if backend is None:
-            from imet.kaggle.campaign.remote import KaggleBackend
-            backend = KaggleBackend(remote.kaggle_api(), poll)
+            backend = remote.KaggleBackend(remote.kaggle_api(), poll)
         return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,
                         notify=send).run()
     except (OSError, ValueError) as err:
@@ -407,7 +392,6 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
 
 def _emulator(args: argparse.Namespace, plan, chosen: dict):
     """The emulator backend, once every source the kernels attach has its --input."""
-    from imet.errors import UserError
     from imet.kaggle.campaign.emulated import EmulatorBackend, missing_inputs
     from imet.kaggle.render import WEIGHTS_DATASET, plan_kernels, slug_of
     inputs = existing_inputs(args.input)

@@ -1,10 +1,13 @@
-"""`python -m imet demo`: the whole Kaggle flow at home, on mini-iMet, in the local emulator.
+"""`imet demo` (the whole Kaggle flow at home), `imet notify-test` (one Telegram message, to
+check the token and chat id) and `imet weights fetch` (pretrained weights, online, into a folder
+ready for `kaggle datasets create`).
 
-Each step is the command a user would type; it is printed, then run. The Kaggle part is one
-campaign (`imet kaggle campaign --emulate`) of two members, folds 0 and 1, trained in parallel:
-each trainer session is short (a 180 s limit, at most 300 steps), so each member hands over and
-resumes in later sessions, exactly as it would across 12-hour Kaggle sessions; then one
-validation over both members' outputs and one inference that averages them."""
+The demo runs on mini-iMet, in the local emulator. Each step is the command a user would type;
+it is printed, then run. The Kaggle part is one campaign (`imet kaggle campaign --emulate`) of
+two members, folds 0 and 1, trained in parallel: each trainer session is short (a 180 s limit,
+at most 300 steps), so each member hands over and resumes in later sessions, exactly as it
+would across 12-hour Kaggle sessions; then one validation over both members' outputs and one
+inference that averages them."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +39,8 @@ MEMBERS = (("f0", 0), ("f1", 1))
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.splitlines()[0]
+    parser.description = ("`python -m imet demo`: the whole Kaggle flow at home, on mini-iMet, "
+                          "in the local emulator.")
     parser.add_argument("--out", type=Path, default=Path("demo"),
                         help="folder for everything the demo writes (default demo/; replaced)")
     parser.add_argument("--session-limit", default="180s", metavar="DURATION",
@@ -115,9 +119,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- notify_test
-# `python -m imet notify-test`: send one Telegram message to check the token and chat id.
-
 def configure_notify_test(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Send one Telegram message with the settings a training run would use "
@@ -171,10 +172,6 @@ async def _send(config, text: str, timeout: float) -> str:
         except Exception:
             pass
 
-
-# ---- weights
-# `imet weights fetch ARCH [ARCH ...] --out DIR --owner NAME`: the official pretrained weights
-# of each arch in one folder ready for `kaggle datasets create -p DIR` (run it online).
 
 URL_BASE_ENV = "IMET_WEIGHTS_URL_BASE"
 

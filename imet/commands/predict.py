@@ -1,4 +1,8 @@
-"""`python -m imet predict`: offline inference of one or more runs -> submission.csv."""
+"""The commands of trained runs: `imet predict` (offline inference of one or more runs ->
+submission.csv), `imet validate` (out-of-fold predictions, thresholds and an honest score),
+`imet pseudo-label` (the test images an ensemble is confident about, as an extra training set
+for `imet train --extra DIR`) and `imet score` (the F2 of a submission-format file against the
+truth). predict, validate and pseudo-label share their inference flags."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imet.config import DEFAULT_TIME_BUDGET
+from imet.config import DEFAULT_TIME_BUDGET, check_amp_dtype, parse_duration
+from imet.errors import UserError
+from imet.metrics.f2 import f2_per_sample
 from imet.metrics.thresholds import MODES
 
 DEFAULT_TTA = "none,hflip"
@@ -36,7 +42,6 @@ def add_test_ensemble_arguments(parser: argparse.ArgumentParser, saved_probs: st
 
 def check_weights(args) -> None:
     """One --weights value per run, or none."""
-    from imet.errors import UserError
     if args.weights is not None and len(args.weights) != len(args.runs):
         raise UserError(f"--weights: {len(args.weights)} weights for {len(args.runs)} runs; "
                         "give one per run")
@@ -73,12 +78,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inference_options(args):
-    from imet.config import check_amp_dtype, parse_duration
     from imet.predict.infer import parse_tta
     from imet.predict.pipeline import InferenceOptions
 
     if args.batch_size is not None and args.batch_size < 1:
-        from imet.errors import UserError
         raise UserError(f"--batch-size: {args.batch_size} is not a positive number of images")
     limit = getattr(args, "time_limit", None)
     if args.amp_dtype is not None:
@@ -91,7 +94,7 @@ def inference_options(args):
 
 
 def append_registry(folder: Path, record: dict, sources=()) -> None:
-    """One line in the run registry of `folder` (the experiment log of issue 10), after merging
+    """One line in the run registry of `folder` (the experiment log), after merging
     the registries of the runs used (on Kaggle: attached inputs carrying their history)."""
     from imet.observe.registry import append_record
     roots = [Path(s) if Path(s).is_dir() else Path(s).parent for s in sources]
@@ -127,7 +130,6 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args) -> int:
-    from imet.errors import UserError
     from imet.predict.pipeline import predict_test
 
     if args.threshold is not None and args.thresholds is not None:
@@ -147,9 +149,6 @@ def run_predict(args) -> int:
           f"{summary['labels_per_image']:.2f} labels per image)")
     return 0
 
-
-# ---- validate
-# `python -m imet validate`: out-of-fold predictions, thresholds, and an honest score.
 
 def configure_validate(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -208,10 +207,6 @@ def run_validate(args) -> int:
     return 0
 
 
-# ---- pseudo_label
-# `python -m imet pseudo-label`: the test images an ensemble is confident about, predicted
-# with TTA, written as an extra training set (`imet train --extra DIR`).
-
 def configure_pseudo_label(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Predict the test images of a competition folder with one or more runs (ensemble and "
@@ -247,9 +242,6 @@ def run_pseudo_label(args) -> int:
     return 0
 
 
-# ---- score
-# `python -m imet score`: the F2 of a submission-format file against the truth.
-
 @dataclass(frozen=True)
 class Score:
     f2: float
@@ -263,14 +255,8 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
     DataError when the ids differ (missing, extra, duplicated) or a row is malformed. With
     `labels_csv`, attribute ids outside labels.csv are refused too; without it the classes are
     every attribute id seen in either file (an unknown id then simply counts as a wrong label)."""
-    from imet.metrics.f2 import f2_per_sample
-    from imet.metrics.submission_io import (
-        align_to_ids,
-        check_known,
-        read_submission,
-        refuse_duplicate_ids,
-        rows_to_matrix,
-    )
+    from imet.metrics.submission_io import (align_to_ids, check_known, read_submission,
+                                            refuse_duplicate_ids, rows_to_matrix)
     truth_ids, truth_rows = read_submission(truth_csv)
     refuse_duplicate_ids(truth_csv, truth_ids)
     pred_ids, pred_rows = read_submission(pred_csv)

@@ -1,6 +1,7 @@
 """`python -m imet runs`: the experiment log of every train, validate and predict run found in
 the given folders (downloaded kernel outputs, /kaggle/input), best first, and on request a
-comparison PNG. `runs set-lb` is its own module (imet/commands/runs.py)."""
+comparison PNG; `imet runs set-lb` records a run's leaderboard score in every registry under
+the folders that holds it."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from imet.errors import UserError
+from imet.fileio import atomic_write_bytes, utc_timestamp
 
 
 def configure_runs(parser: argparse.ArgumentParser) -> None:
@@ -30,16 +32,8 @@ def configure_runs(parser: argparse.ArgumentParser) -> None:
 
 
 def run_runs(args: argparse.Namespace) -> int:
-    from imet.fileio import atomic_write_bytes
-    from imet.observe.registry import (
-        FORMATS,
-        find_registries,
-        merge_records,
-        read_registry,
-        render_comparison_png,
-        sort_rows,
-        summarize,
-    )
+    from imet.observe.registry import (FORMATS, find_registries, merge_records, read_registry,
+                                       render_comparison_png, sort_rows, summarize)
 
     roots = [Path(d) for d in (args.dirs or ["."])]
     missing = [str(r) for r in roots if not r.exists()]
@@ -65,10 +59,6 @@ def run_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- runs_set_lb
-# `python -m imet runs set-lb RUN SCORE [DIR …]`: record a leaderboard score for a run in
-# every registry under the folders that holds it.
-
 def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
     parser.prog = "imet runs set-lb"
     parser.description = (
@@ -83,7 +73,6 @@ def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
 
 
 def run_runs_set_lb(args: argparse.Namespace) -> int:
-    from imet.fileio import utc_timestamp
     from imet.observe.registry import set_lb
 
     run_id, score_text, dirs = args.run, args.score, args.dirs or ["."]

@@ -1,5 +1,6 @@
 """`imet train`: train (or resume) one fold; exit 75 when the session hands over to the next,
-74 when the disk has no room for a save."""
+74 when the disk has no room for a save. `imet lr-find`: the LR finder with the same flags,
+which reads and writes no run folder (--out is ignored)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import time
 
 from imet.config import TrainConfig, add_train_options, flag_of, given_settings
 from imet.errors import (DISK_FULL_EXIT_CODE as DISK_FULL, HANDED_OVER_EXIT_CODE as HANDED_OVER,
-                         HANDOVER_FILE as HANDOVER)
+                         HANDOVER_FILE as HANDOVER, UserError)
 from imet.train.events import StopRequest
 
 
@@ -43,7 +44,6 @@ def config_from_args(args: argparse.Namespace,
                      required: tuple[str, ...] = ("data", "out")) -> TrainConfig:
     values = given_settings(args)
     source = args.config or "command line"
-    from imet.errors import UserError
     from imet.models.weights import has_pretrained_weights
     if values.get("init") and "arch" not in values:  # --init tunes the model's own arch
         from imet.train.state import init_arch
@@ -97,7 +97,6 @@ def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) ->
     config = config_from_args(args)
     # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
     # fail at the first CUDA operation: refused before anything is built.
-    from imet.errors import UserError
     from imet.kaggle.session import KERNEL_ENV, device_problem
     problem = device_problem(config.device)
     if problem:
@@ -116,10 +115,6 @@ def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) ->
               file=sys.stderr)
     return result.exit_code
 
-
-# ---- lr_find
-# `imet lr-find`: the LR finder with the flags of `imet train`; prints the suggested --lr and
-# writes the loss-against-LR plot to --plot. No run folder is read or written (--out is ignored).
 
 def configure_lr_find(parser: argparse.ArgumentParser) -> None:
     configure_train(parser)

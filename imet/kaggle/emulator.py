@@ -7,9 +7,10 @@ limit as Kaggle kills it. working/ is kept as that version's output, which the n
 a chain gets attached under the kernel's own slug, as `kernel_sources` does on Kaggle.
 
 The script runs in a fresh virtual environment per session that sees only the packages of
-Kaggle's image (imet/kaggle/emulator.py), taken from the `python` interpreter, and none of
-imet or the wheels the attached datasets bundle: the kernel's bootstrap installs those from the
-dataset, as on Kaggle, so a rehearsal runs the artefact that is uploaded, not the working tree.
+Kaggle's image (the platform view at the end of this module), taken from the `python`
+interpreter, and none of imet or the wheels the attached datasets bundle: the kernel's bootstrap
+installs those from the dataset, as on Kaggle, so a rehearsal runs the artefact that is
+uploaded, not the working tree.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import getpass
 import hashlib
 import json
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -29,15 +31,9 @@ from pathlib import Path
 
 from imet.errors import HANDOVER_FILE as HANDOVER, UserError
 from imet.fileio import atomic_symlink, move_folder_into_place, read_json_object
-from imet.kaggle import platform_env, render as accelerators
-from imet.kaggle.platform_env import canonical
-from imet.kaggle.render import (
-    OWNER,
-    read_metadata,
-    requested_accelerator,
-    with_accelerator,
-    with_kernel_id,
-)
+from imet.kaggle import platform_env
+from imet.kaggle.render import (OWNER, canonical, read_metadata, requested_accelerator,
+                                with_accelerator, with_kernel_id)
 from imet.kaggle.session import ROOT_ENV
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
@@ -68,11 +64,9 @@ class SessionResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-def _isolation_prefix(mounts: list[tuple[Path, Path]], internet: bool) -> list[str] | None:
+def _isolation_prefix(mounts: list[tuple[Path, Path]], internet: bool) -> list[str]:
     """`unshare` mounts the inputs read-only and, with internet off, cuts every network.
     It needs root; without it the inputs are symlinks and offline cannot be enforced."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return None
     binds = " && ".join(f"mount --bind -o ro {shlex.quote(str(src))} {shlex.quote(str(dst))}"
                         for src, dst in mounts)
     flags = ["-m"] + ([] if internet else ["-n"])
@@ -110,7 +104,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     packages only. `echo`: copy the session's lines to this process's stdout as well as to its
     log (a campaign's parallel sessions keep to their logs)."""
     meta = read_metadata(kernel_dir)
-    asked = accelerators.canonical(accelerator) if accelerator else requested_accelerator(meta)
+    asked = canonical(accelerator) if accelerator else requested_accelerator(meta)
     code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
     meta, code = with_accelerator(meta, code, asked)
     code = with_kernel_id(meta, code, getpass.getuser())
@@ -126,9 +120,8 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     script = root / "src" / meta["code_file"]
     script.parent.mkdir()
     script.write_text(code, encoding="utf-8")
-    prefix = _isolation_prefix(mounts, meta["enable_internet"]) or []
-    kernel_python = fresh_env(python, bundled_by(inputs.values()),
-                                           session_dir / "env")
+    prefix = _isolation_prefix(mounts, meta["enable_internet"]) if want_isolation else []
+    kernel_python = fresh_env(python, bundled_by(inputs.values()), session_dir / "env")
     inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     run_env = {**inherited, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
                "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit),
@@ -174,7 +167,6 @@ def _point_output_at(out: Path, working: Path) -> None:
 
 def _lines_until(proc: subprocess.Popen, deadline: float):
     """Lines of the child's output until it ends or the deadline passes."""
-    import selectors
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     pending = b""
@@ -212,7 +204,7 @@ def bundled_by(inputs) -> set[str]:
     for folder in inputs:
         manifest = read_json_object(Path(folder) / MANIFEST) or {}
         if manifest.get("format") == "imet-dataset":
-            names |= {canonical(p["name"]) for p in manifest.get("packages", [])
+            names |= {platform_env.canonical(p["name"]) for p in manifest.get("packages", [])
                       if not p.get("fallback")}
     return names
 
@@ -233,8 +225,8 @@ def _purelib(python: Path) -> Path:
 def template(python: str, exclude: set[str], cache: Path) -> tuple[Path, dict]:
     """(the cached template folder, its description) for `python`'s platform minus `exclude`,
     built when no template of the same interpreter and platform versions exists."""
-    proc = subprocess.run([python, "-I", platform_env.__file__, *sorted(exclude)], capture_output=True,
-                          text=True)
+    proc = subprocess.run([python, "-I", platform_env.__file__, *sorted(exclude)],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{python}: cannot list its platform packages: {last}")

@@ -6,8 +6,8 @@ instead sees a folder of symlinks to exactly the platform distributions (PLATFOR
 need) that a given interpreter already has, through a .pth file, as Kaggle's image has them
 preinstalled. Left out of that folder: imet and every package an attached dataset bundles (but
 not its FALLBACK wheels, which stand in only for what the image lacks), so their imports succeed
-only after the bootstrap installed them. No `--system-site-packages`: it
-would also show the interpreter's editable imet.
+only after the bootstrap installed them. No `--system-site-packages`: it would also show the
+interpreter's editable imet.
 
 The template (a venv and its view) is built once per interpreter and set of platform versions
 and kept in a cache folder; each session gets a copy of the small venv (milliseconds), so what

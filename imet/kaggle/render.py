@@ -1,5 +1,12 @@
-"""The run's settings that `imet kaggle render --config FILE` writes into the kernels: a TOML
-file the user keeps, so that rendering again never puts the defaults back.
+"""`imet kaggle render`: push-ready kernel folders from the templates in kernels/, without
+importing torch (campaigns and chains render too).
+
+Top to bottom: Kaggle's accelerator names, the settings file, the manifest that keeps a later
+render from overwriting a hand edit, kernel-metadata.json and the script's settings lines, and
+the kernel set of a run (one trainer kernel per member, the validation and the inference).
+
+The run's settings that `render --config FILE` writes into the kernels are a TOML file the user
+keeps, so that rendering again never puts the defaults back:
 
     owner = "you"                          # optional: render's --owner
     accelerator = "NvidiaTeslaT4"          # or a table: {trainer = "NvidiaL4", inference = "none"}
@@ -214,9 +221,8 @@ def load(path: Path | None, allowed_extra: tuple[str, ...] = ()) -> Settings:
     return parse(read_toml(path), str(path), allowed_extra)
 
 
-# ---- rendered
-# What `imet kaggle render` wrote into a kernel folder, so a later render never overwrites a
-# hand edit: a manifest beside the files holding the sha256 of each file as written.
+# What render wrote into a kernel folder, so a later render never overwrites a hand edit: a
+# manifest beside the files holding the sha256 of each file as written.
 
 MANIFEST = ".imet-rendered.json"
 
@@ -258,9 +264,6 @@ def write_rendered(out_dir: Path, files: dict[str, str]) -> Path:
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
-
-# ---- metadata
-# kernel-metadata.json: reading, checking and rendering with an owner's name.
 
 REQUIRED = ("id", "title", "code_file", "language", "kernel_type", "enable_internet",
             "enable_gpu", "dataset_sources", "competition_sources", "kernel_sources")
@@ -370,7 +373,6 @@ def render(kernel_dir: Path, owner: str, out_dir: Path, accelerator: str | None 
     return write_rendered(out_dir, files)
 
 
-# ---- kernel_set
 # The set of push-ready kernels of a run: one trainer kernel per member (fold or model), each
 # with its own slug and so its own output, and the validation and inference kernels with every
 # trainer output attached.
@@ -386,7 +388,7 @@ ARGS_SETTING = {TRAINER: ("DEFAULT_TRAIN_ARGS", "train_args"),
                 VALIDATION: ("DEFAULT_VALIDATE_ARGS", "validate_args"),
                 INFERENCE: ("DEFAULT_PREDICT_ARGS", "predict_args")}
 # The datasets' slugs where the settings name none: what packaging/build_dataset.py and
-# `imet weights fetch` (models/fetch.py, which imports torch) call them.
+# `imet weights fetch` call them.
 SRC_DATASET, WEIGHTS_DATASET = "imet-src", "imet-weights"
 # The inference kernel's settings line of its pseudo-label step (None: off).
 PSEUDO_LABEL_SETTING = "PSEUDO_LABEL_ARGS"

@@ -1,4 +1,8 @@
-"""Where things are on Kaggle: the one module that knows Kaggle's directory layout.
+"""Inside a Kaggle session: what each kernel script does, and what it checks first.
+
+Top to bottom: where things are (the one place that knows Kaggle's directory layout), `imet
+doctor` (can this session do its job?), the GPU probe, the shell steps, the sessions of the
+trainer, validation and inference kernels, and the trainer's image cache choice.
 
 Inputs appear at /kaggle/input/<slug>/ or under /kaggle/input/{competitions,datasets,
 notebooks,models}/…/<slug>/, so everything here searches by what a folder holds, never by one
@@ -23,15 +27,12 @@ import pexpect
 import torch
 import torch.nn.functional as F
 
-from imet.config import TrainConfig, given_settings, train_parser, without_settings
-from imet.data.images import CACHE_ENV
+from imet.config import (TrainConfig, given_settings, parse_duration, train_parser,
+                         without_settings)
+from imet.data.images import CACHE_ENV, find_cache, read_manifest
 from imet.device import fast_bf16
-from imet.errors import (
-    HANDED_OVER_EXIT_CODE as HANDED_OVER,
-    HANDOVER_FILE as HANDOVER,
-    DataError,
-    UserError,
-)
+from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,
+                         DataError, UserError)
 from imet.fileio import atomic_write_text
 from imet.kaggle.render import EXTRA_AUTO, TPUS, asks_extra_auto, runs_on, wants_gpu
 from imet.models.modelfile import MODEL_FILE
@@ -44,8 +45,7 @@ ROOT_ENV = "IMET_KAGGLE_ROOT"
 KERNEL_ENV = "IMET_KERNEL"
 DEFAULT_ROOT = "/kaggle"
 # Where the inference kernel writes its pseudo-labels (`imet pseudo-label`) in its working
-# folder, and the value of `imet train --extra` in a trainer kernel's arguments that asks for
-# the attached extra training set, found by what its folder holds (`find_extra_sets`).
+# folder; a trainer kernel finds them by what the folder holds (find_extra_sets).
 PSEUDO_DIR = "pseudo"
 
 
@@ -67,19 +67,25 @@ def temp_dir(env: Mapping[str, str] | None = None) -> Path:
     return kaggle_root(env) / "temp"
 
 
-def find_folders_with(root: Path, *names: str) -> list[Path]:
-    """Folders under root (root included) that hold every one of `names` as files, shallowest
-    first (then in name order), so the attached input itself wins over copies inside it."""
+def _find(root: Path, holds: Callable[[list[str], list[str]], bool]) -> list[Path]:
+    """Folders under root (root included) whose (files, subfolders) `holds` accepts,
+    shallowest first (then in name order), so the attached input itself wins over copies
+    inside it."""
     if not root.is_dir():
         return []
     found = []
     for folder, subfolders, files in walk_folders([root]):
-        if all(name in files for name in names):
+        if holds(files, subfolders):
             found.append(folder)
         # A folder of images is a leaf: its thousands of files are never folders to search.
         if len(files) > 1000:
             subfolders[:] = []
     return sorted(found, key=lambda folder: (len(folder.parts), folder))
+
+
+def find_folders_with(root: Path, *names: str) -> list[Path]:
+    """Folders under root that hold every one of `names` as files, shallowest first."""
+    return _find(root, lambda files, _: all(name in files for name in names))
 
 
 def find_competition_data(root: Path | None = None) -> Path:
@@ -122,27 +128,16 @@ def find_extra_sets(root: Path | None = None) -> list[Path]:
     labels.csv, train/ and train.csv or soft_targets.npz, as `imet pseudo-label` writes them,
     and without the competition's sample_submission.csv (the competition data has the rest)."""
     from imet.data.labels import SOFT_TARGETS
-    root = input_root() if root is None else root
-    if not root.is_dir():
-        return []
-    found = []
-    for folder, subfolders, files in walk_folders([root]):
-        if "labels.csv" in files and "train" in subfolders and \
-                "sample_submission.csv" not in files and \
-                ("train.csv" in files or SOFT_TARGETS in files):
-            found.append(folder)
-        if len(files) > 1000:  # a folder of images, as in find_folders_with
-            subfolders[:] = []
-    return sorted(found, key=lambda folder: (len(folder.parts), folder))
+    return _find(input_root() if root is None else root,
+                 lambda files, subfolders: "labels.csv" in files and "train" in subfolders
+                 and "sample_submission.csv" not in files
+                 and ("train.csv" in files or SOFT_TARGETS in files))
 
 
-# ---- doctor
-# `imet doctor`: can this session do the job it was configured for?
-#
-# It reports the interpreter and torch build, every GPU (proved by a real operation, see
-# imet.kaggle.session), free disk in the working folder against the run's checkpoints, the inputs
-# it finds and whether Telegram is configured; and returns one line per problem that would stop
-# the session, so a kernel can stop in its first minute instead of after hours.
+# `imet doctor`: the interpreter and torch build, every GPU (proved by a real operation, see
+# probe), free disk in the working folder against the run's checkpoints, the inputs found and
+# whether Telegram is configured; and one line per problem that would stop the session, so a
+# kernel stops in its first minute instead of after hours.
 
 DEFAULT_CLASSES = 1103  # iMet 2019's label count, when no labels.csv is at hand
 # Room kept beyond the checkpoints: model.pt, metrics, plots, the registry and the OS.
@@ -187,8 +182,6 @@ def doctor_flags(kernel_args: list[str], default_arch: str | None = None) -> lis
 def checkpoint_bytes(arch: str, num_classes: int) -> tuple[int, int]:
     """(parameter count, bytes of one training-state file) of `arch`, built without weights
     on the meta device: fp32 weights and buffers plus AdamW's two moments per parameter."""
-    import torch
-
     from imet.models.net import build_model
     with torch.device("meta"):
         model = build_model(arch, num_classes, pretrained=False)
@@ -218,8 +211,6 @@ def _gib(n: float) -> str:
 
 
 def _check_gpus(s: Settings, report: Report) -> None:
-    import torch
-
     for name, value in build_info().items():
         report.add(name, value)
     available, driver = cuda_available()
@@ -349,7 +340,6 @@ def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
     return True
 
 
-# ---- gpu
 # Can this torch use this session's GPUs? Asked of the devices themselves, before any hour is
 # spent: `is_available()` alone says yes on a GPU the build has no kernels for (the first real
 # operation fails), and says no, with a warning, when the driver is older than the build needs.
@@ -468,7 +458,8 @@ def cuda_available() -> tuple[bool, str | None]:
         available = torch.cuda.is_available()
     if available or not (nvidia_device_nodes() and torch.version.cuda):
         return available, None
-    said = " ".join(str(w.message).split()) if caught else "torch.cuda.is_available() is False"
+    said = (" ".join(" ".join(str(w.message) for w in caught).split()) if caught
+            else "torch.cuda.is_available() is False")
     return False, (f"this session has an NVIDIA GPU that torch {torch.__version__} (built for "
                    f"CUDA {torch.version.cuda}) cannot use: {said[:300]}; use the image's "
                    "torch (build the dataset without --include-torch) or a torch built for "
@@ -507,12 +498,10 @@ def device_problem(name: str) -> str | None:
     return inspect(index).problem()
 
 
-# ---- shell
-# A kernel's shell steps, run through delegator.py with their output streamed live.
-#
-# delegator's blocking mode returns output only when a command ends, which would leave a
-# 12-hour training silent in the kernel log (and lose it all if the session is killed), so
-# steps run in its pexpect mode with every byte echoed as it arrives.
+# A kernel's shell steps run through delegator.py. Its blocking mode returns output only when a
+# command ends, which would leave a 12-hour training silent in the kernel log (and lose it all
+# if the session is killed), so steps run in its pexpect mode with every byte echoed as it
+# arrives.
 
 def run_step(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> int:
     """Run argv, echo its output (stderr merged) live, return its exit status."""
@@ -535,17 +524,14 @@ class _Echo:
         sys.stdout.flush()
 
 
-# ---- sessions
-# What each kernel does in one Kaggle session, so that the kernel scripts stay short.
-#
-# Each function finds its inputs under the Kaggle input root (any mount layout), runs the
-# imet commands as shell steps, and leaves its outputs in the working folder. A missing input is
-# one line naming it and exit code 2.
+# What each kernel does in one Kaggle session, so that the kernel scripts stay short: each
+# function finds its inputs under the input root, runs the imet commands as shell steps and
+# leaves its outputs in the working folder. A missing input is one line naming it and exit code 2.
 
 # Never carried from a previous session's output: the engine copies the checkpoint it resumes
 # from, and the best model beside it, itself (imet/train/checkpoint.py); the handover note
 # belongs to the session that wrote it. Image caches (any folder that is one, at any depth) are
-# never carried either: gigabytes each session would copy (imet/kaggle/session.py).
+# never carried either: gigabytes each session would copy (see is_cache).
 NOT_CARRIED = ("checkpoints", MODEL_FILE, HANDOVER)
 
 
@@ -554,11 +540,9 @@ def _imet(*args: object) -> list[str]:
 
 
 def gpu_count() -> int:
-    # Importing torch costs seconds of the session: skipped where no NVIDIA device node exists
-    # (CPU sessions, the emulator).
+    # torch is not asked where no NVIDIA device node exists (CPU sessions, the emulator).
     if not nvidia_device_nodes():
         return 0
-    import torch
     return torch.cuda.device_count()
 
 
@@ -572,7 +556,6 @@ def train_launcher(gpus: int) -> list[str]:
 
 
 def _seconds_left(started: float, session_limit: str) -> float:
-    from imet.config import parse_duration
     return parse_duration(session_limit, "session limit") - (time.time() - started)
 
 
@@ -638,11 +621,11 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
         if code:
             return code
-    cache = prepare(data, train_args, _seconds_left(started, session_limit), work,
-                                temp_dir(), input_root(), _imet(), resumed=bool(previous))
+    cache = prepare(data, train_args, _seconds_left(started, session_limit), work, temp_dir(),
+                    input_root(), _imet(), resumed=bool(previous))
     if cache is not None:  # this process is the kernel's: the training it starts inherits it
         os.environ[CACHE_ENV] = str(cache)
-    launcher = train_launcher(gpu_count())  # before the budget: it may import torch (seconds)
+    launcher = train_launcher(gpu_count())  # before the budget: it may ask the driver
     left = _seconds_left(started, session_limit)
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
                                            "--out", work, "--time-budget", f"{left:.0f}",
@@ -720,14 +703,12 @@ def main(kernel: str, session: Callable[..., int], *args) -> int:
         return err.exit_code
 
 
-# ---- image_cache
-# The decode-once image cache (`imet cache`) in a Kaggle training run.
-#
-# A cache attached as input (a dataset or another kernel's output, found under the input root)
-# is used as it is. Otherwise the trainer kernel builds one in Kaggle's scratch folder
-# (/kaggle/temp), which no session carries forward: a cache under /kaggle/working would be part of
-# the output, 4.8 GB copied into every next session. So a run that uses a cache pays its build
-# once per session, and it pays back only when the session then runs enough epochs.
+# The decode-once image cache (`imet cache`) in a Kaggle training run. A cache attached as input
+# (a dataset or another kernel's output, found under the input root) is used as it is.
+# Otherwise the trainer kernel builds one in Kaggle's scratch folder (/kaggle/temp), which no
+# session carries forward: a cache under /kaggle/working would be part of the output, 4.8 GB
+# copied into every next session. So a run that uses a cache pays its build once per session,
+# and it pays back only when the session then runs enough epochs.
 #
 # The figures (benchmarks/README.md, `python benchmarks/bench_cache_payback.py`, per 1,000 images
 # on one core): the build costs BUILD_S seconds; the loader needs PNG_EPOCH_S per epoch from the
@@ -749,7 +730,6 @@ FOLDER = "imet-cache"
 
 def is_cache(folder: Path) -> bool:
     """A cache folder (its manifest): what the sessions never carry forward."""
-    from imet.data.images import read_manifest
     try:
         return folder.is_dir() and read_manifest(folder) is not None
     except DataError:  # a damaged manifest is still a cache, and still not carried
@@ -786,7 +766,6 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
     in `temp` when the run chose to: then its folder, for the training's $IMET_CACHE_DIR; else
     None. `resumed`: an earlier session of the run exists; without its choice it read the PNGs
     (an imet from before this choice), and so does the rest."""
-    from imet.data.images import find_cache
     size, epochs, workers = run_settings(train_args)
     attached = find_cache(size, [input_root])
     if attached is not None:

@@ -1,5 +1,14 @@
-"""The campaign's status table: member, sessions, state, best F2, GPU-hours, last message, and
-the GPU-hours used against the plan's budget; kept in DIR as status.csv and status.md."""
+"""The campaign driver: every member's trainer kernel, up to `parallel` sessions at once, pushed
+again on every handover; then one validation kernel over every trainer output and one inference
+kernel, whose submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json first
+(state.py), so a killed campaign, run again, pushes nothing twice. Where the kernels run is the
+backend's business (remote.KaggleBackend: real Kaggle through the kaggle client;
+emulated.EmulatorBackend: local emulator sessions); the driver is the same for both. A chain
+(`imet kaggle chain`, `imet kaggle run --chain`) is the same loop over one member (Chain).
+
+The status table (member, sessions, state, best F2, GPU-hours, last message, and the GPU-hours
+used against the plan's budget) is kept in DIR as status.csv and status.md.
+"""
 from __future__ import annotations
 
 import csv
@@ -14,38 +23,13 @@ from typing import Callable
 from imet.errors import HANDED_OVER_EXIT_CODE, HANDOVER_FILE as HANDOVER
 from imet.fileio import atomic_copy, atomic_write_text
 from imet.kaggle.campaign import remote
-from imet.kaggle.campaign.state import (
-    BUDGET,
-    DROPPED,
-    ENDED,
-    FINALS,
-    FINISHED,
-    PUSHING,
-    RUNNING,
-    STOPPED,
-    WAITING,
-    attached_members,
-    completed,
-    gpu_seconds,
-    gpu_used_s,
-    new_job,
-    save_state,
-    trainers,
-)
-from imet.kaggle.render import (
-    INFERENCE,
-    VALIDATION,
-    plan_kernels,
-    read_metadata,
-    slug_of,
-    write_kernels,
-)
+from imet.kaggle.campaign.state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED, PUSHING,
+                                        RUNNING, STOPPED, WAITING, attached_members, completed,
+                                        gpu_seconds, gpu_used_s, new_job, save_state, trainers)
+from imet.kaggle.render import (INFERENCE, VALIDATION, plan_kernels, read_metadata, slug_of,
+                                write_kernels)
 
 COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
-
-
-def _f2(value) -> str:
-    return "" if value is None else f"{float(value):.4f}"
 
 
 def rows(state: dict) -> list[dict]:
@@ -54,15 +38,12 @@ def rows(state: dict) -> list[dict]:
         job = state["jobs"][name]
         if name in FINALS and not job["sessions"]:
             continue
+        best = job.get("best_f2")
         out.append({"member": name, "sessions": len(job["sessions"]), "state": job["state"],
-                    "best F2": _f2(job.get("best_f2")),
+                    "best F2": "" if best is None else f"{float(best):.4f}",
                     "GPU-hours": f"{gpu_seconds(job) / 3600:.2f}",
                     "last message": job.get("message") or ""})
     return out
-
-
-def budget_line(state: dict, gpu_hours: float) -> str:
-    return f"GPU-hours used: {gpu_used_s(state) / 3600:.2f} of {gpu_hours:g}"
 
 
 def markdown(state: dict, gpu_hours: float) -> str:
@@ -70,7 +51,8 @@ def markdown(state: dict, gpu_hours: float) -> str:
     for row in rows(state):
         cells = [str(row[c]).replace("|", "/") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", budget_line(state, gpu_hours)]) + "\n"
+    budget = f"GPU-hours used: {gpu_used_s(state) / 3600:.2f} of {gpu_hours:g}"
+    return "\n".join(lines + ["", budget]) + "\n"
 
 
 def write_tables(out: Path, state: dict, gpu_hours: float) -> str:
@@ -84,15 +66,6 @@ def write_tables(out: Path, state: dict, gpu_hours: float) -> str:
     atomic_write_text(Path(out) / "status.md", text)
     return text
 
-
-# ---- campaign
-# The campaign driver: every member's trainer kernel, up to `parallel` sessions at once, pushed
-# again on every handover; then one validation kernel over every trainer output and one inference
-# kernel, whose submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json
-# first (campaign_state), so a killed campaign, run again, pushes nothing twice. Where the kernels
-# run is the backend's business (remote.KaggleBackend: real Kaggle through the kaggle client;
-# emulated.EmulatorBackend: local emulator sessions); the driver is the same for both. A chain
-# (`imet kaggle chain`, `imet kaggle run --chain`) is the same loop over one member (Chain).
 
 # What comes back of each kind of kernel: the trainers' small files (checkpoints stay on
 # Kaggle), the validation's thresholds and report, the inference's submission.

@@ -1,4 +1,4 @@
-"""A campaign's plan: the render settings (imet/kaggle/render.py: members, flags, datasets,
+"""A campaign's plan: the render settings (render.py: members, flags, datasets,
 accelerator) and the campaign's own keys, checked whole before anything is pushed.
 
     owner = "you"
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from imet.errors import UserError
-from imet.kaggle import render as kernel_settings
-from imet.kaggle.render import Member, Settings, member_train_args, members_of, templates_in
+from imet.kaggle import render
+from imet.kaggle.render import (Member, Settings, member_train_args, members_of, read_metadata,
+                                read_setting, templates_in)
 
 KEYS = ("parallel", "max_sessions", "retries", "gpu_hours", "session_hours", "folds")
 # The settings each kernel gives its command itself (the parser's names for them): a plan that
@@ -86,7 +87,7 @@ def load(path: Path, kernels: Path,
     (its own parser, from the command layer): the members' train flags, and the validate and
     predict flags the plan sets."""
     where = str(path)
-    settings = kernel_settings.load(Path(path), KEYS)
+    settings = render.load(Path(path), KEYS)
     if not settings.owner:
         raise UserError(f"{where}: no owner; add owner = \"YOUR_KAGGLE_NAME\"")
     trainer = templates_in(kernels)["trainer"]
@@ -97,7 +98,6 @@ def load(path: Path, kernels: Path,
         folds = _folds_in(folds_file, where)
         source = str(folds_file)
     else:
-        from imet.kaggle.render import read_metadata, read_setting
         script = trainer / read_metadata(trainer)["code_file"]
         n_folds = settings.n_folds or read_setting(script.read_text(encoding="utf-8"),
                                                    "N_FOLDS", script)

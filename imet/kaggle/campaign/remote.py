@@ -39,57 +39,8 @@ def _status_name(response) -> str:
     return getattr(status, "name", str(status)).upper()
 
 
-def poll_session(api, ref: str, watch: dict, settle_polls: int = 3) -> tuple[str, str] | None:
-    """One status poll of the version pushed last: (status, failure message) once it ended,
-    else None. Right after a push the API may still report the previous version's end, so an
-    end only counts once the new version was seen queued or running, or after `settle_polls`
-    polls. `watch` (plain data, so a campaign can keep it in its state file) carries what the
-    polls saw across calls."""
-    response = api.kernels_status(ref)
-    name = _status_name(response)
-    watch["polls"] = int(watch.get("polls", 0)) + 1
-    watch["last"] = name
-    if name in TERMINAL and (watch.get("seen_running") or watch["polls"] >= settle_polls):
-        return name, getattr(response, "failure_message", "") or ""
-    watch["seen_running"] = bool(watch.get("seen_running")) or name not in TERMINAL
-    return None
-
-
 class PushRefused(UserError):
     """Kaggle answered a push with an error (a source it will not attach, a quota...)."""
-
-
-def push(api, kernel_dir: Path):
-    """Push a kernel folder; the client's answer (version_number, url)."""
-    pushed = api.kernels_push(str(kernel_dir))
-    if getattr(pushed, "error", None):
-        raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
-    return pushed
-
-
-def fetch_outputs(api, ref: str, dest: Path, pattern: str | None = SMALL_OUTPUTS) -> Path:
-    """The files of the version's output whose names match `pattern` (None: all), into
-    `dest`."""
-    api.kernels_output(ref, str(dest), file_pattern=pattern, force=True, quiet=True)
-    return Path(dest)
-
-
-def current_version(api, ref: str) -> int:
-    """The number of the kernel's latest version on Kaggle; 0 for a kernel never pushed. How a
-    restarted campaign tells whether a push it did not see answered went through."""
-    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
-    from requests import HTTPError
-    owner, slug = ref.split("/", 1)
-    request = ApiGetKernelRequest()
-    request.user_name, request.kernel_slug = owner, slug
-    try:
-        with api.build_kaggle_client() as client:
-            response = client.kernels.kernels_api_client.get_kernel(request)
-    except HTTPError as err:
-        if err.response is not None and err.response.status_code == 404:
-            return 0
-        raise
-    return int(response.metadata.current_version_number or 0)
 
 
 def dataset_version(api, ref: str) -> int:
@@ -131,7 +82,6 @@ def client_errors(err: BaseException) -> UserError:
     return UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0])
 
 
-# ---- campaign_handover
 # The campaign's fallback when Kaggle refuses a trainer kernel's own output as its source: the
 # member's checkpoint is handed over through a private dataset of its own,
 # `<owner>/imet-handover-<member>`. Before each later push the campaign fetches the whole output
@@ -141,8 +91,9 @@ def client_errors(err: BaseException) -> UserError:
 # campaign killed mid-way does not version the dataset twice for one session.
 
 class HandoverDatasets:
-    def __init__(self, out: Path, owner: str, api, poll_s: float, save: Callable[[], None]):
-        self.out, self.owner, self.api, self.poll_s, self.save = out, owner, api, poll_s, save
+    def __init__(self, out: Path, owner: str, backend: KaggleBackend, save: Callable[[], None]):
+        self.out, self.owner, self.backend, self.save = out, owner, backend, save
+        self.api = backend.api
 
     def ref(self, member: str) -> str:
         return f"{self.owner}/imet-handover-{member}"
@@ -163,23 +114,22 @@ class HandoverDatasets:
         folder = self.out / "handover" / member
         if folder.exists():
             shutil.rmtree(folder)
-        fetch_outputs(self.api, job["ref"], folder, pattern=None)
+        self.backend.fetch_outputs(job["ref"], folder, pattern=None)
         metadata = {"title": ref.split("/", 1)[1], "id": ref, "licenses": [{"name": "CC0-1.0"}]}
         (folder / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n",
                                                       encoding="utf-8")
         record["before"] = dataset_version(self.api, ref)
         self.save()
         upload_dataset(self.api, folder, record["before"] == 0,
-                              f"{member}: the output of session {session}")
+                       f"{member}: the output of session {session}")
         record.update(for_session=session, before=None)
         self.save()
-        wait_for_dataset(self.api, ref, self.poll_s)
+        wait_for_dataset(self.api, ref, self.backend.poll_s)
 
 
-# ---- campaign_kaggle
-# Where a campaign's kernels run: its backend. The campaign driver (driver.py) asks a backend
-# five things, and this one answers them from real Kaggle through the kaggle client;
-# emulated.py answers them from local emulator sessions.
+# Where a campaign's kernels run: its backend. The driver (driver.py) asks a backend five things,
+# and this one answers them from real Kaggle through the kaggle client; emulated.py answers them
+# from local emulator sessions.
 #
 #     current_version(ref) -> int         the kernel's latest version number, 0 if never pushed
 #     push(folder) -> int | None          push a rendered kernel folder: the new version's number
@@ -188,7 +138,7 @@ class HandoverDatasets:
 #                                         one look at the latest version: its end, or None while
 #                                         it runs; `watch` is plain data kept in the state file
 #     fetch_outputs(ref, dest, pattern)   the latest version's output files matching `pattern`
-#     handover_datasets(out, owner, save) the fallback through private datasets (campaign_handover)
+#     handover_datasets(out, owner, save) the fallback through private datasets (HandoverDatasets)
 #                                         for a backend whose push can refuse a kernel's own
 #                                         output; None for one that never does
 
@@ -197,17 +147,49 @@ class KaggleBackend:
         self.api, self.poll_s = api, poll_s
 
     def current_version(self, ref: str) -> int:
-        return current_version(self.api, ref)
+        """The number of the kernel's latest version on Kaggle; 0 for a kernel never pushed.
+        How a restarted campaign tells whether a push it did not see answered went through."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+        from requests import HTTPError
+        owner, slug = ref.split("/", 1)
+        request = ApiGetKernelRequest()
+        request.user_name, request.kernel_slug = owner, slug
+        try:
+            with self.api.build_kaggle_client() as client:
+                response = client.kernels.kernels_api_client.get_kernel(request)
+        except HTTPError as err:
+            if err.response is not None and err.response.status_code == 404:
+                return 0
+            raise
+        return int(response.metadata.current_version_number or 0)
 
-    def push(self, folder: Path) -> int | None:
-        return push(self.api, folder).version_number
+    def push(self, kernel_dir: Path) -> int | None:
+        """Push a kernel folder; the new version's number, as the client answers it."""
+        pushed = self.api.kernels_push(str(kernel_dir))
+        if getattr(pushed, "error", None):
+            raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
+        return pushed.version_number
 
-    def poll(self, ref: str, watch: dict) -> tuple[str, str] | None:
-        return poll_session(self.api, ref, watch)
+    def poll(self, ref: str, watch: dict, settle_polls: int = 3) -> tuple[str, str] | None:
+        """One status poll of the version pushed last: (status, failure message) once it
+        ended, else None. Right after a push the API may still report the previous version's
+        end, so an end only counts once the new version was seen queued or running, or after
+        `settle_polls` polls. `watch` (plain data, so a campaign can keep it in its state file)
+        carries what the polls saw across calls."""
+        response = self.api.kernels_status(ref)
+        name = _status_name(response)
+        watch["polls"] = int(watch.get("polls", 0)) + 1
+        watch["last"] = name
+        if name in TERMINAL and (watch.get("seen_running") or watch["polls"] >= settle_polls):
+            return name, getattr(response, "failure_message", "") or ""
+        watch["seen_running"] = bool(watch.get("seen_running")) or name not in TERMINAL
+        return None
 
     def fetch_outputs(self, ref: str, dest: Path, pattern: str | None) -> None:
-        fetch_outputs(self.api, ref, dest, pattern)
+        """The files of the version's output whose names match `pattern` (None: all), into
+        `dest`."""
+        self.api.kernels_output(ref, str(dest), file_pattern=pattern, force=True, quiet=True)
 
     def handover_datasets(self, out: Path, owner: str,
                           save: Callable[[], None]) -> HandoverDatasets:
-        return HandoverDatasets(out, owner, self.api, self.poll_s, save)
+        return HandoverDatasets(out, owner, self, save)

@@ -10,7 +10,7 @@ whose versions the jobs count: "kaggle", or "emulator" (--emulate, DIR/emulator)
     push     {"before": N}: the kernel's version count just before a push whose answer was not
              recorded yet; a restart compares it with Kaggle's count to tell whether it went
     sessions one per pushed version: version, pushed_at, status, ended_at, gpu_s
-    watch    what the status polls of the running version saw (remote.poll_session)
+    watch    what the status polls of the running version saw (KaggleBackend.poll)
 """
 from __future__ import annotations
 
