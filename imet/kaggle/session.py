@@ -27,8 +27,7 @@ import pexpect
 import torch
 import torch.nn.functional as F
 
-from imet.config import (TrainConfig, given_settings, parse_duration, train_parser,
-                         without_settings)
+from imet.config import TrainConfig, given_settings, parse_duration, train_parser, without_settings
 from imet.data.images import CACHE_ENV, find_cache, read_manifest
 from imet.device import fast_bf16
 from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,

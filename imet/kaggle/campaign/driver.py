@@ -23,9 +23,9 @@ from typing import Callable
 from imet.errors import HANDED_OVER_EXIT_CODE, HANDOVER_FILE as HANDOVER
 from imet.fileio import atomic_copy, atomic_write_text
 from imet.kaggle.campaign import remote
-from imet.kaggle.campaign.state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED, PUSHING,
-                                        RUNNING, STOPPED, WAITING, attached_members, completed,
-                                        gpu_seconds, gpu_used_s, new_job, save_state, trainers)
+from imet.kaggle.campaign.state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED, PUSHING, RUNNING,
+                                        STOPPED, WAITING, attached_members, completed, gpu_seconds,
+                                        gpu_used_s, new_job, save_state, trainers)
 from imet.kaggle.render import (INFERENCE, VALIDATION, plan_kernels, read_metadata, slug_of,
                                 write_kernels)
 
