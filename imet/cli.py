@@ -1,7 +1,8 @@
-"""`python -m imet <command>`: a registry of commands, each a module in imet/commands.
+"""`python -m imet <command>`: the table of commands, grouped by concern into six modules of
+imet/commands (each command is a configure_<name> / run_<name> pair there).
 
-Modules are imported only when their command runs, so `--help` stays fast and a command does
-not pay for torch when it does not need it."""
+A module is imported only when one of its commands runs, so `--help` stays fast and a command
+does not pay for torch when it does not need it."""
 from __future__ import annotations
 
 import argparse
