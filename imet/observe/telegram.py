@@ -1,18 +1,15 @@
 """Telegram notifications for imet runs (python-telegram-bot 22), as an EventBus subscriber.
 
-`build_notifier()` is the one entry point: it returns a subscriber, or None when notifications
-are off (asked off, not rank 0, or not configured: then one log line says why and training goes
-on). Nothing here imports telegram until a notifier is built. Top to bottom: the settings
-(environment first, then Kaggle Secrets), the Bot, the background sender, the listener for the
-owner's commands, and the subscriber that turns events into messages.
-
-The token is a credential: it lives only in `TelegramConfig.token`, which is left out of the
-repr, and `scrub()` removes it from any text before that text is logged or shown."""
+`build_notifier()` returns a subscriber, or None when notifications are off (asked off, not
+rank 0, or not configured: one log line says why, training goes on); telegram is imported only
+once a notifier is built. The token lives only in `TelegramConfig.token`, kept out of the repr,
+and `scrub()` removes it from any text before that text is logged or shown."""
 from __future__ import annotations
 
 import asyncio
 import atexit
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -84,14 +81,10 @@ def _kaggle_secret_reader() -> Callable[[str], str | None] | None:
     except Exception:
         return None
     try:
-        client = UserSecretsClient()
+        return functools.partial(_call_bounded, UserSecretsClient().get_secret)
     except Exception as err:
         log.debug("Kaggle Secrets unavailable: %s", type(err).__name__)
         return None
-
-    def get(label: str) -> str | None:
-        return _call_bounded(client.get_secret, label)
-    return get
 
 
 def _call_bounded(fn: Callable[[str], str], label: str) -> str | None:
@@ -142,23 +135,14 @@ def load_config(env: Mapping[str, str] | None = None,
         raise ConfigProblem(f"{CHAT_VAR} is not set (environment or Kaggle Secrets); send "
                             "your bot a message, then read the chat id from "
                             "https://api.telegram.org/bot<token>/getUpdates")
-    api_url = normalize_api_url((env.get(API_URL_VAR) or "").strip() or DEFAULT_API_URL)
+    # The Bot API base PTB appends the token to: a self-hosted "http://host:8081" or ".../"
+    # becomes "http://host:8081/bot"; a URL holding a "{token}" placeholder is used as it is.
+    api_url = (env.get(API_URL_VAR) or "").strip() or DEFAULT_API_URL
+    if "{token}" not in api_url:
+        api_url = api_url.rstrip("/").removesuffix("/bot") + "/bot"
     return TelegramConfig(token=token, chat_id=chat_id, api_url=api_url, source=source)
 
 
-def normalize_api_url(url: str) -> str:
-    """The Bot API base that python-telegram-bot appends the token to: a self-hosted server
-    given as "http://host:8081" or ".../" becomes "http://host:8081/bot"; a URL holding a
-    "{token}" placeholder is used as it is."""
-    if "{token}" in url:
-        return url
-    url = url.rstrip("/")
-    return url if url.endswith("/bot") else url + "/bot"
-
-
-# Loggers that print request URLs (httpx, httpcore at INFO/DEBUG) or the Bot API URL
-# (python-telegram-bot at DEBUG): every one of them would print the token.
-_URL_LOGGERS = ("httpx", "httpcore")
 
 
 class _TokenFilter(logging.Filter):
@@ -176,10 +160,10 @@ class _TokenFilter(logging.Filter):
 def silence_url_loggers(token: str | None = None) -> None:
     """Raise the URL-printing loggers to WARNING and scrub the token from what they still say.
 
-    python-telegram-bot's own logger goes to CRITICAL unless the user set a level: every
-    error it logs (with a traceback, e.g. for a proxy's non-JSON answer) reaches us as an
-    exception too, and we report that one line ourselves, scrubbed. Idempotent."""
-    loggers = [logging.getLogger(name) for name in _URL_LOGGERS]
+    httpx/httpcore print request URLs at INFO/DEBUG, PTB the Bot API URL at DEBUG: each would
+    print the token. PTB's own logger goes to CRITICAL unless the user set a level: every error
+    it logs (with a traceback) reaches us as an exception too, reported as one scrubbed line."""
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
     for logger in loggers:
         if logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
@@ -193,13 +177,6 @@ def silence_url_loggers(token: str | None = None) -> None:
                              for f in logger.filters):
             logger.addFilter(_TokenFilter(token))
 
-
-def quiet_retry_after_deprecation() -> None:
-    """PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
-    the user can do nothing about it, so it is kept out of the training log."""
-    from telegram.warnings import PTBDeprecationWarning
-    warnings.filterwarnings("ignore", message=r".*attribute `retry_after`",
-                            category=PTBDeprecationWarning)
 
 
 def explain(err: BaseException, custom_api: bool = False) -> str:
@@ -240,8 +217,7 @@ def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: f
     updates = HTTPXRequest(connection_pool_size=1, connect_timeout=connect_timeout_s,
                            read_timeout=read_timeout_s)
     api_url = config.api_url
-    file_url = (api_url[: -len("bot")] + "file/bot" if api_url.endswith("/bot")
-                else api_url)
+    file_url = api_url[: -len("bot")] + "file/bot" if api_url.endswith("/bot") else api_url
     return Bot(config.token, base_url=api_url, base_file_url=file_url, request=request,
                get_updates_request=updates)
 
@@ -278,24 +254,19 @@ class LoopWaiter:
             pass
 
 
-# The sender: delivery on a background thread that can never slow or break training.
-# python-telegram-bot 22 is asyncio-based and not thread-safe, so one daemon thread owns one
-# event loop and one `telegram.Bot`; the training thread only appends to a deque under a lock
-# (`submit`, microseconds). The worker does all waiting — pacing between messages, Telegram's
-# `RetryAfter`, backoff after a failure, the circuit breaker's cooldown — in one place
-# (`_take`), on a Condition, so `close()` can cut any wait short and the deadline it sets
-# bounds everything, an in-flight request included (it is cancelled).
-#
-# No library does this part: PTB's own rate limiter and retry logic live in telegram.ext's
-# Application, which wants to own the process's event loop and polling.
-#
-# `listen` (an UpdateListener) runs as a task on the same loop: while an item is being sent the
-# loop runs anyway, and while the worker would wait the loop runs a nap that `submit` and
-# `close` cut short, so the long poll always progresses and never delays a message or the
-# close bound.
+# The sender: delivery on a background thread that can never slow or break training. PTB 22 is
+# asyncio-based and not thread-safe, so one daemon thread owns one event loop and one Bot; the
+# training thread only appends to a deque under a lock (`submit`, microseconds). The worker does
+# all waiting (pacing, Telegram's RetryAfter, backoff, the breaker's cooldown) in `_take`, on a
+# Condition, so `close()` can cut any wait short and its deadline bounds everything, an
+# in-flight request included (cancelled). PTB's own rate limiter and retries live in
+# telegram.ext's Application, which wants to own the process's event loop and polling.
+# `listen` (an UpdateListener) runs as a task on the same loop: while the worker would wait the
+# loop runs a nap that `submit` and `close` cut short, so the long poll always progresses and
+# never delays a message or the close bound.
 
 
-@dataclass(slots=True, eq=False)  # the queue removes an item by identity
+@dataclass(slots=True, eq=False)
 class _Pending:
     item: Outgoing
     attempts: int = 0
@@ -343,7 +314,11 @@ class TelegramSender:
                       "failed": 0, "retries": 0}
 
         silence_url_loggers(config.token)
-        quiet_retry_after_deprecation()
+        # PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
+        # the user can do nothing about it, so it is kept out of the training log.
+        from telegram.warnings import PTBDeprecationWarning
+        warnings.filterwarnings("ignore", message=r".*attribute `retry_after`",
+                                category=PTBDeprecationWarning)
         self._thread = threading.Thread(target=self._run, name="imet-telegram", daemon=True)
         self._thread.start()
         # A crash that skips close() still gets its last messages out, within the bound.
@@ -382,11 +357,8 @@ class TelegramSender:
             return True
         if item.priority < lowest:
             return False
-        for index, pending in enumerate(self._queue):
-            if pending.item.priority == lowest:
-                del self._queue[index]
-                self.stats["dropped_full"] += 1
-                return True
+        del self._queue[next(i for i, p in enumerate(self._queue) if p.item.priority == lowest)]
+        self.stats["dropped_full"] += 1
         return True
 
     def close(self, timeout: float | None = None) -> None:
@@ -399,27 +371,22 @@ class TelegramSender:
             if not self._closing:
                 self._closing = True
                 self._deadline = start + max(0.0, budget - 0.2)
-                stale = [p for p in self._queue if p.item.priority <= LOW]
-                for pending in stale:
-                    self._queue.remove(pending)
-                self.stats["dropped_close"] += len(stale)
+                kept = deque(p for p in self._queue if p.item.priority > LOW)
+                self.stats["dropped_close"] += len(self._queue) - len(kept)
+                self._queue = kept
             self._wake.notify_all()
         self._kick_loop()
         self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        loop, task = self._loop, self._inflight
+        if self._thread.is_alive() and loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop closed in between: nothing left to cancel
+                pass
         if self._thread.is_alive():
-            self._cancel_inflight()
             self._thread.join(max(0.0, start + budget - time.monotonic()))
         if self._thread.is_alive():
             log.debug("Telegram sender still busy after %.1f s; left behind", budget)
-
-    def _cancel_inflight(self) -> None:
-        loop, task = self._loop, self._inflight
-        if loop is None or task is None:
-            return
-        try:
-            loop.call_soon_threadsafe(task.cancel)
-        except RuntimeError:  # the loop closed in between: nothing left to cancel
-            pass
 
     # worker thread
     def _run(self) -> None:
@@ -428,7 +395,8 @@ class TelegramSender:
         try:
             if self._listen is not None:
                 self._waiter = LoopWaiter(loop)
-                self._listening = loop.create_task(self._poll())
+                # the listener says hello itself
+                self._listening = loop.create_task(self._listen(self._made_bot(), self.submit))
             while True:
                 pending = self._take()
                 if pending is None:
@@ -472,12 +440,8 @@ class TelegramSender:
             waiter.wait(self._wake, timeout)
 
     def _kick_loop(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            waiter.wake()
-
-    async def _poll(self) -> None:
-        await self._listen(self._made_bot(), self.submit)  # the listener says hello itself
+        if self._waiter is not None:
+            self._waiter.wake()
 
     def _requeue(self, pending: _Pending, delay: float) -> None:
         with self._wake:
@@ -552,10 +516,9 @@ class TelegramSender:
         messages, which wait for the cooldown's end (or get one try at close)."""
         with self._wake:
             self._breaker_until = time.monotonic() + self._breaker_cooldown
-            dropped = [p for p in self._queue if p.item.priority < CRITICAL]
-            for stale in dropped:
-                self._queue.remove(stale)
-            self.stats["dropped_breaker"] += len(dropped)
+            kept = deque(p for p in self._queue if p.item.priority >= CRITICAL)
+            self.stats["dropped_breaker"] += len(self._queue) - len(kept)
+            self._queue = kept
             if pending.item.priority >= CRITICAL:
                 self._queue.appendleft(pending)
             else:
@@ -623,34 +586,26 @@ class TelegramSender:
                     explain(err, self._config.custom_api))
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
-        else:
-            log.debug(message, *args)
-
+        log.log(logging.DEBUG if key in self._warned else logging.WARNING, message, *args)
+        self._warned.add(key)
 
 
 def retry_after_s(err: Any) -> float:
     """RetryAfter's wait: PTB 22 stores a timedelta; its public attribute is an int or a
     timedelta depending on PTB_TIMEDELTA (and warns when int), so read the stored value."""
     value = getattr(err, "_retry_after", None)
-    if value is None:
-        value = err.retry_after
+    value = err.retry_after if value is None else value
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-# The listener: long-polling `getUpdates` for the owner's commands, as a task on the sender's
-# event loop. It answers only the configured chat: any other chat's messages get no reply and
-# their text is never logged (they are counted). Every update is acknowledged by the next
-# call's offset, and at start-up everything sent before this session began is skipped, so an
-# old /stop is never replayed. Replies go through the sender's queue (its pacing, retries and
-# close bound).
-#
-# Failures are survived like the sender's: 429 waits as asked, 5xx, timeouts and refused
-# connections back off and retry; a bot token Telegram rejects, or a first contact that never
-# succeeds (offline at start-up), turns the commands off with one line. The task is cancelled
-# when the sender closes, a long poll in flight included.
+# The listener: long-polling getUpdates as a task on the sender's loop. Only the configured chat
+# is answered; other chats get no reply and their text is never logged (only counted). Each
+# update is acknowledged by the next call's offset, and what was sent before this session began
+# is skipped, so an old /stop is never replayed. Replies go through the sender's queue. 429
+# waits as asked; 5xx, timeouts and refused connections back off and retry; a rejected token,
+# or a first contact that never succeeds (offline), turns the commands off with one line.
+
+
 
 
 class _HideUpdates(logging.Filter):
@@ -764,12 +719,9 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
 
     mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
     (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
-    request_stop: the run's stop request (the engine's StopRequest.request); when given, the
-    notifier also answers the chat's /status, /plot, /stop.
-    options: TelegramSender settings (see `_SENDER_OPTIONS`), UpdateListener settings
-    (`_LISTENER_OPTIONS`; backoff_s is shared with the sender) and TelegramNotifier
-    settings (progress_every_s, plot_every_s, send_plots, send_checkpoints, plot_renderer).
-    """
+    request_stop: the engine's StopRequest.request; when given, the chat's /status, /plot,
+    /stop are answered too. options: TelegramSender (`_SENDER_OPTIONS`), UpdateListener
+    (`_LISTENER_OPTIONS`; backoff_s shared) and TelegramNotifier settings."""
     if mode not in MODES:
         raise UserError(f"--notify {mode!r} is not a notify mode; use one of {', '.join(MODES)}")
     if mode == "off" or int(rank) != 0:
@@ -798,6 +750,8 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
         listen_kw = {k: options.pop(k) for k in _LISTENER_OPTIONS if k in options}
         if "backoff_s" in sender_kw:
             listen_kw["backoff_s"] = sender_kw["backoff_s"]
+
+
         listener = UpdateListener(config, RunCommands(request_stop), **listen_kw)
     sender = TelegramSender(config, listen=listener, **sender_kw)
     log.info("Telegram notifications on (chat %s, settings from %s)", config.chat_id,
@@ -805,28 +759,10 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
     return TelegramNotifier(sender, commands=listener.commands if listener else None, **options)
 
 
-# The subscriber runs in the training thread, so it only formats short strings and enqueues;
-# the one heavy step, rendering the loss/F2 plot, happens here too on purpose (matplotlib is
-# not thread-safe and the worker thread must stay free of it), throttled to `plot_every_s`.
-
-
-def default_plot_renderer() -> Callable[[list[dict]], bytes] | None:
-    """imet.observe.files.render_history_png, or None without matplotlib."""
-    try:
-        import matplotlib  # noqa: F401  (files.py imports it only when it draws)
-    except ImportError:
-        return None
-    from imet.observe.files import render_history_png
-    return render_history_png
-
-
 def _redacted(event: Event) -> Event:
-    """The event with every field but the history through the secret filter: a crash text
-    can quote a request URL or an env dump (bot token, Kaggle key), and a config a pasted
-    secret, while a chat message is a log the user may forward or screenshot. The history only
-    feeds the plot's numbers, and walking its tens of thousands of rows would cost the
-    training thread seconds per evaluation. Most events hold no secret: then the event itself,
-    not a copy (this runs on the training thread)."""
+    """The event with every field but the history through the secret filter (a crash text or a
+    config can quote a token, and a chat may be forwarded); the history only feeds the plot
+    and walking its rows would cost the training thread seconds. No secret: the event itself."""
     values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)
               if f.name not in ("history", "time")}
     scrubbed = redact(values)
@@ -834,16 +770,15 @@ def _redacted(event: Event) -> Event:
 
 
 class TelegramNotifier(RankZeroSubscriber):
-    """EventBus subscriber. `sender` is anything with `submit(Outgoing)` and
-    `close(timeout)` (a TelegramSender in practice); `commands`: the RunCommands the chat's
-    commands are answered from, fed every event here. What a full queue may drop first is
-    said by each message's priority; checkpoints are silent by default: the handover and
-    finish messages say where the state is."""
+    """EventBus subscriber; runs on the training thread, so it only formats and enqueues, except
+    the plot, rendered here on purpose (matplotlib is not thread-safe; the worker stays free of
+    it), throttled to `plot_every_s`. `sender`: anything with `submit(Outgoing)` and
+    `close(timeout)`; `commands`: the RunCommands fed every event here. Checkpoints are silent
+    by default: the handover and finish messages say where the state is."""
 
     def __init__(self, sender: Any, *, progress_every_s: float = 900.0,
                  plot_every_s: float = 3600.0, send_plots: bool = True,
-                 send_checkpoints: bool = False,
-                 plot_renderer: Callable[[list[dict]], bytes] | None = None,
+                 send_checkpoints: bool = False, plot_renderer: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic, commands: Any = None):
         self.sender = sender
         self.progress_every_s = float(progress_every_s)
@@ -916,9 +851,7 @@ class TelegramNotifier(RankZeroSubscriber):
 
     def _send_plot(self, event: Evaluation | Finish, priority: int, forced: bool = False) -> None:
         history = event.history or []
-        if not (self.send_plots or forced) or len(history) < 1:
-            return
-        renderer = self._plot_renderer()
+        renderer = self._plot_renderer() if (self.send_plots or forced) and history else None
         if renderer is None:
             return
         self._last_plot = self._clock()
@@ -935,12 +868,16 @@ class TelegramNotifier(RankZeroSubscriber):
 
     def _plot_renderer(self) -> Callable[[list[dict]], bytes] | None:
         if not self._renderer_resolved:
-            self._renderer = default_plot_renderer()
             self._renderer_resolved = True
-            if self._renderer is None:
-                log.debug("imet.observe.files is not available: Telegram messages go "
-                          "without plots")
+            try:
+                import matplotlib  # noqa: F401  (files.py imports it only when it draws)
+                from imet.observe.files import render_history_png
+                self._renderer = render_history_png
+            except ImportError:
+                log.debug("matplotlib is not available: Telegram messages go without plots")
         return self._renderer
+
+
 
     def close(self, timeout: float | None = None) -> None:
         self.sender.close(timeout)
