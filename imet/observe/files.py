@@ -1,11 +1,9 @@
-"""The files a training run leaves for people: metrics.csv, run.json and plots/*.png, written by
-event subscribers (`report_subscribers`), and the look-ups that find them again: a run's
-earlier files under the input roots, the code version that made them.
+"""The files a training run leaves for people (metrics.csv, run.json, plots/*.png, written by
+the `report_subscribers`), and the look-ups that find a run's earlier files and code version.
 
-Plots use matplotlib's object API with the Agg canvas (no pyplot): no global figure registry, no
-GUI backend, nothing shared between calls, so they are safe inside a training process and on a
-headless Kaggle kernel. matplotlib is imported only where a figure is drawn: `predict` reads
-run.json and the registry through this module and draws nothing (~0.3 CPU-s of imports saved)."""
+Plots use matplotlib's object API on the Agg canvas (no pyplot: no global figure registry, no
+GUI backend), safe inside a training process and on a headless kernel; matplotlib is imported
+only where a figure is drawn (`predict` reads run.json here and saves ~0.3 CPU-s of imports)."""
 from __future__ import annotations
 
 import csv
@@ -69,11 +67,10 @@ def _starts(rows: list[dict[str, Any]], key: str) -> list[float]:
     starts, previous = [], None
     for row in sorted(rows, key=lambda r: _number(r.get("step")) or 0.0):
         value = row.get(key)
-        if value in (None, ""):
-            continue
-        if previous is not None and str(value) != str(previous):
-            starts.append(_number(row.get("step")))
-        previous = value
+        if value not in (None, ""):
+            if previous is not None and str(value) != str(previous):
+                starts.append(_number(row.get("step")))
+            previous = value
     return [step for step in starts if step is not None]
 
 
@@ -108,9 +105,8 @@ def _plot_lr(ax, rows) -> None:
     steps, values = _series(rows, "lr")
     if steps:
         ax.plot(steps, values, lw=1, color="tab:purple", label="learning rate")
-        positive = [value for value in values if value > 0]
         # One-cycle and warmup schedules span decades: a log axis shows their shape.
-        if positive and len(positive) == len(values) and max(positive) > 10 * min(positive):
+        if min(values) > 0 and max(values) > 10 * min(values):
             ax.set_yscale("log")
     ax.set_ylabel("learning rate")
 
@@ -180,45 +176,33 @@ def render_history_png(history: list[dict[str, Any]], title: str | None = None) 
     return png_bytes(history_figure(thin(list(history or [])), list(PANELS), title))
 
 
-def _panel_pngs(figure: Figure) -> list[bytes]:
-    """Each axes of a drawn figure cut out of its pixels, PNG-encoded, without a second draw:
-    its band of the figure runs from a little above its top (the figure's top for the first,
-    title included) down to a little above the next axes, so its tick labels and "step" below
-    it are in, the next panel's top tick label is not."""
-    from PIL import Image  # matplotlib's own PNG writer is PIL too
-
-    pixels = np.asarray(figure.canvas.buffer_rgba())
-    height = pixels.shape[0]
-    pad = 0.15 / figure.get_figheight()
-    tops = [ax.get_position().y1 + pad for ax in figure.axes]
-    edges = [1.0] + tops[1:] + [0.0]
-    pngs = []
-    for top, bottom in zip(edges, edges[1:]):
-        rows = slice(int(round((1 - top) * height)), int(round((1 - bottom) * height)))
-        buffer = io.BytesIO()
-        Image.fromarray(pixels[rows]).save(buffer, format="png")
-        pngs.append(buffer.getvalue())
-    return pngs
-
-
 def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
                 title: str | None = None) -> list[str]:
-    """<run_dir>/plots/history.png (all panels) and loss.png, f2.png, lr.png; written atomically.
-    The figure is drawn once: each panel's PNG is its band of history.png. Returns the paths
-    written."""
+    """<run_dir>/plots/history.png (all panels) and loss.png, f2.png, lr.png, written atomically;
+    returns their paths. Drawn once: each panel's PNG is cut from history.png's pixels, from a
+    little above its axes (the figure's top for the first) to a little above the next."""
+    from PIL import Image  # matplotlib's own PNG writer is PIL too
     folder = Path(run_dir) / PLOTS_DIR
     figure = history_figure(thin(list(history or [])), list(PANELS), title)
     written = [atomic_write_bytes(folder / "history.png", png_bytes(figure))]
-    for panel, png in zip(PANELS, _panel_pngs(figure)):
-        written.append(atomic_write_bytes(folder / f"{panel}.png", png))
+    pixels = np.asarray(figure.canvas.buffer_rgba())
+    height, pad = pixels.shape[0], 0.15 / figure.get_figheight()
+    edges = [1.0] + [ax.get_position().y1 + pad for ax in figure.axes[1:]] + [0.0]
+    for panel, top, bottom in zip(PANELS, edges, edges[1:]):
+        buffer, band = io.BytesIO(), pixels[round((1 - top) * height):round((1 - bottom) * height)]
+        Image.fromarray(band).save(buffer, format="png")
+
+
+        written.append(atomic_write_bytes(folder / f"{panel}.png", buffer.getvalue()))
     return [str(path) for path in written]
 
 
+
+
 # A run's earlier files (metrics.csv, run.json, the registry, the dataset manifest) lie under
-# the input roots, where Kaggle mounts attached outputs at a depth that varies by kind. The
-# roots can be large (a competition's 109k images), so the subscribers of one run share one
-# `InputFiles`: each says in its constructor which names it will look up, and the first look-up
-# walks the roots once for all of them.
+# the input roots, at a depth that varies by kind on Kaggle. The roots can be large (109k
+# images), so one run's subscribers share one `InputFiles`: each announces the names it will
+# look up, and the first look-up walks the roots once for all of them.
 
 class InputFiles:
     """Files of the wanted names under `roots` (roots that are not folders are skipped), each
@@ -249,8 +233,7 @@ class InputFiles:
 
 def input_files(inputs: "InputFiles | Iterable[str | os.PathLike]", *names: str) -> InputFiles:
     """`inputs` as an InputFiles that wants `names`: a shared one as it is, roots wrapped."""
-    shared = inputs if isinstance(inputs, InputFiles) else InputFiles(inputs)
-    return shared.want(*names)
+    return (inputs if isinstance(inputs, InputFiles) else InputFiles(inputs)).want(*names)
 
 
 def files_named(roots: Iterable[str | os.PathLike], name: str) -> Iterator[Path]:
@@ -259,9 +242,7 @@ def files_named(roots: Iterable[str | os.PathLike], name: str) -> Iterator[Path]
 
 
 # Where a run's code came from and which config decided it is recorded in run.json and the run
-# registry, so results from different kernels (each running its own copy of the code) stay
-# comparable.
-
+# registry, so results from different kernels (each with its own copy of the code) compare.
 MANIFEST_NAME = "MANIFEST.json"
 # What the imet wheel is built from (packaging/wheelbuild.py: the package, setup.py, README.md):
 # a change elsewhere in the checkout does not change the code, so it does not make it dirty.
@@ -271,12 +252,11 @@ CODE_PATHS = ("imet", "setup.py", "README.md")
 def find_manifest(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> Path | None:
     """The packaging dataset's MANIFEST.json describing the imet code that runs: first beside the
     imported package (the dataset imet was imported from), then under the input roots."""
-    package_dir = Path(imet.__file__).resolve().parent
-    for parent in list(package_dir.parents)[:3]:
-        candidate = parent / MANIFEST_NAME
-        if candidate.is_file():
-            return candidate
-    return next(iter(input_files(input_roots, MANIFEST_NAME).named(MANIFEST_NAME)), None)
+    beside = [parent / MANIFEST_NAME for parent in Path(imet.__file__).resolve().parents[1:4]]
+    return next((path for path in beside if path.is_file()), None) or next(
+        iter(input_files(input_roots, MANIFEST_NAME).named(MANIFEST_NAME)), None)
+
+
 
 
 @lru_cache(maxsize=1)  # the code does not change under a running process: ask git once
@@ -299,29 +279,33 @@ def git_commit() -> str | None:
 
 def code_version(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
     """{"imet": version, "manifest_sha256": … or None, "git_commit": … or None}. With a dataset
-    manifest, the commit is the one it was built from (its "source"); without one, the
-    checkout's. Either way the same code gets the same commit."""
+    manifest, the commit is the one it was built from (its "source", '+dirty' when built from
+    local changes); without one, the checkout's. Either way the same code gets the same commit."""
     manifest = find_manifest(input_roots)
     version: dict[str, Any] = {"imet": imet.__version__, "manifest_sha256": None,
                                "git_commit": None}
-    if manifest is not None:
-        try:
-            raw = manifest.read_bytes()
-        except OSError:
-            manifest = None
-        else:
-            version["manifest_sha256"] = hashlib.sha256(raw).hexdigest()
-            version["git_commit"] = _manifest_commit(raw)
-    if manifest is None:
+    try:
+        raw = manifest.read_bytes() if manifest is not None else None
+    except OSError:
+        raw = None
+    if raw is None:
         version["git_commit"] = git_commit() or installed_commit()
+        return version
+    version["manifest_sha256"] = hashlib.sha256(raw).hexdigest()
+    try:
+        source = json.loads(raw).get("source") or {}
+    except (ValueError, AttributeError):
+        return version
+    commit = source.get("git_commit") if isinstance(source, dict) else None
+    if commit:
+        version["git_commit"] = f"{commit}{'+dirty' if source.get('dirty') else ''}"
     return version
 
 
 def installed_commit() -> str | None:
-    """The commit an installed imet wheel was built from: its version's local part
-    (packaging/wheelbuild.py `0.1.0+g<commit>[.dirty.<digest>]`). What a kernel's validate and
-    predict know of their code: they run the dataset's wheel, with run folders as their inputs
-    and neither a checkout nor the dataset's manifest in sight."""
+    """The commit an installed imet wheel was built from, from its version's local part
+    (packaging/wheelbuild.py `0.1.0+g<commit>[.dirty.<digest>]`): all that a kernel's validate
+    and predict, running the dataset's wheel without its manifest in sight, know of their code."""
     from importlib import metadata
     try:
         local = metadata.version("imet").partition("+")[2]
@@ -333,20 +317,10 @@ def installed_commit() -> str | None:
     return commit[1:] + ("+dirty" if rest.startswith("dirty") else "")
 
 
-def _manifest_commit(raw: bytes) -> str | None:
-    """The source commit a dataset manifest records, '+dirty' when built from local changes."""
-    try:
-        source = json.loads(raw).get("source") or {}
-    except (ValueError, AttributeError):
-        return None
-    commit = source.get("git_commit") if isinstance(source, dict) else None
-    return f"{commit}{'+dirty' if source.get('dirty') else ''}" if commit else None
-
 
 def short_code_version(version: dict[str, Any] | None) -> str:
-    """'0.1.0@g:1a2b3c4d' (a '+' for local changes) wherever the commit is known, whether from
-    the checkout or from the dataset's manifest; '0.1.0@m:1a2b3c4d' (the manifest's hash) for
-    code built outside git; '0.1.0' when neither is known."""
+    """'0.1.0@g:1a2b3c4d' (a '+' for local changes) where the commit is known (checkout or
+    manifest), '0.1.0@m:1a2b3c4d' (the manifest's hash) for code built outside git, else '0.1.0'."""
     if not version:
         return ""
     text = str(version.get("imet") or "")
@@ -367,13 +341,10 @@ def config_hash(config: dict[str, Any] | None) -> str | None:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-# metrics.csv: one row per progress and evaluation event, appended, not rewritten each time: a
-# long run emits tens of thousands of rows. Rows are flushed whole (a killed process loses
-# nothing that was flushed), synced at checkpoints, and a torn last line (power loss mid-write)
-# is dropped on the next read. Rows are keyed by (kind, step): a resumed run first drops every
-# row beyond the checkpoint step, so the steps it replays are not written twice; a row repeated
-# at the same key replaces the old.
-
+# metrics.csv: one row per progress and evaluation event, appended (a long run emits tens of
+# thousands), flushed whole, synced at checkpoints; a torn last line (power loss mid-write) is
+# dropped on the next read. Rows are keyed by (kind, step): a resumed run first drops every row
+# beyond the checkpoint step, and a row repeated at the same key replaces the old.
 METRICS_CSV = "metrics.csv"
 COLUMNS = ("run", "kind", "session", "time", "stage", "epoch", "step", "epoch_step", "loss",
            "lr", "img_per_s", "f2", "threshold", "best_f2", "val_loss", "is_best")
@@ -404,35 +375,28 @@ def _parse(column: str, text: str) -> Any:
         return None
 
 
-def _rows_to_csv(rows: Iterable[dict[str, Any]], header: bool = True) -> str:
+def _rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    if header:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow({column: _format(row.get(column)) for column in COLUMNS})
+    writer.writeheader()
+    writer.writerows({column: _format(row.get(column)) for column in COLUMNS} for row in rows)
     return buffer.getvalue()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a metrics.csv with typed values; a torn (unterminated) last line is dropped and
     columns this version does not know are ignored. A missing file reads as no rows."""
-    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text))
-    rows = []
-    for raw in reader:
-        if raw.get("step") in (None, ""):
-            continue
-        row = {column: _parse(column, raw.get(column) or "") for column in COLUMNS}
-        if row["step"] is not None:
-            rows.append(row)
-    return rows
+    rows = ({column: _parse(column, raw.get(column) or "") for column in COLUMNS}
+            for raw in csv.DictReader(io.StringIO(text)))
+    return [row for row in rows if row["step"] is not None]
+
+
 
 
 def find_run_metrics(run_name: str,
@@ -464,19 +428,17 @@ class MetricsWriter(RankZeroSubscriber):
         self._stage = None  # evaluation events carry no stage: the last progress event's
 
     def _on_run_start(self, event: RunStart) -> None:
-        self._run = str(event.run_name or "")
-        self._session = event.session
-        resumed_from = event.resumed_from
+        self._run, self._session = str(event.run_name or ""), event.session
         rows: list[dict[str, Any]] = []
-        if resumed_from is not None:
+        if event.resumed_from is not None:
             source = self.path
-            rows = self._rows_until(source, int(resumed_from))
+            rows = self._rows_until(source, int(event.resumed_from))
             if not rows:  # a fresh Kaggle output folder: the previous session's is an input
                 source = find_run_metrics(self._run, self.inputs)
-                rows = self._rows_until(source, int(resumed_from)) if source else []
+                rows = self._rows_until(source, int(event.resumed_from)) if source else []
             if rows:
                 log.info("metrics.csv: continuing %d rows from %s (up to step %s)",
-                         len(rows), source, resumed_from)
+                         len(rows), source, event.resumed_from)
         self._rewrite(rows)
 
     def _rows_until(self, path: Path, step: int) -> list[dict[str, Any]]:
@@ -486,15 +448,13 @@ class MetricsWriter(RankZeroSubscriber):
     def _on_progress(self, event: Progress) -> None:
         self._stage = event.stage
         self._write({"kind": "progress", "stage": event.stage, "epoch": event.epoch,
-                     "step": event.step, "epoch_step": event.epoch_step,
-                     "loss": event.loss, "lr": event.lr,
-                     "img_per_s": event.img_per_s}, event.time)
+                     "step": event.step, "epoch_step": event.epoch_step, "loss": event.loss,
+                     "lr": event.lr, "img_per_s": event.img_per_s}, event.time)
 
     def _on_evaluation(self, event: Evaluation) -> None:
         self._write({"kind": "evaluation", "stage": self._stage, "epoch": event.epoch,
-                     "step": event.step, "f2": event.f2,
-                     "threshold": event.threshold, "best_f2": event.best_f2,
-                     "val_loss": event.val_loss,
+                     "step": event.step, "f2": event.f2, "threshold": event.threshold,
+                     "best_f2": event.best_f2, "val_loss": event.val_loss,
                      "is_best": event.is_best}, event.time)
         self._sync()
 
@@ -549,11 +509,9 @@ class MetricsWriter(RankZeroSubscriber):
 
 
 # run.json (the run's summary) and plots/*.png are written when a session ends: at a handover
-# (so a half-done run's output already shows its curves), at the finish, and after a failure.
-# run.json carries the list of sessions (number, device, kernel, start, wall time, how it ended)
-# across a chain of Kaggle sessions: a resumed session reads the previous run.json from the run
-# dir or, on Kaggle, from the attached previous output.
-
+# (a half-done run's output already shows its curves), at the finish, and after a failure.
+# run.json lists the sessions (number, device, kernel, start, wall time, how it ended) of a
+# chain: a resumed session reads the previous run.json from the run dir or the attached inputs.
 RUN_JSON = "run.json"
 
 
@@ -598,20 +556,17 @@ class ArtifactWriter(RankZeroSubscriber):
         # Sessions before this one; a later one left by an abandoned attempt is not history.
         sessions = [s for s in (previous or {}).get("sessions", [])
                     if int(s.get("session") or 0) < int(event.session or 1)]
-        config = redact(event.config or {})
         self._session = {"session": event.session, "started": utc_timestamp(event.time),
                          "start_time": event.time, "device": event.device,
                          "kernel": event.kernel, "resumed_from": event.resumed_from,
                          "wall_s": None, "ended": None}
         self.summary = {
             "format": "imet-run", "version": 1, "run_name": run_name, "status": "running",
-            "arch": event.arch, "fold": event.fold,
-            "image_size": event.image_size, "total_steps": event.total_steps,
-            "config": config, "config_hash": event.config_fingerprint,
-            "code_version": code_version(self.inputs),
+            "arch": event.arch, "fold": event.fold, "image_size": event.image_size,
+            "total_steps": event.total_steps, "config": redact(event.config or {}),
+            "config_hash": event.config_fingerprint, "code_version": code_version(self.inputs),
             "best_f2": event.best_f2, "best_step": event.best_step,
-            "threshold": event.threshold, "sessions": sessions + [self._session],
-        }
+            "threshold": event.threshold, "sessions": sessions + [self._session]}
         if event.init_f2 is not None:  # --init: the untuned model's F2 (first session)
             self.summary["init_f2"] = event.init_f2
 
@@ -621,9 +576,10 @@ class ArtifactWriter(RankZeroSubscriber):
     def _on_evaluation(self, event: Evaluation) -> None:
         if event.is_best:
             self.summary["threshold"] = event.threshold
-        self.summary["best_f2"] = event.best_f2
-        self.summary["best_step"] = event.best_step
+        self.summary.update(best_f2=event.best_f2, best_step=event.best_step)
         self._history = list(event.history or self._history)
+
+
 
     def _end_session(self, event, status: str, **extra: Any) -> list[str]:
         if self._session is not None:
