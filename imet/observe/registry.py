@@ -1,11 +1,10 @@
 """The run registry: the experiment log across kernels and sessions, as JSON lines with one
-record per (run id, kind, session); the records train, validate and predict write into it; and
+record per (run id, kind, session), the records train, validate and predict write into it, and
 what `imet runs` shows of it (a table, CSV or markdown, and a comparison plot).
 
-Every kernel writes the registry into its output folder after merging the registries of its
-attached inputs, so the newest output always carries the whole history forward. The file is
-small (one line per session) and always rewritten atomically: a kill leaves the old or the new
-file, never half of one."""
+Every kernel writes the registry into its output folder after merging its attached inputs'
+registries, so the newest output carries the whole history forward. The file is small (a line
+per session) and always rewritten atomically: a kill leaves the old or the new file."""
 from __future__ import annotations
 
 import csv
@@ -45,15 +44,13 @@ def read_registry(path: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     records = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line)
-            record_key(record)
+            if line.strip():
+                record = json.loads(line)
+                record_key(record)
+                records.append(record)
         except (ValueError, KeyError, TypeError) as err:
             log.warning("%s line %d: not a run record (%s); skipped", path, number, err)
-            continue
-        records.append(record)
     return records
 
 
@@ -94,12 +91,8 @@ def merge_records(*groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 stamp = str(record.get("lb_set_at") or "")
                 if key not in lb or stamp > lb[key][0]:
                     lb[key] = (stamp, record["lb_score"])
-    merged = []
-    for key, record in best.items():
-        if key in lb:
-            record = {**record, "lb_score": lb[key][1], "lb_set_at": lb[key][0] or None}
-        merged.append(record)
-    return merged
+    return [{**record, "lb_score": lb[key][1], "lb_set_at": lb[key][0] or None} if key in lb
+            else record for key, record in best.items()]
 
 
 def write_registry(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
@@ -125,16 +118,14 @@ def merge_into(folder: str | os.PathLike, input_roots: Iterable[str | os.PathLik
 
 def upsert(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Put `record` into <folder>'s registry, replacing the copy with the same key."""
-    target = registry_path(folder)
-    key = record_key(record)
+    target, key = registry_path(folder), record_key(record)
     stored = read_registry(target)
-    records = [old for old in stored if record_key(old) != key]
     # A leaderboard score set by hand on the stored copy is kept when the run rewrites its record.
-    previous = [old for old in stored if record_key(old) == key]
-    if previous and previous[0].get("lb_score") is not None and record.get("lb_score") is None:
-        record = {**record, "lb_score": previous[0]["lb_score"],
-                  "lb_set_at": previous[0].get("lb_set_at")}
-    return write_registry(target, records + [record])
+    previous = next((old for old in stored if record_key(old) == key), {})
+    if previous.get("lb_score") is not None and record.get("lb_score") is None:
+        record = {**record, "lb_score": previous["lb_score"],
+                  "lb_set_at": previous.get("lb_set_at")}
+    return write_registry(target, [old for old in stored if record_key(old) != key] + [record])
 
 
 def set_lb(roots: Iterable[str | os.PathLike], run: str, score: float, stamp: str
@@ -164,6 +155,10 @@ def set_lb(roots: Iterable[str | os.PathLike], run: str, score: float, stamp: st
         records = [{**r, "lb_score": float(score), "lb_set_at": stamp}
                    if str(r["run_id"]) == run else r for r in records]
         try:
+
+
+
+
             write_registry(path, records)
         except OSError as err:
             raise UserError(f"runs set-lb: cannot write {path} ({err.strerror}); copy the "
@@ -216,29 +211,11 @@ def _trained_name(model: Any) -> str | None:
     return str(summary["run_name"]) if summary and summary.get("run_name") else None
 
 
-def _member_names(runs: Any) -> list[str]:
-    names = []
-    for run in runs or []:
-        if isinstance(run, dict):
-            name = _trained_name(run.get("model")) or run.get("name") or run.get("run_name") or (
-                Path(str(run["model"])).parent.name if run.get("model") else None)
-        else:
-            name = run
-        if name:
-            names.append(str(name))
-    return names
-
-
-def _member_dirs(summary: dict[str, Any]) -> list[Path]:
-    """Run folders of the models a validate/predict summary used: their registries hold the
-    training history of those runs."""
-    dirs = []
-    for run in summary.get("runs") or []:
-        if isinstance(run, dict) and run.get("model"):
-            folder = Path(str(run["model"])).parent
-            if folder.is_dir():
-                dirs.append(folder)
-    return dirs
+def _member_name(run: Any) -> Any:
+    if not isinstance(run, dict):
+        return run
+    return _trained_name(run.get("model")) or run.get("name") or run.get("run_name") or (
+        Path(str(run["model"])).parent.name if run.get("model") else None)
 
 
 def _common(runs: Any, key: str) -> Any:
@@ -256,7 +233,7 @@ def record_from_summary(summary: dict[str, Any],
     if kind not in KINDS:
         raise ValueError(f"run record: kind {kind!r} is not one of {KINDS}")
     runs = summary.get("runs") or []
-    names = _member_names(runs)
+    names = [str(name) for name in map(_member_name, runs) if name]
     run_id = summary.get("run_id")
     if not run_id:
         if len(names) == 1:
@@ -287,8 +264,13 @@ def append_record(folder: str | os.PathLike, record: dict[str, Any],
     Returns the registry path."""
     roots = list(input_roots)
     if record.get("schema") != SCHEMA or not record.get("run_id"):
-        roots += _member_dirs(record)
+        # the registries beside the models it used hold those runs' training history
+        models = [Path(str(run["model"])).parent for run in record.get("runs") or []
+                  if isinstance(run, dict) and run.get("model")]
+        roots += [folder for folder in models if folder.is_dir()]
         record = record_from_summary(record, input_roots)
+
+
     merge_into(folder, roots)
     return upsert(folder, redact(dict(record)))
 
@@ -316,11 +298,10 @@ class TrainRecorder(RankZeroSubscriber):
         self._started = event.time
         merge_into(self.run_dir, self.inputs)
         self.record = make_record(
-            "train", event.run_name, event.session, config=event.config,
-            input_roots=self.inputs, config_hash=event.config_fingerprint,
-            status="running", created=utc_timestamp(event.time),
-            fold=event.fold, arch=event.arch, image_size=event.image_size,
-            device=event.device, kernel=event.kernel,
+            "train", event.run_name, event.session, config=event.config, input_roots=self.inputs,
+            config_hash=event.config_fingerprint, status="running",
+            created=utc_timestamp(event.time), fold=event.fold, arch=event.arch,
+            image_size=event.image_size, device=event.device, kernel=event.kernel,
             resumed_from=event.resumed_from, total_steps=event.total_steps,
             versions=event.versions, version_change=event.version_change,
             best_f2=event.best_f2, best_step=event.best_step, threshold=event.threshold,
@@ -331,22 +312,20 @@ class TrainRecorder(RankZeroSubscriber):
         if self.record is None:
             return
         history = _f2_points(event.history)
-        fields: dict[str, Any] = {"best_f2": event.best_f2,
-                                  "best_step": event.best_step, "last_step": event.step}
+        if not history and event.f2 is not None:
+            history = [p for p in self.record.get("f2_history") or []
+                       if p[0] != event.step] + [[event.step, event.f2]]
+        self.record.update(best_f2=event.best_f2, best_step=event.best_step, last_step=event.step)
         if history:
-            fields["f2_history"] = history
-        elif event.f2 is not None:
-            fields["f2_history"] = [p for p in self.record.get("f2_history") or []
-                                    if p[0] != event.step] + [[event.step, event.f2]]
+            self.record["f2_history"] = history
         if event.is_best:
-            fields["threshold"] = event.threshold
-        self.record.update(fields)
-        if event.is_best:
+            self.record["threshold"] = event.threshold
             self._save(event)
 
     def _on_handover(self, event: Handover) -> None:
-        self._save(event, status="handover", last_step=event.step,
-                   handover_reason=event.reason)
+        self._save(event, status="handover", last_step=event.step, handover_reason=event.reason)
+
+
 
     def _on_finish(self, event: Finish) -> None:
         fields = {"status": "finished", "best_f2": event.best_f2,
@@ -377,7 +356,6 @@ def record_train_subscriber(run_dir: str | os.PathLike,
 # The `runs` table: one row per (run id, kind), its sessions folded together, best first.
 # Written by hand rather than with pandas' to_markdown: that needs `tabulate`, one more wheel to
 # bundle into the offline Kaggle dataset for three small formatters.
-
 COLUMNS = ("run", "kind", "status", "fold", "arch", "size", "sessions", "wall", "cv_f2",
            "threshold", "tta", "lb", "ensemble", "code", "torch", "config")
 _KIND_ORDER = {"train": 0, "validate": 1, "predict": 2}
@@ -417,12 +395,8 @@ def _torch_text(versions: Any) -> str | None:
 def _torches(group: list[dict[str, Any]]) -> list[str]:
     """The torch/CUDA each session ran on, in session order, a repeat folded: more than one
     means the run moved to another image between sessions (not the same numerics)."""
-    seen: list[str] = []
-    for record in group:
-        text = _torch_text(record.get("versions"))
-        if text and (not seen or seen[-1] != text):
-            seen.append(text)
-    return seen
+    texts = [text for text in (_torch_text(r.get("versions")) for r in group) if text]
+    return [text for i, text in enumerate(texts) if i == 0 or texts[i - 1] != text]
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -448,12 +422,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "wall_s": sum(float(r.get("wall_s") or 0.0) for r in group),
             "cv_f2": best.get("best_f2"), "best_step": best.get("best_step"),
             "threshold": best.get("threshold"), "threshold_mode": best.get("threshold_mode"),
-            "tta": latest.get("tta"),
-            "lb": lb.get("lb_score"), "ensemble": latest.get("ensemble") or [],
-            "code": short_code_version(latest.get("code_version")),
-            "torch": _torches(group),
-            "config": latest.get("config_hash"), "f2_history": history,
-        })
+            "tta": latest.get("tta"), "lb": lb.get("lb_score"),
+            "ensemble": latest.get("ensemble") or [],
+            "code": short_code_version(latest.get("code_version")), "torch": _torches(group),
+            "config": latest.get("config_hash"), "f2_history": history})
     return rows
 
 
@@ -475,8 +447,10 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
     return {
         "run": row["run"], "kind": row["kind"], "status": str(row.get("status") or ""),
         "fold": "" if row.get("fold") is None else str(row["fold"]),
-        "arch": str(row.get("arch") or ""), "size": "" if row.get("size") is None
-        else str(row["size"]),
+        "arch": str(row.get("arch") or ""),
+        "size": "" if row.get("size") is None else str(row["size"]),
+
+
         "sessions": f"{len(row['sessions'])} ({walls})" if row["sessions"] else "",
         "wall": format_duration(row["wall_s"]), "cv_f2": num(row.get("cv_f2"), ".4f"),
         "threshold": _threshold_cell(row), "tta": str(row.get("tta") or ""),
@@ -509,19 +483,19 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     columns = ("run", "kind", "status", "fold", "arch", "size", "sessions", "session_wall_s",
                "wall_s", "cv_f2", "best_step", "threshold", "tta", "lb", "ensemble", "code",
                "torch", "config")
+    def cell(row: dict[str, Any], column: str) -> Any:
+        value = row.get(column)
+        if column == "threshold":
+            return _threshold_cell(row)
+        if isinstance(value, (list, tuple)):
+            return " ".join("" if v is None else str(v) for v in value)
+        return "" if value is None else value
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    for row in rows:
-        values = []
-        for column in columns:
-            value = row.get(column)
-            if column == "threshold":
-                value = _threshold_cell(row)
-            elif isinstance(value, (list, tuple)):
-                value = " ".join("" if v is None else str(v) for v in value)
-            values.append("" if value is None else value)
-        writer.writerow(values)
+    writer.writerows([cell(row, column) for column in columns] for row in rows)
     return buffer.getvalue()
+
+
 
 
 FORMATS = {"table": format_table, "markdown": format_markdown, "csv": format_csv}
@@ -551,11 +525,9 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
     # matplotlib's object API on the Agg canvas (no pyplot), imported only here: see files.py.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
     figure = Figure(figsize=(13, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     cv_ax, f2_ax = figure.subplots(1, 2)
-
     points = cv_lb_points(rows)
     if points:
         cv_ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue")
@@ -569,11 +541,8 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
     else:
         cv_ax.text(0.5, 0.5, "no leaderboard scores yet:\npython -m imet runs set-lb RUN SCORE",
                    ha="center", va="center", transform=cv_ax.transAxes, color="grey")
-    cv_ax.set_xlabel("CV F2")
-    cv_ax.set_ylabel("leaderboard score")
-    cv_ax.set_title("CV against LB")
+    cv_ax.set(xlabel="CV F2", ylabel="leaderboard score", title="CV against LB")
     cv_ax.grid(True, alpha=0.3)
-
     plotted = 0
     for row in rows:
         history = [p for p in row.get("f2_history") or [] if p[0] is not None and p[1] is not None]
@@ -588,8 +557,8 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
     else:
         f2_ax.text(0.5, 0.5, "no evaluations recorded", ha="center", va="center",
                    transform=f2_ax.transAxes, color="grey")
-    f2_ax.set_xlabel("step")
-    f2_ax.set_ylabel("validation F2")
-    f2_ax.set_title("F2 against step")
+    f2_ax.set(xlabel="step", ylabel="validation F2", title="F2 against step")
+
+
     f2_ax.grid(True, alpha=0.3)
     return png_bytes(figure)
