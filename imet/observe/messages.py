@@ -1,11 +1,9 @@
 """What a run says on Telegram: a message for each engine event, and the answers to the
 owner's commands (/status, /plot, /stop, /help). Texts are HTML built with `html.escape`.
 
-Telegram refuses a text over 4,096 characters and a photo caption over 1,024 (counted after
-parsing, in UTF-16 units). We count the HTML source, which is never shorter than what
-Telegram counts, and split between lines — never inside a tag — so every piece is valid HTML
-on its own. A traceback is the one part that can be long: it is split into several <pre>
-blocks by lines of its raw text before escaping."""
+Telegram refuses a text over 4,096 characters and a caption over 1,024 (UTF-16 units, counted
+after parsing). We count the HTML source, never shorter, and split between lines (never inside
+a tag), so each piece is valid HTML; a long traceback is split into <pre> blocks by lines."""
 from __future__ import annotations
 
 import html
@@ -86,9 +84,7 @@ def pack(lines: Iterable[str], limit: int = TEXT_LIMIT) -> list[str]:
     # is at most 2 UTF-16 units, so twice the length bounds what Telegram counts.
     if 2 * (sum(map(len, lines)) + len(lines)) <= limit:
         return ["\n".join(lines)] if lines else []
-    texts: list[str] = []
-    current: list[str] = []
-    size = 0
+    texts, current, size = [], [], 0
     for line in lines:
         length = tg_len(line)
         if current and size + 1 + length > limit:
@@ -105,9 +101,14 @@ def pre_blocks(raw: str, limit: int = TEXT_LIMIT) -> list[str]:
     """`raw` as <pre> blocks, each within `limit` once escaped; split between lines where it
     can, inside an over-long line where it must."""
     budget = limit - len("<pre></pre>")
-    blocks: list[str] = []
-    current = ""
-    for line in _hard_wrap(raw.splitlines() or [""], budget):
+    # Escaping grows a character to at most 5 ("&amp;") and UTF-16 to 2 units: a chunk of
+    # budget // 10 characters always fits.
+    step = max(1, budget // 10)
+    pieces = [[line] if tg_len(html.escape(line, quote=False)) <= budget
+              else [line[i:i + step] for i in range(0, len(line), step)]
+              for line in raw.splitlines() or [""]]
+    blocks, current = [], ""
+    for line in (piece for group in pieces for piece in group):
         candidate = line if not current else current + "\n" + line
         if current and tg_len(html.escape(candidate, quote=False)) > budget:
             blocks.append(current)
@@ -116,19 +117,6 @@ def pre_blocks(raw: str, limit: int = TEXT_LIMIT) -> list[str]:
             current = candidate
     blocks.append(current)
     return [f"<pre>{html.escape(block, quote=False)}</pre>" for block in blocks]
-
-
-def _hard_wrap(lines: list[str], budget: int) -> list[str]:
-    # Escaping grows a character to at most 5 ("&amp;") and UTF-16 to 2 units: a chunk of
-    # budget // 10 characters always fits.
-    step = max(1, budget // 10)
-    out: list[str] = []
-    for line in lines:
-        if tg_len(html.escape(line, quote=False)) <= budget:
-            out.append(line)
-        else:
-            out.extend(line[i:i + step] for i in range(0, len(line), step))
-    return out
 
 
 def caption(lines: list[str]) -> str:
@@ -152,14 +140,11 @@ _CONFIG_SHOWN = ("loss", "epochs", "batch_size", "lr", "schedule", "preset", "am
 def run_start(event: RunStart, run_name: str | None = None) -> list[str]:
     resumed = event.resumed_from
     verb = f"resumed from step {esc(resumed)}" if resumed is not None else "started"
-    lines = [f"🚀 {_run_label(event.run_name or run_name)} {verb}"]
-    where = [f"session {esc(event.session)}"]
-    if event.kernel:
-        where.insert(0, f"kernel <code>{esc(event.kernel)}</code>")
-    lines.append(" · ".join(where))
-    lines.append(f"device: {esc(event.device)}")
-    lines.append(f"{esc(event.arch)} · fold {esc(event.fold)} · "
-                 f"{esc(event.image_size)} px · {esc(event.total_steps)} steps")
+    kernel = f"kernel <code>{esc(event.kernel)}</code> · " if event.kernel else ""
+    lines = [f"🚀 {_run_label(event.run_name or run_name)} {verb}",
+             f"{kernel}session {esc(event.session)}", f"device: {esc(event.device)}",
+             f"{esc(event.arch)} · fold {esc(event.fold)} · "
+             f"{esc(event.image_size)} px · {esc(event.total_steps)} steps"]
     config = event.config or {}
     shown = [f"{key} {esc(config[key], 40)}" for key in _CONFIG_SHOWN if key in config]
     if shown:
@@ -185,12 +170,10 @@ def progress(event: Progress, run_name: str | None = None) -> list[str]:
 def evaluation(event: Evaluation, run_name: str | None = None) -> list[str]:
     best = " ★ new best" if event.is_best else (
         f" · best {fmt_float(event.best_f2)} at step {esc(event.best_step)}")
-    lines = [f"📊 {_run_label(run_name)} · step {esc(event.step)} · "
-             f"epoch {esc(event.epoch)}",
-             f"F2 <b>{fmt_float(event.f2)}</b> at threshold "
-             f"{fmt_float(event.threshold, 3)}{best}",
-             f"val loss {fmt_float(event.val_loss)}"]
-    return pack(lines)
+    return pack([f"📊 {_run_label(run_name)} · step {esc(event.step)} · epoch {esc(event.epoch)}",
+                 f"F2 <b>{fmt_float(event.f2)}</b> at threshold "
+                 f"{fmt_float(event.threshold, 3)}{best}",
+                 f"val loss {fmt_float(event.val_loss)}"])
 
 
 def checkpoint(event: Checkpoint, run_name: str | None = None) -> list[str]:
@@ -202,24 +185,18 @@ def handover(event: Handover, run_name: str | None = None) -> list[str]:
     reason = {"budget": "the session time budget is spent",
               "signal": "the kernel was asked to stop",
               "telegram": "/stop from this chat"}.get(event.reason, esc(event.reason))
-    lines = [f"⏸ {_run_label(run_name)} handing over: {reason}",
-             f"state saved at step {esc(event.step)}: "
-             f"<code>{esc(event.checkpoint)}</code>",
-             f"next: {esc(event.next, 1000)}",
-             f"exit code {esc(event.exit_code)}"]
-    return pack(lines)
+    return pack([f"⏸ {_run_label(run_name)} handing over: {reason}",
+                 f"state saved at step {esc(event.step)}: <code>{esc(event.checkpoint)}</code>",
+                 f"next: {esc(event.next, 1000)}", f"exit code {esc(event.exit_code)}"])
 
 
 def finish(event: Finish, run_name: str | None = None) -> list[str]:
     lines = [f"✅ {_run_label(run_name)} finished",
-             f"best F2 <b>{fmt_float(event.best_f2)}</b> at step "
-             f"{esc(event.best_step)}",
+             f"best F2 <b>{fmt_float(event.best_f2)}</b> at step {esc(event.best_step)}",
              f"duration {format_duration(event.duration_s, ' ')} · "
              f"sessions {esc(event.sessions)}"]
-    artifacts = list(event.artifacts or [])
-    if artifacts:
-        lines.append("artifacts:")
-        lines.extend(f"• <code>{esc(path)}</code>" for path in artifacts)
+    if event.artifacts:
+        lines += ["artifacts:"] + [f"• <code>{esc(path)}</code>" for path in event.artifacts]
     return pack(lines)
 
 
@@ -245,13 +222,10 @@ def plot_caption(event: Evaluation | Finish, run_name: str | None = None) -> str
     return caption([f"📈 {_run_label(run_name)}", line])
 
 
-# Commands. Two threads meet here: the training thread hands over each event (only a reference
-# to the latest of each kind is kept: progress comes at every step); the sender's worker thread
-# turns a command's text into reply texts (`answer`). /stop goes through the engine's own stop
-# request, so it ends the session exactly as a SIGTERM does: saved, HANDOVER.json written,
-# exit 75. Plots are rendered on the training thread (matplotlib stays off the worker), so
-# /plot only raises a flag here.
-
+# Commands. The training thread hands over each event (only the latest of each kind is kept);
+# the sender's worker thread turns a command into reply texts (`answer`). /stop goes through the
+# engine's own stop request, so it ends the session exactly as a SIGTERM does (saved,
+# HANDOVER.json, exit 75). Plots are rendered on the training thread, so /plot only sets a flag.
 CONFIRM_S = 60.0
 STOP_REASON = "telegram"
 
@@ -266,12 +240,11 @@ _COMMAND = re.compile(r"^/([A-Za-z_]+)(?:@\S+)?(?:\s+(.*))?$", re.DOTALL)
 
 
 def parse(text: str) -> tuple[str, str] | None:
-    """("stop", "now") for "/stop now" or "/stop@my_bot now"; None for a text that is no
-    command."""
+    """("stop", "now") for "/stop now" or "/stop@my_bot now"; None for no command."""
     match = _COMMAND.match(text.strip())
-    if match is None:
-        return None
-    return match.group(1).lower(), (match.group(2) or "").strip().lower()
+    return match and (match.group(1).lower(), (match.group(2) or "").strip().lower())
+
+
 
 
 class RunCommands(RankZeroSubscriber):
@@ -299,14 +272,12 @@ class RunCommands(RankZeroSubscriber):
     def _on_run_start(self, event: RunStart) -> None:
         self._start, self._ended = event, None
 
-    def _on_handover(self, event: Handover) -> None:
-        self._ended = "handed over"
+    def _on_handover(self, event: Handover | Finish | Failure) -> None:
+        self._ended = {"handover": "handed over", "finish": "finished"}.get(event.kind, "crashed")
 
-    def _on_finish(self, event: Finish) -> None:
-        self._ended = "finished"
+    _on_finish = _on_failure = _on_handover
 
-    def _on_failure(self, event: Failure) -> None:
-        self._ended = "crashed"
+
 
     def take_plot(self) -> Evaluation | None:
         """The last evaluation when /plot asked for it (once), else None."""
@@ -346,19 +317,14 @@ class RunCommands(RankZeroSubscriber):
                  f"step {esc(step)}/{esc(start.total_steps)} · epoch "
                  f"{esc(progress.epoch if progress else '?')} · "
                  f"stage {esc(progress.stage if progress else '?')}"]
-        if evaluation:
-            lines.append(f"F2 last {fmt_float(evaluation.f2)} (step "
-                         f"{esc(evaluation.step)}) · best "
-                         f"{fmt_float(evaluation.best_f2)} (step "
-                         f"{esc(evaluation.best_step)})")
-        else:
-            lines.append("F2: no evaluation yet")
+        lines.append(f"F2 last {fmt_float(evaluation.f2)} (step {esc(evaluation.step)}) · best "
+                     f"{fmt_float(evaluation.best_f2)} (step {esc(evaluation.best_step)})"
+                     if evaluation else "F2: no evaluation yet")
         if progress:
-            lines.append(f"loss {fmt_float(progress.loss)} · lr "
-                         f"{fmt_lr(progress.lr)} · "
-                         f"{fmt_float(progress.img_per_s, 1)} img/s")
-            lines.append(f"ETA run {format_duration(progress.eta_run_s, ' ')} · session "
-                         f"left {format_duration(progress.session_left_s, ' ')}")
+            lines += [f"loss {fmt_float(progress.loss)} · lr {fmt_lr(progress.lr)} · "
+                      f"{fmt_float(progress.img_per_s, 1)} img/s",
+                      f"ETA run {format_duration(progress.eta_run_s, ' ')} · session "
+                      f"left {format_duration(progress.session_left_s, ' ')}"]
         return pack(lines)
 
     def _confirm_stop(self, argument: str) -> str:
