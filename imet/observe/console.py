@@ -1,13 +1,12 @@
 """What imet prints and writes for people: secrets scrubbed, and training progress on the console.
 
 Secrets reach imet only through the environment or Kaggle Secrets, but a config dict may still
-carry one (a user pasting a token into a config file, a notify section built from env). Every
-config and error text that leaves the process goes through `redact` or `scrub_text` first.
+carry one (a token pasted into a config file); every config and error text that leaves the
+process goes through `redact` or `scrub_text` first.
 
 Progress: a tqdm bar on a terminal; on Kaggle (stdout is a log file, not a TTY) one plain line
-every `every_s` seconds with stage, epoch, step/total, loss, LR, img/s, the ETAs of the stage
-and of the run, and the session time left. Evaluations, checkpoints, handovers, the finish and
-failures are always printed."""
+every `every_s` seconds. Evaluations, checkpoints, handovers, the finish and failures are
+always printed."""
 from __future__ import annotations
 
 import os
@@ -39,16 +38,11 @@ _SECRET_VALUE = re.compile(TOKEN_IN_TEXT.pattern
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|KAGGLE_KEY)", re.IGNORECASE)
 
 
-def secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values of secret-looking environment variables (long enough to be worth matching)."""
-    env = os.environ if environ is None else environ
-    return [value for name, value in env.items() if _SECRET_ENV.search(name) and len(value) >= 8]
-
-
 def redact(value: Any, environ: dict[str, str] | None = None) -> Any:
     """A copy of `value` (JSON-like) with secret keys dropped to REDACTED and secret-looking
-    strings (token patterns, values of secret env vars) replaced."""
-    env_secrets = secret_env_values(environ)
+    strings (token patterns, values of secret env vars of 8+ characters) replaced."""
+    env_secrets = [text for name, text in (os.environ if environ is None else environ).items()
+                   if _SECRET_ENV.search(name) and len(text) >= 8]
 
     def scrub(value: Any) -> Any:
         if isinstance(value, dict):
@@ -112,14 +106,12 @@ class ConsoleProgress(RankZeroSubscriber):
             print(text, file=self.stream, flush=True)
 
     def _on_run_start(self, event: RunStart) -> None:
-        config = event.config or {}
-        self._total_epochs = config.get("epochs")
+        self._total_epochs = (event.config or {}).get("epochs")
         resumed = event.resumed_from
         start = f"resuming from step {resumed}" if resumed is not None else "starting"
-        self._print(f"imet: run {event.run_name} (fold {event.fold}, "
-                    f"{event.arch}, {event.image_size} px) session "
-                    f"{event.session} on {event.device}: {start}, "
-                    f"{event.total_steps} steps in all")
+        self._print(f"imet: run {event.run_name} (fold {event.fold}, {event.arch}, "
+                    f"{event.image_size} px) session {event.session} on {event.device}: "
+                    f"{start}, {event.total_steps} steps in all")
         if self.tty:
             # A real terminal: the plain bar (tqdm.auto would pick a notebook widget).
             from tqdm import tqdm
@@ -150,9 +142,8 @@ class ConsoleProgress(RankZeroSubscriber):
         step, total = event.step, event.total_steps
         percent = f" ({100.0 * step / total:.0f}%)" if step is not None and total else ""
         epochs = f"/{self._total_epochs}" if self._total_epochs else ""
-        session_left = event.session_left_s
-        session = (f" | session left {format_duration(session_left)}"
-                   if session_left is not None else "")
+        session = (f" | session left {format_duration(event.session_left_s)}"
+                   if event.session_left_s is not None else "")
         return (f"[{time.strftime('%H:%M:%S')}] stage {event.stage} | epoch "
                 f"{_epoch_in_progress(event)}{epochs} | step {step}/{total}{percent} | loss "
                 f"{_num(event.loss, '.4f')} | lr {_num(event.lr, '.2e')} | "
@@ -183,23 +174,19 @@ class ConsoleProgress(RankZeroSubscriber):
             if event.stage1_end_step is None:
                 return None
             end = min(total, int(event.stage1_end_step))
-        rate = self._rate.get(stage)
+        rate, eta_run = self._rate.get(stage), event.eta_run_s
         if rate:
             return max(0.0, (end - step) / rate)
-        eta_run = event.eta_run_s
-        if eta_run is not None and end == total:
+        if eta_run is None or end == total:
             return eta_run
-        if eta_run is not None and total > step:
-            return eta_run * (end - step) / (total - step)
-        return None
+        return eta_run * (end - step) / (total - step) if total > step else None
 
     def _on_evaluation(self, event: Evaluation) -> None:
         best = " *new best*" if event.is_best else ""
         self._print(f"[{time.strftime('%H:%M:%S')}] eval step {event.step}: F2 "
-                    f"{_num(event.f2, '.4f')} @ threshold "
-                    f"{_num(event.threshold, '.3f')}, val loss "
-                    f"{_num(event.val_loss, '.4f')} (best {_num(event.best_f2, '.4f')}"
-                    f" at step {event.best_step}){best}")
+                    f"{_num(event.f2, '.4f')} @ threshold {_num(event.threshold, '.3f')}, val "
+                    f"loss {_num(event.val_loss, '.4f')} (best {_num(event.best_f2, '.4f')} "
+                    f"at step {event.best_step}){best}")
 
     def _on_init_evaluation(self, event: InitEvaluation) -> None:
         self._print(f"[{time.strftime('%H:%M:%S')}] untuned F2 {_num(event.f2, '.4f')} @ "
@@ -213,14 +200,14 @@ class ConsoleProgress(RankZeroSubscriber):
 
     def _on_handover(self, event: Handover) -> None:
         self.close()
-        self._print(f"imet: stopping at step {event.step} ({event.reason}); "
-                    f"checkpoint {event.checkpoint}; next: {event.next} "
-                    f"(exit code {event.exit_code})")
+        self._print(f"imet: stopping at step {event.step} ({event.reason}); checkpoint "
+                    f"{event.checkpoint}; next: {event.next} (exit code {event.exit_code})")
 
     def _on_finish(self, event: Finish) -> None:
         self.close()
-        untuned = (f" (untuned {_num(event.init_f2, '.4f')})"
-                   if event.init_f2 is not None else "")
+        untuned = f" (untuned {_num(event.init_f2, '.4f')})" if event.init_f2 is not None else ""
+
+
         self._print(f"imet: finished: best F2 {_num(event.best_f2, '.4f')}{untuned} at "
                     f"step {event.best_step}, {event.sessions} session(s), "
                     f"{format_duration(event.duration_s)}")
