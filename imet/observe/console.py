@@ -206,8 +206,6 @@ class ConsoleProgress(RankZeroSubscriber):
     def _on_finish(self, event: Finish) -> None:
         self.close()
         untuned = f" (untuned {_num(event.init_f2, '.4f')})" if event.init_f2 is not None else ""
-
-
         self._print(f"imet: finished: best F2 {_num(event.best_f2, '.4f')}{untuned} at "
                     f"step {event.best_step}, {event.sessions} session(s), "
                     f"{format_duration(event.duration_s)}")

@@ -180,7 +180,8 @@ def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
                 title: str | None = None) -> list[str]:
     """<run_dir>/plots/history.png (all panels) and loss.png, f2.png, lr.png, written atomically;
     returns their paths. Drawn once: each panel's PNG is cut from history.png's pixels, from a
-    little above its axes (the figure's top for the first) to a little above the next."""
+    little above its axes (the figure's top for the first) to a little above the next: its tick
+    labels and "step" in, the next panel's top tick label out."""
     from PIL import Image  # matplotlib's own PNG writer is PIL too
     folder = Path(run_dir) / PLOTS_DIR
     figure = history_figure(thin(list(history or [])), list(PANELS), title)
@@ -191,12 +192,8 @@ def write_plots(run_dir: str | os.PathLike, history: list[dict[str, Any]],
     for panel, top, bottom in zip(PANELS, edges, edges[1:]):
         buffer, band = io.BytesIO(), pixels[round((1 - top) * height):round((1 - bottom) * height)]
         Image.fromarray(band).save(buffer, format="png")
-
-
         written.append(atomic_write_bytes(folder / f"{panel}.png", buffer.getvalue()))
     return [str(path) for path in written]
-
-
 
 
 # A run's earlier files (metrics.csv, run.json, the registry, the dataset manifest) lie under
@@ -257,8 +254,6 @@ def find_manifest(input_roots: InputFiles | Iterable[str | os.PathLike] = ()) ->
         iter(input_files(input_roots, MANIFEST_NAME).named(MANIFEST_NAME)), None)
 
 
-
-
 @lru_cache(maxsize=1)  # the code does not change under a running process: ask git once
 def git_commit() -> str | None:
     """The commit of the source checkout imet runs from, with '+dirty' for local changes."""
@@ -315,7 +310,6 @@ def installed_commit() -> str | None:
     if not commit.startswith("g") or commit == "gnogit":
         return None
     return commit[1:] + ("+dirty" if rest.startswith("dirty") else "")
-
 
 
 def short_code_version(version: dict[str, Any] | None) -> str:
@@ -395,8 +389,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     rows = ({column: _parse(column, raw.get(column) or "") for column in COLUMNS}
             for raw in csv.DictReader(io.StringIO(text)))
     return [row for row in rows if row["step"] is not None]
-
-
 
 
 def find_run_metrics(run_name: str,
@@ -578,8 +570,6 @@ class ArtifactWriter(RankZeroSubscriber):
             self.summary["threshold"] = event.threshold
         self.summary.update(best_f2=event.best_f2, best_step=event.best_step)
         self._history = list(event.history or self._history)
-
-
 
     def _end_session(self, event, status: str, **extra: Any) -> list[str]:
         if self._session is not None:

@@ -245,8 +245,6 @@ def parse(text: str) -> tuple[str, str] | None:
     return match and (match.group(1).lower(), (match.group(2) or "").strip().lower())
 
 
-
-
 class RunCommands(RankZeroSubscriber):
     """The run's state as the events tell it, and the answers to the owner's commands."""
 
@@ -276,8 +274,6 @@ class RunCommands(RankZeroSubscriber):
         self._ended = {"handover": "handed over", "finish": "finished"}.get(event.kind, "crashed")
 
     _on_finish = _on_failure = _on_handover
-
-
 
     def take_plot(self) -> Evaluation | None:
         """The last evaluation when /plot asked for it (once), else None."""

@@ -155,10 +155,6 @@ def set_lb(roots: Iterable[str | os.PathLike], run: str, score: float, stamp: st
         records = [{**r, "lb_score": float(score), "lb_set_at": stamp}
                    if str(r["run_id"]) == run else r for r in records]
         try:
-
-
-
-
             write_registry(path, records)
         except OSError as err:
             raise UserError(f"runs set-lb: cannot write {path} ({err.strerror}); copy the "
@@ -269,8 +265,6 @@ def append_record(folder: str | os.PathLike, record: dict[str, Any],
                   if isinstance(run, dict) and run.get("model")]
         roots += [folder for folder in models if folder.is_dir()]
         record = record_from_summary(record, input_roots)
-
-
     merge_into(folder, roots)
     return upsert(folder, redact(dict(record)))
 
@@ -324,8 +318,6 @@ class TrainRecorder(RankZeroSubscriber):
 
     def _on_handover(self, event: Handover) -> None:
         self._save(event, status="handover", last_step=event.step, handover_reason=event.reason)
-
-
 
     def _on_finish(self, event: Finish) -> None:
         fields = {"status": "finished", "best_f2": event.best_f2,
@@ -449,8 +441,6 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
         "fold": "" if row.get("fold") is None else str(row["fold"]),
         "arch": str(row.get("arch") or ""),
         "size": "" if row.get("size") is None else str(row["size"]),
-
-
         "sessions": f"{len(row['sessions'])} ({walls})" if row["sessions"] else "",
         "wall": format_duration(row["wall_s"]), "cv_f2": num(row.get("cv_f2"), ".4f"),
         "threshold": _threshold_cell(row), "tta": str(row.get("tta") or ""),
@@ -483,6 +473,7 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     columns = ("run", "kind", "status", "fold", "arch", "size", "sessions", "session_wall_s",
                "wall_s", "cv_f2", "best_step", "threshold", "tta", "lb", "ensemble", "code",
                "torch", "config")
+
     def cell(row: dict[str, Any], column: str) -> Any:
         value = row.get(column)
         if column == "threshold":
@@ -494,8 +485,6 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerow(columns)
     writer.writerows([cell(row, column) for column in columns] for row in rows)
     return buffer.getvalue()
-
-
 
 
 FORMATS = {"table": format_table, "markdown": format_markdown, "csv": format_csv}
@@ -558,7 +547,5 @@ def render_comparison_png(rows: list[dict[str, Any]]) -> bytes:
         f2_ax.text(0.5, 0.5, "no evaluations recorded", ha="center", va="center",
                    transform=f2_ax.transAxes, color="grey")
     f2_ax.set(xlabel="step", ylabel="validation F2", title="F2 against step")
-
-
     f2_ax.grid(True, alpha=0.3)
     return png_bytes(figure)

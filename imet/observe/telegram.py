@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 import threading
@@ -143,8 +144,6 @@ def load_config(env: Mapping[str, str] | None = None,
     return TelegramConfig(token=token, chat_id=chat_id, api_url=api_url, source=source)
 
 
-
-
 class _TokenFilter(logging.Filter):
     def __init__(self, token: str):
         super().__init__("imet-token-filter")
@@ -178,13 +177,11 @@ def silence_url_loggers(token: str | None = None) -> None:
             logger.addFilter(_TokenFilter(token))
 
 
-
 def explain(err: BaseException, custom_api: bool = False) -> str:
     """What is wrong and what to do, for the errors a user can fix (never holds the token:
     only the error's type and Telegram's short description are used). `custom_api`: the
     Bot API URL came from IMET_TELEGRAM_API_URL, itself a suspect."""
     from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TimedOut
-    name = type(err).__name__
     text = scrub(err, None)
     if isinstance(err, InvalidToken):
         where = (" (or IMET_TELEGRAM_API_URL is not a Bot API server: it should end in "
@@ -203,7 +200,7 @@ def explain(err: BaseException, custom_api: bool = False) -> str:
     if isinstance(err, NetworkError):
         return (f"cannot reach the Telegram API ({text}); check the network (on Kaggle: "
                 "Settings > Internet on) or IMET_TELEGRAM_API_URL")
-    return f"{name}: {text}"
+    return f"{type(err).__name__}: {text}"
 
 
 def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: float) -> Any:
@@ -223,10 +220,8 @@ def make_bot(config: TelegramConfig, connect_timeout_s: float, read_timeout_s: f
 
 
 class LoopWaiter:
-    """`wait` runs `loop` instead of sleeping on the Condition; `wake` (any thread) cuts it
-    short, as `Condition.notify` would. For the sender's worker once it also listens: its loop
-    must go on serving the long poll while the worker waits for the next message, and `submit`
-    (the training thread) must never wait for it."""
+    """`wait` runs `loop` instead of sleeping on the Condition; `wake` (any thread) cuts it short
+    as `Condition.notify` would: the listening worker's loop serves the long poll meanwhile."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
@@ -397,10 +392,7 @@ class TelegramSender:
                 self._waiter = LoopWaiter(loop)
                 # the listener says hello itself
                 self._listening = loop.create_task(self._listen(self._made_bot(), self.submit))
-            while True:
-                pending = self._take()
-                if pending is None:
-                    break
+            while (pending := self._take()) is not None:
                 self._deliver(loop, pending)
         except BaseException as err:  # the worker must end quietly, whatever happened
             self._warn_once("worker", "Telegram notifications stopped: %s",
@@ -545,7 +537,8 @@ class TelegramSender:
     async def _send(self, item: Outgoing) -> None:
         from telegram import LinkPreviewOptions
         from telegram.constants import ParseMode
-        bot = await self._ready_bot()
+        bot = self._made_bot()
+        await bot.initialize()  # getMe once: a wrong token is found before the first message
         mode = ParseMode.HTML if item.html else None
         if item.photo is not None:
             await bot.send_photo(self._chat_id, photo=item.photo, caption=item.text or None,
@@ -557,11 +550,6 @@ class TelegramSender:
     def _made_bot(self) -> Any:
         if self._bot is None:
             self._bot = make_bot(self._config, self._connect_timeout, self._read_timeout)
-        return self._bot
-
-    async def _ready_bot(self) -> Any:
-        # getMe once: a wrong token is found before the first real message.
-        await self._made_bot().initialize()
         return self._bot
 
     def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -604,8 +592,6 @@ def retry_after_s(err: Any) -> float:
 # is skipped, so an old /stop is never replayed. Replies go through the sender's queue. 429
 # waits as asked; 5xx, timeouts and refused connections back off and retry; a rejected token,
 # or a first contact that never succeeds (offline), turns the commands off with one line.
-
-
 
 
 class _HideUpdates(logging.Filter):
@@ -733,7 +719,7 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
         log.info("Telegram notifications off: %s", problem)
         return None
     try:
-        import telegram  # noqa: F401  (bundled wheel; its absence must not stop training)
+        importlib.import_module("telegram")  # a bundled wheel; its absence must not stop training
     except ImportError:
         log.info("Telegram notifications off: python-telegram-bot is not installed "
                  "(pip install 'python-telegram-bot>=22,<23')")
@@ -750,8 +736,6 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
         listen_kw = {k: options.pop(k) for k in _LISTENER_OPTIONS if k in options}
         if "backoff_s" in sender_kw:
             listen_kw["backoff_s"] = sender_kw["backoff_s"]
-
-
         listener = UpdateListener(config, RunCommands(request_stop), **listen_kw)
     sender = TelegramSender(config, listen=listener, **sender_kw)
     log.info("Telegram notifications on (chat %s, settings from %s)", config.chat_id,
@@ -761,8 +745,9 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
 
 def _redacted(event: Event) -> Event:
     """The event with every field but the history through the secret filter (a crash text or a
-    config can quote a token, and a chat may be forwarded); the history only feeds the plot
-    and walking its rows would cost the training thread seconds. No secret: the event itself."""
+    config can quote a token or Kaggle key, and a chat may be forwarded); the history only feeds
+    the plot, and walking its rows would cost the training thread seconds. No secret: the event
+    itself, not a copy."""
     values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)
               if f.name not in ("history", "time")}
     scrubbed = redact(values)
@@ -870,14 +855,12 @@ class TelegramNotifier(RankZeroSubscriber):
         if not self._renderer_resolved:
             self._renderer_resolved = True
             try:
-                import matplotlib  # noqa: F401  (files.py imports it only when it draws)
+                importlib.import_module("matplotlib")  # files.py imports it only when it draws
                 from imet.observe.files import render_history_png
                 self._renderer = render_history_png
             except ImportError:
                 log.debug("matplotlib is not available: Telegram messages go without plots")
         return self._renderer
-
-
 
     def close(self, timeout: float | None = None) -> None:
         self.sender.close(timeout)
