@@ -13,14 +13,13 @@ estimated from what this session measured: the max of the recent samples times a
 since one slow step (a GC pause, a cold cache) is what would overrun the budget.
 
 Four notions of stopping, each under one name:
-- `StopRequest` (self.stop): a SIGTERM/SIGINT asked this process to stop; set by the signal
-  handler at any moment, read only at boundaries and between validation batches.
-- budget fits (`SessionBudget.fits_step` / `fits_eval`): whether the next unit of work plus a
-  checkpoint save still fits in what is left of the session.
-- `agreed_stop(fits)`: the decision at a boundary, taken by all ranks together: "signal" when
-  any rank's StopRequest is set, "budget" when `fits` fails on any rank, else None.
-- `evaluation_must_stop`: asked between validation batches; a signal, or a budget about to run
-  out, drops the evaluation, which the next session redoes from the saved boundary."""
+- `StopRequest` (self.stop): set by a SIGTERM/SIGINT handler at any moment, read only at
+  boundaries and between validation batches.
+- `SessionBudget.fits_step` / `fits_eval`: the next unit plus a checkpoint save still fits.
+- `agreed_stop(fits)`: the decision at a boundary, by all ranks together: "signal" when any
+  rank's StopRequest is set, "budget" when `fits` fails on any rank, else None.
+- `evaluation_must_stop`: between validation batches, a signal or a budget about to run out
+  drops the evaluation, which the next session redoes from the saved boundary."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +64,7 @@ class DurationEstimate:
 
     def __init__(self, window: int = 20, safety: float = 1.25, prior_s: float = 0.0):
         self._samples: deque[float] = deque(maxlen=window)
-        self.safety = safety
-        self.prior_s = prior_s
+        self.safety, self.prior_s = safety, prior_s
 
     def add(self, seconds: float) -> None:
         self._samples.append(max(0.0, float(seconds)))
@@ -84,18 +82,14 @@ class DurationEstimate:
 
 class SessionBudget:
     """`total_s` seconds from `start` (the moment the session began); `margin_s` is kept free.
-
     `clock` is injectable so a test can run a day-long budget in a second of real time."""
 
     def __init__(self, total_s: float, margin_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, start: float | None = None):
-        self.total_s = float(total_s)
-        self.margin_s = float(margin_s)
-        self.clock = clock
+        self.total_s, self.margin_s, self.clock = float(total_s), float(margin_s), clock
         self.start = clock() if start is None else start
-        self.step = DurationEstimate(prior_s=0.0)
-        self.eval = DurationEstimate(window=5, prior_s=0.0)
-        self.save = DurationEstimate(window=5, prior_s=0.0)
+        self.step = DurationEstimate()
+        self.eval, self.save = DurationEstimate(window=5), DurationEstimate(window=5)
 
     def elapsed(self) -> float:
         return self.clock() - self.start
@@ -133,9 +127,8 @@ class BCELoss(nn.Module):
         self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        pos_weight = None
-        if self.pos_weight is not None:
-            pos_weight = torch.full_like(logits[0], float(self.pos_weight))
+        pos_weight = (None if self.pos_weight is None
+                      else torch.full_like(logits[0], float(self.pos_weight)))
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
 
 
@@ -199,11 +192,8 @@ class DistillLoss(nn.Module):
         return (1 - self.weight) * self.base(logits, truth) + self.weight * soft
 
 
-LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "bce": BCELoss,
-    "focal": FocalLoss,
-    "soft_f2": SoftF2Loss,
-}
+LOSSES: dict[str, Callable[..., nn.Module]] = {"bce": BCELoss, "focal": FocalLoss,
+                                               "soft_f2": SoftF2Loss}
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
@@ -264,8 +254,7 @@ class StepRunner:
     `--deterministic false`: that is what makes an interrupted run end bit-identical."""
 
     def __init__(self, config: TrainConfig, device: torch.device):
-        self.config = config
-        self.device = device
+        self.config, self.device = config, device
         cuda = device.type == "cuda"
         self.precision = device_precision(device, config.amp, config.amp_dtype)
         self.channels_last = bool(config.channels_last and cuda)
@@ -274,8 +263,8 @@ class StepRunner:
         if cuda:
             torch.backends.cudnn.benchmark = not deterministic
         focal = {"alpha": config.focal_alpha, "gamma": config.focal_gamma}
-        self.loss_fn = build_loss(config.loss, **(focal if config.loss == "focal" else {}))
-        self.loss_fn = self.loss_fn.to(device)
+        self.loss_fn = build_loss(config.loss,
+                                  **(focal if config.loss == "focal" else {})).to(device)
         if config.teacher:  # the training targets carry the teacher's probabilities too
             self.loss_fn = DistillLoss(self.loss_fn, config.distill_weight,
                                        config.distill_temperature)
@@ -297,27 +286,23 @@ class StepRunner:
         return self._wrapped
 
     def device_name(self) -> str:
-        if self.device.type == "cuda":
-            return f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return "cpu"
+        return f"cuda:{torch.cuda.get_device_name(self.device)}" if self.device.type == "cuda" \
+            else "cpu"
 
     def prepare(self, images: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         """A loader's uint8 batch -> the model's input on the device: augmented per batch when
         the batch carries `params` (see `imet.data.transforms`), then normalized."""
         images = images.to(self.device, non_blocking=True)
-        if params is not None:
-            images = self.norm.apply_(augment_batch(images, params))
-        else:
-            images = normalize_batch(images, self.norm)
+        images = (self.norm.apply_(augment_batch(images, params)) if params is not None
+                  else normalize_batch(images, self.norm))
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
     def train_step(self, batch) -> float:
         state = self.state
-        images, targets = batch[0], batch[1]
-        images = self.prepare(images, batch[3] if len(batch) > 3 else None)
-        targets = targets.to(self.device, non_blocking=True)
+        images = self.prepare(batch[0], batch[3] if len(batch) > 3 else None)
+        targets = batch[1].to(self.device, non_blocking=True)
         if self.config.mixup_alpha > 0:
             images, targets, _ = mixup(images, targets, self.config.mixup_alpha,
                                        state.mix_generator)
@@ -355,13 +340,11 @@ class TrainResult:
 def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = time.monotonic,
           next_command: str | None = None, session_start: float | None = None,
           stop: StopRequest | None = None, kernel: str | None = None) -> TrainResult:
-    """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
-
-    `session_start`: when the session began on `clock` (default: now); the time budget counts
-    from there, so start-up work done before this call is not forgotten. `stop`: the
-    StopRequest the caller installed before its start-up, which a subscriber may trigger too
-    (Telegram's /stop); default: one installed here. `kernel`: the id (owner/slug) of the
-    Kaggle kernel this session runs in, for run_start."""
+    """Train (or resume) one fold, emitting events on `bus`; returns how the session ended.
+    `session_start`: when the session began on `clock` (default: now), so the budget counts the
+    start-up before this call. `stop`: the StopRequest the caller installed before its start-up
+    (Telegram's /stop may trigger it too); default: one installed here. `kernel`: the Kaggle
+    kernel's id (owner/slug), for run_start."""
     config.validated()
     # Before the failure event below can leave a run.json: a foreign model writes nothing.
     init = load_init(config) if config.init or config.init_fingerprint else None
@@ -395,17 +378,14 @@ class Trainer:
                  session_start: float | None = None, dist: SingleProcess | None = None,
                  stop: StopRequest | None = None, init: dict | None = None,
                  kernel: str | None = None):
-        self.config = config
-        self.kernel = kernel
+        self.config, self.kernel = config, kernel
         self.init = init  # --init's weights (imet.train.state), for a fresh start
         self.fingerprint = config.fingerprint()
         self.dist = dist or SingleProcess(resolve_device(config.device))
         self.device = self.dist.device
         self.steps = StepRunner(config, self.device)
         self.bus, self.data = bus, data
-        self.out = Path(config.out)
-        self.clock = clock
-        self.next_command = next_command
+        self.out, self.clock, self.next_command = Path(config.out), clock, next_command
         self.stop = stop if stop is not None else StopRequest()  # falsy until signalled
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
@@ -603,10 +583,10 @@ class Trainer:
         next_text = next_step_text(self.next_command)
         code = HANDED_OVER_EXIT_CODE
         if self.dist.is_main:
-            write_handover(self.out, reason=reason, step=c.step, epoch=c.epoch,
-                           stage=c.stage, checkpoint=str(path), next_text=next_text,
-                           exit_code=code, signal=self.stop.signal_name,
-                           session=c.session, total_steps=self.state.total_steps,
+            write_handover(self.out, reason=reason, step=c.step, epoch=c.epoch, stage=c.stage,
+                           checkpoint=str(path), next_text=next_text, exit_code=code,
+                           signal=self.stop.signal_name, session=c.session,
+                           total_steps=self.state.total_steps,
                            steps_taken=c.step - self.at_session_start.step)
         self.bus.emit(Handover(step=c.step, checkpoint=str(path), reason=reason,
                                next=next_text, exit_code=code))
@@ -636,23 +616,21 @@ class Trainer:
                                          if c.best_step >= 0 else (None, None, None))
         self.bus.emit(RunStart(
             run_name=self.config.name(), arch=self.config.arch, fold=self.config.fold,
-            image_size=self.config.image_size, session=c.session,
-            resumed_from=self.resumed_from, device=self.steps.device_name(),
-            total_steps=state.total_steps, stage1_end_step=state.stage1_end_step,
-            config_fingerprint=self.fingerprint, config=self.config.to_dict(),
-            init_f2=c.init_f2, versions=library_versions(), version_change=self.version_change,
-            kernel=self.kernel, rank=self.dist.rank,
+            image_size=self.config.image_size, session=c.session, resumed_from=self.resumed_from,
+            device=self.steps.device_name(), total_steps=state.total_steps,
+            stage1_end_step=state.stage1_end_step, config_fingerprint=self.fingerprint,
+            config=self.config.to_dict(), init_f2=c.init_f2, versions=library_versions(),
+            version_change=self.version_change, kernel=self.kernel, rank=self.dist.rank,
             best_f2=best_f2, best_step=best_step, threshold=threshold, history=list(c.history)))
 
     def emit_progress(self) -> None:
         state, c, start = self.state, self.state.counters, self.at_session_start
         train_s = c.train_time_s - start.train_time_s  # this session's: see run()
         rate = (c.samples_seen - start.samples_seen) / train_s if train_s else 0.0
-        self.bus.emit(Progress(stage=c.stage, epoch=c.epoch, step=c.step,
-                               total_steps=state.total_steps, epoch_step=c.epoch_step,
-                               steps_per_epoch=state.steps_per_epoch,
-                               stage1_end_step=state.stage1_end_step,
-                               config_fingerprint=self.fingerprint, loss=c.mean_loss(),
-                               lr=self.step_lr, img_per_s=rate,
-                               eta_run_s=(state.total_steps - c.step) * self.budget.step.mean(),
-                               session_left_s=self.budget.left()))
+        self.bus.emit(Progress(
+            stage=c.stage, epoch=c.epoch, step=c.step, total_steps=state.total_steps,
+            epoch_step=c.epoch_step, steps_per_epoch=state.steps_per_epoch,
+            stage1_end_step=state.stage1_end_step, config_fingerprint=self.fingerprint,
+            loss=c.mean_loss(), lr=self.step_lr, img_per_s=rate,
+            eta_run_s=(state.total_steps - c.step) * self.budget.step.mean(),
+            session_left_s=self.budget.left()))
