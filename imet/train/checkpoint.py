@@ -414,6 +414,7 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
                               "previous generation or --resume off")
     # torch.save stores a CRC32 of every record but torch.load never checks them; the check
     # runs in a thread while torch reads the file (both release the GIL), so it costs ~nothing.
+    payload = err = None
     with ThreadPoolExecutor(1) as pool:
         damage = pool.submit(damaged_record, path)
         try:
@@ -423,9 +424,7 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
                 payload = torch.load(path, map_location=map_location, weights_only=True,
                                      mmap=True)
         except Exception as error:
-            payload, err = None, error
-        else:
-            err = None
+            err = error
         if damage.result():
             raise CheckpointError(f"{path}: {damage.result()} (damaged on disk or in transfer); "
                                   "use the previous generation or --resume off")
@@ -545,7 +544,11 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
                 raise
             log.info("skipping %s: another run's checkpoint", candidate.path)
             continue
-        path = candidate.path if candidate.local else copy_in(candidate, out)
+        path = candidate.path
+        if not candidate.local:  # copied into this run's folder, with its sidecar
+            path = atomic_copy(candidate.path, checkpoint_dir(out) / candidate.path.name)
+            if sidecar_of(candidate.path).is_file():
+                atomic_copy(sidecar_of(candidate.path), sidecar_of(path))
         try:
             payload = load_checkpoint(path, config_fingerprint, labels_fingerprint,
                                       config=config)
@@ -570,11 +573,9 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
 def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Candidate]:
     """Every state-<step>.pt in the out folder's checkpoints and anywhere under input roots,
     newest first (the out folder first on equal steps: no copy needed)."""
-    seen: set[Path] = set()
-    found: list[Candidate] = []
-    for step, path in list_generations(checkpoint_dir(out)):
-        seen.add(path.resolve())
-        found.append(Candidate(path, step, read_meta(path), True))
+    found = [Candidate(path, step, read_meta(path), True)
+             for step, path in list_generations(checkpoint_dir(out))]
+    seen = {candidate.path.resolve() for candidate in found}
     for folder, _, filenames in walk_folders(input_roots):
         for name in filenames:
             match = NAME_PATTERN.match(name)
@@ -585,24 +586,14 @@ def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Cand
     return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
 
 
-def copy_in(candidate: Candidate, out: str | Path) -> Path:
-    target = atomic_copy(candidate.path, checkpoint_dir(out) / candidate.path.name)
-    if sidecar_of(candidate.path).is_file():
-        atomic_copy(sidecar_of(candidate.path), sidecar_of(target))
-    return target
-
-
 def version_change(resume: Resume, now: dict[str, str], warn: bool = True) -> str | None:
     """'torch 2.10.0+cu128, CUDA 12.8 -> torch 2.14.1, CUDA none' when the checkpoint's torch or
     CUDA differs from `now` (this session's), else None; `warn` logs it as one line."""
     saved = resume.payload["versions"]
     if all(str(saved[name]) == now[name] for name in NUMERIC_LIBRARIES):
         return None
-
-    def text(versions: dict) -> str:
-        return ", ".join(f"{'CUDA' if name == 'cuda' else name} {versions[name]}"
-                         for name in NUMERIC_LIBRARIES)
-    change = f"{text(saved)} -> {text(now)}"
+    change = " -> ".join(", ".join(f"{'CUDA' if name == 'cuda' else name} {versions[name]}"
+                                   for name in NUMERIC_LIBRARIES) for versions in (saved, now))
     if warn:
         log.warning("%s was written by another torch/CUDA than this session's (%s): the run "
                     "goes on, but not bit-identical to one that never changed", resume.path.name,
@@ -617,13 +608,11 @@ def bring_best_model(out: str | Path, resume: Resume, best_step: int) -> None:
     source = resume.found_at.parent.parent / MODEL_FILE
     if best_step < 0 or source.resolve() == target.resolve():
         return
-    if not source.is_file():
-        if not target.is_file():
-            log.warning("%s not found: the best model (step %d) of the resumed run is "
-                        "missing; model.pt is written again at the next improvement",
-                        source, best_step)
-        return
-    atomic_copy(source, target)
+    if source.is_file():
+        atomic_copy(source, target)
+    elif not target.is_file():
+        log.warning("%s not found: the best model (step %d) of the resumed run is missing; "
+                    "model.pt is written again at the next improvement", source, best_step)
 
 
 # The hand-over note a session that stopped early leaves for the next one (and its user) ----------

@@ -2,11 +2,11 @@
 --extra's images and --teacher's probabilities), the sample order, hard-negative mining and the
 loaders.
 
-The training loader's order comes from `EpochBatchSampler`, a pure function of (seed, epoch,
-position), and its augmentation from the dataset's (seed, epoch, index) streams, so the batches
-are the same whatever `num_workers` is and wherever a session stopped. Images travel as uint8 (a
-quarter of the bytes through pinned memory and PCIe) with each sample's per-batch augmentation
-parameters, and are augmented and normalized on the device."""
+The training order is a pure function of (seed, epoch, position) (`EpochBatchSampler`), the
+augmentation of the dataset's (seed, epoch, index) streams, so the batches are the same whatever
+`num_workers` is and wherever a session stopped. Images travel as uint8 (a quarter of the bytes
+through pinned memory and PCIe) with their augmentation parameters, and are augmented and
+normalized on the device."""
 from __future__ import annotations
 
 import hashlib

@@ -107,10 +107,9 @@ class ProcessGroup(SingleProcess):
         return convert_sync_batchnorm(model, self.device) if self.sync_bn else model
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP over the parameters that train now; rebuilt by the caller at a stage switch,
-        since DDP registers its gradient hooks for the parameters that require grad when built.
-        Its constructor broadcasts rank 0's weights, so all ranks start each stage equal, and
-        by default rank 0's buffers (BatchNorm statistics) before each forward."""
+        """DDP over the parameters that train now, rebuilt at a stage switch (DDP hooks those
+        requiring grad when built). It broadcasts rank 0's weights when built, so every stage
+        starts equal, and by default rank 0's buffers (BatchNorm statistics) before each forward."""
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
@@ -180,15 +179,12 @@ class ProcessGroup(SingleProcess):
         found = find() if self.is_main else None
         box = [str(found.path) if found is not None else None]
         tdist.broadcast_object_list(box, src=0)
-        if self.is_main or box[0] is None:
-            return found
-        return load(box[0])
+        return found if self.is_main or box[0] is None else load(box[0])
 
     def finish(self) -> None:
-        """Wait until every rank is past its last collective: a rank that tore its process
-        group down while another still talked to it aborted in gloo's threads (SIGABRT,
-        'terminate called without an active exception'). Only on a normal end: after a failure
-        the other ranks may never come, and torchrun ends them."""
+        """Wait until every rank is past its last collective (one tearing its group down while
+        another still talked to it aborted in gloo: SIGABRT, 'terminate called without an active
+        exception'). Only on a normal end: after a failure torchrun ends the others."""
         tdist.barrier()
 
     def close(self) -> None:
@@ -205,9 +201,8 @@ def predict_rows(runner, batches, should_stop: Callable[[], bool]):
 
 
 class Lockstep:
-    """This rank's evaluation batches, one collective per round: all ranks agree to go on
-    (some rank still has a batch) or to stop (some rank was asked to). A rank whose chunk ran
-    out keeps taking part in the rounds, so no rank waits in a collective that others left."""
+    """This rank's evaluation batches, one collective per round: all go on while some rank has
+    a batch, all stop when one was asked to; a rank out of batches keeps taking part."""
 
     def __init__(self, loader, group: ProcessGroup, should_stop: Callable[[], bool]):
         self.loader, self.group, self.should_stop = loader, group, should_stop
@@ -255,14 +250,12 @@ def start(config: TrainConfig) -> SingleProcess:
 
 
 def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Every BatchNorm of `model` synchronized over the ranks. Same Parameter objects and
-    state_dict keys: the optimizer groups and checkpoints stay as they are, and a single process
-    loads them into plain BatchNorm."""
+    """Every BatchNorm of `model` synchronized over the ranks, with the same Parameters and
+    state_dict keys: optimizer groups and checkpoints stay, and plain BatchNorm loads them."""
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for module in model.modules():
         if isinstance(module, _BatchNorm):
-            # In place: parameters, buffers and state_dict keys stay as they are.
             module.__class__ = GlooSyncBatchNorm
     return model
 

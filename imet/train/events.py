@@ -163,9 +163,8 @@ class EventBus:
 
 
 class RankZeroSubscriber:
-    """The one dispatch of every subscriber: an event goes to `_on_<kind>(event)` when the
-    subscriber defines it. On a multi-process run only rank 0 (learnt from run_start) acts, so
-    each file, line and message is written once."""
+    """The one dispatch of every subscriber: an event goes to its `_on_<kind>(event)`, if any,
+    on rank 0 only (learnt from run_start), so each file, line and message is written once."""
     _active = True
 
     def __call__(self, event: Event) -> None:

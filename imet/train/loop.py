@@ -2,15 +2,13 @@
 step (`StepRunner`) and the `Trainer`, which strings steps, evaluations and checkpoints together
 until the epochs end or the session hands over to the next one.
 
-Work happens in units (a step, an evaluation); between units the loop is at a *boundary*, where
-the TrainState is complete and can be saved. Every decision at a boundary is a function of the
-state alone (is an evaluation pending, is the stage over, are the epochs done), so a run that
-stops at any boundary and resumes takes the same path as one that never stopped.
-
-A Kaggle session is cut hard when its time is up, so before every unit the loop asks whether
-that unit plus a checkpoint save still fits; if not it saves and hands over. Durations are
-estimated from what this session measured: the max of the recent samples times a safety factor,
-since one slow step (a GC pause, a cold cache) is what would overrun the budget.
+Between units of work (a step, an evaluation) the loop is at a *boundary*, where the TrainState
+is complete and can be saved. Every decision there is a function of the state alone (evaluation
+pending, stage over, epochs done), so a run that stops at any boundary and resumes takes the
+same path as one that never stopped. A Kaggle session is cut hard when its time is up, so before
+every unit the loop checks that it plus a save still fits, else saves and hands over; durations
+are the max of this session's recent samples times a safety factor, since one slow step (a GC
+pause, a cold cache) is what would overrun the budget.
 
 Four notions of stopping, each under one name:
 - `StopRequest` (self.stop): set by a SIGTERM/SIGINT handler at any moment, read only at
@@ -171,10 +169,9 @@ class SoftF2Loss(nn.Module):
 
 
 class DistillLoss(nn.Module):
-    """Knowledge distillation (`imet train --teacher`): targets [N, 2C] carry the teacher's
-    probabilities after the true labels, and the loss is (1 - weight) * `base` on the true
-    labels + weight * T^2 * BCE(student logits / T, the teacher's probabilities tempered by T:
-    sigmoid(logit(p) / T)). T^2 keeps the soft term's gradient on the scale of the hard one's
+    """Knowledge distillation (`--teacher`): targets [N, 2C] carry the teacher's probabilities p
+    after the true labels; the loss is (1 - weight) * `base` on the labels + weight * T^2 *
+    BCE(logits / T, sigmoid(logit(p) / T)), T^2 keeping the soft gradient on the hard one's scale
     (Hinton et al. 2015). Targets [N, C] (evaluation) get `base` alone."""
 
     def __init__(self, base: nn.Module, weight: float, temperature: float):
@@ -232,10 +229,9 @@ def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
 
 
 def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
-    """torch.use_deterministic_algorithms without its import of torch._inductor (and with it
-    dynamo: ~1.1 CPU-s, a sixth of a small CPU run), only to set inductor's own flag, which
-    steers compiled code alone. imet compiles nothing; when something in this process already
-    loaded inductor, its flag is set too, as torch does."""
+    """torch.use_deterministic_algorithms without its import of torch._inductor and dynamo
+    (~1.1 CPU-s, a sixth of a small CPU run) just to set inductor's flag: imet compiles nothing.
+    When something already loaded inductor, its flag is set too, as torch does."""
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:  # a torch without the private setter: the public call, import and all
         torch.use_deterministic_algorithms(mode, warn_only=warn_only)
@@ -248,10 +244,9 @@ def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
 
 class StepRunner:
     """One optimizer step, and the device-level choices behind it. Mixed precision is
-    `Precision`'s (imet/device.py): the same autocast and GradScaler lines on every device, off
-    on CPU unless `--amp-dtype` names a dtype. channels_last pays off only on CUDA and is off on
-    CPU whatever the config says. On CPU deterministic algorithms are on unless
-    `--deterministic false`: that is what makes an interrupted run end bit-identical."""
+    `Precision`'s (imet/device.py), off on CPU unless `--amp-dtype` names a dtype; channels_last
+    only on CUDA. On CPU deterministic algorithms are on unless `--deterministic false`: that is
+    what makes an interrupted run end bit-identical."""
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device
@@ -378,13 +373,12 @@ class Trainer:
                  session_start: float | None = None, dist: SingleProcess | None = None,
                  stop: StopRequest | None = None, init: dict | None = None,
                  kernel: str | None = None):
-        self.config, self.kernel = config, kernel
+        self.config, self.kernel, self.bus, self.data = config, kernel, bus, data
         self.init = init  # --init's weights (imet.train.state), for a fresh start
         self.fingerprint = config.fingerprint()
         self.dist = dist or SingleProcess(resolve_device(config.device))
         self.device = self.dist.device
         self.steps = StepRunner(config, self.device)
-        self.bus, self.data = bus, data
         self.out, self.clock, self.next_command = Path(config.out), clock, next_command
         self.stop = stop if stop is not None else StopRequest()  # falsy until signalled
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
@@ -450,11 +444,8 @@ class Trainer:
                     self.sampler.set_position(c.epoch, c.epoch_step, state.epoch_repeats())
                     batches = iter(loader)
                 self.train_one_step(next(batches))
-                if c.epoch_step == state.steps_per_epoch:
-                    c.epoch += 1
-                    c.epoch_step = 0
-                    c.eval_pending = True
-                    batches = None
+                if c.epoch_step == state.steps_per_epoch:  # the epoch is over
+                    c.epoch, c.epoch_step, c.eval_pending, batches = c.epoch + 1, 0, True, None
                 elif self.config.eval_every and c.step % self.config.eval_every == 0:
                     c.eval_pending = True
 
@@ -489,10 +480,8 @@ class Trainer:
         loss = self.dist.mean(self.steps.train_step(batch))
         elapsed = self.clock() - started
         self.budget.step.add(elapsed)
-        c.step += 1
-        c.epoch_step += 1
+        c.step, c.epoch_step, c.loss_count = c.step + 1, c.epoch_step + 1, c.loss_count + 1
         c.loss_sum += loss
-        c.loss_count += 1
         c.samples_seen += len(batch[0]) * self.dist.world_size
         c.train_time_s += elapsed
         self.units_done += 1

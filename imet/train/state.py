@@ -57,10 +57,9 @@ def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
 def keep_frozen_statistics(model: torch.nn.Module,
                            groups: dict[str, list[torch.nn.Parameter]],
                            train_groups: str = "") -> None:
-    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in
-    both stages: their running statistics stay as they came, so a frozen group is unchanged
-    to the last bit (with `--train-groups head` the whole body is the --init model's). Stage
-    1's own freeze leaves the body's statistics following the data."""
+    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in both
+    stages, so a frozen group is unchanged to the last bit (with `--train-groups head` the whole
+    body is the --init model's); stage 1's own freeze leaves the statistics following the data."""
     trained = parse_train_groups(train_groups)
     frozen = {id(p) for name, params in groups.items() if name not in trained for p in params}
     for module in model.modules():
@@ -307,9 +306,8 @@ class TrainState:
 
     def epoch_repeats(self) -> torch.Tensor | None:
         """The samples the current epoch repeats (None without hard-negative mining)."""
-        if self.hard_negatives is None:
-            return None
-        return self.hard_negatives.for_epoch(self.counters.epoch)
+        return (None if self.hard_negatives is None
+                else self.hard_negatives.for_epoch(self.counters.epoch))
 
     # --- evaluations ---------------------------------------------------------------------
     def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
@@ -372,8 +370,7 @@ def build_train_state(config: TrainConfig, data, dist, steps, fresh: bool = True
 # model is another config, while the file may move between sessions (on Kaggle, an input).
 
 def init_model_path(init: str) -> Path:
-    """RUN -> RUN/model.pt; a file stays itself. A one-line error naming --init when neither
-    holds a model."""
+    """RUN -> RUN/model.pt; a file stays itself; a one-line error naming --init for neither."""
     try:
         return model_file_of(Path(init))
     except CheckpointError as err:
@@ -385,9 +382,14 @@ def init_arch(init: str) -> str:
     return str(read_model_file(init_model_path(init))["arch"])
 
 
-def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor]:
-    """The --init model's weights, checked against the run's arch and label space; fills in
-    `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
+def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The --init model's weights, checked against the run's arch and --data's labels.csv; fills
+    in `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
+    labels_csv = CompetitionLayout(config.data).labels_csv
+    if not labels_csv.is_file():
+        raise DataError(f"{labels_csv}: not found; --data must point at the competition files "
+                        "(labels.csv, train.csv, train/)")
+    labels = read_labels(labels_csv)
     if not config.init:
         raise UserError(f"--init-fingerprint {config.init_fingerprint}: no --init model given; "
                         "pass the model it names")
@@ -409,12 +411,3 @@ def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor
     log.info("starting from %s (fingerprint %s, step %s)", path, found,
              payload.get("extra", {}).get("step"))
     return payload["state_dict"]
-
-
-def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
-    """`read_init` against --data's labels.csv."""
-    labels_csv = CompetitionLayout(config.data).labels_csv
-    if not labels_csv.is_file():
-        raise DataError(f"{labels_csv}: not found; --data must point at the competition files "
-                        "(labels.csv, train.csv, train/)")
-    return read_init(config, read_labels(labels_csv))
