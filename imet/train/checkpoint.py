@@ -292,9 +292,8 @@ def verify_checkpoint(path: Path, size: int, name: Path) -> None:
 def list_generations(directory: Path) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if (m := NAME_PATTERN.match(p.name))]
-    return sorted(found, reverse=True)
+    return sorted(((int(m.group(1)), p) for p in directory.iterdir()
+                   if (m := NAME_PATTERN.match(p.name))), reverse=True)
 
 
 def remove_generation(path: Path) -> None:

@@ -10,14 +10,11 @@ every unit the loop checks that it plus a save still fits, else saves and hands 
 are the max of this session's recent samples times a safety factor, since one slow step (a GC
 pause, a cold cache) is what would overrun the budget.
 
-Four notions of stopping, each under one name:
-- `StopRequest` (self.stop): set by a SIGTERM/SIGINT handler at any moment, read only at
-  boundaries and between validation batches.
-- `SessionBudget.fits_step` / `fits_eval`: the next unit plus a checkpoint save still fits.
-- `agreed_stop(fits)`: the decision at a boundary, by all ranks together: "signal" when any
-  rank's StopRequest is set, "budget" when `fits` fails on any rank, else None.
-- `evaluation_must_stop`: between validation batches, a signal or a budget about to run out
-  drops the evaluation, which the next session redoes from the saved boundary."""
+Four notions of stopping, each under one name: `StopRequest` (self.stop), set by a SIGTERM/SIGINT
+handler at any moment, read at boundaries and between validation batches; `SessionBudget.fits_step`
+/ `fits_eval`: the next unit plus a save still fits; `agreed_stop(fits)`: the boundary's decision,
+by all ranks together ("signal", "budget" or None); `evaluation_must_stop`: a signal or a budget
+about to run out drops the evaluation, which the next session redoes from the saved boundary."""
 from __future__ import annotations
 
 import dataclasses
@@ -195,16 +192,14 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {"bce": BCELoss, "focal": FocalLos
 
 def build_loss(name: str, **kwargs) -> nn.Module:
     """LOSSES[name](**kwargs); unknown names and parameters are UserErrors."""
-    try:
-        factory = LOSSES[name]
-    except KeyError:
+    if name not in LOSSES:
         raise UserError(f"unknown loss {name!r}: choose one of {', '.join(sorted(LOSSES))}")
-    accepted = set(inspect.signature(factory).parameters)
+    accepted = set(inspect.signature(LOSSES[name]).parameters)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise UserError(f"loss {name!r} takes no parameter {', '.join(unknown)}; it takes "
                         f"{', '.join(sorted(accepted)) or 'none'}")
-    return factory(**kwargs)
+    return LOSSES[name](**kwargs)
 
 
 def sample_beta(alpha: float, generator: torch.Generator) -> float:
@@ -420,8 +415,7 @@ class Trainer:
                         # Before the first evaluation of a session there is no measurement:
                         # assume a validation batch costs about what a training step did.
                         self.budget.eval.prior_s = len(self.val_batches) * self.budget.step.mean()
-                    reason = self.agreed_stop(self.budget.fits_eval)
-                    if reason:
+                    if reason := self.agreed_stop(self.budget.fits_eval):
                         return self.hand_over(reason)
                     if not self.run_evaluation():  # dropped by evaluation_must_stop
                         return self.hand_over(self.agreed_stop(fits=lambda: True) or "budget")
@@ -435,8 +429,7 @@ class Trainer:
                 session_steps = c.step - self.at_session_start.step
                 if self.config.session_steps and session_steps >= self.config.session_steps:
                     return self.hand_over("session-steps")
-                reason = self.agreed_stop(self.budget.fits_step)
-                if reason:
+                if reason := self.agreed_stop(self.budget.fits_step):
                     return self.hand_over(reason)
                 if self.periodic_save_due():
                     self.save()

@@ -84,9 +84,8 @@ def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> 
     loader = train_loader(data, sampler, config, dist.device.type == "cuda")
     sweep, average, epoch, batches = Sweep(start_lr, end_lr), 0.0, 0, iter(loader)
     while len(sweep.losses) < steps:
-        try:
-            batch = next(batches)
-        except StopIteration:  # a sweep longer than an epoch goes on into the next one
+        batch = next(batches, None)
+        if batch is None:  # a sweep longer than an epoch goes on into the next one
             epoch += 1
             sampler.set_position(epoch)
             batches = iter(loader)

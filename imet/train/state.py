@@ -151,12 +151,11 @@ SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
                     steps_per_epoch: int) -> LRScheduler:
-    try:
-        builder = SCHEDULES[config.schedule]
-    except KeyError:
+    if config.schedule not in SCHEDULES:
         raise UserError(f"--schedule {config.schedule!r} is unknown; choose one of "
-                        f"{', '.join(SCHEDULES)}") from None
-    return builder(optimizer, max(1, total_steps), max(1, steps_per_epoch), config.warmup)
+                        f"{', '.join(SCHEDULES)}")
+    return SCHEDULES[config.schedule](optimizer, max(1, total_steps), max(1, steps_per_epoch),
+                                      config.warmup)
 
 
 # Weight EMA (`--ema DECAY`), updated after every optimizer step, its decay warmed up so the first
