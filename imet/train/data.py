@@ -192,9 +192,7 @@ def with_teacher(config: TrainConfig, labels: LabelSpace, train_ids: list[str],
         raise UserError(f"--teacher-fingerprint {config.teacher_fingerprint}: no --teacher "
                         "file given; pass the teacher it names")
     teacher = read_teacher(config.teacher, labels, train_ids)
-    digest = hashlib.sha256("\n".join(train_ids).encode())
-    digest.update(teacher.tobytes())
-    found = digest.hexdigest()[:16]
+    found = hashlib.sha256("\n".join(train_ids).encode() + teacher.tobytes()).hexdigest()[:16]
     if config.teacher_fingerprint and config.teacher_fingerprint != found:
         raise UserError(f"{', '.join(config.teacher)}: the teacher's fingerprint is {found}, "
                         f"not --teacher-fingerprint {config.teacher_fingerprint}; pass the "

@@ -2,11 +2,10 @@
 
 The loop talks to a `SingleProcess` (no torchrun: every collective is the identity) or a
 `ProcessGroup`. Under torchrun:
-- the process group comes from torchrun's environment: nccl on CUDA (one GPU per process, by
-  LOCAL_RANK), gloo on CPU;
-- the model trains wrapped in DistributedDataParallel; the TrainState keeps the bare module, so
+- nccl on CUDA (one GPU per process, by LOCAL_RANK), gloo on CPU; `--sync-bn`: torch's
+  SyncBatchNorm on CUDA, a gloo equivalent on CPU;
+- the model trains in DistributedDataParallel; the TrainState keeps the bare module, so
   checkpoints and model.pt have the single-process keys and resume on any world size;
-- `--sync-bn`: torch's SyncBatchNorm on CUDA, a gloo equivalent on CPU;
 - every decision that ends a loop (a signal, the budget) is one small all_reduce at a boundary,
   so no rank waits forever in a collective the others left;
 - evaluation gathers per-rank contiguous chunks of validation rows back in row order, so every

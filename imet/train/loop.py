@@ -262,8 +262,7 @@ class StepRunner:
     def bind(self, state, data, wrap=None) -> None:
         """`wrap`: the model as it trains (DistributedDataParallel under torchrun), rebuilt
         whenever the stage changes which parameters train."""
-        self.state = state
-        self.wrap = wrap or (lambda model: model)
+        self.state, self.wrap = state, wrap or (lambda model: model)
         self._wrapped, self._wrapped_for = None, None
         self.norm = Normalization.from_info(getattr(state.model, "info", {}))
         # Only what needs gradients is clipped: the frozen body has none in stage 1.
@@ -530,9 +529,8 @@ class Trainer:
         return "budget" if no_room else None
 
     def evaluation_must_stop(self) -> bool:
-        """A signal, or a budget about to run out: the evaluation is dropped and redone in the
-        next session, since a session killed mid-evaluation would lose everything since the
-        last checkpoint."""
+        """A signal, or a budget about to run out: the evaluation is dropped and redone next
+        session, since one killed mid-evaluation would lose everything since the last save."""
         return bool(self.stop) or self.budget.left() < self.budget.save.next()
 
     # --- saving and ending ----------------------------------------------------------------
@@ -547,10 +545,9 @@ class Trainer:
     def save(self) -> Path:
         started = self.clock()
         step = self.state.counters.step
-        if self.dist.is_main:
-            path = save_checkpoint(state_payload(self.state), self.out, step, self.config.keep)
-        else:  # rank 0 writes; the state is the same on every rank
-            path = checkpoint_path(self.out, step)
+        # Rank 0 writes; the state is the same on every rank.
+        path = (save_checkpoint(state_payload(self.state), self.out, step, self.config.keep)
+                if self.dist.is_main else checkpoint_path(self.out, step))
         self.budget.save.add(self.clock() - started)
         self.last_save_at, self.last_save_step, self.last_checkpoint = self.clock(), step, path
         self.bus.emit(Checkpoint(step=step, path=str(path)))
@@ -562,8 +559,7 @@ class Trainer:
                                                         self.config.margin))
         c = self.state.counters
         path = self.last_checkpoint if self.last_save_step == c.step else self.save()
-        next_text = next_step_text(self.next_command)
-        code = HANDED_OVER_EXIT_CODE
+        next_text, code = next_step_text(self.next_command), HANDED_OVER_EXIT_CODE
         if self.dist.is_main:
             write_handover(self.out, reason=reason, step=c.step, epoch=c.epoch, stage=c.stage,
                            checkpoint=str(path), next_text=next_text, exit_code=code,

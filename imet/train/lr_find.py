@@ -116,10 +116,8 @@ def write_lr_plot(path: str | Path, lrs: list[float], losses: list[float],
     ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
     ax.axvline(suggestion, color="tab:red", linestyle="--",
                label=f"suggested LR {suggestion:.2e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("LR (head; the body groups get it times their multipliers)")
-    ax.set_ylabel("training loss")
-    ax.set_title(title or "LR finder")
+    ax.set(xscale="log", xlabel="LR (head; the body groups get it times their multipliers)",
+           ylabel="training loss", title=title or "LR finder")
     ax.legend()
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -45,9 +45,8 @@ def stage_group_lrs(config: TrainConfig, stage: int) -> dict[str, float]:
 
 def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
                   train_groups: str = "") -> None:
-    """Stage 1 freezes the body; stage 2 trains the --train-groups (default: every group). A
-    frozen group computes no gradients: with the early group frozen, autograd keeps none of
-    its activations either."""
+    """Stage 1 freezes the body; stage 2 trains the --train-groups (default: all). A frozen group
+    computes no gradients: with the early group frozen, autograd keeps none of its activations."""
     trained = ("head",) if stage == 1 else parse_train_groups(train_groups)
     for name, params in groups.items():
         for param in params:
@@ -317,9 +316,7 @@ class TrainState:
         c.history.append({"step": c.step, "epoch": c.epoch, "stage": c.stage,
                           "train_loss": c.mean_loss(), "val_loss": val_loss, "f2": f2,
                           "threshold": threshold, "lr": self.optimizer.param_groups[-1]["lr"]})
-        c.loss_sum, c.loss_count = 0.0, 0
-        c.last_eval_step = c.step
-        c.eval_pending = False
+        c.loss_sum, c.loss_count, c.last_eval_step, c.eval_pending = 0.0, 0, c.step, False
         if is_best:
             c.best_f2, c.best_step, c.best_threshold, c.bad_evals = f2, c.step, threshold, 0
         elif c.stage == 2:  # the head-only warm-up does not count against patience
