@@ -1,14 +1,13 @@
 """Checkpointing: a run's training state on disk, the checkpoint a session resumes from, and the
 hand-over note of a session that stopped early.
 
-`<out>/checkpoints/state-<step>.pt` holds a TrainState as plain data: tensors and plain Python
-values only (RNG states converted), so `torch.load(weights_only=True)` reads it; a checkpoint
-attached from a Kaggle dataset is untrusted input. Restoring it and going on gives the same bits
-as never having stopped. Beside it `state-<step>.json` (the sidecar) holds what choosing a
-checkpoint needs without loading hundreds of MB (step, fingerprints, finished, config) and the
-size written; with the CRC32 that torch.save stores for every record, it catches a file
-truncated or damaged on its way through Kaggle's output/input round trip.
-The model file (model.pt) and its name belong to imet/models/modelfile.py."""
+`<out>/checkpoints/state-<step>.pt` holds a TrainState as tensors and plain Python values only
+(RNG states converted), so `torch.load(weights_only=True)` reads it: a checkpoint attached from a
+Kaggle dataset is untrusted input. Restoring it and going on gives the same bits as never having
+stopped. The sidecar `state-<step>.json` holds what choosing a checkpoint needs without loading
+hundreds of MB (step, fingerprints, finished, config) and the size written, which with
+torch.save's per-record CRC32 catches a file truncated or damaged in Kaggle's output/input round
+trip. model.pt belongs to imet/models/modelfile.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +49,7 @@ VERSION = 2
 NAME_PATTERN = re.compile(r"^state-(\d+)\.pt$")
 SIDECAR_PATTERN = re.compile(r"^state-(\d+)\.json$")
 # A temp file of a checkpoint or sidecar, as imet/fileio.py names it: `.<name>.<pid>.<random>.tmp`.
-TEMP_PATTERN = re.compile(r"^\.state-\d+\.(?:pt|json)\.(\d+)\.\w+" + re.escape(TEMP_SUFFIX)
-                          + "$")
+TEMP_PATTERN = re.compile(r"^\.state-\d+\.(?:pt|json)\.(\d+)\.\w+" + re.escape(TEMP_SUFFIX) + "$")
 # The errnos of a full disk or quota: a save that meets one ends as DiskFullError.
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # What decides the numerics of a resumed run beyond its config: another torch or CUDA computes
@@ -61,8 +59,7 @@ NUMERIC_LIBRARIES = ("torch", "cuda")
 
 class DiskFullError(UserError):
     """No room on the disk for a save; the message says what is needed and how to make room.
-    The files already there are untouched (atomic writes), so the run resumes once space is
-    freed."""
+    The files there are untouched (atomic writes), so the run resumes once space is freed."""
 
     exit_code = DISK_FULL_EXIT_CODE
 
@@ -72,9 +69,8 @@ class ForeignCheckpointError(CheckpointError):
 
 
 class IncompatibleCheckpointError(CheckpointError):
-    """A checkpoint of this run that this imet cannot continue (another checkpoint format,
-    another augmentation scheme): never skipped, since starting over would silently drop the
-    run's progress."""
+    """A checkpoint of this run that this imet cannot continue (another format or augmentation
+    scheme): never skipped, since starting over would silently drop the run's progress."""
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -124,15 +120,13 @@ def library_versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
         torchvision = "absent"
     return {"imet": str(__version__), "torch": str(torch.__version__),
-            "cuda": str(torch.version.cuda or "none"),
-            "torchvision": torchvision, "numpy": str(np.__version__),
-            "python": platform.python_version()}
+            "cuda": str(torch.version.cuda or "none"), "torchvision": torchvision,
+            "numpy": str(np.__version__), "python": platform.python_version()}
 
 
 def state_payload(state: TrainState) -> dict[str, Any]:
-    """Everything that decides the future of the run. Its "meta" also goes into the sidecar;
-    the precision it trains in is there so that a session in another one is refused
-    (`check_precision`)."""
+    """Everything that decides the future of the run. Its "meta" also goes into the sidecar, the
+    precision so that a session in another one is refused (`check_precision`)."""
     c = state.counters
     meta = {"config_fingerprint": state.config.fingerprint(),
             "labels_fingerprint": state.labels_fingerprint, "run_name": state.config.name(),
@@ -143,10 +137,8 @@ def state_payload(state: TrainState) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "meta": meta,
         "config": state.config.to_dict(), "labels": state.labels,
-        "counters": dataclasses.asdict(c),
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
+        "counters": dataclasses.asdict(c), "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "hard_negatives": (state.hard_negatives.state_dict()
@@ -195,18 +187,15 @@ def check_precision(resume: Resume, state: TrainState) -> None:
 
 
 # Saving: room on the disk first, atomic, verified, `keep` generations --------------------------
-# A save that cannot fit is refused before it starts, and a disk that fills up during the write
-# ends the same way: one line naming the folder, the file, what it needs and what is free. The
-# estimate is the bytes of the tensors about to be written plus a little for the zip records and
-# the pickle: unlike the previous checkpoint's size it also holds for the first stage-2 save,
-# whose optimizer state covers the whole body for the first time.
+# A save that cannot fit is refused before it starts (as is a disk filling up during the write):
+# one line with the folder, file, need and free space. The need is the tensors' bytes, not the
+# last checkpoint's size, so it holds for the first stage-2 save (whole-body optimizer state).
 
 def expected_size(obj: Any) -> int:
     """Bytes a torch.save of `obj` takes: the tensor storages inside it (nested dicts, lists,
     tuples), each counted once as torch.save writes it once, plus 2% and 1 MiB."""
     seen: set[tuple[str, int]] = set()
-    total = 0
-    stack = [obj]
+    total, stack = 0, [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
@@ -244,9 +233,8 @@ def _disk_full(folder: Path, shown: str, needed: int, fix: str) -> DiskFullError
 
 @contextmanager
 def room_for(folder: Path, shown: str, needed: int, fix: str) -> Iterator[None]:
-    """Refuse a write of ~`needed` bytes into `folder` that cannot fit, and turn a disk that
-    fills up inside the block into the same DiskFullError. `shown`: the file, as the user
-    knows it (relative to the run folder); `fix`: what makes room (`remedy`)."""
+    """Refuse a write of ~`needed` bytes into `folder` that cannot fit, and turn a disk filling up
+    inside the block into the same DiskFullError. `shown`: the file relative to the run folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(folder).free < needed:
@@ -283,10 +271,9 @@ def save_checkpoint(payload: dict[str, Any], out: str | Path, step: int,
 
 
 def verify_checkpoint(path: Path, size: int, name: Path) -> None:
-    """The file has the size written and a complete zip archive (the central directory is
-    written last) holding the pickle. Re-reading the data would read back the page cache, not
-    the disk, and a full unpickle would add ~0.7 s for se_resnext50 without proving more about
-    a file torch.save just wrote; a load checks every record's CRC32."""
+    """The file has the size written and a complete zip archive (central directory written last)
+    holding the pickle. Re-reading the data would read the page cache, not the disk, and an
+    unpickle adds ~0.7 s (se_resnext50) proving no more; a load checks every record's CRC32."""
     problem = None
     try:
         if path.stat().st_size != size:
@@ -305,9 +292,8 @@ def verify_checkpoint(path: Path, size: int, name: Path) -> None:
 def list_generations(directory: Path) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if (m := NAME_PATTERN.match(p.name))]
-    return sorted(found, reverse=True)
+    return sorted(((int(m.group(1)), p) for p in directory.iterdir()
+                   if (m := NAME_PATTERN.match(p.name))), reverse=True)
 
 
 def remove_generation(path: Path) -> None:
@@ -334,9 +320,8 @@ def tidy(directory: Path, keep: int, resumed_step: int | None) -> None:
         prune(directory, keep, resumed_step, later=False)
 
 
-# A kill during a save leaves a temp file, a kill during pruning a sidecar without its
-# checkpoint: `remove_leftovers` drops those at start-up and before each save, so the folder
-# holds the kept generations only.
+# A kill during a save leaves a temp file, one during pruning a sidecar without its checkpoint:
+# `remove_leftovers` drops those at start-up and before each save.
 
 def _started_at(pid: int) -> float | None:
     """When process `pid` started (epoch seconds), where /proc tells (Linux), else None."""
@@ -366,9 +351,8 @@ def _writer_alive(pid: int, written: float) -> bool:
 
 
 def remove_leftovers(directory: Path) -> list[str]:
-    """Remove the temp files whose writer is dead and the sidecars without a checkpoint; log
-    one line naming them. A temp file of a live process (another rank under torchrun, a copy
-    in progress) is kept."""
+    """Remove (and log in one line) the temp files whose writer is dead (not another rank's or a
+    copy in progress) and the sidecars without a checkpoint."""
     if not directory.is_dir():
         return []
     removed, freed = [], 0
@@ -429,6 +413,7 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
                               "previous generation or --resume off")
     # torch.save stores a CRC32 of every record but torch.load never checks them; the check
     # runs in a thread while torch reads the file (both release the GIL), so it costs ~nothing.
+    payload = err = None
     with ThreadPoolExecutor(1) as pool:
         damage = pool.submit(damaged_record, path)
         try:
@@ -437,15 +422,12 @@ def load_checkpoint(path: str | Path, config_fingerprint: str | None = None,
             with torch.serialization.set_default_mmap_options(mmap.MAP_PRIVATE):
                 payload = torch.load(path, map_location=map_location, weights_only=True,
                                      mmap=True)
-        except Exception as err:
-            payload, load_error = None, err
-        else:
-            load_error = None
+        except Exception as error:
+            err = error
         if damage.result():
             raise CheckpointError(f"{path}: {damage.result()} (damaged on disk or in transfer); "
                                   "use the previous generation or --resume off")
-    if load_error is not None:
-        err = load_error
+    if err is not None:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{path}: not a readable train state ({type(err).__name__}: "
                               f"{first_line[:200]}); use the previous generation or "
@@ -469,15 +451,12 @@ def config_differences(saved: dict | None, current: dict | None) -> str:
     if not isinstance(saved, dict) or not current:
         return ""
     absent = object()
-    differ = []
-    for name in sorted(set(saved) | set(current)):
-        if name in TrainConfig.NOT_IN_FINGERPRINT:
-            continue
-        then, now = saved.get(name, absent), current.get(name, absent)
-        if then != now:
-            differ.append(f"{name}: {'absent' if then is absent else repr(then)} in the "
-                          f"checkpoint, {'absent' if now is absent else repr(now)} now")
-    return "; ".join(differ)
+    pairs = ((name, saved.get(name, absent), current.get(name, absent))
+             for name in sorted(set(saved) | set(current))
+             if name not in TrainConfig.NOT_IN_FINGERPRINT)
+    return "; ".join(f"{name}: {'absent' if then is absent else repr(then)} in the checkpoint, "
+                     f"{'absent' if now is absent else repr(now)} now"
+                     for name, then, now in pairs if then != now)
 
 
 def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
@@ -504,10 +483,9 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
 
 
 # Resuming: which checkpoint a session continues from, and what comes with it -------------------
-# The candidates are this run's own checkpoints and every `state-<step>.pt` under the input
-# roots. The newest usable one of this run is copied into the out folder and loaded; the best
-# model (model.pt) of the run it came from is brought along, since the best evaluation may
-# belong to an earlier session.
+# The newest usable one of this run (its own, or any `state-<step>.pt` under the input roots) is
+# copied into the out folder and loaded; its run's model.pt comes along, since the best
+# evaluation may belong to an earlier session.
 
 @dataclass(frozen=True)
 class Resume:
@@ -528,8 +506,8 @@ class Candidate:
 
 def choose_resume(config, config_fingerprint: str, labels_fingerprint: str,
                   dist) -> Resume | None:
-    """What `--resume` (off | auto | a path) of `config` resumes from. Under torchrun rank 0
-    chooses (and may copy in) the checkpoint and the others load its choice."""
+    """What `--resume` (off | auto | a path) resumes from; under torchrun rank 0 chooses (and
+    may copy in) the checkpoint and the others load its choice."""
     if config.resume == "off":
         return None
     settings = config.to_dict()  # named in the message when a checkpoint is another config's
@@ -550,12 +528,10 @@ def load_resume(path: str | Path, config_fingerprint: str, labels_fingerprint: s
 
 def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerprint: str,
                 labels_fingerprint: str, config: dict | None = None) -> Resume | None:
-    """The newest valid checkpoint of this run, copied into the out folder, loaded.
-
-    A checkpoint of another config in this run's own folder is refused (the user changed a flag
-    that decides the result); in input roots it is skipped, since Kaggle attaches other runs'
-    outputs (other folds, other archs) side by side. A damaged newest generation falls back to
-    the older one with a warning."""
+    """The newest valid checkpoint of this run, copied into the out folder, loaded. Another
+    config's is refused in this run's own folder (a flag that decides the result changed) and
+    skipped in input roots (Kaggle attaches other folds' and archs' outputs side by side); a
+    damaged newest generation falls back to the older one with a warning."""
     failures: list[str] = []
     for candidate in find_candidates(out, input_roots):
         try:
@@ -567,25 +543,24 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
                 raise
             log.info("skipping %s: another run's checkpoint", candidate.path)
             continue
-        path = candidate.path if candidate.local else copy_in(candidate, out)
+        path = candidate.path
+        if not candidate.local:  # copied into this run's folder, with its sidecar
+            path = atomic_copy(candidate.path, checkpoint_dir(out) / candidate.path.name)
+            if sidecar_of(candidate.path).is_file():
+                atomic_copy(sidecar_of(candidate.path), sidecar_of(path))
         try:
             payload = load_checkpoint(path, config_fingerprint, labels_fingerprint,
                                       config=config)
-        except IncompatibleCheckpointError:
-            if not candidate.local:
-                remove_generation(path)
-            raise
-        except ForeignCheckpointError:
-            if candidate.local:
-                raise
-            remove_generation(path)
-            continue
         except CheckpointError as err:
-            log.warning("checkpoint %s is unusable (%s); trying the previous generation",
-                        candidate.path, err)
-            failures.append(str(err))
             if not candidate.local:
                 remove_generation(path)
+            foreign = isinstance(err, ForeignCheckpointError)
+            if isinstance(err, IncompatibleCheckpointError) or (foreign and candidate.local):
+                raise
+            if not foreign:
+                log.warning("checkpoint %s is unusable (%s); trying the previous generation",
+                            candidate.path, err)
+                failures.append(str(err))
             continue
         return Resume(payload, path, candidate.path)
     if failures:
@@ -597,11 +572,9 @@ def find_resume(out: str | Path, input_roots: list[str | Path], config_fingerpri
 def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Candidate]:
     """Every state-<step>.pt in the out folder's checkpoints and anywhere under input roots,
     newest first (the out folder first on equal steps: no copy needed)."""
-    seen: set[Path] = set()
-    found: list[Candidate] = []
-    for step, path in list_generations(checkpoint_dir(out)):
-        seen.add(path.resolve())
-        found.append(Candidate(path, step, read_meta(path), True))
+    found = [Candidate(path, step, read_meta(path), True)
+             for step, path in list_generations(checkpoint_dir(out))]
+    seen = {candidate.path.resolve() for candidate in found}
     for folder, _, filenames in walk_folders(input_roots):
         for name in filenames:
             match = NAME_PATTERN.match(name)
@@ -612,26 +585,14 @@ def find_candidates(out: str | Path, input_roots: list[str | Path]) -> list[Cand
     return sorted(found, key=lambda c: (c.step, c.local), reverse=True)
 
 
-def copy_in(candidate: Candidate, out: str | Path) -> Path:
-    """Copy a checkpoint found in an input root, and its sidecar, into this run's folder."""
-    target = atomic_copy(candidate.path, checkpoint_dir(out) / candidate.path.name)
-    if sidecar_of(candidate.path).is_file():
-        atomic_copy(sidecar_of(candidate.path), sidecar_of(target))
-    return target
-
-
 def version_change(resume: Resume, now: dict[str, str], warn: bool = True) -> str | None:
-    """'torch 2.10.0+cu128, CUDA 12.8 -> torch 2.14.1, CUDA none' when the checkpoint's torch
-    or CUDA (its payload's "versions") differs from `now`, this session's, else None; `warn`
-    logs it as one line."""
+    """'torch 2.10.0+cu128, CUDA 12.8 -> torch 2.14.1, CUDA none' when the checkpoint's torch or
+    CUDA differs from `now` (this session's), else None; `warn` logs it as one line."""
     saved = resume.payload["versions"]
     if all(str(saved[name]) == now[name] for name in NUMERIC_LIBRARIES):
         return None
-
-    def text(versions: dict) -> str:
-        return ", ".join(f"{'CUDA' if name == 'cuda' else name} {versions[name]}"
-                         for name in NUMERIC_LIBRARIES)
-    change = f"{text(saved)} -> {text(now)}"
+    change = " -> ".join(", ".join(f"{'CUDA' if name == 'cuda' else name} {versions[name]}"
+                                   for name in NUMERIC_LIBRARIES) for versions in (saved, now))
     if warn:
         log.warning("%s was written by another torch/CUDA than this session's (%s): the run "
                     "goes on, but not bit-identical to one that never changed", resume.path.name,
@@ -640,28 +601,23 @@ def version_change(resume: Resume, now: dict[str, str], warn: bool = True) -> st
 
 
 def bring_best_model(out: str | Path, resume: Resume, best_step: int) -> None:
-    """A session resumed from another folder (Kaggle: the previous session's output) takes
-    that run's model.pt along: the best model may come from an earlier session. The one place
-    model.pt crosses sessions."""
+    """A session resumed from another folder (Kaggle: the previous session's output) takes that
+    run's model.pt along (the best model may be an earlier session's): the one place it crosses."""
     target = Path(out) / MODEL_FILE
     source = resume.found_at.parent.parent / MODEL_FILE
     if best_step < 0 or source.resolve() == target.resolve():
         return
-    if not source.is_file():
-        if not target.is_file():
-            log.warning("%s not found: the best model (step %d) of the resumed run is "
-                        "missing; model.pt is written again at the next improvement",
-                        source, best_step)
-        return
-    atomic_copy(source, target)
+    if source.is_file():
+        atomic_copy(source, target)
+    elif not target.is_file():
+        log.warning("%s not found: the best model (step %d) of the resumed run is missing; "
+                    "model.pt is written again at the next improvement", source, best_step)
 
 
-# The hand-over note: what a session that stopped early leaves for the next one ----------------
-# (and its user). Its exit code is HANDED_OVER_EXIT_CODE (imet/errors.py).
+# The hand-over note a session that stopped early leaves for the next one (and its user) ----------
 
 def next_step_text(command: str | None) -> str:
-    """What to run next: `command` with its --resume set to auto (said once, wherever the
-    command had it)."""
+    """What to run next: `command` with its --resume set to auto."""
     rerun = (f"`{resuming(command)}` again" if command
              else "the same `imet train` command again with --resume auto")
     return (f"run {rerun} (locally: in the same --out folder; on Kaggle: push the trainer "
@@ -683,9 +639,8 @@ def resuming(command: str) -> str:
 def write_handover(out: Path, *, reason: str, step: int, epoch: int, stage: int,
                    checkpoint: str, next_text: str, exit_code: int, signal: str | None,
                    session: int, total_steps: int, steps_taken: int) -> Path:
-    """`steps_taken`: this session's steps (0: it stopped during start-up, nothing changed)."""
-    what = {"budget": "the session's time budget would not fit the next unit of work plus a "
-                      "save",
+    """HANDOVER.json; `steps_taken`: this session's steps (0: stopped during start-up)."""
+    what = {"budget": "the session's time budget would not fit the next unit of work plus a save",
             "session-steps": "the session ran its --session-steps",
             "telegram": "its owner sent /stop from Telegram"}.get(
         reason, f"a stop signal ({signal or 'SIGTERM/SIGINT'}) arrived")
@@ -694,9 +649,8 @@ def write_handover(out: Path, *, reason: str, step: int, epoch: int, stage: int,
             f"of {total_steps} (epoch {epoch}, stage {stage}, session {session}): {what}; "
             f"{taken}the full training state was saved", "step": step, "epoch": epoch,
             "stage": stage, "session": session, "total_steps": total_steps,
-            "steps_this_session": steps_taken,
-            "checkpoint": checkpoint, "next": next_text, "exit_code": exit_code,
-            "time": utc_timestamp()}
+            "steps_this_session": steps_taken, "checkpoint": checkpoint, "next": next_text,
+            "exit_code": exit_code, "time": utc_timestamp()}
     return atomic_write_text(Path(out) / HANDOVER_FILE, json.dumps(data, indent=2) + "\n")
 
 

@@ -2,11 +2,11 @@
 --extra's images and --teacher's probabilities), the sample order, hard-negative mining and the
 loaders.
 
-The training loader's order comes from `EpochBatchSampler`, a pure function of (seed, epoch,
-position), and its augmentation from the dataset's (seed, epoch, index) streams, so the batches
-are the same whatever `num_workers` is and wherever a session stopped. Images travel as uint8 (a
-quarter of the bytes through pinned memory and PCIe) with each sample's per-batch augmentation
-parameters, and are augmented and normalized on the device."""
+The training order is a pure function of (seed, epoch, position) (`EpochBatchSampler`), the
+augmentation of the dataset's (seed, epoch, index) streams, so the batches are the same whatever
+`num_workers` is and wherever a session stopped. Images travel as uint8 (a quarter of the bytes
+through pinned memory and PCIe) with their augmentation parameters, and are augmented and
+normalized on the device."""
 from __future__ import annotations
 
 import hashlib
@@ -45,15 +45,13 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class EpochBatchSampler(Sampler[list]):
-    """Each epoch is a permutation drawn from a generator seeded with (seed, epoch), nothing
-    global, cut into global batches of `batch_size`. A resumed session starts at `start_batch`;
-    a rank of a distributed run takes its contiguous slice of every global batch, so the global
-    sample order is the same at any world size and a checkpoint resumes on another world size
-    at the same position. The last incomplete batch is dropped: a batch of one breaks BatchNorm
-    and distorts the LR schedule's step count. With hard-negative mining an epoch also holds
-    `repeat_count` repeated samples (`set_position`'s `repeats`): the permutation is then one of
-    the N + repeat_count entries of (every sample, the repeats), so without repeats it is the
-    plain one."""
+    """Each epoch is a permutation from a generator seeded with (seed, epoch), nothing global,
+    cut into global batches of `batch_size`, from `start_batch` on. A rank takes its contiguous
+    slice of every global batch, so the order is the same at any world size and a checkpoint
+    resumes on another one at the same position. The last incomplete batch is dropped (a batch
+    of one breaks BatchNorm and distorts the LR schedule's step count). Hard-negative mining's
+    `repeat_count` repeats (`set_position`) are permuted with the N samples; without repeats the
+    permutation is the plain one."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, epoch: int = 0,
                  start_batch: int = 0, rank: int = 0, world_size: int = 1,
@@ -63,17 +61,12 @@ class EpochBatchSampler(Sampler[list]):
         if num_samples < batch_size:
             raise ValueError(f"{num_samples} training samples are fewer than one batch "
                              f"of {batch_size}")
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = epoch
-        self.start_batch = start_batch
-        self.rank = rank
-        self.world_size = world_size
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.epoch, self.start_batch = epoch, start_batch
+        self.rank, self.world_size = rank, world_size
         # (epoch, index) keys let persistent DataLoader workers, which never see a later
         # `set_epoch` on their copy of the dataset, augment for the right epoch.
-        self.with_epoch = with_epoch
-        self.repeat_count = repeat_count
+        self.with_epoch, self.repeat_count = with_epoch, repeat_count
         self.repeats = torch.zeros(0, dtype=torch.long)
 
     @property
@@ -81,8 +74,7 @@ class EpochBatchSampler(Sampler[list]):
         return (self.num_samples + self.repeat_count) // self.batch_size
 
     def set_position(self, epoch: int, start_batch: int = 0, repeats=None) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
+        self.epoch, self.start_batch = epoch, start_batch
         if repeats is not None:
             if len(repeats) != self.repeat_count:
                 raise ValueError(f"{len(repeats)} repeats for an epoch of {self.repeat_count}")
@@ -103,14 +95,11 @@ class EpochBatchSampler(Sampler[list]):
 
 
 # Hard-negative mining (`--hard-negatives FRACTION`, from the top iMet solutions): every epoch sees
-# each training sample once plus, once more, the FRACTION of samples whose loss was largest in the
-# epoch before. The per-sample losses of the running epoch are recorded as the steps run (the loss
-# of a sample mixed by mixup is booked to the sample itself); at the first step of the next epoch
-# they pick that epoch's repeats, the top `count` losses (ties to the lower index), and the sampler
-# mixes the repeats into its (seed, epoch) permutation. Epoch 0, with no losses yet, repeats
-# `count` samples drawn from (seed, 0). The epoch being recorded, its losses and the repeats in use
-# are all in the TrainState, so a resumed session picks the same samples. Every epoch has the same
-# length, so the LR schedules see a fixed number of steps per epoch.
+# each sample once plus the FRACTION whose loss was largest in the epoch before (a mixed sample's
+# loss is booked to itself; ties to the lower index), mixed into the sampler's (seed, epoch)
+# permutation. Epoch 0 repeats `count` samples drawn from (seed, 0). The recorded losses and the
+# repeats in use are in the TrainState, so a resumed session picks the same samples; every epoch
+# has the same length, so the LR schedules see a fixed number of steps per epoch.
 
 # Mixed into the seed of epoch 0's repeats, so they are not the first samples of its order.
 _REPEAT_SALT = 0x4A2D
@@ -163,12 +152,10 @@ class HardNegatives:
 
 
 # The teacher of a distilled run (`imet train --teacher FILE`): a probability per training image
-# and class, carried in the training targets after the true labels ([N, 2C]), so that mixup mixes
-# both alike and `imet.train.loop.DistillLoss` splits them again. The files are imet probabilities
-# files (imet/probfile.py): `imet validate`'s out-of-fold predictions, `imet pseudo-label --soft`'s
-# soft targets, or both (each image in one of them). Their fingerprint hashes the probabilities of
-# the run's training images, in training order, so a resume with another teacher is refused as
-# another config.
+# and class after the true labels in the targets ([N, 2C]), so mixup mixes both alike and
+# `loop.DistillLoss` splits them again. Its files are imet probabilities files (`imet validate`'s
+# OOF predictions, `imet pseudo-label --soft`'s soft targets, or both). Their fingerprint hashes
+# the training images' probabilities in training order: another teacher is another config.
 
 
 def read_teacher(files: list[str], labels: LabelSpace, train_ids: list[str]) -> np.ndarray:
@@ -205,9 +192,7 @@ def with_teacher(config: TrainConfig, labels: LabelSpace, train_ids: list[str],
         raise UserError(f"--teacher-fingerprint {config.teacher_fingerprint}: no --teacher "
                         "file given; pass the teacher it names")
     teacher = read_teacher(config.teacher, labels, train_ids)
-    digest = hashlib.sha256("\n".join(train_ids).encode())
-    digest.update(teacher.tobytes())
-    found = digest.hexdigest()[:16]
+    found = hashlib.sha256("\n".join(train_ids).encode() + teacher.tobytes()).hexdigest()[:16]
     if config.teacher_fingerprint and config.teacher_fingerprint != found:
         raise UserError(f"{', '.join(config.teacher)}: the teacher's fingerprint is {found}, "
                         f"not --teacher-fingerprint {config.teacher_fingerprint}; pass the "
@@ -256,13 +241,16 @@ def load_run_data(config: TrainConfig) -> RunData:
                                                             train_paths, train_targets)
     if config.teacher or config.teacher_fingerprint:
         train_targets = with_teacher(config, labels, train_ids, train_targets)
-    cache = _image_cache(config, layout)
+    # A decode-once cache (`imet cache`) of the image size, only from places the user chose
+    # ($IMET_CACHE_DIR, --data, an --input-root): a JPEG cache changes the pixels.
+    cache = find_cache(config.image_size, [layout.root, *config.input_root])
+    if cache is not None:
+        print(f"imet: reading images from {cache}", file=sys.stderr)
     memo_bytes = config.image_memory_mb * 2**20 // max(1, loader_workers(config))
     train_set = ImetDataset(train_paths, train_targets,
                             build_train_transform(config.preset, config.image_size), config.seed,
                             normalize=None, cache=cache, min_side=MIN_SIDE,
-                            batch_augment=build_batch_augment(config.preset,
-                                                              config.image_size,
+                            batch_augment=build_batch_augment(config.preset, config.image_size,
                                                               config.erasing),
                             memo=PixelMemo(memo_bytes))
     # The eval transform draws nothing: its output is kept, resizing included (a fold's images
@@ -293,17 +281,6 @@ def _with_extra(config: TrainConfig, labels: LabelSpace, ids: list[str], train_i
             np.concatenate([targets, extra.targets]))  # soft: float16
 
 
-def _image_cache(config: TrainConfig, layout: CompetitionLayout):
-    """A decode-once cache (`imet cache`) of the run's image size, when one is found in
-    $IMET_CACHE_DIR, the data folder or an --input-root (on Kaggle: a cache kernel's output).
-    Only places the user chose: a JPEG cache changes the pixels, so one picked up from an
-    unrelated folder would silently change the run."""
-    cache = find_cache(config.image_size, [layout.root, *config.input_root])
-    if cache is not None:
-        print(f"imet: reading images from {cache}", file=sys.stderr)
-    return cache
-
-
 def loader_workers(config: TrainConfig) -> int:
     """Loader workers per process: `--num-workers`, or for auto this machine's usable CPUs
     split between torchrun's processes on it (T4 x2 on 4 CPUs: 2 each, not 4 each)."""
@@ -325,8 +302,7 @@ def train_loader(data: RunData, sampler: EpochBatchSampler, config: TrainConfig,
 
 
 def val_loader(data: RunData, config: TrainConfig, pin_memory: bool) -> DataLoader:
-    batch = config.eval_batch_size or 2 * config.batch_size
     workers = loader_workers(config)
-    return DataLoader(data.val_set, batch_size=batch, shuffle=False,
-                      num_workers=workers, pin_memory=pin_memory,
+    return DataLoader(data.val_set, batch_size=config.eval_batch_size or 2 * config.batch_size,
+                      shuffle=False, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator(), persistent_workers=workers > 0)

@@ -1,22 +1,18 @@
 """Multi-process training with torch.distributed (`torchrun --nproc_per_node N -m imet train`).
 
-The loop talks to one `SingleProcess` or `ProcessGroup` object. Without torchrun (WORLD_SIZE
-unset or 1) it is a `SingleProcess`, whose every method is the identity, so a single-process
-run does no collective at all. Under torchrun:
-- the process group comes from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
-  nccl on CUDA (one GPU per process, chosen by LOCAL_RANK), gloo on CPU;
-- the model trains wrapped in DistributedDataParallel (gradients averaged over the ranks); the
-  TrainState keeps the bare module, so checkpoints and model.pt have the single-process keys and
-  a checkpoint resumes on any world size;
-- `--sync-bn` computes batch statistics over all ranks: torch's SyncBatchNorm on CUDA, a gloo
-  equivalent on CPU;
-- every decision that ends a loop (a stop signal, the budget) is taken together: one small
-  all_reduce at each boundary, so no rank waits forever in a collective the others left;
-- evaluation splits the validation rows into contiguous per-rank chunks and gathers the
-  probabilities back in row order, so every rank computes the same F2 and takes the same path;
-- only rank 0 writes files (the loop asks `is_main`).
-The global sample order is `EpochBatchSampler`'s: each rank takes its slice of every global
-batch, so the position saved in a checkpoint is global."""
+The loop talks to a `SingleProcess` (no torchrun: every collective is the identity) or a
+`ProcessGroup`. Under torchrun:
+- nccl on CUDA (one GPU per process, by LOCAL_RANK), gloo on CPU; `--sync-bn`: torch's
+  SyncBatchNorm on CUDA, a gloo equivalent on CPU;
+- the model trains in DistributedDataParallel; the TrainState keeps the bare module, so
+  checkpoints and model.pt have the single-process keys and resume on any world size;
+- every decision that ends a loop (a signal, the budget) is one small all_reduce at a boundary,
+  so no rank waits forever in a collective the others left;
+- evaluation gathers per-rank contiguous chunks of validation rows back in row order, so every
+  rank computes the same F2 and takes the same path;
+- only rank 0 writes files (`is_main`).
+Each rank takes its slice of every global batch of `EpochBatchSampler`, so a saved position is
+global."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,9 +46,8 @@ def env_local_world_size() -> int:
 
 
 class SingleProcess:
-    """A run without torchrun: every collective below is the identity, and this one process is
-    the main one. `ProcessGroup` overrides each for a rank of a torchrun launch; the loop talks
-    to either through these methods alone."""
+    """A run without torchrun: every collective is the identity and this process the main one;
+    `ProcessGroup` overrides each for a rank of a torchrun launch."""
 
     rank = 0
     world_size = 1
@@ -93,7 +88,7 @@ class SingleProcess:
         """The session ended normally on this rank (see ProcessGroup.finish)."""
 
     def close(self) -> None:
-        pass
+        """Leave the process group (ProcessGroup.close)."""
 
 
 class ProcessGroup(SingleProcess):
@@ -103,9 +98,7 @@ class ProcessGroup(SingleProcess):
 
     def __init__(self, device: torch.device, rank: int, world_size: int, sync_bn: bool):
         super().__init__(device)
-        self.rank = rank
-        self.world_size = world_size
-        self.sync_bn = sync_bn
+        self.rank, self.world_size, self.sync_bn = rank, world_size, sync_bn
         # nccl moves only CUDA tensors; gloo only CPU ones.
         self.comm_device = device if device.type == "cuda" else torch.device("cpu")
 
@@ -113,12 +106,10 @@ class ProcessGroup(SingleProcess):
         return convert_sync_batchnorm(model, self.device) if self.sync_bn else model
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP over the parameters that train now; rebuilt by the caller at a stage switch,
-        since DDP registers its gradient hooks for the parameters that require grad when built.
-        Its constructor broadcasts rank 0's weights, so all ranks start each stage equal."""
+        """DDP over the parameters that train now, rebuilt at a stage switch (DDP hooks those
+        requiring grad when built). It broadcasts rank 0's weights when built, so every stage
+        starts equal, and by default rank 0's buffers (BatchNorm statistics) before each forward."""
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # Buffers (BatchNorm running statistics) are broadcast from rank 0 before each forward,
-        # DDP's default.
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def any_of(self, *flags: bool) -> tuple[bool, ...]:
@@ -187,15 +178,12 @@ class ProcessGroup(SingleProcess):
         found = find() if self.is_main else None
         box = [str(found.path) if found is not None else None]
         tdist.broadcast_object_list(box, src=0)
-        if self.is_main or box[0] is None:
-            return found
-        return load(box[0])
+        return found if self.is_main or box[0] is None else load(box[0])
 
     def finish(self) -> None:
-        """Wait until every rank is past its last collective: a rank that tore its process
-        group down while another still talked to it aborted in gloo's threads (SIGABRT,
-        'terminate called without an active exception'). Only on a normal end: after a failure
-        the other ranks may never come, and torchrun ends them."""
+        """Wait until every rank is past its last collective (one tearing its group down while
+        another still talked to it aborted in gloo: SIGABRT, 'terminate called without an active
+        exception'). Only on a normal end: after a failure torchrun ends the others."""
         tdist.barrier()
 
     def close(self) -> None:
@@ -212,14 +200,11 @@ def predict_rows(runner, batches, should_stop: Callable[[], bool]):
 
 
 class Lockstep:
-    """This rank's evaluation batches, one collective per round: all ranks agree to go on
-    (some rank still has a batch) or to stop (some rank was asked to). A rank whose chunk ran
-    out keeps taking part in the rounds, so no rank waits in a collective that others left."""
+    """This rank's evaluation batches, one collective per round: all go on while some rank has
+    a batch, all stop when one was asked to; a rank out of batches keeps taking part."""
 
     def __init__(self, loader, group: ProcessGroup, should_stop: Callable[[], bool]):
-        self.loader = loader
-        self.group = group
-        self.should_stop = should_stop
+        self.loader, self.group, self.should_stop = loader, group, should_stop
         self.stopped = False
 
     def __iter__(self):
@@ -264,22 +249,19 @@ def start(config: TrainConfig) -> SingleProcess:
 
 
 def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Every BatchNorm of `model` synchronized over the ranks. Same Parameter objects and
-    state_dict keys: the optimizer groups and checkpoints stay as they are, and a single process
-    loads them into plain BatchNorm."""
+    """Every BatchNorm of `model` synchronized over the ranks, with the same Parameters and
+    state_dict keys: optimizer groups and checkpoints stay, and plain BatchNorm loads them."""
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for module in model.modules():
         if isinstance(module, _BatchNorm):
-            # In place: parameters, buffers and state_dict keys stay as they are.
             module.__class__ = GlooSyncBatchNorm
     return model
 
 
 class _SumOverRanks(torch.autograd.Function):
-    """all_reduce(SUM) with its gradient: every rank's output depends on every rank's input, so
-    the gradient of an input is the sum of the output gradients of all ranks. (torch's
-    torch.distributed.nn.functional.all_reduce does this but is deprecated since 2.x.)"""
+    """all_reduce(SUM) with its gradient, the sum of all ranks' output gradients (torch's
+    torch.distributed.nn.functional.all_reduce does this but is deprecated since 2.x)."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
@@ -295,12 +277,10 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 class GlooSyncBatchNorm(_BatchNorm):
-    """SyncBatchNorm for CPU processes (gloo). torch's SyncBatchNorm runs on GPUs only (its
-    kernels batch_norm_stats & co. are CUDA-only), so on CPU the batch statistics are computed
-    here: one differentiable all_reduce of the per-channel sums, sums of squares and counts
-    (its backward sums the gradients over the ranks, as torch's own does). Used by CPU clusters
-    and by the tests that compare a 2-process run with a 1-process one. Not a SyncBatchNorm
-    subclass: DDP refuses those on CPU."""
+    """SyncBatchNorm for CPU processes (gloo): torch's kernels (batch_norm_stats & co.) are
+    CUDA-only, so the batch statistics come from one differentiable all_reduce of per-channel
+    sums, sums of squares and counts. Used by CPU clusters and the tests comparing 2 processes
+    with 1. Not a SyncBatchNorm subclass: DDP refuses those on CPU."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:

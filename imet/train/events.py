@@ -2,12 +2,9 @@
 and the StopRequest that signals (and Telegram's /stop) set. Free of torch, so `imet train`
 installs its signal handlers before torch loads.
 
-The loop knows nothing of its listeners: it calls `bus.emit(RunStart(...))`. Each kind of
-event is a frozen dataclass, so a field the loop renames breaks its readers at once
-(AttributeError, TypeError) instead of reading as None. A subscriber is any callable taking
-an event; it may also have `close()`. A subscriber that raises is logged once and never
-breaks training.
-"""
+Each event is a frozen dataclass, so a field the loop renames breaks its readers at once
+instead of reading as None. A subscriber is any callable taking an event, maybe with `close()`;
+one that raises is logged once and never breaks training."""
 from __future__ import annotations
 
 import logging
@@ -158,20 +155,16 @@ class EventBus:
 
     def close(self) -> None:
         for subscriber in self._subscribers:
-            close = getattr(subscriber, "close", None)
-            if close is None:
-                continue
             try:
-                close()
+                getattr(subscriber, "close", lambda: None)()
             except Exception as err:
                 log.warning("closing subscriber %r failed: %s: %s",
                             subscriber, type(err).__name__, err)
 
 
 class RankZeroSubscriber:
-    """The one dispatch of every subscriber: an event goes to `_on_<kind>(event)` when the
-    subscriber defines it. On a multi-process run only rank 0 (learnt from run_start) acts, so
-    each file, line and message is written once."""
+    """The one dispatch of every subscriber: an event goes to its `_on_<kind>(event)`, if any,
+    on rank 0 only (learnt from run_start), so each file, line and message is written once."""
     _active = True
 
     def __call__(self, event: Event) -> None:
@@ -185,17 +178,13 @@ class RankZeroSubscriber:
 class StopRequest:
     """SIGTERM / SIGINT set a flag; the loop saves at the next boundary and exits 75.
 
-    Every further signal while stopping (a second Ctrl-C 0.3 s later, a SIGTERM after a
-    SIGINT) is noted on stderr and changes nothing: the save in progress finishes, so the exit
-    code, the checkpoint and HANDOVER.json always agree. A user who will not wait for the save
-    uses SIGKILL (kill -9), which the atomic writes survive.
-
-    `imet train` installs the handlers first thing, before torch is imported, so a stop during
-    start-up is honoured too (at the loop's first boundary). Nested `with` blocks install them
-    once. Handlers are installed only in the main thread (Python allows no other) and
-    restored when the outermost block ends, except with `process_exits` (the CLI) once a stop
-    was asked: the process then ends with the hand-over's exit code, and a second Ctrl-C that
-    lands after the save but before the exit must not turn it into a death by SIGINT."""
+    A further signal while stopping (a second Ctrl-C) is noted on stderr and changes nothing:
+    the save finishes, so exit code, checkpoint and HANDOVER.json agree (kill -9 skips it; the
+    atomic writes survive). `imet train` installs the handlers before importing torch, so a stop
+    during start-up is honoured at the first boundary. Nested `with` blocks install them once,
+    in the main thread only (Python allows no other), and the outermost restores them, except
+    with `process_exits` (the CLI) once a stop was asked: a Ctrl-C after the save but before
+    the exit must not turn the hand-over's exit code into a death by SIGINT."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -2,25 +2,19 @@
 step (`StepRunner`) and the `Trainer`, which strings steps, evaluations and checkpoints together
 until the epochs end or the session hands over to the next one.
 
-Work happens in units (a step, an evaluation); between units the loop is at a *boundary*, where
-the TrainState is complete and can be saved. Every decision at a boundary is a function of the
-state alone (is an evaluation pending, is the stage over, are the epochs done), so a run that
-stops at any boundary and resumes takes the same path as one that never stopped.
+Between units of work (a step, an evaluation) the loop is at a *boundary*, where the TrainState
+is complete and can be saved. Every decision there is a function of the state alone (evaluation
+pending, stage over, epochs done), so a run that stops at any boundary and resumes takes the
+same path as one that never stopped. A Kaggle session is cut hard when its time is up, so before
+every unit the loop checks that it plus a save still fits, else saves and hands over; durations
+are the max of this session's recent samples times a safety factor, since one slow step (a GC
+pause, a cold cache) is what would overrun the budget.
 
-A Kaggle session is cut hard when its time is up, so before every unit the loop asks whether
-that unit plus a checkpoint save still fits; if not it saves and hands over. Durations are
-estimated from what this session measured: the max of the recent samples times a safety factor,
-since one slow step (a GC pause, a cold cache) is what would overrun the budget.
-
-Four notions of stopping, each under one name:
-- `StopRequest` (self.stop): a SIGTERM/SIGINT asked this process to stop; set by the signal
-  handler at any moment, read only at boundaries and between validation batches.
-- budget fits (`SessionBudget.fits_step` / `fits_eval`): whether the next unit of work plus a
-  checkpoint save still fits in what is left of the session.
-- `agreed_stop(fits)`: the decision at a boundary, taken by all ranks together: "signal" when
-  any rank's StopRequest is set, "budget" when `fits` fails on any rank, else None.
-- `evaluation_must_stop`: asked between validation batches; a signal, or a budget about to run
-  out, drops the evaluation, which the next session redoes from the saved boundary."""
+Four notions of stopping, each under one name: `StopRequest` (self.stop), set by a SIGTERM/SIGINT
+handler at any moment, read at boundaries and between validation batches; `SessionBudget.fits_step`
+/ `fits_eval`: the next unit plus a save still fits; `agreed_stop(fits)`: the boundary's decision,
+by all ranks together ("signal", "budget" or None); `evaluation_must_stop`: a signal or a budget
+about to run out drops the evaluation, which the next session redoes from the saved boundary."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +59,7 @@ class DurationEstimate:
 
     def __init__(self, window: int = 20, safety: float = 1.25, prior_s: float = 0.0):
         self._samples: deque[float] = deque(maxlen=window)
-        self.safety = safety
-        self.prior_s = prior_s
+        self.safety, self.prior_s = safety, prior_s
 
     def add(self, seconds: float) -> None:
         self._samples.append(max(0.0, float(seconds)))
@@ -84,18 +77,14 @@ class DurationEstimate:
 
 class SessionBudget:
     """`total_s` seconds from `start` (the moment the session began); `margin_s` is kept free.
-
     `clock` is injectable so a test can run a day-long budget in a second of real time."""
 
     def __init__(self, total_s: float, margin_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, start: float | None = None):
-        self.total_s = float(total_s)
-        self.margin_s = float(margin_s)
-        self.clock = clock
+        self.total_s, self.margin_s, self.clock = float(total_s), float(margin_s), clock
         self.start = clock() if start is None else start
-        self.step = DurationEstimate(prior_s=0.0)
-        self.eval = DurationEstimate(window=5, prior_s=0.0)
-        self.save = DurationEstimate(window=5, prior_s=0.0)
+        self.step = DurationEstimate()
+        self.eval, self.save = DurationEstimate(window=5), DurationEstimate(window=5)
 
     def elapsed(self) -> float:
         return self.clock() - self.start
@@ -133,9 +122,8 @@ class BCELoss(nn.Module):
         self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        pos_weight = None
-        if self.pos_weight is not None:
-            pos_weight = torch.full_like(logits[0], float(self.pos_weight))
+        pos_weight = (None if self.pos_weight is None
+                      else torch.full_like(logits[0], float(self.pos_weight)))
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
 
 
@@ -178,10 +166,9 @@ class SoftF2Loss(nn.Module):
 
 
 class DistillLoss(nn.Module):
-    """Knowledge distillation (`imet train --teacher`): targets [N, 2C] carry the teacher's
-    probabilities after the true labels, and the loss is (1 - weight) * `base` on the true
-    labels + weight * T^2 * BCE(student logits / T, the teacher's probabilities tempered by T:
-    sigmoid(logit(p) / T)). T^2 keeps the soft term's gradient on the scale of the hard one's
+    """Knowledge distillation (`--teacher`): targets [N, 2C] carry the teacher's probabilities p
+    after the true labels; the loss is (1 - weight) * `base` on the labels + weight * T^2 *
+    BCE(logits / T, sigmoid(logit(p) / T)), T^2 keeping the soft gradient on the hard one's scale
     (Hinton et al. 2015). Targets [N, C] (evaluation) get `base` alone."""
 
     def __init__(self, base: nn.Module, weight: float, temperature: float):
@@ -199,25 +186,20 @@ class DistillLoss(nn.Module):
         return (1 - self.weight) * self.base(logits, truth) + self.weight * soft
 
 
-LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "bce": BCELoss,
-    "focal": FocalLoss,
-    "soft_f2": SoftF2Loss,
-}
+LOSSES: dict[str, Callable[..., nn.Module]] = {"bce": BCELoss, "focal": FocalLoss,
+                                               "soft_f2": SoftF2Loss}
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
     """LOSSES[name](**kwargs); unknown names and parameters are UserErrors."""
-    try:
-        factory = LOSSES[name]
-    except KeyError:
+    if name not in LOSSES:
         raise UserError(f"unknown loss {name!r}: choose one of {', '.join(sorted(LOSSES))}")
-    accepted = set(inspect.signature(factory).parameters)
+    accepted = set(inspect.signature(LOSSES[name]).parameters)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise UserError(f"loss {name!r} takes no parameter {', '.join(unknown)}; it takes "
                         f"{', '.join(sorted(accepted)) or 'none'}")
-    return factory(**kwargs)
+    return LOSSES[name](**kwargs)
 
 
 def sample_beta(alpha: float, generator: torch.Generator) -> float:
@@ -242,10 +224,9 @@ def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
 
 
 def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
-    """torch.use_deterministic_algorithms without its import of torch._inductor (and with it
-    dynamo: ~1.1 CPU-s, a sixth of a small CPU run), only to set inductor's own flag, which
-    steers compiled code alone. imet compiles nothing; when something in this process already
-    loaded inductor, its flag is set too, as torch does."""
+    """torch.use_deterministic_algorithms without its import of torch._inductor and dynamo
+    (~1.1 CPU-s, a sixth of a small CPU run) just to set inductor's flag: imet compiles nothing.
+    When something already loaded inductor, its flag is set too, as torch does."""
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:  # a torch without the private setter: the public call, import and all
         torch.use_deterministic_algorithms(mode, warn_only=warn_only)
@@ -258,14 +239,12 @@ def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
 
 class StepRunner:
     """One optimizer step, and the device-level choices behind it. Mixed precision is
-    `Precision`'s (imet/device.py): the same autocast and GradScaler lines on every device, off
-    on CPU unless `--amp-dtype` names a dtype. channels_last pays off only on CUDA and is off on
-    CPU whatever the config says. On CPU deterministic algorithms are on unless
-    `--deterministic false`: that is what makes an interrupted run end bit-identical."""
+    `Precision`'s (imet/device.py), off on CPU unless `--amp-dtype` names a dtype; channels_last
+    only on CUDA. On CPU deterministic algorithms are on unless `--deterministic false`: that is
+    what makes an interrupted run end bit-identical."""
 
     def __init__(self, config: TrainConfig, device: torch.device):
-        self.config = config
-        self.device = device
+        self.config, self.device = config, device
         cuda = device.type == "cuda"
         self.precision = device_precision(device, config.amp, config.amp_dtype)
         self.channels_last = bool(config.channels_last and cuda)
@@ -274,8 +253,8 @@ class StepRunner:
         if cuda:
             torch.backends.cudnn.benchmark = not deterministic
         focal = {"alpha": config.focal_alpha, "gamma": config.focal_gamma}
-        self.loss_fn = build_loss(config.loss, **(focal if config.loss == "focal" else {}))
-        self.loss_fn = self.loss_fn.to(device)
+        self.loss_fn = build_loss(config.loss,
+                                  **(focal if config.loss == "focal" else {})).to(device)
         if config.teacher:  # the training targets carry the teacher's probabilities too
             self.loss_fn = DistillLoss(self.loss_fn, config.distill_weight,
                                        config.distill_temperature)
@@ -283,8 +262,7 @@ class StepRunner:
     def bind(self, state, data, wrap=None) -> None:
         """`wrap`: the model as it trains (DistributedDataParallel under torchrun), rebuilt
         whenever the stage changes which parameters train."""
-        self.state = state
-        self.wrap = wrap or (lambda model: model)
+        self.state, self.wrap = state, wrap or (lambda model: model)
         self._wrapped, self._wrapped_for = None, None
         self.norm = Normalization.from_info(getattr(state.model, "info", {}))
         # Only what needs gradients is clipped: the frozen body has none in stage 1.
@@ -297,27 +275,23 @@ class StepRunner:
         return self._wrapped
 
     def device_name(self) -> str:
-        if self.device.type == "cuda":
-            return f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return "cpu"
+        return f"cuda:{torch.cuda.get_device_name(self.device)}" if self.device.type == "cuda" \
+            else "cpu"
 
     def prepare(self, images: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         """A loader's uint8 batch -> the model's input on the device: augmented per batch when
         the batch carries `params` (see `imet.data.transforms`), then normalized."""
         images = images.to(self.device, non_blocking=True)
-        if params is not None:
-            images = self.norm.apply_(augment_batch(images, params))
-        else:
-            images = normalize_batch(images, self.norm)
+        images = (self.norm.apply_(augment_batch(images, params)) if params is not None
+                  else normalize_batch(images, self.norm))
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
     def train_step(self, batch) -> float:
         state = self.state
-        images, targets = batch[0], batch[1]
-        images = self.prepare(images, batch[3] if len(batch) > 3 else None)
-        targets = targets.to(self.device, non_blocking=True)
+        images = self.prepare(batch[0], batch[3] if len(batch) > 3 else None)
+        targets = batch[1].to(self.device, non_blocking=True)
         if self.config.mixup_alpha > 0:
             images, targets, _ = mixup(images, targets, self.config.mixup_alpha,
                                        state.mix_generator)
@@ -355,13 +329,11 @@ class TrainResult:
 def train(config: TrainConfig, bus: EventBus, *, clock: Callable[[], float] = time.monotonic,
           next_command: str | None = None, session_start: float | None = None,
           stop: StopRequest | None = None, kernel: str | None = None) -> TrainResult:
-    """Train (or resume) one fold; emits events on `bus`; returns how the session ended.
-
-    `session_start`: when the session began on `clock` (default: now); the time budget counts
-    from there, so start-up work done before this call is not forgotten. `stop`: the
-    StopRequest the caller installed before its start-up, which a subscriber may trigger too
-    (Telegram's /stop); default: one installed here. `kernel`: the id (owner/slug) of the
-    Kaggle kernel this session runs in, for run_start."""
+    """Train (or resume) one fold, emitting events on `bus`; returns how the session ended.
+    `session_start`: when the session began on `clock` (default: now), so the budget counts the
+    start-up before this call. `stop`: the StopRequest the caller installed before its start-up
+    (Telegram's /stop may trigger it too); default: one installed here. `kernel`: the Kaggle
+    kernel's id (owner/slug), for run_start."""
     config.validated()
     # Before the failure event below can leave a run.json: a foreign model writes nothing.
     init = load_init(config) if config.init or config.init_fingerprint else None
@@ -395,17 +367,13 @@ class Trainer:
                  session_start: float | None = None, dist: SingleProcess | None = None,
                  stop: StopRequest | None = None, init: dict | None = None,
                  kernel: str | None = None):
-        self.config = config
-        self.kernel = kernel
+        self.config, self.kernel, self.bus, self.data = config, kernel, bus, data
         self.init = init  # --init's weights (imet.train.state), for a fresh start
         self.fingerprint = config.fingerprint()
         self.dist = dist or SingleProcess(resolve_device(config.device))
         self.device = self.dist.device
         self.steps = StepRunner(config, self.device)
-        self.bus, self.data = bus, data
-        self.out = Path(config.out)
-        self.clock = clock
-        self.next_command = next_command
+        self.out, self.clock, self.next_command = Path(config.out), clock, next_command
         self.stop = stop if stop is not None else StopRequest()  # falsy until signalled
         self.budget = SessionBudget(config.budget_seconds(), config.margin_seconds(), clock=clock,
                                     start=session_start)
@@ -446,8 +414,7 @@ class Trainer:
                         # Before the first evaluation of a session there is no measurement:
                         # assume a validation batch costs about what a training step did.
                         self.budget.eval.prior_s = len(self.val_batches) * self.budget.step.mean()
-                    reason = self.agreed_stop(self.budget.fits_eval)
-                    if reason:
+                    if reason := self.agreed_stop(self.budget.fits_eval):
                         return self.hand_over(reason)
                     if not self.run_evaluation():  # dropped by evaluation_must_stop
                         return self.hand_over(self.agreed_stop(fits=lambda: True) or "budget")
@@ -461,8 +428,7 @@ class Trainer:
                 session_steps = c.step - self.at_session_start.step
                 if self.config.session_steps and session_steps >= self.config.session_steps:
                     return self.hand_over("session-steps")
-                reason = self.agreed_stop(self.budget.fits_step)
-                if reason:
+                if reason := self.agreed_stop(self.budget.fits_step):
                     return self.hand_over(reason)
                 if self.periodic_save_due():
                     self.save()
@@ -470,11 +436,8 @@ class Trainer:
                     self.sampler.set_position(c.epoch, c.epoch_step, state.epoch_repeats())
                     batches = iter(loader)
                 self.train_one_step(next(batches))
-                if c.epoch_step == state.steps_per_epoch:
-                    c.epoch += 1
-                    c.epoch_step = 0
-                    c.eval_pending = True
-                    batches = None
+                if c.epoch_step == state.steps_per_epoch:  # the epoch is over
+                    c.epoch, c.epoch_step, c.eval_pending, batches = c.epoch + 1, 0, True, None
                 elif self.config.eval_every and c.step % self.config.eval_every == 0:
                     c.eval_pending = True
 
@@ -509,10 +472,8 @@ class Trainer:
         loss = self.dist.mean(self.steps.train_step(batch))
         elapsed = self.clock() - started
         self.budget.step.add(elapsed)
-        c.step += 1
-        c.epoch_step += 1
+        c.step, c.epoch_step, c.loss_count = c.step + 1, c.epoch_step + 1, c.loss_count + 1
         c.loss_sum += loss
-        c.loss_count += 1
         c.samples_seen += len(batch[0]) * self.dist.world_size
         c.train_time_s += elapsed
         self.units_done += 1
@@ -568,9 +529,8 @@ class Trainer:
         return "budget" if no_room else None
 
     def evaluation_must_stop(self) -> bool:
-        """A signal, or a budget about to run out: the evaluation is dropped and redone in the
-        next session, since a session killed mid-evaluation would lose everything since the
-        last checkpoint."""
+        """A signal, or a budget about to run out: the evaluation is dropped and redone next
+        session, since one killed mid-evaluation would lose everything since the last save."""
         return bool(self.stop) or self.budget.left() < self.budget.save.next()
 
     # --- saving and ending ----------------------------------------------------------------
@@ -585,10 +545,9 @@ class Trainer:
     def save(self) -> Path:
         started = self.clock()
         step = self.state.counters.step
-        if self.dist.is_main:
-            path = save_checkpoint(state_payload(self.state), self.out, step, self.config.keep)
-        else:  # rank 0 writes; the state is the same on every rank
-            path = checkpoint_path(self.out, step)
+        # Rank 0 writes; the state is the same on every rank.
+        path = (save_checkpoint(state_payload(self.state), self.out, step, self.config.keep)
+                if self.dist.is_main else checkpoint_path(self.out, step))
         self.budget.save.add(self.clock() - started)
         self.last_save_at, self.last_save_step, self.last_checkpoint = self.clock(), step, path
         self.bus.emit(Checkpoint(step=step, path=str(path)))
@@ -600,13 +559,12 @@ class Trainer:
                                                         self.config.margin))
         c = self.state.counters
         path = self.last_checkpoint if self.last_save_step == c.step else self.save()
-        next_text = next_step_text(self.next_command)
-        code = HANDED_OVER_EXIT_CODE
+        next_text, code = next_step_text(self.next_command), HANDED_OVER_EXIT_CODE
         if self.dist.is_main:
-            write_handover(self.out, reason=reason, step=c.step, epoch=c.epoch,
-                           stage=c.stage, checkpoint=str(path), next_text=next_text,
-                           exit_code=code, signal=self.stop.signal_name,
-                           session=c.session, total_steps=self.state.total_steps,
+            write_handover(self.out, reason=reason, step=c.step, epoch=c.epoch, stage=c.stage,
+                           checkpoint=str(path), next_text=next_text, exit_code=code,
+                           signal=self.stop.signal_name, session=c.session,
+                           total_steps=self.state.total_steps,
                            steps_taken=c.step - self.at_session_start.step)
         self.bus.emit(Handover(step=c.step, checkpoint=str(path), reason=reason,
                                next=next_text, exit_code=code))
@@ -636,23 +594,21 @@ class Trainer:
                                          if c.best_step >= 0 else (None, None, None))
         self.bus.emit(RunStart(
             run_name=self.config.name(), arch=self.config.arch, fold=self.config.fold,
-            image_size=self.config.image_size, session=c.session,
-            resumed_from=self.resumed_from, device=self.steps.device_name(),
-            total_steps=state.total_steps, stage1_end_step=state.stage1_end_step,
-            config_fingerprint=self.fingerprint, config=self.config.to_dict(),
-            init_f2=c.init_f2, versions=library_versions(), version_change=self.version_change,
-            kernel=self.kernel, rank=self.dist.rank,
+            image_size=self.config.image_size, session=c.session, resumed_from=self.resumed_from,
+            device=self.steps.device_name(), total_steps=state.total_steps,
+            stage1_end_step=state.stage1_end_step, config_fingerprint=self.fingerprint,
+            config=self.config.to_dict(), init_f2=c.init_f2, versions=library_versions(),
+            version_change=self.version_change, kernel=self.kernel, rank=self.dist.rank,
             best_f2=best_f2, best_step=best_step, threshold=threshold, history=list(c.history)))
 
     def emit_progress(self) -> None:
         state, c, start = self.state, self.state.counters, self.at_session_start
         train_s = c.train_time_s - start.train_time_s  # this session's: see run()
         rate = (c.samples_seen - start.samples_seen) / train_s if train_s else 0.0
-        self.bus.emit(Progress(stage=c.stage, epoch=c.epoch, step=c.step,
-                               total_steps=state.total_steps, epoch_step=c.epoch_step,
-                               steps_per_epoch=state.steps_per_epoch,
-                               stage1_end_step=state.stage1_end_step,
-                               config_fingerprint=self.fingerprint, loss=c.mean_loss(),
-                               lr=self.step_lr, img_per_s=rate,
-                               eta_run_s=(state.total_steps - c.step) * self.budget.step.mean(),
-                               session_left_s=self.budget.left()))
+        self.bus.emit(Progress(
+            stage=c.stage, epoch=c.epoch, step=c.step, total_steps=state.total_steps,
+            epoch_step=c.epoch_step, steps_per_epoch=state.steps_per_epoch,
+            stage1_end_step=state.stage1_end_step, config_fingerprint=self.fingerprint,
+            loss=c.mean_loss(), lr=self.step_lr, img_per_s=rate,
+            eta_run_s=(state.total_steps - c.step) * self.budget.step.mean(),
+            session_left_s=self.budget.left()))

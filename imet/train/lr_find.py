@@ -1,13 +1,10 @@
 """The LR finder (`imet lr-find`, from the Open Images YOLO notes: find the LR before cycling
-it): the run's model, data and stage-2 optimizer, with the LR raised exponentially from
-`start_lr` to `end_lr` over `steps` training steps, one loss per step.
-
-It is a training run that is thrown away: nothing is written, no run folder is touched, and the
-model is the one `imet train` would start from (same seeding, same pretrained body). Every
-group trains at `lr * its multiplier` as in stage 2 (only the --train-groups). The sweep stops
-early when the smoothed loss diverges (above DIVERGED times its minimum, or not finite). The
-suggestion is the LR of the steepest descent of the smoothed loss against log LR, searched up
-to the loss minimum (Smith 2017 / fastai's "steep" rule)."""
+it): the run's model, data and stage-2 optimizer, the LR raised exponentially from `start_lr` to
+`end_lr` over `steps` training steps. A thrown-away training run: nothing is written, and the
+model is the one `imet train` would start from (same seeding and pretrained body); the
+--train-groups train at `lr * their multiplier` as in stage 2. The sweep stops when the smoothed
+loss diverges (above DIVERGED times its minimum, or not finite); the suggestion is the LR of its
+steepest descent against log LR, up to its minimum (Smith 2017 / fastai's "steep" rule)."""
 from __future__ import annotations
 
 import dataclasses
@@ -68,16 +65,12 @@ class Sweep:
         return float(self.lrs[window.start + int(np.argmin(slope))])
 
 
-def check_range(start_lr: float, end_lr: float, steps: int) -> None:
+def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> Sweep:
+    config.validated()
     if not 0 < start_lr < end_lr:
         raise UserError(f"lr-find: need 0 < --start-lr < --end-lr, got {start_lr} and {end_lr}")
     if steps < SKIP + 2:
         raise UserError(f"lr-find: --steps must be at least {SKIP + 2}, got {steps}")
-
-
-def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> Sweep:
-    config.validated()
-    check_range(start_lr, end_lr, steps)
     data = load_run_data(config)
     dist = SingleProcess(resolve_device(config.device))
     runner = StepRunner(config, dist.device)
@@ -89,12 +82,10 @@ def lr_find(config: TrainConfig, steps: int, start_lr: float, end_lr: float) -> 
     sampler = EpochBatchSampler(len(data.train_set), config.batch_size, config.seed,
                                 with_epoch=True)
     loader = train_loader(data, sampler, config, dist.device.type == "cuda")
-    sweep, average, epoch = Sweep(start_lr, end_lr), 0.0, 0
-    batches = iter(loader)
+    sweep, average, epoch, batches = Sweep(start_lr, end_lr), 0.0, 0, iter(loader)
     while len(sweep.losses) < steps:
-        try:
-            batch = next(batches)
-        except StopIteration:  # a sweep longer than an epoch goes on into the next one
+        batch = next(batches, None)
+        if batch is None:  # a sweep longer than an epoch goes on into the next one
             epoch += 1
             sampler.set_position(epoch)
             batches = iter(loader)
@@ -125,14 +116,10 @@ def write_lr_plot(path: str | Path, lrs: list[float], losses: list[float],
     ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
     ax.axvline(suggestion, color="tab:red", linestyle="--",
                label=f"suggested LR {suggestion:.2e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("LR (head; the body groups get it times their multipliers)")
-    ax.set_ylabel("training loss")
-    ax.set_title(title or "LR finder")
+    ax.set(xscale="log", xlabel="LR (head; the body groups get it times their multipliers)",
+           ylabel="training loss", title=title or "LR finder")
     ax.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())

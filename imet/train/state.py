@@ -1,16 +1,14 @@
 """`TrainState`: everything that decides the future of a run (model, optimizer, scheduler,
-scaler, EMA, the position in the sample order, the RNG streams, the running loss sums), and how
-a session builds it: the model from pretrained weights, `--init`'s model or (through
-imet/train/checkpoint.py) a checkpoint, the optimizer and LR schedule of each stage, the weight
-EMA and the prior bias of the head.
+scaler, EMA, sample-order position, RNG streams, running loss sums), and how a session builds it
+(pretrained weights, `--init`'s model or a checkpoint; each stage's optimizer and LR schedule;
+the weight EMA; the head's prior bias).
 
-Stage 1 trains the head alone (the body frozen) at `head_lr`; stage 2 trains every group (or the
-`--train-groups`) with discriminative rates: head `lr`, late body `lr * lr_late_mult`, early
-body `lr * lr_early_mult`. Every schedule is a `torch.optim.lr_scheduler` stepped once per
-batch, over one stage's steps; the optimizer and scheduler are rebuilt at the stage switch from
-(config, stage) alone, so a resumed run rebuilds exactly what the uninterrupted one had.
-Schedule lambdas and the EMA's decay are callable objects, not closures, so their state is plain
-numbers that `weights_only=True` can load."""
+Stage 1 trains the head alone at `head_lr`; stage 2 the `--train-groups` (default all) at head
+`lr`, late body `lr * lr_late_mult`, early body `lr * lr_early_mult`. Schedules are stepped once
+per batch over one stage's steps; optimizer and scheduler are rebuilt at the stage switch from
+(config, stage) alone, so a resumed run rebuilds exactly what the uninterrupted one had. Schedule
+lambdas and the EMA's decay are callable objects, not closures: their state is plain numbers
+that `weights_only=True` can load."""
 from __future__ import annotations
 
 import logging
@@ -47,9 +45,8 @@ def stage_group_lrs(config: TrainConfig, stage: int) -> dict[str, float]:
 
 def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
                   train_groups: str = "") -> None:
-    """Stage 1 freezes the body; stage 2 trains the --train-groups (default: every group). A
-    frozen group computes no gradients: with the early group frozen, autograd keeps none of
-    its activations either."""
+    """Stage 1 freezes the body; stage 2 trains the --train-groups (default: all). A frozen group
+    computes no gradients: with the early group frozen, autograd keeps none of its activations."""
     trained = ("head",) if stage == 1 else parse_train_groups(train_groups)
     for name, params in groups.items():
         for param in params:
@@ -59,10 +56,9 @@ def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
 def keep_frozen_statistics(model: torch.nn.Module,
                            groups: dict[str, list[torch.nn.Parameter]],
                            train_groups: str = "") -> None:
-    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in
-    both stages: their running statistics stay as they came, so a frozen group is unchanged
-    to the last bit (with `--train-groups head` the whole body is the --init model's). Stage
-    1's own freeze leaves the body's statistics following the data."""
+    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in both
+    stages, so a frozen group is unchanged to the last bit (with `--train-groups head` the whole
+    body is the --init model's); stage 1's own freeze leaves the statistics following the data."""
     trained = parse_train_groups(train_groups)
     frozen = {id(p) for name, params in groups.items() if name not in trained for p in params}
     for module in model.modules():
@@ -85,9 +81,7 @@ def sgd(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
 
 # One builder per name in imet.config.OPTIMIZER_NAMES.
 OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
-    "adamw": adamw,
-    "sgd": sgd,
-}
+    "adamw": adamw, "sgd": sgd}
 
 
 def build_optimizer(groups: dict[str, list[torch.nn.Parameter]], config: TrainConfig,
@@ -105,8 +99,7 @@ class WarmupCosine:
     """Linear warm-up from ~0 to 1, then a cosine down to `floor` (a factor of the base LR)."""
 
     def __init__(self, warmup_steps: int, total_steps: int, floor: float = 0.0):
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
         self.floor = float(floor)
 
     def __call__(self, step: int) -> float:
@@ -152,33 +145,25 @@ def constant(optimizer, total_steps: int, steps_per_epoch: int, warmup: float) -
 
 
 SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
-    "onecycle": one_cycle,
-    "cosine": cosine,
-    "cyclic": cyclic,
-    "constant": constant,
-}
+    "onecycle": one_cycle, "cosine": cosine, "cyclic": cyclic, "constant": constant}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
                     steps_per_epoch: int) -> LRScheduler:
-    try:
-        builder = SCHEDULES[config.schedule]
-    except KeyError:
+    if config.schedule not in SCHEDULES:
         raise UserError(f"--schedule {config.schedule!r} is unknown; choose one of "
-                        f"{', '.join(SCHEDULES)}") from None
-    return builder(optimizer, max(1, total_steps), max(1, steps_per_epoch), config.warmup)
+                        f"{', '.join(SCHEDULES)}")
+    return SCHEDULES[config.schedule](optimizer, max(1, total_steps), max(1, steps_per_epoch),
+                                      config.warmup)
 
 
-# Weight EMA (`--ema DECAY`): an exponential moving average of the weights, updated after every
-# optimizer step, with the decay warmed up so that the first steps' random head is soon forgotten.
-# torch's `AveragedModel` with `get_ema_multi_avg_fn` rather than timm's `ModelEmaV3`: torch is
-# always there (timm is one optional source of architectures), and everything the average needs
-# to go on exactly lives in the AveragedModel's own state_dict — the averaged weights and the
-# `n_averaged` counter that drives the warm-up — so the TrainState saves it as plain tensors.
-# ModelEmaV3's options and private state (a stochastic-rounding generator not in its state_dict)
-# change between timm releases, and its warm-up counts the caller's step instead of its own.
-# BatchNorm running statistics are copied from the trained model at each update
-# (`use_buffers=False`), not averaged: they are statistics of the current weights.
+# Weight EMA (`--ema DECAY`), updated after every optimizer step, its decay warmed up so the first
+# steps' random head is soon forgotten. torch's `AveragedModel`, not timm's `ModelEmaV3`: torch is
+# always there, and all the average needs to go on exactly (the weights, the `n_averaged` counter
+# of the warm-up) is in its state_dict, as plain tensors; ModelEmaV3's options and private state
+# (a stochastic-rounding generator outside its state_dict) change between timm releases, and its
+# warm-up counts the caller's step. BatchNorm statistics are copied, not averaged
+# (`use_buffers=False`): they are statistics of the current weights.
 
 class WarmedUpDecay:
     """The EMA update with decay min(DECAY, (1 + n) / (10 + n)) after n updates (TensorFlow's
@@ -204,14 +189,11 @@ def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     return ema
 
 
-# `--prior-bias`: the head's bias starts at each class's log-odds in the training labels.
-# A fresh linear head predicts about 0.5 for every class, while an iMet class is present in a few
-# percent of the images at most (a mini-iMet tag in 5-40%). Under BCE the first hundreds of steps
-# then go to pushing every logit down to its class's frequency, a shift the body's random features
-# are dragged along by. Starting the bias at log(p / (1 - p)) (the "prior" initialization of the
-# focal-loss paper, Lin et al. 2017) makes the first step's loss the labels' own entropy, and the
-# steps go to features. Done once, on a fresh run, before anything is placed on a device; the
-# bias is then part of the model's state, so a resumed run never recomputes it.
+# `--prior-bias`: the head's bias starts at each class's log-odds in the training labels (the
+# "prior" init of Lin et al. 2017). A fresh head predicts ~0.5 for classes present in a few
+# percent of images (mini-iMet: 5-40%), so under BCE the first hundreds of steps push every logit
+# down, dragging the body's features along; with log(p / (1 - p)) the first loss is the labels'
+# own entropy. Done once, on a fresh run, before device placement; a resume never recomputes it.
 
 # A class seen in no (or every) training image still gets a finite bias: log-odds of 1e-4.
 _CLIP = 1e-4
@@ -219,8 +201,7 @@ _CLIP = 1e-4
 
 def class_log_odds(targets) -> np.ndarray:
     """float64 [C]: log(p / (1 - p)) of each class's mean target (hard or soft) over the rows."""
-    prior = np.asarray(targets, dtype=np.float64).mean(axis=0)
-    prior = np.clip(prior, _CLIP, 1 - _CLIP)
+    prior = np.clip(np.asarray(targets, dtype=np.float64).mean(axis=0), _CLIP, 1 - _CLIP)
     return np.log(prior / (1 - prior))
 
 
@@ -269,15 +250,11 @@ class TrainState:
                  groups: dict[str, list[torch.nn.Parameter]], steps_per_epoch: int,
                  labels: dict[str, Any], labels_fingerprint: str, precision: Precision,
                  device_type: str, num_samples: int = 0):
-        self.config = config
-        self.model = model
-        self.groups = groups
+        self.config, self.model, self.groups = config, model, groups
         self.steps_per_epoch = steps_per_epoch
-        self.labels = labels
-        self.labels_fingerprint = labels_fingerprint
+        self.labels, self.labels_fingerprint = labels, labels_fingerprint
         self.counters = Counters(sampler_seed=config.seed)
-        self.precision = precision
-        self.device_type = device_type
+        self.precision, self.device_type = precision, device_type
         self.scaler = precision.scaler(device_type)
         # Mixup draws from its own stream, saved with the state.
         self.mix_generator = torch.Generator().manual_seed(config.seed)
@@ -289,12 +266,9 @@ class TrainState:
         self.enter_stage(1 if config.head_epochs > 0 else 2)
 
     # --- stages -------------------------------------------------------------------------
-    def stage_epochs(self, stage: int) -> range:
-        head = self.config.head_epochs
-        return range(0, head) if stage == 1 else range(head, self.config.epochs)
-
     def stage_steps(self, stage: int) -> int:
-        return len(self.stage_epochs(stage)) * self.steps_per_epoch
+        head = self.config.head_epochs
+        return max(0, head if stage == 1 else self.config.epochs - head) * self.steps_per_epoch
 
     @property
     def total_steps(self) -> int:
@@ -330,9 +304,8 @@ class TrainState:
 
     def epoch_repeats(self) -> torch.Tensor | None:
         """The samples the current epoch repeats (None without hard-negative mining)."""
-        if self.hard_negatives is None:
-            return None
-        return self.hard_negatives.for_epoch(self.counters.epoch)
+        return (None if self.hard_negatives is None
+                else self.hard_negatives.for_epoch(self.counters.epoch))
 
     # --- evaluations ---------------------------------------------------------------------
     def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
@@ -343,9 +316,7 @@ class TrainState:
         c.history.append({"step": c.step, "epoch": c.epoch, "stage": c.stage,
                           "train_loss": c.mean_loss(), "val_loss": val_loss, "f2": f2,
                           "threshold": threshold, "lr": self.optimizer.param_groups[-1]["lr"]})
-        c.loss_sum, c.loss_count = 0.0, 0
-        c.last_eval_step = c.step
-        c.eval_pending = False
+        c.loss_sum, c.loss_count, c.last_eval_step, c.eval_pending = 0.0, 0, c.step, False
         if is_best:
             c.best_f2, c.best_step, c.best_threshold, c.bad_evals = f2, c.step, threshold, 0
         elif c.stage == 2:  # the head-only warm-up does not count against patience
@@ -357,11 +328,10 @@ class TrainState:
 
 def build_train_state(config: TrainConfig, data, dist, steps, fresh: bool = True,
                       init: dict[str, torch.Tensor] | None = None) -> TrainState:
-    """The TrainState a session starts from: the model built for `data`'s label space and
-    placed as `dist` and the StepRunner `steps` want it. A fresh run seeds every RNG first (the
-    head's initial weights come from the torch one) and starts from `init` (--init's weights)
-    when given, else from ImageNet's; a resumed one (`fresh=False`) gets its checkpoint
-    restored into it (imet/train/checkpoint.py: restore_state)."""
+    """The TrainState a session starts from, its model placed as `dist` and the StepRunner
+    `steps` want it. A fresh run seeds every RNG first (the head's initial weights come from the
+    torch one) and starts from `init` (--init's weights) or ImageNet's; a resumed one
+    (`fresh=False`) gets its checkpoint restored into it (checkpoint.restore_state)."""
     if fresh:
         random.seed(config.seed)
         np.random.seed(config.seed % 2 ** 32)
@@ -390,16 +360,13 @@ def build_train_state(config: TrainConfig, data, dist, steps, fresh: bool = True
                       steps.device.type, num_samples=samples)
 
 
-# `imet train --init RUN` starts from a run's best model (its model.pt), to tune on other data
-# (last-layer tuning: with `--train-groups head` only the head trains). The file must be of the
-# run's arch and of `--data`'s label space; anything else is refused with one line before the run
-# folder is made. Its fingerprint, a hash of the file's bytes, goes into the run's config as
-# `init_fingerprint`: resuming from another model is another config, while the file itself may
-# move between sessions (on Kaggle it is an attached input).
+# `imet train --init RUN` tunes a run's best model (model.pt) on other data (`--train-groups
+# head`: last-layer tuning). Another arch or label space is refused with one line before the run
+# folder is made. A hash of the file's bytes goes into the config as `init_fingerprint`: another
+# model is another config, while the file may move between sessions (on Kaggle, an input).
 
 def init_model_path(init: str) -> Path:
-    """RUN -> RUN/model.pt; a file stays itself. A one-line error naming --init when neither
-    holds a model."""
+    """RUN -> RUN/model.pt; a file stays itself; a one-line error naming --init for neither."""
     try:
         return model_file_of(Path(init))
     except CheckpointError as err:
@@ -411,9 +378,14 @@ def init_arch(init: str) -> str:
     return str(read_model_file(init_model_path(init))["arch"])
 
 
-def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor]:
-    """The --init model's weights, checked against the run's arch and label space; fills in
-    `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
+def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The --init model's weights, checked against the run's arch and --data's labels.csv; fills
+    in `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
+    labels_csv = CompetitionLayout(config.data).labels_csv
+    if not labels_csv.is_file():
+        raise DataError(f"{labels_csv}: not found; --data must point at the competition files "
+                        "(labels.csv, train.csv, train/)")
+    labels = read_labels(labels_csv)
     if not config.init:
         raise UserError(f"--init-fingerprint {config.init_fingerprint}: no --init model given; "
                         "pass the model it names")
@@ -435,12 +407,3 @@ def read_init(config: TrainConfig, labels: LabelSpace) -> dict[str, torch.Tensor
     log.info("starting from %s (fingerprint %s, step %s)", path, found,
              payload.get("extra", {}).get("step"))
     return payload["state_dict"]
-
-
-def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
-    """`read_init` against --data's labels.csv."""
-    labels_csv = CompetitionLayout(config.data).labels_csv
-    if not labels_csv.is_file():
-        raise DataError(f"{labels_csv}: not found; --data must point at the competition files "
-                        "(labels.csv, train.csv, train/)")
-    return read_init(config, read_labels(labels_csv))
