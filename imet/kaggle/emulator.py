@@ -201,12 +201,6 @@ def default_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(base) / "imet" / "platform-env")
 
 
-def _purelib(python: Path) -> Path:
-    return Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True).stdout.strip())
-
-
 def template(python: str, exclude: set[str], cache: Path) -> tuple[Path, dict]:
     """(the cached template folder, its description) for `python`'s platform minus `exclude`,
     built unless one of the same interpreter and platform versions exists."""
@@ -228,7 +222,10 @@ def template(python: str, exclude: set[str], cache: Path) -> tuple[Path, dict]:
     (work / "view").mkdir()
     for top, src in info["entries"].items():
         (work / "view" / top).symlink_to(src)
-    (_purelib(work / "venv" / "bin" / "python") / VIEW_PTH).write_text(f"{view}\n")
+    purelib = subprocess.run([str(work / "venv" / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / VIEW_PTH).write_text(f"{view}\n")
     (work / "platform.json").write_text(json.dumps(info, indent=1))
     (work / "ready").write_text(key)
     move_folder_into_place(work, folder, replace=False)  # or another rehearsal's, as good

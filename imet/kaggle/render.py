@@ -289,9 +289,7 @@ def requested_accelerator(meta: dict) -> str:
     """What a kernel's metadata asks for: its machine_shape; without one, the client's own
     default (enable_gpu: the default GPU), else none (a CPU)."""
     shape = meta.get("machine_shape")
-    if shape:
-        return canonical(shape)
-    return DEFAULT if meta.get("enable_gpu") else NONE
+    return canonical(shape) if shape else DEFAULT if meta.get("enable_gpu") else NONE
 
 
 def with_accelerator(meta: dict, code: str, name: str) -> tuple[dict, str]:
@@ -329,8 +327,7 @@ def prepare(kernel_dir: Path, owner: str, accelerator: str | None = None,
 
 def render(kernel_dir: Path, owner: str, out_dir: Path, accelerator: str | None = None,
            force: bool = False) -> Path:
-    """Write a push-ready copy of a kernel folder (see `prepare`); a copy edited by hand since
-    render wrote it is refused unless `force`."""
+    """Write a push-ready copy of a kernel folder (`prepare`); a hand-edited one only if `force`."""
     files = prepare(kernel_dir, owner, accelerator)
     check_untouched(out_dir, files, force)
     return write_rendered(out_dir, files)
@@ -418,7 +415,6 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
     kernels get (default all); `first_push`: members whose kernel never ran, whose own output
     cannot be attached yet; `handover_datasets`: member -> the dataset that carries its
     checkpoint instead of its own output (where Kaggle refuses a kernel's own output)."""
-    handover_datasets = handover_datasets or {}
     templates = templates_in(kernels)
     trainer = templates[TRAINER]
     trainer_id = read_metadata(trainer)["id"]
@@ -432,7 +428,7 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
     planned = {}
     for member in members:
         slug = trainer_slug(member.name)
-        via = handover_datasets.get(member.name)
+        via = (handover_datasets or {}).get(member.name)
         own = [] if member.name in first_push or via else [f"{OWNER}/{slug}"]
         train_args = member_train_args(settings, member, trainer)
         if asks_extra_auto(train_args) and INFERENCE in templates:  # its pseudo-labels
@@ -460,8 +456,7 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
 
 
 def write_kernels(out: Path, planned: dict[str, dict[str, str]], force: bool = False) -> list[Path]:
-    """Write every planned kernel folder under `out`; nothing is written when one of them was
-    edited by hand since render wrote it (unless `force`)."""
+    """Write every planned kernel folder under `out`; none when one was edited by hand."""
     for folder, files in planned.items():
         check_untouched(Path(out) / folder, files, force)
     return [write_rendered(Path(out) / folder, files) for folder, files in planned.items()]

@@ -38,14 +38,13 @@ from imet.walk import walk_folders
 ROOT_ENV = "IMET_KAGGLE_ROOT"
 # The kernel's id (owner/slug) for `imet train`'s run_start, from its script's KERNEL line.
 KERNEL_ENV = "IMET_KERNEL"
-DEFAULT_ROOT = "/kaggle"
 # The inference kernel's pseudo-labels in its working folder (found by find_extra_sets).
 PSEUDO_DIR = "pseudo"
 
 
 def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    return Path(env.get(ROOT_ENV) or DEFAULT_ROOT)
+    return Path(env.get(ROOT_ENV) or "/kaggle")
 
 
 def input_root(env: Mapping[str, str] | None = None) -> Path:
@@ -90,9 +89,8 @@ def find_source_dataset(root: Path) -> Path:
     found = find_folders_with(root, "MANIFEST.json", "imet_bootstrap.py")
     if not found:
         raise UserError(f"the imet source dataset is not attached: no MANIFEST.json with "
-                        f"imet_bootstrap.py under {root}; build it with "
-                        "`python packaging/build_dataset.py`, upload it and add it to "
-                        "dataset_sources")
+                        f"imet_bootstrap.py under {root}; build it with `python "
+                        "packaging/build_dataset.py`, upload it and add it to dataset_sources")
     return found[0]
 
 
@@ -300,8 +298,7 @@ def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
     """The problems as a Telegram crash message (when configured and not off)."""
     from imet.observe.telegram import build_notifier
     from imet.train.events import Failure
-    notifier = build_notifier(mode)
-    if notifier is None:
+    if (notifier := build_notifier(mode)) is None:
         return False
     try:
         notifier(Failure(error="imet doctor stopped the session: " + " | ".join(problems),
@@ -540,8 +537,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     if kernel:  # this process is the kernel's: the training it starts inherits it
         os.environ[KERNEL_ENV] = kernel
     data = find_competition_data()
-    code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
-    if code:
+    if code := doctor("trainer", data, accelerator, train_args, TrainConfig.arch):
         return code
     train_args = with_extra_found(train_args)
     work = working_dir()
@@ -550,10 +546,9 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         print(f"resuming from the attached output {previous[0]}", flush=True)
         _carry_previous_output(previous[0], work)
     folds = work / "folds.csv"
-    if not folds.exists():
-        code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
-        if code:
-            return code
+    if not folds.exists() and (code := run_step(_imet("folds", "--data", data, "--n-folds",
+                                                      n_folds, "--out", folds))):
+        return code
     cache = prepare(data, train_args, _seconds_left(started, session_limit), work,
                     kaggle_root() / "temp", input_root(), _imet(), resumed=bool(previous))
     if cache is not None:  # this process is the kernel's: the training it starts inherits it
@@ -579,8 +574,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
 def validation(started: float, session_limit: str, validate_args: list[str],
                accelerator: str | None = None) -> int:
     data = find_competition_data()
-    code = doctor("validation", data, accelerator, validate_args)
-    if code:
+    if code := doctor("validation", data, accelerator, validate_args):
         return code
     runs = _runs()
     folds = find_folders_with(input_root(), "folds.csv")
@@ -599,8 +593,7 @@ def inference(started: float, session_limit: str, predict_args: list[str],
     test images as an extra training set in working/pseudo/ (for `--extra auto`), from the
     probabilities the prediction saved (no second inference)."""
     data = find_competition_data()
-    code = doctor("inference", data, accelerator, predict_args)
-    if code:
+    if code := doctor("inference", data, accelerator, predict_args):
         return code
     runs = _runs()
     work = working_dir()
