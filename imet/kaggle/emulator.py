@@ -1,16 +1,13 @@
 """A local Kaggle: run a kernel folder the way Kaggle runs a script kernel.
 
 Each session (a kernel "version") gets its own root with input/<slug>/ mounted read-only and
-an empty working/; the script runs with its cwd in working/ and `IMET_KAGGLE_ROOT` pointing at
-the root, without any network when the metadata turns internet off, and is killed at the time
-limit as Kaggle kills it. working/ is kept as that version's output, which the next session of
-a chain gets attached under the kernel's own slug, as `kernel_sources` does on Kaggle.
+an empty working/ (its cwd; `IMET_KAGGLE_ROOT` points at the root), no network when the
+metadata turns internet off, and is killed at the time limit. working/ is kept as the version's
+output, attached to a chain's next session under the kernel's slug, as `kernel_sources` does.
 
-The script runs in a fresh virtual environment per session that sees only the packages of
-Kaggle's image (the platform view at the end of this module), taken from the `python`
-interpreter, and none of imet or the wheels the attached datasets bundle: the kernel's bootstrap
-installs those from the dataset, as on Kaggle, so a rehearsal runs the artefact that is
-uploaded, not the working tree.
+The script runs in a fresh venv that sees only the packages of Kaggle's image (the platform
+view, end of this module), taken from `python`, without imet or the wheels the attached datasets
+bundle: the bootstrap installs those, so a rehearsal runs the uploaded artefact, not the tree.
 """
 from __future__ import annotations
 
@@ -41,7 +38,7 @@ TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
 # or another environment: Kaggle's sessions start without them.
 NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "VIRTUAL_ENV")
 
-# OUT/output: the latest session's working folder (see _point_output_at)
+# OUT/output: the latest session's working folder
 OUTPUT_LINK = "output"
 
 
@@ -99,9 +96,8 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
                 python: str = sys.executable, accelerator: str | None = None,
                 echo: bool = True) -> SessionResult:
     """`accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
-    --accelerator` does; the session gets what this machine has, whatever it asked for.
-    `python` stands in for Kaggle's image: the session's environment shows its platform
-    packages only. `echo`: copy the session's lines to this process's stdout as well as to its
+    --accelerator` does (the session gets this machine's, whatever it asked for). `python`
+    stands in for Kaggle's image. `echo`: the session's lines go to stdout too, not only to its
     log (a campaign's parallel sessions keep to their logs)."""
     meta = read_metadata(kernel_dir)
     asked = canonical(accelerator) if accelerator else requested_accelerator(meta)
@@ -126,9 +122,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     run_env = {**inherited, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
                "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit),
                "PATH": f"{kernel_python.parent}{os.pathsep}{inherited.get('PATH', '')}"}
-    log_path = session_dir / "log.txt"
-    start = time.monotonic()
-    timed_out = False
+    log_path, start, timed_out = session_dir / "log.txt", time.monotonic(), False
     header = (f"emulator: {meta['id'].replace(OWNER, getpass.getuser())} v{version}: internet "
               f"{'on' if meta['enable_internet'] else 'off (unshare -n)'}, inputs "
               f"{'read-only' if prefix else 'linked'} ({', '.join(inputs) or 'none'}), "
@@ -154,15 +148,12 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    _point_output_at(session_dir.parent, root / "working")
+    # OUT/output: the latest version's output at one path a README command can attach; a link
+    # swapped in by rename, so it always points somewhere.
+    atomic_symlink(session_dir.parent / OUTPUT_LINK,
+                   (root / "working").relative_to(session_dir.parent), target_is_directory=True)
     return SessionResult(version, proc.returncode, timed_out, time.monotonic() - start,
                          root / "working", log_path)
-
-
-def _point_output_at(out: Path, working: Path) -> None:
-    """OUT/output: the kernel's output as Kaggle keeps it, its latest version's, at one path a
-    README command can attach. A link swapped in by rename, so it always points somewhere."""
-    atomic_symlink(out / OUTPUT_LINK, working.relative_to(out), target_is_directory=True)
 
 
 def _lines_until(proc: subprocess.Popen, deadline: float):
@@ -170,10 +161,7 @@ def _lines_until(proc: subprocess.Popen, deadline: float):
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     pending = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
+    while (left := deadline - time.monotonic()) > 0:
         if not sel.select(timeout=min(left, 1.0)):
             if proc.poll() is not None:
                 break
@@ -190,8 +178,7 @@ def _lines_until(proc: subprocess.Popen, deadline: float):
     sel.close()
 
 
-# The platform view: built by the interpreter that stands in for Kaggle's image, described by
-# imet/kaggle/platform_env.py running in that interpreter.
+# The platform view of the interpreter that stands in for Kaggle's image (platform_env.py).
 CACHE_ENV = "IMET_PLATFORM_ENV_CACHE"
 MANIFEST = "MANIFEST.json"  # an imet-src dataset's (packaging/bootstrap.py MANIFEST_NAME)
 VIEW_PTH = "kaggle_platform.pth"
@@ -210,21 +197,13 @@ def bundled_by(inputs) -> set[str]:
 
 
 def default_cache() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imet" / "platform-env"
-
-
-def _purelib(python: Path) -> Path:
-    return Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True).stdout.strip())
+    return Path(os.environ.get(CACHE_ENV) or Path(base) / "imet" / "platform-env")
 
 
 def template(python: str, exclude: set[str], cache: Path) -> tuple[Path, dict]:
     """(the cached template folder, its description) for `python`'s platform minus `exclude`,
-    built when no template of the same interpreter and platform versions exists."""
+    built unless one of the same interpreter and platform versions exists."""
     proc = subprocess.run([python, "-I", platform_env.__file__, *sorted(exclude)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -243,7 +222,10 @@ def template(python: str, exclude: set[str], cache: Path) -> tuple[Path, dict]:
     (work / "view").mkdir()
     for top, src in info["entries"].items():
         (work / "view" / top).symlink_to(src)
-    (_purelib(work / "venv" / "bin" / "python") / VIEW_PTH).write_text(f"{view}\n")
+    purelib = subprocess.run([str(work / "venv" / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / VIEW_PTH).write_text(f"{view}\n")
     (work / "platform.json").write_text(json.dumps(info, indent=1))
     (work / "ready").write_text(key)
     move_folder_into_place(work, folder, replace=False)  # or another rehearsal's, as good

@@ -1,21 +1,16 @@
-"""Kaggle's image at home: a fresh virtual environment per session that sees only the image's
-packages, so that a kernel's bootstrap installs the imet-src dataset's wheels as on Kaggle.
+"""Kaggle's image at home: a fresh venv per session that sees only the image's packages, so a
+kernel's bootstrap installs the imet-src dataset's wheels as on Kaggle.
 
-Installing torch and friends into a new venv copies gigabytes (minutes), so the environment
-instead sees a folder of symlinks to exactly the platform distributions (PLATFORM and what they
-need) that a given interpreter already has, through a .pth file, as Kaggle's image has them
-preinstalled. Left out of that folder: imet and every package an attached dataset bundles (but
-not its FALLBACK wheels, which stand in only for what the image lacks), so their imports succeed
-only after the bootstrap installed them. No `--system-site-packages`: it would also show the
-interpreter's editable imet.
+Installing torch and friends into a venv copies gigabytes, so the venv instead sees, through a
+.pth file, a folder of symlinks to the platform distributions (PLATFORM and their needs) a given
+interpreter has. Left out: imet and every package an attached dataset bundles (not its FALLBACK
+wheels), so their imports succeed only after the bootstrap. No `--system-site-packages`: it
+would show the interpreter's editable imet. The template (venv and view) is cached per
+interpreter and platform versions; each session copies the small venv (milliseconds), so no
+session sees what an earlier one's bootstrap installed.
 
-The template (a venv and its view) is built once per interpreter and set of platform versions
-and kept in a cache folder; each session gets a copy of the small venv (milliseconds), so what
-one session's bootstrap installed is never seen by the next, as on Kaggle.
-
-Standard library only (and `packaging`, which pip vendors): `python platform_env.py` runs in the
-interpreter whose packages stand in for the image, which need not have imet; packaging/lock.py
-reads PLATFORM and FALLBACK from here without importing the rest of imet.
+Standard library only (and `packaging`, which pip vendors): it runs in the interpreter standing
+in for the image, which need not have imet; packaging/lock.py imports PLATFORM and FALLBACK.
 """
 from __future__ import annotations
 
@@ -26,9 +21,9 @@ import re
 import sys
 from pathlib import Path
 
-# Kaggle's Python image preinstalls these (and their own dependencies). Installing our copies over
-# them would replace the CUDA build of torch or the versions Kaggle tuned together, so they are the
-# platform: packaging/lock.py does not bundle them, and the emulator shows only them.
+# Kaggle's image preinstalls these (and their dependencies); our copies would replace its CUDA
+# torch or the versions Kaggle tuned together, so lock.py does not bundle them and the emulator
+# shows only them.
 PLATFORM = {
     "torch": "preinstalled with CUDA on Kaggle; bundle only with --include-torch",
     "torchvision": "preinstalled, matched to torch",
@@ -42,16 +37,14 @@ PLATFORM = {
     "scikit-learn": "preinstalled",
     "matplotlib": "preinstalled; compiled (contourpy, kiwisolver) and heavy to bundle",
     "tqdm": "preinstalled; pretrainedmodels and kaggle need it",
-    # The image's timm stack is tuned together (timm, huggingface_hub, safetensors, and the
-    # transformers that share the latter two): a second copy would replace it for every notebook
-    # cell, so the image's copy is kept whenever it satisfies setup.py (see FALLBACK).
+    # The image's timm stack (timm, huggingface_hub, safetensors, and transformers sharing the
+    # last two) is tuned together: the image's copy is kept whenever it satisfies setup.py.
     "timm": "preinstalled (Kaggle's image ships timm 1.x); imet's timm:<name> archs need >=0.9",
     "safetensors": "preinstalled with timm and transformers",
     "huggingface-hub": "preinstalled with timm and transformers",
 }
-# Platform packages that the dataset also bundles, with the dependencies the image may lack, as
-# fallback wheels (wheels/requirements-fallback.txt): the bootstrap installs one only when the
-# image's copy is missing or does not satisfy the version imet asks for.
+# Platform packages the dataset also bundles as fallback wheels (wheels/requirements-fallback.txt
+# lists them): each installed only when the image's copy is missing or does not satisfy imet.
 FALLBACK = ("timm", "safetensors", "huggingface-hub")
 # pip belongs to the image too; sharing it spares ensurepip (~20 s on a loaded machine).
 TOOLS = ("pip",)
@@ -61,16 +54,12 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _requirement(spec: str):
+def platform_closure(exclude: set[str]) -> list[md.Distribution]:
+    """This interpreter's platform distributions and their dependencies, minus `exclude`."""
     try:
         from packaging.requirements import Requirement
     except ImportError:  # an interpreter without `packaging` still has pip's copy
         from pip._vendor.packaging.requirements import Requirement
-    return Requirement(spec)
-
-
-def platform_closure(exclude: set[str]) -> list[md.Distribution]:
-    """This interpreter's platform distributions and their dependencies, minus `exclude`."""
     dists = {canonical(d.metadata["Name"]): d for d in md.distributions()}
     seen: dict[str, md.Distribution] = {}
     todo = [*PLATFORM, *TOOLS]
@@ -80,7 +69,7 @@ def platform_closure(exclude: set[str]) -> list[md.Distribution]:
             continue
         seen[name] = dists[name]
         for spec in dists[name].requires or []:
-            req = _requirement(spec)
+            req = Requirement(spec)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
     return list(seen.values())

@@ -1,9 +1,6 @@
 """`imet kaggle render`: push-ready kernel folders from the templates in kernels/, without
-importing torch (campaigns and chains render too).
-
-Top to bottom: Kaggle's accelerator names, the settings file, the manifest that keeps a later
-render from overwriting a hand edit, kernel-metadata.json and the script's settings lines, and
-the kernel set of a run (one trainer kernel per member, the validation and the inference).
+importing torch (campaigns and chains render too): accelerator names, the settings file, the
+hand-edit manifest, metadata and settings lines, and a run's kernel set.
 
 The run's settings that `render --config FILE` writes into the kernels are a TOML file the user
 keeps, so that rendering again never puts the defaults back:
@@ -47,9 +44,7 @@ from imet.fileio import atomic_write_text, read_json_object
 
 
 # Kaggle's accelerator names (kernel-metadata.json `machine_shape`, `kaggle kernels push
-# --accelerator`): the one table of what may be asked for and what each name gets.
-
-# The default GPU ("GPU T4 x2") first: every kernel asks for it unless told otherwise.
+# --accelerator`); every kernel asks for the default GPU ("GPU T4 x2") unless told otherwise.
 DEFAULT = "NvidiaTeslaT4"
 NONE = "none"
 GPUS = {"NvidiaTeslaT4": "GPU T4 x2 (fp16 tensor cores, no fast bf16)",
@@ -76,12 +71,9 @@ def canonical(name: str) -> str:
 
 def retired_warning(name: str) -> str | None:
     """One line for a retired shape: what the server runs instead."""
-    if name not in RETIRED:
-        return None
-    instead = RETIRED[name]
-    what = GPUS.get(instead) or TPUS.get(instead)
-    return (f"warning: {name} is retired: Kaggle runs the session on {instead} ({what}) "
-            "instead")
+    instead = RETIRED.get(name)
+    return instead and (f"warning: {name} is retired: Kaggle runs the session on {instead} "
+                        f"({GPUS.get(instead) or TPUS.get(instead)}) instead")
 
 
 def runs_on(name: str) -> str:
@@ -91,14 +83,6 @@ def runs_on(name: str) -> str:
 
 def wants_gpu(name: str) -> bool:
     return runs_on(name) in GPUS
-
-
-def metadata_fields(name: str) -> dict:
-    """kernel-metadata.json fields asking for `name`: machine_shape, and enable_gpu /
-    enable_tpu agreeing with it. `none` is the client's own empty machine_shape: a CPU."""
-    shape = "" if name == NONE else name
-    return {"machine_shape": shape, "enable_gpu": wants_gpu(name),
-            "enable_tpu": runs_on(name) in TPUS}
 
 
 # `--extra auto` in a trainer's arguments: the session finds the extra set among its inputs.
@@ -112,8 +96,7 @@ def asks_extra_auto(train_args: list[str]) -> bool:
 
 KEYS = ("owner", "accelerator", "competition", "src_dataset", "weights_dataset", "n_folds",
         "train_args", "validate_args", "predict_args", "pseudo_label_args", "member")
-# The member keys that are `imet train` settings (TrainConfig fields), in the order their
-# flags are written.
+# The member keys that are `imet train` settings, in the order their flags are written.
 MEMBER_SETTINGS = ("fold", "arch", "image_size", "epochs")
 MEMBER_KEYS = ("name", *MEMBER_SETTINGS, "args")
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,29}")
@@ -142,16 +125,6 @@ class Settings:
     pseudo_label_args: list[str] | None = None  # None: the inference kernel writes none
     members: list[Member] | None = None  # None: one per fold of the template
     extra: dict = field(default_factory=dict)  # the keys a caller allowed beyond these
-
-
-def read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except OSError as err:
-        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML ({err})") from None
 
 
 def _strings(value, where: str) -> list[str]:
@@ -192,14 +165,12 @@ def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Setti
         accelerator = {"": accelerator}
     if not isinstance(accelerator, dict):
         raise UserError(f"{source}: accelerator must be a name or a table kernel = name")
-    settings = Settings(source=source, owner=data.get("owner"), accelerator=accelerator,
-                        competition=data.get("competition"),
-                        src_dataset=data.get("src_dataset"),
-                        weights_dataset=data.get("weights_dataset"), n_folds=data.get("n_folds"),
+    settings = Settings(source, data.get("owner"), accelerator, data.get("competition"),
+                        data.get("src_dataset"), data.get("weights_dataset"), data.get("n_folds"),
+                        *(_strings(data[key], f"{source}: {key}") if key in data else None
+                          for key in ("train_args", "validate_args", "predict_args",
+                                      "pseudo_label_args")),
                         extra={k: data[k] for k in allowed_extra if k in data})
-    for key in ("train_args", "validate_args", "predict_args", "pseudo_label_args"):
-        if key in data:
-            setattr(settings, key, _strings(data[key], f"{source}: {key}"))
     if settings.n_folds is not None and (not isinstance(settings.n_folds, int)
                                          or settings.n_folds < 2):
         raise UserError(f"{source}: n_folds must be a whole number of at least 2")
@@ -208,8 +179,7 @@ def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Setti
             raise UserError(f"{source}: member must be one or more [[member]] tables")
         settings.members = [_member(t, i, source) for i, t in enumerate(data["member"])]
         names = [m.name for m in settings.members]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
+        if twice := sorted({n for n in names if names.count(n) > 1}):
             raise UserError(f"{source}: two members are named {twice[0]!r}; give each its "
                             "own name")
     return settings
@@ -218,12 +188,18 @@ def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Setti
 def load(path: Path | None, allowed_extra: tuple[str, ...] = ()) -> Settings:
     if path is None:
         return Settings()
-    return parse(read_toml(path), str(path), allowed_extra)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML ({err})") from None
+    return parse(data, str(path), allowed_extra)
 
 
-# What render wrote into a kernel folder, so a later render never overwrites a hand edit: a
-# manifest beside the files holding the sha256 of each file as written.
-
+# Beside the files render wrote, the sha256 of each as written: a later render never overwrites
+# a hand edit.
 MANIFEST = ".imet-rendered.json"
 
 
@@ -231,31 +207,23 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _recorded(out_dir: Path) -> dict[str, str]:
-    files = (read_json_object(out_dir / MANIFEST) or {}).get("files")
-    return files if isinstance(files, dict) else {}
-
-
 def check_untouched(out_dir: Path, files: dict[str, str], force: bool = False) -> None:
     """Refuse, in one line naming the file, to replace a file that differs from what render
     last wrote there (or, never written by render, from what it would write now)."""
     if force:
         return
-    recorded = _recorded(Path(out_dir))
+    recorded = (read_json_object(Path(out_dir) / MANIFEST) or {}).get("files")
+    recorded = recorded if isinstance(recorded, dict) else {}
     for name, text in files.items():
         path = Path(out_dir) / name
-        if not path.is_file():
-            continue
-        current = _sha256(path.read_bytes())
-        expected = recorded.get(name, _sha256(text.encode("utf-8")))
-        if current != expected:
+        if path.is_file() and (_sha256(path.read_bytes())
+                               != recorded.get(name, _sha256(text.encode("utf-8")))):
             raise UserError(f"{path}: edited by hand since `imet kaggle render` wrote it; put "
                             "the change into the settings file (render --config FILE) and "
                             "render again, or pass --force to overwrite it")
 
 
 def write_rendered(out_dir: Path, files: dict[str, str]) -> Path:
-    """Write the files and the manifest of what was written."""
     out_dir = Path(out_dir)
     for name, text in files.items():
         atomic_write_text(out_dir / name, text)
@@ -268,15 +236,14 @@ def write_rendered(out_dir: Path, files: dict[str, str]) -> Path:
 REQUIRED = ("id", "title", "code_file", "language", "kernel_type", "enable_internet",
             "enable_gpu", "dataset_sources", "competition_sources", "kernel_sources")
 OWNER = "{owner}"
-# The lines of a kernel script that tell the session what it asked for and which kernel it is:
-# Kaggle gives a script no view of its metadata, so render (and the emulator) write the
-# machine_shape and the kernel's id (owner/slug, which run.json and the registry name) into it.
+# Kaggle gives a script no view of its metadata, so render (and the emulator) write its
+# machine_shape and id (owner/slug, which run.json and the registry name) into these lines.
 ACCELERATOR = "ACCELERATOR"
 KERNEL_ID = "KERNEL"
 
 
 def _setting_line(name: str) -> re.Pattern:
-    """A settings line of a kernel script: `NAME = <a Python literal>` on one line."""
+    """`NAME = <a Python literal>` on one line of a kernel script."""
     return re.compile(rf"^{re.escape(name)} = .*$", re.M)
 
 
@@ -290,11 +257,10 @@ def read_setting(code: str, name: str, where: object):
 
 
 def with_setting(code: str, name: str, value, where: object, required: bool = True) -> str:
-    """The script with its `NAME = …` line holding `value` (render's settings lines)."""
-    pattern = _setting_line(name)
+    """The script with its `NAME = …` line holding `value`."""
     if required:
         read_setting(code, name, where)
-    return pattern.sub(lambda _: f"{name} = {value!r}", code)
+    return _setting_line(name).sub(lambda _: f"{name} = {value!r}", code)
 
 
 def read_metadata(kernel_dir: Path) -> dict:
@@ -323,14 +289,14 @@ def requested_accelerator(meta: dict) -> str:
     """What a kernel's metadata asks for: its machine_shape; without one, the client's own
     default (enable_gpu: the default GPU), else none (a CPU)."""
     shape = meta.get("machine_shape")
-    if shape:
-        return canonical(shape)
-    return DEFAULT if meta.get("enable_gpu") else NONE
+    return canonical(shape) if shape else DEFAULT if meta.get("enable_gpu") else NONE
 
 
 def with_accelerator(meta: dict, code: str, name: str) -> tuple[dict, str]:
-    """The metadata and script asking for accelerator `name` (a known name, canonical)."""
-    meta = {**meta, **metadata_fields(name)}
+    """The metadata and script asking for accelerator `name` (canonical): machine_shape ("" for
+    `none`, the client's own CPU) and enable_gpu / enable_tpu agreeing with it."""
+    meta = {**meta, "machine_shape": "" if name == NONE else name,
+            "enable_gpu": wants_gpu(name), "enable_tpu": runs_on(name) in TPUS}
     return meta, with_setting(code, ACCELERATOR, name, meta.get("id"), required=False)
 
 
@@ -340,18 +306,13 @@ def with_kernel_id(meta: dict, code: str, owner: str) -> str:
     return with_setting(code, KERNEL_ID, kernel_id, kernel_id, required=False)
 
 
-def check_owner(owner: str) -> str:
-    if not owner or "/" in owner or OWNER in owner:
-        raise UserError(f"--owner {owner!r} is not a Kaggle user name")
-    return owner
-
-
 def prepare(kernel_dir: Path, owner: str, accelerator: str | None = None,
             settings: dict | None = None, fields: dict | None = None) -> dict[str, str]:
     """The files of a push-ready copy of a kernel folder (name -> text): `{owner}` replaced by
     a user name, asking for `accelerator` (default: what the template asks for), the script's
     settings lines holding `settings` (NAME -> value) and the metadata updated with `fields`."""
-    check_owner(owner)
+    if not owner or "/" in owner or OWNER in owner:
+        raise UserError(f"--owner {owner!r} is not a Kaggle user name")
     meta = read_metadata(kernel_dir)
     name = canonical(accelerator) if accelerator else requested_accelerator(meta)
     script = Path(kernel_dir) / meta["code_file"]
@@ -366,16 +327,14 @@ def prepare(kernel_dir: Path, owner: str, accelerator: str | None = None,
 
 def render(kernel_dir: Path, owner: str, out_dir: Path, accelerator: str | None = None,
            force: bool = False) -> Path:
-    """Write a push-ready copy of a kernel folder (see `prepare`); a copy edited by hand since
-    render wrote it is refused unless `force`."""
+    """Write a push-ready copy of a kernel folder (`prepare`); a hand-edited one only if `force`."""
     files = prepare(kernel_dir, owner, accelerator)
     check_untouched(out_dir, files, force)
     return write_rendered(out_dir, files)
 
 
-# The set of push-ready kernels of a run: one trainer kernel per member (fold or model), each
-# with its own slug and so its own output, and the validation and inference kernels with every
-# trainer output attached.
+# A run's kernels: one trainer per member (its own slug, so its own output), and the
+# validation and inference kernels with every trainer output attached.
 #
 #     dist/kernels/trainer-f0 … trainer-f4   <owner>/imet-trainer-f0 …, each its own output
 #                                             (and the inference's, with --extra auto)
@@ -456,7 +415,6 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
     kernels get (default all); `first_push`: members whose kernel never ran, whose own output
     cannot be attached yet; `handover_datasets`: member -> the dataset that carries its
     checkpoint instead of its own output (where Kaggle refuses a kernel's own output)."""
-    handover_datasets = handover_datasets or {}
     templates = templates_in(kernels)
     trainer = templates[TRAINER]
     trainer_id = read_metadata(trainer)["id"]
@@ -470,26 +428,22 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
     planned = {}
     for member in members:
         slug = trainer_slug(member.name)
-        via = handover_datasets.get(member.name)
+        via = (handover_datasets or {}).get(member.name)
         own = [] if member.name in first_push or via else [f"{OWNER}/{slug}"]
         train_args = member_train_args(settings, member, trainer)
         if asks_extra_auto(train_args) and INFERENCE in templates:  # its pseudo-labels
             own = own + [read_metadata(templates[INFERENCE])["id"]]
         fields = {**common, "id": f"{OWNER}/{slug}", "title": slug, "kernel_sources": own}
-        if via:
-            fields["dataset_sources"] = common["dataset_sources"] + [via]
-        settings_lines = {ARGS_SETTING[TRAINER][0]: train_args}
-        if settings.n_folds is not None:
-            settings_lines["N_FOLDS"] = settings.n_folds
+        fields["dataset_sources"] = common["dataset_sources"] + ([via] if via else [])
+        settings_lines = {ARGS_SETTING[TRAINER][0]: train_args,
+                          **({"N_FOLDS": settings.n_folds} if settings.n_folds is not None else {})}
         planned[trainer_folder(member.name)] = prepare(trainer, owner, accelerators.get(TRAINER),
                                                        settings_lines, fields)
     for name, template in templates.items():
         if name == TRAINER:
             continue
-        meta = read_metadata(template)
-        sources = []
-        for ref in meta["kernel_sources"]:
-            sources += refs if ref == trainer_id else [ref]
+        sources = [src for ref in read_metadata(template)["kernel_sources"]
+                   for src in (refs if ref == trainer_id else [ref])]
         lines = {}
         setting, key = ARGS_SETTING.get(name, (None, None))
         if setting and getattr(settings, key) is not None:
@@ -502,8 +456,7 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
 
 
 def write_kernels(out: Path, planned: dict[str, dict[str, str]], force: bool = False) -> list[Path]:
-    """Write every planned kernel folder under `out`; nothing is written when one of them was
-    edited by hand since render wrote it (unless `force`)."""
+    """Write every planned kernel folder under `out`; none when one was edited by hand."""
     for folder, files in planned.items():
         check_untouched(Path(out) / folder, files, force)
     return [write_rendered(Path(out) / folder, files) for folder, files in planned.items()]

@@ -1,12 +1,9 @@
-"""Inside a Kaggle session: what each kernel script does, and what it checks first.
-
-Top to bottom: where things are (the one place that knows Kaggle's directory layout), `imet
-doctor` (can this session do its job?), the GPU probe, the shell steps, the sessions of the
-trainer, validation and inference kernels, and the trainer's image cache choice.
+"""Inside a Kaggle session: where things are, `imet doctor`, the GPU probe, the shell steps,
+each kernel's session and the trainer's image cache choice.
 
 Inputs appear at /kaggle/input/<slug>/ or under /kaggle/input/{competitions,datasets,
-notebooks,models}/…/<slug>/, so everything here searches by what a folder holds, never by one
-hard-coded path. `IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it).
+notebooks,models}/…/<slug>/, so folders are found by what they hold, never by a fixed path.
+`IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it).
 """
 from __future__ import annotations
 
@@ -39,18 +36,15 @@ from imet.probfile import ENSEMBLE_PROBS
 from imet.walk import walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"
-# The id (owner/slug) of the kernel a session runs in, for `imet train`'s run_start: set by the
-# trainer session from its script's KERNEL line.
+# The kernel's id (owner/slug) for `imet train`'s run_start, from its script's KERNEL line.
 KERNEL_ENV = "IMET_KERNEL"
-DEFAULT_ROOT = "/kaggle"
-# Where the inference kernel writes its pseudo-labels (`imet pseudo-label`) in its working
-# folder; a trainer kernel finds them by what the folder holds (find_extra_sets).
+# The inference kernel's pseudo-labels in its working folder (found by find_extra_sets).
 PSEUDO_DIR = "pseudo"
 
 
 def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    return Path(env.get(ROOT_ENV) or DEFAULT_ROOT)
+    return Path(env.get(ROOT_ENV) or "/kaggle")
 
 
 def input_root(env: Mapping[str, str] | None = None) -> Path:
@@ -61,23 +55,15 @@ def working_dir(env: Mapping[str, str] | None = None) -> Path:
     return kaggle_root(env) / "working"
 
 
-def temp_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Kaggle's scratch folder: written during a session, never part of its output."""
-    return kaggle_root(env) / "temp"
-
-
 def _find(root: Path, holds: Callable[[list[str], list[str]], bool]) -> list[Path]:
-    """Folders under root (root included) whose (files, subfolders) `holds` accepts,
-    shallowest first (then in name order), so the attached input itself wins over copies
-    inside it."""
+    """Folders under root (included) that `holds(files, subfolders)` accepts, shallowest
+    first, so the attached input itself wins over copies inside it."""
     if not root.is_dir():
         return []
     found = []
     for folder, subfolders, files in walk_folders([root]):
-        if holds(files, subfolders):
-            found.append(folder)
-        # A folder of images is a leaf: its thousands of files are never folders to search.
-        if len(files) > 1000:
+        found += [folder] if holds(files, subfolders) else []
+        if len(files) > 1000:  # a folder of images is a leaf: nothing below to search
             subfolders[:] = []
     return sorted(found, key=lambda folder: (len(folder.parts), folder))
 
@@ -98,22 +84,14 @@ def find_competition_data(root: Path | None = None) -> Path:
     return found[0]
 
 
-def find_source_dataset(root: Path | None = None) -> Path:
+def find_source_dataset(root: Path) -> Path:
     """The imet source dataset (the folder holding MANIFEST.json and the bootstrap)."""
-    root = input_root() if root is None else root
     found = find_folders_with(root, "MANIFEST.json", "imet_bootstrap.py")
     if not found:
         raise UserError(f"the imet source dataset is not attached: no MANIFEST.json with "
-                        f"imet_bootstrap.py under {root}; build it with "
-                        "`python packaging/build_dataset.py`, upload it and add it to "
-                        "dataset_sources")
+                        f"imet_bootstrap.py under {root}; build it with `python "
+                        "packaging/build_dataset.py`, upload it and add it to dataset_sources")
     return found[0]
-
-
-def find_run_dirs(root: Path | None = None) -> list[Path]:
-    """Folders holding a trained model (model.pt), e.g. attached trainer outputs."""
-    root = input_root() if root is None else root
-    return find_folders_with(root, MODEL_FILE)
 
 
 def find_previous_output(root: Path | None = None) -> list[Path]:
@@ -123,9 +101,8 @@ def find_previous_output(root: Path | None = None) -> list[Path]:
 
 
 def find_extra_sets(root: Path | None = None) -> list[Path]:
-    """Extra training sets (imet/data/labels.py) under root, shallowest first: folders with
-    labels.csv, train/ and train.csv or soft_targets.npz, as `imet pseudo-label` writes them,
-    and without the competition's sample_submission.csv (the competition data has the rest)."""
+    """Extra training sets under root as `imet pseudo-label` writes them: labels.csv, train/
+    and train.csv or soft_targets.npz, without the competition's sample_submission.csv."""
     from imet.data.labels import SOFT_TARGETS
     return _find(input_root() if root is None else root,
                  lambda files, subfolders: "labels.csv" in files and "train" in subfolders
@@ -133,10 +110,9 @@ def find_extra_sets(root: Path | None = None) -> list[Path]:
                  and ("train.csv" in files or SOFT_TARGETS in files))
 
 
-# `imet doctor`: the interpreter and torch build, every GPU (proved by a real operation, see
-# probe), free disk in the working folder against the run's checkpoints, the inputs found and
-# whether Telegram is configured; and one line per problem that would stop the session, so a
-# kernel stops in its first minute instead of after hours.
+# `imet doctor`: the torch build, every GPU (proved by a real operation, see probe), free disk
+# against the run's checkpoints, the inputs and Telegram; one line per problem that would stop
+# the session, so a kernel stops in its first minute instead of after hours.
 
 DEFAULT_CLASSES = 1103  # iMet 2019's label count, when no labels.csv is at hand
 # Room kept beyond the checkpoints: model.pt, metrics, plots, the registry and the OS.
@@ -165,9 +141,8 @@ class Report:
 
 
 def doctor_flags(kernel_args: list[str], default_arch: str | None = None) -> list[str]:
-    """The flags doctor judges (arch, weights, device; Telegram: auto unless turned off),
-    picked by `imet train`'s parser from a kernel's arguments for its imet command (validate
-    and predict mean the same by the --device they share with it), as doctor flags."""
+    """The doctor flags (arch, keep, weights, device; --notify auto unless set) that `imet
+    train`'s parser reads in a kernel's arguments (validate and predict share its --device)."""
     known, _ = train_parser().parse_known_args(kernel_args)
     arch = known.arch or default_arch
     notify = "auto" if known.notify is None else known.notify
@@ -190,19 +165,11 @@ def checkpoint_bytes(arch: str, num_classes: int) -> tuple[int, int]:
 
 
 def disk_need(arch: str, num_classes: int, keep: int | None = None) -> tuple[int, int]:
-    """(parameters, bytes the run needs in its folder at the peak of a save): the `keep`
-    generations (default: imet train's --keep) plus the one being written, and the best model
-    file."""
+    """(parameters, bytes the run needs at the peak of a save): `keep` generations (default:
+    imet train's) plus the one being written, and the best model file."""
     keep = TrainConfig.keep if keep is None else keep
     params, state = checkpoint_bytes(arch, num_classes)
     return params, (keep + 1) * state + 4 * params + DISK_MARGIN_BYTES
-
-
-def _existing(path: Path) -> Path:
-    path = path.resolve()
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def _gib(n: float) -> str:
@@ -210,8 +177,10 @@ def _gib(n: float) -> str:
 
 
 def _check_gpus(s: Settings, report: Report) -> None:
-    for name, value in build_info().items():
-        report.add(name, value)
+    report.add("python", platform.python_version())
+    report.add("torch", torch.__version__)
+    report.add("cuda build", torch.version.cuda or "none (CPU-only build)")
+    report.add("arch list", " ".join(torch.cuda.get_arch_list()) or "-")
     available, driver = cuda_available()
     gpus = [inspect(i) for i in range(torch.cuda.device_count())] if available else []
     for g in gpus:
@@ -228,19 +197,17 @@ def _check_gpus(s: Settings, report: Report) -> None:
                                    "CPU; render with --accelerator NvidiaTeslaT4 or none")
     asked_gpu = asked is not None and wants_gpu(asked)
     if s.device.startswith("cuda"):
-        line = device_problem(s.device)
-        report.problems.extend([line] if line else [])
+        report.problems.extend(filter(None, [device_problem(s.device)]))
     elif asked_gpu and not gpus:
         report.problems.append(driver or no_gpu_line(asked))
     elif s.device == "auto":
         # auto trains on every GPU torch sees (torchrun: one per process)
-        report.problems.extend(p for p in (g.problem() for g in gpus) if p)
+        report.problems.extend(filter(None, (g.problem() for g in gpus)))
 
 
 def _check_inputs(s: Settings, report: Report) -> int:
     """Reports the inputs found; returns the label count (for the checkpoint estimate)."""
-    roots = s.input_roots
-    data = None
+    roots, data = s.input_roots, None
     try:
         data = find_competition_data(s.data) if s.data else _first(find_competition_data, roots)
         report.add("competition data", data)
@@ -282,11 +249,14 @@ def _check_run(s: Settings, num_classes: int, report: Report) -> None:
     except (UserError, ValueError) as err:
         report.problems.append(f"--arch {s.arch}: {err}")
         return
-    free = shutil.disk_usage(_existing(s.out)).free
-    report.add("disk", f"{_gib(free)} free in {_existing(s.out)}; {s.arch} ({params / 1e6:.1f}M "
+    folder = s.out.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    report.add("disk", f"{_gib(free)} free in {folder}; {s.arch} ({params / 1e6:.1f}M "
                f"parameters) needs {_gib(need)} for its checkpoints")
     if free < need:
-        report.problems.append(f"{_existing(s.out)}: {_gib(free)} free, but {s.arch}'s "
+        report.problems.append(f"{folder}: {_gib(free)} free, but {s.arch}'s "
                                f"checkpoints need {_gib(need)}; free space in the working folder")
     from imet.models.weights import has_pretrained_weights
     if s.pretrained or (s.pretrained is None and has_pretrained_weights(s.arch)):
@@ -328,8 +298,7 @@ def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
     """The problems as a Telegram crash message (when configured and not off)."""
     from imet.observe.telegram import build_notifier
     from imet.train.events import Failure
-    notifier = build_notifier(mode)
-    if notifier is None:
+    if (notifier := build_notifier(mode)) is None:
         return False
     try:
         notifier(Failure(error="imet doctor stopped the session: " + " | ".join(problems),
@@ -339,45 +308,32 @@ def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
     return True
 
 
-# Can this torch use this session's GPUs? Asked of the devices themselves, before any hour is
-# spent: `is_available()` alone says yes on a GPU the build has no kernels for (the first real
-# operation fails), and says no, with a warning, when the driver is older than the build needs.
-#
-# The probe is a small fp16 conv plus matmul under autocast (bf16 too where the device has it),
-# checked against fp32: exactly the operations a training step starts with.
+# Can this torch use this session's GPUs? Asked of the devices: `is_available()` says yes on a
+# GPU the build has no kernels for (the first real operation fails), and no, with a warning,
+# when the driver is older than the build needs. The probe: a small fp16 (and bf16) conv plus
+# matmul under autocast against fp32, the operations a training step starts with.
 
-# Low-precision results within this fraction of the fp32 result's largest value: fp16 keeps
-# ~3 decimal digits, bf16 ~2; a wrong kernel is off by far more.
+# Allowed error as a fraction of the fp32 result's largest value: fp16 keeps ~3 decimal digits,
+# bf16 ~2; a wrong kernel is off by far more.
 PROBE_TOLERANCE = {torch.float16: 0.01, torch.bfloat16: 0.05}
 
 
-def build_info() -> dict[str, str]:
-    """Python, torch, the CUDA version it was built for and its compiled GPU architectures."""
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda build": torch.version.cuda or "none (CPU-only build)",
-            "arch list": " ".join(torch.cuda.get_arch_list()) or "-"}
-
-
 def has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool:
-    """Whether a build compiled for `arch_list` runs on a device of `capability`: machine code
-    for the same major version and a minor version not above the device's, or PTX (compute_XY)
-    of a version not above it, which the driver compiles."""
-    major, minor = capability
+    """Whether a build for `arch_list` runs on a device of `capability`: machine code (sm_XY)
+    of the same major and a minor not above it, or PTX (compute_XY, compiled by the driver) of
+    a version not above it."""
     for arch in arch_list:
         kind, _, version = arch.partition("_")
-        if not version.isdigit():
-            continue
-        built = (int(version[:-1]), int(version[-1]))
-        if kind == "sm" and built[0] == major and built[1] <= minor:
-            return True
-        if kind == "compute" and built <= (major, minor):
+        built = (int(version[:-1]), int(version[-1])) if version.isdigit() else None
+        if built and (kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]
+                      or kind == "compute" and built <= capability):
             return True
     return False
 
 
 def probe(device: torch.device, dtype: torch.dtype) -> None:
-    """Run a small conv + matmul under autocast in `dtype` on `device`; raises RuntimeError
-    naming what went wrong when the device cannot run them or computes nonsense."""
+    """A small conv + matmul under autocast in `dtype`; RuntimeError when the device cannot
+    run them or computes nonsense."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(2, 8, 16, 16, generator=generator).to(device)
     kernel = torch.randn(16, 8, 3, 3, generator=generator).to(device)
@@ -400,7 +356,7 @@ def try_probe(device: torch.device, dtype: torch.dtype) -> str:
     try:
         probe(device, dtype)
     except Exception as err:  # any failure of the device is the answer, not a crash of doctor
-        return f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        return f"failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
     return "ok"
 
 
@@ -437,21 +393,19 @@ def inspect(index: int) -> Gpu:
     capability = (props.major, props.minor)
     kernels = has_kernels(capability, torch.cuda.get_arch_list())
     fp16 = try_probe(device, torch.float16)
-    bf16 = "not supported"
-    if fast_bf16(capability):  # older devices would only emulate it
-        bf16 = try_probe(device, torch.bfloat16)
+    # older devices would only emulate bf16
+    bf16 = try_probe(device, torch.bfloat16) if fast_bf16(capability) else "not supported"
     return Gpu(index, props.name, capability, props.total_memory / 2**30, kernels, fp16, bf16)
 
 
 def nvidia_device_nodes() -> bool:
-    """Whether the machine has an NVIDIA GPU, whether or not torch can use it; asks no driver,
-    so it costs nothing where there is none."""
+    """Whether the machine has an NVIDIA GPU, usable or not; asks no driver (costs nothing)."""
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def cuda_available() -> tuple[bool, str | None]:
-    """(torch sees a GPU, why not when the machine has one torch cannot use). A driver older
-    than the build is reported by torch as a warning, then is_available() is False."""
+    """(torch sees a GPU, why not when the machine has one torch cannot use); torch reports a
+    driver older than the build as a warning, then is_available() is False."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = torch.cuda.is_available()
@@ -466,7 +420,6 @@ def cuda_available() -> tuple[bool, str | None]:
 
 
 def no_gpu_line(asked: str) -> str:
-    """The line for a session that asked for a GPU and has none."""
     return (f"asked for a GPU ({asked}) but this session has none (no CUDA device is visible; "
             "is the weekly GPU quota used up?): stopping rather than train on the CPU; render "
             "with --accelerator none to train on the CPU on purpose")
@@ -497,40 +450,28 @@ def device_problem(name: str) -> str | None:
     return inspect(index).problem()
 
 
-# A kernel's shell steps run through delegator.py. Its blocking mode returns output only when a
-# command ends, which would leave a 12-hour training silent in the kernel log (and lose it all
-# if the session is killed), so steps run in its pexpect mode with every byte echoed as it
-# arrives.
+# A kernel's shell steps run through delegator.py: its blocking mode returns output only when a
+# command ends (a 12-hour training silent in the log, and all lost if the session is killed),
+# so steps run in its pexpect mode with every byte echoed as it arrives.
 
 def run_step(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> int:
     """Run argv, echo its output (stderr merged) live, return its exit status."""
     print(f"$ {shlex.join(argv)}", flush=True)
     command = delegator.run(argv, block=False, env=env, cwd=cwd)
-    command.subprocess.logfile_read = _Echo()
+    command.subprocess.logfile_read = sys.stdout  # pexpect writes and flushes each chunk
     command.subprocess.expect(pexpect.EOF, timeout=None)
     command.block()
     status = command.return_code
     return status if status is not None else 128 + (command.subprocess.signalstatus or 0)
 
 
-class _Echo:
-    """pexpect's log sink: writes to our stdout as soon as bytes arrive."""
-
-    def write(self, text: str) -> None:
-        sys.stdout.write(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
-# What each kernel does in one Kaggle session, so that the kernel scripts stay short: each
-# function finds its inputs under the input root, runs the imet commands as shell steps and
-# leaves its outputs in the working folder. A missing input is one line naming it and exit code 2.
+# What each kernel does in one session (so the scripts stay short): find its inputs, run the
+# imet commands as shell steps, leave its outputs in the working folder; a missing input is one
+# line naming it and exit code 2.
 
 # Never carried from a previous session's output: the engine copies the checkpoint it resumes
-# from, and the best model beside it, itself (imet/train/checkpoint.py); the handover note
-# belongs to the session that wrote it. Image caches (any folder that is one, at any depth) are
-# never carried either: gigabytes each session would copy (see is_cache).
+# from and the best model itself (imet/train/checkpoint.py); the handover note belongs to the
+# session that wrote it; image caches (at any depth, see is_cache) would be gigabytes a session.
 NOT_CARRIED = ("checkpoints", MODEL_FILE, HANDOVER)
 
 
@@ -538,16 +479,8 @@ def _imet(*args: object) -> list[str]:
     return [sys.executable, "-m", "imet", *map(str, args)]
 
 
-def gpu_count() -> int:
-    # torch is not asked where no NVIDIA device node exists (CPU sessions, the emulator).
-    if not nvidia_device_nodes():
-        return 0
-    return torch.cuda.device_count()
-
-
 def train_launcher(gpus: int) -> list[str]:
-    """`python -m imet` on one GPU or none; torchrun with one process per GPU when the session
-    has several (Kaggle's T4 x2), so both train."""
+    """`python -m imet` on one GPU or none; torchrun with one process per GPU (Kaggle's T4 x2)."""
     if gpus <= 1:
         return _imet()
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -559,11 +492,10 @@ def _seconds_left(started: float, session_limit: str) -> float:
 
 
 def _carry_previous_output(previous: Path, work: Path) -> None:
-    """Bring the previous session's files (metrics, plots, registry) forward, so
-    this session's output is the whole run, as the next session and the user expect."""
+    """Bring the previous session's files (metrics, plots, registry) forward: this session's
+    output is the whole run."""
     def caches(folder, names):
         return [name for name in names if is_cache(Path(folder) / name)]
-
     for item in previous.iterdir():
         if item.name in NOT_CARRIED or (work / item.name).exists() or is_cache(item):
             continue
@@ -575,9 +507,8 @@ def _carry_previous_output(previous: Path, work: Path) -> None:
 
 def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str],
            arch: str | None = None) -> int:
-    """`imet doctor` as a session's first step, in a process of its own (CUDA stays out of the
-    kernel's process): non-zero when the session cannot do its job, said in one line per
-    problem and sent to Telegram. `arch`: the one trained when the arguments name none."""
+    """`imet doctor` as a session's first step, in its own process (CUDA stays out of the
+    kernel's): non-zero when the session cannot do its job. `arch`: when the args name none."""
     asked = ["--accelerator", accelerator] if accelerator is not None else []
     return run_step(_imet("doctor", "--data", data, "--input-root", input_root(), "--out",
                           working_dir(), "--kernel", kernel, *asked,
@@ -585,8 +516,8 @@ def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[s
 
 
 def with_extra_found(train_args: list[str]) -> list[str]:
-    """`train_args` with `--extra auto` replaced by the one extra training set attached (the
-    inference kernel's pseudo-labels, say); UserError when there is none, or several."""
+    """`train_args` with `--extra auto` replaced by the one extra training set attached;
+    UserError when there is none, or several."""
     if not asks_extra_auto(train_args):
         return train_args
     found = find_extra_sets(input_root())
@@ -606,8 +537,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     if kernel:  # this process is the kernel's: the training it starts inherits it
         os.environ[KERNEL_ENV] = kernel
     data = find_competition_data()
-    code = doctor("trainer", data, accelerator, train_args, TrainConfig.arch)
-    if code:
+    if code := doctor("trainer", data, accelerator, train_args, TrainConfig.arch):
         return code
     train_args = with_extra_found(train_args)
     work = working_dir()
@@ -616,15 +546,15 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
         print(f"resuming from the attached output {previous[0]}", flush=True)
         _carry_previous_output(previous[0], work)
     folds = work / "folds.csv"
-    if not folds.exists():
-        code = run_step(_imet("folds", "--data", data, "--n-folds", n_folds, "--out", folds))
-        if code:
-            return code
-    cache = prepare(data, train_args, _seconds_left(started, session_limit), work, temp_dir(),
-                    input_root(), _imet(), resumed=bool(previous))
+    if not folds.exists() and (code := run_step(_imet("folds", "--data", data, "--n-folds",
+                                                      n_folds, "--out", folds))):
+        return code
+    cache = prepare(data, train_args, _seconds_left(started, session_limit), work,
+                    kaggle_root() / "temp", input_root(), _imet(), resumed=bool(previous))
     if cache is not None:  # this process is the kernel's: the training it starts inherits it
         os.environ[CACHE_ENV] = str(cache)
-    launcher = train_launcher(gpu_count())  # before the budget: it may ask the driver
+    # before the budget: it may ask the driver; not at all without an NVIDIA device node
+    launcher = train_launcher(torch.cuda.device_count() if nvidia_device_nodes() else 0)
     left = _seconds_left(started, session_limit)
     code = run_step([*launcher, *map(str, ("train", "--data", data, "--folds", folds,
                                            "--out", work, "--time-budget", f"{left:.0f}",
@@ -644,8 +574,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
 def validation(started: float, session_limit: str, validate_args: list[str],
                accelerator: str | None = None) -> int:
     data = find_competition_data()
-    code = doctor("validation", data, accelerator, validate_args)
-    if code:
+    if code := doctor("validation", data, accelerator, validate_args):
         return code
     runs = _runs()
     folds = find_folders_with(input_root(), "folds.csv")
@@ -661,11 +590,10 @@ def validation(started: float, session_limit: str, validate_args: list[str],
 def inference(started: float, session_limit: str, predict_args: list[str],
               accelerator: str | None = None, pseudo_label_args: list[str] | None = None) -> int:
     """submission.csv; with `pseudo_label_args` (a list, empty included) also the confident
-    test images as an extra training set in working/pseudo/, from the probabilities the
-    prediction saved (no second inference): a trainer kernel takes it with `--extra auto`."""
+    test images as an extra training set in working/pseudo/ (for `--extra auto`), from the
+    probabilities the prediction saved (no second inference)."""
     data = find_competition_data()
-    code = doctor("inference", data, accelerator, predict_args)
-    if code:
+    if code := doctor("inference", data, accelerator, predict_args):
         return code
     runs = _runs()
     work = working_dir()
@@ -686,7 +614,7 @@ def inference(started: float, session_limit: str, predict_args: list[str],
 
 
 def _runs() -> list[Path]:
-    runs = find_run_dirs()
+    runs = find_folders_with(input_root(), MODEL_FILE)
     if not runs:
         raise UserError(f"no trained model (model.pt) under {input_root()}: attach the trainer "
                         "kernel's output (kernel_sources) or a dataset of runs")
@@ -702,22 +630,19 @@ def main(kernel: str, session: Callable[..., int], *args) -> int:
         return err.exit_code
 
 
-# The decode-once image cache (`imet cache`) in a Kaggle training run. A cache attached as input
-# (a dataset or another kernel's output, found under the input root) is used as it is.
-# Otherwise the trainer kernel builds one in Kaggle's scratch folder (/kaggle/temp), which no
-# session carries forward: a cache under /kaggle/working would be part of the output, 4.8 GB
-# copied into every next session. So a run that uses a cache pays its build once per session,
-# and it pays back only when the session then runs enough epochs.
+# The decode-once image cache (`imet cache`) in a Kaggle training run: an attached one is used as
+# it is; else the trainer builds one in /kaggle/temp, which no session carries forward (under
+# working/ it would be 4.8 GB copied into every next session), so the build is paid once per
+# session and pays back only when the session runs enough epochs.
 #
-# The figures (benchmarks/README.md, `python benchmarks/bench_cache_payback.py`, per 1,000 images
-# on one core): the build costs BUILD_S seconds; the loader needs PNG_EPOCH_S per epoch from the
-# PNGs and SAVED_S less from the cache. Both divide by the same number of cores, so the build pays
-# for itself after BUILD_S / SAVED_S (~1.8) epochs of a session, whatever the data size, as long
-# as the loader sets the pace (where the GPU does, the cache saves less, and the build costs a
-# few minutes of a 12-hour session).
+# Figures per 1,000 images on one core (benchmarks/README.md, bench_cache_payback.py): building
+# costs BUILD_S; the loader needs PNG_EPOCH_S per epoch from the PNGs and SAVED_S less from the
+# cache. Both divide by the same cores, so the build pays back after BUILD_S / SAVED_S (~1.8)
+# epochs of a session at any data size, while the loader sets the pace (where the GPU does, the
+# cache saves less, and the build costs minutes of a 12-hour session).
 #
-# The choice is made once, in the run's first session, and written to CHOICE (carried with the
-# run): a JPEG cache changes the pixels, and a resumed run must read the images it started with.
+# The choice is made in the run's first session and written to CHOICE (carried with the run): a
+# JPEG cache changes the pixels, and a resumed run must read the images it started with.
 
 BUILD_S = 5.1        # cache build, seconds per 1,000 images (JPEG q95, short side 320)
 PNG_EPOCH_S = 4.1    # loader, seconds per epoch per 1,000 images, from the PNGs
@@ -747,9 +672,8 @@ def run_settings(train_args: list[str]) -> tuple[int, int, int]:
 
 
 def should_build(epochs: int, images: int, workers: int, seconds_left: float) -> tuple[bool, str]:
-    """Whether a cache built now pays for itself in this session, and why in words. The
-    session runs the epochs left or those that fit, whichever is fewer; an epoch from the PNGs
-    takes at least PNG_EPOCH_S per 1,000 images per loader process."""
+    """(whether a cache built now pays back in this session, why): it runs the fewer of the
+    epochs left and those that fit, at PNG_EPOCH_S per 1,000 images per loader process."""
     per_epoch = max(images, 1) / 1000 * PNG_EPOCH_S / max(workers, 1)
     fit = max(seconds_left, 0) / per_epoch
     session = min(epochs, fit)
@@ -761,10 +685,9 @@ def should_build(epochs: int, images: int, workers: int, seconds_left: float) ->
 
 def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, temp: Path,
             input_root: Path, python_m_imet: list[str], resumed: bool = False) -> Path | None:
-    """Use an attached cache (the training finds it under the input root itself), or build one
-    in `temp` when the run chose to: then its folder, for the training's $IMET_CACHE_DIR; else
-    None. `resumed`: an earlier session of the run exists; without its choice it read the PNGs
-    (an imet from before this choice), and so does the rest."""
+    """The cache folder built in `temp` (for $IMET_CACHE_DIR) when the run chose one, else None
+    (an attached cache the training finds itself). `resumed` without a saved choice: an older
+    imet's session read the PNGs, and so does the rest."""
     size, epochs, workers = run_settings(train_args)
     attached = find_cache(size, [input_root])
     if attached is not None:
@@ -779,7 +702,8 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
         choice = {"build": False, "size": size, "why": "the run's earlier sessions read the PNGs"}
         print(f"image cache: not building one: {choice['why']}", flush=True)
     else:
-        images = _rows(data / "train.csv")
+        with open(data / "train.csv", "rb") as f:
+            images = max(sum(1 for _ in f) - 1, 0)
         build, why = should_build(epochs, images, workers, seconds_left)
         choice = {"build": build, "size": size, "why": why}
         atomic_write_text(choice_file, json.dumps(choice, indent=1) + "\n")
@@ -795,8 +719,3 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
         print(f"image cache: the build ended with exit code {code}; the images it could not "
               "cache are read from the PNGs", flush=True)
     return cache
-
-
-def _rows(csv_path: Path) -> int:
-    with open(csv_path, "rb") as f:
-        return max(sum(1 for _ in f) - 1, 0)

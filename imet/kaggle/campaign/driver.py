@@ -1,13 +1,9 @@
 """The campaign driver: every member's trainer kernel, up to `parallel` sessions at once, pushed
 again on every handover; then one validation kernel over every trainer output and one inference
 kernel, whose submission.csv is fetched into DIR. Each action is saved in DIR/campaign.json first
-(state.py), so a killed campaign, run again, pushes nothing twice. Where the kernels run is the
-backend's business (remote.KaggleBackend: real Kaggle through the kaggle client;
-emulated.EmulatorBackend: local emulator sessions); the driver is the same for both. A chain
-(`imet kaggle chain`, `imet kaggle run --chain`) is the same loop over one member (Chain).
-
-The status table (member, sessions, state, best F2, GPU-hours, last message, and the GPU-hours
-used against the plan's budget) is kept in DIR as status.csv and status.md.
+(state.py), so a killed campaign, run again, pushes nothing twice. The backend runs the kernels
+(remote.KaggleBackend: Kaggle; emulated.EmulatorBackend: the emulator). A chain is the same loop
+over one member (Chain). The status table is kept in DIR as status.csv and status.md.
 """
 from __future__ import annotations
 
@@ -96,11 +92,10 @@ class Campaign:
     def round(self) -> bool:
         """One pass: settle pushes of a killed run, poll what runs, push what may. True when
         something changed."""
-        acted = False
-        for job in self.state["jobs"].values():
-            if job["state"] == PUSHING:
-                self._resolve_push(job)
-                acted = True
+        pushing = [job for job in self.state["jobs"].values() if job["state"] == PUSHING]
+        for job in pushing:
+            self._resolve_push(job)
+        acted = bool(pushing)
         for job in self.state["jobs"].values():
             if job["state"] == RUNNING:
                 acted = self._poll(job) or acted
@@ -160,10 +155,9 @@ class Campaign:
     def _resolve_push(self, job: dict) -> None:
         """A push asked for before a restart: done when Kaggle has a newer version than the
         count saved before it; else it is asked for again."""
-        name = self._name(job)
         now = self.backend.current_version(job["ref"])
         if now > job["push"]["before"]:
-            self._pushed(name, job, now)
+            self._pushed(self._name(job), job, now)
         else:
             job.update(state=WAITING, push=None)
             self._save()
@@ -257,11 +251,10 @@ class Campaign:
 
     # ---- validation, then inference ------------------------------------------------------
     def _finals(self) -> bool:
-        jobs = self.state["jobs"]
         if not attached_members(self.state):
             return self._finish(1, "no member finished a session; nothing to validate")
         for kind in FINALS:
-            job = jobs[kind]
+            job = self.state["jobs"][kind]
             if job["state"] == DROPPED:
                 return self._finish(1, f"the {kind} kernel failed; see {self.out / 'outputs'}")
             if job["state"] == WAITING:
@@ -280,24 +273,22 @@ class Campaign:
         self.state.update(done=True, exit_code=code, message=text)
         self._save()
         table = write_tables(self.out, self.state, self.plan.gpu_hours)
-        self.log(table + f"campaign {'finished' if code == 0 else 'ended'}: {text}")
-        self.notify(f"imet campaign {'finished' if code == 0 else 'ended'}: {text}\n\n{table}")
+        said = f"campaign {'finished' if code == 0 else 'ended'}: {text}"
+        self.log(table + said)
+        self.notify(f"imet {said}\n\n{table}")
         return True
 
 
 class Chain(Campaign):
     """`imet kaggle chain` and `imet kaggle run --chain`: a campaign of one member whose kernel
-    folder is pushed as it is, again while a session hands over, at most `max_sessions` times,
-    with no retry and nothing after it. Session N's fetched outputs go to OUTPUTS/v<N>. It keeps
-    no state file: a chain run again starts again. `run` returns 0 when the run finished,
-    HANDED_OVER_EXIT_CODE when it still hands over after max_sessions, 1 when a session
-    failed."""
+    folder is pushed as it is while a session hands over, at most `max_sessions` times, with no
+    retry, no finals and no state file; session N's outputs go to OUTPUTS/v<N>. `run` returns 0
+    (finished), HANDED_OVER_EXIT_CODE (still hands over after max_sessions) or 1 (failed)."""
 
     def __init__(self, kernel_dir: Path, backend, max_sessions: int, outputs: Path,
                  poll_s: float, log: Callable[[str], None] = print):
-        self.kernel_dir, self.out, self.backend, self.poll_s = Path(kernel_dir), Path(outputs), \
-            backend, poll_s
-        self.log, self.notify, self.handover = log, (lambda text: None), None
+        self.kernel_dir, self.out, self.backend = Path(kernel_dir), Path(outputs), backend
+        self.poll_s, self.log, self.notify, self.handover = poll_s, log, (lambda text: None), None
         self.plan = SimpleNamespace(parallel=1, max_sessions=max_sessions, retries=0,
                                     gpu_hours=math.inf, session_hours=0.0)
         ref = read_metadata(kernel_dir)["id"]

@@ -1,7 +1,5 @@
-"""A campaign's Kaggle at home (`imet kaggle campaign --emulate`): the backend that runs each
-pushed version as a local emulator session (emulator.run_session, the one place a session runs).
-
-Each kernel has a folder DIR/emulator/<slug>/, laid out as `imet kaggle run` lays out its OUT:
+"""A campaign's Kaggle at home (`imet kaggle campaign --emulate`): each pushed version runs as a
+local emulator session (emulator.run_session). Each kernel has a folder DIR/emulator/<slug>/:
 
     pushed/v<N>/kernel/        the kernel folder as pushed (its code and metadata)
     pushed/v<N>/session.json   the version's record: the inputs attached, the time limit, then
@@ -11,20 +9,15 @@ Each kernel has a folder DIR/emulator/<slug>/, laid out as `imet kaggle run` lay
     v<N>/log.txt, v<N>/kaggle/working   the session: its log, and its output
     output                     the latest session's output
 
-A push writes the record (that write is the push: it makes the version count) and starts a
-runner, `python -m imet.kaggle.campaign.emulated pushed/v<N>`, in a session of its own, which
-runs the kernel and records its end. The runner is not the campaign's: as on Kaggle, a session
-goes on when the campaign is killed, and the campaign run again finds it running, or ended, in
-its record. A version whose runner is gone without a recorded end (killed, or never started
-because the campaign was killed in the middle of the push) counts as failed: the campaign
-pushes it again under the plan's retries. The lock tells a live runner from a gone one (a pid
-could be reused; a lock dies with its holder).
+A push writes the record (which makes the version count) and starts a runner, `python -m
+imet.kaggle.campaign.emulated pushed/v<N>`, in a session of its own: as on Kaggle, a session
+goes on when the campaign is killed; run again, it finds it running or ended in its record. A
+version whose runner is gone without a recorded end counts as failed (pushed again under the
+retries); the lock tells a live runner from a gone one (a pid could be reused; a lock dies with
+its holder). `imet kaggle run --chain` is the same backend under driver.Chain (run_chain), its
+versions right in OUT, every --input attached, the session's lines on the console.
 
-`imet kaggle run KERNEL_DIR --chain N --out OUT` is the same backend under a one-member
-campaign (run_chain, driver.Chain): the kernel's versions right in OUT (OUT/pushed/v<N>,
-OUT/v<N>, OUT/output), every --input attached, the session's lines on the console.
-
-Attached as Kaggle attaches them: each `--input NAME=PATH` under the slug NAME for a dataset or
+Attached as Kaggle does: each `--input NAME=PATH` under the slug NAME for a dataset or
 competition source (or a kernel outside the campaign), and each of the campaign's own kernels
 in kernel_sources as the output of its latest completed version.
 """
@@ -95,12 +88,10 @@ def _held(lock: Path) -> bool:
 
 
 class EmulatorBackend:
-    """`folders`: kernel ref -> the folder of its versions where that is not root/<slug> (`imet
-    kaggle run --out`); such a kernel starts its versions over at v1. `python`, `accelerator`:
-    as run_session's. `echo`: the sessions' lines go to this process's stdout too (a chain's
-    one session at a time). `env`: set for the sessions on top of this process's.
-    `attach_all`: every input is attached (`imet kaggle run --input`), not only those the
-    kernel's metadata names (a campaign, as Kaggle attaches them)."""
+    """`folders`: kernel ref -> its versions' folder where not root/<slug> (`imet kaggle run
+    --out`; it starts over at v1). `python`, `accelerator`, `echo`: as run_session's. `env`: set
+    for the sessions on top of this process's. `attach_all`: every input is attached (`imet
+    kaggle run --input`), not only those the metadata names (a campaign)."""
 
     def __init__(self, root: Path, inputs: dict[str, Path], time_limit: float,
                  folders: dict[str, Path] | None = None, python: str = sys.executable,
@@ -123,14 +114,11 @@ class EmulatorBackend:
 
     def _versions(self, ref: str) -> list[int]:
         """The versions pushed: those whose record was written (a push killed before is none)."""
-        folder = self._kernel(ref) / "pushed"
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.parent.name[1:]) for p in folder.glob(f"v*/{RECORD}"))
+        return sorted(int(p.parent.name[1:])
+                      for p in (self._kernel(ref) / "pushed").glob(f"v*/{RECORD}"))
 
     def current_version(self, ref: str) -> int:
-        versions = self._versions(ref)
-        return versions[-1] if versions else 0
+        return max(self._versions(ref), default=0)
 
     def _output(self, ref: str, version: int) -> Path:
         return self._kernel(ref) / f"v{version}" / "kaggle" / "working"
@@ -146,9 +134,8 @@ class EmulatorBackend:
         data, kernels = _sources(meta)
         attached = {slug: str(self.inputs[slug]) for slug in
                     (self.inputs if self.attach_all else data) if slug in self.inputs}
-        # A source with neither an output here nor an --input is left out, as a dataset is: a
-        # chain's first session has no output of its own yet, and a campaign refuses the
-        # others before anything runs (missing_inputs).
+        # A source with neither an output here nor an --input is left out: a chain's first
+        # session has no output of its own yet; a campaign refused the others (missing_inputs).
         for ref in kernels:
             slug = slug_of(ref)
             if self._versions(ref):
@@ -159,8 +146,7 @@ class EmulatorBackend:
 
     def push(self, folder: Path) -> int:
         meta = read_metadata(folder)
-        ref = meta["id"]
-        attached = self._attach(meta)
+        ref, attached = meta["id"], self._attach(meta)
         version = self.current_version(ref) + 1
         record_dir = self._pushed(ref, version)
         if record_dir.exists():  # what a push killed before its record left
@@ -198,8 +184,7 @@ class EmulatorBackend:
     def fetch_outputs(self, ref: str, dest: Path, pattern: str | None) -> None:
         """The latest version's output files whose path matches `pattern` (re.search, as the
         kaggle client does), copied into `dest`."""
-        output = self._output(ref, self.current_version(ref))
-        dest = Path(dest)
+        output, dest = self._output(ref, self.current_version(ref)), Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         for folder, _, files in os.walk(output):
             for name in files:
@@ -223,7 +208,6 @@ def _failure(result) -> str:
 
 def run_version(record_dir: Path) -> int:
     """The runner: the pushed version's session, its start and end in its record."""
-    record_dir = Path(record_dir)
     record = _read(record_dir)
     record.update(started_at=time.time(), runner_pid=os.getpid())
     _write(record_dir, record)

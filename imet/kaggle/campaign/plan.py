@@ -94,9 +94,8 @@ def load(path: Path, kernels: Path,
     members = members_of(settings, trainer)
     extra = settings.extra
     if "folds" in extra:
-        folds_file = (Path(path).parent / str(extra["folds"]))
-        folds = _folds_in(folds_file, where)
-        source = str(folds_file)
+        source = str(Path(path).parent / str(extra["folds"]))
+        folds = _folds_in(Path(source), where)
     else:
         script = trainer / read_metadata(trainer)["code_file"]
         n_folds = settings.n_folds or read_setting(script.read_text(encoding="utf-8"),

@@ -34,11 +34,6 @@ def kaggle_api():
     return api
 
 
-def _status_name(response) -> str:
-    status = getattr(response, "status", response)
-    return getattr(status, "name", str(status)).upper()
-
-
 class PushRefused(UserError):
     """Kaggle answered a push with an error (a source it will not attach, a quota...)."""
 
@@ -82,13 +77,11 @@ def client_errors(err: BaseException) -> UserError:
     return UserError(f"kaggle API: {type(err).__name__}: {err}".splitlines()[0])
 
 
-# The campaign's fallback when Kaggle refuses a trainer kernel's own output as its source: the
-# member's checkpoint is handed over through a private dataset of its own,
-# `<owner>/imet-handover-<member>`. Before each later push the campaign fetches the whole output
-# of the member's latest session (checkpoints included), adds it as a new version of that
-# dataset (folders go up as archives, so `checkpoints/` keeps its place beside model.pt) and
-# attaches the dataset instead of the output. Each upload is saved in the state first, so a
-# campaign killed mid-way does not version the dataset twice for one session.
+# The fallback when Kaggle refuses a trainer kernel's own output as its source: before each later
+# push, the whole output of the member's latest session (checkpoints included) becomes a new
+# version of the private dataset `<owner>/imet-handover-<member>` (folders go up as archives, so
+# `checkpoints/` keeps its place), attached instead. Each upload is saved in the state first, so
+# a campaign killed mid-way does not version the dataset twice for one session.
 
 class HandoverDatasets:
     def __init__(self, out: Path, owner: str, backend: KaggleBackend, save: Callable[[], None]):
@@ -102,11 +95,9 @@ class HandoverDatasets:
         """Make the dataset hold the output of the member's latest session (once per
         session), and wait until Kaggle can attach it."""
         record = job.setdefault("dataset", {"for_session": 0, "before": None})
-        session = len(job["sessions"])
+        session, ref, asked = len(job["sessions"]), job["via_dataset"], record["before"]
         if record["for_session"] == session:
             return
-        ref = job["via_dataset"]
-        asked = record["before"]
         if asked is not None and dataset_version(self.api, ref) > asked:
             record.update(for_session=session, before=None)
             self.save()
@@ -127,9 +118,8 @@ class HandoverDatasets:
         wait_for_dataset(self.api, ref, self.backend.poll_s)
 
 
-# Where a campaign's kernels run: its backend. The driver (driver.py) asks a backend five things,
-# and this one answers them from real Kaggle through the kaggle client; emulated.py answers them
-# from local emulator sessions.
+# A campaign's backend: what the driver asks of it, answered here from Kaggle, in emulated.py from
+# local emulator sessions.
 #
 #     current_version(ref) -> int         the kernel's latest version number, 0 if never pushed
 #     push(folder) -> int | None          push a rendered kernel folder: the new version's number
@@ -147,8 +137,8 @@ class KaggleBackend:
         self.api, self.poll_s = api, poll_s
 
     def current_version(self, ref: str) -> int:
-        """The number of the kernel's latest version on Kaggle; 0 for a kernel never pushed.
-        How a restarted campaign tells whether a push it did not see answered went through."""
+        """The kernel's latest version number (0: never pushed): how a restarted campaign tells
+        whether a push it did not see answered went through."""
         from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
         from requests import HTTPError
         owner, slug = ref.split("/", 1)
@@ -164,7 +154,6 @@ class KaggleBackend:
         return int(response.metadata.current_version_number or 0)
 
     def push(self, kernel_dir: Path) -> int | None:
-        """Push a kernel folder; the new version's number, as the client answers it."""
         pushed = self.api.kernels_push(str(kernel_dir))
         if getattr(pushed, "error", None):
             raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
@@ -173,11 +162,11 @@ class KaggleBackend:
     def poll(self, ref: str, watch: dict, settle_polls: int = 3) -> tuple[str, str] | None:
         """One status poll of the version pushed last: (status, failure message) once it
         ended, else None. Right after a push the API may still report the previous version's
-        end, so an end only counts once the new version was seen queued or running, or after
-        `settle_polls` polls. `watch` (plain data, so a campaign can keep it in its state file)
-        carries what the polls saw across calls."""
+        end, so an end counts only once the new version was seen queued or running, or after
+        `settle_polls` polls; `watch` (plain data, kept in the state file) carries what they saw."""
         response = self.api.kernels_status(ref)
-        name = _status_name(response)
+        status = getattr(response, "status", response)
+        name = getattr(status, "name", str(status)).upper()
         watch["polls"] = int(watch.get("polls", 0)) + 1
         watch["last"] = name
         if name in TERMINAL and (watch.get("seen_running") or watch["polls"] >= settle_polls):
@@ -186,10 +175,8 @@ class KaggleBackend:
         return None
 
     def fetch_outputs(self, ref: str, dest: Path, pattern: str | None) -> None:
-        """The files of the version's output whose names match `pattern` (None: all), into
-        `dest`."""
+        """The files of the version's output whose names match `pattern` (None: all), into dest."""
         self.api.kernels_output(ref, str(dest), file_pattern=pattern, force=True, quiet=True)
 
-    def handover_datasets(self, out: Path, owner: str,
-                          save: Callable[[], None]) -> HandoverDatasets:
+    def handover_datasets(self, out: Path, owner: str, save: Callable[[], None]):
         return HandoverDatasets(out, owner, self, save)
