@@ -234,17 +234,15 @@ _SCALING = {"interpolation": cv2.INTER_LINEAR, "area_for_downscale": "image"}
 
 
 class CropToAspect(A.ImageOnlyTransform):
-    """Crop the long side so that long/short <= max_aspect; images within the limit pass
-    untouched. Random position in training, centred at evaluation. albumentations has no
-    "crop only when the aspect ratio is extreme" transform, hence this one."""
+    """Crop the long side to long/short <= max_aspect (random position, or centred), a
+    "crop only extreme aspect ratios" transform that albumentations lacks."""
 
     def __init__(self, max_aspect: float = DEFAULT_MAX_ASPECT, random_position: bool = True,
                  p: float = 1.0):
         super().__init__(p=p)
         if max_aspect < 1.0:
             raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
-        self.max_aspect = float(max_aspect)
-        self.random_position = bool(random_position)
+        self.max_aspect, self.random_position = float(max_aspect), bool(random_position)
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         height, width = params["shape"][:2]
@@ -280,11 +278,9 @@ class AlbumentationsStep:
 
 
 class RandomSquareCrop:
-    """The `seed` preset's per-image step: short side scaled to `size` (a no-op on a cached
-    image), then a random size x size window, returned as a view. What albumentations'
-    SmallestMaxSize + RandomCrop do; by hand because with a cache the decode costs ~0.8 ms and
-    albumentations' per-call machinery (parameter dicts, shape checks, seeding two generators)
-    another ~0.3 ms, for two random integers."""
+    """The `seed` preset's per-image step: albumentations' SmallestMaxSize + RandomCrop (a view)
+    by hand, since with a cache (~0.8 ms decode) their per-call machinery costs another ~0.3 ms
+    for two random integers."""
 
     def __init__(self, size: int):
         self.size = int(size)
@@ -299,9 +295,8 @@ class RandomSquareCrop:
 
 @dataclass(frozen=True)
 class Preset:
-    """A training augmentation pipeline (`train(size)`: per image in the workers, a callable
-    (image, rng) -> image; then `batch` per batch on the device) and the eval pipeline with
-    the same geometry."""
+    """A training pipeline (`train(size)` -> per-image step, then `batch` on the device) and
+    the eval pipeline (`eval(size)`) with the same geometry."""
 
     train: Callable[[int], Callable[[np.ndarray, np.random.Generator], np.ndarray]]
     eval: Callable[[int], A.Compose]
@@ -504,8 +499,8 @@ class ImetDataset(Dataset):
         return len(self.image_paths)
 
     def load(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        """The uint8 HWC image of sample `index` after the per-image step, which draws from
-        `rng` (the sample's generator: `sample_rng`)."""
+        """Sample `index`'s uint8 HWC image after the per-image step, drawing from `rng`."""
+
         if self.memo is None:
             return self._transformed(self._source(index), rng)
         if self.memo_transformed:
