@@ -35,9 +35,8 @@ def make_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(targets), -1, dtype=np.int64)
-    # iterstrat only needs the row count of X; a zero-width view avoids copying anything.
-    x = np.zeros((len(targets), 0))
-    for fold, (_, valid) in enumerate(splitter.split(x, targets)):
+    # iterstrat only needs the row count of X: a zero-width X copies nothing.
+    for fold, (_, valid) in enumerate(splitter.split(np.zeros((len(targets), 0)), targets)):
         folds[valid] = fold
     return folds
 
@@ -80,17 +79,13 @@ def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:
     if missing:
         return None, [f"{path}: line 1: missing column {', '.join(map(repr, missing))} (found: "
                       f"{', '.join(frame.columns) or 'nothing'}); the header must be 'id,fold'"]
-    problems = []
-    fold_text = frame["fold"].str.strip()
+    fold_text, file_ids = frame["fold"].str.strip(), frame["id"].str.strip()
     is_int = fold_text.str.fullmatch(r"\d{1,6}").to_numpy(dtype=bool)
-    for i in np.flatnonzero(~is_int):
-        problems.append(f"{path}: line {i + 2}: field 'fold': {fold_text.iloc[i]!r} is not a "
-                        f"fold number (0, 1, ...); {hint}")
-    file_ids = frame["id"].str.strip()
     dup = file_ids.duplicated(keep="first").to_numpy()
-    for i in np.flatnonzero(dup):
-        problems.append(f"{path}: line {i + 2}: field 'id': duplicate id {file_ids.iloc[i]!r}; "
-                        f"{hint}")
+    problems = [f"{path}: line {i + 2}: field 'fold': {fold_text.iloc[i]!r} is not a fold number "
+                f"(0, 1, ...); {hint}" for i in np.flatnonzero(~is_int)]
+    problems += [f"{path}: line {i + 2}: field 'id': duplicate id {file_ids.iloc[i]!r}; {hint}"
+                 for i in np.flatnonzero(dup)]
     pos = pd.Index(file_ids[~dup]).get_indexer(pd.Index(ids))
     absent = np.flatnonzero(pos < 0)
     if len(absent):
@@ -102,8 +97,7 @@ def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:
                         f"{str(extra[0])!r}); the file belongs to other data; {hint}")
     if problems:
         return None, problems
-    folds = fold_text[~dup].astype(np.int64).to_numpy()[pos]
-    return folds, []
+    return fold_text[~dup].astype(np.int64).to_numpy()[pos], []
 
 
 def read_folds(path, ids) -> np.ndarray:
@@ -138,8 +132,7 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
     if not folder.is_dir():
         return [f"{folder}: image folder not found; it must hold one {IMAGE_SUFFIX} per id in "
                 f"{csv.name}"], []
-    with os.scandir(folder) as entries:
-        present = {e.name for e in entries}
+    present = set(os.listdir(folder))
     names = [f"{i}{IMAGE_SUFFIX}" for i in ids]
     exists = [n in present for n in names]
     problems = [f"{folder / n}: image not found (id {i!r} in {csv.name}); add the image or "
@@ -153,20 +146,17 @@ def _decode_all(paths: list[Path], workers: int, progress: bool, min_side: int
     threads suffice, since PIL releases the GIL while it inflates."""
     from tqdm.auto import tqdm
 
-    problems, warnings = [], []
+    found = []
     inspect = partial(image_findings, min_side=min_side)
     bar = tqdm(total=len(paths), desc="decoding images", unit="img",
                disable=None if progress else True, leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool, bar:
         # In slices: Executor.map submits everything at once (109k futures for iMet).
         for start in range(0, len(paths), DECODE_SLICE):
-            for problem, warning in pool.map(inspect, paths[start:start + DECODE_SLICE]):
+            for findings in pool.map(inspect, paths[start:start + DECODE_SLICE]):
                 bar.update()
-                if problem:
-                    problems.append(problem)
-                if warning:
-                    warnings.append(warning)
-    return problems, warnings
+                found.append(findings)
+    return [p for p, _ in found if p], [w for _, w in found if w]
 
 
 def check_data(root, *, images: str = "decode", folds=None, workers: int | None = None,
@@ -185,9 +175,8 @@ def check_data(root, *, images: str = "decode", folds=None, workers: int | None 
         report.counts["labels"] = labels.num_classes
         groups, counts = np.unique(labels.groups, return_counts=True)
         report.groups = dict(zip(groups.tolist(), counts.tolist()))
+    # With a broken labels.csv (labels None) only the ids and the syntax are checked.
 
-    # With a broken labels.csv the attribute ids cannot be checked, only the ids and syntax:
-    # attribute_csv_problems(labels=None) does that and returns no ids.
     train_ids, _, problems = attribute_csv_problems(layout.train_csv, labels, allow_empty=False)
     report.problems += problems
     train_clean = not problems

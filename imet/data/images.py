@@ -12,6 +12,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Callable
 
@@ -85,12 +86,9 @@ def image_findings(path, min_side: int = MIN_SIDE) -> tuple[str | None, str | No
 
 
 def scale_short_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Short side -> `size` exactly as albumentations' SmallestMaxSize with the pipelines'
-    scaling computes it (area averaging when shrinking, bilinear when enlarging), so the cache,
-    the `seed` preset's crop and the eval transforms agree bit for bit (a test checks it
-    against the eval transform's first step). Written with cv2 because importing
-    albumentations pulls in torch: seconds per cache worker. The image itself when it already
-    has that size."""
+    """Short side -> `size` bit for bit as albumentations' SmallestMaxSize with the pipelines'
+    scaling (area down, bilinear up), so cache, `seed` crop and eval transforms agree (a test
+    checks it); cv2, because importing albumentations pulls in torch: seconds per cache worker."""
     height, width = image.shape[:2]
     scale = size / min(height, width)
     target = max(1, round(height * scale)), max(1, round(width * scale))
@@ -100,28 +98,20 @@ def scale_short_side(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (target[1], target[0]), interpolation=interpolation)
 
 
-# The decode-once image cache. A PNG at iMet's geometry costs ~3 ms to decode on one core, more
-# than the whole augmentation at 320 px; the cache replaces it with a small JPEG (q95, ~1 ms) or
-# a raw uint8 array (.npy, ~0.1 ms, but ~10x the disk). Images are stored with their SHORT side
-# at the training size (`scale_short_side`), so random crops still see the whole image and the
-# `seed` preset's geometry is unchanged (exactly, for npy).
-#
-# Layout of a cache folder:
-#     imet-cache.json           manifest (format, size, quality, one entry per source image)
-#     train/<id>.jpg|.npy, test/<id>.jpg|.npy
-# Entries are keyed by the source file's path relative to the data folder, its byte size and
-# mtime: an entry whose source changed is stale and is rebuilt (by `imet cache`) or bypassed (by
-# the dataset, which then decodes the source).
-
+# The decode-once image cache: a PNG at iMet's geometry costs ~3 ms to decode on one core, more
+# than the whole augmentation at 320 px; a JPEG (q95) costs ~1 ms, a raw .npy ~0.1 ms at ~10x
+# the disk. Images keep their SHORT side at the training size (`scale_short_side`), so random
+# crops still see the whole image (the `seed` geometry is unchanged, exactly for npy). A folder
+# holds imet-cache.json (settings, one entry per source) and train/<id>.jpg|.npy, test/...;
+# entries are keyed by the source's relative path, byte size and mtime: a changed source's entry
+# is stale, rebuilt by `imet cache` and bypassed by the dataset.
 MANIFEST = "imet-cache.json"
 MANIFEST_FORMAT, MANIFEST_VERSION = "imet-image-cache", 1
 SPLIT_DIRS = ("train", "test")
 _REBUILD = "rebuild it with `python -m imet cache`"
 # OpenCV >= 4.10 decodes straight to RGB; older ones need a channel swap.
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
-
-# The folder a session points the training at (the Kaggle trainer kernel sets it).
-CACHE_ENV = "IMET_CACHE_DIR"
+CACHE_ENV = "IMET_CACHE_DIR"  # the folder a session trains from (the Kaggle trainer sets it)
 
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -228,8 +218,7 @@ class ImageCache:
         image_paths = [Path(p) for p in image_paths]
         found, stale = [], 0
         for path in image_paths:
-            name = f"{path.parent.name}/{path.name}"
-            entry = self.entries.get(name)
+            entry = self.entries.get(f"{path.parent.name}/{path.name}")
             if entry is None:
                 found.append(None)
                 continue
@@ -237,8 +226,7 @@ class ImageCache:
                 fresh = entry[:2] == source_key(path)
             except FileNotFoundError:
                 fresh = True  # only the cached copy is attached (e.g. a later Kaggle session)
-            if not fresh:
-                stale += 1
+            stale += not fresh
             found.append(str(self.cache_dir / entry[2]) if fresh else None)
         missing = sum(f is None for f in found)
         if warn and missing:
@@ -264,47 +252,24 @@ class CachedImages:
 
     def load(self, index: int) -> np.ndarray:
         cached = self.cached[index]
-        if cached is None:
-            return load_rgb(self.sources[index])
-        return FORMATS[self.image_format].read(Path(cached))
+        return (load_rgb(self.sources[index]) if cached is None
+                else FORMATS[self.image_format].read(Path(cached)))
 
 
 def find_cache(size: int, roots=()) -> ImageCache | None:
     """The first cache of short side `size` in $IMET_CACHE_DIR or under `roots` (on Kaggle a
     previous session's output is attached some levels under /kaggle/input). Caches of other
     sizes are skipped."""
-    if os.environ.get(CACHE_ENV):
-        found = _cache_of_size(Path(os.environ[CACHE_ENV]), size)
-        if found is not None:
-            return found
-    for folder, _, files in walk_folders(roots):
-        if MANIFEST in files:
-            found = _cache_of_size(folder, size)
-            if found is not None:
-                return found
+    env = os.environ.get(CACHE_ENV)
+    for folder in chain([Path(env)] if env else [],
+                        (folder for folder, _, files in walk_folders(roots) if MANIFEST in files)):
+        manifest = read_manifest(folder)
+        if manifest is not None and int(manifest.get("size", -1)) == int(size):
+            return ImageCache(folder, manifest)
     return None
 
 
-def _cache_of_size(folder: Path, size: int) -> ImageCache | None:
-    manifest = read_manifest(folder)
-    if manifest is not None and int(manifest.get("size", -1)) == int(size):
-        return ImageCache(folder, manifest)
-    return None
-
-
-SOURCE_SUFFIXES = tuple(SUFFIX_FORMATS)
 SAVE_EVERY_S = 5.0
-
-
-def list_sources(data_root: Path, splits=SPLIT_DIRS) -> list[str]:
-    """Image paths relative to `data_root`, sorted, from the split folders that exist."""
-    names = []
-    for split in splits:
-        folder = data_root / split
-        if folder.is_dir():
-            names += sorted(f"{split}/{e.name}" for e in os.scandir(folder)
-                            if e.is_file() and e.name.lower().endswith(SOURCE_SUFFIXES))
-    return names
 
 
 def _cache_one(job: tuple) -> tuple:
@@ -316,8 +281,8 @@ def _cache_one(job: tuple) -> tuple:
         atomic_write_bytes(target, FORMATS[fmt].encode(image, quality))
         return name, key, None
     except (DataError, OSError, cv2.error) as err:
-        return name, None, " ".join(f"{source}: {err}".split()) if not isinstance(
-            err, DataError) else str(err)
+        return name, None, str(err) if isinstance(err, DataError) else " ".join(
+            f"{source}: {err}".split())
 
 
 @dataclass
@@ -349,7 +314,9 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
         raise DataError(f"{data_root}: data folder not found; pass --data pointing at the "
                         "competition files (train/ and test/)")
     started = time.monotonic()
-    names = list_sources(data_root, splits)
+    names = [f"{split}/{e.name}" for split in splits if (data_root / split).is_dir()
+             for e in sorted(os.scandir(data_root / split), key=lambda e: e.name)
+             if e.is_file() and e.name.lower().endswith(tuple(SUFFIX_FORMATS))]
     if not names:
         raise DataError(f"{data_root}: no images in {', '.join(f'{s}/' for s in splits)}; "
                         "--data must be the competition folder")
@@ -373,8 +340,7 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
     suffix = FORMATS[fmt].suffix
     jobs, reused = [], 0
     for name in names:
-        target = str(Path(name).with_suffix(suffix))
-        entry = entries.get(name)
+        target, entry = str(Path(name).with_suffix(suffix)), entries.get(name)
         source = data_root / name
         if entry is not None and entry[:2] == source_key(source) and (out / entry[2]).is_file():
             reused += 1
@@ -384,7 +350,6 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
         # A training image training would refuse is not cached under another size either.
         min_side = MIN_SIDE if Path(name).parts[0] == "train" else 0
         jobs.append((str(source), str(out / target), name, size, fmt, quality, min_side))
-
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **settings,
                 "entries": entries}
     errors, last_save = [], time.monotonic()
@@ -442,15 +407,13 @@ def _remove_temporaries(out: Path, splits) -> None:
 
 
 class PixelMemo:
-    """Decode once, in memory: a small data set (mini-iMet, a few thousand images) costs more to
-    decode every epoch than to train on. Keeps the uint8 arrays an `ImetDataset` read, by sample
-    index, until `budget_bytes` are held; images read after that are decoded every time. What it
-    holds is exactly what the read returned, so the batches are bit-identical with any budget, 0
-    included, and after a resume. The arrays are made read-only: a transform that changed its
-    input in place would make the next epoch differ, and fails loudly instead.
+    """Decode once, in memory (mini-iMet costs more to decode every epoch than to train on):
+    keeps the uint8 arrays an `ImetDataset` read, by sample index, until `budget_bytes` are held.
+    It holds exactly what the read returned, so batches are bit-identical with any budget (0
+    included) and after a resume; the arrays are read-only, so a transform that changed its input
+    in place fails loudly instead of changing the next epoch. The budget is per process (each
+    DataLoader worker has its own copy): `imet.train.data` splits `--image-memory-mb`."""
 
-    Each DataLoader worker holds its own copy of the dataset, so the budget is per process:
-    `imet.train.data` splits `--image-memory-mb` between the loader workers."""
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = max(0, int(budget_bytes))

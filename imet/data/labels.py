@@ -2,12 +2,10 @@
 (train.csv, test_labels.csv, sample_submission.csv), where they sit in a data folder, and an
 extra training set (`imet train --extra`).
 
-Every reader validates as it parses and reports problems as one line naming the file, the line
-(1-based, as an editor shows it: the header is line 1) and the field, plus what to do. The
-`*_problems` functions return ALL problems (for `imet check-data`); the `read_*` functions raise
-a DataError on the first one. Parsing is vectorized with pandas so it stays fast at iMet scale
-(109k rows, 1,103 labels).
-"""
+Every reader reports each problem as one line naming the file, the line (1-based: the header is
+line 1), the field and what to do; `*_problems` return ALL problems (for `imet check-data`),
+`read_*` raise a DataError on the first. Parsing is vectorized with pandas (iMet: 109k rows,
+1,103 labels)."""
 from __future__ import annotations
 
 import hashlib
@@ -121,9 +119,6 @@ def _load_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
     if not path.is_file():
         problems.append(f"{path}: file not found; expected a CSV with header '{header}'")
         return None
-    if path.stat().st_size == 0:
-        problems.append(f"{path}: file is empty; expected a header '{header}' and one row per line")
-        return None
     try:
         with warnings.catch_warnings():
             # index_col=False: an extra field must not silently turn column 1 into an index;
@@ -135,7 +130,7 @@ def _load_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
         problems.append(f"{path}: line 2: more fields than the header '{header}'; remove the "
                         "extra commas")
         return None
-    except pd.errors.EmptyDataError:
+    except pd.errors.EmptyDataError:  # also a 0-byte file
         problems.append(f"{path}: file is empty; expected a header '{header}' and one row per line")
         return None
     except pd.errors.ParserError as err:
@@ -191,13 +186,13 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
     for i in np.flatnonzero((names == "").to_numpy()):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_name' is empty; give the "
                         "label a name such as 'culture::x' or 'tag::y'")
-    checks = (("attribute_id", ids.where(~bad)), ("attribute_name", names.where(names != "")))
-    for col, values in checks:
+    for col, values in (("attribute_id", ids.where(~bad)),
+                        ("attribute_name", names.where(names != ""))):
         for i, first in _repeats(values):
-            v = values.iloc[i]
-            problems.append(f"{path}: line {_line(i)}: field '{col}': duplicate value "
-                            f"{ids_text.iloc[i] if col == 'attribute_id' else v!r} (first on line "
-                            f"{_line(first)}); remove or renumber one of the two lines")
+            shown = (ids_text if col == "attribute_id" else values).iloc[i]
+            problems.append(f"{path}: line {_line(i)}: field '{col}': duplicate value {shown!r} "
+                            f"(first on line {_line(first)}); remove or renumber one of the two"
+                            " lines")
     if problems:
         return None, problems
     return LabelSpace(tuple(ids.astype(np.int64).tolist()), tuple(names.tolist())), []
@@ -210,14 +205,10 @@ def read_labels(path: Path) -> LabelSpace:
 
 
 def _id_problems(path: Path, ids: pd.Series) -> list[str]:
-    problems = []
-    for i in np.flatnonzero((ids == "").to_numpy()):
-        problems.append(f"{path}: line {_line(i)}: field 'id' is empty; give the image id "
-                        "(the file name without .png) or remove the line")
-    for i, first in _repeats(ids.where(ids != "")):
-        problems.append(f"{path}: line {_line(i)}: field 'id': duplicate id {ids.iloc[i]!r} "
-                        f"(first on line {_line(first)}); keep one of the lines")
-    return problems
+    return [f"{path}: line {_line(i)}: field 'id' is empty; give the image id (the file name "
+            "without .png) or remove the line" for i in np.flatnonzero((ids == "").to_numpy())] + [
+        f"{path}: line {_line(i)}: field 'id': duplicate id {ids.iloc[i]!r} (first on line "
+        f"{_line(first)}); keep one of the lines" for i, first in _repeats(ids.where(ids != ""))]
 
 
 def _split_tokens(texts: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -246,12 +237,10 @@ def _parse_ints(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def attribute_csv_problems(path: Path, labels: LabelSpace | None, *, allow_empty: bool
                            ) -> tuple[list[str] | None, np.ndarray | None, list[str]]:
-    """Parse an `id,attribute_ids` CSV into (ids, uint8 targets [N, C], problems). Ids are
-    None only when the file is unusable as a whole; targets are None when there is any problem.
-
-    `labels=None` checks ids and integer syntax only (when labels.csv itself is broken).
-    `allow_empty`: whether a row may have no attribute ids (a submission may predict nothing;
-    a training image must have a label)."""
+    """Parse an `id,attribute_ids` CSV into (ids, uint8 targets [N, C], problems): ids None only
+    when the file is unusable, targets None on any problem. `labels=None` checks ids and integer
+    syntax only (labels.csv is broken); `allow_empty`: a row may have no attribute ids (a
+    submission may predict nothing; a training image must have a label)."""
     problems: list[str] = []
     frame = _load_csv(path, ID_COLUMNS, problems)
     if frame is None:
@@ -320,7 +309,6 @@ def _raise_first(problems: list[str]) -> None:
 
 # Only this module names the competition's files; callers pass the root (a Kaggle input folder,
 # a mini-iMet folder, or a user's download).
-
 SPLITS = ("train", "test")
 IMAGE_SUFFIX = ".png"
 
@@ -329,40 +317,16 @@ class CompetitionLayout:
     """root/labels.csv, train.csv, sample_submission.csv, [test_labels.csv], train/, test/."""
 
     def __init__(self, root):
-        self.root = Path(root)
+        self.root = root = Path(root)
+        self.labels_csv, self.train_csv = root / "labels.csv", root / "train.csv"
+        self.sample_submission_csv = root / "sample_submission.csv"
+        # The test truth: only mini-iMet has it (the competition kept it hidden).
+        self.test_labels_csv = root / "test_labels.csv"
+        self.folds_csv = root / "folds.csv"  # where `imet folds` writes by default
+        self.train_dir, self.test_dir = root / "train", root / "test"
 
     def __repr__(self) -> str:
         return f"CompetitionLayout({str(self.root)!r})"
-
-    @property
-    def labels_csv(self) -> Path:
-        return self.root / "labels.csv"
-
-    @property
-    def train_csv(self) -> Path:
-        return self.root / "train.csv"
-
-    @property
-    def sample_submission_csv(self) -> Path:
-        return self.root / "sample_submission.csv"
-
-    @property
-    def test_labels_csv(self) -> Path:
-        """The test truth: only mini-iMet has it (the competition kept it hidden)."""
-        return self.root / "test_labels.csv"
-
-    @property
-    def folds_csv(self) -> Path:
-        """Where `imet folds` writes by default."""
-        return self.root / "folds.csv"
-
-    @property
-    def train_dir(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def test_dir(self) -> Path:
-        return self.root / "test"
 
     def split_dir(self, split: str) -> Path:
         if split not in SPLITS:
@@ -373,8 +337,7 @@ class CompetitionLayout:
         return self.split_dir(split) / f"{image_id}{IMAGE_SUFFIX}"
 
     def image_paths(self, split: str, image_ids) -> list[Path]:
-        folder = self.split_dir(split)
-        return [folder / f"{i}{IMAGE_SUFFIX}" for i in image_ids]
+        return [self.split_dir(split) / f"{i}{IMAGE_SUFFIX}" for i in image_ids]
 
     def require(self, *, test: bool = True) -> "CompetitionLayout":
         """DataError naming the first missing file or folder (before any long work starts)."""
@@ -397,11 +360,10 @@ SOFT_TARGETS = "soft_targets.npz"
 
 @dataclass
 class ExtraSet:
-    """An extra training set (`imet train --extra DIR`): images that train beside the fold's
-    training images and never enter validation, such as pseudo-labelled test images. DIR has
-    the iMet layout: DIR/train/<id>.png and either DIR/train.csv (hard labels) or
-    DIR/soft_targets.npz (an imet probabilities file: a target probability per image and
-    class); a DIR/labels.csv, when there is one, must be the run's label space."""
+    """An extra training set (`imet train --extra DIR`) that trains beside the fold's images and
+    never enters validation (e.g. pseudo-labelled test images): DIR/train/<id>.png and either
+    DIR/train.csv (hard labels) or DIR/soft_targets.npz (an imet probabilities file); a
+    DIR/labels.csv, when there is one, must be the run's label space."""
 
     ids: list[str]
     paths: list[Path]
@@ -410,10 +372,10 @@ class ExtraSet:
     def fingerprint(self) -> str:
         # The ids and targets, not the pixels (an image is named by its id): a resumed run with
         # another extra set is refused as another config.
-        digest = hashlib.sha256()
-        digest.update("\n".join(self.ids).encode())
+        digest = hashlib.sha256("\n".join(self.ids).encode())
         digest.update(np.ascontiguousarray(self.targets, dtype=np.float32).tobytes())
         return digest.hexdigest()[:16]
+
 
 
 def read_extra(root: str | Path, labels: LabelSpace, train_ids: list[str]) -> ExtraSet:

@@ -13,8 +13,7 @@ their digits from disjoint scans: a model must generalize to new handwriting, no
 
 Deterministic per seed, byte for byte: image i of a split depends only on (seed, split, i), and
 PNGs are written with fixed settings and no metadata. The folder appears complete or not at all
-(built in a hidden sibling folder, then renamed).
-"""
+(built in a hidden sibling folder, then renamed)."""
 from __future__ import annotations
 
 import hashlib
@@ -66,8 +65,7 @@ def _dark_ink(rng):
 
 
 def _coords(shape):
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
-    return ys.astype(float), xs.astype(float)
+    return (c.astype(float) for c in np.mgrid[0:shape[0], 0:shape[1]])
 
 
 def style_ink(rng, alpha):
@@ -93,8 +91,7 @@ def style_negative(rng, alpha):
 def style_hatched(rng, alpha):
     """Engraving-like parallel lines over the paper: a texture, same palette as `ink`."""
     ys, xs = _coords(alpha.shape)
-    angle = rng.uniform(0, np.pi)
-    period = rng.uniform(4, 8)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 8)
     phase = (xs * np.cos(angle) + ys * np.sin(angle)) / period + rng.uniform(0, 1)
     lines = (np.sin(2 * np.pi * phase) > 0.45).astype(float) * rng.uniform(35, 60)
     return _paint(alpha, _paper(rng, alpha.shape) - lines[..., None], _dark_ink(rng))
@@ -151,10 +148,8 @@ def _scan_pools(seed: int) -> dict[str, list[np.ndarray]]:
     images, targets = load_digit_scans()
     order = np.random.default_rng([seed, 0]).permutation(len(targets))
     cut = int(len(order) * TRAIN_SCAN_FRACTION)
-    pools = {}
-    for split, idx in (("train", order[:cut]), ("test", order[cut:])):
-        pools[split] = [images[idx[targets[idx] == d]] / 16.0 for d in range(10)]
-    return pools
+    return {split: [images[idx[targets[idx] == d]] / 16.0 for d in range(10)]
+            for split, idx in (("train", order[:cut]), ("test", order[cut:]))}
 
 
 def _canvas_shape(rng, size: int) -> tuple[int, int]:
@@ -164,8 +159,7 @@ def _canvas_shape(rng, size: int) -> tuple[int, int]:
 
 def _place_digits(rng, shape, pools) -> tuple[np.ndarray, list[int]]:
     """Ink coverage [H, W] in 0..1 and the digits drawn (overlap kept small by rejection)."""
-    h, w = shape
-    alpha = np.zeros(shape, dtype=float)
+    (h, w), alpha = shape, np.zeros(shape, dtype=float)
     boxes, drawn = [], []
     for _ in range(rng.choice(len(DIGITS_PER_IMAGE_P), p=DIGITS_PER_IMAGE_P) + 1):
         digit = int(rng.choice(10, p=DIGIT_WEIGHTS / DIGIT_WEIGHTS.sum()))
@@ -198,8 +192,7 @@ def render(seed: int, split: str, index: int, size: int, pools
            ) -> tuple[np.ndarray, str, list[int]]:
     """One image: (uint8 [H, W, 3], style, digits)."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
-    shape = _canvas_shape(rng, size)
-    alpha, digits = _place_digits(rng, shape, pools[split])
+    alpha, digits = _place_digits(rng, _canvas_shape(rng, size), pools[split])
     style = list(STYLES)[rng.choice(len(STYLES), p=STYLE_WEIGHTS / STYLE_WEIGHTS.sum())]
     image = STYLES[style](rng, alpha)
     image = image + rng.normal(0, rng.uniform(1, 6), image.shape)  # scanner noise
@@ -218,13 +211,10 @@ def _write_csv(path: Path, header: str, rows) -> None:
 
 
 def _build(folder: Path, params: dict) -> dict:
-    seed, size = params["seed"], params["size"]
-    names = label_names()
-    attr_of = {name: i for i, name in enumerate(names)}
-    layout = CompetitionLayout(folder)
+    seed, size, names = params["seed"], params["size"], label_names()
+    attr_of, layout = {name: i for i, name in enumerate(names)}, CompetitionLayout(folder)
     _write_csv(layout.labels_csv, "attribute_id,attribute_name", enumerate(names))
-    pools = _scan_pools(seed)
-    truth: dict[str, list] = {}
+    pools, truth = _scan_pools(seed), {}
     for split in ("train", "test"):
         layout.split_dir(split).mkdir()
         rows = []
@@ -241,8 +231,7 @@ def _build(folder: Path, params: dict) -> dict:
                ((iid, "0 1 2") for iid, _ in truth["test"]))
     n_labels = [len(a.split()) for split in truth.values() for _, a in split]
     summary = {"generator": "mini-imet", "version": GENERATOR_VERSION, **params,
-               "num_classes": len(names),
-               "groups": {"culture": len(STYLES), "tag": 10},
+               "num_classes": len(names), "groups": {"culture": len(STYLES), "tag": 10},
                "mean_labels_per_image": round(float(np.mean(n_labels)), 3)}
     (folder / MANIFEST).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
@@ -284,6 +273,7 @@ def generate(out, n_train: int = DEFAULTS["n_train"], n_test: int = DEFAULTS["n_
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
+
     try:
         summary = _build(partial, params)
         move_folder_into_place(partial, out)

@@ -1,15 +1,11 @@
 """From decoded pixels to model input: augmentation presets (albumentations 2.x), eval
 transforms, TTA, normalization, and `ImetDataset`.
 
-A preset has a per-image part, run in the loader workers: a callable (uint8 HWC image, the
-sample's np.random.Generator) -> uint8 HWC image of the final size, an albumentations pipeline
-or a hand-written crop (resizing comes first, so every later step works on few pixels); and
-optionally a per-batch part run on the training device (`BatchAugment`, `augment_batch`). Float
-conversion + normalization happen once, last: per image (`to_tensor`) or on the whole batch on
-the device (`normalize_batch`, `Normalization.apply`).
-
-The augmentation of sample i in epoch e depends on (seed, e, i) only, never on a worker's RNG
-or on how many samples came before: batches are identical for any num_workers and after a
+A preset has a per-image part (loader workers: (uint8 HWC image, the sample's Generator) ->
+uint8 HWC image of the final size, resizing first so later steps touch few pixels) and
+optionally a per-batch part on the device (`BatchAugment`, `augment_batch`); normalization comes
+last, per image (`to_tensor`) or per batch (`normalize_batch`). The augmentation of sample i in
+epoch e depends on (seed, e, i) only: batches are identical for any num_workers and after a
 resume in the middle of an epoch."""
 from __future__ import annotations
 
@@ -48,33 +44,25 @@ def noise_bank() -> np.ndarray:
 
 
 def noise_bank_on(device) -> torch.Tensor:
-    """The bank as a float32 tensor on `device`, built once per device and process: the same
-    numbers on CPU and GPU, so a batch's noise does not depend on where it is applied."""
+    """The bank on `device`, built once per device and process: the same numbers on CPU and
+    GPU, so a batch's noise does not depend on where it is applied."""
     key = str(torch.device(device))
     if key not in _banks:
         _banks[key] = torch.from_numpy(noise_bank()).to(device)
     return _banks[key]
 
 
-# The `seed` preset's pixel augmentations, applied per batch on the training device. On Kaggle
-# 2-4 CPU cores feed the GPU, and per image the flip, brightness/contrast change, affine warp and
-# Gaussian noise cost the workers more than decoding a cached image. So they are split in two:
-#
-# - `BatchAugment.draw`, in the loader worker: the sample's parameters (a few numbers) from the
-#   sample's own random stream, so a batch is a function of (seed, epoch, indices) whatever the
-#   number of workers and wherever a session stopped;
-# - `augment_batch`, on the device: the whole batch at once, as tensors (one flip of the flipped
-#   samples, one multiply-add, one `grid_sample` of the warped samples, one add per noisy one).
-#
-# The semantics are those of albumentations' `HorizontalFlip`, `RandomBrightnessContrast(0.2,
-# 0.2)`, `Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-15, 15))` and
-# `GaussNoise(std_range=(0.01, 0.05))` on uint8 images, then, with `--erasing P`, those of
-# torchvision's `RandomErasing(p=P, scale=(0.02, 0.33), ratio=(0.3, 3.3))` with a random gray
-# (one value per sample) as the fill, except that the pixels stay float (no
-# rounding between steps) and the warp's border reflects about the edge (cv2's BORDER_REFLECT;
-# the seed kernels' per-image Affine uses BORDER_REFLECT_101, which repeats no edge pixel).
-# albumentations and torchvision's v2 transforms work per image; batched, per-sample-parameter
-# versions with an external random stream are what neither library has.
+# The `seed` preset's pixel augmentations, per batch on the device: on Kaggle 2-4 CPU cores feed
+# the GPU, and per image flip, brightness/contrast, affine warp and noise cost the workers more
+# than decoding a cached image. `BatchAugment.draw` (loader worker) draws the sample's few
+# parameters from its own stream, so a batch depends on (seed, epoch, indices) only;
+# `augment_batch` (device) applies them to the whole batch as tensors. Semantics: albumentations'
+# `HorizontalFlip`, `RandomBrightnessContrast(0.2, 0.2)`, `Affine(scale=(0.9, 1.1),
+# translate_percent=(-0.0625, 0.0625), rotate=(-15, 15))`, `GaussNoise(std_range=(0.01, 0.05))`
+# on uint8 images, then with `--erasing P` torchvision's `RandomErasing(p=P, scale=(0.02, 0.33),
+# ratio=(0.3, 3.3))` filled with a random gray per sample; except that pixels stay float between
+# steps and the warp's border is cv2's BORDER_REFLECT (the seed kernels' per-image Affine used
+# BORDER_REFLECT_101). Neither library has batched versions with per-sample external streams.
 
 # Columns of a sample's parameter row (float64, so the noise offset stays an exact integer).
 # ERASE_*: the erased rectangle in pixels (height 0: none) and its fill.
@@ -121,11 +109,6 @@ class BatchAugment:
         if not 0 <= self.noise_std[0] <= self.noise_std[1] <= 1:
             raise ValueError(f"noise_std must be 0 <= low <= high <= 1, got {self.noise_std}")
 
-    def largest_side(self, channels: int = 3) -> int | None:
-        """The largest square image side whose noise fits in the bank (None: no noise, no
-        limit)."""
-        return math.isqrt(BANK_SIZE // channels) if self.p_noise > 0 else None
-
     def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
         """The parameter row of one sample whose image has `shape` (any order of C, H, W)."""
         row = IDENTITY.copy()
@@ -147,25 +130,21 @@ class BatchAugment:
             row[SIGMA] = 255.0 * rng.uniform(*self.noise_std)
             row[OFFSET] = rng.integers(0, BANK_SIZE - count + 1)
         if self.p_erase and rng.random() < self.p_erase:
-            self.draw_erasing(rng, row, *shape[-2:])
+            # torchvision's RandomErasing.get_params: up to 10 tries at a rectangle of random
+            # area and log-uniform aspect ratio that fits, else nothing; shape is CHW.
+            height, width = shape[-2:]
+            for _ in range(10):
+                area = height * width * rng.uniform(*self.erase_scale)
+                ratio = math.exp(rng.uniform(math.log(self.erase_ratio[0]),
+                                             math.log(self.erase_ratio[1])))
+                h, w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+                if 0 < h < height and 0 < w < width:
+                    row[[ERASE_TOP, ERASE_LEFT]] = (rng.integers(0, height - h + 1),
+                                                    rng.integers(0, width - w + 1))
+                    row[[ERASE_H, ERASE_W]] = h, w
+                    row[ERASE_FILL] = rng.uniform(0.0, 255.0)
+                    break
         return row
-
-    def draw_erasing(self, rng: np.random.Generator, row: np.ndarray, height: int,
-                     width: int) -> None:
-        """torchvision's RandomErasing.get_params: up to 10 tries at a rectangle of a random
-        area fraction and log-uniform aspect ratio that fits; none fits, nothing is erased.
-        `shape[-2:]` is (H, W): the dataset hands CHW images."""
-        for _ in range(10):
-            area = height * width * rng.uniform(*self.erase_scale)
-            ratio = math.exp(rng.uniform(math.log(self.erase_ratio[0]),
-                                         math.log(self.erase_ratio[1])))
-            h, w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-            if 0 < h < height and 0 < w < width:
-                row[[ERASE_TOP, ERASE_LEFT]] = (rng.integers(0, height - h + 1),
-                                                rng.integers(0, width - w + 1))
-                row[[ERASE_H, ERASE_W]] = h, w
-                row[ERASE_FILL] = rng.uniform(0.0, 255.0)
-                return
 
 
 def affine_theta(params: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -214,29 +193,28 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     # One new tensor, then in place: on a CPU, fresh tensors of this size cost more in page
     # faults than the arithmetic.
     x = images.to(torch.float32, copy=True)
-    flipped = torch.nonzero(params[:, FLIP] > 0).flatten()
+    flipped = torch.nonzero(params[:, FLIP] > 0).flatten().to(device)
     if len(flipped):
-        rows = flipped.to(device)
-        x[rows] = x[rows].flip(3)
+        x[flipped] = x[flipped].flip(3)
     alpha = params[:, ALPHA].to(device, torch.float32).view(-1, 1, 1, 1)
     beta = params[:, BETA].to(device, torch.float32).view(-1, 1, 1, 1)
     x.mul_(alpha).add_(beta).clamp_(0.0, 255.0)
     warped = torch.nonzero(params[:, AFFINE] > 0).flatten()
     if len(warped):
-        theta = affine_theta(params[warped], height, width).to(device, torch.float32)
-        grid = sampling_grid(theta, height, width)
+        grid = sampling_grid(affine_theta(params[warped], height, width).to(device, torch.float32),
+                             height, width)
         rows = warped.to(device)
         x[rows] = F.grid_sample(x[rows], grid, mode="bilinear", padding_mode="reflection",
                                 align_corners=False)
     noisy = torch.nonzero(params[:, SIGMA] > 0).flatten().tolist()
     if noisy:
-        bank = noise_bank_on(device)
-        size = channels * height * width
+        bank, size = noise_bank_on(device), channels * height * width
         for i in noisy:
             offset = int(params[i, OFFSET])
             x[i].add_(bank[offset:offset + size].view(channels, height, width),
                       alpha=float(params[i, SIGMA]))
         x.clamp_(0.0, 255.0)
+
     for i in torch.nonzero(params[:, ERASE_H] > 0).flatten().tolist():
         top, left, h, w = (int(v) for v in params[i, [ERASE_TOP, ERASE_LEFT, ERASE_H, ERASE_W]])
         x[i, :, top:top + h, left:left + w] = float(params[i, ERASE_FILL])
@@ -256,17 +234,15 @@ _SCALING = {"interpolation": cv2.INTER_LINEAR, "area_for_downscale": "image"}
 
 
 class CropToAspect(A.ImageOnlyTransform):
-    """Crop the long side so that long/short <= max_aspect; images within the limit pass
-    untouched. Random position in training, centred at evaluation. albumentations has no
-    "crop only when the aspect ratio is extreme" transform, hence this one."""
+    """Crop the long side to long/short <= max_aspect (random position, or centred), a
+    "crop only extreme aspect ratios" transform that albumentations lacks."""
 
     def __init__(self, max_aspect: float = DEFAULT_MAX_ASPECT, random_position: bool = True,
                  p: float = 1.0):
         super().__init__(p=p)
         if max_aspect < 1.0:
             raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
-        self.max_aspect = float(max_aspect)
-        self.random_position = bool(random_position)
+        self.max_aspect, self.random_position = float(max_aspect), bool(random_position)
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         height, width = params["shape"][:2]
@@ -302,11 +278,9 @@ class AlbumentationsStep:
 
 
 class RandomSquareCrop:
-    """The `seed` preset's per-image step: short side scaled to `size` (a no-op on a cached
-    image), then a random size x size window, returned as a view. What albumentations'
-    SmallestMaxSize + RandomCrop do; by hand because with a cache the decode costs ~0.8 ms and
-    albumentations' per-call machinery (parameter dicts, shape checks, seeding two generators)
-    another ~0.3 ms, for two random integers."""
+    """The `seed` preset's per-image step: albumentations' SmallestMaxSize + RandomCrop (a view)
+    by hand, since with a cache (~0.8 ms decode) their per-call machinery costs another ~0.3 ms
+    for two random integers."""
 
     def __init__(self, size: int):
         self.size = int(size)
@@ -321,9 +295,8 @@ class RandomSquareCrop:
 
 @dataclass(frozen=True)
 class Preset:
-    """A training augmentation pipeline (`train(size)`: per image in the workers, a callable
-    (image, rng) -> image; then `batch` per batch on the device) and the eval pipeline with
-    the same geometry."""
+    """A training pipeline (`train(size)` -> per-image step, then `batch` on the device) and
+    the eval pipeline (`eval(size)`) with the same geometry."""
 
     train: Callable[[int], Callable[[np.ndarray, np.random.Generator], np.ndarray]]
     eval: Callable[[int], A.Compose]
@@ -331,53 +304,34 @@ class Preset:
     batch: BatchAugment | None = None
 
 
-def _resize_train(size: int) -> AlbumentationsStep:
-    return AlbumentationsStep(A.Compose([
-        CropToAspect(DEFAULT_MAX_ASPECT, random_position=True),
-        A.Resize(size, size, **_SCALING),
-        A.HorizontalFlip(p=0.5),
-    ]))
-
-
-def _resize_eval(size: int) -> A.Compose:
-    return A.Compose([
-        CropToAspect(DEFAULT_MAX_ASPECT, random_position=False),
-        A.Resize(size, size, **_SCALING),
-    ])
+def _resize(size: int, train: bool) -> list:
+    return [CropToAspect(DEFAULT_MAX_ASPECT, random_position=train),
+            A.Resize(size, size, **_SCALING)]
 
 
 def _padded(size: int) -> list:
     """Pad to a square, then resize (the iMet notes' future work 2: the whole object, unstretched,
-    instead of a crop or a squeeze). Done as shrink-the-long-side, then pad: the same picture
-    up to interpolation, and the resize works on the unpadded pixels. Black bars, centred."""
+    instead of a crop or a squeeze), done as shrink-the-long-side then pad (the same picture up
+    to interpolation; the resize works on the unpadded pixels). Black bars, centred."""
     return [A.LongestMaxSize(max_size=size, **_SCALING),
             A.PadIfNeeded(size, size, position="center", border_mode=cv2.BORDER_CONSTANT, fill=0)]
 
 
-def _pad_train(size: int) -> AlbumentationsStep:
-    return AlbumentationsStep(A.Compose([*_padded(size), A.HorizontalFlip(p=0.5)]))
-
-
-def _pad_eval(size: int) -> A.Compose:
-    return A.Compose(_padded(size))
-
-
 def _seed_eval(size: int) -> A.Compose:
-    return A.Compose([
-        A.SmallestMaxSize(max_size=size, **_SCALING),
-        A.CenterCrop(size, size),
-    ])
+    return A.Compose([A.SmallestMaxSize(max_size=size, **_SCALING), A.CenterCrop(size, size)])
 
 
 TRAIN_PRESETS: dict[str, Preset] = {
-    "resize": Preset(_resize_train, _resize_eval,
-                     "resize to a square (crop only beyond aspect 2:1), horizontal flip"),
-    "pad": Preset(_pad_train, _pad_eval,
+    "resize": Preset(
+        lambda size: AlbumentationsStep(A.Compose([*_resize(size, True), A.HorizontalFlip(p=0.5)])),
+        lambda size: A.Compose(_resize(size, False)),
+        "resize to a square (crop only beyond aspect 2:1), horizontal flip"),
+    "pad": Preset(lambda size: AlbumentationsStep(A.Compose([*_padded(size),
+                                                              A.HorizontalFlip(p=0.5)])),
+                  lambda size: A.Compose(_padded(size)),
                   "pad to a square (black bars, centred), resize, horizontal flip"),
-    # The iMet notes' aggressive pipeline. Scaling the short side first and cropping the
-    # square afterwards keeps every later step on size x size pixels; flip, brightness/
-    # contrast, shift-scale-rotate and noise follow per batch on the device, where they cost
-    # the loader workers nothing.
+    # The iMet notes' aggressive pipeline: short side scaled, square cropped (later steps see
+    # size x size pixels); the rest per batch on the device, at no cost to the loader workers.
     "seed": Preset(RandomSquareCrop, _seed_eval,
                    "random square crop, flip, brightness/contrast, shift-scale-rotate, noise",
                    BatchAugment()),
@@ -405,15 +359,13 @@ def build_train_transform(preset: str, size: int):
 
 
 def build_batch_augment(preset: str, size: int, erasing: float = 0.0) -> BatchAugment | None:
-    """What `preset` augments per batch on the device (None: nothing), for size x size
-    images, with random erasing of probability `erasing` added (a preset without a per-batch
-    part gets one that only erases): refused when they are larger than the noise bank's
-    windows."""
+    """What `preset` augments per batch on the device (None: nothing) for size x size images,
+    plus random erasing of probability `erasing`; refused when the noise outgrows the bank."""
     batch, size = _preset(preset).batch, _check_size(size)
     if erasing:
         batch = dataclasses.replace(batch or BatchAugment.nothing(), p_erase=erasing)
-    largest = batch.largest_side() if batch is not None else None
-    if largest is not None and size > largest:
+    largest = math.isqrt(BANK_SIZE // 3)  # the largest square RGB image the bank's noise covers
+    if batch is not None and batch.p_noise > 0 and size > largest:
         raise UserError(f"--image-size {size}: the {preset} preset adds noise to images of at "
                         f"most {largest} px; lower --image-size or use --preset resize")
     return batch
@@ -424,11 +376,6 @@ def build_eval_transform(size: int, preset: str = "resize") -> A.Compose:
     return _preset(preset).eval(_check_size(size))
 
 
-def as_image_step(transform):
-    """A per-image step (image, rng) -> image from an albumentations pipeline or a step."""
-    if transform is None or not isinstance(transform, A.BaseCompose):
-        return transform
-    return AlbumentationsStep(transform)
 
 
 @dataclass(frozen=True)
@@ -453,8 +400,7 @@ class Normalization:
         return self.max_value / 255.0 / std, -mean / std
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
-        """An NCHW batch of 0..255 pixel values (uint8 or float, any device) -> normalized
-        float32."""
+        """An NCHW batch of 0..255 values (uint8 or float, any device) -> normalized float32."""
         scale, shift = self._scale_shift(batch.device, torch.float32)
         return torch.addcmul(shift, batch.to(torch.float32), scale)
 
@@ -479,9 +425,7 @@ def to_tensor(image: np.ndarray, norm: Normalization | None = Normalization()) -
 
 def normalize_batch(batch: torch.Tensor, norm: Normalization = Normalization()) -> torch.Tensor:
     """A uint8 NCHW batch (on any device) -> normalized float32; float batches pass unchanged."""
-    if batch.is_floating_point():
-        return batch
-    return norm.apply(batch)
+    return batch if batch.is_floating_point() else norm.apply(batch)
 
 
 TTA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -492,42 +436,30 @@ TTA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def apply_tta(name: str, batch: torch.Tensor) -> torch.Tensor:
     """The view `name` of an NCHW batch: TTA reuses decoded images instead of decoding again."""
-    try:
-        view = TTA[name]
-    except KeyError:
+    if name not in TTA:
         raise UserError(f"unknown TTA {name!r}: choose from {', '.join(sorted(TTA))}")
     if batch.dim() != 4:
         raise ValueError(f"TTA works on NCHW batches, got shape {tuple(batch.shape)}")
-    return view(batch)
-
-
-_UINT64 = (1 << 64) - 1
+    return TTA[name](batch)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one sample's augmentation (per-image step, then per-batch parameters):
-    SeedSequence mixes the three numbers so that neighbouring indices or epochs give unrelated
-    streams."""
-    return np.random.default_rng(np.random.SeedSequence([seed & _UINT64, epoch, index]))
+    SeedSequence makes neighbouring indices or epochs unrelated streams."""
+    return np.random.default_rng(np.random.SeedSequence([seed & ((1 << 64) - 1), epoch, index]))
 
 
 class ImetDataset(Dataset):
-    """`dataset[i]` -> (image float32 CHW normalized, target float32[C], i), and with a
-    `batch_augment` (a `BatchAugment`) a fourth item: the sample's
-    parameter row (float64), for `augment_batch` to apply on the device.
+    """`dataset[i]` -> (image float32 CHW normalized, target float32[C], i), plus with a
+    `batch_augment` the sample's parameter row (float64) for `augment_batch` on the device.
 
-    `dataset[(epoch, i)]` reads sample i of `epoch` without `set_epoch`: a sampler yielding such
-    pairs keeps persistent DataLoader workers (which hold their own copy of the dataset, so
-    never see a later `set_epoch`) exact. `normalize=None` returns uint8 CHW images, to be
-    normalized per batch on the GPU with `normalize_batch`. `cache` (an
-    `imet.data.images.ImageCache`) reads each image's pre-resized copy instead of decoding the
-    source, where it holds a fresh one. A source image whose shorter side is below `min_side`
-    is a DataError naming it (training passes `imet.data.images.MIN_SIDE`).
-
-    `memo` (an `imet.data.images.PixelMemo`) keeps the pixels read, so that later epochs do not
-    decode them again: the source pixels, or with `memo_transformed` the pixels after the
-    per-image step, which is then the caller's promise that the step is deterministic (an
-    eval transform); it draws nothing then, so it cannot go with a `batch_augment`."""
+    `dataset[(epoch, i)]` reads sample i of `epoch` without `set_epoch`, which persistent
+    DataLoader workers (each with its own copy of the dataset) would never see. `normalize=None`
+    returns uint8 CHW, normalized per batch with `normalize_batch`. `cache` (an `ImageCache`)
+    reads fresh pre-resized copies instead of the sources; a source whose shorter side is below
+    `min_side` is a DataError. `memo` (a `PixelMemo`) keeps the source pixels read, or with
+    `memo_transformed` those after the per-image step: the caller's promise that the step is
+    deterministic (it draws nothing then, so no `batch_augment` goes with it)."""
 
     def __init__(self, image_paths, targets: np.ndarray | None, transform=None, seed: int = 0,
                  *, num_classes: int | None = None,
@@ -541,8 +473,7 @@ class ImetDataset(Dataset):
             raise ValueError("memo_transformed skips the per-image step's draws, which a "
                              "batch_augment's parameters follow: keep the source pixels")
         self.memo, self.memo_transformed = memo, bool(memo_transformed)
-        self.batch_augment = batch_augment
-        self.min_side = int(min_side)
+        self.batch_augment, self.min_side = batch_augment, int(min_side)
         self.image_paths = [Path(p) for p in image_paths]
         self.cached = cache.resolve(self.image_paths) if cache is not None else None
         if targets is not None:
@@ -551,14 +482,13 @@ class ImetDataset(Dataset):
                 raise ValueError(f"targets must be [N={len(self.image_paths)}, C], "
                                  f"got shape {targets.shape}")
             num_classes = targets.shape[1]
-        self.targets = targets
-        self.num_classes = int(num_classes or 0)
-        self.transform = as_image_step(transform)
+        self.targets, self.num_classes = targets, int(num_classes or 0)
+        self.transform = (AlbumentationsStep(transform) if isinstance(transform, A.BaseCompose)
+                          else transform)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.seed = int(seed)
-        self.normalize = normalize
-        self.epoch = 0
+        self.seed, self.normalize, self.epoch = int(seed), normalize, 0
+
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -569,8 +499,8 @@ class ImetDataset(Dataset):
         return len(self.image_paths)
 
     def load(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        """The uint8 HWC image of sample `index` after the per-image step, which draws from
-        `rng` (the sample's generator: `sample_rng`)."""
+        """Sample `index`'s uint8 HWC image after the per-image step, drawing from `rng`."""
+
         if self.memo is None:
             return self._transformed(self._source(index), rng)
         if self.memo_transformed:

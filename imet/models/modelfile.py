@@ -28,13 +28,10 @@ VERSION = 1
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The ImetNet inside DataParallel/DistributedDataParallel or torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            return model
+    while hasattr(model, "_orig_mod") or isinstance(
+            model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
 def plain(value, where: str = "config"):
@@ -78,11 +75,10 @@ def model_file_of(run: Path) -> Path:
     """RUN/model.pt, or the file itself when given a file (predict, validate, --init)."""
     run = Path(run)
     if run.is_dir():
-        candidate = run / MODEL_FILE
-        if not candidate.is_file():
-            raise CheckpointError(f"{candidate}: model file not found; train the run to its end "
-                                  "(`imet train`) or pass the model file's path")
-        return candidate
+        if not (run / MODEL_FILE).is_file():
+            raise CheckpointError(f"{run / MODEL_FILE}: model file not found; train the run to "
+                                  "its end (`imet train`) or pass the model file's path")
+        return run / MODEL_FILE
     if not run.exists():
         raise CheckpointError(f"{run}: run folder or model file not found; fix the path")
     return run
@@ -121,15 +117,15 @@ def load_model_file(path, device="cpu") -> tuple[ImetNet, dict]:
     except Exception as exc:
         raise CheckpointError(f"{path}: label space unreadable ({exc}); the file is damaged")
     config = payload["config"]
-    body_arch = _body_arch(path, payload)
-    model = build_model(body_arch, labels.num_classes, pretrained=False,
+    model = build_model(_body_arch(path, payload), labels.num_classes, pretrained=False,
                         dropout=float(config.get("dropout", 0.0) or 0.0))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: weights do not fit {payload['arch']} ({detail}); "
-                              f"the file is damaged or from another imet version")
+        raise CheckpointError(f"{path}: weights do not fit {payload['arch']} "
+                              f"({' '.join(str(exc).split())[:200]}); the file is damaged or "
+                              "from another imet version")
+
     model.to(device).eval()
     model.arch = model.info["arch"] = payload["arch"]
     info = {"path": str(path), "arch": payload["arch"], "timm": payload.get("timm"),

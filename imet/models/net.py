@@ -30,14 +30,12 @@ class ImetNet(nn.Module):
                  dropout: float = 0.0, info: dict | None = None):
         super().__init__()
         self.arch = arch
-        self.early = nn.Sequential(*early)
-        self.late = nn.Sequential(*late)
+        self.early, self.late = nn.Sequential(*early), nn.Sequential(*late)
         self._add_head(num_features, num_classes, dropout, info)
 
     def _add_head(self, num_features: int, num_classes: int, dropout: float, info) -> None:
         self.head = Head(num_features, num_classes, dropout)
-        # arch, num_classes, mean/std/input_range the body expects, weights file used.
-        self.info = dict(info or {})
+        self.info = dict(info or {})  # arch, num_classes, the body's mean/std/input_range, weights
 
     @property
     def num_classes(self) -> int:
@@ -62,9 +60,8 @@ class TimmNet(ImetNet):
     def __init__(self, arch: str, body: nn.Module, early: list, num_features: int,
                  num_classes: int, dropout: float = 0.0, info: dict | None = None):
         nn.Module.__init__(self)
-        self.arch = arch
-        self.body = body
-        self.early_names = frozenset(early)
+        self.arch, self.body, self.early_names = arch, body, frozenset(early)
+
         self._add_head(num_features, num_classes, dropout, info)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

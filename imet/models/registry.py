@@ -1,10 +1,8 @@
 """Architectures by name (pretrainedmodels and torchvision bodies, the test body `tiny_cnn`, and
 any `timm:<name>`): how to build each body without weights, where its official weights live,
-how its layers split into early/late groups, and which input normalization it expects.
-
-Bodies are constructed with `pretrained=None` / `weights=None` so that building never touches
-the network; `imet.models.weights` finds and loads the official file itself (offline first).
-"""
+how its layers split into early/late groups, and which input normalization it expects. Bodies
+are built with `pretrained=None` / `weights=None`, never touching the network;
+`imet.models.weights` finds and loads the official file itself (offline first)."""
 from __future__ import annotations
 
 import difflib
@@ -47,10 +45,8 @@ class ArchSpec:
 
     def input_settings(self) -> dict:
         """mean/std/input_range/input_space the pretrained weights were trained with."""
-        out = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-               "input_range": [0, 1], "input_space": "RGB"}
-        out.update(self.settings())
-        return out
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input_range": [0, 1],
+                "input_space": "RGB", **self.settings()}
 
 
 # ---- pretrainedmodels -------------------------------------------------------------------------
@@ -111,11 +107,7 @@ _DENSE_OLD_KEY = re.compile(
 
 def _fix_densenet_keys(state: dict) -> dict:
     # Files published before torchvision 0.3 name layers 'norm.1'; later torchvision says 'norm1'.
-    out = {}
-    for key, value in state.items():
-        match = _DENSE_OLD_KEY.match(key)
-        out[match.group(1) + match.group(2) if match else key] = value
-    return out
+    return {_DENSE_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
 
 
 # ---- torchvision ------------------------------------------------------------------------------
@@ -138,8 +130,8 @@ def _split_features(late_from: int) -> Callable[[nn.Module], Split]:
     """Nets with a `features` Sequential and a classifier ending in a Linear layer."""
     def split(m: nn.Module) -> Split:
         children = list(m.features.children())
-        linears = [mod for mod in m.classifier.modules() if isinstance(mod, nn.Linear)]
-        return Split(children[:late_from], children[late_from:], linears[0].in_features)
+        linear = next(mod for mod in m.classifier.modules() if isinstance(mod, nn.Linear))
+        return Split(children[:late_from], children[late_from:], linear.in_features)
     return split
 
 
@@ -157,8 +149,6 @@ class TinyBody(nn.Module):
         self.num_features = 2 * width
 
 
-def _split_tiny(m: nn.Module) -> Split:
-    return Split([m.stem], [m.block], m.num_features)
 
 
 _TV_RESNET34 = "https://download.pytorch.org/models/resnet34-b627a593.pth"
@@ -183,7 +173,8 @@ ARCHS: dict[str, ArchSpec] = {
         _tv("mobilenet_v3_small", _split_features(9)),
         _tv("mobilenet_v3_large", _split_features(13)),
         _tv("efficientnet_b0", _split_features(6)),
-        ArchSpec("tiny_cnn", "imet", TinyBody, _split_tiny, lambda: ()),
+        ArchSpec("tiny_cnn", "imet", TinyBody, lambda m: Split([m.stem], [m.block], m.num_features),
+                 lambda: ()),
     ]
 }
 
@@ -208,11 +199,6 @@ def _timm():
 
 def timm_version() -> str:
     return _timm().__version__
-
-
-def _close_matches(name: str, choices: list, what: str) -> str:
-    near = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
-    return f"close matches: {', '.join(near)}" if near else f"see timm.list_{what}()"
 
 
 @dataclass(frozen=True)
@@ -248,8 +234,10 @@ def _pretrained_cfg(name: str) -> dict:
     timm = _timm()
     base, _, tag = name.partition(".")
     if not timm.is_model(base):
+        near = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
         raise UserError(f"--arch {TIMM_PREFIX}{name}: timm {timm.__version__} has no model "
-                        f"{base!r}; {_close_matches(base, timm.list_models(), 'models')}")
+                        f"{base!r}; " + (f"close matches: {', '.join(near)}" if near
+                                         else "see timm.list_models()"))
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
@@ -274,23 +262,6 @@ def _timm_constructor(model: str, fixed_size: bool):
     return construct
 
 
-def _timm_settings(cfg: dict):
-    def settings() -> dict:
-        out = {"input_range": [0, 1], "input_space": "RGB",
-               "interpolation": cfg.get("interpolation") or "bilinear"}
-        for key in ("mean", "std"):
-            if cfg.get(key):
-                out[key] = [float(v) for v in cfg[key]]
-        return out
-    return settings
-
-
-def _classifier_prefixes(cfg: dict) -> tuple:
-    names = cfg.get("classifier") or "fc"
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return tuple(f"{n}." for n in names)
-
-
 @functools.lru_cache(maxsize=None)
 def timm_spec(arch: str) -> TimmSpec:
     """The spec of `timm:<name>` (UserError for an unknown name or tag)."""
@@ -298,12 +269,16 @@ def timm_spec(arch: str) -> TimmSpec:
     if not name:
         raise UserError(f"--arch {arch}: name a timm model, e.g. timm:convnext_tiny.fb_in1k")
     cfg = _pretrained_cfg(name)
-    base = name.partition(".")[0]
-    tag = cfg.get("tag") or None
+    base, tag = name.partition(".")[0], cfg.get("tag") or None
     model = f"{base}.{tag}" if tag else base
-    construct = _timm_constructor(model, bool(cfg.get("fixed_input_size")))
-    return TimmSpec(arch, "timm", construct, split_timm, lambda: (),
-                    classifier_prefixes=_classifier_prefixes(cfg), settings=_timm_settings(cfg),
+    classifiers = cfg.get("classifier") or "fc"
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    return TimmSpec(arch, "timm", _timm_constructor(model, bool(cfg.get("fixed_input_size"))),
+                    split_timm, lambda: (), classifier_prefixes=tuple(f"{n}." for n in classifiers),
+                    settings=lambda: {
+                        "input_range": [0, 1], "input_space": "RGB",
+                        "interpolation": cfg.get("interpolation") or "bilinear",
+                        **{k: [float(v) for v in cfg[k]] for k in ("mean", "std") if cfg.get(k)}},
                     model=model, tag=tag, hf_hub_id=cfg.get("hf_hub_id"), url=cfg.get("url"))
 
 
@@ -331,3 +306,4 @@ def split_timm(body: nn.Module) -> Split:
     late = [n for n, _ in body.named_parameters() if n not in chosen]
     width = getattr(body, "head_hidden_size", None) or body.num_features
     return Split(list(early), late, int(width))
+

@@ -131,15 +131,11 @@ def resolve_weights(arch: str, explicit=None, search_roots=(), allow_download: b
         else:
             raise UserError(f"--weights {explicit}: no such file; pass the path of a "
                             f"{names[0]} file or a folder holding it")
-    hub = hub_checkpoint_dir()
-    hit = find_file(names, [hub]) if hub.is_dir() else None
+    hub, roots = hub_checkpoint_dir(), [Path(r) for r in search_roots]
+    hit = find_file(names, [hub, *roots])  # a missing folder holds nothing
     if hit:
         return hit
     searched.append(str(hub))
-    roots = [Path(r) for r in search_roots]
-    hit = find_file(names, [r for r in roots if r.exists()])
-    if hit:
-        return hit
     searched.extend(f"{r} ({'recursive' if r.exists() else 'does not exist'})" for r in roots)
     url = official = spec.urls()[0]
     if mirror:
@@ -212,16 +208,13 @@ def load_body_weights(body: nn.Module, spec: ArchSpec, path) -> None:
     missing = sorted(k for k in set(target) - set(state) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - set(target))
     wrong = sorted(k for k in set(target) & set(state) if target[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            problems.append(f"{len(wrong)} of another shape (e.g. {k}: file "
-                            f"{tuple(state[k].shape)}, {spec.name} {tuple(target[k].shape)})")
+    problems = [f"{len(keys)} {what} (e.g. {keys[0]})"
+                for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys]
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} of another shape (e.g. {k}: file "
+                        f"{tuple(state[k].shape)}, {spec.name} {tuple(target[k].shape)})")
+    if problems:
         raise CheckpointError(f"{path}: does not fit {spec.name}: {'; '.join(problems)} keys; "
                               f"pass the weights file of {spec.name} ({spec.filenames()[0]})")
     body.load_state_dict(state, strict=False)
@@ -231,16 +224,12 @@ def hf_cache_dir() -> Path:
     """huggingface_hub's cache folder, read from the environment at call time."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                     "huggingface")
-    return Path(home) / "hub"
+    return Path(os.environ.get("HF_HOME") or Path("~/.cache/huggingface").expanduser()) / "hub"
 
 
 def _config_names(folder: Path, spec: TimmSpec) -> bool:
     """Whether folder/config.json is timm's config of `spec`'s model (architecture and tag)."""
-    config = read_json_object(folder / "config.json")
-    if config is None:
-        return False
+    config = read_json_object(folder / "config.json") or {}
     tag = (config.get("pretrained_cfg") or {}).get("tag")
     return config.get("architecture") == spec.model.partition(".")[0] and tag in (None, spec.tag)
 
@@ -253,33 +242,24 @@ def _weights_in(folder: Path, files: list, spec: TimmSpec) -> Path | None:
         return folder / flat
     hub = spec.hub_folder()
     in_hub_cache = hub and folder.parent.name == "snapshots" and folder.parent.parent.name == hub
-    if in_hub_cache or ("config.json" in files and _config_names(folder, spec)):
-        for name in hub_files:
-            if name in files:
-                return folder / name
-    for name in legacy:
-        if name in files:
-            return folder / name
-    return None
+    if not (in_hub_cache or ("config.json" in files and _config_names(folder, spec))):
+        hub_files = ()
+    return next((folder / name for name in (*hub_files, *legacy) if name in files), None)
 
 
 def find_in_roots(spec: TimmSpec, roots) -> Path | None:
-    for folder, _, files in walk_folders([r for r in roots if Path(r).is_dir()]):
-        hit = _weights_in(folder, files, spec)
-        if hit:
-            return hit
-    return None
+    walk = walk_folders([r for r in roots if Path(r).is_dir()])
+    return next(filter(None, (_weights_in(folder, files, spec) for folder, _, files in walk)),
+                None)
 
 
 def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
                          allow_download: bool = True) -> Path:
     """Path of a timm model's pretrained weights: `explicit` (a file, or a folder to search);
-    then, under `search_roots` and the local Hugging Face cache, a hub cache entry
-    (models--timm--<name>/snapshots/<rev>/model.safetensors), the flat `<name>.safetensors` that
-    `imet weights fetch` writes, or any folder whose config.json names the model beside its
-    model.safetensors; then $TORCH_HOME/hub/checkpoints (timm's legacy download names). Only
-    when all of them miss, and downloads are allowed, the network is up and HF_HUB_OFFLINE is
-    not set, is the file downloaded through huggingface_hub."""
+    under `search_roots` and the Hugging Face cache, a hub cache entry, the flat
+    `<name>.safetensors` of `imet weights fetch` or a model.safetensors beside a config.json
+    naming the model; then $TORCH_HOME/hub/checkpoints (timm's legacy names); only then a
+    download through huggingface_hub (allowed, network up, HF_HUB_OFFLINE unset)."""
     names = spec.filenames()
     searched = []
     if explicit is not None:
@@ -299,7 +279,7 @@ def resolve_timm_weights(spec: TimmSpec, explicit=None, search_roots=(),
         return hit
     searched.extend(f"{r} ({'recursive' if r.is_dir() else 'does not exist'})" for r in roots)
     hub = hub_checkpoint_dir()
-    hit = find_file(names[:1] + names[3:], [hub]) if hub.is_dir() else None
+    hit = find_file(names[:1] + names[3:], [hub])
     if hit:
         return hit
     searched.append(str(hub))
@@ -370,10 +350,8 @@ def _download_url(url: str, part: Path) -> None:
             raise
         return
     with response, open(part, "ab" if have and response.status == 206 else "wb") as handle:
-        while True:
-            block = response.read1(CHUNK)  # what has arrived: a stalled host loses nothing
-            if not block:
-                break
+        # read1: what has arrived, written at once, so a stalled host loses nothing.
+        for block in iter(lambda: response.read1(CHUNK), b""):
             handle.write(block)
             handle.flush()
 
@@ -418,21 +396,18 @@ def _check_download(item: dict, got: Path) -> None:
 
 
 def _intact(out: Path, entry: dict | None) -> bool:
-    if not entry:
-        return False
-    path = out / entry["name"]
-    return (path.is_file() and path.stat().st_size == entry["size"]
-            and file_sha256(path) == entry["sha256"])
+    path = out / entry["name"] if entry else None
+    return bool(path and path.is_file() and path.stat().st_size == entry["size"]
+                and file_sha256(path) == entry["sha256"])
 
 
 def fetch_weights(archs, out, owner: str, url_base: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Fetch every arch's official weights into `out`; returns the manifest. timm's come through
-    huggingface_hub (HF_ENDPOINT honoured), the others' (and timm's few models without a hub
-    copy) from their official URLs, or from `url_base` + the file name (a mirror). Each finished
-    file is recorded at once in the manifest (sha256, size, source, arch): a rerun after an
-    interruption skips what is recorded and intact, and continues a cut URL download with an
-    HTTP Range request."""
+    huggingface_hub (HF_ENDPOINT honoured), the others from their official URLs or `url_base` +
+    the file name (a mirror). Each finished file is recorded at once in the manifest: a rerun
+    skips what is recorded and intact and continues a cut URL download (HTTP Range)."""
+
     out = Path(out)
     plans = [plan(arch, url_base) for arch in dict.fromkeys(archs)]  # validate every name first
     out.mkdir(parents=True, exist_ok=True)
