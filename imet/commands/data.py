@@ -167,13 +167,12 @@ def run_folds(args) -> int:
 
 def configure_cache(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Decode every image of DIR/train and DIR/test once, resize its short side to --size "
-        "(as the training and eval pipelines' first step does) and store it in --out as JPEG "
-        "or raw uint8, with a manifest keyed by each source's size and mtime. `imet train` reads "
-        "a cache of its --image-size instead of the PNGs when it finds one (in --data, beside "
-        "the run's --out folder, under an --input-root, or $IMET_CACHE_DIR). "
-        "Running again only (re)builds missing or changed images, so an interrupted build "
-        "resumes.")
+        "Decode every image of DIR/train and DIR/test once, resize its short side to --size (as "
+        "the training and eval pipelines' first step does) and store it in --out as JPEG or raw "
+        "uint8, with a manifest keyed by each source's size and mtime. `imet train` reads a cache "
+        "of its --image-size instead of the PNGs when it finds one (in --data, beside the run's "
+        "--out folder, under an --input-root, or $IMET_CACHE_DIR). Running again only (re)builds "
+        "missing or changed images, so an interrupted build resumes.")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="the competition folder (with train/ and test/)")
     parser.add_argument("--size", required=True, type=int, metavar="S",

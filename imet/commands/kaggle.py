@@ -40,8 +40,7 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
                         "(default: no training checks)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="the run starts from ImageNet weights: they must be found (or "
-                        "downloadable) (default: as `imet train`, on for an arch that has "
-                        "weights)")
+                        "downloadable) (default: as `imet train`, on for an arch that has weights)")
     parser.add_argument("--device", default="auto", help="as `imet train --device` (default auto)")
     parser.add_argument("--accelerator", type=_accelerator, metavar="NAME",
                         help="what the kernel asked Kaggle for (its machine_shape); a GPU "
@@ -125,11 +124,9 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                          "metadata turns internet off, killed at the time limit. Each session's "
                          "working/ is kept as OUT/v<N>/kaggle/working.")
     run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
-    run.add_argument("--input", type=input_source, action="append", default=[],
-                     metavar="SLUG=PATH",
+    run.add_argument("--input", type=input_source, action="append", default=[], metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
-    run.add_argument("--time-limit", type=duration("--time-limit"),
-                     default=DEFAULT_TIME_BUDGET,
+    run.add_argument("--time-limit", type=duration("--time-limit"), default=DEFAULT_TIME_BUDGET,
                      metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
                      "%(default)s, today's Kaggle sessions)")
     run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
@@ -137,12 +134,11 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                      help="re-run with the previous output attached under the kernel's own slug "
                      "while the run hands over, at most N sessions (default 1)")
     run.add_argument("--python", default=sys.executable, metavar="EXE",
-                     help="interpreter standing in for Kaggle's image (default: this one): "
-                     "each session runs in a fresh virtual environment of it that sees only its "
+                     help="interpreter standing in for Kaggle's image (default: this one): each "
+                     "session runs in a fresh virtual environment of it that sees only its "
                      "platform packages (torch, numpy, pandas, ...; cached in "
-                     "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never "
-                     "its imet, so the kernel's bootstrap installs the dataset's wheels as on "
-                     "Kaggle")
+                     "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never its imet, so "
+                     "the kernel's bootstrap installs the dataset's wheels as on Kaggle")
     run.add_argument("--accelerator", metavar="NAME",
                      help="ask for this machine_shape instead of the metadata's, as `kaggle "
                      "kernels push --accelerator` does (none: a CPU); the session still runs "
@@ -162,24 +158,21 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                        help="where each session's small outputs go (default dist/chain)")
     chain.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
                        help="seconds between status polls (default 60)")
-    render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
-                            description="Write OUT/trainer-<member> (one trainer kernel per fold "
-                            "or member, each its own slug imet-trainer-<member> and its own "
-                            "output in kernel_sources), OUT/validation and OUT/inference (every "
-                            "trainer output attached) from kernels/<name>, with {owner} replaced, "
-                            "the accelerator asked for in machine_shape and the script's "
-                            "ACCELERATOR line, and the run's settings (--config) in the scripts' "
-                            "DEFAULT_*_ARGS lines (and the inference's PSEUDO_LABEL_ARGS; a "
-                            "trainer whose args say --extra auto gets the inference output "
-                            "attached). A kernel edited by hand since render wrote it "
-                            "is refused unless --force.")
+    render = sub.add_parser(
+        "render", help="write push-ready kernel folders for an owner",
+        description="Write OUT/trainer-<member> (one trainer kernel per fold or member, each its "
+        "own slug imet-trainer-<member> and its own output in kernel_sources), OUT/validation and "
+        "OUT/inference (every trainer output attached) from kernels/<name>, with {owner} replaced, "
+        "the accelerator asked for in machine_shape and the script's ACCELERATOR line, and the "
+        "run's settings (--config) in the scripts' DEFAULT_*_ARGS lines (and the inference's "
+        "PSEUDO_LABEL_ARGS; a trainer whose args say --extra auto gets the inference output "
+        "attached). A kernel edited by hand since render wrote it is refused unless --force.")
     render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
                         help="the run's settings (TOML: members, train_args, validate_args, "
                         "predict_args, pseudo_label_args, accelerator, datasets; see README); "
-                        "without it, the "
-                        "templates' defaults, one member per fold")
+                        "without it, the templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
                         help="overwrite kernels edited by hand since render wrote them")
     render.add_argument("--kernels", type=Path, default=Path("kernels"),
@@ -251,17 +244,16 @@ def _render(args: argparse.Namespace) -> int:
 
 def configure_kaggle_campaign(sub) -> None:
     campaign = sub.add_parser(
-        "campaign", help="train a plan's members on Kaggle in parallel, then validate and "
-        "predict over all of them",
-        description="Render one trainer kernel per member of PLAN (TOML, see README) into "
-        "DIR/kernels, push up to `parallel` of them at once through the kaggle client, push "
-        "again on every handover and the next member when a slot frees, push a failed session "
-        "again up to `retries` times, and stop pushing once another session would pass "
-        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then "
-        "the inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: "
-        "run the same command again after a kill to go on without pushing anything twice. "
-        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, "
-        "1 otherwise.")
+        "campaign", help="train a plan's members on Kaggle in parallel, then validate and predict "
+        "over all of them", description="Render one trainer kernel per member of PLAN (TOML, see "
+        "README) into DIR/kernels, push up to `parallel` of them at once through the kaggle "
+        "client, push again on every handover and the next member when a slot frees, push a failed "
+        "session again up to `retries` times, and stop pushing once another session would pass "
+        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then the "
+        "inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: run "
+        "the same command again after a kill to go on without pushing anything twice. "
+        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, 1 "
+        "otherwise.")
     campaign.add_argument("plan", type=Path, help="the plan (TOML)")
     campaign.add_argument("--out", type=Path, required=True,
                           help="the campaign's folder: state, table, kernels, outputs")
@@ -284,26 +276,21 @@ def configure_kaggle_campaign(sub) -> None:
         "without a recorded end counts as failed (see `retries`). Sessions log to "
         "DIR/emulator/<slug>/v<N>/log.txt; the console shows the campaign's events.")
     home.add_argument("--emulate", action="store_true",
-                      help="run the kernels in the local emulator (as `imet kaggle run`: "
-                      "root on Linux for the read-only inputs and the kernels with internet "
-                      "off)")
-    home.add_argument("--input", type=input_source, action="append", default=[],
-                      metavar="NAME=PATH",
-                      help="with --emulate: PATH stands for the source named NAME, the slug of "
-                      "a dataset_sources or competition_sources entry of the kernels (e.g. "
-                      "imet-2019-fgvc6=DATA, imet-src=DATASET, imet-weights=WEIGHTS); "
-                      "repeatable. Every source the rendered kernels attach must be given, "
-                      "or the campaign is refused before anything runs, except the weights "
-                      "dataset: without it the sessions run without it, which members that "
-                      "train from random init (an arch without ImageNet weights, "
-                      "--no-pretrained) need not; a member that needs weights then looks for "
-                      "them as `imet train` does (input roots, caches, the network of a kernel "
-                      "with internet on), and its doctor stops the session in one line when "
-                      "they cannot be had")
+                      help="run the kernels in the local emulator (as `imet kaggle run`: root on "
+                      "Linux for the read-only inputs and the kernels with internet off)")
+    home.add_argument(
+        "--input", type=input_source, action="append", default=[], metavar="NAME=PATH",
+        help="with --emulate: PATH stands for the source named NAME, the slug of a dataset_sources "
+        "or competition_sources entry of the kernels (e.g. imet-2019-fgvc6=DATA, imet-src=DATASET, "
+        "imet-weights=WEIGHTS); repeatable. Every source the rendered kernels attach must be "
+        "given, or the campaign is refused before anything runs, except the weights dataset: "
+        "without it the sessions run without it, which members that train from random init (an "
+        "arch without ImageNet weights, --no-pretrained) need not; a member that needs weights "
+        "then looks for them as `imet train` does (input roots, caches, the network of a kernel "
+        "with internet on), and its doctor stops the session in one line when they cannot be had")
     home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
-                      metavar="DURATION",
-                      help="with --emulate: kill each session after this long (seconds or "
-                      "12h/30m/90s; default the plan's session_hours)")
+                      metavar="DURATION", help="with --emulate: kill each session after this long "
+                      "(seconds or 12h/30m/90s; default the plan's session_hours)")
 
 
 # What each kernel passes itself where its command requires it: stand-ins, so that the

@@ -73,8 +73,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, metavar="PX",
                         help="input size (default: each run's training image size)")
     parser.add_argument("--log-every", type=float, default=30.0, metavar="S",
-                        help="seconds between progress lines (img/s, ETA) (default: "
-                        "%(default)s)")
+                        help="seconds between progress lines (img/s, ETA) (default: %(default)s)")
 
 
 def inference_options(args):

@@ -61,10 +61,9 @@ def run_runs(args: argparse.Namespace) -> int:
 
 def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
     parser.prog = "imet runs set-lb"
-    parser.description = (
-        "Store the public leaderboard score of RUN (a run id, or a unique prefix of one) in "
-        "every run registry (imet-runs.jsonl) under DIR… that holds it; `imet runs --sort lb` "
-        "then ranks by it.")
+    parser.description = ("Store the public leaderboard score of RUN (a run id, or a unique prefix "
+                          "of one) in every run registry (imet-runs.jsonl) under DIR… that holds "
+                          "it; `imet runs --sort lb` then ranks by it.")
     parser.add_argument("set_lb", choices=["set-lb"], metavar="set-lb", help=argparse.SUPPRESS)
     parser.add_argument("run", metavar="RUN", help="run id or a unique prefix of one")
     parser.add_argument("score", metavar="SCORE", help="the leaderboard score, e.g. 0.65432")

@@ -119,12 +119,11 @@ def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) ->
 def configure_lr_find(parser: argparse.ArgumentParser) -> None:
     configure_train(parser)
     parser.description = (
-        "Exponential LR sweep before training (the Open Images YOLO notes: find the LR, then "
-        "cycle it): the model, data and stage-2 optimizer `imet train` would use with the same "
-        "flags, the LR raised from --start-lr to --end-lr over --steps steps on the training "
-        "fold; stops early when the loss diverges. Prints the suggested --lr (steepest descent "
-        "of the smoothed loss) and writes the plot to --plot. Writes nothing into any run "
-        "folder.")
+        "Exponential LR sweep before training (the Open Images YOLO notes: find the LR, then cycle "
+        "it): the model, data and stage-2 optimizer `imet train` would use with the same flags, "
+        "the LR raised from --start-lr to --end-lr over --steps steps on the training fold; stops "
+        "early when the loss diverges. Prints the suggested --lr (steepest descent of the smoothed "
+        "loss) and writes the plot to --plot. Writes nothing into any run folder.")
     group = parser.add_argument_group("lr-find")
     group.add_argument("--steps", type=int, default=100, metavar="N",
                        help="training steps of the sweep [100]")
