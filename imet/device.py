@@ -1,12 +1,11 @@
-"""Where and in what precision a model runs, for every command that runs one (train and its
-evaluations, validate, predict): `--device` (auto | cpu | cuda | cuda:N) to a torch.device, and
-`--amp` / `--amp-dtype` to one autocast dtype and whether a GradScaler runs.
+"""Where and in what precision a model runs (train, validate, predict): `--device` to a
+torch.device, `--amp` / `--amp-dtype` to one autocast dtype and whether a GradScaler runs.
 
-One precision path on every device: the same autocast context and the same scaler calls run on
-CPU and CUDA, only the device type string differs. `auto` is fp16 + GradScaler on a GPU without
-fast bf16 (the T4, compute capability 7.5), bf16 without a scaler from Ampere (8.0) on, and fp32
-on CPU, where autocast only slows small models down and changes the numbers. An explicit dtype
-runs on CPU too: that is how the CPU tests exercise the lines a GPU runs."""
+One precision path on every device: the same autocast and scaler calls on CPU and CUDA. `auto` is
+fp16 + GradScaler on a GPU without fast bf16 (the T4, compute capability 7.5), bf16 without a
+scaler from Ampere (8.0) on, and fp32 on CPU, where autocast only slows small models down and
+changes the numbers. An explicit dtype runs on CPU too: that is how the CPU tests exercise the
+lines a GPU runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,16 +10,11 @@ HANDOVER_FILE = "HANDOVER.json"
 DISK_FULL_EXIT_CODE = 74
 
 
-# How torch's DataLoader re-raises an exception from a worker process: it calls the exception's
-# class with a message that holds the worker's whole traceback, whose last line is
-# "<module>.<class>: <the original message>".
-_WORKER_PREFIX = "Caught "
-_WORKER_MARK = "Original Traceback"
-
-
 def _own_message(message: str) -> str:
+    # torch's DataLoader re-raises a worker's exception by calling its class with the worker's
+    # whole traceback, whose last line is "<module>.<class>: <the original message>".
     text = str(message)
-    if text.startswith(_WORKER_PREFIX) and _WORKER_MARK in text:
+    if text.startswith("Caught ") and "Original Traceback" in text:
         last = text.rstrip().splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
     return text

@@ -5,8 +5,7 @@ A file holds `probs` (float16 [N, C]: half the size of float32 and far below the
 that F2 thresholds need), `ids` (image ids, unicode), `attribute_ids` (int [C]: the label space
 the columns mean) and `meta` (a JSON string: label fingerprint, runs, TTA, image sizes…).
 Everything is a plain array, so loading needs no pickle (`allow_pickle=False`): a file from an
-attached dataset is untrusted input.
-"""
+attached dataset is untrusted input."""
 from __future__ import annotations
 
 import json
@@ -29,7 +28,6 @@ ENSEMBLE_PROBS = "ensemble.npz"
 @dataclass
 class Probabilities:
     """Probabilities of one prediction set (a run, a TTA'd run, or an ensemble)."""
-
     ids: list[str]
     probs: np.ndarray  # [N, C], float
     attribute_ids: tuple[int, ...]
@@ -65,14 +63,11 @@ def save_probabilities(path: Path, probabilities: Probabilities) -> Path:
     """Write `probabilities` to `path` (.npz) atomically; returns the path."""
     path = Path(path)
     meta = dict(probabilities.meta, format=FORMAT, version=VERSION)
-    arrays = {
-        "probs": np.asarray(probabilities.probs, dtype=np.float16),
-        "ids": np.asarray(probabilities.ids, dtype=np.str_),
-        "attribute_ids": np.asarray(probabilities.attribute_ids, dtype=np.int64),
-        "meta": np.asarray(json.dumps(meta, sort_keys=True)),
-    }
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, probs=np.asarray(probabilities.probs, dtype=np.float16),
+                 ids=np.asarray(probabilities.ids, dtype=np.str_),
+                 attribute_ids=np.asarray(probabilities.attribute_ids, dtype=np.int64),
+                 meta=np.asarray(json.dumps(meta, sort_keys=True)))
     return path
 
 
