@@ -6,18 +6,31 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from imet.config import DEFAULT_TIME_BUDGET, parse_duration
 from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER, UserError
 
 
+def _argument_type(convert):
+    """`convert` as an argparse type: its UserError is argparse's refusal of the value."""
+    def parse(text: str):
+        try:
+            return convert(text)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def duration(flag: str):
+    """The argparse type of a duration flag: seconds or 12h/30m/90s."""
+    return _argument_type(lambda text: parse_duration(text, flag))
+
+
 def _accelerator(text: str) -> str:
     from imet.kaggle.render import canonical
-    try:
-        return canonical(text)
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return canonical(text)
 
 
 def configure_doctor(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +55,7 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
                         help="the run starts from ImageNet weights: they must be found (or "
                         "downloadable) (default: as `imet train`, on for an arch that has weights)")
     parser.add_argument("--device", default="auto", help="as `imet train --device` (default auto)")
-    parser.add_argument("--accelerator", type=_accelerator, metavar="NAME",
+    parser.add_argument("--accelerator", type=_argument_type(_accelerator), metavar="NAME",
                         help="what the kernel asked Kaggle for (its machine_shape); a GPU "
                         "shape with no usable GPU is a blocking problem")
     parser.add_argument("--notify", default="off", choices=("auto", "on", "off"),
@@ -55,10 +68,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from imet.kaggle.session import Settings, diagnose, send_crash
-    settings = Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
-                        arch=args.arch, pretrained=args.pretrained, device=args.device,
-                        accelerator=args.accelerator, keep=args.keep)
-    report = diagnose(settings)
+    report = diagnose(Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
+                               arch=args.arch, pretrained=args.pretrained, device=args.device,
+                               accelerator=args.accelerator, keep=args.keep))
     print("\n".join(report.lines), flush=True)
     if not report.problems:
         print("imet doctor: this session can train as configured", flush=True)
@@ -85,16 +97,6 @@ def existing_inputs(given: list[tuple[str, Path]]) -> dict[str, Path]:
     return dict(given)
 
 
-def duration(flag: str):
-    """The argparse type of a duration flag: seconds or 12h/30m/90s."""
-    def seconds(text: str) -> float:
-        try:
-            return parse_duration(text, flag)
-        except UserError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return seconds
-
-
 def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
     """kernel name -> accelerator from the settings file's accelerators, then the command
     line's `--accelerator [KERNEL=]NAME` values (later ones win); a retired name is accepted
@@ -108,8 +110,7 @@ def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[
             raise UserError(f"--accelerator {text!r}: no kernel {kernel!r}; the kernels are "
                             f"{', '.join(kernels)}")
         name = canonical(name)
-        warning = retired_warning(name)
-        if warning:
+        if warning := retired_warning(name):
             print(f"imet kaggle render: {warning}", file=sys.stderr)
         chosen.update({k: name for k in ([kernel] if sep else kernels)})
     return chosen
@@ -188,12 +189,9 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
 
 
 def run_kaggle(args: argparse.Namespace) -> int:
-    if args.kaggle_command == "chain":
-        return _chain(args)
-    if args.kaggle_command == "render":
-        return _render(args)
-    if args.kaggle_command == "campaign":
-        return run_kaggle_campaign(args)
+    action = {"chain": _chain, "render": _render, "campaign": run_kaggle_campaign}
+    if args.kaggle_command in action:
+        return action[args.kaggle_command](args)
     from imet.kaggle.campaign.emulated import run_chain
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
@@ -316,16 +314,13 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
     if unknown:
         raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
                         f"`python -m imet {command} --help`")
-    # Parsed alone (without the stand-ins, so its only refusal is the missing required flags),
-    # `args` leave every setting they do not give at this marker; a list, which a repeatable
-    # flag copies before it appends.
+    # Parsed alone (its only refusal then: the missing required flags), `args` leave each setting
+    # they do not give at this marker; a list, which a repeatable flag copies before it appends.
     unset: list = []
     parser.set_defaults(**dict.fromkeys(vars(parsed), unset))
     alone = argparse.Namespace()
-    try:
+    with suppress(UserError):
         parser.parse_known_args(list(args), alone)
-    except UserError:
-        pass
     return {name for name, value in vars(alone).items() if value is not unset}
 
 
@@ -384,8 +379,7 @@ def _emulator(args: argparse.Namespace, plan, chosen: dict):
     inputs = existing_inputs(args.input)
     planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
     weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
-    missing = missing_inputs(planned, inputs, {weights})
-    if missing:
+    if missing := missing_inputs(planned, inputs, {weights}):
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
                         f"gives; add --input {missing[0]}=PATH"
                         + (" (and the others)" if len(missing) > 1 else ""))

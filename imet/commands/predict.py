@@ -79,12 +79,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def inference_options(args):
     from imet.predict.infer import parse_tta
     from imet.predict.pipeline import InferenceOptions
-
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: {args.batch_size} is not a positive number of images")
-    limit = getattr(args, "time_limit", None)
     if args.amp_dtype is not None:
         check_amp_dtype(args.amp_dtype)
+    limit = getattr(args, "time_limit", None)
     return InferenceOptions(tta=parse_tta(args.tta), device=args.device,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, log_every_s=args.log_every,
@@ -130,7 +129,6 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
 
 def run_predict(args) -> int:
     from imet.predict.pipeline import predict_test
-
     if args.threshold is not None and args.thresholds is not None:
         raise UserError("--threshold and --thresholds: pass one of them, not both")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -153,10 +151,11 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Predict each run's held-out fold (with TTA), choose the decoding (one global threshold, "
         "one per group culture/tag, one per class falling back to its group below a minimum "
-        "support, or per-image context thresholds), and score it honestly: thresholds chosen on half the out-of-fold images and "
-        "scored on the other half, both ways. The mode with the best cross-fitted F2 wins. "
-        "Runs of the same fold are ensembled; runs of different folds are stacked, so the "
-        "thresholds of a k-fold ensemble are chosen on all its out-of-fold images.")
+        "support, or per-image context thresholds), and score it honestly: thresholds chosen on "
+        "half the out-of-fold images and scored on the other half, both ways. The mode with the "
+        "best cross-fitted F2 wins. Runs of the same fold are ensembled; runs of different folds "
+        "are stacked, so the thresholds of a k-fold ensemble are chosen on all its out-of-fold "
+        "images.")
     parser.epilog = (
         "Writes to --out: thresholds.json (read by `imet predict`), oof_probs.npz (and "
         "oof/<run>.npz per run), validation.md (table) and plots/f2_vs_threshold.png, "
@@ -191,14 +190,12 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
 
 def run_validate(args) -> int:
     from imet.predict.validate import validate_runs
-
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    max_labels = args.max_labels if args.max_labels else None
     summary = validate_runs(args.data, args.folds, args.runs, args.out,
                             options=inference_options(args), method=args.ensemble, modes=modes,
                             min_support=args.min_support,
                             min_labels=1 if args.min_labels is None else args.min_labels,
-                            max_labels=max_labels, seed=args.seed)
+                            max_labels=args.max_labels or None, seed=args.seed)
     append_registry(Path(summary["out"]), summary, args.runs)
     print(f"F2 {summary['f2']:.4f} cross-fitted ({summary['mode']} thresholds; "
           f"{summary['f2_in_sample']:.4f} in-sample) on {summary['images']} out-of-fold images; "
@@ -232,7 +229,6 @@ def configure_pseudo_label(parser: argparse.ArgumentParser) -> None:
 
 def run_pseudo_label(args) -> int:
     from imet.predict.pseudo import pseudo_label
-
     check_weights(args)
     summary = pseudo_label(args.data, args.runs, args.out, min_prob=args.min_prob,
                            rule=args.rule, soft=args.soft, method=args.ensemble,
@@ -250,10 +246,10 @@ class Score:
 
 
 def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
-    """F2 of `pred_csv` against `truth_csv` (both `id,attribute_ids`). Rows are matched by id;
-    DataError when the ids differ (missing, extra, duplicated) or a row is malformed. With
-    `labels_csv`, attribute ids outside labels.csv are refused too; without it the classes are
-    every attribute id seen in either file (an unknown id then simply counts as a wrong label)."""
+    """F2 of `pred_csv` against `truth_csv` (both `id,attribute_ids`), rows matched by id; DataError
+    when the ids differ (missing, extra, duplicated) or a row is malformed. With `labels_csv`, ids
+    outside labels.csv are refused too; without, the classes are every id seen in either file
+    (an unknown id counts as a wrong label)."""
     from imet.metrics.submission_io import (align_to_ids, check_known, read_submission,
                                             refuse_duplicate_ids, rows_to_matrix)
     truth_ids, truth_rows = read_submission(truth_csv)
@@ -268,12 +264,10 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
         check_known(truth_csv, truth_ids, truth_rows, attribute_ids, name)
         check_known(pred_csv, truth_ids, pred_rows, attribute_ids, name)
     else:
-        seen = {a for rows in (truth_rows, pred_rows) for row in rows for a in row}
-        attribute_ids = sorted(seen)
+        attribute_ids = sorted({a for rows in (truth_rows, pred_rows) for row in rows for a in row})
     truth = rows_to_matrix(truth_rows, attribute_ids)
     pred = rows_to_matrix(pred_rows, attribute_ids)
-    per_sample = f2_per_sample(truth, pred)
-    return Score(f2=float(per_sample.mean()), images=len(truth_ids),
+    return Score(f2=float(f2_per_sample(truth, pred).mean()), images=len(truth_ids),
                  mean_predicted=float(np.count_nonzero(pred) / len(truth_ids)),
                  mean_true=float(np.count_nonzero(truth) / len(truth_ids)))
 
