@@ -474,9 +474,8 @@ def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | No
     fields', no --config), each defaulting to None so a namespace tells what was given.
     `help_values` fill the %(name)s a higher layer owns (the arch registry, the handover file)."""
     if names is None:
-        parser.add_argument("--config", metavar="FILE",
-                            help="JSON object of flag names (dashes or underscores) to values; "
-                                 "command-line flags override it")
+        parser.add_argument("--config", metavar="FILE", help="JSON object of flag names (dashes or "
+                            "underscores) to values; command-line flags override it")
     defaults = TrainConfig()
     for spec in dataclasses.fields(TrainConfig):
         if names is not None and spec.name not in names:

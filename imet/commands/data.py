@@ -72,9 +72,8 @@ def configure_check_data(parser: argparse.ArgumentParser) -> None:
                         help="decode: open and fully decode every image (finds truncated files); "
                         "exists: only check that each image file is there; skip: CSVs only "
                         "(default: %(default)s)")
-    parser.add_argument("--folds", metavar="CSV", default=None,
-                        help="folds file to check against train.csv (default: DIR/folds.csv "
-                        "when it exists)")
+    parser.add_argument("--folds", metavar="CSV", default=None, help="folds file to check against "
+                        "train.csv (default: DIR/folds.csv when it exists)")
     parser.add_argument("--min-side", type=int, default=MIN_SIDE, metavar="PX",
                         help="an image whose shorter side is below PX pixels is a problem "
                         "(training refuses it too) (default: %(default)s)")
@@ -177,10 +176,9 @@ def configure_cache(parser: argparse.ArgumentParser) -> None:
                         help="the competition folder (with train/ and test/)")
     parser.add_argument("--size", required=True, type=int, metavar="S",
                         help="short side in pixels: the --image-size you train at")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="the cache folder (created; on Kaggle under /kaggle/temp, "
-                             "which no session carries forward: the trainer kernel builds it "
-                             "there itself when it pays)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the cache folder (created; on "
+                        "Kaggle under /kaggle/temp, which no session carries forward: the trainer "
+                        "kernel builds it there itself when it pays)")
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "npy"),
                         help="jpeg: small, lossy, ~1 ms/image to read; npy: exact uint8, "
                              "fastest to read, ~10x the disk (default: %(default)s)")

@@ -140,11 +140,10 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                      "platform packages (torch, numpy, pandas, ...; cached in "
                      "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never its imet, so "
                      "the kernel's bootstrap installs the dataset's wheels as on Kaggle")
-    run.add_argument("--accelerator", metavar="NAME",
-                     help="ask for this machine_shape instead of the metadata's, as `kaggle "
-                     "kernels push --accelerator` does (none: a CPU); the session still runs "
-                     "on this machine, so a GPU asked for on a machine without one is refused "
-                     "by the kernel's doctor")
+    run.add_argument("--accelerator", metavar="NAME", help="ask for this machine_shape instead of "
+                     "the metadata's, as `kaggle kernels push --accelerator` does (none: a CPU); "
+                     "the session still runs on this machine, so a GPU asked for on a machine "
+                     "without one is refused by the kernel's doctor")
     chain = sub.add_parser("chain", help="train across Kaggle sessions: push, wait, push again",
                            description="Push a rendered kernel folder with the kaggle client, "
                            f"wait for the session to end, fetch its small outputs ({HANDOVER}, "

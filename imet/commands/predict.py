@@ -221,9 +221,8 @@ def configure_pseudo_label(parser: argparse.ArgumentParser) -> None:
                         help="top: keep an image whose highest probability is >= P; all: and "
                         "no class is uncertain (every probability >= P or <= 1 - P) "
                         "(default: %(default)s)")
-    parser.add_argument("--soft", action="store_true",
-                        help="write the kept images' probabilities as soft targets instead of "
-                        "hard labels")
+    parser.add_argument("--soft", action="store_true", help="write the kept images' probabilities "
+                        "as soft targets instead of hard labels")
     add_inference_arguments(parser)
 
 
