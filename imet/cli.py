@@ -1,8 +1,7 @@
 """`python -m imet <command>`: the table of commands, grouped by concern into six modules of
-imet/commands (each command is a configure_<name> / run_<name> pair there).
-
-A module is imported only when one of its commands runs, so `--help` stays fast and a command
-does not pay for torch when it does not need it."""
+imet/commands (each command is a configure_<name> / run_<name> pair there). A module is imported
+only when one of its commands runs, so `--help` stays fast and a command pays for torch only
+when it needs it."""
 from __future__ import annotations
 
 import argparse

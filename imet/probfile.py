@@ -1,11 +1,10 @@
 """Saved probabilities: one `.npz` per prediction set, the input of ensembles and thresholds,
-and of training as soft targets (`imet train --extra`: imet/data/labels.py).
-
-A file holds `probs` (float16 [N, C]: half the size of float32 and far below the precision
-that F2 thresholds need), `ids` (image ids, unicode), `attribute_ids` (int [C]: the label space
-the columns mean) and `meta` (a JSON string: label fingerprint, runs, TTA, image sizes…).
-Everything is a plain array, so loading needs no pickle (`allow_pickle=False`): a file from an
-attached dataset is untrusted input."""
+and of training as soft targets (`imet train --extra`: imet/data/labels.py). A file holds
+`probs` (float16 [N, C]: half the size of float32 and far below the precision that F2
+thresholds need), `ids` (image ids, unicode), `attribute_ids` (int [C]: the label space the
+columns mean) and `meta` (a JSON string: label fingerprint, runs, TTA, image sizes…). Everything
+is a plain array, so loading needs no pickle (`allow_pickle=False`): a file from an attached
+dataset is untrusted input."""
 from __future__ import annotations
 
 import json

@@ -1,8 +1,6 @@
-"""The data commands: `imet mini-imet` (write the embedded mini-iMet data set), `imet
-check-data` (every problem of a competition folder before training starts), `imet folds`
-(multilabel-stratified folds -> folds.csv) and `imet cache` (decode every image once into a
-pre-resized cache folder). Their parsers' defaults come from the data modules, which are
-imported here anyway, so the run functions import nothing lazily."""
+"""`imet mini-imet` (the embedded data set), `imet check-data` (every problem of a competition
+folder), `imet folds` (multilabel-stratified folds.csv) and `imet cache` (pre-resized images).
+The parsers' defaults come from the data modules, imported here anyway, so nothing is lazy."""
 from __future__ import annotations
 
 import argparse
@@ -108,8 +106,7 @@ def run_check_data(args) -> int:
               "skip": "images not checked"}[args.images]
     print(f"{args.data} is clean: {c.get('labels', 0)} labels ({groups}), "
           f"{c.get('train_rows', 0)} train rows, {c.get('test_rows', 0)} test rows, {images}"
-          f"{', folds.csv matches train.csv' if folds else ''} "
-          f"({time.monotonic() - start:.1f}s)")
+          f"{', folds.csv matches train.csv' if folds else ''} ({time.monotonic() - start:.1f}s)")
     return 0
 
 

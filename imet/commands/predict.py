@@ -1,8 +1,7 @@
-"""The commands of trained runs: `imet predict` (offline inference of one or more runs ->
-submission.csv), `imet validate` (out-of-fold predictions, thresholds and an honest score),
-`imet pseudo-label` (the test images an ensemble is confident about, as an extra training set
-for `imet train --extra DIR`) and `imet score` (the F2 of a submission-format file against the
-truth). predict, validate and pseudo-label share their inference flags."""
+"""The commands of trained runs: `imet predict` (runs -> submission.csv), `imet validate`
+(out-of-fold predictions, thresholds, an honest score), `imet pseudo-label` (the test images an
+ensemble is confident about, as a set for `imet train --extra DIR`) and `imet score` (a
+submission-format file's F2). predict, validate and pseudo-label share their inference flags."""
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,6 @@
-"""`python -m imet runs`: the experiment log of every train, validate and predict run found in
-the given folders (downloaded kernel outputs, /kaggle/input), best first, and on request a
-comparison PNG; `imet runs set-lb` records a run's leaderboard score in every registry under
-the folders that holds it."""
+"""`imet runs`: the experiment log of every run found in the given folders (kernel outputs,
+/kaggle/input), best first, and on request a comparison PNG; `imet runs set-lb` records a run's
+leaderboard score in every registry under the folders that holds it."""
 from __future__ import annotations
 
 import argparse
