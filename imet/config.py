@@ -91,16 +91,14 @@ def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
 def parse_train_groups(text: str) -> tuple[str, ...]:
     """--train-groups "late,head" -> ("late", "head") in GROUP_ORDER; "" -> every group."""
     names = [name.strip() for name in text.split(",") if name.strip()] if text else []
-    unknown = [name for name in names if name not in GROUP_ORDER]
-    if unknown:
+    if unknown := [name for name in names if name not in GROUP_ORDER]:
         raise UserError(f"--train-groups: unknown group {unknown[0]!r}; the groups are "
                         f"{', '.join(GROUP_ORDER)} (comma-separated, e.g. late,head)")
     return tuple(name for name in GROUP_ORDER if name in names) if names else GROUP_ORDER
 
 
 def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | None = None,
-           metavar: str | None = None, shown: str | None = None,
-           random_init: Any = None) -> Any:
+           metavar: str | None = None, shown: str | None = None, random_init: Any = None) -> Any:
     """A TrainConfig field with its `imet train` option `--<name>`: `help` (then its default in
     brackets, or `shown`), `fingerprint` (decides what the run computes), `kind` (where the default
     does not tell the type), `random_init` (the default with --no-pretrained, where it differs)."""

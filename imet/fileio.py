@@ -65,7 +65,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike,
                       verify: Callable[[Path, int], None] | None = None) -> int:
     """torch.save through atomic_open; returns the size written."""
     import torch
-
     with atomic_open(path, "wb", verify=verify) as handle:
         torch.save(obj, handle)
         return handle.tell()

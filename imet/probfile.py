@@ -50,8 +50,7 @@ class Probabilities:
         position = {image_id: row for row, image_id in enumerate(self.ids)}
         if len(position) != len(self.ids):
             raise DataError(f"{source}: image ids are not unique; predict again")
-        missing = [i for i in ids if i not in position]
-        if missing:
+        if missing := [i for i in ids if i not in position]:
             raise DataError(f"{source}: no prediction for image {missing[0]!r} "
                             f"({len(missing)} missing); predict again on the same image set")
         rows = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))

@@ -51,8 +51,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def _step(title: str, argv: list[str]) -> None:
     print(f"\n== {title}\n$ {shlex.join(argv)}", flush=True)
-    code = subprocess.run(argv, env=os.environ, cwd=REPO).returncode
-    if code:
+    if code := subprocess.run(argv, env=os.environ, cwd=REPO).returncode:
         raise UserError(f"demo step '{title}' failed with exit code {code} (see above)")
 
 
