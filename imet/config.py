@@ -119,8 +119,7 @@ class TrainConfig:
     folds: str = option("", "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
                         fingerprint=False)
     fold: int = option(0, "validation fold; the other folds train")
-    # The folder is where, not what: its content is told by extra_fingerprint, filled in from it
-    # at the run's start (imet.train.data), so a resume with another extra set is another run.
+    # Where, not what: extra_fingerprint (by imet.train.data) makes another set another run.
     extra: str = option(
         "", "extra training images in the iMet layout (DIR/train.csv, DIR/train/), e.g. from "
         "`imet pseudo-label`: they train beside the fold's training images, never validate; an "
@@ -152,8 +151,7 @@ class TrainConfig:
         None, "ImageNet weights file of --arch (.safetensors, .pth or .bin; default: searched in "
         "the --input-root folders and $TORCH_HOME/hub/checkpoints, for timm archs also Hugging "
         "Face hub caches; downloaded only when online)", fingerprint=False)
-    # --init is where, not what: init_fingerprint, the file's hash filled in by imet.train.state
-    # at the run's start, makes a resume from another model another run.
+    # Where, not what: init_fingerprint (by imet.train.state) makes another model another run.
     init: str = option(
         "", "start from this run's best model (RUN/model.pt, or a model.pt file) instead of "
         "ImageNet or random weights, e.g. to tune its head on other data with --train-groups "

@@ -23,8 +23,7 @@ def walk_folders(roots: Iterable[str | os.PathLike], max_depth: int | None = INP
     clearing the yielded subfolder list skips what is below."""
     seen: set[str] = set()
     for root in roots:
-        root = Path(root)
-        base = len(root.parts)
+        base = len(Path(root).parts)
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             real = os.path.realpath(dirpath)
             if real in seen:

@@ -231,10 +231,9 @@ def _render(args: argparse.Namespace) -> int:
     owner = args.owner or settings.owner
     if not owner:
         raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
-    kernels = list(templates_in(args.kernels))
-    chosen = render_accelerators(settings, args.accelerator, kernels)
-    planned = plan_kernels(args.kernels, owner, settings, chosen)
-    for out in write_kernels(args.out, planned, args.force):
+    chosen = render_accelerators(settings, args.accelerator, list(templates_in(args.kernels)))
+    for out in write_kernels(args.out, plan_kernels(args.kernels, owner, settings, chosen),
+                             args.force):
         print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
     return 0
 

@@ -15,9 +15,6 @@ from imet.errors import UserError
 from imet.metrics.f2 import f2_per_sample
 from imet.metrics.thresholds import MODES
 
-DEFAULT_TTA = "none,hflip"
-
-
 def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
     parser.add_argument("--min-labels", type=int, default=None, metavar="K",
                         help="at least K labels per image: the K most probable fill in "
@@ -48,7 +45,7 @@ def check_weights(args) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `predict` and `validate`."""
-    parser.add_argument("--tta", default=DEFAULT_TTA, metavar="LIST",
+    parser.add_argument("--tta", default="none,hflip", metavar="LIST",
                         help="test-time augmentations, comma-separated, averaged on the "
                         "probability scale: none, hflip (default: %(default)s). Views are made "
                         "on the decoded batch, so each image is read once")
