@@ -381,21 +381,6 @@ class TrainConfig:
         return self.run_name or f"{self.arch}-fold{self.fold}"
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON object whose keys are `train` flag names (dashes or underscores)."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found; check --config") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable JSON config ({err}); "
-                        "write a JSON object of flag names to values") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: the config must be a JSON object of flag names to values")
-    return values
-
-
 def _workers_setting(value: Any, source: str) -> int | str:
     """"auto" or a whole number (a flag and a JSON file give it as text or as a number)."""
     if str(value).strip().lower() == "auto":
@@ -503,7 +488,18 @@ def train_parser(names: Iterable[str] | None = None) -> RefusingParser:
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a parsed `imet train` command line sets: its --config file's settings (keyed as the
     file writes them), each replaced by its flag where one was given (keyed by field name)."""
-    values = dict(read_config_file(args.config)) if getattr(args, "config", None) else {}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):  # a JSON object of flag names (dashes or underscores)
+        path = Path(args.config)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: config file not found; check --config") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{path}: not a readable JSON config ({err}); "
+                            "write a JSON object of flag names to values") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: the config must be a JSON object of flag names to values")
     for spec in dataclasses.fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:

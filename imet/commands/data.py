@@ -80,10 +80,9 @@ def configure_check_data(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check_data(args) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1 (got {args.workers})")
-    if args.min_side < 1:
-        raise UserError(f"--min-side must be at least 1 (got {args.min_side})")
+    for flag, value in (("--workers", args.workers), ("--min-side", args.min_side)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1 (got {value})")
     start = time.monotonic()
     folds = args.folds
     if folds is None and (Path(args.data) / "folds.csv").is_file():

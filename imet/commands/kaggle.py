@@ -98,9 +98,8 @@ def existing_inputs(given: list[tuple[str, Path]]) -> dict[str, Path]:
 
 
 def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
-    """kernel name -> accelerator from the settings file's accelerators, then the command
-    line's `--accelerator [KERNEL=]NAME` values (later ones win); a retired name is accepted
-    with one warning line, as the kaggle client does."""
+    """kernel name -> accelerator from the settings file's, then `--accelerator [KERNEL=]NAME`
+    (later ones win); a retired name is accepted with a warning, as the kaggle client does."""
     from imet.kaggle.render import canonical, retired_warning
     from_file = [f"{k}={v}" if k else str(v) for k, v in settings.accelerator.items()]
     chosen: dict[str, str] = {}
@@ -323,8 +322,7 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
 
 
 def telegram():
-    """A function sending one plain message to Telegram, and the close of the sender; a
-    no-op when Telegram is not configured."""
+    """(send one plain message to Telegram, close the sender); no-ops without Telegram."""
     from imet.observe.messages import Outgoing, pack
     from imet.observe.telegram import ConfigProblem, TelegramSender, load_config
     try:

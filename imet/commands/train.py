@@ -30,9 +30,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 class _ArchNames:
-    """The registry's names for `--arch`'s help (so it never falls behind), looked up only when
-    the help is printed: the registry imports torch, which must not delay the signal handlers
-    `run` installs first thing."""
+    """The registry's names for `--arch`'s help, looked up only when it is printed: the registry
+    imports torch, which must not delay the signal handlers `run_train` installs first thing."""
 
     def __str__(self) -> str:
         from imet.models import ARCHS
