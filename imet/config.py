@@ -82,10 +82,9 @@ def format_duration(seconds: object, sep: str = "") -> str:
     return f"{secs}s"
 
 
-def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
+def check_amp_dtype(value: str, what: str = "--amp-dtype") -> None:
     if value not in AMP_DTYPES:
         raise UserError(f"{what}: unknown dtype {value!r}; choose {', '.join(AMP_DTYPES)}")
-    return value
 
 
 def parse_train_groups(text: str) -> tuple[str, ...]:

@@ -43,8 +43,7 @@ class Precision:
 
     @property
     def scaled(self) -> bool:
-        """fp16 needs loss scaling: its 5-bit exponent flushes small gradients to zero. bf16
-        has fp32's exponent range."""
+        """Loss scaling for fp16, whose 5-bit exponent flushes small gradients; bf16 has fp32's."""
         return self.name == "fp16"
 
     def autocast(self, device_type: str):

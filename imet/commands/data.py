@@ -50,12 +50,10 @@ def run_mini_imet(args) -> int:
     verb = "already present, reused" if info["reused"] else \
         f"wrote in {time.monotonic() - start:.1f}s"
     groups = ", ".join(f"{n} {g}" for g, n in sorted(info["groups"].items()))
-    print(f"mini-iMet {verb}: {info['out']}\n"
-          f"  {info['n_train']} train + {info['n_test']} test images, short side {info['size']} "
-          f"px, seed {info['seed']}\n"
-          f"  {info['num_classes']} labels ({groups}), "
-          f"{info['mean_labels_per_image']:.2f} labels per image on average\n"
-          f"  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
+    print(f"mini-iMet {verb}: {info['out']}\n  {info['n_train']} train + {info['n_test']} test "
+          f"images, short side {info['size']} px, seed {info['seed']}\n  {info['num_classes']} "
+          f"labels ({groups}), {info['mean_labels_per_image']:.2f} labels per image on average\n"
+          "  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
     return 0
 
 

@@ -80,10 +80,9 @@ def inference_options(args):
     if args.amp_dtype is not None:
         check_amp_dtype(args.amp_dtype)
     limit = getattr(args, "time_limit", None)
-    return InferenceOptions(tta=parse_tta(args.tta), device=args.device,
+    return InferenceOptions(tta=parse_tta(args.tta), device=args.device, amp_dtype=args.amp_dtype,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, log_every_s=args.log_every,
-                            amp_dtype=args.amp_dtype,
                             time_limit_s=parse_duration(limit, "--time-limit") if limit else None)
 
 
