@@ -399,8 +399,7 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     """Values from JSON: accept what JSON can hold for the field's type, refuse the rest."""
     kind, name = spec.metadata["kind"], flag_of(spec.name)
     if kind is list:
-        items = value if isinstance(value, list) else [value]
-        return [str(v) for v in items]
+        return [str(v) for v in (value if isinstance(value, list) else [value])]
     if value is None:
         return None
     if kind is bool:

@@ -1,11 +1,10 @@
 """Where and in what precision a model runs (train, validate, predict): `--device` to a
 torch.device, `--amp` / `--amp-dtype` to one autocast dtype and whether a GradScaler runs.
 
-One precision path on every device: the same autocast and scaler calls on CPU and CUDA. `auto` is
-fp16 + GradScaler on a GPU without fast bf16 (the T4, compute capability 7.5), bf16 without a
-scaler from Ampere (8.0) on, and fp32 on CPU, where autocast only slows small models down and
-changes the numbers. An explicit dtype runs on CPU too: that is how the CPU tests exercise the
-lines a GPU runs."""
+One precision path, the same autocast and scaler calls on CPU and CUDA. `auto` is fp16 +
+GradScaler on a GPU without fast bf16 (the T4, compute capability 7.5), bf16 without a scaler
+from Ampere (8.0) on, and fp32 on CPU, where autocast only slows small models down and changes
+the numbers. An explicit dtype runs on CPU too: so the CPU tests exercise a GPU's lines."""
 from __future__ import annotations
 
 from dataclasses import dataclass

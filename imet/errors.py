@@ -2,8 +2,7 @@
 process exit codes that mean something to the next session, so that any command can name them
 without importing the trainer."""
 
-# The run saved a full checkpoint and wrote HANDOVER_FILE (what happened, what to run next):
-# push the kernel again to go on.
+# A full checkpoint saved, HANDOVER_FILE written (what happened, what to run next): push again.
 HANDED_OVER_EXIT_CODE = 75
 HANDOVER_FILE = "HANDOVER.json"
 # The disk could not hold the next checkpoint; the ones already there are intact.

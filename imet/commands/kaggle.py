@@ -288,13 +288,6 @@ def configure_kaggle_campaign(sub) -> None:
                       "(seconds or 12h/30m/90s; default the plan's session_hours)")
 
 
-# What each kernel passes itself where its command requires it: stand-ins, so that the
-# command's own parser can judge the plan's flags alone.
-GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
-                   "predict": ["--data", "D", "--runs", "R"],
-                   "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}
-
-
 def check_args(command: str, args: list[str], where: str) -> set[str]:
     """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value); the
     names (dests) of the settings `args` give, as that parser reads them."""
@@ -304,8 +297,13 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
     parser = RefusingParser(prog=f"imet {command}", add_help=False)
     {"train": configure_train, "validate": configure_validate, "predict": configure_predict,
      "pseudo-label": configure_pseudo_label}[command](parser)
+    # What each kernel passes itself where its command requires it: stand-ins, so that the
+    # command's own parser can judge the plan's flags alone.
+    given_by_kernel = {"train": [], "validate": ["--data", "D", "--run", "R"],
+                       "predict": ["--data", "D", "--runs", "R"],
+                       "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}[command]
     try:
-        parsed, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
+        parsed, unknown = parser.parse_known_args(given_by_kernel + list(args))
     except UserError as err:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:

@@ -26,11 +26,10 @@ from pathlib import Path
 from imet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-# Minutes on 2 CPU cores (40 epochs, no early stopping, ~750 steps a member on its fold's 600
-# images), with an arch without ImageNet weights (config.RANDOM_INIT_DEFAULTS). --session-steps
-# 300 hands over as a spent budget would, so each member resumes on any machine, not by the luck
-# of its speed. Each session first pays a Kaggle session's bootstrap install (~20 s), doctor and
-# cache build.
+# Minutes on 2 CPU cores (40 epochs, no early stopping, ~750 steps a member on 600 images) with
+# an arch without ImageNet weights (config.RANDOM_INIT_DEFAULTS); --session-steps 300 hands over
+# as a spent budget would, so members resume on any machine, not by the luck of their speed. Each
+# session first pays a Kaggle session's bootstrap install (~20 s), doctor and cache build.
 TRAIN_ARGS = ("--arch tiny_cnn --image-size 64 --batch-size 32 --epochs 40 --patience 0 "
               "--num-workers 0 --progress-every-s 15 --session-steps 300")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
