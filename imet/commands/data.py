@@ -199,7 +199,6 @@ def run_cache(args) -> int:
           f"{result.removed} dropped; {result.bytes / 2**20:.1f} MiB "
           f"({per_image / 1024:.1f} KiB/image) in {result.seconds:.1f}s")
     if result.errors:
-        shown = "; ".join(result.errors[:3])
         raise UserError(f"{len(result.errors)} images could not be cached (they are read "
-                        f"from the source instead): {shown}")
+                        f"from the source instead): {'; '.join(result.errors[:3])}")
     return 0

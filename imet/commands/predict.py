@@ -254,9 +254,8 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
     if labels_csv is not None:
         from imet.data.labels import read_labels
         attribute_ids = list(read_labels(Path(labels_csv)).attribute_ids)
-        name = Path(labels_csv).name
-        check_known(truth_csv, truth_ids, truth_rows, attribute_ids, name)
-        check_known(pred_csv, truth_ids, pred_rows, attribute_ids, name)
+        for csv, rows in ((truth_csv, truth_rows), (pred_csv, pred_rows)):
+            check_known(csv, truth_ids, rows, attribute_ids, Path(labels_csv).name)
     else:
         attribute_ids = sorted({a for rows in (truth_rows, pred_rows) for row in rows for a in row})
     truth = rows_to_matrix(truth_rows, attribute_ids)
