@@ -27,6 +27,7 @@ ENSEMBLE_PROBS = "ensemble.npz"
 @dataclass
 class Probabilities:
     """Probabilities of one prediction set (a run, a TTA'd run, or an ensemble)."""
+
     ids: list[str]
     probs: np.ndarray  # [N, C], float
     attribute_ids: tuple[int, ...]

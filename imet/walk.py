@@ -17,10 +17,9 @@ INPUT_DEPTH = 9
 def walk_folders(roots: Iterable[str | os.PathLike], max_depth: int | None = INPUT_DEPTH
                  ) -> Iterator[tuple[Path, list[str], list[str]]]:
     """(folder, subfolder names, file names) under each root, top-down and sorted, so a search
-    finds the same file on every run. Links are followed (mounts, the emulator's links) but each
-    real folder is visited once, across all roots, so a link loop cannot hang a search. No
-    folder deeper than `max_depth` below its root is listed (None: no limit). As with os.walk,
-    clearing the yielded subfolder list skips what is below."""
+    finds the same file on every run. Links are followed (mounts, the emulator's) but each real
+    folder is visited once across all roots, so a link loop cannot hang a search; none deeper than
+    `max_depth` (None: no limit) is listed. Clearing the subfolder list skips what is below."""
     seen: set[str] = set()
     for root in roots:
         base = len(Path(root).parts)
