@@ -60,14 +60,13 @@ class Probabilities:
 
 def save_probabilities(path: Path, probabilities: Probabilities) -> Path:
     """Write `probabilities` to `path` (.npz) atomically; returns the path."""
-    path = Path(path)
     meta = dict(probabilities.meta, format=FORMAT, version=VERSION)
     with atomic_open(path, "wb") as handle:
         np.savez(handle, probs=np.asarray(probabilities.probs, dtype=np.float16),
                  ids=np.asarray(probabilities.ids, dtype=np.str_),
                  attribute_ids=np.asarray(probabilities.attribute_ids, dtype=np.int64),
                  meta=np.asarray(json.dumps(meta, sort_keys=True)))
-    return path
+    return Path(path)
 
 
 def load_probabilities(path: Path) -> Probabilities:

@@ -183,7 +183,54 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         "repeatable, over the settings file's): NvidiaTeslaT4 (GPU T4 x2, the "
                         "default), NvidiaL4, NvidiaTeslaA100, NvidiaH100, TpuV5E8, or none for "
                         "a CPU")
-    configure_kaggle_campaign(sub)
+    campaign = sub.add_parser(
+        "campaign", help="train a plan's members on Kaggle in parallel, then validate and predict "
+        "over all of them", description="Render one trainer kernel per member of PLAN (TOML, see "
+        "README) into DIR/kernels, push up to `parallel` of them at once through the kaggle "
+        "client, push again on every handover and the next member when a slot frees, push a failed "
+        "session again up to `retries` times, and stop pushing once another session would pass "
+        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then the "
+        "inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: run "
+        "the same command again after a kill to go on without pushing anything twice. "
+        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, 1 "
+        "otherwise.")
+    campaign.add_argument("plan", type=Path, help="the plan (TOML)")
+    campaign.add_argument("--out", type=Path, required=True,
+                          help="the campaign's folder: state, table, kernels, outputs")
+    campaign.add_argument("--kernels", type=Path, default=Path("kernels"),
+                          help="folder of kernel templates (default kernels)")
+    campaign.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                          help="seconds between status polls (default 60; 1 with --emulate)")
+    campaign.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
+                          help="machine_shape of every kernel, or of one, over the plan's "
+                          "(repeatable, as `imet kaggle render --accelerator`); none: a CPU, "
+                          "what an emulated session on a machine without a GPU needs")
+    home = campaign.add_argument_group(
+        "rehearsing at home", "--emulate runs every kernel in the local emulator (as `imet "
+        "kaggle run` does) instead of Kaggle, with the same state file, table, budget, retries "
+        "and Telegram messages: up to `parallel` sessions at once, each killed at the session "
+        "limit, each trainer session with its own previous output attached under its slug, "
+        "the validation with every trainer output, the inference with those and the "
+        "validation's. Each session runs in a process of its own that outlives a killed "
+        "campaign, as a Kaggle session does: the same command again picks it up; one gone "
+        "without a recorded end counts as failed (see `retries`). Sessions log to "
+        "DIR/emulator/<slug>/v<N>/log.txt; the console shows the campaign's events.")
+    home.add_argument("--emulate", action="store_true",
+                      help="run the kernels in the local emulator (as `imet kaggle run`: root on "
+                      "Linux for the read-only inputs and the kernels with internet off)")
+    home.add_argument(
+        "--input", type=input_source, action="append", default=[], metavar="NAME=PATH",
+        help="with --emulate: PATH stands for the source named NAME, the slug of a dataset_sources "
+        "or competition_sources entry of the kernels (e.g. imet-2019-fgvc6=DATA, imet-src=DATASET, "
+        "imet-weights=WEIGHTS); repeatable. Every source the rendered kernels attach must be "
+        "given, or the campaign is refused before anything runs, except the weights dataset: "
+        "without it the sessions run without it, which members that train from random init (an "
+        "arch without ImageNet weights, --no-pretrained) need not; a member that needs weights "
+        "then looks for them as `imet train` does (input roots, caches, the network of a kernel "
+        "with internet on), and its doctor stops the session in one line when they cannot be had")
+    home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
+                      metavar="DURATION", help="with --emulate: kill each session after this long "
+                      "(seconds or 12h/30m/90s; default the plan's session_hours)")
 
 
 def run_kaggle(args: argparse.Namespace) -> int:
@@ -235,57 +282,6 @@ def _render(args: argparse.Namespace) -> int:
                              args.force):
         print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
     return 0
-
-
-def configure_kaggle_campaign(sub) -> None:
-    campaign = sub.add_parser(
-        "campaign", help="train a plan's members on Kaggle in parallel, then validate and predict "
-        "over all of them", description="Render one trainer kernel per member of PLAN (TOML, see "
-        "README) into DIR/kernels, push up to `parallel` of them at once through the kaggle "
-        "client, push again on every handover and the next member when a slot frees, push a failed "
-        "session again up to `retries` times, and stop pushing once another session would pass "
-        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then the "
-        "inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: run "
-        "the same command again after a kill to go on without pushing anything twice. "
-        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, 1 "
-        "otherwise.")
-    campaign.add_argument("plan", type=Path, help="the plan (TOML)")
-    campaign.add_argument("--out", type=Path, required=True,
-                          help="the campaign's folder: state, table, kernels, outputs")
-    campaign.add_argument("--kernels", type=Path, default=Path("kernels"),
-                          help="folder of kernel templates (default kernels)")
-    campaign.add_argument("--poll", type=float, default=None, metavar="SECONDS",
-                          help="seconds between status polls (default 60; 1 with --emulate)")
-    campaign.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
-                          help="machine_shape of every kernel, or of one, over the plan's "
-                          "(repeatable, as `imet kaggle render --accelerator`); none: a CPU, "
-                          "what an emulated session on a machine without a GPU needs")
-    home = campaign.add_argument_group(
-        "rehearsing at home", "--emulate runs every kernel in the local emulator (as `imet "
-        "kaggle run` does) instead of Kaggle, with the same state file, table, budget, retries "
-        "and Telegram messages: up to `parallel` sessions at once, each killed at the session "
-        "limit, each trainer session with its own previous output attached under its slug, "
-        "the validation with every trainer output, the inference with those and the "
-        "validation's. Each session runs in a process of its own that outlives a killed "
-        "campaign, as a Kaggle session does: the same command again picks it up; one gone "
-        "without a recorded end counts as failed (see `retries`). Sessions log to "
-        "DIR/emulator/<slug>/v<N>/log.txt; the console shows the campaign's events.")
-    home.add_argument("--emulate", action="store_true",
-                      help="run the kernels in the local emulator (as `imet kaggle run`: root on "
-                      "Linux for the read-only inputs and the kernels with internet off)")
-    home.add_argument(
-        "--input", type=input_source, action="append", default=[], metavar="NAME=PATH",
-        help="with --emulate: PATH stands for the source named NAME, the slug of a dataset_sources "
-        "or competition_sources entry of the kernels (e.g. imet-2019-fgvc6=DATA, imet-src=DATASET, "
-        "imet-weights=WEIGHTS); repeatable. Every source the rendered kernels attach must be "
-        "given, or the campaign is refused before anything runs, except the weights dataset: "
-        "without it the sessions run without it, which members that train from random init (an "
-        "arch without ImageNet weights, --no-pretrained) need not; a member that needs weights "
-        "then looks for them as `imet train` does (input roots, caches, the network of a kernel "
-        "with internet on), and its doctor stops the session in one line when they cannot be had")
-    home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
-                      metavar="DURATION", help="with --emulate: kill each session after this long "
-                      "(seconds or 12h/30m/90s; default the plan's session_hours)")
 
 
 def check_args(command: str, args: list[str], where: str) -> set[str]:
