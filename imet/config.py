@@ -1,10 +1,9 @@
 """One `TrainConfig` per run: every `imet train` option, saved inside every checkpoint and artifact.
 
 Each field declares its option once (`option`: flag, help, default, whether it decides the
-result); the parser, `--help`, `fingerprint()` and the kernel side (`train_parser`) are built
-from that. `fingerprint()` hashes only the deciding fields, so a resumed session may point at
-other folders, budget or worker count and still be "the same run". Also how every layer writes
-and reads a duration (`--time-budget 9h`, an ETA)."""
+result); the parser, `--help`, `fingerprint()` and `train_parser` (the kernel side) are built
+from that. The fingerprint hashes only deciding fields, so a resumed session may point at other
+folders, budget or worker count and still be "the same run". Also how durations read (9h, ETAs)."""
 from __future__ import annotations
 
 import argparse

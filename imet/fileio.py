@@ -1,9 +1,8 @@
-"""Atomic file writes for every layer: a kill, a power cut or a full disk leaves the old file or
-the new one, never half of one (temp file in the same folder, flush, fsync, os.replace, fsync of
-the folder); nothing else in imet renames anything into place. Also a JSON object that may be
-absent, a file's sha256 and the UTC time. Temp files are `.<name>.<pid>.<random>.tmp`, so a
-cleanup can tell a dead writer's leftover from a live one's; the finished file gets the mode a
-plain `open` would give it (0666 less the umask), not mkstemp's 0600."""
+"""Atomic file writes for every layer (and its JSON, sha256 and UTC-time helpers): a kill, a power
+cut or a full disk leaves the old file or the new one, never half of one (temp file in the same
+folder, flush, fsync, os.replace, fsync of the folder). Temp files are `.<name>.<pid>.<random>.tmp`
+so a cleanup can tell a dead writer's from a live one's; a finished file has plain `open`'s mode
+(0666 less the umask), not mkstemp's 0600. Nothing else in imet renames anything into place."""
 from __future__ import annotations
 
 import hashlib
