@@ -20,10 +20,9 @@ from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
 # The default of every session length: a Kaggle GPU or CPU session.
 DEFAULT_TIME_BUDGET = "12h"
-# `--margin auto`: a tenth of the budget, at most 10 minutes, so a short rehearsal keeps most of
-# its time for training. What follows the last save (handover plots, run.json, registry, exit)
-# takes 5-10 s on 2 busy cores whatever the session, hence the floor, capped at half the budget
-# so that a very short session still trains.
+# `--margin auto`: a tenth of the budget, at most 10 minutes (a short rehearsal keeps its time to
+# train); at least what follows the last save (plots, run.json, registry, exit: 5-10 s on 2 busy
+# cores whatever the session), but at most half the budget so that a very short one still trains.
 AUTO_MARGIN_FRACTION = 0.1
 AUTO_MARGIN_FLOOR_S = 20.0
 AUTO_MARGIN_CEILING_S = 600.0

@@ -14,8 +14,7 @@ import torch
 from imet.config import check_amp_dtype
 from imet.errors import UserError
 
-# The first compute capability with bf16 tensor cores (Ampere); the T4 (7.5) emulates bf16,
-# several times slower than its fp16.
+# bf16 tensor cores from this capability on (Ampere); the T4 (7.5) emulates bf16, several x slower.
 FAST_BF16 = (8, 0)
 
 

@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-# The one depth limit of every search of the input roots. The deepest place Kaggle mounts an
-# input is /kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/ (6 below the
-# root); a run's checkpoints/ or a Hugging Face cache (hub/models--timm--<name>/snapshots/<rev>/)
-# inside it sits a few folders further down.
+# The one depth limit of every search of the input roots: Kaggle mounts inputs at most 6 below
+# (/kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/), and a run's
+# checkpoints/ or a Hugging Face cache (hub/models--timm--<name>/snapshots/<rev>/) sits below.
 INPUT_DEPTH = 9
 
 

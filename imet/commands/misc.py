@@ -3,9 +3,8 @@ check the token and chat id) and `imet weights fetch` (pretrained weights, onlin
 ready for `kaggle datasets create`).
 
 The demo runs on mini-iMet in the local emulator, each step printed as the command a user would
-type, then run. The Kaggle part is one campaign of two members, folds 0 and 1, trained in
-parallel in short sessions (180 s, at most 300 steps), so each hands over and resumes as across
-12-hour Kaggle sessions; then one validation over both and one inference averaging them."""
+type, then run: one campaign of two members (folds 0, 1) trained in parallel in short sessions
+(180 s, at most 300 steps), so each hands over and resumes as across 12-hour Kaggle sessions."""
 from __future__ import annotations
 
 import argparse
