@@ -1,7 +1,6 @@
 """`python -m imet <command>`: the table of commands, grouped by concern into six modules of
-imet/commands (each command is a configure_<name> / run_<name> pair there). A module is imported
-only when one of its commands runs, so `--help` stays fast and a command pays for torch only
-when it needs it."""
+imet/commands as configure_<name> / run_<name> pairs. A module is imported only when one of its
+commands runs, so `--help` stays fast and a command pays for torch only when it needs it."""
 from __future__ import annotations
 
 import argparse
@@ -54,8 +53,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="imet", description="iMet Collection 2019 pipeline: data, training, validation, "
         "inference, Kaggle packaging and orchestration.")
     parser.add_argument("--version", action="version", version=f"imet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     words = [a for a in argv if not a.startswith("-")]
     chosen = words[0] if words else None
     for name, (_, help_text) in COMMANDS.items():

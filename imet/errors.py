@@ -1,6 +1,5 @@
-"""Errors a user can act on: the CLI prints them as one line, without a traceback. Also the
-process exit codes that mean something to the next session, so that any command can name them
-without importing the trainer."""
+"""Errors a user can act on (the CLI prints them as one line, no traceback), and the exit codes
+that mean something to the next session, so any command names them without importing the trainer."""
 
 # A full checkpoint saved, HANDOVER_FILE written (what happened, what to run next): push again.
 HANDED_OVER_EXIT_CODE = 75

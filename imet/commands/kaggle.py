@@ -116,8 +116,7 @@ def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[
 
 
 def configure_kaggle(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION")
-    sub.required = True
+    sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
                          description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
                          "read-only under input/<slug>, cwd in working/, no network when its "

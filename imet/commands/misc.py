@@ -177,8 +177,7 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
         "size and source of every file. Interrupted, the same command resumes: finished files "
         "are kept, a cut URL download continues where it stopped. Attach the dataset to a kernel "
         "and `imet train --pretrained` finds the files under the input root.")
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    sub.required = True
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fetch = sub.add_parser("fetch", help="download the weights of some archs into DIR",
                            description=parser.description)
     fetch.add_argument("archs", nargs="+", metavar="ARCH",

@@ -25,8 +25,7 @@ def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
 
 
 def add_test_ensemble_arguments(parser: argparse.ArgumentParser, saved_probs: str) -> None:
-    """--data, --runs and --weights: the test images and the ensemble that predicts them
-    (`predict`, `pseudo-label`); `saved_probs` ends --runs' help."""
+    """--data, --runs and --weights of `predict` and `pseudo-label`; `saved_probs` ends --runs'."""
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
                         help="competition folder: labels.csv, sample_submission.csv, test/")
     parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN",
