@@ -257,8 +257,7 @@ def _chain(args: argparse.Namespace) -> int:
     from imet.kaggle.render import OWNER, read_metadata
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
-    ref = read_metadata(args.kernel_dir)["id"]
-    if OWNER in ref:
+    if OWNER in (ref := read_metadata(args.kernel_dir)["id"]):
         raise UserError(f"{args.kernel_dir}: its id {ref!r} is a template; render it first with "
                         "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
     try:
@@ -273,8 +272,7 @@ def _render(args: argparse.Namespace) -> int:
     from imet.kaggle.render import (load, plan_kernels, read_metadata, requested_accelerator,
                                     templates_in, write_kernels)
     settings = load(args.config, CAMPAIGN_KEYS)
-    owner = args.owner or settings.owner
-    if not owner:
+    if not (owner := args.owner or settings.owner):
         raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
     chosen = render_accelerators(settings, args.accelerator, list(templates_in(args.kernels)))
     for out in write_kernels(args.out, plan_kernels(args.kernels, owner, settings, chosen),
