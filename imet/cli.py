@@ -1,8 +1,6 @@
 """`python -m imet <command>`: the table of commands, grouped by concern into six modules of
-imet/commands (each command is a configure_<name> / run_<name> pair there).
-
-A module is imported only when one of its commands runs, so `--help` stays fast and a command
-does not pay for torch when it does not need it."""
+imet/commands as configure_<name> / run_<name> pairs. A module is imported only when one of its
+commands runs, so `--help` stays fast and a command pays for torch only when it needs it."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +12,12 @@ import time
 from imet import __version__
 from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
-# name -> (module under imet.commands, one-line help); the module defines configure_<name> and
-# run_<name>, with the name's dashes as underscores.
+# name -> (module under imet.commands defining configure_<name> and run_<name>, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("misc", "the whole Kaggle flow on mini-iMet in the local emulator (make demo)"),
     "mini-imet": ("data", "write the embedded mini-iMet data set (competition layout)"),
-    "doctor": ("kaggle", "can this session train as configured? GPUs, torch build, disk, inputs, Telegram"),
+    "doctor": ("kaggle", "can this session train as configured? GPUs, torch build, disk, inputs, "
+                         "Telegram"),
     "check-data": ("data", "list every problem in a competition folder (CSVs, images, folds)"),
     "folds": ("data", "multilabel-stratified cross-validation folds -> folds.csv"),
     "score": ("predict", "F2 of a submission-format CSV against the true labels"),
@@ -27,15 +25,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "offline inference of one or more runs -> submission.csv"),
     "pseudo-label": ("predict", "the test images an ensemble is confident about -> an "
                                 "extra training set for `imet train --extra`"),
-    "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on Kaggle (chain)"),
+    "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on "
+                         "Kaggle (chain)"),
     "notify-test": ("misc", "send one Telegram message to check the bot token and chat id"),
     "train": ("train", f"train or resume one fold; exit {HANDED_OVER_EXIT_CODE} = saved and handed "
                        "over to the next session"),
     "lr-find": ("train", "exponential LR sweep with the train flags -> loss-vs-LR plot and a "
                          "suggested --lr (writes no run folder)"),
     "runs": ("runs", "run registry across kernels and sessions: table, CV-vs-LB plot, set-lb"),
-    "cache": ("data", "decode every image once into a pre-resized JPEG/uint8 cache for fast loading"),
-    "weights": ("misc", "fetch pretrained weights into a folder ready for `kaggle datasets create`"),
+    "cache": ("data", "decode every image once into a pre-resized JPEG/uint8 cache for fast "
+                      "loading"),
+    "weights": ("misc", "fetch pretrained weights into a folder ready for `kaggle datasets "
+                        "create`"),
 }
 
 # (command, first word) -> the name whose configure_/run_ functions take over
@@ -52,8 +53,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="imet", description="iMet Collection 2019 pipeline: data, training, validation, "
         "inference, Kaggle packaging and orchestration.")
     parser.add_argument("--version", action="version", version=f"imet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     words = [a for a in argv if not a.startswith("-")]
     chosen = words[0] if words else None
     for name, (_, help_text) in COMMANDS.items():
@@ -67,8 +67,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Session budgets count from here: importing torch and reading the data are part of the
-    # session's time too.
+    # Session budgets count from here: importing torch and reading the data take its time too.
     started = time.monotonic()
     # albumentations asks PyPI for its latest version at import: a stall or a warning in
     # offline kernels, a request per process in online ones.

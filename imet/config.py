@@ -1,11 +1,9 @@
 """One `TrainConfig` per run: every `imet train` option, saved inside every checkpoint and artifact.
 
-Each field declares its option once (`option`): the flag `--<name>`, its help, its default and
-whether it decides the result. `imet train`'s parser, its `--help`, `fingerprint()` and the
-kernel side (`train_parser`) are all built from those declarations. `fingerprint()` hashes only
-the fields that decide the result, so a resumed session may point at other folders, another
-time budget or another worker count and still be "the same run". Also how a duration is written
-and read (`--time-budget 9h`, an ETA), for every layer."""
+Each field declares its option once (`option`: flag, help, default, whether it decides the
+result); the parser, `--help`, `fingerprint()` and `train_parser` (the kernel side) are built
+from that. The fingerprint hashes only deciding fields, so a resumed session may point at other
+folders, budget or worker count and still be "the same run". Also how durations read (9h, ETAs)."""
 from __future__ import annotations
 
 import argparse
@@ -22,11 +20,9 @@ from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
 # The default of every session length: a Kaggle GPU or CPU session.
 DEFAULT_TIME_BUDGET = "12h"
-# `--margin auto`: the margin follows the session, a tenth of the budget with 10 minutes as the
-# ceiling, so a short rehearsal session keeps most of its time for training. What follows the
-# last save (the handover's plots, run.json and registry, the process's exit) takes seconds
-# whatever the session's length (5-10 s measured on 2 busy cores), hence the floor; half the
-# budget caps the floor so that a very short session still trains.
+# `--margin auto`: a tenth of the budget, at most 10 minutes (a short rehearsal keeps its time to
+# train); at least what follows the last save (plots, run.json, registry, exit: 5-10 s on 2 busy
+# cores whatever the session), but at most half the budget so that a very short one still trains.
 AUTO_MARGIN_FRACTION = 0.1
 AUTO_MARGIN_FLOOR_S = 20.0
 AUTO_MARGIN_CEILING_S = 600.0
@@ -63,11 +59,9 @@ def parse_duration(text: str | float | int, what: str = "--time-budget") -> floa
 
 
 def format_duration(seconds: object, sep: str = "") -> str:
-    """`seconds` for people to read (ETAs, session time left, a run's wall time) as its two
-    largest units: "45s", "1m05s", "1h02m", "3d2h"; "?" for what is not a duration (None, not a
-    number, NaN, infinite, negative). `sep` goes between the two: the console packs a dozen
-    figures into each log line and leaves it out, a Telegram message is read on a phone and puts
-    a space there ("1h 02m")."""
+    """`seconds` as its two largest units: "45s", "1m05s", "1h02m", "3d2h"; "?" for what is not a
+    duration (None, NaN, infinite, negative...). `sep` goes between the two: "" in the packed
+    console lines, " " in Telegram messages read on a phone ("1h 02m")."""
     try:
         value = float(seconds)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -86,31 +80,25 @@ def format_duration(seconds: object, sep: str = "") -> str:
     return f"{secs}s"
 
 
-def check_amp_dtype(value: str, what: str = "--amp-dtype") -> str:
+def check_amp_dtype(value: str, what: str = "--amp-dtype") -> None:
     if value not in AMP_DTYPES:
         raise UserError(f"{what}: unknown dtype {value!r}; choose {', '.join(AMP_DTYPES)}")
-    return value
 
 
 def parse_train_groups(text: str) -> tuple[str, ...]:
     """--train-groups "late,head" -> ("late", "head") in GROUP_ORDER; "" -> every group."""
     names = [name.strip() for name in text.split(",") if name.strip()] if text else []
-    unknown = [name for name in names if name not in GROUP_ORDER]
-    if unknown:
+    if unknown := [name for name in names if name not in GROUP_ORDER]:
         raise UserError(f"--train-groups: unknown group {unknown[0]!r}; the groups are "
                         f"{', '.join(GROUP_ORDER)} (comma-separated, e.g. late,head)")
     return tuple(name for name in GROUP_ORDER if name in names) if names else GROUP_ORDER
 
 
 def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | None = None,
-           metavar: str | None = None, shown: str | None = None,
-           random_init: Any = None) -> Any:
-    """A TrainConfig field with its `imet train` option, `--<name with dashes>`.
-
-    `help` is the flag's help (its default follows in brackets, or `shown`); `fingerprint`:
-    whether the setting decides what the run computes; `kind`: the value's type where the
-    default does not tell it; `random_init`: the default of a body trained from random init
-    (--no-pretrained) where it differs."""
+           metavar: str | None = None, shown: str | None = None, random_init: Any = None) -> Any:
+    """A TrainConfig field with its `imet train` option `--<name>`: `help` (then its default in
+    brackets, or `shown`), `fingerprint` (decides what the run computes), `kind` (where the default
+    does not tell the type), `random_init` (the default with --no-pretrained, where it differs)."""
     if kind is None:
         kind = list if isinstance(default, list) else str if default is None else type(default)
     metadata = {"help": help, "fingerprint": fingerprint, "kind": kind, "metavar": metavar,
@@ -128,35 +116,31 @@ class TrainConfig:
     folds: str = option("", "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
                         fingerprint=False)
     fold: int = option(0, "validation fold; the other folds train")
-    # The folder is where, not what: its content is told by extra_fingerprint, filled in from it
-    # at the run's start (imet.train.data), so a resume with another extra set is another run.
+    # Where, not what: extra_fingerprint (by imet.train.data) makes another set another run.
     extra: str = option(
         "", "extra training images in the iMet layout (DIR/train.csv, DIR/train/), e.g. from "
         "`imet pseudo-label`: they train beside the fold's training images, never validate; an "
         "id also in --data's train.csv is refused", fingerprint=False)
-    extra_fingerprint: str = option(
-        "", "the --extra set's fingerprint, filled in from it (given: the set must have this "
-        "one)")
+    extra_fingerprint: str = option("", "the --extra set's fingerprint, filled in from it (given: "
+                                    "the set must have this one)")
     image_size: int = option(320, "square training/eval image side in pixels")
     preset: str = option(
         "seed", "training augmentation preset: seed (random square crop in the loader; flip, "
         "brightness/contrast, shift-scale-rotate and noise per batch on the device) | resize "
         "(resize to a square, flip) | pad (pad to a square, resize, flip)", random_init="resize")
     mixup_alpha: float = option(0.0, "mixup Beta(alpha, alpha); 0 turns mixup off")
-    erasing: float = option(
-        0.0, "random erasing probability: a rectangle of 2-33%% of the image filled with a "
-        "random gray, drawn per sample in the loader, applied per batch on the device (any "
-        "preset; 0: off)")
+    erasing: float = option(0.0, "random erasing probability: a rectangle of 2-33%% of the image "
+                            "filled with a random gray, drawn per sample in the loader, applied "
+                            "per batch on the device (any preset; 0: off)")
     hard_negatives: float = option(
         0.0, "hard-negative mining: each epoch also sees again this fraction of the samples, "
         "those of largest loss in the epoch before (epoch 0: drawn at random); epochs get "
         "longer by as much (0: off)")
 
     # ---- the model: its body, where its weights come from, its head
-    arch: str = option(
-        "se_resnext50_32x4d", "backbone name, one of: %(archs)s; or any timm model as "
-        "timm:<name>[.<tag>] (e.g. timm:convnext_tiny.fb_in22k_ft_in1k); tiny_cnn for CPU smoke "
-        "runs")
+    arch: str = option("se_resnext50_32x4d", "backbone name, one of: %(archs)s; or any timm model "
+                       "as timm:<name>[.<tag>] (e.g. timm:convnext_tiny.fb_in22k_ft_in1k); "
+                       "tiny_cnn for CPU smoke runs")
     pretrained: bool = option(
         True, "start the body from ImageNet weights (--no-pretrained: random init; default: on "
         "for an arch that has weights, off for one without, as tiny_cnn)", shown="auto")
@@ -164,22 +148,19 @@ class TrainConfig:
         None, "ImageNet weights file of --arch (.safetensors, .pth or .bin; default: searched in "
         "the --input-root folders and $TORCH_HOME/hub/checkpoints, for timm archs also Hugging "
         "Face hub caches; downloaded only when online)", fingerprint=False)
-    # --init is where, not what: init_fingerprint, the file's hash filled in by imet.train.state
-    # at the run's start, makes a resume from another model another run.
+    # Where, not what: init_fingerprint (by imet.train.state) makes another model another run.
     init: str = option(
         "", "start from this run's best model (RUN/model.pt, or a model.pt file) instead of "
         "ImageNet or random weights, e.g. to tune its head on other data with --train-groups "
         "head; the arch is the model's (another --arch, or a model of another label space than "
         "--data's labels.csv, is refused). Before the first step the untuned model is scored on "
         "the validation fold (run.json: init_f2)", fingerprint=False, metavar="RUN")
-    init_fingerprint: str = option(
-        "", "the --init model's fingerprint (a hash of the file), filled in from it (given: the "
-        "file must have this one)")
+    init_fingerprint: str = option("", "the --init model's fingerprint (a hash of the file), "
+                                   "filled in from it (given: the file must have this one)")
     dropout: float = option(0.0, "dropout before the head's linear layer")
-    prior_bias: bool = option(
-        False, "start the head's bias at each class's log-odds in the training labels (the "
-        "focal-loss paper's prior init), instead of predicting ~0.5 for every class",
-        random_init=True)
+    prior_bias: bool = option(False, "start the head's bias at each class's log-odds in the "
+                              "training labels (the focal-loss paper's prior init), instead of "
+                              "predicting ~0.5 for every class", random_init=True)
 
     # ---- the loss, and distillation from a teacher's probabilities
     loss: str = option("bce", "loss (bce | focal | soft_f2)")
@@ -190,9 +171,8 @@ class TrainConfig:
         [], "distillation: a teacher's probabilities (.npz: `imet validate`'s OOF file, `imet "
         "pseudo-label --soft`'s soft_targets.npz; repeatable) for every training image, "
         "--extra's included; the loss mixes in BCE to them", fingerprint=False, metavar="FILE")
-    teacher_fingerprint: str = option(
-        "", "the --teacher probabilities' fingerprint, filled in from them (given: they must "
-        "have this one)")
+    teacher_fingerprint: str = option("", "the --teacher probabilities' fingerprint, filled in "
+                                      "from them (given: they must have this one)")
     distill_weight: float = option(
         0.5, "with --teacher: the teacher's share of the loss, (1 - W) * loss on the true "
         "labels + W * T^2 * BCE to the tempered teacher probabilities")
@@ -217,19 +197,16 @@ class TrainConfig:
         "BatchNorm statistics kept; default: all)")
     optimizer: str = option("adamw", "adamw | sgd (SGD with momentum), over the same parameter "
                             "groups and LR schedules")
-    momentum: float = option(0.9, "SGD momentum (onecycle cycles it between 0.85 and 0.95 "
-                             "instead)")
+    momentum: float = option(0.9, "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)")
     nesterov: bool = option(False, "SGD: Nesterov momentum")
-    weight_decay: float = option(1e-4, "weight decay of the optimizer (AdamW: decoupled; SGD: "
-                                 "L2)")
+    weight_decay: float = option(1e-4, "weight decay of the optimizer (AdamW: decoupled; SGD: L2)")
     schedule: str = option("onecycle", "per-batch LR schedule of each stage (onecycle | cosine "
                            "| cyclic | constant)")
     warmup: float = option(0.05, "warm-up fraction of each stage's steps (onecycle: the rising "
                            "part)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
-    ema: float = option(
-        0.0, "weight EMA decay, e.g. 0.999, warmed up as min(DECAY, (1+n)/(10+n)) after n "
-        "steps; evaluation and model.pt use the EMA weights (0: off)")
+    ema: float = option(0.0, "weight EMA decay, e.g. 0.999, warmed up as min(DECAY, (1+n)/(10+n)) "
+                        "after n steps; evaluation and model.pt use the EMA weights (0: off)")
     seed: int = option(42, "seed of the sample order, augmentation, initialization and mixup")
 
     # ---- evaluation and early stopping
@@ -244,11 +221,10 @@ class TrainConfig:
                          "process, by LOCAL_RANK)", fingerprint=False)
     amp: bool = option(True, "mixed precision, dtype per --amp-dtype (--no-amp: fp32 on every "
                        "device)")
-    amp_dtype: str = option(
-        "auto", "autocast dtype: auto (fp16 + GradScaler on a GPU without fast bf16 such as the "
-        "T4, bf16 from Ampere on, off on CPU) | fp16 (with GradScaler) | bf16; an explicit dtype "
-        "runs CPU autocast too. A resumed run keeps the precision it started in",
-        fingerprint=False)
+    amp_dtype: str = option("auto", "autocast dtype: auto (fp16 + GradScaler on a GPU without fast "
+                            "bf16 such as the T4, bf16 from Ampere on, off on CPU) | fp16 (with "
+                            "GradScaler) | bf16; an explicit dtype runs CPU autocast too. A "
+                            "resumed run keeps the precision it started in", fingerprint=False)
     channels_last: bool = option(True, "channels_last memory format on CUDA (ignored on CPU)")
     deterministic: bool | None = option(
         None, "deterministic algorithms (default: on for CPU, off for CUDA)", kind=bool)
@@ -264,8 +240,8 @@ class TrainConfig:
         f"{AUTO_WORKERS_CEILING} each", fingerprint=False)
     image_memory_mb: int = option(
         1024, "decode once: MB of decoded training pixels, and as many again of resized "
-        "validation pixels, each training process keeps in memory after their first read, "
-        "split between its loader workers (results do not depend on it; 0: decode every epoch)",
+        "validation pixels, each training process keeps in memory after their first read, split "
+        "between its loader workers (results do not depend on it; 0: decode every epoch)",
         fingerprint=False)
 
     # ---- the session: where the run lives, how long this session may take, what it resumes
@@ -299,10 +275,9 @@ class TrainConfig:
         "the previous one to fall back to if the newest is damaged)", fingerprint=False)
 
     # ---- reporting
-    notify: str = option(
-        "auto", "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
-        "IMET_TELEGRAM_CHAT_ID are set; the chat's /status, /plot, /stop are answered) or off "
-        "(no messages, no polling)", fingerprint=False)
+    notify: str = option("auto", "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
+                         "IMET_TELEGRAM_CHAT_ID are set; the chat's /status, /plot, /stop are "
+                         "answered) or off (no messages, no polling)", fingerprint=False)
     run_name: str = option("", "name in reports and notifications (default: ARCH-foldN)",
                            fingerprint=False)
     progress_every_s: float = option(60.0, "seconds between progress lines when the output is "
@@ -353,17 +328,14 @@ class TrainConfig:
     def validated(self, source: str = "config") -> "TrainConfig":
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) <= 0:
-                raise UserError(f"{source}: --{name.replace('_', '-')} must be > 0, "
-                                f"got {getattr(self, name)}")
+                raise UserError(f"{source}: {flag_of(name)} must be > 0, got {getattr(self, name)}")
         self.num_workers = _workers_setting(self.num_workers, source)
-        non_negative = ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
-                        "session_steps", "image_memory_mb", "grad_clip", "mixup_alpha", "dropout",
-                        "weight_decay", "fold", "eval_batch_size")
-        for name in non_negative:
+        for name in ("head_epochs", "eval_every", "patience", "num_workers", "save_every",
+                     "session_steps", "image_memory_mb", "grad_clip", "mixup_alpha", "dropout",
+                     "weight_decay", "fold", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, str) and value < 0:  # a str here: --num-workers auto
-                raise UserError(f"{source}: --{name.replace('_', '-')} must be >= 0, "
-                                f"got {getattr(self, name)}")
+                raise UserError(f"{source}: {flag_of(name)} must be >= 0, got {value}")
         if self.keep < 1:
             raise UserError(f"{source}: --keep must be >= 1 (the generation just written is "
                             f"always kept), got {self.keep}")
@@ -379,8 +351,7 @@ class TrainConfig:
         if self.notify not in ("auto", "on", "off"):
             raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
         check_amp_dtype(self.amp_dtype, f"{source}: --amp-dtype")
-        budget, margin = self.budget_seconds(), self.margin_seconds()
-        if margin >= budget:
+        if self.budget_seconds() <= self.margin_seconds():
             raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
                             f"step in --time-budget {self.time_budget}; give a longer budget "
                             f"or a smaller margin (default: auto, {AUTO_MARGIN_TEXT})")
@@ -390,40 +361,21 @@ class TrainConfig:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise UserError("--nesterov needs --optimizer sgd and a --momentum above 0")
         parse_train_groups(self.train_groups)
-        if not 0 <= self.ema < 1:
-            raise UserError(f"{source}: --ema is a decay in [0, 1) (0: off), got {self.ema}")
-        if not 0 <= self.momentum < 1:
-            raise UserError(f"{source}: --momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.erasing <= 1:
-            raise UserError(f"{source}: --erasing is a probability in [0, 1], got {self.erasing}")
-        if not 0 <= self.distill_weight <= 1:
-            raise UserError(f"{source}: --distill-weight is the teacher's share of the loss in "
-                            f"[0, 1], got {self.distill_weight}")
-        if self.distill_temperature <= 0:
-            raise UserError(f"{source}: --distill-temperature must be > 0, got "
-                            f"{self.distill_temperature}")
-        if not 0 <= self.hard_negatives < 1:
-            raise UserError(f"{source}: --hard-negatives is a fraction of the training samples "
-                            f"in [0, 1), got {self.hard_negatives}")
+        for name, ok, rule in (
+                ("ema", 0 <= self.ema < 1, "is a decay in [0, 1) (0: off)"),
+                ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+                ("erasing", 0 <= self.erasing <= 1, "is a probability in [0, 1]"),
+                ("distill_weight", 0 <= self.distill_weight <= 1,
+                 "is the teacher's share of the loss in [0, 1]"),
+                ("distill_temperature", self.distill_temperature > 0, "must be > 0"),
+                ("hard_negatives", 0 <= self.hard_negatives < 1,
+                 "is a fraction of the training samples in [0, 1)")):
+            if not ok:
+                raise UserError(f"{source}: {flag_of(name)} {rule}, got {getattr(self, name)}")
         return self
 
     def name(self) -> str:
         return self.run_name or f"{self.arch}-fold{self.fold}"
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON object whose keys are `train` flag names (dashes or underscores)."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found; check --config") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable JSON config ({err}); "
-                        "write a JSON object of flag names to values") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: the config must be a JSON object of flag names to values")
-    return values
 
 
 def _workers_setting(value: Any, source: str) -> int | str:
@@ -445,8 +397,7 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     """Values from JSON: accept what JSON can hold for the field's type, refuse the rest."""
     kind, name = spec.metadata["kind"], flag_of(spec.name)
     if kind is list:
-        items = value if isinstance(value, list) else [value]
-        return [str(v) for v in items]
+        return [str(v) for v in (value if isinstance(value, list) else [value])]
     if value is None:
         return None
     if kind is bool:
@@ -471,11 +422,10 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
 
 TrainConfig.NOT_IN_FINGERPRINT = frozenset(
     f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["fingerprint"])
-# What a body from random init (--no-pretrained) trains with unless told otherwise: no head-only
-# epoch (a head on random features learns nothing worth keeping), one LR for every group at a
-# random-init rate, the whole image resized (the seed preset's square crop drops labelled
-# content), and the head's bias at the classes' log-odds (the first steps go to features, not to
-# pulling every logit down to its class's frequency). Why: README, "Training from random init".
+# A body from random init (--no-pretrained) trains by default with no head-only epoch (a head on
+# random features learns nothing worth keeping), one random-init LR for every group, the whole
+# image resized (the seed crop drops labelled content) and the head's bias at the classes'
+# log-odds (the first steps go to features). Why: README, "Training from random init".
 RANDOM_INIT_DEFAULTS = {f.name: f.metadata["random_init"] for f in dataclasses.fields(TrainConfig)
                         if f.metadata["random_init"] is not None}
 
@@ -497,24 +447,21 @@ class RefusingParser(argparse.ArgumentParser):
 
 def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None,
                       **help_values: object) -> None:
-    """`imet train`'s options on `parser`: --config, then each TrainConfig field's flag as the
-    field declares it (`names`: only those fields' flags, no --config). Every flag defaults to
-    None, so that a parsed namespace tells what was given. `help_values` fill the %(name)s of a
-    help that names what a higher layer owns (the arch registry, the handover file)."""
+    """`imet train`'s options on `parser`: --config, then each field's flag (`names`: only those
+    fields', no --config), each defaulting to None so a namespace tells what was given.
+    `help_values` fill the %(name)s a higher layer owns (the arch registry, the handover file)."""
     if names is None:
-        parser.add_argument("--config", metavar="FILE",
-                            help="JSON object of flag names (dashes or underscores) to values; "
-                                 "command-line flags override it")
+        parser.add_argument("--config", metavar="FILE", help="JSON object of flag names (dashes or "
+                            "underscores) to values; command-line flags override it")
     defaults = TrainConfig()
     for spec in dataclasses.fields(TrainConfig):
         if names is not None and spec.name not in names:
             continue
-        declared = spec.metadata
+        declared, kind = spec.metadata, spec.metadata["kind"]
         shown = declared["shown"] or getattr(defaults, spec.name)
         text = f"{declared['help']} [{shown if shown not in ('', None, []) else '-'}]"
         if declared["random_init"] is not None:
             text = f"{text[:-1]}; {declared['random_init']} with --no-pretrained]"
-        kind = declared["kind"]
         if kind is bool:
             how = {"action": argparse.BooleanOptionalAction}
         elif kind is list:
@@ -537,7 +484,18 @@ def train_parser(names: Iterable[str] | None = None) -> RefusingParser:
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a parsed `imet train` command line sets: its --config file's settings (keyed as the
     file writes them), each replaced by its flag where one was given (keyed by field name)."""
-    values = dict(read_config_file(args.config)) if getattr(args, "config", None) else {}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):  # a JSON object of flag names (dashes or underscores)
+        path = Path(args.config)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: config file not found; check --config") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{path}: not a readable JSON config ({err}); "
+                            "write a JSON object of flag names to values") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: the config must be a JSON object of flag names to values")
     for spec in dataclasses.fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:

@@ -1,12 +1,10 @@
-"""Where and in what precision a model runs, for every command that runs one (train and its
-evaluations, validate, predict): `--device` (auto | cpu | cuda | cuda:N) to a torch.device, and
-`--amp` / `--amp-dtype` to one autocast dtype and whether a GradScaler runs.
+"""Where and in what precision a model runs (train, validate, predict): `--device` to a
+torch.device, `--amp` / `--amp-dtype` to one autocast dtype and whether a GradScaler runs.
 
-One precision path on every device: the same autocast context and the same scaler calls run on
-CPU and CUDA, only the device type string differs. `auto` is fp16 + GradScaler on a GPU without
-fast bf16 (the T4, compute capability 7.5), bf16 without a scaler from Ampere (8.0) on, and fp32
-on CPU, where autocast only slows small models down and changes the numbers. An explicit dtype
-runs on CPU too: that is how the CPU tests exercise the lines a GPU runs."""
+One precision path, the same autocast and scaler calls on CPU and CUDA. `auto` is fp16 +
+GradScaler on a GPU without fast bf16 (the T4, compute capability 7.5), bf16 without a scaler
+from Ampere (8.0) on, and fp32 on CPU, where autocast only slows small models down and changes
+the numbers. An explicit dtype runs on CPU too: so the CPU tests exercise a GPU's lines."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +14,7 @@ import torch
 from imet.config import check_amp_dtype
 from imet.errors import UserError
 
-# The first compute capability with bf16 tensor cores (Ampere); the T4 (7.5) emulates bf16,
-# several times slower than its fp16.
+# bf16 tensor cores from this capability on (Ampere); the T4 (7.5) emulates bf16, several x slower.
 FAST_BF16 = (8, 0)
 
 
@@ -44,8 +41,7 @@ class Precision:
 
     @property
     def scaled(self) -> bool:
-        """fp16 needs loss scaling: its 5-bit exponent flushes small gradients to zero. bf16
-        has fp32's exponent range."""
+        """Loss scaling for fp16, whose 5-bit exponent flushes small gradients; bf16 has fp32's."""
         return self.name == "fp16"
 
     def autocast(self, device_type: str):

@@ -1,25 +1,18 @@
-"""Errors a user can act on: the CLI prints them as one line, without a traceback. Also the
-process exit codes that mean something to the next session, so that any command can name them
-without importing the trainer."""
+"""Errors a user can act on (the CLI prints them as one line, no traceback), and the exit codes
+that mean something to the next session, so any command names them without importing the trainer."""
 
-# The run saved a full checkpoint and wrote HANDOVER_FILE (what happened, what to run next):
-# push the kernel again to go on.
+# A full checkpoint saved, HANDOVER_FILE written (what happened, what to run next): push again.
 HANDED_OVER_EXIT_CODE = 75
 HANDOVER_FILE = "HANDOVER.json"
 # The disk could not hold the next checkpoint; the ones already there are intact.
 DISK_FULL_EXIT_CODE = 74
 
 
-# How torch's DataLoader re-raises an exception from a worker process: it calls the exception's
-# class with a message that holds the worker's whole traceback, whose last line is
-# "<module>.<class>: <the original message>".
-_WORKER_PREFIX = "Caught "
-_WORKER_MARK = "Original Traceback"
-
-
 def _own_message(message: str) -> str:
+    # torch's DataLoader re-raises a worker's exception by calling its class with the worker's
+    # whole traceback, whose last line is "<module>.<class>: <the original message>".
     text = str(message)
-    if text.startswith(_WORKER_PREFIX) and _WORKER_MARK in text:
+    if text.startswith("Caught ") and "Original Traceback" in text:
         last = text.rstrip().splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
     return text

@@ -1,12 +1,8 @@
-"""Atomic file writes for every layer: a kill, a power cut or a full disk leaves the old file or
-the new one, never half of one (temp file in the same folder, flush, fsync, os.replace, fsync of
-the folder). Sits beside imet/errors.py, below every other layer, so each writer can use it;
-nothing else in imet renames anything into place. Also what every layer reads, stamps or
-checks a file with: a JSON object that may be absent, its sha256 and the UTC time.
-
-Temp files are named `.<name>.<pid>.<random>.tmp`, so a cleanup can tell a dead writer's
-leftover from a live one's. The finished file gets the mode a plain `open` would give it (0666
-less the umask), not mkstemp's 0600."""
+"""Atomic file writes for every layer (and its JSON, sha256 and UTC-time helpers): a kill, a power
+cut or a full disk leaves the old file or the new one, never half of one (temp file in the same
+folder, flush, fsync, os.replace, fsync of the folder). Temp files are `.<name>.<pid>.<random>.tmp`
+so a cleanup can tell a dead writer's from a live one's; a finished file has plain `open`'s mode
+(0666 less the umask), not mkstemp's 0600. Nothing else in imet renames anything into place."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -32,9 +28,8 @@ def _umask() -> int:
 def atomic_open(path: str | os.PathLike, mode: str = "wb",
                 verify: Callable[[Path, int], None] | None = None, **open_kw) -> Iterator[IO]:
     """A handle on a temp file beside `path` that replaces `path` when the block ends without an
-    exception; on an exception the temp file is removed and `path` is left as it was.
-    `verify(temp_path, size_written)` runs after the fsync and before the rename: raising there
-    keeps the old file."""
+    exception (else `path` is left as it was). `verify(temp_path, size_written)` runs after the
+    fsync and before the rename: raising there keeps the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
@@ -69,11 +64,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike,
                       verify: Callable[[Path, int], None] | None = None) -> int:
     """torch.save through atomic_open; returns the size written."""
     import torch
-
     with atomic_open(path, "wb", verify=verify) as handle:
         torch.save(obj, handle)
-        size = handle.tell()
-    return size
+        return handle.tell()
 
 
 def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -97,9 +90,8 @@ def atomic_symlink(link: str | os.PathLike, points_to: str | os.PathLike,
 
 def move_folder_into_place(built: str | os.PathLike, target: str | os.PathLike,
                            replace: bool = True) -> bool:
-    """Rename the finished folder `built` to `target`, so a reader sees the old folder or the new
-    one, never half of one: a folder already at `target` is swapped out by a second rename and
-    removed. With replace=False a folder at `target` is kept and `built` removed instead (another
+    """Rename the finished folder `built` to `target` (a folder already there is swapped out by a
+    second rename and removed; with replace=False it is kept and `built` removed instead: another
     writer got there first). Returns whether `built` took the place."""
     built, target = Path(built), Path(target)
     if replace and target.exists():
@@ -122,16 +114,12 @@ def move_folder_into_place(built: str | os.PathLike, target: str | os.PathLike,
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make a rename inside `folder` durable. Best effort: some platforms and filesystems cannot
     open or fsync a folder, and the file's own data is already synced by then."""
-    try:
+    with suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

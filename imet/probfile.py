@@ -1,12 +1,10 @@
 """Saved probabilities: one `.npz` per prediction set, the input of ensembles and thresholds,
-and of training as soft targets (`imet train --extra`: imet/data/labels.py).
-
-A file holds `probs` (float16 [N, C]: half the size of float32 and far below the precision
-that F2 thresholds need), `ids` (image ids, unicode), `attribute_ids` (int [C]: the label space
-the columns mean) and `meta` (a JSON string: label fingerprint, runs, TTA, image sizes…).
-Everything is a plain array, so loading needs no pickle (`allow_pickle=False`): a file from an
-attached dataset is untrusted input.
-"""
+and of training as soft targets (`imet train --extra`: imet/data/labels.py). A file holds
+`probs` (float16 [N, C]: half the size of float32 and far below the precision that F2
+thresholds need), `ids` (image ids, unicode), `attribute_ids` (int [C]: the label space the
+columns mean) and `meta` (a JSON string: label fingerprint, runs, TTA, image sizes…). Everything
+is a plain array, so loading needs no pickle (`allow_pickle=False`): a file from an attached
+dataset is untrusted input."""
 from __future__ import annotations
 
 import json
@@ -53,8 +51,7 @@ class Probabilities:
         position = {image_id: row for row, image_id in enumerate(self.ids)}
         if len(position) != len(self.ids):
             raise DataError(f"{source}: image ids are not unique; predict again")
-        missing = [i for i in ids if i not in position]
-        if missing:
+        if missing := [i for i in ids if i not in position]:
             raise DataError(f"{source}: no prediction for image {missing[0]!r} "
                             f"({len(missing)} missing); predict again on the same image set")
         rows = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
@@ -63,17 +60,13 @@ class Probabilities:
 
 def save_probabilities(path: Path, probabilities: Probabilities) -> Path:
     """Write `probabilities` to `path` (.npz) atomically; returns the path."""
-    path = Path(path)
     meta = dict(probabilities.meta, format=FORMAT, version=VERSION)
-    arrays = {
-        "probs": np.asarray(probabilities.probs, dtype=np.float16),
-        "ids": np.asarray(probabilities.ids, dtype=np.str_),
-        "attribute_ids": np.asarray(probabilities.attribute_ids, dtype=np.int64),
-        "meta": np.asarray(json.dumps(meta, sort_keys=True)),
-    }
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-    return path
+        np.savez(handle, probs=np.asarray(probabilities.probs, dtype=np.float16),
+                 ids=np.asarray(probabilities.ids, dtype=np.str_),
+                 attribute_ids=np.asarray(probabilities.attribute_ids, dtype=np.int64),
+                 meta=np.asarray(json.dumps(meta, sort_keys=True)))
+    return Path(path)
 
 
 def load_probabilities(path: Path) -> Probabilities:

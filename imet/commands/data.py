@@ -1,8 +1,6 @@
-"""The data commands: `imet mini-imet` (write the embedded mini-iMet data set), `imet
-check-data` (every problem of a competition folder before training starts), `imet folds`
-(multilabel-stratified folds -> folds.csv) and `imet cache` (decode every image once into a
-pre-resized cache folder). Their parsers' defaults come from the data modules, which are
-imported here anyway, so the run functions import nothing lazily."""
+"""`imet mini-imet` (the embedded data set), `imet check-data` (every problem of a competition
+folder), `imet folds` (multilabel-stratified folds.csv) and `imet cache` (pre-resized images).
+The parsers' defaults come from the data modules, imported here anyway, so nothing is lazy."""
 from __future__ import annotations
 
 import argparse
@@ -52,12 +50,10 @@ def run_mini_imet(args) -> int:
     verb = "already present, reused" if info["reused"] else \
         f"wrote in {time.monotonic() - start:.1f}s"
     groups = ", ".join(f"{n} {g}" for g, n in sorted(info["groups"].items()))
-    print(f"mini-iMet {verb}: {info['out']}\n"
-          f"  {info['n_train']} train + {info['n_test']} test images, short side {info['size']} "
-          f"px, seed {info['seed']}\n"
-          f"  {info['num_classes']} labels ({groups}), "
-          f"{info['mean_labels_per_image']:.2f} labels per image on average\n"
-          f"  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
+    print(f"mini-iMet {verb}: {info['out']}\n  {info['n_train']} train + {info['n_test']} test "
+          f"images, short side {info['size']} px, seed {info['seed']}\n  {info['num_classes']} "
+          f"labels ({groups}), {info['mean_labels_per_image']:.2f} labels per image on average\n"
+          "  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
     return 0
 
 
@@ -72,9 +68,8 @@ def configure_check_data(parser: argparse.ArgumentParser) -> None:
                         help="decode: open and fully decode every image (finds truncated files); "
                         "exists: only check that each image file is there; skip: CSVs only "
                         "(default: %(default)s)")
-    parser.add_argument("--folds", metavar="CSV", default=None,
-                        help="folds file to check against train.csv (default: DIR/folds.csv "
-                        "when it exists)")
+    parser.add_argument("--folds", metavar="CSV", default=None, help="folds file to check against "
+                        "train.csv (default: DIR/folds.csv when it exists)")
     parser.add_argument("--min-side", type=int, default=MIN_SIDE, metavar="PX",
                         help="an image whose shorter side is below PX pixels is a problem "
                         "(training refuses it too) (default: %(default)s)")
@@ -83,10 +78,9 @@ def configure_check_data(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check_data(args) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1 (got {args.workers})")
-    if args.min_side < 1:
-        raise UserError(f"--min-side must be at least 1 (got {args.min_side})")
+    for flag, value in (("--workers", args.workers), ("--min-side", args.min_side)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1 (got {value})")
     start = time.monotonic()
     folds = args.folds
     if folds is None and (Path(args.data) / "folds.csv").is_file():
@@ -109,8 +103,7 @@ def run_check_data(args) -> int:
               "skip": "images not checked"}[args.images]
     print(f"{args.data} is clean: {c.get('labels', 0)} labels ({groups}), "
           f"{c.get('train_rows', 0)} train rows, {c.get('test_rows', 0)} test rows, {images}"
-          f"{', folds.csv matches train.csv' if folds else ''} "
-          f"({time.monotonic() - start:.1f}s)")
+          f"{', folds.csv matches train.csv' if folds else ''} ({time.monotonic() - start:.1f}s)")
     return 0
 
 
@@ -167,21 +160,19 @@ def run_folds(args) -> int:
 
 def configure_cache(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Decode every image of DIR/train and DIR/test once, resize its short side to --size "
-        "(as the training and eval pipelines' first step does) and store it in --out as JPEG "
-        "or raw uint8, with a manifest keyed by each source's size and mtime. `imet train` reads "
-        "a cache of its --image-size instead of the PNGs when it finds one (in --data, beside "
-        "the run's --out folder, under an --input-root, or $IMET_CACHE_DIR). "
-        "Running again only (re)builds missing or changed images, so an interrupted build "
-        "resumes.")
+        "Decode every image of DIR/train and DIR/test once, resize its short side to --size (as "
+        "the training and eval pipelines' first step does) and store it in --out as JPEG or raw "
+        "uint8, with a manifest keyed by each source's size and mtime. `imet train` reads a cache "
+        "of its --image-size instead of the PNGs when it finds one (in --data, beside the run's "
+        "--out folder, under an --input-root, or $IMET_CACHE_DIR). Running again only (re)builds "
+        "missing or changed images, so an interrupted build resumes.")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="the competition folder (with train/ and test/)")
     parser.add_argument("--size", required=True, type=int, metavar="S",
                         help="short side in pixels: the --image-size you train at")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="the cache folder (created; on Kaggle under /kaggle/temp, "
-                             "which no session carries forward: the trainer kernel builds it "
-                             "there itself when it pays)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the cache folder (created; on "
+                        "Kaggle under /kaggle/temp, which no session carries forward: the trainer "
+                        "kernel builds it there itself when it pays)")
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "npy"),
                         help="jpeg: small, lossy, ~1 ms/image to read; npy: exact uint8, "
                              "fastest to read, ~10x the disk (default: %(default)s)")
@@ -208,7 +199,6 @@ def run_cache(args) -> int:
           f"{result.removed} dropped; {result.bytes / 2**20:.1f} MiB "
           f"({per_image / 1024:.1f} KiB/image) in {result.seconds:.1f}s")
     if result.errors:
-        shown = "; ".join(result.errors[:3])
         raise UserError(f"{len(result.errors)} images could not be cached (they are read "
-                        f"from the source instead): {shown}")
+                        f"from the source instead): {'; '.join(result.errors[:3])}")
     return 0

@@ -6,18 +6,31 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from imet.config import DEFAULT_TIME_BUDGET, parse_duration
 from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER, UserError
 
 
+def _argument_type(convert):
+    """`convert` as an argparse type: its UserError is argparse's refusal of the value."""
+    def parse(text: str):
+        try:
+            return convert(text)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def duration(flag: str):
+    """The argparse type of a duration flag: seconds or 12h/30m/90s."""
+    return _argument_type(lambda text: parse_duration(text, flag))
+
+
 def _accelerator(text: str) -> str:
     from imet.kaggle.render import canonical
-    try:
-        return canonical(text)
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return canonical(text)
 
 
 def configure_doctor(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +53,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
                         "(default: no training checks)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="the run starts from ImageNet weights: they must be found (or "
-                        "downloadable) (default: as `imet train`, on for an arch that has "
-                        "weights)")
+                        "downloadable) (default: as `imet train`, on for an arch that has weights)")
     parser.add_argument("--device", default="auto", help="as `imet train --device` (default auto)")
-    parser.add_argument("--accelerator", type=_accelerator, metavar="NAME",
+    parser.add_argument("--accelerator", type=_argument_type(_accelerator), metavar="NAME",
                         help="what the kernel asked Kaggle for (its machine_shape); a GPU "
                         "shape with no usable GPU is a blocking problem")
     parser.add_argument("--notify", default="off", choices=("auto", "on", "off"),
@@ -56,10 +68,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from imet.kaggle.session import Settings, diagnose, send_crash
-    settings = Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
-                        arch=args.arch, pretrained=args.pretrained, device=args.device,
-                        accelerator=args.accelerator, keep=args.keep)
-    report = diagnose(settings)
+    report = diagnose(Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
+                               arch=args.arch, pretrained=args.pretrained, device=args.device,
+                               accelerator=args.accelerator, keep=args.keep))
     print("\n".join(report.lines), flush=True)
     if not report.problems:
         print("imet doctor: this session can train as configured", flush=True)
@@ -86,20 +97,9 @@ def existing_inputs(given: list[tuple[str, Path]]) -> dict[str, Path]:
     return dict(given)
 
 
-def duration(flag: str):
-    """The argparse type of a duration flag: seconds or 12h/30m/90s."""
-    def seconds(text: str) -> float:
-        try:
-            return parse_duration(text, flag)
-        except UserError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return seconds
-
-
 def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[str, str]:
-    """kernel name -> accelerator from the settings file's accelerators, then the command
-    line's `--accelerator [KERNEL=]NAME` values (later ones win); a retired name is accepted
-    with one warning line, as the kaggle client does."""
+    """kernel name -> accelerator from the settings file's, then `--accelerator [KERNEL=]NAME`
+    (later ones win); a retired name is accepted with a warning, as the kaggle client does."""
     from imet.kaggle.render import canonical, retired_warning
     from_file = [f"{k}={v}" if k else str(v) for k, v in settings.accelerator.items()]
     chosen: dict[str, str] = {}
@@ -109,27 +109,23 @@ def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[
             raise UserError(f"--accelerator {text!r}: no kernel {kernel!r}; the kernels are "
                             f"{', '.join(kernels)}")
         name = canonical(name)
-        warning = retired_warning(name)
-        if warning:
+        if warning := retired_warning(name):
             print(f"imet kaggle render: {warning}", file=sys.stderr)
         chosen.update({k: name for k in ([kernel] if sep else kernels)})
     return chosen
 
 
 def configure_kaggle(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION")
-    sub.required = True
+    sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
                          description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
                          "read-only under input/<slug>, cwd in working/, no network when its "
                          "metadata turns internet off, killed at the time limit. Each session's "
                          "working/ is kept as OUT/v<N>/kaggle/working.")
     run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
-    run.add_argument("--input", type=input_source, action="append", default=[],
-                     metavar="SLUG=PATH",
+    run.add_argument("--input", type=input_source, action="append", default=[], metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
-    run.add_argument("--time-limit", type=duration("--time-limit"),
-                     default=DEFAULT_TIME_BUDGET,
+    run.add_argument("--time-limit", type=duration("--time-limit"), default=DEFAULT_TIME_BUDGET,
                      metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
                      "%(default)s, today's Kaggle sessions)")
     run.add_argument("--out", type=Path, required=True, help="folder for the sessions' roots")
@@ -137,17 +133,15 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                      help="re-run with the previous output attached under the kernel's own slug "
                      "while the run hands over, at most N sessions (default 1)")
     run.add_argument("--python", default=sys.executable, metavar="EXE",
-                     help="interpreter standing in for Kaggle's image (default: this one): "
-                     "each session runs in a fresh virtual environment of it that sees only its "
+                     help="interpreter standing in for Kaggle's image (default: this one): each "
+                     "session runs in a fresh virtual environment of it that sees only its "
                      "platform packages (torch, numpy, pandas, ...; cached in "
-                     "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never "
-                     "its imet, so the kernel's bootstrap installs the dataset's wheels as on "
-                     "Kaggle")
-    run.add_argument("--accelerator", metavar="NAME",
-                     help="ask for this machine_shape instead of the metadata's, as `kaggle "
-                     "kernels push --accelerator` does (none: a CPU); the session still runs "
-                     "on this machine, so a GPU asked for on a machine without one is refused "
-                     "by the kernel's doctor")
+                     "$IMET_PLATFORM_ENV_CACHE or ~/.cache/imet/platform-env), never its imet, so "
+                     "the kernel's bootstrap installs the dataset's wheels as on Kaggle")
+    run.add_argument("--accelerator", metavar="NAME", help="ask for this machine_shape instead of "
+                     "the metadata's, as `kaggle kernels push --accelerator` does (none: a CPU); "
+                     "the session still runs on this machine, so a GPU asked for on a machine "
+                     "without one is refused by the kernel's doctor")
     chain = sub.add_parser("chain", help="train across Kaggle sessions: push, wait, push again",
                            description="Push a rendered kernel folder with the kaggle client, "
                            f"wait for the session to end, fetch its small outputs ({HANDOVER}, "
@@ -162,24 +156,21 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                        help="where each session's small outputs go (default dist/chain)")
     chain.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
                        help="seconds between status polls (default 60)")
-    render = sub.add_parser("render", help="write push-ready kernel folders for an owner",
-                            description="Write OUT/trainer-<member> (one trainer kernel per fold "
-                            "or member, each its own slug imet-trainer-<member> and its own "
-                            "output in kernel_sources), OUT/validation and OUT/inference (every "
-                            "trainer output attached) from kernels/<name>, with {owner} replaced, "
-                            "the accelerator asked for in machine_shape and the script's "
-                            "ACCELERATOR line, and the run's settings (--config) in the scripts' "
-                            "DEFAULT_*_ARGS lines (and the inference's PSEUDO_LABEL_ARGS; a "
-                            "trainer whose args say --extra auto gets the inference output "
-                            "attached). A kernel edited by hand since render wrote it "
-                            "is refused unless --force.")
+    render = sub.add_parser(
+        "render", help="write push-ready kernel folders for an owner",
+        description="Write OUT/trainer-<member> (one trainer kernel per fold or member, each its "
+        "own slug imet-trainer-<member> and its own output in kernel_sources), OUT/validation and "
+        "OUT/inference (every trainer output attached) from kernels/<name>, with {owner} replaced, "
+        "the accelerator asked for in machine_shape and the script's ACCELERATOR line, and the "
+        "run's settings (--config) in the scripts' DEFAULT_*_ARGS lines (and the inference's "
+        "PSEUDO_LABEL_ARGS; a trainer whose args say --extra auto gets the inference output "
+        "attached). A kernel edited by hand since render wrote it is refused unless --force.")
     render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
                         help="the run's settings (TOML: members, train_args, validate_args, "
                         "predict_args, pseudo_label_args, accelerator, datasets; see README); "
-                        "without it, the "
-                        "templates' defaults, one member per fold")
+                        "without it, the templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
                         help="overwrite kernels edited by hand since render wrote them")
     render.add_argument("--kernels", type=Path, default=Path("kernels"),
@@ -191,77 +182,17 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         "repeatable, over the settings file's): NvidiaTeslaT4 (GPU T4 x2, the "
                         "default), NvidiaL4, NvidiaTeslaA100, NvidiaH100, TpuV5E8, or none for "
                         "a CPU")
-    configure_kaggle_campaign(sub)
-
-
-def run_kaggle(args: argparse.Namespace) -> int:
-    if args.kaggle_command == "chain":
-        return _chain(args)
-    if args.kaggle_command == "render":
-        return _render(args)
-    if args.kaggle_command == "campaign":
-        return run_kaggle_campaign(args)
-    from imet.kaggle.campaign.emulated import run_chain
-    if args.chain < 1:
-        raise UserError(f"--chain {args.chain}: must be at least 1")
-    results = run_chain(args.kernel_dir, existing_inputs(args.input), args.out, args.time_limit,
-                        args.chain, python=args.python, accelerator=args.accelerator)
-    for r in results:
-        state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
-        more = ", handed over" if r.handover else ""
-        print(f"session v{r.version}: {state}{more} after {r.seconds:.1f}s; output {r.output}; "
-              f"log {r.log}")
-    last = results[-1]
-    return 0 if last.ok and last.handover is None else (last.exit_code or 1)
-
-
-def _chain(args: argparse.Namespace) -> int:
-    """`imet kaggle chain`: a one-member campaign on Kaggle (driver.Chain)."""
-    from imet.kaggle.campaign import remote
-    from imet.kaggle.campaign.driver import Chain
-    from imet.kaggle.render import OWNER, read_metadata
-    if args.max_sessions < 1:
-        raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
-    ref = read_metadata(args.kernel_dir)["id"]
-    if OWNER in ref:
-        raise UserError(f"{args.kernel_dir}: its id {ref!r} is a template; render it first with "
-                        "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
-    try:
-        backend = remote.KaggleBackend(remote.kaggle_api(), args.poll)
-        return Chain(args.kernel_dir, backend, args.max_sessions, args.out, args.poll).run()
-    except (OSError, ValueError) as err:
-        raise remote.client_errors(err) from None
-
-
-def _render(args: argparse.Namespace) -> int:
-    from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS
-    from imet.kaggle.render import (load, plan_kernels, read_metadata, requested_accelerator,
-                                    templates_in, write_kernels)
-    settings = load(args.config, CAMPAIGN_KEYS)
-    owner = args.owner or settings.owner
-    if not owner:
-        raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
-    kernels = list(templates_in(args.kernels))
-    chosen = render_accelerators(settings, args.accelerator, kernels)
-    planned = plan_kernels(args.kernels, owner, settings, chosen)
-    for out in write_kernels(args.out, planned, args.force):
-        print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
-    return 0
-
-
-def configure_kaggle_campaign(sub) -> None:
     campaign = sub.add_parser(
-        "campaign", help="train a plan's members on Kaggle in parallel, then validate and "
-        "predict over all of them",
-        description="Render one trainer kernel per member of PLAN (TOML, see README) into "
-        "DIR/kernels, push up to `parallel` of them at once through the kaggle client, push "
-        "again on every handover and the next member when a slot frees, push a failed session "
-        "again up to `retries` times, and stop pushing once another session would pass "
-        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then "
-        "the inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: "
-        "run the same command again after a kill to go on without pushing anything twice. "
-        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, "
-        "1 otherwise.")
+        "campaign", help="train a plan's members on Kaggle in parallel, then validate and predict "
+        "over all of them", description="Render one trainer kernel per member of PLAN (TOML, see "
+        "README) into DIR/kernels, push up to `parallel` of them at once through the kaggle "
+        "client, push again on every handover and the next member when a slot frees, push a failed "
+        "session again up to `retries` times, and stop pushing once another session would pass "
+        "`gpu_hours`. Then push the validation kernel with every trainer output attached, then the "
+        "inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: run "
+        "the same command again after a kill to go on without pushing anything twice. "
+        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, 1 "
+        "otherwise.")
     campaign.add_argument("plan", type=Path, help="the plan (TOML)")
     campaign.add_argument("--out", type=Path, required=True,
                           help="the campaign's folder: state, table, kernels, outputs")
@@ -284,33 +215,70 @@ def configure_kaggle_campaign(sub) -> None:
         "without a recorded end counts as failed (see `retries`). Sessions log to "
         "DIR/emulator/<slug>/v<N>/log.txt; the console shows the campaign's events.")
     home.add_argument("--emulate", action="store_true",
-                      help="run the kernels in the local emulator (as `imet kaggle run`: "
-                      "root on Linux for the read-only inputs and the kernels with internet "
-                      "off)")
-    home.add_argument("--input", type=input_source, action="append", default=[],
-                      metavar="NAME=PATH",
-                      help="with --emulate: PATH stands for the source named NAME, the slug of "
-                      "a dataset_sources or competition_sources entry of the kernels (e.g. "
-                      "imet-2019-fgvc6=DATA, imet-src=DATASET, imet-weights=WEIGHTS); "
-                      "repeatable. Every source the rendered kernels attach must be given, "
-                      "or the campaign is refused before anything runs, except the weights "
-                      "dataset: without it the sessions run without it, which members that "
-                      "train from random init (an arch without ImageNet weights, "
-                      "--no-pretrained) need not; a member that needs weights then looks for "
-                      "them as `imet train` does (input roots, caches, the network of a kernel "
-                      "with internet on), and its doctor stops the session in one line when "
-                      "they cannot be had")
+                      help="run the kernels in the local emulator (as `imet kaggle run`: root on "
+                      "Linux for the read-only inputs and the kernels with internet off)")
+    home.add_argument(
+        "--input", type=input_source, action="append", default=[], metavar="NAME=PATH",
+        help="with --emulate: PATH stands for the source named NAME, the slug of a dataset_sources "
+        "or competition_sources entry of the kernels (e.g. imet-2019-fgvc6=DATA, imet-src=DATASET, "
+        "imet-weights=WEIGHTS); repeatable. Every source the rendered kernels attach must be "
+        "given, or the campaign is refused before anything runs, except the weights dataset: "
+        "without it the sessions run without it, which members that train from random init (an "
+        "arch without ImageNet weights, --no-pretrained) need not; a member that needs weights "
+        "then looks for them as `imet train` does (input roots, caches, the network of a kernel "
+        "with internet on), and its doctor stops the session in one line when they cannot be had")
     home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
-                      metavar="DURATION",
-                      help="with --emulate: kill each session after this long (seconds or "
-                      "12h/30m/90s; default the plan's session_hours)")
+                      metavar="DURATION", help="with --emulate: kill each session after this long "
+                      "(seconds or 12h/30m/90s; default the plan's session_hours)")
 
 
-# What each kernel passes itself where its command requires it: stand-ins, so that the
-# command's own parser can judge the plan's flags alone.
-GIVEN_BY_KERNEL = {"train": [], "validate": ["--data", "D", "--run", "R"],
-                   "predict": ["--data", "D", "--runs", "R"],
-                   "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}
+def run_kaggle(args: argparse.Namespace) -> int:
+    action = {"chain": _chain, "render": _render, "campaign": run_kaggle_campaign}
+    if args.kaggle_command in action:
+        return action[args.kaggle_command](args)
+    from imet.kaggle.campaign.emulated import run_chain
+    if args.chain < 1:
+        raise UserError(f"--chain {args.chain}: must be at least 1")
+    results = run_chain(args.kernel_dir, existing_inputs(args.input), args.out, args.time_limit,
+                        args.chain, python=args.python, accelerator=args.accelerator)
+    for r in results:
+        state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
+        more = ", handed over" if r.handover else ""
+        print(f"session v{r.version}: {state}{more} after {r.seconds:.1f}s; output {r.output}; "
+              f"log {r.log}")
+    last = results[-1]
+    return 0 if last.ok and last.handover is None else (last.exit_code or 1)
+
+
+def _chain(args: argparse.Namespace) -> int:
+    """`imet kaggle chain`: a one-member campaign on Kaggle (driver.Chain)."""
+    from imet.kaggle.campaign import remote
+    from imet.kaggle.campaign.driver import Chain
+    from imet.kaggle.render import OWNER, read_metadata
+    if args.max_sessions < 1:
+        raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
+    if OWNER in (ref := read_metadata(args.kernel_dir)["id"]):
+        raise UserError(f"{args.kernel_dir}: its id {ref!r} is a template; render it first with "
+                        "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
+    try:
+        backend = remote.KaggleBackend(remote.kaggle_api(), args.poll)
+        return Chain(args.kernel_dir, backend, args.max_sessions, args.out, args.poll).run()
+    except (OSError, ValueError) as err:
+        raise remote.client_errors(err) from None
+
+
+def _render(args: argparse.Namespace) -> int:
+    from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS
+    from imet.kaggle.render import (load, plan_kernels, read_metadata, requested_accelerator,
+                                    templates_in, write_kernels)
+    settings = load(args.config, CAMPAIGN_KEYS)
+    if not (owner := args.owner or settings.owner):
+        raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
+    chosen = render_accelerators(settings, args.accelerator, list(templates_in(args.kernels)))
+    for out in write_kernels(args.out, plan_kernels(args.kernels, owner, settings, chosen),
+                             args.force):
+        print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
+    return 0
 
 
 def check_args(command: str, args: list[str], where: str) -> set[str]:
@@ -322,29 +290,30 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
     parser = RefusingParser(prog=f"imet {command}", add_help=False)
     {"train": configure_train, "validate": configure_validate, "predict": configure_predict,
      "pseudo-label": configure_pseudo_label}[command](parser)
+    # What each kernel passes itself where its command requires it: stand-ins, so that the
+    # command's own parser can judge the plan's flags alone.
+    given_by_kernel = {"train": [], "validate": ["--data", "D", "--run", "R"],
+                       "predict": ["--data", "D", "--runs", "R"],
+                       "pseudo-label": ["--data", "D", "--runs", "R", "--out", "O"]}[command]
     try:
-        parsed, unknown = parser.parse_known_args(GIVEN_BY_KERNEL[command] + list(args))
+        parsed, unknown = parser.parse_known_args(given_by_kernel + list(args))
     except UserError as err:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
         raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
                         f"`python -m imet {command} --help`")
-    # Parsed alone (without the stand-ins, so its only refusal is the missing required flags),
-    # `args` leave every setting they do not give at this marker; a list, which a repeatable
-    # flag copies before it appends.
+    # Parsed alone (its only refusal then: the missing required flags), `args` leave each setting
+    # they do not give at this marker; a list, which a repeatable flag copies before it appends.
     unset: list = []
     parser.set_defaults(**dict.fromkeys(vars(parsed), unset))
     alone = argparse.Namespace()
-    try:
+    with suppress(UserError):
         parser.parse_known_args(list(args), alone)
-    except UserError:
-        pass
     return {name for name, value in vars(alone).items() if value is not unset}
 
 
 def telegram():
-    """A function sending one plain message to Telegram, and the close of the sender; a
-    no-op when Telegram is not configured."""
+    """(send one plain message to Telegram, close the sender); no-ops without Telegram."""
     from imet.observe.messages import Outgoing, pack
     from imet.observe.telegram import ConfigProblem, TelegramSender, load_config
     try:
@@ -397,8 +366,7 @@ def _emulator(args: argparse.Namespace, plan, chosen: dict):
     inputs = existing_inputs(args.input)
     planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
     weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
-    missing = missing_inputs(planned, inputs, {weights})
-    if missing:
+    if missing := missing_inputs(planned, inputs, {weights}):
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
                         f"gives; add --input {missing[0]}=PATH"
                         + (" (and the others)" if len(missing) > 1 else ""))

@@ -2,17 +2,15 @@
 check the token and chat id) and `imet weights fetch` (pretrained weights, online, into a folder
 ready for `kaggle datasets create`).
 
-The demo runs on mini-iMet, in the local emulator. Each step is the command a user would type;
-it is printed, then run. The Kaggle part is one campaign (`imet kaggle campaign --emulate`) of
-two members, folds 0 and 1, trained in parallel: each trainer session is short (a 180 s limit,
-at most 300 steps), so each member hands over and resumes in later sessions, exactly as it
-would across 12-hour Kaggle sessions; then one validation over both members' outputs and one
-inference that averages them."""
+The demo runs on mini-iMet in the local emulator, each step printed as the command a user would
+type, then run: one campaign of two members (folds 0, 1) trained in parallel in short sessions
+(180 s, at most 300 steps), so each hands over and resumes as across 12-hour Kaggle sessions."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import html
+import importlib
 import json
 import os
 import shlex
@@ -21,17 +19,16 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from imet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-# Small enough for 2 CPU cores in minutes (40 epochs without early stopping, ~750 steps a
-# member on its fold's 600 images), with the defaults of an arch without ImageNet weights
-# (imet/config.py RANDOM_INIT_DEFAULTS). The trainer hands over after 300 steps of a session
-# (--session-steps, as a spent budget would), so each member resumes in later sessions on any
-# machine, not by the luck of its speed. Each session first pays what a Kaggle session pays:
-# the bootstrap's install into a fresh environment (~20 s), the doctor and the cache build.
+# Minutes on 2 CPU cores (40 epochs, no early stopping, ~750 steps a member on 600 images) with
+# an arch without ImageNet weights (config.RANDOM_INIT_DEFAULTS); --session-steps 300 hands over
+# as a spent budget would, so members resume on any machine, not by the luck of their speed. Each
+# session first pays a Kaggle session's bootstrap install (~20 s), doctor and cache build.
 TRAIN_ARGS = ("--arch tiny_cnn --image-size 64 --batch-size 32 --epochs 40 --patience 0 "
               "--num-workers 0 --progress-every-s 15 --session-steps 300")
 EVAL_ARGS = "--tta none,hflip --batch-size 64 --num-workers 0"
@@ -52,8 +49,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def _step(title: str, argv: list[str]) -> None:
     print(f"\n== {title}\n$ {shlex.join(argv)}", flush=True)
-    code = subprocess.run(argv, env=os.environ, cwd=REPO).returncode
-    if code:
+    if code := subprocess.run(argv, env=os.environ, cwd=REPO).returncode:
         raise UserError(f"demo step '{title}' failed with exit code {code} (see above)")
 
 
@@ -68,8 +64,7 @@ def plan_text(session_limit: str, max_sessions: int) -> str:
     lines = ["# The demo's campaign: see `python -m imet kaggle campaign --help`, README.",
              'owner = "demo"',
              '# The kernels ask Kaggle for GPU T4 x2; at home they run on the CPU (their doctor',
-             "# stops a session that asked for a GPU and got none).",
-             'accelerator = "none"',
+             "# stops a session that asked for a GPU and got none).", 'accelerator = "none"',
              "n_folds = 2", "parallel = 2", f"max_sessions = {max_sessions}", "retries = 1",
              f"session_hours = {hours:.6g}", "gpu_hours = 2",
              f"train_args = {json.dumps(TRAIN_ARGS.split())}",
@@ -111,9 +106,8 @@ def run_demo(args: argparse.Namespace) -> int:
     sessions = ", ".join(f"{name} {len(jobs[name]['sessions'])}" for name, _ in MEMBERS)
     print(f"\ndemo done in {time.monotonic() - started:.0f}s; sessions per member: {sessions}; "
           f"submission F2 {f2:.4f}.\n  submission: {camp / 'submission.csv'}\n"
-          f"  campaign table: {camp / 'status.md'}\n"
-          f"  training plots and metrics: {emulated}/imet-trainer-f*/output/plots, "
-          "…/metrics.csv\n"
+          f"  campaign table: {camp / 'status.md'}\n  training plots and metrics: "
+          f"{emulated}/imet-trainer-f*/output/plots, …/metrics.csv\n"
           f"  validation report: {emulated / 'imet-validation' / 'output'}\n"
           f"  session logs: {emulated}/*/v*/log.txt\n  runs compared: {out / 'runs.png'}")
     return 0
@@ -137,7 +131,7 @@ def run_notify_test(args: argparse.Namespace) -> int:
     except ConfigProblem as problem:
         raise UserError(str(problem)) from None
     try:
-        import telegram  # noqa: F401
+        importlib.import_module("telegram")
     except ImportError:
         raise UserError("python-telegram-bot is not installed; run "
                         "pip install 'python-telegram-bot>=22,<23'") from None
@@ -167,10 +161,8 @@ async def _send(config, text: str, timeout: float) -> str:
     except Exception as err:  # anything else still gets one clean line, token scrubbed
         raise UserError(config.scrub(f"{step} failed: {type(err).__name__}: {err}")) from None
     finally:
-        try:
+        with suppress(Exception):
             await asyncio.wait_for(bot.shutdown(), timeout)
-        except Exception:
-            pass
 
 
 URL_BASE_ENV = "IMET_WEIGHTS_URL_BASE"
@@ -185,8 +177,7 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
         "size and source of every file. Interrupted, the same command resumes: finished files "
         "are kept, a cut URL download continues where it stopped. Attach the dataset to a kernel "
         "and `imet train --pretrained` finds the files under the input root.")
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    sub.required = True
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fetch = sub.add_parser("fetch", help="download the weights of some archs into DIR",
                            description=parser.description)
     fetch.add_argument("archs", nargs="+", metavar="ARCH",
@@ -201,7 +192,6 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
 
 def run_weights(args) -> int:
     from imet.models.weights import MANIFEST, fetch_weights
-
     manifest = fetch_weights(args.archs, args.out, args.owner, url_base=args.url_base,
                              log=lambda line: print(line, flush=True))
     total = sum(entry["size"] for entry in manifest["files"].values())

@@ -1,8 +1,7 @@
-"""The commands of trained runs: `imet predict` (offline inference of one or more runs ->
-submission.csv), `imet validate` (out-of-fold predictions, thresholds and an honest score),
-`imet pseudo-label` (the test images an ensemble is confident about, as an extra training set
-for `imet train --extra DIR`) and `imet score` (the F2 of a submission-format file against the
-truth). predict, validate and pseudo-label share their inference flags."""
+"""The commands of trained runs: `imet predict` (runs -> submission.csv), `imet validate`
+(out-of-fold predictions, thresholds, an honest score), `imet pseudo-label` (the test images an
+ensemble is confident about, as a set for `imet train --extra DIR`) and `imet score` (a
+submission-format file's F2). predict, validate and pseudo-label share their inference flags."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +15,6 @@ from imet.errors import UserError
 from imet.metrics.f2 import f2_per_sample
 from imet.metrics.thresholds import MODES
 
-DEFAULT_TTA = "none,hflip"
-
-
 def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
     parser.add_argument("--min-labels", type=int, default=None, metavar="K",
                         help="at least K labels per image: the K most probable fill in "
@@ -29,8 +25,7 @@ def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
 
 
 def add_test_ensemble_arguments(parser: argparse.ArgumentParser, saved_probs: str) -> None:
-    """--data, --runs and --weights: the test images and the ensemble that predicts them
-    (`predict`, `pseudo-label`); `saved_probs` ends --runs' help."""
+    """--data, --runs and --weights of `predict` and `pseudo-label`; `saved_probs` ends --runs'."""
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
                         help="competition folder: labels.csv, sample_submission.csv, test/")
     parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN",
@@ -49,7 +44,7 @@ def check_weights(args) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `predict` and `validate`."""
-    parser.add_argument("--tta", default=DEFAULT_TTA, metavar="LIST",
+    parser.add_argument("--tta", default="none,hflip", metavar="LIST",
                         help="test-time augmentations, comma-separated, averaged on the "
                         "probability scale: none, hflip (default: %(default)s). Views are made "
                         "on the decoded batch, so each image is read once")
@@ -73,23 +68,20 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, metavar="PX",
                         help="input size (default: each run's training image size)")
     parser.add_argument("--log-every", type=float, default=30.0, metavar="S",
-                        help="seconds between progress lines (img/s, ETA) (default: "
-                        "%(default)s)")
+                        help="seconds between progress lines (img/s, ETA) (default: %(default)s)")
 
 
 def inference_options(args):
     from imet.predict.infer import parse_tta
     from imet.predict.pipeline import InferenceOptions
-
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: {args.batch_size} is not a positive number of images")
-    limit = getattr(args, "time_limit", None)
     if args.amp_dtype is not None:
         check_amp_dtype(args.amp_dtype)
-    return InferenceOptions(tta=parse_tta(args.tta), device=args.device,
+    limit = getattr(args, "time_limit", None)
+    return InferenceOptions(tta=parse_tta(args.tta), device=args.device, amp_dtype=args.amp_dtype,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, log_every_s=args.log_every,
-                            amp_dtype=args.amp_dtype,
                             time_limit_s=parse_duration(limit, "--time-limit") if limit else None)
 
 
@@ -131,7 +123,6 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
 
 def run_predict(args) -> int:
     from imet.predict.pipeline import predict_test
-
     if args.threshold is not None and args.thresholds is not None:
         raise UserError("--threshold and --thresholds: pass one of them, not both")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -154,10 +145,11 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Predict each run's held-out fold (with TTA), choose the decoding (one global threshold, "
         "one per group culture/tag, one per class falling back to its group below a minimum "
-        "support, or per-image context thresholds), and score it honestly: thresholds chosen on half the out-of-fold images and "
-        "scored on the other half, both ways. The mode with the best cross-fitted F2 wins. "
-        "Runs of the same fold are ensembled; runs of different folds are stacked, so the "
-        "thresholds of a k-fold ensemble are chosen on all its out-of-fold images.")
+        "support, or per-image context thresholds), and score it honestly: thresholds chosen on "
+        "half the out-of-fold images and scored on the other half, both ways. The mode with the "
+        "best cross-fitted F2 wins. Runs of the same fold are ensembled; runs of different folds "
+        "are stacked, so the thresholds of a k-fold ensemble are chosen on all its out-of-fold "
+        "images.")
     parser.epilog = (
         "Writes to --out: thresholds.json (read by `imet predict`), oof_probs.npz (and "
         "oof/<run>.npz per run), validation.md (table) and plots/f2_vs_threshold.png, "
@@ -192,14 +184,12 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
 
 def run_validate(args) -> int:
     from imet.predict.validate import validate_runs
-
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    max_labels = args.max_labels if args.max_labels else None
     summary = validate_runs(args.data, args.folds, args.runs, args.out,
                             options=inference_options(args), method=args.ensemble, modes=modes,
                             min_support=args.min_support,
                             min_labels=1 if args.min_labels is None else args.min_labels,
-                            max_labels=max_labels, seed=args.seed)
+                            max_labels=args.max_labels or None, seed=args.seed)
     append_registry(Path(summary["out"]), summary, args.runs)
     print(f"F2 {summary['f2']:.4f} cross-fitted ({summary['mode']} thresholds; "
           f"{summary['f2_in_sample']:.4f} in-sample) on {summary['images']} out-of-fold images; "
@@ -225,15 +215,13 @@ def configure_pseudo_label(parser: argparse.ArgumentParser) -> None:
                         help="top: keep an image whose highest probability is >= P; all: and "
                         "no class is uncertain (every probability >= P or <= 1 - P) "
                         "(default: %(default)s)")
-    parser.add_argument("--soft", action="store_true",
-                        help="write the kept images' probabilities as soft targets instead of "
-                        "hard labels")
+    parser.add_argument("--soft", action="store_true", help="write the kept images' probabilities "
+                        "as soft targets instead of hard labels")
     add_inference_arguments(parser)
 
 
 def run_pseudo_label(args) -> int:
     from imet.predict.pseudo import pseudo_label
-
     check_weights(args)
     summary = pseudo_label(args.data, args.runs, args.out, min_prob=args.min_prob,
                            rule=args.rule, soft=args.soft, method=args.ensemble,
@@ -251,10 +239,10 @@ class Score:
 
 
 def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
-    """F2 of `pred_csv` against `truth_csv` (both `id,attribute_ids`). Rows are matched by id;
-    DataError when the ids differ (missing, extra, duplicated) or a row is malformed. With
-    `labels_csv`, attribute ids outside labels.csv are refused too; without it the classes are
-    every attribute id seen in either file (an unknown id then simply counts as a wrong label)."""
+    """F2 of `pred_csv` against `truth_csv` (both `id,attribute_ids`), rows matched by id; DataError
+    when the ids differ (missing, extra, duplicated) or a row is malformed. With `labels_csv`, ids
+    outside labels.csv are refused too; without, the classes are every id seen in either file
+    (an unknown id counts as a wrong label)."""
     from imet.metrics.submission_io import (align_to_ids, check_known, read_submission,
                                             refuse_duplicate_ids, rows_to_matrix)
     truth_ids, truth_rows = read_submission(truth_csv)
@@ -265,16 +253,13 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
     if labels_csv is not None:
         from imet.data.labels import read_labels
         attribute_ids = list(read_labels(Path(labels_csv)).attribute_ids)
-        name = Path(labels_csv).name
-        check_known(truth_csv, truth_ids, truth_rows, attribute_ids, name)
-        check_known(pred_csv, truth_ids, pred_rows, attribute_ids, name)
+        for csv, rows in ((truth_csv, truth_rows), (pred_csv, pred_rows)):
+            check_known(csv, truth_ids, rows, attribute_ids, Path(labels_csv).name)
     else:
-        seen = {a for rows in (truth_rows, pred_rows) for row in rows for a in row}
-        attribute_ids = sorted(seen)
+        attribute_ids = sorted({a for rows in (truth_rows, pred_rows) for row in rows for a in row})
     truth = rows_to_matrix(truth_rows, attribute_ids)
     pred = rows_to_matrix(pred_rows, attribute_ids)
-    per_sample = f2_per_sample(truth, pred)
-    return Score(f2=float(per_sample.mean()), images=len(truth_ids),
+    return Score(f2=float(f2_per_sample(truth, pred).mean()), images=len(truth_ids),
                  mean_predicted=float(np.count_nonzero(pred) / len(truth_ids)),
                  mean_true=float(np.count_nonzero(truth) / len(truth_ids)))
 

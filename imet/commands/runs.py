@@ -1,7 +1,6 @@
-"""`python -m imet runs`: the experiment log of every train, validate and predict run found in
-the given folders (downloaded kernel outputs, /kaggle/input), best first, and on request a
-comparison PNG; `imet runs set-lb` records a run's leaderboard score in every registry under
-the folders that holds it."""
+"""`imet runs`: the experiment log of every run found in the given folders (kernel outputs,
+/kaggle/input), best first, and on request a comparison PNG; `imet runs set-lb` records a run's
+leaderboard score in every registry under the folders that holds it."""
 from __future__ import annotations
 
 import argparse
@@ -34,10 +33,8 @@ def configure_runs(parser: argparse.ArgumentParser) -> None:
 def run_runs(args: argparse.Namespace) -> int:
     from imet.observe.registry import (FORMATS, find_registries, merge_records, read_registry,
                                        render_comparison_png, sort_rows, summarize)
-
     roots = [Path(d) for d in (args.dirs or ["."])]
-    missing = [str(r) for r in roots if not r.exists()]
-    if missing:
+    if missing := [str(r) for r in roots if not r.exists()]:
         raise UserError(f"{', '.join(missing)}: no such folder or file; pass folders holding "
                         "kernel outputs (or imet-runs.jsonl files)")
     paths = find_registries(roots)
@@ -61,10 +58,9 @@ def run_runs(args: argparse.Namespace) -> int:
 
 def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
     parser.prog = "imet runs set-lb"
-    parser.description = (
-        "Store the public leaderboard score of RUN (a run id, or a unique prefix of one) in "
-        "every run registry (imet-runs.jsonl) under DIR… that holds it; `imet runs --sort lb` "
-        "then ranks by it.")
+    parser.description = ("Store the public leaderboard score of RUN (a run id, or a unique prefix "
+                          "of one) in every run registry (imet-runs.jsonl) under DIR… that holds "
+                          "it; `imet runs --sort lb` then ranks by it.")
     parser.add_argument("set_lb", choices=["set-lb"], metavar="set-lb", help=argparse.SUPPRESS)
     parser.add_argument("run", metavar="RUN", help="run id or a unique prefix of one")
     parser.add_argument("score", metavar="SCORE", help="the leaderboard score, e.g. 0.65432")
@@ -74,16 +70,15 @@ def configure_runs_set_lb(parser: argparse.ArgumentParser) -> None:
 
 def run_runs_set_lb(args: argparse.Namespace) -> int:
     from imet.observe.registry import set_lb
-
-    run_id, score_text, dirs = args.run, args.score, args.dirs or ["."]
     try:
-        score = float(score_text)
+        score = float(args.score)
     except ValueError:
         score = math.nan
     if not math.isfinite(score):
-        raise UserError(f"runs set-lb: SCORE {score_text!r} is not a number; give the public "
+        raise UserError(f"runs set-lb: SCORE {args.score!r} is not a number; give the public "
                         "leaderboard score, e.g. 0.65432")
-    run_id, changed = set_lb([Path(d) for d in dirs], run_id, score, utc_timestamp())
+    run_id, changed = set_lb([Path(d) for d in args.dirs or ["."]], args.run, score,
+                             utc_timestamp())
     for path in changed:
         print(f"imet runs: {run_id}: leaderboard {score:g} recorded in {path}")
     return 0

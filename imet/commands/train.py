@@ -23,17 +23,15 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "is checkpointed; when the time budget, a SIGTERM/SIGINT or Telegram's /stop ends the "
         f"session it saves, writes OUT/{HANDOVER} and exits with code {HANDED_OVER} (run again "
         "with --resume auto to continue exactly where it stopped); a second signal changes "
-        "nothing (the save finishes; kill -9 aborts "
-        f"without it). Exit {DISK_FULL}: no room on the disk for a checkpoint or model.pt "
-        "(nothing written; free space or lower --keep, then resume). "
-        "Flags override --config; defaults are shown in brackets.")
+        f"nothing (the save finishes; kill -9 aborts without it). Exit {DISK_FULL}: no room on the "
+        "disk for a checkpoint or model.pt (nothing written; free space or lower --keep, then "
+        "resume). Flags override --config; defaults are shown in brackets.")
     add_train_options(parser, archs=_ArchNames(), handover=HANDOVER)
 
 
 class _ArchNames:
-    """The registry's names for `--arch`'s help (so it never falls behind), looked up only when
-    the help is printed: the registry imports torch, which must not delay the signal handlers
-    `run` installs first thing."""
+    """The registry's names for `--arch`'s help, looked up only when it is printed: the registry
+    imports torch, which must not delay the signal handlers `run_train` installs first thing."""
 
     def __str__(self) -> str:
         from imet.models import ARCHS
@@ -43,7 +41,6 @@ class _ArchNames:
 def config_from_args(args: argparse.Namespace,
                      required: tuple[str, ...] = ("data", "out")) -> TrainConfig:
     values = given_settings(args)
-    source = args.config or "command line"
     from imet.models.weights import has_pretrained_weights
     if values.get("init") and "arch" not in values:  # --init tunes the model's own arch
         from imet.train.state import init_arch
@@ -53,7 +50,7 @@ def config_from_args(args: argparse.Namespace,
     explicit = values.get("pretrained") is not None
     if not explicit and not weighted:
         values["pretrained"] = False
-    config = TrainConfig.from_dict(values, source)
+    config = TrainConfig.from_dict(values, args.config or "command line")
     if explicit and config.pretrained and not weighted and config.weights is None:
         raise UserError(f"--pretrained: {config.arch} has no ImageNet weights; train it with "
                         "--no-pretrained (its default)")
@@ -69,7 +66,6 @@ def build_bus(config: TrainConfig, request_stop=None):
     from imet.observe.telegram import build_notifier
     from imet.train.distributed import env_rank
     from imet.train.events import EventBus
-
     inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
     subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s),
                    record_train_subscriber(config.out, inputs)]
@@ -80,51 +76,42 @@ def build_bus(config: TrainConfig, request_stop=None):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    # The budget counts from the CLI's start: importing torch and reading the data take session
-    # time too.
+    # The budget counts from the CLI's start: importing torch and reading the data take its time.
     session_start = getattr(args, "started_monotonic", None) or time.monotonic()
-    # Before anything slow (torch's import alone takes seconds): a SIGTERM/SIGINT during
-    # start-up ends the session at the loop's first boundary, with a handover, instead of
-    # killing it halfway.
+    # Before anything slow (torch's import alone takes seconds): a SIGTERM/SIGINT during start-up
+    # ends the session at the loop's first boundary, with a handover, not halfway.
     with StopRequest(process_exits=True) as stop:
-        return _train(args, session_start, stop)
-
-
-def _train(args: argparse.Namespace, session_start: float, stop: StopRequest) -> int:
-    from imet.train.loop import train
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
-    # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
-    # fail at the first CUDA operation: refused before anything is built.
-    from imet.kaggle.session import KERNEL_ENV, device_problem
-    problem = device_problem(config.device)
-    if problem:
-        raise UserError(problem)
-    bus = build_bus(config, stop.request)  # Telegram's /stop asks through it, as a signal does
-    try:
-        result = train(config, bus, session_start=session_start, stop=stop,
-                       next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]),
-                       kernel=os.environ.get(KERNEL_ENV) or None)
-    finally:
-        bus.close()
-    from imet.train.distributed import env_rank
-    if result.status == "handover" and env_rank() == 0:  # one line, not one per process
-        print(f"imet train: handed over at step {result.step} ({result.reason}); checkpoint "
-              f"{result.checkpoint}; see {config.out}/{HANDOVER}; exit {HANDED_OVER}",
-              file=sys.stderr)
-    return result.exit_code
+        from imet.train.distributed import env_rank
+        from imet.train.loop import train
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        config = config_from_args(args)
+        # A GPU this torch cannot run (no kernels for it, a driver too old for the build) would
+        # fail at the first CUDA operation: refused before anything is built.
+        from imet.kaggle.session import KERNEL_ENV, device_problem
+        if problem := device_problem(config.device):
+            raise UserError(problem)
+        bus = build_bus(config, stop.request)  # Telegram's /stop asks through it, as a signal does
+        try:
+            result = train(config, bus, session_start=session_start, stop=stop,
+                           next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]),
+                           kernel=os.environ.get(KERNEL_ENV) or None)
+        finally:
+            bus.close()
+        if result.status == "handover" and env_rank() == 0:  # one line, not one per process
+            print(f"imet train: handed over at step {result.step} ({result.reason}); checkpoint "
+                  f"{result.checkpoint}; see {config.out}/{HANDOVER}; exit {HANDED_OVER}",
+                  file=sys.stderr)
+        return result.exit_code
 
 
 def configure_lr_find(parser: argparse.ArgumentParser) -> None:
     configure_train(parser)
     parser.description = (
-        "Exponential LR sweep before training (the Open Images YOLO notes: find the LR, then "
-        "cycle it): the model, data and stage-2 optimizer `imet train` would use with the same "
-        "flags, the LR raised from --start-lr to --end-lr over --steps steps on the training "
-        "fold; stops early when the loss diverges. Prints the suggested --lr (steepest descent "
-        "of the smoothed loss) and writes the plot to --plot. Writes nothing into any run "
-        "folder.")
+        "Exponential LR sweep before training (the Open Images YOLO notes: find the LR, then cycle "
+        "it): the model, data and stage-2 optimizer `imet train` would use with the same flags, "
+        "the LR raised from --start-lr to --end-lr over --steps steps on the training fold; stops "
+        "early when the loss diverges. Prints the suggested --lr (steepest descent of the smoothed "
+        "loss) and writes the plot to --plot. Writes nothing into any run folder.")
     group = parser.add_argument_group("lr-find")
     group.add_argument("--steps", type=int, default=100, metavar="N",
                        help="training steps of the sweep [100]")
@@ -136,7 +123,6 @@ def configure_lr_find(parser: argparse.ArgumentParser) -> None:
 
 def run_lr_find(args: argparse.Namespace) -> int:
     from imet.train.lr_find import lr_find, write_lr_plot
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args, required=("data",))
     sweep = lr_find(config, args.steps, args.start_lr, args.end_lr)
