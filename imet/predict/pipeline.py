@@ -512,7 +512,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     decoding = resolve_decoding(test.members, test.labels, thresholds_file, threshold,
                                 min_labels, max_labels, log)
     members = infer_members(test.members, test.ids, test.paths, options, probs_dir, "test", log)
-    combined = ensemble(members, method, weights, [m.meta["name"] for m in members])
+    combined = ensemble(members, method, weights)
     combined.meta["split"] = "test"
     rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds, decoding.min_labels,
                                      decoding.max_labels, str(test.layout.sample_submission_csv),

@@ -51,7 +51,7 @@ def pseudo_label(data: Path, sources: Sequence[Path], out: Path, *, min_prob: fl
     start = time.perf_counter()
     test = open_test(data, sources, "pseudo-label")
     members = infer_members(test.members, test.ids, test.paths, options, None, "test", log)
-    combined = ensemble(members, method, weights, [m.meta["name"] for m in members])
+    combined = ensemble(members, method, weights)
     kept = np.flatnonzero(keep_confident(combined.probs, min_prob, rule))
     if not len(kept):
         raise UserError(f"pseudo-label: no test image passes --rule {rule} at --min-prob "
