@@ -265,9 +265,7 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
     n_classes = y.shape[1]
     if mode == "global":
         return np.full(n_classes, grid[_pick(_sweep(model, y, probs, grid))])
-    if groups is None:
-        groups = np.full(n_classes, "all")
-    groups = np.asarray(groups).astype(str)
+    groups = np.asarray(np.full(n_classes, "all") if groups is None else groups).astype(str)
     if groups.shape != (n_classes,):
         raise ValueError(f"groups must name the group of each of the {n_classes} classes, "
                          f"got shape {groups.shape}")

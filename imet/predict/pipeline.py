@@ -186,10 +186,8 @@ def ensemble(members: Sequence[Probabilities], method: str = "mean",
             raise UserError(f"{name}: predicted {len(member.ids)} images, {names[0]} "
                             f"{len(ids)}, not the same set; predict every member on the same data")
     aligned = [m.reorder(ids, source=n) for m, n in zip(members, names)]
-    if len(aligned) == 1:
-        combined = aligned[0].probs.astype(np.float32)
-    else:
-        combined = ENSEMBLES[method]([m.probs for m in aligned], weights)
+    combined = (aligned[0].probs.astype(np.float32) if len(aligned) == 1
+                else ENSEMBLES[method]([m.probs for m in aligned], weights))
     meta = {"labels_fingerprint": members[0].labels_fingerprint,
             "ensemble": method if len(members) > 1 else None,
             "members": [dict(m.meta, name=n) for m, n in zip(members, names)],
@@ -244,15 +242,12 @@ def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence
     thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thresholds.size == 1:
         thresholds = np.full(len(attribute_ids), float(thresholds[0]))
-    document = {
-        "format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "mode": mode,
-        "min_labels": int(min_labels),
-        "max_labels": None if max_labels is None else int(max_labels),
-        "context": round(float(context), 6),
-        "labels_fingerprint": labels_fingerprint, **extra,
-        "attribute_ids": [int(a) for a in attribute_ids],
-        "thresholds": [round(float(t), 6) for t in thresholds],
-    }
+    document = {"format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "mode": mode,
+                "min_labels": int(min_labels),
+                "max_labels": None if max_labels is None else int(max_labels),
+                "context": round(float(context), 6), "labels_fingerprint": labels_fingerprint,
+                **extra, "attribute_ids": [int(a) for a in attribute_ids],
+                "thresholds": [round(float(t), 6) for t in thresholds]}
     atomic_write_text(Path(path), json.dumps(document, indent=1) + "\n")
     return Path(path)
 
@@ -397,9 +392,8 @@ def store_member(run: Run, probs: Probabilities, save_dir: Path | None) -> Proba
 
 def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
                   image_paths: Sequence[Path], options: InferenceOptions,
-                  probs_dir: Path | None, split: str,
-                  log: Log = log_stderr) -> list[Probabilities]:
-    """Probabilities of every member over `ids`, each named in its meta["name"]."""
+                  probs_dir: Path | None, log: Log = log_stderr) -> list[Probabilities]:
+    """Probabilities of every member over the test images `ids`, each named in meta["name"]."""
     members = []
     for item in loaded:
         if isinstance(item, Probabilities):
@@ -408,7 +402,7 @@ def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
             members.append(item)
         else:
             members.append(store_member(item, predict_run(item, image_paths, ids, options,
-                                                          log, split), probs_dir))
+                                                          log, "test"), probs_dir))
     return members
 
 
@@ -511,7 +505,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
     decoding = resolve_decoding(test.members, test.labels, thresholds_file, threshold,
                                 min_labels, max_labels, log)
-    members = infer_members(test.members, test.ids, test.paths, options, probs_dir, "test", log)
+    members = infer_members(test.members, test.ids, test.paths, options, probs_dir, log)
     combined = ensemble(members, method, weights)
     combined.meta["split"] = "test"
     rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds, decoding.min_labels,
@@ -525,12 +519,10 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     log(f"predict: wrote {out} ({len(rows)} images, {labels_per_image:.2f} labels per image, "
         f"{len(members)} member(s), {method if len(members) > 1 else 'single run'}, "
         f"{seconds:.1f}s)")
-    return {
-        "kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
-        "images": len(rows), "labels_per_image": round(labels_per_image, 3),
-        "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
-        "runs": [m.meta for m in members], "tta": list(parse_tta(options.tta)),
-        "thresholds": decoding.source, "min_labels": decoding.min_labels,
-        "max_labels": decoding.max_labels, "context": decoding.context,
-        "labels_fingerprint": test.labels.fingerprint(), "seconds": round(seconds, 2),
-    }
+    return {"kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
+            "images": len(rows), "labels_per_image": round(labels_per_image, 3),
+            "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
+            "runs": [m.meta for m in members], "tta": list(parse_tta(options.tta)),
+            "thresholds": decoding.source, "min_labels": decoding.min_labels,
+            "max_labels": decoding.max_labels, "context": decoding.context,
+            "labels_fingerprint": test.labels.fingerprint(), "seconds": round(seconds, 2)}

@@ -50,7 +50,7 @@ def pseudo_label(data: Path, sources: Sequence[Path], out: Path, *, min_prob: fl
     options = options or InferenceOptions()
     start = time.perf_counter()
     test = open_test(data, sources, "pseudo-label")
-    members = infer_members(test.members, test.ids, test.paths, options, None, "test", log)
+    members = infer_members(test.members, test.ids, test.paths, options, None, log)
     combined = ensemble(members, method, weights)
     kept = np.flatnonzero(keep_confident(combined.probs, min_prob, rule))
     if not len(kept):

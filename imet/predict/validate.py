@@ -130,10 +130,9 @@ def concat_probabilities(parts: Sequence[Probabilities]) -> Probabilities:
     if len(set(ids)) != len(ids):
         raise UserError("validation: two folds share images; check that folds.csv is the one the "
                         "runs were trained with")
-    meta = {"labels_fingerprint": parts[0].labels_fingerprint,
-            "folds": [p.meta for p in parts], "split": "oof"}
     return Probabilities(ids, np.concatenate([p.probs for p in parts]), parts[0].attribute_ids,
-                         meta)
+                         {"labels_fingerprint": parts[0].labels_fingerprint,
+                          "folds": [p.meta for p in parts], "split": "oof"})
 
 
 @dataclass
