@@ -416,9 +416,8 @@ class Decoding:
 
 
 def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
-                     thresholds_file: Path | None, threshold: float | None,
-                     min_labels: int | None, max_labels: int | None,
-                     log: Log = log_stderr) -> Decoding:
+                     thresholds_file: Path | None, threshold: float | None, min_labels: int | None,
+                     max_labels: int | None, log: Log = log_stderr) -> Decoding:
     """--threshold, else --thresholds FILE, else each run's thresholds.json (averaged over the
     members), else the thresholds training found on each fold (averaged, with a warning).
     Resolved before inference, so a missing file fails before hours of work, not after."""

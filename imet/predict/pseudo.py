@@ -35,8 +35,7 @@ def keep_confident(probs: np.ndarray, min_prob: float, rule: str) -> np.ndarray:
 
 def pseudo_label(data: Path, sources: Sequence[Path], out: Path, *, min_prob: float = 0.9,
                  rule: str = "top", soft: bool = False, method: str = "mean",
-                 weights: Sequence[float] | None = None,
-                 options: InferenceOptions | None = None,
+                 weights: Sequence[float] | None = None, options: InferenceOptions | None = None,
                  log: Log = log_stderr) -> dict[str, Any]:
     """Writes OUT/train/<id>.png, OUT/labels.csv and OUT/train.csv (or OUT/soft_targets.npz);
     returns a summary. Every refusal comes before anything is written."""

@@ -64,9 +64,8 @@ def class_errors(truth: np.ndarray, pred: np.ndarray) -> ClassErrors:
 
 def group_confusion(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray,
                     group: str = CONFUSED_GROUP) -> tuple[np.ndarray, np.ndarray]:
-    """(class indices of `group`, int matrix M) where M[a, b] counts the images whose true
-    class a of the group was missed while class b of the group was predicted and is not true:
-    a taken for b."""
+    """(class indices of `group`, int matrix M): M[a, b] counts the images whose true class a of
+    the group was missed while its class b was predicted and is not true (a taken for b)."""
     cols = np.flatnonzero(groups == group)
     missed = sparse.csr_matrix(truth[:, cols] & ~pred[:, cols], dtype=np.int32)
     added = sparse.csr_matrix(pred[:, cols] & ~truth[:, cols], dtype=np.int32)
@@ -221,8 +220,7 @@ def plot_confusion(scores: ValidationScores, names: Sequence[str], path: Path,
     cols, matrix = scores.confusion
     figure, axes = _figure(7.5, 6.5)
     keep = np.argsort(-(matrix.sum(axis=0) + matrix.sum(axis=1)), kind="stable")[:size]
-    shown = matrix[np.ix_(keep, keep)]
-    image = axes.imshow(shown, cmap="Reds")
+    image = axes.imshow(matrix[np.ix_(keep, keep)], cmap="Reds")
     labels = [names[cols[k]].split("::", 1)[-1][:24] for k in keep]
     axes.set_xticks(range(len(keep)), labels, rotation=70, ha="right", fontsize=7)
     axes.set_yticks(range(len(keep)), labels, fontsize=7)
@@ -283,8 +281,7 @@ def markdown_table(scores: ValidationScores, summary: dict[str, Any],
 def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray,
                             groups: np.ndarray, scores: ValidationScores, summary: dict[str, Any],
                             members: Sequence[dict[str, Any]], names: Sequence[str],
-                            min_labels: int = 1, max_labels: int | None = None
-                            ) -> dict[str, str]:
+                            min_labels: int = 1, max_labels: int | None = None) -> dict[str, str]:
     plots = Path(out_dir) / "plots"
     paths = {"f2_vs_threshold": plots / "f2_vs_threshold.png",
              "class_f2_vs_support": plots / "class_f2_vs_support.png",
