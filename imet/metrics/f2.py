@@ -1,27 +1,20 @@
 """F2 (F-beta with beta=2) averaged over samples, the iMet Collection 2019 metric, and the
-decoding of probabilities into the label sets it scores.
+decoding of probabilities into the label sets it scores. Vectorized: integer counts per row.
 
-Vectorized over the whole [N, C] matrix: one pass of integer counts per row, no Python loop.
-
-Zero division, matching scikit-learn's default (`zero_division="warn"`, which scores 0.0
-without the warning): a sample with no true label AND no predicted label has an undefined
-F2 and scores 0.0. A sample with true labels but no prediction (or the reverse) is well
-defined and scores 0.0 as well. Pass `zero_division=1.0` to count "nothing to find, nothing
-predicted" as perfect instead (sklearn's `zero_division=1.0`). iMet rows always have at
-least one true label, so the choice never matters on competition data.
+Zero division as scikit-learn's default (`zero_division="warn"`, without the warning): a sample
+with no true AND no predicted label scores 0.0 (`zero_division=1.0`: 1.0, as sklearn's); true
+labels but no prediction (or the reverse) scores 0.0 too. iMet rows always have a true label.
 
 Decoding (`binarize`; the searches in imet.metrics.thresholds model the same rules):
-- a class passes when `prob >= threshold` (scalar, or one threshold per class) and, with a
-  context ratio r > 0, also `prob >= r * the image's top probability` (per-image thresholds
-  `max(t, r * top)`: an image whose best class is very sure asks more of the others);
-- `min_labels`: an image where fewer than `min_labels` classes pass is filled up with its most
-  probable classes that did not pass, to exactly `min_labels` labels (never an empty prediction
-  with the default 1: an empty row scores 0 for sure, its best guess may not);
-- `max_labels`: an image where more than `max_labels` classes pass keeps only its
-  `max_labels` most probable ones.
-Ties between equal probabilities are broken arbitrarily (by np.argpartition). Only the rows
-that need a fix are touched.
-"""
+- a class passes when `prob >= threshold` (scalar or per class) and, with a context ratio
+  r > 0, `prob >= r * the image's top probability` (per-image thresholds `max(t, r * top)`:
+  an image whose best class is very sure asks more of the others);
+- `min_labels`: an image with fewer passing classes is filled up with its most probable others
+  to exactly `min_labels` (never an empty prediction with the default 1: an empty row scores 0
+  for sure, its best guess may not);
+- `max_labels`: an image with more keeps only its `max_labels` most probable ones.
+Ties between equal probabilities are broken arbitrarily (np.argpartition); only the rows that
+need a fix are touched."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,26 +23,23 @@ BETA = 2.0
 _B2 = BETA * BETA
 
 
-def _as_bool_2d(name: str, array) -> np.ndarray:
-    arr = np.asarray(array)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D [samples, classes] array, got shape {arr.shape}")
-    return arr if arr.dtype == bool else arr != 0
-
-
 def _truth_and_pred(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
-    truth = _as_bool_2d("y_true", y_true)
-    pred = _as_bool_2d("y_pred", y_pred)
+    arrays = []
+    for name, array in (("y_true", y_true), ("y_pred", y_pred)):
+        arr = np.asarray(array)
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D [samples, classes] array, got shape "
+                             f"{arr.shape}")
+        arrays.append(arr if arr.dtype == bool else arr != 0)
+    truth, pred = arrays
     if truth.shape != pred.shape:
         raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
     return truth, pred
 
 
 def f2_from_counts(tp, n_true, n_pred, zero_division: float = 0.0) -> np.ndarray:
-    """Per-sample F2 from per-sample counts (true positives, true labels, predicted labels).
-
-    F-beta = (1+b^2) tp / ((1+b^2) tp + b^2 fn + fp) = (1+b^2) tp / (b^2 n_true + n_pred).
-    The threshold searches reuse this with counts they update incrementally."""
+    """F2 from counts (true positives, true labels, predicted labels): (1+b^2) tp / ((1+b^2) tp
+    + b^2 fn + fp) = (1+b^2) tp / (b^2 n_true + n_pred); the searches reuse it on their counts."""
     tp = np.asarray(tp, dtype=np.float64)
     denom = _B2 * np.asarray(n_true, dtype=np.float64) + np.asarray(n_pred, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -57,16 +47,11 @@ def f2_from_counts(tp, n_true, n_pred, zero_division: float = 0.0) -> np.ndarray
     return np.where(denom > 0, score, zero_division)
 
 
-def sample_counts(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tp, n_true, n_pred) per sample, as int64 arrays."""
-    truth, pred = _truth_and_pred(y_true, y_pred)
-    tp = np.count_nonzero(truth & pred, axis=1)
-    return tp, np.count_nonzero(truth, axis=1), np.count_nonzero(pred, axis=1)
-
-
 def f2_per_sample(y_true, y_pred, zero_division: float = 0.0) -> np.ndarray:
     """F2 of every sample (row) of binary [N, C] arrays, float64 [N]."""
-    return f2_from_counts(*sample_counts(y_true, y_pred), zero_division=zero_division)
+    truth, pred = _truth_and_pred(y_true, y_pred)
+    return f2_from_counts(np.count_nonzero(truth & pred, axis=1), np.count_nonzero(truth, axis=1),
+                          np.count_nonzero(pred, axis=1), zero_division=zero_division)
 
 
 def f2_score(y_true, y_pred, zero_division: float = 0.0) -> float:
@@ -81,9 +66,8 @@ def f2_per_class(y_true, y_pred, zero_division: float = 0.0) -> np.ndarray:
     """F2 of every class (column), float64 [C]: for "per-class F2 against support" reports.
     A class never true and never predicted scores `zero_division`."""
     truth, pred = _truth_and_pred(y_true, y_pred)
-    tp = np.count_nonzero(truth & pred, axis=0)
-    return f2_from_counts(tp, np.count_nonzero(truth, axis=0), np.count_nonzero(pred, axis=0),
-                          zero_division=zero_division)
+    return f2_from_counts(np.count_nonzero(truth & pred, axis=0), np.count_nonzero(truth, axis=0),
+                          np.count_nonzero(pred, axis=0), zero_division=zero_division)
 
 
 def check_probs(probs) -> np.ndarray:
@@ -96,17 +80,6 @@ def check_probs(probs) -> np.ndarray:
     if np.isnan(arr).any():
         raise ValueError("probabilities contain NaN")
     return arr
-
-
-def check_thresholds(thresholds, num_classes: int) -> np.ndarray:
-    """A scalar or a [C] array of thresholds, as float64 (0-d for a scalar)."""
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if thr.ndim > 1 or (thr.ndim == 1 and thr.shape[0] != num_classes):
-        raise ValueError(f"thresholds must be a scalar or have {num_classes} entries, "
-                         f"got shape {thr.shape}")
-    if np.isnan(thr).any():
-        raise ValueError("thresholds contain NaN")
-    return thr
 
 
 def check_label_limits(min_labels: int, max_labels: int | None, num_classes: int):
@@ -140,13 +113,6 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def check_context(context) -> float:
-    ratio = float(context)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"the context ratio must lie in [0, 1], got {context!r}")
-    return ratio
-
-
 def context_passes(probs: np.ndarray, ratio: float) -> np.ndarray:
     """Bool [N, C]: the entries that reach `ratio` times their image's top probability."""
     return probs >= (ratio * probs.max(axis=1, keepdims=True)).astype(probs.dtype)
@@ -157,9 +123,16 @@ def binarize(probs, thresholds, min_labels: int = 1, max_labels: int | None = No
     """Bool [N, C] predictions from probabilities [N, C] (see the module doc for the rules)."""
     probs = check_probs(probs)
     n_cols = probs.shape[1]
-    thr = check_thresholds(thresholds, n_cols)
+    thr = np.asarray(thresholds, dtype=np.float64)  # a scalar or one per class
+    if thr.ndim > 1 or (thr.ndim == 1 and thr.shape[0] != n_cols):
+        raise ValueError(f"thresholds must be a scalar or have {n_cols} entries, "
+                         f"got shape {thr.shape}")
+    if np.isnan(thr).any():
+        raise ValueError("thresholds contain NaN")
     min_labels, max_labels = check_label_limits(min_labels, max_labels, n_cols)
-    ratio = check_context(context)
+    ratio = float(context)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"the context ratio must lie in [0, 1], got {context!r}")
     pred = probs >= thr
     if ratio > 0 and n_cols:
         pred &= context_passes(probs, ratio)
@@ -169,8 +142,7 @@ def binarize(probs, thresholds, min_labels: int = 1, max_labels: int | None = No
     if few.size:
         rows = pred[few]
         # The most probable classes that did not pass; each row takes as many as it lacks.
-        candidates = np.where(rows, -np.inf, probs[few])
-        fill = top_k_indices(candidates, min_labels)
+        fill = top_k_indices(np.where(rows, -np.inf, probs[few]), min_labels)
         need = (min_labels - n_pass[few])[:, None]
         take = np.arange(fill.shape[1])[None, :] < need
         row_idx = np.broadcast_to(np.arange(few.size)[:, None], fill.shape)

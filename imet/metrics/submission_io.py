@@ -1,10 +1,7 @@
-"""Submission-format CSVs (`id,attribute_ids`, space-separated attribute ids per image):
-read one and line it up against the ids it must cover; write one atomically.
-
-Kept in the metrics layer (below imet.data, so no LabelSpace here): a plain list of attribute
-ids stands for the columns, so `score` works on any two such files and `predict` writes with
-the same code. Attribute ids inside a row are a set: order and repeats do not matter.
-"""
+"""Submission-format CSVs (`id,attribute_ids`, space-separated attribute ids per image): read
+one and line it up against the ids it must cover; write one atomically. In the metrics layer
+(below imet.data, so no LabelSpace): a plain list of attribute ids stands for the columns, so
+`score` works on any two such files. Attribute ids in a row are a set (order, repeats ignored)."""
 from __future__ import annotations
 
 import csv
@@ -18,13 +15,11 @@ from imet.errors import DataError
 from imet.fileio import atomic_open
 
 HEADER = ("id", "attribute_ids")
-_EXAMPLES = 3
 
 
 def _examples(values) -> str:
     values = list(values)
-    shown = ", ".join(repr(v) for v in values[:_EXAMPLES])
-    return shown + (", ..." if len(values) > _EXAMPLES else "")
+    return ", ".join(repr(v) for v in values[:3]) + (", ..." if len(values) > 3 else "")
 
 
 def read_submission(path) -> tuple[list[str], list[list[int]]]:
@@ -94,13 +89,9 @@ def align_to_ids(path, ids: Sequence[str], rows: Sequence[list[int]],
     missing = [i for i in expected_ids if i not in counts]
     extra = [i for i in counts if i not in expected]
     if duplicated or missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_examples(missing)})")
-        if extra:
-            parts.append(f"{len(extra)} not in {expected_from} ({_examples(extra)})")
-        if duplicated:
-            parts.append(f"{len(duplicated)} listed more than once ({_examples(duplicated)})")
+        parts = [f"{len(found)} {what} ({_examples(found)})" for found, what in
+                 ((missing, "missing"), (extra, f"not in {expected_from}"),
+                  (duplicated, "listed more than once")) if found]
         raise DataError(f"{path}: ids do not match {expected_from} ({len(expected)} ids): "
                         f"{'; '.join(parts)}; write exactly one row per id")
     position = {image_id: n for n, image_id in enumerate(ids)}
@@ -110,7 +101,7 @@ def align_to_ids(path, ids: Sequence[str], rows: Sequence[list[int]],
 def check_known(path, ids: Sequence[str], rows: Sequence[list[int]],
                 attribute_ids: Sequence[int], labels_from: str = "labels.csv") -> None:
     """DataError naming the first row (by id) that uses an attribute id not in `attribute_ids`."""
-    known = set(int(a) for a in attribute_ids)
+    known = {int(a) for a in attribute_ids}
     for image_id, row in zip(ids, rows):
         unknown = [a for a in row if a not in known]
         if unknown:

@@ -1,29 +1,28 @@
 """Choosing a decoding for the sample-averaged F2 on validation predictions: one global
-threshold, one per group (culture / tag), one per class falling back to its group's threshold
-below a minimum support, or per-group thresholds with an image-relative context ratio; and
+threshold, one per group (culture / tag), one per class falling back to its group's below a
+minimum support, or per-group thresholds with an image-relative context ratio; and
 cross-fitting, which scores any of these honestly.
 
-Why not a plain grid loop: iMet validation is 109k x 1103 probabilities; scoring 100 thresholds
-one by one is 100 passes over 120M entries. Instead every entry is bucketed ONCE into the grid
-(`np.searchsorted`), per-row bucket counts of all / true entries (`np.bincount`) are turned by a
-suffix sum into every row's number of predicted and true-positive labels at EVERY grid
-threshold, and F2 at all thresholds follows from those counts. The curve is exactly the one a
-brute-force loop over `binarize` gives on the same grid, for the cost of about one pass.
+Why not a plain grid loop: iMet validation is 109k x 1103 probabilities, 100 thresholds one by
+one are 100 passes over 120M entries. Instead every entry is bucketed ONCE into the grid
+(`np.searchsorted`); per-row bucket counts of all / true entries (`np.bincount`) give, by a
+suffix sum, every row's predicted and true-positive counts at EVERY grid threshold, and F2 follows:
+exactly the curve a brute-force loop over `binarize` gives, for about one pass.
 
 Per group and per class: coordinate ascent, each step exact over the grid for its coordinate.
-Groups: the same single pass stores each row's counts per group at every threshold (uint16), so
-a step only adds the other groups' counts at their current thresholds. Classes: with the other
-classes fixed, a sample's F2 gain from predicting the class is known in closed form, so the F2 at
-every grid threshold of that class is a bucketed suffix sum of gains, over only the samples
-whose probability reaches the lowest grid threshold. Per-class thresholds start from the group
-thresholds (also the fallback below `min_support` positives); ties pick the middle of the best
-plateau. Coordinate ascent finds a local optimum: no single threshold can be improved.
+Groups: the same pass stores each row's counts per group at every threshold (uint16), so a step
+only adds the other groups' counts at their current thresholds. Classes: with the others fixed,
+a sample's F2 gain from predicting the class is known in closed form, so the F2 at every grid
+threshold of that class is a bucketed suffix sum of gains over the samples reaching the lowest
+grid threshold. Per-class thresholds start from the group thresholds (also the fallback below
+`min_support` positives); ties pick the middle of the best plateau. The result is a local
+optimum: no single threshold can be improved.
 
 min_labels / max_labels (see imet.metrics.f2) are modelled as: fewer than `min_labels` passing ->
-the sample's top-`min_labels` labels; more than `max_labels` -> its top-`max_labels`. That is
-exactly `binarize` for global thresholds (the passing set is always a top set) and, for any
-thresholds, with min_labels <= 1 and no max_labels (the default decode). Otherwise group/class
-searches optimise this close model; the returned F2 values are always recomputed with `binarize`.
+the top-`min_labels` labels; more than `max_labels` -> the top-`max_labels`. That is exactly
+`binarize` for global thresholds (the passing set is always a top set) and, for any thresholds,
+with min_labels <= 1 and no max_labels (the default); otherwise group/class searches optimise
+this close model. The returned F2 values are always recomputed with `binarize`.
 """
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ class _F2Model:
             return None
         out = np.empty(y.shape[0], dtype=np.int64)
         for sl in _row_chunks(y.shape[0], y.shape[1]):
-            top = top_k_indices(probs[sl], k)
-            out[sl] = np.take_along_axis(y[sl], top, axis=1).sum(axis=1)
+            out[sl] = np.take_along_axis(y[sl], top_k_indices(probs[sl], k), axis=1).sum(axis=1)
         return out
 
     def f2(self, k, tp, rows=slice(None)) -> np.ndarray:
@@ -85,17 +83,6 @@ class _F2Model:
             tp = np.where(many, self.tp_max[rows][extra], tp)
             k = np.where(many, self.max_labels, k)
         return f2_from_counts(tp, n_true, k)
-
-
-def _pass_counts(y, probs, thresholds):
-    """Per-sample (predicted, true-positive) counts at per-class `thresholds`."""
-    k = np.zeros(probs.shape[0], dtype=np.int64)
-    tp = np.zeros(probs.shape[0], dtype=np.int64)
-    for sl in _row_chunks(probs.shape[0], probs.shape[1]):
-        passing = probs[sl] >= thresholds
-        k[sl] = np.count_nonzero(passing, axis=1)
-        tp[sl] = np.count_nonzero(passing & y[sl], axis=1)
-    return k, tp
 
 
 def _row_chunks(n_rows: int, width: int):
@@ -167,8 +154,7 @@ def global_f2_curve(y_true, probs, grid=None, min_labels: int = 1, max_labels=No
     equals [f2_score(y, binarize(probs, t, min_labels, max_labels)) for t in grid]."""
     y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
-    model = _F2Model(y, probs, min_labels, max_labels)
-    return grid, _sweep(model, y, probs, grid)
+    return grid, _sweep(_F2Model(y, probs, min_labels, max_labels), y, probs, grid)
 
 
 def best_global_threshold(y_true, probs, grid=None, min_labels: int = 1, max_labels=None):
@@ -179,11 +165,9 @@ def best_global_threshold(y_true, probs, grid=None, min_labels: int = 1, max_lab
 
 
 def _group_search(model, y, probs, grid, groups, max_rounds=10):
-    """Coordinate ascent over one threshold per group, from the best global threshold.
-
-    One pass over the data stores every row's counts per group at every grid threshold
-    (uint16 [N, G, T]: 2 x 87 MB for 109k images, 2 groups, 199 thresholds); each coordinate step
-    then only adds the other groups' counts at their current thresholds."""
+    """Coordinate ascent over one threshold per group, from the best global threshold. One pass
+    stores every row's counts per group at every grid threshold (uint16 [N, G, T]: 2 x 87 MB for
+    109k images, 2 groups, 199 thresholds); a step adds the others' at their current ones."""
     names = sorted(set(groups.tolist()))
     col_group = np.searchsorted(names, groups)
     n, n_groups, n_thr = y.shape[0], len(names), grid.size
@@ -201,10 +185,9 @@ def _group_search(model, y, probs, grid, groups, max_rounds=10):
                 k = counts_k[sl].sum(axis=1, dtype=np.int64)
                 tp = counts_tp[sl].sum(axis=1, dtype=np.int64)
             else:
-                others = [h for h in range(n_groups) if h != g]
                 k = counts_k[sl, g].astype(np.int64)
                 tp = counts_tp[sl, g].astype(np.int64)
-                for h in others:
+                for h in (h for h in range(n_groups) if h != g):
                     k += counts_k[sl, h, chosen[h], None]
                     tp += counts_tp[sl, h, chosen[h], None]
             total += model.f2(k, tp, sl).sum(axis=0)
@@ -224,10 +207,14 @@ def _group_search(model, y, probs, grid, groups, max_rounds=10):
 
 def _class_search(model, y, probs, grid, thresholds, eligible, max_rounds=3):
     """Coordinate ascent over the per-class thresholds of the `eligible` classes (in place).
-
     Only the samples with p >= grid[0] can ever be predicted for a class, so a class step costs
     O(those samples): with a real model most probabilities are tiny and the steps are cheap."""
-    k, tp = _pass_counts(y, probs, thresholds)
+    k = np.zeros(probs.shape[0], dtype=np.int64)  # per sample: predicted, true positives
+    tp = np.zeros(probs.shape[0], dtype=np.int64)
+    for sl in _row_chunks(probs.shape[0], probs.shape[1]):
+        passing = probs[sl] >= thresholds
+        k[sl] = np.count_nonzero(passing, axis=1)
+        tp[sl] = np.count_nonzero(passing & y[sl], axis=1)
     index = np.searchsorted(grid, thresholds)
     lowest = grid[0]
     for _ in range(max_rounds):
@@ -278,9 +265,7 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
     n_classes = y.shape[1]
     if mode == "global":
         return np.full(n_classes, grid[_pick(_sweep(model, y, probs, grid))])
-    if groups is None:
-        groups = np.full(n_classes, "all")
-    groups = np.asarray(groups).astype(str)
+    groups = np.asarray(np.full(n_classes, "all") if groups is None else groups).astype(str)
     if groups.shape != (n_classes,):
         raise ValueError(f"groups must name the group of each of the {n_classes} classes, "
                          f"got shape {groups.shape}")
@@ -297,13 +282,9 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
 # For a fixed r, an entry can pass only when it reaches r * top, so masking the other entries to
 # 0 turns the problem into the ordinary per-group search above, exact over its grid. Each
 # candidate r costs one masked copy and one group search (~3.5 s CPU at iMet scale), so r is
-# searched coarse to fine: 0, 0.1 .. 0.9, then the two halfway points beside the best. The best
-# pair by in-sample F2 is kept (validate then cross-fits the whole search like every other mode).
-
-def coarse_ratios() -> np.ndarray:
-    """0 (no context: the plain group search is always a candidate) .. 0.9 in steps of 0.1."""
-    return np.arange(0, 10, dtype=np.float64) / 10.0
-
+# searched coarse to fine: 0 (the plain group search, always a candidate), 0.1 .. 0.9, then the two
+# halfway points beside the best. The best pair by in-sample F2 is kept (validate then cross-fits
+# the whole search like every other mode).
 
 def search_context(y_true, probs, groups=None, grid=None, ratios=None, min_labels: int = 1,
                    max_labels=None, min_support: int = DEFAULT_MIN_SUPPORT
@@ -326,8 +307,8 @@ def search_context(y_true, probs, groups=None, grid=None, ratios=None, min_label
         # ties go to the smaller ratio: the decoding closer to plain thresholds
         return max(sorted(tried), key=lambda r: (round(tried[r][0], 12), -r))
 
-    candidates = coarse_ratios() if ratios is None else np.asarray(ratios, dtype=np.float64)
-    for ratio in candidates.tolist():
+    coarse = np.arange(0, 10, dtype=np.float64) / 10.0
+    for ratio in (coarse if ratios is None else np.asarray(ratios, dtype=np.float64)).tolist():
         fit(round(ratio, 6))
     if ratios is None:
         centre = best()

@@ -1,12 +1,11 @@
 """Running a model over a loader (`run_model`): the one forward path of training's evaluation,
 validate, predict and pseudo-label, and the one way their F2 is scored (`score`).
 
-Each image is decoded and resized once; the TTA views are made on the batch tensor on the
-device (`apply_tta`) and run through the model as one concatenated batch, so a 2x TTA costs one
-bigger forward pass instead of a second pass over the data loader. Autocast in the run's
-precision (imet/device.py: by default fp16 on a T4, bf16 from Ampere on, fp32 on CPU),
-channels_last on CUDA (training: with --channels-last); probabilities are averaged over the
-views in float32."""
+Each image is decoded and resized once; the TTA views are made on the batch tensor on the device
+(`apply_tta`) and run as one concatenated batch: a 2x TTA costs one bigger forward pass, not a
+second pass over the loader. Autocast in the run's precision (imet/device.py: fp16 on a T4, bf16
+from Ampere on, fp32 on CPU by default), channels_last on CUDA (training: with --channels-last);
+probabilities are averaged over the views in float32."""
 from __future__ import annotations
 
 import os
@@ -37,8 +36,7 @@ def parse_tta(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     """"none,hflip" -> ("none", "hflip"); UserError naming an unknown transform."""
     if spec is None or spec == "":
         return ("none",)
-    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
-    names = [n for n in names if n]
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
     unknown = [n for n in names if n not in TTA]
     if unknown or not names:
         raise UserError(f"--tta: unknown transform {unknown[0] if unknown else spec!r}; choose "
@@ -115,8 +113,7 @@ class Throughput:
         self.total, self.log, self.every_s = total, log, every_s
         self.time_limit_s, self.label = time_limit_s, label
         self.start = self.last = time.perf_counter()
-        self.done = 0
-        self.warned = False
+        self.done, self.warned = 0, False
 
     def update(self, count: int) -> None:
         self.done += count

@@ -8,16 +8,16 @@ from __future__ import annotations
 import gc
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from imet.data.labels import CompetitionLayout, LabelSpace, read_labels, read_sample_submission
 from imet.data.transforms import Normalization
-from imet.device import Precision, device_precision, resolve_device
+from imet.device import device_precision, resolve_device
 from imet.errors import CheckpointError, DataError, UserError
 from imet.fileio import atomic_write_text
 from imet.metrics.f2 import binarize
@@ -55,39 +55,9 @@ class Run:
         return int(size)
 
     @property
-    def preset(self) -> str:
-        """The training augmentation preset: evaluation uses its geometry."""
-        return str(self.config.get("preset") or "resize")
-
-    @property
     def fold(self) -> int | None:
         fold = self.config.get("fold")
         return None if fold is None else int(fold)
-
-    @property
-    def train_threshold(self) -> float | None:
-        """The best global threshold training found on its validation fold (if recorded)."""
-        extra = self.info.get("extra") or {}
-        value = extra.get("threshold", extra.get("best_threshold"))
-        return None if value is None else float(value)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": str(self.path), "arch": self.arch,
-                "image_size": self.config.get("image_size"), "fold": self.fold,
-                "labels_fingerprint": self.labels.fingerprint()}
-
-
-def check_label_space(labels: LabelSpace, expected: LabelSpace, source: Path,
-                      expected_source: Path) -> None:
-    """CheckpointError naming the model file when it predicts another label space."""
-    if labels.fingerprint() == expected.fingerprint():
-        return
-    only_model = len(set(labels.attribute_ids) - set(expected.attribute_ids))
-    only_csv = len(set(expected.attribute_ids) - set(labels.attribute_ids))
-    raise CheckpointError(
-        f"{source}: model predicts {labels.num_classes} classes but {expected_source} has "
-        f"{expected.num_classes} ({only_model} attribute ids only in the model, {only_csv} only in "
-        "the CSV, or names/order differ); use a model trained on this labels.csv")
 
 
 def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace | None = None,
@@ -108,8 +78,14 @@ def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: field labels missing or malformed ({err}); "
                               "not an imet model file") from None
-    if expected is not None:
-        check_label_space(labels, expected, path, expected_source or Path("labels.csv"))
+    if expected is not None and labels.fingerprint() != expected.fingerprint():
+        only_model = len(set(labels.attribute_ids) - set(expected.attribute_ids))
+        only_csv = len(set(expected.attribute_ids) - set(labels.attribute_ids))
+        raise CheckpointError(
+            f"{path}: model predicts {labels.num_classes} classes but "
+            f"{expected_source or Path('labels.csv')} has {expected.num_classes} ({only_model} "
+            f"attribute ids only in the model, {only_csv} only in the CSV, or names/order "
+            "differ); use a model trained on this labels.csv")
     return Run(name, path, model, info, labels)
 
 
@@ -119,23 +95,6 @@ def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace
 # probability thresholds meaningless, so the rank ensemble is mapped back, class by class, onto
 # the value distribution of the mean ensemble: the same ordering as the rank average, on a scale
 # where thresholds chosen on probabilities still apply.
-
-def check_same_labels(members: Sequence[Probabilities], names: Sequence[str]) -> None:
-    """UserError naming the first member whose label space differs from the first one's."""
-    reference = members[0]
-    for member, name in zip(members[1:], names[1:]):
-        if member.attribute_ids != reference.attribute_ids or (
-                member.labels_fingerprint and reference.labels_fingerprint
-                and member.labels_fingerprint != reference.labels_fingerprint):
-            only_ref = sorted(set(reference.attribute_ids) - set(member.attribute_ids))
-            only_new = sorted(set(member.attribute_ids) - set(reference.attribute_ids))
-            detail = (f"{len(only_ref)} attribute ids only in {names[0]}, {len(only_new)} only "
-                      f"here" if only_ref or only_new else "same ids in another order/names")
-            raise UserError(f"{name}: label space differs from {names[0]} "
-                            f"({len(member.attribute_ids)} vs {len(reference.attribute_ids)} "
-                            f"classes, {detail}); ensemble only "
-                            "runs trained on the same labels.csv")
-
 
 def mean_ensemble(arrays: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
     """Weighted mean of [N, C] arrays, accumulated one member at a time (no [M, N, C] stack:
@@ -192,10 +151,7 @@ def rank_ensemble(arrays: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarr
     return out
 
 
-ENSEMBLES: dict[str, Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]] = {
-    "mean": mean_ensemble,
-    "rank": rank_ensemble,
-}
+ENSEMBLES = {"mean": mean_ensemble, "rank": rank_ensemble}
 
 
 def ensemble(members: Sequence[Probabilities], method: str = "mean",
@@ -207,10 +163,19 @@ def ensemble(members: Sequence[Probabilities], method: str = "mean",
     if method not in ENSEMBLES:
         raise UserError(f"ensemble: unknown method {method!r}; choose one of {sorted(ENSEMBLES)}")
     names = list(names or [m.meta.get("name", f"member {k}") for k, m in enumerate(members)])
-    check_same_labels(members, names)
-    if weights is None:
-        weights = [1.0] * len(members)
-    weights = np.asarray(weights, dtype=np.float64)
+    ref = members[0]
+    for member, name in zip(members[1:], names[1:]):
+        if member.attribute_ids != ref.attribute_ids or (
+                member.labels_fingerprint and ref.labels_fingerprint
+                and member.labels_fingerprint != ref.labels_fingerprint):
+            only_ref = sorted(set(ref.attribute_ids) - set(member.attribute_ids))
+            only_new = sorted(set(member.attribute_ids) - set(ref.attribute_ids))
+            detail = (f"{len(only_ref)} attribute ids only in {names[0]}, {len(only_new)} only "
+                      f"here" if only_ref or only_new else "same ids in another order/names")
+            raise UserError(f"{name}: label space differs from {names[0]} "
+                            f"({len(member.attribute_ids)} vs {len(ref.attribute_ids)} classes, "
+                            f"{detail}); ensemble only runs trained on the same labels.csv")
+    weights = np.asarray([1.0] * len(members) if weights is None else weights, dtype=np.float64)
     if weights.shape != (len(members),) or np.any(weights < 0) or weights.sum() <= 0:
         raise UserError(f"ensemble: need {len(members)} non-negative weights with a positive sum, "
                         f"got {weights.tolist()}")
@@ -221,16 +186,12 @@ def ensemble(members: Sequence[Probabilities], method: str = "mean",
             raise UserError(f"{name}: predicted {len(member.ids)} images, {names[0]} "
                             f"{len(ids)}, not the same set; predict every member on the same data")
     aligned = [m.reorder(ids, source=n) for m, n in zip(members, names)]
-    if len(aligned) == 1:
-        combined = aligned[0].probs.astype(np.float32)
-    else:
-        combined = ENSEMBLES[method]([m.probs for m in aligned], weights)
-    meta = {
-        "labels_fingerprint": members[0].labels_fingerprint,
-        "ensemble": method if len(members) > 1 else None,
-        "members": [dict(m.meta, name=n) for m, n in zip(members, names)],
-        "weights": weights.tolist(),
-    }
+    combined = (aligned[0].probs.astype(np.float32) if len(aligned) == 1
+                else ENSEMBLES[method]([m.probs for m in aligned], weights))
+    meta = {"labels_fingerprint": members[0].labels_fingerprint,
+            "ensemble": method if len(members) > 1 else None,
+            "members": [dict(m.meta, name=n) for m, n in zip(members, names)],
+            "weights": weights.tolist()}
     return Probabilities(list(ids), combined, members[0].attribute_ids, meta)
 
 
@@ -281,15 +242,12 @@ def write_thresholds(path: Path, thresholds: np.ndarray, attribute_ids: Sequence
     thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thresholds.size == 1:
         thresholds = np.full(len(attribute_ids), float(thresholds[0]))
-    document = {
-        "format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "mode": mode,
-        "min_labels": int(min_labels),
-        "max_labels": None if max_labels is None else int(max_labels),
-        "context": round(float(context), 6),
-        "labels_fingerprint": labels_fingerprint, **extra,
-        "attribute_ids": [int(a) for a in attribute_ids],
-        "thresholds": [round(float(t), 6) for t in thresholds],
-    }
+    document = {"format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "mode": mode,
+                "min_labels": int(min_labels),
+                "max_labels": None if max_labels is None else int(max_labels),
+                "context": round(float(context), 6), "labels_fingerprint": labels_fingerprint,
+                **extra, "attribute_ids": [int(a) for a in attribute_ids],
+                "thresholds": [round(float(t), 6) for t in thresholds]}
     atomic_write_text(Path(path), json.dumps(document, indent=1) + "\n")
     return Path(path)
 
@@ -353,12 +311,17 @@ def predict_run(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
     """One run's TTA-averaged probabilities over `image_paths` (rows in `ids` order)."""
     tta = parse_tta(options.tta)
     device = resolve_device(options.device)
-    precision = run_precision(run, options, device)
+    # the precision `run` trained with, as its --amp/--amp-dtype give it on `device` (a T4
+    # predicts in fp16, an A100 in bf16); --amp-dtype given to predict/validate wins
+    amp = (True, options.amp_dtype) if options.amp_dtype is not None else (
+        bool(run.config.get("amp", True)), str(run.config.get("amp_dtype", "auto")))
+    precision = device_precision(device, *amp)
     size = options.image_size or run.image_size
     batch = options.batch_size or auto_batch_size(run.model, size, len(tta), device,
                                                   precision=precision)
     loader = build_loader(image_paths, size, batch, options.num_workers,
-                          pin_memory=device.type == "cuda", preset=run.preset)
+                          pin_memory=device.type == "cuda",
+                          preset=str(run.config.get("preset") or "resize"))
     label = progress_label or f"predict {run.name}"
     log(f"{label}: {len(ids)} {split} images, {run.arch} at {size}px, TTA {','.join(tta)}, "
         f"batch {batch}, {device}, {precision.name}")
@@ -367,40 +330,11 @@ def predict_run(run: Run, image_paths: Sequence[Path], ids: Sequence[str],
     probs = predict_probs(run.model, loader, tta, device, precision, progress=progress,
                           norm=Normalization.from_info(run.info))
     seconds = time.perf_counter() - start
-    meta = dict(run.describe(), tta=list(tta), image_size=size, split=split,
-                seconds=round(seconds, 3), img_per_s=round(len(ids) / max(seconds, 1e-9), 2))
+    meta = {"name": run.name, "model": str(run.path), "arch": run.arch, "image_size": size,
+            "fold": run.fold, "labels_fingerprint": run.labels.fingerprint(), "tta": list(tta),
+            "split": split, "seconds": round(seconds, 3),
+            "img_per_s": round(len(ids) / max(seconds, 1e-9), 2)}
     return Probabilities(list(ids), probs, run.labels.attribute_ids, meta)
-
-
-def run_precision(run: Run, options: InferenceOptions, device: torch.device) -> Precision:
-    """The precision `run` trained with, as `--amp`/`--amp-dtype` give it on `device` (so a
-    T4 predicts in fp16, an A100 in bf16); `--amp-dtype` given to predict/validate wins."""
-    if options.amp_dtype is not None:
-        return device_precision(device, True, options.amp_dtype)
-    config = run.config
-    return device_precision(device, bool(config.get("amp", True)),
-                            str(config.get("amp_dtype", "auto")))
-
-
-def _free(run: Run) -> None:
-    """Drop the member's model before the next one loads. Its CPU memory goes with the last
-    reference (imet's nets hold no reference cycles); a full gc (~0.1 CPU-s in a process that
-    holds torch and matplotlib) runs only where the GPU's cached memory must go back too."""
-    on_cuda = any(p.is_cuda for p in run.model.parameters())
-    run.model.to("cpu")
-    del run.model
-    if on_cuda:
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return out
 
 
 def is_probabilities_file(source: Path) -> bool:
@@ -408,9 +342,15 @@ def is_probabilities_file(source: Path) -> bool:
 
 
 def source_names(sources: Sequence[Path]) -> list[str]:
-    return unique_names([Path(s).stem if is_probabilities_file(s) else
-                         (Path(s).parent.name if Path(s).is_file() else Path(s).name)
-                         for s in sources])
+    """Each source's name (file stem, run folder), a repeat suffixed -2, -3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in sources:
+        name = Path(s).stem if is_probabilities_file(s) else (
+            Path(s).parent.name if Path(s).is_file() else Path(s).name)
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
 
 
 def open_member(source: Path, name: str, labels: LabelSpace, labels_csv: Path,
@@ -430,36 +370,30 @@ def open_member(source: Path, name: str, labels: LabelSpace, labels_csv: Path,
                     name=name)
 
 
-def open_members(sources: Sequence[Path], ids: Sequence[str], labels: LabelSpace,
-                 labels_csv: Path) -> list[Run | Probabilities]:
-    """Every source opened and checked before any inference: a foreign model given last must
-    fail in seconds, not after hours of predicting the others. Runs stay on the CPU."""
-    loaded: list[Run | Probabilities] = []
-    for source, name in zip(sources, source_names(sources)):
-        item = open_member(source, name, labels, labels_csv, "predict")
-        if isinstance(item, Probabilities):
-            item = item.reorder(list(ids), source=str(source))
-        loaded.append(item)
-    return loaded
-
-
 def store_member(run: Run, probs: Probabilities, save_dir: Path | None) -> Probabilities:
-    """`probs` at the precision of the saved file, saved to `save_dir/<name>.npz` at once (a
-    later crash keeps them); `run`'s model is freed. At the file's precision, an ensemble
-    rebuilt later from the .npz files is bit-identical to this one."""
+    """`probs` at the saved file's precision (an ensemble rebuilt later from the .npz files is
+    bit-identical to this one), saved to `save_dir/<name>.npz` at once (a later crash keeps
+    them); `run`'s model is freed before the next one loads."""
     probs.probs = probs.probs.astype(np.float16).astype(np.float32)
     probs.meta["name"] = run.name
     if save_dir is not None:
         save_probabilities(Path(save_dir) / f"{run.name}.npz", probs)
-    _free(run)
+    # The model's CPU memory goes with the last reference (imet's nets hold no reference
+    # cycles); a full gc (~0.1 CPU-s with torch and matplotlib loaded) only where CUDA's cache
+    # must go back too.
+    on_cuda = any(p.is_cuda for p in run.model.parameters())
+    run.model.to("cpu")
+    del run.model
+    if on_cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
     return probs
 
 
 def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
                   image_paths: Sequence[Path], options: InferenceOptions,
-                  probs_dir: Path | None, split: str,
-                  log: Log = log_stderr) -> list[Probabilities]:
-    """Probabilities of every member over `ids`, each named in its meta["name"]."""
+                  probs_dir: Path | None, log: Log = log_stderr) -> list[Probabilities]:
+    """Probabilities of every member over the test images `ids`, each named in meta["name"]."""
     members = []
     for item in loaded:
         if isinstance(item, Probabilities):
@@ -468,7 +402,7 @@ def infer_members(loaded: Sequence[Run | Probabilities], ids: Sequence[str],
             members.append(item)
         else:
             members.append(store_member(item, predict_run(item, image_paths, ids, options,
-                                                          log, split), probs_dir))
+                                                          log, "test"), probs_dir))
     return members
 
 
@@ -478,28 +412,28 @@ class Decoding:
     min_labels: int
     max_labels: int | None
     source: str
-    details: dict[str, Any] = field(default_factory=dict)
     context: float = 0.0
 
 
 def resolve_decoding(members: Sequence[Run | Probabilities], labels: LabelSpace,
-                     thresholds_file: Path | None, threshold: float | None,
-                     min_labels: int | None, max_labels: int | None,
-                     log: Log = log_stderr) -> Decoding:
+                     thresholds_file: Path | None, threshold: float | None, min_labels: int | None,
+                     max_labels: int | None, log: Log = log_stderr) -> Decoding:
     """--threshold, else --thresholds FILE, else each run's thresholds.json (averaged over the
     members), else the thresholds training found on each fold (averaged, with a warning).
     Resolved before inference, so a missing file fails before hours of work, not after."""
-    run_dirs = [m.path.parent if isinstance(m, Run) else None for m in members]
-    train_thresholds = [m.train_threshold if isinstance(m, Run) else None for m in members]
-    chosen: Decoding
+    train_thresholds = []  # the best global threshold training found on its fold, if recorded
+    for m in members:
+        extra = (m.info.get("extra") or {}) if isinstance(m, Run) else {}
+        value = extra.get("threshold", extra.get("best_threshold"))
+        train_thresholds.append(None if value is None else float(value))
     if threshold is not None:
         chosen = Decoding(float(threshold), 1, None, f"--threshold {threshold}")
     elif thresholds_file is not None:
         doc = read_thresholds(thresholds_file, labels.attribute_ids, labels.fingerprint())
         chosen = Decoding(doc["thresholds"], doc.get("min_labels", 1), doc.get("max_labels"),
-                          str(thresholds_file), {"mode": doc.get("mode")}, doc["context"])
+                          str(thresholds_file), doc["context"])
     else:
-        files = [d / THRESHOLDS_FILE for d in run_dirs if d is not None]
+        files = [m.path.parent / THRESHOLDS_FILE for m in members if isinstance(m, Run)]
         found = [f for f in files if f.is_file()]
         if found and len(found) == len(members):
             docs = [read_thresholds(f, labels.attribute_ids, labels.fingerprint()) for f in found]
@@ -548,8 +482,13 @@ def open_test(data: Path, sources: Sequence[Path], command: str = "predict") -> 
     paths = layout.image_paths("test", ids)
     if any(not is_probabilities_file(s) for s in sources):
         check_images_exist(paths, str(layout.sample_submission_csv))
-    return TestSet(layout, labels, ids, paths, open_members(sources, ids, labels,
-                                                            layout.labels_csv))
+    # a foreign model given last fails in seconds, not after hours of predicting the others
+    members = []
+    for source, name in zip(sources, source_names(sources)):
+        item = open_member(source, name, labels, layout.labels_csv, "predict")  # on the CPU
+        members.append(item.reorder(list(ids), source=str(source))
+                       if isinstance(item, Probabilities) else item)
+    return TestSet(layout, labels, ids, paths, members)
 
 
 def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str = "mean",
@@ -561,17 +500,15 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     options = options or InferenceOptions()
     start = time.perf_counter()
     test = open_test(data, sources)
-    layout, labels, ids, paths, loaded = test.layout, test.labels, test.ids, test.paths, \
-        test.members
     out = Path(out)
     probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
-    decoding = resolve_decoding(loaded, labels, thresholds_file, threshold, min_labels,
-                                max_labels, log)
-    members = infer_members(loaded, ids, paths, options, probs_dir, "test", log)
-    combined = ensemble(members, method, weights, [m.meta["name"] for m in members])
+    decoding = resolve_decoding(test.members, test.labels, thresholds_file, threshold,
+                                min_labels, max_labels, log)
+    members = infer_members(test.members, test.ids, test.paths, options, probs_dir, log)
+    combined = ensemble(members, method, weights)
     combined.meta["split"] = "test"
-    rows_ids, rows = make_submission(ids, combined, decoding.thresholds, decoding.min_labels,
-                                     decoding.max_labels, str(layout.sample_submission_csv),
+    rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds, decoding.min_labels,
+                                     decoding.max_labels, str(test.layout.sample_submission_csv),
                                      decoding.context)
     write_submission(out, rows_ids, rows)
     if len(members) > 1:
@@ -581,13 +518,10 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     log(f"predict: wrote {out} ({len(rows)} images, {labels_per_image:.2f} labels per image, "
         f"{len(members)} member(s), {method if len(members) > 1 else 'single run'}, "
         f"{seconds:.1f}s)")
-    return {
-        "kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
-        "images": len(rows), "labels_per_image": round(labels_per_image, 3),
-        "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
-        "runs": [m.meta for m in members], "tta": list(parse_tta(options.tta)),
-        "thresholds": decoding.source, "min_labels": decoding.min_labels,
-        "max_labels": decoding.max_labels, "context": decoding.context,
-        "labels_fingerprint": labels.fingerprint(),
-        "seconds": round(seconds, 2),
-    }
+    return {"kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
+            "images": len(rows), "labels_per_image": round(labels_per_image, 3),
+            "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
+            "runs": [m.meta for m in members], "tta": list(parse_tta(options.tta)),
+            "thresholds": decoding.source, "min_labels": decoding.min_labels,
+            "max_labels": decoding.max_labels, "context": decoding.context,
+            "labels_fingerprint": test.labels.fingerprint(), "seconds": round(seconds, 2)}

@@ -35,8 +35,7 @@ def keep_confident(probs: np.ndarray, min_prob: float, rule: str) -> np.ndarray:
 
 def pseudo_label(data: Path, sources: Sequence[Path], out: Path, *, min_prob: float = 0.9,
                  rule: str = "top", soft: bool = False, method: str = "mean",
-                 weights: Sequence[float] | None = None,
-                 options: InferenceOptions | None = None,
+                 weights: Sequence[float] | None = None, options: InferenceOptions | None = None,
                  log: Log = log_stderr) -> dict[str, Any]:
     """Writes OUT/train/<id>.png, OUT/labels.csv and OUT/train.csv (or OUT/soft_targets.npz);
     returns a summary. Every refusal comes before anything is written."""
@@ -50,8 +49,8 @@ def pseudo_label(data: Path, sources: Sequence[Path], out: Path, *, min_prob: fl
     options = options or InferenceOptions()
     start = time.perf_counter()
     test = open_test(data, sources, "pseudo-label")
-    members = infer_members(test.members, test.ids, test.paths, options, None, "test", log)
-    combined = ensemble(members, method, weights, [m.meta["name"] for m in members])
+    members = infer_members(test.members, test.ids, test.paths, options, None, log)
+    combined = ensemble(members, method, weights)
     kept = np.flatnonzero(keep_confident(combined.probs, min_prob, rule))
     if not len(kept):
         raise UserError(f"pseudo-label: no test image passes --rule {rule} at --min-prob "

@@ -1,22 +1,18 @@
 """`imet validate`: out-of-fold predictions of one or more runs, the decoding chosen on them, and
-the report (a markdown table and PNGs).
+the report (a markdown table and PNGs). Runs of the same fold are ensembled, of different folds
+stacked (a 5-fold ensemble's thresholds are chosen on all 109k training images at once); saved
+OOF probabilities (.npz) re-choose thresholds without inference.
 
-Runs of the same fold are ensembled; runs of different folds are stacked, so validating the five
-runs of a 5-fold ensemble chooses its thresholds on all 109k training images at once. Sources
-may also be saved OOF probabilities (.npz), to re-choose thresholds without inference.
+Every decoding mode (global, per group, per class, per-image context) is fitted on the OOF
+probabilities and cross-fitted (chosen on one half of the images, scored on the other, both
+ways), and picked by its cross-fitted F2, never its in-sample F2: per-class thresholds always
+win in-sample (1,103 knobs) and often lose on new images.
 
-Every decoding mode (one global threshold, one per group, one per class, per-image context
-thresholds) is fitted on the OOF probabilities and also cross-fitted (chosen on one half of the
-images, scored on the other, both ways). The mode is picked by its cross-fitted F2, never by its
-in-sample F2: per-class thresholds always win in-sample (they have 1,103 knobs) and often lose
-on new images.
-
-The report's error analysis shows which classes are predicted most often where they are absent,
-which are missed most often, and which culture is taken for which (the Open Images write-up
-found its label problems this way). It is vectorized for iMet's 109k x 1,103: the counts are
-column sums of two boolean masks, and the culture confusion is one sparse product (an image
-misses and adds only a few labels). Plots use matplotlib's object API with the Agg canvas (no
-pyplot global state), so a report can be drawn from any thread and without a display."""
+The report's error analysis (classes most often predicted where absent, most often missed, which
+culture is taken for which: the Open Images write-up found its label problems this way) is
+vectorized for 109k x 1,103: column sums of two boolean masks and one sparse product (an image
+misses and adds only a few labels). Plots use matplotlib's object API on an Agg canvas (no
+pyplot global state): drawable from any thread, without a display."""
 from __future__ import annotations
 
 import io
@@ -68,9 +64,8 @@ def class_errors(truth: np.ndarray, pred: np.ndarray) -> ClassErrors:
 
 def group_confusion(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray,
                     group: str = CONFUSED_GROUP) -> tuple[np.ndarray, np.ndarray]:
-    """(class indices of `group`, int matrix M) where M[a, b] counts the images whose true
-    class a of the group was missed while class b of the group was predicted and is not true:
-    a taken for b."""
+    """(class indices of `group`, int matrix M): M[a, b] counts the images whose true class a of
+    the group was missed while its class b was predicted and is not true (a taken for b)."""
     cols = np.flatnonzero(groups == group)
     missed = sparse.csr_matrix(truth[:, cols] & ~pred[:, cols], dtype=np.int32)
     added = sparse.csr_matrix(pred[:, cols] & ~truth[:, cols], dtype=np.int32)
@@ -93,10 +88,6 @@ class DecodingChoice:
     @property
     def chosen(self) -> CrossFit:
         return self.fits[self.mode]
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        return self.chosen.thresholds
 
     @property
     def context(self) -> float:
@@ -126,11 +117,8 @@ def choose_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
 def group_f2(y_true: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict[str, float]:
     """F2 over each group's columns alone. An image with no true and no predicted label in the
     group is right about that group, so it scores 1 (not sklearn's 0) here."""
-    out = {}
-    for name in sorted(set(groups.tolist())):
-        cols = np.flatnonzero(groups == name)
-        out[name] = f2_score(y_true[:, cols], pred[:, cols], zero_division=1.0)
-    return out
+    cols = {name: np.flatnonzero(groups == name) for name in sorted(set(groups.tolist()))}
+    return {name: f2_score(y_true[:, c], pred[:, c], zero_division=1.0) for name, c in cols.items()}
 
 
 def concat_probabilities(parts: Sequence[Probabilities]) -> Probabilities:
@@ -141,10 +129,9 @@ def concat_probabilities(parts: Sequence[Probabilities]) -> Probabilities:
     if len(set(ids)) != len(ids):
         raise UserError("validation: two folds share images; check that folds.csv is the one the "
                         "runs were trained with")
-    meta = {"labels_fingerprint": parts[0].labels_fingerprint,
-            "folds": [p.meta for p in parts], "split": "oof"}
     return Probabilities(ids, np.concatenate([p.probs for p in parts]), parts[0].attribute_ids,
-                         meta)
+                         {"labels_fingerprint": parts[0].labels_fingerprint,
+                          "folds": [p.meta for p in parts], "split": "oof"})
 
 
 @dataclass
@@ -164,7 +151,7 @@ class ValidationScores:
 def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
                    decoding: DecodingChoice, min_labels: int = 1,
                    max_labels: int | None = None) -> ValidationScores:
-    pred = binarize(probs, decoding.thresholds, min_labels, max_labels, decoding.context)
+    pred = binarize(probs, decoding.chosen.thresholds, min_labels, max_labels, decoding.context)
     truth = y_true.astype(bool)
     return ValidationScores(
         decoding=decoding, pred=pred, group_f2=group_f2(truth, pred, groups),
@@ -175,11 +162,12 @@ def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
 
 
 def _figure(width: float = 7.0, height: float = 4.2):
+    """(figure, its one axes) on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     figure = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(figure)
-    return figure
+    return figure, figure.add_subplot(1, 1, 1)
 
 
 def _save_png(figure, path: Path) -> Path:
@@ -193,8 +181,7 @@ def plot_f2_vs_threshold(y_true: np.ndarray, probs: np.ndarray, scores: Validati
                          path: Path, min_labels: int = 1, max_labels: int | None = None) -> Path:
     grid, curve = global_f2_curve(y_true, probs, min_labels=min_labels, max_labels=max_labels)
     best = int(np.argmax(curve))
-    figure = _figure()
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _figure()
     axes.plot(grid, curve, color="tab:blue", label="one global threshold (in-sample)")
     axes.axvline(grid[best], color="tab:blue", linestyle=":", linewidth=1)
     axes.annotate(f"{grid[best]:.3f}: F2 {curve[best]:.4f}", (grid[best], curve[best]),
@@ -203,33 +190,27 @@ def plot_f2_vs_threshold(y_true: np.ndarray, probs: np.ndarray, scores: Validati
         axes.axhline(fit.f2, linestyle="--", linewidth=1,
                      color={"global": "tab:blue", "group": "tab:orange"}.get(mode, "tab:green"),
                      label=f"{mode}: cross-fitted F2 {fit.f2:.4f}")
-    axes.set_xlabel("threshold")
-    axes.set_ylabel("F2 (out of fold)")
-    axes.set_xlim(0, 1)
+    axes.set(xlabel="threshold", ylabel="F2 (out of fold)", xlim=(0, 1),
+             title=f"F2 against threshold ({y_true.shape[0]} OOF images)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    axes.set_title(f"F2 against threshold ({y_true.shape[0]} OOF images)")
     return _save_png(figure, path)
 
 
 def plot_class_f2_vs_support(scores: ValidationScores, groups: np.ndarray, path: Path) -> Path:
-    figure = _figure()
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _figure()
     seen = scores.support > 0
     for k, name in enumerate(sorted(set(groups.tolist()))):
         mask = seen & (groups == name)
         axes.scatter(scores.support[mask], scores.class_f2[mask], s=8, alpha=0.6,
                      label=f"{name or 'no group'} ({int(mask.sum())} classes)", color=f"C{k}")
-    axes.set_xscale("log")
+    axes.set(xscale="log", xlabel="support (positive OOF images, log scale)", ylabel="class F2",
+             ylim=(-0.02, 1.02), title=f"Per-class F2 against support ({int((~seen).sum())} "
+             "classes absent from the OOF images)")
     from matplotlib.ticker import ScalarFormatter
     axes.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, 1000 rather than 10^1 …
-    axes.set_xlabel("support (positive OOF images, log scale)")
-    axes.set_ylabel("class F2")
-    axes.set_ylim(-0.02, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    unseen = int((~seen).sum())
-    axes.set_title(f"Per-class F2 against support ({unseen} classes absent from the OOF images)")
     return _save_png(figure, path)
 
 
@@ -237,19 +218,17 @@ def plot_confusion(scores: ValidationScores, names: Sequence[str], path: Path,
                    size: int = 15) -> Path:
     """The a-taken-for-b counts among the `size` classes of the group with the most errors."""
     cols, matrix = scores.confusion
-    figure = _figure(7.5, 6.5)
-    axes = figure.add_subplot(1, 1, 1)
+    figure, axes = _figure(7.5, 6.5)
     keep = np.argsort(-(matrix.sum(axis=0) + matrix.sum(axis=1)), kind="stable")[:size]
-    shown = matrix[np.ix_(keep, keep)]
-    image = axes.imshow(shown, cmap="Reds")
+    image = axes.imshow(matrix[np.ix_(keep, keep)], cmap="Reds")
     labels = [names[cols[k]].split("::", 1)[-1][:24] for k in keep]
     axes.set_xticks(range(len(keep)), labels, rotation=70, ha="right", fontsize=7)
     axes.set_yticks(range(len(keep)), labels, fontsize=7)
-    axes.set_xlabel(f"predicted {CONFUSED_GROUP}, not true")
-    axes.set_ylabel(f"true {CONFUSED_GROUP}, missed")
+    axes.set(xlabel=f"predicted {CONFUSED_GROUP}, not true",
+             ylabel=f"true {CONFUSED_GROUP}, missed",
+             title=f"{CONFUSED_GROUP} taken for {CONFUSED_GROUP} (the {len(keep)} with most "
+             "errors)")
     figure.colorbar(image, ax=axes, shrink=0.8, label="images")
-    axes.set_title(f"{CONFUSED_GROUP} taken for {CONFUSED_GROUP} (the {len(keep)} with most "
-                   "errors)")
     return _save_png(figure, path)
 
 
@@ -302,21 +281,16 @@ def markdown_table(scores: ValidationScores, summary: dict[str, Any],
 def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray,
                             groups: np.ndarray, scores: ValidationScores, summary: dict[str, Any],
                             members: Sequence[dict[str, Any]], names: Sequence[str],
-                            min_labels: int = 1, max_labels: int | None = None
-                            ) -> dict[str, str]:
-    out_dir = Path(out_dir)
-    plots = out_dir / "plots"
-    paths = {
-        "f2_vs_threshold": plot_f2_vs_threshold(y_true, probs, scores,
-                                                plots / "f2_vs_threshold.png", min_labels,
-                                                max_labels),
-        "class_f2_vs_support": plot_class_f2_vs_support(scores, groups,
-                                                        plots / "class_f2_vs_support.png"),
-        "confusion": plot_confusion(scores, names, plots / f"{CONFUSED_GROUP}_confusion.png"),
-    }
-    table = out_dir / "validation.md"
-    atomic_write_text(table, markdown_table(scores, summary, members, names))
-    paths["table"] = table
+                            min_labels: int = 1, max_labels: int | None = None) -> dict[str, str]:
+    plots = Path(out_dir) / "plots"
+    paths = {"f2_vs_threshold": plots / "f2_vs_threshold.png",
+             "class_f2_vs_support": plots / "class_f2_vs_support.png",
+             "confusion": plots / f"{CONFUSED_GROUP}_confusion.png",
+             "table": Path(out_dir) / "validation.md"}
+    plot_f2_vs_threshold(y_true, probs, scores, paths["f2_vs_threshold"], min_labels, max_labels)
+    plot_class_f2_vs_support(scores, groups, paths["class_f2_vs_support"])
+    plot_confusion(scores, names, paths["confusion"])
+    atomic_write_text(paths["table"], markdown_table(scores, summary, members, names))
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -326,8 +300,7 @@ def _open(source: Path, name: str, layout, labels) -> Run | Probabilities:
     if isinstance(item, Probabilities) and item.meta.get("fold") is None:
         raise UserError(f"{source}: no fold recorded; pass the run folder instead")
     if isinstance(item, Run) and item.fold is None:
-        raise UserError(f"{item.path}: field config.fold missing; cannot tell its held-out "
-                        "images")
+        raise UserError(f"{item.path}: field config.fold missing; cannot tell its held-out images")
     return item
 
 
@@ -362,16 +335,15 @@ def _trained_folds(opened: Sequence[Run | Probabilities], layout: CompetitionLay
             return Path(recorded)
     if not layout.folds_csv.is_file():
         raise UserError(f"{layout.folds_csv}: folds file not found, and no run records one that "
-                        "exists here; pass --folds CSV (the folds.csv the runs were trained "
-                        "with)")
+                        "exists here; pass --folds CSV (the folds.csv the runs were trained with)")
     return layout.folds_csv
 
 
 def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
-                  out_dir: Path | None = None,
-             *, options: InferenceOptions | None = None, method: str = "mean",
-             modes: Sequence[str] = MODES, min_support: int = 20, min_labels: int = 1,
-             max_labels: int | None = None, seed: int = 0, log: Log = log_stderr) -> dict[str, Any]:
+                  out_dir: Path | None = None, *, options: InferenceOptions | None = None,
+                  method: str = "mean", modes: Sequence[str] = MODES, min_support: int = 20,
+                  min_labels: int = 1, max_labels: int | None = None, seed: int = 0,
+                  log: Log = log_stderr) -> dict[str, Any]:
     """The whole `imet validate`; returns its summary (also the run-registry record's body).
     `folds_csv` None: the folds file the runs were trained with, else DATA/folds.csv."""
     options = options or InferenceOptions()
@@ -405,7 +377,6 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
                             "folds.csv the run was trained with")
     scored_members = [_member(item, ids, targets, folds, layout, options, out_dir, log)
                       for item in opened]
-    members = [member for member, _ in scored_members]
     by_fold: dict[int, list[Probabilities]] = {}
     member_rows = []
     for member, scored in scored_members:
@@ -416,12 +387,9 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
         log(f"validate {member.meta['name']}: fold {fold}, F2 {scored.f2:.4f} at threshold "
             f"{scored.threshold:.3f} ({len(member.ids)} images)")
     row_of = {image_id: row for row, image_id in enumerate(ids)}
-    parts = []
-    for fold in sorted(by_fold):
-        group = by_fold[fold]
-        part = ensemble(group, method, names=[g.meta["name"] for g in group])
+    parts = [ensemble(by_fold[fold], method) for fold in sorted(by_fold)]  # members are named
+    for fold, part in zip(sorted(by_fold), parts):
         part.meta["fold"] = fold
-        parts.append(part)
     oof = concat_probabilities(parts)
     y_true = targets[[row_of[i] for i in oof.ids]].astype(bool)
     groups = labels.groups
@@ -429,7 +397,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
                                max_labels, seed)
     scores = score_decoding(y_true, oof.probs, groups, decoding, min_labels, max_labels)
     tta = list(parse_tta(options.tta))
-    oof.meta.update(split="oof", tta=tta, runs=[m.meta.get("model") for m in members])
+    oof.meta.update(split="oof", tta=tta, runs=[m.meta.get("model") for m, _ in scored_members])
     save_probabilities(out_dir / "oof_probs.npz", oof)
     fits = {mode: {"f2_cross_fitted": round(fit.f2, 6), "f2_in_sample": round(fit.f2_in_sample, 6),
                    "f2_halves": [round(v, 6) for v in fit.f2_halves]}
@@ -437,8 +405,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
     summary = {
         "kind": "validate", "out": str(out_dir), "images": len(oof.ids), "folds": sorted(by_fold),
         "tta": tta, "ensemble": method if any(len(g) > 1 for g in by_fold.values()) else None,
-        "mode": decoding.mode, "context": decoding.context,
-        "f2": round(decoding.chosen.f2, 6),
+        "mode": decoding.mode, "context": decoding.context, "f2": round(decoding.chosen.f2, 6),
         "f2_in_sample": round(decoding.chosen.f2_in_sample, 6), "modes": fits,
         "group_f2": {g: round(v, 6) for g, v in scores.group_f2.items()},
         "threshold_global": round(float(decoding.fits["global"].thresholds[0]), 6)
@@ -450,7 +417,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
         "labels_fingerprint": labels.fingerprint(),
     }
     thresholds_path = write_thresholds(
-        out_dir / THRESHOLDS_FILE, decoding.thresholds, labels.attribute_ids,
+        out_dir / THRESHOLDS_FILE, decoding.chosen.thresholds, labels.attribute_ids,
         labels.fingerprint(), decoding.mode, min_labels, max_labels, decoding.context, tta=tta,
         runs=summary["runs"], scores={"f2_cross_fitted": summary["f2"],
                                       "f2_in_sample": summary["f2_in_sample"], "modes": fits})
