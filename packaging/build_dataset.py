@@ -136,6 +136,11 @@ def build(args) -> Path:
                             f"{args.python_version}; run `python packaging/lock.py --python-version "
                             f"{args.python_version}{' --include-torch' if args.include_torch else ''}`")
         entries.update(lock.read_lock(path))
+    missing = wheelbuild.missing_build_tools()
+    if missing:
+        raise UserError(f"{sys.executable} lacks the package{'s' * (len(missing) > 1)} "
+                        f"{', '.join(missing)}, needed to build and check the wheels: "
+                        f"{wheelbuild.USE_VENV}")
     sdists = {n: e for n, e in entries.items() if n in lock.SDIST_ONLY}
     wheels_locked = {n: e for n, e in entries.items() if n not in sdists}
     source = Path(args.source).resolve()

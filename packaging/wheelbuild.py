@@ -52,6 +52,50 @@ def whitelisted_sources(repo: Path) -> list[Path]:
     return files
 
 
+USE_VENV = ("run this script with the project's venv, `.venv/bin/python packaging/build_dataset.py "
+            "...` (`make venv` makes it)")
+
+# pip's own summary lines name a failure class, never its cause.
+_PIP_CODES = re.compile(r"error: [a-z]+(-[a-z]+)+$")
+_CAUSE = re.compile(r"(error:|[A-Za-z_.]*(Error|Exception|Exit)\b.*:|fatal:)")
+
+
+def error_lines(output: str, keep: int = 3) -> str:
+    """The last error lines of a pip build, joined with ` | `: those of the build's own output
+    (pip's boxed `[N lines of output]`) first, since pip's closing lines say only "See above
+    for details"; pip's last lines when nothing in the output looks like an error."""
+    lines = [line.strip(" \t│╰─>×") for line in output.splitlines()]
+    lines = [line for line in lines if line]
+    causes = [line for line in lines if _CAUSE.match(line) and not _PIP_CODES.match(line)]
+    if not causes:
+        causes = [line for line in lines if not line.startswith(("note:", "hint:"))]
+    picked = list(dict.fromkeys(causes[-keep:]))
+    return " | ".join(picked) or "pip printed nothing"
+
+
+def missing_build_tools() -> list[str]:
+    """The packages this interpreter lacks to build the two wheels and read the locks'
+    requirements: pip, setuptools, `wheel` where setuptools predates its own bdist_wheel (70.1),
+    and `packaging`. Read from the installed distributions, never imported (importing
+    setuptools here would replace distutils under pip), before any download, so a bare system
+    Python fails in a second."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    missing = [name for name in ("pip", "setuptools", "packaging") if not installed(name)]
+    setuptools = installed("setuptools")
+    if setuptools and not installed("wheel"):
+        major_minor = tuple(int(part) for part in re.findall(r"\d+", setuptools)[:2])
+        if major_minor < (70, 1):
+            missing.append("wheel")
+    return missing
+
+
 def _build_wheel(src: Path, out: Path, epoch: int) -> Path:
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "PYTHONHASHSEED": "0"}
     out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +103,11 @@ def _build_wheel(src: Path, out: Path, epoch: int) -> Path:
            "--no-index", "--wheel-dir", str(out), str(src)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        raise BuildError(f"building a wheel from {src.name} failed: {tail}")
+        cause = error_lines(proc.stderr + proc.stdout)
+        hint = ""
+        if "invalid command 'bdist_wheel'" in cause:
+            hint = f"; {sys.executable} lacks the `wheel` package: {USE_VENV}"
+        raise BuildError(f"building a wheel from {src.name} failed: {cause}{hint}")
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"building {src.name} gave {len(wheels)} wheels, expected one")

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bootstrap  # noqa: E402
 import lock  # noqa: E402
 import secrets_scan  # noqa: E402
+import wheelbuild  # noqa: E402
 import wheelfetch  # noqa: E402
 from kaggle_standin import KaggleStandin  # noqa: E402
 
@@ -91,6 +93,71 @@ def test_a_target_the_lock_does_not_cover_is_refused_before_any_download(tmp_pat
                      "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
     assert "requirements-torch.txt has hashes for CPython 3.12, not 3.11" in proc.stderr
+
+
+def _sdist(folder: Path, setup_py: str) -> Path:
+    """A one-file sdist, `brokenpkg-1.0.tar.gz`, whose setup.py is `setup_py`."""
+    src = folder / "brokenpkg-1.0"
+    src.mkdir(parents=True)
+    (src / "setup.py").write_text(setup_py)
+    sdist = folder / "brokenpkg-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    shutil.rmtree(src)
+    return sdist
+
+
+def test_a_failed_wheel_build_shows_the_builds_own_error(tmp_path):
+    sdist = _sdist(tmp_path, "import imet_no_such_build_dep\n")
+    with pytest.raises(wheelbuild.BuildError) as err:
+        wheelbuild.build_sdist_wheel(sdist, tmp_path / "out")
+    message = str(err.value)
+    assert message.startswith("building a wheel from brokenpkg-1.0 failed: ")
+    assert "No module named 'imet_no_such_build_dep'" in message
+    assert "See above" not in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def wheelless_python(tmp_path_factory):
+    """A real venv as `python -m venv` makes it on 3.11: pip and setuptools 65, which builds
+    wheels only with the `wheel` package, absent here, as is `packaging`."""
+    venv = tmp_path_factory.mktemp("wheelless") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    tools = subprocess.run([python, "-m", "pip", "list", "--format", "json"], check=True,
+                           capture_output=True, text=True).stdout
+    names = {p["name"]: p["version"] for p in json.loads(tools)}
+    if "wheel" in names or int(names.get("setuptools", "99").split(".")[0]) >= 70:
+        pytest.skip(f"this Python's venv brings {names}: no wheel-less setuptools to test with")
+    return python
+
+
+def test_a_missing_build_tool_is_named_before_any_download(wheelless_python, tmp_path):
+    proc = subprocess.run([wheelless_python, *BUILD[1:], "--python-version", PY,
+                           "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"build_dataset: error: {wheelless_python} lacks the packages "
+                           "packaging, wheel, needed to build and check the wheels: run this "
+                           "script with the project's venv, `.venv/bin/python "
+                           "packaging/build_dataset.py ...` (`make venv` makes it)\n")
+    assert not (tmp_path / "out").exists() and not any((tmp_path / "cache").iterdir())
+
+
+def test_pips_bdist_wheel_error_is_shown_and_explained(wheelless_python, tmp_path):
+    """Past the check (say, setuptools reports no version), pip's real failure still names its
+    cause and the way out."""
+    sdist = _sdist(tmp_path, "from setuptools import setup\nsetup(name='brokenpkg', version='1.0')\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import wheelbuild\n"
+            "try:\n    wheelbuild.build_sdist_wheel(wheelbuild.Path(sys.argv[2]), "
+            "wheelbuild.Path(sys.argv[3]))\nexcept wheelbuild.BuildError as e:\n    print(e)")
+    proc = subprocess.run([wheelless_python, "-c", code, str(REPO / "packaging"), str(sdist),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("building a wheel from brokenpkg-1.0 failed: "), proc.stderr
+    assert "error: invalid command 'bdist_wheel'" in proc.stdout
+    assert f"{wheelless_python} lacks the `wheel` package: run this script with the " \
+        "project's venv, `.venv/bin/python packaging/build_dataset.py ...`" in proc.stdout
 
 
 def test_platform_tags_widen_like_pip_should():
