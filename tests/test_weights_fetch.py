@@ -18,6 +18,8 @@ from hub_standin import COMMIT, HubStandin
 from kaggle_standin import KaggleStandin
 
 from imet.cli import main
+from imet.commands.misc import kernel_archs
+from imet.kaggle.render import read_setting
 from imet.models import build_model
 from imet.models.weights import resolve_weights
 
@@ -133,4 +135,51 @@ def test_an_unknown_arch_is_refused_before_any_download(tmp_path, capsys):
         assert hub.requests == []
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "close matches: resnet18" in err[0]
+    assert not (tmp_path / "w").exists()
+
+
+def template_arch() -> str:
+    args = read_setting((REPO / "kernels" / "trainer" / "trainer.py").read_text(),
+                        "DEFAULT_TRAIN_ARGS", "trainer.py")
+    return args[args.index("--arch") + 1]
+
+
+def test_with_no_arch_the_templates_default_comes_from_the_hub(tmp_path):
+    """The trainer template trains a timm arch whose weights live on the Hugging Face hub (not
+    pretrainedmodels' data.lip6.fr), and a bare `weights fetch` gets exactly its file."""
+    arch = template_arch()
+    assert arch == "timm:seresnext50_32x4d.racm_in1k"
+    data = safetensors_torch.save({"stand-in": torch.zeros(4)})
+    out = tmp_path / "imet-weights"
+    with HubStandin() as hub:
+        hub.repos["timm/seresnext50_32x4d.racm_in1k"] = {"model.safetensors": data}
+        proc = subprocess.run(fetch_argv(out), env=fetch_env(hub, tmp_path), cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert not [r for r in hub.requests if r[1].startswith("/files/")]  # no other host
+    (entry,) = json.loads((out / "weights-manifest.json").read_text())["files"].values()
+    assert entry["arch"] == arch and entry["name"] == "seresnext50_32x4d.racm_in1k.safetensors"
+    assert entry["source"] == (f"{hub.url}/timm/seresnext50_32x4d.racm_in1k/resolve/{COMMIT}/"
+                               "model.safetensors")
+    assert entry["sha256"] == sha(data)
+
+
+def test_with_a_config_the_members_archs_are_fetched(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('train_args = ["--image-size", "320"]\n'
+                      '[[member]]\nfold = 0\n'
+                      '[[member]]\nname = "b3-f1"\nfold = 1\narch = "timm:efficientnet_b3.ra2_in1k"\n'
+                      '[[member]]\nname = "cnn"\nfold = 2\narch = "resnet18"\n'
+                      'args = ["--no-pretrained"]\n')
+    # Members without --arch train TrainConfig's; --no-pretrained ones need no weights.
+    assert kernel_archs(REPO / "kernels", config) == ["se_resnext50_32x4d",
+                                                       "timm:efficientnet_b3.ra2_in1k"]
+    assert kernel_archs(REPO / "kernels", None) == [template_arch()]
+    code = main(["weights", "fetch", "resnet18", "--config", str(config), "--out",
+                 str(tmp_path / "w"), "--owner", "tester"])
+    assert code == 2 and "give ARCH names or --config, not both" in capsys.readouterr().err
+    code = main(["weights", "fetch", "--kernels", str(tmp_path), "--out", str(tmp_path / "w"),
+                 "--owner", "tester"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "holds no trainer template" in err[0]
     assert not (tmp_path / "w").exists()

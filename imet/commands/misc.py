@@ -180,8 +180,15 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fetch = sub.add_parser("fetch", help="download the weights of some archs into DIR",
                            description=parser.description)
-    fetch.add_argument("archs", nargs="+", metavar="ARCH",
-                       help="e.g. se_resnext50_32x4d, resnet18, timm:convnext_tiny.fb_in1k")
+    fetch.add_argument("archs", nargs="*", metavar="ARCH",
+                       help="e.g. timm:seresnext50_32x4d.racm_in1k, se_resnext50_32x4d, "
+                            "resnet18 (default: the archs of the trainer kernels that `imet "
+                            "kaggle render` writes from --config, else from the templates)")
+    fetch.add_argument("--config", type=Path, metavar="FILE",
+                       help="the run's settings file render and campaign read (TOML): with no "
+                            "ARCH, fetch what its members train")
+    fetch.add_argument("--kernels", type=Path, default=Path("kernels"), metavar="DIR",
+                       help="the kernel templates (default: kernels)")
     fetch.add_argument("--out", required=True, metavar="DIR", help="the dataset folder to fill")
     fetch.add_argument("--owner", required=True, metavar="NAME",
                        help="Kaggle user that owns the dataset (its id: NAME/imet-weights)")
@@ -190,9 +197,40 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
                             f"instead of their official hosts (default: ${URL_BASE_ENV})")
 
 
+def kernel_archs(kernels: Path, config: Path | None) -> list[str]:
+    """The archs whose ImageNet weights the rendered trainer kernels load: each member's
+    `--arch` (TrainConfig's default where none is given), unless it trains --no-pretrained."""
+    import dataclasses
+
+    from imet.config import TrainConfig, train_parser
+    from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS
+    from imet.kaggle.render import load, member_train_args, members_of, templates_in
+    from imet.models.weights import has_pretrained_weights
+
+    settings = load(config, CAMPAIGN_KEYS)
+    if not (kernels / "trainer" / "kernel-metadata.json").is_file():
+        raise UserError(f"no ARCH given and {kernels}/ holds no trainer template to read the "
+                        "default from: name the archs, or pass --kernels DIR")
+    trainer = templates_in(kernels)["trainer"]
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "arch")
+    archs = []
+    for member in members_of(settings, trainer):
+        given, _ = train_parser().parse_known_args(member_train_args(settings, member, trainer))
+        arch = given.arch or default
+        if given.pretrained is not False and has_pretrained_weights(arch):
+            archs.append(arch)
+    if not archs:
+        raise UserError(f"{config or kernels}: no trainer member starts from ImageNet weights; "
+                        "name the archs to fetch")
+    return list(dict.fromkeys(archs))
+
+
 def run_weights(args) -> int:
     from imet.models.weights import MANIFEST, fetch_weights
-    manifest = fetch_weights(args.archs, args.out, args.owner, url_base=args.url_base,
+    if args.config and args.archs:
+        raise UserError("give ARCH names or --config, not both")
+    archs = args.archs or kernel_archs(args.kernels, args.config)
+    manifest = fetch_weights(archs, args.out, args.owner, url_base=args.url_base,
                              log=lambda line: print(line, flush=True))
     total = sum(entry["size"] for entry in manifest["files"].values())
     print(f"{args.out}: {len(manifest['files'])} weight files ({total / 2 ** 20:.1f} MiB), "

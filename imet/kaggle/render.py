@@ -19,7 +19,7 @@ keeps, so that rendering again never puts the defaults back:
     [[member]]                             # one trainer kernel each: imet-trainer-<name>
     name = "f0"                            # default f<fold>
     fold = 0
-    arch = "se_resnext50_32x4d"            # optional: --arch, --image-size, --epochs
+    arch = "timm:seresnext50_32x4d.racm_in1k"   # optional: --arch, --image-size, --epochs
     image_size = 320
     epochs = 20
     args = ["--lr", "3e-4"]                # more `imet train` flags of this member

@@ -18,7 +18,7 @@ SESSION_LIMIT = os.environ.get("IMET_SESSION_LIMIT", "12h")
 # file: change that file, not these lines. A local rehearsal (`make demo`, `imet kaggle run`)
 # may replace the arguments through IMET_KERNEL_ARGS. (No --num-workers: its default, auto,
 # splits the CPUs between the two processes on T4 x2.)
-DEFAULT_TRAIN_ARGS = ['--fold', '0', '--arch', 'se_resnext50_32x4d', '--image-size', '320', '--batch-size', '32', '--epochs', '20']
+DEFAULT_TRAIN_ARGS = ['--fold', '0', '--arch', 'timm:seresnext50_32x4d.racm_in1k', '--image-size', '320', '--batch-size', '32', '--epochs', '20']
 TRAIN_ARGS = shlex.split(os.environ.get("IMET_KERNEL_ARGS", "")) or DEFAULT_TRAIN_ARGS
 N_FOLDS = 5
 ROOT = Path(os.environ.get("IMET_KAGGLE_ROOT", "/kaggle"))
