@@ -173,7 +173,7 @@ def configure_weights(parser: argparse.ArgumentParser) -> None:
         "Download pretrained ImageNet weights on an online machine into a flat folder that "
         "`kaggle datasets create -p DIR` uploads as it is (dataset <owner>/imet-weights). timm "
         "archs come from the Hugging Face hub (HF_ENDPOINT is honoured), pretrainedmodels and "
-        "torchvision archs from their official URLs. weights-manifest.json records the sha256, "
+        "torchvision archs from their official URLs (data.lip6.fr, download.pytorch.org). weights-manifest.json records the sha256, "
         "size and source of every file. Interrupted, the same command resumes: finished files "
         "are kept, a cut URL download continues where it stopped. Attach the dataset to a kernel "
         "and `imet train --pretrained` finds the files under the input root.")
