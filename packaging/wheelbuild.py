@@ -61,9 +61,10 @@ _CAUSE = re.compile(r"(error:|[A-Za-z_.]*(Error|Exception|Exit)\b.*:|fatal:)")
 
 
 def error_lines(output: str, keep: int = 3) -> str:
-    """The last error lines of a pip build, joined with ` | `: those of the build's own output
-    (pip's boxed `[N lines of output]`) first, since pip's closing lines say only "See above
-    for details"; pip's last lines when nothing in the output looks like an error."""
+    """The last lines of a failed pip build that name a cause (`error: …`, `SomeError: …`, from
+    the build's own output that pip boxes), joined with ` | `. pip's closing lines are left out:
+    they name only the failure class (`error: metadata-generation-failed`) and say "See above
+    for details". With no such line, pip's last lines."""
     lines = [line.strip(" \t│╰─>×") for line in output.splitlines()]
     lines = [line for line in lines if line]
     causes = [line for line in lines if _CAUSE.match(line) and not _PIP_CODES.match(line)]
