@@ -406,7 +406,7 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     """Values from a config file (TOML or JSON): accept what it can hold for the field's type,
     refuse the rest."""
     kind, name = spec.metadata["kind"], flag_of(spec.name)
-    if isinstance(value, dict) or (isinstance(value, list) and kind is not list):
+    if isinstance(value, (dict, list)) and kind is not list:
         raise UserError(f"{source}: {name} takes one value, got {value!r}")
     if kind is list:
         return [str(v) for v in (value if isinstance(value, list) else [value])]
@@ -460,11 +460,11 @@ class Parser(argparse.ArgumentParser):
     the nearest name ("did you mean"), which argparse does only from Python 3.14 on."""
 
     def suggestion(self, word: str) -> str:
-        """"; did you mean --X?" for an unknown `word` (a flag, or --flag=value), or ""."""
+        """" (did you mean --X?)" for an unknown `word` (a flag, or --flag=value), or ""."""
         flags = [flag for action in self._actions if action.help != argparse.SUPPRESS
                  for flag in action.option_strings]
         near = close_match(word.partition("=")[0], flags) if word.startswith("-") else None
-        return f"; did you mean {near}?" if near else ""
+        return f" (did you mean {near}?)" if near else ""
 
     def parse_args(self, args=None, namespace=None):
         # The unknown words are the chosen (sub)command's, and its options hold the near names.
@@ -565,12 +565,16 @@ def read_config(path: Path) -> dict[str, Any]:
                             "lines such as epochs = 20") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: the config must be a JSON object of flag names to values")
-        return values
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML ({err}); write one flag name = value per "
-                        "line, e.g. epochs = 20 or arch = \"resnet50\"") from None
+    else:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(f"{path}: not valid TOML ({err}); write one flag name = value per "
+                            "line, e.g. epochs = 20 or arch = \"resnet50\"") from None
+    if table := next((key for key, value in values.items() if isinstance(value, dict)), None):
+        raise UserError(f"{path}: {table!r} is a table; write the settings at the top, one flag "
+                        "name = value per line, e.g. epochs = 20")
+    return values
 
 
 def without_settings(args: list[str], names: Iterable[str]) -> list[str]:

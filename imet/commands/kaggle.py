@@ -314,8 +314,8 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
     except UserError as err:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
-        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
-                        f"`python -m imet {command} --help`")
+        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}"
+                        f"{parser.suggestion(unknown[0])}; see `python -m imet {command} --help`")
     # Parsed alone (its only refusal then: the missing required flags), `args` leave each setting
     # they do not give at this marker; a list, which a repeatable flag copies before it appends.
     unset: list = []

@@ -3,6 +3,7 @@ handover datasets; everything goes through the official kaggle client."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import re
@@ -27,7 +28,7 @@ def kaggle_api():
         # The package's import signs a client in already and prints the client's sign-in help
         # when it cannot: silenced here, the sign-in below prints it once.
         with contextlib.redirect_stdout(io.StringIO()):
-            import kaggle  # noqa: F401
+            importlib.import_module("kaggle")
         from kaggle.api.kaggle_api_extended import KaggleApi
         api = KaggleApi()
         api.authenticate()
