@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from imet.cli import build_parser, main
 from imet.config import given_settings
 
-REPO_KERNELS = __import__("pathlib").Path(__file__).resolve().parents[1] / "kernels"
+REPO_KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 
 
 def refused(argv, capsys) -> str:
