@@ -10,13 +10,14 @@ import sys
 import time
 
 from imet import __version__
+from imet.config import Parser
 from imet.errors import HANDED_OVER_EXIT_CODE, UserError
 
 # name -> (module under imet.commands defining configure_<name> and run_<name>, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("misc", "the whole Kaggle flow on mini-iMet in the local emulator (make demo)"),
     "mini-imet": ("data", "write the embedded mini-iMet data set (competition layout)"),
-    "doctor": ("kaggle", "can this session train as configured? GPUs, torch build, disk, inputs, "
+    "doctor": ("kaggle", "can this session run as configured? GPUs, torch build, disk, inputs, "
                          "Telegram"),
     "check-data": ("data", "list every problem in a competition folder (CSVs, images, folds)"),
     "folds": ("data", "multilabel-stratified cross-validation folds -> folds.csv"),
@@ -26,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pseudo-label": ("predict", "the test images an ensemble is confident about -> an "
                                 "extra training set for `imet train --extra`"),
     "kaggle": ("kaggle", "local Kaggle emulator (run), push-ready kernels (render), sessions on "
-                         "Kaggle (chain)"),
+                         "Kaggle: one kernel (chain), a plan's members then validation and "
+                         "inference (campaign)"),
     "notify-test": ("misc", "send one Telegram message to check the bot token and chat id"),
     "train": ("train", f"train or resume one fold; exit {HANDED_OVER_EXIT_CODE} = saved and handed "
                        "over to the next session"),
@@ -49,7 +51,7 @@ def _command_function(name: str, verb: str, command: str | None = None):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="imet", description="iMet Collection 2019 pipeline: data, training, validation, "
         "inference, Kaggle packaging and orchestration.")
     parser.add_argument("--version", action="version", version=f"imet {__version__}")

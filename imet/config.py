@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
@@ -95,14 +97,16 @@ def parse_train_groups(text: str) -> tuple[str, ...]:
 
 
 def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | None = None,
-           metavar: str | None = None, shown: str | None = None, random_init: Any = None) -> Any:
+           metavar: str | None = None, shown: str | None = None, random_init: Any = None,
+           internal: bool = False) -> Any:
     """A TrainConfig field with its `imet train` option `--<name>`: `help` (then its default in
     brackets, or `shown`), `fingerprint` (decides what the run computes), `kind` (where the default
-    does not tell the type), `random_init` (the default with --no-pretrained, where it differs)."""
+    does not tell the type), `random_init` (the default with --no-pretrained, where it differs),
+    `internal` (filled in by imet itself: accepted, but not listed in --help)."""
     if kind is None:
         kind = list if isinstance(default, list) else str if default is None else type(default)
     metadata = {"help": help, "fingerprint": fingerprint, "kind": kind, "metavar": metavar,
-                "shown": shown, "random_init": random_init}
+                "shown": shown, "random_init": random_init, "internal": internal}
     if isinstance(default, list):
         return field(default_factory=list, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -122,7 +126,7 @@ class TrainConfig:
         "`imet pseudo-label`: they train beside the fold's training images, never validate; an "
         "id also in --data's train.csv is refused", fingerprint=False)
     extra_fingerprint: str = option("", "the --extra set's fingerprint, filled in from it (given: "
-                                    "the set must have this one)")
+                                    "the set must have this one)", internal=True)
     image_size: int = option(320, "square training/eval image side in pixels")
     preset: str = option(
         "seed", "training augmentation preset: seed (random square crop in the loader; flip, "
@@ -156,7 +160,8 @@ class TrainConfig:
         "--data's labels.csv, is refused). Before the first step the untuned model is scored on "
         "the validation fold (run.json: init_f2)", fingerprint=False, metavar="RUN")
     init_fingerprint: str = option("", "the --init model's fingerprint (a hash of the file), "
-                                   "filled in from it (given: the file must have this one)")
+                                   "filled in from it (given: the file must have this one)",
+                                   internal=True)
     dropout: float = option(0.0, "dropout before the head's linear layer")
     prior_bias: bool = option(False, "start the head's bias at each class's log-odds in the "
                               "training labels (the focal-loss paper's prior init), instead of "
@@ -172,7 +177,7 @@ class TrainConfig:
         "pseudo-label --soft`'s soft_targets.npz; repeatable) for every training image, "
         "--extra's included; the loss mixes in BCE to them", fingerprint=False, metavar="FILE")
     teacher_fingerprint: str = option("", "the --teacher probabilities' fingerprint, filled in "
-                                      "from them (given: they must have this one)")
+                                      "from them (given: they must have this one)", internal=True)
     distill_weight: float = option(
         0.5, "with --teacher: the teacher's share of the loss, (1 - W) * loss on the true "
         "labels + W * T^2 * BCE to the tempered teacher probabilities")
@@ -296,7 +301,11 @@ class TrainConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise UserError(f"{source}: unknown setting {key!r}; the settings are the "
+                near = close_match(name, [n for n, f in known.items()
+                                          if not f.metadata["internal"]])
+                near = near and (near.replace("_", "-") if "-" in key else near)
+                hint = f"did you mean {near}? " if near else ""
+                raise UserError(f"{source}: unknown setting {key!r}; {hint}the settings are the "
                                 "`imet train` flag names (see `python -m imet train --help`)")
             kwargs[name] = _coerce(known[name], value, source)
         if not kwargs.get("pretrained", True):
@@ -394,8 +403,11 @@ def _plain(value: Any) -> Any:
 
 
 def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
-    """Values from JSON: accept what JSON can hold for the field's type, refuse the rest."""
+    """Values from a config file (TOML or JSON): accept what it can hold for the field's type,
+    refuse the rest."""
     kind, name = spec.metadata["kind"], flag_of(spec.name)
+    if isinstance(value, (dict, list)) and kind is not list:
+        raise UserError(f"{source}: {name} takes one value, got {value!r}")
     if kind is list:
         return [str(v) for v in (value if isinstance(value, list) else [value])]
     if value is None:
@@ -437,7 +449,47 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-class RefusingParser(argparse.ArgumentParser):
+def close_match(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate nearest a mistyped `word`, or None when none is near (difflib's ratio)."""
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of every imet command: a mistyped flag, command or choice is answered with
+    the nearest name ("did you mean"), which argparse does only from Python 3.14 on."""
+
+    def suggestion(self, word: str) -> str:
+        """" (did you mean --X?)" for an unknown `word` (a flag, or --flag=value), or ""."""
+        flags = [flag for action in self._actions if action.help != argparse.SUPPRESS
+                 for flag in action.option_strings]
+        near = close_match(word.partition("=")[0], flags) if word.startswith("-") else None
+        return f" (did you mean {near}?)" if near else ""
+
+    def parse_args(self, args=None, namespace=None):
+        # The unknown words are the chosen (sub)command's, and its options hold the near names.
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            parser = self
+            while chosen := next((action.choices[getattr(parsed, action.dest)]
+                                  for action in parser._actions
+                                  if isinstance(action, argparse._SubParsersAction)
+                                  and getattr(parsed, action.dest, None) in action.choices), None):
+                parser = chosen
+            flag = next((word for word in unknown if word.startswith("-")), "")
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{parser.suggestion(flag)}")
+        return parsed
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            near = close_match(str(value), map(str, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r} (choose from "
+                f"{', '.join(map(repr, action.choices))})"
+                + (f"; did you mean {near!r}?" if near else ""))
+
+
+class RefusingParser(Parser):
     """A parser whose refusal is a UserError (one line) instead of a usage message and an exit:
     for arguments read outside their own command (a kernel's, a plan's, a render's)."""
 
@@ -451,8 +503,9 @@ def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | No
     fields', no --config), each defaulting to None so a namespace tells what was given.
     `help_values` fill the %(name)s a higher layer owns (the arch registry, the handover file)."""
     if names is None:
-        parser.add_argument("--config", metavar="FILE", help="JSON object of flag names (dashes or "
-                            "underscores) to values; command-line flags override it")
+        parser.add_argument("--config", metavar="FILE", help="TOML file of flag names (dashes or "
+                            "underscores) = values, e.g. epochs = 20, arch = \"resnet50\" (a "
+                            "JSON object is read too); command-line flags override it")
     defaults = TrainConfig()
     for spec in dataclasses.fields(TrainConfig):
         if names is not None and spec.name not in names:
@@ -469,7 +522,8 @@ def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | No
         else:
             how = {"type": kind if kind in (int, float) else str,
                    "metavar": declared["metavar"] or spec.name.upper()}
-        action = parser.add_argument(flag_of(spec.name), default=None, help=text, **how)
+        action = parser.add_argument(flag_of(spec.name), default=None, **how,
+                                     help=argparse.SUPPRESS if declared["internal"] else text)
         vars(action).update(help_values)
 
 
@@ -484,23 +538,42 @@ def train_parser(names: Iterable[str] | None = None) -> RefusingParser:
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a parsed `imet train` command line sets: its --config file's settings (keyed as the
     file writes them), each replaced by its flag where one was given (keyed by field name)."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):  # a JSON object of flag names (dashes or underscores)
-        path = Path(args.config)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: config file not found; check --config") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{path}: not a readable JSON config ({err}); "
-                            "write a JSON object of flag names to values") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: the config must be a JSON object of flag names to values")
+    values = read_config(Path(args.config)) if getattr(args, "config", None) else {}
     for spec in dataclasses.fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:
             values.pop(spec.name.replace("_", "-"), None)
             values[spec.name] = given
+    return values
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A --config file: TOML (`epochs = 20`), the format of every imet settings file, or a JSON
+    object (`{"epochs": 20}`, the older format, still read); a TOML document never starts with
+    "{", so the first character tells them apart."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found; check --config") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the config ({err})") from None
+    if text.lstrip().startswith("{"):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err}); write the settings as TOML "
+                            "lines such as epochs = 20") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: the config must be a JSON object of flag names to values")
+    else:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(f"{path}: not valid TOML ({err}); write one flag name = value per "
+                            "line, e.g. epochs = 20 or arch = \"resnet50\"") from None
+    if table := next((key for key, value in values.items() if isinstance(value, dict)), None):
+        raise UserError(f"{path}: {table!r} is a table; write the settings at the top, one flag "
+                        "name = value per line, e.g. epochs = 20")
     return values
 
 

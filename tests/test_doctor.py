@@ -115,7 +115,7 @@ def test_doctor_passes_a_cpu_session(mini_data, tmp_path):
     proc = imet("doctor", "--data", mini_data, "--out", tmp_path, "--arch", "tiny_cnn",
                 "--no-pretrained", "--accelerator", "none")
     assert proc.returncode == 0, proc.stderr
-    assert "can train as configured" in proc.stdout
+    assert "nothing blocks this session; it can train tiny_cnn as configured" in proc.stdout
 
 
 def test_doctor_without_competition_data_is_one_line(tmp_path):

@@ -34,6 +34,9 @@ def test_the_build_pays_back_only_with_enough_epochs_in_the_session():
     assert not image_cache.should_build(1, 100_000, 4, 12 * 3600)[0]  # one epoch left
     build, why = image_cache.should_build(20, 100_000, 1, 5 * 60)  # an epoch does not fit
     assert not build and "20 epochs to run" in why and "1.8 pay back" in why
+    # what fits in the time left is said in epochs, of how many images
+    assert "the 5 min left hold ~0.7 epochs of 100000 images read from the PNGs by 1 loader " \
+        "worker, so ~0.7 run this session" in why
 
 
 def test_a_run_builds_its_cache_in_temp_keeps_its_choice_and_never_carries_it(kaggle, capsys):

@@ -75,5 +75,12 @@ def test_head_is_pool_dropout_linear(models):
 
 
 def test_unknown_arch_lists_choices():
-    with pytest.raises(UserError, match="unknown architecture 'resnet1000'.*se_resnext50_32x4d"):
-        build_model("resnet1000", num_classes=3)
+    with pytest.raises(UserError, match="--arch vgg: unknown architecture; the names are "
+                       ".*se_resnext50_32x4d"):
+        build_model("vgg", num_classes=3)
+
+
+def test_a_mistyped_arch_gets_the_close_match():
+    with pytest.raises(UserError, match="--arch seresnext50_32x4d: unknown architecture; did you "
+                       "mean se_resnext50_32x4d\\? the names are densenet121"):
+        build_model("seresnext50_32x4d", num_classes=3)

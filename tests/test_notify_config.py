@@ -80,8 +80,25 @@ def test_not_configured_means_one_log_line_and_no_notifier(caplog):
     caplog.set_level(logging.DEBUG, logger="imet")
     assert build_notifier("auto", env={}) is None
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
-    assert lines == ["Telegram notifications off: IMET_TELEGRAM_TOKEN is not set (environment "
-                     "or Kaggle Secrets); create a bot with @BotFather and set it"]
+    assert lines == ["Telegram notifications off: IMET_TELEGRAM_TOKEN is not set: set it in the "
+                     "environment (export IMET_TELEGRAM_TOKEN=...), or attach a Kaggle secret of "
+                     "that label to the kernel (editor: Add-ons > Secrets); a new bot's token "
+                     "comes from @BotFather"]
+
+
+def test_in_a_kernel_a_missing_secret_is_said_to_be_unattached(kaggle_secrets):
+    """On Kaggle the bot most often exists and its secret is only not attached to this kernel:
+    the line says how to attach it before how to make a bot."""
+    with pytest.raises(ConfigProblem) as info:
+        load_config({})
+    assert str(info.value).startswith(
+        "IMET_TELEGRAM_TOKEN is not set: no Kaggle secret labelled IMET_TELEGRAM_TOKEN is "
+        "attached to this kernel: in the kernel's editor, Add-ons > Secrets, add it or switch "
+        "the existing one on; ")
+    kaggle_secrets["IMET_TELEGRAM_TOKEN"] = TOKEN
+    with pytest.raises(ConfigProblem, match="no Kaggle secret labelled IMET_TELEGRAM_CHAT_ID is "
+                       "attached to this kernel.*getUpdates"):
+        load_config({})
 
 
 def test_bad_mode_is_a_user_error():

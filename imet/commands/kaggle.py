@@ -1,4 +1,4 @@
-"""`imet doctor` (can this session train as configured?) and `imet kaggle run|render|chain|
+"""`imet doctor` (can this session run as configured?) and `imet kaggle run|render|chain|
 campaign`: the local Kaggle emulator, push-ready kernels, and sessions on Kaggle, one kernel
 handed over from session to session (chain) or every member of a plan (campaign)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
-from imet.config import DEFAULT_TIME_BUDGET, parse_duration
+from imet.config import DEFAULT_TIME_BUDGET, close_match, parse_duration
 from imet.errors import HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER, UserError
 
 
@@ -40,8 +40,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
         "conv+matmul under autocast, bf16 too where the GPU has it); free disk in --out against "
         "the checkpoints of --arch (--keep generations and the one being written); the "
         "competition data, imet-src, the weights of --arch and earlier outputs of the run; "
-        "whether Telegram is configured (never the token). Exit 0 when the session can train; "
-        "otherwise one line per blocking problem and exit 2. The kernels run it first.")
+        "whether Telegram is configured (never the token). Exit 0 when nothing blocks the "
+        "session (the training checks only with --arch); otherwise one line per blocking problem "
+        "and exit 2. The kernels run it first.")
     parser.add_argument("--data", type=Path, help="competition folder (default: searched "
                         "under the --input-root folders)")
     parser.add_argument("--input-root", type=Path, action="append", default=[], metavar="DIR",
@@ -73,7 +74,11 @@ def run_doctor(args: argparse.Namespace) -> int:
                                accelerator=args.accelerator, keep=args.keep))
     print("\n".join(report.lines), flush=True)
     if not report.problems:
-        print("imet doctor: this session can train as configured", flush=True)
+        session = f"the {args.kernel} session" if args.kernel else "this session"
+        print(f"imet doctor: nothing blocks {session}"
+              + (f"; it can train {args.arch} as configured" if args.arch else
+                 "" if args.kernel else " (add --arch NAME to check the disk and weights a "
+                 "training needs)"), flush=True)
         return 0
     for problem in report.problems:
         print(f"imet doctor: error: {problem}", file=sys.stderr, flush=True)
@@ -101,17 +106,21 @@ def render_accelerators(settings, given: list[str], kernels: list[str]) -> dict[
     """kernel name -> accelerator from the settings file's, then `--accelerator [KERNEL=]NAME`
     (later ones win); a retired name is accepted with a warning, as the kaggle client does."""
     from imet.kaggle.render import canonical, retired_warning
-    from_file = [f"{k}={v}" if k else str(v) for k, v in settings.accelerator.items()]
+    # (where it was given, kernel or "" for all, name)
+    from_file = [(f"{settings.source}: accelerator" + (f".{k}" if k else ""), k, str(v))
+                 for k, v in settings.accelerator.items()]
     chosen: dict[str, str] = {}
-    for text in from_file + list(given):
-        kernel, sep, name = text.rpartition("=")
-        if sep and kernel not in kernels:
-            raise UserError(f"--accelerator {text!r}: no kernel {kernel!r}; the kernels are "
-                            f"{', '.join(kernels)}")
-        name = canonical(name)
+    for where, kernel, name in from_file + [("--accelerator", *text.rpartition("=")[::2])
+                                            for text in given]:
+        if kernel and kernel not in kernels:
+            near = close_match(kernel, kernels)
+            raise UserError(f"{where}: no kernel {kernel!r}; "
+                            + (f"did you mean {near}? " if near else "")
+                            + f"the kernels are {', '.join(kernels)}")
+        name = canonical(name, where)
         if warning := retired_warning(name):
             print(f"imet kaggle render: {warning}", file=sys.stderr)
-        chosen.update({k: name for k in ([kernel] if sep else kernels)})
+        chosen.update({k: name for k in ([kernel] if kernel else kernels)})
     return chosen
 
 
@@ -121,7 +130,12 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                          description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
                          "read-only under input/<slug>, cwd in working/, no network when its "
                          "metadata turns internet off, killed at the time limit. Each session's "
-                         "working/ is kept as OUT/v<N>/kaggle/working.")
+                         "working/ is kept as OUT/v<N>/kaggle/working.",
+                         epilog="IMET_KERNEL_ARGS, when set, replaces the kernel's own arguments "
+                         "(the DEFAULT_TRAIN_ARGS, DEFAULT_VALIDATE_ARGS or DEFAULT_PREDICT_ARGS "
+                         "line of its script) in every session, split as a shell would; "
+                         "a trainer rehearses small with, e.g., IMET_KERNEL_ARGS=\"--arch "
+                         "tiny_cnn --epochs 2 --session-steps 3\" (a handover every 3 steps).")
     run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
     run.add_argument("--input", type=input_source, action="append", default=[], metavar="SLUG=PATH",
                      help="attach PATH as /kaggle/input/SLUG (repeatable)")
@@ -300,8 +314,8 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
     except UserError as err:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
-        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}; see "
-                        f"`python -m imet {command} --help`")
+        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}"
+                        f"{parser.suggestion(unknown[0])}; see `python -m imet {command} --help`")
     # Parsed alone (its only refusal then: the missing required flags), `args` leave each setting
     # they do not give at this marker; a list, which a repeatable flag copies before it appends.
     unset: list = []

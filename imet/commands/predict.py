@@ -25,21 +25,23 @@ def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
 
 
 def add_test_ensemble_arguments(parser: argparse.ArgumentParser, saved_probs: str) -> None:
-    """--data, --runs and --weights of `predict` and `pseudo-label`; `saved_probs` ends --runs'."""
+    """--data, --runs and --member-weights of `predict` and `pseudo-label`; `saved_probs` ends
+    --runs'. (Not --weights: that is `imet train`'s ImageNet weights file.)"""
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
                         help="competition folder: labels.csv, sample_submission.csv, test/")
     parser.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN",
                         help="run folders (holding model.pt), model files, or saved test "
                         f"probabilities {saved_probs}")
-    parser.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
-                        help="one non-negative weight per run (default: equal)")
+    parser.add_argument("--member-weights", type=float, nargs="+", default=None, metavar="W",
+                        help="the ensemble's weights: one non-negative number per --runs entry, "
+                        "in their order (default: equal)")
 
 
 def check_weights(args) -> None:
-    """One --weights value per run, or none."""
-    if args.weights is not None and len(args.weights) != len(args.runs):
-        raise UserError(f"--weights: {len(args.weights)} weights for {len(args.runs)} runs; "
-                        "give one per run")
+    """One --member-weights value per run, or none."""
+    if args.member_weights is not None and len(args.member_weights) != len(args.runs):
+        raise UserError(f"--member-weights: {len(args.member_weights)} weights for "
+                        f"{len(args.runs)} runs; give one per run")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +131,7 @@ def run_predict(args) -> int:
         raise UserError(f"--threshold: {args.threshold} is outside [0, 1]")
     check_weights(args)
     summary = predict_test(args.data, args.runs, args.out, method=args.ensemble,
-                           weights=args.weights, options=inference_options(args),
+                           weights=args.member_weights, options=inference_options(args),
                            thresholds_file=args.thresholds, threshold=args.threshold,
                            min_labels=args.min_labels, max_labels=args.max_labels,
                            probs_dir=args.probs_dir)
@@ -225,7 +227,7 @@ def run_pseudo_label(args) -> int:
     check_weights(args)
     summary = pseudo_label(args.data, args.runs, args.out, min_prob=args.min_prob,
                            rule=args.rule, soft=args.soft, method=args.ensemble,
-                           weights=args.weights, options=inference_options(args))
+                           weights=args.member_weights, options=inference_options(args))
     print(f"wrote {summary['out']} ({summary['kept']} of {summary['images']} test images)")
     return 0
 

@@ -26,6 +26,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         f"nothing (the save finishes; kill -9 aborts without it). Exit {DISK_FULL}: no room on the "
         "disk for a checkpoint or model.pt (nothing written; free space or lower --keep, then "
         "resume). Flags override --config; defaults are shown in brackets.")
+    # Every option is listed below; a usage line repeating all of them would be 40 lines long.
+    parser.usage = "%(prog)s --data DIR --out DIR [--config FILE] [OPTION ...]"
     add_train_options(parser, archs=_ArchNames(), handover=HANDOVER)
 
 
@@ -112,6 +114,8 @@ def configure_lr_find(parser: argparse.ArgumentParser) -> None:
         "the LR raised from --start-lr to --end-lr over --steps steps on the training fold; stops "
         "early when the loss diverges. Prints the suggested --lr (steepest descent of the smoothed "
         "loss) and writes the plot to --plot. Writes nothing into any run folder.")
+    parser.usage = ("%(prog)s --data DIR [--steps N] [--start-lr LR] [--end-lr LR] [--plot FILE] "
+                    "[--config FILE] [OPTION ...]")
     group = parser.add_argument_group("lr-find")
     group.add_argument("--steps", type=int, default=100, metavar="N",
                        help="training steps of the sweep [100]")

@@ -38,7 +38,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imet.config import flag_of, train_parser, without_settings
+from imet.config import close_match, flag_of, train_parser, without_settings
 from imet.errors import UserError
 from imet.fileio import atomic_write_text, read_json_object
 
@@ -59,13 +59,15 @@ def known() -> list[str]:
     return [NONE, *GPUS, *TPUS, *RETIRED]
 
 
-def canonical(name: str) -> str:
+def canonical(name: str, where: str = "--accelerator") -> str:
     """The name as Kaggle spells it (matched without regard to case); an unknown name is one
-    line listing the known ones."""
-    for spelled in known():
-        if spelled.lower() == name.strip().lower():
-            return spelled
-    raise UserError(f"--accelerator {name!r} is not a Kaggle accelerator; use one of "
+    line naming `where` it was given (a flag, or a settings file and key) and the known ones."""
+    names = {spelled.lower(): spelled for spelled in known()}
+    if (lower := str(name).strip().lower()) in names:
+        return names[lower]
+    near = close_match(lower, names)
+    hint = f"did you mean {names[near]}? " if near else ""
+    raise UserError(f"{where} {name!r} is not a Kaggle accelerator; {hint}use one of "
                     f"{', '.join(known())}")
 
 

@@ -217,7 +217,10 @@ def _check_inputs(s: Settings, report: Report) -> int:
         report.add("imet-src", _first(find_source_dataset, roots))
     except UserError:
         report.add("imet-src", f"not attached (searched {', '.join(map(str, roots)) or '-'})")
-    earlier = [p for root in [s.out, *roots] for p in find_previous_output(root)]
+    # The run's own folder, not what lies below it: `imet doctor` in a checkout would list
+    # every run under it (demo/, runs/) as this run's past.
+    own = [s.out] if any((s.out / name).is_file() for name in (HANDOVER, "run.json")) else []
+    earlier = own + [p for root in roots for p in find_previous_output(root)]
     report.add("earlier outputs", ", ".join(map(str, earlier[:3])) or "none (a new run)")
     if data is None:
         return DEFAULT_CLASSES
@@ -246,7 +249,10 @@ def _check_run(s: Settings, num_classes: int, report: Report) -> None:
         return
     try:
         params, need = disk_need(s.arch, num_classes, s.keep)
-    except (UserError, ValueError) as err:
+    except UserError as err:  # names --arch itself
+        report.problems.append(str(err))
+        return
+    except ValueError as err:
         report.problems.append(f"--arch {s.arch}: {err}")
         return
     folder = s.out.resolve()
@@ -677,9 +683,10 @@ def should_build(epochs: int, images: int, workers: int, seconds_left: float) ->
     per_epoch = max(images, 1) / 1000 * PNG_EPOCH_S / max(workers, 1)
     fit = max(seconds_left, 0) / per_epoch
     session = min(epochs, fit)
-    why = (f"{epochs} epochs to run, ~{fit:.0f} fit in the {seconds_left / 60:.0f} min left: "
-           f"~{session:.1f} this session, {PAYBACK_EPOCHS:.1f} pay back the build "
-           "(benchmarks/README.md)")
+    why = (f"{epochs} epochs to run; the {seconds_left / 60:.0f} min left hold ~{fit:.{1 if fit < 10 else 0}f} epochs "
+           f"of {images} images read from the PNGs by {workers} loader worker"
+           f"{'s' if workers != 1 else ''}, so ~{session:.1f} run this session, and "
+           f"{PAYBACK_EPOCHS:.1f} pay back the build (benchmarks/README.md)")
     return session >= PAYBACK_EPOCHS, why
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import torch
 from torch import nn
 
+from imet.config import close_match
 from imet.errors import CheckpointError, UserError
 from imet.fileio import atomic_copy, atomic_write_text, file_sha256, read_json_object
 from imet.models.registry import ARCHS, TIMM_PREFIX, ArchSpec, TimmSpec, timm_spec
@@ -34,8 +35,11 @@ def get_spec(arch: str) -> ArchSpec:
     try:
         return ARCHS[arch]
     except KeyError:
-        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(sorted(ARCHS))}"
-                        f", or any timm model as {TIMM_PREFIX}<name>")
+        near = close_match(arch, ARCHS)
+        raise UserError(f"--arch {arch}: unknown architecture; "
+                        + (f"did you mean {near}? " if near else "")
+                        + f"the names are {', '.join(sorted(ARCHS))}, or any timm model as "
+                        f"{TIMM_PREFIX}<name>") from None
 
 
 def has_pretrained_weights(arch: str) -> bool:

@@ -112,13 +112,23 @@ def _call_bounded(fn: Callable[[str], str], label: str) -> str | None:
     return str(value) if value else None
 
 
+def _not_set(var: str, in_kaggle: bool, first_time: str) -> ConfigProblem:
+    """`var` is missing: where it goes (most often the bot exists and only the secret is not
+    attached to this kernel), then how to get its value the first time."""
+    where = (f"no Kaggle secret labelled {var} is attached to this kernel: in the kernel's "
+             "editor, Add-ons > Secrets, add it or switch the existing one on" if in_kaggle else
+             f"set it in the environment (export {var}=...), or attach a Kaggle secret of that "
+             "label to the kernel (editor: Add-ons > Secrets)")
+    return ConfigProblem(f"{var} is not set: {where}; {first_time}")
+
+
 def load_config(env: Mapping[str, str] | None = None,
                 use_kaggle_secrets: bool = True) -> TelegramConfig:
     """The Telegram settings, or ConfigProblem saying what is missing or malformed."""
     env = os.environ if env is None else env
     token = (env.get(TOKEN_VAR) or "").strip()
     chat_id = (env.get(CHAT_VAR) or "").strip()
-    source = "environment"
+    source, reader = "environment", None
     if (not token or not chat_id) and use_kaggle_secrets:
         reader = _kaggle_secret_reader()
         if reader is not None:
@@ -126,16 +136,14 @@ def load_config(env: Mapping[str, str] | None = None,
             chat_id = chat_id or (reader(CHAT_VAR) or "").strip()
             source = "Kaggle Secrets"
     if not token:
-        raise ConfigProblem(f"{TOKEN_VAR} is not set (environment or Kaggle Secrets); "
-                            "create a bot with @BotFather and set it")
+        raise _not_set(TOKEN_VAR, reader is not None, "a new bot's token comes from @BotFather")
     if not TELEGRAM_TOKEN.fullmatch(token):  # a paste error worth naming early
         raise ConfigProblem(f"{TOKEN_VAR} does not look like a bot token (expected "
                             "'<digits>:<letters>' as @BotFather gives it); check for quotes "
                             "or spaces")
     if not chat_id:
-        raise ConfigProblem(f"{CHAT_VAR} is not set (environment or Kaggle Secrets); send "
-                            "your bot a message, then read the chat id from "
-                            "https://api.telegram.org/bot<token>/getUpdates")
+        raise _not_set(CHAT_VAR, reader is not None, "the chat id: send your bot a message, "
+                       "then read it from https://api.telegram.org/bot<token>/getUpdates")
     # The Bot API base PTB appends the token to: a self-hosted "http://host:8081" or ".../"
     # becomes "http://host:8081/bot"; a URL holding a "{token}" placeholder is used as it is.
     api_url = (env.get(API_URL_VAR) or "").strip() or DEFAULT_API_URL

@@ -177,8 +177,8 @@ def ensemble(members: Sequence[Probabilities], method: str = "mean",
                             f"{detail}); ensemble only runs trained on the same labels.csv")
     weights = np.asarray([1.0] * len(members) if weights is None else weights, dtype=np.float64)
     if weights.shape != (len(members),) or np.any(weights < 0) or weights.sum() <= 0:
-        raise UserError(f"ensemble: need {len(members)} non-negative weights with a positive sum, "
-                        f"got {weights.tolist()}")
+        raise UserError(f"--member-weights: need {len(members)} non-negative weights with a "
+                        f"positive sum, got {weights.tolist()}")
     weights = (weights / weights.sum()).astype(np.float32)
     ids = members[0].ids
     for member, name in zip(members[1:], names[1:]):

@@ -2,6 +2,9 @@
 handover datasets; everything goes through the official kaggle client."""
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import re
 import shutil
@@ -22,6 +25,10 @@ SMALL_OUTPUTS = (r"(^|/)(" + "|".join(map(re.escape, (HANDOVER, "run.json", "met
 def kaggle_api():
     """An authenticated KaggleApi, or one line saying how to give it credentials."""
     try:
+        # The package's import signs a client in already and prints the client's sign-in help
+        # when it cannot: silenced here, the sign-in below prints it once.
+        with contextlib.redirect_stdout(io.StringIO()):
+            importlib.import_module("kaggle")
         from kaggle.api.kaggle_api_extended import KaggleApi
         api = KaggleApi()
         api.authenticate()
