@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -443,6 +444,14 @@ class RefusingParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(message)
+
+    def no_flag(self, where: str, word: str) -> UserError:
+        """The one line refusing `word`, a flag this parser lacks, with the closest it has."""
+        close = difflib.get_close_matches(word.split("=", 1)[0], [
+            flag for action in self._actions for flag in action.option_strings], n=1)
+        return UserError(f"{where}: {self.prog} has no flag {word!r}"
+                         + (f" (did you mean {close[0]}?)" if close else "")
+                         + f"; see `python -m {self.prog} --help`")
 
 
 def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None,

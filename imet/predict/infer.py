@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -39,8 +40,10 @@ def parse_tta(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
     unknown = [n for n in names if n not in TTA]
     if unknown or not names:
-        raise UserError(f"--tta: unknown transform {unknown[0] if unknown else spec!r}; choose "
-                        f"a comma-separated list of {', '.join(sorted(TTA))}")
+        close = get_close_matches(unknown[0], TTA, n=1) if unknown else []
+        raise UserError(f"--tta: unknown transform {unknown[0] if unknown else spec!r}"
+                        + (f" (did you mean {close[0]}?)" if close else "")
+                        + f"; choose a comma-separated list of {', '.join(sorted(TTA))}")
     if len(set(names)) != len(names):
         raise UserError(f"--tta: {','.join(names)} repeats a transform; list each once")
     return tuple(names)
