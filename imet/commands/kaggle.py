@@ -169,7 +169,11 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
         "the accelerator asked for in machine_shape and the script's ACCELERATOR line, and the "
         "run's settings (--config) in the scripts' DEFAULT_*_ARGS lines (and the inference's "
         "PSEUDO_LABEL_ARGS; a trainer whose args say --extra auto gets the inference output "
-        "attached). A kernel edited by hand since render wrote it is refused unless --force.")
+        "attached). Each flag list of the settings is first checked by its command's own "
+        "parser: an unknown flag or bad value is one line naming the file and the key, and "
+        "nothing is written. A kernel edited by hand since render wrote it is refused unless "
+        "--force; a kernel folder in OUT that the settings no longer make is removed, or, "
+        "edited since, refused unless --force.")
     render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
@@ -177,7 +181,8 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         "predict_args, pseudo_label_args, accelerator, datasets; see README); "
                         "without it, the templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
-                        help="overwrite kernels edited by hand since render wrote them")
+                        help="overwrite kernels edited by hand since render wrote them, and "
+                        "remove edited ones the settings no longer make")
     render.add_argument("--kernels", type=Path, default=Path("kernels"),
                         help="folder of kernel templates (default kernels)")
     render.add_argument("--out", type=Path, default=Path("dist/kernels"),
