@@ -165,6 +165,7 @@ TYPOS = {  # settings -> what the one line must name besides the file: the key a
     '[[member]]\nfold = 0\nargs = ["--lrr", "3e-4"]': ("member 'f0': args", "'--lrr'",
                                                         "did you mean --lr?"),
     '[[member]]\nfold = 7': ("member 'f7'", "fold 7", "the 5 folds"),
+    '[[member]]\nfold = 1\nepochs = 0': ("member 'f1'", "--epochs must be > 0"),
     'validate_args = ["--tta", "none,hflp"]': ("validate_args", "'hflp'", "did you mean hflip?"),
     'predict_args = ["--ensemble", "rnk"]': ("predict_args", "'rnk'", "'rank'"),
     'predict_args = ["--out", "x.csv"]': ("predict_args", "--out", "inference kernel itself"),

@@ -302,12 +302,14 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_args(command: str, args: list[str], where: str) -> set[str]:
-    """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value); the
-    names (dests) of the settings `args` give, as that parser reads them."""
+def check_args(command: str, args: list[str], where: str, whole: bool = True) -> set[str]:
+    """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value) and, for
+    `whole` train arguments (a member's all, not a part of them), what its config refuses
+    (--epochs 0, --head-epochs past --epochs, …); the names (dests) of the settings `args`
+    give, as that parser reads them."""
     from imet.commands.predict import configure_predict, configure_pseudo_label, configure_validate
     from imet.commands.train import configure_train
-    from imet.config import RefusingParser
+    from imet.config import RefusingParser, TrainConfig, given_settings
     parser = RefusingParser(prog=f"imet {command}", add_help=False)
     {"train": configure_train, "validate": configure_validate, "predict": configure_predict,
      "pseudo-label": configure_pseudo_label}[command](parser)
@@ -322,6 +324,10 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
         raise parser.no_flag(where, unknown[0])
+    # A --config file or an --init model is read on Kaggle, where it is; the arch needs the
+    # registry, which imports torch: the trainer's doctor refuses an unknown one first thing.
+    if command == "train" and whole and not (parsed.config or parsed.init):
+        TrainConfig.from_dict(given_settings(parsed), f"{where}: imet train")
     # Parsed alone (its only refusal then: the missing required flags), `args` leave each setting
     # they do not give at this marker; a list, which a repeatable flag copies before it appends.
     unset: list = []

@@ -474,10 +474,11 @@ def stale_kernels(out: Path, planned: dict[str, dict[str, str]], force: bool = F
     stale = sorted(p.parent for p in out.glob("*/kernel-metadata.json")
                    if p.parent.name not in planned)
     if kept := [p.name for p in stale if not force and not _unchanged(p)]:
-        raise UserError(f"{out}: {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} no "
-                        "longer rendered by these settings and changed since render wrote "
-                        f"{'it' if len(kept) == 1 else 'them'}; move away what you want to "
-                        "keep, or pass --force to remove them")
+        one = len(kept) == 1
+        raise UserError(f"{out}: {', '.join(kept)} {'is' if one else 'are'} no longer rendered "
+                        f"by these settings and not as render wrote {'it' if one else 'them'}; "
+                        "move away what you want to keep, or pass --force to remove "
+                        f"{'it' if one else 'them'}")
     return stale
 
 

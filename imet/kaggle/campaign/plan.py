@@ -34,10 +34,10 @@ ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args",
 
 
 def _check(command: str, args: list[str], where: str,
-           check_args: Callable[[str, list[str], str], set[str]]) -> None:
+           check_args: Callable[..., set[str]], whole: bool = True) -> None:
     kernel = {"train": "trainer", "validate": "validation kernel",
               "predict": "inference kernel", "pseudo-label": "inference kernel"}[command]
-    given = check_args(command, args, where)
+    given = check_args(command, args, where, whole)
     for name in KERNEL_SETTINGS[command]:
         if name in given:
             raise UserError(f"{where}: --{name.replace('_', '-')} is set by the {kernel} itself; "
@@ -80,14 +80,13 @@ def _folds_in(path: Path, where: str) -> set[int]:
                         "it with `python -m imet folds`") from None
 
 
-def check(settings: Settings, kernels: Path,
-          check_args: Callable[[str, list[str], str], set[str]],
+def check(settings: Settings, kernels: Path, check_args: Callable[..., set[str]],
           folds_file: Path | None = None) -> tuple[list[Member], dict[str, list[str]]]:
     """The settings' members and each one's full `imet train` flags, once every flag list they
-    hold passed `check_args(command, args, where)`: what `imet <command>` would refuse (its own
-    parser, from the command layer) is refused here in one line naming the settings file and
-    the key, before anything is written or pushed. A member's fold must be one the trainer
-    makes (or, with `folds_file`, one that file holds)."""
+    hold passed `check_args(command, args, where, whole)`: what `imet <command>` would refuse
+    (its own parser and config, from the command layer) is refused here in one line naming the
+    settings file and the key, before anything is written or pushed. A member's fold must be
+    one the trainer makes (or, with `folds_file`, one that file holds)."""
     where = settings.source
     trainer = templates_in(kernels)["trainer"]
     members = members_of(settings, trainer)
@@ -99,14 +98,15 @@ def check(settings: Settings, kernels: Path,
                                                    "N_FOLDS", script)
         folds, source = set(range(n_folds)), f"the {n_folds} folds the trainer kernel makes"
     if settings.train_args is not None:
-        _check("train", settings.train_args, f"{where}: train_args", check_args)
+        _check("train", settings.train_args, f"{where}: train_args", check_args, whole=False)
     train_args = {}
     for member in members:
         if member.fold not in folds:
             raise UserError(f"{where}: member {member.name!r}: fold {member.fold} is not in "
                             f"{source} (folds {', '.join(map(str, sorted(folds)))})")
         if member.args:
-            _check("train", member.args, f"{where}: member {member.name!r}: args", check_args)
+            _check("train", member.args, f"{where}: member {member.name!r}: args", check_args,
+                   whole=False)
         args = member_train_args(settings, member, trainer)
         _check("train", args, f"{where}: member {member.name!r}", check_args)
         train_args[member.name] = args
@@ -116,8 +116,7 @@ def check(settings: Settings, kernels: Path,
     return members, train_args
 
 
-def load(path: Path, kernels: Path,
-         check_args: Callable[[str, list[str], str], set[str]]) -> Plan:
+def load(path: Path, kernels: Path, check_args: Callable[..., set[str]]) -> Plan:
     """The plan at `path`, or one line naming what is wrong (`check`)."""
     where = str(path)
     settings = render.load(Path(path), KEYS)
