@@ -496,6 +496,11 @@ class RefusingParser(Parser):
     def error(self, message: str):
         raise UserError(message)
 
+    def no_flag(self, where: str, word: str) -> UserError:
+        """The one line refusing `word`, a flag this parser lacks, with the closest it has."""
+        return UserError(f"{where}: {self.prog} has no flag {word!r}{self.suggestion(word)}; "
+                         f"see `python -m {self.prog} --help`")
+
 
 def add_train_options(parser: argparse.ArgumentParser, names: Iterable[str] | None = None,
                       **help_values: object) -> None:

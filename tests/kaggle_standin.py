@@ -13,7 +13,8 @@ queued, running, then its status; its output lists and serves its files.
 `GetKernel` answers the latest version number (how a restarted campaign tells whether its
 push went through); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
 SIGKILLs a client process right after the server handled one of its calls;
-`refuse_self_source` answers a push that attaches the kernel's own output with an error.
+`refuse_self_source` answers a push that attaches the kernel's own output with an error; a
+kernel source never pushed is answered as Kaggle answers it, in `invalidKernelSources`.
 `handlers` maps a method name to a function(server, body) -> (status, json); replace or add
 entries to script other answers (errors, statuses, outputs).
 
@@ -107,12 +108,15 @@ def save_kernel(server, body):
     if server.refuse_self_source and slug in (body.get("kernelDataSources") or []):
         return 200, {"ref": "", "url": "", "versionNumber": 0,
                      "error": f"kernel source {slug} cannot be attached to itself"}
+    # Like Kaggle: a source that is no kernel yet (a kernel's own slug on its very first push)
+    # is not attached, and the answer lists it.
+    invalid = [ref for ref in body.get("kernelDataSources") or [] if not server.kernels.get(ref)]
     versions = server.kernels.setdefault(slug, [])
     versions.append(body)
     server.in_flight.add(slug)
     server.max_in_flight = max(server.max_in_flight, len(server.in_flight))
     return 200, {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}",
-                 "versionNumber": len(versions), "error": ""}
+                 "versionNumber": len(versions), "error": "", "invalidKernelSources": invalid}
 
 
 def _session_script(server, slug):

@@ -36,9 +36,10 @@ def standin():
         yield server
 
 
-def client(standin, tmp_path, *args):
+def client(standin, tmp_path, *args, cwd=None):
     env = {**os.environ, **standin.client_env(tmp_path / "home")}
-    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=120,
+                          cwd=cwd)
 
 
 SOURCES = {"trainer-f3": [f"{USER}/imet-trainer-f3"], "validation": FOLDS,
@@ -151,17 +152,49 @@ def test_chain_refuses_an_unrendered_template(standin, tmp_path):
 
 
 def test_a_chain_reads_only_its_own_sessions_outputs(standin, rendered, tmp_path):
-    """Every chain writes to the same --out by default: a version's folder is emptied before
-    its output is fetched, so neither another kernel's chain nor an earlier chain of the same
-    kernel leaves a HANDOVER.json that pushes a session nobody needs."""
+    """Each kernel's chain has its own folder by default (dist/chain/<slug>), and a version's
+    folder is emptied before its output is fetched: neither another kernel's chain nor an
+    earlier chain of the same kernel leaves a HANDOVER.json that pushes a session nobody
+    needs."""
     other = f"{USER}/imet-trainer-f1"
     standin.sessions[other] = [{"files": {"HANDOVER.json": HANDOVER}},
                                {"files": {"run.json": b'{"status": "finished"}'}}]
     standin.sessions[TRAINER] = [{"files": {"run.json": b'{"status": "finished"}'}}] * 2
-    out = tmp_path / "chain"
     for kernel in ("trainer-f1", "trainer-f0", "trainer-f0"):
         proc = client(standin, tmp_path, sys.executable, "-m", "imet", "kaggle", "chain",
-                      str(rendered / kernel), "--poll", "0.05", "--out", str(out))
+                      str(rendered / kernel), "--poll", "0.05", cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(standin.kernels[other]) == 2 and len(standin.kernels[TRAINER]) == 2
-    assert not (out / "v1" / "HANDOVER.json").exists()
+    out = tmp_path / "dist" / "chain"
+    assert sorted(p.name for p in out.iterdir()) == ["imet-trainer-f0", "imet-trainer-f1"]
+    assert (out / "imet-trainer-f1" / "v1" / "HANDOVER.json").is_file()
+    assert not (out / "imet-trainer-f0" / "v1" / "HANDOVER.json").exists()
+    # The same folder for two chains: the second's v1 holds only its own session's files.
+    standin.sessions[TRAINER].append({"files": {"run.json": b'{"status": "finished"}'}})
+    proc = client(standin, tmp_path, sys.executable, "-m", "imet", "kaggle", "chain",
+                  str(rendered / "trainer-f0"), "--poll", "0.05", "--out",
+                  str(out / "imet-trainer-f1"), cwd=tmp_path)
+    assert proc.returncode == 0 and len(standin.kernels[TRAINER]) == 3, proc.stdout
+    assert sorted(p.name for p in (out / "imet-trainer-f1" / "v1").iterdir()) == ["run.json"]
+
+
+def test_a_trainers_first_push_leaves_its_own_output_out(standin, rendered, tmp_path):
+    """A kernel that does not exist yet has no output to attach: chain's first push leaves its
+    own slug out of kernel_sources; once it exists, the folder as render wrote it goes, by
+    chain or by hand, exactly as render's output and the README say."""
+    standin.sessions[TRAINER] = [{"files": {"HANDOVER.json": HANDOVER}}] * 3
+    proc = chain(standin, tmp_path, rendered, "--max-sessions", "1")
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert "has no version yet" in proc.stdout
+    by_hand = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p",
+                     str(rendered / "trainer-f0"))
+    assert by_hand.returncode == 0 and "not valid kernel sources" not in by_hand.stdout
+    assert chain(standin, tmp_path, rendered, "--max-sessions", "1").returncode == 75
+    sources = [body.get("kernelDataSources", []) for body in standin.kernels[TRAINER]]
+    assert sources == [[], [TRAINER], [TRAINER]]
+    scripts = {body["text"] for body in standin.kernels[TRAINER]}
+    assert scripts == {(rendered / "trainer-f0" / "trainer.py").read_text()}
+    # Pushed by hand the very first time, Kaggle attaches no output and says so.
+    first = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p",
+                   str(rendered / "trainer-f1"))
+    assert first.returncode == 0 and "not valid kernel sources" in first.stdout

@@ -158,3 +158,70 @@ def test_a_bad_config_is_one_line(tmp_path):
         (line,) = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and expected in line and str(config) in line, (name, line)
         assert not (tmp_path / name).exists()
+
+
+TYPOS = {  # settings -> what the one line must name besides the file: the key and the close match
+    'train_args = ["--epocs", "2"]': ("train_args", "'--epocs'", "did you mean --epochs?"),
+    '[[member]]\nfold = 0\nargs = ["--lrr", "3e-4"]': ("member 'f0': args", "'--lrr'",
+                                                        "did you mean --lr?"),
+    '[[member]]\nfold = 7': ("member 'f7'", "fold 7", "the 5 folds"),
+    '[[member]]\nfold = 1\nepochs = 0': ("member 'f1'", "--epochs must be > 0"),
+    'validate_args = ["--tta", "none,hflp"]': ("validate_args", "'hflp'", "did you mean hflip?"),
+    'predict_args = ["--ensemble", "rnk"]': ("predict_args", "'rnk'", "'rank'"),
+    'predict_args = ["--out", "x.csv"]': ("predict_args", "--out", "inference kernel itself"),
+    'pseudo_label_args = ["--min-prb", "0.9"]': ("pseudo_label_args", "'--min-prb'",
+                                                 "did you mean --min-prob?"),
+}
+
+
+def test_render_refuses_what_a_kernel_would_refuse_and_writes_nothing(tmp_path):
+    """Each command's flags in the settings go through that command's own parser: a typo is
+    one line naming the file, the key and the close match, before anything is written."""
+    out = tmp_path / "k"
+    assert render(out, "--owner", "bob").returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for number, (text, expected) in enumerate(TYPOS.items()):
+        config = tmp_path / f"typo{number}.toml"
+        config.write_text(f'owner = "bob"\n{text}\n')
+        proc = render(out, "--config", str(config))
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and line.startswith(f"imet kaggle: error: {config}: "), line
+        assert all(part in line for part in expected), (text, line)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, text
+    fresh = tmp_path / "fresh"
+    config.write_text('owner = "bob"\ntrain_args = ["--epocs", "2"]\n')
+    assert render(fresh, "--config", str(config)).returncode == 2 and not fresh.exists()
+
+
+def folders(out):
+    return sorted(p.name for p in out.iterdir())
+
+
+def test_render_removes_the_kernels_its_settings_no_longer_make_unless_edited(tmp_path):
+    out = tmp_path / "k"
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    assert render(out, "--owner", "alice").returncode == 0
+    (out / "notes.txt").write_text("mine")  # not a kernel: render leaves it alone
+    proc = render(out, "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert folders(out) == ["inference", "notes.txt", "trainer-effb3-f1", "trainer-f0",
+                            "validation"]
+    assert proc.stdout.count("removed ") == 4 and f"removed {out / 'trainer-f4'}" in proc.stdout
+    assert f"kaggle chain {out / 'trainer-f0'}" in proc.stdout, "says how to push the first time"
+
+    # Rendered again with five folds, then one stale-to-be kernel edited, one given a file.
+    assert render(out, "--owner", "alice").returncode == 0
+    edited = out / "trainer-f3" / "trainer.py"
+    edited.write_text(edited.read_text() + "# mine\n")
+    (out / "trainer-f4" / "extra.py").write_text("")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = render(out, "--config", str(config))
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "trainer-f3, trainer-f4 are no longer rendered" in line
+    assert "--force" in line and "trainer-f2" not in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    proc = render(out, "--config", str(config), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert folders(out) == ["inference", "notes.txt", "trainer-effb3-f1", "trainer-f0",
+                            "validation"]

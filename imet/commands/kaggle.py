@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from contextlib import suppress
 from pathlib import Path
@@ -160,14 +161,18 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                            description="Push a rendered kernel folder with the kaggle client, "
                            f"wait for the session to end, fetch its small outputs ({HANDOVER}, "
                            "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
-                           f"the run hands over. Exit 0: finished; {HANDED_OVER}: still handing "
-                           "over after --max-sessions; 1: a session failed.")
+                           f"the run hands over. The first push of a kernel that does not "
+                           "exist on Kaggle yet leaves its own output out of kernel_sources. "
+                           f"Exit 0: finished; {HANDED_OVER}: still handing over after "
+                           "--max-sessions; 1: a session failed.")
     chain.add_argument("kernel_dir", type=Path,
                        help="a push-ready folder (dist/kernels/trainer-f0)")
     chain.add_argument("--max-sessions", type=int, default=5, metavar="N",
                        help="push at most N sessions (default 5)")
-    chain.add_argument("--out", type=Path, default=Path("dist/chain"),
-                       help="where each session's small outputs go (default dist/chain)")
+    chain.add_argument("--out", type=Path, default=None,
+                       help="where each session's small outputs go, OUT/v<N> emptied before "
+                       "they are fetched (default dist/chain/<the kernel's slug>, so no chain "
+                       "reads another kernel's)")
     chain.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
                        help="seconds between status polls (default 60)")
     render = sub.add_parser(
@@ -178,7 +183,11 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
         "the accelerator asked for in machine_shape and the script's ACCELERATOR line, and the "
         "run's settings (--config) in the scripts' DEFAULT_*_ARGS lines (and the inference's "
         "PSEUDO_LABEL_ARGS; a trainer whose args say --extra auto gets the inference output "
-        "attached). A kernel edited by hand since render wrote it is refused unless --force.")
+        "attached). Each flag list of the settings is first checked by its command's own "
+        "parser: an unknown flag or bad value is one line naming the file and the key, and "
+        "nothing is written. A kernel edited by hand since render wrote it is refused unless "
+        "--force; a kernel folder in OUT that the settings no longer make is removed, or, "
+        "edited since, refused unless --force.")
     render.add_argument("--owner", help="your Kaggle user name (default: the settings file's "
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
@@ -186,7 +195,8 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         "predict_args, pseudo_label_args, accelerator, datasets; see README); "
                         "without it, the templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
-                        help="overwrite kernels edited by hand since render wrote them")
+                        help="overwrite kernels edited by hand since render wrote them, and "
+                        "remove edited ones the settings no longer make")
     render.add_argument("--kernels", type=Path, default=Path("kernels"),
                         help="folder of kernel templates (default kernels)")
     render.add_argument("--out", type=Path, default=Path("dist/kernels"),
@@ -268,7 +278,7 @@ def _chain(args: argparse.Namespace) -> int:
     """`imet kaggle chain`: a one-member campaign on Kaggle (driver.Chain)."""
     from imet.kaggle.campaign import remote
     from imet.kaggle.campaign.driver import Chain
-    from imet.kaggle.render import OWNER, read_metadata
+    from imet.kaggle.render import OWNER, read_metadata, slug_of
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions {args.max_sessions}: must be at least 1")
     if OWNER in (ref := read_metadata(args.kernel_dir)["id"]):
@@ -276,31 +286,44 @@ def _chain(args: argparse.Namespace) -> int:
                         "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
     try:
         backend = remote.KaggleBackend(remote.kaggle_api(), args.poll)
-        return Chain(args.kernel_dir, backend, args.max_sessions, args.out, args.poll).run()
+        out = args.out or Path("dist/chain") / slug_of(ref)
+        return Chain(args.kernel_dir, backend, args.max_sessions, out, args.poll).run()
     except (OSError, ValueError) as err:
         raise remote.client_errors(err) from None
 
 
 def _render(args: argparse.Namespace) -> int:
-    from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS
-    from imet.kaggle.render import (load, plan_kernels, read_metadata, requested_accelerator,
-                                    templates_in, write_kernels)
+    from imet.kaggle.campaign.plan import KEYS as CAMPAIGN_KEYS, check
+    from imet.kaggle.render import (TRAINER, load, plan_kernels, read_metadata,
+                                    requested_accelerator, stale_kernels, templates_in,
+                                    write_kernels)
     settings = load(args.config, CAMPAIGN_KEYS)
     if not (owner := args.owner or settings.owner):
         raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
+    check(settings, args.kernels, check_args)
     chosen = render_accelerators(settings, args.accelerator, list(templates_in(args.kernels)))
-    for out in write_kernels(args.out, plan_kernels(args.kernels, owner, settings, chosen),
-                             args.force):
+    planned = plan_kernels(args.kernels, owner, settings, chosen)
+    stale = stale_kernels(args.out, planned, args.force)
+    for out in write_kernels(args.out, planned, args.force):
         print(f"rendered {out} (accelerator {requested_accelerator(read_metadata(out))})")
+    for out in stale:
+        shutil.rmtree(out)
+        print(f"removed {out}: these settings no longer render it")
+    trainer = args.out / next(folder for folder in planned if folder.startswith(TRAINER))
+    print(f"first push of a trainer: `python -m imet kaggle chain {trainer}` (its kernel does "
+          "not exist yet, so chain leaves its own output out of kernel_sources until it does); "
+          f"once it exists, `kaggle kernels push -p {trainer}` works too")
     return 0
 
 
-def check_args(command: str, args: list[str], where: str) -> set[str]:
-    """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value); the
-    names (dests) of the settings `args` give, as that parser reads them."""
+def check_args(command: str, args: list[str], where: str, whole: bool = True) -> set[str]:
+    """Refuse what `imet <command>`'s own parser refuses (an unknown flag, a bad value) and, for
+    `whole` train arguments (a member's all, not a part of them), what its config refuses
+    (--epochs 0, --head-epochs past --epochs, …); the names (dests) of the settings `args`
+    give, as that parser reads them."""
     from imet.commands.predict import configure_predict, configure_pseudo_label, configure_validate
     from imet.commands.train import configure_train
-    from imet.config import RefusingParser
+    from imet.config import RefusingParser, TrainConfig, given_settings
     parser = RefusingParser(prog=f"imet {command}", add_help=False)
     {"train": configure_train, "validate": configure_validate, "predict": configure_predict,
      "pseudo-label": configure_pseudo_label}[command](parser)
@@ -314,8 +337,11 @@ def check_args(command: str, args: list[str], where: str) -> set[str]:
     except UserError as err:
         raise UserError(f"{where}: imet {command}: {err}") from None
     if unknown:
-        raise UserError(f"{where}: imet {command} has no flag {unknown[0]!r}"
-                        f"{parser.suggestion(unknown[0])}; see `python -m imet {command} --help`")
+        raise parser.no_flag(where, unknown[0])
+    # A --config file or an --init model is read on Kaggle, where it is; the arch needs the
+    # registry, which imports torch: the trainer's doctor refuses an unknown one first thing.
+    if command == "train" and whole and not (parsed.config or parsed.init):
+        TrainConfig.from_dict(given_settings(parsed), f"{where}: imet train")
     # Parsed alone (its only refusal then: the missing required flags), `args` leave each setting
     # they do not give at this marker; a list, which a repeatable flag copies before it appends.
     unset: list = []

@@ -44,11 +44,22 @@ def check_weights(args) -> None:
                         f"{len(args.runs)} runs; give one per run")
 
 
+def _tta(text: str) -> tuple[str, ...]:
+    """`--tta`'s transforms, refused by the parser when it names an unknown one (a kernel's or
+    a render's check then stops before any work)."""
+    from imet.predict.infer import parse_tta
+    try:
+        return parse_tta(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--tta: ")) from None
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `predict` and `validate`."""
-    parser.add_argument("--tta", default="none,hflip", metavar="LIST",
+    # A tuple default: argparse runs `type` on a string default, and _tta imports torch.
+    parser.add_argument("--tta", default=("none", "hflip"), metavar="LIST", type=_tta,
                         help="test-time augmentations, comma-separated, averaged on the "
-                        "probability scale: none, hflip (default: %(default)s). Views are made "
+                        "probability scale: none, hflip (default: none,hflip). Views are made "
                         "on the decoded batch, so each image is read once")
     parser.add_argument("--ensemble", default="mean", choices=("mean", "rank"),
                         help="how several runs' probabilities combine: mean, or rank (per-class "

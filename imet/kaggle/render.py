@@ -395,13 +395,13 @@ def member_train_args(settings: Settings, member: Member, trainer: Path) -> list
         common = read_setting(code, ARGS_SETTING[TRAINER][0], path)
     own = [word for name, value in member.settings.items() for word in (flag_of(name), str(value))]
     args = own + without_settings(common, member.settings) + member.args
-    where = f"{settings.source}: member {member.name!r}: imet train"
+    where, parser = f"{settings.source}: member {member.name!r}", train_parser()
     try:
-        _, unknown = train_parser().parse_known_args(args)
+        _, unknown = parser.parse_known_args(args)
     except UserError as err:
-        raise UserError(f"{where}: {err}") from None
+        raise UserError(f"{where}: imet train: {err}") from None
     if unknown:
-        raise UserError(f"{where} has no flag {unknown[0]!r}; see `python -m imet train --help`")
+        raise parser.no_flag(where, unknown[0])
     return args
 
 
@@ -455,6 +455,33 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
         planned[name] = prepare(template, owner, accelerators.get(name), lines,
                                 {**common, "kernel_sources": sources})
     return planned
+
+
+def _unchanged(folder: Path) -> bool:
+    """Whether the folder holds exactly the files render last wrote there, as it wrote them."""
+    recorded = (read_json_object(folder / MANIFEST) or {}).get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return present == {*recorded, MANIFEST} and all(
+        _sha256((folder / name).read_bytes()) == digest for name, digest in recorded.items())
+
+
+def stale_kernels(out: Path, planned: dict[str, dict[str, str]], force: bool = False) -> list[Path]:
+    """The kernel folders under `out` (those with a kernel-metadata.json) that `planned` no
+    longer holds: left there, one would be pushed by mistake. Render owns `out`, so they are to
+    be removed; one edited since render wrote it (or never written by render) is refused, in
+    one line naming them all, unless `force`."""
+    out = Path(out)
+    stale = sorted(p.parent for p in out.glob("*/kernel-metadata.json")
+                   if p.parent.name not in planned)
+    if kept := [p.name for p in stale if not force and not _unchanged(p)]:
+        one = len(kept) == 1
+        raise UserError(f"{out}: {', '.join(kept)} {'is' if one else 'are'} no longer rendered "
+                        f"by these settings and not as render wrote {'it' if one else 'them'}; "
+                        "move away what you want to keep, or pass --force to remove "
+                        f"{'it' if one else 'them'}")
+    return stale
 
 
 def write_kernels(out: Path, planned: dict[str, dict[str, str]], force: bool = False) -> list[Path]:

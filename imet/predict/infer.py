@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta, build_eval_transform,
                                   normalize_batch)
+from imet.config import close_match
 from imet.device import Precision, device_precision
 from imet.errors import DataError, UserError
 from imet.metrics.thresholds import best_global_threshold
@@ -39,8 +40,10 @@ def parse_tta(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
     unknown = [n for n in names if n not in TTA]
     if unknown or not names:
-        raise UserError(f"--tta: unknown transform {unknown[0] if unknown else spec!r}; choose "
-                        f"a comma-separated list of {', '.join(sorted(TTA))}")
+        near = close_match(unknown[0], TTA) if unknown else None
+        raise UserError(f"--tta: unknown transform {unknown[0] if unknown else spec!r}"
+                        + (f" (did you mean {near}?)" if near else "")
+                        + f"; choose a comma-separated list of {', '.join(sorted(TTA))}")
     if len(set(names)) != len(names):
         raise UserError(f"--tta: {','.join(names)} repeats a transform; list each once")
     return tuple(names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import shutil
 import time
@@ -300,7 +301,23 @@ class Chain(Campaign):
         pass
 
     def _folder(self, name: str, job: dict) -> Path:
-        return self.kernel_dir
+        """The kernel folder as it is, or, while its kernel does not exist on Kaggle yet, a
+        copy in OUTPUTS/first-push whose kernel_sources leave out its own output (it has
+        none; render writes it there for every later push)."""
+        meta = read_metadata(self.kernel_dir)
+        own = meta["id"]
+        if own not in meta["kernel_sources"] or self.backend.current_version(own) > 0:
+            return self.kernel_dir
+        first = self.out / "first-push"
+        if first.exists():
+            shutil.rmtree(first)
+        first.mkdir(parents=True)
+        shutil.copy2(self.kernel_dir / meta["code_file"], first / meta["code_file"])
+        meta["kernel_sources"] = [ref for ref in meta["kernel_sources"] if ref != own]
+        atomic_write_text(first / "kernel-metadata.json", json.dumps(meta, indent=2) + "\n")
+        self.log(f"{own} has no version yet: its first push leaves its own output out of "
+                 f"kernel_sources ({first})")
+        return first
 
     def _outputs(self, job: dict) -> Path:
         return self.out / f"v{len(job['sessions'])}"

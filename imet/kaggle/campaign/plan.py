@@ -34,14 +34,14 @@ ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args",
 
 
 def _check(command: str, args: list[str], where: str,
-           check_args: Callable[[str, list[str], str], set[str]]) -> None:
+           check_args: Callable[..., set[str]], whole: bool = True) -> None:
     kernel = {"train": "trainer", "validate": "validation kernel",
               "predict": "inference kernel", "pseudo-label": "inference kernel"}[command]
-    given = check_args(command, args, where)
+    given = check_args(command, args, where, whole)
     for name in KERNEL_SETTINGS[command]:
         if name in given:
             raise UserError(f"{where}: --{name.replace('_', '-')} is set by the {kernel} itself; "
-                            "leave it out of the plan")
+                            "leave it out")
 
 
 @dataclass
@@ -80,38 +80,51 @@ def _folds_in(path: Path, where: str) -> set[int]:
                         "it with `python -m imet folds`") from None
 
 
-def load(path: Path, kernels: Path,
-         check_args: Callable[[str, list[str], str], set[str]]) -> Plan:
-    """The plan at `path`, or one line naming what is wrong. `check_args(command, args,
-    where)` refuses what `imet <command>` would refuse and names the settings `args` give
-    (its own parser, from the command layer): the members' train flags, and the validate and
-    predict flags the plan sets."""
-    where = str(path)
-    settings = render.load(Path(path), KEYS)
-    if not settings.owner:
-        raise UserError(f"{where}: no owner; add owner = \"YOUR_KAGGLE_NAME\"")
+def check(settings: Settings, kernels: Path, check_args: Callable[..., set[str]],
+          folds_file: Path | None = None) -> tuple[list[Member], dict[str, list[str]]]:
+    """The settings' members and each one's full `imet train` flags, once every flag list they
+    hold passed `check_args(command, args, where, whole)`: what `imet <command>` would refuse
+    (its own parser and config, from the command layer) is refused here in one line naming the
+    settings file and the key, before anything is written or pushed. A member's fold must be
+    one the trainer makes (or, with `folds_file`, one that file holds)."""
+    where = settings.source
     trainer = templates_in(kernels)["trainer"]
     members = members_of(settings, trainer)
-    extra = settings.extra
-    if "folds" in extra:
-        source = str(Path(path).parent / str(extra["folds"]))
-        folds = _folds_in(Path(source), where)
+    if folds_file is not None:
+        folds, source = _folds_in(folds_file, where), str(folds_file)
     else:
         script = trainer / read_metadata(trainer)["code_file"]
         n_folds = settings.n_folds or read_setting(script.read_text(encoding="utf-8"),
                                                    "N_FOLDS", script)
         folds, source = set(range(n_folds)), f"the {n_folds} folds the trainer kernel makes"
+    if settings.train_args is not None:
+        _check("train", settings.train_args, f"{where}: train_args", check_args, whole=False)
     train_args = {}
     for member in members:
         if member.fold not in folds:
             raise UserError(f"{where}: member {member.name!r}: fold {member.fold} is not in "
                             f"{source} (folds {', '.join(map(str, sorted(folds)))})")
+        if member.args:
+            _check("train", member.args, f"{where}: member {member.name!r}: args", check_args,
+                   whole=False)
         args = member_train_args(settings, member, trainer)
         _check("train", args, f"{where}: member {member.name!r}", check_args)
         train_args[member.name] = args
     for command, key in ARGS_KEYS.items():
         if getattr(settings, key) is not None:
             _check(command, getattr(settings, key), f"{where}: {key}", check_args)
+    return members, train_args
+
+
+def load(path: Path, kernels: Path, check_args: Callable[..., set[str]]) -> Plan:
+    """The plan at `path`, or one line naming what is wrong (`check`)."""
+    where = str(path)
+    settings = render.load(Path(path), KEYS)
+    if not settings.owner:
+        raise UserError(f"{where}: no owner; add owner = \"YOUR_KAGGLE_NAME\"")
+    extra = settings.extra
+    folds_file = Path(path).parent / str(extra["folds"]) if "folds" in extra else None
+    members, train_args = check(settings, kernels, check_args, folds_file)
     return Plan(Path(path), settings, members, train_args, settings.owner,
                 parallel=_number(extra, "parallel", 2, int, 1, where),
                 max_sessions=_number(extra, "max_sessions", 5, int, 1, where),
