@@ -437,7 +437,7 @@ TrainConfig.NOT_IN_FINGERPRINT = frozenset(
 # A body from random init (--no-pretrained) trains by default with no head-only epoch (a head on
 # random features learns nothing worth keeping), one random-init LR for every group, the whole
 # image resized (the seed crop drops labelled content) and the head's bias at the classes'
-# log-odds (the first steps go to features). Why: README, "Training from random init".
+# log-odds (the first steps go to features). Why: docs/training.md, "Training from random init".
 RANDOM_INIT_DEFAULTS = {f.name: f.metadata["random_init"] for f in dataclasses.fields(TrainConfig)
                         if f.metadata["random_init"] is not None}
 
