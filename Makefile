@@ -18,8 +18,10 @@ $(STAMP): $(REQ_FILES)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Two workers, a test file each (module fixtures such as the emulated sessions are built once):
+# the slow tests wait on subprocesses and one core each.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m imet demo --out demo

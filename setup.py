@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
 DEV_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",
     "kaggle>=1.6",
     "scikit-image>=0.22",
     "build>=1.0",
