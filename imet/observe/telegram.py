@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
-from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
+from imet.observe.messages import COALESCED, CRITICAL, LOW, NORMAL, Outgoing, RunCommands
 from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish, Handover, Progress,
                                RankZeroSubscriber, RunStart)
 
@@ -313,7 +313,7 @@ class TelegramSender:
         self._listen = listen
         self._listening: asyncio.Task | None = None
         self._waiter: LoopWaiter | None = None
-        self.stats = {"sent": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
+        self.stats = {"sent": 0, "coalesced": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
                       "failed": 0, "retries": 0}
 
         silence_url_loggers(config.token)
@@ -336,13 +336,18 @@ class TelegramSender:
 
     # training thread
     def submit(self, item: Outgoing) -> bool:
-        """Queue `item`; never blocks on the network. False when it was dropped."""
+        """Queue `item`; never blocks on the network. False when it was dropped. A queued
+        message of a COALESCED kind gives way to `item` of the same kind."""
         with self._wake:
             if self._closing or self._disabled:
                 return False
             if item.priority < CRITICAL and time.monotonic() < self._breaker_until:
                 self.stats["dropped_breaker"] += 1
                 return False
+            if item.kind in COALESCED:
+                kept = deque(p for p in self._queue if p.item.kind != item.kind)
+                self.stats["coalesced"] += len(self._queue) - len(kept)
+                self._queue = kept
             if len(self._queue) >= self._max_queue and not self._make_room(item):
                 self.stats["dropped_full"] += 1
                 return False
@@ -512,8 +517,9 @@ class TelegramSender:
             self.stats["failed"] += 1
 
     def _open_breaker(self, pending: _Pending, err: BaseException) -> None:
-        """Stop trying for a cooldown: drop what is queued except the final and crash
-        messages, which wait for the cooldown's end (or get one try at close)."""
+        """Stop trying for a cooldown: drop what is queued except the CRITICAL messages (start,
+        hand-over, finish, crash, command replies), which wait for the cooldown's end (or get
+        one try at close)."""
         with self._wake:
             self._breaker_until = time.monotonic() + self._breaker_cooldown
             kept = deque(p for p in self._queue if p.item.priority >= CRITICAL)
@@ -696,7 +702,7 @@ class UpdateListener:
         if replies or self.commands.plot_wanted:
             self.stats["answered"] += 1
         for text in replies:
-            submit(Outgoing("command", text, NORMAL))
+            submit(Outgoing("command", text, CRITICAL))
 
 
 MODES = ("auto", "on", "off")
@@ -796,7 +802,7 @@ class TelegramNotifier(RankZeroSubscriber):
                 self.commands(event)
                 asked = self.commands.take_plot()
                 if asked is not None:  # /plot: rendered here, matplotlib stays off the worker
-                    self._send_plot(asked, NORMAL, forced=True)
+                    self._send_plot(asked, CRITICAL, forced=True, kind="command_plot")
             super().__call__(event)
         except Exception as err:  # a notification must never stop training
             if not self._failed_once:
@@ -815,7 +821,7 @@ class TelegramNotifier(RankZeroSubscriber):
     def _on_run_start(self, event: RunStart) -> None:
         self._run_name = event.run_name or self._run_name
         self._last_progress = self._clock()
-        self._send(event, messages.run_start, NORMAL)
+        self._send(event, messages.run_start, CRITICAL)
 
     def _on_progress(self, event: Progress) -> None:
         now = self._clock()
@@ -842,7 +848,8 @@ class TelegramNotifier(RankZeroSubscriber):
     def _on_failure(self, event: Failure) -> None:
         self._send(event, messages.failure, CRITICAL)
 
-    def _send_plot(self, event: Evaluation | Finish, priority: int, forced: bool = False) -> None:
+    def _send_plot(self, event: Evaluation | Finish, priority: int, forced: bool = False,
+                   kind: str | None = None) -> None:
         history = event.history or []
         renderer = self._plot_renderer() if (self.send_plots or forced) and history else None
         if renderer is None:
@@ -856,7 +863,7 @@ class TelegramNotifier(RankZeroSubscriber):
             return
         if png:
             caption = messages.plot_caption(event, self._run_name)
-            self.sender.submit(Outgoing(f"{event.kind}_plot", caption, priority,
+            self.sender.submit(Outgoing(kind or f"{event.kind}_plot", caption, priority,
                                         photo=bytes(png)))
 
     def _plot_renderer(self) -> Callable[[list[dict]], bytes] | None:
