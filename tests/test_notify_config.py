@@ -174,3 +174,60 @@ def test_notify_test_explains_failures(monkeypatch, capsys, scenario, message):
 def test_notify_test_without_token(monkeypatch, capsys):
     code, out, err = run_notify_test(monkeypatch, capsys, {})
     assert code == 2 and "IMET_TELEGRAM_TOKEN is not set" in err
+
+
+def test_the_status_says_where_the_token_came_from_never_the_token(kaggle_secrets):
+    from imet.observe.telegram import telegram_status
+    env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "5"}
+    status = telegram_status("auto", env=env)
+    assert status.line() == "on: token from environment, chat 5"
+    assert status.record() == {"on": True, "source": "environment"}
+    # The chat id alone from Kaggle Secrets: the token still came from the environment.
+    kaggle_secrets.update({"IMET_TELEGRAM_TOKEN": "111:" + "x" * 35, "IMET_TELEGRAM_CHAT_ID": "77"})
+    status = telegram_status("auto", env={"IMET_TELEGRAM_TOKEN": TOKEN})
+    assert status.line() == "on: token from environment, chat 77"
+    kaggle_secrets["IMET_TELEGRAM_TOKEN"] = TOKEN
+    status = telegram_status("on", env={})
+    assert status.line() == "on: token from Kaggle Secrets, chat 77"
+    assert status.record() == {"on": True, "source": "Kaggle Secrets"}
+    assert telegram_status("off", env=env).line() == "off: --notify off"
+    assert not telegram_status("auto", rank=1, env=env).on
+    for status in (telegram_status("auto", env=env), telegram_status("on", env={})):
+        assert SECRET not in f"{status} {status.line()} {status.record()}"
+
+
+def test_a_training_session_says_it_first_and_run_json_keeps_it(mini_data, tmp_path,
+                                                                 monkeypatch, capfd):
+    """`imet train`'s bus: the session's first line says whether it reports and why not, and
+    run.json records the same for each session (the source, never the token)."""
+    import json
+
+    from imet.commands.train import build_bus
+    from imet.config import TrainConfig
+    from imet.train.events import Handover, RunStart
+    for name in VARS:
+        monkeypatch.delenv(name, raising=False)
+    runs = []
+    for session, env in ((1, {}), (2, {"IMET_TELEGRAM_TOKEN": TOKEN,
+                                       "IMET_TELEGRAM_CHAT_ID": "5",
+                                       "IMET_TELEGRAM_API_URL": refused_url()})):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        config = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), arch="tiny_cnn",
+                             pretrained=False, device="cpu").validated()
+        bus = build_bus(config)
+        runs.append(capfd.readouterr().err.splitlines())
+        bus.emit(RunStart(run_name="r", arch="tiny_cnn", fold=0, image_size=32,
+                          session=session, resumed_from=None if session == 1 else 4,
+                          device="cpu", total_steps=8, config={}, kernel=None, rank=0))
+        bus.emit(Handover(step=4, checkpoint="c.pt", reason="budget", next="again",
+                          exit_code=75))
+        bus.close()
+    assert runs[0][0].startswith("imet: Telegram off: IMET_TELEGRAM_TOKEN is not set: set it")
+    assert runs[1][0] == "imet: Telegram on: token from environment, chat 5"
+    text = (tmp_path / "run" / "run.json").read_text()
+    sessions = json.loads(text)["sessions"]
+    assert sessions[0]["telegram"]["on"] is False
+    assert sessions[0]["telegram"]["why"].startswith("IMET_TELEGRAM_TOKEN is not set")
+    assert sessions[1]["telegram"] == {"on": True, "source": "environment"}
+    assert SECRET not in text and SECRET not in "".join(capfd.readouterr())

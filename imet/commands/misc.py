@@ -140,7 +140,7 @@ def run_notify_test(args: argparse.Namespace) -> int:
                          "imet's training reports.")
     username = asyncio.run(_send(config, html.escape(text, quote=False), args.timeout))
     print(f"imet notify-test: sent a message to chat {config.chat_id} as @{username} "
-          f"(settings from {config.source})")
+          f"(token from {config.source})")
     return 0
 
 

@@ -283,12 +283,9 @@ def _check_weights(s: Settings, report: Report) -> None:
 
 
 def _check_telegram(report: Report) -> None:
-    from imet.observe.telegram import ConfigProblem, load_config
-    try:
-        config = load_config()
-        report.add("telegram", f"configured (chat {config.chat_id}, from {config.source})")
-    except ConfigProblem as problem:
-        report.add("telegram", f"not configured ({problem})")
+    """What `imet train` would say in its first lines (--notify auto)."""
+    from imet.observe.telegram import telegram_status
+    report.add("telegram", telegram_status("auto").line())
 
 
 def diagnose(s: Settings) -> Report:

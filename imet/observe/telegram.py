@@ -1,8 +1,9 @@
 """Telegram notifications for imet runs (python-telegram-bot 22), as an EventBus subscriber.
 
-`build_notifier()` returns a subscriber, or None when notifications are off (asked off, not
-rank 0, or not configured: one log line says why, training goes on); telegram is imported only
-once a notifier is built. The token lives only in `TelegramConfig.token`, kept out of the repr,
+`telegram_status()` says whether notifications are on and where the token came from, or why
+they are off (asked off, not rank 0, not configured); `imet train` prints it first and keeps it
+in run.json. `build_notifier()` returns a subscriber, or None when they are off (training goes
+on); telegram is imported only once the settings are found. The token lives only in `TelegramConfig.token`, kept out of the repr,
 and `scrub()` removes it from any text before that text is logged or shown."""
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class TelegramConfig:
     token: str = field(repr=False)
     chat_id: str
     api_url: str = DEFAULT_API_URL
-    source: str = "environment"
+    source: str = "environment"  # where the token came from: TOKEN_SOURCES
 
     def __repr__(self) -> str:  # never the token, even by accident in a debug print
         return (f"TelegramConfig(token=<set>, chat_id={self.chat_id!r}, "
@@ -73,6 +74,9 @@ def scrub(text: object, token: str | None) -> str:
 
 class ConfigProblem(Exception):
     """Why notifications are off, as one line a user can act on (never holds the token)."""
+
+
+TOKEN_SOURCES = ("environment", "Kaggle Secrets")
 
 
 def _kaggle_secret_reader() -> Callable[[str], str | None] | None:
@@ -132,9 +136,9 @@ def load_config(env: Mapping[str, str] | None = None,
     if (not token or not chat_id) and use_kaggle_secrets:
         reader = _kaggle_secret_reader()
         if reader is not None:
-            token = token or (reader(TOKEN_VAR) or "").strip()
+            if not token:
+                token, source = (reader(TOKEN_VAR) or "").strip(), "Kaggle Secrets"
             chat_id = chat_id or (reader(CHAT_VAR) or "").strip()
-            source = "Kaggle Secrets"
     if not token:
         raise _not_set(TOKEN_VAR, reader is not None, "a new bot's token comes from @BotFather")
     if not TELEGRAM_TOKEN.fullmatch(token):  # a paste error worth naming early
@@ -713,30 +717,69 @@ _SENDER_OPTIONS = ("min_interval_s", "connect_timeout_s", "read_timeout_s", "max
 _LISTENER_OPTIONS = ("poll_timeout_s", "start_attempts", "started")
 
 
+@dataclass(frozen=True)
+class TelegramStatus:
+    """Whether this process sends, and where its token came from or why it does not: said in
+    a session's first lines, recorded in run.json, shown by `imet doctor` (never the token)."""
+    config: TelegramConfig | None
+    why_off: str = ""
+
+    @property
+    def on(self) -> bool:
+        return self.config is not None
+
+    def line(self) -> str:
+        if self.config is None:
+            return f"off: {self.why_off}"
+        return f"on: token from {self.config.source}, chat {self.config.chat_id}"
+
+    def record(self) -> dict[str, Any]:
+        """For run.json: the token's source, or why notifications are off."""
+        if self.config is None:
+            return {"on": False, "why": self.why_off}
+        return {"on": True, "source": self.config.source}
+
+
+def telegram_status(mode: str = "auto", rank: int = 0,
+                    env: Mapping[str, str] | None = None) -> TelegramStatus:
+    """The settings found for `mode` (see build_notifier), or why notifications are off."""
+    if mode not in MODES:
+        raise UserError(f"--notify {mode!r} is not a notify mode; use one of {', '.join(MODES)}")
+    if mode == "off":
+        return TelegramStatus(None, "--notify off")
+    if int(rank) != 0:
+        return TelegramStatus(None, f"rank {rank} (only rank 0 sends)")
+    try:
+        config = load_config(env)
+    except ConfigProblem as problem:
+        return TelegramStatus(None, str(problem))
+    try:
+        importlib.import_module("telegram")  # a bundled wheel; its absence must not stop training
+    except ImportError:
+        return TelegramStatus(None, "python-telegram-bot is not installed "
+                                    "(pip install 'python-telegram-bot>=22,<23')")
+    return TelegramStatus(config)
+
+
 def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
-                   request_stop: Callable[[str], None] | None = None, **options: Any):
+                   request_stop: Callable[[str], None] | None = None,
+                   status: TelegramStatus | None = None, **options: Any):
     """A TelegramNotifier, or None.
 
     mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
     (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
     request_stop: the engine's StopRequest.request; when given, the chat's /status, /plot,
-    /stop are answered too. options: TelegramSender (`_SENDER_OPTIONS`), UpdateListener
-    (`_LISTENER_OPTIONS`; backoff_s shared) and TelegramNotifier settings."""
-    if mode not in MODES:
-        raise UserError(f"--notify {mode!r} is not a notify mode; use one of {', '.join(MODES)}")
-    if mode == "off" or int(rank) != 0:
-        return None
+    /stop are answered too. status: `telegram_status(mode, rank, env)` when the caller has
+    it (and has said it); otherwise it is found here and logged. options: TelegramSender
+    (`_SENDER_OPTIONS`), UpdateListener (`_LISTENER_OPTIONS`; backoff_s shared) and
+    TelegramNotifier settings."""
     env = os.environ if env is None else env
-    try:
-        config = load_config(env)
-    except ConfigProblem as problem:
-        log.info("Telegram notifications off: %s", problem)
-        return None
-    try:
-        importlib.import_module("telegram")  # a bundled wheel; its absence must not stop training
-    except ImportError:
-        log.info("Telegram notifications off: python-telegram-bot is not installed "
-                 "(pip install 'python-telegram-bot>=22,<23')")
+    if status is None:
+        status = telegram_status(mode, rank, env)
+        if status.on or int(rank) == 0 and mode != "off":
+            log.info("Telegram notifications %s", status.line())
+    config = status.config
+    if config is None:
         return None
     sender_kw = {k: options.pop(k) for k in _SENDER_OPTIONS if k in options}
     if "progress_every_s" not in options and env.get(EVERY_MIN_VAR):
@@ -752,8 +795,6 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
             listen_kw["backoff_s"] = sender_kw["backoff_s"]
         listener = UpdateListener(config, RunCommands(request_stop), **listen_kw)
     sender = TelegramSender(config, listen=listener, **sender_kw)
-    log.info("Telegram notifications on (chat %s, settings from %s)", config.chat_id,
-             config.source)
     return TelegramNotifier(sender, commands=listener.commands if listener else None, **options)
 
 

@@ -26,7 +26,7 @@ from imet.kaggle.campaign.state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED
 from imet.kaggle.render import (INFERENCE, VALIDATION, plan_kernels, read_metadata, slug_of,
                                 write_kernels)
 
-COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
+COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "telegram", "last message")
 
 
 def rows(state: dict) -> list[dict]:
@@ -39,6 +39,7 @@ def rows(state: dict) -> list[dict]:
         out.append({"member": name, "sessions": len(job["sessions"]), "state": job["state"],
                     "best F2": "" if best is None else f"{float(best):.4f}",
                     "GPU-hours": f"{gpu_seconds(job) / 3600:.2f}",
+                    "telegram": job.get("telegram") or "",
                     "last message": job.get("message") or ""})
     return out
 
@@ -244,6 +245,11 @@ class Campaign:
         if run:
             job["best_f2"] = run.get("best_f2", job.get("best_f2"))
             latest = (run.get("sessions") or [{}])[-1]
+            # Its run.json says whether the session reported and whence the token: a push that
+            # dropped the kernel's secrets shows as "off" here.
+            telegram = latest.get("telegram")
+            if isinstance(telegram, dict):
+                job["telegram"] = telegram.get("source") if telegram.get("on") else "off"
             number = int(latest.get("session") or 0)
             if number > job["counted"] and latest.get("wall_s") is not None:
                 job["counted"] = number
