@@ -82,8 +82,9 @@ def test_not_configured_means_one_log_line_and_no_notifier(caplog):
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert lines == ["Telegram notifications off: IMET_TELEGRAM_TOKEN is not set: set it in the "
                      "environment (export IMET_TELEGRAM_TOKEN=...), or attach a Kaggle secret of "
-                     "that label to the kernel (editor: Add-ons > Secrets); a new bot's token "
-                     "comes from @BotFather"]
+                     "that label to the kernel (editor: Add-ons > Secrets), or attach the private "
+                     "dataset <owner>/imet-telegram holding imet-telegram.json (README: "
+                     "Telegram); a new bot's token comes from @BotFather"]
 
 
 def test_in_a_kernel_a_missing_secret_is_said_to_be_unattached(kaggle_secrets):
@@ -94,7 +95,8 @@ def test_in_a_kernel_a_missing_secret_is_said_to_be_unattached(kaggle_secrets):
     assert str(info.value).startswith(
         "IMET_TELEGRAM_TOKEN is not set: no Kaggle secret labelled IMET_TELEGRAM_TOKEN is "
         "attached to this kernel: in the kernel's editor, Add-ons > Secrets, add it or switch "
-        "the existing one on; ")
+        "the existing one on, or attach the private dataset <owner>/imet-telegram holding "
+        "imet-telegram.json (README: Telegram); ")
     kaggle_secrets["IMET_TELEGRAM_TOKEN"] = TOKEN
     with pytest.raises(ConfigProblem, match="no Kaggle secret labelled IMET_TELEGRAM_CHAT_ID is "
                        "attached to this kernel.*getUpdates"):
@@ -207,14 +209,21 @@ def test_a_training_session_says_it_first_and_run_json_keeps_it(mini_data, tmp_p
     from imet.train.events import Handover, RunStart
     for name in VARS:
         monkeypatch.delenv(name, raising=False)
+    from imet.kaggle.session import Settings, diagnose
+    inputs = tmp_path / "input"
+    write_dataset(inputs, {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "6"})
+    monkeypatch.setenv("IMET_TELEGRAM_API_URL", refused_url())
     runs = []
-    for session, env in ((1, {}), (2, {"IMET_TELEGRAM_TOKEN": TOKEN,
-                                       "IMET_TELEGRAM_CHAT_ID": "5",
-                                       "IMET_TELEGRAM_API_URL": refused_url()})):
+    for session, env, roots in ((1, {}, []),
+                                (2, {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "5"},
+                                 [str(inputs)]),
+                                (3, {}, [str(inputs)])):
+        for name in VARS[:2]:
+            monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         config = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), arch="tiny_cnn",
-                             pretrained=False, device="cpu").validated()
+                             pretrained=False, device="cpu", input_root=roots).validated()
         bus = build_bus(config)
         runs.append(capfd.readouterr().err.splitlines())
         bus.emit(RunStart(run_name="r", arch="tiny_cnn", fold=0, image_size=32,
@@ -230,4 +239,55 @@ def test_a_training_session_says_it_first_and_run_json_keeps_it(mini_data, tmp_p
     assert sessions[0]["telegram"]["on"] is False
     assert sessions[0]["telegram"]["why"].startswith("IMET_TELEGRAM_TOKEN is not set")
     assert sessions[1]["telegram"] == {"on": True, "source": "environment"}
+    assert runs[2][0] == "imet: Telegram on: token from dataset, chat 6"
+    assert sessions[2]["telegram"] == {"on": True, "source": "dataset"}
+    report = diagnose(Settings(data=mini_data, input_roots=[inputs], out=tmp_path))
+    assert "telegram:         on: token from dataset, chat 6" in report.lines
     assert SECRET not in text and SECRET not in "".join(capfd.readouterr())
+
+
+def write_dataset(root, values, folder=("datasets", "me", "imet-telegram")):
+    """The dataset as Kaggle mounts it under /kaggle/input (here at the newer, deeper path)."""
+    import json
+    path = root.joinpath(*folder)
+    path.mkdir(parents=True)
+    text = values if isinstance(values, str) else json.dumps(values)
+    (path / "imet-telegram.json").write_text(text)
+    return path / "imet-telegram.json"
+
+
+def test_the_dataset_comes_after_the_environment_and_kaggle_secrets(kaggle_secrets, tmp_path):
+    from imet.observe.telegram import telegram_status
+    other = "111222333:AAHdatasetTokenNotTheOther_abcdefghijk"
+    write_dataset(tmp_path, {"IMET_TELEGRAM_TOKEN": other, "IMET_TELEGRAM_CHAT_ID": 31})
+    cfg = load_config({}, input_roots=[tmp_path])
+    assert (cfg.token, cfg.chat_id, cfg.source) == (other, "31", "dataset")
+    status = telegram_status("auto", env={}, input_roots=[tmp_path])
+    assert status.line() == "on: token from dataset, chat 31"
+    assert status.record() == {"on": True, "source": "dataset"}
+    kaggle_secrets["IMET_TELEGRAM_TOKEN"] = TOKEN
+    cfg = load_config({}, input_roots=[tmp_path])
+    assert (cfg.token, cfg.chat_id, cfg.source) == (TOKEN, "31", "Kaggle Secrets")
+    cfg = load_config({"IMET_TELEGRAM_TOKEN": other.replace("111", "999"),
+                       "IMET_TELEGRAM_CHAT_ID": "5"}, input_roots=[tmp_path])
+    assert (cfg.source, cfg.chat_id) == ("environment", "5")
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json " + TOKEN, "is not a JSON object like"),
+    ({"token": TOKEN}, "is not a JSON object like"),
+    ({"IMET_TELEGRAM_TOKEN": f"'{TOKEN} '", "IMET_TELEGRAM_CHAT_ID": "1"},
+     "IMET_TELEGRAM_TOKEN in .* does not look like a bot token.*quotes or spaces"),
+    (None, "the imet-telegram dataset at .* has no imet-telegram.json"),
+])
+def test_a_broken_dataset_is_one_line_naming_it_never_quoting_it(tmp_path, content, problem):
+    from imet.observe.telegram import telegram_status
+    if content is None:
+        (tmp_path / "imet-telegram").mkdir()
+    else:
+        write_dataset(tmp_path, content)
+    with pytest.raises(ConfigProblem, match=problem) as info:
+        load_config({}, use_kaggle_secrets=False, input_roots=[tmp_path])
+    assert SECRET not in str(info.value) and "\n" not in str(info.value)
+    status = telegram_status("auto", env={}, input_roots=[tmp_path])
+    assert not status.on and SECRET not in status.line()

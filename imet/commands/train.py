@@ -70,7 +70,8 @@ def build_bus(config: TrainConfig, request_stop=None):
     from imet.train.events import EventBus
     # Among the session's first lines, whatever the mode: a run that reports nowhere says so
     # and why, and run.json keeps the same (the token's source, never the token).
-    telegram = telegram_status(config.notify, rank=env_rank())
+    telegram = telegram_status(config.notify, rank=env_rank(),
+                               input_roots=config.input_root)
     if env_rank() == 0:
         print(f"imet: Telegram {telegram.line()}", file=sys.stderr)
     inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber

@@ -3,8 +3,9 @@
 `telegram_status()` says whether notifications are on and where the token came from, or why
 they are off (asked off, not rank 0, not configured); `imet train` prints it first and keeps it
 in run.json. `build_notifier()` returns a subscriber, or None when they are off (training goes
-on); telegram is imported only once the settings are found. The token lives only in `TelegramConfig.token`, kept out of the repr,
-and `scrub()` removes it from any text before that text is logged or shown."""
+on); telegram is imported only once the settings are found. The token lives only in
+`TelegramConfig.token`, kept out of the repr, and `scrub()` removes it from any text before
+that text is logged or shown."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,7 @@ import atexit
 import dataclasses
 import functools
 import importlib
+import json
 import logging
 import os
 import threading
@@ -20,7 +22,8 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from imet.errors import UserError
 from imet.observe import messages
@@ -76,7 +79,12 @@ class ConfigProblem(Exception):
     """Why notifications are off, as one line a user can act on (never holds the token)."""
 
 
-TOKEN_SOURCES = ("environment", "Kaggle Secrets")
+TOKEN_SOURCES = ("environment", "Kaggle Secrets", "dataset")
+# A push drops a kernel's secret bindings; an attached private dataset stays attached. Its one
+# file, found by name anywhere under the input roots (Kaggle mounts datasets at varying depths):
+#   {"IMET_TELEGRAM_TOKEN": "123456789:AA...", "IMET_TELEGRAM_CHAT_ID": "4242"}
+DATASET = "imet-telegram"
+DATASET_FILE = "imet-telegram.json"
 
 
 def _kaggle_secret_reader() -> Callable[[str], str | None] | None:
@@ -123,12 +131,43 @@ def _not_set(var: str, in_kaggle: bool, first_time: str) -> ConfigProblem:
              "editor, Add-ons > Secrets, add it or switch the existing one on" if in_kaggle else
              f"set it in the environment (export {var}=...), or attach a Kaggle secret of that "
              "label to the kernel (editor: Add-ons > Secrets)")
-    return ConfigProblem(f"{var} is not set: {where}; {first_time}")
+    return ConfigProblem(f"{var} is not set: {where}, or attach the private dataset "
+                         f"<owner>/{DATASET} holding {DATASET_FILE} (README: Telegram); "
+                         f"{first_time}")
 
 
-def load_config(env: Mapping[str, str] | None = None,
-                use_kaggle_secrets: bool = True) -> TelegramConfig:
-    """The Telegram settings, or ConfigProblem saying what is missing or malformed."""
+def _dataset_settings(roots: Iterable[str | os.PathLike]) -> tuple[Path, dict[str, str]] | None:
+    """The settings in the first DATASET_FILE under `roots` and its path; None when there is
+    none; ConfigProblem when it is not a JSON object of strings (its text is never quoted: it
+    holds the token) or an attached DATASET folder lacks it."""
+    from imet.walk import walk_folders
+    bare = None
+    for folder, _, files in walk_folders(roots):
+        if DATASET_FILE not in files:
+            bare = bare or (folder if folder.name == DATASET else None)
+            continue
+        path = folder / DATASET_FILE
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            values = None
+        if not isinstance(values, dict) or not isinstance(values.get(TOKEN_VAR), str) or \
+                not isinstance(values.get(CHAT_VAR, ""), (str, int)):
+            raise ConfigProblem(f"{path} is not a JSON object like {{\"{TOKEN_VAR}\": "
+                                f"\"<token>\", \"{CHAT_VAR}\": \"<chat id>\"}}; write the "
+                                f"{DATASET} dataset again (README: Telegram)")
+        return path, {var: str(values.get(var) or "").strip() for var in (TOKEN_VAR, CHAT_VAR)}
+    if bare is not None:
+        raise ConfigProblem(f"the {DATASET} dataset at {bare} has no {DATASET_FILE}; write it "
+                            "again (README: Telegram)")
+    return None
+
+
+def load_config(env: Mapping[str, str] | None = None, use_kaggle_secrets: bool = True,
+                input_roots: Iterable[str | os.PathLike] = ()) -> TelegramConfig:
+    """The Telegram settings, or ConfigProblem saying what is missing or malformed. Each is
+    looked for in the environment, then Kaggle Secrets, then an attached DATASET under
+    `input_roots`."""
     env = os.environ if env is None else env
     token = (env.get(TOKEN_VAR) or "").strip()
     chat_id = (env.get(CHAT_VAR) or "").strip()
@@ -139,10 +178,16 @@ def load_config(env: Mapping[str, str] | None = None,
             if not token:
                 token, source = (reader(TOKEN_VAR) or "").strip(), "Kaggle Secrets"
             chat_id = chat_id or (reader(CHAT_VAR) or "").strip()
+    where = ""
+    if (not token or not chat_id) and (found := _dataset_settings(input_roots)):
+        path, values = found
+        if not token:
+            token, source, where = values[TOKEN_VAR], "dataset", f" in {path}"
+        chat_id = chat_id or values[CHAT_VAR]
     if not token:
         raise _not_set(TOKEN_VAR, reader is not None, "a new bot's token comes from @BotFather")
     if not TELEGRAM_TOKEN.fullmatch(token):  # a paste error worth naming early
-        raise ConfigProblem(f"{TOKEN_VAR} does not look like a bot token (expected "
+        raise ConfigProblem(f"{TOKEN_VAR}{where} does not look like a bot token (expected "
                             "'<digits>:<letters>' as @BotFather gives it); check for quotes "
                             "or spaces")
     if not chat_id:
@@ -317,8 +362,8 @@ class TelegramSender:
         self._listen = listen
         self._listening: asyncio.Task | None = None
         self._waiter: LoopWaiter | None = None
-        self.stats = {"sent": 0, "coalesced": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
-                      "failed": 0, "retries": 0}
+        self.stats = {"sent": 0, "coalesced": 0, "dropped_full": 0, "dropped_breaker": 0,
+                      "dropped_close": 0, "failed": 0, "retries": 0}
 
         silence_url_loggers(config.token)
         # PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
@@ -740,8 +785,8 @@ class TelegramStatus:
         return {"on": True, "source": self.config.source}
 
 
-def telegram_status(mode: str = "auto", rank: int = 0,
-                    env: Mapping[str, str] | None = None) -> TelegramStatus:
+def telegram_status(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
+                    input_roots: Iterable[str | os.PathLike] = ()) -> TelegramStatus:
     """The settings found for `mode` (see build_notifier), or why notifications are off."""
     if mode not in MODES:
         raise UserError(f"--notify {mode!r} is not a notify mode; use one of {', '.join(MODES)}")
@@ -750,7 +795,7 @@ def telegram_status(mode: str = "auto", rank: int = 0,
     if int(rank) != 0:
         return TelegramStatus(None, f"rank {rank} (only rank 0 sends)")
     try:
-        config = load_config(env)
+        config = load_config(env, input_roots=input_roots)
     except ConfigProblem as problem:
         return TelegramStatus(None, str(problem))
     try:
@@ -763,11 +808,13 @@ def telegram_status(mode: str = "auto", rank: int = 0,
 
 def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
                    request_stop: Callable[[str], None] | None = None,
-                   status: TelegramStatus | None = None, **options: Any):
+                   status: TelegramStatus | None = None,
+                   input_roots: Iterable[str | os.PathLike] = (), **options: Any):
     """A TelegramNotifier, or None.
 
     mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
-    (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
+    (environment, then Kaggle Secrets, then a DATASET under `input_roots`); "off" never
+    sends. rank: only rank 0 sends.
     request_stop: the engine's StopRequest.request; when given, the chat's /status, /plot,
     /stop are answered too. status: `telegram_status(mode, rank, env)` when the caller has
     it (and has said it); otherwise it is found here and logged. options: TelegramSender
@@ -775,7 +822,7 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
     TelegramNotifier settings."""
     env = os.environ if env is None else env
     if status is None:
-        status = telegram_status(mode, rank, env)
+        status = telegram_status(mode, rank, env, input_roots)
         if status.on or int(rank) == 0 and mode != "off":
             log.info("Telegram notifications %s", status.line())
     config = status.config
