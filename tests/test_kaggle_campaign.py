@@ -113,6 +113,9 @@ def test_two_members_within_the_parallel_limit_then_validation_and_inference(
     assert rows["f0"]["best F2"] == "0.6100" and rows["f0"]["GPU-hours"] == "1.00"
     assert rows["f1"]["GPU-hours"] == "0.50" and rows["inference"]["state"] == "finished"
     assert rows["f0"]["telegram"] == "off" and rows["f1"]["telegram"] == "Kaggle Secrets"
+    assert proc.stdout.count("ran without Telegram") == 1
+    assert "f0: warning: session 2 ran without Telegram (IMET_TELEGRAM_TOKEN is not set)" \
+        in proc.stdout
     assert rows["inference"]["telegram"] == ""
     assert "GPU-hours used: 1.50 of 10" in proc.stdout
     assert ("| member | sessions | state | best F2 | GPU-hours | telegram | last message |"

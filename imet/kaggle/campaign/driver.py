@@ -209,6 +209,10 @@ class Campaign:
         session.update(status=status, ended_at=time.time())
         session["gpu_s"] = self._session_seconds(job, session, dest)
         n = len(job["sessions"])
+        if (why := job.pop("telegram_lost", None)) is not None:
+            self.log(f"{name}: warning: session {n} ran without Telegram ({why}); a push may "
+                     "drop the kernel's secrets: attach the private imet-telegram dataset "
+                     "(README: Telegram)")
         if status != "COMPLETE":
             job["failures"] += 1
             again = job["failures"] <= self.plan.retries
@@ -249,7 +253,10 @@ class Campaign:
             # dropped the kernel's secrets shows as "off" here.
             telegram = latest.get("telegram")
             if isinstance(telegram, dict):
+                was = job.get("telegram")
                 job["telegram"] = telegram.get("source") if telegram.get("on") else "off"
+                if was not in (None, "", "off") and job["telegram"] == "off":
+                    job["telegram_lost"] = str(telegram.get("why") or "")
             number = int(latest.get("session") or 0)
             if number > job["counted"] and latest.get("wall_s") is not None:
                 job["counted"] = number
