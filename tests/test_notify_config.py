@@ -291,3 +291,56 @@ def test_a_broken_dataset_is_one_line_naming_it_never_quoting_it(tmp_path, conte
     assert SECRET not in str(info.value) and "\n" not in str(info.value)
     status = telegram_status("auto", env={}, input_roots=[tmp_path])
     assert not status.on and SECRET not in status.line()
+
+
+def test_notify_setup_checks_the_bot_then_writes_the_private_dataset(tmp_path):
+    """The real kaggle client against the Kaggle stand-in, the real python-telegram-bot against
+    the Bot API stand-in: one getMe, one message, then a private dataset holding the file the
+    kernels read; again: a new version; a public dataset of that name, a rejected token and a
+    chat that never pressed Start are one line each and write nothing."""
+    import json
+    import subprocess
+
+    from kaggle_standin import KaggleStandin
+
+    def setup(kaggle, server, **extra):
+        env = {**kaggle.client_env(tmp_path / "home"), "NO_PROXY": "127.0.0.1",
+               "no_proxy": "127.0.0.1", "IMET_TELEGRAM_TOKEN": TOKEN,
+               "IMET_TELEGRAM_CHAT_ID": "42", "IMET_TELEGRAM_API_URL": server.api_url, **extra}
+        import os
+        proc = subprocess.run([sys.executable, "-m", "imet", "notify-setup", "--owner", "tester",
+                               "--timeout", "5"], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=120)
+        assert SECRET not in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        return proc
+
+    ref = "tester/imet-telegram"
+    with KaggleStandin() as kaggle, TelegramStandin() as server:
+        proc = setup(kaggle, server)
+        assert proc.returncode == 0, proc.stderr
+        assert server.methods() == ["getMe", "sendMessage"]
+        dataset = kaggle.datasets[ref]
+        assert dataset["private"] is True
+        (stored,) = [f for f in dataset["versions"][-1]["files"]
+                     if f["name"] == "imet-telegram.json"]
+        assert json.loads(stored["data"]) == {"IMET_TELEGRAM_TOKEN": TOKEN,
+                                              "IMET_TELEGRAM_CHAT_ID": "42"}
+        assert setup(kaggle, server).returncode == 0 and len(dataset["versions"]) == 2
+        assert "imet-telegram.json" not in "".join(str(p) for p in (tmp_path / "home").rglob("*"))
+        dataset["private"] = False
+        proc = setup(kaggle, server)
+        assert proc.returncode == 2 and len(dataset["versions"]) == 2
+        assert proc.stderr.strip().endswith("is public: it would publish the token; delete it "
+                                            "on Kaggle (or make it private) and run this again")
+        del kaggle.datasets[ref]
+        for scenario, said, only in (("401", "the bot token was rejected", None),
+                                     ("chat_not_found", "chat not found", ("sendMessage",)),
+                                     ("403", "press Start", ("sendMessage",))):
+            server.set(scenario, count=1, only=only)
+            proc = setup(kaggle, server)
+            assert proc.returncode == 2 and said in proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1 and ref not in kaggle.datasets
+        proc = setup(kaggle, server, IMET_TELEGRAM_TOKEN=f'"{TOKEN}"')
+        assert proc.returncode == 2 and "does not look like a bot token" in proc.stderr
+        assert ref not in kaggle.datasets
