@@ -199,7 +199,7 @@ def test_the_status_says_where_the_token_came_from_never_the_token(kaggle_secret
 
 
 def test_a_training_session_says_it_first_and_run_json_keeps_it(mini_data, tmp_path,
-                                                                 monkeypatch, capfd):
+                                                                 monkeypatch, capfd, request):
     """`imet train`'s bus: the session's first line says whether it reports and why not, and
     run.json records the same for each session (the source, never the token)."""
     import json
@@ -212,7 +212,9 @@ def test_a_training_session_says_it_first_and_run_json_keeps_it(mini_data, tmp_p
     from imet.kaggle.session import Settings, diagnose
     inputs = tmp_path / "input"
     write_dataset(inputs, {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "6"})
-    monkeypatch.setenv("IMET_TELEGRAM_API_URL", refused_url())
+    server = TelegramStandin().__enter__()  # messages go out at once: close takes no time
+    request.addfinalizer(lambda: server.__exit__(None, None, None))
+    monkeypatch.setenv("IMET_TELEGRAM_API_URL", server.api_url)
     runs = []
     for session, env, roots in ((1, {}, []),
                                 (2, {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "5"},

@@ -48,7 +48,7 @@ class TelegramConfig:
     token: str = field(repr=False)
     chat_id: str
     api_url: str = DEFAULT_API_URL
-    source: str = "environment"  # where the token came from: TOKEN_SOURCES
+    source: str = "environment"  # where the token came from: or "Kaggle Secrets", "dataset"
 
     def __repr__(self) -> str:  # never the token, even by accident in a debug print
         return (f"TelegramConfig(token=<set>, chat_id={self.chat_id!r}, "
@@ -79,7 +79,6 @@ class ConfigProblem(Exception):
     """Why notifications are off, as one line a user can act on (never holds the token)."""
 
 
-TOKEN_SOURCES = ("environment", "Kaggle Secrets", "dataset")
 # A push drops a kernel's secret bindings; an attached private dataset stays attached. Its one
 # file, found by name anywhere under the input roots (Kaggle mounts datasets at varying depths):
 #   {"IMET_TELEGRAM_TOKEN": "123456789:AA...", "IMET_TELEGRAM_CHAT_ID": "4242"}
