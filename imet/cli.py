@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                          "Kaggle: one kernel (chain), a plan's members then validation and "
                          "inference (campaign)"),
     "notify-test": ("misc", "send one Telegram message to check the bot token and chat id"),
+    "notify-setup": ("misc", "check the Telegram settings, then keep them in the private Kaggle "
+                             "dataset OWNER/imet-telegram for the kernels"),
     "train": ("train", f"train or resume one fold; exit {HANDED_OVER_EXIT_CODE} = saved and handed "
                        "over to the next session"),
     "lr-find": ("train", "exponential LR sweep with the train flags -> loss-vs-LR plot and a "

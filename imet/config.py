@@ -281,8 +281,12 @@ class TrainConfig:
 
     # ---- reporting
     notify: str = option("auto", "Telegram notifications: auto/on (when IMET_TELEGRAM_TOKEN and "
-                         "IMET_TELEGRAM_CHAT_ID are set; the chat's /status, /plot, /stop are "
-                         "answered) or off (no messages, no polling)", fingerprint=False)
+                         "IMET_TELEGRAM_CHAT_ID are found: environment, Kaggle Secrets, then "
+                         "imet-telegram.json under --input-root; the chat's /status, /plot, "
+                         "/stop are answered; behind the flood limit only the newest progress and "
+                         "evaluation are sent) or off (no messages, no polling); the "
+                         "session's first line says which, and why when off",
+                         fingerprint=False)
     run_name: str = option("", "name in reports and notifications (default: ARCH-foldN)",
                            fingerprint=False)
     progress_every_s: float = option(60.0, "seconds between progress lines when the output is "

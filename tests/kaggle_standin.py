@@ -73,7 +73,8 @@ def get_dataset(server, body):
     ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
     if ref not in server.datasets:
         return _not_found(f"dataset {ref} not found")
-    return 200, {"ref": ref, "currentVersionNumber": len(server.datasets[ref]["versions"])}
+    return 200, {"ref": ref, "currentVersionNumber": len(server.datasets[ref]["versions"]),
+                 "isPrivate": bool(server.datasets[ref].get("private"))}
 
 
 def create_dataset(server, body):

@@ -145,7 +145,7 @@ def test_asked_for_a_gpu_got_none_stops_and_tells_telegram(mini_data, tmp_path):
     assert proc.returncode == 2 and seconds < 60
     (line,) = errors(proc)
     assert "asked for a GPU (NvidiaTeslaT4) but this session has none" in line
-    assert "telegram:         configured (chat 7" in proc.stdout
+    assert "telegram:         on: token from environment, chat 7" in proc.stdout
     assert TOKEN.split(":")[1] not in proc.stdout + proc.stderr
     (message,) = sent
     assert message.params["text"].startswith("❌") and "has none" in message.params["text"]

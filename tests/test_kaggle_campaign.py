@@ -25,7 +25,12 @@ def trainer(member):
 
 
 def run_json(session, wall_s, best_f2, status):
-    sessions = [{"session": k, "wall_s": wall_s} for k in range(1, session + 1)]
+    """As a trainer writes it; Telegram on (the kernel's secret) in the first session only,
+    as after a push that dropped the secret's binding."""
+    sessions = [{"session": k, "wall_s": wall_s,
+                 "telegram": {"on": True, "source": "Kaggle Secrets"} if k == 1 else
+                 {"on": False, "why": "IMET_TELEGRAM_TOKEN is not set"}}
+                for k in range(1, session + 1)]
     return json.dumps({"format": "imet-run", "run_name": "r", "status": status,
                        "best_f2": best_f2, "sessions": sessions}).encode()
 
@@ -107,8 +112,14 @@ def test_two_members_within_the_parallel_limit_then_validation_and_inference(
     assert rows["f0"]["sessions"] == "2" and rows["f0"]["state"] == "finished"
     assert rows["f0"]["best F2"] == "0.6100" and rows["f0"]["GPU-hours"] == "1.00"
     assert rows["f1"]["GPU-hours"] == "0.50" and rows["inference"]["state"] == "finished"
+    assert rows["f0"]["telegram"] == "off" and rows["f1"]["telegram"] == "Kaggle Secrets"
+    assert proc.stdout.count("ran without Telegram") == 1
+    assert "f0: warning: session 2 ran without Telegram (IMET_TELEGRAM_TOKEN is not set)" \
+        in proc.stdout
+    assert rows["inference"]["telegram"] == ""
     assert "GPU-hours used: 1.50 of 10" in proc.stdout
-    assert "| member | sessions | state | best F2 | GPU-hours | last message |" in proc.stdout
+    assert ("| member | sessions | state | best F2 | GPU-hours | telegram | last message |"
+            in proc.stdout)
     assert "GPU-hours used" in (tmp_path / "camp" / "status.md").read_text()
 
 

@@ -2,7 +2,10 @@
 Bot API server: the owner's `/stop now` ends the session cleanly (the kernel exits 0, so
 Kaggle would keep the output, with HANDOVER.json saying why), the next session resumes from
 that output and runs to the end without replaying the acknowledged /stop, and the token is
-in no session log or output."""
+in no session log or output. The token and chat id come from an attached `imet-telegram`
+dataset, as after a push that dropped the kernel's secrets: each session says so first and
+records it in run.json."""
+import json
 import os
 import threading
 from pathlib import Path
@@ -26,9 +29,12 @@ TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 128 --batch-size 4 -
 def test_stop_from_the_chat_hands_over_and_the_next_session_resumes(mini_data, local_dataset,
                                                                       tmp_path):
     with TelegramStandin() as server:
-        env = {"IMET_KERNEL_ARGS": TRAIN_ARGS, "IMET_TELEGRAM_TOKEN": TOKEN,
-               "IMET_TELEGRAM_CHAT_ID": str(CHAT), "IMET_TELEGRAM_API_URL": server.api_url,
+        env = {"IMET_KERNEL_ARGS": TRAIN_ARGS, "IMET_TELEGRAM_API_URL": server.api_url,
                "IMET_TELEGRAM_EVERY_MIN": "0.0001"}
+        dataset = tmp_path / "imet-telegram"
+        dataset.mkdir()
+        (dataset / "imet-telegram.json").write_text(json.dumps(
+            {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": CHAT}))
 
         def owner():  # reads the first progress message, then stops the run
             if server.wait_for(lambda: any(t.startswith("⏳") for t in server.replies(CHAT)),
@@ -38,7 +44,8 @@ def test_stop_from_the_chat_hands_over_and_the_next_session_resumes(mini_data, l
         thread = threading.Thread(target=owner, daemon=True)
         thread.start()
         sessions = run_chain(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data,
-                                                   "imet-src": local_dataset},
+                                                   "imet-src": local_dataset,
+                                                   "imet-telegram": dataset},
                              tmp_path / "trainer", 600, 3, env, accelerator="none")
         thread.join(5)
         replies = server.replies(CHAT)
@@ -48,6 +55,10 @@ def test_stop_from_the_chat_hands_over_and_the_next_session_resumes(mini_data, l
         rest[-1].log.read_text()[-3000:]
     assert "resuming from the attached output" in rest[0].log.read_text()
     assert sum("Stopping" in text for text in replies) == 1  # never replayed
+    for number, session in enumerate(sessions, 1):
+        assert "imet: Telegram on: token from dataset, chat 99" in session.log.read_text()
+        run = json.loads(next(session.output.rglob("run.json")).read_text())
+        assert run["sessions"][number - 1]["telegram"] == {"on": True, "source": "dataset"}
     secret = TOKEN.split(":")[1].encode()
     for session in sessions:
         for folder, _, files in os.walk(session.log.parent):  # log.txt, the kernel root

@@ -13,7 +13,8 @@ from telegram_standin import TelegramStandin, refused_url
 
 from imet.config import TrainConfig
 from imet.observe.telegram import build_notifier
-from imet.train.events import Evaluation, EventBus, Progress, RunStart, StopRequest
+from imet.train.events import (Evaluation, EventBus, Handover, Progress, RunStart,
+                               StopRequest)
 
 TOKEN = "444555666:AAElistenTokenMustNeverLeak_0123456789"
 SECRET = TOKEN.split(":")[1]
@@ -211,3 +212,38 @@ def test_notify_off_or_no_token_polls_nothing(mode, env, monkeypatch, tmp_path):
         time.sleep(0.3)
         bus.close()
         assert server.requests == []
+
+
+def test_a_backlog_behind_the_flood_limit_sends_only_the_newest_progress_and_evaluation(logs):
+    """Telegram's flood control holds the start message for 2 s while the run reports 5
+    progress steps and 3 evaluations and the chat asks /status twice: the queue sends the
+    newest progress and evaluation only, and every reply, the start and the hand-over."""
+    stop = StopRequest()
+    with TelegramStandin(scenario="429", count=1, retry_after=2,
+                         only=("sendMessage",)) as server:
+        notifier = notifier_for(server.api_url, stop, progress_every_s=0.0)
+        bus = EventBus([notifier])
+        bus.emit(RunStart(run_name="r18-f0", arch="resnet18", fold=0, image_size=64,
+                          session=1, resumed_from=None, device="cpu", total_steps=40,
+                          config={}, kernel=None, rank=0))
+        assert server.wait_for(lambda: 429 in [r.status for r in server.requests])
+        for step in range(1, 6):
+            bus.emit(Progress(stage=2, epoch=0, step=step, total_steps=40, epoch_step=step,
+                              steps_per_epoch=40, loss=0.25, lr=1e-3, img_per_s=123.0,
+                              eta_run_s=600.0, session_left_s=7200.0))
+            if step <= 3:
+                bus.emit(Evaluation(step=step, epoch=0, f2=0.5 + step / 100, threshold=0.2,
+                                    best_f2=0.5 + step / 100, best_step=step, val_loss=0.3,
+                                    is_best=True, history=[]))
+        server.push("/status")
+        server.push("/status")
+        assert server.wait_for(lambda: not server.pending() and server.confirmed > 0)
+        bus.emit(Handover(step=5, checkpoint="checkpoints/state-5.pt", reason="budget",
+                          next="push again", exit_code=75))
+        assert server.wait_for(lambda: len(server.replies(CHAT)) >= 6)
+        bus.close()
+        texts = server.replies(CHAT)
+    assert [t[:1] for t in texts] == ["🚀", "📊", "⏳", "<", "<", "⏸"]
+    assert "step 3" in texts[1] and "step 5/40" in texts[2]
+    assert all("step 5/40" in t for t in texts[3:5])
+    assert notifier.sender.stats["coalesced"] == 6

@@ -267,19 +267,56 @@ def test_forbidden_disables_with_one_warning(no_token_leak):
     assert len(warnings) == 1 and "disabled" in warnings[0] and "Start" in warnings[0]
 
 
-def test_full_queue_drops_oldest_progress_never_critical(no_token_leak):
+def test_full_queue_drops_oldest_low_priority_never_critical(no_token_leak):
+    """The queue's bound, for a kind that does not coalesce (one a later message type may
+    bring): the oldest low-priority item goes first, a critical one never."""
     with TelegramStandin(scenario="hang", count=1) as server:
         notifier = notifier_for(server.api_url, max_queue=3, read_timeout_s=1.0)
         sender = notifier.sender
-        sender.submit(Outgoing("progress", "p0", LOW))
+        sender.submit(Outgoing("note", "p0", LOW))
         wait_until(lambda: len(server.requests) == 1)  # p0 in flight, the server hangs
         for i in range(1, 10):
-            sender.submit(Outgoing("progress", f"p{i}", LOW))
+            sender.submit(Outgoing("note", f"p{i}", LOW))
         sender.submit(Outgoing("finish", "done", CRITICAL))
         wait_until(lambda: len(server.sent()) == 4)
         notifier.close()
         assert [r.params["text"] for r in server.sent()] == ["p0", "p8", "p9", "done"]
         assert sender.stats["dropped_full"] == 7
+
+
+def test_a_backlog_with_a_hanging_api_ends_the_process_within_the_close_bound():
+    """Training ended with a backlog queued behind a Bot API that never answers: the process
+    exits within the close bound (the sender's thread and its in-flight request are cut)."""
+    script = textwrap.dedent("""
+        import sys
+        from imet.train.events import EventBus, Evaluation, Finish, Progress
+        from imet.observe.telegram import build_notifier
+        bus = EventBus([build_notifier("auto", progress_every_s=0.0, send_plots=False,
+                                       close_timeout_s=2.0, read_timeout_s=60.0)])
+        for step in range(1, 101):
+            bus.emit(Progress(stage=2, epoch=0, step=step, total_steps=100, epoch_step=step,
+                              steps_per_epoch=100, loss=0.1, lr=1e-4, img_per_s=300.0,
+                              eta_run_s=1.0, session_left_s=100.0))
+            if step % 10 == 0:
+                bus.emit(Evaluation(step=step, epoch=0, f2=0.5, threshold=0.2, best_f2=0.5,
+                                    best_step=step, val_loss=0.3, is_best=True, history=[]))
+        bus.emit(Finish(best_f2=0.5, best_step=100, duration_s=1.0, sessions=1, artifacts=[],
+                        history=[]))
+        print("trained", flush=True)
+        bus.close()
+    """)
+    with TelegramStandin(scenario="hang") as server:
+        env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "4242",
+               "IMET_TELEGRAM_API_URL": server.api_url, "PATH": "/usr/bin:/bin"}
+        child = subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout.readline() == "trained\n"
+        trained = time.monotonic()
+        out, err = child.communicate(timeout=60)
+        ended = time.monotonic() - trained
+    assert child.returncode == 0, err
+    assert ended <= 2.0 + SLACK_S
+    assert SECRET not in out + err
 
 
 def test_text_refused_by_the_html_parser_goes_again_as_plain_text(no_token_leak):

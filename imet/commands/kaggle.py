@@ -83,7 +83,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         return 0
     for problem in report.problems:
         print(f"imet doctor: error: {problem}", file=sys.stderr, flush=True)
-    send_crash(report.problems, args.notify, args.kernel)
+    send_crash(report.problems, args.notify, args.kernel, list(args.input_root))
     return 2
 
 

@@ -140,8 +140,66 @@ def run_notify_test(args: argparse.Namespace) -> int:
                          "imet's training reports.")
     username = asyncio.run(_send(config, html.escape(text, quote=False), args.timeout))
     print(f"imet notify-test: sent a message to chat {config.chat_id} as @{username} "
-          f"(settings from {config.source})")
+          f"(token from {config.source})")
     return 0
+
+
+def configure_notify_setup(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Check IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID from the environment with one "
+        "getMe and one message, then write them into the private Kaggle dataset "
+        "OWNER/imet-telegram (created, or a new version) through the kaggle client. Attached to "
+        "a kernel it gives the token to every session, where a push drops Kaggle Secrets. "
+        "Refuses a dataset of that name that is public.")
+    parser.add_argument("--owner", required=True, help="your Kaggle user name")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for Telegram on each request (default: 10)")
+
+
+def run_notify_setup(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from imet.kaggle.campaign.remote import (client_errors, dataset_version, kaggle_api,
+                                             upload_dataset)
+    from imet.observe.telegram import (CHAT_VAR, DATASET, DATASET_FILE, TOKEN_VAR,
+                                       ConfigProblem, load_config)
+    try:
+        config = load_config(os.environ, use_kaggle_secrets=False)
+    except ConfigProblem as problem:
+        raise UserError(str(problem)) from None
+    ref = f"{args.owner}/{DATASET}"
+    username = asyncio.run(_send(config, f"✅ imet notify-setup: this chat will receive the "
+                                 f"reports of kernels attaching {html.escape(ref)}.",
+                                 args.timeout))
+    api = kaggle_api()
+    try:
+        version = dataset_version(api, ref)
+        if version and _is_public(api, args.owner, DATASET):
+            raise UserError(f"the dataset {ref} is public: it would publish the token; delete "
+                            "it on Kaggle (or make it private) and run this again")
+        # The token is on disk only in this private folder, only while the client uploads it.
+        with tempfile.TemporaryDirectory(prefix="imet-telegram-") as folder:
+            (Path(folder) / "dataset-metadata.json").write_text(json.dumps(
+                {"title": DATASET, "id": ref, "licenses": [{"name": "other"}]}))
+            (Path(folder) / DATASET_FILE).write_text(json.dumps(
+                {TOKEN_VAR: config.token, CHAT_VAR: config.chat_id}))
+            os.chmod(Path(folder) / DATASET_FILE, 0o600)
+            upload_dataset(api, Path(folder), new=not version, notes="imet notify-setup")
+    except OSError as err:  # requests' HTTP errors; never the token (it is in no request URL)
+        raise client_errors(err) from None
+    print(f"imet notify-setup: @{username} wrote to chat {config.chat_id}; the private dataset "
+          f"{ref} {'has a new version' if version else 'was created'}: attach it to the trainer "
+          "kernel (its dataset_sources)")
+    return 0
+
+
+def _is_public(api, owner: str, slug: str) -> bool:
+    """Kaggle's own word on the dataset's visibility (GetDataset's isPrivate)."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+    request = ApiGetDatasetRequest()
+    request.owner_slug, request.dataset_slug = owner, slug
+    with api.build_kaggle_client() as kaggle:
+        return not kaggle.datasets.dataset_api_client.get_dataset(request).is_private
 
 
 async def _send(config, text: str, timeout: float) -> str:

@@ -65,13 +65,21 @@ def config_from_args(args: argparse.Namespace,
 def build_bus(config: TrainConfig, request_stop=None):
     from imet.observe.files import InputFiles, report_subscribers
     from imet.observe.registry import record_train_subscriber
-    from imet.observe.telegram import build_notifier
+    from imet.observe.telegram import build_notifier, telegram_status
     from imet.train.distributed import env_rank
     from imet.train.events import EventBus
+    # Among the session's first lines, whatever the mode: a run that reports nowhere says so
+    # and why, and run.json keeps the same (the token's source, never the token).
+    telegram = telegram_status(config.notify, rank=env_rank(),
+                               input_roots=config.input_root)
+    if env_rank() == 0:
+        print(f"imet: Telegram {telegram.line()}", file=sys.stderr)
     inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
-    subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s),
+    subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s,
+                                       telegram=telegram.record()),
                    record_train_subscriber(config.out, inputs)]
-    notifier = build_notifier(config.notify, rank=env_rank(), request_stop=request_stop)
+    notifier = build_notifier(config.notify, rank=env_rank(), request_stop=request_stop,
+                              status=telegram)
     if notifier is not None:
         subscribers.append(notifier)
     return EventBus(subscribers)

@@ -282,13 +282,10 @@ def _check_weights(s: Settings, report: Report) -> None:
             report.problems.append(str(err))
 
 
-def _check_telegram(report: Report) -> None:
-    from imet.observe.telegram import ConfigProblem, load_config
-    try:
-        config = load_config()
-        report.add("telegram", f"configured (chat {config.chat_id}, from {config.source})")
-    except ConfigProblem as problem:
-        report.add("telegram", f"not configured ({problem})")
+def _check_telegram(s: Settings, report: Report) -> None:
+    """What `imet train` would say in its first lines (--notify auto)."""
+    from imet.observe.telegram import telegram_status
+    report.add("telegram", telegram_status("auto", input_roots=s.input_roots).line())
 
 
 def diagnose(s: Settings) -> Report:
@@ -296,15 +293,16 @@ def diagnose(s: Settings) -> Report:
     _check_gpus(s, report)
     num_classes = _check_inputs(s, report)
     _check_run(s, num_classes, report)
-    _check_telegram(report)
+    _check_telegram(s, report)
     return report
 
 
-def send_crash(problems: list[str], mode: str, kernel: str | None) -> bool:
+def send_crash(problems: list[str], mode: str, kernel: str | None,
+               input_roots: list[Path] | None = None) -> bool:
     """The problems as a Telegram crash message (when configured and not off)."""
     from imet.observe.telegram import build_notifier
     from imet.train.events import Failure
-    if (notifier := build_notifier(mode)) is None:
+    if (notifier := build_notifier(mode, input_roots=input_roots or ())) is None:
         return False
     try:
         notifier(Failure(error="imet doctor stopped the session: " + " | ".join(problems),

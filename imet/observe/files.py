@@ -531,9 +531,11 @@ class ArtifactWriter(RankZeroSubscriber):
     """Event subscriber writing <run_dir>/run.json and <run_dir>/plots/*.png."""
 
     def __init__(self, run_dir: str | os.PathLike,
-                 input_roots: InputFiles | Iterable[str | os.PathLike] = ()):
+                 input_roots: InputFiles | Iterable[str | os.PathLike] = (),
+                 telegram: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.inputs = input_files(input_roots, RUN_JSON, MANIFEST_NAME)
+        self.telegram = telegram  # TelegramStatus.record(): this session's, per session
         self.summary: dict[str, Any] = {}
         self._session: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
@@ -552,6 +554,8 @@ class ArtifactWriter(RankZeroSubscriber):
                          "start_time": event.time, "device": event.device,
                          "kernel": event.kernel, "resumed_from": event.resumed_from,
                          "wall_s": None, "ended": None}
+        if self.telegram is not None:
+            self._session["telegram"] = self.telegram
         self.summary = {
             "format": "imet-run", "version": 1, "run_name": run_name, "status": "running",
             "arch": event.arch, "fold": event.fold, "image_size": event.image_size,
@@ -628,11 +632,13 @@ class ArtifactWriter(RankZeroSubscriber):
 
 
 def report_subscribers(run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = (),
-                       every_s: float = 60.0, stream: TextIO | None = None) -> list:
+                       every_s: float = 60.0, stream: TextIO | None = None,
+                       telegram: dict[str, Any] | None = None) -> list:
     """The standard set for a training run: ConsoleProgress, MetricsWriter, ArtifactWriter.
     `input_roots` (or the run's shared `InputFiles`, which `imet train` also gives the
     registry): where a resumed session finds the previous session's metrics.csv/run.json;
-    searched once for all of them."""
+    searched once for all of them. `telegram`: the session's notification status for
+    run.json."""
     inputs = input_files(input_roots)
     return [ConsoleProgress(every_s=every_s, stream=stream), MetricsWriter(run_dir, inputs),
-            ArtifactWriter(run_dir, inputs)]
+            ArtifactWriter(run_dir, inputs, telegram)]

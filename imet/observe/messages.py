@@ -22,8 +22,13 @@ CAPTION_LIMIT = 1024
 TRACEBACK_LINES = 30
 FIELD_CHARS = 300  # a run name or path longer than this is clipped, so one line always fits
 
-# Priorities decide what a full queue drops first; CRITICAL is never dropped.
+# Priorities decide what a full queue, an open breaker and a close drop first; CRITICAL is
+# never dropped: the start, hand-over, finish and crash messages and the replies to commands.
 LOW, NORMAL, CRITICAL = 0, 1, 2
+# News that only matters while it is the newest: a queued message of one of these kinds is
+# replaced by the next of its kind (each is one message per event: its fields are clipped), so
+# a backlog behind the flood limit never sends stale steps and the final message is not held.
+COALESCED = frozenset({"progress", "evaluation", "evaluation_plot", "checkpoint"})
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Telegram notifications for imet runs (python-telegram-bot 22), as an EventBus subscriber.
 
-`build_notifier()` returns a subscriber, or None when notifications are off (asked off, not
-rank 0, or not configured: one log line says why, training goes on); telegram is imported only
-once a notifier is built. The token lives only in `TelegramConfig.token`, kept out of the repr,
-and `scrub()` removes it from any text before that text is logged or shown."""
+`telegram_status()` says whether notifications are on and where the token came from, or why
+they are off (asked off, not rank 0, not configured); `imet train` prints it first and keeps it
+in run.json. `build_notifier()` returns a subscriber, or None when they are off (training goes
+on); telegram is imported only once the settings are found. The token lives only in
+`TelegramConfig.token`, kept out of the repr, and `scrub()` removes it from any text before
+that text is logged or shown."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +13,7 @@ import atexit
 import dataclasses
 import functools
 import importlib
+import json
 import logging
 import os
 import threading
@@ -19,12 +22,13 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
-from imet.observe.messages import CRITICAL, LOW, NORMAL, Outgoing, RunCommands
+from imet.observe.messages import COALESCED, CRITICAL, LOW, NORMAL, Outgoing, RunCommands
 from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish, Handover, Progress,
                                RankZeroSubscriber, RunStart)
 
@@ -44,7 +48,7 @@ class TelegramConfig:
     token: str = field(repr=False)
     chat_id: str
     api_url: str = DEFAULT_API_URL
-    source: str = "environment"
+    source: str = "environment"  # where the token came from: or "Kaggle Secrets", "dataset"
 
     def __repr__(self) -> str:  # never the token, even by accident in a debug print
         return (f"TelegramConfig(token=<set>, chat_id={self.chat_id!r}, "
@@ -73,6 +77,13 @@ def scrub(text: object, token: str | None) -> str:
 
 class ConfigProblem(Exception):
     """Why notifications are off, as one line a user can act on (never holds the token)."""
+
+
+# A push drops a kernel's secret bindings; an attached private dataset stays attached. Its one
+# file, found by name anywhere under the input roots (Kaggle mounts datasets at varying depths):
+#   {"IMET_TELEGRAM_TOKEN": "123456789:AA...", "IMET_TELEGRAM_CHAT_ID": "4242"}
+DATASET = "imet-telegram"
+DATASET_FILE = "imet-telegram.json"
 
 
 def _kaggle_secret_reader() -> Callable[[str], str | None] | None:
@@ -119,12 +130,43 @@ def _not_set(var: str, in_kaggle: bool, first_time: str) -> ConfigProblem:
              "editor, Add-ons > Secrets, add it or switch the existing one on" if in_kaggle else
              f"set it in the environment (export {var}=...), or attach a Kaggle secret of that "
              "label to the kernel (editor: Add-ons > Secrets)")
-    return ConfigProblem(f"{var} is not set: {where}; {first_time}")
+    return ConfigProblem(f"{var} is not set: {where}, or attach the private dataset "
+                         f"<owner>/{DATASET} holding {DATASET_FILE} (README: Telegram); "
+                         f"{first_time}")
 
 
-def load_config(env: Mapping[str, str] | None = None,
-                use_kaggle_secrets: bool = True) -> TelegramConfig:
-    """The Telegram settings, or ConfigProblem saying what is missing or malformed."""
+def _dataset_settings(roots: Iterable[str | os.PathLike]) -> tuple[Path, dict[str, str]] | None:
+    """The settings in the first DATASET_FILE under `roots` and its path; None when there is
+    none; ConfigProblem when it is not a JSON object of strings (its text is never quoted: it
+    holds the token) or an attached DATASET folder lacks it."""
+    from imet.walk import walk_folders
+    bare = None
+    for folder, _, files in walk_folders(roots):
+        if DATASET_FILE not in files:
+            bare = bare or (folder if folder.name == DATASET else None)
+            continue
+        path = folder / DATASET_FILE
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            values = None
+        if not isinstance(values, dict) or not isinstance(values.get(TOKEN_VAR), str) or \
+                not isinstance(values.get(CHAT_VAR, ""), (str, int)):
+            raise ConfigProblem(f"{path} is not a JSON object like {{\"{TOKEN_VAR}\": "
+                                f"\"<token>\", \"{CHAT_VAR}\": \"<chat id>\"}}; write the "
+                                f"{DATASET} dataset again (README: Telegram)")
+        return path, {var: str(values.get(var) or "").strip() for var in (TOKEN_VAR, CHAT_VAR)}
+    if bare is not None:
+        raise ConfigProblem(f"the {DATASET} dataset at {bare} has no {DATASET_FILE}; write it "
+                            "again (README: Telegram)")
+    return None
+
+
+def load_config(env: Mapping[str, str] | None = None, use_kaggle_secrets: bool = True,
+                input_roots: Iterable[str | os.PathLike] = ()) -> TelegramConfig:
+    """The Telegram settings, or ConfigProblem saying what is missing or malformed. Each is
+    looked for in the environment, then Kaggle Secrets, then an attached DATASET under
+    `input_roots`."""
     env = os.environ if env is None else env
     token = (env.get(TOKEN_VAR) or "").strip()
     chat_id = (env.get(CHAT_VAR) or "").strip()
@@ -132,13 +174,19 @@ def load_config(env: Mapping[str, str] | None = None,
     if (not token or not chat_id) and use_kaggle_secrets:
         reader = _kaggle_secret_reader()
         if reader is not None:
-            token = token or (reader(TOKEN_VAR) or "").strip()
+            if not token:
+                token, source = (reader(TOKEN_VAR) or "").strip(), "Kaggle Secrets"
             chat_id = chat_id or (reader(CHAT_VAR) or "").strip()
-            source = "Kaggle Secrets"
+    where = ""
+    if (not token or not chat_id) and (found := _dataset_settings(input_roots)):
+        path, values = found
+        if not token:
+            token, source, where = values[TOKEN_VAR], "dataset", f" in {path}"
+        chat_id = chat_id or values[CHAT_VAR]
     if not token:
         raise _not_set(TOKEN_VAR, reader is not None, "a new bot's token comes from @BotFather")
     if not TELEGRAM_TOKEN.fullmatch(token):  # a paste error worth naming early
-        raise ConfigProblem(f"{TOKEN_VAR} does not look like a bot token (expected "
+        raise ConfigProblem(f"{TOKEN_VAR}{where} does not look like a bot token (expected "
                             "'<digits>:<letters>' as @BotFather gives it); check for quotes "
                             "or spaces")
     if not chat_id:
@@ -313,8 +361,8 @@ class TelegramSender:
         self._listen = listen
         self._listening: asyncio.Task | None = None
         self._waiter: LoopWaiter | None = None
-        self.stats = {"sent": 0, "dropped_full": 0, "dropped_breaker": 0, "dropped_close": 0,
-                      "failed": 0, "retries": 0}
+        self.stats = {"sent": 0, "coalesced": 0, "dropped_full": 0, "dropped_breaker": 0,
+                      "dropped_close": 0, "failed": 0, "retries": 0}
 
         silence_url_loggers(config.token)
         # PTB 22's own RetryAfter constructor reads its deprecated int `retry_after` and warns;
@@ -336,13 +384,18 @@ class TelegramSender:
 
     # training thread
     def submit(self, item: Outgoing) -> bool:
-        """Queue `item`; never blocks on the network. False when it was dropped."""
+        """Queue `item`; never blocks on the network. False when it was dropped. A queued
+        message of a COALESCED kind gives way to `item` of the same kind."""
         with self._wake:
             if self._closing or self._disabled:
                 return False
             if item.priority < CRITICAL and time.monotonic() < self._breaker_until:
                 self.stats["dropped_breaker"] += 1
                 return False
+            if item.kind in COALESCED:
+                kept = deque(p for p in self._queue if p.item.kind != item.kind)
+                self.stats["coalesced"] += len(self._queue) - len(kept)
+                self._queue = kept
             if len(self._queue) >= self._max_queue and not self._make_room(item):
                 self.stats["dropped_full"] += 1
                 return False
@@ -512,8 +565,9 @@ class TelegramSender:
             self.stats["failed"] += 1
 
     def _open_breaker(self, pending: _Pending, err: BaseException) -> None:
-        """Stop trying for a cooldown: drop what is queued except the final and crash
-        messages, which wait for the cooldown's end (or get one try at close)."""
+        """Stop trying for a cooldown: drop what is queued except the CRITICAL messages (start,
+        hand-over, finish, crash, command replies), which wait for the cooldown's end (or get
+        one try at close)."""
         with self._wake:
             self._breaker_until = time.monotonic() + self._breaker_cooldown
             kept = deque(p for p in self._queue if p.item.priority >= CRITICAL)
@@ -696,7 +750,7 @@ class UpdateListener:
         if replies or self.commands.plot_wanted:
             self.stats["answered"] += 1
         for text in replies:
-            submit(Outgoing("command", text, NORMAL))
+            submit(Outgoing("command", text, CRITICAL))
 
 
 MODES = ("auto", "on", "off")
@@ -707,30 +761,71 @@ _SENDER_OPTIONS = ("min_interval_s", "connect_timeout_s", "read_timeout_s", "max
 _LISTENER_OPTIONS = ("poll_timeout_s", "start_attempts", "started")
 
 
-def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
-                   request_stop: Callable[[str], None] | None = None, **options: Any):
-    """A TelegramNotifier, or None.
+@dataclass(frozen=True)
+class TelegramStatus:
+    """Whether this process sends, and where its token came from or why it does not: said in
+    a session's first lines, recorded in run.json, shown by `imet doctor` (never the token)."""
+    config: TelegramConfig | None
+    why_off: str = ""
 
-    mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
-    (environment, then Kaggle Secrets); "off" never sends. rank: only rank 0 sends.
-    request_stop: the engine's StopRequest.request; when given, the chat's /status, /plot,
-    /stop are answered too. options: TelegramSender (`_SENDER_OPTIONS`), UpdateListener
-    (`_LISTENER_OPTIONS`; backoff_s shared) and TelegramNotifier settings."""
+    @property
+    def on(self) -> bool:
+        return self.config is not None
+
+    def line(self) -> str:
+        if self.config is None:
+            return f"off: {self.why_off}"
+        return f"on: token from {self.config.source}, chat {self.config.chat_id}"
+
+    def record(self) -> dict[str, Any]:
+        """For run.json: the token's source, or why notifications are off."""
+        if self.config is None:
+            return {"on": False, "why": self.why_off}
+        return {"on": True, "source": self.config.source}
+
+
+def telegram_status(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
+                    input_roots: Iterable[str | os.PathLike] = ()) -> TelegramStatus:
+    """The settings found for `mode` (see build_notifier), or why notifications are off."""
     if mode not in MODES:
         raise UserError(f"--notify {mode!r} is not a notify mode; use one of {', '.join(MODES)}")
-    if mode == "off" or int(rank) != 0:
-        return None
-    env = os.environ if env is None else env
+    if mode == "off":
+        return TelegramStatus(None, "--notify off")
+    if int(rank) != 0:
+        return TelegramStatus(None, f"rank {rank} (only rank 0 sends)")
     try:
-        config = load_config(env)
+        config = load_config(env, input_roots=input_roots)
     except ConfigProblem as problem:
-        log.info("Telegram notifications off: %s", problem)
-        return None
+        return TelegramStatus(None, str(problem))
     try:
         importlib.import_module("telegram")  # a bundled wheel; its absence must not stop training
     except ImportError:
-        log.info("Telegram notifications off: python-telegram-bot is not installed "
-                 "(pip install 'python-telegram-bot>=22,<23')")
+        return TelegramStatus(None, "python-telegram-bot is not installed "
+                                    "(pip install 'python-telegram-bot>=22,<23')")
+    return TelegramStatus(config)
+
+
+def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
+                   request_stop: Callable[[str], None] | None = None,
+                   status: TelegramStatus | None = None,
+                   input_roots: Iterable[str | os.PathLike] = (), **options: Any):
+    """A TelegramNotifier, or None.
+
+    mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
+    (environment, then Kaggle Secrets, then a DATASET under `input_roots`); "off" never
+    sends. rank: only rank 0 sends.
+    request_stop: the engine's StopRequest.request; when given, the chat's /status, /plot,
+    /stop are answered too. status: `telegram_status(mode, rank, env)` when the caller has
+    it (and has said it); otherwise it is found here and logged. options: TelegramSender
+    (`_SENDER_OPTIONS`), UpdateListener (`_LISTENER_OPTIONS`; backoff_s shared) and
+    TelegramNotifier settings."""
+    env = os.environ if env is None else env
+    if status is None:
+        status = telegram_status(mode, rank, env, input_roots)
+        if status.on or int(rank) == 0 and mode != "off":
+            log.info("Telegram notifications %s", status.line())
+    config = status.config
+    if config is None:
         return None
     sender_kw = {k: options.pop(k) for k in _SENDER_OPTIONS if k in options}
     if "progress_every_s" not in options and env.get(EVERY_MIN_VAR):
@@ -746,8 +841,6 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
             listen_kw["backoff_s"] = sender_kw["backoff_s"]
         listener = UpdateListener(config, RunCommands(request_stop), **listen_kw)
     sender = TelegramSender(config, listen=listener, **sender_kw)
-    log.info("Telegram notifications on (chat %s, settings from %s)", config.chat_id,
-             config.source)
     return TelegramNotifier(sender, commands=listener.commands if listener else None, **options)
 
 
@@ -796,7 +889,7 @@ class TelegramNotifier(RankZeroSubscriber):
                 self.commands(event)
                 asked = self.commands.take_plot()
                 if asked is not None:  # /plot: rendered here, matplotlib stays off the worker
-                    self._send_plot(asked, NORMAL, forced=True)
+                    self._send_plot(asked, CRITICAL, forced=True, kind="command_plot")
             super().__call__(event)
         except Exception as err:  # a notification must never stop training
             if not self._failed_once:
@@ -815,7 +908,7 @@ class TelegramNotifier(RankZeroSubscriber):
     def _on_run_start(self, event: RunStart) -> None:
         self._run_name = event.run_name or self._run_name
         self._last_progress = self._clock()
-        self._send(event, messages.run_start, NORMAL)
+        self._send(event, messages.run_start, CRITICAL)
 
     def _on_progress(self, event: Progress) -> None:
         now = self._clock()
@@ -842,7 +935,8 @@ class TelegramNotifier(RankZeroSubscriber):
     def _on_failure(self, event: Failure) -> None:
         self._send(event, messages.failure, CRITICAL)
 
-    def _send_plot(self, event: Evaluation | Finish, priority: int, forced: bool = False) -> None:
+    def _send_plot(self, event: Evaluation | Finish, priority: int, forced: bool = False,
+                   kind: str | None = None) -> None:
         history = event.history or []
         renderer = self._plot_renderer() if (self.send_plots or forced) and history else None
         if renderer is None:
@@ -856,7 +950,7 @@ class TelegramNotifier(RankZeroSubscriber):
             return
         if png:
             caption = messages.plot_caption(event, self._run_name)
-            self.sender.submit(Outgoing(f"{event.kind}_plot", caption, priority,
+            self.sender.submit(Outgoing(kind or f"{event.kind}_plot", caption, priority,
                                         photo=bytes(png)))
 
     def _plot_renderer(self) -> Callable[[list[dict]], bytes] | None:

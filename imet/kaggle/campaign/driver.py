@@ -26,7 +26,7 @@ from imet.kaggle.campaign.state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED
 from imet.kaggle.render import (INFERENCE, VALIDATION, plan_kernels, read_metadata, slug_of,
                                 write_kernels)
 
-COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "last message")
+COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "telegram", "last message")
 
 
 def rows(state: dict) -> list[dict]:
@@ -39,6 +39,7 @@ def rows(state: dict) -> list[dict]:
         out.append({"member": name, "sessions": len(job["sessions"]), "state": job["state"],
                     "best F2": "" if best is None else f"{float(best):.4f}",
                     "GPU-hours": f"{gpu_seconds(job) / 3600:.2f}",
+                    "telegram": job.get("telegram") or "",
                     "last message": job.get("message") or ""})
     return out
 
@@ -208,6 +209,10 @@ class Campaign:
         session.update(status=status, ended_at=time.time())
         session["gpu_s"] = self._session_seconds(job, session, dest)
         n = len(job["sessions"])
+        if (why := job.pop("telegram_lost", None)) is not None:
+            self.log(f"{name}: warning: session {n} ran without Telegram ({why}); a push may "
+                     "drop the kernel's secrets: attach the private imet-telegram dataset "
+                     "(README: Telegram)")
         if status != "COMPLETE":
             job["failures"] += 1
             again = job["failures"] <= self.plan.retries
@@ -244,6 +249,14 @@ class Campaign:
         if run:
             job["best_f2"] = run.get("best_f2", job.get("best_f2"))
             latest = (run.get("sessions") or [{}])[-1]
+            # Its run.json says whether the session reported and whence the token: a push that
+            # dropped the kernel's secrets shows as "off" here.
+            telegram = latest.get("telegram")
+            if isinstance(telegram, dict):
+                was = job.get("telegram")
+                job["telegram"] = telegram.get("source") if telegram.get("on") else "off"
+                if was not in (None, "", "off") and job["telegram"] == "off":
+                    job["telegram_lost"] = str(telegram.get("why") or "")
             number = int(latest.get("session") or 0)
             if number > job["counted"] and latest.get("wall_s") is not None:
                 job["counted"] = number
