@@ -6,8 +6,10 @@ budget does, but at a step this test can rely on whatever the machine's speed); 
 session, with the previous output attached as Kaggle's kernel_sources would, resumes, and the
 chain ends with a model equal, tensor for tensor, to an uninterrupted run. The time limit
 itself is tested in test_emulator.py and the budget in test_resume.py. The inference kernel runs
-with no network."""
+with no network. The inputs are mounted nested, as today's Kaggle does; one trainer session
+resumes, and the inference and trainer refusals run, in the flat layout of older sessions."""
 import csv
+import getpass
 import json
 import os
 import subprocess
@@ -115,6 +117,36 @@ def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
         assert not Path(where.strip()).is_relative_to(REPO), where
 
 
+def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained):
+    root = trained[1].output.parent
+    log = trained[1].log.read_text()
+    assert "in the nested layout (competitions/imet-2019-fgvc6, datasets/" in log.splitlines()[0]
+    # The bootstrap ran from datasets/<owner>/imet-src/; doctor named each input's folder.
+    mounts = {"competition data": "competitions/imet-2019-fgvc6",
+              "source dataset": f"datasets/{getpass.getuser()}/imet-src",
+              "previous output": f"notebooks/{getpass.getuser()}/imet-trainer"}
+    for kind, mount in mounts.items():
+        assert f"{kind + ':':<18}{root / 'input' / mount}" in log, (kind, log[:5000])
+    assert f"resuming from the attached output {root / 'input' / mounts['previous output']}" in log
+
+
+def test_a_trainer_session_resumes_in_the_flat_layout(trained, mini_data, local_dataset,
+                                                      tmp_path):
+    """The chain's first hand-over attached at input/imet-trainer, as older sessions mount it:
+    found, resumed (--resume auto) and handed over again ten steps on."""
+    inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
+              "imet-trainer": trained[0].output}
+    session = run_session(KERNELS / "trainer", inputs, tmp_path / "t", 2, 600,
+                          env(TRAIN_ARGS + " --session-steps 10"), accelerator="none",
+                          layout="flat")
+    log = session.log.read_text()
+    assert session.ok and session.handover["step"] == 60, log[-3000:]
+    assert "in the flat layout (imet-2019-fgvc6, imet-src, imet-trainer)" in log.splitlines()[0]
+    root = session.output.parent / "input"
+    assert f"resuming from the attached output {root / 'imet-trainer'}" in log
+    assert f"{'source dataset:':<18}{root / 'imet-src'}" in log
+
+
 def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):
     trainer_out = trained[-1].output
     base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
@@ -146,17 +178,21 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
 
 
 def test_missing_inputs_are_named(mini_data, local_dataset, tmp_path):
+    """One line naming the input and where it was searched; the last two in the flat layout of
+    older sessions (no more sessions for it)."""
     no_data = run_session(KERNELS / "trainer", {"imet-src": local_dataset}, tmp_path / "t", 1,
                           600, env(TRAIN_ARGS), accelerator="none")
     text = no_data.log.read_text()
     assert no_data.exit_code == 2 and "imet-2019-fgvc6" in text and "Traceback" not in text
+    assert f"9 folders deep: datasets/{getpass.getuser()}/imet-src)" in text
     no_runs = run_session(KERNELS / "inference", {"imet-2019-fgvc6": mini_data,
                                                   "imet-src": local_dataset},
-                          tmp_path / "i", 1, 600, env(EVAL_ARGS), accelerator="none")
+                          tmp_path / "i", 1, 600, env(EVAL_ARGS), accelerator="none",
+                          layout="flat")
     text = no_runs.log.read_text()
     assert no_runs.exit_code == 2 and "model.pt" in text and "Traceback" not in text
     no_source = run_session(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data}, tmp_path / "n",
-                            1, 600, env(TRAIN_ARGS), accelerator="none")
+                            1, 600, env(TRAIN_ARGS), accelerator="none", layout="flat")
     assert no_source.exit_code != 0 and "imet-src" in no_source.log.read_text()
 
 
