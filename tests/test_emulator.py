@@ -148,7 +148,8 @@ def test_flat_layout_and_the_header_naming_it(tmp_path, data_input):
     kernel = make_kernel(tmp_path / "k", """
         import os
         from pathlib import Path
-        print("flat", (Path(os.environ["IMET_KAGGLE_ROOT"]) / "input" / "data" / "hello.txt").read_text())
+        root = Path(os.environ["IMET_KAGGLE_ROOT"])
+        print("flat", (root / "input" / "data" / "hello.txt").read_text())
         """)
     result = run_session(kernel, {"data": data_input}, tmp_path / "out", 1, 60, layout="flat")
     log = result.log.read_text()
@@ -289,3 +290,17 @@ def test_output_link_and_header_name_the_local_user(tmp_path):
     header = result.log.read_text().splitlines()[0]
     assert f"{getpass.getuser()}/imet-test v2" in header and "{owner}" not in header
     assert ((tmp_path / "out" / "output") / "made.txt").read_text() == "yes"
+
+
+def test_input_names_and_the_layout_flag_are_checked_on_the_command_line(tmp_path, capsys):
+    from imet.cli import main
+    kernel = make_kernel(tmp_path / "k", "print(1)")
+    with pytest.raises(SystemExit) as exit_:
+        main(["kaggle", "run", str(kernel), "--out", str(tmp_path / "o"),
+              "--input", f"a/b/c={tmp_path}"])
+    assert exit_.value.code == 2 and "expected SLUG=PATH or OWNER/SLUG=PATH" in \
+        capsys.readouterr().err
+    assert main(["kaggle", "campaign", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "c"),
+                 "--input-layout", "flat"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--input-layout is for --emulate" in line

@@ -128,6 +128,10 @@ def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained):
     for kind, mount in mounts.items():
         assert f"{kind + ':':<18}{root / 'input' / mount}" in log, (kind, log[:5000])
     assert f"resuming from the attached output {root / 'input' / mounts['previous output']}" in log
+    # The fingerprint doctor names this run by (refusing another kernel's) is the engine's.
+    from imet.commands.kaggle import _fingerprint
+    summary = json.loads((trained[1].output / "run.json").read_text())
+    assert summary["config_hash"] == _fingerprint(TRAIN_ARGS + " --session-steps 50")
 
 
 def test_a_trainer_session_resumes_in_the_flat_layout(trained, mini_data, local_dataset,

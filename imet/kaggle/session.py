@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -129,8 +130,9 @@ def find_competition_data(root: Path | None = None) -> Path:
     found = find_folders_with(root, "labels.csv", "sample_submission.csv")
     if not found:
         raise NotAttached(f"no competition data under {root}: no folder holds labels.csv and "
-                        f"sample_submission.csv ({searched(root)}); attach the imet-2019-fgvc6 "
-                        "competition (competition_sources in kernel-metadata.json)")
+                          f"sample_submission.csv ({searched(root)}); attach the "
+                          "imet-2019-fgvc6 competition (competition_sources in "
+                          "kernel-metadata.json)")
     return _in_one_input(found, root, "competition data (labels.csv and sample_submission.csv)",
                          "attach only the imet-2019-fgvc6 competition, or pass --data")
 
@@ -151,9 +153,9 @@ def find_source_dataset(root: Path) -> Path:
     found = find_folders_with(root, "MANIFEST.json", "imet_bootstrap.py")
     if not found:
         raise NotAttached(f"the imet source dataset is not attached: no MANIFEST.json with "
-                        f"imet_bootstrap.py under {root} ({searched(root)}); build it with "
-                        "`python packaging/build_dataset.py`, upload it and add it to "
-                        "dataset_sources")
+                          f"imet_bootstrap.py under {root} ({searched(root)}); build it with "
+                          "`python packaging/build_dataset.py`, upload it and add it to "
+                          "dataset_sources")
     versions = {(folder / "MANIFEST.json").read_bytes(): folder for folder in reversed(found)}
     if len(versions) > 1:
         named = [f"{_named(input_of(f, root), root)} ({_dataset_version(f)})"
@@ -162,6 +164,14 @@ def find_source_dataset(root: Path) -> Path:
                         f"{' and '.join(named)} ({searched(root)}); attach one version of "
                         "imet-src in dataset_sources")
     return found[0]
+
+
+def refuse_two_source_versions() -> None:
+    """A session's check of its source datasets: two versions attached are refused before
+    anything is written; none attached is the bootstrap's to say (and the in-process sessions
+    of the tests run the tree's imet)."""
+    with suppress(NotAttached):
+        find_source_dataset(input_root())
 
 
 def _run_of(folder: Path) -> tuple[set[str], str | None]:
@@ -649,7 +659,7 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     if kernel:  # this process is the kernel's: the training it starts inherits it
         os.environ[KERNEL_ENV] = kernel
     data = find_competition_data()
-    find_source_dataset(input_root())
+    refuse_two_source_versions()
     if code := doctor("trainer", data, accelerator, train_args, TrainConfig.arch, kernel):
         return code
     train_args = with_extra_found(train_args)
@@ -687,14 +697,14 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
 def validation(started: float, session_limit: str, validate_args: list[str],
                accelerator: str | None = None) -> int:
     data = find_competition_data()
-    find_source_dataset(input_root())
+    refuse_two_source_versions()
     if code := doctor("validation", data, accelerator, validate_args):
         return code
     runs = _runs()
     folds = find_folders_with(input_root(), "folds.csv")
     if not folds:
-        raise UserError(f"no folds.csv under {input_root()}: attach the trainer kernel's output "
-                        "(kernel_sources)")
+        raise NotAttached(f"no folds.csv under {input_root()} ({searched(input_root())}): "
+                          "attach the trainer kernel's output (kernel_sources)")
     left = _seconds_left(started, session_limit)
     return run_step(_imet("validate", "--data", data, "--folds", folds[0] / "folds.csv",
                           "--run", *runs, "--out", working_dir(), "--time-limit", f"{left:.0f}",
@@ -707,7 +717,7 @@ def inference(started: float, session_limit: str, predict_args: list[str],
     test images as an extra training set in working/pseudo/ (for `--extra auto`), from the
     probabilities the prediction saved (no second inference)."""
     data = find_competition_data()
-    find_source_dataset(input_root())
+    refuse_two_source_versions()
     if code := doctor("inference", data, accelerator, predict_args):
         return code
     runs = _runs()
@@ -731,8 +741,9 @@ def inference(started: float, session_limit: str, predict_args: list[str],
 def _runs() -> list[Path]:
     runs = find_folders_with(input_root(), MODEL_FILE)
     if not runs:
-        raise UserError(f"no trained model (model.pt) under {input_root()}: attach the trainer "
-                        "kernel's output (kernel_sources) or a dataset of runs")
+        raise NotAttached(f"no trained model (model.pt) under {input_root()} "
+                          f"({searched(input_root())}): attach the trainer kernel's output "
+                          "(kernel_sources) or a dataset of runs")
     return runs
 
 
