@@ -38,8 +38,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
         "Report Python, torch, its CUDA build and arch list; every GPU (name, compute "
         "capability, memory, whether this torch has kernels for it, proved by a fp16 "
         "conv+matmul under autocast, bf16 too where the GPU has it); free disk in --out against "
-        "the checkpoints of --arch (--keep generations and the one being written); the "
-        "competition data, imet-src, the weights of --arch and earlier outputs of the run; "
+        "the checkpoints of --arch (--keep generations and the one being written); the folder "
+        "found for each input (competition data, source dataset, the weights of --arch, the "
+        "run's previous output), or which attached inputs were searched and how deep; "
         "whether Telegram is configured (never the token). Exit 0 when the session can train; "
         "otherwise one line per blocking problem and exit 2. The kernels run it first.")
     parser.add_argument("--data", type=Path, help="competition folder (default: searched "
