@@ -6,8 +6,8 @@ budget does, but at a step this test can rely on whatever the machine's speed); 
 session, with the previous output attached as Kaggle's kernel_sources would, resumes, and the
 chain ends with a model equal, tensor for tensor, to an uninterrupted run. The time limit
 itself is tested in test_emulator.py and the budget in test_resume.py. The inference kernel runs
-with no network. The inputs are mounted nested, as today's Kaggle does; one trainer session
-resumes, and the inference and trainer refusals run, in the flat layout of older sessions."""
+with no network. The inputs are mounted nested, as today's Kaggle does; the last trainer
+session, and two of the missing-input sessions, run in the flat layout of older sessions."""
 import csv
 import getpass
 import json
@@ -44,11 +44,16 @@ def state_dict(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(mini_data, local_dataset, tmp_path_factory):
-    """The trainer chained over sessions of 50 steps each (120 steps in all)."""
+    """The trainer over sessions of 50 steps each (120 steps in all): two chained with their
+    inputs nested as today's Kaggle mounts them, then the third, with the second's output
+    attached, in the flat layout of older sessions (both layouts, no extra session)."""
     out = tmp_path_factory.mktemp("kaggle") / "trainer"
     inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset}
-    return run_chain(KERNELS / "trainer", inputs, out, 600, 5,
-                     env(TRAIN_ARGS + " --session-steps 50"), accelerator="none")
+    args = env(TRAIN_ARGS + " --session-steps 50")
+    chained = run_chain(KERNELS / "trainer", inputs, out, 600, 2, args, accelerator="none")
+    last = run_session(KERNELS / "trainer", {**inputs, "imet-trainer": chained[-1].output}, out,
+                       3, 600, args, accelerator="none", layout="flat")
+    return [*chained, last]
 
 
 def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, tmp_path):
@@ -134,21 +139,15 @@ def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained):
     assert summary["config_hash"] == _fingerprint(TRAIN_ARGS + " --session-steps 50")
 
 
-def test_a_trainer_session_resumes_in_the_flat_layout(trained, mini_data, local_dataset,
-                                                      tmp_path):
-    """The chain's first hand-over attached at input/imet-trainer, as older sessions mount it:
-    found, resumed (--resume auto) and handed over again ten steps on."""
-    inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
-              "imet-trainer": trained[0].output}
-    session = run_session(KERNELS / "trainer", inputs, tmp_path / "t", 2, 600,
-                          env(TRAIN_ARGS + " --session-steps 10"), accelerator="none",
-                          layout="flat")
-    log = session.log.read_text()
-    assert session.ok and session.handover["step"] == 60, log[-3000:]
+def test_the_last_session_resumed_in_the_flat_layout(trained):
+    """The second session's hand-over attached at input/imet-trainer, as older sessions mount
+    it: found, carried and resumed (--resume auto) there."""
+    log = trained[2].log.read_text()
     assert "in the flat layout (imet-2019-fgvc6, imet-src, imet-trainer)" in log.splitlines()[0]
-    root = session.output.parent / "input"
+    root = trained[2].output.parent / "input"
     assert f"resuming from the attached output {root / 'imet-trainer'}" in log
     assert f"{'source dataset:':<18}{root / 'imet-src'}" in log
+    assert f"{'previous output:':<18}{root / 'imet-trainer'}" in log
 
 
 def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):
