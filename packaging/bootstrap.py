@@ -2,7 +2,9 @@
 
 Shipped in the dataset as `imet_bootstrap.py`; the first thing every imet kernel runs:
 
-    python /kaggle/input/imet-src/imet_bootstrap.py
+    python /kaggle/input/datasets/<owner>/imet-src/imet_bootstrap.py
+
+(/kaggle/input/imet-src/ in older sessions, which mounted each input flat.)
 
 Standard library only: it runs before anything is installed. It finds the dataset (its own folder,
 or the folder holding an imet MANIFEST.json anywhere under `$IMET_KAGGLE_ROOT/input`, default

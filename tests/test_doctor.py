@@ -2,6 +2,8 @@
 GPU probe's own code run on the CPU device, the checkpoint estimate, the inputs found, Telegram
 configured without its token, and the one-line refusals of doctor and `imet train --device`."""
 import json
+import shlex
+import shutil
 import os
 import subprocess
 import sys
@@ -104,7 +106,7 @@ def test_report_lists_inputs_and_estimates(mini_data, tmp_path):
     text = "\n".join(report.lines)
     assert report.problems == [], report.problems
     for name in ("python:", "torch:", "cuda build:", "arch list:", "GPU", "competition data:",
-                 "imet-src:", "earlier outputs:", "disk:", "telegram:"):
+                 "source dataset:", "previous output:", "disk:", "telegram:"):
         assert name in text, name
     assert str(mini_data) in text and str(earlier) in text
     if CPU_ONLY:
@@ -180,3 +182,122 @@ def test_an_arch_without_weights_is_not_asked_for_them(tmp_path, mini_data):
     asked = diagnose(Settings(data=mini_data, out=tmp_path, arch="tiny_cnn", device="cpu",
                               pretrained=True))
     assert [p for p in asked.problems if "no pretrained weights" in p]
+
+
+# A trainer session's inputs where each layout mounts them below /kaggle/input: today's Kaggle
+# (nested) and older sessions (flat).
+MOUNTS = {"nested": {"data": "competitions/imet-2019-fgvc6", "src": "datasets/me/imet-src",
+                     "own": "notebooks/me/imet-trainer", "other": "notebooks/me/imet-trainer-f1"},
+          "flat": {"data": "imet-2019-fgvc6", "src": "imet-src", "own": "imet-trainer",
+                   "other": "imet-trainer-f1"}}
+KERNEL = "me/imet-trainer"
+TRAIN_ARGS = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32"]
+
+
+def source_dataset(folder: Path, commit: str = "0123456789abcdef") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "MANIFEST.json").write_text(json.dumps(
+        {"format": "imet-dataset", "packages": [{"name": "imet", "version": "0.3.0"}],
+         "source": {"git_commit": commit}}))
+    (folder / "imet_bootstrap.py").write_text("")
+    return folder
+
+
+def run_output(folder: Path, kernel: str, fingerprint: str, handover: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"config_hash": fingerprint,
+                                                 "sessions": [{"kernel": kernel}]}))
+    if handover:
+        (folder / "HANDOVER.json").write_text("{}")
+    return folder
+
+
+def kaggle_input(tmp_path: Path, layout: str, mini_data: Path) -> Path:
+    """An input root holding the competition and imet-src, mounted as `layout` does."""
+    root = tmp_path / "kaggle" / "input"
+    data = root / MOUNTS[layout]["data"]
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.symlink_to(mini_data, target_is_directory=True)
+    source_dataset(root / MOUNTS[layout]["src"])
+    return root
+
+
+def report_of(root: Path, tmp_path: Path) -> dict[str, str]:
+    report = diagnose(Settings(input_roots=[root], out=tmp_path / "kaggle" / "working",
+                               kernel_id=KERNEL))
+    assert report.problems == [], report.problems
+    return {line[:18].strip(" :"): line[18:] for line in report.lines}
+
+
+@pytest.mark.parametrize("layout", MOUNTS)
+def test_doctor_names_the_folder_found_for_each_input_under_either_layout(mini_data, tmp_path,
+                                                                          layout):
+    """And when one is missing, which attached inputs it searched and how deep. Another
+    kernel's finished run (an --init model, say) is not this run's previous output."""
+    root = kaggle_input(tmp_path, layout, mini_data)
+    mounts = MOUNTS[layout]
+    run_output(root / mounts["own"], KERNEL, "aaaa", handover=True)
+    run_output(root / mounts["other"], "me/imet-trainer-f1", "bbbb", handover=False)
+    found = report_of(root, tmp_path)
+    assert found["competition data"] == str(root / mounts["data"])
+    assert found["source dataset"] == str(root / mounts["src"])
+    assert found["previous output"] == str(root / mounts["own"])
+    shutil.rmtree(root / mounts["src"])
+    shutil.rmtree(root / mounts["own"])
+    missing = report_of(root, tmp_path)
+    attached = ", ".join(mounts[k] for k in ("data", "other"))
+    assert missing["source dataset"] == f"not attached (searched {root}, 9 folders deep: " \
+                                        f"{attached})"
+    assert missing["previous output"] == f"none, a new run (searched {root}, 9 folders deep: " \
+                                         f"{attached})"
+
+
+def refused(tmp_path, capsys, monkeypatch) -> tuple[int, str]:
+    """A trainer session's exit code and output on the inputs under tmp_path/kaggle/input."""
+    monkeypatch.setenv(gpu.ROOT_ENV, str(tmp_path / "kaggle"))
+    monkeypatch.setenv("IMET_TELEGRAM_TOKEN", "")
+    code = gpu.main("trainer", gpu.trainer, time.time(), "1h", TRAIN_ARGS, 5, "none", KERNEL)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert not (tmp_path / "kaggle" / "working").exists() or \
+        not any((tmp_path / "kaggle" / "working").iterdir())  # nothing written
+    return code, captured
+
+
+def test_two_inputs_holding_the_competition_data_are_refused(mini_data, tmp_path, capsys,
+                                                              monkeypatch):
+    root = kaggle_input(tmp_path, "nested", mini_data)
+    copy = root / "datasets" / "me" / "imet-copy"
+    copy.mkdir(parents=True)
+    for name in ("labels.csv", "sample_submission.csv"):
+        shutil.copy(mini_data / name, copy / name)
+    code, captured = refused(tmp_path, capsys, monkeypatch)
+    (line,) = captured.err.strip().splitlines()
+    assert code == 2 and line.startswith("imet trainer kernel: error: competition data")
+    assert "in 2 inputs, competitions/imet-2019-fgvc6 and datasets/me/imet-copy" in line
+    assert f"searched {root}, 9 folders deep" in line
+
+
+def test_a_source_dataset_attached_in_two_versions_is_refused(mini_data, tmp_path, capsys,
+                                                               monkeypatch):
+    root = kaggle_input(tmp_path, "nested", mini_data)
+    source_dataset(root / "datasets" / "me" / "imet-src-old", commit="fedcba9876543210")
+    code, captured = refused(tmp_path, capsys, monkeypatch)
+    (line,) = captured.err.strip().splitlines()
+    assert code == 2 and "imet source dataset is attached in 2 versions" in line
+    assert "datasets/me/imet-src (imet 0.3.0 of 0123456789ab)" in line
+    assert "datasets/me/imet-src-old (imet 0.3.0 of fedcba987654)" in line
+    assert f"searched {root}, 9 folders deep" in line
+
+
+def test_another_kernels_run_handing_over_is_refused_naming_both_runs(mini_data, tmp_path,
+                                                                       capsys, monkeypatch):
+    from imet.commands.kaggle import _fingerprint
+    root = kaggle_input(tmp_path, "nested", mini_data)
+    run_output(root / "notebooks" / "me" / "imet-trainer-f1", "me/imet-trainer-f1", "ffff0000")
+    code, captured = refused(tmp_path, capsys, monkeypatch)
+    (line,) = [line for line in captured.out.splitlines() if "error" in line]
+    assert code == 2 and line.startswith("imet doctor: error: notebooks/me/imet-trainer-f1 holds")
+    ours = _fingerprint(shlex.join(TRAIN_ARGS))
+    assert "(me/imet-trainer-f1: run ffff0000)" in line and f"{KERNEL} (run {ours})" in line
+    assert f"searched {root}, 9 folders deep" in line

@@ -11,7 +11,7 @@ import pytest
 
 from imet.errors import UserError
 from imet.kaggle.campaign.emulated import run_chain
-from imet.kaggle.emulator import run_session
+from imet.kaggle.emulator import mount_points, run_session
 from imet.kaggle.render import read_metadata, render
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare needs root")
@@ -30,13 +30,14 @@ def make_kernel(folder, code, internet=True, kernel_id="{owner}/imet-test"):
 
 
 PROBE = """
-import os, socket, sys
+import getpass, os, socket, sys
 from pathlib import Path
 root = Path(os.environ["IMET_KAGGLE_ROOT"])
 print("cwd-is-working", Path.cwd() == root / "working")
-print("input", (root / "input" / "data" / "hello.txt").read_text().strip())
+data = root / "input" / "datasets" / getpass.getuser() / "data"  # not in the metadata: a dataset
+print("input", (data / "hello.txt").read_text().strip())
 try:
-    (root / "input" / "data" / "new.txt").write_text("x")
+    (data / "new.txt").write_text("x")
     print("input-writable")
 except OSError:
     print("input-read-only")
@@ -74,6 +75,7 @@ def test_session_isolation(tmp_path, listener, data_input, internet):
     log = result.log.read_text()
     assert result.exit_code == 0 and not result.timed_out, log
     assert "cwd-is-working True" in log and "input hello" in log
+    assert "in the nested layout (datasets/" in log.splitlines()[0]
     assert "input-read-only" in log
     assert ("network-up" if internet else "network-down") in log
     assert (result.output / "result.txt").read_text() == "done"
@@ -98,9 +100,10 @@ def test_time_limit_kills_and_keeps_output(tmp_path):
 
 def test_chain_attaches_previous_output_until_no_handover(tmp_path):
     kernel = make_kernel(tmp_path / "k", """
-        import json, os
+        import getpass, json, os
         from pathlib import Path
-        prev = Path(os.environ["IMET_KAGGLE_ROOT"]) / "input" / "imet-test" / "count.txt"
+        prev = (Path(os.environ["IMET_KAGGLE_ROOT"]) / "input" / "notebooks" / getpass.getuser()
+                / "imet-test" / "count.txt")
         count = int(prev.read_text()) + 1 if prev.exists() else 1
         Path("count.txt").write_text(str(count))
         if count < 3:
@@ -114,6 +117,44 @@ def test_chain_attaches_previous_output_until_no_handover(tmp_path):
     again = run_chain(kernel, {}, tmp_path / "out", time_limit=60, max_sessions=5)
     assert [(r.version, (r.output / "count.txt").read_text()) for r in again] == [
         (1, "1"), (2, "2"), (3, "3")]
+
+
+def test_inputs_are_mounted_nested_as_kaggle_does_today_or_flat():
+    """Kind and owner from the metadata's sources ({owner}: the local user), an owner given in
+    the name winning; a slug it does not name is a dataset of the kernel's owner."""
+    meta = {"id": "{owner}/imet-trainer", "competition_sources": ["imet-2019-fgvc6"],
+            "dataset_sources": ["{owner}/imet-src", "carol/imet-weights"],
+            "kernel_sources": ["{owner}/imet-trainer", "dave/imet-inference"]}
+    names = ["imet-2019-fgvc6", "imet-src", "imet-weights", "imet-trainer", "imet-inference",
+             "erin/imet-src-old", "extra"]
+    assert mount_points(meta, names, "nested", "me") == {
+        "imet-2019-fgvc6": "competitions/imet-2019-fgvc6", "imet-src": "datasets/me/imet-src",
+        "imet-weights": "datasets/carol/imet-weights", "imet-trainer": "notebooks/me/imet-trainer",
+        "imet-inference": "notebooks/dave/imet-inference",
+        "erin/imet-src-old": "datasets/erin/imet-src-old", "extra": "datasets/me/extra"}
+    assert mount_points(meta, ["frank/imet-src"], "nested", "me") == {
+        "frank/imet-src": "datasets/frank/imet-src"}
+    assert mount_points(meta, names, "flat", "me") == {
+        **{name: name for name in names}, "erin/imet-src-old": "imet-src-old"}
+    with pytest.raises(UserError, match="attach each input once"):
+        mount_points(meta, ["imet-src", "me/imet-src"], "nested", "me")
+    with pytest.raises(UserError, match="attach each input once"):
+        mount_points(meta, ["a/imet-src", "b/imet-src"], "flat", "me")
+    with pytest.raises(UserError, match="nested, flat"):
+        mount_points(meta, [], "deep", "me")
+
+
+def test_flat_layout_and_the_header_naming_it(tmp_path, data_input):
+    kernel = make_kernel(tmp_path / "k", """
+        import os
+        from pathlib import Path
+        root = Path(os.environ["IMET_KAGGLE_ROOT"])
+        print("flat", (root / "input" / "data" / "hello.txt").read_text())
+        """)
+    result = run_session(kernel, {"data": data_input}, tmp_path / "out", 1, 60, layout="flat")
+    log = result.log.read_text()
+    assert result.ok and "flat hello" in log, log
+    assert "in the flat layout (data)" in log.splitlines()[0]
 
 
 def test_chain_stops_at_max_sessions(tmp_path):
@@ -249,3 +290,17 @@ def test_output_link_and_header_name_the_local_user(tmp_path):
     header = result.log.read_text().splitlines()[0]
     assert f"{getpass.getuser()}/imet-test v2" in header and "{owner}" not in header
     assert ((tmp_path / "out" / "output") / "made.txt").read_text() == "yes"
+
+
+def test_input_names_and_the_layout_flag_are_checked_on_the_command_line(tmp_path, capsys):
+    from imet.cli import main
+    kernel = make_kernel(tmp_path / "k", "print(1)")
+    with pytest.raises(SystemExit) as exit_:
+        main(["kaggle", "run", str(kernel), "--out", str(tmp_path / "o"),
+              "--input", f"a/b/c={tmp_path}"])
+    assert exit_.value.code == 2 and "expected SLUG=PATH or OWNER/SLUG=PATH" in \
+        capsys.readouterr().err
+    assert main(["kaggle", "campaign", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "c"),
+                 "--input-layout", "flat"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--input-layout is for --emulate" in line

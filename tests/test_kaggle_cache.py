@@ -10,21 +10,23 @@ from imet.data.images import MANIFEST
 from imet.kaggle import session as image_cache, session as sessions
 
 IMET = [sys.executable, "-m", "imet"]
+# Mounted as today's Kaggle mounts a competition and a dataset (nested).
+DATA, ATTACHED = "input/competitions/imet-2019-fgvc6", "input/datasets/me/imet-cache"
 
 
 @pytest.fixture
 def kaggle(tmp_path, mini_data, monkeypatch):
     monkeypatch.delenv(image_cache.CACHE_ENV, raising=False)
     root = tmp_path / "kaggle"
-    (root / "input").mkdir(parents=True)
-    (root / "input" / "imet-2019-fgvc6").symlink_to(mini_data)
+    (root / DATA).parent.mkdir(parents=True)
+    (root / DATA).symlink_to(mini_data)
     monkeypatch.setenv("IMET_KAGGLE_ROOT", str(root))
     return root
 
 
 def prepare(root, work, *args, seconds_left=3600, resumed=False):
     work.mkdir(parents=True, exist_ok=True)
-    return image_cache.prepare(root / "input" / "imet-2019-fgvc6", ["--image-size", "32", *args],
+    return image_cache.prepare(root / DATA, ["--image-size", "32", *args],
                         seconds_left, work, root / "temp", root / "input", IMET, resumed)
 
 
@@ -46,7 +48,7 @@ def test_a_run_builds_its_cache_in_temp_keeps_its_choice_and_never_carries_it(ka
     assert json.loads((first / image_cache.CHOICE).read_text())["build"] is True
     assert "image cache: building one: 5 epochs to run" in capsys.readouterr().out
     # A user's own cache in the output, and the metrics beside it: only the metrics go on.
-    subprocess.run([*IMET, "cache", "--data", str(kaggle / "input" / "imet-2019-fgvc6"),
+    subprocess.run([*IMET, "cache", "--data", str(kaggle / DATA),
                     "--size", "32", "--split", "train", "--out", str(first / "extra" / "c"),
                     "--no-progress"], check=True, capture_output=True)
     (first / "metrics.csv").write_text("step\n1\n")
@@ -76,8 +78,8 @@ def test_a_short_run_reads_the_pngs_and_an_attached_cache_is_used(kaggle, capsys
     assert "not building one: 1 epochs to run" in capsys.readouterr().out
     prepare(kaggle, kaggle / "older", "--epochs", "20", resumed=True)  # began without a choice
     assert "not building one: the run's earlier sessions read the PNGs" in capsys.readouterr().out
-    attached = kaggle / "input" / "imet-cache"
-    subprocess.run([*IMET, "cache", "--data", str(kaggle / "input" / "imet-2019-fgvc6"),
+    attached = kaggle / ATTACHED
+    subprocess.run([*IMET, "cache", "--data", str(kaggle / DATA),
                     "--size", "32", "--split", "train", "--out", str(attached),
                     "--no-progress"], check=True, capture_output=True)
     assert prepare(kaggle, kaggle / "long", "--epochs", "20") is None

@@ -24,16 +24,21 @@ from pathlib import Path
 DEFAULT_TRAIN_ARGS = []
 N_FOLDS = 3
 ROOT = Path(os.environ["IMET_KAGGLE_ROOT"])
+OWNER = "%s"
 SLUG, VERSION = ROOT.parents[1].name, ROOT.parent.name
 def note(what):
     with open(os.environ["FAKE_RUNS"], "a") as runs:
         runs.write(f"{SLUG} {VERSION} {what} {time.time()}\\n")
 note("start")
 time.sleep(json.loads(os.environ.get("FAKE_SLEEP", "{}")).get(SLUG, 1.0))
-Path("attached.txt").write_text(" ".join(sorted(p.name for p in (ROOT / "input").iterdir())))
+# Each input where it is mounted, nested as today's Kaggle does.
+mounts = [p for pattern in ("competitions/*", "datasets/*/*", "notebooks/*/*")
+          for p in (ROOT / "input").glob(pattern)]
+Path("attached.txt").write_text(" ".join(sorted(str(p.relative_to(ROOT / "input"))
+                                                for p in mounts)))
 KIND = %r
 if KIND == "trainer":
-    previous = ROOT / "input" / SLUG / "count.txt"
+    previous = ROOT / "input" / "notebooks" / OWNER / SLUG / "count.txt"
     count = int(previous.read_text()) + 1 if previous.exists() else 1
     Path("count.txt").write_text(str(count))
     sessions = [{"session": k, "wall_s": 360.0} for k in range(1, count + 1)]
@@ -54,7 +59,7 @@ def fake_kernels(folder: Path) -> Path:
                "inference": ["{owner}/imet-trainer", "{owner}/imet-validation"]}
     for kind, kernel_sources in sources.items():
         (folder / kind).mkdir(parents=True)
-        (folder / kind / f"{kind}.py").write_text(textwrap.dedent(FAKE % kind))
+        (folder / kind / f"{kind}.py").write_text(textwrap.dedent(FAKE % (OWNER, kind)))
         meta = {"id": f"{{owner}}/imet-{kind}", "title": f"imet-{kind}",
                 "code_file": f"{kind}.py", "language": "python", "kernel_type": "script",
                 "is_private": True, "enable_gpu": False, "enable_internet": True,
@@ -126,12 +131,12 @@ def test_members_run_in_parallel_within_the_limit_and_chain_their_outputs(fake, 
     out = camp / "emulator"
     attached = {p.parts[-5] + "/" + p.parts[-4]: p.read_text()
                 for p in out.glob("*/v*/kaggle/working/attached.txt")}
-    assert attached["imet-trainer-f0/v1"] == "imet-2019-fgvc6 imet-src"
-    assert attached["imet-trainer-f0/v2"] == "imet-2019-fgvc6 imet-src imet-trainer-f0"
-    assert attached["imet-validation/v1"] == ("imet-2019-fgvc6 imet-src imet-trainer-f0 "
-                                              "imet-trainer-f1 imet-trainer-f2")
-    assert attached["imet-inference/v1"] == ("imet-2019-fgvc6 imet-src imet-trainer-f0 "
-                                             "imet-trainer-f1 imet-trainer-f2 imet-validation")
+    base = f"competitions/imet-2019-fgvc6 datasets/{OWNER}/imet-src"
+    outputs = " ".join(f"notebooks/{OWNER}/imet-trainer-f{k}" for k in range(3))
+    assert attached["imet-trainer-f0/v1"] == base
+    assert attached["imet-trainer-f0/v2"] == f"{base} notebooks/{OWNER}/imet-trainer-f0"
+    assert attached["imet-validation/v1"] == f"{base} {outputs}"
+    assert attached["imet-inference/v1"] == f"{base} {outputs} notebooks/{OWNER}/imet-validation"
     assert (camp / "submission.csv").read_text() == "id,attribute_ids\na,1\n"
     rows = table(camp)
     assert rows["f0"]["sessions"] == "2" and rows["f0"]["state"] == "finished"

@@ -6,8 +6,10 @@ budget does, but at a step this test can rely on whatever the machine's speed); 
 session, with the previous output attached as Kaggle's kernel_sources would, resumes, and the
 chain ends with a model equal, tensor for tensor, to an uninterrupted run. The time limit
 itself is tested in test_emulator.py and the budget in test_resume.py. The inference kernel runs
-with no network."""
+with no network. The inputs are mounted nested, as today's Kaggle does; the last trainer
+session, and two of the missing-input sessions, run in the flat layout of older sessions."""
 import csv
+import getpass
 import json
 import os
 import subprocess
@@ -42,11 +44,16 @@ def state_dict(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(mini_data, local_dataset, tmp_path_factory):
-    """The trainer chained over sessions of 50 steps each (120 steps in all)."""
+    """The trainer over sessions of 50 steps each (120 steps in all): two chained with their
+    inputs nested as today's Kaggle mounts them, then the third, with the second's output
+    attached, in the flat layout of older sessions (both layouts, no extra session)."""
     out = tmp_path_factory.mktemp("kaggle") / "trainer"
     inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset}
-    return run_chain(KERNELS / "trainer", inputs, out, 600, 5,
-                     env(TRAIN_ARGS + " --session-steps 50"), accelerator="none")
+    args = env(TRAIN_ARGS + " --session-steps 50")
+    chained = run_chain(KERNELS / "trainer", inputs, out, 600, 2, args, accelerator="none")
+    last = run_session(KERNELS / "trainer", {**inputs, "imet-trainer": chained[-1].output}, out,
+                       3, 600, args, accelerator="none", layout="flat")
+    return [*chained, last]
 
 
 def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, tmp_path):
@@ -115,6 +122,34 @@ def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
         assert not Path(where.strip()).is_relative_to(REPO), where
 
 
+def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained):
+    root = trained[1].output.parent
+    log = trained[1].log.read_text()
+    assert "in the nested layout (competitions/imet-2019-fgvc6, datasets/" in log.splitlines()[0]
+    # The bootstrap ran from datasets/<owner>/imet-src/; doctor named each input's folder.
+    mounts = {"competition data": "competitions/imet-2019-fgvc6",
+              "source dataset": f"datasets/{getpass.getuser()}/imet-src",
+              "previous output": f"notebooks/{getpass.getuser()}/imet-trainer"}
+    for kind, mount in mounts.items():
+        assert f"{kind + ':':<18}{root / 'input' / mount}" in log, (kind, log[:5000])
+    assert f"resuming from the attached output {root / 'input' / mounts['previous output']}" in log
+    # The fingerprint doctor names this run by (refusing another kernel's) is the engine's.
+    from imet.commands.kaggle import _fingerprint
+    summary = json.loads((trained[1].output / "run.json").read_text())
+    assert summary["config_hash"] == _fingerprint(TRAIN_ARGS + " --session-steps 50")
+
+
+def test_the_last_session_resumed_in_the_flat_layout(trained):
+    """The second session's hand-over attached at input/imet-trainer, as older sessions mount
+    it: found, carried and resumed (--resume auto) there."""
+    log = trained[2].log.read_text()
+    assert "in the flat layout (imet-2019-fgvc6, imet-src, imet-trainer)" in log.splitlines()[0]
+    root = trained[2].output.parent / "input"
+    assert f"resuming from the attached output {root / 'imet-trainer'}" in log
+    assert f"{'source dataset:':<18}{root / 'imet-src'}" in log
+    assert f"{'previous output:':<18}{root / 'imet-trainer'}" in log
+
+
 def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):
     trainer_out = trained[-1].output
     base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
@@ -146,17 +181,21 @@ def test_validation_then_offline_inference(trained, mini_data, local_dataset, tm
 
 
 def test_missing_inputs_are_named(mini_data, local_dataset, tmp_path):
+    """One line naming the input and where it was searched; the last two in the flat layout of
+    older sessions (no more sessions for it)."""
     no_data = run_session(KERNELS / "trainer", {"imet-src": local_dataset}, tmp_path / "t", 1,
                           600, env(TRAIN_ARGS), accelerator="none")
     text = no_data.log.read_text()
     assert no_data.exit_code == 2 and "imet-2019-fgvc6" in text and "Traceback" not in text
+    assert f"9 folders deep: datasets/{getpass.getuser()}/imet-src)" in text
     no_runs = run_session(KERNELS / "inference", {"imet-2019-fgvc6": mini_data,
                                                   "imet-src": local_dataset},
-                          tmp_path / "i", 1, 600, env(EVAL_ARGS), accelerator="none")
+                          tmp_path / "i", 1, 600, env(EVAL_ARGS), accelerator="none",
+                          layout="flat")
     text = no_runs.log.read_text()
     assert no_runs.exit_code == 2 and "model.pt" in text and "Traceback" not in text
     no_source = run_session(KERNELS / "trainer", {"imet-2019-fgvc6": mini_data}, tmp_path / "n",
-                            1, 600, env(TRAIN_ARGS), accelerator="none")
+                            1, 600, env(TRAIN_ARGS), accelerator="none", layout="flat")
     assert no_source.exit_code != 0 and "imet-src" in no_source.log.read_text()
 
 

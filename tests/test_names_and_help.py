@@ -147,11 +147,11 @@ def test_a_local_doctor_lists_only_this_runs_earlier_outputs(mini_data, tmp_path
 
     def earlier(out):
         report = diagnose(Settings(data=mini_data, out=out, device="cpu"))
-        return next(line for line in report.lines if line.startswith("earlier outputs:"))
+        return next(line for line in report.lines if line.startswith("previous output:"))
     # a checkout where `make demo` ran: its runs are not this run's past
     (tmp_path / "demo" / "work" / "trainer" / "v1").mkdir(parents=True)
     (tmp_path / "demo" / "work" / "trainer" / "v1" / "run.json").write_text("{}")
-    assert earlier(tmp_path).endswith("none (a new run)")
+    assert earlier(tmp_path).startswith("previous output: none, a new run")
     run = tmp_path / "demo" / "work" / "trainer" / "v1"
     assert earlier(run).endswith(str(run))
 

@@ -438,3 +438,35 @@ def test_download_counter_counts_wheels_pip_finds_locally():
     ]
     names = [n for n in map(wheelfetch.fetched_name, transcript) if n]
     assert names == ["albucore==0.0.24", "annotated_types-0.8.0-py3-none-any.whl"]
+
+
+# Where the source dataset sits below /kaggle/input: older sessions (flat), today's Kaggle
+# (nested), and the deepest either search goes (6 folders).
+SOURCE_MOUNTS = ["imet-src", "datasets/me/imet-src", "datasets/me/imet-src/a/b/c"]
+
+
+@pytest.mark.parametrize("kernel", ["trainer", "validation", "inference"])
+def test_each_kernel_finds_the_bootstrap_from_any_depth(tmp_path, kernel):
+    """The kernel runs the first imet_bootstrap.py it finds, shallowest first, and the
+    bootstrap itself finds its dataset at the same depths; one deeper is not searched."""
+    root = tmp_path / "kaggle"
+    for mount in SOURCE_MOUNTS + ["datasets/me/imet-src/a/b/c/d"]:
+        folder = root / "input" / mount
+        folder.mkdir(parents=True, exist_ok=True)
+    script = REPO / "kernels" / kernel / f"{kernel}.py"
+    for mount in [*reversed(SOURCE_MOUNTS), None]:
+        for stale in (root / "input").rglob("imet_bootstrap.py"):
+            stale.unlink()
+        deep = root / "input" / (mount or "datasets/me/imet-src/a/b/c/d")
+        (deep / "imet_bootstrap.py").write_text("import sys\nprint('ran', __file__)\nsys.exit(3)\n")
+        (deep / "MANIFEST.json").write_text(json.dumps({"format": "imet-dataset"}))
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              env={**os.environ, "IMET_KAGGLE_ROOT": str(root)}, timeout=60)
+        if mount:
+            assert proc.returncode == 3 and f"ran {deep / 'imet_bootstrap.py'}" in proc.stdout
+            assert bootstrap.find_dataset(root / "input") == deep
+        else:
+            assert proc.returncode == 1 and "imet-src dataset is not attached" in proc.stderr
+            with pytest.raises(bootstrap.BootstrapError):
+                bootstrap.find_dataset(root / "input")
+        (deep / "MANIFEST.json").unlink()

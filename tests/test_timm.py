@@ -207,3 +207,26 @@ def test_a_fixed_size_vit_takes_imets_image_size_and_splits_its_blocks():
     assert {"patch_embed.proj.weight", "blocks.5.mlp.fc2.bias"} <= early
     assert not any(n.startswith(("blocks.6.", "blocks.11.", "norm.")) for n in early)
     assert model.info["mean"] == [0.5, 0.5, 0.5]  # its pretrained_cfg, not ImageNet's
+
+
+# Where the weights dataset is mounted: today's Kaggle (nested), and older sessions (flat).
+WEIGHTS_MOUNTS = {"nested": "datasets/me/imet-weights", "flat": "imet-weights"}
+
+
+@pytest.mark.parametrize("layout", WEIGHTS_MOUNTS)
+def test_the_weights_dataset_is_found_under_either_layout(tmp_path, layout):
+    """Its timm hub cache (hub/models--timm--<name>/snapshots/<rev>/), and a folder holding
+    model.safetensors and its config.json, found from the input root of either layout."""
+    from imet.models.weights import resolve_weights
+    root = tmp_path / "input"
+    dataset = root / WEIGHTS_MOUNTS[layout]
+    hub = write_hub_cache(dataset / "hub", official_like_state())
+    assert resolve_weights(ARCH, search_roots=[root], allow_download=False) == hub
+    shutil.rmtree(dataset / "hub")
+    folder = dataset / MODEL
+    folder.mkdir()
+    safetensors_torch.save_file(official_like_state(2), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(
+        {"architecture": "resnet18", "pretrained_cfg": {"tag": "a1_in1k"}}))
+    assert resolve_weights(ARCH, search_roots=[root], allow_download=False) == \
+        folder / "model.safetensors"

@@ -39,8 +39,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
         "Report Python, torch, its CUDA build and arch list; every GPU (name, compute "
         "capability, memory, whether this torch has kernels for it, proved by a fp16 "
         "conv+matmul under autocast, bf16 too where the GPU has it); free disk in --out against "
-        "the checkpoints of --arch (--keep generations and the one being written); the "
-        "competition data, imet-src, the weights of --arch and earlier outputs of the run; "
+        "the checkpoints of --arch (--keep generations and the one being written); the folder "
+        "found for each input (competition data, source dataset, the weights of --arch, the "
+        "run's previous output), or which attached inputs were searched and how deep; "
         "whether Telegram is configured (never the token). Exit 0 when nothing blocks the "
         "session (the training checks only with --arch); otherwise one line per blocking problem "
         "and exit 2. The kernels run it first.")
@@ -64,6 +65,11 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
                         help="send the blocking problems as a Telegram crash message (default "
                         "off; the kernels pass auto)")
     parser.add_argument("--kernel", help="the kernel's name, for the Telegram message")
+    parser.add_argument("--kernel-id", metavar="OWNER/SLUG", help="the trainer kernel's id: an "
+                        "attached output of another kernel is not this run's previous output, "
+                        "and one handing over is a blocking problem")
+    parser.add_argument("--train-args", metavar="ARGS", help="the run's `imet train` arguments "
+                        "(one quoted string), whose fingerprint names this run")
     parser.add_argument("--keep", type=int, metavar="N", help="checkpoint generations the run "
                         "keeps, as `imet train --keep` (default: its default)")
 
@@ -72,7 +78,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     from imet.kaggle.session import Settings, diagnose, send_crash
     report = diagnose(Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
                                arch=args.arch, pretrained=args.pretrained, device=args.device,
-                               accelerator=args.accelerator, keep=args.keep))
+                               accelerator=args.accelerator, keep=args.keep,
+                               kernel_id=args.kernel_id, fingerprint=_fingerprint(args.train_args)))
     print("\n".join(report.lines), flush=True)
     if not report.problems:
         session = f"the {args.kernel} session" if args.kernel else "this session"
@@ -87,12 +94,36 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 2
 
 
+def _fingerprint(train_args: str | None) -> str | None:
+    """The fingerprint of the run `imet train` arguments describe, as far as they decide it
+    (--extra, --init and --teacher add their files' later); None when they are refused."""
+    if train_args is None:
+        return None
+    import shlex
+
+    from imet.commands.train import config_from_args
+    from imet.config import train_parser
+    try:
+        known, _ = train_parser().parse_known_args(shlex.split(train_args))
+        return config_from_args(known, required=()).fingerprint()
+    except UserError:
+        return None  # `imet train` says why, in its own line
+
+
 def input_source(text: str) -> tuple[str, Path]:
-    """An `--input SLUG=PATH` value (kaggle run, kaggle campaign --emulate)."""
-    slug, sep, path = text.partition("=")
-    if not sep or not slug or not path:
-        raise argparse.ArgumentTypeError(f"--input {text!r}: expected SLUG=PATH")
-    return slug, Path(path)
+    """An `--input [OWNER/]SLUG=PATH` value (kaggle run, kaggle campaign --emulate)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path or name.count("/") > 1 or "" in name.split("/"):
+        raise argparse.ArgumentTypeError(f"--input {text!r}: expected SLUG=PATH or "
+                                         "OWNER/SLUG=PATH")
+    return name, Path(path)
+
+
+def add_layout(parser) -> None:
+    from imet.kaggle import LAYOUTS
+    parser.add_argument("--input-layout", choices=LAYOUTS, default=LAYOUTS[0],
+                        help="how the emulated sessions mount their inputs: nested (default), as "
+                        "today's Kaggle does, or flat, each at input/<slug> as older sessions did")
 
 
 def existing_inputs(given: list[tuple[str, Path]]) -> dict[str, Path]:
@@ -129,7 +160,9 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kaggle_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run a kernel folder in a local Kaggle-like root",
                          description="Run KERNEL_DIR's script as Kaggle would: inputs mounted "
-                         "read-only under input/<slug>, cwd in working/, no network when its "
+                         "read-only as today's Kaggle mounts them (input/competitions/<slug>, "
+                         "input/datasets/<owner>/<slug>, input/notebooks/<owner>/<slug>; "
+                         "--input-layout flat: input/<slug>), cwd in working/, no network when its "
                          "metadata turns internet off, killed at the time limit. Each session's "
                          "working/ is kept as OUT/v<N>/kaggle/working.",
                          epilog="IMET_KERNEL_ARGS, when set, replaces the kernel's own arguments "
@@ -138,8 +171,12 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                          "a trainer rehearses small with, e.g., IMET_KERNEL_ARGS=\"--arch "
                          "tiny_cnn --epochs 2 --session-steps 3\" (a handover every 3 steps).")
     run.add_argument("kernel_dir", type=Path, help="folder with kernel-metadata.json and script")
-    run.add_argument("--input", type=input_source, action="append", default=[], metavar="SLUG=PATH",
-                     help="attach PATH as /kaggle/input/SLUG (repeatable)")
+    run.add_argument("--input", type=input_source, action="append", default=[],
+                     metavar="[OWNER/]SLUG=PATH", help="attach PATH as the input SLUG "
+                     "(repeatable): the competition, dataset or kernel source of the metadata "
+                     "with that slug, whose owner it takes unless OWNER is given; a slug the "
+                     "metadata does not name is a dataset of the kernel's owner")
+    add_layout(run)
     run.add_argument("--time-limit", type=duration("--time-limit"), default=DEFAULT_TIME_BUDGET,
                      metavar="DURATION", help="session limit: seconds or 12h/30m/90s (default "
                      "%(default)s, today's Kaggle sessions)")
@@ -251,6 +288,7 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
         "arch without ImageNet weights, --no-pretrained) need not; a member that needs weights "
         "then looks for them as `imet train` does (input roots, caches, the network of a kernel "
         "with internet on), and its doctor stops the session in one line when they cannot be had")
+    add_layout(home)
     home.add_argument("--session-limit", type=duration("--session-limit"), default=None,
                       metavar="DURATION", help="with --emulate: kill each session after this long "
                       "(seconds or 12h/30m/90s; default the plan's session_hours)")
@@ -264,7 +302,8 @@ def run_kaggle(args: argparse.Namespace) -> int:
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
     results = run_chain(args.kernel_dir, existing_inputs(args.input), args.out, args.time_limit,
-                        args.chain, python=args.python, accelerator=args.accelerator)
+                        args.chain, python=args.python, accelerator=args.accelerator,
+                        layout=args.input_layout)
     for r in results:
         state = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
         more = ", handed over" if r.handover else ""
@@ -371,13 +410,16 @@ def telegram():
 
 
 def run_kaggle_campaign(args: argparse.Namespace) -> int:
+    from imet.kaggle import LAYOUTS
     from imet.kaggle.campaign import plan as campaign_plan, remote
     from imet.kaggle.campaign.driver import Campaign
     from imet.kaggle.campaign.state import load_state
     from imet.kaggle.render import templates_in
-    if not args.emulate and (args.input or args.session_limit is not None):
-        raise UserError(f"{'--input' if args.input else '--session-limit'} is for --emulate; "
-                        "add --emulate to rehearse the campaign at home")
+    home_only = ["--input"] * bool(args.input) + ["--session-limit"] * (
+        args.session_limit is not None) + ["--input-layout"] * (args.input_layout != LAYOUTS[0])
+    if not args.emulate and home_only:
+        raise UserError(f"{home_only[0]} is for --emulate; add --emulate to rehearse the "
+                        "campaign at home")
     plan = campaign_plan.load(args.plan, args.kernels, check_args)
     chosen = render_accelerators(plan.settings, args.accelerator, list(templates_in(args.kernels)))
     backend = _emulator(args, plan, chosen) if args.emulate else None
@@ -410,8 +452,8 @@ def _emulator(args: argparse.Namespace, plan, chosen: dict):
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
                         f"gives; add --input {missing[0]}=PATH"
                         + (" (and the others)" if len(missing) > 1 else ""))
-    if weights not in inputs:
+    if weights not in {slug_of(name) for name in inputs}:
         print(f"imet kaggle campaign: no --input {weights}=PATH: the sessions run without the "
               "weights dataset", flush=True)
     limit = args.session_limit if args.session_limit is not None else plan.session_hours * 3600
-    return EmulatorBackend(args.out / "emulator", inputs, limit)
+    return EmulatorBackend(args.out / "emulator", inputs, limit, layout=args.input_layout)

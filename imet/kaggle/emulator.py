@@ -1,9 +1,14 @@
 """A local Kaggle: run a kernel folder the way Kaggle runs a script kernel.
 
-Each session (a kernel "version") gets its own root with input/<slug>/ mounted read-only and
-an empty working/ (its cwd; `IMET_KAGGLE_ROOT` points at the root), no network when the
-metadata turns internet off, and is killed at the time limit. working/ is kept as the version's
-output, attached to a chain's next session under the kernel's slug, as `kernel_sources` does.
+Each session (a kernel "version") gets its own root with its inputs mounted read-only under
+input/ and an empty working/ (its cwd; `IMET_KAGGLE_ROOT` points at the root), no network when
+the metadata turns internet off, and is killed at the time limit. working/ is kept as the
+version's output, attached to a chain's next session as the kernel's own output, as
+`kernel_sources` does.
+
+The inputs are mounted as today's Kaggle mounts them (`nested`): the competition at
+input/competitions/<slug>/, a dataset at input/datasets/<owner>/<slug>/, a kernel's output at
+input/notebooks/<owner>/<slug>/; or, as older sessions did (`flat`), each at input/<slug>/.
 
 The script runs in a fresh venv that sees only the packages of Kaggle's image (the platform
 view, end of this module), taken from `python`, without imet or the wheels the attached datasets
@@ -28,9 +33,9 @@ from pathlib import Path
 
 from imet.errors import HANDOVER_FILE as HANDOVER, UserError
 from imet.fileio import atomic_symlink, move_folder_into_place, read_json_object
-from imet.kaggle import platform_env
+from imet.kaggle import COMPETITIONS, DATASETS, LAYOUTS, NOTEBOOKS, platform_env
 from imet.kaggle.render import (OWNER, canonical, read_metadata, requested_accelerator,
-                                with_accelerator, with_kernel_id)
+                                slug_of, with_accelerator, with_kernel_id)
 from imet.kaggle.session import ROOT_ENV
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
@@ -40,6 +45,7 @@ NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", 
 
 # OUT/output: the latest session's working folder
 OUTPUT_LINK = "output"
+DEFAULT_LAYOUT = LAYOUTS[0]
 
 
 @dataclass
@@ -71,17 +77,50 @@ def _isolation_prefix(mounts: list[tuple[Path, Path]], internet: bool) -> list[s
             "kernel"]
 
 
-def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
+def mount_points(meta: dict, names, layout: str, user: str) -> dict[str, str]:
+    """input name -> where it is mounted below input/. A name is a slug or `owner/slug`; its kind
+    and owner come from the metadata's source that has its slug (competition_sources,
+    dataset_sources, kernel_sources), an owner given in the name winning; a name the metadata
+    does not attach is a dataset of the kernel's owner (`user` stands for the template's)."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--input-layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    def owner_of(ref: str) -> str:
+        return ref.rpartition("/")[0].replace(OWNER, user) or user
+    sources = {slug_of(ref): (COMPETITIONS, "") for ref in meta["competition_sources"]}
+    sources.update({slug_of(ref): (DATASETS, owner_of(ref)) for ref in meta["dataset_sources"]})
+    sources.update({slug_of(ref): (NOTEBOOKS, owner_of(ref)) for ref in meta["kernel_sources"]})
+    points: dict[str, str] = {}
+    for name in names:
+        given_owner, _, slug = name.rpartition("/")
+        if not slug or slug in (".", "..") or "/" in given_owner or given_owner in (".", ".."):
+            raise UserError(f"--input {name}=...: expected SLUG=PATH or OWNER/SLUG=PATH")
+        kind, owner = sources.get(slug, (DATASETS, owner_of(meta["id"])))
+        if layout == "flat":
+            point = slug
+        elif kind == COMPETITIONS:
+            point = f"{COMPETITIONS}/{slug}"
+        else:
+            point = f"{kind}/{given_owner or owner}/{slug}"
+        if point in points.values():
+            other = next(k for k, v in points.items() if v == point)
+            raise UserError(f"--input {name}: mounted at input/{point}, as --input {other} is; "
+                            "attach each input once")
+        points[name] = point
+    return points
+
+
+def _prepare_root(session_dir: Path, inputs: dict[str, Path], points: dict[str, str],
+                  isolate: bool):
     root = session_dir / "kaggle"
     (root / "working").mkdir(parents=True)
     (root / "input").mkdir()
     (root / "temp").mkdir()  # Kaggle's scratch folder: written in the session, never kept
     mounts = []
-    for slug, src in inputs.items():
+    for name, src in inputs.items():
         src = Path(src).resolve()
         if not src.exists():
-            raise UserError(f"--input {slug}={src}: no such file or folder")
-        dst = root / "input" / slug
+            raise UserError(f"--input {name}={src}: no such file or folder")
+        dst = root / "input" / points[name]
         if isolate:
             dst.mkdir(parents=True)
             mounts.append((src, dst))
@@ -94,8 +133,9 @@ def _prepare_root(session_dir: Path, inputs: dict[str, Path], isolate: bool):
 def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: int,
                 time_limit: float, env: dict[str, str] | None = None,
                 python: str = sys.executable, accelerator: str | None = None,
-                echo: bool = True) -> SessionResult:
-    """`accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
+                echo: bool = True, layout: str = DEFAULT_LAYOUT) -> SessionResult:
+    """`inputs`: name (slug or owner/slug) -> path, mounted as `layout` says (mount_points).
+    `accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
     --accelerator` does (the session gets this machine's, whatever it asked for). `python`
     stands in for Kaggle's image. `echo`: the session's lines go to stdout too, not only to its
     log (a campaign's parallel sessions keep to their logs)."""
@@ -104,6 +144,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
     meta, code = with_accelerator(meta, code, asked)
     code = with_kernel_id(meta, code, getpass.getuser())
+    points = mount_points(meta, inputs, layout, getpass.getuser())
     # Absolute from here on: the mounts and the kernel run with other working folders.
     session_dir = Path(out).resolve() / f"v{version}"
     if session_dir.exists():
@@ -112,7 +153,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     if not meta["enable_internet"] and not want_isolation:
         raise UserError(f"{kernel_dir}: this kernel runs with internet off, which the emulator "
                         "enforces with `unshare -n`: run it as root on Linux")
-    root, mounts = _prepare_root(session_dir, inputs, want_isolation)
+    root, mounts = _prepare_root(session_dir, inputs, points, want_isolation)
     script = root / "src" / meta["code_file"]
     script.parent.mkdir()
     script.write_text(code, encoding="utf-8")
@@ -125,7 +166,8 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     log_path, start, timed_out = session_dir / "log.txt", time.monotonic(), False
     header = (f"emulator: {meta['id'].replace(OWNER, getpass.getuser())} v{version}: internet "
               f"{'on' if meta['enable_internet'] else 'off (unshare -n)'}, inputs "
-              f"{'read-only' if prefix else 'linked'} ({', '.join(inputs) or 'none'}), "
+              f"{'read-only' if prefix else 'linked'} in the {layout} layout "
+              f"({', '.join(points.values()) or 'none'}), "
               f"limit {time_limit:.0f}s, accelerator {asked}; python: a fresh environment "
               f"with the image's packages of {python}\n").encode()
     with open(log_path, "wb") as log:

@@ -1,9 +1,10 @@
 """Inside a Kaggle session: where things are, `imet doctor`, the GPU probe, the shell steps,
 each kernel's session and the trainer's image cache choice.
 
-Inputs appear at /kaggle/input/<slug>/ or under /kaggle/input/{competitions,datasets,
-notebooks,models}/…/<slug>/, so folders are found by what they hold, never by a fixed path.
-`IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it).
+Today's Kaggle mounts each attached input nested by kind (/kaggle/input/competitions/<slug>/,
+datasets/<owner>/<slug>/, notebooks/<owner>/<slug>/, models/…); older sessions mounted each
+at /kaggle/input/<slug>/. Folders are found by what they hold, under either layout, never by a
+fixed path. `IMET_KAGGLE_ROOT` replaces /kaggle (the local emulator sets it).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import shutil
 import sys
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -29,17 +31,19 @@ from imet.data.images import CACHE_ENV, find_cache, read_manifest
 from imet.device import fast_bf16
 from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,
                          DataError, UserError)
-from imet.fileio import atomic_write_text
+from imet.fileio import atomic_write_text, read_json_object
+from imet.kaggle import INPUT_LEVELS
 from imet.kaggle.render import EXTRA_AUTO, TPUS, asks_extra_auto, runs_on, wants_gpu
 from imet.models.modelfile import MODEL_FILE
 from imet.probfile import ENSEMBLE_PROBS
-from imet.walk import walk_folders
+from imet.walk import INPUT_DEPTH, walk_folders
 
 ROOT_ENV = "IMET_KAGGLE_ROOT"
 # The kernel's id (owner/slug) for `imet train`'s run_start, from its script's KERNEL line.
 KERNEL_ENV = "IMET_KERNEL"
 # The inference kernel's pseudo-labels in its working folder (found by find_extra_sets).
 PSEUDO_DIR = "pseudo"
+RUN_JSON = "run.json"  # imet.observe.files.RUN_JSON, without importing the observers here
 
 
 def kaggle_root(env: Mapping[str, str] | None = None) -> Path:
@@ -73,31 +77,131 @@ def find_folders_with(root: Path, *names: str) -> list[Path]:
     return _find(root, lambda files, _: all(name in files for name in names))
 
 
+class NotAttached(UserError):
+    """An input searched for and not found (a refusal of what was found is a plain UserError)."""
+
+
+def attached_inputs(root: Path) -> list[Path]:
+    """The inputs attached under root, each where it is mounted: nested by kind (INPUT_LEVELS),
+    or a folder of root itself (the flat layout, or a root that is not Kaggle's)."""
+    if not root.is_dir():
+        return []
+    found: list[Path] = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir():
+            levels = INPUT_LEVELS.get(child.name)
+            found += (sorted(p for p in child.glob("/".join("*" * levels)) if p.is_dir())
+                      if levels else [child])
+    return found
+
+
+def input_of(folder: Path, root: Path) -> Path:
+    """The attached input under root that holds `folder` (itself when none does)."""
+    return next((attached for attached in attached_inputs(root)
+                 if attached == folder or attached in folder.parents), folder)
+
+
+def _named(folder: Path, root: Path) -> str:
+    return str(folder.relative_to(root)) if folder.is_relative_to(root) and folder != root \
+        else str(folder)
+
+
+def searched(root: Path) -> str:
+    """Which attached inputs a search of root saw and how deep: a missing input's words."""
+    inputs = attached_inputs(root)
+    names = ", ".join(_named(p, root) for p in inputs) or "nothing attached"
+    return f"searched {root}, {INPUT_DEPTH} folders deep: {names}"
+
+
+def _in_one_input(found: list[Path], root: Path, what: str, fix: str) -> Path:
+    """The shallowest of `found` when one attached input holds them all (copies inside it are
+    fine); a refusal naming the inputs when two do."""
+    holders = list(dict.fromkeys(input_of(folder, root) for folder in found))
+    if len(holders) > 1:
+        raise UserError(f"{what} is in {len(holders)} inputs, "
+                        f"{' and '.join(_named(h, root) for h in holders)} ({searched(root)}); "
+                        f"{fix}")
+    return found[0]
+
+
 def find_competition_data(root: Path | None = None) -> Path:
     """The folder holding the competition's files (labels.csv, sample_submission.csv)."""
     root = input_root() if root is None else root
     found = find_folders_with(root, "labels.csv", "sample_submission.csv")
     if not found:
-        raise UserError(f"no competition data under {root}: no folder holds labels.csv and "
-                        "sample_submission.csv; attach the imet-2019-fgvc6 competition "
-                        "(competition_sources in kernel-metadata.json)")
-    return found[0]
+        raise NotAttached(f"no competition data under {root}: no folder holds labels.csv and "
+                          f"sample_submission.csv ({searched(root)}); attach the "
+                          "imet-2019-fgvc6 competition (competition_sources in "
+                          "kernel-metadata.json)")
+    return _in_one_input(found, root, "competition data (labels.csv and sample_submission.csv)",
+                         "attach only the imet-2019-fgvc6 competition, or pass --data")
+
+
+def _dataset_version(folder: Path) -> str:
+    """The imet version and source commit a source dataset's MANIFEST.json names."""
+    manifest = read_json_object(folder / "MANIFEST.json") or {}
+    imet = next((p.get("version") for p in manifest.get("packages", [])
+                 if p.get("name") == "imet"), None)
+    commit = str((manifest.get("source") or {}).get("git_commit") or "")[:12]
+    return f"imet {imet or '?'}" + (f" of {commit}" if commit else "")
 
 
 def find_source_dataset(root: Path) -> Path:
-    """The imet source dataset (the folder holding MANIFEST.json and the bootstrap)."""
+    """The imet source dataset (the folder holding MANIFEST.json and the bootstrap); refused
+    when two attached inputs hold different versions of it (which one the bootstrap installed
+    would be chance)."""
     found = find_folders_with(root, "MANIFEST.json", "imet_bootstrap.py")
     if not found:
-        raise UserError(f"the imet source dataset is not attached: no MANIFEST.json with "
-                        f"imet_bootstrap.py under {root}; build it with `python "
-                        "packaging/build_dataset.py`, upload it and add it to dataset_sources")
+        raise NotAttached(f"the imet source dataset is not attached: no MANIFEST.json with "
+                          f"imet_bootstrap.py under {root} ({searched(root)}); build it with "
+                          "`python packaging/build_dataset.py`, upload it and add it to "
+                          "dataset_sources")
+    versions = {(folder / "MANIFEST.json").read_bytes(): folder for folder in reversed(found)}
+    if len(versions) > 1:
+        named = [f"{_named(input_of(f, root), root)} ({_dataset_version(f)})"
+                 for f in sorted(versions.values(), key=found.index)]
+        raise UserError(f"the imet source dataset is attached in {len(named)} versions: "
+                        f"{' and '.join(named)} ({searched(root)}); attach one version of "
+                        "imet-src in dataset_sources")
     return found[0]
 
 
-def find_previous_output(root: Path | None = None) -> list[Path]:
-    """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json."""
+def refuse_two_source_versions() -> None:
+    """A session's check of its source datasets: two versions attached are refused before
+    anything is written; none attached is the bootstrap's to say (and the in-process sessions
+    of the tests run the tree's imet)."""
+    with suppress(NotAttached):
+        find_source_dataset(input_root())
+
+
+def _run_of(folder: Path) -> tuple[set[str], str | None]:
+    """(the kernels a run output's run.json names, its run's fingerprint)."""
+    run = read_json_object(folder / RUN_JSON) or {}
+    kernels = {s.get("kernel") for s in run.get("sessions", []) if isinstance(s, dict)}
+    return kernels - {None, ""}, run.get("config_hash")
+
+
+def find_previous_output(root: Path | None = None, kernel: str | None = None,
+                         fingerprint: str | None = None) -> list[Path]:
+    """Earlier sessions' outputs of a run: folders with a handover note, else with a run.json.
+    With `kernel` (this kernel's id), only its own: an output whose run.json names only other
+    kernels is another run's (an --init model, say), never resumed nor carried; one handing
+    over looks like this run's previous output and is refused, naming both runs' fingerprints
+    (`fingerprint`: this run's, where the caller knows it)."""
     root = input_root() if root is None else root
-    return find_folders_with(root, HANDOVER) or find_folders_with(root, "run.json")
+    found = find_folders_with(root, HANDOVER) or find_folders_with(root, RUN_JSON)
+    if kernel is None:
+        return found
+    own = [folder for folder in found if not (kernels := _run_of(folder)[0]) or kernel in kernels]
+    foreign = [folder for folder in found if folder not in own and (folder / HANDOVER).is_file()]
+    if foreign and not own:
+        kernels, theirs = _run_of(foreign[0])
+        raise UserError(
+            f"{_named(input_of(foreign[0], root), root)} holds the output of another kernel's "
+            f"run handing over ({', '.join(sorted(kernels))}: run {theirs or '?'}), not of this "
+            f"kernel {kernel} (run {fingerprint or '?'}) ({searched(root)}); attach this "
+            "kernel's own output in kernel_sources, not another's")
+    return own
 
 
 def find_extra_sets(root: Path | None = None) -> list[Path]:
@@ -129,6 +233,8 @@ class Settings:
     device: str = "auto"
     accelerator: str | None = None  # what the kernel asked for; None: not in a kernel
     keep: int | None = None  # checkpoint generations kept (None: imet train's default)
+    kernel_id: str | None = None  # owner/slug: only its own outputs are the previous output
+    fingerprint: str | None = None  # the run's, named when another run's output is refused
 
 
 @dataclass
@@ -206,7 +312,8 @@ def _check_gpus(s: Settings, report: Report) -> None:
 
 
 def _check_inputs(s: Settings, report: Report) -> int:
-    """Reports the inputs found; returns the label count (for the checkpoint estimate)."""
+    """Reports the folder found for each kind of input, or where it was searched; returns the
+    label count (for the checkpoint estimate)."""
     roots, data = s.input_roots, None
     try:
         data = find_competition_data(s.data) if s.data else _first(find_competition_data, roots)
@@ -214,14 +321,21 @@ def _check_inputs(s: Settings, report: Report) -> int:
     except UserError as err:
         report.problems.append(str(err))
     try:
-        report.add("imet-src", _first(find_source_dataset, roots))
-    except UserError:
-        report.add("imet-src", f"not attached (searched {', '.join(map(str, roots)) or '-'})")
+        report.add("source dataset", _first(find_source_dataset, roots))
+    except NotAttached:
+        report.add("source dataset", "not attached (" + _searched_all(roots) + ")")
+    except UserError as err:
+        report.problems.append(str(err))
     # The run's own folder, not what lies below it: `imet doctor` in a checkout would list
     # every run under it (demo/, runs/) as this run's past.
     own = [s.out] if any((s.out / name).is_file() for name in (HANDOVER, "run.json")) else []
-    earlier = own + [p for root in roots for p in find_previous_output(root)]
-    report.add("earlier outputs", ", ".join(map(str, earlier[:3])) or "none (a new run)")
+    try:
+        earlier = own + [p for root in roots
+                         for p in find_previous_output(root, s.kernel_id, s.fingerprint)]
+        report.add("previous output", ", ".join(map(str, earlier[:3])) or
+                   "none, a new run (" + _searched_all(roots) + ")")
+    except UserError as err:
+        report.problems.append(str(err))
     if data is None:
         return DEFAULT_CLASSES
     from imet.data.labels import CompetitionLayout, read_labels
@@ -232,14 +346,19 @@ def _check_inputs(s: Settings, report: Report) -> int:
         return DEFAULT_CLASSES
 
 
+def _searched_all(roots: list[Path]) -> str:
+    return "; ".join(searched(root) for root in roots) or "no --input-root searched"
+
+
 def _first(find, roots: list[Path]):
-    """The first root's answer of `find`; the last root's error when none has it."""
-    error = UserError("no --data and no --input-root to search for the competition data; pass "
-                      "--data DIR (on Kaggle: attach imet-2019-fgvc6)")
+    """The first root's answer of `find`; the last root's error when none has it (a refusal of
+    what a root holds is not passed over)."""
+    error = NotAttached("no --data and no --input-root to search for the competition data; pass "
+                        "--data DIR (on Kaggle: attach imet-2019-fgvc6)")
     for root in roots:
         try:
             return find(root)
-        except UserError as err:
+        except NotAttached as err:
             error = err
     raise error
 
@@ -277,9 +396,10 @@ def _check_weights(s: Settings, report: Report) -> None:
     except UserError as err:
         urls = get_spec(s.arch).urls()
         if urls and network_up(urls[0]):
-            report.add("weights", f"not found; downloaded from {urls[0]} at the start")
+            report.add("weights", f"not found ({_searched_all(s.input_roots)}); downloaded "
+                       f"from {urls[0]} at the start")
         else:
-            report.problems.append(str(err))
+            report.problems.append(f"{err} ({_searched_all(s.input_roots)})")
 
 
 def _check_telegram(s: Settings, report: Report) -> None:
@@ -510,12 +630,14 @@ def _carry_previous_output(previous: Path, work: Path) -> None:
 
 
 def doctor(kernel: str, data: Path, accelerator: str | None, kernel_args: list[str],
-           arch: str | None = None) -> int:
+           arch: str | None = None, kernel_id: str | None = None) -> int:
     """`imet doctor` as a session's first step, in its own process (CUDA stays out of the
-    kernel's): non-zero when the session cannot do its job. `arch`: when the args name none."""
+    kernel's): non-zero when the session cannot do its job. `arch`: when the args name none.
+    `kernel_id`: a trainer's, whose previous output must be its own run's."""
     asked = ["--accelerator", accelerator] if accelerator is not None else []
+    run = ["--kernel-id", kernel_id, "--train-args", shlex.join(kernel_args)] if kernel_id else []
     return run_step(_imet("doctor", "--data", data, "--input-root", input_root(), "--out",
-                          working_dir(), "--kernel", kernel, *asked,
+                          working_dir(), "--kernel", kernel, *asked, *run,
                           *doctor_flags(kernel_args, arch)))
 
 
@@ -541,11 +663,12 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
     if kernel:  # this process is the kernel's: the training it starts inherits it
         os.environ[KERNEL_ENV] = kernel
     data = find_competition_data()
-    if code := doctor("trainer", data, accelerator, train_args, TrainConfig.arch):
+    refuse_two_source_versions()
+    if code := doctor("trainer", data, accelerator, train_args, TrainConfig.arch, kernel):
         return code
     train_args = with_extra_found(train_args)
     work = working_dir()
-    previous = find_previous_output(input_root())
+    previous = find_previous_output(input_root(), kernel)
     if previous:
         print(f"resuming from the attached output {previous[0]}", flush=True)
         _carry_previous_output(previous[0], work)
@@ -578,13 +701,14 @@ def trainer(started: float, session_limit: str, train_args: list[str], n_folds: 
 def validation(started: float, session_limit: str, validate_args: list[str],
                accelerator: str | None = None) -> int:
     data = find_competition_data()
+    refuse_two_source_versions()
     if code := doctor("validation", data, accelerator, validate_args):
         return code
     runs = _runs()
     folds = find_folders_with(input_root(), "folds.csv")
     if not folds:
-        raise UserError(f"no folds.csv under {input_root()}: attach the trainer kernel's output "
-                        "(kernel_sources)")
+        raise NotAttached(f"no folds.csv under {input_root()} ({searched(input_root())}): "
+                          "attach the trainer kernel's output (kernel_sources)")
     left = _seconds_left(started, session_limit)
     return run_step(_imet("validate", "--data", data, "--folds", folds[0] / "folds.csv",
                           "--run", *runs, "--out", working_dir(), "--time-limit", f"{left:.0f}",
@@ -597,6 +721,7 @@ def inference(started: float, session_limit: str, predict_args: list[str],
     test images as an extra training set in working/pseudo/ (for `--extra auto`), from the
     probabilities the prediction saved (no second inference)."""
     data = find_competition_data()
+    refuse_two_source_versions()
     if code := doctor("inference", data, accelerator, predict_args):
         return code
     runs = _runs()
@@ -620,8 +745,9 @@ def inference(started: float, session_limit: str, predict_args: list[str],
 def _runs() -> list[Path]:
     runs = find_folders_with(input_root(), MODEL_FILE)
     if not runs:
-        raise UserError(f"no trained model (model.pt) under {input_root()}: attach the trainer "
-                        "kernel's output (kernel_sources) or a dataset of runs")
+        raise NotAttached(f"no trained model (model.pt) under {input_root()} "
+                          f"({searched(input_root())}): attach the trainer kernel's output "
+                          "(kernel_sources) or a dataset of runs")
     return runs
 
 

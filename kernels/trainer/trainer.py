@@ -31,8 +31,10 @@ KERNEL = None
 
 
 def bootstrap() -> None:
-    """Install imet and its pinned wheels from the attached imet-src dataset, offline."""
-    for depth in range(5):
+    """Install imet and its pinned wheels from the attached imet-src dataset, offline. It is
+    at input/imet-src/ in older sessions, input/datasets/<owner>/imet-src/ today: searched
+    shallowest first, as deep as the bootstrap's own search (6 folders)."""
+    for depth in range(7):
         found = sorted((ROOT / "input").glob("*/" * depth + "imet_bootstrap.py"))
         if found:
             code = subprocess.run([sys.executable, str(found[0])]).returncode

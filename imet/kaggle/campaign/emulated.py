@@ -17,9 +17,10 @@ retries); the lock tells a live runner from a gone one (a pid could be reused; a
 its holder). `imet kaggle run --chain` is the same backend under driver.Chain (run_chain), its
 versions right in OUT, every --input attached, the session's lines on the console.
 
-Attached as Kaggle does: each `--input NAME=PATH` under the slug NAME for a dataset or
-competition source (or a kernel outside the campaign), and each of the campaign's own kernels
-in kernel_sources as the output of its latest completed version.
+Attached as Kaggle does: each `--input NAME=PATH` (NAME a slug, or owner/slug) for the dataset
+or competition source with that slug (or a kernel outside the campaign), and each of the
+campaign's own kernels in kernel_sources as the output of its latest completed version; mounted
+in the layout the backend is given (emulator.mount_points: nested as today's Kaggle, or flat).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from imet.errors import UserError
 from imet.fileio import atomic_copy, atomic_write_text
 from imet.kaggle.campaign.driver import Chain
 from imet.kaggle.campaign.remote import PushRefused
-from imet.kaggle.emulator import SessionResult, run_session
+from imet.kaggle.emulator import DEFAULT_LAYOUT, SessionResult, run_session
 from imet.kaggle.render import read_metadata, slug_of
 
 RECORD, LOCK, RUNNER_LOG, KERNEL = "session.json", "session.lock", "runner.txt", "kernel"
@@ -61,7 +62,8 @@ def missing_inputs(planned: dict[str, dict[str, str]], inputs: dict[str, Path],
     for meta in metas:
         data, kernels = _sources(meta)
         needed += data + [slug_of(ref) for ref in kernels if ref not in own]
-    return [slug for slug in dict.fromkeys(needed) if slug not in inputs and slug not in optional]
+    given = {slug_of(name) for name in inputs}
+    return [slug for slug in dict.fromkeys(needed) if slug not in given and slug not in optional]
 
 
 def _read(record_dir: Path) -> dict:
@@ -91,13 +93,16 @@ class EmulatorBackend:
     """`folders`: kernel ref -> its versions' folder where not root/<slug> (`imet kaggle run
     --out`; it starts over at v1). `python`, `accelerator`, `echo`: as run_session's. `env`: set
     for the sessions on top of this process's. `attach_all`: every input is attached (`imet
-    kaggle run --input`), not only those the metadata names (a campaign)."""
+    kaggle run --input`), not only those the metadata names (a campaign). `layout`: how the
+    sessions mount their inputs (emulator.LAYOUTS)."""
 
     def __init__(self, root: Path, inputs: dict[str, Path], time_limit: float,
                  folders: dict[str, Path] | None = None, python: str = sys.executable,
                  accelerator: str | None = None, echo: bool = False,
-                 env: dict[str, str] | None = None, attach_all: bool = False):
+                 env: dict[str, str] | None = None, attach_all: bool = False,
+                 layout: str = DEFAULT_LAYOUT):
         self.root, self.time_limit = Path(root).resolve(), float(time_limit)
+        self.layout = layout
         self.inputs = {slug: Path(path).resolve() for slug, path in inputs.items()}
         self.folders = {ref: Path(folder).resolve() for ref, folder in (folders or {}).items()}
         self.python, self.accelerator, self.echo, self.env = python, accelerator, echo, env
@@ -131,17 +136,20 @@ class EmulatorBackend:
         raise PushRefused(f"{ref}: no completed version whose output could be attached")
 
     def _attach(self, meta: dict) -> dict[str, str]:
+        """input name (as --input gave it, or a kernel's slug) -> path, for the session."""
         data, kernels = _sources(meta)
-        attached = {slug: str(self.inputs[slug]) for slug in
-                    (self.inputs if self.attach_all else data) if slug in self.inputs}
+        by_slug = {slug_of(name): name for name in self.inputs}
+        attached = {name: str(path) for name, path in self.inputs.items()
+                    if self.attach_all or slug_of(name) in data}
         # A source with neither an output here nor an --input is left out: a chain's first
         # session has no output of its own yet; a campaign refused the others (missing_inputs).
         for ref in kernels:
             slug = slug_of(ref)
             if self._versions(ref):
+                attached.pop(by_slug.get(slug, slug), None)
                 attached[slug] = str(self._attached_output(ref))
-            elif slug in self.inputs:
-                attached[slug] = str(self.inputs[slug])
+            elif slug in by_slug:
+                attached[by_slug[slug]] = str(self.inputs[by_slug[slug]])
         return attached
 
     def push(self, folder: Path) -> int:
@@ -157,7 +165,7 @@ class EmulatorBackend:
             _write(record_dir, {"ref": ref, "version": version, "inputs": attached,
                                 "time_limit": self.time_limit, "python": self.python,
                                 "accelerator": self.accelerator, "echo": self.echo,
-                                "pushed_at": time.time()})
+                                "layout": self.layout, "pushed_at": time.time()})
             with open(record_dir / RUNNER_LOG, "ab") as log:
                 # The runner inherits the locked file: the lock lives as long as the runner.
                 self.runners.append(subprocess.Popen(
@@ -216,7 +224,7 @@ def run_version(record_dir: Path) -> int:
         result = run_session(record_dir / KERNEL, {k: Path(v) for k, v in record["inputs"].items()},
                              record_dir.parents[1], record["version"], record["time_limit"],
                              python=record["python"], accelerator=record["accelerator"],
-                             echo=record["echo"])
+                             echo=record["echo"], layout=record.get("layout", DEFAULT_LAYOUT))
         record.update(exit_code=result.exit_code, timed_out=result.timed_out,
                       seconds=round(result.seconds, 3), log=str(result.log))
         status, failure = ("COMPLETE", "") if result.ok else ("ERROR", _failure(result))
@@ -232,13 +240,14 @@ def run_version(record_dir: Path) -> int:
 
 def run_chain(kernel_dir: Path, inputs: dict[str, Path], out: Path, time_limit: float,
               max_sessions: int, env: dict[str, str] | None = None,
-              python: str = sys.executable, accelerator: str | None = None) -> list[SessionResult]:
+              python: str = sys.executable, accelerator: str | None = None,
+              layout: str = DEFAULT_LAYOUT) -> list[SessionResult]:
     """`imet kaggle run --chain`: the chain (driver.Chain) of KERNEL_DIR in the emulator, its
-    sessions in OUT/v<N>, each with the previous one's output attached under the kernel's own
-    slug; the sessions that ran. Fetched small outputs go to OUT/outputs/v<N>."""
+    sessions in OUT/v<N>, each with the previous one's output attached as the kernel's own
+    output; the sessions that ran. Fetched small outputs go to OUT/outputs/v<N>."""
     ref = read_metadata(kernel_dir)["id"]
     backend = EmulatorBackend(out, inputs, time_limit, {ref: out}, python, accelerator,
-                              echo=True, env=env, attach_all=True)
+                              echo=True, env=env, attach_all=True, layout=layout)
     Chain(kernel_dir, backend, max_sessions, Path(out) / "outputs", poll_s=0.2).run()
     for runner in backend.runners:  # its last lines are out before the caller's
         runner.wait()
