@@ -151,7 +151,7 @@ def test_a_local_doctor_lists_only_this_runs_earlier_outputs(mini_data, tmp_path
     # a checkout where `make demo` ran: its runs are not this run's past
     (tmp_path / "demo" / "work" / "trainer" / "v1").mkdir(parents=True)
     (tmp_path / "demo" / "work" / "trainer" / "v1" / "run.json").write_text("{}")
-    assert earlier(tmp_path).startswith("previous output: none, a new run")
+    assert earlier(tmp_path).split(":", 1)[1].strip().startswith("none, a new run")
     run = tmp_path / "demo" / "work" / "trainer" / "v1"
     assert earlier(run).endswith(str(run))
 
