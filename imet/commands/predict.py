@@ -168,7 +168,7 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
         "oof/<run>.npz per run), validation.md (table) and plots/f2_vs_threshold.png, "
         "plots/class_f2_vs_support.png; appends a record to the run registry there.")
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
-                        help="competition folder: labels.csv, train.csv, train/")
+                        help="competition folder (found by content, as `imet check-data` reports it)")
     parser.add_argument("--folds", type=Path, default=None, metavar="CSV",
                         help="folds.csv the runs were trained with (default: the one the first "
                         "run recorded, where it exists; else DIR/folds.csv)")

@@ -224,9 +224,10 @@ def _check_inputs(s: Settings, report: Report) -> int:
     report.add("earlier outputs", ", ".join(map(str, earlier[:3])) or "none (a new run)")
     if data is None:
         return DEFAULT_CLASSES
-    from imet.data.labels import CompetitionLayout, read_labels
+    from imet.data.labels import find_layout, read_labels
     try:
-        return read_labels(CompetitionLayout(data).labels_csv).num_classes or DEFAULT_CLASSES
+        return read_labels(find_layout(data, train=False, test=False).labels_csv).num_classes \
+            or DEFAULT_CLASSES
     except UserError as err:
         report.problems.append(str(err))
         return DEFAULT_CLASSES

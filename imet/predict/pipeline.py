@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from imet.data.labels import CompetitionLayout, LabelSpace, read_labels, read_sample_submission
+from imet.data.labels import CompetitionLayout, LabelSpace, find_layout, read_labels, read_sample_submission
 from imet.data.transforms import Normalization
 from imet.device import device_precision, resolve_device
 from imet.errors import CheckpointError, DataError, UserError
@@ -472,10 +472,7 @@ def open_test(data: Path, sources: Sequence[Path], command: str = "predict") -> 
     checked against its label space: every refusal before any inference."""
     if not sources:
         raise UserError(f"{command}: no runs given; pass --runs RUN_DIR [RUN_DIR ...]")
-    layout = CompetitionLayout(data)
-    for path in (layout.labels_csv, layout.sample_submission_csv):
-        if not path.is_file():
-            raise UserError(f"{path}: file not found; --data must point at the competition files")
+    layout = find_layout(data, train=False)
     labels = read_labels(layout.labels_csv)
     ids = check_sample_ids(read_sample_submission(layout.sample_submission_csv),
                            str(layout.sample_submission_csv))

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import sparse
 
 from imet.data.folds import read_folds
-from imet.data.labels import CompetitionLayout, read_labels, read_train
+from imet.data.labels import CompetitionLayout, find_layout, read_labels, read_train
 from imet.errors import UserError
 from imet.fileio import atomic_write_bytes, atomic_write_text
 from imet.metrics.f2 import binarize, f2_per_class, f2_score
@@ -363,7 +363,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
             raise UserError(f"{out_dir}: run folder is read-only (an attached input?); pass "
                             "--out DIR for thresholds.json and the report")
     out_dir = Path(out_dir)
-    layout = CompetitionLayout(data)
+    layout = find_layout(data, test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
     names = source_names(sources)
