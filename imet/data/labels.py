@@ -53,7 +53,8 @@ class LabelSpace:
 
     @cached_property
     def groups(self) -> np.ndarray:
-        """Group per class: the part of the name before '::' ('culture' / 'tag' in iMet)."""
+        """Group per class: the part of the name before '::' (2019: culture, tag; 2020 and 2021:
+        country, culture, dimension, medium, tags)."""
         return np.array([n.split("::", 1)[0] if "::" in n else "" for n in self.names], dtype=str)
 
     @property
@@ -186,7 +187,7 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
                         "not a non-negative integer; fix the id or remove the line")
     for i in np.flatnonzero((names == "").to_numpy()):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_name' is empty; give the "
-                        "label a name such as 'culture::x' or 'tag::y'")
+                        "label a name as GROUP::VALUE, such as 'culture::x'")
     for col, values in (("attribute_id", ids.where(~bad)),
                         ("attribute_name", names.where(names != ""))):
         for i, first in _repeats(values):
