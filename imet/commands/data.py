@@ -15,18 +15,18 @@ from imet.data.folds import (IMAGE_MODES, check_data, check_n_folds, make_folds,
                              write_folds)
 from imet.data.images import MIN_SIDE, SPLIT_DIRS, build_cache
 from imet.data.labels import find_layout, read_labels, read_train
-from imet.data.mini_imet import DEFAULTS, generate
+from imet.data.mini_imet import DEFAULTS, LAYOUTS, generate
 from imet.errors import UserError
 
 
 def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write mini-iMet: real handwritten-digit scans (scikit-learn's bundled 1,797) composed "
-        "into canvases of varying aspect ratio, in the exact iMet Collection 2019 layout "
-        "(labels.csv, train.csv, sample_submission.csv, train/*.png, test/*.png) plus "
-        "test_labels.csv, the test truth for local scoring. Labels: culture::<style> (one "
-        "global style per image) and tag::<digit> (each digit present). Deterministic per "
-        "seed; an existing identical data set is reused.")
+        "into canvases of varying aspect ratio, in the exact layout of an iMet competition "
+        "(--layout; 2019: labels.csv, train.csv, sample_submission.csv, train/*.png, "
+        "test/*.png) plus test_labels.csv, the test truth for local scoring. Labels (2019): "
+        "culture::<style> (one global style per image) and tag::<digit> (each digit present). "
+        "Deterministic per seed; an existing identical data set is reused.")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to create (written elsewhere first, then renamed into place)")
     parser.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], metavar="N",
@@ -39,6 +39,12 @@ def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="S",
                         help="random seed; the same seed writes the same bytes (default: "
                         "%(default)s)")
+    parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULTS["layout"],
+                        help="which competition's files, folders and groups: 2019 (two groups, "
+                        "culture and tag); 2020 (the same files, five groups: country, culture, "
+                        "dimension, medium, tags); 2021 (2020's groups in label_map.csv, "
+                        "train-from-kaggle.csv, train-1/train-1/, test/test/) (default: "
+                        "%(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace --out if it already holds other files or another mini-iMet")
 
@@ -46,14 +52,14 @@ def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
 def run_mini_imet(args) -> int:
     start = time.monotonic()
     info = generate(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size,
-                    seed=args.seed, force=args.force)
+                    seed=args.seed, force=args.force, layout=args.layout)
     verb = "already present, reused" if info["reused"] else \
         f"wrote in {time.monotonic() - start:.1f}s"
     groups = ", ".join(f"{n} {g}" for g, n in sorted(info["groups"].items()))
     print(f"mini-iMet {verb}: {info['out']}\n  {info['n_train']} train + {info['n_test']} test "
           f"images, short side {info['size']} px, seed {info['seed']}\n  {info['num_classes']} "
           f"labels ({groups}), {info['mean_labels_per_image']:.2f} labels per image on average\n"
-          "  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
+          f"  {info['layout']} layout: {info['files']}")
     return 0
 
 

@@ -368,6 +368,22 @@ class CompetitionLayout:
         return [folder / f"{i}{IMAGE_SUFFIX}" for i in image_ids]
 
 
+# Each iMet competition's file names, as `imet mini-imet --layout` writes them (imet reads any
+# of them by content). 2021's are those public solution code reads; not verified on Kaggle.
+COMPETITIONS = {"2019": "imet-2019-fgvc6", "2020": "imet-2020-fgvc7", "2021": "imet-2021-fgvc8"}
+YEAR_FILES = {
+    "2019": {}, "2020": {},
+    "2021": {"labels_csv": "label_map.csv", "train_csv": "train-from-kaggle.csv",
+             "train_dir": "train-1/train-1", "test_dir": "test/test"},
+}
+
+
+def year_layout(root, year: str) -> CompetitionLayout:
+    """The layout of `year`'s competition files under `root` (to write them)."""
+    root = Path(root)
+    return CompetitionLayout(root, **{k: root / v for k, v in YEAR_FILES[year].items()})
+
+
 def _header(path: Path) -> set[str]:
     """The column names of a CSV's first line (empty when it cannot be read)."""
     try:
