@@ -175,8 +175,8 @@ def configure_cache(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Decode every image of the train and test image folders (found by content, as "
         "check-data reports them: train/ and test/ in 2019) once, resize its short side to "
-        "--size (as the training and eval pipelines' first step does) and store it in --out as JPEG or raw "
-        "uint8, with a manifest keyed by each source's size and mtime. `imet train` reads a cache "
+        "--size (as the training and eval pipelines' first step does) and store it in --out as "
+        "JPEG or raw uint8, with a manifest keyed by each source's size and mtime. `imet train` reads a cache "
         "of its --image-size instead of the PNGs when it finds one (in --data, beside the run's "
         "--out folder, under an --input-root, or $IMET_CACHE_DIR). Running again only (re)builds "
         "missing or changed images, so an interrupted build resumes.")
