@@ -5,7 +5,7 @@ import pytest
 from imet.cli import main
 from imet.data.folds import check_data
 from imet.data.labels import CompetitionLayout, find_layout
-from imet.errors import DataError
+from imet.errors import DataError, UserError
 
 
 def ids_of(csv_path):
@@ -145,3 +145,15 @@ def test_two_candidates_or_none_get_one_line(mini_data_copy):
     assert str(err.value) == f"{root}: no labels table found: looked for a CSV in {root} with " \
         "columns attribute_id,attribute_name; pass --data pointing at the competition files"
     assert "\n" not in str(err.value)
+
+
+def test_a_kernel_finds_the_2021_competition_among_its_inputs(mini_data_2021, tmp_path):
+    from imet.kaggle.session import find_competition_data
+    inputs = tmp_path / "input"
+    shutil.copytree(mini_data_2021, inputs / "imet-2021-fgvc8")
+    (inputs / "imet-src").mkdir()
+    (inputs / "imet-src" / "sample_submission.csv").write_text("id,attribute_ids\na,1\n")
+    assert find_competition_data(inputs) == inputs / "imet-2021-fgvc8"  # its labels table found
+    shutil.rmtree(inputs / "imet-2021-fgvc8")
+    with pytest.raises(UserError, match="no folder holds a sample submission and a labels table"):
+        find_competition_data(inputs)

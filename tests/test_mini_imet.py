@@ -137,3 +137,22 @@ def test_each_layout_trains_validates_predicts_and_scores(year, tmp_path, capsys
     assert main(["score", "--truth", str(layout.test_labels_csv), "--pred",
                  str(submission)]) == 0
     assert 0 < float(capsys.readouterr().out.split()[1]) <= 1
+
+    # A run of 2019's label space is refused on this data, naming both label spaces.
+    import torch
+
+    from imet.data.labels import LabelSpace
+    from imet.models import build_model
+    from imet.models.modelfile import save_model_file
+    names_2019 = mini_imet.label_names("2019")
+    space_2019 = LabelSpace(tuple(range(len(names_2019))), tuple(names_2019))
+    torch.manual_seed(0)
+    old = save_model_file(tmp_path / "run2019" / "model.pt", build_model("tiny_cnn", 18),
+                          "tiny_cnn", {"fold": 0, "image_size": 32}, space_2019, {})
+    refused = tmp_path / "refused.csv"
+    assert main(["predict", "--data", str(data), "--runs", str(old.parent), "--out",
+                 str(refused), *quiet]) == 2
+    err = capsys.readouterr().err
+    assert "(18 classes: 8 culture, 10 tag)" in err and str(layout.labels_csv) in err
+    assert "(29 classes: 5 country, 8 culture, 2 dimension, 4 medium, 10 tags;" in err
+    assert len(err.strip().splitlines()) == 1 and not refused.exists()

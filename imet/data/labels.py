@@ -61,6 +61,12 @@ class LabelSpace:
     def group_names(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.groups.tolist())))
 
+    def summary(self) -> str:
+        """'1103 classes: 398 culture, 705 tag', to tell two label spaces apart in a message."""
+        names, counts = np.unique(self.groups, return_counts=True)
+        return f"{self.num_classes} classes: " + ", ".join(
+            f"{n} {g or 'ungrouped'}" for g, n in zip(names.tolist(), counts.tolist()))
+
     @cached_property
     def _lookup(self) -> np.ndarray:
         # Dense attribute-id -> class-index table (-1 = unknown): encoding 109k rows is one
@@ -188,6 +194,12 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
     for i in np.flatnonzero((names == "").to_numpy()):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_name' is empty; give the "
                         "label a name as GROUP::VALUE, such as 'culture::x'")
+    # The prefix is the group every per-group threshold, table and confusion is keyed by.
+    prefixless = (names != "") & ~names.str.contains(r"^[^:]+::", regex=True)
+    for i in np.flatnonzero(prefixless.to_numpy()):
+        problems.append(f"{path}: line {_line(i)}: field 'attribute_name': {names.iloc[i]!r} has "
+                        "no group prefix; name it GROUP::VALUE as the competitions do (e.g. "
+                        f"'culture::{names.iloc[i]}')")
     for col, values in (("attribute_id", ids.where(~bad)),
                         ("attribute_name", names.where(names != ""))):
         for i, first in _repeats(values):
@@ -394,11 +406,26 @@ def _header(path: Path) -> set[str]:
     return {c.strip().strip('"') for c in line.strip().split(",")}
 
 
+def _csvs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+
+
+def labels_tables(folder) -> list[Path]:
+    """The CSVs directly in `folder` with the labels table's columns."""
+    return [p for p in _csvs(Path(folder)) if set(LABELS_COLUMNS) <= _header(p)]
+
+
+def is_submission_name(name: str) -> bool:
+    """Whether a file name is a sample submission's (sample_submission.csv in every year)."""
+    return name.lower().endswith(".csv") and "submission" in name.lower()
+
+
 def _id_table_role(path: Path) -> str:
     """Which `id,attribute_ids` table a file is: the columns are the same for all three, so its
     name decides (sample_submission.csv, test_labels.csv, train*.csv)."""
     name = path.stem.lower()
-    return "sample" if "submission" in name else "truth" if name.startswith("test") else "train"
+    return "sample" if is_submission_name(path.name) else "truth" if name.startswith("test") \
+        else "train"
 
 
 def _pick(root: Path, role: str, looked_for: str, found: list[Path], standard: Path,
@@ -463,7 +490,7 @@ def layout_problems(root, *, train: bool = True, test: bool = True
     if not root.is_dir():
         return standard, [f"{root}: data folder not found; pass --data pointing at the "
                           "competition files (or make one with `imet mini-imet --out DIR`)"]
-    csvs = sorted(p for p in root.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    csvs = _csvs(root)
     headers = {p: _header(p) for p in csvs}
     id_tables = [p for p in csvs if set(ID_COLUMNS) <= headers[p]]
     by_role = {r: [p for p in id_tables if _id_table_role(p) == r]

@@ -74,13 +74,17 @@ def find_folders_with(root: Path, *names: str) -> list[Path]:
 
 
 def find_competition_data(root: Path | None = None) -> Path:
-    """The folder holding the competition's files (labels.csv, sample_submission.csv)."""
+    """The folder holding an iMet competition's files: a sample submission and a labels table
+    (found by its columns: label_map.csv in 2021), as `imet check-data` finds them."""
+    from imet.data.labels import COMPETITIONS, is_submission_name, labels_tables
     root = input_root() if root is None else root
-    found = find_folders_with(root, "labels.csv", "sample_submission.csv")
+    found = [folder for folder in _find(root, lambda files, _: any(map(is_submission_name, files)))
+             if labels_tables(folder)]
     if not found:
-        raise UserError(f"no competition data under {root}: no folder holds labels.csv and "
-                        "sample_submission.csv; attach the imet-2019-fgvc6 competition "
-                        "(competition_sources in kernel-metadata.json)")
+        raise UserError(f"no competition data under {root}: no folder holds a sample submission "
+                        "and a labels table (columns attribute_id,attribute_name); attach the "
+                        f"competition ({', '.join(COMPETITIONS.values())}) in "
+                        "competition_sources of kernel-metadata.json")
     return found[0]
 
 
@@ -236,7 +240,7 @@ def _check_inputs(s: Settings, report: Report) -> int:
 def _first(find, roots: list[Path]):
     """The first root's answer of `find`; the last root's error when none has it."""
     error = UserError("no --data and no --input-root to search for the competition data; pass "
-                      "--data DIR (on Kaggle: attach imet-2019-fgvc6)")
+                      "--data DIR (on Kaggle: attach the competition, e.g. imet-2019-fgvc6)")
     for root in roots:
         try:
             return find(root)

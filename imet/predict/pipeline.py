@@ -82,10 +82,10 @@ def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace
         only_model = len(set(labels.attribute_ids) - set(expected.attribute_ids))
         only_csv = len(set(expected.attribute_ids) - set(labels.attribute_ids))
         raise CheckpointError(
-            f"{path}: model predicts {labels.num_classes} classes but "
-            f"{expected_source or Path('labels.csv')} has {expected.num_classes} ({only_model} "
+            f"{path}: the model's label space ({labels.summary()}) is not the one of "
+            f"{expected_source or Path('labels.csv')} ({expected.summary()}; {only_model} "
             f"attribute ids only in the model, {only_csv} only in the CSV, or names/order "
-            "differ); use a model trained on this labels.csv")
+            "differ: another competition?); use a model trained on this labels table")
     return Run(name, path, model, info, labels)
 
 
