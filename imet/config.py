@@ -115,7 +115,8 @@ def option(default: Any, help: str, *, fingerprint: bool = True, kind: type | No
 @dataclass
 class TrainConfig:
     # ---- the data: which images train and validate, how they are augmented
-    data: str = option("", "competition folder: labels.csv, train.csv, train/ (required)",
+    data: str = option("", "competition folder, its files found by content as `imet "
+                       "check-data` reports them (2019: labels.csv, train.csv, train/) (required)",
                        fingerprint=False)
     folds: str = option("", "folds.csv (id,fold) from `imet folds` (default: DATA/folds.csv)",
                         fingerprint=False)

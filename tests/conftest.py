@@ -35,6 +35,20 @@ def mini_data_copy(mini_data, tmp_path):
     return shutil.copytree(mini_data, tmp_path / "data")
 
 
+@pytest.fixture
+def mini_data_2021(mini_data_copy):
+    """mini-iMet moved into 2021's shape: other file names, nested image folders."""
+    root = mini_data_copy
+    (root / "labels.csv").rename(root / "label_map.csv")
+    (root / "train.csv").rename(root / "train-from-kaggle.csv")
+    (root / "train-1").mkdir()
+    (root / "train").rename(root / "train-1" / "train-1")
+    (root / "test").rename(root / "test-x")
+    (root / "test").mkdir()
+    (root / "test-x").rename(root / "test" / "test")
+    return root
+
+
 @pytest.fixture(scope="session")
 def local_dataset(tmp_path_factory):
     """The imet source dataset built for this interpreter (as `packaging/build_dataset.py`

@@ -179,3 +179,16 @@ def test_a_training_image_below_the_minimum_side_is_not_cached(mini_data_copy, t
     assert result.errors == [f"{victim}: image is 1x1 px, its shorter side below the minimum "
                              "of 16 px; re-download the image or remove its row from the CSV"]
     assert result.built == result.total - 1
+
+
+def test_a_cache_of_the_2021_layout_serves_its_nested_folders(mini_data_2021, tmp_path, capsys):
+    from imet.data.labels import find_layout, read_sample_submission, read_train, read_labels
+    out = tmp_path / "cache"
+    assert main(["cache", "--data", str(mini_data_2021), "--size", str(SIZE), "--out", str(out),
+                 "--workers", "1", "--no-progress"]) == 0
+    assert "88 of 88 images cached" in capsys.readouterr().out
+    layout = find_layout(mini_data_2021)
+    ids, _ = read_train(layout.train_csv, read_labels(layout.labels_csv))
+    paths = layout.image_paths("train", ids) + layout.image_paths(
+        "test", read_sample_submission(layout.sample_submission_csv))
+    assert ImageCache(out).resolve(paths).hits == 88

@@ -1,8 +1,11 @@
 import shutil
 
+import pytest
+
 from imet.cli import main
 from imet.data.folds import check_data
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import CompetitionLayout, find_layout
+from imet.errors import DataError, UserError
 
 
 def ids_of(csv_path):
@@ -52,7 +55,10 @@ def test_lists_every_problem_at_once(mini_data_copy, capsys):
 
     assert main(["check-data", "--data", str(mini_data_copy)]) == 1
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == problems
+    assert captured.out.splitlines() == [
+        f"layout found in {mini_data_copy}: labels labels.csv, training table train.csv, train "
+        "images train/, sample submission sample_submission.csv, test images test/, test truth "
+        "test_labels.csv", *problems]
     assert captured.err.strip() == f"imet check-data: error: 5 problems in {mini_data_copy}; " \
                                    "fix them and run check-data again"
 
@@ -79,13 +85,17 @@ def test_broken_labels_and_missing_files(mini_data_copy):
     layout.sample_submission_csv.write_text("")
     shutil.rmtree(layout.train_dir)
     problems = check_data(mini_data_copy, progress=False).problems
-    assert problems[0].startswith(f"{layout.labels_csv}: line 3: field 'attribute_id'")
-    assert problems[1] == f"{layout.sample_submission_csv}: file is empty; expected a header " \
+    # the 2019 name stands for a role not found; the empty sample submission is parsed as such
+    assert problems[0] == f"{mini_data_copy}: no train image folder found: looked for a folder " \
+        f"below {mini_data_copy} (down to 3 levels) holding the {{id}}.png files of train.csv's " \
+        "ids; pass --data pointing at the competition files"
+    assert problems[1].startswith(f"{layout.labels_csv}: line 3: field 'attribute_id'")
+    assert problems[2] == f"{layout.sample_submission_csv}: file is empty; expected a header " \
                           "'id,attribute_ids' and one row per line"
-    assert problems[2].startswith(f"{layout.train_dir}: image folder not found")
     assert len(problems) == 3
     assert check_data(mini_data_copy / "nowhere").problems[0].endswith(
-        "data folder not found; pass --data pointing at the competition files")
+        "data folder not found; pass --data pointing at the competition files (or make one "
+        "with `imet mini-imet --out DIR`)")
 
 
 def test_test_labels_must_match_sample_submission(mini_data_copy):
@@ -95,3 +105,55 @@ def test_test_labels_must_match_sample_submission(mini_data_copy):
     problems = check_data(mini_data_copy, images="skip", progress=False).problems
     assert problems == [f"{layout.test_labels_csv}: its ids differ from sample_submission.csv "
                         "(0 extra, 2 missing); regenerate the data set"]
+
+
+def test_the_2021_layout_is_found_by_content(mini_data_2021, capsys):
+    root = mini_data_2021
+    layout = find_layout(root)
+    assert (layout.labels_csv, layout.train_csv, layout.sample_submission_csv) == (
+        root / "label_map.csv", root / "train-from-kaggle.csv", root / "sample_submission.csv")
+    assert (layout.train_dir, layout.test_dir) == (root / "train-1/train-1", root / "test/test")
+    report = check_data(root, images="exists", progress=False)
+    assert report.ok, report.problems
+    assert report.counts == {"labels": 18, "train_rows": 64, "test_rows": 24, "images_found": 88}
+    assert main(["check-data", "--data", str(root), "--images", "exists"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"layout found in {root}: labels label_map.csv, training table train-from-kaggle.csv, "
+        "train images train-1/train-1/, sample submission sample_submission.csv, test images "
+        "test/test/, test truth test_labels.csv")
+
+
+def test_two_candidates_or_none_get_one_line(mini_data_copy):
+    root = mini_data_copy
+    shutil.copy(root / "train.csv", root / "train-copy.csv")
+    with pytest.raises(DataError) as err:
+        find_layout(root)
+    assert str(err.value).startswith(
+        f"{root}: two candidates for the training table (train-copy.csv and train.csv, both a "
+        f"CSV in {root} with columns id,attribute_ids not named *submission* or test*); move "
+        "one of them out of the folder")
+    (root / "train-copy.csv").unlink()
+    shutil.copytree(root / "test", root / "more" / "test-copy")
+    with pytest.raises(DataError, match=r"two candidates for the test image folder \(test "
+                       r"and more/test-copy, both a folder below"):
+        find_layout(root)
+    assert find_layout(root, test=False).train_dir == root / "train"
+    shutil.rmtree(root / "more")
+    (root / "labels.csv").rename(root / "names.txt")
+    with pytest.raises(DataError) as err:
+        find_layout(root)
+    assert str(err.value) == f"{root}: no labels table found: looked for a CSV in {root} with " \
+        "columns attribute_id,attribute_name; pass --data pointing at the competition files"
+    assert "\n" not in str(err.value)
+
+
+def test_a_kernel_finds_the_2021_competition_among_its_inputs(mini_data_2021, tmp_path):
+    from imet.kaggle.session import find_competition_data
+    inputs = tmp_path / "input"
+    shutil.copytree(mini_data_2021, inputs / "imet-2021-fgvc8")
+    (inputs / "imet-src").mkdir()
+    (inputs / "imet-src" / "sample_submission.csv").write_text("id,attribute_ids\na,1\n")
+    assert find_competition_data(inputs) == inputs / "imet-2021-fgvc8"  # its labels table found
+    shutil.rmtree(inputs / "imet-2021-fgvc8")
+    with pytest.raises(UserError, match="no folder holds a sample submission and a labels table"):
+        find_competition_data(inputs)

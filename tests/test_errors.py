@@ -1,7 +1,7 @@
 """Per-class error analysis against brute-force counting."""
 import numpy as np
 
-from imet.predict.validate import class_errors, group_confusion, top_confusions
+from imet.predict.validate import class_errors, group_confusion, group_confusions, top_confusions
 
 
 def sample(n=300, c=12, seed=0):
@@ -24,7 +24,7 @@ def test_counts_match_a_loop_over_images():
 
 def test_culture_confusion_counts_a_taken_for_b():
     truth, pred, groups = sample(seed=1)
-    cols, matrix = group_confusion(truth, pred, groups)
+    cols, matrix = group_confusion(truth, pred, groups, "culture")
     assert list(cols) == [0, 1, 2, 3, 4]
     for i, a in enumerate(cols):
         for j, b in enumerate(cols):
@@ -45,5 +45,18 @@ def test_scales_to_imet_validation_size():
     pred[np.arange(n), rng.integers(0, 398, n)] ^= True
     groups = np.array(["culture"] * 398 + ["tag"] * (c - 398))
     errors = class_errors(truth, pred)
-    cols, matrix = group_confusion(truth, pred, groups)
+    cols, matrix = group_confusion(truth, pred, groups, "culture")
     assert matrix.shape == (398, 398) and errors.false_pos.sum() + errors.false_neg.sum() == n
+
+
+def test_every_group_of_two_or_more_classes_gets_its_confusion():
+    truth, pred, _ = sample(seed=3)
+    groups = np.array(["country"] * 2 + ["culture"] * 3 + ["dimension"] + ["medium"] * 4
+                      + ["tags"] * 2)
+    confusions = group_confusions(truth, pred, groups)
+    assert list(confusions) == ["country", "culture", "medium", "tags"]  # dimension: one class
+    for group, (cols, matrix) in confusions.items():
+        assert list(cols) == list(np.flatnonzero(groups == group))
+        a, b = cols[0], cols[1]
+        expected = np.count_nonzero(truth[:, a] & ~pred[:, a] & pred[:, b] & ~truth[:, b])
+        assert matrix[0, 1] == expected

@@ -125,6 +125,11 @@ def test_submission_rows_may_be_empty(tmp_path, space):
     ("attribute_id,attribute_name\n0,culture::a\n1,culture::a\n", "line 3: field "
                                                                   "'attribute_name': duplicate"),
     ("attribute_id,attribute_name\n0,\n", "line 2: field 'attribute_name' is empty"),
+    ("attribute_id,attribute_name\n0,culture::a\n1,dutch\n", "line 3: field 'attribute_name': "
+     "'dutch' has no group prefix; name it GROUP::VALUE as the competitions do (e.g. "
+     "'culture::dutch')"),
+    ("attribute_id,attribute_name\n0,::a\n", "line 2: field 'attribute_name': '::a' has no "
+     "group prefix"),
 ])
 def test_labels_csv_problems(tmp_path, text, expected):
     path = write(tmp_path, "labels.csv", text)

@@ -97,3 +97,62 @@ def test_train_and_test_use_disjoint_scans_and_every_style_occurs():
     counts = {s: styles.count(s) for s in mini_imet.STYLES}
     assert min(counts.values()) >= 10
     assert counts["ink"] > counts["redprint"]  # long tail
+
+
+@pytest.mark.parametrize("year", ["2020", "2021"])
+def test_each_layout_trains_validates_predicts_and_scores(year, tmp_path, capsys):
+    """`mini-imet --layout` writes the year's files, folders and five groups; the whole flow
+    runs on them as written, each file found by content."""
+    from imet.cli import main
+    from imet.data.labels import find_layout, year_layout
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["mini-imet", "--out", str(data), "--layout", year, "--n-train", "48",
+                 "--n-test", "12", "--size", "32"]) == 0
+    layout = find_layout(data)
+    written = year_layout(data, year)
+    assert (layout.labels_csv, layout.train_csv, layout.train_dir, layout.test_dir) == (
+        written.labels_csv, written.train_csv, written.train_dir, written.test_dir)
+    labels = read_labels(layout.labels_csv)
+    assert labels.group_names == ("country", "culture", "dimension", "medium", "tags")
+    ids, targets = read_train(layout.train_csv, labels)
+    for group in labels.group_names:  # every image has a culture, a country, a dimension, ...
+        assert (targets[:, labels.groups == group].sum(1) >= 1).all()
+    assert main(["check-data", "--data", str(data), "--images", "exists"]) == 0
+    assert main(["folds", "--data", str(data), "--n-folds", "2"]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), "--fold", "0", "--epochs", "1",
+                 "--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32",
+                 "--head-epochs", "0", "--batch-size", "8", "--preset", "resize", "--device",
+                 "cpu", "--num-workers", "0", "--notify", "off"]) == 0
+    quiet = ["--num-workers", "0", "--log-every", "600"]
+    assert main(["validate", "--data", str(data), "--run", str(run), "--tta", "none",
+                 "--modes", "global,group", "--min-support", "4", *quiet]) == 0
+    assert "| tags |" in (run / "validation.md").read_text()
+    submission = tmp_path / "submission.csv"
+    assert main(["predict", "--data", str(data), "--runs", str(run), "--out", str(submission),
+                 "--tta", "none", *quiet]) == 0
+    assert [line.split(",")[0] for line in submission.read_text().splitlines()[1:]] == \
+        read_sample_submission(layout.sample_submission_csv)
+    capsys.readouterr()
+    assert main(["score", "--truth", str(layout.test_labels_csv), "--pred",
+                 str(submission)]) == 0
+    assert 0 < float(capsys.readouterr().out.split()[1]) <= 1
+
+    # A run of 2019's label space is refused on this data, naming both label spaces.
+    import torch
+
+    from imet.data.labels import LabelSpace
+    from imet.models import build_model
+    from imet.models.modelfile import save_model_file
+    names_2019 = mini_imet.label_names("2019")
+    space_2019 = LabelSpace(tuple(range(len(names_2019))), tuple(names_2019))
+    torch.manual_seed(0)
+    old = save_model_file(tmp_path / "run2019" / "model.pt", build_model("tiny_cnn", 18),
+                          "tiny_cnn", {"fold": 0, "image_size": 32}, space_2019, {})
+    refused = tmp_path / "refused.csv"
+    assert main(["predict", "--data", str(data), "--runs", str(old.parent), "--out",
+                 str(refused), *quiet]) == 2
+    err = capsys.readouterr().err
+    assert "(18 classes: 8 culture, 10 tag)" in err and str(layout.labels_csv) in err
+    assert "(29 classes: 5 country, 8 culture, 2 dimension, 4 medium, 10 tags;" in err
+    assert len(err.strip().splitlines()) == 1 and not refused.exists()

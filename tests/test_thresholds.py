@@ -136,3 +136,37 @@ def test_results_do_not_depend_on_row_chunking(monkeypatch):
     chunked = [search_thresholds(y, probs, groups, mode, 5, GRID) for mode in ("group", "class")]
     for a, b in zip(whole, chunked):
         np.testing.assert_array_equal(a, b)
+
+
+GROUPS_2020 = ("country", "culture", "dimension", "medium", "tags")
+
+
+def _data_2020(seed, n=240):
+    """Five groups as in 2020 and 2021 (the `tags::` prefix), each calibrated differently."""
+    rng = np.random.default_rng(seed)
+    sizes = (3, 6, 2, 9, 7)
+    groups = np.repeat(np.array(GROUPS_2020), sizes)
+    c = groups.size
+    y = rng.random((n, c)) < 0.12
+    y[np.arange(n), rng.integers(0, c, n)] = True
+    scale = np.repeat(np.array([0.35, 0.9, 0.5, 0.7, 1.0]), sizes)
+    logits = 2.5 * (y - 0.5) + rng.normal(0, 1.2, (n, c))
+    return y, (scale / (1 + np.exp(-logits))).astype(np.float32), groups
+
+
+def test_five_groups_each_get_an_exact_coordinate_optimal_threshold():
+    from imet.metrics.thresholds import search_context
+    y, probs, groups = _data_2020(11)
+    thr = search_thresholds(y, probs, groups, "group", grid=GRID)
+    per_group = {g: np.unique(thr[groups == g]) for g in GROUPS_2020}
+    assert all(len(t) == 1 for t in per_group.values())
+    assert len({float(t[0]) for t in per_group.values()}) >= 3  # the scales differ, so do they
+    coords = [np.flatnonzero(groups == g) for g in GROUPS_2020]
+    _assert_coordinate_optimal(y, probs, thr, coords, 1, None, tol=1e-12)
+    glob = search_thresholds(y, probs, groups, "global", grid=GRID)
+    assert _score(y, probs, thr) > _score(y, probs, glob)
+    thresholds, ratio = search_context(y, probs, groups, grid=GRID)
+    assert all(len(np.unique(thresholds[groups == g])) == 1 for g in GROUPS_2020)
+    for mode in ("group", "class", "context"):
+        fit = cross_fitted_f2(y, probs, groups, mode, min_support=5, grid=GRID, seed=1)
+        assert 0 < fit.f2 <= fit.f2_in_sample + 1e-12 and fit.thresholds.shape == (groups.size,)

@@ -173,3 +173,29 @@ def test_validate_gives_the_f2_training_reported_for_its_best_model(setup, capsy
     assert run["fold"] == 0 and run["images"] == np.count_nonzero(folds == 0)
     assert run["f2_global"] == pytest.approx(reported["best_f2"], abs=1e-6)
     assert run["threshold_global"] == reported["threshold"]
+
+
+def test_validate_reports_every_group_of_five_in_the_2021_layout(mini_data_2021, tmp_path):
+    """2020's and 2021's five groups (the `tags::` prefix), in 2021's file names and folders:
+    the per-group table, a confusion table and plot per group of two or more classes."""
+    from imet.data.labels import find_layout
+    layout = find_layout(mini_data_2021)
+    old = read_labels(layout.labels_csv)
+    prefixes = ["country"] * 3 + ["culture"] * 5 + ["dimension"] + ["medium"] * 5 + ["tags"] * 4
+    layout.labels_csv.write_text("attribute_id,attribute_name\n" + "".join(
+        f"{a},{p}::{n.split('::')[1]}\n" for a, n, p in zip(old.attribute_ids, old.names,
+                                                            prefixes)))
+    labels = read_labels(layout.labels_csv)
+    assert labels.group_names == ("country", "culture", "dimension", "medium", "tags")
+    run = save_tiny(tmp_path / "run" / "model.pt", labels, fold=1).parent
+    assert main(["validate", "--data", str(mini_data_2021), "--run", str(run), "--tta", "none",
+                 "--modes", "global,group,context", *QUIET]) == 0
+    table = (run / "validation.md").read_text()
+    for group in labels.group_names:
+        assert f"| {group} | " in table
+    for group in ("country", "culture", "medium", "tags"):
+        assert f"## {group} taken for {group}" in table
+        assert (run / "plots" / f"{group}_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## dimension taken for" not in table  # one class: nothing to confuse
+    doc = read_thresholds(run / "thresholds.json", labels.attribute_ids, labels.fingerprint())
+    assert len(doc["thresholds"]) == labels.num_classes

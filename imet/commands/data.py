@@ -14,19 +14,19 @@ import numpy as np
 from imet.data.folds import (IMAGE_MODES, check_data, check_n_folds, make_folds, rare_labels,
                              write_folds)
 from imet.data.images import MIN_SIDE, SPLIT_DIRS, build_cache
-from imet.data.labels import CompetitionLayout, read_labels, read_train
-from imet.data.mini_imet import DEFAULTS, generate
+from imet.data.labels import find_layout, read_labels, read_train
+from imet.data.mini_imet import DEFAULTS, LAYOUTS, generate
 from imet.errors import UserError
 
 
 def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write mini-iMet: real handwritten-digit scans (scikit-learn's bundled 1,797) composed "
-        "into canvases of varying aspect ratio, in the exact iMet Collection 2019 layout "
-        "(labels.csv, train.csv, sample_submission.csv, train/*.png, test/*.png) plus "
-        "test_labels.csv, the test truth for local scoring. Labels: culture::<style> (one "
-        "global style per image) and tag::<digit> (each digit present). Deterministic per "
-        "seed; an existing identical data set is reused.")
+        "into canvases of varying aspect ratio, in the exact layout of an iMet competition "
+        "(--layout; 2019: labels.csv, train.csv, sample_submission.csv, train/*.png, "
+        "test/*.png) plus test_labels.csv, the test truth for local scoring. Labels (2019): "
+        "culture::<style> (one global style per image) and tag::<digit> (each digit present). "
+        "Deterministic per seed; an existing identical data set is reused.")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to create (written elsewhere first, then renamed into place)")
     parser.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], metavar="N",
@@ -39,6 +39,12 @@ def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], metavar="S",
                         help="random seed; the same seed writes the same bytes (default: "
                         "%(default)s)")
+    parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULTS["layout"],
+                        help="which competition's files, folders and groups: 2019 (two groups, "
+                        "culture and tag); 2020 (the same files, five groups: country, culture, "
+                        "dimension, medium, tags); 2021 (2020's groups in label_map.csv, "
+                        "train-from-kaggle.csv, train-1/train-1/, test/test/) (default: "
+                        "%(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace --out if it already holds other files or another mini-iMet")
 
@@ -46,23 +52,28 @@ def configure_mini_imet(parser: argparse.ArgumentParser) -> None:
 def run_mini_imet(args) -> int:
     start = time.monotonic()
     info = generate(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size,
-                    seed=args.seed, force=args.force)
+                    seed=args.seed, force=args.force, layout=args.layout)
     verb = "already present, reused" if info["reused"] else \
         f"wrote in {time.monotonic() - start:.1f}s"
     groups = ", ".join(f"{n} {g}" for g, n in sorted(info["groups"].items()))
     print(f"mini-iMet {verb}: {info['out']}\n  {info['n_train']} train + {info['n_test']} test "
           f"images, short side {info['size']} px, seed {info['seed']}\n  {info['num_classes']} "
           f"labels ({groups}), {info['mean_labels_per_image']:.2f} labels per image on average\n"
-          "  files: labels.csv train.csv sample_submission.csv test_labels.csv train/ test/")
+          f"  {info['layout']} layout: {info['files']}")
     return 0
 
 
 def configure_check_data(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Scan a competition folder up front and list ALL problems, one line each (file, line, "
-        "field, what to do): labels.csv, train.csv, sample_submission.csv, test_labels.csv when "
-        "present, every image, and folds.csv when present. Exit code 0 when clean, 1 when any "
-        "problem was found.")
+        "Scan a competition folder up front, say which file and folder it found for each role, "
+        "and list ALL problems, one line each (file, line, field, what to do). Each role is "
+        "found by content: the labels table by its columns attribute_id,attribute_name; the "
+        "training table, the sample submission (named *submission*) and the test truth (named "
+        "test*, mini-iMet's test_labels.csv) by their columns id,attribute_ids; the train and "
+        "test image folders as the folders, down to three levels below DIR, holding their ids' "
+        "{id}.png (2019: train/ and test/; 2021: train-1/train-1/ and test/test/). Every image "
+        "is checked, and folds.csv when present. Exit code 0 when clean, 1 when any problem was "
+        "found.")
     parser.add_argument("--data", required=True, metavar="DIR", help="the competition folder")
     parser.add_argument("--images", choices=IMAGE_MODES, default="decode",
                         help="decode: open and fully decode every image (finds truncated files); "
@@ -87,6 +98,8 @@ def run_check_data(args) -> int:
         folds = Path(args.data) / "folds.csv"
     report = check_data(args.data, images=args.images, folds=folds, workers=args.workers,
                         min_side=args.min_side)
+    if report.layout is not None:
+        print(f"layout found in {args.data}: {report.layout.describe()}")
     for problem in report.problems:
         print(problem)
     for warning in report.warnings:
@@ -126,7 +139,7 @@ def configure_folds(parser: argparse.ArgumentParser) -> None:
 
 def run_folds(args) -> int:
     check_n_folds(args.n_folds)
-    layout = CompetitionLayout(args.data).require(test=False)
+    layout = find_layout(args.data, test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
     # iterstrat reports no progress and takes ~2 CPU minutes at iMet scale: say so up front.
@@ -160,14 +173,15 @@ def run_folds(args) -> int:
 
 def configure_cache(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Decode every image of DIR/train and DIR/test once, resize its short side to --size (as "
-        "the training and eval pipelines' first step does) and store it in --out as JPEG or raw "
-        "uint8, with a manifest keyed by each source's size and mtime. `imet train` reads a cache "
+        "Decode every image of the train and test image folders (found by content, as "
+        "check-data reports them: train/ and test/ in 2019) once, resize its short side to "
+        "--size (as the training and eval pipelines' first step does) and store it in --out as "
+        "JPEG or raw uint8, with a manifest keyed by each source's size and mtime. `imet train` reads a cache "
         "of its --image-size instead of the PNGs when it finds one (in --data, beside the run's "
         "--out folder, under an --input-root, or $IMET_CACHE_DIR). Running again only (re)builds "
         "missing or changed images, so an interrupted build resumes.")
     parser.add_argument("--data", required=True, metavar="DIR",
-                        help="the competition folder (with train/ and test/)")
+                        help="the competition folder")
     parser.add_argument("--size", required=True, type=int, metavar="S",
                         help="short side in pixels: the --image-size you train at")
     parser.add_argument("--out", required=True, metavar="DIR", help="the cache folder (created; on "
@@ -190,8 +204,10 @@ def run_cache(args) -> int:
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
     splits = SPLIT_DIRS if args.split == "all" else (args.split,)
+    layout = find_layout(args.data, test="test" in splits) if Path(args.data).is_dir() else None
+    folders = {s: layout.split_dir(s) for s in splits} if layout else None
     result = build_cache(args.data, args.out, args.size, args.format, args.quality,
-                         args.workers, splits, progress=not args.no_progress)
+                         args.workers, splits, progress=not args.no_progress, folders=folders)
     cached = result.total - len(result.errors)
     per_image = result.bytes / max(cached, 1)
     print(f"{result.cache_dir}: {cached} of {result.total} images cached at short side "

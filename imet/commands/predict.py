@@ -157,8 +157,9 @@ def run_predict(args) -> int:
 def configure_validate(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Predict each run's held-out fold (with TTA), choose the decoding (one global threshold, "
-        "one per group culture/tag, one per class falling back to its group below a minimum "
-        "support, or per-image context thresholds), and score it honestly: thresholds chosen on "
+        "one per group (each attribute name's prefix: culture, tag in 2019; five groups in 2020 "
+        "and 2021), one per class falling back to its group below a minimum support, or "
+        "per-image context thresholds), and score it honestly: thresholds chosen on "
         "half the out-of-fold images and scored on the other half, both ways. The mode with the "
         "best cross-fitted F2 wins. Runs of the same fold are ensembled; runs of different folds "
         "are stacked, so the thresholds of a k-fold ensemble are chosen on all its out-of-fold "
@@ -168,7 +169,7 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
         "oof/<run>.npz per run), validation.md (table) and plots/f2_vs_threshold.png, "
         "plots/class_f2_vs_support.png; appends a record to the run registry there.")
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
-                        help="competition folder: labels.csv, train.csv, train/")
+                        help="competition folder (found by content, as `imet check-data` reports it)")
     parser.add_argument("--folds", type=Path, default=None, metavar="CSV",
                         help="folds.csv the runs were trained with (default: the one the first "
                         "run recorded, where it exists; else DIR/folds.csv)")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from imet.data.images import MIN_SIDE, image_findings
 from imet.data.labels import (IMAGE_SUFFIX, CompetitionLayout, attribute_csv_problems,
-                              labels_problems, sample_submission_problems)
+                              labels_problems, layout_problems, sample_submission_problems)
 from imet.errors import DataError, UserError
 from imet.fileio import atomic_open
 
@@ -119,6 +119,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
+    layout: CompetitionLayout | None = None  # what was found (roles not found: 2019's names)
 
     @property
     def ok(self) -> bool:
@@ -129,9 +130,8 @@ def _missing_images(layout: CompetitionLayout, split: str, ids: list[str], csv: 
                     ) -> tuple[list[str], list[str]]:
     """(problems, ids whose file exists): one listing of the folder, not one stat per id."""
     folder = layout.split_dir(split)
-    if not folder.is_dir():
-        return [f"{folder}: image folder not found; it must hold one {IMAGE_SUFFIX} per id in "
-                f"{csv.name}"], []
+    if not folder.is_dir():  # layout_problems named what it looked for
+        return [], []
     present = set(os.listdir(folder))
     names = [f"{i}{IMAGE_SUFFIX}" for i in ids]
     exists = [n in present for n in names]
@@ -163,13 +163,14 @@ def check_data(root, *, images: str = "decode", folds=None, workers: int | None 
                progress: bool = True, min_side: int = MIN_SIDE) -> CheckReport:
     """Every problem in the folder (CSVs, ids, attribute ids, images, optional folds.csv), and
     the warnings (an image whose format is not the one its name says)."""
-    layout = CompetitionLayout(root)
     report = CheckReport(Path(root))
+    layout, report.problems = layout_problems(root)
     if not layout.root.is_dir():
-        report.problems.append(f"{layout.root}: data folder not found; pass --data pointing at "
-                               "the competition files")
         return report
-    labels, problems = labels_problems(layout.labels_csv)
+    report.layout = layout
+    # A role not found was reported; its 2019 name is parsed only when that file exists.
+    labels, problems = labels_problems(layout.labels_csv) if layout.labels_csv.exists() else \
+        (None, [])
     report.problems += problems
     if labels is not None:
         report.counts["labels"] = labels.num_classes
@@ -177,10 +178,12 @@ def check_data(root, *, images: str = "decode", folds=None, workers: int | None 
         report.groups = dict(zip(groups.tolist(), counts.tolist()))
     # With a broken labels.csv (labels None) only the ids and the syntax are checked.
 
-    train_ids, _, problems = attribute_csv_problems(layout.train_csv, labels, allow_empty=False)
+    train_ids, _, problems = attribute_csv_problems(layout.train_csv, labels, allow_empty=False) \
+        if layout.train_csv.exists() else (None, None, [])
     report.problems += problems
-    train_clean = not problems
-    test_ids, problems = sample_submission_problems(layout.sample_submission_csv)
+    train_clean = not problems and train_ids is not None
+    test_ids, problems = sample_submission_problems(layout.sample_submission_csv) \
+        if layout.sample_submission_csv.exists() else (None, [])
     report.problems += problems
     if layout.test_labels_csv.exists():
         truth_ids, _, problems = attribute_csv_problems(layout.test_labels_csv, labels,

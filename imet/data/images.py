@@ -298,8 +298,11 @@ class BuildResult:
 
 
 def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
-                workers: int = 1, splits=SPLIT_DIRS, progress: bool = True) -> BuildResult:
-    """Cache every image of `data_root`'s split folders into `out`. Fresh entries are kept,
+                workers: int = 1, splits=SPLIT_DIRS, progress: bool = True,
+                folders: dict | None = None) -> BuildResult:
+    """Cache every image of `data_root`'s split folders (`folders`: split -> folder, as the
+    layout found them; default data_root/<split>) into `out`, each under its folder's name, the
+    key `ImageCache.resolve` looks up. Fresh entries are kept,
     stale or missing ones rebuilt, entries of vanished sources dropped. Every file is written
     atomically and the manifest saved every SAVE_EVERY_S, so an interrupted build resumes where
     its manifest stops."""
@@ -314,14 +317,18 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
         raise DataError(f"{data_root}: data folder not found; pass --data pointing at the "
                         "competition files (train/ and test/)")
     started = time.monotonic()
-    names = [f"{split}/{e.name}" for split in splits if (data_root / split).is_dir()
-             for e in sorted(os.scandir(data_root / split), key=lambda e: e.name)
-             if e.is_file() and e.name.lower().endswith(tuple(SUFFIX_FORMATS))]
+    folders = {s: Path(f) for s, f in (folders or {s: data_root / s for s in splits}).items()
+               if s in splits}
+    listed = {f"{folder.name}/{e.name}": (Path(e.path), split)
+              for split, folder in folders.items() if folder.is_dir()
+              for e in sorted(os.scandir(folder), key=lambda e: e.name)
+              if e.is_file() and e.name.lower().endswith(tuple(SUFFIX_FORMATS))}
+    names = list(listed)
     if not names:
-        raise DataError(f"{data_root}: no images in {', '.join(f'{s}/' for s in splits)}; "
-                        "--data must be the competition folder")
+        raise DataError(f"{data_root}: no images in {', '.join(f'{f}/' for f in folders.values())}"
+                        "; --data must be the competition folder")
     out.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out, splits)
+    _remove_temporaries(out, [f.name for f in folders.values()])
     old = read_manifest(out)
     settings = {"size": size, "image_format": fmt, "quality": quality if fmt == "jpeg" else None,
                 "resize": "SmallestMaxSize area-down linear-up"}
@@ -341,14 +348,14 @@ def build_cache(data_root, out, size: int, fmt: str = "jpeg", quality: int = 95,
     jobs, reused = [], 0
     for name in names:
         target, entry = str(Path(name).with_suffix(suffix)), entries.get(name)
-        source = data_root / name
+        source, split = listed[name]
         if entry is not None and entry[:2] == source_key(source) and (out / entry[2]).is_file():
             reused += 1
             continue
         entries.pop(name, None)
         (out / target).parent.mkdir(parents=True, exist_ok=True)
         # A training image training would refuse is not cached under another size either.
-        min_side = MIN_SIDE if Path(name).parts[0] == "train" else 0
+        min_side = MIN_SIDE if split == "train" else 0
         jobs.append((str(source), str(out / target), name, size, fmt, quality, min_side))
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **settings,
                 "entries": entries}

@@ -9,6 +9,7 @@ line 1), the field and what to do; `*_problems` return ALL problems (for `imet c
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -52,12 +53,19 @@ class LabelSpace:
 
     @cached_property
     def groups(self) -> np.ndarray:
-        """Group per class: the part of the name before '::' ('culture' / 'tag' in iMet)."""
+        """Group per class: the part of the name before '::' (2019: culture, tag; 2020 and 2021:
+        country, culture, dimension, medium, tags)."""
         return np.array([n.split("::", 1)[0] if "::" in n else "" for n in self.names], dtype=str)
 
     @property
     def group_names(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.groups.tolist())))
+
+    def summary(self) -> str:
+        """'1103 classes: 398 culture, 705 tag', to tell two label spaces apart in a message."""
+        names, counts = np.unique(self.groups, return_counts=True)
+        return f"{self.num_classes} classes: " + ", ".join(
+            f"{n} {g or 'ungrouped'}" for g, n in zip(names.tolist(), counts.tolist()))
 
     @cached_property
     def _lookup(self) -> np.ndarray:
@@ -185,7 +193,13 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
                         "not a non-negative integer; fix the id or remove the line")
     for i in np.flatnonzero((names == "").to_numpy()):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_name' is empty; give the "
-                        "label a name such as 'culture::x' or 'tag::y'")
+                        "label a name as GROUP::VALUE, such as 'culture::x'")
+    # The prefix is the group every per-group threshold, table and confusion is keyed by.
+    prefixless = (names != "") & ~names.str.contains(r"^[^:]+::", regex=True)
+    for i in np.flatnonzero(prefixless.to_numpy()):
+        problems.append(f"{path}: line {_line(i)}: field 'attribute_name': {names.iloc[i]!r} has "
+                        "no group prefix; name it GROUP::VALUE as the competitions do (e.g. "
+                        f"'culture::{names.iloc[i]}')")
     for col, values in (("attribute_id", ids.where(~bad)),
                         ("attribute_name", names.where(names != ""))):
         for i, first in _repeats(values):
@@ -308,51 +322,224 @@ def _raise_first(problems: list[str]) -> None:
 
 
 # Only this module names the competition's files; callers pass the root (a Kaggle input folder,
-# a mini-iMet folder, or a user's download).
+# a mini-iMet folder, or a user's download) to `find_layout`, which finds each file by content.
 SPLITS = ("train", "test")
 IMAGE_SUFFIX = ".png"
+# Ids probed per candidate image folder: enough to tell the train folder from the test folder
+# (their ids are disjoint) with a few missing images, without listing 109k file names.
+ID_SAMPLE = 16
+MAX_DEPTH = 3  # image folders one to three levels below the root (2021: train-1/train-1/)
 
 
 class CompetitionLayout:
-    """root/labels.csv, train.csv, sample_submission.csv, [test_labels.csv], train/, test/."""
+    """Where each role of a competition folder is. `CompetitionLayout(root)` is the layout imet
+    writes (2019's names: labels.csv, train.csv, sample_submission.csv, [test_labels.csv],
+    train/, test/); `find_layout(root)` is the one a folder actually has."""
 
-    def __init__(self, root):
+    def __init__(self, root, *, labels_csv=None, train_csv=None, sample_submission_csv=None,
+                 test_labels_csv=None, train_dir=None, test_dir=None):
         self.root = root = Path(root)
-        self.labels_csv, self.train_csv = root / "labels.csv", root / "train.csv"
-        self.sample_submission_csv = root / "sample_submission.csv"
+        self.labels_csv = Path(labels_csv or root / "labels.csv")
+        self.train_csv = Path(train_csv or root / "train.csv")
+        self.sample_submission_csv = Path(sample_submission_csv or root / "sample_submission.csv")
         # The test truth: only mini-iMet has it (the competition kept it hidden).
-        self.test_labels_csv = root / "test_labels.csv"
+        self.test_labels_csv = Path(test_labels_csv or root / "test_labels.csv")
         self.folds_csv = root / "folds.csv"  # where `imet folds` writes by default
-        self.train_dir, self.test_dir = root / "train", root / "test"
+        self.train_dir = Path(train_dir or root / "train")
+        self.test_dir = Path(test_dir or root / "test")
 
     def __repr__(self) -> str:
         return f"CompetitionLayout({str(self.root)!r})"
 
+    def describe(self) -> str:
+        """One line: each role and the path it was found at, relative to the root."""
+        def rel(path: Path, folder: bool = False) -> str:
+            try:
+                text = path.relative_to(self.root).as_posix()
+            except ValueError:
+                text = str(path)
+            return text + "/" if folder else text
+        parts = [f"labels {rel(self.labels_csv)}", f"training table {rel(self.train_csv)}",
+                 f"train images {rel(self.train_dir, True)}",
+                 f"sample submission {rel(self.sample_submission_csv)}",
+                 f"test images {rel(self.test_dir, True)}"]
+        if self.test_labels_csv.is_file():
+            parts.append(f"test truth {rel(self.test_labels_csv)}")
+        return ", ".join(parts)
+
     def split_dir(self, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-        return self.root / split
+        return self.train_dir if split == "train" else self.test_dir
 
     def image_path(self, split: str, image_id: str) -> Path:
         return self.split_dir(split) / f"{image_id}{IMAGE_SUFFIX}"
 
     def image_paths(self, split: str, image_ids) -> list[Path]:
-        return [self.split_dir(split) / f"{i}{IMAGE_SUFFIX}" for i in image_ids]
+        folder = self.split_dir(split)
+        return [folder / f"{i}{IMAGE_SUFFIX}" for i in image_ids]
 
-    def require(self, *, test: bool = True) -> "CompetitionLayout":
-        """DataError naming the first missing file or folder (before any long work starts)."""
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: data folder not found; pass --data pointing at the "
-                            "competition files (or make one with `imet mini-imet --out DIR`)")
-        needed = [self.labels_csv, self.train_csv, self.train_dir]
-        if test:
-            needed += [self.sample_submission_csv, self.test_dir]
-        for path in needed:
-            if not path.exists():
-                kind = "folder" if path.suffix == "" else "file"
-                raise DataError(f"{path}: {kind} not found; {self.root} must hold labels.csv, "
-                                "train.csv, sample_submission.csv, train/ and test/")
-        return self
+
+# Each iMet competition's file names, as `imet mini-imet --layout` writes them (imet reads any
+# of them by content). 2021's are those public solution code reads; not verified on Kaggle.
+COMPETITIONS = {"2019": "imet-2019-fgvc6", "2020": "imet-2020-fgvc7", "2021": "imet-2021-fgvc8"}
+YEAR_FILES = {
+    "2019": {}, "2020": {},
+    "2021": {"labels_csv": "label_map.csv", "train_csv": "train-from-kaggle.csv",
+             "train_dir": "train-1/train-1", "test_dir": "test/test"},
+}
+
+
+def year_layout(root, year: str) -> CompetitionLayout:
+    """The layout of `year`'s competition files under `root` (to write them)."""
+    root = Path(root)
+    return CompetitionLayout(root, **{k: root / v for k, v in YEAR_FILES[year].items()})
+
+
+def _header(path: Path) -> set[str]:
+    """The column names of a CSV's first line (empty when it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="strict") as f:
+            line = f.readline(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return {c.strip().strip('"') for c in line.strip().split(",")}
+
+
+def _csvs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+
+
+def labels_tables(folder) -> list[Path]:
+    """The CSVs directly in `folder` with the labels table's columns."""
+    return [p for p in _csvs(Path(folder)) if set(LABELS_COLUMNS) <= _header(p)]
+
+
+def is_submission_name(name: str) -> bool:
+    """Whether a file name is a sample submission's (sample_submission.csv in every year)."""
+    return name.lower().endswith(".csv") and "submission" in name.lower()
+
+
+def _id_table_role(path: Path) -> str:
+    """Which `id,attribute_ids` table a file is: the columns are the same for all three, so its
+    name decides (sample_submission.csv, test_labels.csv, train*.csv)."""
+    name = path.stem.lower()
+    return "sample" if is_submission_name(path.name) else "truth" if name.startswith("test") \
+        else "train"
+
+
+def _pick(root: Path, role: str, looked_for: str, found: list[Path], standard: Path,
+          problems: list[str]) -> Path:
+    """The one candidate; else the 2019 name, with a problem unless that exists (then its own
+    parse names what is wrong with it: a missing column, an empty file)."""
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = " and ".join(p.relative_to(root).as_posix() for p in found)
+        problems.append(f"{root}: two candidates for the {role} ({names}, both {looked_for}); "
+                        "move one of them out of the folder")
+    elif not standard.exists():
+        problems.append(f"{root}: no {role} found: looked for {looked_for}; pass --data "
+                        "pointing at the competition files")
+    return standard
+
+
+def _sample(ids: list[str]) -> list[str]:
+    ids = [i for i in ids if i]
+    if len(ids) <= ID_SAMPLE:
+        return ids
+    return [ids[round(k * (len(ids) - 1) / (ID_SAMPLE - 1))] for k in range(ID_SAMPLE)]
+
+
+def _find_image_dirs(root: Path, samples: dict[str, list[str]]) -> dict[str, list[Path]]:
+    """Per role, the folders (one to MAX_DEPTH levels below root) holding at least half of the
+    role's sampled ids as {id}.png: a few stats per folder. A folder that holds a role's images
+    is not descended into, so the 109k names of an image folder are never listed."""
+    found: dict[str, list[Path]] = {role: [] for role in samples}
+    level = [root]
+    for _ in range(MAX_DEPTH):
+        below = []
+        for folder in level:
+            try:
+                entries = sorted(e.path for e in os.scandir(folder)
+                                 if e.is_dir() and not e.name.startswith("."))
+            except OSError:
+                continue
+            for sub in map(Path, entries):
+                hit = False
+                for role, ids in samples.items():
+                    if ids and 2 * sum((sub / f"{i}{IMAGE_SUFFIX}").is_file() for i in ids) \
+                            >= len(ids):
+                        found[role].append(sub)
+                        hit = True
+                if not hit:
+                    below.append(sub)
+        level = below
+    return found
+
+
+def layout_problems(root, *, train: bool = True, test: bool = True
+                    ) -> tuple[CompetitionLayout, list[str]]:
+    """The layout of a competition folder found by content, and one problem per role not found
+    or found twice (that role then has its 2019 name). The labels table is the CSV with columns
+    attribute_id,attribute_name; the `id,attribute_ids` CSVs are the training table, the sample
+    submission and the test truth, told apart by name; the image folders are the folders below
+    the root that hold the training table's and the sample submission's ids as {id}.png."""
+    root, problems = Path(root), []
+    standard = CompetitionLayout(root)
+    if not root.is_dir():
+        return standard, [f"{root}: data folder not found; pass --data pointing at the "
+                          "competition files (or make one with `imet mini-imet --out DIR`)"]
+    csvs = _csvs(root)
+    headers = {p: _header(p) for p in csvs}
+    id_tables = [p for p in csvs if set(ID_COLUMNS) <= headers[p]]
+    by_role = {r: [p for p in id_tables if _id_table_role(p) == r]
+               for r in ("train", "sample", "truth")}
+    labels_csv = _pick(root, "labels table", f"a CSV in {root} with columns "
+                       f"{','.join(LABELS_COLUMNS)}",
+                       [p for p in csvs if set(LABELS_COLUMNS) <= headers[p]],
+                       standard.labels_csv, problems)
+    id_csv = f"a CSV in {root} with columns {','.join(ID_COLUMNS)}"
+    tables = {}
+    if train:
+        tables["train"] = _pick(root, "training table", f"{id_csv} not named *submission* or "
+                                "test*", by_role["train"], standard.train_csv, problems)
+    if test:
+        tables["test"] = _pick(root, "sample submission", f"{id_csv} named *submission*",
+                               by_role["sample"], standard.sample_submission_csv, problems)
+    samples = {role: _sample(_ids_of(table)) for role, table in tables.items()}
+    dirs = _find_image_dirs(root, samples)
+    chosen = {}
+    for role, table in tables.items():
+        # Without ids (an unreadable table, reported by its parse) the 2019 name stands.
+        chosen[role] = standard.split_dir(role) if not samples[role] else _pick(
+            root, f"{role} image folder", f"a folder below {root} (down to {MAX_DEPTH} levels) "
+            f"holding the {{id}}{IMAGE_SUFFIX} files of {table.name}'s ids", dirs[role],
+            standard.split_dir(role), problems)
+    return CompetitionLayout(
+        root, labels_csv=labels_csv, train_csv=tables.get("train"),
+        sample_submission_csv=tables.get("test"), test_dir=chosen.get("test"),
+        test_labels_csv=by_role["truth"][0] if len(by_role["truth"]) == 1 else None,
+        train_dir=chosen.get("train")), problems
+
+
+def _ids_of(path: Path) -> list[str]:
+    """The id column only, unchecked (the table's readers check it): enough to probe folders."""
+    try:
+        return pd.read_csv(path, usecols=["id"], dtype=str, keep_default_na=False,
+                           encoding="utf-8")["id"].str.strip().tolist()
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError):
+        return []
+
+
+def find_layout(root, *, train: bool = True, test: bool = True) -> CompetitionLayout:
+    """The layout of `root` found by content; DataError naming the first role not found (or
+    found twice) and where it was looked for. `train=False` / `test=False`: without the
+    training table and its images / the sample submission and its images."""
+    layout, problems = layout_problems(root, train=train, test=test)
+    _raise_first(problems)
+    return layout
 
 
 SOFT_TARGETS = "soft_targets.npz"

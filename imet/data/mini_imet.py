@@ -1,13 +1,17 @@
-"""mini-iMet: a small real-image data set in the exact iMet Collection 2019 layout.
+"""mini-iMet: a small real-image data set in the exact layout of an iMet competition (2019 by
+default; 2020 and 2021: five attribute groups, and 2021's file names and nested folders).
 
 Built from scikit-learn's bundled handwritten digits (1,797 real 8x8 scans), so it needs no
 download and works offline on Kaggle. Each image is a canvas with a varying aspect ratio (like
 museum photographs: 0.4 to 2.5) holding 1-4 digits at random places, sizes and slight rotations.
-Labels mirror iMet's two groups:
+Labels mirror iMet 2019's two groups:
 - `culture::<style>`: one global style per image. Palettes (ink, sepia, cyanotype, redprint,
   negative) and textures on the same palette (hatched, speckled, vignette) that only the whole
   image reveals, so a model cannot read the style off one pixel.
 - `tag::<digit>`: every digit present (0-9), at 20-65% of the short side, anywhere.
+2020 and 2021 have five groups, `tags::` for tag: the same culture and tags, plus
+`country::<palette>` (the style's palette family), `dimension::<portrait|landscape>` (the
+canvas) and `medium::<n>-figures` (how many digits): every label is visible in the image.
 Both groups are long-tailed (like iMet's), so per-class thresholds matter. Train and test draw
 their digits from disjoint scans: a model must generalize to new handwriting, not memorize.
 
@@ -27,12 +31,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from imet.data.labels import CompetitionLayout
+from imet.data.labels import YEAR_FILES, year_layout
 from imet.errors import UserError
 from imet.fileio import move_folder_into_place, read_json_object
 
 GENERATOR_VERSION = 1
-DEFAULTS = {"n_train": 1200, "n_test": 300, "size": 64, "seed": 0}
+DEFAULTS = {"n_train": 1200, "n_test": 300, "size": 64, "seed": 0, "layout": "2019"}
+LAYOUTS = tuple(YEAR_FILES)
 MANIFEST = "mini_imet.json"
 SPLIT_CODE = {"train": 1, "test": 2}
 TRAIN_SCAN_FRACTION = 0.75
@@ -121,9 +126,29 @@ STYLES: dict[str, Style] = {
 STYLE_WEIGHTS = 0.85 ** np.arange(len(STYLES))
 
 
-def label_names() -> list[str]:
-    """labels.csv order: culture first, then tag, each sorted by name (as in iMet)."""
-    return [f"culture::{s}" for s in sorted(STYLES)] + [f"tag::{d}" for d in range(10)]
+# 2020/2021's extra groups, each a function of what the image shows.
+PALETTE = {"ink": "paper", "hatched": "paper", "speckled": "paper", "vignette": "paper",
+           "sepia": "sepia", "cyanotype": "cyanotype", "redprint": "red", "negative": "negative"}
+FIGURES = ("1-figure", "2-figures", "3-figures", "4-figures")
+
+
+def image_labels(layout: str, style: str, digits: list[int], shape: tuple[int, int]) -> set[str]:
+    """The attribute names of one image in `layout`'s label space."""
+    if layout == "2019":
+        return {f"culture::{style}"} | {f"tag::{d}" for d in digits}
+    return ({f"culture::{style}", f"country::{PALETTE[style]}",
+             f"dimension::{'portrait' if shape[0] > shape[1] else 'landscape'}",
+             f"medium::{FIGURES[len(digits) - 1]}"} | {f"tags::{d}" for d in digits})
+
+
+def label_names(layout: str = "2019") -> list[str]:
+    """labels.csv order: by group, then by name within it (as in iMet)."""
+    if layout == "2019":
+        return [f"culture::{s}" for s in sorted(STYLES)] + [f"tag::{d}" for d in range(10)]
+    return ([f"country::{p}" for p in sorted(set(PALETTE.values()))]
+            + [f"culture::{s}" for s in sorted(STYLES)]
+            + ["dimension::landscape", "dimension::portrait"]
+            + [f"medium::{f}" for f in FIGURES] + [f"tags::{d}" for d in range(10)])
 
 
 def load_digit_scans() -> tuple[np.ndarray, np.ndarray]:
@@ -211,18 +236,19 @@ def _write_csv(path: Path, header: str, rows) -> None:
 
 
 def _build(folder: Path, params: dict) -> dict:
-    seed, size, names = params["seed"], params["size"], label_names()
-    attr_of, layout = {name: i for i, name in enumerate(names)}, CompetitionLayout(folder)
+    seed, size, year = params["seed"], params["size"], params["layout"]
+    names = label_names(year)
+    attr_of, layout = {name: i for i, name in enumerate(names)}, year_layout(folder, year)
     _write_csv(layout.labels_csv, "attribute_id,attribute_name", enumerate(names))
     pools, truth = _scan_pools(seed), {}
     for split in ("train", "test"):
-        layout.split_dir(split).mkdir()
+        layout.split_dir(split).mkdir(parents=True)
         rows = []
         for index in range(params[f"n_{split}"]):
             image, style, digits = render(seed, split, index, size, pools)
             iid = image_id(seed, split, index)
             Image.fromarray(image).save(layout.image_path(split, iid), **PNG_SETTINGS)
-            attrs = sorted({attr_of[f"culture::{style}"]} | {attr_of[f"tag::{d}"] for d in digits})
+            attrs = sorted(attr_of[n] for n in image_labels(year, style, digits, image.shape[:2]))
             rows.append((iid, " ".join(map(str, attrs))))
         truth[split] = sorted(rows)  # iMet's CSVs are sorted by id
     _write_csv(layout.train_csv, "id,attribute_ids", truth["train"])
@@ -231,13 +257,16 @@ def _build(folder: Path, params: dict) -> dict:
                ((iid, "0 1 2") for iid, _ in truth["test"]))
     n_labels = [len(a.split()) for split in truth.values() for _, a in split]
     summary = {"generator": "mini-imet", "version": GENERATOR_VERSION, **params,
-               "num_classes": len(names), "groups": {"culture": len(STYLES), "tag": 10},
+               "num_classes": len(names),
+               "groups": {g: sum(n.startswith(g + "::") for n in names)
+                          for g in dict.fromkeys(n.split("::")[0] for n in names)},
+               "files": layout.describe(),
                "mean_labels_per_image": round(float(np.mean(n_labels)), 3)}
     (folder / MANIFEST).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
 
 
-def _validate(n_train, n_test, size, seed) -> dict:
+def _validate(n_train, n_test, size, seed, layout) -> dict:
     if not 1 <= n_train <= 200_000 or not 1 <= n_test <= 200_000:
         raise UserError(f"--n-train/--n-test must be between 1 and 200000 (got {n_train}, "
                         f"{n_test})")
@@ -245,7 +274,10 @@ def _validate(n_train, n_test, size, seed) -> dict:
         raise UserError(f"--size must be between 16 and 1024 pixels (got {size})")
     if seed < 0:
         raise UserError(f"--seed must be >= 0 (got {seed})")
-    return {"n_train": int(n_train), "n_test": int(n_test), "size": int(size), "seed": int(seed)}
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    return {"n_train": int(n_train), "n_test": int(n_test), "size": int(size), "seed": int(seed),
+            "layout": layout}
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -254,15 +286,17 @@ def read_manifest(out: Path) -> dict | None:
 
 def generate(out, n_train: int = DEFAULTS["n_train"], n_test: int = DEFAULTS["n_test"],
              size: int = DEFAULTS["size"], seed: int = DEFAULTS["seed"],
-             force: bool = False) -> dict:
+             force: bool = False, layout: str = DEFAULTS["layout"]) -> dict:
     """Write mini-iMet into `out`; returns its manifest plus `reused` (True when `out` already
     held this exact data set, which is then left untouched)."""
     out = Path(out)
-    params = _validate(n_train, n_test, size, seed)
+    params = _validate(n_train, n_test, size, seed, layout)
     existing = read_manifest(out)
     if existing and existing.get("version") == GENERATOR_VERSION and \
-            all(existing.get(k) == v for k, v in params.items()) and not force:
-        return {**existing, "out": str(out), "reused": True}
+            all({"layout": "2019", **existing}.get(k) == v for k, v in params.items()) and \
+            not force:
+        return {"layout": "2019", "files": year_layout(out, "2019").describe(), **existing,
+                "out": str(out), "reused": True}
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:

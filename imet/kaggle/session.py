@@ -125,16 +125,20 @@ def _in_one_input(found: list[Path], root: Path, what: str, fix: str) -> Path:
 
 
 def find_competition_data(root: Path | None = None) -> Path:
-    """The folder holding the competition's files (labels.csv, sample_submission.csv)."""
+    """The folder holding an iMet competition's files: a sample submission and a labels table
+    (found by its columns: label_map.csv in 2021), as `imet check-data` finds them."""
+    from imet.data.labels import COMPETITIONS, is_submission_name, labels_tables
     root = input_root() if root is None else root
-    found = find_folders_with(root, "labels.csv", "sample_submission.csv")
+    found = [folder for folder in _find(root, lambda files, _: any(map(is_submission_name, files)))
+             if labels_tables(folder)]
     if not found:
-        raise NotAttached(f"no competition data under {root}: no folder holds labels.csv and "
-                          f"sample_submission.csv ({searched(root)}); attach the "
-                          "imet-2019-fgvc6 competition (competition_sources in "
-                          "kernel-metadata.json)")
-    return _in_one_input(found, root, "competition data (labels.csv and sample_submission.csv)",
-                         "attach only the imet-2019-fgvc6 competition, or pass --data")
+        raise NotAttached(f"no competition data under {root}: no folder holds a sample "
+                          "submission and a labels table (columns attribute_id,attribute_name) "
+                          f"({searched(root)}); attach the competition "
+                          f"({', '.join(COMPETITIONS.values())}) in competition_sources of "
+                          "kernel-metadata.json")
+    return _in_one_input(found, root, "competition data (a sample submission and a labels "
+                         "table)", "attach only one iMet competition, or pass --data")
 
 
 def _dataset_version(folder: Path) -> str:
@@ -338,9 +342,10 @@ def _check_inputs(s: Settings, report: Report) -> int:
         report.problems.append(str(err))
     if data is None:
         return DEFAULT_CLASSES
-    from imet.data.labels import CompetitionLayout, read_labels
+    from imet.data.labels import find_layout, read_labels
     try:
-        return read_labels(CompetitionLayout(data).labels_csv).num_classes or DEFAULT_CLASSES
+        return read_labels(find_layout(data, train=False, test=False).labels_csv).num_classes \
+            or DEFAULT_CLASSES
     except UserError as err:
         report.problems.append(str(err))
         return DEFAULT_CLASSES
@@ -354,7 +359,7 @@ def _first(find, roots: list[Path]):
     """The first root's answer of `find`; the last root's error when none has it (a refusal of
     what a root holds is not passed over)."""
     error = NotAttached("no --data and no --input-root to search for the competition data; pass "
-                        "--data DIR (on Kaggle: attach imet-2019-fgvc6)")
+                        "--data DIR (on Kaggle: attach the competition, e.g. imet-2019-fgvc6)")
     for root in roots:
         try:
             return find(root)

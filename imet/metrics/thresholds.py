@@ -1,5 +1,6 @@
 """Choosing a decoding for the sample-averaged F2 on validation predictions: one global
-threshold, one per group (culture / tag), one per class falling back to its group's below a
+threshold, one per group (each attribute name's prefix: culture / tag in 2019, five groups in
+2020-21), one per class falling back to its group's below a
 minimum support, or per-group thresholds with an image-relative context ratio; and
 cross-fitting, which scores any of these honestly.
 
@@ -278,7 +279,7 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
 
 
 # Context-aware decoding (the 6th-place iMet idea): an image's threshold for a class is
-# `max(t, r * that image's top probability)`, with `t` per group (culture / tag) and one ratio `r`.
+# `max(t, r * that image's top probability)`, with `t` per group (any number of them) and one ratio `r`.
 # For a fixed r, an entry can pass only when it reaches r * top, so masking the other entries to
 # 0 turns the problem into the ordinary per-group search above, exact over its grid. Each
 # candidate r costs one masked copy and one group search (~3.5 s CPU at iMet scale), so r is

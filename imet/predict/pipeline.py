@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from imet.data.labels import CompetitionLayout, LabelSpace, read_labels, read_sample_submission
+from imet.data.labels import CompetitionLayout, LabelSpace, find_layout, read_labels, read_sample_submission
 from imet.data.transforms import Normalization
 from imet.device import device_precision, resolve_device
 from imet.errors import CheckpointError, DataError, UserError
@@ -82,10 +82,10 @@ def load_run(run: Path, device: torch.device | str = "cpu", expected: LabelSpace
         only_model = len(set(labels.attribute_ids) - set(expected.attribute_ids))
         only_csv = len(set(expected.attribute_ids) - set(labels.attribute_ids))
         raise CheckpointError(
-            f"{path}: model predicts {labels.num_classes} classes but "
-            f"{expected_source or Path('labels.csv')} has {expected.num_classes} ({only_model} "
+            f"{path}: the model's label space ({labels.summary()}) is not the one of "
+            f"{expected_source or Path('labels.csv')} ({expected.summary()}; {only_model} "
             f"attribute ids only in the model, {only_csv} only in the CSV, or names/order "
-            "differ); use a model trained on this labels.csv")
+            "differ: another competition?); use a model trained on this labels table")
     return Run(name, path, model, info, labels)
 
 
@@ -472,10 +472,7 @@ def open_test(data: Path, sources: Sequence[Path], command: str = "predict") -> 
     checked against its label space: every refusal before any inference."""
     if not sources:
         raise UserError(f"{command}: no runs given; pass --runs RUN_DIR [RUN_DIR ...]")
-    layout = CompetitionLayout(data)
-    for path in (layout.labels_csv, layout.sample_submission_csv):
-        if not path.is_file():
-            raise UserError(f"{path}: file not found; --data must point at the competition files")
+    layout = find_layout(data, train=False)
     labels = read_labels(layout.labels_csv)
     ids = check_sample_ids(read_sample_submission(layout.sample_submission_csv),
                            str(layout.sample_submission_csv))

@@ -9,7 +9,7 @@ ways), and picked by its cross-fitted F2, never its in-sample F2: per-class thre
 win in-sample (1,103 knobs) and often lose on new images.
 
 The report's error analysis (classes most often predicted where absent, most often missed, which
-culture is taken for which: the Open Images write-up found its label problems this way) is
+class of a group is taken for which: the Open Images write-up found its label problems this way) is
 vectorized for 109k x 1,103: column sums of two boolean masks and one sparse product (an image
 misses and adds only a few labels). Plots use matplotlib's object API on an Agg canvas (no
 pyplot global state): drawable from any thread, without a display."""
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from imet.data.folds import read_folds
-from imet.data.labels import CompetitionLayout, read_labels, read_train
+from imet.data.labels import CompetitionLayout, find_layout, read_labels, read_train
 from imet.errors import UserError
 from imet.fileio import atomic_write_bytes, atomic_write_text
 from imet.metrics.f2 import binarize, f2_per_class, f2_score
@@ -36,9 +37,6 @@ from imet.predict.pipeline import (THRESHOLDS_FILE, InferenceOptions, Run, ensem
                                    is_probabilities_file, open_member, predict_run, source_names,
                                    store_member, write_thresholds)
 from imet.probfile import Probabilities, save_probabilities
-
-CONFUSED_GROUP = "culture"
-
 
 @dataclass(frozen=True)
 class ClassErrors:
@@ -63,13 +61,22 @@ def class_errors(truth: np.ndarray, pred: np.ndarray) -> ClassErrors:
 
 
 def group_confusion(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray,
-                    group: str = CONFUSED_GROUP) -> tuple[np.ndarray, np.ndarray]:
+                    group: str) -> tuple[np.ndarray, np.ndarray]:
     """(class indices of `group`, int matrix M): M[a, b] counts the images whose true class a of
     the group was missed while its class b was predicted and is not true (a taken for b)."""
     cols = np.flatnonzero(groups == group)
     missed = sparse.csr_matrix(truth[:, cols] & ~pred[:, cols], dtype=np.int32)
     added = sparse.csr_matrix(pred[:, cols] & ~truth[:, cols], dtype=np.int32)
     return cols, (missed.T @ added).toarray()
+
+
+def group_confusions(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`group_confusion` of every group of two or more classes, by group name (the attribute
+    names' prefixes: culture and tag in 2019; country, culture, dimension, medium, tags later)."""
+    names, counts = np.unique(groups, return_counts=True)
+    return {str(g): group_confusion(truth, pred, groups, g) for g, n in zip(names, counts)
+            if n > 1}
 
 
 def top_confusions(cols: np.ndarray, matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
@@ -145,7 +152,8 @@ class ValidationScores:
     labels_per_image: float
     true_labels_per_image: float
     errors: ClassErrors
-    confusion: tuple[np.ndarray, np.ndarray]  # (culture class indices, a-taken-for-b counts)
+    # per group of 2+ classes: (its class indices, a-taken-for-b counts within the group)
+    confusion: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
@@ -158,7 +166,7 @@ def score_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
         class_f2=f2_per_class(truth, pred), support=np.count_nonzero(truth, axis=0),
         labels_per_image=float(pred.sum(axis=1).mean()),
         true_labels_per_image=float(truth.sum(axis=1).mean()),
-        errors=class_errors(truth, pred), confusion=group_confusion(truth, pred, groups))
+        errors=class_errors(truth, pred), confusion=group_confusions(truth, pred, groups))
 
 
 def _figure(width: float = 7.0, height: float = 4.2):
@@ -214,27 +222,35 @@ def plot_class_f2_vs_support(scores: ValidationScores, groups: np.ndarray, path:
     return _save_png(figure, path)
 
 
-def plot_confusion(scores: ValidationScores, names: Sequence[str], path: Path,
+def group_label(group: str) -> str:
+    return group or "no group"
+
+
+def confusion_plot_name(group: str) -> str:
+    """plots/<group>_confusion.png, the group's name made a safe file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", group or "no-group") + "_confusion.png"
+
+
+def plot_confusion(scores: ValidationScores, group: str, names: Sequence[str], path: Path,
                    size: int = 15) -> Path:
-    """The a-taken-for-b counts among the `size` classes of the group with the most errors."""
-    cols, matrix = scores.confusion
+    """The a-taken-for-b counts among the `size` classes of `group` with the most errors."""
+    cols, matrix = scores.confusion[group]
+    name = group_label(group)
     figure, axes = _figure(7.5, 6.5)
     keep = np.argsort(-(matrix.sum(axis=0) + matrix.sum(axis=1)), kind="stable")[:size]
     image = axes.imshow(matrix[np.ix_(keep, keep)], cmap="Reds")
     labels = [names[cols[k]].split("::", 1)[-1][:24] for k in keep]
     axes.set_xticks(range(len(keep)), labels, rotation=70, ha="right", fontsize=7)
     axes.set_yticks(range(len(keep)), labels, fontsize=7)
-    axes.set(xlabel=f"predicted {CONFUSED_GROUP}, not true",
-             ylabel=f"true {CONFUSED_GROUP}, missed",
-             title=f"{CONFUSED_GROUP} taken for {CONFUSED_GROUP} (the {len(keep)} with most "
-             "errors)")
+    axes.set(xlabel=f"predicted {name}, not true", ylabel=f"true {name}, missed",
+             title=f"{name} taken for {name} (the {len(keep)} with most errors)")
     figure.colorbar(image, ax=axes, shrink=0.8, label="images")
     return _save_png(figure, path)
 
 
 def error_tables(scores: ValidationScores, names: Sequence[str], k: int = 15) -> list[str]:
-    """The classes most often predicted where absent, most often missed, and the culture pairs
-    most often taken one for the other, as markdown."""
+    """The classes most often predicted where absent, most often missed, and per group the pairs
+    of its classes most often taken one for the other, as markdown."""
     errors = scores.errors
     lines = ["", f"## Most often predicted but absent (top {k})", "",
              "| class | false positives | predicted | support |", "|---|---|---|---|"]
@@ -244,12 +260,13 @@ def error_tables(scores: ValidationScores, names: Sequence[str], k: int = 15) ->
               "| class | false negatives | support | predicted |", "|---|---|---|---|"]
     lines += [f"| {names[c]} | {errors.false_neg[c]} | {errors.support[c]} | "
               f"{errors.predicted[c]} |" for c in errors.worst(errors.false_neg, k)]
-    lines += ["", f"## {CONFUSED_GROUP} taken for {CONFUSED_GROUP} (top {k})", "",
-              f"Images whose true {CONFUSED_GROUP} was missed while another was predicted.", "",
-              "| true (missed) | predicted instead | images |", "|---|---|---|"]
-    lines += [f"| {names[a]} | {names[b]} | {n} |" for a, b, n in
-              top_confusions(*scores.confusion, k)]
-    lines += ["", f"![{CONFUSED_GROUP} confusion](plots/{CONFUSED_GROUP}_confusion.png)"]
+    for group, confusion in scores.confusion.items():
+        name = group_label(group)
+        lines += ["", f"## {name} taken for {name} (top {k})", "",
+                  f"Images whose true {name} was missed while another was predicted.", "",
+                  "| true (missed) | predicted instead | images |", "|---|---|---|"]
+        lines += [f"| {names[a]} | {names[b]} | {n} |" for a, b, n in top_confusions(*confusion, k)]
+        lines += ["", f"![{name} confusion](plots/{confusion_plot_name(group)})"]
     return lines
 
 
@@ -285,11 +302,13 @@ def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray
     plots = Path(out_dir) / "plots"
     paths = {"f2_vs_threshold": plots / "f2_vs_threshold.png",
              "class_f2_vs_support": plots / "class_f2_vs_support.png",
-             "confusion": plots / f"{CONFUSED_GROUP}_confusion.png",
              "table": Path(out_dir) / "validation.md"}
+    confusions = {g: plots / confusion_plot_name(g) for g in scores.confusion}
     plot_f2_vs_threshold(y_true, probs, scores, paths["f2_vs_threshold"], min_labels, max_labels)
     plot_class_f2_vs_support(scores, groups, paths["class_f2_vs_support"])
-    plot_confusion(scores, names, paths["confusion"])
+    for group, path in confusions.items():
+        plot_confusion(scores, group, names, path)
+    paths |= {f"confusion {group_label(g)}": p for g, p in confusions.items()}
     atomic_write_text(paths["table"], markdown_table(scores, summary, members, names))
     return {k: str(v) for k, v in paths.items()}
 
@@ -363,7 +382,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
             raise UserError(f"{out_dir}: run folder is read-only (an attached input?); pass "
                             "--out DIR for thresholds.json and the report")
     out_dir = Path(out_dir)
-    layout = CompetitionLayout(data)
+    layout = find_layout(data, test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
     names = source_names(sources)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from imet.config import TrainConfig
 from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE, PixelMemo, find_cache
-from imet.data.labels import CompetitionLayout, LabelSpace, read_extra, read_labels, read_train
+from imet.data.labels import LabelSpace, find_layout, read_extra, read_labels, read_train
 from imet.data.transforms import (ImetDataset, build_batch_augment, build_eval_transform,
                                   build_train_transform)
 from imet.errors import DataError, UserError
@@ -213,11 +213,7 @@ class RunData:
 def load_run_data(config: TrainConfig) -> RunData:
     if not config.data:
         raise UserError("--data is required: the folder with labels.csv, train.csv and train/")
-    layout = CompetitionLayout(config.data)
-    for required in (layout.labels_csv, layout.train_csv, layout.train_dir):
-        if not required.exists():
-            raise DataError(f"{required}: not found; --data must point at the competition files "
-                            "(labels.csv, train.csv, train/)")
+    layout = find_layout(config.data, test=False)
     labels = read_labels(layout.labels_csv)
     ids, targets = read_train(layout.train_csv, labels)
     folds_path = Path(config.folds) if config.folds else layout.folds_csv

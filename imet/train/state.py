@@ -24,9 +24,9 @@ from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imet.config import GROUP_ORDER, TrainConfig, parse_train_groups
-from imet.data.labels import CompetitionLayout, LabelSpace, read_labels
+from imet.data.labels import LabelSpace, find_layout, read_labels
 from imet.device import Precision
-from imet.errors import CheckpointError, DataError, UserError
+from imet.errors import CheckpointError, UserError
 from imet.fileio import file_sha256
 from imet.models import build_model
 from imet.models.modelfile import model_file_of, read_model_file
@@ -381,10 +381,7 @@ def init_arch(init: str) -> str:
 def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
     """The --init model's weights, checked against the run's arch and --data's labels.csv; fills
     in `config.init_fingerprint`, which must match when it was given (a resumed run's config)."""
-    labels_csv = CompetitionLayout(config.data).labels_csv
-    if not labels_csv.is_file():
-        raise DataError(f"{labels_csv}: not found; --data must point at the competition files "
-                        "(labels.csv, train.csv, train/)")
+    labels_csv = find_layout(config.data, train=False, test=False).labels_csv
     labels = read_labels(labels_csv)
     if not config.init:
         raise UserError(f"--init-fingerprint {config.init_fingerprint}: no --init model given; "
