@@ -226,11 +226,13 @@ def test_a_training_session_says_it_first_and_run_json_keeps_it(mini_data, tmp_p
             monkeypatch.setenv(name, value)
         config = TrainConfig(data=str(mini_data), out=str(tmp_path / "run"), arch="tiny_cnn",
                              pretrained=False, device="cpu", input_root=roots).validated()
+        capfd.readouterr()
         bus = build_bus(config)
-        runs.append(capfd.readouterr().err.splitlines())
+        assert capfd.readouterr().out == ""  # said when the run starts, not before a refusal
         bus.emit(RunStart(run_name="r", arch="tiny_cnn", fold=0, image_size=32,
                           session=session, resumed_from=None if session == 1 else 4,
                           device="cpu", total_steps=8, config={}, kernel=None, rank=0))
+        runs.append(capfd.readouterr().out.splitlines())
         bus.emit(Handover(step=4, checkpoint="c.pt", reason="budget", next="again",
                           exit_code=75))
         bus.close()

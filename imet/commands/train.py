@@ -68,15 +68,14 @@ def build_bus(config: TrainConfig, request_stop=None):
     from imet.observe.telegram import build_notifier, telegram_status
     from imet.train.distributed import env_rank
     from imet.train.events import EventBus
-    # Among the session's first lines, whatever the mode: a run that reports nowhere says so
-    # and why, and run.json keeps the same (the token's source, never the token).
+    # The session's first line when it starts, whatever the mode: a run that reports nowhere
+    # says so and why, and run.json keeps the same (the token's source, never the token).
     telegram = telegram_status(config.notify, rank=env_rank(),
                                input_roots=config.input_root)
-    if env_rank() == 0:
-        print(f"imet: Telegram {telegram.line()}", file=sys.stderr)
     inputs = InputFiles(config.input_root)  # one search of the inputs for every subscriber
     subscribers = [*report_subscribers(config.out, inputs, every_s=config.progress_every_s,
-                                       telegram=telegram.record()),
+                                       telegram=telegram.record(),
+                                       preface=f"imet: Telegram {telegram.line()}"),
                    record_train_subscriber(config.out, inputs)]
     notifier = build_notifier(config.notify, rank=env_rank(), request_stop=request_stop,
                               status=telegram)

@@ -84,11 +84,15 @@ def _epoch_in_progress(event: Progress) -> Any:
 
 class ConsoleProgress(RankZeroSubscriber):
     """Event subscriber printing progress. `every_s`: seconds between plain progress lines;
-    `stream`: where to print (stdout); `tty`: force the bar on/off (default: stream.isatty())."""
+    `stream`: where to print (stdout); `tty`: force the bar on/off (default: stream.isatty());
+    `preface`: the first line printed when the run starts (Telegram's status: an informational
+    line, so on `stream` with the progress, and only then: a session refused before its start
+    says one error line and nothing else)."""
 
     def __init__(self, every_s: float = 60.0, stream: TextIO | None = None,
-                 tty: bool | None = None, clock=time.monotonic):
+                 tty: bool | None = None, clock=time.monotonic, preface: str = ""):
         self.every_s = float(every_s)
+        self.preface = preface
         self.stream = stream if stream is not None else sys.stdout
         isatty = getattr(self.stream, "isatty", None)
         self.tty = bool(isatty and isatty()) if tty is None else bool(tty)
@@ -106,6 +110,8 @@ class ConsoleProgress(RankZeroSubscriber):
             print(text, file=self.stream, flush=True)
 
     def _on_run_start(self, event: RunStart) -> None:
+        if self.preface:
+            self._print(self.preface)
         self._total_epochs = (event.config or {}).get("epochs")
         resumed = event.resumed_from
         start = f"resuming from step {resumed}" if resumed is not None else "starting"

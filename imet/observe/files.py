@@ -633,12 +633,13 @@ class ArtifactWriter(RankZeroSubscriber):
 
 def report_subscribers(run_dir: str | os.PathLike, input_roots: Iterable[str | os.PathLike] = (),
                        every_s: float = 60.0, stream: TextIO | None = None,
-                       telegram: dict[str, Any] | None = None) -> list:
+                       telegram: dict[str, Any] | None = None, preface: str = "") -> list:
     """The standard set for a training run: ConsoleProgress, MetricsWriter, ArtifactWriter.
     `input_roots` (or the run's shared `InputFiles`, which `imet train` also gives the
     registry): where a resumed session finds the previous session's metrics.csv/run.json;
     searched once for all of them. `telegram`: the session's notification status for
-    run.json."""
+    run.json; `preface`: the console's first line at the run's start (its Telegram status)."""
     inputs = input_files(input_roots)
-    return [ConsoleProgress(every_s=every_s, stream=stream), MetricsWriter(run_dir, inputs),
+    return [ConsoleProgress(every_s=every_s, stream=stream, preface=preface),
+            MetricsWriter(run_dir, inputs),
             ArtifactWriter(run_dir, inputs, telegram)]
