@@ -36,8 +36,8 @@ def test_stop_from_the_chat_hands_over_and_the_next_session_resumes(mini_data, l
         (dataset / "imet-telegram.json").write_text(json.dumps(
             {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": CHAT}))
 
-        def owner():  # reads the first progress message, then stops the run
-            if server.wait_for(lambda: any(t.startswith("⏳") for t in server.replies(CHAT)),
+        def owner():  # reads the start message, then stops the run (a short one: at once)
+            if server.wait_for(lambda: any(t.startswith("🚀") for t in server.replies(CHAT)),
                                timeout=500):
                 server.push("/stop now", chat_id=CHAT)
 

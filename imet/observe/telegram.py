@@ -385,17 +385,19 @@ class TelegramSender:
     # training thread
     def submit(self, item: Outgoing) -> bool:
         """Queue `item`; never blocks on the network. False when it was dropped. A queued
-        message of a COALESCED kind gives way to `item` of the same kind."""
+        message of a COALESCED kind is replaced by `item` of the same kind, in its place in
+        line: news that changes every step still goes out in its turn, never starved."""
         with self._wake:
             if self._closing or self._disabled:
                 return False
             if item.priority < CRITICAL and time.monotonic() < self._breaker_until:
                 self.stats["dropped_breaker"] += 1
                 return False
-            if item.kind in COALESCED:
-                kept = deque(p for p in self._queue if p.item.kind != item.kind)
-                self.stats["coalesced"] += len(self._queue) - len(kept)
-                self._queue = kept
+            if item.kind in COALESCED and (queued := next(
+                    (p for p in self._queue if p.item.kind == item.kind), None)):
+                queued.item, queued.attempts = item, 0
+                self.stats["coalesced"] += 1
+                return True
             if len(self._queue) >= self._max_queue and not self._make_room(item):
                 self.stats["dropped_full"] += 1
                 return False
