@@ -7,7 +7,8 @@ session, with the previous output attached as Kaggle's kernel_sources would, res
 chain ends with a model equal, tensor for tensor, to an uninterrupted run. The time limit
 itself is tested in test_emulator.py and the budget in test_resume.py. The inference kernel runs
 with no network. The inputs are mounted nested, as today's Kaggle does; the last trainer
-session, and two of the missing-input sessions, run in the flat layout of older sessions."""
+session, validation and inference (once more), and two of the missing-input sessions, run in
+the flat layout of older sessions."""
 import csv
 import getpass
 import json
@@ -150,20 +151,23 @@ def test_the_last_session_resumed_in_the_flat_layout(trained):
     assert f"{'previous output:':<18}{root / 'imet-trainer'}" in log
 
 
-def test_validation_then_offline_inference(trained, mini_data, local_dataset, tmp_path):
+@pytest.mark.parametrize("layout", ["nested", "flat"])
+def test_validation_then_offline_inference(layout, trained, mini_data, local_dataset, tmp_path):
     trainer_out = trained[-1].output
     base = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset,
             "imet-trainer": trainer_out}
     validation = run_session(KERNELS / "validation", base, tmp_path / "v", 1, 600,
-                             env(EVAL_ARGS), accelerator="none")
+                             env(EVAL_ARGS), accelerator="none", layout=layout)
     assert validation.ok, validation.log.read_text()[-3000:]
+    assert f"in the {layout} layout" in validation.log.read_text().splitlines()[0]
     assert (validation.output / "thresholds.json").is_file()
     inference = run_session(KERNELS / "inference",
                             {**base, "imet-validation": validation.output}, tmp_path / "i", 1,
-                            600, env(EVAL_ARGS), accelerator="none")
+                            600, env(EVAL_ARGS), accelerator="none", layout=layout)
     log = inference.log.read_text()
     assert inference.ok, log[-3000:]
     assert "internet off (unshare -n)" in log.splitlines()[0]
+    assert f"in the {layout} layout" in log.splitlines()[0]
     with open(inference.output / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     with open(mini_data / "sample_submission.csv") as f:
