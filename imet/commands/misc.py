@@ -120,14 +120,20 @@ def configure_notify_test(parser: argparse.ArgumentParser) -> None:
         "from the environment or Kaggle Secrets) and say what is wrong when it fails.")
     parser.add_argument("--text", default=None,
                         help="message to send (default: a short test line naming this host)")
+    _add_timeout(parser)
+
+
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for Telegram on each request (default: 10)")
 
 
-def run_notify_test(args: argparse.Namespace) -> int:
+def _telegram_config(use_kaggle_secrets: bool):
+    """The Telegram settings `notify-test`/`notify-setup` check, with python-telegram-bot
+    there to check them; a UserError saying what is missing otherwise."""
     from imet.observe.telegram import ConfigProblem, load_config
     try:
-        config = load_config(os.environ)
+        config = load_config(os.environ, use_kaggle_secrets=use_kaggle_secrets)
     except ConfigProblem as problem:
         raise UserError(str(problem)) from None
     try:
@@ -135,6 +141,11 @@ def run_notify_test(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("python-telegram-bot is not installed; run "
                         "pip install 'python-telegram-bot>=22,<23'") from None
+    return config
+
+
+def run_notify_test(args: argparse.Namespace) -> int:
+    config = _telegram_config(use_kaggle_secrets=True)
     text = args.text or (f"✅ imet notify-test from {socket.gethostname()} at "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: this chat will receive "
                          "imet's training reports.")
@@ -152,8 +163,7 @@ def configure_notify_setup(parser: argparse.ArgumentParser) -> None:
         "a kernel it gives the token to every session, where a push drops Kaggle Secrets. "
         "Refuses a dataset of that name that is public.")
     parser.add_argument("--owner", required=True, help="your Kaggle user name")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for Telegram on each request (default: 10)")
+    _add_timeout(parser)
 
 
 def run_notify_setup(args: argparse.Namespace) -> int:
@@ -161,12 +171,8 @@ def run_notify_setup(args: argparse.Namespace) -> int:
 
     from imet.kaggle.campaign.remote import (client_errors, dataset_version, kaggle_api,
                                              upload_dataset)
-    from imet.observe.telegram import (CHAT_VAR, DATASET, DATASET_FILE, TOKEN_VAR,
-                                       ConfigProblem, load_config)
-    try:
-        config = load_config(os.environ, use_kaggle_secrets=False)
-    except ConfigProblem as problem:
-        raise UserError(str(problem)) from None
+    from imet.observe.telegram import CHAT_VAR, DATASET, DATASET_FILE, TOKEN_VAR
+    config = _telegram_config(use_kaggle_secrets=False)
     ref = f"{args.owner}/{DATASET}"
     username = asyncio.run(_send(config, f"✅ imet notify-setup: this chat will receive the "
                                  f"reports of kernels attaching {html.escape(ref)}.",
