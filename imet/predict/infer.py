@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta, build_eval_transform,
-                                  normalize_batch)
+                                  normalize_batch, stack_images)
 from imet.config import close_match
 from imet.device import Precision, device_precision
 from imet.errors import DataError, UserError
@@ -87,7 +87,7 @@ def _collate(items):
     for image, _ in items:
         if isinstance(image, str):
             return image, None
-    images = torch.stack([image for image, _ in items])
+    images = stack_images([image for image, _ in items])
     positions = torch.as_tensor([int(p) for _, p in items], dtype=torch.long)
     return images, positions
 

@@ -26,7 +26,7 @@ from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE, PixelMemo, find_cache
 from imet.data.labels import LabelSpace, find_layout, read_extra, read_labels, read_train
 from imet.data.transforms import (ImetDataset, build_batch_augment, build_eval_transform,
-                                  build_train_transform)
+                                  build_train_transform, collate)
 from imet.errors import DataError, UserError
 from imet.probfile import load_probabilities
 from imet.train.distributed import env_local_world_size
@@ -293,12 +293,13 @@ def train_loader(data: RunData, sampler: EpochBatchSampler, config: TrainConfig,
     if config.num_workers == "auto":
         log.info("%d loader workers per process (--num-workers auto)", workers)
     return DataLoader(data.train_set, batch_sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, generator=torch.Generator(),
+                      collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
 def val_loader(data: RunData, config: TrainConfig, pin_memory: bool) -> DataLoader:
     workers = loader_workers(config)
     return DataLoader(data.val_set, batch_size=config.eval_batch_size or 2 * config.batch_size,
-                      shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator(), persistent_workers=workers > 0)
+                      shuffle=False, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory, generator=torch.Generator(),
+                      persistent_workers=workers > 0)
