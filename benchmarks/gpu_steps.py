@@ -171,7 +171,7 @@ def real_loader(folder: Path, count: int, size: int, batch: int, workers: int, s
     from imet.data.images import ImageCache
     from imet.data.images import build_cache
     from imet.data.transforms import ImetDataset
-    from imet.data.transforms import build_batch_augment, build_train_transform
+    from imet.data.transforms import build_batch_augment, build_train_transform, collate
     paths = make_images(folder / "data", count)
     build_cache(folder / "data", folder / "cache", size, "jpeg", workers=workers, progress=False)
     targets = (np.random.default_rng(1).random((count, classes)) < 0.003).astype(np.uint8)
@@ -180,7 +180,7 @@ def real_loader(folder: Path, count: int, size: int, batch: int, workers: int, s
                           batch_augment=build_batch_augment("seed", size))
     order = np.random.default_rng(0).integers(0, count, steps * batch).tolist()
     return DataLoader(dataset, batch_size=batch, sampler=order, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=True,
+                      collate_fn=collate, pin_memory=torch.cuda.is_available(), drop_last=True,
                       persistent_workers=False)
 
 
