@@ -12,8 +12,11 @@ from imet.data.transforms import (
     Normalization,
     RandomSquareCrop,
     apply_tta,
+    augment_batch,
+    build_batch_augment,
     build_eval_transform,
     build_train_transform,
+    collate,
     normalize_batch,
     to_tensor,
 )
@@ -142,6 +145,29 @@ def test_uint8_path_then_batch_normalize_equals_to_tensor():
     assert torch.allclose(norm.apply(pixels), norm.apply(raw[None]))
     in_place = norm.apply_(pixels)
     assert in_place is pixels and torch.allclose(in_place, to_tensor(image, norm)[None], atol=1e-5)
+
+
+def test_the_uint8_hand_off_is_a_view_collated_as_it_lies_and_made_nchw_on_the_device():
+    # Crops of wider images, as the seed preset cuts them: the item is a view of the decoded
+    # pixels, the batch NHWC in memory; values, and what the device makes of them, are those of
+    # contiguous CHW images stacked.
+    images = [_image(20, 31, seed) for seed in range(4)]
+    crops = [image[2:18, 5 + k:21 + k] for k, image in enumerate(images)]
+    spec = build_batch_augment("seed", 16)
+    items = [(to_tensor(crop, None), torch.zeros(3), k,
+              torch.from_numpy(spec.draw(_rng(k), (3, 16, 16)))) for k, crop in enumerate(crops)]
+    assert np.shares_memory(items[0][0].numpy(), images[0])
+    batch = collate(items)
+    plain = torch.stack([torch.from_numpy(np.ascontiguousarray(c.transpose(2, 0, 1)))
+                         for c in crops])
+    assert batch[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch[0], plain) and batch[2].tolist() == [0, 1, 2, 3]
+    for ours, theirs in [(augment_batch(batch[0], batch[3]), augment_batch(plain, batch[3])),
+                         (Normalization().apply(batch[0]), Normalization().apply(plain))]:
+        assert ours.is_contiguous() and torch.equal(ours, theirs)
+    kept = crops[0].copy()
+    kept.flags.writeable = False  # a memo's pixels: copied, never shared with a batch
+    assert not np.shares_memory(to_tensor(kept, None).numpy(), kept)
 
 
 def test_normalization_from_model_info():
