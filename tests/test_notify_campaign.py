@@ -15,6 +15,7 @@ import time
 
 import pytest
 from telegram_standin import TelegramStandin
+from test_resume import final_payload
 
 from imet.commands.train import config_from_args
 from imet.config import train_parser
@@ -143,8 +144,7 @@ def test_one_bot_answers_status_per_member_and_stops_exactly_the_named_ones(
     stop.request("signal")
     result = train(config, EventBus(), stop=stop)
     assert (result.status, result.step) == ("handover", handover["step"])
-    run = json.loads((tmp_path / "m2" / "run.json").read_text())
-    assert [s["session"] for s in run["sessions"]] == [1, 2]
+    assert final_payload(tmp_path / "m2")["counters"]["session"] == 2  # resumed, not anew
 
 
 @pytest.mark.parametrize("text, reply, stops", [
@@ -160,3 +160,51 @@ def test_campaign_stop_names_a_member(text, reply, stops):
     assert reply in commands.answer(text)[0]
     assert commands.take_stops() == stops
     assert not any(line.command == "stop" for line in commands.lines)  # none is running
+
+
+def test_the_campaign_relays_stop_and_pushes_that_member_no_more(tmp_path):
+    """`imet kaggle campaign` (the real driver, the Kaggle stand-in): its trainers are rendered
+    to read the relay; /stop f0 reaches the pinned message; f0's session then hands over and
+    f0 is not pushed again (stopped, its model used by the finals); f1 goes on to its end."""
+    from kaggle_standin import KaggleStandin
+    from test_kaggle_campaign import (FINALS, command, env_for, finish, handover, plan_file,
+                                      table, trainer)
+    with KaggleStandin() as kaggle, TelegramStandin() as server:
+        kaggle.sessions.update(FINALS)
+        kaggle.sessions[trainer("f0")] = [handover(1), handover(2), finish(3)]
+        kaggle.sessions[trainer("f1")] = [finish(1)]
+        status = kaggle.handlers["GetKernelSessionStatus"]
+
+        def f0_runs_until_told(standin, body):
+            """f0's session, as a member reading the relay: running until its order is there."""
+            if f"{body.get('userName')}/{body.get('kernelSlug')}" == trainer("f0") and \
+                    "stop f0" not in (server.pinned_text(CHAT) or ""):
+                return 200, {"status": "RUNNING", "failureMessage": ""}
+            return status(standin, body)
+        kaggle.handlers["GetKernelSessionStatus"] = f0_runs_until_told
+        env = env_for(kaggle, tmp_path, IMET_TELEGRAM_TOKEN=TOKEN,
+                      IMET_TELEGRAM_CHAT_ID=str(CHAT), IMET_TELEGRAM_API_URL=server.api_url,
+                      NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+        proc = subprocess.Popen(command(plan_file(tmp_path), tmp_path / "camp"), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        try:
+            assert wait(lambda: any("f0: session 1 pushed" in t
+                                    for t in server.replies(CHAT)), 60), server.replies(CHAT)
+            time.sleep(0.3)  # a few rounds: the driver has told the relay f0 runs
+            server.push("/stop f0", chat_id=CHAT)
+            output, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        replies = server.replies(CHAT)
+    assert proc.returncode == 0, output
+    (pushed,) = kaggle.kernels[trainer("f0")]  # not pushed again
+    assert "TELEGRAM_COMMANDS = 'relay'" in pushed["text"]
+    assert any(t.startswith("Stopping f0") for t in replies)
+    rows = table(tmp_path)
+    assert rows["f0"]["state"] == "stopped" and "stopped from Telegram" in rows["f0"]["last message"]
+    assert rows["f1"]["state"] == "finished" and rows["inference"]["state"] == "finished"
+    (validation,) = kaggle.kernels[f"{trainer('f0').split('/')[0]}/imet-validation"]
+    assert trainer("f0") in validation["kernelDataSources"]  # its model so far is used
+    assert server.conflicts == 0
