@@ -208,3 +208,33 @@ def test_the_campaign_relays_stop_and_pushes_that_member_no_more(tmp_path):
     (validation,) = kaggle.kernels[f"{trainer('f0').split('/')[0]}/imet-validation"]
     assert trainer("f0") in validation["kernelDataSources"]  # its model so far is used
     assert server.conflicts == 0
+
+
+def relay_status_once(server, members):
+    """A driver's relay that hears one /status from the owner, then closes."""
+    config = load_config(env_for(server.api_url), use_kaggle_secrets=False)
+    commands = CampaignCommands()
+    commands.publish(members)
+    sender = TelegramSender(config, listen=CommandRelay(config, commands, poll_timeout_s=1),
+                            min_interval_s=0.01, close_timeout_s=2)
+    try:
+        assert wait(lambda: "getUpdates" in server.methods(), 10)
+        before = server.pinned_text(CHAT)
+        server.push("/status", chat_id=CHAT)
+        assert wait(lambda: server.pinned_text(CHAT) != before, 10)
+        assert wait(lambda: not server.pending(), 10)  # acknowledged by the next poll
+    finally:
+        sender.close()
+    return relay_lines(server.pinned_text(CHAT))
+
+
+def test_a_driver_run_again_numbers_on_and_keeps_one_message_pinned():
+    """A campaign run again goes on from the numbers its former driver pinned (a kernel that
+    saw them ignores smaller ones) and unpins that message."""
+    with TelegramStandin() as server:
+        first = relay_status_once(server, {"m1": "running"})
+        second = relay_status_once(server, {"m1": "running"})
+        assert [line.number for line in first] == [1]
+        assert [(line.number, line.command, line.target) for line in second] == \
+            [(2, "status", "all")]
+        assert len(server.pinned[str(CHAT)]) == 1

@@ -430,12 +430,12 @@ class CampaignCommands:
             return stops
 
     # the listener's thread
-    def resume(self, lines: list[RelayLine]) -> None:
-        """Continue the numbering (and keep the orders) of the message a former driver pinned:
-        a kernel that saw its numbers must see greater ones."""
+    def resume(self, lines: list[RelayLine], number: int = 0) -> None:
+        """Continue the numbering (at least `number`) and keep the orders of the message a
+        former driver pinned: a kernel that saw its numbers must see greater ones."""
         with self._lock:
-            self.number = max([self.number, *(line.number for line in lines)])
-            self.lines = [line for line in lines if line.command == "stop"]
+            self.number = max([self.number, number, *(line.number for line in lines)])
+            self.lines = [line for line in lines if line.command == "stop"] + self.lines
 
     def text(self) -> str:
         with self._lock:

@@ -746,6 +746,7 @@ class UpdateListener:
                 contacted = True
                 log.info("Telegram commands on: /status, /plot, /stop, /help from chat %s",
                          self._config.chat_id)
+                await self._contacted(bot)
             failures = 0
             for update in updates:
                 self._offset = update.update_id + 1  # the next call acknowledges it
@@ -764,6 +765,9 @@ class UpdateListener:
                           backoff_s=self._backoff, max_backoff_s=self._max_backoff,
                           started=self._started).read(bot, submit)
         return True
+
+    async def _contacted(self, bot: Any) -> None:
+        """Once, after the first getUpdates answered, before its updates are handled."""
 
     async def _after_updates(self, bot: Any) -> None:
         """After each batch of updates (the campaign's relay writes its message here)."""
@@ -879,7 +883,6 @@ class CommandRelay(UpdateListener):
                  **options: Any):
         super().__init__(config, commands or CampaignCommands(), **options)
         self._pinned: int | None = None
-        self._resumed = False
         self._pin_warned = False
 
     async def _conflict(self, bot: Any, submit: Callable[[Outgoing], bool],
@@ -895,19 +898,27 @@ class CommandRelay(UpdateListener):
         sent = message.date.timestamp() if message.date is not None else None
         return self.commands.answer(message.text or "", sent)
 
+    async def _contacted(self, bot: Any) -> None:
+        """A former driver's pinned message (a campaign run again): its numbering goes on, or
+        a kernel that saw its numbers would ignore the new ones; without it, numbers start
+        from the clock, above any former driver's."""
+        from telegram.error import TelegramError
+        try:
+            pinned = (await bot.get_chat(self._config.chat_id)).pinned_message
+        except TelegramError as err:
+            log.debug("Telegram: the pinned message could not be read: %s",
+                      self._config.describe(err))
+            self.commands.resume([], int(time.time()))
+            return
+        if pinned is not None and pinned.from_user is not None and \
+                pinned.from_user.id == bot.id and (pinned.text or "").startswith(RELAY_HEADER):
+            self.commands.resume(relay_lines(pinned.text))
+            self._pinned = pinned.message_id
+
     async def _after_updates(self, bot: Any) -> None:
         from telegram.error import BadRequest, Forbidden, TelegramError
         commands = self.commands
         try:
-            if not self._resumed:  # a former driver's message: its numbers go on
-                chat = await bot.get_chat(self._config.chat_id)
-                pinned = chat.pinned_message
-                if pinned is not None and pinned.from_user is not None and \
-                        pinned.from_user.id == bot.id and (pinned.text or "").startswith(
-                            RELAY_HEADER):
-                    commands.resume(relay_lines(pinned.text))
-                    self._pinned = pinned.message_id
-                self._resumed = True
             if commands.fresh:
                 commands.fresh = commands.changed = False
                 text = commands.text()
