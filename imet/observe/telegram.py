@@ -3,7 +3,8 @@
 `telegram_status()` says whether notifications are on and where the token came from, or why
 they are off (asked off, not rank 0, not configured); `imet train` prints it first and keeps it
 in run.json. `build_notifier()` returns a subscriber, or None when they are off (training goes
-on); telegram is imported only once the settings are found. The token lives only in
+on); telegram is imported only once the settings are found. In a campaign, one bot: the
+driver's CommandRelay alone polls and relays the commands to the kernels' RelayReader. The token lives only in
 `TelegramConfig.token`, kept out of the repr, and `scrub()` removes it from any text before
 that text is logged or shown."""
 from __future__ import annotations
@@ -657,9 +658,11 @@ def retry_after_s(err: Any) -> float:
 # update is acknowledged by the next call's offset, and what was sent before this session began
 # is skipped, so an old /stop is never replayed. Replies go through the sender's queue. 429
 # waits as asked; 5xx, timeouts and refused connections back off and retry; a rejected token,
-# or a first contact that never succeeds (offline), turns the commands off with one line.
+# or a first contact that never succeeds (offline), turns the commands off with one line. A
+# 409 (another poller of this bot) turns this run to reading a campaign's relay (below).
 
-
+# How a run hears the commands: "chat" polls; "relay" reads the pinned message every
+# RELAY_POLL_S (a read, not a send: a few kernels at this pace stay far below Telegram's limits).
 COMMANDS_VAR = "IMET_TELEGRAM_COMMANDS"
 COMMAND_MODES = ("chat", "relay")
 RELAY_POLL_S = 15.0
@@ -798,8 +801,7 @@ class UpdateListener:
 # Commands in a campaign, one bot (messages.py: the relayed lines). A kernel told to read the
 # relay (COMMANDS_VAR=relay: the campaign renders its trainers so), or one whose getUpdates got
 # a 409, never polls: it reads the chat's pinned message every RELAY_POLL_S with getChat and
-# acts on the lines for it (COMMANDS_VAR, RELAY_POLL_S above). The driver's CommandRelay is the
-# bot's one poller.
+# acts on the lines for it. The driver's CommandRelay is the bot's one poller.
 
 
 class RelayReader:
