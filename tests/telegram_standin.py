@@ -9,7 +9,13 @@ the text). A connection refused needs no server: `refused_url()`.
 
 getUpdates behaves like Telegram's: `push()` queues an incoming message; a call returns the
 queued updates from `offset` on, or waits up to its `timeout` for one; an offset confirms
-(forgets) every update below it, a negative one keeps only the last -offset."""
+(forgets) every update below it, a negative one keeps only the last -offset. One poller per
+bot: a getUpdates that arrives while another still waits ends the waiting one with 409
+Conflict ("terminated by other getUpdates request"), as Telegram does; `conflicts` counts them.
+
+The bot's messages are kept per chat: editMessageText changes one, pinChatMessage and
+unpinChatMessage pin and unpin one, and getChat answers a ChatFullInfo whose pinned_message is
+the most recent pinned message by sending date (Telegram's rule), as it reads now."""
 from __future__ import annotations
 
 import json
@@ -25,6 +31,10 @@ from urllib.parse import parse_qsl
 from local_server import LocalServer
 
 
+BOT = {"id": 123456789, "is_bot": True, "first_name": "imet stand-in",
+       "username": "imet_standin_bot"}
+
+
 @dataclass
 class Recorded:
     method: str
@@ -33,6 +43,15 @@ class Recorded:
     files: dict = field(default_factory=dict)
     status: int = 200
     time: float = field(default_factory=time.monotonic)
+
+
+CONFLICT = (409, {"ok": False, "error_code": 409,
+                  "description": "Conflict: terminated by other getUpdates request; make sure "
+                                 "that only one bot instance is running"})
+
+
+class _Refused(Exception):
+    """Telegram's error answer (status, body) to one request."""
 
 
 _FAILURES = {
@@ -66,6 +85,10 @@ class TelegramStandin(LocalServer):
         self._update_id = 700
         self.confirmed = 0                  # every update_id below this is acknowledged
         self._arrived = threading.Condition(self._lock)
+        self._poller = 0                    # the getUpdates call allowed to wait now
+        self.conflicts = 0                  # getUpdates calls ended with 409 Conflict
+        self.messages: dict[tuple[str, int], dict] = {}  # (chat, message_id) -> the bot's
+        self.pinned: dict[str, list[int]] = {}           # chat -> pinned message ids
         super().__init__(_handler_for(self))
 
     @property
@@ -121,7 +144,7 @@ class TelegramStandin(LocalServer):
     def sent(self) -> list[Recorded]:
         """Delivered sendMessage/sendPhoto requests, in order."""
         return [r for r in self.requests if r.status == 200
-                and r.method not in ("getMe", "getUpdates")]
+                and r.method in ("sendMessage", "sendPhoto")]
 
     def _current(self, method: str) -> str:
         with self._lock:
@@ -144,13 +167,25 @@ class TelegramStandin(LocalServer):
             status, body = _FAILURES[scenario]
             text = json.dumps(body).replace('"{retry_after}"', str(self.retry_after))
             return status, json.loads(text.replace("{retry_after}", str(self.retry_after)))
-        return 200, {"ok": True, "result": self._result(method, params)}
+        try:
+            return 200, {"ok": True, "result": self._result(method, params)}
+        except _Refused as refused:
+            return refused.args
+
+    def pinned_text(self, chat_id: int | str) -> str | None:
+        """The text getChat shows as the chat's pinned message now."""
+        with self._lock:
+            message = self._pinned_message(str(chat_id))
+            return message and message.get("text")
 
     def _get_updates(self, params: dict) -> list[dict]:
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
         end = time.monotonic() + float(params.get("timeout") or 0)
         with self._arrived:
+            self._poller += 1
+            me = self._poller
+            self._arrived.notify_all()  # a waiting poller is terminated by this one
             if offset < 0:
                 self._updates = self._updates[offset:]
             elif offset:
@@ -161,14 +196,68 @@ class TelegramStandin(LocalServer):
                 if left <= 0:
                     break
                 self._arrived.wait(left)
+                if self._poller != me:
+                    self.conflicts += 1
+                    raise _Refused(*CONFLICT)
             return list(self._updates[:limit])
+
+    def _pinned_message(self, chat: str) -> dict | None:
+        pinned = [self.messages[(chat, i)] for i in self.pinned.get(chat, [])
+                  if (chat, i) in self.messages]
+        return max(pinned, key=lambda m: (m["date"], m["message_id"]), default=None)
+
+    def _chat_id(self, params: dict) -> str:
+        return str(params.get("chat_id", "1"))
+
+    def _message(self, params: dict, action: str) -> dict:
+        key = (self._chat_id(params), int(params.get("message_id") or 0))
+        if key not in self.messages:
+            raise _Refused(400, {"ok": False, "error_code": 400,
+                                 "description": f"Bad Request: message to {action} not found"})
+        return self.messages[key]
+
+    def _chat_result(self, method: str, params: dict):
+        """getChat, pinChatMessage, unpinChatMessage, editMessageText (the lock held)."""
+        chat = self._chat_id(params)
+        if method == "getChat":
+            full = {"id": int(chat) if chat.lstrip("-").isdigit() else 1, "type": "private",
+                    "first_name": "user", "accent_color_id": 0, "max_reaction_count": 11,
+                    "accepted_gift_types": {"unlimited_gifts": True, "limited_gifts": True,
+                                            "unique_gifts": True, "premium_subscription": True,
+                                            "gifts_from_channels": True}}
+            pinned = self._pinned_message(chat)
+            if pinned is not None:
+                full["pinned_message"] = pinned
+            return full
+        if method == "pinChatMessage":
+            message = self._message(params, "pin")
+            ids = self.pinned.setdefault(chat, [])
+            ids[:] = [i for i in ids if i != message["message_id"]] + [message["message_id"]]
+            return True
+        if method == "unpinChatMessage":
+            ids = self.pinned.get(chat, [])
+            if params.get("message_id"):
+                ids[:] = [i for i in ids if i != int(params["message_id"])]
+            elif ids:
+                ids.pop()  # without an id: the most recent one
+            return True
+        message = self._message(params, "edit")
+        if message.get("text") == params.get("text", ""):
+            raise _Refused(400, {"ok": False, "error_code": 400, "description":
+                                 "Bad Request: message is not modified: specified new message "
+                                 "content and reply markup are exactly the same as a current "
+                                 "content and reply markup of the message"})
+        message.update(text=params.get("text", ""), edit_date=int(time.time()))
+        return message
 
     def _result(self, method: str, params: dict):
         if method == "getUpdates":
             return self._get_updates(params)
         if method == "getMe":
-            return {"id": 123456789, "is_bot": True, "first_name": "imet stand-in",
-                    "username": "imet_standin_bot"}
+            return BOT
+        if method in ("getChat", "pinChatMessage", "unpinChatMessage", "editMessageText"):
+            with self._lock:
+                return self._chat_result(method, params)
         with self._lock:
             self._message_id += 1
             message_id = self._message_id
@@ -182,6 +271,9 @@ class TelegramStandin(LocalServer):
                 message["caption"] = params["caption"]
         else:
             message["text"] = params.get("text", "")
+        message["from"] = BOT
+        with self._lock:
+            self.messages[(self._chat_id(params), message_id)] = message
         return message
 
 

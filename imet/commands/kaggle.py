@@ -392,21 +392,23 @@ def check_args(command: str, args: list[str], where: str, whole: bool = True) ->
 
 
 def telegram():
-    """(send one plain message to Telegram, close the sender); no-ops without Telegram."""
-    from imet.observe.messages import Outgoing, pack
-    from imet.observe.telegram import ConfigProblem, TelegramSender, load_config
+    """(send one plain message to Telegram, close the sender, the chat's commands as the
+    campaign's CommandRelay hears them); no-ops and None without Telegram."""
+    from imet.observe.messages import CampaignCommands, Outgoing, pack
+    from imet.observe.telegram import CommandRelay, ConfigProblem, TelegramSender, load_config
     try:
         config = load_config(os.environ, use_kaggle_secrets=False)
     except ConfigProblem as problem:
         if os.environ.get("IMET_TELEGRAM_TOKEN"):
             print(f"imet kaggle campaign: Telegram off: {problem}", file=sys.stderr)
-        return (lambda text: None), (lambda: None)
-    sender = TelegramSender(config)
+        return (lambda text: None), (lambda: None), None
+    commands = CampaignCommands()
+    sender = TelegramSender(config, listen=CommandRelay(config, commands))
 
     def send(text: str) -> None:
         for piece in pack(text.splitlines()):
             sender.submit(Outgoing("campaign", piece, html=False))
-    return send, sender.close
+    return send, sender.close, commands
 
 
 def run_kaggle_campaign(args: argparse.Namespace) -> int:
@@ -425,13 +427,13 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
     backend = _emulator(args, plan, chosen) if args.emulate else None
     args.out.mkdir(parents=True, exist_ok=True)
     state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")
-    send, close = telegram()
+    send, close, commands = telegram()
     poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
     try:
         if backend is None:
             backend = remote.KaggleBackend(remote.kaggle_api(), poll)
         return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,
-                        notify=send).run()
+                        notify=send, commands=commands).run()
     except (OSError, ValueError) as err:
         if args.emulate:  # the machine's trouble (disk, permissions): one line, not a traceback
             raise UserError(f"imet kaggle campaign --emulate: {type(err).__name__}: "

@@ -62,7 +62,9 @@ def config_from_args(args: argparse.Namespace,
     return config
 
 
-def build_bus(config: TrainConfig, request_stop=None):
+def build_bus(config: TrainConfig, request_stop=None, kernel: str | None = None):
+    """`kernel`: the Kaggle kernel's id; a campaign member's answers the chat as that member."""
+    from imet.kaggle.render import member_of
     from imet.observe.files import InputFiles, report_subscribers
     from imet.observe.registry import record_train_subscriber
     from imet.observe.telegram import build_notifier, telegram_status
@@ -78,7 +80,7 @@ def build_bus(config: TrainConfig, request_stop=None):
                                        preface=f"imet: Telegram {telegram.line()}"),
                    record_train_subscriber(config.out, inputs)]
     notifier = build_notifier(config.notify, rank=env_rank(), request_stop=request_stop,
-                              status=telegram)
+                              status=telegram, member=member_of(kernel))
     if notifier is not None:
         subscribers.append(notifier)
     return EventBus(subscribers)
@@ -99,11 +101,12 @@ def run_train(args: argparse.Namespace) -> int:
         from imet.kaggle.session import KERNEL_ENV, device_problem
         if problem := device_problem(config.device):
             raise UserError(problem)
-        bus = build_bus(config, stop.request)  # Telegram's /stop asks through it, as a signal does
+        kernel = os.environ.get(KERNEL_ENV) or None
+        bus = build_bus(config, stop.request, kernel)  # Telegram's /stop asks through it too
         try:
             result = train(config, bus, session_start=session_start, stop=stop,
                            next_command=shlex.join([sys.executable, "-m", "imet", *sys.argv[1:]]),
-                           kernel=os.environ.get(KERNEL_ENV) or None)
+                           kernel=kernel)
         finally:
             bus.close()
         if result.status == "handover" and env_rank() == 0:  # one line, not one per process

@@ -363,6 +363,13 @@ def trainer_slug(member: str) -> str:
     return f"imet-{TRAINER}-{member}"
 
 
+def member_of(kernel_id: str | None) -> str | None:
+    """The member whose trainer kernel `kernel_id` (owner/imet-trainer-<member>) is; None for
+    any other kernel."""
+    slug, prefix = slug_of(kernel_id or ""), trainer_slug("")
+    return slug[len(prefix):] or None if slug.startswith(prefix) else None
+
+
 def templates_in(kernels: Path) -> dict[str, Path]:
     found = {p.parent.name: p.parent for p in sorted(Path(kernels).glob("*/kernel-metadata.json"))}
     if TRAINER not in found:

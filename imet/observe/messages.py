@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -340,7 +341,156 @@ class RunCommands(RankZeroSubscriber):
             return ("Stop this session? It saves, writes HANDOVER.json and exits 75; the next "
                     "push resumes. Confirm with <code>/stop now</code>, or send /stop again "
                     "within 60 s.")
+        return self.stop_now()
+
+    def stop_now(self) -> str:
+        """Ask the engine to stop (no confirmation: a campaign's /stop names its member)."""
+        if self._ended:
+            return f"The run has already {self._ended}."
+        if self.stop_sent:
+            return "Already stopping: the state is saved at the next step."
         self.stop_sent = True
         self._request_stop(STOP_REASON)  # before a run_start too: it stops at its first step
         return ("Stopping: the state is saved at the next step and the session hands over "
                 "(exit 75). Push the kernel again to resume.")
+
+
+# A campaign's commands. Telegram lets one process per bot call getUpdates (a second gets 409
+# Conflict), so in a campaign the local driver alone polls (CampaignCommands answers what it
+# reads), and relays each command to its kernels as a numbered line of one message it pins in
+# the chat, which every kernel reads with getChat (no getUpdates):
+#     imet-cmd <number> <unix time the owner sent it> <status|stop> <member|all>
+# `status all` is news: a member answers it once when the owner sent it after the member's
+# session started. `stop <member>` is an order: the member obeys it whenever it sees it (a
+# session queued when the owner asked stops at its first step), and the driver takes the line
+# out once that member's session has ended. A stop for all is one line per running member.
+RELAY_HEADER = "imet campaign: commands relayed to its kernels (keep this message pinned)"
+RELAY_KEPT = 10  # the newest status lines the message keeps beside the stop orders
+ALL = "all"
+_RELAY_LINE = re.compile(r"^imet-cmd (\d+) (\d+) (status|stop) ([a-z0-9][a-z0-9-]*)$")
+
+
+@dataclass(frozen=True)
+class RelayLine:
+    number: int
+    time: int
+    command: str  # "status" or "stop"
+    target: str   # a member's name (the plan's), or ALL
+
+    def __str__(self) -> str:
+        return f"imet-cmd {self.number} {self.time} {self.command} {self.target}"
+
+
+def relay_lines(text: str | None) -> list[RelayLine]:
+    """The relayed commands in a pinned message's text (other lines are not commands)."""
+    found = (_RELAY_LINE.match(line.strip()) for line in (text or "").splitlines())
+    return [RelayLine(int(m[1]), int(m[2]), m[3], m[4]) for m in found if m]
+
+
+CAMPAIGN_HELP = ("<b>imet campaign commands</b>\n"
+                 "/status: every running member answers with its own status; this table "
+                 "says where the others are\n"
+                 "/stop MEMBER: that member saves at its next step, hands over (exit 75) and "
+                 "is not pushed again; /stop all: every member\n"
+                 "/help: this list")
+
+
+class CampaignCommands:
+    """The driver's side: what it says to the owner's commands, the lines it relays (`text`,
+    `fresh`) and the members asked to stop (`take_stops`). The driver thread `publish`es the
+    members' states; the listener's thread answers; a lock keeps them apart."""
+
+    RUNNING = ("running", "pushing")  # a member whose kernel may be reading the relay
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._members: dict[str, str] = {}
+        self._stops: list[str] = []
+        self.lines: list[RelayLine] = []
+        self.number = 0
+        self.fresh = False    # a new line: the relay sends a new message (pinned) for it
+        self.changed = False  # a line went: the pinned message is edited
+        self.plot_wanted = False
+
+    # the driver's thread
+    def publish(self, members: dict[str, str]) -> None:
+        """Every member's state now; the stop orders of members no longer running go."""
+        with self._lock:
+            self._members = dict(members)
+            kept = [line for line in self.lines if line.command != "stop"
+                    or self._members.get(line.target) in self.RUNNING]
+            if len(kept) != len(self.lines):
+                self.lines, self.changed = kept, True
+
+    def take_stops(self) -> list[str]:
+        """The members the owner asked to stop since the last call."""
+        with self._lock:
+            stops, self._stops = self._stops, []
+            return stops
+
+    # the listener's thread
+    def resume(self, lines: list[RelayLine], number: int = 0) -> None:
+        """Continue the numbering (at least `number`) and keep the orders of the message a
+        former driver pinned: a kernel that saw its numbers must see greater ones."""
+        with self._lock:
+            self.number = max([self.number, number, *(line.number for line in lines)])
+            self.lines = [line for line in lines if line.command == "stop"] + self.lines
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join([RELAY_HEADER, *map(str, self.lines)])
+
+    def _relay(self, sent: float, command: str, target: str) -> None:
+        self.number += 1
+        self.lines.append(RelayLine(self.number, int(sent), command, target))
+        status = [line for line in self.lines if line.command == "status"]
+        self.lines = [line for line in self.lines
+                      if line.command == "stop" or line in status[-RELAY_KEPT:]]
+        self.fresh = True
+
+    def answer(self, text: str, sent: float | None = None) -> list[str]:
+        """HTML replies to one message of the owner's chat, sent at `sent` (unix time)."""
+        command = parse(text)
+        if command is None:
+            return []
+        name, argument = command
+        sent = self._clock() if sent is None else sent
+        with self._lock:
+            running = [n for n, state in self._members.items() if state in self.RUNNING]
+            if name == "status":
+                if running:
+                    self._relay(sent, "status", ALL)
+                table = " · ".join(f"{esc(n, 40)} {esc(s, 40)}" for n, s in self._members.items())
+                tail = (f"; {', '.join(running)} answer{'s' * (len(running) == 1)} for "
+                        "themselves" if running else "; none is running")
+                return [f"<b>imet campaign</b>: {table or 'no member yet'}{esc(tail)}"]
+            if name == "stop":
+                return [self._stop(argument, running, sent)]
+            if name == "plot":
+                return ["In a campaign each member sends its plot with its evaluations; "
+                        "/status shows where each one is."]
+            if name in ("help", "start"):
+                return [CAMPAIGN_HELP]
+        return [f"Unknown command /{esc(name, 40)}; /help lists the commands."]
+
+    def _stop(self, argument: str, running: list[str], sent: float) -> str:
+        """(the lock held)"""
+        members = list(self._members)
+        if argument not in (*members, ALL):
+            what = f"No member {esc(argument, 40)}" if argument not in ("", "now") else \
+                "Name the member"
+            return (f"{what}: /stop MEMBER or /stop all (members: "
+                    f"{esc(', '.join(members) or 'none yet')}).")
+        names = [argument] if argument != ALL else members
+        asked = [n for n in names if n in running or self._members[n] == "waiting"]
+        if not asked:
+            return (f"{esc(argument)} is not running ({esc(self._members[argument])})."
+                    if argument != ALL else "No member is running or waiting.")
+        for member in asked:
+            if member in running and not any(
+                    line.command == "stop" and line.target == member for line in self.lines):
+                self._relay(sent, "stop", member)
+        self._stops += asked
+        return (f"Stopping {esc(', '.join(asked))}: a running member saves at its next step "
+                "and hands over (exit 75); the campaign pushes none of them again.")

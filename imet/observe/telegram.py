@@ -3,7 +3,8 @@
 `telegram_status()` says whether notifications are on and where the token came from, or why
 they are off (asked off, not rank 0, not configured); `imet train` prints it first and keeps it
 in run.json. `build_notifier()` returns a subscriber, or None when they are off (training goes
-on); telegram is imported only once the settings are found. The token lives only in
+on); telegram is imported only once the settings are found. In a campaign, one bot: the
+driver's CommandRelay alone polls and relays the commands to the kernels' RelayReader. The token lives only in
 `TelegramConfig.token`, kept out of the repr, and `scrub()` removes it from any text before
 that text is logged or shown."""
 from __future__ import annotations
@@ -28,7 +29,9 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 from imet.errors import UserError
 from imet.observe import messages
 from imet.observe.console import TELEGRAM_TOKEN, TOKEN_IN_TEXT, redact, scrub_text
-from imet.observe.messages import COALESCED, CRITICAL, LOW, NORMAL, Outgoing, RunCommands
+from imet.observe.messages import (ALL, COALESCED, CRITICAL, LOW, NORMAL, RELAY_HEADER,
+                                   CampaignCommands, Outgoing, RunCommands, esc, pack,
+                                   relay_lines)
 from imet.train.events import (Checkpoint, Evaluation, Event, Failure, Finish, Handover, Progress,
                                RankZeroSubscriber, RunStart)
 
@@ -655,7 +658,14 @@ def retry_after_s(err: Any) -> float:
 # update is acknowledged by the next call's offset, and what was sent before this session began
 # is skipped, so an old /stop is never replayed. Replies go through the sender's queue. 429
 # waits as asked; 5xx, timeouts and refused connections back off and retry; a rejected token,
-# or a first contact that never succeeds (offline), turns the commands off with one line.
+# or a first contact that never succeeds (offline), turns the commands off with one line. A
+# 409 (another poller of this bot) turns this run to reading a campaign's relay (below).
+
+# How a run hears the commands: "chat" polls; "relay" reads the pinned message every
+# RELAY_POLL_S (a read, not a send: a few kernels at this pace stay far below Telegram's limits).
+COMMANDS_VAR = "IMET_TELEGRAM_COMMANDS"
+COMMAND_MODES = ("chat", "relay")
+RELAY_POLL_S = 15.0
 
 
 class _HideUpdates(logging.Filter):
@@ -670,12 +680,15 @@ class _HideUpdates(logging.Filter):
 class UpdateListener:
     """Polls for updates and answers the owner's commands through `submit`."""
 
-    def __init__(self, config: TelegramConfig, commands: RunCommands, *,
+    def __init__(self, config: TelegramConfig, commands: Any, *,
                  poll_timeout_s: float = 30.0, backoff_s: float = 2.0,
                  max_backoff_s: float = 60.0, start_attempts: int = 3,
-                 started: float | None = None):
+                 started: float | None = None, member: str | None = None,
+                 relay_poll_s: float | None = None):
         self._config = config
         self.commands = commands
+        self.member = member
+        self._relay_poll = RELAY_POLL_S if relay_poll_s is None else float(relay_poll_s)
         self._poll_timeout = max(0, int(poll_timeout_s))
         self._backoff = float(backoff_s)
         self._max_backoff = float(max_backoff_s)
@@ -683,7 +696,8 @@ class UpdateListener:
         # Telegram dates are whole seconds: a message of this session's first second counts.
         self._started = int(time.time() if started is None else started)
         self._offset: int | None = None
-        self.stats = {"answered": 0, "ignored_chats": 0, "skipped_old": 0, "failures": 0}
+        self.stats = {"answered": 0, "ignored_chats": 0, "skipped_old": 0, "failures": 0,
+                      "conflicts": 0}
         ptb = logging.getLogger("telegram.Bot")
         if not any(isinstance(f, _HideUpdates) for f in ptb.filters):
             ptb.addFilter(_HideUpdates())
@@ -716,7 +730,12 @@ class UpdateListener:
             except (InvalidToken, Forbidden) as err:
                 log.warning("Telegram commands off: %s", explain(err, self._config.custom_api))
                 return
-            except (Conflict, NetworkError) as err:  # Conflict: another poller of this bot
+            except Conflict as err:  # another process polls this bot: never a storm of 409s
+                self.stats["conflicts"] += 1
+                if await self._conflict(bot, submit, err):
+                    return
+                continue
+            except NetworkError as err:
                 failures += 1
                 self.stats["failures"] += 1
                 if not contacted and failures >= self._start_attempts:
@@ -730,10 +749,31 @@ class UpdateListener:
                 contacted = True
                 log.info("Telegram commands on: /status, /plot, /stop, /help from chat %s",
                          self._config.chat_id)
+                await self._contacted(bot)
             failures = 0
             for update in updates:
                 self._offset = update.update_id + 1  # the next call acknowledges it
                 self._handle(update, submit)
+            await self._after_updates(bot)
+
+    async def _conflict(self, bot: Any, submit: Callable[[Outgoing], bool],
+                        err: BaseException) -> bool:
+        """A 409: another process polls this bot (a campaign's driver, another run on this
+        token). This run stops polling for good and reads what a driver relays instead."""
+        where = f" as member {self.member}" if self.member else ""
+        log.info("Telegram: another process polls this bot (409 Conflict), so this run stops "
+                 "polling and reads the commands a campaign relays through the chat's pinned "
+                 "message%s (README: Telegram)", where)
+        await RelayReader(self._config, self.commands, self.member, poll_s=self._relay_poll,
+                          backoff_s=self._backoff, max_backoff_s=self._max_backoff,
+                          started=self._started).read(bot, submit)
+        return True
+
+    async def _contacted(self, bot: Any) -> None:
+        """Once, after the first getUpdates answered, before its updates are handled."""
+
+    async def _after_updates(self, bot: Any) -> None:
+        """After each batch of updates (the campaign's relay writes its message here)."""
 
     def _handle(self, update: Any, submit: Callable[[Outgoing], bool]) -> None:
         message = update.message
@@ -748,11 +788,177 @@ class UpdateListener:
             self.stats["skipped_old"] += 1
             log.debug("Telegram: skipped a message sent before this session started")
             return
-        replies = self.commands.answer(message.text or "")
+        replies = self._answer(message)
         if replies or self.commands.plot_wanted:
             self.stats["answered"] += 1
         for text in replies:
             submit(Outgoing("command", text, CRITICAL))
+
+    def _answer(self, message: Any) -> list[str]:
+        return self.commands.answer(message.text or "")
+
+
+# Commands in a campaign, one bot (messages.py: the relayed lines). A kernel told to read the
+# relay (COMMANDS_VAR=relay: the campaign renders its trainers so), or one whose getUpdates got
+# a 409, never polls: it reads the chat's pinned message every RELAY_POLL_S with getChat and
+# acts on the lines for it. The driver's CommandRelay is the bot's one poller.
+
+
+class RelayReader:
+    """Reads the commands a campaign's driver relays through the chat's pinned message and
+    answers those for `member` (the plan's member name; None outside a campaign's kernel: only
+    the lines for all) through `submit`."""
+
+    def __init__(self, config: TelegramConfig, commands: RunCommands, member: str | None, *,
+                 poll_s: float | None = None, backoff_s: float = 2.0,
+                 max_backoff_s: float = 60.0, started: float | None = None):
+        self._config = config
+        self.commands = commands
+        self.member = member
+        self._poll = RELAY_POLL_S if poll_s is None else float(poll_s)
+        self._backoff = float(backoff_s)
+        self._max_backoff = float(max_backoff_s)
+        self._started = int(time.time() if started is None else started)
+        self._seen: set[int] = set()
+
+    async def __call__(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
+        log.info("Telegram commands: reading what the campaign relays through the chat's "
+                 "pinned message%s", f" (member {self.member})" if self.member else "")
+        try:
+            await self.read(bot, submit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # reading must end quietly, whatever happened
+            log.warning("Telegram commands stopped: %s", self._config.describe(err))
+
+    async def read(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
+        from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
+        failures = 0
+        while True:
+            try:
+                await bot.initialize()
+                chat = await bot.get_chat(self._config.chat_id)
+            except RetryAfter as err:
+                await asyncio.sleep(retry_after_s(err))
+                continue
+            except (InvalidToken, Forbidden) as err:
+                log.warning("Telegram commands off: %s", explain(err, self._config.custom_api))
+                return
+            except TelegramError as err:  # network, 5xx, a chat that went away: try later
+                failures += 1
+                log.debug("Telegram getChat failed (%d in a row): %s", failures,
+                          self._config.describe(err))
+                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (failures - 1)))
+                continue
+            failures = 0
+            pinned = chat.pinned_message
+            if pinned is not None and pinned.from_user is not None and \
+                    pinned.from_user.id == bot.id:  # only the bot's own message relays
+                for text in self._act(pinned.text):
+                    submit(Outgoing("command", text, CRITICAL))
+            await asyncio.sleep(self._poll)
+
+    def _act(self, text: str | None) -> list[str]:
+        """Replies to the lines not seen yet that are for this run."""
+        replies: list[str] = []
+        label = f"<b>{esc(self.member)}</b>" if self.member else "<b>imet run</b>"
+        for line in relay_lines(text):
+            if line.number in self._seen or line.target not in (ALL, self.member):
+                continue
+            self._seen.add(line.number)
+            if line.command == "stop" and line.target == self.member:
+                replies.append(f"{label}: {self.commands.stop_now()}")
+            elif line.command == "status" and line.time >= self._started:
+                texts = self.commands.status()
+                replies += pack([f"{label} · {texts[0]}", *texts[1:]])
+        return replies
+
+
+class CommandRelay(UpdateListener):
+    """A campaign driver's listener: the bot's one getUpdates poller. It answers the owner
+    (CampaignCommands) and relays each command as a new message it pins (Telegram's getChat
+    shows the most recent pinned message by sending date, so a new one always wins), then
+    unpins the one before; a line that only went is edited out. A 409 here (a run polling this
+    bot by itself) is waited out: that run turns to the relay at its own 409."""
+
+    def __init__(self, config: TelegramConfig, commands: CampaignCommands | None = None,
+                 **options: Any):
+        super().__init__(config, commands or CampaignCommands(), **options)
+        self._pinned: int | None = None
+        self._pin_warned = False
+
+    async def _conflict(self, bot: Any, submit: Callable[[Outgoing], bool],
+                        err: BaseException) -> bool:
+        conflicts = self.stats["conflicts"]
+        log.log(logging.INFO if conflicts == 1 else logging.DEBUG,
+                "Telegram: another process polls this bot (409 Conflict); the campaign keeps "
+                "polling: a kernel that polls turns to the relayed commands at its own 409")
+        await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** min(conflicts - 1, 8)))
+        return False
+
+    def _answer(self, message: Any) -> list[str]:
+        sent = message.date.timestamp() if message.date is not None else None
+        return self.commands.answer(message.text or "", sent)
+
+    async def _contacted(self, bot: Any) -> None:
+        """A former driver's pinned message (a campaign run again): its numbering goes on, or
+        a kernel that saw its numbers would ignore the new ones; without it, numbers start
+        from the clock, above any former driver's."""
+        from telegram.error import TelegramError
+        try:
+            pinned = (await bot.get_chat(self._config.chat_id)).pinned_message
+        except TelegramError as err:
+            log.debug("Telegram: the pinned message could not be read: %s",
+                      self._config.describe(err))
+            self.commands.resume([], int(time.time()))
+            return
+        if pinned is not None and pinned.from_user is not None and \
+                pinned.from_user.id == bot.id and (pinned.text or "").startswith(RELAY_HEADER):
+            self.commands.resume(relay_lines(pinned.text))
+            self._pinned = pinned.message_id
+
+    async def _after_updates(self, bot: Any) -> None:
+        from telegram.error import BadRequest, Forbidden, TelegramError
+        commands = self.commands
+        try:
+            if commands.fresh:
+                commands.fresh = commands.changed = False
+                text = commands.text()
+                sent = await bot.send_message(self._config.chat_id, text)
+                await bot.pin_chat_message(self._config.chat_id, sent.message_id,
+                                           disable_notification=True)
+                before, self._pinned = self._pinned, sent.message_id
+                if before is not None:
+                    try:
+                        await bot.unpin_chat_message(self._config.chat_id, before)
+                    except TelegramError as err:
+                        log.debug("Telegram: the former relay message stays pinned: %s",
+                                  self._config.describe(err))
+            elif commands.changed and self._pinned is not None:
+                commands.changed = False
+                await bot.edit_message_text(commands.text(), self._config.chat_id,
+                                            self._pinned)
+        except (BadRequest, Forbidden) as err:
+            if "not modified" in str(err):
+                return
+            if not self._pin_warned:
+                self._pin_warned = True
+                log.warning("Telegram: the campaign cannot pin its relay message (%s): its "
+                            "kernels hear no commands; in a group, make the bot an admin that "
+                            "may pin messages", self._config.describe(err))
+        except TelegramError as err:  # network: the next batch tries again
+            commands.fresh = True
+            log.debug("Telegram relay message not written: %s", self._config.describe(err))
+
+
+def commands_mode(env: Mapping[str, str]) -> str:
+    """How this run hears the chat's commands (COMMANDS_VAR): by polling ("chat"), or by
+    reading a campaign's relay ("relay")."""
+    mode = (env.get(COMMANDS_VAR) or "chat").strip().lower()
+    if mode not in COMMAND_MODES:
+        raise UserError(f"{COMMANDS_VAR}={env[COMMANDS_VAR]!r} is not a commands mode; use "
+                        f"{' or '.join(COMMAND_MODES)}")
+    return mode
 
 
 MODES = ("auto", "on", "off")
@@ -760,7 +966,7 @@ EVERY_MIN_VAR = "IMET_TELEGRAM_EVERY_MIN"
 _SENDER_OPTIONS = ("min_interval_s", "connect_timeout_s", "read_timeout_s", "max_queue",
                    "max_attempts", "backoff_s", "breaker_threshold", "breaker_cooldown_s",
                    "max_retry_after_s", "close_timeout_s")
-_LISTENER_OPTIONS = ("poll_timeout_s", "start_attempts", "started")
+_LISTENER_OPTIONS = ("poll_timeout_s", "start_attempts", "started", "relay_poll_s")
 
 
 @dataclass(frozen=True)
@@ -810,14 +1016,17 @@ def telegram_status(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | 
 def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | None = None,
                    request_stop: Callable[[str], None] | None = None,
                    status: TelegramStatus | None = None,
-                   input_roots: Iterable[str | os.PathLike] = (), **options: Any):
+                   input_roots: Iterable[str | os.PathLike] = (), member: str | None = None,
+                   **options: Any):
     """A TelegramNotifier, or None.
 
     mode: "auto"/"on" send when IMET_TELEGRAM_TOKEN and IMET_TELEGRAM_CHAT_ID are found
     (environment, then Kaggle Secrets, then a DATASET under `input_roots`); "off" never
     sends. rank: only rank 0 sends.
     request_stop: the engine's StopRequest.request; when given, the chat's /status, /plot,
-    /stop are answered too. status: `telegram_status(mode, rank, env)` when the caller has
+    /stop are answered too: by polling, or (COMMANDS_VAR=relay, a campaign's kernel) by
+    reading what the campaign relays, as `member` (the plan's member name). status:
+    `telegram_status(mode, rank, env)` when the caller has
     it (and has said it); otherwise it is found here and logged. options: TelegramSender
     (`_SENDER_OPTIONS`), UpdateListener (`_LISTENER_OPTIONS`; backoff_s shared) and
     TelegramNotifier settings."""
@@ -836,12 +1045,18 @@ def build_notifier(mode: str = "auto", rank: int = 0, env: Mapping[str, str] | N
         except ValueError:
             raise UserError(f"{EVERY_MIN_VAR}={env[EVERY_MIN_VAR]!r} is not a number of "
                             "minutes; set e.g. 15") from None
-    listener = None
+    listener: UpdateListener | RelayReader | None = None
     if request_stop is not None:
         listen_kw = {k: options.pop(k) for k in _LISTENER_OPTIONS if k in options}
         if "backoff_s" in sender_kw:
             listen_kw["backoff_s"] = sender_kw["backoff_s"]
-        listener = UpdateListener(config, RunCommands(request_stop), **listen_kw)
+        commands = RunCommands(request_stop)
+        if commands_mode(env) == "relay":
+            relay_kw = {k: listen_kw[k] for k in ("backoff_s", "started") if k in listen_kw}
+            listener = RelayReader(config, commands, member,
+                                   poll_s=listen_kw.get("relay_poll_s"), **relay_kw)
+        else:
+            listener = UpdateListener(config, commands, member=member, **listen_kw)
     sender = TelegramSender(config, listen=listener, **sender_kw)
     return TelegramNotifier(sender, commands=listener.commands if listener else None, **options)
 

@@ -28,6 +28,10 @@ ACCELERATOR = 'NvidiaTeslaT4'
 # This kernel's id (owner/slug), which run.json and the run registry name: render and the
 # emulator write it from kernel-metadata.json.
 KERNEL = None
+# How the run hears Telegram's commands: "chat" polls the bot itself; "relay" (a campaign writes
+# it when its driver polls the bot, which allows one poller) reads what the driver relays.
+TELEGRAM_COMMANDS = 'chat'
+os.environ["IMET_TELEGRAM_COMMANDS"] = TELEGRAM_COMMANDS
 
 
 def bootstrap() -> None:

@@ -24,7 +24,7 @@ from imet.kaggle.campaign.state import (BUDGET, DROPPED, ENDED, FINALS, FINISHED
                                         STOPPED, WAITING, attached_members, completed, gpu_seconds,
                                         gpu_used_s, new_job, save_state, trainers)
 from imet.kaggle.render import (INFERENCE, VALIDATION, plan_kernels, read_metadata, slug_of,
-                                write_kernels)
+                                with_setting, write_kernels)
 
 COLUMNS = ("member", "sessions", "state", "best F2", "GPU-hours", "telegram", "last message")
 
@@ -72,13 +72,22 @@ OUTPUTS = {"trainer": remote.SMALL_OUTPUTS, VALIDATION: r"(^|/)[^/]+\.(json|md|c
 SUBMISSION = "submission.csv"
 
 
+# How a trainer kernel hears the chat's commands (its script's line; imet.observe.telegram's
+# COMMANDS_VAR): a campaign that relays them renders its trainers to read the relay, never
+# to poll the bot the driver polls.
+COMMANDS_SETTING = "TELEGRAM_COMMANDS"
+
+
 class Campaign:
+    """`commands`: the driver's side of the chat's commands (messages.CampaignCommands) when
+    its CommandRelay polls the bot: the members' states go to it, the stops asked come back."""
+
     def __init__(self, plan, out: Path, kernels: Path, state: dict, accelerators: dict,
                  backend, poll_s: float, log: Callable[[str], None] = print,
-                 notify: Callable[[str], None] = lambda text: None):
+                 notify: Callable[[str], None] = lambda text: None, commands=None):
         self.plan, self.out, self.kernels, self.state = plan, Path(out), Path(kernels), state
         self.accelerators, self.backend, self.poll_s = accelerators, backend, poll_s
-        self.log, self.notify = log, notify
+        self.log, self.notify, self.commands = log, notify, commands
         self.handover = backend.handover_datasets(self.out, plan.owner, self._save)
 
     # ---- the loop ------------------------------------------------------------------------
@@ -97,14 +106,32 @@ class Campaign:
         pushing = [job for job in self.state["jobs"].values() if job["state"] == PUSHING]
         for job in pushing:
             self._resolve_push(job)
-        acted = bool(pushing)
+        acted = self._stops_asked() or bool(pushing)
         for job in self.state["jobs"].values():
             if job["state"] == RUNNING:
                 acted = self._poll(job) or acted
         acted = self._schedule() or acted
         if all(job["state"] in ENDED for job in trainers(self.state)):
             acted = self._finals() or acted
+        if self.commands is not None:
+            self.commands.publish({} if self.state["done"] else {
+                name: self.state["jobs"][name]["state"] for name in self.state["members"]})
         return acted
+
+    def _stops_asked(self) -> bool:
+        """The members the chat's /stop named: one waiting is not pushed again; one running
+        (told through the relay) saves and hands over, and is not pushed again (_ended)."""
+        stops = self.commands.take_stops() if self.commands is not None else []
+        for name in stops:
+            job = self.state["jobs"][name]
+            if job["state"] == WAITING:
+                job["state"] = STOPPED
+                self._event(name, job, "stopped from Telegram before its next push")
+            elif job["state"] in (RUNNING, PUSHING):
+                job["stop_asked"] = True
+                self._event(name, job, "/stop from Telegram: it saves and hands over at its "
+                                       "next step, and is not pushed again")
+        return bool(stops)
 
     def _save(self) -> None:
         save_state(self.out, self.state)
@@ -126,7 +153,12 @@ class Campaign:
         planned = plan_kernels(self.kernels, self.plan.owner, self.plan.settings,
                                self.accelerators, attach=attached_members(self.state),
                                first_push=first, handover_datasets=via)
-        (folder,) = write_kernels(self.out / "kernels", {job["folder"]: planned[job["folder"]]})
+        files = planned[job["folder"]]
+        if self.commands is not None and job["kind"] == "trainer":
+            code = json.loads(files["kernel-metadata.json"])["code_file"]
+            files[code] = with_setting(files[code], COMMANDS_SETTING, "relay", code,
+                                       required=False)
+        (folder,) = write_kernels(self.out / "kernels", {job["folder"]: files})
         return folder
 
     def _push(self, name: str, job: dict) -> None:
@@ -209,19 +241,25 @@ class Campaign:
         session.update(status=status, ended_at=time.time())
         session["gpu_s"] = self._session_seconds(job, session, dest)
         n = len(job["sessions"])
+        asked = job.pop("stop_asked", False)
         if (why := job.pop("telegram_lost", None)) is not None:
             self.log(f"{name}: warning: session {n} ran without Telegram ({why}); a push may "
                      "drop the kernel's secrets: attach the private imet-telegram dataset "
                      "(README: Telegram)")
         if status != "COMPLETE":
             job["failures"] += 1
-            again = job["failures"] <= self.plan.retries
+            again = job["failures"] <= self.plan.retries and not asked
             job["state"] = WAITING if again else DROPPED
             tail = ("pushing it again" if again else
                     f"dropped after {job['failures']} failed sessions")
             return self._event(name, job, f"session {n} {status.lower()}"
                                           f"{': ' + failure if failure else ''}; {tail}")
         if job["kind"] == "trainer" and (dest / HANDOVER).is_file():
+            if asked:
+                job["state"] = STOPPED
+                return self._event(name, job, f"session {n} stopped from Telegram and handed "
+                                              "over; not pushed again (its checkpoint is in its "
+                                              "output: chain its kernel to go on)")
             if n < self.plan.max_sessions:
                 job["state"] = WAITING
                 return self._event(name, job, f"session {n} handed over; pushing the next")
@@ -303,6 +341,7 @@ class Chain(Campaign):
                  poll_s: float, log: Callable[[str], None] = print):
         self.kernel_dir, self.out, self.backend = Path(kernel_dir), Path(outputs), backend
         self.poll_s, self.log, self.notify, self.handover = poll_s, log, (lambda text: None), None
+        self.commands = None  # the kernel polls the bot itself
         self.plan = SimpleNamespace(parallel=1, max_sessions=max_sessions, retries=0,
                                     gpu_hours=math.inf, session_hours=0.0)
         ref = read_metadata(kernel_dir)["id"]
