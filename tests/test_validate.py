@@ -44,8 +44,8 @@ def test_choice_is_by_cross_fitted_f2_not_in_sample():
     groups = np.array(["culture"] * 10 + ["tag"] * 20)
     choice = choose_decoding(y, probs, groups, min_support=5)
     fits = choice.fits
-    assert fits["class"].f2_in_sample > fits["class"].f2 + 0.01  # optimism is measured
-    assert choice.chosen.f2 == max(f.f2 for f in fits.values())
+    assert fits["class"].score_in_sample > fits["class"].score + 0.01  # optimism is measured
+    assert choice.chosen.score == max(f.score for f in fits.values())
     assert choice.mode != "class"
 
 
