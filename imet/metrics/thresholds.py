@@ -31,11 +31,11 @@ this close model. The returned scores are always recomputed with `binarize`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from imet.metrics.f2 import (binarize, check_label_limits, check_metric, check_probs,
+from imet.metrics.f2 import (METRICS, binarize, check_label_limits, check_metric, check_probs,
                              context_passes, f2_from_counts, metric_score,
                              micro_f1_from_counts, top_k_indices)
 
@@ -378,7 +378,8 @@ class CrossFit:
     """Honest score of a decoding search for `metric`: chosen on one half of the samples, scored
     on the other, both ways (micro-F1: pooled over both halves' predictions). `score_in_sample`
     (chosen and scored on all samples) minus `score` is how much the search flatters itself;
-    `thresholds` and `context` are fitted on all samples (use them for test)."""
+    `thresholds` and `context` are fitted on all samples (use them for test). `scores`: the same
+    cross-fitted predictions scored by every metric (METRICS), the tuned one's being `score`."""
     score: float
     score_halves: tuple[float, float]
     score_in_sample: float
@@ -386,6 +387,7 @@ class CrossFit:
     mode: str
     context: float = 0.0
     metric: str = "f2"
+    scores: dict = field(default_factory=dict)
 
     @property
     def optimism(self) -> float:
@@ -415,7 +417,8 @@ def cross_fitted(y_true, probs, groups=None, mode: str = "global",
         pred[score_on] = binarize(probs[score_on], thr, min_labels, max_labels, ratio)
     full, ratio = fit_decoding(y, probs, **kw)
     in_sample = metric_score(metric, y, binarize(probs, full, min_labels, max_labels, ratio))
-    return CrossFit(score=metric_score(metric, y, pred),
+    scores = {name: metric_score(name, y, pred) for name in METRICS}
+    return CrossFit(score=scores[metric],
                     score_halves=tuple(metric_score(metric, y[h], pred[h]) for h in halves),
                     score_in_sample=float(in_sample), thresholds=full, mode=mode, context=ratio,
-                    metric=metric)
+                    metric=metric, scores=scores)
