@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imet.config import DEFAULT_TIME_BUDGET, check_amp_dtype, parse_duration
+from imet.config import check_amp_dtype, parse_duration
 from imet.errors import UserError
 from imet.metrics.f2 import METRIC_NAMES, METRICS, f2_score, micro_f1_score
 from imet.metrics.thresholds import MODES
+from imet.predict import DROP_ORDER
 
 def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
     parser.add_argument("--min-labels", type=int, default=None, metavar="K",
@@ -91,11 +92,13 @@ def inference_options(args):
         raise UserError(f"--batch-size: {args.batch_size} is not a positive number of images")
     if args.amp_dtype is not None:
         check_amp_dtype(args.amp_dtype)
-    limit = getattr(args, "time_limit", None)
+    limit, flag = next(((getattr(args, name), "--" + name.replace("_", "-"))
+                        for name in ("time_budget", "time_limit") if getattr(args, name, None)),
+                       (None, ""))
     return InferenceOptions(tta=parse_tta(args.tta), device=args.device, amp_dtype=args.amp_dtype,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, log_every_s=args.log_every,
-                            time_limit_s=parse_duration(limit, "--time-limit") if limit else None)
+                            time_limit_s=parse_duration(limit, flag) if limit else None)
 
 
 def append_registry(folder: Path, record: dict, sources=()) -> None:
@@ -127,9 +130,14 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probs-dir", type=Path, default=None, metavar="DIR",
                         help="where each run's test probabilities (<run>.npz) and the "
                         "ensemble's (ensemble.npz) go (default: test_probs/ next to --out)")
-    parser.add_argument("--time-limit", default=DEFAULT_TIME_BUDGET, metavar="DURATION",
-                        help="the kernel's time limit (12h, 30m, 5400 …): a warning is logged "
-                        "when the ETA exceeds it (default: %(default)s)")
+    parser.add_argument("--time-budget", default=None, metavar="DURATION",
+                        help="fit the work into this (9h, 30m, 5400 …): each run is timed on its "
+                        "first batches, then runs x TTA views are planned to fit and the plan "
+                        "is said in one line before the long work; what goes first: "
+                        + "; ".join(DROP_ORDER) + ". The first run with the first view always "
+                        "runs, and the submission is rewritten after each run, so a valid one "
+                        "is always there; what was left out is logged (default: no budget, "
+                        "every run and view)")
     add_inference_arguments(parser)
     add_label_limits(parser, "from thresholds.json, else 1|from thresholds.json, else no limit")
 
@@ -141,11 +149,14 @@ def run_predict(args) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold: {args.threshold} is outside [0, 1]")
     check_weights(args)
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
+    if budget is not None and budget <= 0:
+        raise UserError("--time-budget: give a duration above 0 (e.g. 9h, 30m)")
     summary = predict_test(args.data, args.runs, args.out, method=args.ensemble,
                            weights=args.member_weights, options=inference_options(args),
                            thresholds_file=args.thresholds, threshold=args.threshold,
                            min_labels=args.min_labels, max_labels=args.max_labels,
-                           probs_dir=args.probs_dir)
+                           probs_dir=args.probs_dir, time_budget_s=budget)
     # The thresholds' folder (the validation kernel's output) carries its registry too.
     sources = [*args.runs, *([args.thresholds] if args.thresholds else [])]
     append_registry(Path(args.out).resolve().parent, summary, sources)
