@@ -265,3 +265,17 @@ def test_time_budget_too_short_for_the_ensemble_still_submits_in_time(mini_data,
     assert took < budget * 1.5 + 1.0, (took, budget)  # in time (loading the models is extra)
     record = json.loads((out.parent / "imet-runs.jsonl").read_text().splitlines()[-1])
     assert record["details"]["left_out"][0] == "TTA hflip of every run"
+
+
+def test_the_inference_kernel_budgets_the_competitions_limit(mini_data, capsys):
+    import time
+
+    from imet.kaggle import SUBMISSION_LIMIT_S
+    from imet.kaggle.session import inference_budget
+    started = time.time() - 600  # ten minutes into the session
+    budget = inference_budget(mini_data, started, "12h")  # 2019's data: its 9 h limit binds
+    assert SUBMISSION_LIMIT_S["imet-2019-fgvc6"] - 605 <= budget <= \
+        SUBMISSION_LIMIT_S["imet-2019-fgvc6"] - 600
+    assert "imet-2019-fgvc6's submission limit" in capsys.readouterr().out
+    assert 3000 - 5 <= inference_budget(mini_data, started, "1h") <= 3000  # the session binds
+    assert "the session's limit" in capsys.readouterr().out
