@@ -515,9 +515,9 @@ class InferencePlan:
         views = next(iter(self.views.values()), ())
         left = [f"TTA {','.join(self.dropped_views)}"] if self.dropped_views else []
         left += [f"run {names[i]}" for i in self.dropped_runs]
-        return (f"predict: plan for a {format_duration(self.budget_s)} budget: "
-                f"{len(kept)} run(s) x TTA {','.join(views)}, about "
-                f"{format_duration(self.estimate_s)}; "
+        work = (f"{len(kept)} run(s) x TTA {','.join(views)}, about "
+                f"{format_duration(self.estimate_s)}" if kept else "saved probabilities only")
+        return (f"predict: plan for a {format_duration(self.budget_s)} budget: {work}; "
                 + (f"left out: {'; '.join(left)}" if left else "nothing left out"))
 
 
