@@ -588,6 +588,9 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     used: list[int] = []
     skipped: list[int] = []
     rows: list[str] = []
+    # how much slower the runs so far went than their probes said (a busy machine, a probe on
+    # easy images): the runs still to come are charged as much more
+    spent = estimated = 0.0
     for index, item in enumerate(test.members):
         if isinstance(item, Run):
             if plan is not None and index not in plan.views:
@@ -597,13 +600,18 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
                 # The estimate was measured on a few batches: a run that no longer fits what is
                 # left is dropped too, rather than the session ending with no submission.
                 left = time_budget_s * (1 - RESERVE_FRACTION) - (time.perf_counter() - start)
-                if costs[index] * len(test.ids) * len(views) > left:
+                slowdown = max(1.0, spent / estimated) if estimated else 1.0
+                if costs[index] * len(test.ids) * len(views) * slowdown > left:
                     log(f"predict: {item.name} no longer fits the {format_duration(left)} left; "
                         "left out")
                     skipped.append(index)
                     continue
+            began = time.perf_counter()
             probs = predict_run(item, test.paths, test.ids,
                                 dataclasses.replace(options, tta=views), log, "test")
+            if plan is not None:
+                spent += time.perf_counter() - began
+                estimated += costs[index] * len(test.ids) * len(views)
             done.append(store_member(item, probs, probs_dir))
         else:
             log(f"{item.meta['name']}: loaded {len(item.ids)} saved "
