@@ -4,6 +4,8 @@
     python benchmarks/bench_metrics.py                 # full scale: 109,237 x 1,103 float32
     python benchmarks/bench_metrics.py --n 20000       # quicker
     python benchmarks/bench_metrics.py --naive-thresholds 0   # naive loop on all 100 thresholds
+    python benchmarks/bench_metrics.py --metrics           # F2 and micro-F1 searches side by side
+    python benchmarks/bench_metrics.py --metrics --n 142119 --c 3474   # 2020's scale, 5 groups
 
 Also times the group, per-class and context searches, cross-fitting and `binarize` on a 38k
 test set,
@@ -20,13 +22,13 @@ import tracemalloc
 
 import numpy as np
 
-from imet.metrics.f2 import binarize
-from imet.metrics.f2 import f2_score
-from imet.metrics.thresholds import search_context
-from imet.metrics.thresholds import cross_fitted_f2
-from imet.metrics.thresholds import global_f2_curve, search_thresholds
+from imet.metrics.f2 import binarize, f2_score, metric_score
+from imet.metrics.thresholds import cross_fitted, global_curve, search_context, search_thresholds
 
 IMET_TRAIN, IMET_TEST, IMET_CLASSES, IMET_CULTURE = 109_237, 38_801, 1_103, 398
+# 2020 and 2021: 3,474 ids in five groups, in id order
+GROUPS_2020 = (("country", 100), ("culture", 681), ("dimension", 5), ("medium", 1920),
+               ("tags", 768))
 
 
 def synthetic(n: int, c: int, seed: int = 0, chunk: int = 8192):
@@ -65,6 +67,28 @@ def naive_curve(y, probs, grid):
     return np.array([f2_score(y, binarize(probs, t)) for t in grid])
 
 
+def groups_for(c: int) -> np.ndarray:
+    """2020's five groups at 3,474 classes, else 2019's culture/tag split."""
+    if c == sum(size for _, size in GROUPS_2020):
+        return np.repeat([name for name, _ in GROUPS_2020], [size for _, size in GROUPS_2020])
+    return np.where(np.arange(c) < c * IMET_CULTURE // IMET_CLASSES, "culture", "tag")
+
+
+def compare_metrics(y, probs, groups, grid, skip_class: bool) -> None:
+    """Each search tuned for F2 and for micro-F1 on the same data: CPU time and peak memory."""
+    mb = 1 / 2**20
+    modes = ("global", "group") + (() if skip_class else ("class",))
+    for mode in modes:
+        for metric in ("f2", "micro-f1"):
+            thr, cpu, wall, peak = timed(search_thresholds, y, probs, groups, mode,
+                                         min_support=20, grid=grid, metric=metric)
+            pred = binarize(probs, thr)
+            print(f"{mode} search for {metric}: {cpu:.2f} s CPU ({wall:.2f} s wall), peak extra "
+                  f"{peak * mb:.0f} MiB; F2 {metric_score('f2', y, pred):.4f}, micro-F1 "
+                  f"{metric_score('micro-f1', y, pred):.4f}")
+    print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=IMET_TRAIN, help="validation images")
@@ -75,16 +99,22 @@ def main() -> None:
                         "scale to the whole grid (each costs the same full pass; default 25, "
                         "0 = all of them)")
     parser.add_argument("--skip-class", action="store_true", help="skip the per-class search")
+    parser.add_argument("--metrics", action="store_true", help="only the global, group and "
+                        "class searches, each tuned for F2 and for micro-F1")
     args = parser.parse_args()
     mb = 1 / 2**20
 
     y, probs = synthetic(args.n, args.c)
-    groups = np.where(np.arange(args.c) < args.c * IMET_CULTURE // IMET_CLASSES, "culture", "tag")
+    groups = groups_for(args.c)
     print(f"data: {args.n} x {args.c} float32 probabilities ({probs.nbytes * mb:.0f} MiB), "
-          f"{y.sum(axis=1).mean():.2f} true labels per image")
+          f"{y.sum(axis=1).mean():.2f} true labels per image, "
+          f"{len(set(groups.tolist()))} groups")
     grid = np.arange(1, args.grid_size + 1) / (args.grid_size + 1)
+    if args.metrics:
+        compare_metrics(y, probs, groups, grid, args.skip_class)
+        return
 
-    (_, curve), fast_s, fast_wall, fast_peak = timed(global_f2_curve, y, probs, grid)
+    (_, curve), fast_s, fast_wall, fast_peak = timed(global_curve, y, probs, grid)
     print(f"global search, bucketed sweep: {fast_s:.2f} s CPU ({fast_wall:.2f} s wall) for "
           f"{grid.size} thresholds, "
           f"peak extra memory {fast_peak * mb:.0f} MiB; best F2 {curve.max():.4f} at "
@@ -100,32 +130,33 @@ def main() -> None:
           f"max |difference| of the curves: {np.abs(naive - curve[picks]).max():.1e}")
 
     fine = np.arange(1, 1000) / 1000
-    _, fine_s, _, _ = timed(global_f2_curve, y, probs, fine)
+    _, fine_s, _, _ = timed(global_curve, y, probs, fine)
     print(f"global search, bucketed sweep on a 999-point grid: {fine_s:.2f} s CPU")
 
     thr, group_s, _, group_peak = timed(search_thresholds, y, probs, groups, "group", grid=grid)
     print(f"group search: {group_s:.2f} s CPU, peak extra {group_peak * mb:.0f} MiB, "
           f"F2 {f2_score(y, binarize(probs, thr)):.4f} "
-          f"(culture {thr[groups == 'culture'][0]:.3f}, tag {thr[groups == 'tag'][0]:.3f})")
+          "(" + ", ".join(f"{g} {thr[groups == g][0]:.3f}" for g in sorted(set(groups.tolist())))
+          + ")")
     if not args.skip_class:
         thr, class_s, _, class_peak = timed(search_thresholds, y, probs, groups, "class",
                                             min_support=20, grid=grid)
         print(f"class search (min support 20): {class_s:.2f} s CPU, peak extra "
               f"{class_peak * mb:.0f} MiB, F2 {f2_score(y, binarize(probs, thr)):.4f}")
 
-        fit, cross_s, _, _ = timed(cross_fitted_f2, y, probs, groups, "class", min_support=20,
+        fit, cross_s, _, _ = timed(cross_fitted, y, probs, groups, "class", min_support=20,
                                    grid=grid)
         print(f"cross-fitted class search (2 halves + full fit): {cross_s:.2f} s CPU; honest F2 "
-              f"{fit.f2:.4f} vs in-sample {fit.f2_in_sample:.4f}")
+              f"{fit.score:.4f} vs in-sample {fit.score_in_sample:.4f}")
     (cthr, ratio), context_s, _, context_peak = timed(search_context, y, probs, groups,
                                                       grid=grid)
     print(f"context search (per-group t, ratio r coarse to fine): {context_s:.2f} s CPU, peak "
           f"extra {context_peak * mb:.0f} MiB, r {ratio:.2f}, "
           f"F2 {f2_score(y, binarize(probs, cthr, context=ratio)):.4f}")
     if not args.skip_class:
-        fit, cross_s, _, _ = timed(cross_fitted_f2, y, probs, groups, "context", grid=grid)
+        fit, cross_s, _, _ = timed(cross_fitted, y, probs, groups, "context", grid=grid)
         print(f"cross-fitted context search (2 halves + full fit): {cross_s:.2f} s CPU; honest "
-              f"F2 {fit.f2:.4f} vs in-sample {fit.f2_in_sample:.4f}")
+              f"F2 {fit.score:.4f} vs in-sample {fit.score_in_sample:.4f}")
     n_test = min(IMET_TEST, args.n)
     _, bin_s, _, _ = timed(binarize, probs[:n_test], thr, 1, 10)
     print(f"binarize {n_test} x {args.c} (per-class thresholds, 1..10 labels): {bin_s:.2f} s CPU")

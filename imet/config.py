@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
 from imet.errors import HANDED_OVER_EXIT_CODE, UserError
+from imet.metrics.f2 import METRICS
 
 # The default of every session length: a Kaggle GPU or CPU session.
 DEFAULT_TIME_BUDGET = "12h"
@@ -219,7 +220,15 @@ class TrainConfig:
     eval_batch_size: int = option(0, "evaluation batch size (0: twice --batch-size)",
                                   fingerprint=False)
     eval_every: int = option(0, "also evaluate every N steps (0: at each epoch end only)")
-    patience: int = option(4, "stop after N stage-2 evaluations without a better F2 (0: never)")
+    patience: int = option(4, "stop after N stage-2 evaluations without a better --metric "
+                           "(0: never)")
+    # "auto" is resolved from the data before the fingerprint is taken (imet.train.data), so the
+    # checkpoint holds the metric itself and a resumed session tunes for the same one.
+    metric: str = option(
+        "auto", "what each evaluation tunes its threshold for and scores, so which model is best "
+        "(model.pt) and when --patience stops: f2 | micro-f1 | auto (the competition's, told by "
+        "--data's labels: iMet 2019 and 2021 F2, 2020 micro-F1, the metric its Evaluation "
+        "section names); F2 and micro-F1 are both recorded")
 
     # ---- device and precision. amp_dtype "auto" resolves per device, so it stays out of the
     # fingerprint; imet.train.checkpoint.check_precision checks the precision on resume instead.
@@ -365,6 +374,9 @@ class TrainConfig:
         if self.notify not in ("auto", "on", "off"):
             raise UserError(f"{source}: --notify must be auto, on or off, got {self.notify!r}")
         check_amp_dtype(self.amp_dtype, f"{source}: --amp-dtype")
+        if self.metric not in ("auto", *METRICS):
+            raise UserError(f"{source}: --metric must be auto, {' or '.join(METRICS)}, got "
+                            f"{self.metric!r}")
         if self.budget_seconds() <= self.margin_seconds():
             raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
                             f"step in --time-budget {self.time_budget}; give a longer budget "

@@ -111,8 +111,8 @@ def test_the_cli_keeps_its_handlers_once_stopping_until_the_process_exits(capfd)
 
 
 def test_one_session_length_default_everywhere():
-    """train --time-budget, predict --time-limit and the emulator's --time-limit share one
-    default: today's 12 h Kaggle session."""
+    """train --time-budget and the emulator's --time-limit share one default: today's 12 h
+    Kaggle session. predict has no default budget: without one, every run and view runs."""
     from imet.cli import build_parser
     from imet.config import DEFAULT_TIME_BUDGET, TrainConfig, parse_duration
 
@@ -120,6 +120,6 @@ def test_one_session_length_default_everywhere():
     assert TrainConfig().time_budget == DEFAULT_TIME_BUDGET
     predict = build_parser(["predict"]).parse_args(["predict", "--data", "d", "--runs", "r",
                                                     "--out", "s.csv"])
-    assert parse_duration(predict.time_limit) == 12 * 3600
+    assert predict.time_budget is None
     emulated = build_parser(["kaggle"]).parse_args(["kaggle", "run", "k", "--out", "o"])
     assert emulated.time_limit == 12 * 3600

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from imet.metrics.f2 import binarize, f2_score
-from imet.metrics.thresholds import cross_fitted_f2, search_context
+from imet.metrics.thresholds import cross_fitted, search_context
 from imet.predict.pipeline import read_thresholds, write_thresholds
 from imet.predict.validate import choose_decoding
 
@@ -49,11 +49,11 @@ def test_context_search_finds_the_ratio_and_wins_only_cross_fitted():
     y, probs, groups = context_data()
     thresholds, ratio = search_context(y, probs, groups)
     assert 0.5 <= ratio <= 0.7
-    group = cross_fitted_f2(y, probs, groups, "group", seed=0)
-    context = cross_fitted_f2(y, probs, groups, "context", seed=0)
-    assert context.context == ratio and context.f2 > group.f2 + 0.05
+    group = cross_fitted(y, probs, groups, "group", seed=0)
+    context = cross_fitted(y, probs, groups, "context", seed=0)
+    assert context.context == ratio and context.score > group.score + 0.05
     in_sample = f2_score(y, binarize(probs, thresholds, context=ratio))
-    assert in_sample == pytest.approx(context.f2_in_sample)
+    assert in_sample == pytest.approx(context.score_in_sample)
     choice = choose_decoding(y, probs, groups)
     assert choice.mode == "context" and choice.context == ratio
 
@@ -67,8 +67,8 @@ def test_without_a_context_signal_the_simpler_mode_is_kept():
     context = choice.fits["context"]
     # ratio 0 is the plain group search: context is never worse in-sample than group, and it
     # is chosen only where its cross-fitted F2 beats global.
-    assert context.f2_in_sample >= cross_fitted_f2(y, probs, groups, "group").f2_in_sample - 1e-9
-    assert (choice.mode == "context") == (context.f2 > choice.fits["global"].f2 + 1e-9)
+    assert context.score_in_sample >= cross_fitted(y, probs, groups, "group").score_in_sample - 1e-9
+    assert (choice.mode == "context") == (context.score > choice.fits["global"].score + 1e-9)
 
 
 def test_thresholds_file_carries_the_ratio(tmp_path):

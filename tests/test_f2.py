@@ -6,7 +6,7 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import fbeta_score
 
-from imet.metrics.f2 import f2_per_class, f2_per_sample, f2_score
+from imet.metrics.f2 import binarize, f2_per_class, f2_per_sample, f2_score
 
 
 def _sklearn(y, p, **kw):
@@ -63,3 +63,12 @@ def test_shape_mismatch_and_empty_input_are_refused():
         f2_score(np.zeros(4), np.zeros(4))
     with pytest.raises(ValueError, match="zero samples"):
         f2_score(np.zeros((0, 4)), np.zeros((0, 4)))
+
+
+def test_a_nan_anywhere_is_refused_also_past_the_first_row_block():
+    from imet.metrics.f2 import check_probs
+    probs = np.zeros((10_000, 500), dtype=np.float32)  # two blocks of the NaN check
+    check_probs(probs)
+    probs[-1, -1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        binarize(probs, 0.5)

@@ -183,6 +183,8 @@ MEMBER_X = 'name = "x"\nfold = 0'
     ('validate_args = ["--no-such-flag"]', MEMBER_X, "imet validate has no flag '--no-such-flag'"),
     ('predict_args = ["--ensemble", "vote"]', MEMBER_X, "imet predict: argument --ensemble"),
     ('predict_args = ["--runs", "a"]', MEMBER_X, "--runs is set by the inference kernel"),
+    ('predict_args = ["--time-budget", "20h"]', MEMBER_X,
+     "--time-budget is set by the inference kernel"),
     ('pseudo_label_args = ["--min-prob", "high"]', MEMBER_X,
      "imet pseudo-label: argument --min-prob"),
     ('pseudo_label_args = ["--out", "x"]', MEMBER_X, "--out is set by the inference kernel"),

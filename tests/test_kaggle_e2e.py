@@ -168,6 +168,9 @@ def test_validation_then_offline_inference(layout, trained, mini_data, local_dat
     assert inference.ok, log[-3000:]
     assert "internet off (unshare -n)" in log.splitlines()[0]
     assert f"in the {layout} layout" in log.splitlines()[0]
+    # predict plans into what is left of the session (shorter here than 2019's 9 h limit)
+    assert "inference: predicting within" in log and "the session's limit" in log
+    assert "predict: plan for a" in log and "nothing left out" in log
     with open(inference.output / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     with open(mini_data / "sample_submission.csv") as f:

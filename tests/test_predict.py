@@ -61,7 +61,7 @@ def score(data, submission, capsys) -> float:
     capsys.readouterr()
     assert main(["score", "--truth", str(CompetitionLayout(data).test_labels_csv),
                  "--pred", str(submission)]) == 0
-    return float(capsys.readouterr().out.split()[1])
+    return float(capsys.readouterr().out.split()[1].rstrip(","))
 
 
 def read_rows(path):
@@ -205,3 +205,77 @@ def test_progress_logs_rate_and_warns_once_when_eta_exceeds_the_time_limit():
     lines.clear()
     Throughput(1000, lines.append, every_s=0.0, time_limit_s=None).update(10)
     assert not [line for line in lines if "WARNING" in line]
+
+
+def test_plan_drops_views_then_runs_from_the_end_and_keeps_one():
+    from imet.predict.pipeline import plan_inference
+    costs = [1.0, None, 2.0, 1.0]  # seconds per image and view; member 1: saved probabilities
+    full = plan_inference(costs, 10, ("none", "hflip", "vflip"), budget_s=120)
+    assert full.views == {0: ("none", "hflip", "vflip"), 2: ("none", "hflip", "vflip"),
+                          3: ("none", "hflip", "vflip")} and not full.dropped_runs
+    views = plan_inference(costs, 10, ("none", "hflip", "vflip"), budget_s=80)
+    assert views.dropped_views == ("vflip",) and views.estimate_s == 80
+    assert views.views[0] == views.views[3] == ("none", "hflip")
+    runs = plan_inference(costs, 10, ("none", "hflip", "vflip"), budget_s=35)
+    assert runs.dropped_views == ("hflip", "vflip") and runs.dropped_runs == [3]
+    assert set(runs.views) == {0, 2} and runs.estimate_s == 30
+    least = plan_inference(costs, 10, ("none", "hflip"), budget_s=1)
+    assert least.views == {0: ("none",)} and least.dropped_runs == [2, 3]
+    line = least.describe(["a", "saved", "c", "d"])
+    assert "1 run(s) x TTA none" in line and "left out: TTA hflip; run c; run d" in line
+
+
+def test_time_budget_too_short_for_the_ensemble_still_submits_in_time(mini_data, tmp_path,
+                                                                      capsys):
+    import time
+
+    from imet.predict.pipeline import measure_cost
+    layout = CompetitionLayout(mini_data)
+    labels = read_labels(layout.labels_csv)
+    names = "abcdef"
+    runs = [save_tiny(tmp_path / name / "model.pt", labels).parent for name in names]
+    sample = [row[0] for row in read_rows(layout.sample_submission_csv)[1:]]
+    options = InferenceOptions(batch_size=4, num_workers=0, image_size=96)
+    paths = layout.image_paths("test", sample)
+    # u: one run with one view over the 24 test images, as predict measures it (warm: the
+    # faster of two). Every run x (none, hflip) is 12 u; the six probes (8 images each) take
+    # about 2 u of a 5 u budget, so hflip must go, and then some runs.
+    run = load_run(runs[0], expected=labels, name="a")
+    unit = len(sample) * min(measure_cost(run, paths, sample, options, lambda _: None)
+                             for _ in range(2))
+    budget = 5 * unit
+    out = tmp_path / "sub" / "submission.csv"
+    capsys.readouterr()
+    started = time.perf_counter()
+    assert main(["predict", "--data", str(mini_data), "--runs", *map(str, runs), "--out",
+                 str(out), "--threshold", "0.5", "--tta", "none,hflip", "--batch-size", "4",
+                 "--image-size", "96", "--time-budget", f"{budget:.3f}", *QUIET]) == 0
+    took = time.perf_counter() - started
+    err = capsys.readouterr().err
+    plan = next(line for line in err.splitlines() if "plan for a" in line)
+    assert "left out: TTA hflip" in plan, err
+    assert err.index(plan) < err.index("predict a: 24 test images")  # said before the work
+    assert "left out to fit the budget: TTA hflip of every run" in err
+    dropped = [name for name in names if f"run {name}" in plan]
+    assert dropped and "a" not in dropped and dropped == sorted(dropped)  # from the end
+    assert all(f"predict {name}: 24 test images" not in err for name in dropped)
+    rows = read_rows(out)
+    assert rows[0] == ["id", "attribute_ids"] and [r[0] for r in rows[1:]] == sample
+    assert all(r[1].split() for r in rows[1:])  # a label for every image
+    assert took < budget * 1.5 + 1.0, (took, budget, err)  # in time (loading the models is extra)
+    record = json.loads((out.parent / "imet-runs.jsonl").read_text().splitlines()[-1])
+    assert record["details"]["left_out"][0] == "TTA hflip of every run"
+
+
+def test_the_inference_kernel_budgets_the_competitions_limit(mini_data, capsys):
+    import time
+
+    from imet.kaggle import SUBMISSION_LIMIT_S
+    from imet.kaggle.session import inference_budget
+    started = time.time() - 600  # ten minutes into the session
+    budget = inference_budget(mini_data, started, "12h")  # 2019's data: its 9 h limit binds
+    assert SUBMISSION_LIMIT_S["imet-2019-fgvc6"] - 605 <= budget <= \
+        SUBMISSION_LIMIT_S["imet-2019-fgvc6"] - 600
+    assert "imet-2019-fgvc6's submission limit" in capsys.readouterr().out
+    assert 3000 - 5 <= inference_budget(mini_data, started, "1h") <= 3000  # the session binds
+    assert "the session's limit" in capsys.readouterr().out

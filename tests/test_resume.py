@@ -263,3 +263,26 @@ def test_a_checkpoint_from_another_torch_warns_and_is_recorded(mini_data, tmp_pa
     with caplog.at_level(logging.WARNING):  # its own checkpoints are this torch's again
         session()
     assert not [r for r in caplog.records if "another torch" in r.getMessage()]
+
+
+def test_metric_choice_resumes_exactly_and_decides_the_best(mini_data, tmp_path):
+    # --metric micro-f1: each evaluation tunes its threshold for micro-F1 and the best model
+    # follows it; stopped in an evaluation's wake and resumed, the run ends as the whole one.
+    whole = tmp_path / "whole"
+    assert train(make_config(mini_data, whole, metric="micro-f1"), EventBus()).status == \
+        "finished"
+    expected = final_payload(whole)
+    result = train(make_config(mini_data, tmp_path / "stopped", metric="micro-f1"),
+                   EventBus([SignalAt("evaluation", 6)]))
+    assert result.status == "handover" and result.step == 6
+    actual = resume_to_end(mini_data, tmp_path / "stopped", metric="micro-f1")
+    assert_same_end(actual, expected)
+    assert actual["config"]["metric"] == "micro-f1"
+    c = actual["counters"]
+    best = max(c["history"], key=lambda row: row["micro_f1"])
+    assert (c["best_score"], c["best_step"]) == (best["micro_f1"], best["step"])
+    assert c["best_f2"] == best["f2"]
+    # auto: the competition's, resolved before the run starts and saved (2019's data: F2)
+    auto = make_config(mini_data, tmp_path / "auto", epochs=1, head_epochs=1, eval_every=0)
+    assert auto.metric == "auto" and train(auto, EventBus()).status == "finished"
+    assert final_payload(tmp_path / "auto")["config"]["metric"] == "f2"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import fbeta_score
+from sklearn.metrics import f1_score, fbeta_score
 
 from imet.cli import main
 from imet.metrics.submission_io import format_rows, read_submission, write_submission
@@ -34,15 +34,31 @@ def test_score_matches_sklearn_and_ignores_row_order(tmp_path, capsys):
     y = np.array([[c in r for c in columns] for r in ([1, 2], [3], [2, 4, 5], [1])])
     p = np.array([[c in r for c in columns] for r in ([1, 2], [], [2], [1, 3])])
     expected = fbeta_score(y, p, beta=2, average="samples")
-    assert out.startswith(f"F2 {expected:.6f} on 4 images")
+    assert out.startswith(f"F2 {expected:.6f}, micro-F1 ")
     assert out.count("\n") == 0
+
+    micro = f1_score(y, p, average="micro")
+    assert f"micro-F1 {micro:.6f} on 4 images" in out
+    code, out, _ = _score(capsys, "--truth", truth, "--pred", pred, "--metric", "micro-f1")
+    assert out.startswith(f"micro-F1 {micro:.6f}, F2 {expected:.6f} on 4 images")
+
+
+def test_the_default_metric_is_the_competitions(tmp_path, capsys):
+    from imet.data.labels import find_layout
+    from imet.data.mini_imet import generate
+    for year, first in (("2019", "F2 "), ("2020", "micro-F1 "), ("2021", "F2 ")):
+        generate(tmp_path / year, n_train=16, n_test=8, size=32, layout=year)
+        layout = find_layout(tmp_path / year)
+        code, out, _ = _score(capsys, "--truth", layout.test_labels_csv, "--pred",
+                              layout.test_labels_csv, "--labels", layout.labels_csv)
+        assert code == 0 and out.startswith(first), (year, out)
 
 
 def test_perfect_submission_on_mini_imet_with_labels(mini_data, capsys):
     truth = mini_data / "test_labels.csv"
     code, out, _ = _score(capsys, "--truth", truth, "--pred", truth,
                           "--labels", mini_data / "labels.csv")
-    assert code == 0 and out.startswith("F2 1.000000 on 24 images")
+    assert code == 0 and out.startswith("F2 1.000000, micro-F1 1.000000 on 24 images")
 
 
 @pytest.mark.parametrize("pred_text,expected", [

@@ -44,8 +44,8 @@ def test_choice_is_by_cross_fitted_f2_not_in_sample():
     groups = np.array(["culture"] * 10 + ["tag"] * 20)
     choice = choose_decoding(y, probs, groups, min_support=5)
     fits = choice.fits
-    assert fits["class"].f2_in_sample > fits["class"].f2 + 0.01  # optimism is measured
-    assert choice.chosen.f2 == max(f.f2 for f in fits.values())
+    assert fits["class"].score_in_sample > fits["class"].score + 0.01  # optimism is measured
+    assert choice.chosen.score == max(f.score for f in fits.values())
     assert choice.mode != "class"
 
 
@@ -62,7 +62,7 @@ def test_validate_writes_thresholds_oof_report_and_registry(setup, capsys):
     assert (run / "oof" / "run.npz").is_file()
     table = (run / "validation.md").read_text()
     assert "cross-fitted" in table and "| culture |" in table and "| tag |" in table
-    for png in ("f2_vs_threshold.png", "class_f2_vs_support.png", "culture_confusion.png"):
+    for png in ("score_vs_threshold.png", "class_f2_vs_support.png", "culture_confusion.png"):
         assert (run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _check_error_tables(table, data, labels, oof, doc)
     record = json.loads((run / "imet-runs.jsonl").read_text().splitlines()[-1])
@@ -199,3 +199,27 @@ def test_validate_reports_every_group_of_five_in_the_2021_layout(mini_data_2021,
     assert "## dimension taken for" not in table  # one class: nothing to confuse
     doc = read_thresholds(run / "thresholds.json", labels.attribute_ids, labels.fingerprint())
     assert len(doc["thresholds"]) == labels.num_classes
+
+
+def test_metric_choice_tunes_for_micro_f1_and_reports_both(setup, capsys):
+    data, labels, ids, folds, tmp = setup
+    run = save_tiny(tmp / "run" / "model.pt", labels, fold=1).parent
+    assert main(["validate", "--data", str(data), "--run", str(run), "--tta", "none",
+                 "--out", str(tmp / "f2"), *QUIET]) == 0
+    assert capsys.readouterr().out.startswith("F2 ")  # 2019's data: F2 by default
+    oof = str(tmp / "f2" / "oof_probs.npz")
+    assert main(["validate", "--data", str(data), "--run", oof, "--metric", "micro-f1",
+                 "--out", str(tmp / "micro"), *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("micro-F1 ") and "F2 " in out
+    record = json.loads((tmp / "micro" / "imet-runs.jsonl").read_text().splitlines()[-1])
+    record = record["details"]
+    assert record["metric"] == "micro-f1" and record["score"] == record["micro_f1"]
+    doc = read_thresholds(tmp / "micro" / "thresholds.json", labels.attribute_ids,
+                          labels.fingerprint())
+    assert doc["scores"]["metric"] == "micro-f1"
+    modes = doc["scores"]["modes"]
+    assert all(m["cross_fitted"] == m["micro_f1_cross_fitted"] for m in modes.values())
+    assert record["mode"] == max(modes, key=lambda m: modes[m]["cross_fitted"]) or \
+        len({round(m["cross_fitted"], 9) for m in modes.values()}) < len(modes)
+    assert "Thresholds tuned for micro-F1" in (tmp / "micro" / "validation.md").read_text()

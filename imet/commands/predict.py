@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imet.config import DEFAULT_TIME_BUDGET, check_amp_dtype, parse_duration
+from imet.config import check_amp_dtype, parse_duration
 from imet.errors import UserError
-from imet.metrics.f2 import f2_per_sample
+from imet.metrics.f2 import METRIC_NAMES, METRICS, f2_score, micro_f1_score
 from imet.metrics.thresholds import MODES
+from imet.predict import DROP_ORDER
 
 def add_label_limits(parser: argparse.ArgumentParser, defaults: str) -> None:
     parser.add_argument("--min-labels", type=int, default=None, metavar="K",
@@ -91,11 +92,13 @@ def inference_options(args):
         raise UserError(f"--batch-size: {args.batch_size} is not a positive number of images")
     if args.amp_dtype is not None:
         check_amp_dtype(args.amp_dtype)
-    limit = getattr(args, "time_limit", None)
+    limit, flag = next(((getattr(args, name), "--" + name.replace("_", "-"))
+                        for name in ("time_budget", "time_limit") if getattr(args, name, None)),
+                       (None, ""))
     return InferenceOptions(tta=parse_tta(args.tta), device=args.device, amp_dtype=args.amp_dtype,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, log_every_s=args.log_every,
-                            time_limit_s=parse_duration(limit, "--time-limit") if limit else None)
+                            time_limit_s=parse_duration(limit, flag) if limit else None)
 
 
 def append_registry(folder: Path, record: dict, sources=()) -> None:
@@ -127,9 +130,14 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probs-dir", type=Path, default=None, metavar="DIR",
                         help="where each run's test probabilities (<run>.npz) and the "
                         "ensemble's (ensemble.npz) go (default: test_probs/ next to --out)")
-    parser.add_argument("--time-limit", default=DEFAULT_TIME_BUDGET, metavar="DURATION",
-                        help="the kernel's time limit (12h, 30m, 5400 …): a warning is logged "
-                        "when the ETA exceeds it (default: %(default)s)")
+    parser.add_argument("--time-budget", default=None, metavar="DURATION",
+                        help="fit the work into this (9h, 30m, 5400 …): each run is timed on its "
+                        "first batches, then runs x TTA views are planned to fit and the plan "
+                        "is said in one line before the long work; what goes first: "
+                        + "; ".join(DROP_ORDER) + ". The first run with the first view always "
+                        "runs, and the submission is rewritten after each run, so a valid one "
+                        "is always there; what was left out is logged (default: no budget, "
+                        "every run and view)")
     add_inference_arguments(parser)
     add_label_limits(parser, "from thresholds.json, else 1|from thresholds.json, else no limit")
 
@@ -141,11 +149,14 @@ def run_predict(args) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold: {args.threshold} is outside [0, 1]")
     check_weights(args)
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
+    if budget is not None and budget <= 0:
+        raise UserError("--time-budget: give a duration above 0 (e.g. 9h, 30m)")
     summary = predict_test(args.data, args.runs, args.out, method=args.ensemble,
                            weights=args.member_weights, options=inference_options(args),
                            thresholds_file=args.thresholds, threshold=args.threshold,
                            min_labels=args.min_labels, max_labels=args.max_labels,
-                           probs_dir=args.probs_dir)
+                           probs_dir=args.probs_dir, time_budget_s=budget)
     # The thresholds' folder (the validation kernel's output) carries its registry too.
     sources = [*args.runs, *([args.thresholds] if args.thresholds else [])]
     append_registry(Path(args.out).resolve().parent, summary, sources)
@@ -161,12 +172,12 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
         "and 2021), one per class falling back to its group below a minimum support, or "
         "per-image context thresholds), and score it honestly: thresholds chosen on "
         "half the out-of-fold images and scored on the other half, both ways. The mode with the "
-        "best cross-fitted F2 wins. Runs of the same fold are ensembled; runs of different folds "
+        "best cross-fitted score of --metric wins; F2 and micro-F1 are both reported. Runs of the same fold are ensembled; runs of different folds "
         "are stacked, so the thresholds of a k-fold ensemble are chosen on all its out-of-fold "
         "images.")
     parser.epilog = (
         "Writes to --out: thresholds.json (read by `imet predict`), oof_probs.npz (and "
-        "oof/<run>.npz per run), validation.md (table) and plots/f2_vs_threshold.png, "
+        "oof/<run>.npz per run), validation.md (table) and plots/score_vs_threshold.png, "
         "plots/class_f2_vs_support.png; appends a record to the run registry there.")
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
                         help="competition folder (found by content, as `imet check-data` reports it)")
@@ -180,9 +191,10 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: the run folder when there is one run; "
                         "required otherwise, and when the run folder is read-only)")
     parser.add_argument("--modes", default=",".join(MODES), metavar="LIST",
-                        help="decoding modes to compare by cross-fitted F2: global, group, "
+                        help="decoding modes to compare by cross-fitted --metric: global, group, "
                         "class, context (per-image thresholds max(t, r x the image's top "
                         "probability), t per group) (default: %(default)s)")
+    add_metric_argument(parser, "what the thresholds are tuned for and the modes compared by")
     parser.add_argument("--min-support", type=int, default=20, metavar="N",
                         help="a class gets its own threshold only with at least N positive "
                         "out-of-fold images, else its group's (default: %(default)s)")
@@ -203,10 +215,14 @@ def run_validate(args) -> int:
                             options=inference_options(args), method=args.ensemble, modes=modes,
                             min_support=args.min_support,
                             min_labels=1 if args.min_labels is None else args.min_labels,
-                            max_labels=args.max_labels or None, seed=args.seed)
+                            max_labels=args.max_labels or None, seed=args.seed,
+                            metric=args.metric)
     append_registry(Path(summary["out"]), summary, args.runs)
-    print(f"F2 {summary['f2']:.4f} cross-fitted ({summary['mode']} thresholds; "
-          f"{summary['f2_in_sample']:.4f} in-sample) on {summary['images']} out-of-fold images; "
+    name = METRIC_NAMES[summary["metric"]]
+    other = "micro-F1 {micro_f1:.4f}" if summary["metric"] == "f2" else "F2 {f2:.4f}"
+    print(f"{name} {summary['score']:.4f} cross-fitted ({summary['mode']} thresholds tuned for "
+          f"{name}; {summary['score_in_sample']:.4f} in-sample; " + other.format(**summary)
+          + f" cross-fitted) on {summary['images']} out-of-fold images; "
           f"wrote {summary['thresholds']}")
     return 0
 
@@ -244,19 +260,35 @@ def run_pseudo_label(args) -> int:
     return 0
 
 
+def add_metric_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--metric", default=None, choices=METRICS,
+                        help=f"{what}: f2 (the sample-averaged F2 of iMet 2019 and 2021) or "
+                        "micro-f1 (iMet 2020's Evaluation section; its Data section says F2) "
+                        "(default: the competition's, told by the labels found: 2020's label "
+                        "space with 2019's file names is 2020)")
+
+
 @dataclass(frozen=True)
 class Score:
     f2: float
+    micro_f1: float
     images: int
     mean_predicted: float
     mean_true: float
+    metric: str = "f2"
+
+    def describe(self) -> str:
+        """'F2 0.612345, micro-F1 0.587123', the chosen metric first."""
+        values = {"f2": f"F2 {self.f2:.6f}", "micro-f1": f"micro-F1 {self.micro_f1:.6f}"}
+        return ", ".join(values[m] for m in sorted(values, key=lambda m: m != self.metric))
 
 
-def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
-    """F2 of `pred_csv` against `truth_csv` (both `id,attribute_ids`), rows matched by id; DataError
+def score_files(truth_csv, pred_csv, labels_csv=None, metric=None) -> Score:
+    """F2 and micro-F1 of `pred_csv` against `truth_csv` (both `id,attribute_ids`), rows matched by id; DataError
     when the ids differ (missing, extra, duplicated) or a row is malformed. With `labels_csv`, ids
     outside labels.csv are refused too; without, the classes are every id seen in either file
-    (an unknown id counts as a wrong label)."""
+    (an unknown id counts as a wrong label). `metric` None: the competition's as the labels
+    file tells (F2 without one)."""
     from imet.metrics.submission_io import (align_to_ids, check_known, read_submission,
                                             refuse_duplicate_ids, rows_to_matrix)
     truth_ids, truth_rows = read_submission(truth_csv)
@@ -265,24 +297,28 @@ def score_files(truth_csv, pred_csv, labels_csv=None) -> Score:
     pred_rows = align_to_ids(pred_csv, pred_ids, pred_rows, truth_ids,
                              expected_from=f"the truth {Path(truth_csv).name}")
     if labels_csv is not None:
-        from imet.data.labels import read_labels
-        attribute_ids = list(read_labels(Path(labels_csv)).attribute_ids)
+        from imet.data.labels import CompetitionLayout, competition_metric, read_labels
+        space = read_labels(Path(labels_csv))
+        attribute_ids = list(space.attribute_ids)
+        metric = metric or competition_metric(
+            CompetitionLayout(Path(labels_csv).parent, labels_csv=labels_csv), space)
         for csv, rows in ((truth_csv, truth_rows), (pred_csv, pred_rows)):
             check_known(csv, truth_ids, rows, attribute_ids, Path(labels_csv).name)
     else:
         attribute_ids = sorted({a for rows in (truth_rows, pred_rows) for row in rows for a in row})
     truth = rows_to_matrix(truth_rows, attribute_ids)
     pred = rows_to_matrix(pred_rows, attribute_ids)
-    return Score(f2=float(f2_per_sample(truth, pred).mean()), images=len(truth_ids),
-                 mean_predicted=float(np.count_nonzero(pred) / len(truth_ids)),
-                 mean_true=float(np.count_nonzero(truth) / len(truth_ids)))
+    return Score(f2=f2_score(truth, pred), micro_f1=micro_f1_score(truth, pred),
+                 images=len(truth_ids), mean_predicted=float(np.count_nonzero(pred) / len(truth_ids)),
+                 mean_true=float(np.count_nonzero(truth) / len(truth_ids)), metric=metric or "f2")
 
 
 def configure_score(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Prints one line: 'F2 <score> on <N> images (...)'. Exits 2 with a one-line "
-                     "error when the files do not cover the same ids exactly once or a row is "
-                     "malformed. An image with no true and no predicted label scores 0, as in "
-                     "scikit-learn's fbeta_score(average='samples').")
+    parser.epilog = ("Prints one line: 'F2 <score>, micro-F1 <score> on <N> images (...)', "
+                     "the --metric first. Exits 2 with a one-line error when the files do not "
+                     "cover the same ids exactly once or a row is malformed. An image with no "
+                     "true and no predicted label scores 0 F2, as in scikit-learn's "
+                     "fbeta_score(average='samples'); micro-F1 is f1_score(average='micro').")
     parser.add_argument("--truth", required=True, type=Path, metavar="CSV",
                         help="the true labels, 'id,attribute_ids' (e.g. train.csv or the "
                         "test_labels.csv of mini-iMet); extra columns are ignored")
@@ -292,10 +328,11 @@ def configure_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, metavar="CSV", default=None,
                         help="labels.csv: also refuse attribute ids that are not in it "
                         "(default: accept any integer id)")
+    add_metric_argument(parser, "the score printed first")
 
 
 def run_score(args) -> int:
-    score = score_files(args.truth, args.pred, args.labels)
-    print(f"F2 {score.f2:.6f} on {score.images} images (labels per image: "
+    score = score_files(args.truth, args.pred, args.labels, args.metric)
+    print(f"{score.describe()} on {score.images} images (labels per image: "
           f"{score.mean_predicted:.2f} predicted, {score.mean_true:.2f} true)")
     return 0

@@ -390,6 +390,25 @@ YEAR_FILES = {
 }
 
 
+# What each competition's leaderboard scores (imet.metrics.f2.METRICS). 2020's pages disagree:
+# its Evaluation section says micro-averaged F1, its Data section F2 (the 2019 text carried over);
+# the Evaluation section is the one that defines the leaderboard's scoring, so micro-F1.
+COMPETITION_METRICS = {"2019": "f2", "2020": "micro-f1", "2021": "f2"}
+
+
+def competition_year(layout: CompetitionLayout, labels: "LabelSpace") -> str:
+    """Which iMet a folder holds, from what was found: 2021's own file names, else 2020's label
+    space (five groups, `tags::`), else 2019's (culture, tag)."""
+    if layout.labels_csv.name == YEAR_FILES["2021"]["labels_csv"]:
+        return "2021"
+    return "2020" if "tags" in labels.group_names else "2019"
+
+
+def competition_metric(layout: CompetitionLayout, labels: "LabelSpace") -> str:
+    """The metric the competition found in `layout` is scored by."""
+    return COMPETITION_METRICS[competition_year(layout, labels)]
+
+
 def year_layout(root, year: str) -> CompetitionLayout:
     """The layout of `year`'s competition files under `root` (to write them)."""
     root = Path(root)

@@ -8,3 +8,9 @@ sessions mounted each at <slug>/ (flat). Torch-free here: the command line's par
 COMPETITIONS, DATASETS, NOTEBOOKS, MODELS = "competitions", "datasets", "notebooks", "models"
 INPUT_LEVELS = {COMPETITIONS: 1, DATASETS: 2, NOTEBOOKS: 2, MODELS: 5}
 LAYOUTS = ("nested", "flat")  # the emulator's (`--input-layout`); nested is today's Kaggle
+# How long a submission kernel may run in each iMet competition, in seconds: the inference kernel
+# plans its prediction into it (`imet predict --time-budget`), the campaign checks its plan
+# against it. 2019: 9 h (a kernels-only competition); 2020 and 2021: Kaggle's usual 9 h for a
+# code competition's notebook, not verified on their pages.
+SUBMISSION_LIMIT_S = {"imet-2019-fgvc6": 9 * 3600, "imet-2020-fgvc7": 9 * 3600,
+                      "imet-2021-fgvc8": 9 * 3600}

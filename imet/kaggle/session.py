@@ -32,7 +32,7 @@ from imet.device import fast_bf16
 from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,
                          DataError, UserError)
 from imet.fileio import atomic_write_text, read_json_object
-from imet.kaggle import INPUT_LEVELS
+from imet.kaggle import INPUT_LEVELS, SUBMISSION_LIMIT_S
 from imet.kaggle.render import EXTRA_AUTO, TPUS, asks_extra_auto, runs_on, wants_gpu
 from imet.models.modelfile import MODEL_FILE
 from imet.probfile import ENSEMBLE_PROBS
@@ -733,10 +733,10 @@ def inference(started: float, session_limit: str, predict_args: list[str],
     work = working_dir()
     thresholds = find_folders_with(input_root(), "thresholds.json")
     extra = ["--thresholds", thresholds[0] / "thresholds.json"] if thresholds else []
-    left = _seconds_left(started, session_limit)
     code = run_step(_imet("predict", "--data", data, "--runs", *runs,
                           "--out", work / "submission.csv", "--probs-dir", work / "probs",
-                          "--time-limit", f"{left:.0f}", *extra, *predict_args))
+                          "--time-budget", f"{inference_budget(data, started, session_limit):.0f}",
+                          *extra, *predict_args))
     if code or pseudo_label_args is None:
         return code
     # One file per run (named by the run); ENSEMBLE_PROBS is predict's own combination, which
@@ -745,6 +745,20 @@ def inference(started: float, session_limit: str, predict_args: list[str],
                if path.name != ENSEMBLE_PROBS]
     return run_step(_imet("pseudo-label", "--data", data, "--runs", *members,
                           "--out", work / PSEUDO_DIR, *pseudo_label_args))
+
+
+def inference_budget(data: Path, started: float, session_limit: str) -> float:
+    """Seconds the prediction may take: what is left of the session, or of the competition's
+    limit for a submission kernel (SUBMISSION_LIMIT_S), whichever ends first."""
+    from imet.data.labels import COMPETITIONS, competition_year, find_layout, read_labels
+    layout = find_layout(data, train=False)
+    slug = COMPETITIONS[competition_year(layout, read_labels(layout.labels_csv))]
+    session_left = _seconds_left(started, session_limit)
+    limit_left = SUBMISSION_LIMIT_S[slug] - (time.time() - started)
+    bound = "the session's" if session_left <= limit_left else f"{slug}'s submission"
+    print(f"inference: predicting within {min(session_left, limit_left):.0f}s, what is left of "
+          f"{bound} limit", flush=True)
+    return max(1.0, min(session_left, limit_left))
 
 
 def _runs() -> list[Path]:

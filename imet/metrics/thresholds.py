@@ -1,4 +1,5 @@
-"""Choosing a decoding for the sample-averaged F2 on validation predictions: one global
+"""Choosing a decoding for a metric (imet.metrics.f2.METRICS: the sample-averaged F2, or the
+micro-F1 of all entries pooled) on validation predictions: one global
 threshold, one per group (each attribute name's prefix: culture / tag in 2019, five groups in
 2020-21), one per class falling back to its group's below a
 minimum support, or per-group thresholds with an image-relative context ratio; and
@@ -7,14 +8,17 @@ cross-fitting, which scores any of these honestly.
 Why not a plain grid loop: iMet validation is 109k x 1103 probabilities, 100 thresholds one by
 one are 100 passes over 120M entries. Instead every entry is bucketed ONCE into the grid
 (`np.searchsorted`); per-row bucket counts of all / true entries (`np.bincount`) give, by a
-suffix sum, every row's predicted and true-positive counts at EVERY grid threshold, and F2 follows:
-exactly the curve a brute-force loop over `binarize` gives, for about one pass.
+suffix sum, every row's predicted and true-positive counts at EVERY grid threshold, and the metric
+follows: exactly the curve a brute-force loop over `binarize` gives, for about one pass. Both
+metrics are sums over rows of per-row statistics (F2: each row's F2; micro-F1: its true
+positives and predicted labels, pooled, then 2 TP / (true + predicted)), so every search below
+accumulates the same per-row counts and only the last step (`_Scorer.finish`) differs.
 
 Per group and per class: coordinate ascent, each step exact over the grid for its coordinate.
 Groups: the same pass stores each row's counts per group at every threshold (uint16), so a step
 only adds the other groups' counts at their current thresholds. Classes: with the others fixed,
-a sample's F2 gain from predicting the class is known in closed form, so the F2 at every grid
-threshold of that class is a bucketed suffix sum of gains over the samples reaching the lowest
+a sample's gain from predicting the class (in F2, or in pooled true positives and predicted
+labels) is known in closed form, so the metric at every grid threshold of that class is a bucketed suffix sum of gains over the samples reaching the lowest
 grid threshold. Per-class thresholds start from the group thresholds (also the fallback below
 `min_support` positives); ties pick the middle of the best plateau. The result is a local
 optimum: no single threshold can be improved.
@@ -23,16 +27,17 @@ min_labels / max_labels (see imet.metrics.f2) are modelled as: fewer than `min_l
 the top-`min_labels` labels; more than `max_labels` -> the top-`max_labels`. That is exactly
 `binarize` for global thresholds (the passing set is always a top set) and, for any thresholds,
 with min_labels <= 1 and no max_labels (the default); otherwise group/class searches optimise
-this close model. The returned F2 values are always recomputed with `binarize`.
+this close model. The returned scores are always recomputed with `binarize`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from imet.metrics.f2 import (binarize, check_label_limits, check_probs, context_passes,
-                             f2_from_counts, f2_per_sample, f2_score, top_k_indices)
+from imet.metrics.f2 import (METRICS, binarize, check_label_limits, check_metric, check_probs,
+                             context_passes, f2_from_counts, metric_score,
+                             micro_f1_from_counts, top_k_indices)
 
 SEARCH_MODES = ("global", "group", "class")
 DEFAULT_MIN_SUPPORT = 20
@@ -53,11 +58,16 @@ def _check_grid(grid) -> np.ndarray:
     return np.unique(grid)
 
 
-class _F2Model:
-    """Per-sample F2 as a function of (predicted count, true positives), min/max labels included."""
+class _Scorer:
+    """The metric as a function of every row's (predicted count, true positives), min/max labels
+    included: `stats` sums per-row statistics over rows (F2: [sum of F2]; micro-F1: [true
+    positives, predicted labels]), `finish` turns such sums into the metric."""
 
-    def __init__(self, y: np.ndarray, probs: np.ndarray, min_labels: int, max_labels):
+    def __init__(self, y: np.ndarray, probs: np.ndarray, min_labels: int, max_labels,
+                 metric: str = "f2"):
+        self.metric = check_metric(metric)
         self.n_true = np.count_nonzero(y, axis=1)
+        self.n_rows, self.all_true = y.shape[0], int(self.n_true.sum())
         self.min_labels, self.max_labels = check_label_limits(min_labels, max_labels, y.shape[1])
         self.tp_min = self._tp_top(y, probs, self.min_labels)
         self.tp_max = self._tp_top(y, probs, self.max_labels)
@@ -71,8 +81,9 @@ class _F2Model:
             out[sl] = np.take_along_axis(y[sl], top_k_indices(probs[sl], k), axis=1).sum(axis=1)
         return out
 
-    def f2(self, k, tp, rows=slice(None)) -> np.ndarray:
-        """F2 of samples `rows` given counts k, tp shaped [n] or [n, T]."""
+    def per_row(self, k, tp, rows=slice(None)) -> np.ndarray:
+        """Per-row statistics [S, n] or [S, n, T] of samples `rows` given counts k, tp shaped
+        [n] or [n, T]."""
         extra = (slice(None),) + (None,) * (np.ndim(k) - 1)
         n_true = self.n_true[rows][extra]
         if self.min_labels:
@@ -83,7 +94,19 @@ class _F2Model:
             many = k > self.max_labels
             tp = np.where(many, self.tp_max[rows][extra], tp)
             k = np.where(many, self.max_labels, k)
-        return f2_from_counts(tp, n_true, k)
+        if self.metric == "f2":
+            return f2_from_counts(tp, n_true, k)[None]
+        return np.stack(np.broadcast_arrays(tp, k)).astype(np.float64)
+
+    def stats(self, k, tp, rows=slice(None)) -> np.ndarray:
+        """`per_row` summed over the rows: [S] or [S, T]."""
+        return self.per_row(k, tp, rows).sum(axis=1)
+
+    def finish(self, stats: np.ndarray) -> np.ndarray:
+        """The metric from statistics summed over all rows."""
+        if self.metric == "f2":
+            return stats[0] / self.n_rows
+        return micro_f1_from_counts(stats[0], self.all_true, stats[1])
 
 
 def _row_chunks(n_rows: int, width: int):
@@ -116,12 +139,12 @@ def _bucket_counts(y, probs, grid, sl, col_group=None, n_groups=1):
 
 
 def _sweep(model, y, probs, grid) -> np.ndarray:
-    """Mean F2 at every grid threshold shared by all classes, streaming over row chunks."""
-    total = np.zeros(grid.size, dtype=np.float64)
+    """The metric at every grid threshold shared by all classes, streaming over row chunks."""
+    total = 0.0
     for sl in _row_chunks(probs.shape[0], max(probs.shape[1], grid.size + 1)):
         k, tp = _bucket_counts(y, probs, grid, sl)
-        total += model.f2(k[:, 0], tp[:, 0], sl).sum(axis=0)
-    return total / probs.shape[0]
+        total = total + model.stats(k[:, 0], tp[:, 0], sl)
+    return model.finish(total)
 
 
 def _pick(curve: np.ndarray, current: int | None = None) -> int:
@@ -150,17 +173,19 @@ def check_truth(y_true, probs):
     return y, probs
 
 
-def global_f2_curve(y_true, probs, grid=None, min_labels: int = 1, max_labels=None):
-    """(grid, mean F2 at every grid threshold) for one threshold shared by all classes:
-    equals [f2_score(y, binarize(probs, t, min_labels, max_labels)) for t in grid]."""
+def global_curve(y_true, probs, grid=None, min_labels: int = 1, max_labels=None,
+                 metric: str = "f2"):
+    """(grid, the metric at every grid threshold) for one threshold shared by all classes:
+    equals [metric_score(metric, y, binarize(probs, t, min_labels, max_labels)) for t in grid]."""
     y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
-    return grid, _sweep(_F2Model(y, probs, min_labels, max_labels), y, probs, grid)
+    return grid, _sweep(_Scorer(y, probs, min_labels, max_labels, metric), y, probs, grid)
 
 
-def best_global_threshold(y_true, probs, grid=None, min_labels: int = 1, max_labels=None):
-    """(threshold, F2) of the best single threshold on the grid."""
-    grid, curve = global_f2_curve(y_true, probs, grid, min_labels, max_labels)
+def best_global_threshold(y_true, probs, grid=None, min_labels: int = 1, max_labels=None,
+                          metric: str = "f2"):
+    """(threshold, score) of the best single threshold on the grid."""
+    grid, curve = global_curve(y_true, probs, grid, min_labels, max_labels, metric)
     j = _pick(curve)
     return float(grid[j]), float(curve[j])
 
@@ -179,8 +204,8 @@ def _group_search(model, y, probs, grid, groups, max_rounds=10):
         counts_k[sl], counts_tp[sl] = _bucket_counts(y, probs, grid, sl, col_group, n_groups)
 
     def curve(g, chosen):
-        """Mean F2 at every threshold of group g (None: all groups together)."""
-        total = np.zeros(n_thr, dtype=np.float64)
+        """The metric at every threshold of group g (None: all groups together)."""
+        total = 0.0
         for sl in _row_chunks(n, n_groups * n_thr):
             if g is None:
                 k = counts_k[sl].sum(axis=1, dtype=np.int64)
@@ -191,8 +216,8 @@ def _group_search(model, y, probs, grid, groups, max_rounds=10):
                 for h in (h for h in range(n_groups) if h != g):
                     k += counts_k[sl, h, chosen[h], None]
                     tp += counts_tp[sl, h, chosen[h], None]
-            total += model.f2(k, tp, sl).sum(axis=0)
-        return total / n
+            total = total + model.stats(k, tp, sl)
+        return model.finish(total)
 
     chosen = [_pick(curve(None, None))] * n_groups
     for _ in range(max_rounds if n_groups > 1 else 0):
@@ -216,6 +241,9 @@ def _class_search(model, y, probs, grid, thresholds, eligible, max_rounds=3):
         passing = probs[sl] >= thresholds
         k[sl] = np.count_nonzero(passing, axis=1)
         tp[sl] = np.count_nonzero(passing & y[sl], axis=1)
+    # micro-F1 is not a sum of per-row scores: its curve needs the pooled totals (F2 needs
+    # only the gains, as a sum of rows' F2 shifted by a constant has the same best threshold).
+    totals = model.stats(k, tp) if model.metric != "f2" else None
     index = np.searchsorted(grid, thresholds)
     lowest = grid[0]
     for _ in range(max_rounds):
@@ -231,18 +259,29 @@ def _class_search(model, y, probs, grid, thresholds, eligible, max_rounds=3):
                 was = p >= thresholds[c]
                 k_wo = k[rows] - was
                 tp_wo = tp[rows] - (was & yc)
-                gain = model.f2(k_wo + 1, tp_wo + yc, rows) - model.f2(k_wo, tp_wo, rows)
+                without = model.per_row(k_wo, tp_wo, rows)
+                gain = model.per_row(k_wo + 1, tp_wo + yc, rows) - without
                 buckets = np.searchsorted(grid, p, side="right")
-                per_bucket = np.bincount(buckets, weights=gain, minlength=grid.size + 1)
-                curve = np.cumsum(per_bucket[:0:-1])[::-1]
+                gains = np.stack([np.cumsum(np.bincount(buckets, weights=g,
+                                                        minlength=grid.size + 1)[:0:-1])[::-1]
+                                  for g in gain])
+                if totals is None:
+                    curve = gains[0]
+                else:
+                    base = totals - model.stats(k[rows], tp[rows], rows) + without.sum(axis=1)
+                    curve = model.finish(base[:, None] + gains)
                 j = _pick(curve, int(index[c]))
                 if j != index[c]:
                     changed += 1
                     index[c] = j
                     thresholds[c] = grid[j]
                     now = p >= thresholds[c]
+                    if totals is not None:
+                        totals = totals - model.stats(k[rows], tp[rows], rows)
                     k[rows] = k_wo + now
                     tp[rows] = tp_wo + (now & yc)
+                    if totals is not None:
+                        totals = totals + model.stats(k[rows], tp[rows], rows)
         if not changed:
             break
     return thresholds
@@ -250,8 +289,8 @@ def _class_search(model, y, probs, grid, thresholds, eligible, max_rounds=3):
 
 def search_thresholds(y_true, probs, groups=None, mode: str = "global",
                       min_support: int = DEFAULT_MIN_SUPPORT, grid=None,
-                      min_labels: int = 1, max_labels=None) -> np.ndarray:
-    """Per-class thresholds float64 [C] maximising the mean F2 of `binarize(probs, thresholds,
+                      min_labels: int = 1, max_labels=None, metric: str = "f2") -> np.ndarray:
+    """Per-class thresholds float64 [C] maximising `metric` of `binarize(probs, thresholds,
     min_labels, max_labels)` against y_true.
 
     mode "global": one threshold for all classes; "group": one per group (`groups`: [C] group
@@ -262,7 +301,7 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
                          f"{', '.join(SEARCH_MODES)}")
     y, probs = check_truth(y_true, probs)
     grid = _check_grid(grid)
-    model = _F2Model(y, probs, min_labels, max_labels)
+    model = _Scorer(y, probs, min_labels, max_labels, metric)
     n_classes = y.shape[1]
     if mode == "global":
         return np.full(n_classes, grid[_pick(_sweep(model, y, probs, grid))])
@@ -284,14 +323,14 @@ def search_thresholds(y_true, probs, groups=None, mode: str = "global",
 # 0 turns the problem into the ordinary per-group search above, exact over its grid. Each
 # candidate r costs one masked copy and one group search (~3.5 s CPU at iMet scale), so r is
 # searched coarse to fine: 0 (the plain group search, always a candidate), 0.1 .. 0.9, then the two
-# halfway points beside the best. The best pair by in-sample F2 is kept (validate then cross-fits
-# the whole search like every other mode).
+# halfway points beside the best. The best pair by in-sample score is kept (validate then
+# cross-fits the whole search like every other mode).
 
 def search_context(y_true, probs, groups=None, grid=None, ratios=None, min_labels: int = 1,
-                   max_labels=None, min_support: int = DEFAULT_MIN_SUPPORT
+                   max_labels=None, min_support: int = DEFAULT_MIN_SUPPORT, metric: str = "f2"
                    ) -> tuple[np.ndarray, float]:
-    """(per-class thresholds [C], ratio r) maximising the mean F2 of `binarize(probs,
-    thresholds, min_labels, max_labels, context=r)`; thresholds are one per group."""
+    """(per-class thresholds [C], ratio r) maximising `metric` of `binarize(probs, thresholds,
+    min_labels, max_labels, context=r)`; thresholds are one per group."""
     probs = check_probs(probs)
     tried: dict[float, tuple[float, np.ndarray]] = {}
 
@@ -299,10 +338,10 @@ def search_context(y_true, probs, groups=None, grid=None, ratios=None, min_label
         masked = probs if ratio == 0 else np.where(context_passes(probs, ratio), probs, 0)
         thresholds = search_thresholds(y_true, masked, groups, mode="group", grid=grid,
                                        min_support=min_support, min_labels=min_labels,
-                                       max_labels=max_labels)
+                                       max_labels=max_labels, metric=metric)
         del masked
-        tried[ratio] = (f2_score(y_true, binarize(probs, thresholds, min_labels, max_labels,
-                                                  ratio)), thresholds)
+        tried[ratio] = (metric_score(metric, y_true, binarize(probs, thresholds, min_labels,
+                                                              max_labels, ratio)), thresholds)
 
     def best() -> float:
         # ties go to the smaller ratio: the decoding closer to plain thresholds
@@ -325,41 +364,45 @@ MODES = SEARCH_MODES + ("context",)
 
 def fit_decoding(y_true, probs, groups=None, mode: str = "global",
                  min_support: int = DEFAULT_MIN_SUPPORT, grid=None, min_labels: int = 1,
-                 max_labels=None) -> tuple[np.ndarray, float]:
+                 max_labels=None, metric: str = "f2") -> tuple[np.ndarray, float]:
     """(per-class thresholds [C], context ratio) of `mode`; the ratio is 0 except for context."""
     if mode == "context":
         return search_context(y_true, probs, groups, grid=grid, min_labels=min_labels,
-                              max_labels=max_labels, min_support=min_support)
+                              max_labels=max_labels, min_support=min_support, metric=metric)
     return search_thresholds(y_true, probs, groups, mode, min_support, grid, min_labels,
-                             max_labels), 0.0
+                             max_labels, metric), 0.0
 
 
 @dataclass(frozen=True)
 class CrossFit:
-    """Honest F2 of a decoding search: chosen on one half of the samples, scored on the other,
-    both ways. `f2_in_sample` (chosen and scored on all samples) minus `f2` is how much the
-    search flatters itself; `thresholds` and `context` are fitted on all samples (use them for
-    test)."""
-    f2: float
-    f2_halves: tuple[float, float]
-    f2_in_sample: float
+    """Honest score of a decoding search for `metric`: chosen on one half of the samples, scored
+    on the other, both ways (micro-F1: pooled over both halves' predictions). `score_in_sample`
+    (chosen and scored on all samples) minus `score` is how much the search flatters itself;
+    `thresholds` and `context` are fitted on all samples (use them for test). `scores`: the same
+    cross-fitted predictions scored by every metric (METRICS), the tuned one's being `score`."""
+    score: float
+    score_halves: tuple[float, float]
+    score_in_sample: float
     thresholds: np.ndarray
     mode: str
     context: float = 0.0
+    metric: str = "f2"
+    scores: dict = field(default_factory=dict)
 
     @property
     def optimism(self) -> float:
-        return self.f2_in_sample - self.f2
+        return self.score_in_sample - self.score
 
 
-def cross_fitted_f2(y_true, probs, groups=None, mode: str = "global",
-                    min_support: int = DEFAULT_MIN_SUPPORT, grid=None, min_labels: int = 1,
-                    max_labels=None, seed: int = 0) -> CrossFit:
-    """Choose the decoding on a random half, score it on the other half and vice versa.
-    The per-class minimum support applies within each half (half the data: fewer classes
+def cross_fitted(y_true, probs, groups=None, mode: str = "global",
+                 min_support: int = DEFAULT_MIN_SUPPORT, grid=None, min_labels: int = 1,
+                 max_labels=None, seed: int = 0, metric: str = "f2") -> CrossFit:
+    """Choose the decoding for `metric` on a random half, score it on the other half and vice
+    versa. The per-class minimum support applies within each half (half the data: fewer classes
     qualify, as they would with half the validation set)."""
     if mode not in MODES:
         raise ValueError(f"unknown threshold mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_metric(metric)
     y, probs = check_truth(y_true, probs)
     n = y.shape[0]
     if n < 2:
@@ -367,15 +410,15 @@ def cross_fitted_f2(y_true, probs, groups=None, mode: str = "global",
     order = np.random.default_rng(seed).permutation(n)
     halves = (np.sort(order[: n // 2]), np.sort(order[n // 2:]))
     kw = dict(groups=groups, mode=mode, min_support=min_support, grid=grid,
-              min_labels=min_labels, max_labels=max_labels)
-    per_sample = np.empty(n, dtype=np.float64)
+              min_labels=min_labels, max_labels=max_labels, metric=metric)
+    pred = np.empty(y.shape, dtype=bool)
     for fit_on, score_on in (halves, halves[::-1]):
         thr, ratio = fit_decoding(y[fit_on], probs[fit_on], **kw)
-        pred = binarize(probs[score_on], thr, min_labels, max_labels, ratio)
-        per_sample[score_on] = f2_per_sample(y[score_on], pred)
+        pred[score_on] = binarize(probs[score_on], thr, min_labels, max_labels, ratio)
     full, ratio = fit_decoding(y, probs, **kw)
-    in_sample = f2_per_sample(y, binarize(probs, full, min_labels, max_labels, ratio)).mean()
-    return CrossFit(f2=float(per_sample.mean()),
-                    f2_halves=(float(per_sample[halves[0]].mean()),
-                               float(per_sample[halves[1]].mean())),
-                    f2_in_sample=float(in_sample), thresholds=full, mode=mode, context=ratio)
+    in_sample = metric_score(metric, y, binarize(probs, full, min_labels, max_labels, ratio))
+    scores = {name: metric_score(name, y, pred) for name in METRICS}
+    return CrossFit(score=scores[metric],
+                    score_halves=tuple(metric_score(metric, y[h], pred[h]) for h in halves),
+                    score_in_sample=float(in_sample), thresholds=full, mode=mode, context=ratio,
+                    metric=metric, scores=scores)

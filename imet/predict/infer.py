@@ -24,6 +24,7 @@ from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta, bu
 from imet.config import close_match
 from imet.device import Precision, device_precision
 from imet.errors import DataError, UserError
+from imet.metrics.f2 import binarize, f2_score, micro_f1_score
 from imet.metrics.thresholds import best_global_threshold
 
 Log = Callable[[str], None]
@@ -229,10 +230,26 @@ class Evaluation:
     f2: float
     threshold: float
     val_loss: float
+    micro_f1: float = float("nan")
+    metric: str = "f2"  # what `threshold` was tuned for, and what `score` is
+
+    @property
+    def score(self) -> float:
+        return self.f2 if self.metric == "f2" else self.micro_f1
+
+    def describe(self) -> str:
+        """'F2 0.6123, micro-F1 0.5871', the tuned metric first."""
+        values = {"f2": f"F2 {self.f2:.4f}", "micro-f1": f"micro-F1 {self.micro_f1:.4f}"}
+        return ", ".join(values[m] for m in sorted(values, key=lambda m: m != self.metric))
 
 
-def score(targets: np.ndarray, probs: np.ndarray, val_loss: float = float("nan")) -> Evaluation:
-    """The one way training reports and validate shows a run's F2: at the best global
-    threshold of the default grid, default label limits."""
-    threshold, f2 = best_global_threshold(targets.astype(bool), probs)
-    return Evaluation(float(f2), float(threshold), float(val_loss))
+def score(targets: np.ndarray, probs: np.ndarray, val_loss: float = float("nan"),
+          metric: str = "f2") -> Evaluation:
+    """The one way training reports and validate shows a run's score: at the global threshold
+    of the default grid best for `metric`, default label limits; both metrics at that
+    threshold."""
+    truth = targets.astype(bool)
+    threshold, _ = best_global_threshold(truth, probs, metric=metric)
+    pred = binarize(probs, threshold)
+    return Evaluation(f2_score(truth, pred), float(threshold), float(val_loss),
+                      micro_f1_score(truth, pred), metric)

@@ -5,6 +5,7 @@ any inference, ensembles, and thresholds.json. Kernels call `predict_run` (one m
 of images) and `predict_test` (the whole `imet predict`) directly."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from imet.data.labels import CompetitionLayout, LabelSpace, find_layout, read_labels, read_sample_submission
+from imet.config import format_duration
 from imet.data.transforms import Normalization
 from imet.device import device_precision, resolve_device
 from imet.errors import CheckpointError, DataError, UserError
@@ -488,12 +490,82 @@ def open_test(data: Path, sources: Sequence[Path], command: str = "predict") -> 
     return TestSet(layout, labels, ids, paths, members)
 
 
+# `imet predict --time-budget`: when the whole ensemble (every run x every TTA view) would not
+# fit, what goes first is imet.predict.DROP_ORDER. The first run with the first view always runs, so a submission always comes out; saved
+# probabilities cost nothing and always stay. Each run's cost is measured on its first batches
+# with one view, the image decoding included, and every view is charged that much: an over-
+# estimate where decoding dominates, on the side of finishing in time.
+PROBE_BATCHES = 2
+# Kept free at the end of the budget: the ensemble, the submission and the probability files.
+RESERVE_FRACTION = 0.05
+
+
+@dataclass
+class InferencePlan:
+    """Which runs predict with which TTA views, and what was left out to fit the budget."""
+    views: dict[int, tuple[str, ...]]  # member index -> its views (runs kept only)
+    dropped_views: tuple[str, ...]
+    dropped_runs: list[int]
+    estimate_s: float
+    budget_s: float
+
+    def describe(self, names: Sequence[str]) -> str:
+        """The one line said before the long work starts."""
+        kept = [names[i] for i in self.views]
+        views = next(iter(self.views.values()), ())
+        left = [f"TTA {','.join(self.dropped_views)}"] if self.dropped_views else []
+        left += [f"run {names[i]}" for i in self.dropped_runs]
+        work = (f"{len(kept)} run(s) x TTA {','.join(views)}, about "
+                f"{format_duration(self.estimate_s)}" if kept else "saved probabilities only")
+        return (f"predict: plan for a {format_duration(self.budget_s)} budget: {work}; "
+                + (f"left out: {'; '.join(left)}" if left else "nothing left out"))
+
+
+def plan_inference(costs: Sequence[float | None], n_images: int, tta: Sequence[str],
+                   budget_s: float) -> InferencePlan:
+    """The plan that fits `budget_s`: `costs` are each member's measured seconds per image and
+    view (None: saved probabilities, free), dropping in imet.predict.DROP_ORDER until the
+    estimate fits."""
+    runs = [i for i, cost in enumerate(costs) if cost is not None]
+    views, dropped_runs = list(tta), []
+
+    def estimate() -> float:
+        return sum(costs[i] * n_images * len(views) for i in runs)
+
+    while estimate() > budget_s and len(views) > 1:
+        views.pop()
+    while estimate() > budget_s and len(runs) > 1:
+        dropped_runs.insert(0, runs.pop())
+    return InferencePlan({i: tuple(views) for i in runs}, tuple(tta[len(views):]),
+                         dropped_runs, estimate(), budget_s)
+
+
+def measure_cost(run: Run, paths: Sequence[Path], ids: Sequence[str], options: InferenceOptions,
+                 log: Log) -> float:
+    """Seconds per image and view of `run` on its first batches (one view, decoding and the
+    model's move to the device included)."""
+    size = options.image_size or run.image_size
+    batch = options.batch_size or auto_batch_size(run.model, size, 1, resolve_device(
+        options.device))
+    count = min(len(ids), PROBE_BATCHES * batch)
+    probe = dataclasses.replace(options, tta=tuple(parse_tta(options.tta))[:1], log_every_s=1e9)
+    start = time.perf_counter()
+    predict_run(run, paths[:count], ids[:count], probe, lambda _: None, "test")
+    seconds = time.perf_counter() - start
+    log(f"predict {run.name}: {count / seconds:.1f} img/s with one view on its first "
+        f"{count} images")
+    return seconds / count
+
+
 def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str = "mean",
                  weights: Sequence[float] | None = None, options: InferenceOptions | None = None,
                  thresholds_file: Path | None = None, threshold: float | None = None,
                  min_labels: int | None = None, max_labels: int | None = None,
-                 probs_dir: Path | None = None, log: Log = log_stderr) -> dict[str, Any]:
-    """The whole `imet predict`: returns a summary (also the run-registry record's body)."""
+                 probs_dir: Path | None = None, time_budget_s: float | None = None,
+                 log: Log = log_stderr) -> dict[str, Any]:
+    """The whole `imet predict`: returns a summary (also the run-registry record's body).
+    `time_budget_s`: plan runs x TTA views to fit it (see DROP_ORDER); the submission is then
+    written after each run, so one is there whenever the session ends."""
     options = options or InferenceOptions()
     start = time.perf_counter()
     test = open_test(data, sources)
@@ -501,24 +573,82 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     probs_dir = Path(probs_dir) if probs_dir is not None else out.parent / "test_probs"
     decoding = resolve_decoding(test.members, test.labels, thresholds_file, threshold,
                                 min_labels, max_labels, log)
-    members = infer_members(test.members, test.ids, test.paths, options, probs_dir, log)
-    combined = ensemble(members, method, weights)
+    names = [m.name if isinstance(m, Run) else m.meta["name"] for m in test.members]
+    tta = tuple(parse_tta(options.tta))
+    weights = list(weights) if weights is not None else [1.0] * len(test.members)
+    plan = None
+    if time_budget_s is not None:
+        costs = [measure_cost(m, test.paths, test.ids, options, log) if isinstance(m, Run)
+                 else None for m in test.members]
+        left = time_budget_s * (1 - RESERVE_FRACTION) - (time.perf_counter() - start)
+        plan = plan_inference(costs, len(test.ids), tta, left)
+        plan.budget_s = time_budget_s
+        log(plan.describe(names))
+    done: list[Probabilities] = []
+    used: list[int] = []
+    skipped: list[int] = []
+    rows: list[str] = []
+    # how much slower the runs so far went than their probes said (a busy machine, a probe on
+    # easy images): the runs still to come are charged as much more
+    spent = estimated = 0.0
+    for index, item in enumerate(test.members):
+        if isinstance(item, Run):
+            if plan is not None and index not in plan.views:
+                continue
+            views = plan.views[index] if plan is not None else tta
+            if plan is not None and done:
+                # The estimate was measured on a few batches: a run that no longer fits what is
+                # left is dropped too, rather than the session ending with no submission.
+                left = time_budget_s * (1 - RESERVE_FRACTION) - (time.perf_counter() - start)
+                slowdown = max(1.0, spent / estimated) if estimated else 1.0
+                if costs[index] * len(test.ids) * len(views) * slowdown > left:
+                    log(f"predict: {item.name} no longer fits the {format_duration(left)} left; "
+                        "left out")
+                    skipped.append(index)
+                    continue
+            began = time.perf_counter()
+            probs = predict_run(item, test.paths, test.ids,
+                                dataclasses.replace(options, tta=views), log, "test")
+            if plan is not None:
+                spent += time.perf_counter() - began
+                estimated += costs[index] * len(test.ids) * len(views)
+            done.append(store_member(item, probs, probs_dir))
+        else:
+            log(f"{item.meta['name']}: loaded {len(item.ids)} saved "
+                f"{item.meta.get('split', '')} predictions")
+            done.append(item)
+        used.append(index)
+        if plan is not None or index == len(test.members) - 1:
+            combined = ensemble(done, method, [weights[i] for i in used])
+            rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds,
+                                             decoding.min_labels, decoding.max_labels,
+                                             str(test.layout.sample_submission_csv),
+                                             decoding.context)
+            write_submission(out, rows_ids, rows)
+    if not rows:  # the last member was a run the plan left out
+        combined = ensemble(done, method, [weights[i] for i in used])
+        rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds,
+                                         decoding.min_labels, decoding.max_labels,
+                                         str(test.layout.sample_submission_csv), decoding.context)
+        write_submission(out, rows_ids, rows)
     combined.meta["split"] = "test"
-    rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds, decoding.min_labels,
-                                     decoding.max_labels, str(test.layout.sample_submission_csv),
-                                     decoding.context)
-    write_submission(out, rows_ids, rows)
-    if len(members) > 1:
+    if len(done) > 1:
         save_probabilities(probs_dir / ENSEMBLE_PROBS, combined)
     labels_per_image = float(np.mean([len(r.split()) for r in rows]))
     seconds = time.perf_counter() - start
+    left_out = []
+    if plan is not None:
+        left_out = ([f"TTA {view} of every run" for view in plan.dropped_views]
+                    + [f"run {names[i]}" for i in sorted(plan.dropped_runs + skipped)])
     log(f"predict: wrote {out} ({len(rows)} images, {labels_per_image:.2f} labels per image, "
-        f"{len(members)} member(s), {method if len(members) > 1 else 'single run'}, "
-        f"{seconds:.1f}s)")
+        f"{len(done)} member(s), {method if len(done) > 1 else 'single run'}, "
+        f"{seconds:.1f}s" + (f"; left out to fit the budget: {'; '.join(left_out)}"
+                             if left_out else "") + ")")
     return {"kind": "predict", "submission": str(out), "probs_dir": str(probs_dir),
             "images": len(rows), "labels_per_image": round(labels_per_image, 3),
-            "ensemble": method if len(members) > 1 else None, "weights": combined.meta["weights"],
-            "runs": [m.meta for m in members], "tta": list(parse_tta(options.tta)),
+            "ensemble": method if len(done) > 1 else None, "weights": combined.meta["weights"],
+            "runs": [m.meta for m in done], "tta": list(tta),
             "thresholds": decoding.source, "min_labels": decoding.min_labels,
             "max_labels": decoding.max_labels, "context": decoding.context,
+            "time_budget_s": time_budget_s, "left_out": left_out,
             "labels_fingerprint": test.labels.fingerprint(), "seconds": round(seconds, 2)}

@@ -5,8 +5,10 @@ OOF probabilities (.npz) re-choose thresholds without inference.
 
 Every decoding mode (global, per group, per class, per-image context) is fitted on the OOF
 probabilities and cross-fitted (chosen on one half of the images, scored on the other, both
-ways), and picked by its cross-fitted F2, never its in-sample F2: per-class thresholds always
-win in-sample (1,103 knobs) and often lose on new images.
+ways), and picked by its cross-fitted score, never its in-sample score: per-class thresholds
+always win in-sample (1,103 knobs) and often lose on new images. The score is the metric chosen
+(`metric`: the competition's by default, F2 or micro-F1); the report gives both for the chosen
+decoding.
 
 The report's error analysis (classes most often predicted where absent, most often missed, which
 class of a group is taken for which: the Open Images write-up found its label problems this way) is
@@ -27,11 +29,12 @@ import numpy as np
 from scipy import sparse
 
 from imet.data.folds import read_folds
-from imet.data.labels import CompetitionLayout, find_layout, read_labels, read_train
+from imet.data.labels import (CompetitionLayout, competition_metric, find_layout, read_labels,
+                              read_train)
 from imet.errors import UserError
 from imet.fileio import atomic_write_bytes, atomic_write_text
-from imet.metrics.f2 import binarize, f2_per_class, f2_score
-from imet.metrics.thresholds import MODES, CrossFit, cross_fitted_f2, global_f2_curve
+from imet.metrics.f2 import METRIC_NAMES, METRICS, binarize, f2_per_class, f2_score
+from imet.metrics.thresholds import MODES, CrossFit, cross_fitted, global_curve
 from imet.predict.infer import Evaluation, Log, check_images_exist, log_stderr, parse_tta, score
 from imet.predict.pipeline import (THRESHOLDS_FILE, InferenceOptions, Run, ensemble,
                                    is_probabilities_file, open_member, predict_run, source_names,
@@ -91,6 +94,7 @@ def top_confusions(cols: np.ndarray, matrix: np.ndarray, k: int) -> list[tuple[i
 class DecodingChoice:
     mode: str
     fits: dict[str, CrossFit]
+    metric: str = "f2"
 
     @property
     def chosen(self) -> CrossFit:
@@ -103,9 +107,10 @@ class DecodingChoice:
 
 def choose_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
                     modes: Sequence[str] = MODES, min_support: int = 20, min_labels: int = 1,
-                    max_labels: int | None = None, seed: int = 0) -> DecodingChoice:
-    """Fit and cross-fit each mode; pick the best cross-fitted F2 (ties go to the simpler mode,
-    in MODES order, since it has fewer knobs to overfit)."""
+                    max_labels: int | None = None, seed: int = 0,
+                    metric: str = "f2") -> DecodingChoice:
+    """Fit and cross-fit each mode for `metric`; pick the best cross-fitted score (ties go to the
+    simpler mode, in MODES order, since it has fewer knobs to overfit)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise UserError(f"--modes: unknown threshold mode {unknown[0] if unknown else ''!r}; "
@@ -113,12 +118,14 @@ def choose_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
     if y_true.shape[0] < 4:
         raise UserError(f"validation: only {y_true.shape[0]} out-of-fold images; thresholds need "
                         "at least 4 (use a larger fold)")
-    fits = {mode: cross_fitted_f2(y_true, probs, groups=groups, mode=mode,
-                                  min_support=min_support, min_labels=min_labels,
-                                  max_labels=max_labels, seed=seed)
+    if metric not in METRICS:
+        raise UserError(f"--metric: unknown metric {metric!r}; choose {' or '.join(METRICS)}")
+    fits = {mode: cross_fitted(y_true, probs, groups=groups, mode=mode, min_support=min_support,
+                               min_labels=min_labels, max_labels=max_labels, seed=seed,
+                               metric=metric)
             for mode in sorted(modes, key=MODES.index)}
-    best = max(fits, key=lambda m: (round(fits[m].f2, 9), -MODES.index(m)))
-    return DecodingChoice(best, fits)
+    best = max(fits, key=lambda m: (round(fits[m].score, 9), -MODES.index(m)))
+    return DecodingChoice(best, fits, metric)
 
 
 def group_f2(y_true: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict[str, float]:
@@ -185,21 +192,26 @@ def _save_png(figure, path: Path) -> Path:
     return path
 
 
-def plot_f2_vs_threshold(y_true: np.ndarray, probs: np.ndarray, scores: ValidationScores,
-                         path: Path, min_labels: int = 1, max_labels: int | None = None) -> Path:
-    grid, curve = global_f2_curve(y_true, probs, min_labels=min_labels, max_labels=max_labels)
+def plot_score_vs_threshold(y_true: np.ndarray, probs: np.ndarray, scores: ValidationScores,
+                            path: Path, min_labels: int = 1,
+                            max_labels: int | None = None) -> Path:
+    """The tuned metric against one global threshold, with each mode's cross-fitted score."""
+    metric = scores.decoding.metric
+    name = METRIC_NAMES[metric]
+    grid, curve = global_curve(y_true, probs, min_labels=min_labels, max_labels=max_labels,
+                               metric=metric)
     best = int(np.argmax(curve))
     figure, axes = _figure()
     axes.plot(grid, curve, color="tab:blue", label="one global threshold (in-sample)")
     axes.axvline(grid[best], color="tab:blue", linestyle=":", linewidth=1)
-    axes.annotate(f"{grid[best]:.3f}: F2 {curve[best]:.4f}", (grid[best], curve[best]),
+    axes.annotate(f"{grid[best]:.3f}: {name} {curve[best]:.4f}", (grid[best], curve[best]),
                   textcoords="offset points", xytext=(6, -14), fontsize=8)
     for mode, fit in scores.decoding.fits.items():
-        axes.axhline(fit.f2, linestyle="--", linewidth=1,
+        axes.axhline(fit.score, linestyle="--", linewidth=1,
                      color={"global": "tab:blue", "group": "tab:orange"}.get(mode, "tab:green"),
-                     label=f"{mode}: cross-fitted F2 {fit.f2:.4f}")
-    axes.set(xlabel="threshold", ylabel="F2 (out of fold)", xlim=(0, 1),
-             title=f"F2 against threshold ({y_true.shape[0]} OOF images)")
+                     label=f"{mode}: cross-fitted {name} {fit.score:.4f}")
+    axes.set(xlabel="threshold", ylabel=f"{name} (out of fold)", xlim=(0, 1),
+             title=f"{name} against threshold ({y_true.shape[0]} OOF images)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
     return _save_png(figure, path)
@@ -273,14 +285,19 @@ def error_tables(scores: ValidationScores, names: Sequence[str], k: int = 15) ->
 def markdown_table(scores: ValidationScores, summary: dict[str, Any],
                    members: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     choice = scores.decoding
+    name = METRIC_NAMES[choice.metric]
+    other = [m for m in METRICS if m != choice.metric]
     lines = [f"# Validation: {summary['images']} out-of-fold images, folds "
              f"{', '.join(str(f) for f in summary['folds'])}, TTA {','.join(summary['tta'])}", "",
-             "| decoding | F2 cross-fitted (honest) | F2 in-sample (optimistic) | optimism |",
-             "|---|---|---|---|"]
+             f"Thresholds tuned for {name}.", "",
+             f"| decoding | {name} cross-fitted (honest) | {name} in-sample (optimistic) | "
+             "optimism | " + " | ".join(f"{METRIC_NAMES[m]} cross-fitted" for m in other) + " |",
+             "|---|---|---|---|" + "---|" * len(other)]
     for mode, fit in choice.fits.items():
         mark = " **(chosen)**" if mode == choice.mode else ""
-        lines.append(f"| {mode}{mark} | {fit.f2:.4f} | {fit.f2_in_sample:.4f} | "
-                     f"{fit.optimism:+.4f} |")
+        lines.append(f"| {mode}{mark} | {fit.score:.4f} | {fit.score_in_sample:.4f} | "
+                     f"{fit.optimism:+.4f} | "
+                     + " | ".join(f"{fit.scores[m]:.4f}" for m in other) + " |")
     lines += ["", "Cross-fitted: thresholds chosen on a random half of the images, scored on the "
               "other half, both ways. thresholds.json holds the chosen mode fitted on all images.",
               "", "| group | F2 (chosen decoding, group's labels only) |", "|---|---|"]
@@ -290,7 +307,7 @@ def markdown_table(scores: ValidationScores, summary: dict[str, Any],
               "| F2 at its best global threshold |", "|---|---|---|---|---|---|"]
     lines += [f"| {m.get('name')} | {m.get('fold')} | {m.get('arch')} | {m.get('image_size')} | "
               f"{m.get('images')} | {m.get('f2_global', float('nan')):.4f} |" for m in members]
-    lines += ["", "![F2 against threshold](plots/f2_vs_threshold.png)",
+    lines += ["", f"![{name} against threshold](plots/score_vs_threshold.png)",
               "![Per-class F2 against support](plots/class_f2_vs_support.png)"]
     return "\n".join(lines + error_tables(scores, names) + [""])
 
@@ -300,11 +317,12 @@ def write_validation_report(out_dir: Path, y_true: np.ndarray, probs: np.ndarray
                             members: Sequence[dict[str, Any]], names: Sequence[str],
                             min_labels: int = 1, max_labels: int | None = None) -> dict[str, str]:
     plots = Path(out_dir) / "plots"
-    paths = {"f2_vs_threshold": plots / "f2_vs_threshold.png",
+    paths = {"score_vs_threshold": plots / "score_vs_threshold.png",
              "class_f2_vs_support": plots / "class_f2_vs_support.png",
              "table": Path(out_dir) / "validation.md"}
     confusions = {g: plots / confusion_plot_name(g) for g in scores.confusion}
-    plot_f2_vs_threshold(y_true, probs, scores, paths["f2_vs_threshold"], min_labels, max_labels)
+    plot_score_vs_threshold(y_true, probs, scores, paths["score_vs_threshold"], min_labels,
+                            max_labels)
     plot_class_f2_vs_support(scores, groups, paths["class_f2_vs_support"])
     for group, path in confusions.items():
         plot_confusion(scores, group, names, path)
@@ -324,22 +342,22 @@ def _open(source: Path, name: str, layout, labels) -> Run | Probabilities:
 
 
 def _member(item: Run | Probabilities, ids: list[str], targets: np.ndarray, folds: np.ndarray,
-            layout, options: InferenceOptions, out_dir: Path,
-            log: Log) -> tuple[Probabilities, Evaluation]:
+            layout, options: InferenceOptions, out_dir: Path, log: Log,
+            metric: str) -> tuple[Probabilities, Evaluation]:
     """OOF probabilities of one source over its fold (saved to out_dir/oof/<name>.npz), and
     their score. A run is scored on its model's float32 probabilities, as training scores
     them, so its F2 here is the F2 training reported: rounding to the saved file's float16
     first moves entries across grid thresholds and ties top labels, which changes the F2."""
     if isinstance(item, Probabilities):
         row_of = {image_id: row for row, image_id in enumerate(ids)}
-        return item, score(targets[[row_of[i] for i in item.ids]], item.probs)
+        return item, score(targets[[row_of[i] for i in item.ids]], item.probs, metric=metric)
     rows = np.flatnonzero(folds == item.fold)
     fold_ids = [ids[r] for r in rows]
     paths = layout.image_paths("train", fold_ids)
     check_images_exist(paths, str(layout.train_csv))
     probs = predict_run(item, paths, fold_ids, options, log, "oof",
                         progress_label=f"validate {item.name}")
-    scored = score(targets[rows], probs.probs)
+    scored = score(targets[rows], probs.probs, metric=metric)
     return store_member(item, probs, out_dir / "oof"), scored
 
 
@@ -362,9 +380,10 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
                   out_dir: Path | None = None, *, options: InferenceOptions | None = None,
                   method: str = "mean", modes: Sequence[str] = MODES, min_support: int = 20,
                   min_labels: int = 1, max_labels: int | None = None, seed: int = 0,
-                  log: Log = log_stderr) -> dict[str, Any]:
+                  metric: str | None = None, log: Log = log_stderr) -> dict[str, Any]:
     """The whole `imet validate`; returns its summary (also the run-registry record's body).
-    `folds_csv` None: the folds file the runs were trained with, else DATA/folds.csv."""
+    `folds_csv` None: the folds file the runs were trained with, else DATA/folds.csv. `metric`
+    None: the competition's (found from the data's layout)."""
     options = options or InferenceOptions()
     start = time.perf_counter()
     if not sources:
@@ -384,6 +403,9 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
     out_dir = Path(out_dir)
     layout = find_layout(data, test=False)
     labels = read_labels(layout.labels_csv)
+    metric = metric or competition_metric(layout, labels)
+    if metric not in METRICS:
+        raise UserError(f"--metric: unknown metric {metric!r}; choose {' or '.join(METRICS)}")
     ids, targets = read_train(layout.train_csv, labels)
     names = source_names(sources)
     opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
@@ -394,7 +416,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
         if not np.any(folds == fold):
             raise UserError(f"{folds_csv}: fold {fold} (of run {name}) has no images; pass the "
                             "folds.csv the run was trained with")
-    scored_members = [_member(item, ids, targets, folds, layout, options, out_dir, log)
+    scored_members = [_member(item, ids, targets, folds, layout, options, out_dir, log, metric)
                       for item in opened]
     by_fold: dict[int, list[Probabilities]] = {}
     member_rows = []
@@ -402,9 +424,10 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
         fold = int(member.meta["fold"])
         by_fold.setdefault(fold, []).append(member)
         member_rows.append(dict(member.meta, images=len(member.ids), f2_global=scored.f2,
+                                micro_f1_global=scored.micro_f1,
                                 threshold_global=scored.threshold))
-        log(f"validate {member.meta['name']}: fold {fold}, F2 {scored.f2:.4f} at threshold "
-            f"{scored.threshold:.3f} ({len(member.ids)} images)")
+        log(f"validate {member.meta['name']}: fold {fold}, {scored.describe()} at threshold "
+            f"{scored.threshold:.3f} tuned for {METRIC_NAMES[metric]} ({len(member.ids)} images)")
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     parts = [ensemble(by_fold[fold], method) for fold in sorted(by_fold)]  # members are named
     for fold, part in zip(sorted(by_fold), parts):
@@ -413,39 +436,49 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
     y_true = targets[[row_of[i] for i in oof.ids]].astype(bool)
     groups = labels.groups
     decoding = choose_decoding(y_true, oof.probs, groups, modes, min_support, min_labels,
-                               max_labels, seed)
+                               max_labels, seed, metric)
     scores = score_decoding(y_true, oof.probs, groups, decoding, min_labels, max_labels)
     tta = list(parse_tta(options.tta))
     oof.meta.update(split="oof", tta=tta, runs=[m.meta.get("model") for m, _ in scored_members])
     save_probabilities(out_dir / "oof_probs.npz", oof)
-    fits = {mode: {"f2_cross_fitted": round(fit.f2, 6), "f2_in_sample": round(fit.f2_in_sample, 6),
-                   "f2_halves": [round(v, 6) for v in fit.f2_halves]}
+    fits = {mode: {"cross_fitted": round(fit.score, 6), "in_sample": round(fit.score_in_sample, 6),
+                   "halves": [round(v, 6) for v in fit.score_halves],
+                   **{f"{m.replace('-', '_')}_cross_fitted": round(v, 6)
+                      for m, v in fit.scores.items()}}
             for mode, fit in decoding.fits.items()}
+    chosen = decoding.chosen
     summary = {
         "kind": "validate", "out": str(out_dir), "images": len(oof.ids), "folds": sorted(by_fold),
         "tta": tta, "ensemble": method if any(len(g) > 1 for g in by_fold.values()) else None,
-        "mode": decoding.mode, "context": decoding.context, "f2": round(decoding.chosen.f2, 6),
-        "f2_in_sample": round(decoding.chosen.f2_in_sample, 6), "modes": fits,
+        "mode": decoding.mode, "context": decoding.context, "metric": metric,
+        "score": round(chosen.score, 6), "score_in_sample": round(chosen.score_in_sample, 6),
+        "f2": round(chosen.scores["f2"], 6), "micro_f1": round(chosen.scores["micro-f1"], 6),
+        "modes": fits,
         "group_f2": {g: round(v, 6) for g, v in scores.group_f2.items()},
         "threshold_global": round(float(decoding.fits["global"].thresholds[0]), 6)
         if "global" in decoding.fits else None,
         "labels_per_image": round(scores.labels_per_image, 3), "min_labels": min_labels,
         "max_labels": max_labels, "min_support": min_support,
         "runs": [{k: r.get(k) for k in ("name", "model", "arch", "image_size", "fold", "images",
-                                        "f2_global", "threshold_global")} for r in member_rows],
+                                        "f2_global", "micro_f1_global", "threshold_global")}
+                 for r in member_rows],
         "labels_fingerprint": labels.fingerprint(),
     }
     thresholds_path = write_thresholds(
         out_dir / THRESHOLDS_FILE, decoding.chosen.thresholds, labels.attribute_ids,
         labels.fingerprint(), decoding.mode, min_labels, max_labels, decoding.context, tta=tta,
-        runs=summary["runs"], scores={"f2_cross_fitted": summary["f2"],
-                                      "f2_in_sample": summary["f2_in_sample"], "modes": fits})
+        runs=summary["runs"], scores={"metric": metric, "cross_fitted": summary["score"],
+                                      "in_sample": summary["score_in_sample"],
+                                      "f2_cross_fitted": summary["f2"],
+                                      "micro_f1_cross_fitted": summary["micro_f1"],
+                                      "modes": fits})
     summary["thresholds"] = str(thresholds_path)
     summary["report"] = write_validation_report(out_dir, y_true, oof.probs, groups, scores,
                                                 summary, member_rows, labels.names, min_labels,
                                                 max_labels)
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    log(f"validate: {decoding.mode} thresholds, F2 {decoding.chosen.f2:.4f} cross-fitted "
-        f"({decoding.chosen.f2_in_sample:.4f} in-sample) on {len(oof.ids)} OOF images -> "
-        f"{thresholds_path}")
+    log(f"validate: {decoding.mode} thresholds tuned for {METRIC_NAMES[metric]}, "
+        f"{METRIC_NAMES[metric]} {chosen.score:.4f} cross-fitted ({chosen.score_in_sample:.4f} "
+        f"in-sample; F2 {chosen.scores['f2']:.4f}, micro-F1 {chosen.scores['micro-f1']:.4f} "
+        f"cross-fitted) on {len(oof.ids)} OOF images -> {thresholds_path}")
     return summary

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Sampler
 from imet.config import TrainConfig
 from imet.data.folds import read_folds
 from imet.data.images import MIN_SIDE, PixelMemo, find_cache
-from imet.data.labels import LabelSpace, find_layout, read_extra, read_labels, read_train
+from imet.data.labels import (LabelSpace, competition_metric, find_layout, read_extra,
+                              read_labels, read_train)
 from imet.data.transforms import (ImetDataset, build_batch_augment, build_eval_transform,
                                   build_train_transform, collate)
 from imet.errors import DataError, UserError
@@ -215,6 +216,8 @@ def load_run_data(config: TrainConfig) -> RunData:
         raise UserError("--data is required: the folder with labels.csv, train.csv and train/")
     layout = find_layout(config.data, test=False)
     labels = read_labels(layout.labels_csv)
+    if config.metric == "auto":
+        config.metric = competition_metric(layout, labels)
     ids, targets = read_train(layout.train_csv, labels)
     folds_path = Path(config.folds) if config.folds else layout.folds_csv
     if not folds_path.is_file():

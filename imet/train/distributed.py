@@ -79,7 +79,7 @@ class SingleProcess:
                  should_stop: Callable[[], bool]) -> Evaluation | None:
         """None when `should_stop` dropped the evaluation."""
         out = predict_rows(runner, loader, should_stop)
-        return None if out is None else score(targets, *out)
+        return None if out is None else score(targets, *out, metric=runner.config.metric)
 
     def share_resume(self, find: Callable[[], Any], load: Callable[[Any], Any]):
         return find()
@@ -150,7 +150,7 @@ class ProcessGroup(SingleProcess):
                                       device=self.comm_device)
         tdist.all_reduce(loss_and_count)
         val_loss = float(loss_and_count[0] / max(1.0, float(loss_and_count[1])))
-        return score(targets, probs, val_loss)
+        return score(targets, probs, val_loss, metric=runner.config.metric)
 
     def sync_buffers(self, model: torch.nn.Module) -> None:
         """BatchNorm running statistics: rank 0's everywhere (what DDP's broadcast_buffers does

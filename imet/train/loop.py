@@ -489,13 +489,15 @@ class Trainer:
             return False
         self.budget.eval.add(self.clock() - started)
         self.units_done += 1
-        is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss)
+        is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss,
+                                          result.micro_f1)
         if is_best and self.dist.is_main:
             needed = expected_size(state.eval_model.state_dict())
             with room_for(self.out, MODEL_FILE, needed, remedy(self.config.keep)):
                 save_model_file(self.out / MODEL_FILE, state.eval_model,
                                 self.config.arch, self.config.to_dict(), self.data.labels,
                                 extra={"step": c.step, "epoch": c.epoch, "f2": result.f2,
+                                       "micro_f1": result.micro_f1, "metric": result.metric,
                                        "threshold": result.threshold})
         self.bus.emit(Evaluation(step=c.step, epoch=c.epoch, f2=result.f2,
                                  threshold=result.threshold, best_f2=c.best_f2,

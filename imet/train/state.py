@@ -224,7 +224,8 @@ class Counters:
     epoch_step: int = 0           # batches done inside the current epoch
     step: int = 0                 # optimizer steps done in the whole run
     sampler_seed: int = 0
-    best_f2: float = -1.0
+    best_score: float = -1.0      # of the run's --metric: decides the best model and patience
+    best_f2: float = -1.0         # the best evaluation's F2
     best_step: int = -1
     best_threshold: float = 0.0
     bad_evals: int = 0            # evaluations since the best one (early stopping)
@@ -308,17 +309,22 @@ class TrainState:
                 else self.hard_negatives.for_epoch(self.counters.epoch))
 
     # --- evaluations ---------------------------------------------------------------------
-    def record_evaluation(self, f2: float, threshold: float, val_loss: float) -> bool:
-        """Book an evaluation of the model at the current step: history, best score, early
-        stopping. True when it is the best so far."""
+    def record_evaluation(self, f2: float, threshold: float, val_loss: float,
+                          micro_f1: float = float("nan")) -> bool:
+        """Book an evaluation of the model at the current step (its `threshold` tuned for the
+        run's --metric, both metrics at it): history, best score, early stopping. True when it
+        is the best so far by the run's metric."""
         c = self.counters
-        is_best = f2 > c.best_f2
+        score = micro_f1 if self.config.metric == "micro-f1" else f2
+        is_best = score > c.best_score
         c.history.append({"step": c.step, "epoch": c.epoch, "stage": c.stage,
                           "train_loss": c.mean_loss(), "val_loss": val_loss, "f2": f2,
-                          "threshold": threshold, "lr": self.optimizer.param_groups[-1]["lr"]})
+                          "micro_f1": micro_f1, "threshold": threshold,
+                          "lr": self.optimizer.param_groups[-1]["lr"]})
         c.loss_sum, c.loss_count, c.last_eval_step, c.eval_pending = 0.0, 0, c.step, False
         if is_best:
-            c.best_f2, c.best_step, c.best_threshold, c.bad_evals = f2, c.step, threshold, 0
+            c.best_score, c.best_f2, c.best_step = score, f2, c.step
+            c.best_threshold, c.bad_evals = threshold, 0
         elif c.stage == 2:  # the head-only warm-up does not count against patience
             c.bad_evals += 1
         if self.config.patience and c.bad_evals >= self.config.patience:

@@ -26,7 +26,7 @@ KEYS = ("parallel", "max_sessions", "retries", "gpu_hours", "session_hours", "fo
 # sets them would fight the kernel.
 KERNEL_SETTINGS = {"train": ("data", "folds", "out", "time_budget", "resume", "input_root"),
                    "validate": ("data", "folds", "runs", "out", "time_limit"),
-                   "predict": ("data", "runs", "out", "probs_dir", "time_limit", "thresholds"),
+                   "predict": ("data", "runs", "out", "probs_dir", "time_budget", "thresholds"),
                    "pseudo-label": ("data", "runs", "out")}
 # The settings key holding each kernel command's flags.
 ARGS_KEYS = {"validate": "validate_args", "predict": "predict_args",
