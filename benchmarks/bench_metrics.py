@@ -4,6 +4,12 @@
     python benchmarks/bench_metrics.py                 # full scale: 109,237 x 1,103 float32
     python benchmarks/bench_metrics.py --n 20000       # quicker
     python benchmarks/bench_metrics.py --naive-thresholds 0   # naive loop on all 100 thresholds
+    python benchmarks/bench_metrics.py --layout 2020 --naive-thresholds 4   # 142,119 x 3,474
+
+--layout 2020 (also 2021's label space) takes 2020's scale and five groups (country 100, culture
+681, dimension 5, medium 1,920, tags 768) and adds what the validation and inference kernels do
+beside the search: the cross-fitted group search, the OOF probabilities file written and read
+back, and submission.csv made and written for 2020's ~81k test images.
 
 Also times the group, per-class and context searches, cross-fitting and `binarize` on a 38k
 test set,
@@ -15,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +35,19 @@ from imet.metrics.thresholds import cross_fitted_f2
 from imet.metrics.thresholds import global_f2_curve, search_thresholds
 
 IMET_TRAIN, IMET_TEST, IMET_CLASSES, IMET_CULTURE = 109_237, 38_801, 1_103, 398
+# 2020 (and 2021): images, test images (public + private), and the groups in attribute id order.
+SCALE = {"2019": (IMET_TRAIN, IMET_TEST, (("culture", IMET_CULTURE),
+                                          ("tag", IMET_CLASSES - IMET_CULTURE))),
+         "2020": (142_119, 81_000, (("country", 100), ("culture", 681), ("dimension", 5),
+                                    ("medium", 1_920), ("tags", 768)))}
+
+
+def group_column(c: int, layout: str) -> np.ndarray:
+    """Each class's group: the layout's groups in id order, scaled to c classes."""
+    sizes = np.array([size for _, size in SCALE[layout][2]], dtype=np.float64)
+    ends = np.round(np.cumsum(sizes) * c / sizes.sum()).astype(int)
+    return np.array([name for name, _ in SCALE[layout][2]])[
+        np.searchsorted(ends, np.arange(c), side="right")]
 
 
 def synthetic(n: int, c: int, seed: int = 0, chunk: int = 8192):
@@ -60,6 +81,31 @@ def timed(fn, *args, **kw):
     return out, cpu, wall, peak
 
 
+def files(probs, thresholds, n_test: int, mb: float) -> None:
+    """The OOF probabilities file (float16 .npz) written and read back, and submission.csv of
+    the first n_test rows made (binarize in sample order, 1..10 labels) and written."""
+    from imet.metrics.submission_io import write_submission
+    from imet.predict.pipeline import make_submission
+    from imet.probfile import Probabilities, load_probabilities, save_probabilities
+
+    ids = [f"{i:016x}" for i in range(len(probs))]
+    oof = Probabilities(ids, probs, tuple(range(probs.shape[1])), {"split": "oof"})
+    with tempfile.TemporaryDirectory() as tmp:
+        path, saved_s, _, saved_peak = timed(save_probabilities, Path(tmp) / "oof.npz", oof)
+        _, load_s, _, load_peak = timed(load_probabilities, path)
+        print(f"OOF file {len(ids)} x {probs.shape[1]} ({path.stat().st_size * mb:.0f} MiB "
+              f"float16 .npz): save {saved_s:.2f} s CPU (peak extra {saved_peak * mb:.0f} MiB), "
+              f"load {load_s:.2f} s CPU (peak extra {load_peak * mb:.0f} MiB)")
+        test = Probabilities(ids[:n_test], probs[:n_test], oof.attribute_ids)
+        order = ids[:n_test][::-1]  # a sample order that is not the prediction order
+        (rows, labels), make_s, _, make_peak = timed(make_submission, order, test, thresholds,
+                                                     1, 10)
+        out, write_s, _, _ = timed(write_submission, Path(tmp) / "submission.csv", rows, labels)
+        print(f"submission {n_test} x {probs.shape[1]}: rows made {make_s:.2f} s CPU (peak "
+              f"extra {make_peak * mb:.0f} MiB), written {write_s:.2f} s CPU "
+              f"({out.stat().st_size * mb:.1f} MiB)")
+
+
 def naive_curve(y, probs, grid):
     """What one writes without this module: binarize and score once per threshold."""
     return np.array([f2_score(y, binarize(probs, t)) for t in grid])
@@ -67,8 +113,12 @@ def naive_curve(y, probs, grid):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=IMET_TRAIN, help="validation images")
-    parser.add_argument("--c", type=int, default=IMET_CLASSES, help="classes")
+    parser.add_argument("--layout", choices=SCALE, default="2019",
+                        help="whose scale and groups: 2019 (109,237 x 1,103: culture, tag) or "
+                        "2020 (142,119 x 3,474, five groups; 2021 has the same)")
+    parser.add_argument("--n", type=int, default=None, help="validation images (default: the "
+                        "layout's training images)")
+    parser.add_argument("--c", type=int, default=None, help="classes (default: the layout's)")
     parser.add_argument("--grid-size", type=int, default=100, help="thresholds in the grid")
     parser.add_argument("--naive-thresholds", type=int, default=25,
                         help="time the naive loop on this many evenly spread grid points and "
@@ -77,9 +127,12 @@ def main() -> None:
     parser.add_argument("--skip-class", action="store_true", help="skip the per-class search")
     args = parser.parse_args()
     mb = 1 / 2**20
+    n_images, n_test, sizes = SCALE[args.layout]
+    args.n = args.n or n_images
+    args.c = args.c or sum(size for _, size in sizes)
 
     y, probs = synthetic(args.n, args.c)
-    groups = np.where(np.arange(args.c) < args.c * IMET_CULTURE // IMET_CLASSES, "culture", "tag")
+    groups = group_column(args.c, args.layout)
     print(f"data: {args.n} x {args.c} float32 probabilities ({probs.nbytes * mb:.0f} MiB), "
           f"{y.sum(axis=1).mean():.2f} true labels per image")
     grid = np.arange(1, args.grid_size + 1) / (args.grid_size + 1)
@@ -104,9 +157,16 @@ def main() -> None:
     print(f"global search, bucketed sweep on a 999-point grid: {fine_s:.2f} s CPU")
 
     thr, group_s, _, group_peak = timed(search_thresholds, y, probs, groups, "group", grid=grid)
+    chosen = ", ".join(f"{g} {thr[groups == g][0]:.3f}" for g in dict.fromkeys(groups))
     print(f"group search: {group_s:.2f} s CPU, peak extra {group_peak * mb:.0f} MiB, "
-          f"F2 {f2_score(y, binarize(probs, thr)):.4f} "
-          f"(culture {thr[groups == 'culture'][0]:.3f}, tag {thr[groups == 'tag'][0]:.3f})")
+          f"F2 {f2_score(y, binarize(probs, thr)):.4f} ({chosen})")
+    if args.layout != "2019":
+        fit, cross_s, _, cross_peak = timed(cross_fitted_f2, y, probs, groups, "group",
+                                            grid=grid)
+        print(f"cross-fitted group search (2 halves + full fit): {cross_s:.2f} s CPU, peak "
+              f"extra {cross_peak * mb:.0f} MiB; honest F2 {fit.f2:.4f} vs in-sample "
+              f"{fit.f2_in_sample:.4f}")
+        files(probs, thr, min(n_test, args.n), mb)
     if not args.skip_class:
         thr, class_s, _, class_peak = timed(search_thresholds, y, probs, groups, "class",
                                             min_support=20, grid=grid)
