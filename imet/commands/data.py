@@ -14,7 +14,8 @@ import numpy as np
 from imet.data.folds import (IMAGE_MODES, check_data, check_n_folds, make_folds, rare_labels,
                              write_folds)
 from imet.data.images import MIN_SIDE, SPLIT_DIRS, build_cache
-from imet.data.labels import find_layout, read_labels, read_train
+from imet.data.labels import (competition_of, find_layout, labels_problems, read_labels,
+                              read_train)
 from imet.data.mini_imet import DEFAULTS, LAYOUTS, generate
 from imet.errors import UserError
 
@@ -100,6 +101,10 @@ def run_check_data(args) -> int:
                         min_side=args.min_side)
     if report.layout is not None:
         print(f"layout found in {args.data}: {report.layout.describe()}")
+        labels = labels_problems(report.layout.labels_csv)[0]
+        if labels is not None:
+            slug, why = competition_of(report.layout, labels)
+            print(f"competition: {slug or 'not recognised'} ({why})")
     for problem in report.problems:
         print(problem)
     for warning in report.warnings:

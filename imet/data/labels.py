@@ -390,6 +390,39 @@ YEAR_FILES = {
 }
 
 
+# What tells the years apart in the files themselves: 2021's file names (2020 kept 2019's), and
+# the groups (2019: culture, tag; 2020 and 2021: country, culture, dimension, medium, tags).
+YEAR_GROUPS = {"2019": ("culture", "tag"),
+               "2020": ("country", "culture", "dimension", "medium", "tags")}
+YEAR_CLASSES = {"2019": 1_103, "2020": 3_474, "2021": 3_474}
+
+
+def competition_of(layout: CompetitionLayout, labels: LabelSpace) -> tuple[str | None, str]:
+    """(the competition's slug, or None when the files are none of the three, and why): by
+    2021's file names, else by the groups; the class count says whether it is the full set."""
+    def named(path: Path, name: str) -> bool:
+        return Path(name).parts == path.relative_to(layout.root).parts \
+            if path.is_relative_to(layout.root) else False
+    names_2021 = [rel for key, rel in YEAR_FILES["2021"].items()
+                  if named(getattr(layout, key), rel)]
+    groups = labels.group_names
+    by_groups = next((y for y, g in YEAR_GROUPS.items() if g == groups), None)
+    seen = f"groups {', '.join(groups)}"
+    if names_2021:
+        if by_groups != "2020":
+            return None, f"2021's file names ({', '.join(names_2021)}) but {seen}"
+        year, why = "2021", f"2021's file names ({', '.join(names_2021)}), {seen}"
+    elif by_groups is None:
+        return None, f"{seen}: none of the iMet competitions' ({', '.join(YEAR_GROUPS['2019'])}" \
+            f" or {', '.join(YEAR_GROUPS['2020'])})"
+    else:
+        year, why = by_groups, seen
+    full = labels.num_classes == YEAR_CLASSES[year]
+    return COMPETITIONS[year], (f"{why}, {labels.num_classes} classes"
+                                + ("" if full else f" (a small set in its shape: the competition "
+                                   f"has {YEAR_CLASSES[year]:,})"))
+
+
 def year_layout(root, year: str) -> CompetitionLayout:
     """The layout of `year`'s competition files under `root` (to write them)."""
     root = Path(root)
