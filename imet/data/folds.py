@@ -103,7 +103,8 @@ def write_folds(path, ids, folds) -> None:
         f.writelines(f"{i},{k}\n" for i, k in zip(ids, folds.tolist()))
 
 
-def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:
+def folds_problems(path, ids, train_from: str = "train.csv"
+                   ) -> tuple[np.ndarray | None, list[str]]:
     """folds.csv checked against the training ids: (fold per id in `ids` order, problems)."""
     path = Path(path)
     hint = "make it again with `imet folds --data DIR --out FILE`"
@@ -131,16 +132,17 @@ def folds_problems(path, ids) -> tuple[np.ndarray | None, list[str]]:
                         f"{ids[absent[0]]!r}); the file belongs to other data; {hint}")
     extra = np.setdiff1d(file_ids.to_numpy(dtype=str), np.asarray(ids, dtype=str))
     if len(extra):
-        problems.append(f"{path}: {len(extra)} ids are not in train.csv (first: "
+        problems.append(f"{path}: {len(extra)} ids are not in {train_from} (first: "
                         f"{str(extra[0])!r}); the file belongs to other data; {hint}")
     if problems:
         return None, problems
     return fold_text[~dup].astype(np.int64).to_numpy()[pos], []
 
 
-def read_folds(path, ids) -> np.ndarray:
-    """Fold per training id, aligned to `ids`; DataError when the file does not match them."""
-    folds, problems = folds_problems(path, ids)
+def read_folds(path, ids, train_from: str = "train.csv") -> np.ndarray:
+    """Fold per training id, aligned to `ids` (of the training table named `train_from`);
+    DataError when the file does not match them."""
+    folds, problems = folds_problems(path, ids, train_from)
     if problems:
         raise DataError(problems[0])
     return folds
@@ -255,6 +257,6 @@ def check_data(root, *, images: str = "decode", folds=None, workers: int | None 
         report.counts["images_found"] = len(to_decode)
 
     if folds is not None and train_clean:  # folds are matched against the train ids
-        _, problems = folds_problems(folds, train_ids)
+        _, problems = folds_problems(folds, train_ids, layout.train_csv.name)
         report.problems += problems
     return report

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
 from pathlib import Path
@@ -36,6 +36,8 @@ class LabelSpace:
 
     attribute_ids: tuple[int, ...]
     names: tuple[str, ...]
+    # The file it was read from, for messages (2021's is label_map.csv); not part of its identity.
+    source: str = field(default="labels.csv", compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "attribute_ids", tuple(int(a) for a in self.attribute_ids))
@@ -209,7 +211,8 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
                             " lines")
     if problems:
         return None, problems
-    return LabelSpace(tuple(ids.astype(np.int64).tolist()), tuple(names.tolist())), []
+    return LabelSpace(tuple(ids.astype(np.int64).tolist()), tuple(names.tolist()),
+                      Path(path).name), []
 
 
 def read_labels(path: Path) -> LabelSpace:
@@ -269,14 +272,15 @@ def attribute_csv_problems(path: Path, labels: LabelSpace | None, *, allow_empty
     values, is_int = _parse_ints(tokens)
     for i, tok in zip(rows[~is_int], (t for t, ok in zip(tokens, is_int) if not ok)):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_ids': {tok!r} is not an "
-                        "integer attribute id; use space-separated ids from labels.csv")
+                        f"integer attribute id; use space-separated ids from "
+                        f"{labels.source if labels else 'the labels table'}")
     rows, values = rows[is_int], values[is_int]
     if labels is None:
         return ids.tolist(), None, problems
     cols = labels.indices_of(values)
     for i, a in zip(rows[cols < 0], values[cols < 0]):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_ids': attribute id {a} is "
-                        f"not in labels.csv (ids {min(labels.attribute_ids)}..."
+                        f"not in {labels.source} (ids {min(labels.attribute_ids)}..."
                         f"{max(labels.attribute_ids)}); fix the id or the labels file")
     if problems:
         return ids.tolist(), None, problems
@@ -610,14 +614,15 @@ def read_extra(root: str | Path, labels: LabelSpace, train_ids: list[str]) -> Ex
                         "pseudo-label` writes")
     if layout.labels_csv.exists() and \
             read_labels(layout.labels_csv).fingerprint() != labels.fingerprint():
-        raise UserError(f"{layout.labels_csv}: another label space than --data's labels.csv; "
+        raise UserError(f"{layout.labels_csv}: another label space than --data's "
+                        f"{labels.source}; "
                         "make the extra set with the run's competition data")
     ids, targets = (read_soft_targets(soft, labels) if soft.exists()
                     else read_train(layout.train_csv, labels))
     colliding = sorted(set(ids) & set(train_ids))
     if colliding:
         raise UserError(f"{layout.train_csv}: {len(colliding)} ids are also in --data's "
-                        f"train.csv (first: {colliding[0]}); give the extra images other ids")
+                        f"training table (first: {colliding[0]}); give the extra images other ids")
     paths = layout.image_paths("train", ids)
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
@@ -632,7 +637,7 @@ def read_soft_targets(path: Path, labels: LabelSpace) -> tuple[list[str], np.nda
     if soft.attribute_ids != labels.attribute_ids or \
             soft.labels_fingerprint not in (None, labels.fingerprint()):
         raise UserError(f"{path}: soft targets of another label space than --data's "
-                        "labels.csv; make them with runs of the same competition data")
+                        f"{labels.source}; make them with runs of the same competition data")
     if len(set(soft.ids)) != len(soft.ids):
         raise DataError(f"{path}: image ids are not unique; write the soft targets again")
     if not np.isfinite(soft.probs).all() or (soft.probs < 0).any() or (soft.probs > 1).any():

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from imet.config import TrainConfig, given_settings, parse_duration, train_parser, without_settings
 from imet.data.images import CACHE_ENV, find_cache, read_manifest
+from imet.data.labels import find_layout
 from imet.device import fast_bf16
 from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,
                          DataError, UserError)
@@ -838,7 +839,7 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
         choice = {"build": False, "size": size, "why": "the run's earlier sessions read the PNGs"}
         print(f"image cache: not building one: {choice['why']}", flush=True)
     else:
-        with open(data / "train.csv", "rb") as f:
+        with open(find_layout(data, test=False).train_csv, "rb") as f:
             images = max(sum(1 for _ in f) - 1, 0)
         build, why = should_build(epochs, images, workers, seconds_left)
         choice = {"build": build, "size": size, "why": why}

@@ -388,7 +388,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
     names = source_names(sources)
     opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
     folds_csv = Path(folds_csv) if folds_csv is not None else _trained_folds(opened, layout)
-    folds = read_folds(folds_csv, ids)
+    folds = read_folds(folds_csv, ids, layout.train_csv.name)
     for item, name in zip(opened, names):
         fold = item.fold if isinstance(item, Run) else int(item.meta["fold"])
         if not np.any(folds == fold):
