@@ -9,7 +9,8 @@
 --layout 2020 (also 2021's label space) takes 2020's scale and five groups (country 100, culture
 681, dimension 5, medium 1,920, tags 768) and adds what the validation and inference kernels do
 beside the search: the cross-fitted group search, the OOF probabilities file written and read
-back, and submission.csv made and written for 2020's ~81k test images.
+back, submission.csv made and written for 2020's ~81k test images, and the validation report's
+confusion counts of every group (dense g x g: 1,920^2 for medium).
 
 Also times the group, per-class and context searches, cross-fitting and `binarize` on a 38k
 test set,
@@ -167,6 +168,13 @@ def main() -> None:
               f"extra {cross_peak * mb:.0f} MiB; honest F2 {fit.f2:.4f} vs in-sample "
               f"{fit.f2_in_sample:.4f}")
         files(probs, thr, min(n_test, args.n), mb)
+        from imet.predict.validate import group_confusions
+        pred = binarize(probs, thr)
+        found, conf_s, _, conf_peak = timed(group_confusions, y, pred, groups)
+        del pred
+        print(f"validation report's confusions (every group of 2+ classes, largest "
+              f"{max(len(c) for c, _ in found.values())}^2): {conf_s:.2f} s CPU, peak extra "
+              f"{conf_peak * mb:.0f} MiB")
     if not args.skip_class:
         thr, class_s, _, class_peak = timed(search_thresholds, y, probs, groups, "class",
                                             min_support=20, grid=grid)
