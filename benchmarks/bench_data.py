@@ -77,6 +77,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="rows (default: the layout's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folds", action="store_true", help="also time make_folds (5 folds)")
+    parser.add_argument("--iterstrat", type=int, default=0, metavar="ROWS",
+                        help="with --folds: also time iterstrat's MultilabelStratifiedKFold and "
+                        "make_folds on the first ROWS rows (iterstrat takes O(N C^2): keep it "
+                        "small), and check they make the same folds")
     args = parser.parse_args()
     args.n, classes = args.n or SCALE[args.layout][0], SCALE[args.layout][1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +101,20 @@ def main() -> None:
                   f"{time.process_time() - start:.1f}s CPU, {time.perf_counter() - wall:.1f}s "
                   f"wall; process peak RSS "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+            if args.iterstrat:
+                from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+                part = targets[:args.iterstrat]
+                start = time.process_time()
+                ours = make_folds(part, 5, seed=0)
+                ours_s, start = time.process_time() - start, time.process_time()
+                theirs = np.full(len(part), -1)
+                splitter = MultilabelStratifiedKFold(5, shuffle=True, random_state=0)
+                for fold, (_, valid) in enumerate(splitter.split(np.zeros((len(part), 0)), part)):
+                    theirs[valid] = fold
+                print(f"first {len(part)} rows: make_folds {ours_s:.2f}s CPU, iterstrat "
+                      f"{time.process_time() - start:.2f}s CPU, same folds: "
+                      f"{np.array_equal(ours, theirs)}")
     print(f"read_train_speedup_vs_csv_loop: {slow / fast:.1f}x")
 
 
