@@ -5,7 +5,14 @@
     python benchmarks/bench_metrics.py --n 20000       # quicker
     python benchmarks/bench_metrics.py --naive-thresholds 0   # naive loop on all 100 thresholds
     python benchmarks/bench_metrics.py --metrics           # F2 and micro-F1 searches side by side
-    python benchmarks/bench_metrics.py --metrics --n 142119 --c 3474   # 2020's scale, 5 groups
+    python benchmarks/bench_metrics.py --layout 2020 --metrics   # the same at 2020's scale
+    python benchmarks/bench_metrics.py --layout 2020 --naive-thresholds 4   # 142,119 x 3,474
+
+--layout 2020 (also 2021's label space) takes 2020's scale and five groups (country 100, culture
+681, dimension 5, medium 1,920, tags 768) and adds what the validation and inference kernels do
+beside the search: the cross-fitted group search, the OOF probabilities file written and read
+back, submission.csv made and written for 2020's ~81k test images, and the validation report's
+confusion counts of every group (dense g x g: 1,920^2 for medium).
 
 Also times the group, per-class and context searches, cross-fitting and `binarize` on a 38k
 test set,
@@ -17,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -26,9 +35,19 @@ from imet.metrics.f2 import binarize, f2_score, metric_score
 from imet.metrics.thresholds import cross_fitted, global_curve, search_context, search_thresholds
 
 IMET_TRAIN, IMET_TEST, IMET_CLASSES, IMET_CULTURE = 109_237, 38_801, 1_103, 398
-# 2020 and 2021: 3,474 ids in five groups, in id order
-GROUPS_2020 = (("country", 100), ("culture", 681), ("dimension", 5), ("medium", 1920),
-               ("tags", 768))
+# 2020 (and 2021): images, test images (public + private), and the groups in attribute id order.
+SCALE = {"2019": (IMET_TRAIN, IMET_TEST, (("culture", IMET_CULTURE),
+                                          ("tag", IMET_CLASSES - IMET_CULTURE))),
+         "2020": (142_119, 81_000, (("country", 100), ("culture", 681), ("dimension", 5),
+                                    ("medium", 1_920), ("tags", 768)))}
+
+
+def group_column(c: int, layout: str) -> np.ndarray:
+    """Each class's group: the layout's groups in id order, scaled to c classes."""
+    sizes = np.array([size for _, size in SCALE[layout][2]], dtype=np.float64)
+    ends = np.round(np.cumsum(sizes) * c / sizes.sum()).astype(int)
+    return np.array([name for name, _ in SCALE[layout][2]])[
+        np.searchsorted(ends, np.arange(c), side="right")]
 
 
 def synthetic(n: int, c: int, seed: int = 0, chunk: int = 8192):
@@ -62,16 +81,34 @@ def timed(fn, *args, **kw):
     return out, cpu, wall, peak
 
 
+def files(probs, thresholds, n_test: int, mb: float) -> None:
+    """The OOF probabilities file (float16 .npz) written and read back, and submission.csv of
+    the first n_test rows made (binarize in sample order, 1..10 labels) and written."""
+    from imet.metrics.submission_io import write_submission
+    from imet.predict.pipeline import make_submission
+    from imet.probfile import Probabilities, load_probabilities, save_probabilities
+
+    ids = [f"{i:016x}" for i in range(len(probs))]
+    oof = Probabilities(ids, probs, tuple(range(probs.shape[1])), {"split": "oof"})
+    with tempfile.TemporaryDirectory() as tmp:
+        path, saved_s, _, saved_peak = timed(save_probabilities, Path(tmp) / "oof.npz", oof)
+        _, load_s, _, load_peak = timed(load_probabilities, path)
+        print(f"OOF file {len(ids)} x {probs.shape[1]} ({path.stat().st_size * mb:.0f} MiB "
+              f"float16 .npz): save {saved_s:.2f} s CPU (peak extra {saved_peak * mb:.0f} MiB), "
+              f"load {load_s:.2f} s CPU (peak extra {load_peak * mb:.0f} MiB)")
+        test = Probabilities(ids[:n_test], probs[:n_test], oof.attribute_ids)
+        order = ids[:n_test][::-1]  # a sample order that is not the prediction order
+        (rows, labels), make_s, _, make_peak = timed(make_submission, order, test, thresholds,
+                                                     1, 10)
+        out, write_s, _, _ = timed(write_submission, Path(tmp) / "submission.csv", rows, labels)
+        print(f"submission {n_test} x {probs.shape[1]}: rows made {make_s:.2f} s CPU (peak "
+              f"extra {make_peak * mb:.0f} MiB), written {write_s:.2f} s CPU "
+              f"({out.stat().st_size * mb:.1f} MiB)")
+
+
 def naive_curve(y, probs, grid):
     """What one writes without this module: binarize and score once per threshold."""
     return np.array([f2_score(y, binarize(probs, t)) for t in grid])
-
-
-def groups_for(c: int) -> np.ndarray:
-    """2020's five groups at 3,474 classes, else 2019's culture/tag split."""
-    if c == sum(size for _, size in GROUPS_2020):
-        return np.repeat([name for name, _ in GROUPS_2020], [size for _, size in GROUPS_2020])
-    return np.where(np.arange(c) < c * IMET_CULTURE // IMET_CLASSES, "culture", "tag")
 
 
 def compare_metrics(y, probs, groups, grid, skip_class: bool) -> None:
@@ -91,8 +128,12 @@ def compare_metrics(y, probs, groups, grid, skip_class: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=IMET_TRAIN, help="validation images")
-    parser.add_argument("--c", type=int, default=IMET_CLASSES, help="classes")
+    parser.add_argument("--layout", choices=SCALE, default="2019",
+                        help="whose scale and groups: 2019 (109,237 x 1,103: culture, tag) or "
+                        "2020 (142,119 x 3,474, five groups; 2021 has the same)")
+    parser.add_argument("--n", type=int, default=None, help="validation images (default: the "
+                        "layout's training images)")
+    parser.add_argument("--c", type=int, default=None, help="classes (default: the layout's)")
     parser.add_argument("--grid-size", type=int, default=100, help="thresholds in the grid")
     parser.add_argument("--naive-thresholds", type=int, default=25,
                         help="time the naive loop on this many evenly spread grid points and "
@@ -103,9 +144,12 @@ def main() -> None:
                         "class searches, each tuned for F2 and for micro-F1")
     args = parser.parse_args()
     mb = 1 / 2**20
+    n_images, n_test, sizes = SCALE[args.layout]
+    args.n = args.n or n_images
+    args.c = args.c or sum(size for _, size in sizes)
 
     y, probs = synthetic(args.n, args.c)
-    groups = groups_for(args.c)
+    groups = group_column(args.c, args.layout)
     print(f"data: {args.n} x {args.c} float32 probabilities ({probs.nbytes * mb:.0f} MiB), "
           f"{y.sum(axis=1).mean():.2f} true labels per image, "
           f"{len(set(groups.tolist()))} groups")
@@ -134,10 +178,23 @@ def main() -> None:
     print(f"global search, bucketed sweep on a 999-point grid: {fine_s:.2f} s CPU")
 
     thr, group_s, _, group_peak = timed(search_thresholds, y, probs, groups, "group", grid=grid)
+    chosen = ", ".join(f"{g} {thr[groups == g][0]:.3f}" for g in dict.fromkeys(groups))
     print(f"group search: {group_s:.2f} s CPU, peak extra {group_peak * mb:.0f} MiB, "
-          f"F2 {f2_score(y, binarize(probs, thr)):.4f} "
-          "(" + ", ".join(f"{g} {thr[groups == g][0]:.3f}" for g in sorted(set(groups.tolist())))
-          + ")")
+          f"F2 {f2_score(y, binarize(probs, thr)):.4f} ({chosen})")
+    if args.layout != "2019":
+        fit, cross_s, _, cross_peak = timed(cross_fitted, y, probs, groups, "group",
+                                            grid=grid)
+        print(f"cross-fitted group search (2 halves + full fit): {cross_s:.2f} s CPU, peak "
+              f"extra {cross_peak * mb:.0f} MiB; honest F2 {fit.score:.4f} vs in-sample "
+              f"{fit.score_in_sample:.4f}")
+        files(probs, thr, min(n_test, args.n), mb)
+        from imet.predict.validate import group_confusions
+        pred = binarize(probs, thr)
+        found, conf_s, _, conf_peak = timed(group_confusions, y, pred, groups)
+        del pred
+        print(f"validation report's confusions (every group of 2+ classes, largest "
+              f"{max(len(c) for c, _ in found.values())}^2): {conf_s:.2f} s CPU, peak extra "
+              f"{conf_peak * mb:.0f} MiB")
     if not args.skip_class:
         thr, class_s, _, class_peak = timed(search_thresholds, y, probs, groups, "class",
                                             min_support=20, grid=grid)

@@ -58,7 +58,8 @@ def test_lists_every_problem_at_once(mini_data_copy, capsys):
     assert captured.out.splitlines() == [
         f"layout found in {mini_data_copy}: labels labels.csv, training table train.csv, train "
         "images train/, sample submission sample_submission.csv, test images test/, test truth "
-        "test_labels.csv", *problems]
+        "test_labels.csv", "competition: imet-2019-fgvc6 (groups culture, tag, 18 classes (a small "
+        "set in its shape: the competition has 1,103))", *problems]
     assert captured.err.strip() == f"imet check-data: error: 5 problems in {mini_data_copy}; " \
                                    "fix them and run check-data again"
 
@@ -121,6 +122,27 @@ def test_the_2021_layout_is_found_by_content(mini_data_2021, capsys):
         f"layout found in {root}: labels label_map.csv, training table train-from-kaggle.csv, "
         "train images train-1/train-1/, sample submission sample_submission.csv, test images "
         "test/test/, test truth test_labels.csv")
+
+
+@pytest.mark.parametrize("year", ["2019", "2020", "2021"])
+def test_check_data_names_the_competition_its_files_are(year, tmp_path, capsys):
+    """By 2021's file names, else by the groups; the class count says it is a small set."""
+    from imet.data.labels import COMPETITIONS
+    assert main(["mini-imet", "--out", str(tmp_path), "--layout", year, "--n-train", "16",
+                 "--n-test", "4", "--size", "16"]) == 0
+    capsys.readouterr()
+    assert main(["check-data", "--data", str(tmp_path), "--images", "skip"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith(f"competition: {COMPETITIONS[year]} (")
+    assert ("2021's file names (label_map.csv, train-from-kaggle.csv" in line) == (year == "2021")
+    assert ("the competition has 1,103" if year == "2019" else "the competition has 3,474") in line
+
+
+def test_2021_names_with_2019_groups_are_no_competition(mini_data_2021, capsys):
+    assert main(["check-data", "--data", str(mini_data_2021), "--images", "skip"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "competition: not recognised (2021's file names (label_map.csv, train-from-kaggle.csv, "
+        "train-1/train-1, test/test) but groups culture, tag)")
 
 
 def test_two_candidates_or_none_get_one_line(mini_data_copy):

@@ -81,3 +81,20 @@ def test_mini_data_has_two_folds(mini_data):
     folds = read_folds(layout.folds_csv, ids)
     assert sorted(set(folds.tolist())) == [0, 1]
     assert np.array_equal(folds, make_folds(targets, 2, seed=0))
+
+
+@pytest.mark.parametrize("n,c,n_folds,seed", [(3000, 200, 5, 0), (500, 300, 4, 7), (64, 18, 2, 1)])
+def test_folds_are_iterstrats_own_made_in_linear_time(n, c, n_folds, seed):
+    """The same folds as iterative-stratification's MultilabelStratifiedKFold (its random draws
+    in its order, ties and unlabelled rows included), so a folds.csv made before is made again."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, c + 1) ** 1.1
+    targets = (rng.random((n, c)) < p * 3 / p.sum()).astype(np.uint8)
+    targets[:5] = 0  # images without a label
+    reference = np.full(n, -1)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, valid) in enumerate(splitter.split(np.zeros((n, 0)), targets)):
+        reference[valid] = fold
+    assert np.array_equal(make_folds(targets, n_folds, seed), reference)

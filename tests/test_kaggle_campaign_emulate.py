@@ -279,3 +279,41 @@ def test_an_emulated_campaign_submits_what_its_members_and_thresholds_predict(
                     "--out", str(local), *E2E_PREDICT], check=True, capture_output=True)
     assert f2_of(mini_data, camp / "submission.csv") == f2_of(mini_data, local)
     assert (camp / "submission.csv").read_text() == local.read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(os.geteuid() != 0, reason="the emulator's isolation needs root")
+@pytest.mark.parametrize("year", ["2020", "2021"])
+def test_a_campaign_on_the_later_competitions_attaches_and_finds_their_files(
+        year, local_dataset, tmp_path):
+    """The three kernels on mini-iMet in 2020's and 2021's shape (five groups, `tags::`; 2021's
+    file names and nested image folders), mounted at input/competitions/<slug>: one member, one
+    session each. The plan names no competition: the data's own files decide it."""
+    from imet.data.labels import COMPETITIONS, find_layout, read_sample_submission
+    data, slug = tmp_path / "data", COMPETITIONS[year]
+    subprocess.run([sys.executable, "-m", "imet", "mini-imet", "--out", str(data), "--layout",
+                    year, "--n-train", "32", "--n-test", "8", "--size", "24"], check=True,
+                   capture_output=True)
+    plan = write_plan(tmp_path / "plan.toml", [("f0", 0)], [
+        'accelerator = "none"', "n_folds = 2", "parallel = 1", "max_sessions = 1",
+        "retries = 0", "session_hours = 0.25", "gpu_hours = 5",
+        f"train_args = {json.dumps(E2E_TRAIN + ['--epochs', '1', '--head-epochs', '0'])}",
+        f"validate_args = {json.dumps(E2E_EVAL[2:] + ['--tta', 'none'])}",
+        f"predict_args = {json.dumps(E2E_EVAL[2:] + ['--tta', 'none'])}"])
+    camp = tmp_path / "camp"
+    proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "campaign", str(plan),
+                           "--out", str(camp), "--kernels", str(REPO / "kernels"), "--emulate",
+                           "--input", f"{slug}={data}", "--input", f"imet-src={local_dataset}"],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "IMET_TELEGRAM_TOKEN": ""})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert proc.stdout.startswith(f"competition: {slug} (the files of {data}: "), proc.stdout
+    assert table(camp)["f0"]["state"] == "finished"
+    for kernel in ("imet-trainer-f0", "imet-validation", "imet-inference"):
+        log = (camp / "emulator" / kernel / "v1" / "log.txt").read_text()
+        assert f"competitions/{slug}" in log.splitlines()[0], log[:500]
+    with open(camp / "submission.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == read_sample_submission(
+        find_layout(data).sample_submission_csv)
+    assert f2_of(data, camp / "submission.csv")

@@ -225,3 +225,27 @@ def test_render_removes_the_kernels_its_settings_no_longer_make_unless_edited(tm
     assert proc.returncode == 0, proc.stderr
     assert folders(out) == ["inference", "notes.txt", "trainer-effb3-f1", "trainer-f0",
                             "validation"]
+
+
+def test_the_competition_attached_is_the_one_whose_files_data_holds(tmp_path):
+    """No competition in the settings: --data's files decide it (2021 here); a settings
+    competition other than --data's is refused in one line, nothing written."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "imet", "mini-imet", "--out", str(data), "--layout",
+                    "2021", "--n-train", "16", "--n-test", "4", "--size", "16"], check=True,
+                   capture_output=True)
+    out = tmp_path / "kernels"
+    proc = render(out, "--owner", "alice", "--data", str(data))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"competition: imet-2021-fgvc8 (the files of {data}: 2021's")
+    for kernel in ("trainer-f0", "validation", "inference"):
+        assert meta(out, kernel)["competition_sources"] == ["imet-2021-fgvc8"]
+    config = tmp_path / "run.toml"
+    config.write_text('competition = "imet-2019-fgvc6"\n')
+    again = tmp_path / "again"
+    proc = render(again, "--owner", "alice", "--data", str(data), "--config", str(config))
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith(
+        f"imet kaggle: error: {config}: competition = 'imet-2019-fgvc6', but --data {data} "
+        "holds imet-2021-fgvc8's files"), line
+    assert not again.exists()

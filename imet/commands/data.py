@@ -14,7 +14,8 @@ import numpy as np
 from imet.data.folds import (IMAGE_MODES, check_data, check_n_folds, make_folds, rare_labels,
                              write_folds)
 from imet.data.images import MIN_SIDE, SPLIT_DIRS, build_cache
-from imet.data.labels import find_layout, read_labels, read_train
+from imet.data.labels import (competition_of, find_layout, labels_problems, read_labels,
+                              read_train)
 from imet.data.mini_imet import DEFAULTS, LAYOUTS, generate
 from imet.errors import UserError
 
@@ -100,6 +101,10 @@ def run_check_data(args) -> int:
                         min_side=args.min_side)
     if report.layout is not None:
         print(f"layout found in {args.data}: {report.layout.describe()}")
+        labels = labels_problems(report.layout.labels_csv)[0]
+        if labels is not None:
+            slug, why = competition_of(report.layout, labels)
+            print(f"competition: {slug or 'not recognised'} ({why})")
     for problem in report.problems:
         print(problem)
     for warning in report.warnings:
@@ -116,7 +121,8 @@ def run_check_data(args) -> int:
               "skip": "images not checked"}[args.images]
     print(f"{args.data} is clean: {c.get('labels', 0)} labels ({groups}), "
           f"{c.get('train_rows', 0)} train rows, {c.get('test_rows', 0)} test rows, {images}"
-          f"{', folds.csv matches train.csv' if folds else ''} ({time.monotonic() - start:.1f}s)")
+          f"{f', folds.csv matches {report.layout.train_csv.name}' if folds else ''} "
+          f"({time.monotonic() - start:.1f}s)")
     return 0
 
 
@@ -157,7 +163,8 @@ def run_folds(args) -> int:
     present = targets.any(axis=0)
     covered = [int((targets[folds == k].any(axis=0) & present).sum()) for k in range(args.n_folds)]
     print(f"  labels in each validation fold: {'/'.join(map(str, covered))} of "
-          f"{int(present.sum())} present in train.csv ({labels.num_classes} in labels.csv)")
+          f"{int(present.sum())} present in {layout.train_csv.name} ({labels.num_classes} in "
+          f"{layout.labels_csv.name})")
     rare, support = rare_labels(targets, args.n_folds)
     if len(rare):
         shown = ", ".join(f"{labels.names[i]} ({s})" for i, s in

@@ -126,6 +126,44 @@ def add_layout(parser) -> None:
                         "today's Kaggle does, or flat, each at input/<slug> as older sessions did")
 
 
+def add_competition_data(parser) -> None:
+    parser.add_argument("--data", type=Path, metavar="DIR", help="the competition folder: the "
+                        "kernels attach the competition whose files it holds (found by content, "
+                        "as `imet check-data` names it) when the settings name no competition, "
+                        "and a settings competition that is not it is refused (default: the "
+                        "settings' competition, else the templates' imet-2019-fgvc6)")
+
+
+def competition_from(settings, data: Path | None, inputs: dict[str, Path] | None = None) -> None:
+    """Set settings.competition from the competition folder's files when the settings name none:
+    --data, else (--emulate) the one --input whose folder holds a labels table. Says which
+    competition the kernels attach and why; a settings competition other than the one found is
+    refused in one line."""
+    from imet.data.labels import (competition_of, find_layout, labels_tables, layout_problems,
+                                  read_labels)
+    found = [(data, find_layout(data))] if data else [
+        (path, layout) for path in (inputs or {}).values() if path.is_dir() and labels_tables(path)
+        for layout, problems in [layout_problems(path)] if not problems]
+    if len(found) != 1:
+        if settings.competition:
+            print(f"competition: {settings.competition} ({settings.source})", flush=True)
+        return
+    (folder, layout), = found
+    slug, why = competition_of(layout, read_labels(layout.labels_csv))
+    flag = "--data" if data else "--input"
+    if slug is None and not settings.competition:
+        raise UserError(f"{flag} {folder}: not one of the iMet competitions ({why}); name "
+                        "it in the settings: competition = \"SLUG\"")
+    if slug and settings.competition and settings.competition != slug:
+        raise UserError(f"{settings.source}: competition = {settings.competition!r}, but "
+                        f"{flag} {folder} holds {slug}'s files ({why}); fix one of them")
+    if not settings.competition:
+        settings.competition = slug
+        print(f"competition: {slug} (the files of {folder}: {why})", flush=True)
+    else:
+        print(f"competition: {settings.competition} ({settings.source})", flush=True)
+
+
 def existing_inputs(given: list[tuple[str, Path]]) -> dict[str, Path]:
     """The `--input SLUG=PATH` values, each checked to exist before any session starts."""
     for slug, path in given:
@@ -238,6 +276,7 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         help="folder of kernel templates (default kernels)")
     render.add_argument("--out", type=Path, default=Path("dist/kernels"),
                         help="where to write them (default dist/kernels)")
+    add_competition_data(render)
     render.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
                         help="machine_shape of every kernel, or of one (trainer=NvidiaL4; "
                         "repeatable, over the settings file's): NvidiaTeslaT4 (GPU T4 x2, the "
@@ -261,6 +300,7 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                           help="folder of kernel templates (default kernels)")
     campaign.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                           help="seconds between status polls (default 60; 1 with --emulate)")
+    add_competition_data(campaign)
     campaign.add_argument("--accelerator", action="append", default=[], metavar="[KERNEL=]NAME",
                           help="machine_shape of every kernel, or of one, over the plan's "
                           "(repeatable, as `imet kaggle render --accelerator`); none: a CPU, "
@@ -340,6 +380,7 @@ def _render(args: argparse.Namespace) -> int:
     if not (owner := args.owner or settings.owner):
         raise UserError("--owner is required (or an owner = \"NAME\" line in --config)")
     check(settings, args.kernels, check_args)
+    competition_from(settings, args.data)
     chosen = render_accelerators(settings, args.accelerator, list(templates_in(args.kernels)))
     planned = plan_kernels(args.kernels, owner, settings, chosen)
     stale = stale_kernels(args.out, planned, args.force)
@@ -423,6 +464,8 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
         raise UserError(f"{home_only[0]} is for --emulate; add --emulate to rehearse the "
                         "campaign at home")
     plan = campaign_plan.load(args.plan, args.kernels, check_args)
+    competition_from(plan.settings, args.data, existing_inputs(args.input) if args.emulate
+                     else None)
     chosen = render_accelerators(plan.settings, args.accelerator, list(templates_in(args.kernels)))
     backend = _emulator(args, plan, chosen) if args.emulate else None
     args.out.mkdir(parents=True, exist_ok=True)

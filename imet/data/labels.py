@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
 from pathlib import Path
@@ -36,6 +36,8 @@ class LabelSpace:
 
     attribute_ids: tuple[int, ...]
     names: tuple[str, ...]
+    # The file it was read from, for messages (2021's is label_map.csv); not part of its identity.
+    source: str = field(default="labels.csv", compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "attribute_ids", tuple(int(a) for a in self.attribute_ids))
@@ -209,7 +211,8 @@ def labels_problems(path: Path) -> tuple[LabelSpace | None, list[str]]:
                             " lines")
     if problems:
         return None, problems
-    return LabelSpace(tuple(ids.astype(np.int64).tolist()), tuple(names.tolist())), []
+    return LabelSpace(tuple(ids.astype(np.int64).tolist()), tuple(names.tolist()),
+                      Path(path).name), []
 
 
 def read_labels(path: Path) -> LabelSpace:
@@ -269,14 +272,15 @@ def attribute_csv_problems(path: Path, labels: LabelSpace | None, *, allow_empty
     values, is_int = _parse_ints(tokens)
     for i, tok in zip(rows[~is_int], (t for t, ok in zip(tokens, is_int) if not ok)):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_ids': {tok!r} is not an "
-                        "integer attribute id; use space-separated ids from labels.csv")
+                        f"integer attribute id; use space-separated ids from "
+                        f"{labels.source if labels else 'the labels table'}")
     rows, values = rows[is_int], values[is_int]
     if labels is None:
         return ids.tolist(), None, problems
     cols = labels.indices_of(values)
     for i, a in zip(rows[cols < 0], values[cols < 0]):
         problems.append(f"{path}: line {_line(i)}: field 'attribute_ids': attribute id {a} is "
-                        f"not in labels.csv (ids {min(labels.attribute_ids)}..."
+                        f"not in {labels.source} (ids {min(labels.attribute_ids)}..."
                         f"{max(labels.attribute_ids)}); fix the id or the labels file")
     if problems:
         return ids.tolist(), None, problems
@@ -390,23 +394,49 @@ YEAR_FILES = {
 }
 
 
+# What tells the years apart in the files themselves: 2021's file names (2020 kept 2019's), and
+# the groups (2019: culture, tag; 2020 and 2021: country, culture, dimension, medium, tags).
+YEAR_GROUPS = {"2019": ("culture", "tag"),
+               "2020": ("country", "culture", "dimension", "medium", "tags")}
+YEAR_CLASSES = {"2019": 1_103, "2020": 3_474, "2021": 3_474}
+
+
+def competition_of(layout: CompetitionLayout, labels: LabelSpace) -> tuple[str | None, str]:
+    """(the competition's slug, or None when the files are none of the three, and why): by
+    2021's file names, else by the groups; the class count says whether it is the full set."""
+    def named(path: Path, name: str) -> bool:
+        return Path(name).parts == path.relative_to(layout.root).parts \
+            if path.is_relative_to(layout.root) else False
+    names_2021 = [rel for key, rel in YEAR_FILES["2021"].items()
+                  if named(getattr(layout, key), rel)]
+    groups = labels.group_names
+    by_groups = next((y for y, g in YEAR_GROUPS.items() if g == groups), None)
+    seen = f"groups {', '.join(groups)}"
+    if names_2021:
+        if by_groups != "2020":
+            return None, f"2021's file names ({', '.join(names_2021)}) but {seen}"
+        year, why = "2021", f"2021's file names ({', '.join(names_2021)}), {seen}"
+    elif by_groups is None:
+        return None, f"{seen}: none of the iMet competitions' ({', '.join(YEAR_GROUPS['2019'])}" \
+            f" or {', '.join(YEAR_GROUPS['2020'])})"
+    else:
+        year, why = by_groups, seen
+    full = labels.num_classes == YEAR_CLASSES[year]
+    return COMPETITIONS[year], (f"{why}, {labels.num_classes} classes"
+                                + ("" if full else f" (a small set in its shape: the competition "
+                                   f"has {YEAR_CLASSES[year]:,})"))
+
+
 # What each competition's leaderboard scores (imet.metrics.f2.METRICS). 2020's pages disagree:
 # its Evaluation section says micro-averaged F1, its Data section F2 (the 2019 text carried over);
 # the Evaluation section is the one that defines the leaderboard's scoring, so micro-F1.
-COMPETITION_METRICS = {"2019": "f2", "2020": "micro-f1", "2021": "f2"}
+COMPETITION_METRICS = {COMPETITIONS["2019"]: "f2", COMPETITIONS["2020"]: "micro-f1",
+                       COMPETITIONS["2021"]: "f2"}
 
 
-def competition_year(layout: CompetitionLayout, labels: "LabelSpace") -> str:
-    """Which iMet a folder holds, from what was found: 2021's own file names, else 2020's label
-    space (five groups, `tags::`), else 2019's (culture, tag)."""
-    if layout.labels_csv.name == YEAR_FILES["2021"]["labels_csv"]:
-        return "2021"
-    return "2020" if "tags" in labels.group_names else "2019"
-
-
-def competition_metric(layout: CompetitionLayout, labels: "LabelSpace") -> str:
-    """The metric the competition found in `layout` is scored by."""
-    return COMPETITION_METRICS[competition_year(layout, labels)]
+def competition_metric(layout: CompetitionLayout, labels: LabelSpace) -> str:
+    """The metric the competition found in `layout` is scored by (F2 when it is none of them)."""
+    return COMPETITION_METRICS.get(competition_of(layout, labels)[0], "f2")
 
 
 def year_layout(root, year: str) -> CompetitionLayout:
@@ -596,14 +626,15 @@ def read_extra(root: str | Path, labels: LabelSpace, train_ids: list[str]) -> Ex
                         "pseudo-label` writes")
     if layout.labels_csv.exists() and \
             read_labels(layout.labels_csv).fingerprint() != labels.fingerprint():
-        raise UserError(f"{layout.labels_csv}: another label space than --data's labels.csv; "
+        raise UserError(f"{layout.labels_csv}: another label space than --data's "
+                        f"{labels.source}; "
                         "make the extra set with the run's competition data")
     ids, targets = (read_soft_targets(soft, labels) if soft.exists()
                     else read_train(layout.train_csv, labels))
     colliding = sorted(set(ids) & set(train_ids))
     if colliding:
         raise UserError(f"{layout.train_csv}: {len(colliding)} ids are also in --data's "
-                        f"train.csv (first: {colliding[0]}); give the extra images other ids")
+                        f"training table (first: {colliding[0]}); give the extra images other ids")
     paths = layout.image_paths("train", ids)
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
@@ -618,7 +649,7 @@ def read_soft_targets(path: Path, labels: LabelSpace) -> tuple[list[str], np.nda
     if soft.attribute_ids != labels.attribute_ids or \
             soft.labels_fingerprint not in (None, labels.fingerprint()):
         raise UserError(f"{path}: soft targets of another label space than --data's "
-                        "labels.csv; make them with runs of the same competition data")
+                        f"{labels.source}; make them with runs of the same competition data")
     if len(set(soft.ids)) != len(soft.ids):
         raise DataError(f"{path}: image ids are not unique; write the soft targets again")
     if not np.isfinite(soft.probs).all() or (soft.probs < 0).any() or (soft.probs > 1).any():

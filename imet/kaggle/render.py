@@ -7,7 +7,7 @@ keeps, so that rendering again never puts the defaults back:
 
     owner = "you"                          # optional: render's --owner
     accelerator = "NvidiaTeslaT4"          # or a table: {trainer = "NvidiaL4", inference = "none"}
-    competition = "imet-2019-fgvc6"
+    competition = "imet-2019-fgvc6"        # default: the one whose files render --data DIR holds
     src_dataset = "you/imet-src"           # a bare slug is taken as the owner's
     weights_dataset = "you/imet-weights"
     n_folds = 5                            # the folds each trainer kernel makes

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from imet.config import TrainConfig, given_settings, parse_duration, train_parser, without_settings
 from imet.data.images import CACHE_ENV, find_cache, read_manifest
+from imet.data.labels import find_layout
 from imet.device import fast_bf16
 from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,
                          DataError, UserError)
@@ -750,11 +751,11 @@ def inference(started: float, session_limit: str, predict_args: list[str],
 def inference_budget(data: Path, started: float, session_limit: str) -> float:
     """Seconds the prediction may take: what is left of the session, or of the competition's
     limit for a submission kernel (SUBMISSION_LIMIT_S), whichever ends first."""
-    from imet.data.labels import COMPETITIONS, competition_year, find_layout, read_labels
+    from imet.data.labels import competition_of, find_layout, read_labels
     layout = find_layout(data, train=False)
-    slug = COMPETITIONS[competition_year(layout, read_labels(layout.labels_csv))]
+    slug = competition_of(layout, read_labels(layout.labels_csv))[0]
     session_left = _seconds_left(started, session_limit)
-    limit_left = SUBMISSION_LIMIT_S[slug] - (time.time() - started)
+    limit_left = SUBMISSION_LIMIT_S.get(slug, float("inf")) - (time.time() - started)
     bound = "the session's" if session_left <= limit_left else f"{slug}'s submission"
     print(f"inference: predicting within {min(session_left, limit_left):.0f}s, what is left of "
           f"{bound} limit", flush=True)
@@ -852,7 +853,7 @@ def prepare(data: Path, train_args: list[str], seconds_left: float, work: Path, 
         choice = {"build": False, "size": size, "why": "the run's earlier sessions read the PNGs"}
         print(f"image cache: not building one: {choice['why']}", flush=True)
     else:
-        with open(data / "train.csv", "rb") as f:
+        with open(find_layout(data, test=False).train_csv, "rb") as f:
             images = max(sum(1 for _ in f) - 1, 0)
         build, why = should_build(epochs, images, workers, seconds_left)
         choice = {"build": build, "size": size, "why": why}

@@ -176,7 +176,7 @@ def ensemble(members: Sequence[Probabilities], method: str = "mean",
                       f"here" if only_ref or only_new else "same ids in another order/names")
             raise UserError(f"{name}: label space differs from {names[0]} "
                             f"({len(member.attribute_ids)} vs {len(ref.attribute_ids)} classes, "
-                            f"{detail}); ensemble only runs trained on the same labels.csv")
+                            f"{detail}); ensemble only runs trained on the same labels table")
     weights = np.asarray([1.0] * len(members) if weights is None else weights, dtype=np.float64)
     if weights.shape != (len(members),) or np.any(weights < 0) or weights.sum() <= 0:
         raise UserError(f"--member-weights: need {len(members)} non-negative weights with a "

@@ -63,14 +63,30 @@ def class_errors(truth: np.ndarray, pred: np.ndarray) -> ClassErrors:
                        predicted=np.count_nonzero(pred, axis=0))
 
 
+def _errors(truth: np.ndarray, pred: np.ndarray):
+    """(rows, columns) of the missed entries and of the added ones: one pass over the matrix,
+    then only the errors are touched (slicing each group's columns out of an [N, C] matrix cost
+    more than the classes' count: 2.3 s at 20k x 3,474 against 0.3 s at 20k x 1,103)."""
+    truth, pred = truth.astype(bool, copy=False), pred.astype(bool, copy=False)
+    return np.nonzero(truth & ~pred), np.nonzero(pred & ~truth)
+
+
 def group_confusion(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray,
-                    group: str) -> tuple[np.ndarray, np.ndarray]:
+                    group: str, errors=None) -> tuple[np.ndarray, np.ndarray]:
     """(class indices of `group`, int matrix M): M[a, b] counts the images whose true class a of
-    the group was missed while its class b was predicted and is not true (a taken for b)."""
+    the group was missed while its class b was predicted and is not true (a taken for b).
+    `errors`: `_errors(truth, pred)`, when the caller already has them."""
     cols = np.flatnonzero(groups == group)
-    missed = sparse.csr_matrix(truth[:, cols] & ~pred[:, cols], dtype=np.int32)
-    added = sparse.csr_matrix(pred[:, cols] & ~truth[:, cols], dtype=np.int32)
-    return cols, (missed.T @ added).toarray()
+    local = np.full(len(groups), -1, dtype=np.int64)
+    local[cols] = np.arange(len(cols))
+
+    def in_group(rows: np.ndarray, columns: np.ndarray) -> sparse.csr_matrix:
+        keep = local[columns] >= 0
+        return sparse.csr_matrix((np.ones(int(keep.sum()), dtype=np.int32),
+                                  (rows[keep], local[columns[keep]])),
+                                 shape=(len(truth), len(cols)))
+    missed, added = errors if errors is not None else _errors(truth, pred)
+    return cols, (in_group(*missed).T @ in_group(*added)).toarray()
 
 
 def group_confusions(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray
@@ -78,8 +94,9 @@ def group_confusions(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray
     """`group_confusion` of every group of two or more classes, by group name (the attribute
     names' prefixes: culture and tag in 2019; country, culture, dimension, medium, tags later)."""
     names, counts = np.unique(groups, return_counts=True)
-    return {str(g): group_confusion(truth, pred, groups, g) for g, n in zip(names, counts)
-            if n > 1}
+    errors = _errors(truth, pred)
+    return {str(g): group_confusion(truth, pred, groups, g, errors)
+            for g, n in zip(names, counts) if n > 1}
 
 
 def top_confusions(cols: np.ndarray, matrix: np.ndarray, k: int) -> list[tuple[int, int, int]]:
@@ -410,7 +427,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
     names = source_names(sources)
     opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
     folds_csv = Path(folds_csv) if folds_csv is not None else _trained_folds(opened, layout)
-    folds = read_folds(folds_csv, ids)
+    folds = read_folds(folds_csv, ids, layout.train_csv.name)
     for item, name in zip(opened, names):
         fold = item.fold if isinstance(item, Run) else int(item.meta["fold"])
         if not np.any(folds == fold):

@@ -465,7 +465,8 @@ def check_identity(path: Path, meta: dict, config_fingerprint: str | None,
     payload meta, with its config) that is not this run's (`config`: this run's to_dict())."""
     if labels_fingerprint and meta.get("labels_fingerprint") != labels_fingerprint:
         raise ForeignCheckpointError(f"{path}: the checkpoint was trained on another label space "
-                                     "(labels.csv differs); resume with the same competition data")
+                                     "(the labels table differs); resume with the same competition "
+                                     "data")
     if config_fingerprint and meta.get("config_fingerprint") != config_fingerprint:
         differ = config_differences(meta.get("config"), config) or (
             f"fingerprint {meta.get('config_fingerprint')} != {config_fingerprint}: arch, "

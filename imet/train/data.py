@@ -169,7 +169,7 @@ def read_teacher(files: list[str], labels: LabelSpace, train_ids: list[str]) -> 
         if probs.attribute_ids != labels.attribute_ids or \
                 probs.labels_fingerprint not in (None, labels.fingerprint()):
             raise UserError(f"{path}: teacher probabilities of another label space than "
-                            "--data's labels.csv; make them with runs of the same data")
+                            f"--data's {labels.source}; make them with runs of the same data")
         for row, image_id in enumerate(probs.ids):
             if image_id in rows:
                 raise UserError(f"{path}: image {image_id} has teacher probabilities in another "
@@ -213,7 +213,8 @@ class RunData:
 
 def load_run_data(config: TrainConfig) -> RunData:
     if not config.data:
-        raise UserError("--data is required: the folder with labels.csv, train.csv and train/")
+        raise UserError("--data is required: the competition folder (its labels table, training "
+                        "table and train images: `imet check-data --data DIR` finds them)")
     layout = find_layout(config.data, test=False)
     labels = read_labels(layout.labels_csv)
     if config.metric == "auto":
@@ -223,7 +224,7 @@ def load_run_data(config: TrainConfig) -> RunData:
     if not folds_path.is_file():
         raise DataError(f"{folds_path}: folds file not found; make one with `imet folds` "
                         "or pass --folds")
-    folds = read_folds(folds_path, ids)
+    folds = read_folds(folds_path, ids, layout.train_csv.name)
     if config.fold not in set(folds.tolist()):
         raise UserError(f"{folds_path}: no row has fold {config.fold}; the folds are "
                         f"{sorted(set(folds.tolist()))} (check --fold)")

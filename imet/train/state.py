@@ -400,8 +400,8 @@ def load_init(config: TrainConfig) -> dict[str, torch.Tensor]:
     theirs = LabelSpace.from_dict(payload["labels"])
     if theirs.fingerprint() != labels.fingerprint():
         raise UserError(f"{path}: a model of another label space ({theirs.num_classes} classes) "
-                        f"than --data's labels.csv ({labels.num_classes}); tune a model trained "
-                        "on this labels.csv")
+                        f"than --data's {labels.source} ({labels.num_classes}); tune a model "
+                        f"trained on this {labels.source}")
     found = file_sha256(path)[:16]
     if config.init_fingerprint and config.init_fingerprint != found:
         raise UserError(f"{path}: the init model's fingerprint is {found}, not "
