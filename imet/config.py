@@ -38,6 +38,7 @@ AUTO_WORKERS_CEILING = 8
 # `--amp-dtype` values (what each gives on which device: imet/device.py).
 AMP_DTYPES = ("auto", "fp16", "bf16")
 OPTIMIZER_NAMES = ("adamw", "sgd")
+FROZEN_BN = ("stage1", "all", "off")
 GROUP_ORDER = ("early", "late", "head")
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*"
@@ -201,6 +202,11 @@ class TrainConfig:
         "", "stage 2 trains only these groups of early, late, head (comma-separated, e.g. "
         "late,head: the early group stays frozen in both stages, no gradient computed, its "
         "BatchNorm statistics kept; default: all)")
+    frozen_bn: str = option(
+        "stage1", "the body's BatchNorm statistics kept as loaded (eval mode): stage1 (while the "
+        "body is frozen, so stage 1 leaves the whole body as it came) | all (stage 2 too: the "
+        "pretrained statistics, for small batches) | off (they follow the training batches); "
+        "the groups --train-groups leaves out keep theirs in any case")
     optimizer: str = option("adamw", "adamw | sgd (SGD with momentum), over the same parameter "
                             "groups and LR schedules")
     momentum: float = option(0.9, "SGD momentum (onecycle cycles it between 0.85 and 0.95 instead)")
@@ -369,6 +375,9 @@ class TrainConfig:
             raise UserError(f"{source}: --margin {self.margin} leaves no time for a training "
                             f"step in --time-budget {self.time_budget}; give a longer budget "
                             f"or a smaller margin (default: auto, {AUTO_MARGIN_TEXT})")
+        if self.frozen_bn not in FROZEN_BN:
+            raise UserError(f"{source}: --frozen-bn must be one of {', '.join(FROZEN_BN)}, got "
+                            f"{self.frozen_bn!r}")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise UserError(f"--optimizer {self.optimizer!r} is unknown; choose one of "
                             f"{', '.join(OPTIMIZER_NAMES)}")
