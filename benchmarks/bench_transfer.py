@@ -67,6 +67,8 @@ ABLATIONS = {
     "no head stage": "--head-epochs 0",
     "no discriminative LR": "--lr-early-mult 1 --lr-late-mult 1",
     "train groups late,head": "--train-groups late,head",
+    "frozen BN off": "--frozen-bn off",
+    "frozen BN all": "--frozen-bn all",
     "preset resize": "--preset resize",
     "lr x3 (1.2e-3)": "--lr 1.2e-3",
 }
@@ -237,9 +239,20 @@ def run_seed(seed: int, weights: Path, tmp: Path, args, ablations: dict, results
     data = tmp / f"target-{seed}"
     summary = fashion_target(data, seed, args.n_train, args.n_test, args.size)
     print(f"seed {seed}: target {summary}", flush=True)
+    if args.plain_only:
+        for start in ("plain", "plain scratch"):
+            for lr in args.plain_lrs:
+                out = tmp / f"{start}-{lr}-{seed}".replace(" ", "_")
+                measure(f"{start} lr {lr:g}", data, out, lambda c: plain_loop(
+                    data, weights if start == "plain" else None, out, seed, lr, args.epochs,
+                    args), results, seed, lr=lr)
+        return
     imet_row = measure("imet", data, tmp / f"imet-{seed}", lambda c: imet_flow(
         data, weights, tmp / f"imet-{seed}", seed, args, shlex.split(args.imet_args), c),
         results, seed)
+    if args.imet_only:
+        measure_ablations(seed, data, weights, tmp, args, ablations, results)
+        return
     measure("imet scratch", data, tmp / f"scratch-{seed}", lambda c: imet_flow(
         data, weights, tmp / f"scratch-{seed}", seed, args, ["--no-pretrained"], c),
         results, seed)
@@ -260,6 +273,10 @@ def run_seed(seed: int, weights: Path, tmp: Path, args, ablations: dict, results
     measure("plain equal CPU", data, out, lambda c: plain_loop(
         data, weights, out, seed, chosen["lr"], epochs, args), results, seed, lr=chosen["lr"],
         epochs=epochs)
+    measure_ablations(seed, data, weights, tmp, args, ablations, results)
+
+
+def measure_ablations(seed, data, weights, tmp, args, ablations, results) -> None:
     for index, (name, flags) in enumerate(ablations.items()):
         out = tmp / f"ablate-{index}-{seed}"
         measure(f"imet {name}", data, out, lambda c: imet_flow(
@@ -278,9 +295,18 @@ def summarize(results: list, header: str) -> None:
     print(f"true labels per image: {mean(results, 'true_per_image'):.3f}; seeds "
           f"{sorted(set(r['seed'] for r in results))}")
     imet_rows = [r for r in results if r["name"] == "imet"]
+    if not imet_rows:  # --plain-only
+        for start in ("plain lr", "plain scratch lr"):
+            print(f"best {start}: " + max(
+                (f"{mean([r for r in results if r['name'] == n]):.4f} ({n})"
+                 for n in names if n.startswith(start)), key=lambda t: float(t.split()[0])))
+        return
     print("imet CPU s by command: " + ", ".join(
         f"{c} {np.mean([r['cpu_s_by_command'][c] for r in imet_rows]):.1f}"
         for c in imet_rows[0]["cpu_s_by_command"]))
+
+    if not any(n.startswith("plain lr") for n in names):
+        return  # --imet-only
 
     def best(prefix):
         name = max((n for n in names if n.startswith(prefix)),
@@ -315,6 +341,10 @@ def main() -> None:
                         help="an ablation row: imet train flags on top of the defaults "
                              "(default: the recipe parts in ABLATIONS)")
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--plain-only", action="store_true",
+                        help="only the plain loop's rows, pretrained and scratch (item 4's check)")
+    parser.add_argument("--imet-only", action="store_true",
+                        help="only the imet row and the ablation rows (no plain, no scratch)")
     parser.add_argument("--imet-args", default="", help="extra `imet train` flags of the imet row")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",

@@ -117,3 +117,17 @@ def test_resume_in_either_stage_is_bit_identical(mini_data, tmp_path, weights, r
     assert (result.status, result.step) == ("handover", stop_at)
     assert train(config(mini_data, tmp_path, weights), EventBus()).status == "finished"
     assert_same_end(final_payload(tmp_path), reference)
+
+
+def test_writeup_recipe_restores_the_write_ups_defaults_and_flags_win():
+    from imet.config import WRITEUP_DEFAULTS
+
+    assert WRITEUP_DEFAULTS  # the measured defaults differ from the write-ups' somewhere
+    imet = TrainConfig.from_dict({})
+    writeup = TrainConfig.from_dict({"recipe": "writeup"})
+    for name, value in WRITEUP_DEFAULTS.items():
+        assert getattr(writeup, name) == value != getattr(imet, name), name
+    told = TrainConfig.from_dict({"recipe": "writeup", "lr": 1e-4})
+    assert told.lr == 1e-4
+    with pytest.raises(Exception, match="--recipe must be one of imet, writeup"):
+        TrainConfig.from_dict({"recipe": "kaggle"})
