@@ -98,7 +98,8 @@ def fashion_target(folder: Path, seed: int, n_train: int, n_test: int, size: int
                 c = int(rng.choice(len(FASHION_CLASSES), p=ITEM_WEIGHTS / ITEM_WEIGHTS.sum()))
                 side = int(round(min(h, w) * rng.uniform(*ITEM_SCALE)))
                 for _try in range(12):
-                    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                    top = int(rng.integers(0, h - side + 1))
+                    left = int(rng.integers(0, w - side + 1))
                     if all(_overlap((top, left, side), b) < 0.1 for b in boxes):
                         break
                 else:

@@ -202,10 +202,10 @@ class TrainConfig:
     lr: float = option(3e-3, "stage 2 peak LR of the head; the body groups get it times the "
                        "multipliers", writeup=4e-4)
     head_lr: float = option(1e-3, "stage 1 peak LR of the head")
-    lr_late_mult: float = option(0.3, "stage 2 LR multiplier of the late body group",
-                                 random_init=1.0)
-    lr_early_mult: float = option(0.1, "stage 2 LR multiplier of the early body group",
-                                  random_init=1.0)
+    lr_late_mult: float = option(1.0, "stage 2 LR multiplier of the late body group",
+                                 writeup=0.3)
+    lr_early_mult: float = option(1.0, "stage 2 LR multiplier of the early body group",
+                                  writeup=0.1)
     train_groups: str = option(
         "", "stage 2 trains only these groups of early, late, head (comma-separated, e.g. "
         "late,head: the early group stays frozen in both stages, no gradient computed, its "
@@ -462,8 +462,8 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
 TrainConfig.NOT_IN_FINGERPRINT = frozenset(
     f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["fingerprint"])
 # A body from random init (--no-pretrained) trains by default with no head-only epoch (a head on
-# random features learns nothing worth keeping) and one LR for every group (no pretrained
-# features to keep). Why: docs/training.md, "Training from random init".
+# random features learns nothing worth keeping). Why: docs/training.md, "Training from random
+# init".
 RANDOM_INIT_DEFAULTS = {f.name: f.metadata["random_init"] for f in dataclasses.fields(TrainConfig)
                         if f.metadata["random_init"] is not None}
 # --recipe writeup: the iMet 2019 write-ups' recipe for an ImageNet body, where imet's measured
