@@ -63,14 +63,17 @@ from imet.data.mini_imet import (PNG_SETTINGS, STYLE_WEIGHTS, STYLES, _canvas_sh
 ITEM_SCALE = (0.42, 0.58)
 ITEMS_PER_IMAGE_P = (0.4, 0.35, 0.25)
 ITEM_WEIGHTS = 0.85 ** np.arange(len(FASHION_CLASSES))
+# Each row: imet's defaults with one part of the recipe changed; the last, the write-ups' recipe.
 ABLATIONS = {
     "no head stage": "--head-epochs 0",
-    "no discriminative LR": "--lr-early-mult 1 --lr-late-mult 1",
+    "discriminative LR 0.1/0.3": "--lr-early-mult 0.1 --lr-late-mult 0.3",
     "train groups late,head": "--train-groups late,head",
     "frozen BN off": "--frozen-bn off",
     "frozen BN all": "--frozen-bn all",
-    "preset resize": "--preset resize",
-    "lr x3 (1.2e-3)": "--lr 1.2e-3",
+    "preset seed": "--preset seed",
+    "no prior bias": "--no-prior-bias",
+    "lr 4e-4": "--lr 4e-4",
+    "recipe writeup": "--recipe writeup",
 }
 
 
