@@ -83,9 +83,12 @@ def test_random_init_gets_its_own_defaults_and_explicit_flags_win(mini_data, tmp
 
     scratch = parsed("--no-pretrained")
     assert {k: getattr(scratch, k) for k in RANDOM_INIT_DEFAULTS} == RANDOM_INIT_DEFAULTS
-    imagenet = parsed()  # the ImageNet recipe keeps its defaults
+    imagenet = parsed()  # pretrained weights keep the head-only stage
     assert (imagenet.head_epochs, imagenet.preset, imagenet.lr, imagenet.lr_early_mult,
-            imagenet.prior_bias) == (1, "seed", 4e-4, 0.1, False)
+            imagenet.prior_bias) == (1, "resize", 3e-3, 1.0, True)
+    writeup = parsed("--recipe", "writeup")  # the write-ups' recipe, as it was
+    assert (writeup.head_epochs, writeup.preset, writeup.lr, writeup.lr_early_mult,
+            writeup.prior_bias) == (1, "seed", 4e-4, 0.1, False)
     told = parsed("--no-pretrained", "--head-epochs", "2", "--preset", "seed", "--lr", "1e-4")
     assert (told.head_epochs, told.preset, told.lr, told.lr_late_mult) == (2, "seed", 1e-4, 1.0)
 

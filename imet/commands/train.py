@@ -19,9 +19,9 @@ from imet.train.events import StopRequest
 def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one fold: stage 1 (--head-epochs; none with --no-pretrained) trains the head with "
-        "the body frozen, stage 2 every group with discriminative LRs. The full training state "
-        "is checkpointed; when the time budget, a SIGTERM/SIGINT or Telegram's /stop ends the "
-        f"session it saves, writes OUT/{HANDOVER} and exits with code {HANDED_OVER} (run again "
+        "the body frozen, stage 2 every group at --lr times its multiplier. The full training "
+        "state is checkpointed; when the time budget, a SIGTERM/SIGINT or Telegram's /stop ends "
+        f"the session it saves, writes OUT/{HANDOVER} and exits with code {HANDED_OVER} (run again "
         "with --resume auto to continue exactly where it stopped); a second signal changes "
         f"nothing (the save finishes; kill -9 aborts without it). Exit {DISK_FULL}: no room on the "
         "disk for a checkpoint or model.pt (nothing written; free space or lower --keep, then "

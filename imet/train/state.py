@@ -53,18 +53,22 @@ def set_trainable(groups: dict[str, list[torch.nn.Parameter]], stage: int,
             param.requires_grad_(name in trained)
 
 
-def keep_frozen_statistics(model: torch.nn.Module,
-                           groups: dict[str, list[torch.nn.Parameter]],
-                           train_groups: str = "") -> None:
-    """The BatchNorm layers of the groups --train-groups leaves out run in eval mode, in both
-    stages, so a frozen group is unchanged to the last bit (with `--train-groups head` the whole
-    body is the --init model's); stage 1's own freeze leaves the statistics following the data."""
-    trained = parse_train_groups(train_groups)
+def keep_frozen_statistics(model: torch.nn.Module, groups: dict[str, list[torch.nn.Parameter]],
+                           stage: int, train_groups: str = "", frozen_bn: str = "stage1") -> None:
+    """Which BatchNorm layers run in eval mode, their statistics kept as loaded: those of the
+    groups --train-groups leaves out, in both stages, so a frozen group is unchanged to the last
+    bit (with `--train-groups head` the whole body is the --init model's); with --frozen-bn
+    stage1 the whole body's in stage 1 (stage 1 then leaves the body as it came: a head on
+    random features must not shift the pretrained statistics to the target's few batches), with
+    all in both stages. Every other BatchNorm layer trains, so stage 2 undoes stage 1's."""
+    trained = set(parse_train_groups(train_groups))
+    if frozen_bn == "all" or (stage == 1 and frozen_bn == "stage1"):
+        trained = {"head"} & trained
     frozen = {id(p) for name, params in groups.items() if name not in trained for p in params}
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.weight is not \
-                None and id(module.weight) in frozen:
-            module.eval()
+                None:
+            module.train(id(module.weight) not in frozen)
 
 
 def adamw(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
@@ -284,7 +288,8 @@ class TrainState:
         """Rebuilt from (config, stage) alone: a resumed run rebuilds the same objects."""
         self.counters.stage = stage
         set_trainable(self.groups, stage, self.config.train_groups)
-        keep_frozen_statistics(self.model, self.groups, self.config.train_groups)
+        keep_frozen_statistics(self.model, self.groups, stage, self.config.train_groups,
+                               self.config.frozen_bn)
         self.optimizer = build_optimizer(self.groups, self.config, stage)
         self.scheduler = build_scheduler(self.optimizer, self.config, self.stage_steps(stage),
                                          self.steps_per_epoch)
