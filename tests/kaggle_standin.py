@@ -77,6 +77,17 @@ def get_dataset(server, body):
                  "isPrivate": bool(server.datasets[ref].get("private"))}
 
 
+def list_dataset_files(server, body):
+    """The files of the dataset's latest version, as Kaggle lists them (one page)."""
+    ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+    if ref not in server.datasets:
+        return _not_found(f"dataset {ref} not found")
+    files = server.datasets[ref]["versions"][-1]["files"]
+    return 200, {"datasetFiles": [{"ref": f"{ref}/{f['name']}", "name": f["name"],
+                                   "totalBytes": len(f["data"] or b"")} for f in files],
+                 "nextPageToken": ""}
+
+
 def create_dataset(server, body):
     ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
     if ref in server.datasets:
@@ -184,6 +195,7 @@ DEFAULT_HANDLERS = {
     "StartBlobUpload": start_blob_upload,
     "GetDatasetStatus": get_dataset_status,
     "GetDataset": get_dataset,
+    "ListDatasetFiles": list_dataset_files,
     "CreateDataset": create_dataset,
     "CreateDatasetVersion": create_dataset_version,
     "SaveKernel": save_kernel,

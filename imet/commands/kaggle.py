@@ -4,6 +4,7 @@ handed over from session to session (chain) or every member of a plan (campaign)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -47,9 +48,7 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
         "and exit 2. The kernels run it first.")
     parser.add_argument("--data", type=Path, help="competition folder (default: searched "
                         "under the --input-root folders)")
-    parser.add_argument("--input-root", type=Path, action="append", default=[], metavar="DIR",
-                        help="folder searched for the data, imet-src, weights and earlier "
-                        "outputs (repeatable; on Kaggle: /kaggle/input)")
+    add_input_root(parser, "the data, imet-src, weights and earlier outputs")
     parser.add_argument("--out", type=Path, default=Path("."),
                         help="the run's working folder, whose free disk is checked (default .)")
     parser.add_argument("--arch", help="the backbone to be trained: checkpoint size and weights "
@@ -72,6 +71,11 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
                         "(one quoted string), whose fingerprint names this run")
     parser.add_argument("--keep", type=int, metavar="N", help="checkpoint generations the run "
                         "keeps, as `imet train --keep` (default: its default)")
+
+
+def add_input_root(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--input-root", type=Path, action="append", default=[], metavar="DIR",
+                        help=f"folder searched for {what} (repeatable; on Kaggle: /kaggle/input)")
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -323,12 +327,24 @@ def _chain(args: argparse.Namespace) -> int:
     if OWNER in (ref := read_metadata(args.kernel_dir)["id"]):
         raise UserError(f"{args.kernel_dir}: its id {ref!r} is a template; render it first with "
                         "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
+    backend = _kaggle_backend(args.poll, [read_metadata(args.kernel_dir)])
     try:
-        backend = remote.KaggleBackend(remote.kaggle_api(), args.poll)
         out = args.out or Path("dist/chain") / slug_of(ref)
         return Chain(args.kernel_dir, backend, args.max_sessions, out, args.poll).run()
     except (OSError, ValueError) as err:
         raise remote.client_errors(err) from None
+
+
+def _kaggle_backend(poll: float, metas: list[dict]):
+    """The kaggle client's backend, once the Telegram dataset the kernels (their metadata)
+    attach passed its check, before anything is written or pushed."""
+    from imet.kaggle.campaign import remote
+    try:
+        backend = remote.KaggleBackend(remote.kaggle_api(), poll)
+        backend.check_sources(metas)
+    except (OSError, ValueError) as err:
+        raise remote.client_errors(err) from None
+    return backend
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -414,7 +430,7 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
     from imet.kaggle.campaign import plan as campaign_plan, remote
     from imet.kaggle.campaign.driver import Campaign
     from imet.kaggle.campaign.state import load_state
-    from imet.kaggle.render import templates_in
+    from imet.kaggle.render import plan_kernels, templates_in
     home_only = ["--input"] * bool(args.input) + ["--session-limit"] * (
         args.session_limit is not None) + ["--input-layout"] * (args.input_layout != LAYOUTS[0])
     if not args.emulate and home_only:
@@ -422,14 +438,14 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
                         "campaign at home")
     plan = campaign_plan.load(args.plan, args.kernels, check_args)
     chosen = render_accelerators(plan.settings, args.accelerator, list(templates_in(args.kernels)))
-    backend = _emulator(args, plan, chosen) if args.emulate else None
+    poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
+    planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
+    metas = [json.loads(files["kernel-metadata.json"]) for files in planned.values()]
+    backend = _emulator(args, plan, planned) if args.emulate else _kaggle_backend(poll, metas)
     args.out.mkdir(parents=True, exist_ok=True)
     state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")
     send, close = telegram()
-    poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
     try:
-        if backend is None:
-            backend = remote.KaggleBackend(remote.kaggle_api(), poll)
         return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,
                         notify=send).run()
     except (OSError, ValueError) as err:
@@ -441,17 +457,25 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
         close()
 
 
-def _emulator(args: argparse.Namespace, plan, chosen: dict):
-    """The emulator backend, once every source the kernels attach has its --input."""
+def _emulator(args: argparse.Namespace, plan, planned: dict):
+    """The emulator backend, once every source the kernels (`planned`) attach has its --input,
+    the Telegram dataset one holding its file."""
     from imet.kaggle.campaign.emulated import EmulatorBackend, missing_inputs
-    from imet.kaggle.render import WEIGHTS_DATASET, plan_kernels, slug_of
+    from imet.kaggle.render import WEIGHTS_DATASET, slug_of, telegram_dataset
+    from imet.observe.telegram import DATASET_FILE
     inputs = existing_inputs(args.input)
-    planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
     weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
     if missing := missing_inputs(planned, inputs, {weights}):
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
                         f"gives; add --input {missing[0]}=PATH"
                         + (" (and the others)" if len(missing) > 1 else ""))
+    telegram = slug_of(telegram_dataset(plan.owner))
+    for name, path in inputs.items():
+        if plan.settings.telegram and slug_of(name) == telegram and \
+                not (path / DATASET_FILE).is_file():
+            raise UserError(f"--input {name}={path}: no {DATASET_FILE} in it, so the sessions "
+                            "would run without Telegram; put the file there as `python -m imet "
+                            "notify-setup` writes it (README: Telegram)")
     if weights not in {slug_of(name) for name in inputs}:
         print(f"imet kaggle campaign: no --input {weights}=PATH: the sessions run without the "
               "weights dataset", flush=True)
