@@ -204,6 +204,8 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                            "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
                            f"the run hands over. The first push of a kernel that does not "
                            "exist on Kaggle yet leaves its own output out of kernel_sources. "
+                           "An attached imet-telegram dataset must exist on Kaggle, be private "
+                           "and hold imet-telegram.json, or nothing is pushed. "
                            f"Exit 0: finished; {HANDED_OVER}: still handing over after "
                            "--max-sessions; 1: a session failed.")
     chain.add_argument("kernel_dir", type=Path,
@@ -233,7 +235,8 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
                         help="the run's settings (TOML: members, train_args, validate_args, "
-                        "predict_args, pseudo_label_args, accelerator, datasets; see README); "
+                        "predict_args, pseudo_label_args, accelerator, datasets, telegram; see "
+                        "README); "
                         "without it, the templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
                         help="overwrite kernels edited by hand since render wrote them, and "
@@ -256,7 +259,9 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
         "`gpu_hours`. Then push the validation kernel with every trainer output attached, then the "
         "inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: run "
         "the same command again after a kill to go on without pushing anything twice. "
-        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, 1 "
+        "DIR/status.csv and status.md hold the table. With telegram = true the kernels that send "
+        "attach <owner>/imet-telegram, which must exist on Kaggle, be private and hold "
+        "imet-telegram.json, or nothing is pushed. Exit 0 once submission.csv is fetched, 1 "
         "otherwise.")
     campaign.add_argument("plan", type=Path, help="the plan (TOML)")
     campaign.add_argument("--out", type=Path, required=True,
@@ -461,17 +466,16 @@ def _emulator(args: argparse.Namespace, plan, planned: dict):
     """The emulator backend, once every source the kernels (`planned`) attach has its --input,
     the Telegram dataset one holding its file."""
     from imet.kaggle.campaign.emulated import EmulatorBackend, missing_inputs
-    from imet.kaggle.render import WEIGHTS_DATASET, slug_of, telegram_dataset
-    from imet.observe.telegram import DATASET_FILE
+    from imet.kaggle.render import WEIGHTS_DATASET, slug_of
+    from imet.observe.telegram import DATASET, DATASET_FILE
     inputs = existing_inputs(args.input)
     weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
     if missing := missing_inputs(planned, inputs, {weights}):
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
                         f"gives; add --input {missing[0]}=PATH"
                         + (" (and the others)" if len(missing) > 1 else ""))
-    telegram = slug_of(telegram_dataset(plan.owner))
     for name, path in inputs.items():
-        if plan.settings.telegram and slug_of(name) == telegram and \
+        if plan.settings.telegram and slug_of(name) == DATASET and \
                 not (path / DATASET_FILE).is_file():
             raise UserError(f"--input {name}={path}: no {DATASET_FILE} in it, so the sessions "
                             "would run without Telegram; put the file there as `python -m imet "
