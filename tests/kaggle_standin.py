@@ -11,7 +11,8 @@ the key), `blobs` (token -> name, bytes), `datasets` and `kernels` (what a creat
 A pushed kernel version "runs" as `sessions[slug][version - 1]` scripts it: status polls answer
 queued, running, then its status; its output lists and serves its files.
 `GetKernel` answers the latest version number (how a restarted campaign tells whether its
-push went through); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
+push went through); `GetDataset` a dataset's `isPrivate` and `ListDatasetFiles` its latest
+version's files (what chain and campaign ask of the imet-telegram dataset before a push); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
 SIGKILLs a client process right after the server handled one of its calls;
 `refuse_self_source` answers a push that attaches the kernel's own output with an error; a
 kernel source never pushed is answered as Kaggle answers it, in `invalidKernelSources`.

@@ -446,9 +446,9 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
     poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
     planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
     metas = [json.loads(files["kernel-metadata.json"]) for files in planned.values()]
+    state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")  # reads only
     backend = _emulator(args, plan, planned) if args.emulate else _kaggle_backend(poll, metas)
     args.out.mkdir(parents=True, exist_ok=True)
-    state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")
     send, close = telegram()
     try:
         return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,

@@ -471,17 +471,18 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
             continue
         sources = [src for ref in read_metadata(template)["kernel_sources"]
                    for src in (refs if ref == trainer_id else [ref])]
-        lines, args = {}, []
+        lines = {}
         setting, key = ARGS_SETTING.get(name, (None, None))
         if setting and getattr(settings, key) is not None:
             lines[setting] = getattr(settings, key)
-        if setting:
-            path, code = _script(template)
-            args = lines[setting] if setting in lines else read_setting(code, setting, path)
         if name == INFERENCE and settings.pseudo_label_args is not None:
             lines[PSEUDO_LABEL_SETTING] = settings.pseudo_label_args
-        datasets = common["dataset_sources"] + (
-            telegram if sends(read_metadata(template), args) else [])
+        datasets = common["dataset_sources"]
+        if telegram:
+            path, code = _script(template)
+            args = (lines[setting] if setting in lines else
+                    read_setting(code, setting, path) if setting else [])
+            datasets = datasets + (telegram if sends(read_metadata(template), args) else [])
         planned[name] = prepare(template, owner, accelerators.get(name), lines,
                                 {**common, "dataset_sources": datasets, "kernel_sources": sources})
     return planned
