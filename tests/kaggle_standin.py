@@ -11,7 +11,8 @@ the key), `blobs` (token -> name, bytes), `datasets` and `kernels` (what a creat
 A pushed kernel version "runs" as `sessions[slug][version - 1]` scripts it: status polls answer
 queued, running, then its status; its output lists and serves its files.
 `GetKernel` answers the latest version number (how a restarted campaign tells whether its
-push went through); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
+push went through); `GetDataset` a dataset's `isPrivate` and `ListDatasetFiles` its latest
+version's files (what chain and campaign ask of the imet-telegram dataset before a push); `in_flight`/`max_in_flight` count the sessions running at once; `kill_at`
 SIGKILLs a client process right after the server handled one of its calls;
 `refuse_self_source` answers a push that attaches the kernel's own output with an error; a
 kernel source never pushed is answered as Kaggle answers it, in `invalidKernelSources`.
@@ -75,6 +76,17 @@ def get_dataset(server, body):
         return _not_found(f"dataset {ref} not found")
     return 200, {"ref": ref, "currentVersionNumber": len(server.datasets[ref]["versions"]),
                  "isPrivate": bool(server.datasets[ref].get("private"))}
+
+
+def list_dataset_files(server, body):
+    """The files of the dataset's latest version, as Kaggle lists them (one page)."""
+    ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+    if ref not in server.datasets:
+        return _not_found(f"dataset {ref} not found")
+    files = server.datasets[ref]["versions"][-1]["files"]
+    return 200, {"datasetFiles": [{"ref": f"{ref}/{f['name']}", "name": f["name"],
+                                   "totalBytes": len(f["data"] or b"")} for f in files],
+                 "nextPageToken": ""}
 
 
 def create_dataset(server, body):
@@ -184,6 +196,7 @@ DEFAULT_HANDLERS = {
     "StartBlobUpload": start_blob_upload,
     "GetDatasetStatus": get_dataset_status,
     "GetDataset": get_dataset,
+    "ListDatasetFiles": list_dataset_files,
     "CreateDataset": create_dataset,
     "CreateDatasetVersion": create_dataset_version,
     "SaveKernel": save_kernel,

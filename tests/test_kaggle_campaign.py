@@ -218,6 +218,36 @@ def test_telegram_gets_each_member_event_and_the_end(standin, tmp_path):
     assert "| f0 | 1 | finished |" in replies[-1]
 
 
+def test_a_plan_asking_for_telegram_checks_its_dataset_then_warns_at_the_first_session_without(
+        standin, tmp_path):
+    """`telegram = true`: before anything is written or pushed, Kaggle is asked whether
+    <owner>/imet-telegram is private (a public one is one line); the trainers and the
+    validation attach it; a member whose first session comes back without Telegram is warned
+    of at once."""
+    plan = plan_file(tmp_path, members=("f0",), telegram=True)
+    ref = f"{USER}/imet-telegram"
+    standin.datasets[ref] = {"private": False, "versions": [
+        {"files": [{"name": "imet-telegram.json", "data": b"{}"}]}]}
+    proc = campaign(standin, tmp_path, plan)
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and f"the dataset {ref} is public" in line, line
+    assert "SaveKernel" not in standin.methods() and not (tmp_path / "camp").exists()
+    standin.datasets[ref]["private"] = True
+    off = {"on": False, "why": "the imet-telegram dataset at /kaggle/input/x has no "
+                               "imet-telegram.json"}
+    run = {"format": "imet-run", "status": "finished", "best_f2": 0.5,
+           "sessions": [{"session": 1, "wall_s": 60.0, "telegram": off}]}
+    standin.sessions[trainer("f0")] = [{"files": {"run.json": json.dumps(run).encode()}}]
+    proc = campaign(standin, tmp_path, plan)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sources = {slug: versions[0]["datasetDataSources"] for slug, versions in standin.kernels.items()}
+    assert ref in sources[trainer("f0")] and ref in sources[VALIDATION]
+    assert ref not in sources[INFERENCE]  # internet off: it cannot send
+    assert (f"f0: warning: session 1 ran without Telegram ({off['why']}); the plan asks for it "
+            "(telegram = true)") in proc.stdout
+    assert table(tmp_path)["f0"]["telegram"] == "off"
+
+
 def test_a_refused_self_source_hands_over_through_a_private_dataset(standin, tmp_path):
     standin.refuse_self_source = True
     first = handover(1)

@@ -225,6 +225,27 @@ def test_a_source_no_input_gives_is_refused_before_anything_runs(tmp_path):
     assert not out.exists(), "nothing ran, nothing was written"
 
 
+def test_a_telegram_dataset_input_without_its_file_is_refused_before_anything_runs(tmp_path):
+    """`telegram = true`: the kernels attach imet-telegram, which an --input must give, holding
+    imet-telegram.json."""
+    plan = write_plan(tmp_path / "plan.toml", [("f0", 0)], ["telegram = true"])
+    out, empty = tmp_path / "camp", tmp_path / "imet-telegram"
+    empty.mkdir()
+
+    def run(*inputs):
+        proc = subprocess.run([sys.executable, "-m", "imet", "kaggle", "campaign", str(plan),
+                               "--out", str(out), "--kernels", str(REPO / "kernels"),
+                               "--emulate", "--input", f"imet-2019-fgvc6={tmp_path}",
+                               "--input", f"imet-src={tmp_path}", *inputs],
+                              capture_output=True, text=True, timeout=120)
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and not out.exists(), line
+        return line
+    assert "--input imet-telegram=PATH" in run()
+    assert f"--input imet-telegram={empty}: no imet-telegram.json in it" in run(
+        "--input", f"imet-telegram={empty}")
+
+
 E2E_TRAIN = ["--arch", "tiny_cnn", "--no-pretrained", "--image-size", "32", "--batch-size", "4",
              "--epochs", "4", "--head-epochs", "1", "--patience", "1000", "--lr", "3e-3",
              "--head-lr", "3e-3", "--num-workers", "0", "--progress-every-s", "5",

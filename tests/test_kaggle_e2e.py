@@ -43,15 +43,22 @@ def state_dict(run_dir: Path) -> dict:
     return torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
 
 
+# The Telegram settings the two chained sessions are pushed with, as a kernel's Kaggle Secrets.
+SECRETS = {"IMET_TELEGRAM_TOKEN": "444555666:AAEpushedVersionsHaveNoSecrets_0123",
+           "IMET_TELEGRAM_CHAT_ID": "5"}
+
+
 @pytest.fixture(scope="module")
 def trained(mini_data, local_dataset, tmp_path_factory):
     """The trainer over sessions of 50 steps each (120 steps in all): two chained with their
     inputs nested as today's Kaggle mounts them, then the third, with the second's output
-    attached, in the flat layout of older sessions (both layouts, no extra session)."""
+    attached, in the flat layout of older sessions (both layouts, no extra session). The
+    chained ones ask for Telegram (--notify auto) with SECRETS bound; pushed, they have none."""
     out = tmp_path_factory.mktemp("kaggle") / "trainer"
     inputs = {"imet-2019-fgvc6": mini_data, "imet-src": local_dataset}
     args = env(TRAIN_ARGS + " --session-steps 50")
-    chained = run_chain(KERNELS / "trainer", inputs, out, 600, 2, args, accelerator="none")
+    pushed = {"IMET_KERNEL_ARGS": args["IMET_KERNEL_ARGS"] + " --notify auto", **SECRETS}
+    chained = run_chain(KERNELS / "trainer", inputs, out, 600, 2, pushed, accelerator="none")
     last = run_session(KERNELS / "trainer", {**inputs, "imet-trainer": chained[-1].output}, out,
                        3, 600, args, accelerator="none", layout="flat")
     return [*chained, last]
@@ -88,6 +95,29 @@ def test_trainer_sessions_chain_to_the_uninterrupted_model(trained, mini_data, t
     theirs = json.loads((reference / "run.json").read_text())
     assert ours["best_f2"] == theirs["best_f2"] and ours["best_step"] == theirs["best_step"]
     assert len(ours["sessions"]) == 3
+
+
+def test_pushed_sessions_have_no_secrets_and_say_first_that_telegram_is_off_and_why(trained):
+    """As on Kaggle, where a push drops the kernel's secret bindings: each pushed session's
+    doctor and its training's first line say that notifications are off and why (no token,
+    and where it goes: a secret, or the imet-telegram dataset), run.json records it, and the
+    token is in no file."""
+    why = "IMET_TELEGRAM_TOKEN is not set: "
+    summary = json.loads((trained[-1].output / "run.json").read_text())
+    for number, session in enumerate(trained[:2], 1):
+        log = session.log.read_text()
+        train = log[log.index("-m imet train "):]
+        assert f"{'telegram:':<18}off: {why}" in log[:log.index("-m imet train ")], log[:5000]
+        line = next(line for line in train.splitlines() if line.startswith("imet: Telegram"))
+        assert line.startswith(f"imet: Telegram off: {why}") and "imet-telegram" in line, line
+        assert train.index(line) < train.index("imet: run "), "said before the run starts"
+        assert summary["sessions"][number - 1]["telegram"]["on"] is False
+        assert summary["sessions"][number - 1]["telegram"]["why"].startswith(why)
+        secret = SECRETS["IMET_TELEGRAM_TOKEN"].split(":")[1].encode()
+        root = session.log.parent
+        for path in [session.log, *(root / "kaggle").rglob("*"),
+                     *(root.parent / "pushed" / f"v{number}").rglob("*")]:
+            assert not path.is_file() or secret not in path.read_bytes(), path
 
 
 def test_run_json_and_the_registry_name_the_kernel(trained):

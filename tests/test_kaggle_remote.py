@@ -198,3 +198,39 @@ def test_a_trainers_first_push_leaves_its_own_output_out(standin, rendered, tmp_
     first = client(standin, tmp_path, KAGGLE, "kernels", "push", "-p",
                    str(rendered / "trainer-f1"))
     assert first.returncode == 0 and "not valid kernel sources" in first.stdout
+
+
+TELEGRAM = f"{USER}/imet-telegram"
+
+
+def telegram_dataset(standin, private=True, files=("imet-telegram.json",)):
+    standin.datasets[TELEGRAM] = {"private": private, "versions": [
+        {"notes": "imet notify-setup", "files": [{"name": name, "data": b"{}"} for name in files]}]}
+
+
+def test_chain_pushes_a_telegram_kernel_only_once_kaggle_says_its_dataset_is_private(
+        standin, tmp_path):
+    """Rendered with `telegram = true`, the trainer attaches <owner>/imet-telegram; before any
+    push chain asks Kaggle (the real client: GetDataset, ListDatasetFiles) that it exists, is
+    private and holds the file. A missing, public or empty one is one line naming it and the
+    command that writes it; nothing is pushed or written."""
+    config = tmp_path / "run.toml"
+    config.write_text("telegram = true\n[[member]]\nfold = 0\n")
+    rendered = tmp_path / "dist" / "kernels"
+    assert render(rendered, "--config", str(config)).returncode == 0
+    fix = f"`python -m imet notify-setup --owner {USER}`"
+    for setup, said in ((lambda: None, "Kaggle has no such dataset"),
+                        (lambda: telegram_dataset(standin, private=False), "is public"),
+                        (lambda: telegram_dataset(standin, files=("notes.txt",)),
+                         "has no imet-telegram.json")):
+        setup()
+        proc = chain(standin, tmp_path, rendered)
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and said in line and TELEGRAM in line and fix in line, line
+        assert standin.kernels == {} and not (tmp_path / "chain").exists()
+    telegram_dataset(standin)
+    standin.sessions[TRAINER] = [{"files": {"run.json": b'{"status": "finished"}'}}]
+    proc = chain(standin, tmp_path, rendered)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (body,) = standin.kernels[TRAINER]
+    assert body["datasetDataSources"] == [f"{USER}/imet-src", f"{USER}/imet-weights", TELEGRAM]

@@ -125,6 +125,26 @@ def test_pseudo_labels_go_from_the_inference_kernel_to_a_trainer_asking_extra_au
     assert settings_of(plain / "inference" / "inference.py")["PSEUDO_LABEL_ARGS"] is None
 
 
+def test_telegram_attaches_the_owners_dataset_to_the_kernels_that_send(tmp_path):
+    """`telegram = true`: the trainers and the validation kernel (its doctor reports what stops
+    it) attach <owner>/imet-telegram; the inference kernel (internet off) and a member whose
+    args say --notify off do not. Without the key nothing is attached."""
+    config = tmp_path / "run.toml"
+    config.write_text('owner = "alice"\ntelegram = true\n[[member]]\nfold = 0\n'
+                      '[[member]]\nname = "quiet"\nfold = 1\nargs = ["--notify", "off"]\n')
+    out = tmp_path / "k"
+    assert render(out, "--config", str(config)).returncode == 0
+    attached = {kernel: "alice/imet-telegram" in meta(out, kernel)["dataset_sources"]
+                for kernel in ("trainer-f0", "trainer-quiet", "validation", "inference")}
+    assert attached == {"trainer-f0": True, "trainer-quiet": False, "validation": True,
+                        "inference": False}
+    assert meta(out, "trainer-f0")["dataset_sources"][:2] == ["alice/imet-src",
+                                                              "alice/imet-weights"]
+    config.write_text('owner = "alice"\n[[member]]\nfold = 0\n')
+    assert render(out, "--config", str(config), "--force").returncode == 0
+    assert "alice/imet-telegram" not in meta(out, "trainer-f0")["dataset_sources"]
+
+
 def test_a_hand_edit_is_refused_unless_forced(tmp_path):
     out = tmp_path / "k"
     assert render(out, "--owner", "bob").returncode == 0
@@ -150,6 +170,7 @@ def test_a_bad_config_is_one_line(tmp_path):
                       "two members are named 'f0'"),
         "member key": ('owner = "a"\n[[member]]\nfold = 0\nlr = 1\n', "unknown key 'lr'"),
         "not toml": ("owner = \n", "not valid TOML"),
+        "telegram": ('owner = "a"\ntelegram = "yes"\n', "telegram must be true or false"),
     }
     for name, (text, expected) in cases.items():
         config = tmp_path / f"{name}.toml"

@@ -178,6 +178,19 @@ def test_notify_test_without_token(monkeypatch, capsys):
     assert code == 2 and "IMET_TELEGRAM_TOKEN is not set" in err
 
 
+def test_notify_test_finds_the_token_in_the_attached_dataset(monkeypatch, capsys, tmp_path):
+    """As `imet train` finds it: imet-telegram.json anywhere under --input-root."""
+    write_dataset(tmp_path, {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": 4242})
+    with TelegramStandin() as server:
+        code, out, err = run_notify_test(monkeypatch, capsys, {
+            "IMET_TELEGRAM_API_URL": server.api_url}, "--input-root", str(tmp_path))
+        assert server.requests[1].params["chat_id"] == "4242"
+    assert code == 0 and out.strip().endswith("(token from dataset)"), out + err
+    (tmp_path / "datasets" / "me" / "imet-telegram" / "imet-telegram.json").unlink()
+    code, out, err = run_notify_test(monkeypatch, capsys, {}, "--input-root", str(tmp_path))
+    assert code == 2 and "the imet-telegram dataset at" in err and "has no imet-telegram.json" in err
+
+
 def test_the_status_says_where_the_token_came_from_never_the_token(kaggle_secrets):
     from imet.observe.telegram import telegram_status
     env = {"IMET_TELEGRAM_TOKEN": TOKEN, "IMET_TELEGRAM_CHAT_ID": "5"}

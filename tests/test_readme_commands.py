@@ -11,7 +11,8 @@ commands read (run.toml, plan.toml).
 
 Each printed command is run, unless NOT_RUN names it with the reason (each entry is reported as
 a skipped test with that reason); a command of imet that is not run is still parsed by imet's
-own parser. The commands of "Rehearse at home first" run the
+own parser. The Telegram settings are in the environment, as the README asks, against the
+stand-in Bot API (tests/telegram_standin.py). The commands of "Rehearse at home first" run the
 kernels in the emulator (root only), each kernel's settings made small through
 IMET_KERNEL_ARGS, as the README says a rehearsal may; the others run without root. Chain and
 campaign get `--poll` (POLL_FLAGS): they wait 60 s between polls by default."""
@@ -33,6 +34,7 @@ from pathlib import Path
 import pytest
 from hub_standin import HubStandin
 from kaggle_standin import USER, KaggleStandin
+from telegram_standin import TelegramStandin
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -330,6 +332,14 @@ def check_effect(command: Command, cwd: Path, kaggle: KaggleStandin, before: int
         slug = json.loads((folder / "kernel-metadata.json").read_text())["id"]
         assert any(c.get("method") == "SaveKernel" and c["body"].get("slug") == slug
                    for c in calls), f"{command}: {slug} was not pushed"
+    if command.text.startswith("python -m imet notify-setup"):
+        dataset = kaggle.datasets.get(f"{USER}/imet-telegram", {})
+        assert dataset.get("private") is True and any(
+            f["name"] == "imet-telegram.json" for f in dataset["versions"][-1]["files"]), \
+            f"{command}: no private imet-telegram dataset with its file"
+    if words[:4] == ["python", "-m", "imet", "kaggle"] and words[4] in ("chain", "campaign"):
+        assert "GetDataset" in [c.get("method") for c in calls], \
+            f"{command}: pushed without asking Kaggle about the imet-telegram dataset"
     if "imet kaggle campaign" in command.text:
         out = cwd / words[words.index("--out") + 1]
         assert (out / "submission.csv").is_file(), f"{command}: no submission came back"
@@ -358,7 +368,7 @@ def test_the_kaggle_path_runs_as_printed(mini_data, tmp_path):
     kaggle_files(readme_blocks, cwd, mini_data)
     values = {"YOUR_KAGGLE_NAME": USER, "DATA": str(mini_data)}
     ran = []
-    with KaggleStandin() as kaggle, HubStandin() as hub:
+    with KaggleStandin() as kaggle, HubStandin() as hub, TelegramStandin() as telegram:
         from safetensors.torch import save
         import torch
         kaggle.sessions = AnySession()
@@ -368,7 +378,9 @@ def test_the_kaggle_path_runs_as_printed(mini_data, tmp_path):
                "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",  # the hub is not Kaggle
                "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
                "HF_HUB_DISABLE_TELEMETRY": "1", "IMET_WEIGHTS_URL_BASE": hub.url + "/files",
-               "TORCH_HOME": str(tmp_path / "torch-home")}
+               "TORCH_HOME": str(tmp_path / "torch-home"),
+               "IMET_TELEGRAM_TOKEN": "123456789:AAHreadmeStandinToken_abcdefghijklm",
+               "IMET_TELEGRAM_CHAT_ID": "42", "IMET_TELEGRAM_API_URL": telegram.api_url}
         for command in all_commands():
             if not_run_reason(command) or command.block.heading == REHEARSAL:
                 continue

@@ -4,6 +4,7 @@ handed over from session to session (chain) or every member of a plan (campaign)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -47,9 +48,7 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
         "and exit 2. The kernels run it first.")
     parser.add_argument("--data", type=Path, help="competition folder (default: searched "
                         "under the --input-root folders)")
-    parser.add_argument("--input-root", type=Path, action="append", default=[], metavar="DIR",
-                        help="folder searched for the data, imet-src, weights and earlier "
-                        "outputs (repeatable; on Kaggle: /kaggle/input)")
+    add_input_root(parser, "the data, imet-src, weights and earlier outputs")
     parser.add_argument("--out", type=Path, default=Path("."),
                         help="the run's working folder, whose free disk is checked (default .)")
     parser.add_argument("--arch", help="the backbone to be trained: checkpoint size and weights "
@@ -72,6 +71,11 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
                         "(one quoted string), whose fingerprint names this run")
     parser.add_argument("--keep", type=int, metavar="N", help="checkpoint generations the run "
                         "keeps, as `imet train --keep` (default: its default)")
+
+
+def add_input_root(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--input-root", type=Path, action="append", default=[], metavar="DIR",
+                        help=f"folder searched for {what} (repeatable; on Kaggle: /kaggle/input)")
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -238,6 +242,8 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                            "run.json, metrics.csv, plots) into OUT/v<N>, and push again while "
                            f"the run hands over. The first push of a kernel that does not "
                            "exist on Kaggle yet leaves its own output out of kernel_sources. "
+                           "An attached imet-telegram dataset must exist on Kaggle, be private "
+                           "and hold imet-telegram.json, or nothing is pushed. "
                            f"Exit 0: finished; {HANDED_OVER}: still handing over after "
                            "--max-sessions; 1: a session failed.")
     chain.add_argument("kernel_dir", type=Path,
@@ -267,7 +273,8 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
                         "owner)")
     render.add_argument("--config", type=Path, metavar="FILE",
                         help="the run's settings (TOML: members, train_args, validate_args, "
-                        "predict_args, pseudo_label_args, accelerator, datasets; see README); "
+                        "predict_args, pseudo_label_args, accelerator, datasets, telegram; see "
+                        "README); "
                         "without it, the templates' defaults, one member per fold")
     render.add_argument("--force", action="store_true",
                         help="overwrite kernels edited by hand since render wrote them, and "
@@ -291,7 +298,9 @@ def configure_kaggle(parser: argparse.ArgumentParser) -> None:
         "`gpu_hours`. Then push the validation kernel with every trainer output attached, then the "
         "inference kernel, and fetch DIR/submission.csv. DIR/campaign.json holds the state: run "
         "the same command again after a kill to go on without pushing anything twice. "
-        "DIR/status.csv and status.md hold the table. Exit 0 once submission.csv is fetched, 1 "
+        "DIR/status.csv and status.md hold the table. With telegram = true the kernels that send "
+        "attach <owner>/imet-telegram, which must exist on Kaggle, be private and hold "
+        "imet-telegram.json, or nothing is pushed. Exit 0 once submission.csv is fetched, 1 "
         "otherwise.")
     campaign.add_argument("plan", type=Path, help="the plan (TOML)")
     campaign.add_argument("--out", type=Path, required=True,
@@ -363,12 +372,24 @@ def _chain(args: argparse.Namespace) -> int:
     if OWNER in (ref := read_metadata(args.kernel_dir)["id"]):
         raise UserError(f"{args.kernel_dir}: its id {ref!r} is a template; render it first with "
                         "`python -m imet kaggle render --owner YOU` and chain dist/kernels/<k>")
+    backend = _kaggle_backend(args.poll, [read_metadata(args.kernel_dir)])
     try:
-        backend = remote.KaggleBackend(remote.kaggle_api(), args.poll)
         out = args.out or Path("dist/chain") / slug_of(ref)
         return Chain(args.kernel_dir, backend, args.max_sessions, out, args.poll).run()
     except (OSError, ValueError) as err:
         raise remote.client_errors(err) from None
+
+
+def _kaggle_backend(poll: float, metas: list[dict]):
+    """The kaggle client's backend, once the Telegram dataset the kernels (their metadata)
+    attach passed its check, before anything is written or pushed."""
+    from imet.kaggle.campaign import remote
+    try:
+        backend = remote.KaggleBackend(remote.kaggle_api(), poll)
+        backend.check_sources(metas)
+    except (OSError, ValueError) as err:
+        raise remote.client_errors(err) from None
+    return backend
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -457,7 +478,7 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
     from imet.kaggle.campaign import plan as campaign_plan, remote
     from imet.kaggle.campaign.driver import Campaign
     from imet.kaggle.campaign.state import load_state
-    from imet.kaggle.render import templates_in
+    from imet.kaggle.render import plan_kernels, templates_in
     home_only = ["--input"] * bool(args.input) + ["--session-limit"] * (
         args.session_limit is not None) + ["--input-layout"] * (args.input_layout != LAYOUTS[0])
     if not args.emulate and home_only:
@@ -467,14 +488,14 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
     competition_from(plan.settings, args.data, existing_inputs(args.input) if args.emulate
                      else None)
     chosen = render_accelerators(plan.settings, args.accelerator, list(templates_in(args.kernels)))
-    backend = _emulator(args, plan, chosen) if args.emulate else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")
-    send, close, commands = telegram()
     poll = args.poll if args.poll is not None else (1.0 if args.emulate else 60.0)
+    planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
+    metas = [json.loads(files["kernel-metadata.json"]) for files in planned.values()]
+    state = load_state(args.out, plan, "emulator" if args.emulate else "kaggle")  # reads only
+    backend = _emulator(args, plan, planned) if args.emulate else _kaggle_backend(poll, metas)
+    args.out.mkdir(parents=True, exist_ok=True)
+    send, close, commands = telegram()
     try:
-        if backend is None:
-            backend = remote.KaggleBackend(remote.kaggle_api(), poll)
         return Campaign(plan, args.out, args.kernels, state, chosen, backend, poll,
                         notify=send, commands=commands).run()
     except (OSError, ValueError) as err:
@@ -486,17 +507,24 @@ def run_kaggle_campaign(args: argparse.Namespace) -> int:
         close()
 
 
-def _emulator(args: argparse.Namespace, plan, chosen: dict):
-    """The emulator backend, once every source the kernels attach has its --input."""
+def _emulator(args: argparse.Namespace, plan, planned: dict):
+    """The emulator backend, once every source the kernels (`planned`) attach has its --input,
+    the Telegram dataset one holding its file."""
     from imet.kaggle.campaign.emulated import EmulatorBackend, missing_inputs
-    from imet.kaggle.render import WEIGHTS_DATASET, plan_kernels, slug_of
+    from imet.kaggle.render import WEIGHTS_DATASET, slug_of
+    from imet.observe.telegram import DATASET, DATASET_FILE
     inputs = existing_inputs(args.input)
-    planned = plan_kernels(args.kernels, plan.owner, plan.settings, chosen)
     weights = slug_of(plan.settings.weights_dataset or WEIGHTS_DATASET)
     if missing := missing_inputs(planned, inputs, {weights}):
         raise UserError(f"--emulate: the kernels attach {', '.join(missing)}, which no --input "
                         f"gives; add --input {missing[0]}=PATH"
                         + (" (and the others)" if len(missing) > 1 else ""))
+    for name, path in inputs.items():
+        if plan.settings.telegram and slug_of(name) == DATASET and \
+                not (path / DATASET_FILE).is_file():
+            raise UserError(f"--input {name}={path}: no {DATASET_FILE} in it, so the sessions "
+                            "would run without Telegram; put the file there as `python -m imet "
+                            "notify-setup` writes it (README: Telegram)")
     if weights not in {slug_of(name) for name in inputs}:
         print(f"imet kaggle campaign: no --input {weights}=PATH: the sessions run without the "
               "weights dataset", flush=True)

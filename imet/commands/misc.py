@@ -114,12 +114,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def configure_notify_test(parser: argparse.ArgumentParser) -> None:
+    from imet.commands.kaggle import add_input_root
     parser.description = (
         "Send one Telegram message with the settings a training run would use "
         "(IMET_TELEGRAM_TOKEN, IMET_TELEGRAM_CHAT_ID and optional IMET_TELEGRAM_API_URL, "
-        "from the environment or Kaggle Secrets) and say what is wrong when it fails.")
+        "from the environment, Kaggle Secrets, then imet-telegram.json under --input-root: "
+        "the imet-telegram dataset) and say where the token came from, or what is wrong.")
     parser.add_argument("--text", default=None,
                         help="message to send (default: a short test line naming this host)")
+    add_input_root(parser, "imet-telegram.json, as `imet train` searches it")
     _add_timeout(parser)
 
 
@@ -128,12 +131,14 @@ def _add_timeout(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for Telegram on each request (default: 10)")
 
 
-def _telegram_config(use_kaggle_secrets: bool):
-    """The Telegram settings `notify-test`/`notify-setup` check, with python-telegram-bot
-    there to check them; a UserError saying what is missing otherwise."""
+def _telegram_config(use_kaggle_secrets: bool, input_roots=()):
+    """The Telegram settings `notify-test`/`notify-setup` check, found as training finds them,
+    with python-telegram-bot there to check them; a UserError saying what is missing
+    otherwise."""
     from imet.observe.telegram import ConfigProblem, load_config
     try:
-        config = load_config(os.environ, use_kaggle_secrets=use_kaggle_secrets)
+        config = load_config(os.environ, use_kaggle_secrets=use_kaggle_secrets,
+                             input_roots=input_roots)
     except ConfigProblem as problem:
         raise UserError(str(problem)) from None
     try:
@@ -145,7 +150,7 @@ def _telegram_config(use_kaggle_secrets: bool):
 
 
 def run_notify_test(args: argparse.Namespace) -> int:
-    config = _telegram_config(use_kaggle_secrets=True)
+    config = _telegram_config(use_kaggle_secrets=True, input_roots=args.input_root)
     text = args.text or (f"✅ imet notify-test from {socket.gethostname()} at "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: this chat will receive "
                          "imet's training reports.")
@@ -169,8 +174,8 @@ def configure_notify_setup(parser: argparse.ArgumentParser) -> None:
 def run_notify_setup(args: argparse.Namespace) -> int:
     import tempfile
 
-    from imet.kaggle.campaign.remote import (client_errors, dataset_version, kaggle_api,
-                                             upload_dataset)
+    from imet.kaggle.campaign.remote import (client_errors, dataset_private, dataset_version,
+                                             kaggle_api, upload_dataset)
     from imet.observe.telegram import CHAT_VAR, DATASET, DATASET_FILE, TOKEN_VAR
     config = _telegram_config(use_kaggle_secrets=False)
     ref = f"{args.owner}/{DATASET}"
@@ -180,7 +185,7 @@ def run_notify_setup(args: argparse.Namespace) -> int:
     api = kaggle_api()
     try:
         version = dataset_version(api, ref)
-        if version and _is_public(api, args.owner, DATASET):
+        if version and dataset_private(api, ref) is False:
             raise UserError(f"the dataset {ref} is public: it would publish the token; delete "
                             "it on Kaggle (or make it private) and run this again")
         # The token is on disk only in this private folder, only while the client uploads it.
@@ -194,18 +199,10 @@ def run_notify_setup(args: argparse.Namespace) -> int:
     except OSError as err:  # requests' HTTP errors; never the token (it is in no request URL)
         raise client_errors(err) from None
     print(f"imet notify-setup: @{username} wrote to chat {config.chat_id}; the private dataset "
-          f"{ref} {'has a new version' if version else 'was created'}: attach it to the trainer "
-          "kernel (its dataset_sources)")
+          f"{ref} {'has a new version' if version else 'was created'}: `telegram = true` in "
+          "the run's settings (run.toml, the campaign's plan) attaches it to the kernels that "
+          "send")
     return 0
-
-
-def _is_public(api, owner: str, slug: str) -> bool:
-    """Kaggle's own word on the dataset's visibility (GetDataset's isPrivate)."""
-    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
-    request = ApiGetDatasetRequest()
-    request.owner_slug, request.dataset_slug = owner, slug
-    with api.build_kaggle_client() as kaggle:
-        return not kaggle.datasets.dataset_api_client.get_dataset(request).is_private
 
 
 async def _send(config, text: str, timeout: float) -> str:

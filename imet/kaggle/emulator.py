@@ -13,6 +13,13 @@ input/notebooks/<owner>/<slug>/; or, as older sessions did (`flat`), each at inp
 The script runs in a fresh venv that sees only the packages of Kaggle's image (the platform
 view, end of this module), taken from `python`, without imet or the wheels the attached datasets
 bundle: the bootstrap installs those, so a rehearsal runs the uploaded artefact, not the tree.
+
+Secrets: a kernel's Telegram settings (IMET_TELEGRAM_TOKEN, IMET_TELEGRAM_CHAT_ID) stand for
+its Kaggle Secrets, and a session gets them only from run_session's `env` (a version run with
+its secrets bound), never from the calling process. A pushed version has none bound, as on
+Kaggle, where a push drops the kernel's secret bindings: every session of a chain or a campaign
+(campaign/emulated.py runs each in a process started with its `env`) runs without them, and
+reports only through an attached imet-telegram dataset.
 """
 from __future__ import annotations
 
@@ -37,11 +44,14 @@ from imet.kaggle import COMPETITIONS, DATASETS, LAYOUTS, NOTEBOOKS, platform_env
 from imet.kaggle.render import (OWNER, canonical, read_metadata, requested_accelerator,
                                 slug_of, with_accelerator, with_kernel_id)
 from imet.kaggle.session import ROOT_ENV
+from imet.observe.telegram import CHAT_VAR, TOKEN_VAR
 
 TIME_LIMIT_ENV = "IMET_SESSION_LIMIT"
 # The calling process's interpreter settings would show it the working tree's imet (PYTHONPATH)
 # or another environment: Kaggle's sessions start without them.
 NOT_INHERITED = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "VIRTUAL_ENV")
+# A session's Kaggle Secrets: never from the calling process (the module's docstring).
+SECRETS = (TOKEN_VAR, CHAT_VAR)
 
 # OUT/output: the latest session's working folder
 OUTPUT_LINK = "output"
@@ -138,7 +148,9 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     `accelerator` overrides the metadata's machine_shape, as `kaggle kernels push
     --accelerator` does (the session gets this machine's, whatever it asked for). `python`
     stands in for Kaggle's image. `echo`: the session's lines go to stdout too, not only to its
-    log (a campaign's parallel sessions keep to their logs)."""
+    log (a campaign's parallel sessions keep to their logs). `env`: set for the session on top
+    of this process's environment, which gives it no Telegram settings (its Kaggle Secrets:
+    only `env` binds them)."""
     meta = read_metadata(kernel_dir)
     asked = canonical(accelerator) if accelerator else requested_accelerator(meta)
     code = (Path(kernel_dir) / meta["code_file"]).read_text(encoding="utf-8")
@@ -159,7 +171,7 @@ def run_session(kernel_dir: Path, inputs: dict[str, Path], out: Path, version: i
     script.write_text(code, encoding="utf-8")
     prefix = _isolation_prefix(mounts, meta["enable_internet"]) if want_isolation else []
     kernel_python = fresh_env(python, bundled_by(inputs.values()), session_dir / "env")
-    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED + SECRETS}
     run_env = {**inherited, **(env or {}), ROOT_ENV: str(root), "PYTHONUNBUFFERED": "1",
                "KAGGLE_KERNEL_RUN_TYPE": "Batch", TIME_LIMIT_ENV: str(time_limit),
                "PATH": f"{kernel_python.parent}{os.pathsep}{inherited.get('PATH', '')}"}

@@ -15,6 +15,8 @@ keeps, so that rendering again never puts the defaults back:
     validate_args = ["--tta", "none,hflip"]
     predict_args = ["--tta", "none,hflip", "--ensemble", "mean"]
     pseudo_label_args = ["--min-prob", "0.9"]   # optional: the inference kernel pseudo-labels too
+    telegram = true                        # attach the private <owner>/imet-telegram (the bot's
+                                           # token, `imet notify-setup`) to the kernels that send
 
     [[member]]                             # one trainer kernel each: imet-trainer-<name>
     name = "f0"                            # default f<fold>
@@ -97,7 +99,7 @@ def asks_extra_auto(train_args: list[str]) -> bool:
 
 
 KEYS = ("owner", "accelerator", "competition", "src_dataset", "weights_dataset", "n_folds",
-        "train_args", "validate_args", "predict_args", "pseudo_label_args", "member")
+        "train_args", "validate_args", "predict_args", "pseudo_label_args", "telegram", "member")
 # The member keys that are `imet train` settings, in the order their flags are written.
 MEMBER_SETTINGS = ("fold", "arch", "image_size", "epochs")
 MEMBER_KEYS = ("name", *MEMBER_SETTINGS, "args")
@@ -126,6 +128,7 @@ class Settings:
     predict_args: list[str] | None = None
     pseudo_label_args: list[str] | None = None  # None: the inference kernel writes none
     members: list[Member] | None = None  # None: one per fold of the template
+    telegram: bool = False  # the kernels that send get the owner's imet-telegram dataset
     extra: dict = field(default_factory=dict)  # the keys a caller allowed beyond these
 
 
@@ -173,6 +176,9 @@ def parse(data: dict, source: str, allowed_extra: tuple[str, ...] = ()) -> Setti
                           for key in ("train_args", "validate_args", "predict_args",
                                       "pseudo_label_args")),
                         extra={k: data[k] for k in allowed_extra if k in data})
+    settings.telegram = data.get("telegram", False)
+    if not isinstance(settings.telegram, bool):
+        raise UserError(f"{source}: telegram must be true or false (got {settings.telegram!r})")
     if settings.n_folds is not None and (not isinstance(settings.n_folds, int)
                                          or settings.n_folds < 2):
         raise UserError(f"{source}: n_folds must be a whole number of at least 2")
@@ -417,13 +423,29 @@ def _dataset(owner: str, value: str | None, default: str) -> str:
     return value if "/" in value else f"{owner}/{value}"
 
 
+def telegram_dataset(owner: str) -> str:
+    """The owner's private dataset holding the bot's token (`imet notify-setup` writes it): a
+    push drops a kernel's Kaggle Secrets, an attached dataset stays."""
+    from imet.observe.telegram import DATASET
+    return f"{owner}/{DATASET}"
+
+
+def sends(meta: dict, args: list[str]) -> bool:
+    """Whether a kernel reports to Telegram: its internet is on and its arguments, read by `imet
+    train`'s parser as its doctor reads them, do not say --notify off. The validation kernel's
+    doctor reports what stops it; the inference kernel runs offline."""
+    return bool(meta.get("enable_internet")) and \
+        train_parser().parse_known_args(args)[0].notify != "off"
+
+
 def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: dict[str, str],
                  attach: list[str] | None = None, first_push: set[str] = frozenset(),
                  handover_datasets: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """folder name -> files of every kernel. `attach`: the members whose outputs the other
     kernels get (default all); `first_push`: members whose kernel never ran, whose own output
     cannot be attached yet; `handover_datasets`: member -> the dataset that carries its
-    checkpoint instead of its own output (where Kaggle refuses a kernel's own output)."""
+    checkpoint instead of its own output (where Kaggle refuses a kernel's own output). With
+    `settings.telegram`, every kernel that sends (`sends`) attaches `telegram_dataset`."""
     templates = templates_in(kernels)
     trainer = templates[TRAINER]
     trainer_id = read_metadata(trainer)["id"]
@@ -434,6 +456,7 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
                                   _dataset(owner, settings.weights_dataset, WEIGHTS_DATASET)]}
     if settings.competition:
         common["competition_sources"] = [settings.competition]
+    telegram = [telegram_dataset(owner)] if settings.telegram else []
     planned = {}
     for member in members:
         slug = trainer_slug(member.name)
@@ -443,7 +466,9 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
         if asks_extra_auto(train_args) and INFERENCE in templates:  # its pseudo-labels
             own = own + [read_metadata(templates[INFERENCE])["id"]]
         fields = {**common, "id": f"{OWNER}/{slug}", "title": slug, "kernel_sources": own}
-        fields["dataset_sources"] = common["dataset_sources"] + ([via] if via else [])
+        fields["dataset_sources"] = (common["dataset_sources"] + ([via] if via else [])
+                                     + (telegram if sends(read_metadata(trainer), train_args)
+                                        else []))
         settings_lines = {ARGS_SETTING[TRAINER][0]: train_args,
                           **({"N_FOLDS": settings.n_folds} if settings.n_folds is not None else {})}
         planned[trainer_folder(member.name)] = prepare(trainer, owner, accelerators.get(TRAINER),
@@ -459,8 +484,14 @@ def plan_kernels(kernels: Path, owner: str, settings: Settings, accelerators: di
             lines[setting] = getattr(settings, key)
         if name == INFERENCE and settings.pseudo_label_args is not None:
             lines[PSEUDO_LABEL_SETTING] = settings.pseudo_label_args
+        datasets = common["dataset_sources"]
+        if telegram:
+            path, code = _script(template)
+            args = (lines[setting] if setting in lines else
+                    read_setting(code, setting, path) if setting else [])
+            datasets = datasets + (telegram if sends(read_metadata(template), args) else [])
         planned[name] = prepare(template, owner, accelerators.get(name), lines,
-                                {**common, "kernel_sources": sources})
+                                {**common, "dataset_sources": datasets, "kernel_sources": sources})
     return planned
 
 

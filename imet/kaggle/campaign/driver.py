@@ -243,9 +243,10 @@ class Campaign:
         n = len(job["sessions"])
         asked = job.pop("stop_asked", False)
         if (why := job.pop("telegram_lost", None)) is not None:
-            self.log(f"{name}: warning: session {n} ran without Telegram ({why}); a push may "
-                     "drop the kernel's secrets: attach the private imet-telegram dataset "
-                     "(README: Telegram)")
+            self.log(f"{name}: warning: session {n} ran without Telegram ({why}); "
+                     + ("the plan asks for it (telegram = true)" if self._asks_telegram() else
+                        "a push may drop the kernel's secrets: set telegram = true in the plan "
+                        "to attach the private imet-telegram dataset (README: Telegram)"))
         if status != "COMPLETE":
             job["failures"] += 1
             again = job["failures"] <= self.plan.retries and not asked
@@ -275,6 +276,9 @@ class Campaign:
         f2 = f", best F2 {job['best_f2']:.4f}" if job.get("best_f2") is not None else ""
         self._event(name, job, f"session {n}: {what}{f2}")
 
+    def _asks_telegram(self) -> bool:
+        return bool(getattr(getattr(self.plan, "settings", None), "telegram", False))
+
     def _outputs(self, job: dict) -> Path:
         """Where the fetched outputs of the job's latest session go."""
         return self.out / "outputs" / job["folder"] / f"v{job['sessions'][-1]['version']}"
@@ -288,12 +292,13 @@ class Campaign:
             job["best_f2"] = run.get("best_f2", job.get("best_f2"))
             latest = (run.get("sessions") or [{}])[-1]
             # Its run.json says whether the session reported and whence the token: a push that
-            # dropped the kernel's secrets shows as "off" here.
+            # dropped the kernel's secrets shows as "off" here. Warned once it goes off: after
+            # a session that had it, or from the first when the plan asks for it.
             telegram = latest.get("telegram")
             if isinstance(telegram, dict):
                 was = job.get("telegram")
                 job["telegram"] = telegram.get("source") if telegram.get("on") else "off"
-                if was not in (None, "", "off") and job["telegram"] == "off":
+                if job["telegram"] == "off" and was != "off" and (was or self._asks_telegram()):
                     job["telegram_lost"] = str(telegram.get("why") or "")
             number = int(latest.get("session") or 0)
             if number > job["counted"] and latest.get("wall_s") is not None:

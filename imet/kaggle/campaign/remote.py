@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from imet.errors import HANDOVER_FILE as HANDOVER, UserError
+from imet.kaggle.render import read_metadata, slug_of
 from imet.observe.registry import REGISTRY_NAME
+from imet.observe.telegram import DATASET as TELEGRAM_DATASET, DATASET_FILE as TELEGRAM_FILE
 
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 # Only the small files are fetched after each session: checkpoints stay on Kaggle, attached to
@@ -55,6 +57,52 @@ def dataset_version(api, ref: str) -> int:
             return 0
         raise
     return int(json.loads(answer).get("current_version_number") or 0)
+
+
+def dataset_private(api, ref: str) -> bool | None:
+    """Kaggle's own word on the dataset's visibility (GetDataset's isPrivate); None when there
+    is no such dataset."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+    from requests import HTTPError
+    request = ApiGetDatasetRequest()
+    request.owner_slug, request.dataset_slug = ref.split("/", 1)
+    try:
+        with api.build_kaggle_client() as kaggle:
+            return bool(kaggle.datasets.dataset_api_client.get_dataset(request).is_private)
+    except HTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            return None
+        raise
+
+
+def dataset_files(api, ref: str) -> list[str]:
+    """The names of the files in the dataset's latest version."""
+    names, token = [], None
+    while True:
+        answer = api.dataset_list_files(ref, page_token=token, page_size=200)
+        if getattr(answer, "error_message", None):
+            raise UserError(f"kaggle API: listing the files of {ref}: {answer.error_message}")
+        names += [f.name for f in answer.dataset_files or []]
+        if not (token := answer.next_page_token):
+            return names
+
+
+def check_telegram_dataset(api, ref: str) -> None:
+    """Refuse, in one line naming the dataset and the fix, a Telegram dataset that a kernel
+    attaches and that would not give it the token (missing, or without its file) or would
+    publish it (public)."""
+    fix = f"`python -m imet notify-setup --owner {ref.split('/', 1)[0]}`"
+    private = dataset_private(api, ref)
+    if private is None:
+        raise UserError(f"the kernels attach the dataset {ref} for Telegram (telegram = true), "
+                        f"and Kaggle has no such dataset: write it with {fix}, or set "
+                        "telegram = false")
+    if not private:
+        raise UserError(f"the dataset {ref} is public: attached for Telegram it would publish "
+                        f"the bot's token; make it private on Kaggle (or delete it and run {fix})")
+    if TELEGRAM_FILE not in dataset_files(api, ref):
+        raise UserError(f"the dataset {ref} has no {TELEGRAM_FILE}, so the kernels would run "
+                        f"without Telegram; write it with {fix}")
 
 
 def upload_dataset(api, folder: Path, new: bool, notes: str) -> None:
@@ -143,6 +191,14 @@ class KaggleBackend:
     def __init__(self, api, poll_s: float):
         self.api, self.poll_s = api, poll_s
 
+    def check_sources(self, metas) -> None:
+        """Before a push: the Telegram dataset the kernels (their metadata) attach is checked
+        with Kaggle (check_telegram_dataset), each once."""
+        refs = {ref for meta in metas for ref in meta["dataset_sources"]
+                if slug_of(ref) == TELEGRAM_DATASET}
+        for ref in sorted(refs):
+            check_telegram_dataset(self.api, ref)
+
     def current_version(self, ref: str) -> int:
         """The kernel's latest version number (0: never pushed): how a restarted campaign tells
         whether a push it did not see answered went through."""
@@ -161,6 +217,7 @@ class KaggleBackend:
         return int(response.metadata.current_version_number or 0)
 
     def push(self, kernel_dir: Path) -> int | None:
+        self.check_sources([read_metadata(kernel_dir)])
         pushed = self.api.kernels_push(str(kernel_dir))
         if getattr(pushed, "error", None):
             raise PushRefused(f"kaggle refused the push of {kernel_dir}: {pushed.error}")
