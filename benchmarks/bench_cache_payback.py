@@ -6,8 +6,8 @@ same PNGs at iMet's geometry (bench_loader.make_images), per 1,000 images, one c
 
 - build: `build_cache(..., size=320, fmt="jpeg", workers=1)` (decode every PNG, resize to short
   side 320, JPEG q95, manifest);
-- loader per epoch: imet's default training pipeline at 320 px (preset `seed`, uint8 out) from
-  the PNGs, and from that cache.
+- loader per epoch: imet's training pipeline at 320 px with the write-ups' preset `seed`
+  (`--recipe writeup`; uint8 out) from the PNGs, and from that cache.
 
 Both scale with the number of images and divide by the same number of loader workers, so their
 ratio, the epochs a session must run for the build to pay for itself, holds for iMet's 109k
