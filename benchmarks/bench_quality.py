@@ -91,7 +91,6 @@ def plain_loop(data: Path, out: Path, arch: str, seed: int, args) -> Path:
     """Decode once, resize, flip, AdamW + one-cycle + BCE, best global threshold on the fold."""
     import csv
     import cv2
-    from imet.metrics.f2 import f2_per_sample
     from imet.models import build_model
 
     torch.manual_seed(seed)
@@ -112,21 +111,33 @@ def plain_loop(data: Path, out: Path, arch: str, seed: int, args) -> Path:
                 y[i, column[a]] = 1
         return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1), y
 
+    model = build_model(arch, len(labels))
+    return fit_and_submit(model, data, fold, load, labels, args.plain_lr, args.epochs,
+                          args.batch_size, out)[0]
+
+
+def fit_and_submit(model, data: Path, fold: dict, load, labels: list, lr: float, epochs: int,
+                   batch_size: int, out: Path) -> tuple[Path, float]:
+    """The plain loop after its decoding (`load`: folder, rows -> images, targets): AdamW +
+    one-cycle + BCE with flips, the best global threshold on fold 0, the submission written;
+    also the held-out F2 at that threshold. bench_transfer.py runs the same loop."""
+    import csv
+    from imet.metrics.f2 import f2_per_sample
+
     rows = list(csv.DictReader(open(data / "train.csv")))
     x_tr, y_tr = load("train", [r for r in rows if fold[r["id"]] != 0])
     x_va, y_va = load("train", [r for r in rows if fold[r["id"]] == 0])
     test_rows = list(csv.DictReader(open(data / "sample_submission.csv")))
     x_te, _ = load("test", test_rows)
-    model = build_model(arch, len(labels))
-    steps = args.epochs * (len(x_tr) // args.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.plain_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.plain_lr, total_steps=steps)
+    steps = epochs * (len(x_tr) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(args.epochs):
+    for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_tr))
-        for i in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            idx = order[i:i + args.batch_size]
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[i:i + batch_size]
             xb = x_tr[idx]
             flip = torch.rand(len(idx)) < 0.5
             xb[flip] = xb[flip].flip(3)
@@ -142,12 +153,13 @@ def plain_loop(data: Path, out: Path, arch: str, seed: int, args) -> Path:
     grid = np.arange(0.02, 0.98, 0.01)
     truth = y_va.numpy() > 0
     best = max(grid, key=lambda t: f2_per_sample(truth, p_va.numpy() > t).mean())
+    held_out_f2 = float(f2_per_sample(truth, p_va.numpy() > best).mean())
     sub = out / "submission.csv"
     with open(sub, "w", newline="") as f:
         f.write("id,attribute_ids\n")
         for r, p in zip(test_rows, p_te.numpy()):
             f.write(f"{r['id']},{' '.join(labels[j] for j in np.flatnonzero(p > best))}\n")
-    return sub
+    return sub, held_out_f2
 
 
 def spread(values) -> str:

@@ -51,7 +51,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import cpu_seconds, spread  # noqa: E402
+from bench_quality import cpu_seconds, fit_and_submit, spread  # noqa: E402
 from pretrain import FASHION_CLASSES, load_fashion, pretrain  # noqa: E402
 
 from imet.cli import main as imet  # noqa: E402
@@ -157,7 +157,6 @@ def imet_flow(data: Path, weights: Path, out: Path, seed: int, args, extra: list
 def plain_loop(data: Path, weights: Path | None, out: Path, seed: int, lr: float, epochs: int,
                args) -> Path:
     """Decode once, resize, flip, AdamW + one-cycle + BCE, best global threshold on the fold."""
-    from imet.metrics.f2 import f2_per_sample
     from imet.models import build_model
 
     torch.manual_seed(seed)
@@ -179,41 +178,8 @@ def plain_loop(data: Path, weights: Path | None, out: Path, seed: int, lr: float
                 y[i, labels.index(a)] = 1
         return (x - mean) / std, y
 
-    rows = list(csv.DictReader(open(data / "train.csv")))
-    x_tr, y_tr = load("train", [r for r in rows if fold[r["id"]] != 0])
-    x_va, y_va = load("train", [r for r in rows if fold[r["id"]] == 0])
-    test_rows = list(csv.DictReader(open(data / "sample_submission.csv")))
-    x_te, _ = load("test", test_rows)
-    steps = epochs * (len(x_tr) // args.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_tr))
-        for i in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            idx = order[i:i + args.batch_size]
-            xb = x_tr[idx]
-            flip = torch.rand(len(idx)) < 0.5
-            xb[flip] = xb[flip].flip(3)
-            loss = loss_fn(model(xb), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        p_va = torch.cat([torch.sigmoid(model(x_va[i:i + 64])) for i in range(0, len(x_va), 64)])
-        p_te = torch.cat([torch.sigmoid(model(x_te[i:i + 64])) for i in range(0, len(x_te), 64)])
-    grid = np.arange(0.02, 0.98, 0.01)
-    truth = y_va.numpy() > 0
-    best = max(grid, key=lambda t: f2_per_sample(truth, p_va.numpy() > t).mean())
-    held_out_f2 = float(f2_per_sample(truth, p_va.numpy() > best).mean())
-    sub = out / "submission.csv"
-    with open(sub, "w", newline="") as f:
-        f.write("id,attribute_ids\n")
-        for r, p in zip(test_rows, p_te.numpy()):
-            f.write(f"{r['id']},{' '.join(labels[j] for j in np.flatnonzero(p > best))}\n")
+    sub, held_out_f2 = fit_and_submit(model, data, fold, load, labels, lr, epochs,
+                                      args.batch_size, out)
     return sub, {"held_out_f2": held_out_f2}
 
 

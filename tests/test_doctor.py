@@ -298,6 +298,6 @@ def test_another_kernels_run_handing_over_is_refused_naming_both_runs(mini_data,
     code, captured = refused(tmp_path, capsys, monkeypatch)
     (line,) = [line for line in captured.out.splitlines() if "error" in line]
     assert code == 2 and line.startswith("imet doctor: error: notebooks/me/imet-trainer-f1 holds")
-    ours = _fingerprint(shlex.join(TRAIN_ARGS))
+    ours = _fingerprint(shlex.join(TRAIN_ARGS), mini_data)
     assert "(me/imet-trainer-f1: run ffff0000)" in line and f"{KERNEL} (run {ours})" in line
     assert f"searched {root}, 9 folders deep" in line

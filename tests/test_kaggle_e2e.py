@@ -153,7 +153,7 @@ def test_the_sessions_ran_the_datasets_wheel(trained, local_dataset):
         assert not Path(where.strip()).is_relative_to(REPO), where
 
 
-def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained):
+def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained, mini_data):
     root = trained[1].output.parent
     log = trained[1].log.read_text()
     assert "in the nested layout (competitions/imet-2019-fgvc6, datasets/" in log.splitlines()[0]
@@ -164,10 +164,12 @@ def test_the_inputs_were_found_where_todays_kaggle_mounts_them(trained):
     for kind, mount in mounts.items():
         assert f"{kind + ':':<18}{root / 'input' / mount}" in log, (kind, log[:5000])
     assert f"resuming from the attached output {root / 'input' / mounts['previous output']}" in log
-    # The fingerprint doctor names this run by (refusing another kernel's) is the engine's.
+    # The fingerprint doctor names this run by (refusing another kernel's) is the engine's, its
+    # --metric auto resolved from the competition data as training resolves it.
     from imet.commands.kaggle import _fingerprint
     summary = json.loads((trained[1].output / "run.json").read_text())
-    assert summary["config_hash"] == _fingerprint(TRAIN_ARGS + " --session-steps 50")
+    assert summary["config_hash"] == _fingerprint(TRAIN_ARGS + " --session-steps 50",
+                                                      mini_data)
 
 
 def test_the_last_session_resumed_in_the_flat_layout(trained):

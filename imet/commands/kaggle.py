@@ -83,7 +83,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     report = diagnose(Settings(data=args.data, input_roots=list(args.input_root), out=args.out,
                                arch=args.arch, pretrained=args.pretrained, device=args.device,
                                accelerator=args.accelerator, keep=args.keep,
-                               kernel_id=args.kernel_id, fingerprint=_fingerprint(args.train_args)))
+                               kernel_id=args.kernel_id, fingerprint=_fingerprint(args.train_args, args.data)))
     print("\n".join(report.lines), flush=True)
     if not report.problems:
         session = f"the {args.kernel} session" if args.kernel else "this session"
@@ -98,9 +98,10 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 2
 
 
-def _fingerprint(train_args: str | None) -> str | None:
-    """The fingerprint of the run `imet train` arguments describe, as far as they decide it
-    (--extra, --init and --teacher add their files' later); None when they are refused."""
+def _fingerprint(train_args: str | None, data: Path | None = None) -> str | None:
+    """The fingerprint of the run `imet train` arguments describe on the competition `data`, as
+    far as they decide it (--extra, --init and --teacher add their files' later; --metric auto is
+    the data's competition's metric, as training resolves it); None when they are refused."""
     if train_args is None:
         return None
     import shlex
@@ -109,7 +110,12 @@ def _fingerprint(train_args: str | None) -> str | None:
     from imet.config import train_parser
     try:
         known, _ = train_parser().parse_known_args(shlex.split(train_args))
-        return config_from_args(known, required=()).fingerprint()
+        config = config_from_args(known, required=())
+        if config.metric == "auto" and data is not None:
+            from imet.data.labels import competition_metric, find_layout, read_labels
+            layout = find_layout(data, test=False)
+            config.metric = competition_metric(layout, read_labels(layout.labels_csv))
+        return config.fingerprint()
     except UserError:
         return None  # `imet train` says why, in its own line
 
