@@ -11,8 +11,9 @@ saved as PNGs in the competition layout.
   reading a JPEG q95 cache made by `imet cache --size 320`. The workers crop and draw each
   sample's flip, brightness/contrast, affine and noise parameters; uint8 out; `augment_batch`
   + normalization run per batch on the GPU. Also shown: the same from the PNGs (no cache),
-  from an npy cache, with every augmentation per image in the workers (albumentations, as before the per-batch part), and
-  with the per-batch part run on this CPU (what a machine without a GPU pays).
+  from an npy cache, with every augmentation per image in the workers (albumentations, as
+  before the per-batch part), and with the per-batch part run on this CPU (what a machine
+  without a GPU pays).
 
 Per core: one process, cv2 and torch on one thread, CPU time (robust on a shared machine),
 batches of 32 through a DataLoader with num_workers=0. With N workers: wall clock; and the
