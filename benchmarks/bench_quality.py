@@ -74,17 +74,23 @@ def imet_flow(data: Path, out: Path, arch: str, seed: int, args, extra: list[str
              "--image-size", str(args.image_size), "--epochs", str(args.epochs),
              "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", str(run),
              "--num-workers", "0", "--notify", "off", "--progress-every-s", "1e9", *extra]
-    for argv in (train, ["validate", "--data", str(data), "--run", str(run), "--num-workers", "0",
-                  *validate_extra],
-                 ["predict", "--data", str(data), "--runs", str(run), "--num-workers", "0",
-                  "--out", str(out / "submission.csv")]):
+    validate = ["validate", "--data", str(data), "--run", str(run), "--num-workers", "0",
+                *validate_extra]
+    predict = ["predict", "--data", str(data), "--runs", str(run), "--num-workers", "0",
+               "--out", str(out / "submission.csv")]
+    run_commands([train, validate, predict], by_command)
+    return out / "submission.csv"
+
+
+def run_commands(argvs: list[list[str]], by_command: dict[str, float]) -> None:
+    """Each `imet` command in turn, quiet; its CPU seconds under its name in `by_command`."""
+    for argv in argvs:
         start = cpu_seconds()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             code = imet(argv)
         by_command[argv[0]] = cpu_seconds() - start
         if code:
             raise SystemExit(f"imet {shlex.join(argv)} exited {code}")
-    return out / "submission.csv"
 
 
 def plain_loop(data: Path, out: Path, arch: str, seed: int, args) -> Path:

@@ -51,7 +51,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import cpu_seconds, fit_and_submit, spread  # noqa: E402
+from bench_quality import cpu_seconds, fit_and_submit, run_commands, spread  # noqa: E402
 from pretrain import FASHION_CLASSES, load_fashion, pretrain  # noqa: E402
 
 from imet.cli import main as imet  # noqa: E402
@@ -142,15 +142,10 @@ def imet_flow(data: Path, weights: Path, out: Path, seed: int, args, extra: list
              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
              "--seed", str(seed), "--out", str(run), "--num-workers", "0", "--notify", "off",
              "--progress-every-s", "1e9", *extra]
-    for argv in (train, ["validate", "--data", str(data), "--run", str(run), "--num-workers", "0"],
-                 ["predict", "--data", str(data), "--runs", str(run), "--num-workers", "0",
-                  "--out", str(out / "submission.csv")]):
-        start = cpu_seconds()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = imet(argv)
-        by_command[argv[0]] = cpu_seconds() - start
-        if code:
-            raise SystemExit(f"imet {shlex.join(argv)} exited {code}")
+    validate = ["validate", "--data", str(data), "--run", str(run), "--num-workers", "0"]
+    predict = ["predict", "--data", str(data), "--runs", str(run), "--num-workers", "0",
+               "--out", str(out / "submission.csv")]
+    run_commands([train, validate, predict], by_command)
     return out / "submission.csv"
 
 
