@@ -341,6 +341,8 @@ def main() -> None:
     parser.add_argument("--plain-lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--pretrain-epochs", type=int, default=4,
                         help="pretrain.py --epochs (its other settings at their defaults)")
+    parser.add_argument("--pretrain-squash", type=float, default=1.0,
+                        help="pretrain.py --squash")
     parser.add_argument("--ablate", action="append", default=None, metavar="NAME=FLAGS",
                         help="an ablation row: imet train flags on top of the defaults "
                              "(default: the recipe parts in ABLATIONS)")
@@ -363,7 +365,8 @@ def main() -> None:
     torch.set_num_threads(1)
     ablations = {} if args.no_ablation else (
         dict(a.split("=", 1) for a in args.ablate) if args.ablate else ABLATIONS)
-    weights = pretrain(args.arch, args.pretrain_epochs, 60000 - 5000, 3e-3, 128, 0)
+    weights = pretrain(args.arch, args.pretrain_epochs, 60000 - 5000, 3e-3, 128, 0,
+                       squash=args.pretrain_squash)
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         # Only the input root holds weights: no cache of this machine is found by accident.
