@@ -244,7 +244,7 @@ def run_seed(seed: int, weights: Path, tmp: Path, args, ablations: dict, results
     summary = fashion_target(data, seed, args.n_train, args.n_test, args.size)
     print(f"seed {seed}: target {summary}", flush=True)
     if args.plain_only:
-        for start in ("plain", "plain scratch"):
+        for start in ("plain",) if args.no_plain_scratch else ("plain", "plain scratch"):
             for lr in args.plain_lrs:
                 out = tmp / f"{start}-{lr}-{seed}".replace(" ", "_")
                 measure(f"{start} lr {lr:g}", data, out, lambda c: plain_loop(
@@ -301,6 +301,8 @@ def summarize(results: list, header: str) -> None:
     imet_rows = [r for r in results if r["name"] == "imet"]
     if not imet_rows:  # --plain-only
         for start in ("plain lr", "plain scratch lr"):
+            if not any(n.startswith(start) for n in names):
+                continue
             print(f"best {start}: " + max(
                 (f"{mean([r for r in results if r['name'] == n]):.4f} ({n})"
                  for n in names if n.startswith(start)), key=lambda t: float(t.split()[0])))
@@ -349,6 +351,9 @@ def main() -> None:
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--plain-only", action="store_true",
                         help="only the plain loop's rows, pretrained and scratch (item 4's check)")
+    parser.add_argument("--no-plain-scratch", action="store_true",
+                        help="with --plain-only: the pretrained rows only (the scratch rows do "
+                             "not depend on the weights: reuse those of a run of the same target)")
     parser.add_argument("--imet-only", action="store_true",
                         help="only the imet row and the ablation rows (no plain, no scratch)")
     parser.add_argument("--imet-args", default="", help="extra `imet train` flags of the imet row")
