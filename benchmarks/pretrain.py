@@ -9,12 +9,14 @@ Source: the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mn
 (bench_transfer.py) and never trains here. Each item is padded to 32 px (its scale in the
 target's canvases) and painted with one of mini-iMet's print styles (ink, sepia, cyanotype...)
 drawn per sample and epoch: colour augmentation, so that the body knows items on any paper,
-not only white on black. A fixed 5,000 of the 60,000 are held out for the accuracy printed.
+not only white on black. With --squash S each item is also squeezed along a random axis by a
+factor from S..1: the target's canvases (aspect ratio up to 2.5) are resized to squares, which
+squeezes their items so. A fixed 5,000 of the 60,000 are held out for the accuracy printed.
 
 The result is kept in --cache under a key of every setting (and timm's version): a second run
 with the same settings trains nothing and prints the same input root. One torch thread.
 
-    python benchmarks/pretrain.py --arch timm:test_resnet --epochs 3
+    python benchmarks/pretrain.py --arch timm:test_resnet --epochs 4 --squash 0.4
 """
 from __future__ import annotations
 
@@ -68,13 +70,29 @@ def load_fashion(split: str, folder: Path = FASHION_DIR) -> tuple[np.ndarray, np
     return x, y
 
 
-def paint(rng: np.random.Generator, items: np.ndarray) -> np.ndarray:
-    """Items [N, 28, 28] uint8 -> float [N, 3, 32, 32] in 0..1, each in a random print style."""
+def squashed(rng: np.random.Generator, item: np.ndarray, squash: float) -> np.ndarray:
+    """`item` (28 x 28) in 0..1 squeezed along a random axis by a factor drawn log-uniformly from
+    `squash`..1 and centred in PRETRAIN_SIZE x PRETRAIN_SIZE: the shapes items take in the target
+    once a canvas of aspect ratio up to 1/squash is resized to a square."""
+    from PIL import Image
+
+    size = [28, 28]
+    size[int(rng.integers(2))] = max(1, int(round(28 * np.exp(rng.uniform(np.log(squash), 0)))))
+    small = np.asarray(Image.fromarray(item).resize(tuple(size), Image.BILINEAR)) / 255.0
+    out = np.zeros((PRETRAIN_SIZE, PRETRAIN_SIZE))
+    top, left = (PRETRAIN_SIZE - small.shape[0]) // 2, (PRETRAIN_SIZE - small.shape[1]) // 2
+    out[top:top + small.shape[0], left:left + small.shape[1]] = small
+    return out
+
+
+def paint(rng: np.random.Generator, items: np.ndarray, squash: float = 1.0) -> np.ndarray:
+    """Items [N, 28, 28] uint8 -> float [N, 3, 32, 32] in 0..1, each in a random print style (and
+    squeezed by `squash`..1 along a random axis when `squash` < 1)."""
     pad = (PRETRAIN_SIZE - 28) // 2
     names = list(STYLES)
     out = np.empty((len(items), PRETRAIN_SIZE, PRETRAIN_SIZE, 3))
     for i, item in enumerate(items):
-        alpha = np.pad(item / 255.0, pad)
+        alpha = squashed(rng, item, squash) if squash < 1 else np.pad(item / 255.0, pad)
         image = STYLES[names[rng.integers(len(names))]](rng, alpha)
         out[i] = image + rng.normal(0, rng.uniform(1, 6), image.shape)
     return torch.from_numpy(np.clip(out, 0, 255) / 255).permute(0, 3, 1, 2).float()
@@ -114,7 +132,7 @@ def save_hub_layout(root: Path, spec: TimmSpec, state: dict, info: dict) -> Path
 
 
 def pretrain(arch: str, epochs: int, n_train: int, lr: float, batch_size: int, seed: int,
-             cache: Path = DEFAULT_CACHE, log=print) -> Path:
+             cache: Path = DEFAULT_CACHE, log=print, squash: float = 1.0) -> Path:
     """The input root holding `arch` pretrained with these settings (trained only when the cache
     lacks it)."""
     import timm
@@ -124,6 +142,8 @@ def pretrain(arch: str, epochs: int, n_train: int, lr: float, batch_size: int, s
         raise SystemExit(f"--arch {arch}: give a timm arch with a hub name, e.g. timm:test_resnet")
     settings = {"epochs": epochs, "n_train": n_train, "lr": lr, "batch_size": batch_size,
                 "seed": seed, "size": PRETRAIN_SIZE}
+    if squash < 1:  # only then: the key (and cache entry) of unsqueezed weights stays as it was
+        settings["squash"] = squash
     root = weights_root(Path(cache), spec, settings)
     if (root / "pretrain.json").is_file():
         info = json.loads((root / "pretrain.json").read_text())
@@ -149,7 +169,7 @@ def pretrain(arch: str, epochs: int, n_train: int, lr: float, batch_size: int, s
         perm = rng.permutation(train_idx)
         for i in range(0, len(perm) - batch_size + 1, batch_size):
             idx = perm[i:i + batch_size]
-            xb = (paint(rng, x[idx]) - mean) / std
+            xb = (paint(rng, x[idx], squash) - mean) / std
             flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
             xb[flip] = xb[flip].flip(3)
             loss = loss_fn(model(xb), torch.from_numpy(y[idx]))
@@ -164,7 +184,7 @@ def pretrain(arch: str, epochs: int, n_train: int, lr: float, batch_size: int, s
     with torch.no_grad():
         for i in range(0, len(held), 500):
             idx = held[i:i + 500]
-            xb = (paint(rng, x[idx]) - mean) / std
+            xb = (paint(rng, x[idx], squash) - mean) / std
             correct += int((model(xb).argmax(1).numpy() == y[idx]).sum())
     info = {"arch": arch, "model": spec.model, **settings, "source": str(FASHION_DIR),
             "classes": list(FASHION_CLASSES), "held_out": HELD_OUT,
@@ -180,17 +200,21 @@ def pretrain(arch: str, epochs: int, n_train: int, lr: float, batch_size: int, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="timm:test_resnet")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--n-train", type=int, default=60000 - HELD_OUT,
                         help="training images of the 55,000 not held out")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--squash", type=float, default=0.4,
+                        help="squeeze each item along a random axis by a factor drawn from "
+                             "SQUASH..1 (1: never; 0.4: as a 2.5:1 canvas resized to a square "
+                             "squeezes its items)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = pretrain(args.arch, args.epochs, args.n_train, args.lr, args.batch_size, args.seed,
-                    args.cache)
+                    args.cache, squash=args.squash)
     print(f"input root: {root}  (imet train --arch {args.arch} --input-root {root})")
 
 
