@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e,
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 TOKEN = "111222333:AAEkaggleStopTokenMustNeverLeak_01234567"
 CHAT = 99
-TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 128 --batch-size 4 --epochs 16 "
+TRAIN_ARGS = ("--arch tiny_cnn --no-pretrained --image-size 128 --batch-size 4 --epochs 40 "
               "--head-epochs 1 --preset seed --patience 1000 --num-workers 0 --margin 20s "
               "--progress-every-s 5 --notify on")
 
