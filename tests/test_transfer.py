@@ -10,7 +10,7 @@ import torch
 from test_resume import SignalAt, assert_same_end, final_payload, make_config
 from test_timm import write_hub_cache
 
-from imet.config import TrainConfig
+from imet.config import WRITEUP_DEFAULTS, TrainConfig
 from imet.train.checkpoint import checkpoint_dir, list_generations
 from imet.train.events import EventBus
 from imet.train.loop import train
@@ -118,6 +118,25 @@ def test_resume_in_either_stage_is_bit_identical(mini_data, tmp_path, weights, r
     assert (result.status, result.step) == ("handover", stop_at)
     assert train(config(mini_data, tmp_path, weights), EventBus()).status == "finished"
     assert_same_end(final_payload(tmp_path), reference)
+
+
+@pytest.mark.parametrize("overrides", [{"frozen_bn": "all"},
+                                       {**WRITEUP_DEFAULTS, "recipe": "writeup"}],
+                         ids=["frozen-bn-all", "recipe-writeup"])
+def test_resume_with_frozen_bn_all_or_the_writeup_recipe_is_bit_identical(mini_data, tmp_path,
+                                                                          weights, overrides):
+    """--frozen-bn all (eval-mode BatchNorm in stage 2 too) and --recipe writeup (its LR,
+    multipliers, preset seed and no prior bias) stopped mid-stage-2 and resumed end as the
+    uninterrupted run does."""
+    def run(out, bus):
+        settings = {**PRETRAINED, "input_root": [str(weights[0])], **overrides}
+        return train(make_config(mini_data, out, **settings), bus)
+
+    assert run(tmp_path / "whole", EventBus()).status == "finished"
+    result = run(tmp_path / "run", EventBus([SignalAt("progress", 7)]))
+    assert (result.status, result.step) == ("handover", 7)
+    assert run(tmp_path / "run", EventBus()).status == "finished"
+    assert_same_end(final_payload(tmp_path / "run"), final_payload(tmp_path / "whole"))
 
 
 def test_writeup_recipe_restores_the_write_ups_defaults_and_flags_win():
