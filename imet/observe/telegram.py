@@ -668,6 +668,17 @@ COMMAND_MODES = ("chat", "relay")
 RELAY_POLL_S = 15.0
 
 
+async def _quietly(work: Awaitable[None], config: TelegramConfig) -> None:
+    """Await a command reader (the poller or the relay reader): whatever ends it short of a
+    cancellation ends it with one warning, never in the training."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:
+        log.warning("Telegram commands stopped: %s", config.describe(err))
+
+
 class _HideUpdates(logging.Filter):
     """python-telegram-bot logs the raw updates when it cannot parse them (any chat's text)."""
 
@@ -704,11 +715,7 @@ class UpdateListener:
 
     async def __call__(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
         try:
-            await self._poll(bot, submit)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # polling must end quietly, whatever happened
-            log.warning("Telegram commands stopped: %s", self._config.describe(err))
+            await _quietly(self._poll(bot, submit), self._config)
         finally:
             if self.stats["ignored_chats"]:
                 log.info("Telegram: %d message(s) from other chats ignored",
@@ -824,12 +831,7 @@ class RelayReader:
     async def __call__(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
         log.info("Telegram commands: reading what the campaign relays through the chat's "
                  "pinned message%s", f" (member {self.member})" if self.member else "")
-        try:
-            await self.read(bot, submit)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # reading must end quietly, whatever happened
-            log.warning("Telegram commands stopped: %s", self._config.describe(err))
+        await _quietly(self.read(bot, submit), self._config)
 
     async def read(self, bot: Any, submit: Callable[[Outgoing], bool]) -> None:
         from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
