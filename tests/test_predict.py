@@ -238,12 +238,15 @@ def test_time_budget_too_short_for_the_ensemble_still_submits_in_time(mini_data,
     options = InferenceOptions(batch_size=4, num_workers=0, image_size=96)
     paths = layout.image_paths("test", sample)
     # u: one run with one view over the 24 test images, as predict measures it (warm: the
-    # faster of two). Every run x (none, hflip) is 12 u; the six probes (8 images each) take
-    # about 2 u of a 5 u budget, so hflip must go, and then some runs.
+    # fastest of three; about 20 ms here). Every run x (none, hflip) is 12 u, and the six probes
+    # (8 images each) take about 2 u of a 2 u budget, so hflip must go and then every run but
+    # the first, which always runs. The plan keeps more only if predict's own probes run about
+    # 4x faster than this measure did (a loaded machine here, a quiet one there); at a 5 u
+    # budget, 1.7x did it once in CI. plan_inference's arithmetic is tested above.
     run = load_run(runs[0], expected=labels, name="a")
     unit = len(sample) * min(measure_cost(run, paths, sample, options, lambda _: None)
-                             for _ in range(2))
-    budget = 5 * unit
+                             for _ in range(3))
+    budget = 2 * unit
     out = tmp_path / "sub" / "submission.csv"
     capsys.readouterr()
     started = time.perf_counter()
