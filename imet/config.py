@@ -200,8 +200,8 @@ class TrainConfig:
     head_epochs: int = option(1, "stage 1: epochs training the head only, body frozen (0: none)",
                               random_init=0)
     batch_size: int = option(64, "training batch size")
-    lr: float = option(3e-3, "stage 2 peak LR of the head; the body groups get it times the "
-                       "multipliers", writeup=4e-4)
+    lr: float = option(5e-3, "stage 2 peak LR of the head; the body groups get it times the "
+                       "multipliers", random_init=3e-3, writeup=4e-4)
     head_lr: float = option(1e-3, "stage 1 peak LR of the head")
     lr_late_mult: float = option(1.0, "stage 2 LR multiplier of the late body group",
                                  writeup=0.3)
@@ -474,8 +474,8 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
 TrainConfig.NOT_IN_FINGERPRINT = frozenset(
     f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["fingerprint"])
 # A body from random init (--no-pretrained) trains by default with no head-only epoch (a head on
-# random features learns nothing worth keeping). Why: docs/training.md, "Training from random
-# init".
+# random features learns nothing worth keeping) and at the LR measured from random init (3e-3;
+# 5e-3 was measured for pretrained bodies). Why: docs/training.md, "Training from random init".
 RANDOM_INIT_DEFAULTS = {f.name: f.metadata["random_init"] for f in dataclasses.fields(TrainConfig)
                         if f.metadata["random_init"] is not None}
 # --recipe writeup: the iMet 2019 write-ups' recipe for an ImageNet body, where imet's measured

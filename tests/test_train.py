@@ -85,7 +85,7 @@ def test_random_init_gets_its_own_defaults_and_explicit_flags_win(mini_data, tmp
     assert {k: getattr(scratch, k) for k in RANDOM_INIT_DEFAULTS} == RANDOM_INIT_DEFAULTS
     imagenet = parsed()  # pretrained weights keep the head-only stage
     assert (imagenet.head_epochs, imagenet.preset, imagenet.lr, imagenet.lr_early_mult,
-            imagenet.prior_bias) == (1, "resize", 3e-3, 1.0, True)
+            imagenet.prior_bias) == (1, "resize", 5e-3, 1.0, True)
     writeup = parsed("--recipe", "writeup")  # the write-ups' recipe, as it was
     assert (writeup.head_epochs, writeup.preset, writeup.lr, writeup.lr_early_mult,
             writeup.prior_bias) == (1, "seed", 4e-4, 0.1, False)
