@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from imet.config import TrainConfig, given_settings, parse_duration, train_parser, without_settings
 from imet.data.images import CACHE_ENV, find_cache, read_manifest
-from imet.data.labels import find_layout
+from imet.data.labels import competition_of, find_layout, read_labels
 from imet.device import fast_bf16
 from imet.errors import (HANDED_OVER_EXIT_CODE as HANDED_OVER, HANDOVER_FILE as HANDOVER,
                          DataError, UserError)
@@ -343,7 +343,6 @@ def _check_inputs(s: Settings, report: Report) -> int:
         report.problems.append(str(err))
     if data is None:
         return DEFAULT_CLASSES
-    from imet.data.labels import find_layout, read_labels
     try:
         return read_labels(find_layout(data, train=False, test=False).labels_csv).num_classes \
             or DEFAULT_CLASSES
@@ -751,7 +750,6 @@ def inference(started: float, session_limit: str, predict_args: list[str],
 def inference_budget(data: Path, started: float, session_limit: str) -> float:
     """Seconds the prediction may take: what is left of the session, or of the competition's
     limit for a submission kernel (SUBMISSION_LIMIT_S), whichever ends first."""
-    from imet.data.labels import competition_of, find_layout, read_labels
     layout = find_layout(data, train=False)
     slug = competition_of(layout, read_labels(layout.labels_csv))[0]
     session_left = _seconds_left(started, session_limit)

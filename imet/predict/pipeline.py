@@ -577,17 +577,28 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
     tta = tuple(parse_tta(options.tta))
     weights = list(weights) if weights is not None else [1.0] * len(test.members)
     plan = None
+
+    def seconds_left() -> float:
+        return time_budget_s * (1 - RESERVE_FRACTION) - (time.perf_counter() - start)
+
+    def submit() -> tuple[Probabilities, list[str]]:
+        """The ensemble of the members done so far, written as the submission."""
+        combined = ensemble(done, method, [weights[i] for i in used])
+        rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds,
+                                         decoding.min_labels, decoding.max_labels,
+                                         str(test.layout.sample_submission_csv), decoding.context)
+        write_submission(out, rows_ids, rows)
+        return combined, rows
+
     if time_budget_s is not None:
         costs = [measure_cost(m, test.paths, test.ids, options, log) if isinstance(m, Run)
                  else None for m in test.members]
-        left = time_budget_s * (1 - RESERVE_FRACTION) - (time.perf_counter() - start)
-        plan = plan_inference(costs, len(test.ids), tta, left)
+        plan = plan_inference(costs, len(test.ids), tta, seconds_left())
         plan.budget_s = time_budget_s
         log(plan.describe(names))
     done: list[Probabilities] = []
     used: list[int] = []
     skipped: list[int] = []
-    rows: list[str] = []
     # how much slower the runs so far went than their probes said (a busy machine, a probe on
     # easy images): the runs still to come are charged as much more
     spent = estimated = 0.0
@@ -599,7 +610,7 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
             if plan is not None and done:
                 # The estimate was measured on a few batches: a run that no longer fits what is
                 # left is dropped too, rather than the session ending with no submission.
-                left = time_budget_s * (1 - RESERVE_FRACTION) - (time.perf_counter() - start)
+                left = seconds_left()
                 slowdown = max(1.0, spent / estimated) if estimated else 1.0
                 if costs[index] * len(test.ids) * len(views) * slowdown > left:
                     log(f"predict: {item.name} no longer fits the {format_duration(left)} left; "
@@ -618,19 +629,10 @@ def predict_test(data: Path, sources: Sequence[Path], out: Path, *, method: str 
                 f"{item.meta.get('split', '')} predictions")
             done.append(item)
         used.append(index)
-        if plan is not None or index == len(test.members) - 1:
-            combined = ensemble(done, method, [weights[i] for i in used])
-            rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds,
-                                             decoding.min_labels, decoding.max_labels,
-                                             str(test.layout.sample_submission_csv),
-                                             decoding.context)
-            write_submission(out, rows_ids, rows)
-    if not rows:  # the last member was a run the plan left out
-        combined = ensemble(done, method, [weights[i] for i in used])
-        rows_ids, rows = make_submission(test.ids, combined, decoding.thresholds,
-                                         decoding.min_labels, decoding.max_labels,
-                                         str(test.layout.sample_submission_csv), decoding.context)
-        write_submission(out, rows_ids, rows)
+        if plan is not None:  # a submission after each member: one is there if the session ends
+            combined, rows = submit()
+    if plan is None:
+        combined, rows = submit()
     combined.meta["split"] = "test"
     if len(done) > 1:
         save_probabilities(probs_dir / ENSEMBLE_PROBS, combined)

@@ -122,6 +122,13 @@ class DecodingChoice:
         return self.chosen.context
 
 
+def checked_metric(metric: str) -> str:
+    """`metric`, or the one-line error of --metric."""
+    if metric not in METRICS:
+        raise UserError(f"--metric: unknown metric {metric!r}; choose {' or '.join(METRICS)}")
+    return metric
+
+
 def choose_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
                     modes: Sequence[str] = MODES, min_support: int = 20, min_labels: int = 1,
                     max_labels: int | None = None, seed: int = 0,
@@ -135,8 +142,7 @@ def choose_decoding(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray,
     if y_true.shape[0] < 4:
         raise UserError(f"validation: only {y_true.shape[0]} out-of-fold images; thresholds need "
                         "at least 4 (use a larger fold)")
-    if metric not in METRICS:
-        raise UserError(f"--metric: unknown metric {metric!r}; choose {' or '.join(METRICS)}")
+    checked_metric(metric)
     fits = {mode: cross_fitted(y_true, probs, groups=groups, mode=mode, min_support=min_support,
                                min_labels=min_labels, max_labels=max_labels, seed=seed,
                                metric=metric)
@@ -420,9 +426,7 @@ def validate_runs(data: Path, folds_csv: Path | None, sources: Sequence[Path],
     out_dir = Path(out_dir)
     layout = find_layout(data, test=False)
     labels = read_labels(layout.labels_csv)
-    metric = metric or competition_metric(layout, labels)
-    if metric not in METRICS:
-        raise UserError(f"--metric: unknown metric {metric!r}; choose {' or '.join(METRICS)}")
+    metric = checked_metric(metric or competition_metric(layout, labels))  # before inference
     ids, targets = read_train(layout.train_csv, labels)
     names = source_names(sources)
     opened = [_open(Path(s), n, layout, labels) for s, n in zip(sources, names)]
