@@ -176,9 +176,10 @@ def run_notify_setup(args: argparse.Namespace) -> int:
 
     from imet.kaggle.campaign.remote import (client_errors, dataset_private, dataset_version,
                                              kaggle_api, upload_dataset)
+    from imet.kaggle.render import telegram_dataset
     from imet.observe.telegram import CHAT_VAR, DATASET, DATASET_FILE, TOKEN_VAR
     config = _telegram_config(use_kaggle_secrets=False)
-    ref = f"{args.owner}/{DATASET}"
+    ref = telegram_dataset(args.owner)  # the dataset render attaches
     username = asyncio.run(_send(config, f"✅ imet notify-setup: this chat will receive the "
                                  f"reports of kernels attaching {html.escape(ref)}.",
                                  args.timeout))

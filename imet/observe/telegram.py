@@ -668,6 +668,16 @@ COMMAND_MODES = ("chat", "relay")
 RELAY_POLL_S = 15.0
 
 
+def _backoff_s(base_s: float, most_s: float, failures: int) -> float:
+    """The wait after `failures` failures in a row: doubling from `base_s`, at most `most_s`."""
+    return min(most_s, base_s * 2 ** (failures - 1))
+
+
+def _bots_own(pinned: Any, bot: Any) -> bool:
+    """Whether the chat's pinned message is this bot's own (only that one relays commands)."""
+    return pinned is not None and pinned.from_user is not None and pinned.from_user.id == bot.id
+
+
 async def _quietly(work: Awaitable[None], config: TelegramConfig) -> None:
     """Await a command reader (the poller or the relay reader): whatever ends it short of a
     cancellation ends it with one warning, never in the training."""
@@ -750,7 +760,7 @@ class UpdateListener:
                     return
                 log.debug("Telegram getUpdates failed (%d in a row): %s", failures,
                           self._config.describe(err))
-                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (failures - 1)))
+                await asyncio.sleep(_backoff_s(self._backoff, self._max_backoff, failures))
                 continue
             if not contacted:
                 contacted = True
@@ -850,12 +860,11 @@ class RelayReader:
                 failures += 1
                 log.debug("Telegram getChat failed (%d in a row): %s", failures,
                           self._config.describe(err))
-                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (failures - 1)))
+                await asyncio.sleep(_backoff_s(self._backoff, self._max_backoff, failures))
                 continue
             failures = 0
             pinned = chat.pinned_message
-            if pinned is not None and pinned.from_user is not None and \
-                    pinned.from_user.id == bot.id:  # only the bot's own message relays
+            if _bots_own(pinned, bot):
                 for text in self._act(pinned.text):
                     submit(Outgoing("command", text, CRITICAL))
             await asyncio.sleep(self._poll)
@@ -895,7 +904,7 @@ class CommandRelay(UpdateListener):
         log.log(logging.INFO if conflicts == 1 else logging.DEBUG,
                 "Telegram: another process polls this bot (409 Conflict); the campaign keeps "
                 "polling: a kernel that polls turns to the relayed commands at its own 409")
-        await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** min(conflicts - 1, 8)))
+        await asyncio.sleep(_backoff_s(self._backoff, self._max_backoff, min(conflicts, 9)))
         return False
 
     def _answer(self, message: Any) -> list[str]:
@@ -914,8 +923,7 @@ class CommandRelay(UpdateListener):
                       self._config.describe(err))
             self.commands.resume([], int(time.time()))
             return
-        if pinned is not None and pinned.from_user is not None and \
-                pinned.from_user.id == bot.id and (pinned.text or "").startswith(RELAY_HEADER):
+        if _bots_own(pinned, bot) and (pinned.text or "").startswith(RELAY_HEADER):
             self.commands.resume(relay_lines(pinned.text))
             self._pinned = pinned.message_id
 
