@@ -489,8 +489,7 @@ class Trainer:
             return False
         self.budget.eval.add(self.clock() - started)
         self.units_done += 1
-        is_best = state.record_evaluation(result.f2, result.threshold, result.val_loss,
-                                          result.micro_f1)
+        is_best = state.record_evaluation(result)
         if is_best and self.dist.is_main:
             needed = expected_size(state.eval_model.state_dict())
             with room_for(self.out, MODEL_FILE, needed, remedy(self.config.keep)):

@@ -16,7 +16,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from imet.fileio import file_sha256
 from imet.models import build_model
 from imet.models.modelfile import model_file_of, read_model_file
 from imet.train.data import HardNegatives, repeat_count
+
+if TYPE_CHECKING:
+    from imet.predict.infer import Evaluation as Scored
 
 log = logging.getLogger(__name__)
 
@@ -314,22 +317,21 @@ class TrainState:
                 else self.hard_negatives.for_epoch(self.counters.epoch))
 
     # --- evaluations ---------------------------------------------------------------------
-    def record_evaluation(self, f2: float, threshold: float, val_loss: float,
-                          micro_f1: float = float("nan")) -> bool:
-        """Book an evaluation of the model at the current step (its `threshold` tuned for the
-        run's --metric, both metrics at it): history, best score, early stopping. True when it
-        is the best so far by the run's metric."""
+    def record_evaluation(self, result: Scored) -> bool:
+        """Book an evaluation of the model at the current step (`imet.predict.infer.score` of
+        the run's --metric: its threshold tuned for it, both metrics at it): history, best
+        score, early stopping. True when it is the best so far by the run's metric."""
         c = self.counters
-        score = micro_f1 if self.config.metric == "micro-f1" else f2
-        is_best = score > c.best_score
+        is_best = result.score > c.best_score
         c.history.append({"step": c.step, "epoch": c.epoch, "stage": c.stage,
-                          "train_loss": c.mean_loss(), "val_loss": val_loss, "f2": f2,
-                          "micro_f1": micro_f1, "threshold": threshold,
+                          "train_loss": c.mean_loss(), "val_loss": result.val_loss,
+                          "f2": result.f2, "micro_f1": result.micro_f1,
+                          "threshold": result.threshold,
                           "lr": self.optimizer.param_groups[-1]["lr"]})
         c.loss_sum, c.loss_count, c.last_eval_step, c.eval_pending = 0.0, 0, c.step, False
         if is_best:
-            c.best_score, c.best_f2, c.best_step = score, f2, c.step
-            c.best_threshold, c.bad_evals = threshold, 0
+            c.best_score, c.best_f2, c.best_step = result.score, result.f2, c.step
+            c.best_threshold, c.bad_evals = result.threshold, 0
         elif c.stage == 2:  # the head-only warm-up does not count against patience
             c.bad_evals += 1
         if self.config.patience and c.bad_evals >= self.config.patience:
