@@ -12,7 +12,7 @@ import numpy as np
 
 from imet.config import check_amp_dtype, parse_duration
 from imet.errors import UserError
-from imet.metrics.f2 import METRIC_NAMES, METRICS, f2_score, micro_f1_score
+from imet.metrics.f2 import METRIC_NAMES, METRICS, describe_scores, f2_score, micro_f1_score
 from imet.metrics.thresholds import MODES
 from imet.predict import DROP_ORDER
 
@@ -279,8 +279,7 @@ class Score:
 
     def describe(self) -> str:
         """'F2 0.612345, micro-F1 0.587123', the chosen metric first."""
-        values = {"f2": f"F2 {self.f2:.6f}", "micro-f1": f"micro-F1 {self.micro_f1:.6f}"}
-        return ", ".join(values[m] for m in sorted(values, key=lambda m: m != self.metric))
+        return describe_scores(self.f2, self.micro_f1, self.metric, digits=6)
 
 
 def score_files(truth_csv, pred_csv, labels_csv=None, metric=None) -> Score:

@@ -30,6 +30,13 @@ METRICS = ("f2", "micro-f1")
 METRIC_NAMES = {"f2": "F2", "micro-f1": "micro-F1"}
 
 
+def describe_scores(f2: float, micro_f1: float, first: str, digits: int = 4) -> str:
+    """'F2 0.6123, micro-F1 0.5871', the metric `first` first."""
+    values = {"f2": f2, "micro-f1": micro_f1}
+    return ", ".join(f"{METRIC_NAMES[m]} {values[m]:.{digits}f}"
+                     for m in sorted(METRICS, key=lambda m: m != first))
+
+
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")

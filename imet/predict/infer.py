@@ -24,7 +24,7 @@ from imet.data.transforms import (TTA, ImetDataset, Normalization, apply_tta, bu
 from imet.config import close_match
 from imet.device import Precision, device_precision
 from imet.errors import DataError, UserError
-from imet.metrics.f2 import binarize, f2_score, micro_f1_score
+from imet.metrics.f2 import binarize, describe_scores, f2_score, micro_f1_score
 from imet.metrics.thresholds import best_global_threshold
 
 Log = Callable[[str], None]
@@ -239,8 +239,7 @@ class Evaluation:
 
     def describe(self) -> str:
         """'F2 0.6123, micro-F1 0.5871', the tuned metric first."""
-        values = {"f2": f"F2 {self.f2:.4f}", "micro-f1": f"micro-F1 {self.micro_f1:.4f}"}
-        return ", ".join(values[m] for m in sorted(values, key=lambda m: m != self.metric))
+        return describe_scores(self.f2, self.micro_f1, self.metric)
 
 
 def score(targets: np.ndarray, probs: np.ndarray, val_loss: float = float("nan"),
